@@ -1,0 +1,1 @@
+"""The core of bridge: streams, the routing table, sessions, hooks and storage."""

@@ -1,0 +1,136 @@
+"""Rosters (RFC 6121 section 2): stored per account, versioned, pushed on change.
+
+The roster is core state because presence, blocking and the gateways all
+consult it: the roster decides who may see whose presence.  The stored
+form keeps what the XML form hides: a pending inbound request (with the
+stanza to show at the next login) and a pre-approval.
+"""
+
+from twisted.internet import defer
+from twisted.words.xish import domish
+
+from bridge.core.stanza import make
+
+NS_ROSTER = "jabber:iq:roster"
+STORE = "roster"
+SUBSCRIPTIONS = ("none", "to", "from", "both")
+
+
+class RosterItem:
+    __slots__ = ("jid", "name", "groups", "subscription", "ask", "pending_in", "approved", "hidden")
+
+    def __init__(self, jid, name=None, groups=(), subscription="none", ask=False, pending_in=None,
+                 approved=False, hidden=False):
+        self.jid = jid
+        self.name = name
+        self.groups = list(groups)
+        self.subscription = subscription
+        self.ask = ask
+        self.pending_in = pending_in
+        self.approved = approved
+        # An item that only records a pending request or a pre-approval is
+        # not part of the roster the user sees (RFC 6121 section 3.1.3).
+        self.hidden = hidden
+
+    @property
+    def has_to(self):
+        return self.subscription in ("to", "both")
+
+    @property
+    def has_from(self):
+        return self.subscription in ("from", "both")
+
+    def set_flags(self, to=None, from_=None):
+        """Change one direction of the subscription, keeping the other."""
+        has_to = self.has_to if to is None else to
+        has_from = self.has_from if from_ is None else from_
+        self.subscription = {(False, False): "none", (True, False): "to", (False, True): "from",
+                             (True, True): "both"}[(has_to, has_from)]
+
+    def to_element(self, removed=False):
+        item = domish.Element((NS_ROSTER, "item"))
+        item["jid"] = self.jid
+        if removed:
+            item["subscription"] = "remove"
+            return item
+        if self.name:
+            item["name"] = self.name
+        item["subscription"] = self.subscription
+        if self.ask:
+            item["ask"] = "subscribe"
+        if self.approved and not self.has_from:
+            item["approved"] = "true"
+        for group in self.groups:
+            item.addElement("group", content=group)
+        return item
+
+    def to_json(self):
+        return {"name": self.name, "groups": self.groups, "subscription": self.subscription,
+                "ask": self.ask, "pending_in": self.pending_in, "approved": self.approved, "hidden": self.hidden}
+
+    @classmethod
+    def from_json(cls, jid, data):
+        return cls(jid, data.get("name"), data.get("groups", ()), data.get("subscription", "none"),
+                   data.get("ask", False), data.get("pending_in"), data.get("approved", False),
+                   data.get("hidden", False))
+
+
+class Roster:
+    """One account's roster: items by bare JID and a version counter."""
+
+    def __init__(self, version=0, items=None):
+        self.version = version
+        self.items = items or {}
+
+    def get(self, jid):
+        return self.items.get(jid)
+
+    def ensure(self, jid, hidden=False):
+        """The item for ``jid``, created (with subscription none) if missing."""
+        item = self.items.get(jid)
+        if item is None:
+            item = self.items[jid] = RosterItem(jid, hidden=hidden)
+        return item
+
+    def visible(self):
+        return [item for item in self.items.values() if not item.hidden]
+
+
+class Rosters:
+    """Loads, saves and pushes rosters."""
+
+    def __init__(self, storage, sessions, router):
+        self.storage = storage
+        self.sessions = sessions
+        self.router = router
+
+    @defer.inlineCallbacks
+    def load(self, bare):
+        user, host = bare.split("@", 1)
+        data = yield self.storage.get(host, user, STORE)
+        if not data:
+            return Roster()
+        items = {jid: RosterItem.from_json(jid, value) for jid, value in data["items"].items()}
+        return Roster(data["version"], items)
+
+    def save(self, bare, roster):
+        roster.version += 1
+        user, host = bare.split("@", 1)
+        data = {"version": roster.version, "items": {jid: item.to_json() for jid, item in roster.items.items()}}
+        return self.storage.set(host, user, STORE, data)
+
+    @defer.inlineCallbacks
+    def update(self, bare, roster, item, removed=False):
+        """Save ``roster`` after a change of ``item`` and push it to interested resources."""
+        if removed:
+            roster.items.pop(item.jid, None)
+        yield self.save(bare, roster)
+        if item.hidden and not removed:
+            return
+        for session in self.sessions.resources(bare):
+            if session.interested:
+                push = make("iq", to=session.full, type="set", id=f"push{roster.version}")
+                query = push.addElement((NS_ROSTER, "query"))
+                query["ver"] = str(roster.version)
+                query.addChild(item.to_element(removed))
+                session.send(push)

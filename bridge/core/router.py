@@ -1,0 +1,58 @@
+"""The routing table: every stanza of every listener is delivered through it.
+
+A route is any object with ``deliver(stanza)``.  Routes are keyed by domain:
+each local host (and each of its aliases), components, the SIP and SMS
+gateways; remote servers are reached through the default route, which the
+federation module sets.  A stanza that no route takes is answered with
+``remote-server-not-found``, unless it is itself an error or a result.
+"""
+
+from twisted.logger import Logger
+
+from bridge.core.stanza import error_reply, is_error_or_result, parse_jid
+
+log = Logger()
+
+
+class RoutingTable:
+    def __init__(self):
+        self._routes = {}
+        self.default_route = None
+
+    def addRoute(self, domain, route):
+        """Make ``route`` receive the stanzas addressed to ``domain``."""
+        self._routes[domain.lower()] = route
+
+    def removeRoute(self, domain, route):
+        if self._routes.get(domain.lower()) is route:
+            del self._routes[domain.lower()]
+
+    def lookup(self, domain):
+        """The route for ``domain``: its own, else the default (may be None)."""
+        return self._routes.get(domain, self.default_route)
+
+    def is_local(self, domain):
+        return domain in self._routes
+
+    def route(self, stanza):
+        """Deliver ``stanza`` to the route of its 'to' domain."""
+        to = parse_jid(stanza.getAttribute("to"))
+        if to is None:
+            self.bounce(stanza, "jid-malformed")
+            return
+        route = self.lookup(to.host)
+        if route is None:
+            self.bounce(stanza, "remote-server-not-found")
+            return
+        route.deliver(stanza)
+
+    def bounce(self, stanza, condition, text=None):
+        """Return an error to the sender of ``stanza`` (never for an error or result)."""
+        if is_error_or_result(stanza) or not stanza.hasAttribute("from"):
+            log.debug("dropped {name} to {to}: {condition}", name=stanza.name, to=stanza.getAttribute("to"),
+                      condition=condition)
+            return
+        reply = error_reply(stanza, condition, text)
+        if not reply.hasAttribute("from"):
+            del reply["from"]
+        self.route(reply)

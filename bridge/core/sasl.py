@@ -1,0 +1,208 @@
+"""SASL mechanisms of the server side: SCRAM (RFC 5802, RFC 7677) and PLAIN.
+
+Passwords are never stored: an account keeps, per SCRAM hash, the salt, the
+iteration count, StoredKey and ServerKey.  SCRAM needs nothing more, and PLAIN
+is checked by deriving StoredKey from the offered password with the stored
+salt.  The exchanges do no I/O: they take the client's bytes and return the
+server's, and ask for the credentials through a callable that may return a
+Deferred.
+"""
+
+import base64
+import hashlib
+import hmac
+import os
+import unicodedata
+
+from twisted.internet import defer
+
+SCRAM_HASHES = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-1": "sha1"}
+DEFAULT_ITERATIONS = 4096
+
+
+class SASLFailure(Exception):
+    """Authentication failed; ``condition`` is the RFC 6120 section 6.5 condition."""
+
+    def __init__(self, condition, text=None):
+        super().__init__(condition)
+        self.condition = condition
+        self.text = text
+
+
+def saslprep(text):
+    """A simplified SASLprep (RFC 4013): NFKC, mapped spaces, prohibited controls."""
+    mapped = "".join(" " if unicodedata.category(c) == "Zs" else c for c in text if c not in "\u00ad\u200b\u2060\ufeff")
+    normalised = unicodedata.normalize("NFKC", mapped)
+    if any(unicodedata.category(c) in ("Cc", "Cs", "Co") for c in normalised):
+        raise SASLFailure("malformed-request", "prohibited character")
+    return normalised
+
+
+def _b64(data):
+    return base64.b64encode(data).decode("ascii")
+
+
+def _hmac(hash_name, key, message):
+    return hmac.new(key, message, hash_name).digest()
+
+
+def scram_keys(hash_name, password, salt, iterations):
+    """(StoredKey, ServerKey) for a password, as RFC 5802 section 3 defines them."""
+    salted = hashlib.pbkdf2_hmac(hash_name, saslprep(password).encode("utf-8"), salt, iterations)
+    client_key = _hmac(hash_name, salted, b"Client Key")
+    stored_key = hashlib.new(hash_name, client_key).digest()
+    server_key = _hmac(hash_name, salted, b"Server Key")
+    return stored_key, server_key
+
+
+def make_credentials(password, iterations=DEFAULT_ITERATIONS):
+    """The stored form of a password: one salted record per SCRAM mechanism."""
+    credentials = {}
+    for mechanism, hash_name in SCRAM_HASHES.items():
+        salt = os.urandom(16)
+        stored_key, server_key = scram_keys(hash_name, password, salt, iterations)
+        credentials[mechanism] = {
+            "salt": _b64(salt),
+            "iterations": iterations,
+            "stored_key": _b64(stored_key),
+            "server_key": _b64(server_key),
+        }
+    return credentials
+
+
+def check_password(credentials, password):
+    """True when ``password`` matches the stored SCRAM-SHA-256 record."""
+    record = credentials["SCRAM-SHA-256"]
+    stored_key, _ = scram_keys("sha256", password, base64.b64decode(record["salt"]), record["iterations"])
+    return hmac.compare_digest(stored_key, base64.b64decode(record["stored_key"]))
+
+
+def _parse_attributes(text):
+    attributes = {}
+    for part in text.split(","):
+        if len(part) < 2 or part[1] != "=":
+            raise SASLFailure("malformed-request", f"bad attribute {part!r}")
+        attributes[part[0]] = part[2:]
+    return attributes
+
+
+def _unescape_username(name):
+    if "=" in name.replace("=2C", "").replace("=3D", ""):
+        raise SASLFailure("malformed-request", "bad escape in username")
+    return name.replace("=2C", ",").replace("=3D", "=")
+
+
+class ScramExchange:
+    """One SCRAM authentication, server side.
+
+    ``lookup(username)`` returns (a Deferred of) the user's credentials dict
+    or None.  ``channel_binding`` is the data of the TLS channel (for the
+    -PLUS variants) or None when the connection offers none.
+    """
+
+    def __init__(self, mechanism, lookup, channel_binding=None, plus_offered=False):
+        self.mechanism = mechanism
+        self.plus = mechanism.endswith("-PLUS")
+        self.hash_name = SCRAM_HASHES[mechanism.removesuffix("-PLUS")]
+        self.lookup = lookup
+        self.channel_binding = channel_binding
+        self.plus_offered = plus_offered
+        self.username = None
+        self._step = 0
+
+    @defer.inlineCallbacks
+    def receive(self, data):
+        """Fires with (server bytes, finished) or fails with ``SASLFailure``."""
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SASLFailure("malformed-request", "not UTF-8")
+        self._step += 1
+        if self._step == 1:
+            result = yield self._client_first(text)
+            return result, False
+        if self._step == 2:
+            return self._client_final(text), True
+        raise SASLFailure("malformed-request", "unexpected data")
+
+    @defer.inlineCallbacks
+    def _client_first(self, text):
+        parts = text.split(",", 2)
+        if len(parts) != 3:
+            raise SASLFailure("malformed-request", "bad client-first-message")
+        gs2_flag, authzid, bare = parts
+        if self.plus:
+            if not gs2_flag.startswith("p=") or self.channel_binding is None:
+                raise SASLFailure("malformed-request", "channel binding required")
+        elif gs2_flag == "y" and self.plus_offered:
+            raise SASLFailure("not-authorized", "channel binding downgrade")
+        elif gs2_flag not in ("n", "y"):
+            raise SASLFailure("malformed-request", "channel binding not offered")
+        self.gs2_header = f"{gs2_flag},{authzid},"
+        attributes = _parse_attributes(bare)
+        if "m" in attributes or "n" not in attributes or "r" not in attributes:
+            raise SASLFailure("malformed-request", "bad client-first-message")
+        self.username = saslprep(_unescape_username(attributes["n"]))
+        self.client_first_bare = bare
+        credentials = yield self.lookup(self.username)
+        record = (credentials or {}).get(self.mechanism.removesuffix("-PLUS"))
+        if record is None:
+            # Go on with made-up values so that an unknown user is
+            # indistinguishable from a wrong password until the end.
+            record = {"salt": _b64(os.urandom(16)), "iterations": DEFAULT_ITERATIONS,
+                      "stored_key": _b64(os.urandom(32)), "server_key": _b64(os.urandom(32))}
+            self.username_known = False
+        else:
+            self.username_known = True
+        self.record = record
+        self.nonce = attributes["r"] + _b64(os.urandom(18))
+        self.server_first = f"r={self.nonce},s={record['salt']},i={record['iterations']}"
+        return self.server_first.encode("ascii")
+
+    def _client_final(self, text):
+        without_proof, _, proof_part = text.rpartition(",")
+        if not proof_part.startswith("p="):
+            raise SASLFailure("malformed-request", "no proof")
+        attributes = _parse_attributes(without_proof)
+        binding = self.gs2_header.encode("utf-8")
+        if self.plus:
+            binding += self.channel_binding
+        if attributes.get("c") != _b64(binding) or attributes.get("r") != self.nonce:
+            raise SASLFailure("not-authorized", "channel binding or nonce mismatch")
+        auth_message = f"{self.client_first_bare},{self.server_first},{without_proof}".encode("utf-8")
+        stored_key = base64.b64decode(self.record["stored_key"])
+        signature = _hmac(self.hash_name, stored_key, auth_message)
+        try:
+            proof = base64.b64decode(proof_part[2:], validate=True)
+        except ValueError:
+            raise SASLFailure("malformed-request", "bad proof encoding")
+        if len(proof) != len(signature):
+            raise SASLFailure("not-authorized")
+        client_key = bytes(a ^ b for a, b in zip(proof, signature))
+        valid = hmac.compare_digest(hashlib.new(self.hash_name, client_key).digest(), stored_key)
+        if not (valid and self.username_known):
+            raise SASLFailure("not-authorized")
+        server_signature = _hmac(self.hash_name, base64.b64decode(self.record["server_key"]), auth_message)
+        return f"v={_b64(server_signature)}".encode("ascii")
+
+
+class PlainExchange:
+    """PLAIN (RFC 4616), checked against the stored SCRAM record."""
+
+    mechanism = "PLAIN"
+
+    def __init__(self, lookup):
+        self.lookup = lookup
+        self.username = None
+
+    @defer.inlineCallbacks
+    def receive(self, data):
+        try:
+            authzid, username, password = data.decode("utf-8").split("\0")
+        except (UnicodeDecodeError, ValueError):
+            raise SASLFailure("malformed-request", "bad PLAIN message")
+        self.username = saslprep(username)
+        credentials = yield self.lookup(self.username)
+        if not credentials or not check_password(credentials, password):
+            raise SASLFailure("not-authorized")
+        return b"", True

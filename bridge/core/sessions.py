@@ -1,0 +1,66 @@
+"""The session table: every bound resource, by full JID and by bare JID.
+
+A session is the routing table's view of one connected resource, whatever
+transport carries it (TCP, BOSH, WebSocket): its JID, priority, last
+presence and a ``send`` callable.  The table is the part of the routing
+state that nodes of a cluster would share.
+"""
+
+
+class Session:
+    """One bound resource."""
+
+    def __init__(self, jid, stream):
+        self.jid = jid
+        self.full = jid.full()
+        self.bare = jid.userhost()
+        self.stream = stream
+        self.presence = None
+        self.priority = 0
+        self.interested = False
+        self.directed = set()
+        self.data = {}
+
+    @property
+    def available(self):
+        return self.presence is not None
+
+    def send(self, stanza):
+        self.stream.send(stanza)
+
+    def close(self, condition, text=None):
+        """End the session's stream with a stream error."""
+        self.stream.stream_error(condition, text)
+
+
+class SessionTable:
+    def __init__(self):
+        self._by_full = {}
+        self._by_bare = {}
+
+    def __len__(self):
+        return len(self._by_full)
+
+    def add(self, session):
+        self._by_full[session.full] = session
+        self._by_bare.setdefault(session.bare, {})[session.jid.resource] = session
+
+    def remove(self, session):
+        if self._by_full.get(session.full) is not session:
+            return
+        del self._by_full[session.full]
+        resources = self._by_bare[session.bare]
+        del resources[session.jid.resource]
+        if not resources:
+            del self._by_bare[session.bare]
+
+    def get(self, full):
+        return self._by_full.get(full)
+
+    def resources(self, bare):
+        """Every session of an account."""
+        return list(self._by_bare.get(bare, {}).values())
+
+    def available(self, bare):
+        """Sessions of an account that sent available presence."""
+        return [session for session in self._by_bare.get(bare, {}).values() if session.available]

@@ -1,0 +1,111 @@
+"""Building stanzas and their error replies (RFC 6120 section 8.3)."""
+
+from twisted.words.protocols.jabber.jid import InvalidFormat, JID
+from twisted.words.xish import domish
+
+NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+NS_DELAY = "urn:xmpp:delay"
+
+ERROR_TYPES = {
+    "bad-request": "modify",
+    "conflict": "cancel",
+    "feature-not-implemented": "cancel",
+    "forbidden": "auth",
+    "internal-server-error": "cancel",
+    "item-not-found": "cancel",
+    "jid-malformed": "modify",
+    "not-acceptable": "modify",
+    "not-allowed": "cancel",
+    "not-authorized": "auth",
+    "policy-violation": "modify",
+    "recipient-unavailable": "wait",
+    "registration-required": "auth",
+    "remote-server-not-found": "cancel",
+    "remote-server-timeout": "wait",
+    "resource-constraint": "wait",
+    "service-unavailable": "cancel",
+    "undefined-condition": "cancel",
+}
+
+
+def parse_jid(text):
+    """A JID, or None when ``text`` is missing or malformed."""
+    if not text:
+        return None
+    try:
+        return JID(text)
+    except (InvalidFormat, UnicodeError):
+        return None
+
+
+def make(kind, to=None, sender=None, type=None, id=None):
+    """A new stanza element with the given addressing attributes."""
+    element = domish.Element((None, kind))
+    for name, value in (("to", to), ("from", sender), ("type", type), ("id", id)):
+        if value is not None:
+            element[name] = value.full() if isinstance(value, JID) else value
+    return element
+
+
+def is_error_or_result(stanza):
+    """Stanzas that must never be answered with an error."""
+    return stanza.getAttribute("type") == "error" or (stanza.name == "iq" and stanza.getAttribute("type") == "result")
+
+
+def error_reply(stanza, condition, text=None, extra=None):
+    """The error reply to ``stanza``: addresses swapped, the original payload kept."""
+    reply = domish.Element((None, stanza.name))
+    for name in ("id",):
+        if stanza.hasAttribute(name):
+            reply[name] = stanza[name]
+    if stanza.hasAttribute("from"):
+        reply["to"] = stanza["from"]
+    if stanza.hasAttribute("to"):
+        reply["from"] = stanza["to"]
+    reply["type"] = "error"
+    if stanza.name != "iq":
+        for child in stanza.elements():
+            reply.addChild(child)
+    error = reply.addElement("error")
+    error["type"] = ERROR_TYPES.get(condition, "cancel")
+    error.addElement((NS_STANZAS, condition))
+    if text:
+        error.addElement((NS_STANZAS, "text"), content=text)
+    if extra is not None:
+        error.addChild(extra)
+    return reply
+
+
+def result_reply(iq):
+    """The empty result of an IQ get or set."""
+    reply = make("iq", type="result", id=iq.getAttribute("id"))
+    if iq.hasAttribute("from"):
+        reply["to"] = iq["from"]
+    if iq.hasAttribute("to"):
+        reply["from"] = iq["to"]
+    return reply
+
+
+def first_child(stanza):
+    """The first child element, or None."""
+    for child in stanza.elements():
+        return child
+    return None
+
+
+def delay_element(stamp, sender):
+    """A XEP-0203 <delay/> for a UTC datetime."""
+    delay = domish.Element((NS_DELAY, "delay"))
+    delay["from"] = sender
+    delay["stamp"] = stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return delay
+
+
+def readdress(stanza, to, sender):
+    """A shallow copy of ``stanza`` with new 'to' and 'from' (children are shared)."""
+    copied = domish.Element((stanza.uri, stanza.name), stanza.defaultUri)
+    copied.attributes = dict(stanza.attributes)
+    copied.attributes["to"] = to
+    copied.attributes["from"] = sender
+    copied.children = list(stanza.children)
+    return copied

@@ -1,0 +1,490 @@
+"""Client-to-server streams (RFC 6120): features, STARTTLS, SASL, binding.
+
+``ClientStream`` holds the logic of one client stream and knows nothing of
+the framing: it is driven by ``stream_opened``, ``element_received`` and
+``connection_lost``, and writes through a *framing* object (``open``,
+``send``, ``close``, ``reset``, ``start_tls``).  ``TCPClientProtocol`` is the
+framing for TCP; the BOSH and WebSocket gateways supply theirs and reuse
+everything here.
+"""
+
+import base64
+import os
+
+from twisted.internet import defer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.words.protocols.jabber.jid import JID
+from twisted.words.xish import domish
+
+from bridge.core import sasl
+from bridge.core.sessions import Session
+from bridge.core.stanza import first_child, make
+from bridge.core.tls import channel_binding
+from bridge.core.xmlstream import NS_STREAMS, NS_XML, StreamError, StreamParser
+
+log = Logger()
+
+NS_CLIENT = "jabber:client"
+NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
+NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
+NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
+NS_SESSION = "urn:ietf:params:xml:ns:xmpp-session"
+NS_STREAM_ERRORS = "urn:ietf:params:xml:ns:xmpp-streams"
+NS_PING = "urn:xmpp:ping"
+MAX_SASL_FAILURES = 3
+STANZAS = ("message", "presence", "iq")
+
+
+def stream_error_element(condition, text=None):
+    error = domish.Element((NS_STREAMS, "error"))
+    error.addElement((NS_STREAM_ERRORS, condition))
+    if text:
+        error.addElement((NS_STREAM_ERRORS, "text"), content=text)
+    return error
+
+
+class ClientStream:
+    """The state of one client connection, from stream header to unbinding."""
+
+    def __init__(self, server, framing, listener, secure=False):
+        self.server = server
+        self.framing = framing
+        self.listener = listener
+        self.secure = secure
+        self.host = None
+        self.username = None
+        self.jid = None
+        self.session = None
+        self.sasl_exchange = None
+        self.sasl_failures = 0
+        self.stream_id = None
+        self.closed = False
+        clock = server.clock
+        self._pre_auth_timer = clock.callLater(listener.pre_auth_timeout_seconds, self._pre_auth_timeout)
+        self._last_activity = clock.seconds()
+        self._ping_timer = None
+        self._ping_id = None
+
+    # -- input -------------------------------------------------------------
+
+    def data_seen(self):
+        """Called for any bytes from the client: the connection is alive."""
+        self._last_activity = self.server.clock.seconds()
+
+    def stream_opened(self, header):
+        to = header.getAttribute("to")
+        self.stream_id = base64.urlsafe_b64encode(os.urandom(12)).decode("ascii")
+        host_name = self.server.config.host_for((to or "").lower())
+        self.framing.open(self.stream_id, host_name or to or next(iter(self.server.hosts)))
+        if header.getAttribute("version", "0.0").split(".")[0] != "1":
+            self.stream_error("unsupported-version")
+            return
+        if host_name is None:
+            self.stream_error("host-unknown", f"{to!r} is not served here")
+            return
+        if self.host is not None and host_name != self.host:
+            self.stream_error("host-unknown", "the host changed within the session")
+            return
+        self.host = host_name
+        self.framing.send(self._features())
+
+    def _features(self):
+        features = domish.Element((NS_STREAMS, "features"))
+        config = self.listener
+        if not self.secure and self.framing.can_start_tls:
+            starttls = features.addElement((NS_TLS, "starttls"))
+            if config.require_encryption:
+                starttls.addElement("required")
+        if self.username is None:
+            if self.secure or not config.require_encryption or not self.framing.can_start_tls:
+                mechanisms = features.addElement((NS_SASL, "mechanisms"))
+                for mechanism in self._mechanisms():
+                    mechanisms.addElement("mechanism", content=mechanism)
+            self.server.hooks.fire("stream-features/pre-auth", (self, features))
+        else:
+            features.addElement((NS_BIND, "bind"))
+            features.addElement((NS_SESSION, "session")).addElement("optional")
+            self.server.hooks.fire("stream-features/post-auth", (self, features))
+        return features
+
+    def _mechanisms(self):
+        names = []
+        if channel_binding(self.framing.tls_transport()) is not None:
+            names += ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS"]
+        names += list(sasl.SCRAM_HASHES)
+        if self.secure:
+            names.append("PLAIN")
+        return names
+
+    def element_received(self, element):
+        if self.closed:
+            return
+        if element.uri == NS_TLS and element.name == "starttls":
+            self._starttls()
+        elif element.uri == NS_SASL:
+            self._sasl(element)
+        elif element.name in STANZAS and element.uri is None:
+            if self.session is not None:
+                self._stanza(element)
+            elif self.username is not None and element.name == "iq":
+                self._bind_phase_iq(element)
+            elif element.name == "iq" and self._unauthenticated_iq(element):
+                pass
+            else:
+                self.stream_error("not-authorized")
+        else:
+            self.stream_error("unsupported-stanza-type", f"<{element.name}/> in {element.uri}")
+
+    def _stanza(self, stanza):
+        if stanza.name == "iq" and stanza.getAttribute("id") == self._ping_id and self._ping_id:
+            self._ping_id = None
+            return
+        self.server.stanza_from_session(self.session, stanza)
+
+    # -- TLS and SASL ------------------------------------------------------
+
+    def _starttls(self):
+        if self.secure or not self.framing.can_start_tls:
+            self.stream_error("policy-violation", "TLS is already in place")
+            return
+        self.framing.send(domish.Element((NS_TLS, "proceed")))
+        self.framing.start_tls()
+        self.secure = True
+        self.framing.reset()
+
+    def _unauthenticated_iq(self, iq):
+        """IQs allowed before authentication (in-band registration)."""
+        payload = first_child(iq)
+        if payload is None:
+            return False
+        return self.server.hooks.fire(f"unauthenticated-iq/{payload.uri}:{payload.name}", (self, iq))
+
+    def _lookup(self, username):
+        return self.server.accounts.credentials(self.host, username)
+
+    def _sasl(self, element):
+        if self.host is None or self.username is not None:
+            self.stream_error("policy-violation", "SASL is not expected now")
+            return
+        if self.listener.require_encryption and not self.secure and self.framing.can_start_tls:
+            self._sasl_failure("encryption-required")
+            return
+        if element.name == "auth":
+            mechanism = element.getAttribute("mechanism")
+            if mechanism not in self._mechanisms():
+                self._sasl_failure("invalid-mechanism")
+                return
+            if mechanism == "PLAIN":
+                self.sasl_exchange = sasl.PlainExchange(self._lookup)
+            else:
+                binding = channel_binding(self.framing.tls_transport())
+                self.sasl_exchange = sasl.ScramExchange(mechanism, self._lookup, binding,
+                                                        plus_offered=binding is not None)
+            self._sasl_step(str(element).strip())
+        elif element.name == "response" and self.sasl_exchange is not None:
+            self._sasl_step(str(element).strip())
+        elif element.name == "abort":
+            self.sasl_exchange = None
+            self._sasl_failure("aborted")
+        else:
+            self._sasl_failure("malformed-request")
+
+    def _sasl_step(self, text):
+        try:
+            data = b"" if text in ("", "=") else base64.b64decode(text, validate=True)
+        except ValueError:
+            self._sasl_failure("incorrect-encoding")
+            return
+        exchange = self.sasl_exchange
+        d = defer.maybeDeferred(exchange.receive, data)
+
+        def answered(result):
+            reply, finished = result
+            if self.closed:
+                return
+            encoded = base64.b64encode(reply).decode("ascii") if reply else None
+            if not finished:
+                challenge = domish.Element((NS_SASL, "challenge"))
+                challenge.addContent(encoded or "=")
+                self.framing.send(challenge)
+                return
+            success = domish.Element((NS_SASL, "success"))
+            if encoded:
+                success.addContent(encoded)
+            self._authenticated(exchange.username)
+            self.framing.send(success)
+            self.framing.reset()
+
+        def failed(failure):
+            failure.trap(sasl.SASLFailure)
+            self.sasl_exchange = None
+            self._sasl_failure(failure.value.condition)
+            if failure.value.condition == "not-authorized":
+                log.info("authentication failed for {user}@{host} from {peer}", user=exchange.username,
+                         host=self.host, peer=self.framing.peer)
+
+        d.addCallbacks(answered, failed).addErrback(self._internal_error)
+
+    def _sasl_failure(self, condition):
+        failure = domish.Element((NS_SASL, "failure"))
+        failure.addElement(condition)
+        self.framing.send(failure)
+        self.sasl_failures += 1
+        if self.sasl_failures >= MAX_SASL_FAILURES:
+            self.stream_error("policy-violation", "too many failed authentications")
+
+    def _authenticated(self, username):
+        self.username = username
+        self.sasl_exchange = None
+        if self._pre_auth_timer.active():
+            self._pre_auth_timer.cancel()
+        self._schedule_ping()
+
+    # -- resource binding --------------------------------------------------
+
+    def _bind_phase_iq(self, iq):
+        payload = first_child(iq)
+        if iq.getAttribute("type") == "set" and payload is not None and payload.uri == NS_BIND:
+            self._bind(iq, payload)
+        else:
+            reply = make("iq", type="error", id=iq.getAttribute("id"))
+            error = reply.addElement("error")
+            error["type"] = "auth"
+            error.addElement(("urn:ietf:params:xml:ns:xmpp-stanzas", "not-authorized"))
+            self.framing.send(reply)
+
+    def _bind(self, iq, payload):
+        requested = (str(payload.resource).strip() if payload.resource else "") or None
+        bare = f"{self.username}@{self.host}"
+        policy = self.listener.resource_conflict
+        try:
+            jid = JID(f"{bare}/{requested or self._random_resource()}")
+        except Exception:
+            self._bind_error(iq, "bad-request", "modify")
+            return
+        existing = self.server.sessions.get(jid.full())
+        if existing is not None:
+            if policy == "refuse":
+                self._bind_error(iq, "conflict", "cancel")
+                return
+            if policy == "rename":
+                jid = JID(f"{bare}/{requested}-{self._random_resource()[:8]}")
+            else:
+                existing.close("conflict", "replaced by a new session")
+        sessions = self.server.sessions.resources(bare)
+        if len([s for s in sessions if s.full != jid.full()]) >= self.listener.max_sessions_per_user:
+            self._bind_error(iq, "resource-constraint", "wait")
+            return
+        self.jid = jid
+        self.session = Session(jid, self)
+        self.server.sessions.add(self.session)
+        reply = make("iq", type="result", id=iq.getAttribute("id"))
+        reply.addElement((NS_BIND, "bind")).addElement("jid", content=jid.full())
+        self.framing.send(reply)
+        self.server.hooks.fire("session/bound", self.session)
+
+    def _bind_error(self, iq, condition, kind):
+        reply = make("iq", type="error", id=iq.getAttribute("id"))
+        error = reply.addElement("error")
+        error["type"] = kind
+        error.addElement(("urn:ietf:params:xml:ns:xmpp-stanzas", condition))
+        self.framing.send(reply)
+
+    @staticmethod
+    def _random_resource():
+        return base64.b32encode(os.urandom(10)).decode("ascii").lower()
+
+    # -- output and end ----------------------------------------------------
+
+    def send(self, stanza):
+        """Deliver a routed stanza to this client."""
+        if not self.closed:
+            self.framing.send(stanza)
+
+    def stream_error(self, condition, text=None):
+        """Send a stream error and close the stream (RFC 6120 section 4.9)."""
+        if self.closed:
+            return
+        log.info("stream error {condition} for {peer}: {text}", condition=condition, peer=self.framing.peer,
+                 text=text or "")
+        self.framing.send(stream_error_element(condition, text))
+        self.close()
+
+    def close(self):
+        if not self.closed:
+            self.closed = True
+            self.framing.close()
+
+    def stream_closed(self):
+        """The client sent </stream:stream>."""
+        self.close()
+
+    def connection_lost(self):
+        self.closed = True
+        for timer in (self._pre_auth_timer, self._ping_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        if self.session is not None:
+            session, self.session = self.session, None
+            self.server.hooks.fire("session/ended", session)
+            self.server.sessions.remove(session)
+
+    def _internal_error(self, failure):
+        log.failure("internal error on the stream of {peer}", failure, peer=self.framing.peer)
+        self.stream_error("internal-server-error")
+
+    def _pre_auth_timeout(self):
+        self.stream_error("connection-timeout", "no authentication in time")
+
+    # -- keepalive: ping a client that stays silent ------------------------
+
+    def _schedule_ping(self):
+        interval = self.listener.ping_interval_seconds
+        if interval:
+            self._ping_timer = self.server.clock.callLater(interval, self._check_idle)
+
+    def _check_idle(self):
+        idle = self.server.clock.seconds() - self._last_activity
+        interval = self.listener.ping_interval_seconds
+        if self._ping_id is not None:
+            self.stream_error("connection-timeout", "no answer to ping")
+            return
+        if idle < interval:
+            self._ping_timer = self.server.clock.callLater(interval - idle, self._check_idle)
+            return
+        if self.jid is not None:
+            self._ping_id = "ping-" + self._random_resource()[:8]
+            ping = make("iq", to=self.jid.full(), sender=self.host, type="get", id=self._ping_id)
+            ping.addElement((NS_PING, "ping"))
+            self.framing.send(ping)
+        self._ping_timer = self.server.clock.callLater(self.listener.ping_timeout_seconds, self._check_idle)
+
+
+class TCPClientProtocol(Protocol):
+    """RFC 6120 framing over TCP: one XML document, STARTTLS, rate limiting."""
+
+    can_start_tls = True
+
+    def __init__(self, server, listener, tls_context, direct_tls):
+        self.server = server
+        self.listener = listener
+        self.tls_context = tls_context
+        self.direct_tls = direct_tls
+        self.peer = "?"
+        self._tokens = listener.rate_limit_burst_bytes
+        self._refilled = server.clock.seconds()
+        self._paused = None
+
+    def connectionMade(self):
+        address = self.transport.getPeer()
+        self.peer = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
+        self.parser = StreamParser(self._opened, self._element, self._closed,
+                                   self.listener.stanza_size_limit_bytes, NS_CLIENT)
+        self.can_start_tls = self.tls_context is not None and not self.direct_tls
+        self.stream = ClientStream(self.server, self, self.listener, secure=self.direct_tls)
+        if not self.factory.admit(self):
+            self.stream.stream_error("policy-violation", "too many connections from your address")
+
+    def dataReceived(self, data):
+        if self.stream.closed:
+            return
+        self.stream.data_seen()
+        self._limit_rate(len(data))
+        try:
+            self.parser.feed(data)
+        except StreamError as error:
+            self.stream.stream_error(error.condition, error.text)
+        except Exception:
+            log.failure("unexpected failure on input from {peer}", peer=self.peer)
+            self.stream.stream_error("internal-server-error")
+
+    def _limit_rate(self, size):
+        """A token bucket: past the burst, reading pauses until the rate allows."""
+        now = self.server.clock.seconds()
+        rate = self.listener.rate_limit_bytes_per_second
+        self._tokens = min(self.listener.rate_limit_burst_bytes, self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        self._tokens -= size
+        if self._tokens < 0 and self._paused is None:
+            self.transport.pauseProducing()
+            self._paused = self.server.clock.callLater(-self._tokens / rate, self._resume)
+
+    def _resume(self):
+        self._paused = None
+        self.transport.resumeProducing()
+
+    def _opened(self, header):
+        self.stream.stream_opened(header)
+
+    def _element(self, element):
+        self.stream.element_received(element)
+
+    def _closed(self):
+        self.stream.stream_closed()
+
+    # -- the framing interface used by ClientStream --------------------------
+
+    def open(self, stream_id, host):
+        self.transport.write(
+            f"<?xml version='1.0'?><stream:stream xmlns='{NS_CLIENT}' xmlns:stream='{NS_STREAMS}' "
+            f"id='{stream_id}' from='{domish.escapeToXml(host, True)}' version='1.0' xml:lang='en'>".encode()
+        )
+
+    def send(self, element):
+        if element.uri == NS_STREAMS:
+            # Serialise with the stream prefix the client knows.
+            text = element.toXml(prefixes={NS_STREAMS: "stream"}, prefixesInScope=["stream"])
+        else:
+            text = element.toXml()
+        self.transport.write(text.encode("utf-8"))
+
+    def reset(self):
+        self.parser.reset()
+
+    def start_tls(self):
+        self.transport.startTLS(self.tls_context)
+
+    def tls_transport(self):
+        return self.transport if (self.direct_tls or self.stream.secure) else None
+
+    def close(self):
+        self.transport.write(b"</stream:stream>")
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason):
+        if self._paused is not None and self._paused.active():
+            self._paused.cancel()
+        self.factory.release(self)
+        self.stream.connection_lost()
+
+
+class ClientFactory(Factory):
+    """Builds client connections and counts them per address."""
+
+    noisy = False
+
+    def __init__(self, server, listener, tls_context, direct_tls=False):
+        self.server = server
+        self.listener = listener
+        self.tls_context = tls_context
+        self.direct_tls = direct_tls
+        self.per_address = {}
+
+    def buildProtocol(self, address):
+        protocol = TCPClientProtocol(self.server, self.listener, self.tls_context, self.direct_tls)
+        protocol.factory = self
+        protocol.address_key = getattr(address, "host", None)
+        return protocol
+
+    def admit(self, protocol):
+        count = self.per_address.get(protocol.address_key, 0) + 1
+        self.per_address[protocol.address_key] = count
+        return count <= self.listener.max_connections_per_address
+
+    def release(self, protocol):
+        count = self.per_address.get(protocol.address_key, 1) - 1
+        if count:
+            self.per_address[protocol.address_key] = count
+        else:
+            self.per_address.pop(protocol.address_key, None)

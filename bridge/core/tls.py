@@ -1,0 +1,99 @@
+"""TLS for listeners: the certificate (generated at first start) and per-listener policy.
+
+Each listener gets its own context from its own minimum version and cipher
+list, so tightening the policy of one (the XMPP clients) never breaks another
+(a SIP registrar), a lesson of the field reports.
+"""
+
+import datetime
+import os
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL, crypto
+from twisted.internet import ssl
+from twisted.logger import Logger
+
+log = Logger()
+
+TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+def generate_self_signed(cert_path, key_path, names, now=None):
+    """Write a self-signed certificate for ``names`` (the first is the subject)."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name) for name in names]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    os.makedirs(os.path.dirname(os.path.abspath(key_path)), exist_ok=True)
+    descriptor = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    with open(cert_path, "wb") as handle:
+        handle.write(certificate.public_bytes(serialization.Encoding.PEM))
+
+
+def certificate_paths(config, listener=None):
+    """The (certificate, key) a listener uses, generating the default pair if needed."""
+    if listener is not None and listener.certificate:
+        return listener.certificate, listener.private_key
+    if config.tls.certificate:
+        return config.tls.certificate, config.tls.private_key
+    cert_path = config.data_path("certs/bridge.crt")
+    key_path = config.data_path("certs/bridge.key")
+    if not (os.path.exists(cert_path) and os.path.exists(key_path)):
+        names = []
+        for name, host in config.hosts.items():
+            names += [name, *host.aliases]
+        generate_self_signed(cert_path, key_path, names)
+        log.info("generated a self-signed certificate for {names} at {path}", names=names, path=os.path.abspath(cert_path))
+    return cert_path, key_path
+
+
+def server_context(cert_path, key_path, min_version="1.2", ciphers=None):
+    """A Twisted TLS context factory for a server listener."""
+    with open(cert_path, "rb") as handle:
+        chain = handle.read()
+    with open(key_path, "rb") as handle:
+        key = crypto.load_privatekey(crypto.FILETYPE_PEM, handle.read())
+    certificates = [crypto.load_certificate(crypto.FILETYPE_PEM, block)
+                    for block in _pem_blocks(chain)]
+    options = {}
+    if ciphers:
+        options["acceptableCiphers"] = ssl.AcceptableCiphers.fromOpenSSLCipherString(ciphers)
+    return ssl.CertificateOptions(
+        privateKey=key,
+        certificate=certificates[0],
+        extraCertChain=certificates[1:],
+        raiseMinimumTo=TLS_VERSIONS[min_version],
+        **options,
+    )
+
+
+def _pem_blocks(data):
+    marker = b"-----END CERTIFICATE-----"
+    return [block + marker for block in data.split(marker) if b"-----BEGIN" in block]
+
+
+def channel_binding(transport):
+    """tls-exporter data (RFC 9266) of a TLS transport, or None."""
+    connection = getattr(transport, "getHandle", lambda: None)()
+    if not isinstance(connection, SSL.Connection):
+        return None
+    if connection.get_protocol_version_name() != "TLSv1.3":
+        return None
+    return connection.export_keying_material(b"EXPORTER-Channel-Binding", 32)

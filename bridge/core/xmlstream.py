@@ -1,0 +1,129 @@
+"""The restricted XML parser of an XMPP stream: bytes in, stream events out.
+
+RFC 6120 section 11.1 forbids DTDs, entity declarations, comments and
+processing instructions in a stream.  Twisted's stock expat stream expands
+internal entities (a "billion laughs" document exhausts memory), so this
+parser drives expat itself, refuses all four with ``restricted-xml``, and
+counts the bytes of each top-level stanza against a size limit.  It does no
+I/O: the stream protocols feed it and receive callbacks.
+"""
+
+from xml.parsers import expat
+
+from twisted.words.xish import domish
+
+NS_STREAMS = "http://etherx.jabber.org/streams"
+NS_XML = "http://www.w3.org/XML/1998/namespace"
+
+
+class StreamError(Exception):
+    """A condition that ends the stream (RFC 6120 section 4.9.3)."""
+
+    def __init__(self, condition, text=None):
+        super().__init__(condition if text is None else f"{condition}: {text}")
+        self.condition = condition
+        self.text = text
+
+
+def _split_name(name):
+    uri, _, local = name.rpartition(" ")
+    return (uri or None), local
+
+
+class StreamParser:
+    """Parses one XML stream; ``reset`` starts a new one (after TLS or SASL).
+
+    ``on_open(element)`` receives the stream header, ``on_element(element)``
+    each complete top-level child, ``on_close()`` the stream's end tag.
+    Elements in ``content_namespace`` (``jabber:client``, ``jabber:server``)
+    are given no namespace, so that a stanza carries none inside the router
+    and takes the default namespace of whichever stream it leaves by.
+    """
+
+    def __init__(self, on_open, on_element, on_close, stanza_size_limit_bytes, content_namespace=None):
+        self.on_open = on_open
+        self.content_namespace = content_namespace
+        self.on_element = on_element
+        self.on_close = on_close
+        self.stanza_size_limit_bytes = stanza_size_limit_bytes
+        self.reset()
+
+    def reset(self):
+        parser = expat.ParserCreate(namespace_separator=" ")
+        parser.buffer_text = True
+        parser.ordered_attributes = False
+        parser.StartElementHandler = self._start
+        parser.EndElementHandler = self._end
+        parser.CharacterDataHandler = self._text
+        parser.StartDoctypeDeclHandler = self._refuse
+        parser.EntityDeclHandler = self._refuse
+        parser.CommentHandler = self._refuse
+        parser.ProcessingInstructionHandler = self._refuse
+        parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+        self._parser = parser
+        self._depth = 0
+        self._current = None
+        self._stanza_start = None
+        self._fed = 0
+
+    def feed(self, data):
+        """Parse ``data``; raises ``StreamError`` for anything a stream must not hold."""
+        self._fed += len(data)
+        try:
+            self._parser.Parse(data, False)
+        except expat.ExpatError as error:
+            raise StreamError("not-well-formed", str(error)) from None
+        if self._stanza_start is not None and self._fed - self._stanza_start > self.stanza_size_limit_bytes:
+            raise StreamError("policy-violation", "stanza too large")
+
+    def _refuse(self, *args):
+        raise StreamError("restricted-xml", "DTDs, entities, comments and processing instructions are not allowed")
+
+    def _start(self, name, attributes):
+        uri, local = _split_name(name)
+        if uri == self.content_namespace and self._depth:
+            uri = None
+        element = domish.Element((uri, local), defaultUri=uri)
+        for key, value in attributes.items():
+            attr_uri, attr_local = _split_name(key)
+            element.attributes[(attr_uri, attr_local) if attr_uri else attr_local] = value
+        self._depth += 1
+        if self._depth == 1:
+            if (uri, local) != (NS_STREAMS, "stream"):
+                raise StreamError("invalid-namespace", "the root must be <stream:stream/>")
+            self.on_open(element)
+            return
+        if self._depth == 2:
+            self._stanza_start = self._parser.CurrentByteIndex
+        else:
+            self._current.addChild(element)
+        self._current = element
+
+    def _end(self, name):
+        self._depth -= 1
+        if self._depth == 0:
+            self.on_close()
+            return
+        element = self._current
+        self._current = element.parent
+        if self._depth == 1:
+            size = self._parser.CurrentByteIndex - self._stanza_start
+            self._stanza_start = None
+            if size > self.stanza_size_limit_bytes:
+                raise StreamError("policy-violation", "stanza too large")
+            element.parent = None
+            self.on_element(element)
+
+    def _text(self, data):
+        if self._depth >= 2:
+            self._current.addContent(data)
+        elif data.strip():
+            raise StreamError("not-well-formed", "text between stanzas")
+
+
+def parse_element(text):
+    """One standalone element from a string (used for stored stanzas and tests)."""
+    found = []
+    parser = StreamParser(lambda _: None, found.append, lambda: None, len(text) * 4 + 1024)
+    parser.feed(f"<s:stream xmlns:s='{NS_STREAMS}'>".encode() + text.encode())
+    return found[0]

@@ -1,0 +1,116 @@
+"""bridgectl: account administration and configuration checks.
+
+Works on the same configuration and storage as the server; with SQLite in
+WAL mode it may run while the server does.
+"""
+
+import argparse
+import getpass
+import sys
+
+from twisted.words.protocols.jabber.jid import InvalidFormat, JID
+
+from bridge import config as configuration
+from bridge.core.accounts import Accounts, AccountError
+from bridge.core.storage import open_storage
+
+
+class CommandError(Exception):
+    pass
+
+
+def _account(config, text):
+    try:
+        jid = JID(text)
+    except (InvalidFormat, UnicodeError):
+        raise CommandError(f"{text!r} is not a valid JID")
+    host = config.host_for(jid.host)
+    if jid.user is None or jid.resource is not None:
+        raise CommandError(f"{text!r} must be of the form user@host")
+    if host is None:
+        raise CommandError(f"{jid.host!r} is not a host of this server ({', '.join(config.hosts)})")
+    return host, jid.user
+
+
+def _password(args):
+    if args.password_file:
+        try:
+            with open(args.password_file, encoding="utf-8") as handle:
+                password = handle.readline().rstrip("\r\n")
+        except OSError as error:
+            raise CommandError(f"{args.password_file}: {error.strerror}")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise CommandError("the passwords differ")
+    if not password:
+        raise CommandError("the password is empty")
+    return password
+
+
+def _result(deferred):
+    """The result of an already-fired Deferred (storage calls of the CLI are synchronous)."""
+    box = []
+    deferred.addBoth(box.append)
+    if hasattr(box[0], "raiseException"):
+        box[0].raiseException()
+    return box[0]
+
+
+def run(args, out):
+    config = configuration.load(args.config)
+    if args.command == "check":
+        print(f"{config.source}: configuration is valid; hosts: {', '.join(config.hosts)}", file=out)
+        return
+    storage = open_storage(config)
+    accounts = Accounts(storage)
+    try:
+        if args.command == "listusers":
+            hosts = [args.host] if args.host else list(config.hosts)
+            for host in hosts:
+                if host not in config.hosts:
+                    raise CommandError(f"{host!r} is not a host of this server")
+                for user in _result(accounts.users(host)):
+                    print(f"{user}@{host}", file=out)
+            return
+        host, user = _account(config, args.jid)
+        if args.command == "adduser":
+            _result(accounts.create(host, user, _password(args)))
+        elif args.command == "passwd":
+            _result(accounts.set_password(host, user, _password(args)))
+        elif args.command == "deluser":
+            _result(accounts.delete(host, user))
+        print(f"{args.command}: {user}@{host}: done", file=out)
+    finally:
+        storage.close()
+
+
+def parser():
+    top = argparse.ArgumentParser(prog="bridgectl", description="Administer a bridge server.")
+    top.add_argument("--config", "-c", help="TOML configuration file (default: embedded defaults)")
+    commands = top.add_subparsers(dest="command", required=True)
+    for name, text in (("adduser", "create an account"), ("passwd", "change an account's password")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("jid")
+        command.add_argument("--password-file", help="read the password from the first line of this file")
+    commands.add_parser("deluser", help="delete an account and all its data").add_argument("jid")
+    commands.add_parser("listusers", help="list accounts").add_argument("host", nargs="?")
+    commands.add_parser("check", help="validate the configuration")
+    return top
+
+
+def main(argv=None, out=sys.stdout):
+    args = parser().parse_args(argv)
+    try:
+        run(args, out)
+    except configuration.ConfigError as error:
+        print(f"invalid configuration:\n{error}", file=sys.stderr)
+        return 1
+    except (CommandError, AccountError) as error:
+        print(f"bridgectl: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Service discovery (XEP-0030): info and items of hosts and accounts.
+
+The features listed are those the loaded modules registered through
+``ctx.add_feature``, so disco never announces something that is not there.
+"""
+
+from bridge.core.stanza import error_reply, result_reply
+
+NS_INFO = "http://jabber.org/protocol/disco#info"
+NS_ITEMS = "http://jabber.org/protocol/disco#items"
+
+
+class Disco:
+    def __init__(self, ctx):
+        self.server = ctx.server
+
+    def _answer(self, event, namespace, where):
+        query = event.stanza.query
+        if query.getAttribute("node"):
+            event.reply(error_reply(event.stanza, "item-not-found"))
+            return True
+        reply = result_reply(event.stanza)
+        answer = reply.addElement((namespace, "query"))
+        if namespace == NS_INFO:
+            for category, kind, name, _ in self.server.disco_identities.get(where, ()):
+                identity = answer.addElement("identity")
+                identity["category"], identity["type"] = category, kind
+                if name:
+                    identity["name"] = name
+            for feature in sorted({NS_INFO, NS_ITEMS, *self.server.disco_features.get(where, {})}):
+                answer.addElement("feature")["var"] = feature
+        elif where == "host":
+            for jid, name in sorted(self.server.disco_items.items()):
+                item = answer.addElement("item")
+                item["jid"] = jid
+                if name:
+                    item["name"] = name
+        event.reply(reply)
+        return True
+
+    def host_info(self, event):
+        return self._answer(event, NS_INFO, "host")
+
+    def host_items(self, event):
+        return self._answer(event, NS_ITEMS, "host")
+
+    def account_info(self, event):
+        return self._answer(event, NS_INFO, "account")
+
+    def account_items(self, event):
+        return self._answer(event, NS_ITEMS, "account")
+
+
+def setup(ctx):
+    disco = Disco(ctx)
+    ctx.add_identity("server", "im", "bridge")
+    ctx.add_identity("account", "registered", None, where="account")
+    ctx.hook(f"iq-get/host/{NS_INFO}:query", disco.host_info)
+    ctx.hook(f"iq-get/host/{NS_ITEMS}:query", disco.host_items)
+    ctx.hook(f"iq-get/bare/{NS_INFO}:query", disco.account_info)
+    ctx.hook(f"iq-get/bare/{NS_ITEMS}:query", disco.account_items)
+    return disco

@@ -1,0 +1,59 @@
+"""Offline messages (XEP-0160) with XEP-0203 delay stamps.
+
+A chat or normal message for an account with no available resource is
+stored, and delivered in order when a session of the account next sends
+available presence with a non-negative priority.  After storing, the event
+``offline/stored`` fires with (host, user, stanza): the SMS and email
+gateways hang on it to reach a user who is away.
+"""
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from bridge.core.stanza import delay_element
+from bridge.core.xmlstream import parse_element
+
+log = Logger()
+
+STORE = "offline"
+NS_OFFLINE = "msgoffline"
+
+
+class OfflineStorage:
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.limit = ctx.config.offline.max_messages_per_user
+
+    @defer.inlineCallbacks
+    def store(self, event):
+        host, user = event.host.name, event.to.user
+        stanza = event.stanza
+        if not (yield self.ctx.accounts.exists(host, user)):
+            self.ctx.router.bounce(stanza, "service-unavailable")
+            return
+        if (yield self.ctx.storage.count(host, user, STORE)) >= self.limit:
+            self.ctx.router.bounce(stanza, "resource-constraint", "the recipient's offline storage is full")
+            return
+        stanza.addChild(delay_element(self.ctx.server.now(), host))
+        yield self.ctx.storage.append(host, user, STORE, stanza.toXml())
+        self.ctx.fire("offline/stored", (host, user, stanza))
+
+    @defer.inlineCallbacks
+    def deliver(self, session):
+        if session.priority < 0:
+            return
+        host, user = session.jid.host, session.jid.user
+        stored = yield self.ctx.storage.items(host, user, STORE)
+        if not stored:
+            return
+        for _, text in stored:
+            session.send(parse_element(text))
+        yield self.ctx.storage.remove(host, user, STORE, [item_id for item_id, _ in stored])
+
+
+def setup(ctx):
+    offline = OfflineStorage(ctx)
+    ctx.hook("message/offline", offline.store)
+    ctx.hook("presence/initial", offline.deliver)
+    ctx.add_feature(NS_OFFLINE)
+    return offline

@@ -1,0 +1,258 @@
+"""Presence and subscriptions (RFC 6121 sections 3 and 4).
+
+Outbound presence from a client is broadcast to the contacts the roster
+allows; the first available presence of a session probes the user's
+contacts and shows pending subscription requests; subscription stanzas move
+both rosters through none/to/from/both, pending states and pre-approval.
+A session that ends while available, a dropped socket included, is
+announced unavailable.
+"""
+
+from types import SimpleNamespace
+
+from twisted.internet import defer
+
+from bridge.core.stanza import make, readdress
+from bridge.core.xmlstream import parse_element
+
+SUBSCRIPTION_TYPES = ("subscribe", "subscribed", "unsubscribe", "unsubscribed")
+
+
+def priority_of(stanza):
+    try:
+        return max(-128, min(127, int(str(stanza.priority or "0").strip())))
+    except ValueError:
+        return 0
+
+
+class Presence:
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.rosters = ctx.rosters
+        self.sessions = ctx.sessions
+
+    def _send(self, stanza, to, sender):
+        """Route a copy of ``stanza`` with new addresses."""
+        self.ctx.route(readdress(stanza, to, sender))
+
+    # -- outbound: from a local session --------------------------------------
+
+    @defer.inlineCallbacks
+    def broadcast(self, event):
+        session, stanza = event.origin, event.stanza
+        kind = stanza.getAttribute("type")
+        if kind not in (None, "unavailable"):
+            return
+        roster = yield self.rosters.load(session.bare)
+        if kind is None:
+            initial = not session.available
+            session.presence = stanza
+            session.priority = priority_of(stanza)
+        else:
+            if not session.available:
+                return
+            initial = False
+            session.presence = None
+        targets = {item.jid for item in roster.items.values() if item.has_from}
+        if kind == "unavailable":
+            targets |= session.directed
+            session.directed = set()
+        for target in targets:
+            self._send(stanza, target, session.full)
+        for other in self.sessions.available(session.bare) + ([session] if kind == "unavailable" else []):
+            self._send(stanza, other.full, session.full)
+        if initial:
+            yield self._initial(session, roster)
+
+    @defer.inlineCallbacks
+    def _initial(self, session, roster):
+        for item in roster.items.values():
+            if item.has_to:
+                self.ctx.route(make("presence", to=item.jid, sender=session.bare, type="probe"))
+            if item.pending_in:
+                session.send(parse_element(item.pending_in))
+        for other in self.sessions.available(session.bare):
+            if other is not session:
+                self._send(other.presence, session.full, other.full)
+        yield self.ctx.fire("presence/initial", session)
+
+    def session_ended(self, session):
+        """A session gone while available (a dropped socket too) is announced unavailable."""
+        if session.available:
+            self.broadcast(SimpleNamespace(origin=session, stanza=make("presence", type="unavailable")))
+
+    def outbound(self, event):
+        """Presence with a 'to' from a local client: subscriptions or directed presence."""
+        stanza, session = event.stanza, event.origin
+        kind = stanza.getAttribute("type")
+        if kind in SUBSCRIPTION_TYPES:
+            return self._outbound_subscription(session.bare, event.to.userhost(), kind, stanza)
+        if kind in (None, "unavailable"):
+            self._track_directed(session, event.to.full(), kind)
+            self.ctx.route(stanza)
+            return True
+        if kind == "error":
+            self.ctx.route(stanza)
+        return True
+
+    @defer.inlineCallbacks
+    def _track_directed(self, session, target, kind):
+        roster = yield self.rosters.load(session.bare)
+        item = roster.get(event_bare(target))
+        if item is not None and item.has_from:
+            return
+        if kind is None:
+            session.directed.add(target)
+        else:
+            session.directed.discard(target)
+
+    @defer.inlineCallbacks
+    def _outbound_subscription(self, user, contact, kind, stanza):
+        roster = yield self.rosters.load(user)
+        item = roster.get(contact)
+        route = True
+        changed = False
+        if kind == "subscribe":
+            item = roster.ensure(contact)
+            if item.hidden:
+                item.hidden = False
+                changed = True
+            if not item.has_to and not item.ask:
+                item.ask = True
+                changed = True
+        elif kind == "subscribed":
+            if item is not None and item.pending_in:
+                item.pending_in = None
+                item.hidden = False
+                item.set_flags(from_=True)
+                changed = True
+                yield self._share_presence(user, contact)
+            elif item is not None and item.has_from:
+                route = False
+            else:
+                item = roster.ensure(contact, hidden=True)
+                item.approved = True
+                changed = True
+                route = False
+        elif kind == "unsubscribe":
+            if item is not None and (item.has_to or item.ask):
+                item.set_flags(to=False)
+                item.ask = False
+                changed = True
+        elif kind == "unsubscribed":
+            if item is not None and (item.has_from or item.pending_in or item.approved):
+                was_from = item.has_from
+                item.set_flags(from_=False)
+                item.pending_in = None
+                item.approved = False
+                changed = True
+                if was_from:
+                    for session in self.sessions.available(user):
+                        self.ctx.route(make("presence", to=contact, sender=session.full, type="unavailable"))
+        if changed:
+            yield self.rosters.update(user, roster, item)
+        if route:
+            self._send(stanza, contact, user)
+
+    def _share_presence(self, user, contact):
+        for session in self.sessions.available(user):
+            self._send(session.presence, contact, session.full)
+
+    # -- inbound: to a local account -----------------------------------------
+
+    def inbound(self, event):
+        stanza = event.stanza
+        kind = stanza.getAttribute("type")
+        sender = event.sender
+        if sender is None:
+            return True
+        if kind in SUBSCRIPTION_TYPES:
+            return self._inbound_subscription(event, kind)
+        if kind == "probe":
+            return self._probe(event)
+        if event.to.resource:
+            session = self.sessions.get(event.to.full())
+            if session is not None:
+                session.send(stanza)
+        else:
+            for session in self.sessions.available(event.to.userhost()):
+                session.send(stanza)
+        return True
+
+    @defer.inlineCallbacks
+    def _probe(self, event):
+        user = event.to.userhost()
+        roster = yield self.rosters.load(user)
+        item = roster.get(event.sender.userhost())
+        if item is None or not item.has_from:
+            return
+        available = self.sessions.available(user)
+        for session in available:
+            self._send(session.presence, event.sender.full(), session.full)
+        if not available:
+            self.ctx.route(make("presence", to=event.sender.full(), sender=user, type="unavailable"))
+
+    @defer.inlineCallbacks
+    def _inbound_subscription(self, event, kind):
+        user, contact, stanza = event.to.userhost(), event.sender.userhost(), event.stanza
+        if not (yield self.ctx.accounts.exists(event.host.name, event.to.user)):
+            if kind == "subscribe":
+                self.ctx.route(make("presence", to=contact, sender=user, type="unsubscribed"))
+            return
+        roster = yield self.rosters.load(user)
+        item = roster.get(contact)
+        stanza["to"] = user
+        stanza["from"] = contact
+        deliver = False
+        if kind == "subscribe":
+            if item is not None and item.has_from:
+                self.ctx.route(make("presence", to=contact, sender=user, type="subscribed"))
+                return
+            if item is not None and item.approved:
+                item.approved = False
+                item.hidden = False
+                item.set_flags(from_=True)
+                yield self.rosters.update(user, roster, item)
+                self.ctx.route(make("presence", to=contact, sender=user, type="subscribed"))
+                self._share_presence(user, contact)
+                return
+            item = roster.ensure(contact, hidden=True)
+            item.pending_in = stanza.toXml()
+            yield self.rosters.save(user, roster)
+            deliver = True
+        elif kind == "subscribed":
+            if item is not None and item.ask:
+                item.ask = False
+                item.set_flags(to=True)
+                yield self.rosters.update(user, roster, item)
+                deliver = True
+        elif kind == "unsubscribe":
+            if item is not None and (item.has_from or item.pending_in):
+                item.set_flags(from_=False)
+                item.pending_in = None
+                yield self.rosters.update(user, roster, item)
+                deliver = True
+        elif kind == "unsubscribed":
+            if item is not None and (item.has_to or item.ask):
+                item.set_flags(to=False)
+                item.ask = False
+                yield self.rosters.update(user, roster, item)
+                deliver = True
+        if deliver:
+            for session in self.sessions.available(user):
+                session.send(stanza)
+
+
+def event_bare(full):
+    return full.split("/", 1)[0]
+
+
+def setup(ctx):
+    presence = Presence(ctx)
+    ctx.hook("pre-presence/self", presence.broadcast)
+    for target in ("bare", "full", "host"):
+        ctx.hook(f"pre-presence/{target}", presence.outbound)
+    for target in ("bare", "full"):
+        ctx.hook(f"presence/{target}", presence.inbound)
+    ctx.hook("session/ended", presence.session_ended)
+    return presence

@@ -1,0 +1,58 @@
+"""Private XML storage (XEP-0049), which XEP-0048 bookmarks use.
+
+Each account keeps one XML fragment per (namespace, element name); only the
+owner reads or writes them.
+"""
+
+from twisted.internet import defer
+
+from bridge.core.stanza import error_reply, result_reply
+from bridge.core.xmlstream import parse_element
+
+NS_PRIVATE = "jabber:iq:private"
+STORE = "private"
+
+
+class PrivateStorage:
+    def __init__(self, ctx):
+        self.ctx = ctx
+
+    def _payload(self, event):
+        if event.sender is None or event.sender.userhost() != event.to.userhost():
+            event.reply(error_reply(event.stanza, "forbidden"))
+            return None
+        children = list(event.stanza.query.elements())
+        if len(children) != 1 or not children[0].uri or children[0].uri.startswith("jabber:"):
+            event.reply(error_reply(event.stanza, "not-acceptable"))
+            return None
+        return children[0]
+
+    @defer.inlineCallbacks
+    def get(self, event):
+        wanted = self._payload(event)
+        if wanted is None:
+            return
+        stored = yield self.ctx.storage.get(event.host.name, event.to.user, STORE)
+        reply = result_reply(event.stanza)
+        query = reply.addElement((NS_PRIVATE, "query"))
+        text = (stored or {}).get(f"{wanted.uri} {wanted.name}")
+        query.addChild(parse_element(text) if text else wanted)
+        event.reply(reply)
+
+    @defer.inlineCallbacks
+    def set(self, event):
+        payload = self._payload(event)
+        if payload is None:
+            return
+        stored = (yield self.ctx.storage.get(event.host.name, event.to.user, STORE)) or {}
+        stored[f"{payload.uri} {payload.name}"] = payload.toXml()
+        yield self.ctx.storage.set(event.host.name, event.to.user, STORE, stored)
+        event.reply(result_reply(event.stanza))
+
+
+def setup(ctx):
+    storage = PrivateStorage(ctx)
+    ctx.add_feature(NS_PRIVATE)
+    ctx.hook(f"iq-get/bare/{NS_PRIVATE}:query", storage.get)
+    ctx.hook(f"iq-set/bare/{NS_PRIVATE}:query", storage.set)
+    return storage

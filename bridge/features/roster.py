@@ -1,0 +1,88 @@
+"""Roster management (RFC 6121 section 2): get with versioning, set, remove."""
+
+from twisted.internet import defer
+
+from bridge.core.roster import NS_ROSTER
+from bridge.core.stanza import error_reply, make, parse_jid, result_reply
+
+
+class RosterService:
+    def __init__(self, ctx):
+        self.ctx = ctx
+
+    def _own(self, event):
+        """Roster requests are only for one's own account."""
+        if event.sender is None or event.sender.userhost() != event.to.userhost():
+            event.reply(error_reply(event.stanza, "forbidden"))
+            return False
+        return True
+
+    @defer.inlineCallbacks
+    def get(self, event):
+        if not self._own(event):
+            return
+        session = self.ctx.sessions.get(event.sender.full())
+        if session is not None:
+            session.interested = True
+        roster = yield self.ctx.rosters.load(event.to.userhost())
+        reply = result_reply(event.stanza)
+        requested = event.stanza.query.getAttribute("ver")
+        if requested is not None and requested == str(roster.version):
+            event.reply(reply)
+            return
+        query = reply.addElement((NS_ROSTER, "query"))
+        query["ver"] = str(roster.version)
+        for item in roster.visible():
+            query.addChild(item.to_element())
+        event.reply(reply)
+
+    @defer.inlineCallbacks
+    def set(self, event):
+        if not self._own(event):
+            return
+        stanza = event.stanza
+        items = list(stanza.query.elements(NS_ROSTER, "item"))
+        if len(items) != 1 or not items[0].getAttribute("jid"):
+            event.reply(error_reply(stanza, "bad-request", "exactly one item with a jid"))
+            return
+        element = items[0]
+        contact = parse_jid(element["jid"])
+        if contact is None or contact.resource:
+            event.reply(error_reply(stanza, "jid-malformed"))
+            return
+        groups = [str(group).strip() for group in element.elements(NS_ROSTER, "group")]
+        if len(set(groups)) != len(groups) or "" in groups:
+            event.reply(error_reply(stanza, "bad-request", "duplicate or empty group"))
+            return
+        user, contact = event.to.userhost(), contact.userhost()
+        roster = yield self.ctx.rosters.load(user)
+        if element.getAttribute("subscription") == "remove":
+            item = roster.get(contact)
+            if item is None or item.hidden:
+                event.reply(error_reply(stanza, "item-not-found"))
+                return
+            if item.has_to or item.ask:
+                self.ctx.route(make("presence", to=contact, sender=user, type="unsubscribe"))
+            if item.has_from or item.pending_in:
+                self.ctx.route(make("presence", to=contact, sender=user, type="unsubscribed"))
+            yield self.ctx.rosters.update(user, roster, item, removed=True)
+        else:
+            item = roster.ensure(contact)
+            item.hidden = False
+            item.name = element.getAttribute("name") or None
+            item.groups = groups
+            yield self.ctx.rosters.update(user, roster, item)
+        event.reply(result_reply(stanza))
+
+
+def setup(ctx):
+    service = RosterService(ctx)
+    ctx.hook(f"iq-get/bare/{NS_ROSTER}:query", service.get)
+    ctx.hook(f"iq-set/bare/{NS_ROSTER}:query", service.set)
+    ctx.hook("stream-features/post-auth", advertise_versioning)
+    return service
+
+
+def advertise_versioning(stream_and_features):
+    _, features = stream_and_features
+    features.addElement(("urn:xmpp:features:rosterver", "ver"))

@@ -1,0 +1,91 @@
+"""vCards (XEP-0054) and the avatar hash in presence (XEP-0153).
+
+Anyone may read an account's vCard; only the owner may change it.  Photos
+stay inside the vCard and travel over XMPP only, so they are never a
+browsable URL (a pain point of the field reports).  The SHA-1 of the photo
+is added to the owner's outgoing presence when the client left it out.
+"""
+
+import base64
+import binascii
+import hashlib
+
+from twisted.internet import defer
+from twisted.words.xish import domish
+
+from bridge.core.stanza import error_reply, result_reply
+from bridge.core.xmlstream import parse_element
+
+NS_VCARD = "vcard-temp"
+NS_UPDATE = "vcard-temp:x:update"
+STORE = "vcard"
+
+
+def photo_hash(vcard):
+    """The SHA-1 (hex) of the vCard's photo, "" when it has none."""
+    for photo in vcard.elements(NS_VCARD, "PHOTO"):
+        for binval in photo.elements(NS_VCARD, "BINVAL"):
+            try:
+                data = base64.b64decode("".join(str(binval).split()))
+            except binascii.Error:
+                return ""
+            return hashlib.sha1(data).hexdigest()
+    return ""
+
+
+class VCards:
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self._hashes = {}
+
+    @defer.inlineCallbacks
+    def get(self, event):
+        stored = yield self.ctx.storage.get(event.host.name, event.to.user, STORE)
+        reply = result_reply(event.stanza)
+        if stored is None:
+            reply.addElement((NS_VCARD, "vCard"))
+        else:
+            reply.addChild(parse_element(stored["xml"]))
+        event.reply(reply)
+
+    @defer.inlineCallbacks
+    def set(self, event):
+        if event.sender is None or event.sender.userhost() != event.to.userhost():
+            event.reply(error_reply(event.stanza, "forbidden"))
+            return
+        vcard = event.stanza.vCard
+        digest = photo_hash(vcard)
+        yield self.ctx.storage.set(event.host.name, event.to.user, STORE,
+                                   {"xml": vcard.toXml(), "photo": digest})
+        self._hashes[event.to.userhost()] = digest
+        event.reply(result_reply(event.stanza))
+
+    @defer.inlineCallbacks
+    def load_hash(self, session):
+        """Cache the photo hash when a session binds, for its presence to carry."""
+        if session.bare not in self._hashes:
+            stored = yield self.ctx.storage.get(session.jid.host, session.jid.user, STORE)
+            self._hashes[session.bare] = stored["photo"] if stored else ""
+
+    def stamp_presence(self, event):
+        """Add <x xmlns='vcard-temp:x:update'/> to available presence that lacks it."""
+        stanza = event.stanza
+        if stanza.getAttribute("type") is not None:
+            return False
+        if any(True for _ in stanza.elements(NS_UPDATE, "x")):
+            return False
+        digest = self._hashes.get(event.origin.bare)
+        if digest:
+            update = stanza.addElement((NS_UPDATE, "x"))
+            update.addElement("photo", content=digest)
+        return False
+
+
+def setup(ctx):
+    vcards = VCards(ctx)
+    ctx.add_feature(NS_VCARD)
+    ctx.hook(f"iq-get/bare/{NS_VCARD}:vCard", vcards.get)
+    ctx.hook(f"iq-set/bare/{NS_VCARD}:vCard", vcards.set)
+    ctx.hook("session/bound", vcards.load_hash)
+    ctx.hook("pre-presence/self", vcards.stamp_presence, priority=10)
+    return vcards

@@ -1,0 +1,115 @@
+"""The twistd entry point: reads the configuration once and builds the service tree.
+
+This is the only module that touches the global reactor; everything below it
+receives the clock and the endpoints it needs.
+"""
+
+import importlib
+import os
+
+from twisted.application import service
+from twisted.internet import endpoints
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python import usage
+
+from bridge import __version__, config as configuration
+from bridge.core import storage as storage_module, tls
+from bridge.core.server import FeatureContext, Server
+from bridge.core.streams.c2s import ClientFactory
+
+log = Logger()
+
+FEATURES = ("presence", "roster", "offline", "disco", "ping", "version", "vcard", "private", "blocking",
+            "register")
+
+
+class Options(usage.Options):
+    optParameters = [["config", "c", None, "TOML configuration file (default: embedded defaults)"]]
+
+    def postOptions(self):
+        try:
+            self["parsed"] = configuration.load(self["config"])
+        except configuration.ConfigError as error:
+            raise usage.UsageError("invalid configuration:\n" + str(error))
+
+
+class ListenerService(service.Service):
+    """Listens on one endpoint and logs the address it got (port 0 included)."""
+
+    def __init__(self, kind, description, endpoint, factory):
+        self.kind = kind
+        self.description = description
+        self.endpoint = endpoint
+        self.factory = factory
+        self.port = None
+
+    def privilegedStartService(self):
+        super().privilegedStartService()
+        self._listening = self.endpoint.listen(self.factory)
+        self._listening.addCallback(self._started)
+        self._listening.addErrback(self._failed)
+
+    def _started(self, port):
+        self.port = port
+        address = port.getHost()
+        log.info("listening {kind} on {host}:{port}", kind=self.kind, host=address.host, port=address.port)
+
+    def _failed(self, failure):
+        log.failure("cannot listen {kind} on {description}", failure, kind=self.kind,
+                    description=self.description)
+        from twisted.internet import reactor
+
+        reactor.stop()
+
+    def stopService(self):
+        super().stopService()
+        if self.port is not None:
+            return self.port.stopListening()
+
+
+class ServerService(service.MultiService):
+    """The server's lifetime: storage opened at build, closed at shutdown."""
+
+    def __init__(self, server):
+        super().__init__()
+        self.server = server
+
+    def startService(self):
+        super().startService()
+        log.info("bridge {version} serving {hosts} (configuration: {source})", version=__version__,
+                 hosts=", ".join(self.server.hosts), source=self.server.config.source)
+
+    def stopService(self):
+        d = super().stopService()
+        d.addBoth(lambda result: (self.server.storage.close(), result)[1])
+        return d
+
+
+def build(config, reactor):
+    """The service tree for ``config``, on ``reactor``."""
+    os.makedirs(config.data_dir, exist_ok=True)
+    store = storage_module.open_storage(config)
+    server = Server(config, store, reactor)
+    for name in FEATURES:
+        module = importlib.import_module(f"bridge.features.{name}")
+        module.setup(FeatureContext(server, name))
+    top = ServerService(server)
+    c2s = config.c2s
+    cert, key = tls.certificate_paths(config, c2s)
+    context = tls.server_context(cert, key, c2s.tls_min_version, c2s.tls_ciphers)
+    for description in c2s.endpoints:
+        factory = ClientFactory(server, c2s, context)
+        endpoint = endpoints.serverFromString(reactor, description)
+        ListenerService("c2s", description, endpoint, factory).setServiceParent(top)
+    for description in c2s.direct_tls_endpoints:
+        factory = TLSMemoryBIOFactory(context, False, ClientFactory(server, c2s, context, direct_tls=True))
+        endpoint = endpoints.serverFromString(reactor, description)
+        ListenerService("c2s-direct-tls", description, endpoint, factory).setServiceParent(top)
+    return top
+
+
+def makeService(options):
+    from twisted.internet import reactor
+
+    return build(options["parsed"], reactor)
