@@ -86,14 +86,19 @@ class ServerService(service.MultiService):
         return d
 
 
+def load_features(server):
+    """Give every feature module its context; they register their hooks."""
+    for name in FEATURES:
+        module = importlib.import_module(f"bridge.features.{name}")
+        module.setup(FeatureContext(server, name))
+
+
 def build(config, reactor):
     """The service tree for ``config``, on ``reactor``."""
     os.makedirs(config.data_dir, exist_ok=True)
     store = storage_module.open_storage(config)
     server = Server(config, store, reactor)
-    for name in FEATURES:
-        module = importlib.import_module(f"bridge.features.{name}")
-        module.setup(FeatureContext(server, name))
+    load_features(server)
     top = ServerService(server)
     c2s = config.c2s
     cert, key = tls.certificate_paths(config, c2s)

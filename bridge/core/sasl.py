@@ -155,9 +155,14 @@ class ScramExchange:
         else:
             self.username_known = True
         self.record = record
-        self.nonce = attributes["r"] + _b64(os.urandom(18))
+        self.nonce = attributes["r"] + self.server_nonce()
         self.server_first = f"r={self.nonce},s={record['salt']},i={record['iterations']}"
         return self.server_first.encode("ascii")
+
+    @staticmethod
+    def server_nonce():
+        """The server's part of the nonce: 18 random bytes, base64."""
+        return _b64(os.urandom(18))
 
     def _client_final(self, text):
         without_proof, _, proof_part = text.rpartition(",")

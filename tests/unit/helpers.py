@@ -1,0 +1,162 @@
+"""An in-memory server and clients for unit tests: StringTransport and a fake clock."""
+
+import base64
+import dataclasses
+import hashlib
+import hmac
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from bridge import config as configuration
+from bridge.core.server import Server
+from bridge.core.storage.sqlite import SQLiteStorage
+from bridge.core.streams.c2s import ClientFactory
+from bridge.core.xmlstream import NS_STREAMS, StreamParser, parse_element
+from bridge.tap import load_features
+
+STREAM_OPEN = (f"<stream:stream xmlns='jabber:client' xmlns:stream='{NS_STREAMS}' "
+               "to='{host}' version='1.0'>")
+
+
+def make_config(hosts=None, **c2s):
+    """A configuration for tests: no TLS needed for SASL, generous limits unless given."""
+    c2s.setdefault("require_encryption", False)
+    document = {"c2s": c2s, "hosts": hosts or {"localhost": {}}}
+    return configuration.parse(document, "test.toml")
+
+
+def result_of(deferred):
+    box = []
+    deferred.addBoth(box.append)
+    assert box, "the Deferred has not fired"
+    if hasattr(box[0], "raiseException"):
+        box[0].raiseException()
+    return box[0]
+
+
+class Harness:
+    """A server with every feature loaded, in memory."""
+
+    def __init__(self, config=None):
+        self.clock = Clock()
+        self.config = config or make_config()
+        self.storage = SQLiteStorage(":memory:")
+        self.server = Server(self.config, self.storage, self.clock)
+        load_features(self.server)
+        self.factory = ClientFactory(self.server, self.config.c2s, None)
+
+    def add_user(self, jid, password="secret"):
+        user, host = jid.split("@")
+        result_of(self.server.accounts.create(host, user, password))
+
+    def connect(self, address="127.0.0.1"):
+        return FakeClient(self, address)
+
+    def login(self, jid, password="secret"):
+        """A connected, authenticated, bound client for ``user@host/resource``."""
+        client = self.connect()
+        client.login(jid, password)
+        return client
+
+
+class FakeClient:
+    """One client connection over a StringTransport, parsing what the server writes."""
+
+    def __init__(self, harness, address):
+        self.harness = harness
+        self.protocol = harness.factory.buildProtocol(IPv4Address("TCP", address, 40000))
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", address, 40000))
+        self.protocol.makeConnection(self.transport)
+        self.elements = []
+        self.headers = []
+        self.closed_by_server = False
+        self._new_parser()
+
+    def _new_parser(self):
+        self.parser = StreamParser(self.headers.append, self.elements.append, self._closed, 10**7,
+                                   "jabber:client")
+
+    def _closed(self):
+        self.closed_by_server = True
+
+    def send(self, text):
+        self.protocol.dataReceived(text.encode("utf-8") if isinstance(text, str) else text)
+
+    def received(self):
+        """Elements the server wrote since the last call."""
+        data = self.transport.value()
+        self.transport.clear()
+        if data.startswith(b"<?xml"):
+            data = data.split(b"?>", 1)[1]
+        if data:
+            self.parser.feed(data)
+        found, self.elements[:] = list(self.elements), []
+        return found
+
+    def open_stream(self, host="localhost"):
+        self.send(STREAM_OPEN.format(host=host))
+        return self.received()
+
+    def restart(self, host):
+        self._new_parser()
+        return self.open_stream(host)
+
+    def login(self, jid, password="secret", mechanism="SCRAM-SHA-256"):
+        bare, _, resource = jid.partition("/")
+        user, host = bare.split("@")
+        self.open_stream(host)
+        outcome = scram_login(self, user, password, mechanism)
+        assert outcome.name == "success", outcome.toXml()
+        self.restart(host)
+        bind = "<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+        bind += f"<resource>{resource}</resource></bind>" if resource else "</bind>"
+        self.send(f"<iq type='set' id='bind'>{bind}</iq>")
+        reply = self.received()[-1]
+        assert reply["type"] == "result", reply.toXml()
+        self.jid = str(reply.bind.jid)
+        return self.jid
+
+    def iq(self, text):
+        """Send an IQ and return the reply with the same id."""
+        element = parse_element(text)
+        self.send(text)
+        for stanza in self.received():
+            if stanza.name == "iq" and stanza.getAttribute("id") == element.getAttribute("id"):
+                return stanza
+        raise AssertionError(f"no reply to {text}")
+
+    def drop(self):
+        """The socket goes away without a closing tag."""
+        self.protocol.connectionLost(None)
+
+
+def _hmac(name, key, message):
+    return hmac.new(key, message, name).digest()
+
+
+def scram_login(client, user, password, mechanism="SCRAM-SHA-256", client_nonce="fyko+d2lbbFgONRv9qkxdawL"):
+    """Run a SCRAM exchange as a client would; returns the server's final element."""
+    name = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-1": "sha1"}[mechanism]
+    first_bare = f"n={user},r={client_nonce}"
+    payload = base64.b64encode(f"n,,{first_bare}".encode()).decode()
+    client.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mechanism}'>{payload}</auth>")
+    challenge = client.received()[-1]
+    if challenge.name != "challenge":
+        return challenge
+    server_first = base64.b64decode(str(challenge)).decode()
+    fields = dict(part.split("=", 1) for part in server_first.split(","))
+    salted = hashlib.pbkdf2_hmac(name, password.encode(), base64.b64decode(fields["s"]), int(fields["i"]))
+    client_key = _hmac(name, salted, b"Client Key")
+    without_proof = f"c=biws,r={fields['r']}"
+    auth_message = f"{first_bare},{server_first},{without_proof}".encode()
+    signature = _hmac(name, hashlib.new(name, client_key).digest(), auth_message)
+    proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature))).decode()
+    final = base64.b64encode(f"{without_proof},p={proof}".encode()).decode()
+    client.send(f"<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{final}</response>")
+    return client.received()[-1]
+
+
+def replace_config(config, **c2s):
+    return dataclasses.replace(config, c2s=dataclasses.replace(config.c2s, **c2s))

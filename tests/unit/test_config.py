@@ -1,0 +1,81 @@
+"""Configuration loading: defaults, and errors that name the file and the key."""
+
+import io
+import os
+import tempfile
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from bridge import config as configuration
+from bridge import ctl
+
+
+class ConfigTests(SynchronousTestCase):
+    def write(self, text):
+        directory = tempfile.mkdtemp()
+        self.addCleanup(lambda: [os.remove(os.path.join(directory, f)) for f in os.listdir(directory)])
+        path = os.path.join(directory, "bridge.toml")
+        with open(path, "w") as handle:
+            handle.write(text)
+        return path
+
+    def problems(self, text):
+        path = self.write(text)
+        error = self.assertRaises(configuration.ConfigError, configuration.load, path)
+        return path, error.problems
+
+    def test_defaults(self):
+        """No file: domain localhost, the standard ports, SQLite under data/."""
+        config = configuration.load(None)
+        self.assertEqual(list(config.hosts), ["localhost"])
+        self.assertEqual(config.c2s.endpoints, ["tcp:5222"])
+        self.assertEqual(config.c2s.direct_tls_endpoints, ["tcp:5223"])
+        self.assertEqual(config.storage.backend, "sqlite")
+        self.assertEqual(config.c2s.tls_min_version, "1.2")
+
+    def test_unknown_keys_are_errors(self):
+        """Unknown keys at every level are reported with file and key path, all at once."""
+        path, problems = self.problems('colour = "red"\n[c2s]\nport = 5\n[hosts.localhost]\nfoo = 1\n')
+        self.assertEqual(problems, [f"{path}: c2s.port: unknown key", f"{path}: hosts.localhost.foo: unknown key",
+                                    f"{path}: colour: unknown key"])
+
+    def test_types_and_ranges(self):
+        """Wrong types, values out of range and bad choices name the key and the reason."""
+        _, problems = self.problems('[c2s]\nmax_sessions_per_user = "ten"\npre_auth_timeout_seconds = 0\n'
+                                    'tls_min_version = "1.0"\n')
+        self.assertEqual(len(problems), 3)
+        self.assertIn("c2s.max_sessions_per_user: must be an integer", problems[0])
+        self.assertIn("c2s.pre_auth_timeout_seconds: must be at least 1", problems[1])
+        self.assertIn("c2s.tls_min_version: must be one of 1.2, 1.3", problems[2])
+
+    def test_alias_clash(self):
+        """One name cannot answer for two hosts."""
+        _, problems = self.problems('[hosts."a.test"]\naliases = ["b.test"]\n[hosts."b.test"]\n')
+        self.assertIn("'b.test' already names host 'a.test'", problems[0])
+
+    def test_bad_toml(self):
+        """A syntax error names the file."""
+        path, problems = self.problems("[c2s\n")
+        self.assertTrue(problems[0].startswith(f"{path}: not valid TOML"))
+
+    def test_hosts_and_aliases(self):
+        """Virtual hosts and their aliases resolve to the host's name; data_dir is relative to the file."""
+        path = self.write('data_dir = "d"\n[hosts."a.test"]\naliases = ["chat.a.test"]\n[hosts."b.test"]\n')
+        config = configuration.load(path)
+        self.assertEqual(config.host_for("chat.a.test"), "a.test")
+        self.assertEqual(config.host_for("b.test"), "b.test")
+        self.assertIsNone(config.host_for("c.test"))
+        self.assertEqual(config.data_dir, os.path.join(os.path.dirname(path), "d"))
+
+    def test_bridgectl_check(self):
+        """bridgectl check prints the same problems and fails."""
+        path = self.write("[c2s]\nbogus = 1\n")
+        self.assertEqual(ctl.main(["--config", path, "check"]), 1)
+        good = self.write("[c2s]\nendpoints = ['tcp:0']\n")
+        self.assertEqual(ctl.main(["--config", good, "check"], out=io.StringIO()), 0)
+
+    def test_sample_configuration_is_valid(self):
+        """conf/bridge.toml, the documented sample, loads without error."""
+        sample = os.path.join(os.path.dirname(__file__), "..", "..", "conf", "bridge.toml")
+        config = configuration.load(sample)
+        self.assertIn("localhost", config.hosts)

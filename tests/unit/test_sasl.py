@@ -1,0 +1,97 @@
+"""SCRAM and PLAIN on the server side, checked against the RFC test vectors."""
+
+import base64
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from bridge.core import sasl
+from tests.unit.helpers import result_of
+
+
+def record(hash_name, password, salt_b64, iterations):
+    stored, server = sasl.scram_keys(hash_name, password, base64.b64decode(salt_b64), iterations)
+    return {"salt": salt_b64, "iterations": iterations, "stored_key": base64.b64encode(stored).decode(),
+            "server_key": base64.b64encode(server).decode()}
+
+
+class VectorTests(SynchronousTestCase):
+    def run_vector(self, mechanism, hash_name, user, client_first, salt, server_nonce_suffix, client_final,
+                   server_final):
+        credentials = {mechanism: record(hash_name, "pencil", salt, 4096)}
+        exchange = sasl.ScramExchange(mechanism, lambda name: credentials if name == user else None)
+        exchange.server_nonce = lambda: server_nonce_suffix
+        first, done = result_of(exchange.receive(client_first.encode()))
+        self.assertFalse(done)
+        self.assertIn(f"s={salt},i=4096", first.decode())
+        final, done = result_of(exchange.receive(client_final.encode()))
+        self.assertTrue(done)
+        self.assertEqual(final.decode(), server_final)
+
+    def test_rfc5802_sha1(self):
+        """RFC 5802 section 5: the SCRAM-SHA-1 example exchange."""
+        self.run_vector(
+            "SCRAM-SHA-1", "sha1", "user", "n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL", "QSXCR+Q6sek8bf92",
+            "3rfcNHYJY1ZVvWVs7j",
+            "c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts=",
+            "v=rmF9pqV8S7suAoZWja4dJRkFsKQ=")
+
+    def test_rfc7677_sha256(self):
+        """RFC 7677 section 3: the SCRAM-SHA-256 example exchange."""
+        self.run_vector(
+            "SCRAM-SHA-256", "sha256", "user", "n,,n=user,r=rOprNGfwEbeRWgbNEkqO", "W22ZaJ0SNY7soEsUEjb6gQ==",
+            "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0",
+            "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
+            "p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=",
+            "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
+
+
+class FailureTests(SynchronousTestCase):
+    def setUp(self):
+        self.credentials = sasl.make_credentials("right", iterations=64)
+
+    def lookup(self, name):
+        return self.credentials if name == "alice" else None
+
+    def test_wrong_proof(self):
+        """A proof from the wrong password is not-authorized."""
+        exchange = sasl.ScramExchange("SCRAM-SHA-256", self.lookup)
+        first, _ = result_of(exchange.receive(b"n,,n=alice,r=abc"))
+        nonce = first.decode().split(",")[0][2:]
+        bogus = base64.b64encode(b"\0" * 32).decode()
+        failure = exchange.receive(f"c=biws,r={nonce},p={bogus}".encode())
+        self.assertEqual(self.failureResultOf(failure, sasl.SASLFailure).value.condition, "not-authorized")
+
+    def test_unknown_user_looks_like_wrong_password(self):
+        """An unknown user gets a challenge too, and fails only at the end."""
+        exchange = sasl.ScramExchange("SCRAM-SHA-1", self.lookup)
+        first, done = result_of(exchange.receive(b"n,,n=mallory,r=abc"))
+        self.assertFalse(done)
+        nonce = first.decode().split(",")[0][2:]
+        failure = exchange.receive(f"c=biws,r={nonce},p={base64.b64encode(bytes(20)).decode()}".encode())
+        self.assertEqual(self.failureResultOf(failure, sasl.SASLFailure).value.condition, "not-authorized")
+
+    def test_nonce_must_match(self):
+        """A client-final with another nonce is refused."""
+        exchange = sasl.ScramExchange("SCRAM-SHA-256", self.lookup)
+        result_of(exchange.receive(b"n,,n=alice,r=abc"))
+        failure = exchange.receive(b"c=biws,r=abcdef,p=AAAA")
+        self.failureResultOf(failure, sasl.SASLFailure)
+
+    def test_downgrade_detected(self):
+        """'y' (client could bind) while the server offered -PLUS is a downgrade."""
+        exchange = sasl.ScramExchange("SCRAM-SHA-256", self.lookup, channel_binding=b"x", plus_offered=True)
+        self.failureResultOf(exchange.receive(b"y,,n=alice,r=abc"), sasl.SASLFailure)
+
+    def test_malformed(self):
+        """Garbage is malformed-request, not an exception."""
+        exchange = sasl.ScramExchange("SCRAM-SHA-256", self.lookup)
+        failure = self.failureResultOf(exchange.receive(b"garbage"), sasl.SASLFailure)
+        self.assertEqual(failure.value.condition, "malformed-request")
+
+    def test_plain(self):
+        """PLAIN is checked against the SCRAM record; the password itself is not stored."""
+        self.assertNotIn("right", repr(self.credentials))
+        ok = sasl.PlainExchange(self.lookup)
+        self.assertEqual(result_of(ok.receive(b"\0alice\0right")), (b"", True))
+        bad = sasl.PlainExchange(self.lookup)
+        self.failureResultOf(bad.receive(b"\0alice\0wrong"), sasl.SASLFailure)

@@ -1,0 +1,133 @@
+"""The restricted stream parser: refusals, size limit, byte-at-a-time parsing."""
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from bridge.core.xmlstream import NS_STREAMS, StreamError, StreamParser
+
+HEADER = f"<stream:stream xmlns='jabber:client' xmlns:stream='{NS_STREAMS}' to='localhost' version='1.0'>"
+
+BILLION_LAUGHS = """<?xml version="1.0"?>
+<!DOCTYPE lolz [
+ <!ENTITY lol "lol">
+ <!ENTITY lol1 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+ <!ENTITY lol2 "&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;">
+ <!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">
+ <!ENTITY lol9 "&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;">
+]>
+<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>
+<message><body>&lol9;</body></message>"""
+
+
+class Recorder:
+    def __init__(self, limit=10000):
+        self.opened = []
+        self.elements = []
+        self.closed = 0
+        self.parser = StreamParser(self.opened.append, self.elements.append, self.close, limit, "jabber:client")
+
+    def close(self):
+        self.closed += 1
+
+
+class RefusalTests(SynchronousTestCase):
+    def assertRefused(self, document, condition):
+        recorder = Recorder()
+        error = self.assertRaises(StreamError, recorder.parser.feed, document.encode())
+        self.assertEqual(error.condition, condition)
+        return recorder
+
+    def test_billion_laughs(self):
+        """A DTD with nested entities is refused before any entity is expanded."""
+        recorder = self.assertRefused(BILLION_LAUGHS, "restricted-xml")
+        self.assertEqual(recorder.elements, [])
+
+    def test_internal_subset_alone(self):
+        """Even an empty DOCTYPE is refused."""
+        self.assertRefused("<!DOCTYPE stream>" + HEADER, "restricted-xml")
+
+    def test_comment(self):
+        """Comments inside the stream are refused."""
+        self.assertRefused(HEADER + "<!-- hello -->", "restricted-xml")
+
+    def test_processing_instruction(self):
+        """Processing instructions are refused."""
+        self.assertRefused(HEADER + "<?foo bar?>", "restricted-xml")
+
+    def test_undefined_entity(self):
+        """An entity reference with no declaration is not well-formed."""
+        self.assertRefused(HEADER + "<message><body>&lol;</body></message>", "not-well-formed")
+
+    def test_wrong_root(self):
+        """A root other than stream:stream is an invalid namespace."""
+        self.assertRefused("<html>", "invalid-namespace")
+
+    def test_text_between_stanzas(self):
+        """Text at stream level is not allowed; whitespace (keepalives) is."""
+        recorder = Recorder()
+        recorder.parser.feed((HEADER + "  \n ").encode())
+        self.assertRaises(StreamError, recorder.parser.feed, b"hello")
+
+
+class SizeLimitTests(SynchronousTestCase):
+    def test_oversize_stanza_in_one_chunk(self):
+        """A stanza larger than the limit is a policy violation."""
+        recorder = Recorder(limit=2000)
+        recorder.parser.feed(HEADER.encode())
+        big = "<message><body>" + "x" * 3000 + "</body></message>"
+        error = self.assertRaises(StreamError, recorder.parser.feed, big.encode())
+        self.assertEqual(error.condition, "policy-violation")
+        self.assertEqual(recorder.elements, [])
+
+    def test_oversize_stanza_never_ending(self):
+        """An unfinished stanza is refused as soon as its bytes pass the limit."""
+        recorder = Recorder(limit=2000)
+        recorder.parser.feed(HEADER.encode() + b"<message><body>")
+        for _ in range(3):
+            recorder.parser.feed(b"y" * 500)
+        error = self.assertRaises(StreamError, recorder.parser.feed, b"y" * 600)
+        self.assertEqual(error.condition, "policy-violation")
+
+    def test_many_small_stanzas_pass(self):
+        """The limit counts one stanza at a time, not the stream."""
+        recorder = Recorder(limit=2000)
+        recorder.parser.feed(HEADER.encode())
+        for _ in range(50):
+            recorder.parser.feed(("<message><body>" + "z" * 1000 + "</body></message>").encode())
+        self.assertEqual(len(recorder.elements), 50)
+
+
+class ParsingTests(SynchronousTestCase):
+    DOCUMENT = (HEADER + "<message to='bob@localhost' xml:lang='en'><body>caf\u00e9 &amp; &lt;tea&gt;</body>"
+                "<x xmlns='urn:example'><y a='1'/></x></message><iq type='get' id='1'/></stream:stream>")
+
+    def parse(self, chunks):
+        recorder = Recorder()
+        for chunk in chunks:
+            recorder.parser.feed(chunk)
+        return recorder
+
+    def test_byte_at_a_time(self):
+        """Feeding one byte at a time gives exactly what one feed gives."""
+        data = self.DOCUMENT.encode()
+        whole = self.parse([data])
+        split = self.parse([data[i:i + 1] for i in range(len(data))])
+        self.assertEqual([e.toXml() for e in whole.elements], [e.toXml() for e in split.elements])
+        self.assertEqual(len(whole.elements), 2)
+        self.assertEqual(split.closed, 1)
+
+    def test_content_namespace_stripped(self):
+        """Stanzas lose jabber:client so they can leave by any stream; other namespaces stay."""
+        message = self.parse([self.DOCUMENT.encode()]).elements[0]
+        self.assertIsNone(message.uri)
+        self.assertIsNone(message.body.uri)
+        self.assertEqual(message.x.uri, "urn:example")
+        self.assertEqual(str(message.body), "caf\u00e9 & <tea>")
+        self.assertEqual(message.getAttribute(("http://www.w3.org/XML/1998/namespace", "lang")), "en")
+
+    def test_reset_starts_a_new_stream(self):
+        """After a reset (STARTTLS, SASL) a new header is accepted."""
+        recorder = Recorder()
+        recorder.parser.feed(HEADER.encode())
+        recorder.parser.reset()
+        recorder.parser.feed(HEADER.encode())
+        self.assertEqual(len(recorder.opened), 2)
