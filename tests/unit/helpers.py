@@ -70,6 +70,7 @@ class FakeClient:
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", address, 40000))
         self.protocol.makeConnection(self.transport)
         self.elements = []
+        self.backlog = []
         self.headers = []
         self.closed_by_server = False
         self._new_parser()
@@ -92,7 +93,8 @@ class FakeClient:
             data = data.split(b"?>", 1)[1]
         if data:
             self.parser.feed(data)
-        found, self.elements[:] = list(self.elements), []
+        found = self.backlog + self.elements
+        self.elements[:], self.backlog = [], []
         return found
 
     def open_stream(self, host="localhost"):
@@ -122,10 +124,16 @@ class FakeClient:
         """Send an IQ and return the reply with the same id."""
         element = parse_element(text)
         self.send(text)
+        others, reply = [], None
         for stanza in self.received():
-            if stanza.name == "iq" and stanza.getAttribute("id") == element.getAttribute("id"):
-                return stanza
-        raise AssertionError(f"no reply to {text}")
+            if reply is None and stanza.name == "iq" and stanza.getAttribute("id") == element.getAttribute("id"):
+                reply = stanza
+            else:
+                others.append(stanza)
+        self.backlog = others
+        if reply is None:
+            raise AssertionError(f"no reply to {text}")
+        return reply
 
     def drop(self):
         """The socket goes away without a closing tag."""

@@ -58,7 +58,7 @@ class ClientStream:
         self.session = None
         self.sasl_exchange = None
         self.sasl_failures = 0
-        self.stream_id = None
+        self.stream_id = None  # set when our stream header is sent
         self.closed = False
         clock = server.clock
         self._pre_auth_timer = clock.callLater(listener.pre_auth_timeout_seconds, self._pre_auth_timeout)
@@ -74,9 +74,8 @@ class ClientStream:
 
     def stream_opened(self, header):
         to = header.getAttribute("to")
-        self.stream_id = base64.urlsafe_b64encode(os.urandom(12)).decode("ascii")
         host_name = self.server.config.host_for((to or "").lower())
-        self.framing.open(self.stream_id, host_name or to or next(iter(self.server.hosts)))
+        self._open(host_name or to)
         if header.getAttribute("version", "0.0").split(".")[0] != "1":
             self.stream_error("unsupported-version")
             return
@@ -88,6 +87,10 @@ class ClientStream:
             return
         self.host = host_name
         self.framing.send(self._features())
+
+    def _open(self, host):
+        self.stream_id = base64.urlsafe_b64encode(os.urandom(12)).decode("ascii")
+        self.framing.open(self.stream_id, host or next(iter(self.server.hosts)))
 
     def _features(self):
         features = domish.Element((NS_STREAMS, "features"))
@@ -151,6 +154,11 @@ class ClientStream:
         self.framing.send(domish.Element((NS_TLS, "proceed")))
         self.framing.start_tls()
         self.secure = True
+        self._restart()
+
+    def _restart(self):
+        """After STARTTLS or SASL success the client opens a new stream."""
+        self.stream_id = None
         self.framing.reset()
 
     def _unauthenticated_iq(self, iq):
@@ -214,7 +222,7 @@ class ClientStream:
                 success.addContent(encoded)
             self._authenticated(exchange.username)
             self.framing.send(success)
-            self.framing.reset()
+            self._restart()
 
         def failed(failure):
             failure.trap(sasl.SASLFailure)
@@ -308,6 +316,9 @@ class ClientStream:
             return
         log.info("stream error {condition} for {peer}: {text}", condition=condition, peer=self.framing.peer,
                  text=text or "")
+        if self.stream_id is None:
+            # RFC 6120 section 4.9.1.1: an error before our header still opens the stream.
+            self._open(self.host)
         self.framing.send(stream_error_element(condition, text))
         self.close()
 
