@@ -1,5 +1,7 @@
 """Building stanzas and their error replies (RFC 6120 section 8.3)."""
 
+import functools
+
 from twisted.words.protocols.jabber.jid import InvalidFormat, JID
 from twisted.words.xish import domish
 
@@ -28,8 +30,13 @@ ERROR_TYPES = {
 }
 
 
+@functools.lru_cache(maxsize=65536)
 def parse_jid(text):
-    """A JID, or None when ``text`` is missing or malformed."""
+    """A JID, or None when ``text`` is missing or malformed.
+
+    Cached: stringprep is the dearest step of routing, and the same
+    addresses recur on every stanza of a conversation.
+    """
     if not text:
         return None
     try:

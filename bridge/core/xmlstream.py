@@ -14,6 +14,9 @@ from twisted.words.xish import domish
 
 NS_STREAMS = "http://etherx.jabber.org/streams"
 NS_XML = "http://www.w3.org/XML/1998/namespace"
+# Deeper nesting than any real payload has would only serve to exhaust the
+# recursion of serialisers.
+MAX_DEPTH = 64
 
 
 class StreamError(Exception):
@@ -88,6 +91,8 @@ class StreamParser:
             attr_uri, attr_local = _split_name(key)
             element.attributes[(attr_uri, attr_local) if attr_uri else attr_local] = value
         self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise StreamError("policy-violation", "elements nested too deep")
         if self._depth == 1:
             if (uri, local) != (NS_STREAMS, "stream"):
                 raise StreamError("invalid-namespace", "the root must be <stream:stream/>")

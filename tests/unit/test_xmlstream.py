@@ -61,6 +61,10 @@ class RefusalTests(SynchronousTestCase):
         """A root other than stream:stream is an invalid namespace."""
         self.assertRefused("<html>", "invalid-namespace")
 
+    def test_deep_nesting(self):
+        """Elements nested deeper than any real payload are a policy violation."""
+        self.assertRefused(HEADER + "<message>" + "<a>" * 100, "policy-violation")
+
     def test_text_between_stanzas(self):
         """Text at stream level is not allowed; whitespace (keepalives) is."""
         recorder = Recorder()
