@@ -315,7 +315,7 @@ class Client:
                 w.close()
             async with asyncio.timeout(timeout):
                 await w.wait_closed()
-        except (Exception, asyncio.CancelledError):
+        except Exception:  # includes TimeoutError; the abort below finishes it
             pass
         finally:
             if w.transport is not None:
@@ -377,6 +377,7 @@ class Runner:
         next_i = first
         end_i = first + count
         clients = []
+        self.login_times = times = []
         ok = failed = 0
         t0 = time.perf_counter()
 
@@ -385,6 +386,7 @@ class Runner:
             while next_i < end_i and time.monotonic() < deadline:
                 i = next_i
                 next_i += 1
+                t_start = time.perf_counter()
                 try:
                     c = await self.login(self.account(i, span),
                                          "%s%d" % (resource_prefix, i))
@@ -393,6 +395,7 @@ class Runner:
                     self.note_error(exc)
                     continue
                 ok += 1
+                times.append(time.perf_counter() - t_start)
                 if keep:
                     clients.append(c)
                 else:
@@ -421,6 +424,8 @@ class Runner:
         cpu = time.process_time() - cpu0
         scpu = cpu_delta(a.server_pid, scpu0)
         rate = ok / elapsed if elapsed > 0 else 0.0
+        times = sorted(self.login_times)
+        ms = lambda v: None if v is None else round(v * 1000, 2)
         log("logins: %d ok, %d failed in %.2f s -> %.1f logins/s (concurrency %d)"
             % (ok, failed, elapsed, rate, a.concurrency))
         return {"server_cpu_s": None if scpu is None else round(scpu, 3),
@@ -430,6 +435,8 @@ class Runner:
                 "logins_failed": failed, "elapsed_s": round(elapsed, 3),
                 "accounts_used": span, "warmup_failed": wfailed,
                 "logins_per_s": round(rate, 1), "concurrency": a.concurrency,
+                "login_time_p50_ms": ms(percentile(times, 0.5)),
+                "login_time_p99_ms": ms(percentile(times, 0.99)),
                 "loader_cpu_fraction": round(cpu / elapsed, 3) if elapsed else None}
 
     async def run_messages(self):
@@ -452,7 +459,8 @@ class Runner:
         wake = [asyncio.Event() for _ in range(a.pairs)]
         sent = [0] * a.pairs
         received = [0] * a.pairs
-        state = {"measuring": False, "count": 0, "lat": []}
+        state = {"measuring": False, "count": 0, "lat": [], "bad_from": 0}
+        expected_from = [s.jid for s in senders]
         lat = state["lat"]
         perf_ns = time.perf_counter_ns
 
@@ -463,6 +471,8 @@ class Runner:
                     if body is None or not body.startswith("t"):
                         return
                     now = perf_ns()
+                    if el.get("from") != expected_from[p]:
+                        state["bad_from"] += 1
                     received[p] += 1
                     inflight[p] -= 1
                     if state["measuring"]:
@@ -556,6 +566,7 @@ class Runner:
                "latency_max_ms": ms(lat[-1] if lat else None),
                "sent_total": total_sent, "received_total": total_recv,
                "lost": total_sent - total_recv,
+               "bad_from": state["bad_from"],
                "server_cpu_s": None if scpu is None else round(scpu, 3),
                "server_cpu_us_per_message": round(1e6 * scpu / measured, 2)
                if scpu is not None and measured else None,

@@ -188,6 +188,7 @@ class Server:
         self.port = port
         self.domain = args.domain
         self.proc = None
+        self.last_proc = None
         self.out_path = os.path.join(workdir, "server.out")
         self.info = {}
         os.makedirs(workdir, exist_ok=True)
@@ -220,21 +221,31 @@ class Server:
         say("%s: listening on %s:%d (pid %d)" % (self.name, self.host, self.port, self.pid))
 
     def stop(self):
-        if self.proc is None:
+        proc, self.proc = self.proc, None
+        if proc is None:
             return
-        if self.proc.poll() is None:
+        self.last_proc = proc
+        note = ""
+        if proc.poll() is None:
             try:
-                self.proc.send_signal(signal.SIGTERM)
-                self.proc.wait(timeout=15)
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 say("%s: did not stop on SIGTERM, killing" % self.name)
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+                note = " (killed)"
+                proc.kill()
+                proc.wait(timeout=10)
             except ProcessLookupError:
                 pass
-        self.info["exit_code"] = self.proc.returncode
+        else:
+            note = " (had exited by itself)"
+        self.info.setdefault("exit_codes", []).append(
+            "%s%s" % (proc.returncode, note))
         self.out.close()
-        say("%s: stopped (exit code %s)" % (self.name, self.proc.returncode))
+        say("%s: stopped, exit code %s%s" % (self.name, proc.returncode, note))
+
+    def on_started(self):
+        pass
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
@@ -433,6 +444,13 @@ class BridgeServer(Server):
         self.info["accounts_setup_s"] = round(time.monotonic() - t0, 2)
         say("bridge: %d accounts created in %.1f s" % (len(todo), time.monotonic() - t0))
 
+    def on_started(self):
+        if "certificates" not in self.info:
+            certs = describe_certs(self.data)
+            self.info["certificates"] = certs
+            if certs:
+                self.info["certificate_key"] = certs[0]["key"]
+
     def command(self):
         if os.path.exists(self.twistd):
             return [self.twistd, "-n", "--pidfile=", "bridge", "--config", self.cfg]
@@ -565,31 +583,49 @@ def run_idle(args, server, sessions):
     return res
 
 
-def bench_server(args, server, accounts):
-    """Run all loads against a started server; return a dict of figures."""
-    out = {}
-    # Smoke / warm-up: a few logins so lazily loaded code is in memory before
-    # the memory baseline, and so a broken login fails fast.
-    smoke = run_loader(args, server, "logins",
-                       ["--logins", min(20, accounts), "--login-accounts",
-                        min(20, accounts), "--max-time", 120], timeout=180)
-    out["smoke"] = smoke
-    if smoke.get("failed") is True or not smoke.get("logins_ok"):
-        raise BenchError("%s: smoke logins failed: %s" % (server.name, smoke.get("errors")))
-    out["rss_start_kib"] = proc_rss_kib(server.pid)
+def smoke(args, server, accounts):
+    """A few logins right after start: lazily loaded code gets loaded before
+    any measurement, and a broken login fails fast."""
+    n = min(20, accounts)
+    res = run_loader(args, server, "logins", ["--logins", n, "--login-accounts", n,
+                                              "--max-time", 120], timeout=180)
+    if res.get("failed") is True or not res.get("logins_ok"):
+        raise BenchError("%s: smoke logins failed: %s" % (server.name, res.get("errors")))
+    return res
 
-    out["idle"] = run_idle(args, server, args.sessions)
-    say("%s: idle: %s KiB per session (%d sessions)" % (
-        server.name, out["idle"]["rss_per_session_kib"], out["idle"].get("sessions", 0)))
 
-    out["logins"] = run_loader(args, server, "logins", [
-        "--logins", args.logins, "--login-accounts", min(accounts, args.login_accounts),
-        "--max-time", args.max_time], timeout=args.max_time + 120)
-    out["messages"] = run_loader(args, server, "messages", [
-        "--pairs", args.pairs, "--window", args.window, "--duration", args.duration,
-        "--warmup", args.warmup, "--max-time", args.max_time],
-        timeout=args.max_time + args.duration + args.warmup + 120)
-    out["rss_end_kib"] = proc_rss_kib(server.pid)
+def bench_server(args, server, accounts, out):
+    """Run the three loads, each on a freshly started server process.
+
+    A fresh process per load keeps one load's leftovers (e.g. 2000 sessions
+    just torn down, a grown heap) out of the next load's figures.  Results go
+    into `out` as they come, so a failure keeps what was measured before it.
+    """
+    phases = ["idle", "logins", "messages"]
+    for i, phase in enumerate(phases):
+        if i == 0 or not args.no_restart:
+            if i > 0:
+                server.stop()
+            server.start()
+            server.on_started()
+            out.setdefault("smoke", {})[phase] = smoke(args, server, accounts)
+        if phase == "idle":
+            out["idle"] = run_idle(args, server, args.sessions)
+            say("%s: idle: %s KiB per session (%d sessions)" % (
+                server.name, out["idle"]["rss_per_session_kib"],
+                out["idle"].get("sessions", 0)))
+        elif phase == "logins":
+            out["logins"] = run_loader(args, server, "logins", [
+                "--logins", args.logins,
+                "--login-accounts", min(accounts, args.login_accounts),
+                "--max-time", args.max_time], timeout=args.max_time + 120)
+        else:
+            out["messages"] = run_loader(args, server, "messages", [
+                "--pairs", args.pairs, "--window", args.window,
+                "--duration", args.duration, "--warmup", args.warmup,
+                "--max-time", args.max_time],
+                timeout=args.max_time + args.duration + args.warmup + 120)
+        out.setdefault("rss_after_load_kib", {})[phase] = proc_rss_kib(server.pid)
     return out
 
 
@@ -701,6 +737,9 @@ def main(argv=None):
     p.add_argument("--hold-timeout", type=float, default=600.0)
     p.add_argument("--max-time", type=float, default=600.0,
                    help="upper bound for each loader's login part")
+    p.add_argument("--no-restart", action="store_true",
+                   help="run the three loads on one server process instead of "
+                        "restarting the server before each")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory")
     args = p.parse_args(argv)
     if args.quick:
@@ -750,14 +789,9 @@ def main(argv=None):
             results["servers"][name] = entry
             try:
                 server.prepare(args.accounts)
-                server.start()
+                bench_server(args, server, args.accounts, entry)
                 if name == "bridge":
-                    certs = describe_certs(server.data)
-                    server.info["certificates"] = certs
-                    if certs:
-                        bridge_key = certs[0]["key"]
-                        server.info["certificate_key"] = bridge_key
-                entry.update(bench_server(args, server, args.accounts))
+                    bridge_key = server.info.get("certificate_key")
             except (BenchError, OSError, subprocess.SubprocessError) as exc:
                 failed = True
                 entry["error"] = str(exc)
@@ -767,8 +801,9 @@ def main(argv=None):
                     server.stop()
                 except Exception as exc:  # never leave the run half-stopped
                     say("%s: stop failed: %s" % (name, exc))
-                    if server.proc is not None and server.proc.poll() is None:
-                        server.proc.kill()
+                    proc = server.proc or server.last_proc
+                    if proc is not None and proc.poll() is None:
+                        proc.kill()
                 entry["info"] = server.info
                 entry["server_log_tail"] = tail(server.out_path, 20)
             entry["figures"] = figures(entry)
@@ -790,6 +825,10 @@ def main(argv=None):
                 errs = (e.get(mode) or {}).get("errors")
                 if errs:
                     warn.append("%s errors: %s" % (mode, errs))
+            bad = (e.get("messages") or {}).get("bad_from")
+            if bad:
+                warn.append("%d messages arrived without the sender's full JID "
+                            "as 'from'" % bad)
             lost = (e.get("messages") or {}).get("lost")
             if lost:
                 warn.append("%d messages not delivered within the drain time" % lost)
