@@ -44,8 +44,10 @@ class ListenerService(service.Service):
         self.factory = factory
         self.port = None
 
-    def privilegedStartService(self):
-        super().privilegedStartService()
+    def startService(self):
+        # Listening here rather than in privilegedStartService, which the
+        # ``twist`` runner never calls; bridge's ports need no privilege.
+        super().startService()
         self._listening = self.endpoint.listen(self.factory)
         self._listening.addCallback(self._started)
         self._listening.addErrback(self._failed)

@@ -68,6 +68,9 @@ class StreamParser:
         self._current = None
         self._stanza_start = None
         self._fed = 0
+        # Byte index of the last event at stream level (header, end of a
+        # stanza, whitespace): an unfinished tag is measured from there.
+        self._mark = 0
 
     def feed(self, data):
         """Parse ``data``; raises ``StreamError`` for anything a stream must not hold."""
@@ -76,7 +79,8 @@ class StreamParser:
             self._parser.Parse(data, False)
         except expat.ExpatError as error:
             raise StreamError("not-well-formed", str(error)) from None
-        if self._stanza_start is not None and self._fed - self._stanza_start > self.stanza_size_limit_bytes:
+        start = self._mark if self._stanza_start is None else self._stanza_start
+        if self._fed - start > self.stanza_size_limit_bytes:
             raise StreamError("policy-violation", "stanza too large")
 
     def _refuse(self, *args):
@@ -96,6 +100,7 @@ class StreamParser:
         if self._depth == 1:
             if (uri, local) != (NS_STREAMS, "stream"):
                 raise StreamError("invalid-namespace", "the root must be <stream:stream/>")
+            self._mark = self._parser.CurrentByteIndex
             self.on_open(element)
             return
         if self._depth == 2:
@@ -112,7 +117,8 @@ class StreamParser:
         element = self._current
         self._current = element.parent
         if self._depth == 1:
-            size = self._parser.CurrentByteIndex - self._stanza_start
+            self._mark = self._parser.CurrentByteIndex
+            size = self._mark - self._stanza_start
             self._stanza_start = None
             if size > self.stanza_size_limit_bytes:
                 raise StreamError("policy-violation", "stanza too large")
@@ -124,6 +130,8 @@ class StreamParser:
             self._current.addContent(data)
         elif data.strip():
             raise StreamError("not-well-formed", "text between stanzas")
+        else:
+            self._mark = self._parser.CurrentByteIndex
 
 
 def parse_element(text):

@@ -112,6 +112,7 @@ class Presence:
         item = roster.get(contact)
         route = True
         changed = False
+        share = False
         if kind == "subscribe":
             item = roster.ensure(contact)
             if item.hidden:
@@ -126,7 +127,7 @@ class Presence:
                 item.hidden = False
                 item.set_flags(from_=True)
                 changed = True
-                yield self._share_presence(user, contact)
+                share = True
             elif item is not None and item.has_from:
                 route = False
             else:
@@ -153,6 +154,9 @@ class Presence:
             yield self.rosters.update(user, roster, item)
         if route:
             self._send(stanza, contact, user)
+        if share:
+            # RFC 6121 section 3.1.5: the approval first, then the presence.
+            self._share_presence(user, contact)
 
     def _share_presence(self, user, contact):
         for session in self.sessions.available(user):

@@ -91,6 +91,31 @@ class SizeLimitTests(SynchronousTestCase):
         error = self.assertRaises(StreamError, recorder.parser.feed, b"y" * 600)
         self.assertEqual(error.condition, "policy-violation")
 
+    def test_unfinished_start_tag(self):
+        """An opening tag that never ends is measured too (its attribute never closes)."""
+        recorder = Recorder(limit=2000)
+        recorder.parser.feed(HEADER.encode() + b"<message to='x' a='")
+        recorder.parser.feed(b"A" * 1500)
+        error = self.assertRaises(StreamError, recorder.parser.feed, b"A" * 600)
+        self.assertEqual(error.condition, "policy-violation")
+
+    def test_unfinished_header(self):
+        """An endless stream header is refused as well."""
+        recorder = Recorder(limit=2000)
+        recorder.parser.feed(b"<stream:stream a='")
+        self.assertRaises(StreamError, recorder.parser.feed, b"B" * 2100)
+
+    def test_whitespace_keepalives_do_not_add_up(self):
+        """Whitespace pings between stanzas are not counted as one huge stanza."""
+        recorder = Recorder(limit=2000)
+        recorder.parser.feed(HEADER.encode())
+        for _ in range(100):
+            recorder.parser.feed(b" ")
+            recorder.parser.feed(b"<presence/>")
+        for _ in range(30):
+            recorder.parser.feed(b"\n" * 100)
+        self.assertEqual(len(recorder.elements), 100)
+
     def test_many_small_stanzas_pass(self):
         """The limit counts one stanza at a time, not the stream."""
         recorder = Recorder(limit=2000)
