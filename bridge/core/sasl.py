@@ -132,8 +132,8 @@ class ScramExchange:
             raise SASLFailure("malformed-request", "bad client-first-message")
         gs2_flag, authzid, bare = parts
         if self.plus:
-            if not gs2_flag.startswith("p=") or self.channel_binding is None:
-                raise SASLFailure("malformed-request", "channel binding required")
+            if gs2_flag != "p=tls-exporter" or self.channel_binding is None:
+                raise SASLFailure("malformed-request", "only the tls-exporter channel binding is supported")
         elif gs2_flag == "y" and self.plus_offered:
             raise SASLFailure("not-authorized", "channel binding downgrade")
         elif gs2_flag not in ("n", "y"):

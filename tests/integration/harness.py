@@ -59,11 +59,16 @@ def server_env():
     return env
 
 
-def write_config(directory):
-    """A configuration file in ``directory`` (its data under ``directory/data``); its path."""
+def write_config(directory, c2s_options=""):
+    """A configuration file in ``directory`` (its data under ``directory/data``); its path.
+
+    ``c2s_options``: extra lines for the [c2s] table.
+    """
     path = os.path.join(directory, "bridge.toml")
+    text = CONFIG_TEMPLATE.format(data_dir=os.path.join(directory, "data"))
+    text = text.replace("[c2s]\n", "[c2s]\n" + c2s_options + "\n", 1)
     with open(path, "w", encoding="utf-8") as handle:
-        handle.write(CONFIG_TEMPLATE.format(data_dir=os.path.join(directory, "data")))
+        handle.write(text)
     return path
 
 
