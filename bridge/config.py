@@ -26,22 +26,23 @@ class ConfigError(Exception):
         super().__init__("\n".join(self.problems))
 
 
-def _option(default, *, low=None, high=None, choices=None, doc=""):
-    """A dataclass field whose metadata carries the checks made at load time."""
+def _option(default, *, low=None, high=None, choices=None, path=False):
+    """A dataclass field whose metadata carries the checks made at load time.
+
+    ``path``: a file name, resolved against the configuration file's folder.
+    """
+    metadata = {"low": low, "high": high, "choices": choices, "path": path}
     if isinstance(default, (list, dict)):
-        return field(
-            default_factory=lambda: type(default)(default),
-            metadata={"low": low, "high": high, "choices": choices, "doc": doc},
-        )
-    return field(default=default, metadata={"low": low, "high": high, "choices": choices, "doc": doc})
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
 class TLSConfig:
     """The certificate shared by every listener unless a listener names its own."""
 
-    certificate: str = _option("", doc="PEM certificate chain; empty: generated under data_dir")
-    private_key: str = _option("", doc="PEM private key; empty: generated under data_dir")
+    certificate: str = _option("", path=True)
+    private_key: str = _option("", path=True)
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,8 @@ class C2SConfig:
     require_encryption: bool = _option(True)
     tls_min_version: str = _option("1.2", choices=TLS_VERSIONS)
     tls_ciphers: str = _option(DEFAULT_CIPHERS)
-    certificate: str = _option("")
-    private_key: str = _option("")
+    certificate: str = _option("", path=True)
+    private_key: str = _option("", path=True)
     stanza_size_limit_bytes: int = _option(262144, low=1024, high=64 * 1024 * 1024)
     rate_limit_bytes_per_second: int = _option(20000, low=100)
     rate_limit_burst_bytes: int = _option(200000, low=1024)
@@ -64,6 +65,56 @@ class C2SConfig:
     max_sessions_per_user: int = _option(10, low=1)
     max_connections_per_address: int = _option(20, low=1)
     resource_conflict: str = _option("replace", choices=RESOURCE_CONFLICT_POLICIES)
+
+
+@dataclass(frozen=True)
+class S2SConfig:
+    """Server-to-server listeners, and the policy for every link to another server."""
+
+    endpoints: list = _option(["tcp:5269"])
+    direct_tls_endpoints: list = _option([])
+    require_encryption: bool = _option(True)
+    certificate_authentication: bool = _option(True)
+    dialback: bool = _option(True)
+    ca_file: str = _option("", path=True)
+    allowed_domains: list = _option([])
+    denied_domains: list = _option([])
+    static_routes: dict = _option({})
+    dns_server: str = _option("")
+    tls_min_version: str = _option("1.2", choices=TLS_VERSIONS)
+    tls_ciphers: str = _option(DEFAULT_CIPHERS)
+    certificate: str = _option("", path=True)
+    private_key: str = _option("", path=True)
+    stanza_size_limit_bytes: int = _option(524288, low=1024, high=64 * 1024 * 1024)
+    rate_limit_bytes_per_second: int = _option(1000000, low=100)
+    rate_limit_burst_bytes: int = _option(2000000, low=1024)
+    connect_timeout_seconds: float = _option(20.0, low=1, high=600)
+    idle_timeout_seconds: float = _option(600.0, low=10, high=86400)
+    max_queued_stanzas: int = _option(10000, low=1)
+
+
+@dataclass(frozen=True)
+class ComponentListenerConfig:
+    """The XEP-0114 listener that external components connect to."""
+
+    endpoints: list = _option(["tcp:5347:interface=127.0.0.1"])
+    stanza_size_limit_bytes: int = _option(1048576, low=1024, high=64 * 1024 * 1024)
+    rate_limit_bytes_per_second: int = _option(10000000, low=100)
+    rate_limit_burst_bytes: int = _option(20000000, low=1024)
+
+
+@dataclass(frozen=True)
+class ComponentConfig:
+    """One external component: the domain it serves and its shared secret."""
+
+    secret: str = _option("")
+    secret_file: str = _option("", path=True)
+
+    def read_secret(self):
+        if self.secret_file:
+            with open(self.secret_file, encoding="utf-8") as handle:
+                return handle.readline().rstrip("\r\n")
+        return self.secret
 
 
 @dataclass(frozen=True)
@@ -87,9 +138,12 @@ class OfflineConfig:
 
 @dataclass(frozen=True)
 class Config:
-    data_dir: str = _option("data")
+    data_dir: str = _option("data", path=True)
     tls: TLSConfig = field(default_factory=TLSConfig)
     c2s: C2SConfig = field(default_factory=C2SConfig)
+    s2s: S2SConfig = field(default_factory=S2SConfig)
+    component_listener: ComponentListenerConfig = field(default_factory=ComponentListenerConfig)
+    components: dict = field(default_factory=dict)
     storage: StorageConfig = field(default_factory=StorageConfig)
     offline: OfflineConfig = field(default_factory=OfflineConfig)
     hosts: dict = field(default_factory=lambda: {"localhost": HostConfig()})
@@ -109,13 +163,15 @@ class Config:
         return None
 
 
-_SECTIONS = {"tls": TLSConfig, "c2s": C2SConfig, "storage": StorageConfig,
-             "offline": OfflineConfig}
+_SECTIONS = {"tls": TLSConfig, "c2s": C2SConfig, "s2s": S2SConfig, "storage": StorageConfig,
+             "offline": OfflineConfig, "component_listener": ComponentListenerConfig}
+# Tables of named sub-tables: [hosts.NAME], [components.DOMAIN].
+_NAMED = {"hosts": HostConfig, "components": ComponentConfig}
 
 
 def _type_name(kind):
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            list: "a list of strings"}[kind]
+            list: "a list of strings", dict: "a table of strings"}[kind]
 
 
 def _check_value(kind, value, meta):
@@ -125,6 +181,8 @@ def _check_value(kind, value, meta):
     if kind is int and isinstance(value, bool) or not isinstance(value, kind):
         return f"must be {_type_name(kind)}, not {value!r}"
     if kind is list and not all(isinstance(item, str) for item in value):
+        return f"must be {_type_name(kind)}, not {value!r}"
+    if kind is dict and not all(isinstance(item, str) for item in value.values()):
         return f"must be {_type_name(kind)}, not {value!r}"
     if meta.get("choices") and value not in meta["choices"]:
         return f"must be one of {', '.join(meta['choices'])}, not {value!r}"
@@ -157,38 +215,39 @@ def parse(document, where):
     problems = []
     top = {}
     sections = {}
-    hosts = None
     for key, value in document.items():
         if key in _SECTIONS:
             if not isinstance(value, dict):
                 problems.append(f"{where}: {key}: must be a table")
             else:
                 sections[key] = _build(_SECTIONS[key], value, f"{key}.", problems, where)
-        elif key == "hosts":
-            if not isinstance(value, dict) or not value:
-                problems.append(f"{where}: hosts: must be a table of at least one [hosts.NAME]")
+        elif key in _NAMED:
+            if not isinstance(value, dict) or (key == "hosts" and not value):
+                problems.append(f"{where}: {key}: must be a table of [{key}.NAME] tables")
                 continue
-            hosts = {}
+            named = sections[key] = {}
             for name, table in value.items():
                 if not isinstance(table, dict):
-                    problems.append(f"{where}: hosts.{name}: must be a table")
+                    problems.append(f"{where}: {key}.{name}: must be a table")
                     continue
-                hosts[name.lower()] = _build(HostConfig, table, f"hosts.{name}.", problems, where)
+                named[name.lower()] = _build(_NAMED[key], table, f"{key}.{name}.", problems, where)
         else:
             top[key] = value
     base = _build(Config, top, "", problems, where)
+    for domain, component in sections.get("components", {}).items():
+        if not (component.secret or component.secret_file):
+            problems.append(f"{where}: components.{domain}: needs secret or secret_file")
+        if domain in sections.get("hosts", base.hosts):
+            problems.append(f"{where}: components.{domain}: is also a host")
     names = {}
-    for name, host in (hosts or {}).items():
+    for name, host in sections.get("hosts", {}).items():
         for alias in [name, *host.aliases]:
             if alias.lower() in names:
                 problems.append(f"{where}: hosts.{name}.aliases: {alias!r} already names host {names[alias.lower()]!r}")
             names[alias.lower()] = name
     if problems:
         raise ConfigError(problems)
-    changes = dict(sections, source=where)
-    if hosts is not None:
-        changes["hosts"] = hosts
-    return dataclasses.replace(base, **changes)
+    return dataclasses.replace(base, **sections, source=where)
 
 
 def load(path=None):
@@ -202,8 +261,20 @@ def load(path=None):
         raise ConfigError([f"{path}: cannot be read: {error.strerror}"])
     except tomllib.TOMLDecodeError as error:
         raise ConfigError([f"{path}: not valid TOML: {error}"])
-    config = parse(document, path)
-    if not os.path.isabs(config.data_dir):
-        base = os.path.dirname(os.path.abspath(path))
-        config = dataclasses.replace(config, data_dir=os.path.join(base, config.data_dir))
-    return config
+    return _resolve_paths(parse(document, path), os.path.dirname(os.path.abspath(path)))
+
+
+def _resolve_paths(value, base):
+    """``value`` with every relative path option made absolute against ``base``."""
+    if isinstance(value, dict):
+        return {key: _resolve_paths(item, base) for key, item in value.items()}
+    if not dataclasses.is_dataclass(value):
+        return value
+    changes = {}
+    for option in dataclasses.fields(value):
+        current = getattr(value, option.name)
+        if option.metadata.get("path") and current and not os.path.isabs(current):
+            changes[option.name] = os.path.join(base, current)
+        elif dataclasses.is_dataclass(current) or isinstance(current, dict):
+            changes[option.name] = _resolve_paths(current, base)
+    return dataclasses.replace(value, **changes)

@@ -17,6 +17,7 @@ from bridge import __version__, config as configuration
 from bridge.core import storage as storage_module, tls
 from bridge.core.server import FeatureContext, Server
 from bridge.core.streams.c2s import ClientFactory
+from bridge.core.streams.s2s import IncomingServerFactory, PeerTLS, RemoteDomains
 
 log = Logger()
 
@@ -73,16 +74,19 @@ class ListenerService(service.Service):
 class ServerService(service.MultiService):
     """The server's lifetime: storage opened at build, closed at shutdown."""
 
-    def __init__(self, server):
+    def __init__(self, server, remote):
         super().__init__()
         self.server = server
+        self.remote = remote
 
     def startService(self):
         super().startService()
+        self.remote.start()
         log.info("bridge {version} serving {hosts} (configuration: {source})", version=__version__,
                  hosts=", ".join(self.server.hosts), source=self.server.config.source)
 
     def stopService(self):
+        self.remote.stop()
         d = super().stopService()
         d.addBoth(lambda result: (self.server.storage.close(), result)[1])
         return d
@@ -101,18 +105,26 @@ def build(config, reactor):
     store = storage_module.open_storage(config)
     server = Server(config, store, reactor)
     load_features(server)
-    top = ServerService(server)
+    s2s = config.s2s
+    peer_tls = PeerTLS(*tls.certificate_paths(config, s2s), s2s.tls_min_version, s2s.tls_ciphers, s2s.ca_file)
+    remote = RemoteDomains(server, peer_tls, reactor)
+    server.router.default_route = remote
+    top = ServerService(server, remote)
+
+    def listen(kind, descriptions, factory):
+        for description in descriptions:
+            endpoint = endpoints.serverFromString(reactor, description)
+            ListenerService(kind, description, endpoint, factory).setServiceParent(top)
+
     c2s = config.c2s
     cert, key = tls.certificate_paths(config, c2s)
     context = tls.server_context(cert, key, c2s.tls_min_version, c2s.tls_ciphers)
-    for description in c2s.endpoints:
-        factory = ClientFactory(server, c2s, context)
-        endpoint = endpoints.serverFromString(reactor, description)
-        ListenerService("c2s", description, endpoint, factory).setServiceParent(top)
-    for description in c2s.direct_tls_endpoints:
-        factory = TLSMemoryBIOFactory(context, False, ClientFactory(server, c2s, context, direct_tls=True))
-        endpoint = endpoints.serverFromString(reactor, description)
-        ListenerService("c2s-direct-tls", description, endpoint, factory).setServiceParent(top)
+    listen("c2s", c2s.endpoints, ClientFactory(server, c2s, context))
+    listen("c2s-direct-tls", c2s.direct_tls_endpoints,
+           TLSMemoryBIOFactory(context, False, ClientFactory(server, c2s, context, direct_tls=True)))
+    listen("s2s", s2s.endpoints, IncomingServerFactory(server, remote))
+    listen("s2s-direct-tls", s2s.direct_tls_endpoints,
+           TLSMemoryBIOFactory(peer_tls.options, False, IncomingServerFactory(server, remote, direct_tls=True)))
     return top
 
 

@@ -11,7 +11,6 @@ import binascii
 import hashlib
 
 from twisted.internet import defer
-from twisted.words.xish import domish
 
 from bridge.core.stanza import error_reply, result_reply
 from bridge.core.xmlstream import parse_element

@@ -12,7 +12,7 @@ import base64
 import os
 
 from twisted.internet import defer
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
@@ -21,7 +21,8 @@ from bridge.core import sasl
 from bridge.core.sessions import Session
 from bridge.core.stanza import first_child, make
 from bridge.core.tls import channel_binding
-from bridge.core.xmlstream import NS_STREAMS, NS_XML, StreamError, StreamParser
+from bridge.core.streams.base import XMLStreamProtocol, stream_error_element
+from bridge.core.xmlstream import NS_STREAMS
 
 log = Logger()
 
@@ -30,18 +31,9 @@ NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
 NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
 NS_SESSION = "urn:ietf:params:xml:ns:xmpp-session"
-NS_STREAM_ERRORS = "urn:ietf:params:xml:ns:xmpp-streams"
 NS_PING = "urn:xmpp:ping"
 MAX_SASL_FAILURES = 3
 STANZAS = ("message", "presence", "iq")
-
-
-def stream_error_element(condition, text=None):
-    error = domish.Element((NS_STREAMS, "error"))
-    error.addElement((NS_STREAM_ERRORS, condition))
-    if text:
-        error.addElement((NS_STREAM_ERRORS, "text"), content=text)
-    return error
 
 
 class ClientStream:
@@ -372,83 +364,46 @@ class ClientStream:
         self._ping_timer = self.server.clock.callLater(self.listener.ping_timeout_seconds, self._check_idle)
 
 
-class TCPClientProtocol(Protocol):
-    """RFC 6120 framing over TCP: one XML document, STARTTLS, rate limiting."""
+class TCPClientProtocol(XMLStreamProtocol):
+    """RFC 6120 framing of a client stream over TCP: STARTTLS, per-address accounting."""
 
+    content_namespace = NS_CLIENT
     can_start_tls = True
 
     def __init__(self, server, listener, tls_context, direct_tls):
+        super().__init__(server.clock, listener)
         self.server = server
         self.listener = listener
         self.tls_context = tls_context
         self.direct_tls = direct_tls
-        self.peer = "?"
-        self._tokens = listener.rate_limit_burst_bytes
-        self._refilled = server.clock.seconds()
-        self._paused = None
 
     def connectionMade(self):
-        address = self.transport.getPeer()
-        self.peer = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
-        self.parser = StreamParser(self._opened, self._element, self._closed,
-                                   self.listener.stanza_size_limit_bytes, NS_CLIENT)
+        super().connectionMade()
         self.can_start_tls = self.tls_context is not None and not self.direct_tls
         self.stream = ClientStream(self.server, self, self.listener, secure=self.direct_tls)
         if not self.factory.admit(self):
             self.stream.stream_error("policy-violation", "too many connections from your address")
 
     def dataReceived(self, data):
-        if self.stream.closed:
-            return
         self.stream.data_seen()
-        self._limit_rate(len(data))
-        try:
-            self.parser.feed(data)
-        except StreamError as error:
-            self.stream.stream_error(error.condition, error.text)
-        except Exception:
-            log.failure("unexpected failure on input from {peer}", peer=self.peer)
-            self.stream.stream_error("internal-server-error")
+        super().dataReceived(data)
 
-    def _limit_rate(self, size):
-        """A token bucket: past the burst, reading pauses until the rate allows."""
-        now = self.server.clock.seconds()
-        rate = self.listener.rate_limit_bytes_per_second
-        self._tokens = min(self.listener.rate_limit_burst_bytes, self._tokens + (now - self._refilled) * rate)
-        self._refilled = now
-        self._tokens -= size
-        if self._tokens < 0 and self._paused is None:
-            self.transport.pauseProducing()
-            self._paused = self.server.clock.callLater(-self._tokens / rate, self._resume)
-
-    def _resume(self):
-        self._paused = None
-        self.transport.resumeProducing()
-
-    def _opened(self, header):
+    def header_received(self, header):
         self.stream.stream_opened(header)
 
-    def _element(self, element):
+    def element_received(self, element):
         self.stream.element_received(element)
 
-    def _closed(self):
+    def end_received(self):
         self.stream.stream_closed()
+
+    def stream_error(self, condition, text=None):
+        self.stream.stream_error(condition, text)
 
     # -- the framing interface used by ClientStream --------------------------
 
     def open(self, stream_id, host):
-        self.transport.write(
-            f"<?xml version='1.0'?><stream:stream xmlns='{NS_CLIENT}' xmlns:stream='{NS_STREAMS}' "
-            f"id='{stream_id}' from='{domish.escapeToXml(host, True)}' version='1.0' xml:lang='en'>".encode()
-        )
-
-    def send(self, element):
-        if element.uri == NS_STREAMS:
-            # Serialise with the stream prefix the client knows.
-            text = element.toXml(prefixes={NS_STREAMS: "stream"}, prefixesInScope=["stream"])
-        else:
-            text = element.toXml()
-        self.transport.write(text.encode("utf-8"))
+        self.write_header({"id": stream_id, "from": host, "version": "1.0", "xml:lang": "en"})
 
     def reset(self):
         self.parser.reset()
@@ -459,13 +414,8 @@ class TCPClientProtocol(Protocol):
     def tls_transport(self):
         return self.transport if (self.direct_tls or self.stream.secure) else None
 
-    def close(self):
-        self.transport.write(b"</stream:stream>")
-        self.transport.loseConnection()
-
     def connectionLost(self, reason):
-        if self._paused is not None and self._paused.active():
-            self._paused.cancel()
+        super().connectionLost(reason)
         self.factory.release(self)
         self.stream.connection_lost()
 

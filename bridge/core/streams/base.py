@@ -1,0 +1,121 @@
+"""What every XML stream over TCP shares: parsing, rate limiting and output.
+
+Client, server-to-server and component streams differ in their negotiation,
+not in how bytes become elements and elements become bytes; that common part
+lives here once.
+"""
+
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.words.xish import domish
+
+from bridge.core.xmlstream import NS_STREAMS, StreamError, StreamParser
+
+log = Logger()
+
+NS_STREAM_ERRORS = "urn:ietf:params:xml:ns:xmpp-streams"
+
+
+def stream_error_element(condition, text=None):
+    error = domish.Element((NS_STREAMS, "error"))
+    error.addElement((NS_STREAM_ERRORS, condition))
+    if text:
+        error.addElement((NS_STREAM_ERRORS, "text"), content=text)
+    return error
+
+
+def stream_header(namespace, attributes, extra_namespaces=""):
+    """The opening tag of a stream; ``attributes`` with None values are left out."""
+    parts = [f"<?xml version='1.0'?><stream:stream xmlns='{namespace}' xmlns:stream='{NS_STREAMS}'"]
+    if extra_namespaces:
+        parts.append(" " + extra_namespaces)
+    for name, value in attributes.items():
+        if value is not None:
+            parts.append(f" {name}='{domish.escapeToXml(value, True)}'")
+    parts.append(">")
+    return "".join(parts).encode("utf-8")
+
+
+class XMLStreamProtocol(Protocol):
+    """TCP framing of one XML stream.
+
+    Subclasses set ``content_namespace`` and implement ``header_received``,
+    ``element_received``, ``end_received`` and ``stream_error``.  ``limits``
+    carries ``stanza_size_limit_bytes`` and the rate-limit options.
+    """
+
+    content_namespace = None
+    peer = "?"
+
+    def __init__(self, clock, limits):
+        self.clock = clock
+        self.limits = limits
+        self.closed = False
+        self._tokens = limits.rate_limit_burst_bytes
+        self._refilled = clock.seconds()
+        self._paused = None
+        self.last_activity = clock.seconds()
+
+    def connectionMade(self):
+        address = self.transport.getPeer()
+        self.peer = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
+        self.parser = StreamParser(self.header_received, self.element_received, self.end_received,
+                                   self.limits.stanza_size_limit_bytes, self.content_namespace)
+
+    def dataReceived(self, data):
+        if self.closed:
+            return
+        self.last_activity = self.clock.seconds()
+        self._limit_rate(len(data))
+        try:
+            self.parser.feed(data)
+        except StreamError as error:
+            self.stream_error(error.condition, error.text)
+        except Exception:
+            log.failure("unexpected failure on input from {peer}", peer=self.peer)
+            self.stream_error("internal-server-error")
+
+    def _limit_rate(self, size):
+        """A token bucket: past the burst, reading pauses until the rate allows."""
+        now = self.clock.seconds()
+        rate = self.limits.rate_limit_bytes_per_second
+        self._tokens = min(self.limits.rate_limit_burst_bytes, self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        self._tokens -= size
+        if self._tokens < 0 and self._paused is None:
+            self.transport.pauseProducing()
+            self._paused = self.clock.callLater(-self._tokens / rate, self._resume)
+
+    def _resume(self):
+        self._paused = None
+        self.transport.resumeProducing()
+
+    def write_header(self, attributes, extra_namespaces=""):
+        self.transport.write(stream_header(self.content_namespace, attributes, extra_namespaces))
+
+    def send(self, element):
+        if self.closed:
+            return
+        self.last_activity = self.clock.seconds()
+        if element.uri == NS_STREAMS:
+            # Serialise with the stream prefix the peer knows.
+            text = element.toXml(prefixes={NS_STREAMS: "stream"}, prefixesInScope=["stream"])
+        else:
+            text = element.toXml()
+        self.transport.write(text.encode("utf-8"))
+
+    def send_stream_error(self, condition, text=None):
+        log.info("stream error {condition} for {peer}: {text}", condition=condition, peer=self.peer, text=text or "")
+        self.send(stream_error_element(condition, text))
+        self.close()
+
+    def close(self):
+        if not self.closed:
+            self.transport.write(b"</stream:stream>")
+            self.closed = True
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason):
+        self.closed = True
+        if self._paused is not None and self._paused.active():
+            self._paused.cancel()

@@ -1,0 +1,573 @@
+"""Server-to-server streams (RFC 6120) and the route to remote domains.
+
+Incoming streams must do STARTTLS (unless the policy says otherwise), then
+authenticate the peer domain by SASL EXTERNAL with a certificate verified
+against the trust store and checked with service-identity (XEP-0178), or by
+server dialback (XEP-0220) when the policy allows it.  ``RemoteDomains`` is
+the routing table's default route: it keeps one outgoing link per (local
+domain, remote domain), queues stanzas while the link is set up and bounces
+them to their senders when it cannot be.
+"""
+
+import base64
+import hashlib
+import hmac
+import os
+
+from OpenSSL import SSL, crypto
+from service_identity import CertificateError, VerificationError
+from service_identity.pyopenssl import verify_hostname
+from twisted.internet import defer, endpoints
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.names import client as dns_client, dns, error as dns_error
+from twisted.words.xish import domish
+from zope.interface import implementer
+
+from bridge.core.stanza import parse_jid
+from bridge.core.streams.base import XMLStreamProtocol
+from bridge.core.streams.c2s import NS_SASL, NS_TLS
+from bridge.core.tls import server_context
+
+log = Logger()
+
+NS_SERVER = "jabber:server"
+NS_DIALBACK = "jabber:server:dialback"
+NS_DIALBACK_FEATURE = "urn:xmpp:features:dialback"
+NS_STREAMS = "http://etherx.jabber.org/streams"
+DIALBACK_NAMESPACES = f"xmlns:db='{NS_DIALBACK}'"
+DEFAULT_PORT = 5269
+STANZAS = ("message", "presence", "iq")
+
+
+def dialback_key(secret, receiving, originating, stream_id):
+    """The XEP-0185 key: HMAC-SHA256 keyed with the hex SHA-256 of the secret."""
+    key = hashlib.sha256(secret).hexdigest().encode("ascii")
+    return hmac.new(key, f"{receiving} {originating} {stream_id}".encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+class PeerTLS:
+    """TLS for links between servers: our certificate, and checks of the peer's.
+
+    The handshake accepts any peer certificate so that a peer whose
+    certificate does not verify can still be offered dialback; whether the
+    certificate is valid for a domain is decided afterwards by ``verify``.
+    """
+
+    def __init__(self, cert_path, key_path, min_version, ciphers, ca_file):
+        self.options = server_context(cert_path, key_path, min_version, ciphers)
+        self.options.getContext().set_verify(SSL.VERIFY_PEER, lambda *args: True)
+        self.store = crypto.X509Store()
+        if ca_file:
+            self.store.load_locations(ca_file)
+        else:
+            self.store.set_default_paths()
+
+    def client(self, hostname):
+        return _ClientConnectionCreator(self.options.getContext(), hostname)
+
+    def verify(self, transport, domain):
+        """None when the peer's certificate chains to a trusted root and names ``domain``; else why not."""
+        connection = transport.getHandle()
+        if not isinstance(connection, SSL.Connection):
+            return "no TLS"
+        certificate = connection.get_peer_certificate()
+        if certificate is None:
+            return "no certificate"
+        chain = connection.get_peer_cert_chain() or []
+        try:
+            crypto.X509StoreContext(self.store, certificate, [c for c in chain[1:]]).verify_certificate()
+        except crypto.X509StoreContextError as error:
+            return f"untrusted certificate: {error}"
+        try:
+            verify_hostname(connection, domain)
+        except (CertificateError, VerificationError) as error:
+            return f"certificate not valid for {domain}: {error}"
+        return None
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _ClientConnectionCreator:
+    """Client side of a server link: our certificate offered, SNI set to the peer domain."""
+
+    def __init__(self, context, hostname):
+        self.context = context
+        self.hostname = hostname
+
+    def clientConnectionForTLS(self, tls_protocol):
+        connection = SSL.Connection(self.context, None)
+        connection.set_tlsext_host_name(self.hostname.encode("idna"))
+        connection.set_connect_state()
+        return connection
+
+
+def _stream_id():
+    return base64.urlsafe_b64encode(os.urandom(12)).decode("ascii")
+
+
+def _condition(element):
+    for child in element.elements():
+        return child.name
+    return None
+
+
+class IncomingServerStream(XMLStreamProtocol):
+    """A stream opened by a peer server: it proves who it is, then sends stanzas."""
+
+    content_namespace = NS_SERVER
+
+    def __init__(self, server, remote):
+        super().__init__(server.clock, remote.config)
+        self.server = server
+        self.remote = remote
+        self.config = remote.config
+        self.secure = False
+        self.stream_id = None
+        self.local = None
+        self.claimed = None
+        self.authenticated = set()
+
+    def connectionMade(self):
+        super().connectionMade()
+        self.remote.track(self)
+
+    def header_received(self, header):
+        self.stream_id = _stream_id()
+        self.local = self.server.config.host_for((header.getAttribute("to") or "").lower())
+        self.claimed = (header.getAttribute("from") or "").lower() or None
+        self.write_header({"id": self.stream_id, "from": self.local or header.getAttribute("to"),
+                           "to": self.claimed, "version": "1.0"}, DIALBACK_NAMESPACES)
+        if self.local is None:
+            self.stream_error("host-unknown", "no such host here")
+            return
+        if self.claimed is not None and not self.remote.permitted(self.claimed):
+            self.stream_error("policy-violation", f"{self.claimed} may not federate with this server")
+            return
+        features = domish.Element((NS_STREAMS, "features"))
+        if not self.secure:
+            starttls = features.addElement((NS_TLS, "starttls"))
+            if self.config.require_encryption:
+                starttls.addElement("required")
+        if self.secure or not self.config.require_encryption:
+            if (self.secure and self.claimed and self.claimed not in self.authenticated
+                    and self.config.certificate_authentication
+                    and self.remote.tls.verify(self.transport, self.claimed) is None):
+                features.addElement((NS_SASL, "mechanisms")).addElement("mechanism", content="EXTERNAL")
+            if self.config.dialback:
+                features.addElement((NS_DIALBACK_FEATURE, "dialback")).addElement("errors")
+        self.send(features)
+
+    def element_received(self, element):
+        if element.uri == NS_TLS and element.name == "starttls" and not self.secure:
+            self.send(domish.Element((NS_TLS, "proceed")))
+            self.transport.startTLS(self.remote.tls.options)
+            self.secure = True
+            self.parser.reset()
+        elif element.uri == NS_SASL and element.name == "auth":
+            self._external(element)
+        elif element.uri == NS_DIALBACK and element.name == "result":
+            self._dialback_result(element)
+        elif element.uri == NS_DIALBACK and element.name == "verify":
+            self._dialback_verify(element)
+        elif element.uri is None and element.name in STANZAS:
+            self._stanza(element)
+        else:
+            self.stream_error("unsupported-stanza-type", f"<{element.name}/> in {element.uri}")
+
+    def _external(self, element):
+        text = str(element).strip()
+        try:
+            domain = base64.b64decode(text).decode("utf-8") if text and text != "=" else self.claimed
+        except ValueError:
+            domain = None
+        failure = domish.Element((NS_SASL, "failure"))
+        if element.getAttribute("mechanism") != "EXTERNAL" or not self.secure or not domain:
+            failure.addElement("invalid-mechanism")
+            self.send(failure)
+            return
+        reason = self.remote.tls.verify(self.transport, domain)
+        if reason or not self.remote.permitted(domain):
+            log.info("SASL EXTERNAL refused for {domain} from {peer}: {reason}", domain=domain, peer=self.peer,
+                     reason=reason or "policy")
+            failure.addElement("not-authorized")
+            self.send(failure)
+            return
+        self.authenticated.add(domain.lower())
+        self.send(domish.Element((NS_SASL, "success")))
+        self.parser.reset()
+
+    def _dialback_result(self, element):
+        originating = (element.getAttribute("from") or "").lower()
+        receiving = (element.getAttribute("to") or "").lower()
+        reply = domish.Element((NS_DIALBACK, "result"))
+        reply["from"], reply["to"] = receiving, originating
+        if not self.config.dialback or (self.config.require_encryption and not self.secure):
+            self.stream_error("not-authorized", "dialback is not allowed here")
+            return
+        if self.server.config.host_for(receiving) is None or not self.remote.permitted(originating):
+            reply["type"] = "error"
+            reply.addElement("error")["type"] = "cancel"
+            reply.error.addElement(("urn:ietf:params:xml:ns:xmpp-stanzas", "item-not-found"))
+            self.send(reply)
+            return
+        d = self.remote.verify_dialback(originating, receiving, self.stream_id, str(element).strip())
+
+        def verified(valid):
+            reply["type"] = "valid" if valid else "invalid"
+            if valid:
+                self.authenticated.add(originating)
+                log.info("{domain} authenticated by dialback from {peer}", domain=originating, peer=self.peer)
+            self.send(reply)
+
+        d.addCallback(verified)
+
+    def _dialback_verify(self, element):
+        """We are the authoritative server: is this key one we gave out?"""
+        receiving = element.getAttribute("from") or ""
+        originating = element.getAttribute("to") or ""
+        expected = dialback_key(self.remote.secret, receiving, originating, element.getAttribute("id") or "")
+        reply = domish.Element((NS_DIALBACK, "verify"))
+        reply["from"], reply["to"], reply["id"] = originating, receiving, element.getAttribute("id") or ""
+        reply["type"] = "valid" if hmac.compare_digest(expected, str(element).strip()) else "invalid"
+        self.send(reply)
+
+    def _stanza(self, stanza):
+        sender, to = parse_jid(stanza.getAttribute("from")), parse_jid(stanza.getAttribute("to"))
+        if sender is None or to is None:
+            self.stream_error("improper-addressing")
+            return
+        if sender.host not in self.authenticated:
+            self.stream_error("invalid-from", f"{sender.host} is not authenticated on this stream")
+            return
+        if not self.remote.router.is_local(to.host):
+            self.stream_error("host-unknown", f"{to.host} is not served here")
+            return
+        self.remote.router.route(stanza)
+
+    def end_received(self):
+        self.close()
+
+    def stream_error(self, condition, text=None):
+        if not self.closed:
+            if self.stream_id is None:
+                self.write_header({"id": _stream_id(), "version": "1.0"}, DIALBACK_NAMESPACES)
+            self.send_stream_error(condition, text)
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        self.remote.untrack(self)
+
+
+class OutgoingServerStream(XMLStreamProtocol):
+    """A stream we open to a peer: TLS, then SASL EXTERNAL or dialback; or a dialback check only."""
+
+    content_namespace = NS_SERVER
+
+    def __init__(self, remote, origin, target, verify=None):
+        super().__init__(remote.clock, remote.config)
+        self.remote = remote
+        self.config = remote.config
+        self.origin = origin
+        self.target = target
+        self.verify = verify  # (receiving, stream id, key, Deferred) for a dialback check
+        self.secure = False
+        self.tried_external = False
+        self.dialback_offered = False
+        self.authenticated = False
+        self.peer_stream_id = None
+        self.ready = defer.Deferred()
+        self.failure_reason = None
+
+    def connectionMade(self):
+        super().connectionMade()
+        self.remote.track(self)
+        self._open()
+
+    def _open(self):
+        self.write_header({"from": self.origin, "to": self.target, "version": "1.0"}, DIALBACK_NAMESPACES)
+
+    def header_received(self, header):
+        self.peer_stream_id = header.getAttribute("id")
+
+    def element_received(self, element):
+        if element.uri == NS_STREAMS and element.name == "features":
+            self._features(element)
+        elif element.uri == NS_TLS and element.name == "proceed":
+            self.transport.startTLS(self.remote.tls.client(self.target))
+            self.secure = True
+            self.parser.reset()
+            self._open()
+        elif element.uri == NS_SASL and element.name == "success":
+            self.parser.reset()
+            self._open()
+            self.authenticated = True
+        elif element.uri == NS_SASL and element.name == "failure":
+            self._dialback_or_fail(f"SASL EXTERNAL refused ({_condition(element)})")
+        elif element.uri == NS_DIALBACK and element.name == "result":
+            if element.getAttribute("type") == "valid":
+                self._ready()
+            else:
+                self._fail(f"dialback refused ({element.getAttribute('type')})")
+        elif element.uri == NS_DIALBACK and element.name == "verify" and self.verify is not None:
+            self.verify[3].callback(element.getAttribute("type") == "valid")
+            self.verify = None
+            self.close()
+        elif element.uri == NS_STREAMS and element.name == "error":
+            self._fail(f"stream error {_condition(element)}")
+
+    def _features(self, features):
+        if self.authenticated:
+            self._ready()
+            return
+        self.dialback_offered = features.dialback is not None
+        if not self.secure and features.starttls is not None:
+            self.send(domish.Element((NS_TLS, "starttls")))
+            return
+        if not self.secure and self.config.require_encryption:
+            self._fail("the peer offers no TLS")
+            return
+        certificate_problem = self.remote.tls.verify(self.transport, self.target) if self.secure else "no TLS"
+        if certificate_problem and not self.config.dialback:
+            self._fail(certificate_problem)
+            return
+        if self.verify is not None:
+            self._send_verify()
+            return
+        mechanisms = [str(m) for m in features.mechanisms.elements()] if features.mechanisms else []
+        if ("EXTERNAL" in mechanisms and self.config.certificate_authentication and not self.tried_external
+                and not certificate_problem):
+            self.tried_external = True
+            auth = domish.Element((NS_SASL, "auth"))
+            auth["mechanism"] = "EXTERNAL"
+            auth.addContent(base64.b64encode(self.origin.encode("utf-8")).decode("ascii"))
+            self.send(auth)
+            return
+        self._dialback_or_fail(certificate_problem or "no usable authentication offered")
+
+    def _dialback_or_fail(self, reason):
+        if not (self.config.dialback and self.dialback_offered):
+            self._fail(reason)
+            return
+        result = domish.Element((NS_DIALBACK, "result"))
+        result["from"], result["to"] = self.origin, self.target
+        result.addContent(dialback_key(self.remote.secret, self.target, self.origin, self.peer_stream_id or ""))
+        self.send(result)
+
+    def _send_verify(self):
+        receiving, stream_id, key, _ = self.verify
+        verify = domish.Element((NS_DIALBACK, "verify"))
+        verify["from"], verify["to"], verify["id"] = receiving, self.target, stream_id
+        verify.addContent(key)
+        self.send(verify)
+
+    def _ready(self):
+        if not self.ready.called:
+            log.info("link {origin} -> {target} ready ({how})", origin=self.origin, target=self.target,
+                     how="SASL EXTERNAL" if self.authenticated else "dialback")
+            self.ready.callback(self)
+
+    def _fail(self, reason):
+        self.failure_reason = reason
+        log.info("link {origin} -> {target} failed: {reason}", origin=self.origin, target=self.target, reason=reason)
+        self.close()
+
+    def end_received(self):
+        self.close()
+
+    def stream_error(self, condition, text=None):
+        self.failure_reason = f"{condition} {text or ''}".strip()
+        self.send_stream_error(condition, text)
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        self.remote.untrack(self)
+        if self.verify is not None:
+            self.verify[3].callback(False)
+            self.verify = None
+        if not self.ready.called:
+            self.ready.errback(LinkFailed(self.failure_reason or "connection lost"))
+
+
+class LinkFailed(Exception):
+    pass
+
+
+class OutgoingLink:
+    """Stanzas from one local domain to one remote domain, over one outgoing stream."""
+
+    def __init__(self, remote, origin, target):
+        self.remote = remote
+        self.origin = origin
+        self.target = target
+        self.queue = []
+        self.stream = None
+        self.connecting = False
+
+    def send(self, stanza):
+        if self.stream is not None and not self.stream.closed:
+            self.stream.send(stanza)
+            return
+        if len(self.queue) >= self.remote.config.max_queued_stanzas:
+            self.remote.router.bounce(stanza, "resource-constraint", "too many stanzas waiting for the remote server")
+            return
+        self.queue.append(stanza)
+        if not self.connecting:
+            self.connecting = True
+            self.remote.connect(self.origin, self.target).addCallbacks(self._ready, self._failed)
+
+    def _ready(self, stream):
+        self.connecting = False
+        self.stream = stream
+        queued, self.queue = self.queue, []
+        for stanza in queued:
+            stream.send(stanza)
+
+    def _failed(self, failure):
+        self.connecting = False
+        timed_out = failure.check(defer.TimeoutError) is not None or "timeout" in str(failure.value).lower()
+        condition = "remote-server-timeout" if timed_out else "remote-server-not-found"
+        queued, self.queue = self.queue, []
+        log.info("cannot reach {target}: {reason}; {count} stanzas bounced", target=self.target,
+                 reason=failure.getErrorMessage(), count=len(queued))
+        for stanza in queued:
+            self.remote.router.bounce(stanza, condition, failure.getErrorMessage())
+
+    def stream_lost(self, stream):
+        if self.stream is stream:
+            self.stream = None
+
+
+class RemoteDomains:
+    """The default route: stanzas for domains not served here go over s2s links."""
+
+    def __init__(self, server, tls, reactor, resolver=None):
+        self.server = server
+        self.router = server.router
+        self.config = server.config.s2s
+        self.clock = server.clock
+        self.reactor = reactor
+        self.tls = tls
+        self.secret = os.urandom(32)
+        self.links = {}
+        self.streams = set()
+        if resolver is None:
+            if self.config.dns_server:
+                host, _, port = self.config.dns_server.rpartition(":")
+                resolver = dns_client.createResolver(servers=[(host, int(port))])
+            else:
+                resolver = dns_client.getResolver()
+        self.resolver = resolver
+        self._idle_check = None
+
+    def start(self):
+        self._idle_check = self.clock.callLater(self.config.idle_timeout_seconds / 4, self._close_idle)
+
+    def stop(self):
+        if self._idle_check is not None and self._idle_check.active():
+            self._idle_check.cancel()
+        for stream in list(self.streams):
+            stream.close()
+
+    def permitted(self, domain):
+        if domain in self.config.denied_domains:
+            return False
+        return not self.config.allowed_domains or domain in self.config.allowed_domains
+
+    def deliver(self, stanza):
+        sender, to = parse_jid(stanza.getAttribute("from")), parse_jid(stanza.getAttribute("to"))
+        if sender is None or not self.router.is_local(sender.host):
+            self.router.bounce(stanza, "not-allowed")
+            return
+        if not self.permitted(to.host):
+            self.router.bounce(stanza, "remote-server-not-found", "federation with this domain is not allowed")
+            return
+        key = (sender.host, to.host)
+        link = self.links.get(key)
+        if link is None:
+            link = self.links[key] = OutgoingLink(self, sender.host, to.host)
+        link.send(stanza)
+
+    def track(self, stream):
+        self.streams.add(stream)
+
+    def untrack(self, stream):
+        self.streams.discard(stream)
+        if isinstance(stream, OutgoingServerStream):
+            link = self.links.get((stream.origin, stream.target))
+            if link is not None:
+                link.stream_lost(stream)
+
+    def _close_idle(self):
+        limit = self.clock.seconds() - self.config.idle_timeout_seconds
+        for stream in list(self.streams):
+            if stream.last_activity < limit:
+                log.info("closing idle s2s stream with {peer}", peer=stream.peer)
+                stream.close()
+        self._idle_check = self.clock.callLater(self.config.idle_timeout_seconds / 4, self._close_idle)
+
+    @defer.inlineCallbacks
+    def addresses(self, domain):
+        """[(host, port)] to try for ``domain``: a static route, else SRV records, else the domain itself."""
+        static = self.config.static_routes.get(domain)
+        if static:
+            host, _, port = static.rpartition(":")
+            return [(host, int(port))]
+        try:
+            answers, _, _ = yield self.resolver.lookupService(f"_xmpp-server._tcp.{domain}")
+        except (dns_error.DomainError, dns_error.DNSNameError, dns_error.DNSServerError, defer.TimeoutError,
+                dns_error.DNSQueryRefusedError, dns_error.DNSNotImplementedError, dns_error.DNSUnknownError):
+            answers = []
+        records = sorted((a.payload.priority, -a.payload.weight, str(a.payload.target), a.payload.port)
+                         for a in answers if a.type == dns.SRV)
+        if len(records) == 1 and records[0][2] == ".":
+            return []
+        return [(target, port) for _, _, target, port in records] or [(domain, DEFAULT_PORT)]
+
+    @defer.inlineCallbacks
+    def connect(self, origin, target, verify=None):
+        """A ready outgoing stream (or, for ``verify``, a finished dialback check)."""
+        addresses = yield self.addresses(target)
+        if not addresses:
+            raise LinkFailed(f"{target} does not accept federation (SRV '.')")
+        reason = None
+        for host, port in addresses:
+            stream = OutgoingServerStream(self, origin, target, verify)
+            endpoint = endpoints.HostnameEndpoint(self.reactor, host, port,
+                                                  timeout=self.config.connect_timeout_seconds)
+            try:
+                yield endpoints.connectProtocol(endpoint, stream)
+            except Exception as error:
+                reason = f"{host}:{port}: {error}"
+                continue
+            if verify is not None:
+                return stream
+            try:
+                ready = yield stream.ready
+            except LinkFailed as error:
+                reason = f"{host}:{port}: {error}"
+                continue
+            return ready
+        raise LinkFailed(reason or "no address")
+
+    def verify_dialback(self, originating, receiving, stream_id, key):
+        """Ask the authoritative server of ``originating`` whether ``key`` is its own."""
+        answer = defer.Deferred()
+        attempt = self.connect(receiving, originating, verify=(receiving, stream_id, key, answer))
+        attempt.addErrback(lambda failure: answer.called or answer.callback(False))
+        return answer
+
+
+class IncomingServerFactory(Factory):
+    noisy = False
+
+    def __init__(self, server, remote, direct_tls=False):
+        self.server = server
+        self.remote = remote
+        self.direct_tls = direct_tls
+
+    def buildProtocol(self, address):
+        protocol = IncomingServerStream(self.server, self.remote)
+        protocol.secure = self.direct_tls
+        protocol.factory = self
+        return protocol
