@@ -382,6 +382,7 @@ class BridgeServer(Server):
             f.write("direct_tls_endpoints = []\n")
             f.write("max_connections_per_address = 1000000\n")
             f.write("rate_limit_bytes_per_second = 1000000000\n\n")
+            f.write("[s2s]\nendpoints = []\n\n")
             f.write("[hosts.%s]\n" % toml_str(self.domain))
             f.write("aliases = []\n")
         with open(self.pwfile, "w") as f:

@@ -43,6 +43,8 @@ endpoints = ["tcp:0:interface=127.0.0.1"]
 direct_tls_endpoints = ["tcp:0:interface=127.0.0.1"]
 stanza_size_limit_bytes = 65536
 ping_interval_seconds = 300
+[s2s]
+endpoints = ["tcp:0:interface=127.0.0.1"]
 [hosts.localhost]
 registration = true
 [hosts."example.test"]

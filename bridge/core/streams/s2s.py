@@ -13,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import os
+import ssl
 
 from OpenSSL import SSL, crypto
 from service_identity import CertificateError, VerificationError
@@ -62,7 +63,9 @@ class PeerTLS:
         if ca_file:
             self.store.load_locations(ca_file)
         else:
-            self.store.set_default_paths()
+            system = ssl.get_default_verify_paths()
+            if system.cafile or system.capath:
+                self.store.load_locations(system.cafile, system.capath)
 
     def client(self, hostname):
         return _ClientConnectionCreator(self.options.getContext(), hostname)
