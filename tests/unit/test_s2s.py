@@ -1,0 +1,257 @@
+"""Server-to-server streams in memory: dialback, stanza acceptance, outgoing links and their failures."""
+
+import dataclasses
+
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.names import dns
+from twisted.names.error import DNSNameError
+from twisted.trial.unittest import SynchronousTestCase
+
+from bridge.core.streams.s2s import (IncomingServerStream, LinkFailed, OutgoingServerStream, RemoteDomains,
+                                     dialback_key)
+from bridge.core.xmlstream import NS_STREAMS, StreamParser
+from tests.unit.helpers import Harness, make_config
+
+PEER_HEADER = (f"<stream:stream xmlns='jabber:server' xmlns:stream='{NS_STREAMS}' "
+               "xmlns:db='jabber:server:dialback' from='remote.test' to='localhost' version='1.0'>")
+
+
+class NoTLS:
+    """The TLS half of the s2s code, for streams that stay in clear in these tests."""
+
+    options = None
+
+    def verify(self, transport, domain):
+        return "no TLS"
+
+    def client(self, hostname):
+        raise AssertionError("no TLS in these tests")
+
+
+class FakeResolver:
+    def __init__(self, records=None, failure=None):
+        self.records = records or []
+        self.failure = failure
+        self.asked = []
+
+    def lookupService(self, name):
+        self.asked.append(name)
+        if self.failure is not None:
+            return defer.fail(self.failure)
+        answers = [dns.RRHeader(name, dns.SRV, payload=dns.Record_SRV(priority, weight, port, target))
+                   for priority, weight, port, target in self.records]
+        return defer.succeed((answers, [], []))
+
+
+def s2s_harness(**s2s):
+    s2s.setdefault("require_encryption", False)
+    config = make_config()
+    config = dataclasses.replace(config, s2s=dataclasses.replace(config.s2s, **s2s))
+    harness = Harness(config)
+    harness.reactor = MemoryReactorClock()
+    harness.resolver = FakeResolver()
+    harness.remote = RemoteDomains(harness.server, NoTLS(), harness.reactor, resolver=harness.resolver)
+    harness.server.router.default_route = harness.remote
+    return harness
+
+
+class Peer:
+    """The far end of a server stream: writes bytes into it, parses what it writes back."""
+
+    def __init__(self, protocol):
+        self.protocol = protocol
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", 5269))
+        self.elements = []
+        self.headers = []
+        self.parser = StreamParser(self.headers.append, self.elements.append, lambda: None, 10**6, "jabber:server")
+        protocol.makeConnection(self.transport)
+
+    def send(self, text):
+        self.protocol.dataReceived(text.encode())
+
+    def received(self):
+        data = self.transport.value()
+        self.transport.clear()
+        for header in data.split(b"<?xml version='1.0'?>"):
+            if header:
+                self.parser.feed(header)
+        found, self.elements[:] = list(self.elements), []
+        return found
+
+
+class DialbackKeyTests(SynchronousTestCase):
+    def test_key_depends_on_every_input(self):
+        """The key changes with the secret, either domain and the stream id (XEP-0185)."""
+        base = dialback_key(b"s", "a.test", "b.test", "id1")
+        self.assertEqual(len(base), 64)
+        self.assertEqual(base, dialback_key(b"s", "a.test", "b.test", "id1"))
+        for other in (dialback_key(b"t", "a.test", "b.test", "id1"), dialback_key(b"s", "b.test", "a.test", "id1"),
+                      dialback_key(b"s", "a.test", "b.test", "id2")):
+            self.assertNotEqual(base, other)
+
+
+class IncomingTests(SynchronousTestCase):
+    def setUp(self):
+        self.harness = s2s_harness()
+        self.harness.add_user("alice@localhost")
+        self.alice = self.harness.login("alice@localhost/a")
+        self.alice.send("<presence/>")
+        self.alice.received()
+        self.peer = Peer(IncomingServerStream(self.harness.server, self.harness.remote))
+
+    def test_features_offer_dialback(self):
+        """An incoming stream is answered with our header and features offering STARTTLS and dialback."""
+        self.peer.send(PEER_HEADER)
+        features = self.peer.received()[-1]
+        self.assertEqual(features.name, "features")
+        names = {child.name for child in features.elements()}
+        self.assertEqual(names, {"starttls", "dialback"})
+        self.assertEqual(self.peer.headers[-1]["from"], "localhost")
+
+    def test_dialback_then_stanzas(self):
+        """After a valid dialback, stanzas from the peer's domain reach local users."""
+        checks = []
+        self.harness.remote.verify_dialback = lambda *args: checks.append(args) or defer.succeed(True)
+        self.peer.send(PEER_HEADER)
+        self.peer.received()
+        self.peer.send("<db:result from='remote.test' to='localhost'>abc</db:result>")
+        result = self.peer.received()[-1]
+        self.assertEqual((result.name, result["type"]), ("result", "valid"))
+        stream_id = self.peer.headers[-1]["id"]
+        self.assertEqual(checks, [("remote.test", "localhost", stream_id, "abc")])
+        self.peer.send("<message from='bob@remote.test/x' to='alice@localhost' type='chat'><body>hi</body></message>")
+        delivered = [e for e in self.alice.received() if e.name == "message"]
+        self.assertEqual(delivered[0]["from"], "bob@remote.test/x")
+
+    def test_invalid_dialback(self):
+        """A key the authoritative server disowns gets type='invalid' and no authentication."""
+        self.harness.remote.verify_dialback = lambda *args: defer.succeed(False)
+        self.peer.send(PEER_HEADER)
+        self.peer.send("<db:result from='remote.test' to='localhost'>forged</db:result>")
+        self.assertEqual(self.peer.received()[-1]["type"], "invalid")
+        self.peer.send("<message from='bob@remote.test' to='alice@localhost'><body>x</body></message>")
+        error = self.peer.received()[-1]
+        self.assertEqual(next(error.elements()).name, "invalid-from")
+        self.assertEqual([e for e in self.alice.received() if e.name == "message"], [])
+
+    def test_authoritative_verify(self):
+        """As authoritative server we confirm our own keys and only those."""
+        remote = self.harness.remote
+        good = dialback_key(remote.secret, "remote.test", "localhost", "sid")
+        self.peer.send(PEER_HEADER)
+        self.peer.received()
+        self.peer.send(f"<db:verify from='remote.test' to='localhost' id='sid'>{good}</db:verify>")
+        self.peer.send("<db:verify from='remote.test' to='localhost' id='sid'>bad</db:verify>")
+        answers = [e["type"] for e in self.peer.received() if e.name == "verify"]
+        self.assertEqual(answers, ["valid", "invalid"])
+
+    def test_denied_domain(self):
+        """A denied domain is refused at the stream header."""
+        harness = s2s_harness(denied_domains=["remote.test"])
+        peer = Peer(IncomingServerStream(harness.server, harness.remote))
+        peer.send(PEER_HEADER)
+        error = peer.received()[-1]
+        self.assertEqual(next(error.elements()).name, "policy-violation")
+
+    def test_tls_required(self):
+        """With encryption required, dialback before STARTTLS is refused."""
+        harness = s2s_harness(require_encryption=True)
+        peer = Peer(IncomingServerStream(harness.server, harness.remote))
+        peer.send(PEER_HEADER)
+        features = peer.received()[-1]
+        self.assertEqual([c.name for c in features.elements()], ["starttls"])
+        peer.send("<db:result from='remote.test' to='localhost'>abc</db:result>")
+        self.assertEqual(next(peer.received()[-1].elements()).name, "not-authorized")
+
+
+class OutgoingTests(SynchronousTestCase):
+    def test_dialback_negotiation(self):
+        """The outgoing stream sends our dialback key for the peer's stream id and is ready when valid."""
+        harness = s2s_harness()
+        stream = OutgoingServerStream(harness.remote, "localhost", "remote.test")
+        peer = Peer(stream)
+        peer.received()
+        self.assertEqual(peer.headers[-1]["to"], "remote.test")
+        stream.dataReceived(b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' "
+                            b"xmlns:db='jabber:server:dialback' id='peer-id' version='1.0'>"
+                            b"<stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>")
+        key = [e for e in peer.received() if e.name == "result"][0]
+        self.assertEqual(str(key), dialback_key(harness.remote.secret, "remote.test", "localhost", "peer-id"))
+        ready = []
+        stream.ready.addCallback(ready.append)
+        stream.dataReceived(b"<db:result from='remote.test' to='localhost' type='valid'/>")
+        self.assertEqual(ready, [stream])
+
+    def test_no_tls_offered_when_required(self):
+        """A peer that offers no STARTTLS fails the link when encryption is required."""
+        harness = s2s_harness(require_encryption=True)
+        stream = OutgoingServerStream(harness.remote, "localhost", "remote.test")
+        Peer(stream)
+        failures = []
+        stream.ready.addErrback(failures.append)
+        stream.dataReceived(b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' "
+                            b"id='x' version='1.0'><stream:features/>")
+        stream.connectionLost(None)
+        self.assertIn("no TLS", str(failures[0].value))
+
+
+class LinkTests(SynchronousTestCase):
+    def setUp(self):
+        self.harness = s2s_harness()
+        self.harness.add_user("alice@localhost")
+        self.alice = self.harness.login("alice@localhost/a")
+        self.attempts = []
+        self.harness.remote.connect = lambda origin, target: self.attempts.append(defer.Deferred()) or \
+            self.attempts[-1]
+
+    def test_queued_then_sent_in_order(self):
+        """Stanzas wait while the link is set up, then leave in order over one stream."""
+        for n in range(3):
+            self.alice.send(f"<message to='bob@remote.test' id='m{n}'><body>{n}</body></message>")
+        self.assertEqual(len(self.attempts), 1)
+        sent = []
+        stream = type("Stream", (), {"closed": False, "send": lambda self, stanza: sent.append(stanza["id"])})()
+        self.attempts[0].callback(stream)
+        self.assertEqual(sent, ["m0", "m1", "m2"])
+
+    def test_failure_bounces_to_senders(self):
+        """When the remote server cannot be reached, every queued stanza is bounced to its sender."""
+        self.alice.send("<message to='bob@remote.test' id='m1'><body>x</body></message>")
+        self.alice.send("<iq to='remote.test' type='get' id='i1'><ping xmlns='urn:xmpp:ping'/></iq>")
+        self.attempts[0].errback(LinkFailed("connection refused"))
+        errors = [e for e in self.alice.received() if e.getAttribute("type") == "error"]
+        self.assertEqual(sorted(e["id"] for e in errors), ["i1", "m1"])
+        self.assertEqual({next(e.error.elements()).name for e in errors}, {"remote-server-not-found"})
+
+    def test_disallowed_domain(self):
+        """Federation with a domain outside allowed_domains is refused without a connection."""
+        harness = s2s_harness(allowed_domains=["friend.test"])
+        harness.add_user("alice@localhost")
+        alice = harness.login("alice@localhost/a")
+        alice.send("<message to='bob@remote.test' id='m'><body>x</body></message>")
+        error = [e for e in alice.received() if e.getAttribute("type") == "error"][0]
+        self.assertEqual(next(error.error.elements()).name, "remote-server-not-found")
+
+
+class AddressTests(SynchronousTestCase):
+    def addresses(self, harness, domain):
+        found = []
+        harness.remote.addresses(domain).addCallback(found.append)
+        return found[0]
+
+    def test_static_route(self):
+        """A static route wins over DNS."""
+        harness = s2s_harness(static_routes={"b.test": "127.0.0.3:15269"})
+        self.assertEqual(self.addresses(harness, "b.test"), [("127.0.0.3", 15269)])
+        self.assertEqual(harness.resolver.asked, [])
+
+    def test_srv_order_and_fallback(self):
+        """SRV targets are tried by priority; no SRV record falls back to the domain on 5269."""
+        harness = s2s_harness()
+        harness.resolver.records = [(20, 0, 5270, "backup.b.test"), (10, 5, 5269, "xmpp.b.test")]
+        self.assertEqual(self.addresses(harness, "b.test"), [("xmpp.b.test", 5269), ("backup.b.test", 5270)])
+        self.assertEqual(harness.resolver.asked, ["_xmpp-server._tcp.b.test"])
+        harness.resolver.failure = DNSNameError()
+        self.assertEqual(self.addresses(harness, "c.test"), [("c.test", 5269)])
