@@ -107,7 +107,7 @@ class IncomingTests(SynchronousTestCase):
         features = self.peer.received()[-1]
         self.assertEqual(features.name, "features")
         names = {child.name for child in features.elements()}
-        self.assertEqual(names, {"starttls", "dialback"})
+        self.assertEqual(names, {"starttls", "dialback", "sm"})
         self.assertEqual(self.peer.headers[-1]["from"], "localhost")
 
     def test_dialback_then_stanzas(self):
@@ -135,6 +135,19 @@ class IncomingTests(SynchronousTestCase):
         error = self.peer.received()[-1]
         self.assertEqual(next(error.elements()).name, "invalid-from")
         self.assertEqual([e for e in self.alice.received() if e.name == "message"], [])
+
+    def test_stream_management_counts_handled_stanzas(self):
+        """After <enable/>, the peer's <r/> is answered with the number of stanzas handled."""
+        self.harness.remote.verify_dialback = lambda *args: defer.succeed(True)
+        self.peer.send(PEER_HEADER)
+        self.peer.send("<db:result from='remote.test' to='localhost'>k</db:result>")
+        self.peer.send("<enable xmlns='urn:xmpp:sm:3'/>")
+        for n in range(3):
+            self.peer.send(f"<message from='bob@remote.test' to='alice@localhost/a'><body>{n}</body></message>")
+        self.peer.send("<r xmlns='urn:xmpp:sm:3'/>")
+        received = self.peer.received()
+        self.assertIn("enabled", [e.name for e in received])
+        self.assertEqual(received[-1]["h"], "3")
 
     def test_authoritative_verify(self):
         """As authoritative server we confirm our own keys and only those."""
@@ -212,7 +225,7 @@ class LinkTests(SynchronousTestCase):
             self.alice.send(f"<message to='bob@remote.test' id='m{n}'><body>{n}</body></message>")
         self.assertEqual(len(self.attempts), 1)
         sent = []
-        stream = type("Stream", (), {"closed": False, "send": lambda self, stanza: sent.append(stanza["id"])})()
+        stream = type("Stream", (), {"closed": False, "send_stanza": lambda self, stanza: sent.append(stanza["id"])})()
         self.attempts[0].callback(stream)
         self.assertEqual(sent, ["m0", "m1", "m2"])
 
@@ -233,6 +246,50 @@ class LinkTests(SynchronousTestCase):
         alice.send("<message to='bob@remote.test' id='m'><body>x</body></message>")
         error = [e for e in alice.received() if e.getAttribute("type") == "error"][0]
         self.assertEqual(next(error.error.elements()).name, "remote-server-not-found")
+
+
+class ResendTests(SynchronousTestCase):
+    """Stanzas a dying link did not get acknowledged are sent again, and bounced if it keeps dying."""
+
+    def setUp(self):
+        self.harness = s2s_harness()
+        self.harness.add_user("alice@localhost")
+        self.alice = self.harness.login("alice@localhost/a")
+        self.streams = []
+
+        def connect(origin, target):
+            stream = OutgoingServerStream(self.harness.remote, origin, target)
+            peer = Peer(stream)
+            stream.dataReceived(b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'"
+                                b" xmlns:db='jabber:server:dialback' id='p' version='1.0'><stream:features>"
+                                b"<dialback xmlns='urn:xmpp:features:dialback'/><sm xmlns='urn:xmpp:sm:3'/>"
+                                b"</stream:features><db:result type='valid' from='remote.test' to='localhost'/>")
+            self.streams.append((stream, peer))
+            return stream.ready
+
+        self.harness.remote.connect = connect
+
+    def sent_ids(self, peer):
+        return [e["id"] for e in peer.received() if e.name == "message"]
+
+    def test_unacknowledged_are_sent_again(self):
+        """Only the stanzas after the last <a/> are sent again on the new stream."""
+        for n in range(3):
+            self.alice.send(f"<message to='bob@remote.test' id='m{n}'><body>{n}</body></message>")
+        stream, peer = self.streams[0]
+        self.assertEqual(self.sent_ids(peer), ["m0", "m1", "m2"])
+        stream.dataReceived(b"<a xmlns='urn:xmpp:sm:3' h='1'/>")
+        stream.connectionLost(None)
+        self.assertEqual(self.sent_ids(self.streams[1][1]), ["m1", "m2"])
+        self.assertEqual([e for e in self.alice.received() if e.getAttribute("type") == "error"], [])
+
+    def test_link_that_keeps_dying_bounces(self):
+        """After repeated losses the unacknowledged stanza is bounced with remote-server-timeout."""
+        self.alice.send("<message to='bob@remote.test' id='m'><body>x</body></message>")
+        for attempt in range(4):
+            self.streams[-1][0].connectionLost(None)
+        errors = [e for e in self.alice.received() if e.getAttribute("type") == "error"]
+        self.assertEqual([next(e.error.elements()).name for e in errors], ["remote-server-timeout"])
 
 
 class AddressTests(SynchronousTestCase):

@@ -6,7 +6,9 @@ against the trust store and checked with service-identity (XEP-0178), or by
 server dialback (XEP-0220) when the policy allows it.  ``RemoteDomains`` is
 the routing table's default route: it keeps one outgoing link per (local
 domain, remote domain), queues stanzas while the link is set up and bounces
-them to their senders when it cannot be.
+them to their senders when it cannot be.  When the peer supports stream
+management (XEP-0198) each stanza is kept until acknowledged, so the ones a
+dying connection swallowed are sent again on a new one, or bounced.
 """
 
 import base64
@@ -29,6 +31,7 @@ from zope.interface import implementer
 from bridge.core.stanza import parse_jid
 from bridge.core.streams.base import XMLStreamProtocol
 from bridge.core.streams.c2s import NS_SASL, NS_TLS
+from bridge.core.streams.sm import NS_SM, AckError, Acknowledgements, HandledCount
 from bridge.core.tls import server_context
 
 log = Logger()
@@ -130,6 +133,7 @@ class IncomingServerStream(XMLStreamProtocol):
         self.local = None
         self.claimed = None
         self.authenticated = set()
+        self.handled = None  # XEP-0198 count once the peer enabled it
 
     def connectionMade(self):
         super().connectionMade()
@@ -159,6 +163,7 @@ class IncomingServerStream(XMLStreamProtocol):
                 features.addElement((NS_SASL, "mechanisms")).addElement("mechanism", content="EXTERNAL")
             if self.config.dialback:
                 features.addElement((NS_DIALBACK_FEATURE, "dialback")).addElement("errors")
+            features.addElement((NS_SM, "sm"))
         self.send(features)
 
     def element_received(self, element):
@@ -175,8 +180,24 @@ class IncomingServerStream(XMLStreamProtocol):
             self._dialback_verify(element)
         elif element.uri is None and element.name in STANZAS:
             self._stanza(element)
+        elif element.uri == NS_SM:
+            self._stream_management(element)
         else:
             self.stream_error("unsupported-stanza-type", f"<{element.name}/> in {element.uri}")
+
+    def _stream_management(self, element):
+        if element.name == "enable":
+            if not self.authenticated or self.handled is not None:
+                failed = domish.Element((NS_SM, "failed"))
+                failed.addElement(("urn:ietf:params:xml:ns:xmpp-stanzas", "unexpected-request"))
+                self.send(failed)
+                return
+            self.handled = HandledCount()
+            self.send(domish.Element((NS_SM, "enabled")))
+        elif element.name == "r" and self.handled is not None:
+            ack = domish.Element((NS_SM, "a"))
+            ack["h"] = str(self.handled.h)
+            self.send(ack)
 
     def _external(self, element):
         text = str(element).strip()
@@ -246,6 +267,8 @@ class IncomingServerStream(XMLStreamProtocol):
         if not self.remote.router.is_local(to.host):
             self.stream_error("host-unknown", f"{to.host} is not served here")
             return
+        if self.handled is not None:
+            self.handled.handled()
         self.remote.router.route(stanza)
 
     def end_received(self):
@@ -277,6 +300,9 @@ class OutgoingServerStream(XMLStreamProtocol):
         self.secure = False
         self.tried_external = False
         self.dialback_offered = False
+        self.sm_offered = False
+        self.acks = None
+        self._ack_request = None
         self.authenticated = False
         self.peer_stream_id = None
         self.ready = defer.Deferred()
@@ -318,8 +344,41 @@ class OutgoingServerStream(XMLStreamProtocol):
             self.close()
         elif element.uri == NS_STREAMS and element.name == "error":
             self._fail(f"stream error {_condition(element)}")
+        elif element.uri == NS_SM and self.acks is not None:
+            self._stream_management(element)
+
+    def _stream_management(self, element):
+        if element.name == "a":
+            try:
+                self.acks.received_ack(int(element.getAttribute("h", "")))
+            except (ValueError, AckError) as error:
+                self.stream_error("undefined-condition", f"bad acknowledgement: {error}")
+        elif element.name == "failed":
+            log.info("{target} refused stream management", target=self.target)
+            self.acks = None
+        elif element.name == "r":
+            ack = domish.Element((NS_SM, "a"))
+            ack["h"] = "0"
+            self.send(ack)
+
+    def send_stanza(self, stanza):
+        """Send a routed stanza, kept until acknowledged when stream management is on."""
+        self.send(stanza)
+        if self.acks is not None:
+            self.acks.sent(stanza)
+            if self._ack_request is None:
+                self._ack_request = self.clock.callLater(0, self._request_ack)
+
+    def _request_ack(self):
+        self._ack_request = None
+        self.send(domish.Element((NS_SM, "r")))
+
+    def unacknowledged(self):
+        """Stanzas sent but not confirmed (all of them without stream management: none are known)."""
+        return self.acks.take_unacked() if self.acks is not None else []
 
     def _features(self, features):
+        self.sm_offered = self.sm_offered or features.sm is not None
         if self.authenticated:
             self._ready()
             return
@@ -368,6 +427,9 @@ class OutgoingServerStream(XMLStreamProtocol):
         if not self.ready.called:
             log.info("link {origin} -> {target} ready ({how})", origin=self.origin, target=self.target,
                      how="SASL EXTERNAL" if self.authenticated else "dialback")
+            if self.sm_offered:
+                self.send(domish.Element((NS_SM, "enable")))
+                self.acks = Acknowledgements()
             self.ready.callback(self)
 
     def _fail(self, reason):
@@ -384,6 +446,8 @@ class OutgoingServerStream(XMLStreamProtocol):
 
     def connectionLost(self, reason):
         super().connectionLost(reason)
+        if self._ack_request is not None and self._ack_request.active():
+            self._ack_request.cancel()
         self.remote.untrack(self)
         if self.verify is not None:
             self.verify[3].callback(False)
@@ -399,6 +463,8 @@ class LinkFailed(Exception):
 class OutgoingLink:
     """Stanzas from one local domain to one remote domain, over one outgoing stream."""
 
+    MAX_RESENDS = 3
+
     def __init__(self, remote, origin, target):
         self.remote = remote
         self.origin = origin
@@ -406,10 +472,11 @@ class OutgoingLink:
         self.queue = []
         self.stream = None
         self.connecting = False
+        self.lost_in_a_row = 0
 
     def send(self, stanza):
         if self.stream is not None and not self.stream.closed:
-            self.stream.send(stanza)
+            self.stream.send_stanza(stanza)
             return
         if len(self.queue) >= self.remote.config.max_queued_stanzas:
             self.remote.router.bounce(stanza, "resource-constraint", "too many stanzas waiting for the remote server")
@@ -424,7 +491,7 @@ class OutgoingLink:
         self.stream = stream
         queued, self.queue = self.queue, []
         for stanza in queued:
-            stream.send(stanza)
+            stream.send_stanza(stanza)
 
     def _failed(self, failure):
         self.connecting = False
@@ -437,8 +504,25 @@ class OutgoingLink:
             self.remote.router.bounce(stanza, condition, failure.getErrorMessage())
 
     def stream_lost(self, stream):
-        if self.stream is stream:
-            self.stream = None
+        """The stream went away: send again what it did not confirm, on a new one."""
+        if self.stream is not stream:
+            return
+        self.stream = None
+        pending = stream.unacknowledged()
+        if not pending:
+            self.lost_in_a_row = 0
+            return
+        self.lost_in_a_row += 1
+        if self.lost_in_a_row > self.MAX_RESENDS:
+            for stanza in pending:
+                self.remote.router.bounce(stanza, "remote-server-timeout", "the link kept failing")
+            return
+        log.info("{count} unacknowledged stanzas to {target} will be sent again", count=len(pending),
+                 target=self.target)
+        self.queue[:0] = pending
+        if not self.connecting:
+            self.connecting = True
+            self.remote.connect(self.origin, self.target).addCallbacks(self._ready, self._failed)
 
 
 class RemoteDomains:
