@@ -306,6 +306,9 @@ class OutgoingServerStream(XMLStreamProtocol):
         self.authenticated = False
         self.peer_stream_id = None
         self.ready = defer.Deferred()
+        if verify is not None:
+            # A dialback check never becomes a ready link; its answer goes to verify's Deferred.
+            self.ready.addErrback(lambda failure: None)
         self.failure_reason = None
 
     def connectionMade(self):
