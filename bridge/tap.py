@@ -17,6 +17,7 @@ from bridge import __version__, config as configuration
 from bridge.core import storage as storage_module, tls
 from bridge.core.server import FeatureContext, Server
 from bridge.core.streams.c2s import ClientFactory
+from bridge.core.streams.component import ComponentFactory
 from bridge.core.streams.s2s import IncomingServerFactory, PeerTLS, RemoteDomains
 
 log = Logger()
@@ -125,6 +126,10 @@ def build(config, reactor):
     listen("s2s", s2s.endpoints, IncomingServerFactory(server, remote))
     listen("s2s-direct-tls", s2s.direct_tls_endpoints,
            TLSMemoryBIOFactory(peer_tls.options, False, IncomingServerFactory(server, remote, direct_tls=True)))
+    components = ComponentFactory(server)
+    # Configured components answer service-unavailable until they connect.
+    components.register_offline_routes()
+    listen("component", config.component_listener.endpoints, components)
     return top
 
 

@@ -45,6 +45,8 @@ stanza_size_limit_bytes = 65536
 ping_interval_seconds = 300
 [s2s]
 endpoints = ["tcp:0:interface=127.0.0.1"]
+[component_listener]
+endpoints = ["tcp:0:interface=127.0.0.1"]
 [hosts.localhost]
 registration = true
 [hosts."example.test"]
@@ -91,7 +93,7 @@ def add_users(config_path, accounts):
 class ServerProcess:
     """One server process; its output is drained into ``lines`` by a thread."""
 
-    LISTENING = re.compile(r"listening (c2s|c2s-direct-tls) on 127\.0\.0\.1:(\d+)")
+    LISTENING = re.compile(r"listening (c2s|c2s-direct-tls|s2s|s2s-direct-tls|component) on 127\.0\.0\.1:(\d+)")
 
     def __init__(self, config_path, accounts=None, command=None):
         self.config_path = config_path
@@ -104,15 +106,16 @@ class ServerProcess:
         self.process = None
         self.port = None
         self.tls_port = None
+        self.ports = {}  # listener kind ("c2s", "s2s", "component"...) -> port
 
     def start(self, wait_for=("c2s", "c2s-direct-tls"), timeout=SERVER_START_TIMEOUT):
         self.process = subprocess.Popen(self.command, env=server_env(), stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, cwd=os.path.dirname(self.config_path))
         self._reader = threading.Thread(target=self._drain, daemon=True)
         self._reader.start()
-        ports = {}
+        ports = self.ports = {}
         self.wait_for_line(lambda line: self._listening(line, ports) and set(wait_for) <= set(ports),
-                           timeout, what="'listening' lines for both ports")
+                           timeout, what="'listening' lines for " + ", ".join(wait_for))
         self.port, self.tls_port = ports.get("c2s"), ports.get("c2s-direct-tls")
         return self
 

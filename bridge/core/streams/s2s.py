@@ -141,7 +141,7 @@ class IncomingServerStream(XMLStreamProtocol):
 
     def header_received(self, header):
         self.stream_id = _stream_id()
-        self.local = self.server.config.host_for((header.getAttribute("to") or "").lower())
+        self.local = self.remote.local_domain((header.getAttribute("to") or "").lower())
         self.claimed = (header.getAttribute("from") or "").lower() or None
         self.write_header({"id": self.stream_id, "from": self.local or header.getAttribute("to"),
                            "to": self.claimed, "version": "1.0"}, DIALBACK_NAMESPACES)
@@ -229,7 +229,7 @@ class IncomingServerStream(XMLStreamProtocol):
         if not self.config.dialback or (self.config.require_encryption and not self.secure):
             self.stream_error("not-authorized", "dialback is not allowed here")
             return
-        if self.server.config.host_for(receiving) is None or not self.remote.permitted(originating):
+        if self.remote.local_domain(receiving) is None or not self.remote.permitted(originating):
             reply["type"] = "error"
             reply.addElement("error")["type"] = "cancel"
             reply.error.addElement(("urn:ietf:params:xml:ns:xmpp-stanzas", "item-not-found"))
@@ -558,6 +558,13 @@ class RemoteDomains:
             self._idle_check.cancel()
         for stream in list(self.streams):
             stream.close()
+
+    def local_domain(self, domain):
+        """The name under which ``domain`` is served here (a host, through its aliases, or a component)."""
+        host = self.server.config.host_for(domain)
+        if host is not None:
+            return host
+        return domain if domain and self.router.is_local(domain) else None
 
     def permitted(self, domain):
         if domain in self.config.denied_domains:
