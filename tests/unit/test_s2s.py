@@ -301,14 +301,25 @@ class AddressTests(SynchronousTestCase):
     def test_static_route(self):
         """A static route wins over DNS."""
         harness = s2s_harness(static_routes={"b.test": "127.0.0.3:15269"})
-        self.assertEqual(self.addresses(harness, "b.test"), [("127.0.0.3", 15269)])
+        self.assertEqual(self.addresses(harness, "b.test"), [("127.0.0.3", 15269, False)])
         self.assertEqual(harness.resolver.asked, [])
+        harness = s2s_harness(static_routes={"b.test": "tls:127.0.0.3:5270"})
+        self.assertEqual(self.addresses(harness, "b.test"), [("127.0.0.3", 5270, True)])
 
     def test_srv_order_and_fallback(self):
         """SRV targets are tried by priority; no SRV record falls back to the domain on 5269."""
         harness = s2s_harness()
         harness.resolver.records = [(20, 0, 5270, "backup.b.test"), (10, 5, 5269, "xmpp.b.test")]
-        self.assertEqual(self.addresses(harness, "b.test"), [("xmpp.b.test", 5269), ("backup.b.test", 5270)])
-        self.assertEqual(harness.resolver.asked, ["_xmpp-server._tcp.b.test"])
+        found = self.addresses(harness, "b.test")
+        self.assertEqual([address[:2] for address in found][:2], [("xmpp.b.test", 5269), ("xmpp.b.test", 5269)])
+        self.assertEqual(found[0][2], True)
+        self.assertEqual(found[-1][:2], ("backup.b.test", 5270))
+        self.assertEqual(harness.resolver.asked, ["_xmpps-server._tcp.b.test", "_xmpp-server._tcp.b.test"])
         harness.resolver.failure = DNSNameError()
-        self.assertEqual(self.addresses(harness, "c.test"), [("c.test", 5269)])
+        self.assertEqual(self.addresses(harness, "c.test"), [("c.test", 5269, False)])
+
+    def test_no_service(self):
+        """A single SRV target '.' means the domain does not federate."""
+        harness = s2s_harness()
+        harness.resolver.records = [(0, 0, 0, b"")]  # the root name, "."
+        self.assertEqual(self.addresses(harness, "b.test"), [])

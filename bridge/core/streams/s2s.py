@@ -604,22 +604,35 @@ class RemoteDomains:
         self._idle_check = self.clock.callLater(self.config.idle_timeout_seconds / 4, self._close_idle)
 
     @defer.inlineCallbacks
-    def addresses(self, domain):
-        """[(host, port)] to try for ``domain``: a static route, else SRV records, else the domain itself."""
-        static = self.config.static_routes.get(domain)
-        if static:
-            host, _, port = static.rpartition(":")
-            return [(host, int(port))]
+    def _srv(self, name):
         try:
-            answers, _, _ = yield self.resolver.lookupService(f"_xmpp-server._tcp.{domain}")
+            answers, _, _ = yield self.resolver.lookupService(name)
         except (dns_error.DomainError, dns_error.DNSNameError, dns_error.DNSServerError, defer.TimeoutError,
                 dns_error.DNSQueryRefusedError, dns_error.DNSNotImplementedError, dns_error.DNSUnknownError):
-            answers = []
-        records = sorted((a.payload.priority, -a.payload.weight, str(a.payload.target), a.payload.port)
-                         for a in answers if a.type == dns.SRV)
-        if len(records) == 1 and records[0][2] == ".":
             return []
-        return [(target, port) for _, _, target, port in records] or [(domain, DEFAULT_PORT)]
+        return [answer.payload for answer in answers if answer.type == dns.SRV]
+
+    @defer.inlineCallbacks
+    def addresses(self, domain):
+        """[(host, port, direct TLS)] to try for ``domain``.
+
+        A static route ("host:port", or "tls:host:port" for direct TLS) wins;
+        else the SRV records of ``_xmpps-server`` (XEP-0368) and
+        ``_xmpp-server`` merged by priority and weight; else the domain on 5269.
+        """
+        static = self.config.static_routes.get(domain)
+        if static:
+            direct_tls = static.startswith("tls:")
+            host, _, port = static.removeprefix("tls:").rpartition(":")
+            return [(host, int(port), direct_tls)]
+        direct, starttls = yield defer.gatherResults([self._srv(f"_xmpps-server._tcp.{domain}"),
+                                                      self._srv(f"_xmpp-server._tcp.{domain}")])
+        records = sorted([(r.priority, -r.weight, 0, str(r.target), r.port) for r in direct]
+                         + [(r.priority, -r.weight, 1, str(r.target), r.port) for r in starttls])
+        usable = [(target, port, kind == 0) for _, _, kind, target, port in records if target not in ("", ".")]
+        if records and not usable:
+            return []
+        return usable or [(domain, DEFAULT_PORT, False)]
 
     @defer.inlineCallbacks
     def connect(self, origin, target, verify=None):
@@ -628,10 +641,13 @@ class RemoteDomains:
         if not addresses:
             raise LinkFailed(f"{target} does not accept federation (SRV '.')")
         reason = None
-        for host, port in addresses:
+        for host, port, direct_tls in addresses:
             stream = OutgoingServerStream(self, origin, target, verify)
             endpoint = endpoints.HostnameEndpoint(self.reactor, host, port,
                                                   timeout=self.config.connect_timeout_seconds)
+            if direct_tls:
+                endpoint = endpoints.wrapClientTLS(self.tls.client(target), endpoint)
+                stream.secure = True
             try:
                 yield endpoints.connectProtocol(endpoint, stream)
             except Exception as error:
