@@ -65,6 +65,8 @@ class C2SConfig:
     max_sessions_per_user: int = _option(10, low=1)
     max_connections_per_address: int = _option(20, low=1)
     resource_conflict: str = _option("replace", choices=RESOURCE_CONFLICT_POLICIES)
+    resumption_timeout_seconds: float = _option(600.0, low=0, high=86400)
+    resumption_max_queue: int = _option(500, low=1)
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,35 @@ class S2SConfig:
     connect_timeout_seconds: float = _option(20.0, low=1, high=600)
     idle_timeout_seconds: float = _option(600.0, low=10, high=86400)
     max_queued_stanzas: int = _option(10000, low=1)
+
+
+@dataclass(frozen=True)
+class HTTPConfig:
+    """The HTTP listener of browser clients: BOSH, WebSocket and the web chat page."""
+
+    endpoints: list = _option(["tcp:5280"])
+    tls_endpoints: list = _option(["tcp:5281"])
+    tls_min_version: str = _option("1.2", choices=TLS_VERSIONS)
+    tls_ciphers: str = _option(DEFAULT_CIPHERS)
+    certificate: str = _option("", path=True)
+    private_key: str = _option("", path=True)
+    bosh_path: str = _option("/http-bind")
+    websocket_path: str = _option("/xmpp-websocket")
+    allowed_origins: list = _option([])
+    cors_allowed_headers: list = _option(["Content-Type", "Authorization"])
+    cors_allow_credentials: bool = _option(False)
+    max_request_bytes: int = _option(262144, low=1024, high=64 * 1024 * 1024)
+    header_timeout_seconds: float = _option(10.0, low=1, high=600)
+    bosh_max_wait_seconds: float = _option(60.0, low=1, high=3600)
+    bosh_max_hold: int = _option(1, low=0, high=10)
+    bosh_max_requests: int = _option(2, low=1, high=10)
+    bosh_max_inactivity_seconds: float = _option(60.0, low=5, high=3600)
+    bosh_max_pause_seconds: float = _option(120.0, low=0, high=3600)
+    bosh_polling_seconds: float = _option(2.0, low=0, high=60)
+    websocket_ping_interval_seconds: float = _option(60.0, low=0, high=3600)
+    websocket_max_message_bytes: int = _option(262144, low=1024, high=64 * 1024 * 1024)
+    max_buffered_bytes: int = _option(1048576, low=1024)
+    web_client_dir: str = _option("web/node_modules/converse.js/dist", path=True)
 
 
 @dataclass(frozen=True)
@@ -142,6 +173,7 @@ class Config:
     tls: TLSConfig = field(default_factory=TLSConfig)
     c2s: C2SConfig = field(default_factory=C2SConfig)
     s2s: S2SConfig = field(default_factory=S2SConfig)
+    http: HTTPConfig = field(default_factory=HTTPConfig)
     component_listener: ComponentListenerConfig = field(default_factory=ComponentListenerConfig)
     components: dict = field(default_factory=dict)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -163,7 +195,7 @@ class Config:
         return None
 
 
-_SECTIONS = {"tls": TLSConfig, "c2s": C2SConfig, "s2s": S2SConfig, "storage": StorageConfig,
+_SECTIONS = {"tls": TLSConfig, "c2s": C2SConfig, "s2s": S2SConfig, "http": HTTPConfig, "storage": StorageConfig,
              "offline": OfflineConfig, "component_listener": ComponentListenerConfig}
 # Tables of named sub-tables: [hosts.NAME], [components.DOMAIN].
 _NAMED = {"hosts": HostConfig, "components": ComponentConfig}
