@@ -28,6 +28,8 @@ class Server:
         self.hooks = Hooks()
         self.router = RoutingTable()
         self.sessions = SessionTable()
+        # XEP-0198 resumption id -> Session, while it may be resumed.
+        self.resumable_sessions = {}
         self.accounts = Accounts(storage)
         self.rosters = Rosters(storage, self.sessions, self.router)
         self.hosts = {}

@@ -20,6 +20,7 @@ class Session:
         self.interested = False
         self.directed = set()
         self.data = {}
+        self.sm = None  # XEP-0198 state, once the client enabled it
 
     @property
     def available(self):

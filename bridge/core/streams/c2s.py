@@ -22,6 +22,7 @@ from bridge.core.sessions import Session
 from bridge.core.stanza import first_child, make
 from bridge.core.tls import channel_binding
 from bridge.core.streams.base import XMLStreamProtocol, stream_error_element
+from bridge.core.streams.sm import NS_SM, AckError, SessionState
 from bridge.core.xmlstream import NS_STREAMS
 
 log = Logger()
@@ -52,6 +53,9 @@ class ClientStream:
         self.sasl_failures = 0
         self.stream_id = None  # set when our stream header is sent
         self.closed = False
+        # Only a connection that drops unexpectedly leaves a resumable session waiting.
+        self.ended_on_purpose = False
+        self._ack_request = None
         clock = server.clock
         self._pre_auth_timer = clock.callLater(listener.pre_auth_timeout_seconds, self._pre_auth_timeout)
         self._last_activity = clock.seconds()
@@ -100,6 +104,7 @@ class ClientStream:
         else:
             features.addElement((NS_BIND, "bind"))
             features.addElement((NS_SESSION, "session")).addElement("optional")
+            features.addElement((NS_SM, "sm"))
             self.server.hooks.fire("stream-features/post-auth", (self, features))
         return features
 
@@ -119,6 +124,8 @@ class ClientStream:
             self._starttls()
         elif element.uri == NS_SASL:
             self._sasl(element)
+        elif element.uri == NS_SM:
+            self._stream_management(element)
         elif element.name in STANZAS and element.uri is None:
             if self.session is not None:
                 self._stanza(element)
@@ -132,10 +139,92 @@ class ClientStream:
             self.stream_error("unsupported-stanza-type", f"<{element.name}/> in {element.uri}")
 
     def _stanza(self, stanza):
+        if self.session.sm is not None:
+            self.session.sm.handled.handled()
         if stanza.name == "iq" and stanza.getAttribute("id") == self._ping_id and self._ping_id:
             self._ping_id = None
             return
         self.server.stanza_from_session(self.session, stanza)
+
+    # -- stream management (XEP-0198) ----------------------------------------
+
+    def _stream_management(self, element):
+        if element.name == "enable":
+            self._enable(element)
+        elif element.name == "resume":
+            self._resume(element)
+        elif element.name == "r" and self.session is not None and self.session.sm is not None:
+            ack = domish.Element((NS_SM, "a"))
+            ack["h"] = str(self.session.sm.handled.h)
+            self.framing.send(ack)
+        elif element.name == "a" and self.session is not None and self.session.sm is not None:
+            try:
+                self.session.sm.acks.received_ack(int(element.getAttribute("h", "")))
+            except (ValueError, AckError) as error:
+                self.stream_error("undefined-condition", f"bad acknowledgement: {error}")
+        elif element.name not in ("r", "a"):
+            self._sm_failed("feature-not-implemented")
+
+    def _sm_failed(self, condition, h=None):
+        failed = domish.Element((NS_SM, "failed"))
+        if h is not None:
+            failed["h"] = str(h)
+        failed.addElement(("urn:ietf:params:xml:ns:xmpp-stanzas", condition))
+        self.framing.send(failed)
+
+    def _enable(self, element):
+        if self.session is None or self.session.sm is not None:
+            self._sm_failed("unexpected-request")
+            return
+        timeout = self.listener.resumption_timeout_seconds
+        wants_resume = element.getAttribute("resume") in ("true", "1") and timeout > 0
+        resume_id = base64.urlsafe_b64encode(os.urandom(18)).decode("ascii") if wants_resume else None
+        self.session.sm = SessionState(resume_id)
+        enabled = domish.Element((NS_SM, "enabled"))
+        if resume_id:
+            self.server.resumable_sessions[resume_id] = self.session
+            enabled["id"] = resume_id
+            enabled["resume"] = "true"
+            enabled["max"] = str(int(timeout))
+        self.framing.send(enabled)
+
+    def _resume(self, element):
+        """Take over a waiting (or dying) session of the same account, over any transport."""
+        if self.username is None or self.session is not None:
+            self._sm_failed("unexpected-request")
+            return
+        session = self.server.resumable_sessions.get(element.getAttribute("previd", ""))
+        if session is None or session.bare != f"{self.username}@{self.host}":
+            self._sm_failed("item-not-found")
+            return
+        try:
+            acknowledged = int(element.getAttribute("h", ""))
+            session.sm.acks.received_ack(acknowledged)
+        except (ValueError, AckError):
+            self._sm_failed("unexpected-request", session.sm.handled.h)
+            return
+        old = session.stream
+        old.session = None
+        if not old.closed:
+            old.stream_error("conflict", "the session was resumed on another connection")
+        if session.sm.expiry is not None and session.sm.expiry.active():
+            session.sm.expiry.cancel()
+        session.sm.expiry = None
+        session.stream = self
+        self.session = session
+        self.jid = session.jid
+        resumed = domish.Element((NS_SM, "resumed"))
+        resumed["previd"] = session.sm.resume_id
+        resumed["h"] = str(session.sm.handled.h)
+        self.framing.send(resumed)
+        for stanza in session.sm.acks.take_unacked():
+            self.send(stanza)
+        log.info("session {jid} resumed from {peer}", jid=session.full, peer=self.framing.peer)
+
+    def _request_ack(self):
+        self._ack_request = None
+        if not self.closed:
+            self.framing.send(domish.Element((NS_SM, "r")))
 
     # -- TLS and SASL ------------------------------------------------------
 
@@ -298,7 +387,22 @@ class ClientStream:
     # -- output and end ----------------------------------------------------
 
     def send(self, stanza):
-        """Deliver a routed stanza to this client."""
+        """Deliver a routed stanza to this client (counted, and kept until acknowledged, under XEP-0198)."""
+        sm = self.session.sm if self.session is not None else None
+        if sm is not None and stanza.name in STANZAS:
+            sm.acks.sent(stanza)
+            if self.closed:
+                # Waiting for resumption: kept, up to the configured queue.
+                if len(sm.acks.unacked) > self.listener.resumption_max_queue and sm.expiry.active():
+                    sm.expiry.cancel()
+                    session, self.session = self.session, None
+                    self.end_session(session)
+                return
+            if len(sm.acks.unacked) > 2 * self.listener.resumption_max_queue:
+                self.stream_error("policy-violation", "too many unacknowledged stanzas")
+                return
+            if self._ack_request is None and not self.closed:
+                self._ack_request = self.server.clock.callLater(0, self._request_ack)
         if not self.closed:
             self.framing.send(stanza)
 
@@ -306,6 +410,7 @@ class ClientStream:
         """Send a stream error and close the stream (RFC 6120 section 4.9)."""
         if self.closed:
             return
+        self.ended_on_purpose = True
         log.info("stream error {condition} for {peer}: {text}", condition=condition, peer=self.framing.peer,
                  text=text or "")
         if self.stream_id is None:
@@ -320,18 +425,50 @@ class ClientStream:
             self.framing.close()
 
     def stream_closed(self):
-        """The client sent </stream:stream>."""
+        """The client sent </stream:stream>: a clean end, never resumed."""
+        self.ended_on_purpose = True
         self.close()
 
     def connection_lost(self):
         self.closed = True
-        for timer in (self._pre_auth_timer, self._ping_timer):
+        for timer in (self._pre_auth_timer, self._ping_timer, self._ack_request):
             if timer is not None and timer.active():
                 timer.cancel()
-        if self.session is not None:
-            session, self.session = self.session, None
-            self.server.hooks.fire("session/ended", session)
-            self.server.sessions.remove(session)
+        if self.session is None:
+            return
+        sm = self.session.sm
+        if sm is not None and sm.resumable and not self.ended_on_purpose:
+            # The session stays bound to this closed stream, which keeps what
+            # is sent to it, until a resumption takes it or the time runs out.
+            log.info("session {jid} waits {seconds}s for resumption", jid=self.session.full,
+                     seconds=self.listener.resumption_timeout_seconds)
+            sm.expiry = self.server.clock.callLater(self.listener.resumption_timeout_seconds, self._expire)
+            return
+        session, self.session = self.session, None
+        self.end_session(session)
+
+    def _expire(self):
+        session, self.session = self.session, None
+        if session is not None:
+            self.end_session(session)
+
+    def end_session(self, session):
+        """The session is over: unavailable presence, and unacknowledged messages delivered again.
+
+        A message the client never acknowledged is routed once more to the
+        full JID it was for; with that resource gone, the delivery rules send
+        it to another resource or to offline storage, so it is never dropped.
+        """
+        server = self.server
+        sm = session.sm
+        if sm is not None and sm.resume_id:
+            server.resumable_sessions.pop(sm.resume_id, None)
+        server.hooks.fire("session/ended", session)
+        server.sessions.remove(session)
+        if sm is not None:
+            for stanza in sm.acks.take_unacked():
+                if stanza.name == "message" and stanza.getAttribute("type") != "error":
+                    server.router.route(stanza)
 
     def _internal_error(self, failure):
         log.failure("internal error on the stream of {peer}", failure, peer=self.framing.peer)

@@ -46,3 +46,22 @@ class HandledCount:
 
     def handled(self):
         self.h = (self.h + 1) % MODULUS
+
+
+class SessionState:
+    """The XEP-0198 state of one client session.
+
+    It belongs to the session, not to the connection: while a resumable
+    session waits for its client to come back, stanzas for it keep being
+    counted as sent and unacknowledged, and are written on resumption.
+    """
+
+    def __init__(self, resume_id=None):
+        self.resume_id = resume_id
+        self.handled = HandledCount()
+        self.acks = Acknowledgements()
+        self.expiry = None
+
+    @property
+    def resumable(self):
+        return self.resume_id is not None
