@@ -12,7 +12,7 @@ available resource is offered to offline storage.
 from twisted.logger import Logger
 from twisted.words.protocols.jabber.jid import JID
 
-from bridge.core.stanza import first_child, parse_jid
+from bridge.core.stanza import error_reply, first_child, parse_jid
 
 log = Logger()
 
@@ -29,6 +29,17 @@ class Event:
         self.to = to
         self.sender = sender
         self.origin = origin
+
+    def from_owner(self):
+        """True when the addressed account itself sent the stanza; else it is answered forbidden.
+
+        Rosters, block lists, private storage and vCard changes belong to
+        their account alone.
+        """
+        if self.sender is not None and self.sender.userhost() == self.to.userhost():
+            return True
+        self.reply(error_reply(self.stanza, "forbidden"))
+        return False
 
     def reply(self, stanza):
         """Send ``stanza`` back: through the router, or to a session not yet bound."""

@@ -67,12 +67,6 @@ class BlockList:
             event.origin.send(reply)
         return True
 
-    def _own(self, event):
-        if event.sender is None or event.sender.userhost() != event.to.userhost():
-            event.reply(error_reply(event.stanza, "forbidden"))
-            return False
-        return True
-
     @defer.inlineCallbacks
     def _current(self, event):
         bare = event.to.userhost()
@@ -83,7 +77,7 @@ class BlockList:
 
     @defer.inlineCallbacks
     def get(self, event):
-        if not self._own(event):
+        if not event.from_owner():
             return
         session = self.ctx.sessions.get(event.sender.full())
         if session is not None:
@@ -97,7 +91,7 @@ class BlockList:
 
     @defer.inlineCallbacks
     def change(self, event):
-        if not self._own(event):
+        if not event.from_owner():
             return
         command = event.stanza.firstChildElement()
         items = []

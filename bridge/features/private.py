@@ -18,8 +18,7 @@ class PrivateStorage:
         self.ctx = ctx
 
     def _payload(self, event):
-        if event.sender is None or event.sender.userhost() != event.to.userhost():
-            event.reply(error_reply(event.stanza, "forbidden"))
+        if not event.from_owner():
             return None
         children = list(event.stanza.query.elements())
         if len(children) != 1 or not children[0].uri or children[0].uri.startswith("jabber:"):

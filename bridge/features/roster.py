@@ -10,16 +10,9 @@ class RosterService:
     def __init__(self, ctx):
         self.ctx = ctx
 
-    def _own(self, event):
-        """Roster requests are only for one's own account."""
-        if event.sender is None or event.sender.userhost() != event.to.userhost():
-            event.reply(error_reply(event.stanza, "forbidden"))
-            return False
-        return True
-
     @defer.inlineCallbacks
     def get(self, event):
-        if not self._own(event):
+        if not event.from_owner():
             return
         session = self.ctx.sessions.get(event.sender.full())
         if session is not None:
@@ -38,7 +31,7 @@ class RosterService:
 
     @defer.inlineCallbacks
     def set(self, event):
-        if not self._own(event):
+        if not event.from_owner():
             return
         stanza = event.stanza
         items = list(stanza.query.elements(NS_ROSTER, "item"))

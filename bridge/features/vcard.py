@@ -12,7 +12,7 @@ import hashlib
 
 from twisted.internet import defer
 
-from bridge.core.stanza import error_reply, result_reply
+from bridge.core.stanza import result_reply
 from bridge.core.xmlstream import parse_element
 
 NS_VCARD = "vcard-temp"
@@ -49,8 +49,7 @@ class VCards:
 
     @defer.inlineCallbacks
     def set(self, event):
-        if event.sender is None or event.sender.userhost() != event.to.userhost():
-            event.reply(error_reply(event.stanza, "forbidden"))
+        if not event.from_owner():
             return
         vcard = event.stanza.vCard
         digest = photo_hash(vcard)
