@@ -64,8 +64,14 @@ def certificate_paths(config, listener=None):
     return cert_path, key_path
 
 
-def server_context(cert_path, key_path, min_version="1.2", ciphers=None):
-    """A Twisted TLS context factory for a server listener."""
+def server_context(cert_path, key_path, min_version="1.2", ciphers=None, alpn=()):
+    """A Twisted TLS context factory for a server listener.
+
+    ``alpn``: the protocol names this listener speaks (RFC 7301).  A client
+    that offers others, or none of these, still gets its handshake: Twisted's
+    own ALPN callback would abort it with an internal-error alert (Prosody
+    offers ``xmpp-server`` on every link it opens).
+    """
     with open(cert_path, "rb") as handle:
         chain = handle.read()
     with open(key_path, "rb") as handle:
@@ -75,13 +81,25 @@ def server_context(cert_path, key_path, min_version="1.2", ciphers=None):
     options = {}
     if ciphers:
         options["acceptableCiphers"] = ssl.AcceptableCiphers.fromOpenSSLCipherString(ciphers)
-    return ssl.CertificateOptions(
+    context_factory = ssl.CertificateOptions(
         privateKey=key,
         certificate=certificates[0],
         extraCertChain=certificates[1:],
         raiseMinimumTo=TLS_VERSIONS[min_version],
         **options,
     )
+    context_factory.getContext().set_alpn_select_callback(_alpn_selector(alpn))
+    return context_factory
+
+
+def _alpn_selector(spoken):
+    def select(connection, offered):
+        for name in spoken:
+            if name in offered:
+                return name
+        return SSL.NO_OVERLAPPING_PROTOCOLS
+
+    return select
 
 
 def _pem_blocks(data):

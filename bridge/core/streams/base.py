@@ -36,6 +36,31 @@ def stream_header(namespace, attributes, extra_namespaces=""):
     return "".join(parts).encode("utf-8")
 
 
+class ConnectionsPerAddress:
+    """Open connections counted per peer address against a limit.
+
+    ``admit(key)`` counts a new connection and tells whether it is within the
+    limit; ``release(key)`` uncounts it when it ends, admitted or not.  The
+    client listeners (TCP, and HTTP for BOSH and WebSocket) each keep one.
+    """
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.counts = {}
+
+    def admit(self, key):
+        count = self.counts.get(key, 0) + 1
+        self.counts[key] = count
+        return count <= self.limit
+
+    def release(self, key):
+        count = self.counts.get(key, 1) - 1
+        if count > 0:
+            self.counts[key] = count
+        else:
+            self.counts.pop(key, None)
+
+
 class XMLStreamProtocol(Protocol):
     """TCP framing of one XML stream.
 
@@ -57,6 +82,9 @@ class XMLStreamProtocol(Protocol):
         self.last_activity = clock.seconds()
 
     def connectionMade(self):
+        # Stanzas are small and latency matters more than packet count.
+        if hasattr(self.transport, "setTcpNoDelay"):
+            self.transport.setTcpNoDelay(True)
         address = self.transport.getPeer()
         self.peer = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
         self.parser = StreamParser(self.header_received, self.element_received, self.end_received,

@@ -60,7 +60,7 @@ class PeerTLS:
     """
 
     def __init__(self, cert_path, key_path, min_version, ciphers, ca_file):
-        self.options = server_context(cert_path, key_path, min_version, ciphers)
+        self.options = server_context(cert_path, key_path, min_version, ciphers, alpn=(b"xmpp-server",))
         self.options.getContext().set_verify(SSL.VERIFY_PEER, lambda *args: True)
         self.store = crypto.X509Store()
         if ca_file:
@@ -182,6 +182,9 @@ class IncomingServerStream(XMLStreamProtocol):
             self._stanza(element)
         elif element.uri == NS_SM:
             self._stream_management(element)
+        elif element.uri == NS_STREAMS and element.name == "error":
+            log.info("{peer} ended its stream: {condition}", peer=self.peer, condition=_condition(element))
+            self.close()
         else:
             self.stream_error("unsupported-stanza-type", f"<{element.name}/> in {element.uri}")
 
@@ -437,7 +440,12 @@ class OutgoingServerStream(XMLStreamProtocol):
 
     def _fail(self, reason):
         self.failure_reason = reason
-        log.info("link {origin} -> {target} failed: {reason}", origin=self.origin, target=self.target, reason=reason)
+        if self.ready.called:
+            log.info("link {origin} -> {target} closed: {reason}", origin=self.origin, target=self.target,
+                     reason=reason)
+        else:
+            log.info("link {origin} -> {target} failed: {reason}", origin=self.origin, target=self.target,
+                     reason=reason)
         self.close()
 
     def end_received(self):
