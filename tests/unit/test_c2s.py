@@ -41,6 +41,12 @@ class StreamTests(SynchronousTestCase):
         self.assertGreater(len(jid), len("alice@localhost/") + 8)
         self.assertIsNotNone(self.harness.server.sessions.get(jid))
 
+    def test_legacy_session_establishment(self):
+        """The RFC 3921 session IQ that older clients send is answered with a result."""
+        client = self.harness.login("alice@localhost/a")
+        reply = client.iq("<iq type='set' id='s' to='localhost'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>")
+        self.assertEqual((reply["type"], reply["from"]), ("result", "localhost"))
+
     def test_wrong_password(self):
         """A wrong password gets <not-authorized/>; three failures close the stream."""
         client = self.harness.connect()

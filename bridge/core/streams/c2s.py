@@ -144,6 +144,11 @@ class ClientStream:
         if stanza.name == "iq" and stanza.getAttribute("id") == self._ping_id and self._ping_id:
             self._ping_id = None
             return
+        payload = first_child(stanza) if stanza.name == "iq" else None
+        if payload is not None and payload.uri == NS_SESSION and stanza.getAttribute("type") == "set":
+            # RFC 3921 session establishment: a no-op that older clients (Strophe, Converse) still send.
+            self.send(make("iq", to=self.session.full, sender=self.host, type="result", id=stanza.getAttribute("id")))
+            return
         self.server.stanza_from_session(self.session, stanza)
 
     # -- stream management (XEP-0198) ----------------------------------------
