@@ -11,7 +11,9 @@ Modes:
             concurrency; reports logins/s.
   messages  P sender/receiver pairs exchange chat messages to full JIDs with a
             bounded in-flight window per pair; reports delivered messages/s and
-            latency percentiles.
+            latency percentiles.  With --recv-host/--recv-port/--recv-domain
+            the receivers log in to another server, so the messages cross a
+            server-to-server (federated) link.
   idle      K sessions log in and stay idle; prints a "ready" JSON line when all
             are up, then holds until stdin is closed, SIGTERM/SIGINT arrives or
             --hold-timeout expires.
@@ -346,17 +348,22 @@ class Runner:
         accounts (default --accounts)."""
         return (index % (span or self.args.accounts)) + 1
 
-    def client(self, account_no, resource):
-        user = self.args.user_pattern.format(account_no)
-        return Client(self.args.host, self.args.port, self.args.domain, user,
-                      self.args.password, resource, self.tls_ctx)
+    def client(self, account_no, resource, remote=False):
+        a = self.args
+        if remote:
+            # The receivers' server of a federated messages load.
+            return Client(a.recv_host, a.recv_port, a.recv_domain,
+                          a.recv_user_pattern.format(account_no), a.recv_password,
+                          resource, self.tls_ctx)
+        return Client(a.host, a.port, a.domain, a.user_pattern.format(account_no),
+                      a.password, resource, self.tls_ctx)
 
     def note_error(self, exc):
         key = "%s: %s" % (type(exc).__name__, str(exc)[:200])
         self.errors[key] = self.errors.get(key, 0) + 1
 
-    async def login(self, account_no, resource):
-        c = self.client(account_no, resource)
+    async def login(self, account_no, resource, remote=False):
+        c = self.client(account_no, resource, remote)
         try:
             async with asyncio.timeout(self.args.login_timeout):
                 await c.login()
@@ -368,11 +375,12 @@ class Runner:
         return c
 
     async def login_many(self, count, concurrency, deadline, keep, first=0,
-                         resource_prefix="load", span=None):
+                         resource_prefix="load", span=None, remote_from=None):
         """Log in `count` sessions with bounded concurrency.
 
         keep=True returns the live clients; otherwise each client closes right
-        after binding.  Returns (clients, ok, failed, elapsed).
+        after binding.  Indexes from `remote_from` on (if not None) log in to
+        the receivers' server (--recv-*).  Returns (clients, ok, failed, elapsed).
         """
         next_i = first
         end_i = first + count
@@ -389,7 +397,8 @@ class Runner:
                 t_start = time.perf_counter()
                 try:
                     c = await self.login(self.account(i, span),
-                                         "%s%d" % (resource_prefix, i))
+                                         "%s%d" % (resource_prefix, i),
+                                         remote_from is not None and i >= remote_from)
                 except (Exception, asyncio.TimeoutError) as exc:
                     failed += 1
                     self.note_error(exc)
@@ -443,9 +452,11 @@ class Runner:
         a = self.args
         deadline = time.monotonic() + a.max_time
         n = 2 * a.pairs
-        # Senders use accounts 1..P, receivers P+1..2P (cycled over --accounts).
+        # Senders use accounts 1..P, receivers P+1..2P (cycled over --accounts),
+        # the receivers on the --recv-* server when one is given.
         clients, ok, failed, _ = await self.login_many(
-            n, a.concurrency, deadline, keep=True, resource_prefix="msg")
+            n, a.concurrency, deadline, keep=True, resource_prefix="msg",
+            remote_from=a.pairs if a.federated else None)
         if failed or ok < n:
             for c in clients:
                 c.abort()
@@ -459,7 +470,8 @@ class Runner:
         wake = [asyncio.Event() for _ in range(a.pairs)]
         sent = [0] * a.pairs
         received = [0] * a.pairs
-        state = {"measuring": False, "count": 0, "lat": [], "bad_from": 0}
+        state = {"measuring": False, "count": 0, "lat": [], "bad_from": 0,
+                 "first_sent": None, "first_received": None}
         expected_from = [s.jid for s in senders]
         lat = state["lat"]
         perf_ns = time.perf_counter_ns
@@ -471,6 +483,8 @@ class Runner:
                     if body is None or not body.startswith("t"):
                         return
                     now = perf_ns()
+                    if state["first_received"] is None:
+                        state["first_received"] = now
                     if el.get("from") != expected_from[p]:
                         state["bad_from"] += 1
                     received[p] += 1
@@ -515,6 +529,8 @@ class Runner:
                         pass
                     continue
                 parts = []
+                if state["first_sent"] is None:
+                    state["first_sent"] = perf_ns()
                 for _ in range(free):
                     seq += 1
                     parts.append("%s%d'><body>t%d</body></message>"
@@ -530,6 +546,7 @@ class Runner:
         await asyncio.sleep(a.warmup)
         cpu0 = time.process_time()
         scpu0 = server_cpu(a.server_pid)
+        rcpu0 = server_cpu(a.recv_server_pid)
         t0 = time.perf_counter()
         state["measuring"] = True
         await asyncio.sleep(a.duration)
@@ -537,6 +554,7 @@ class Runner:
         elapsed = time.perf_counter() - t0
         cpu = time.process_time() - cpu0
         scpu = cpu_delta(a.server_pid, scpu0)
+        rcpu = cpu_delta(a.recv_server_pid, rcpu0)
         measured = state["count"]
         stop.set()
         for e in wake:
@@ -571,6 +589,16 @@ class Runner:
                "server_cpu_us_per_message": round(1e6 * scpu / measured, 2)
                if scpu is not None and measured else None,
                "loader_cpu_fraction": round(cpu / elapsed, 3) if elapsed else None}
+        if state["first_sent"] is not None and state["first_received"] is not None:
+            # The first message's trip, including any link set-up it waited for.
+            res["first_delivery_ms"] = ms(state["first_received"] - state["first_sent"])
+        if a.federated:
+            res["recv_server"] = "%s:%d" % (a.recv_host, a.recv_port)
+            res["recv_domain"] = a.recv_domain
+        if a.recv_server_pid:
+            res["recv_server_cpu_s"] = None if rcpu is None else round(rcpu, 3)
+            res["recv_server_cpu_us_per_message"] = round(1e6 * rcpu / measured, 2) \
+                if rcpu is not None and measured else None
         log("messages: %.1f delivered/s, p50 %s ms, p99 %s ms, sent %d, received %d"
             % (rate, res["latency_p50_ms"], res["latency_p99_ms"], total_sent, total_recv))
         return res
@@ -719,11 +747,28 @@ def main(argv=None):
     p.add_argument("--server-pid", type=int,
                    help="server process id on this machine: report its CPU time "
                         "during the measured part (from /proc)")
+    p.add_argument("--recv-host",
+                   help="messages: receivers log in to this server instead (default --host)")
+    p.add_argument("--recv-port", type=int, help="messages: receivers' server port (default --port)")
+    p.add_argument("--recv-domain", help="messages: receivers' domain (default --domain)")
+    p.add_argument("--recv-user-pattern",
+                   help="messages: receivers' account pattern (default --user-pattern)")
+    p.add_argument("--recv-password", help="messages: receivers' password (default --password)")
+    p.add_argument("--recv-server-pid", type=int,
+                   help="messages: receivers' server process id, to report its CPU time too")
     p.add_argument("--login-timeout", type=float, default=30.0)
     p.add_argument("--close-timeout", type=float, default=2.0)
     p.add_argument("--max-time", type=float, default=600.0,
                    help="upper bound for the login part of any mode")
     args = p.parse_args(argv)
+    recv = (args.recv_host, args.recv_port, args.recv_domain, args.recv_user_pattern,
+            args.recv_password)
+    args.federated = any(v is not None for v in recv)
+    if args.federated and args.mode != "messages":
+        p.error("--recv-* options are for the messages mode")
+    for name in ("host", "port", "domain", "user_pattern", "password"):
+        if getattr(args, "recv_" + name) is None:
+            setattr(args, "recv_" + name, getattr(args, name))
     if args.accounts < 1:
         p.error("--accounts must be >= 1")
     if args.mode == "messages" and args.accounts < 2 * args.pairs:

@@ -7,8 +7,13 @@ logins/s, one-to-one messages/s with latency), stops it; then does the same
 with Prosody in a private temporary directory; prints a comparison table and
 writes every figure as JSON to --output.
 
-Servers run one at a time, each bound to 127.0.0.1 only, and are always
-stopped at the end, even on error.
+Then the federation phase: bridge a.test sends messages over s2s links to
+bridge c.test and to Prosody b.test (certificates from a test CA made here),
+on loopback addresses of their own (127.0.0.12-14 by default).
+
+Servers run one at a time (except A with its peer in the federation phase),
+each bound to its own loopback address only, and are always stopped at the
+end, even on error.
 """
 
 import argparse
@@ -21,6 +26,7 @@ import json
 import os
 import platform
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -175,18 +181,96 @@ def describe_certs(directory):
     return found
 
 
+def make_test_pki(directory, domains, key_type="ec"):
+    """A throw-away CA and one leaf certificate per domain (subjectAltName
+    DNS = the domain, usable as TLS server and client certificate, as s2s
+    links need).  Returns {"ca_file": path, domain: (cert, key), ...}."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    def new_key():
+        if key_type == "ec":
+            return ec.generate_private_key(ec.SECP256R1())
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def write_key(key, path):
+        with open(path, "wb") as f:
+            f.write(key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.TraditionalOpenSSL,
+                                      serialization.NoEncryption()))
+        os.chmod(path, 0o600)
+
+    os.makedirs(directory, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    start, end = now - datetime.timedelta(days=1), now + datetime.timedelta(days=30)
+    ca_key = new_key()
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bridge bench test CA")])
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca = (x509.CertificateBuilder()
+          .subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number())
+          .not_valid_before(start).not_valid_after(end)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(
+              digital_signature=False, content_commitment=False, key_encipherment=False,
+              data_encipherment=False, key_agreement=False, key_cert_sign=True,
+              crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(ca_ski, critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    out = {"ca_file": os.path.join(directory, "ca.pem")}
+    with open(out["ca_file"], "wb") as f:
+        f.write(ca.public_bytes(serialization.Encoding.PEM))
+    for domain in domains:
+        key = new_key()
+        cert = (x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domain)]))
+                .issuer_name(ca_name)
+                .public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(start).not_valid_after(end)
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(x509.KeyUsage(
+                    digital_signature=True, content_commitment=False,
+                    key_encipherment=key_type != "ec", data_encipherment=False,
+                    key_agreement=False, key_cert_sign=False, crl_sign=False,
+                    encipher_only=False, decipher_only=False), critical=True)
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                      ExtendedKeyUsageOID.CLIENT_AUTH]),
+                               critical=False)
+                .add_extension(x509.SubjectAlternativeName([x509.DNSName(domain)]),
+                               critical=False)
+                .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                               critical=False)
+                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+                    ca_ski), critical=False)
+                .sign(ca_key, hashes.SHA256()))
+        cert_path = os.path.join(directory, "%s.crt" % domain)
+        key_path = os.path.join(directory, "%s.key" % domain)
+        with open(cert_path, "wb") as f:
+            f.write(cert.public_bytes(serialization.Encoding.PEM))
+        write_key(key, key_path)
+        out[domain] = (cert_path, key_path)
+    return out
+
+
 # ---------------------------------------------------------------------------
 # servers
 
 class Server:
     name = "?"
 
-    def __init__(self, args, workdir, port):
+    def __init__(self, args, workdir, port, host="127.0.0.1", domain=None, name=None):
         self.args = args
         self.dir = workdir
-        self.host = "127.0.0.1"
+        self.host = host
         self.port = port
-        self.domain = args.domain
+        self.domain = domain or args.domain
+        if name:
+            self.name = name
+        self.extra_ports = []  # (host, port) also listened on, e.g. s2s
         self.proc = None
         self.last_proc = None
         self.out_path = os.path.join(workdir, "server.out")
@@ -204,8 +288,9 @@ class Server:
         return dict(os.environ)
 
     def start(self):
-        if not port_free(self.host, self.port):
-            raise BenchError("port %d is already in use" % self.port)
+        for host, port in [(self.host, self.port)] + self.extra_ports:
+            if not port_free(host, port):
+                raise BenchError("%s: port %s:%d is already in use" % (self.name, host, port))
         cmd = self.command()
         say("%s: starting: %s" % (self.name, " ".join(cmd)))
         self.out = open(self.out_path, "ab")
@@ -214,7 +299,8 @@ class Server:
             stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True,
             preexec_fn=raise_nofile)
         try:
-            wait_port(self.host, self.port, self.proc, self.args.start_timeout)
+            for host, port in [(self.host, self.port)] + self.extra_ports:
+                wait_port(host, port, self.proc, self.args.start_timeout)
         except BenchError as exc:
             raise BenchError("%s: %s\n--- last output (%s) ---\n%s"
                              % (self.name, exc, self.out_path, tail(self.out_path)))
@@ -254,21 +340,37 @@ class Server:
 class ProsodyServer(Server):
     name = "prosody"
 
-    def __init__(self, args, workdir, port, key_type):
-        super().__init__(args, workdir, port)
+    def __init__(self, args, workdir, port, key_type, host="127.0.0.1", domain=None,
+                 name=None, s2s=None):
+        super().__init__(args, workdir, port, host, domain, name)
         self.data = os.path.join(workdir, "data")
         self.certs = os.path.join(workdir, "certs")
         self.cfg = os.path.join(workdir, "prosody.cfg.lua")
+        self.log_path = os.path.join(workdir, "prosody.log")
         self.key_type = key_type
+        # Federation: {"port", "cert", "key", "ca_file", "hosts_file", "resolv_conf"}
+        self.s2s = s2s
+        if s2s:
+            self.extra_ports.append((host, s2s["port"]))
 
     def prepare(self, accounts):
         os.makedirs(self.data, exist_ok=True)
         os.makedirs(self.certs, exist_ok=True)
         cert = os.path.join(self.certs, "%s.crt" % self.domain)
         key = os.path.join(self.certs, "%s.key" % self.domain)
-        make_cert(self.domain, cert, key, self.key_type)
-        self.info["certificate_key"] = "rsa2048" if self.key_type != "ec" else "ec-secp256r1"
+        if self.s2s:
+            shutil.copyfile(self.s2s["cert"], cert)
+            shutil.copyfile(self.s2s["key"], key)
+            os.chmod(key, 0o600)
+            self.info["certificate_key"] = self.s2s.get("key_kind")
+        else:
+            make_cert(self.domain, cert, key, self.key_type)
+            self.info["certificate_key"] = "rsa2048" if self.key_type != "ec" else "ec-secp256r1"
         lua = lambda s: '"%s"' % s.replace("\\", "\\\\").replace('"', '\\"')
+        if self.s2s:
+            self.write_federated_config(cert, key, lua)
+            self.create_accounts(accounts)
+            return
         lines = [
             "-- generated by bench/run.py",
             "pidfile = %s" % lua(os.path.join(self.dir, "prosody.pid")),
@@ -293,6 +395,54 @@ class ProsodyServer(Server):
         with open(self.cfg, "w") as f:
             f.write("\n".join(lines) + "\n")
         self.create_accounts(accounts)
+
+    def write_federated_config(self, cert, key, lua):
+        """Config with s2s on: certificates from the test CA, names from a hosts file."""
+        f2 = self.s2s
+        lines = [
+            "-- generated by bench/run.py (federation phase)",
+            "pidfile = %s" % lua(os.path.join(self.dir, "prosody.pid")),
+            "data_path = %s" % lua(self.data),
+            "certificates = %s" % lua(self.certs),
+            # info level: s2s authentication is logged there (no per-stanza lines).
+            "log = { info = %s }" % lua(self.log_path),
+            "interfaces = { %s }" % lua(self.host),
+            "c2s_ports = { %d }" % self.port,
+            "c2s_direct_tls_ports = { }",
+            "s2s_ports = { %d }" % f2["port"],
+            "s2s_direct_tls_ports = { }",
+            # s2s, s2s_auth_certs are loaded by default; dialback is the
+            # fallback (unused when certificates verify); smacks does XEP-0198
+            # on s2s too.
+            "modules_enabled = { \"roster\", \"saslauth\", \"tls\", \"dialback\", "
+            "\"disco\", \"ping\", \"posix\", \"smacks\" }",
+            "modules_disabled = { \"offline\" }",
+            "c2s_require_encryption = true",
+            "s2s_require_encryption = true",
+            "s2s_secure_auth = true",
+            "authentication = \"internal_hashed\"",
+            "storage = \"internal\"",
+            "ssl = { certificate = %s, key = %s, cafile = %s }" % (
+                lua(cert), lua(key), lua(f2["ca_file"])),
+            # libunbound: names from this hosts file; SRV queries to a
+            # resolver list of our own (.test is answered locally anyway).
+            "unbound = { hoststxt = %s, resolvconf = %s }" % (
+                lua(f2["hosts_file"]), lua(f2["resolv_conf"])),
+        ]
+        if not f2.get("alpn"):
+            # Prosody offers ALPN "xmpp-server" on its outgoing s2s TLS; bridge's
+            # TLS server (Twisted's ALPN select callback, no protocol in common)
+            # answers that ClientHello with an internal_error alert, so the
+            # link b.test -> a.test never comes up.  Not sending ALPN avoids it.
+            lines.append("s2s_ssl = { alpn = false }")
+        if os.getuid() == 0:
+            lines.append("run_as_root = true")
+        lines.append("VirtualHost %s" % lua(self.domain))
+        with open(self.cfg, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+    def log_files(self):
+        return [self.out_path, self.log_path]
 
     def create_accounts(self, accounts):
         a = self.args
@@ -327,7 +477,7 @@ class ProsodyServer(Server):
                     with open(os.path.join(acct_dir, lua_path_encode(u) + ".dat"), "w") as f:
                         f.write(text)
         self.info["accounts_setup_s"] = round(time.monotonic() - t0, 2)
-        say("prosody: %d accounts ready in %.1f s" % (accounts, time.monotonic() - t0))
+        say("%s: %d accounts ready in %.1f s" % (self.name, accounts, time.monotonic() - t0))
 
     def command(self):
         return ["prosody", "--config", self.cfg, "-F"]
@@ -352,10 +502,16 @@ def prosody_account_file(password, iterations=10000):
 class BridgeServer(Server):
     name = "bridge"
 
-    def __init__(self, args, workdir, port):
-        super().__init__(args, workdir, port)
-        self.data = os.path.abspath(args.bridge_data_dir) if args.bridge_data_dir \
-            else os.path.join(workdir, "data")
+    def __init__(self, args, workdir, port, host="127.0.0.1", domain=None, name=None,
+                 data_dir=None, s2s=None):
+        super().__init__(args, workdir, port, host, domain, name)
+        if data_dir is None and args.bridge_data_dir:
+            data_dir = args.bridge_data_dir
+        self.data = os.path.abspath(data_dir) if data_dir else os.path.join(workdir, "data")
+        # Federation: {"port", "cert", "key", "ca_file", "static_routes", "dialback"}
+        self.s2s = s2s
+        if s2s:
+            self.extra_ports.append((host, s2s["port"]))
         self.cfg = os.path.join(workdir, "bridge.toml")
         self.pwfile = os.path.join(workdir, "password")
         venv = os.path.join(REPO, ".venv", "bin")
@@ -378,11 +534,36 @@ class BridgeServer(Server):
             f.write("data_dir = %s\n\n" % toml_str(self.data))
             f.write("[c2s]\n")
             f.write("endpoints = [%s]\n" % toml_str(
-                "tcp:%d:interface=127.0.0.1" % self.port))
+                "tcp:%d:interface=%s" % (self.port, self.host)))
             f.write("direct_tls_endpoints = []\n")
             f.write("max_connections_per_address = 1000000\n")
             f.write("rate_limit_bytes_per_second = 1000000000\n\n")
-            f.write("[s2s]\nendpoints = []\n\n")
+            s2s = self.s2s
+            if s2s:
+                f.write("[s2s]\n")
+                f.write("endpoints = [%s]\n" % toml_str(
+                    "tcp:%d:interface=%s" % (s2s["port"], self.host)))
+                f.write("direct_tls_endpoints = []\n")
+                f.write("ca_file = %s\n" % toml_str(s2s["ca_file"]))
+                f.write("certificate = %s\n" % toml_str(s2s["cert"]))
+                f.write("private_key = %s\n" % toml_str(s2s["key"]))
+                f.write("dialback = %s\n" % ("true" if s2s.get("dialback", True) else "false"))
+                f.write("static_routes = { %s }\n" % ", ".join(
+                    "%s = %s" % (toml_str(d), toml_str(r))
+                    for d, r in sorted(s2s["static_routes"].items())))
+                # Like the c2s limits above: the link carries every pair's traffic.
+                f.write("rate_limit_bytes_per_second = 1000000000\n")
+                f.write("rate_limit_burst_bytes = 1000000000\n\n")
+            else:
+                f.write("[s2s]\nendpoints = []\n\n")
+            # The default component listener (127.0.0.1:5347) may be taken by
+            # another bridge on this machine; a listen failure stops bridge.
+            if bridge_has_section("component_listener"):
+                f.write("[component_listener]\nendpoints = []\n\n")
+            if bridge_has_section("http"):
+                # Nor the HTTP (BOSH/WebSocket) listeners, on all interfaces
+                # (:5280, :5281) by default: two bridges at once would clash.
+                f.write("[http]\nendpoints = []\ntls_endpoints = []\n\n")
             f.write("[hosts.%s]\n" % toml_str(self.domain))
             f.write("aliases = []\n")
         with open(self.pwfile, "w") as f:
@@ -404,11 +585,11 @@ class BridgeServer(Server):
             pass
         todo = list(range(have + 1, accounts + 1))
         if not todo:
-            say("bridge: %d accounts already in %s" % (have, self.data))
+            say("%s: %d accounts already in %s" % (self.name, have, self.data))
             self.info["accounts_setup_s"] = 0.0
             return
-        say("bridge: creating %d accounts with bridgectl (%d in parallel)..."
-            % (len(todo), a.ctl_jobs))
+        say("%s: creating %d accounts with bridgectl (%d in parallel)..."
+            % (self.name, len(todo), a.ctl_jobs))
         t0 = time.monotonic()
         env = self.env()
         failures = []
@@ -436,14 +617,15 @@ class BridgeServer(Server):
                     if len(failures) >= 3:
                         break
                 if done % 200 == 0:
-                    say("bridge: %d/%d accounts" % (done, len(todo)))
+                    say("%s: %d/%d accounts" % (self.name, done, len(todo)))
         if failures:
             raise BenchError("bridgectl adduser failed: %s" % failures[:3])
         with open(marker, "w") as f:
             json.dump({"pattern": a.user_pattern, "domain": self.domain,
                        "password_sha256": sha256(a.password), "count": accounts}, f)
         self.info["accounts_setup_s"] = round(time.monotonic() - t0, 2)
-        say("bridge: %d accounts created in %.1f s" % (len(todo), time.monotonic() - t0))
+        say("%s: %d accounts created in %.1f s" % (self.name, len(todo),
+                                                     time.monotonic() - t0))
 
     def on_started(self):
         if "certificates" not in self.info:
@@ -452,11 +634,26 @@ class BridgeServer(Server):
             if certs:
                 self.info["certificate_key"] = certs[0]["key"]
 
+    def log_files(self):
+        return [self.out_path]
+
     def command(self):
         if os.path.exists(self.twistd):
             return [self.twistd, "-n", "--pidfile=", "bridge", "--config", self.cfg]
         return [self.python, "-m", "twisted", "-n", "--pidfile=", "bridge",
                 "--config", self.cfg]
+
+
+def bridge_has_section(name):
+    """Whether this bridge's configuration knows the [name] table (an unknown
+    table is an error, and the tables change as bridge grows)."""
+    try:
+        with open(os.path.join(REPO, "bridge", "config.py")) as f:
+            src = f.read()
+    except OSError:
+        return False
+    m = re.search(r"_SECTIONS\s*=\s*\{([^}]*)\}", src)
+    return bool(m) and ('"%s"' % name) in m.group(1)
 
 
 def sha256(s):
@@ -466,12 +663,17 @@ def sha256(s):
 # ---------------------------------------------------------------------------
 # loads
 
-def loader_cmd(args, server, mode, extra):
-    return [sys.executable, LOAD, mode, "--host", server.host, "--port", str(server.port),
-            "--domain", server.domain, "--user-pattern", args.user_pattern,
-            "--password", args.password, "--accounts", str(args.accounts),
-            "--concurrency", str(args.concurrency),
-            "--server-pid", str(server.pid)] + [str(x) for x in extra]
+def loader_cmd(args, server, mode, extra, recv=None, accounts=None):
+    cmd = [sys.executable, LOAD, mode, "--host", server.host, "--port", str(server.port),
+           "--domain", server.domain, "--user-pattern", args.user_pattern,
+           "--password", args.password, "--accounts", str(accounts or args.accounts),
+           "--concurrency", str(args.concurrency),
+           "--server-pid", str(server.pid)]
+    if recv is not None:  # federated messages: receivers on another server
+        cmd += ["--recv-host", recv.host, "--recv-port", str(recv.port),
+                "--recv-domain", recv.domain, "--recv-user-pattern", args.user_pattern,
+                "--recv-password", args.password, "--recv-server-pid", str(recv.pid)]
+    return cmd + [str(x) for x in extra]
 
 
 def parse_result(stdout):
@@ -488,8 +690,8 @@ def parse_result(stdout):
     return result
 
 
-def run_loader(args, server, mode, extra, timeout):
-    cmd = loader_cmd(args, server, mode, extra)
+def run_loader(args, server, mode, extra, timeout, recv=None, accounts=None):
+    cmd = loader_cmd(args, server, mode, extra, recv, accounts)
     say("%s: load %s: %s" % (server.name, mode, " ".join(cmd[2:])))
     t0 = time.monotonic()
     try:
@@ -502,10 +704,11 @@ def run_loader(args, server, mode, extra, timeout):
     if res is None:
         raise BenchError("loader %s gave no result (exit %s)" % (mode, r.returncode))
     res["loader_wall_s"] = round(wall, 3)
-    if not server.alive():
-        res["server_died"] = True
-        raise BenchError("%s died during the %s load (exit code %s)"
-                         % (server.name, mode, server.proc.returncode))
+    for srv in (server, recv):
+        if srv is not None and not srv.alive():
+            res["server_died"] = True
+            raise BenchError("%s died during the %s load (exit code %s)"
+                             % (srv.name, mode, srv.proc.returncode if srv.proc else None))
     return res
 
 
@@ -630,6 +833,266 @@ def bench_server(args, server, accounts, out):
     return out
 
 
+# ---------------------------------------------------------------------------
+# federation
+
+FED_LINK_RE = re.compile(r"link (\S+) -> (\S+) (ready \(([^)]*)\)|failed: .*)")
+# Bridge log lines worth reporting (s2s events, and anything that looks wrong).
+BRIDGE_NOTABLE_RE = re.compile(
+    r"link \S+ -> |authenticated by dialback|SASL EXTERNAL refused|cannot reach|"
+    r"unacknowledged|refused stream management|idle s2s|Traceback|Unhandled|"
+    r"\bError\b|error|exception|bounced", re.I)
+# Prosody (log level info): s2s sessions, authentication, certificates, errors.
+PROSODY_NOTABLE_RE = re.compile(r"s2s|certificate|authenticat|EXTERNAL|dialback|"
+                                r"\berror\b|\bwarn\b|traceback", re.I)
+# ... but not the client sessions' own lines ("c2s55d9...  info  Authenticated as").
+PROSODY_SKIP_RE = re.compile(r"\sc2s[0-9a-f]+\s+(info|debug)\s")
+
+
+def notable_lines(paths, pattern, limit=200, skip=None):
+    lines = []
+    for path in paths:
+        try:
+            with open(path, errors="replace") as f:
+                for line in f:
+                    if pattern.search(line) and not (skip and skip.search(line)):
+                        lines.append(line.rstrip("\n"))
+        except OSError:
+            pass
+    return lines[:limit] + (["... %d more" % (len(lines) - limit)] if len(lines) > limit else [])
+
+
+def link_events(lines):
+    """{"a.test -> c.test": ["ready (SASL EXTERNAL)", "failed: ...", ...]} from a bridge log."""
+    found = {}
+    for line in lines:
+        m = FED_LINK_RE.search(line)
+        if m:
+            found.setdefault("%s -> %s" % (m.group(1), m.group(2)), []).append(m.group(3))
+    return found
+
+
+def link_auth(events):
+    """How each outgoing link of a bridge first became ready: "SASL EXTERNAL",
+    "dialback", or its first failure."""
+    out = {}
+    for link, evs in events.items():
+        ready = [e for e in evs if e.startswith("ready (")]
+        out[link] = ready[0][len("ready ("):-1] if ready else evs[0]
+    return out
+
+
+def fed_warmup(args, sender, receiver, accounts, log):
+    """A few messages from `sender`'s users to `receiver`'s, until all arrive.
+
+    The first message of a direction opens its s2s link: its trip time
+    (first_delivery_ms) is the link set-up as a user sees it."""
+    pairs = min(args.fed_warm_pairs, args.fed_pairs)
+    last = None
+    for attempt in range(1, 4):
+        res = run_loader(args, sender, "messages", [
+            "--pairs", pairs, "--window", 1, "--warmup", 0, "--duration", 0.5,
+            "--drain-time", args.fed_link_timeout, "--max-time", 120],
+            timeout=args.fed_link_timeout + 240, recv=receiver, accounts=accounts)
+        entry = {"attempt": attempt, "sent": res.get("sent_total"),
+                 "received": res.get("received_total"), "lost": res.get("lost"),
+                 "first_delivery_ms": res.get("first_delivery_ms"),
+                 "errors": res.get("errors"), "wall_s": res.get("loader_wall_s")}
+        log.append(entry)
+        say("federation: warm-up %s -> %s: %s" % (sender.domain, receiver.domain, entry))
+        last = entry
+        if not res.get("failed") and res.get("received_total") and not res.get("lost"):
+            return entry
+    raise BenchError("federation: messages %s -> %s not all delivered after 3 warm-ups: %s"
+                     % (sender.domain, receiver.domain, last))
+
+
+def bench_federation(args, tmp, out):
+    """Bridge a.test sends to bridge c.test and to Prosody b.test over s2s."""
+    ip_a, ip_b, ip_c = args.fed_addresses
+    port = args.fed_s2s_port
+    accounts = max(2 * args.fed_pairs, 2 * args.fed_warm_pairs, 4)
+    fdir = os.path.join(tmp, "federation")
+    pki = make_test_pki(os.path.join(fdir, "pki"), ("a.test", "b.test", "c.test"),
+                        args.fed_key)
+    key_kind = "ec-secp256r1" if args.fed_key == "ec" else "rsa2048"
+    out["params"] = {"pairs": args.fed_pairs, "window": args.window,
+                     "duration": args.fed_duration, "warmup": args.warmup,
+                     "accounts": accounts, "certificate_key": key_kind,
+                     "addresses": {"a.test": ip_a, "b.test": ip_b, "c.test": ip_c},
+                     "s2s_port": port}
+    hosts_file = os.path.join(fdir, "hosts")
+    with open(hosts_file, "w") as f:
+        f.write("%s a.test\n%s b.test\n%s c.test\n" % (ip_a, ip_b, ip_c))
+    resolv_conf = os.path.join(fdir, "resolv.conf")
+    with open(resolv_conf, "w") as f:
+        f.write("nameserver %s\n" % args.fed_dns)
+
+    def bridge_s2s(domain, routes):
+        return {"port": port, "cert": pki[domain][0], "key": pki[domain][1],
+                "ca_file": pki["ca_file"], "static_routes": routes,
+                "dialback": not args.fed_no_dialback}
+
+    data = lambda d: os.path.join(args.fed_data_dir, d) if args.fed_data_dir else None
+    bridge_a = BridgeServer(
+        args, os.path.join(fdir, "bridge-a"), args.fed_bridge_port, ip_a, "a.test",
+        "bridge-a", data("a.test"),
+        bridge_s2s("a.test", {"c.test": "%s:%d" % (ip_c, port),
+                              "b.test": "%s:%d" % (ip_b, port)}))
+    targets = [("bridge_to_bridge", BridgeServer(
+        args, os.path.join(fdir, "bridge-c"), args.fed_bridge_port, ip_c, "c.test",
+        "bridge-c", data("c.test"),
+        bridge_s2s("c.test", {"a.test": "%s:%d" % (ip_a, port)})))]
+    if args.fed_prosody:
+        targets.append(("bridge_to_prosody", ProsodyServer(
+            args, os.path.join(fdir, "prosody-b"), args.fed_prosody_port, args.fed_key,
+            ip_b, "b.test", "prosody-b",
+            {"port": port, "cert": pki["b.test"][0], "key": pki["b.test"][1],
+             "key_kind": key_kind, "ca_file": pki["ca_file"], "hosts_file": hosts_file,
+             "resolv_conf": resolv_conf, "alpn": args.fed_prosody_alpn})))
+    servers = [bridge_a] + [srv for _, srv in targets]
+    try:
+        bridge_a.prepare(accounts)
+        bridge_a.start()
+        for key, srv in targets:
+            entry = out.setdefault(key, {"receiver": "%s %s" % (srv.name, srv.domain)})
+            try:
+                srv.prepare(accounts)
+                srv.start()
+                entry["warmup"] = warm = []
+                t0 = time.monotonic()
+                fed_warmup(args, bridge_a, srv, accounts, warm)
+                fed_warmup(args, srv, bridge_a, accounts, warm)
+                entry["warmup_s"] = round(time.monotonic() - t0, 2)
+                # First trip each way, link set-up included.
+                entry["first_link_ms"] = {
+                    "%s -> %s" % (bridge_a.domain, srv.domain): warm[0]["first_delivery_ms"],
+                    "%s -> %s" % (srv.domain, bridge_a.domain): warm[-1]["first_delivery_ms"]
+                    if len(warm) > 1 else None}
+                if not bridge_a.alive():
+                    raise BenchError("bridge-a died during the warm-up")
+                entry["messages"] = run_loader(args, bridge_a, "messages", [
+                    "--pairs", args.fed_pairs, "--window", args.window,
+                    "--duration", args.fed_duration, "--warmup", args.warmup,
+                    "--max-time", args.max_time],
+                    timeout=args.max_time + args.fed_duration + args.warmup + 120,
+                    recv=srv, accounts=accounts)
+                m = entry["messages"]
+                if m.get("failed") is True:
+                    raise BenchError("federated messages load failed: %s" % m.get("errors"))
+                say("federation: %s: %s messages/s, p50 %s ms, p99 %s ms" % (
+                    key, m.get("messages_per_s"), m.get("latency_p50_ms"),
+                    m.get("latency_p99_ms")))
+                entry["rss_after_kib"] = {"bridge-a": proc_rss_kib(bridge_a.pid),
+                                          srv.name: proc_rss_kib(srv.pid)}
+            except (BenchError, OSError, subprocess.SubprocessError) as exc:
+                entry["error"] = str(exc)
+                say("federation: %s FAILED: %s" % (key, exc))
+            finally:
+                stop_quietly(srv)
+        if not any("error" not in out.get(k, {}) for k, _ in targets):
+            raise BenchError("federation: no link worked")
+    finally:
+        for srv in servers:
+            stop_quietly(srv)
+        logs = out.setdefault("logs", {})
+        for srv in servers:
+            if isinstance(srv, ProsodyServer):
+                lines = notable_lines(srv.log_files(), PROSODY_NOTABLE_RE, skip=PROSODY_SKIP_RE)
+            else:
+                lines = notable_lines(srv.log_files(), BRIDGE_NOTABLE_RE)
+            logs[srv.name] = {"notable_lines": lines, "info": srv.info,
+                              "tail": tail(srv.log_files()[-1], 20)}
+            if isinstance(srv, BridgeServer):
+                events = link_events(lines)
+                out.setdefault("link_events", {}).update(events)
+                out.setdefault("link_auth", {}).update(link_auth(events))
+    return out
+
+
+def stop_quietly(server):
+    try:
+        server.stop()
+    except Exception as exc:  # never leave a server running
+        say("%s: stop failed: %s" % (server.name, exc))
+        proc = server.proc or server.last_proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def fed_figures(fed, local_mps):
+    """Headline federation figures, one column per link."""
+    cols = {}
+    auth = fed.get("link_auth") or {}
+    for key in ("bridge_to_bridge", "bridge_to_prosody"):
+        e = fed.get(key)
+        if e is None:
+            continue
+        m = e.get("messages") or {}
+        peer = "c.test" if key == "bridge_to_bridge" else "b.test"
+        f = {
+            "messages_per_s": m.get("messages_per_s"),
+            "latency_p50_ms": m.get("latency_p50_ms"),
+            "latency_p99_ms": m.get("latency_p99_ms"),
+            "sender_cpu_us_per_message": m.get("server_cpu_us_per_message"),
+            "receiver_cpu_us_per_message": m.get("recv_server_cpu_us_per_message"),
+            "ratio_to_local_bridge": round(m["messages_per_s"] / local_mps, 3)
+            if m.get("messages_per_s") is not None and local_mps else None,
+            "auth_out": auth.get("a.test -> %s" % peer),
+            "auth_in": auth.get("%s -> a.test" % peer) if key == "bridge_to_bridge"
+            else prosody_auth(fed),
+            "first_link_ms_out": (e.get("first_link_ms") or {}).get("a.test -> %s" % peer),
+            "first_link_ms_in": (e.get("first_link_ms") or {}).get("%s -> a.test" % peer),
+        }
+        cols[key] = f
+    return cols
+
+
+def prosody_auth(fed):
+    """How Prosody's link b.test -> a.test authenticated.  Prosody logs the
+    mechanism only at debug level; bridge-a logs a dialback success, so a
+    completed link without one was SASL EXTERNAL."""
+    logs = fed.get("logs") or {}
+    plines = (logs.get("prosody-b") or {}).get("notable_lines") or []
+    blines = (logs.get("bridge-a") or {}).get("notable_lines") or []
+    if any("b.test authenticated by dialback" in line for line in blines):
+        return "dialback"
+    if any("Outgoing s2s connection b.test->a.test complete" in line for line in plines):
+        return "SASL EXTERNAL"
+    for line in plines:
+        if "b.test->a.test" in line or "connection to a.test" in line:
+            return "failed"
+    return None
+
+
+FED_ROWS = [
+    ("messages_per_s", "fed messages/s delivered"),
+    ("latency_p50_ms", "fed latency p50 ms"),
+    ("latency_p99_ms", "fed latency p99 ms"),
+    ("sender_cpu_us_per_message", "sender CPU us/msg (bridge-a)"),
+    ("receiver_cpu_us_per_message", "receiver CPU us/msg"),
+    ("ratio_to_local_bridge", "ratio to local bridge msg/s"),
+    ("auth_out", "auth a.test -> peer"),
+    ("auth_in", "auth peer -> a.test"),
+    ("first_link_ms_out", "first message a -> peer ms"),
+    ("first_link_ms_in", "first message peer -> a ms"),
+]
+
+
+def fed_table(cols):
+    names = [k for k in ("bridge_to_bridge", "bridge_to_prosody") if k in cols]
+    heads = {"bridge_to_bridge": "bridge->bridge", "bridge_to_prosody": "bridge->prosody"}
+    head = "%-30s" % "figure" + "".join("%17s" % heads[n] for n in names)
+    lines = [head, "-" * len(head)]
+    for key, label in FED_ROWS:
+        lines.append("%-30s" % label + "".join("%17s" % fmt(cols[n].get(key)) for n in names))
+    return "\n".join(lines)
+
+
 def figures(r):
     """Headline figures from one server's results."""
     f = {}
@@ -692,6 +1155,43 @@ def table(figs, names):
     return "\n".join(lines), ratios
 
 
+def print_federation(results, args):
+    fed = results["federation"]
+    local = (results["servers"].get("bridge") or {}).get("figures", {}).get("messages_per_s")
+    cols = fed_figures(fed, local)
+    fed["figures"] = cols
+    print()
+    print("Federation: senders on bridge a.test, %d pairs, window %d, %.0f s%s"
+          % (args.fed_pairs, args.window, args.fed_duration,
+             "" if local else " (no local bridge figure for the ratio)"))
+    if cols:
+        print(fed_table(cols))
+    for key in ("bridge_to_bridge", "bridge_to_prosody"):
+        e = fed.get(key) or {}
+        m = e.get("messages") or {}
+        warn = []
+        if m.get("lost"):
+            warn.append("%d messages not delivered within the drain time" % m["lost"])
+        if m.get("bad_from"):
+            warn.append("%d messages without the sender's full JID as 'from'" % m["bad_from"])
+        if m.get("errors"):
+            warn.append("errors: %s" % m["errors"])
+        lf = m.get("loader_cpu_fraction")
+        if lf is not None and lf > 0.9:
+            warn.append("loader CPU %.0f%%: the loader may be the bottleneck" % (100 * lf))
+        if e.get("error"):
+            warn.append("error: %s" % e["error"].splitlines()[0])
+        for w in warn:
+            print("  %s: %s" % (key, w))
+    if fed.get("error"):
+        print("  federation: error: %s" % fed["error"].splitlines()[0])
+    for name, lg in sorted((fed.get("logs") or {}).items()):
+        n = len(lg.get("notable_lines") or [])
+        if n:
+            print("  %s: %d notable log lines (s2s events, errors) in the JSON output"
+                  % (name, n))
+
+
 # ---------------------------------------------------------------------------
 
 def main(argv=None):
@@ -742,12 +1242,64 @@ def main(argv=None):
                    help="run the three loads on one server process instead of "
                         "restarting the server before each")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory")
+    g = p.add_argument_group(
+        "federation", "messages from bridge a.test to bridge c.test and to Prosody b.test "
+        "over s2s links (certificates from a test CA); run after the servers above")
+    g.add_argument("--no-federation", action="store_true", help="skip the federation phase")
+    g.add_argument("--federation-only", action="store_true",
+                   help="run only the federation phase (no --servers loads)")
+    g.add_argument("--fed-pairs", type=int,
+                   help="sender/receiver pairs across the link (default 50; 5 with --quick)")
+    g.add_argument("--fed-duration", type=float,
+                   help="measured seconds per link, after --warmup (default 10; 2 with --quick)")
+    g.add_argument("--fed-warm-pairs", type=int, default=2,
+                   help="pairs of the untimed warm-up each way (default %(default)s)")
+    g.add_argument("--fed-link-timeout", type=float, default=60.0,
+                   help="longest wait for warm-up messages, link set-up included")
+    g.add_argument("--fed-addresses", default="127.0.0.12,127.0.0.13,127.0.0.14",
+                   help="loopback addresses of a.test (bridge), b.test (Prosody), "
+                        "c.test (bridge) (default %(default)s)")
+    g.add_argument("--fed-s2s-port", type=int, default=5269)
+    g.add_argument("--fed-bridge-port", type=int, default=25232,
+                   help="c2s port of both bridges, on their addresses")
+    g.add_argument("--fed-prosody-port", type=int, default=15232,
+                   help="c2s port of Prosody b.test, on its address")
+    g.add_argument("--fed-key", choices=("ec", "rsa"), default="ec",
+                   help="key type of the test CA and certificates (default %(default)s)")
+    g.add_argument("--fed-no-dialback", action="store_true",
+                   help="bridges with dialback = false: certificates only")
+    g.add_argument("--fed-no-prosody", action="store_true",
+                   help="only the bridge -> bridge link")
+    g.add_argument("--fed-prosody-alpn", action="store_true",
+                   help="let Prosody offer ALPN on its outgoing s2s TLS (its default; "
+                        "bridge then fails the handshake of the link b.test -> a.test)")
+    g.add_argument("--fed-dns", default="127.0.0.1",
+                   help="nameserver in Prosody's resolv.conf for libunbound (SRV lookups; "
+                        "default %(default)s, where nothing answers)")
+    g.add_argument("--fed-data-dir",
+                   help="persistent base folder for the two bridges' data_dir "
+                        "(a.test/, c.test/), to reuse their accounts between runs")
     args = p.parse_args(argv)
     if args.quick:
         args.logins, args.pairs, args.duration, args.warmup = 20, 5, 2.0, 1.0
         args.sessions = 50
         args.concurrency = min(args.concurrency, 10)
-    names = [n.strip() for n in args.servers.split(",") if n.strip()]
+    if args.fed_pairs is None:
+        args.fed_pairs = 5 if args.quick else 50
+    if args.fed_duration is None:
+        args.fed_duration = 2.0 if args.quick else 10.0
+    args.fed_addresses = [x.strip() for x in args.fed_addresses.split(",")]
+    if len(args.fed_addresses) != 3:
+        p.error("--fed-addresses needs three addresses")
+    if args.federation_only and args.no_federation:
+        p.error("--federation-only and --no-federation exclude each other")
+    federation = not args.no_federation
+    args.fed_prosody = federation and not args.fed_no_prosody
+    if args.fed_prosody and not shutil.which("prosody"):
+        say("prosody not found: the federation phase runs bridge -> bridge only")
+        args.fed_prosody = False
+    names = [] if args.federation_only else \
+        [n.strip() for n in args.servers.split(",") if n.strip()]
     for n in names:
         if n not in ("bridge", "prosody"):
             p.error("unknown server %r" % n)
@@ -764,7 +1316,7 @@ def main(argv=None):
         "kernel": platform.release(),
         "params": {k: getattr(args, k) for k in (
             "logins", "concurrency", "login_accounts", "pairs", "window", "duration",
-            "warmup", "sessions", "accounts", "quick")},
+            "warmup", "sessions", "accounts", "quick", "fed_pairs", "fed_duration")},
     }, "servers": {}}
     if shutil.which("prosody"):
         try:
@@ -808,13 +1360,25 @@ def main(argv=None):
                 entry["info"] = server.info
                 entry["server_log_tail"] = tail(server.out_path, 20)
             entry["figures"] = figures(entry)
+        if federation:
+            fed = results["federation"] = {}
+            try:
+                bench_federation(args, tmp, fed)
+            except (BenchError, OSError, subprocess.SubprocessError) as exc:
+                failed = True
+                fed["error"] = str(exc)
+                say("federation: FAILED: %s" % exc)
+            if any("error" in (fed.get(k) or {}) for k in
+                   ("bridge_to_bridge", "bridge_to_prosody")):
+                failed = True
     finally:
         figs = {n: results["servers"].get(n, {}).get("figures", {}) for n in names}
         text, ratios = table(figs, names)
         results["ratios_bridge_over_prosody"] = ratios
         print()
-        print("Benchmark (%s)%s" % (", ".join(names), " --quick" if args.quick else ""))
-        print(text)
+        if names:
+            print("Benchmark (%s)%s" % (", ".join(names), " --quick" if args.quick else ""))
+            print(text)
         for n in names:
             e = results["servers"].get(n, {})
             warn = []
@@ -837,6 +1401,8 @@ def main(argv=None):
                 warn.append("error: %s" % e["error"].splitlines()[0])
             for w in warn:
                 print("  %s: %s" % (n, w))
+        if "federation" in results:
+            print_federation(results, args)
         if args.output:
             with open(args.output, "w") as f:
                 json.dump(results, f, indent=2, sort_keys=True)

@@ -19,6 +19,8 @@ from bridge.core.server import FeatureContext, Server
 from bridge.core.streams.c2s import ClientFactory
 from bridge.core.streams.component import ComponentFactory
 from bridge.core.streams.s2s import IncomingServerFactory, PeerTLS, RemoteDomains
+from bridge.gateways.bosh import BoshService
+from bridge.gateways.http import HTTPFactory
 
 log = Logger()
 
@@ -45,14 +47,25 @@ class ListenerService(service.Service):
         self.endpoint = endpoint
         self.factory = factory
         self.port = None
+        self._listening = None
+        self._failure = None
+
+    def privilegedStartService(self):
+        """twistd: listen before the reactor runs, so a port in use stops the start with an error."""
+        super().privilegedStartService()
+        self._listen()
+        if self._failure is not None:
+            self._failure.raiseException()
 
     def startService(self):
-        # Listening here rather than in privilegedStartService, which the
-        # ``twist`` runner never calls; bridge's ports need no privilege.
         super().startService()
+        if self._listening is None:
+            # The ``twist`` runner never calls privilegedStartService.
+            self._listen()
+
+    def _listen(self):
         self._listening = self.endpoint.listen(self.factory)
-        self._listening.addCallback(self._started)
-        self._listening.addErrback(self._failed)
+        self._listening.addCallbacks(self._started, self._failed)
 
     def _started(self, port):
         self.port = port
@@ -60,11 +73,15 @@ class ListenerService(service.Service):
         log.info("listening {kind} on {host}:{port}", kind=self.kind, host=address.host, port=address.port)
 
     def _failed(self, failure):
+        self._failure = failure
         log.failure("cannot listen {kind} on {description}", failure, kind=self.kind,
                     description=self.description)
         from twisted.internet import reactor
 
-        reactor.stop()
+        if reactor.running:
+            reactor.stop()
+        else:
+            reactor.callWhenRunning(reactor.stop)
 
     def stopService(self):
         super().stopService()
@@ -82,13 +99,13 @@ class ServerService(service.MultiService):
 
     def startService(self):
         super().startService()
-        self.remote.start()
+        self.remote.start().addErrback(lambda failure: log.failure("federation start failed", failure))
         log.info("bridge {version} serving {hosts} (configuration: {source})", version=__version__,
                  hosts=", ".join(self.server.hosts), source=self.server.config.source)
 
     def stopService(self):
-        self.remote.stop()
-        d = super().stopService()
+        d = self.remote.stop()
+        d.addBoth(lambda _: super(ServerService, self).stopService())
         d.addBoth(lambda result: (self.server.storage.close(), result)[1])
         return d
 
@@ -119,7 +136,7 @@ def build(config, reactor):
 
     c2s = config.c2s
     cert, key = tls.certificate_paths(config, c2s)
-    context = tls.server_context(cert, key, c2s.tls_min_version, c2s.tls_ciphers)
+    context = tls.server_context(cert, key, c2s.tls_min_version, c2s.tls_ciphers, alpn=(b"xmpp-client",))
     listen("c2s", c2s.endpoints, ClientFactory(server, c2s, context))
     listen("c2s-direct-tls", c2s.direct_tls_endpoints,
            TLSMemoryBIOFactory(context, False, ClientFactory(server, c2s, context, direct_tls=True)))
@@ -130,6 +147,15 @@ def build(config, reactor):
     # Configured components answer service-unavailable until they connect.
     components.register_offline_routes()
     listen("component", config.component_listener.endpoints, components)
+    # Browsers: BOSH, WebSocket and the web client on one HTTP listener, plain and TLS.
+    http = config.http
+    bosh = BoshService(server, http)
+    listen("http", http.endpoints, HTTPFactory(server, http, bosh, tls=False))
+    if http.tls_endpoints:
+        http_context = tls.server_context(*tls.certificate_paths(config, http), http.tls_min_version,
+                                          http.tls_ciphers, alpn=(b"http/1.1",))
+        listen("https", http.tls_endpoints,
+               TLSMemoryBIOFactory(http_context, False, HTTPFactory(server, http, bosh, tls=True)))
     return top
 
 

@@ -47,6 +47,9 @@ ping_interval_seconds = 300
 endpoints = ["tcp:0:interface=127.0.0.1"]
 [component_listener]
 endpoints = ["tcp:0:interface=127.0.0.1"]
+[http]
+endpoints = ["tcp:0:interface=127.0.0.1"]
+tls_endpoints = ["tcp:0:interface=127.0.0.1"]
 [hosts.localhost]
 registration = true
 [hosts."example.test"]
@@ -93,7 +96,8 @@ def add_users(config_path, accounts):
 class ServerProcess:
     """One server process; its output is drained into ``lines`` by a thread."""
 
-    LISTENING = re.compile(r"listening (c2s|c2s-direct-tls|s2s|s2s-direct-tls|component) on 127\.0\.0\.1:(\d+)")
+    LISTENING = re.compile(r"listening (c2s|c2s-direct-tls|s2s|s2s-direct-tls|component|http|https) "
+                           r"on 127\.0\.0\.1:(\d+)")
 
     def __init__(self, config_path, accounts=None, command=None):
         self.config_path = config_path

@@ -238,6 +238,22 @@ class LinkTests(SynchronousTestCase):
         self.assertEqual(sorted(e["id"] for e in errors), ["i1", "m1"])
         self.assertEqual({next(e.error.elements()).name for e in errors}, {"remote-server-not-found"})
 
+    def test_waiting_messages_survive_a_restart(self):
+        """Messages still waiting for a link at shutdown are stored and sent again at the next start."""
+        self.alice.send("<message to='bob@remote.test' id='m1'><body>x</body></message>")
+        self.alice.send("<presence to='bob@remote.test'/>")
+        self.harness.remote.stop()
+        restarted = RemoteDomains(self.harness.server, NoTLS(), self.harness.reactor, resolver=FakeResolver())
+        self.harness.server.router.default_route = restarted
+        attempts = []
+        restarted.connect = lambda origin, target: attempts.append((origin, target)) or defer.Deferred()
+        restarted.start()
+        self.assertEqual(attempts, [("localhost", "remote.test")])
+        link = restarted.links[("localhost", "remote.test")]
+        self.assertEqual([stanza["id"] for stanza in link.queue], ["m1"])
+        self.assertEqual(self.harness.storage.items("localhost", "", "s2s-pending").result, [])
+        restarted.stop()
+
     def test_disallowed_domain(self):
         """Federation with a domain outside allowed_domains is refused without a connection."""
         harness = s2s_harness(allowed_domains=["friend.test"])

@@ -61,6 +61,41 @@ class ConnectionsPerAddress:
             self.counts.pop(key, None)
 
 
+class InputRateLimit:
+    """A token bucket over the bytes a peer sends: past the burst, reading
+    from it pauses until its average falls back under the rate.
+
+    ``limits`` carries ``rate_limit_bytes_per_second`` and
+    ``rate_limit_burst_bytes``; every stream transport (TCP, WebSocket) keeps one.
+    """
+
+    def __init__(self, clock, limits, transport):
+        self.clock = clock
+        self.rate = limits.rate_limit_bytes_per_second
+        self.burst = limits.rate_limit_burst_bytes
+        self.transport = transport
+        self._tokens = self.burst
+        self._refilled = clock.seconds()
+        self._paused = None
+
+    def consumed(self, size):
+        now = self.clock.seconds()
+        self._tokens = min(self.burst, self._tokens + (now - self._refilled) * self.rate)
+        self._refilled = now
+        self._tokens -= size
+        if self._tokens < 0 and self._paused is None:
+            self.transport.pauseProducing()
+            self._paused = self.clock.callLater(-self._tokens / self.rate, self._resume)
+
+    def _resume(self):
+        self._paused = None
+        self.transport.resumeProducing()
+
+    def cancel(self):
+        if self._paused is not None and self._paused.active():
+            self._paused.cancel()
+
+
 class XMLStreamProtocol(Protocol):
     """TCP framing of one XML stream.
 
@@ -76,15 +111,14 @@ class XMLStreamProtocol(Protocol):
         self.clock = clock
         self.limits = limits
         self.closed = False
-        self._tokens = limits.rate_limit_burst_bytes
-        self._refilled = clock.seconds()
-        self._paused = None
+        self.rate = None
         self.last_activity = clock.seconds()
 
     def connectionMade(self):
         # Stanzas are small and latency matters more than packet count.
         if hasattr(self.transport, "setTcpNoDelay"):
             self.transport.setTcpNoDelay(True)
+        self.rate = InputRateLimit(self.clock, self.limits, self.transport)
         address = self.transport.getPeer()
         self.peer = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
         self.parser = StreamParser(self.header_received, self.element_received, self.end_received,
@@ -94,7 +128,7 @@ class XMLStreamProtocol(Protocol):
         if self.closed:
             return
         self.last_activity = self.clock.seconds()
-        self._limit_rate(len(data))
+        self.rate.consumed(len(data))
         try:
             self.parser.feed(data)
         except StreamError as error:
@@ -102,21 +136,6 @@ class XMLStreamProtocol(Protocol):
         except Exception:
             log.failure("unexpected failure on input from {peer}", peer=self.peer)
             self.stream_error("internal-server-error")
-
-    def _limit_rate(self, size):
-        """A token bucket: past the burst, reading pauses until the rate allows."""
-        now = self.clock.seconds()
-        rate = self.limits.rate_limit_bytes_per_second
-        self._tokens = min(self.limits.rate_limit_burst_bytes, self._tokens + (now - self._refilled) * rate)
-        self._refilled = now
-        self._tokens -= size
-        if self._tokens < 0 and self._paused is None:
-            self.transport.pauseProducing()
-            self._paused = self.clock.callLater(-self._tokens / rate, self._resume)
-
-    def _resume(self):
-        self._paused = None
-        self.transport.resumeProducing()
 
     def write_header(self, attributes, extra_namespaces=""):
         self.transport.write(stream_header(self.content_namespace, attributes, extra_namespaces))
@@ -145,5 +164,5 @@ class XMLStreamProtocol(Protocol):
 
     def connectionLost(self, reason):
         self.closed = True
-        if self._paused is not None and self._paused.active():
-            self._paused.cancel()
+        if self.rate is not None:
+            self.rate.cancel()

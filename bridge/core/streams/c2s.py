@@ -21,7 +21,7 @@ from bridge.core import sasl
 from bridge.core.sessions import Session
 from bridge.core.stanza import first_child, make
 from bridge.core.tls import channel_binding
-from bridge.core.streams.base import XMLStreamProtocol, stream_error_element
+from bridge.core.streams.base import ConnectionsPerAddress, XMLStreamProtocol, stream_error_element
 from bridge.core.streams.sm import NS_SM, AckError, SessionState
 from bridge.core.xmlstream import NS_STREAMS
 
@@ -572,7 +572,7 @@ class ClientFactory(Factory):
         self.listener = listener
         self.tls_context = tls_context
         self.direct_tls = direct_tls
-        self.per_address = {}
+        self.connections = ConnectionsPerAddress(listener.max_connections_per_address)
 
     def buildProtocol(self, address):
         protocol = TCPClientProtocol(self.server, self.listener, self.tls_context, self.direct_tls)
@@ -581,13 +581,7 @@ class ClientFactory(Factory):
         return protocol
 
     def admit(self, protocol):
-        count = self.per_address.get(protocol.address_key, 0) + 1
-        self.per_address[protocol.address_key] = count
-        return count <= self.listener.max_connections_per_address
+        return self.connections.admit(protocol.address_key)
 
     def release(self, protocol):
-        count = self.per_address.get(protocol.address_key, 1) - 1
-        if count:
-            self.per_address[protocol.address_key] = count
-        else:
-            self.per_address.pop(protocol.address_key, None)
+        self.connections.release(protocol.address_key)

@@ -33,6 +33,7 @@ from bridge.core.streams.base import XMLStreamProtocol
 from bridge.core.streams.c2s import NS_SASL, NS_TLS
 from bridge.core.streams.sm import NS_SM, AckError, Acknowledgements, HandledCount
 from bridge.core.tls import server_context
+from bridge.core.xmlstream import parse_element
 
 log = Logger()
 
@@ -42,6 +43,8 @@ NS_DIALBACK_FEATURE = "urn:xmpp:features:dialback"
 NS_STREAMS = "http://etherx.jabber.org/streams"
 DIALBACK_NAMESPACES = f"xmlns:db='{NS_DIALBACK}'"
 DEFAULT_PORT = 5269
+# Storage queue of messages for remote domains that a shutdown interrupted.
+PENDING_STORE = "s2s-pending"
 STANZAS = ("message", "presence", "iq")
 
 
@@ -303,6 +306,7 @@ class OutgoingServerStream(XMLStreamProtocol):
         self.secure = False
         self.tried_external = False
         self.dialback_offered = False
+        self._setup_timer = None
         self.sm_offered = False
         self.acks = None
         self._ack_request = None
@@ -317,7 +321,15 @@ class OutgoingServerStream(XMLStreamProtocol):
     def connectionMade(self):
         super().connectionMade()
         self.remote.track(self)
+        self._setup_timer = self.clock.callLater(self.config.connect_timeout_seconds, self._setup_timeout)
         self._open()
+
+    def _setup_timeout(self):
+        """TLS and authentication must be done within connect_timeout_seconds too."""
+        self.failure_reason = f"timeout: no authenticated link after {self.config.connect_timeout_seconds:g}s"
+        log.info("link {origin} -> {target}: {reason}", origin=self.origin, target=self.target,
+                 reason=self.failure_reason)
+        self.transport.abortConnection()
 
     def _open(self):
         self.write_header({"from": self.origin, "to": self.target, "version": "1.0"}, DIALBACK_NAMESPACES)
@@ -430,6 +442,8 @@ class OutgoingServerStream(XMLStreamProtocol):
         self.send(verify)
 
     def _ready(self):
+        if self._setup_timer is not None and self._setup_timer.active():
+            self._setup_timer.cancel()
         if not self.ready.called:
             log.info("link {origin} -> {target} ready ({how})", origin=self.origin, target=self.target,
                      how="SASL EXTERNAL" if self.authenticated else "dialback")
@@ -457,8 +471,9 @@ class OutgoingServerStream(XMLStreamProtocol):
 
     def connectionLost(self, reason):
         super().connectionLost(reason)
-        if self._ack_request is not None and self._ack_request.active():
-            self._ack_request.cancel()
+        for timer in (self._ack_request, self._setup_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
         self.remote.untrack(self)
         if self.verify is not None:
             self.verify[3].callback(False)
@@ -523,6 +538,8 @@ class OutgoingLink:
         if not pending:
             self.lost_in_a_row = 0
             return
+        if self.remote.stopping:
+            return
         self.lost_in_a_row += 1
         if self.lost_in_a_row > self.MAX_RESENDS:
             for stanza in pending:
@@ -549,6 +566,7 @@ class RemoteDomains:
         self.secret = os.urandom(32)
         self.links = {}
         self.streams = set()
+        self.stopping = False
         if resolver is None:
             if self.config.dns_server:
                 host, _, port = self.config.dns_server.rpartition(":")
@@ -558,14 +576,37 @@ class RemoteDomains:
         self.resolver = resolver
         self._idle_check = None
 
+    @defer.inlineCallbacks
     def start(self):
+        """Start the idle check, and send again what a shutdown left waiting."""
         self._idle_check = self.clock.callLater(self.config.idle_timeout_seconds / 4, self._close_idle)
+        storage = self.server.storage
+        for domain in self._origins():
+            kept = yield storage.items(domain, "", PENDING_STORE)
+            if kept:
+                log.info("{count} stanzas from {domain} kept over a restart are sent again", count=len(kept),
+                         domain=domain)
+                yield storage.remove(domain, "", PENDING_STORE, [item_id for item_id, _ in kept])
+            for _, text in kept:
+                self.router.route(parse_element(text))
 
+    @defer.inlineCallbacks
     def stop(self):
+        """Keep the messages not yet delivered (queued or unacknowledged) for the next start."""
+        self.stopping = True
         if self._idle_check is not None and self._idle_check.active():
             self._idle_check.cancel()
+        for link in self.links.values():
+            pending = (link.stream.unacknowledged() if link.stream is not None else []) + link.queue
+            link.queue = []
+            for stanza in pending:
+                if stanza.name == "message":
+                    yield self.server.storage.append(link.origin, "", PENDING_STORE, stanza.toXml())
         for stream in list(self.streams):
             stream.close()
+
+    def _origins(self):
+        return list(self.server.config.hosts) + list(self.server.config.components)
 
     def local_domain(self, domain):
         """The name under which ``domain`` is served here (a host, through its aliases, or a component)."""

@@ -1,0 +1,1 @@
+"""Gateways: transports (HTTP for BOSH, WebSocket and the web client) and protocol gateways."""

@@ -1,0 +1,556 @@
+"""The HTTP listener of browser clients: BOSH, WebSocket and the web chat page.
+
+One ``HTTPChannel`` per connection speaks HTTP/1.1 with keep-alive.  Requests
+are parsed by h11 (sans-IO), one ``h11.Connection`` per request so that a
+request is read and dispatched as soon as it is complete, even while the
+answer to the one before it is still awaited: a BOSH request held for a
+minute must not stop the next request, which is what releases it.  Answers
+are written in request order from a per-connection queue of ``Responder``s.
+
+Dispatch is by path: a WebSocket upgrade on ``websocket_path`` becomes an RFC
+7395 stream (``bridge.gateways.websocket``), ``bosh_path`` goes to the BOSH
+handler, everything else to the web client (``bridge.gateways.webclient``).
+The BOSH handler sees only ``HTTPRequest`` and ``Responder``::
+
+    bosh.handle(request, responder)
+    responder.respond(status, [(name, value)], body)   # exactly once
+    responder.on_lost(callback)                        # the connection went first
+    responder.lost
+
+Limits: ``max_request_bytes`` (413), ``header_timeout_seconds`` (a request
+that has not fully arrived in time, or an idle keep-alive connection, is
+closed), connections per address (the c2s limit).  Origins are checked and
+CORS headers added here, for the BOSH and WebSocket paths.  Time comes from
+``server.clock`` only.
+"""
+
+import email.utils
+import http
+import re
+from collections import deque
+
+import h11
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+
+from bridge.core.streams.base import ConnectionsPerAddress
+from bridge.gateways import websocket
+from bridge.gateways.webclient import WebClient
+
+log = Logger()
+
+# Requests read ahead of their answers on one connection; past it, reading pauses.
+MAX_PIPELINED = 16
+# The request line and headers; h11 answers 431 past it.
+MAX_HEAD_BYTES = 65536
+CORS_METHODS = "GET, POST, OPTIONS"
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_BAD_VALUE = re.compile(r"[\r\n\0]")
+# Headers whose value http.py decides, whatever a handler passes.
+_FRAMING_HEADERS = ("content-length", "transfer-encoding", "connection", "date")
+
+
+class HTTPRequest:
+    """One complete request.
+
+    ``headers`` maps lowercase names to values (repeated headers joined with
+    ", "); ``path`` is without the query, ``query`` without the "?";
+    ``transport`` is the connection's (TLS) transport, for channel binding.
+    """
+
+    def __init__(self, method, path, query, headers, body, peer, secure, transport):
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.body = body
+        self.peer = peer
+        self.secure = secure
+        self.transport = transport
+
+    def __repr__(self):
+        return f"<HTTPRequest {self.method} {self.path} from {self.peer}>"
+
+
+class Responder:
+    """The answer to one request: ``respond`` exactly once, in any order, at any time.
+
+    Answers are written in request order; CORS, Date, Content-Length and
+    Connection headers are added by the channel.
+    """
+
+    def __init__(self, channel, request, close_after=False):
+        self._channel = channel
+        self.request = request
+        self.close_after = close_after
+        self.cors = []
+        self.lost = False
+        self.responded = False
+        self.data = None  # the serialised answer, once respond() was called
+        self._lost_callbacks = []
+
+    def respond(self, status, headers, body):
+        if self.responded:
+            raise RuntimeError(f"{self.request!r} was already answered")
+        self.responded = True
+        if not self.lost:
+            self._channel.answer(self, status, list(headers), body)
+
+    def on_lost(self, callback):
+        """``callback()`` when the connection closes before ``respond`` was called."""
+        if self.lost:
+            if not self.responded:
+                callback()
+            return
+        self._lost_callbacks.append(callback)
+
+    def connection_lost(self):
+        if self.lost:
+            return
+        self.lost = True
+        callbacks, self._lost_callbacks = self._lost_callbacks, []
+        if self.responded:
+            return
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.failure("on_lost callback of {request!r} failed", request=self.request)
+
+
+def format_response(status, headers, body, date, close=False, head=False):
+    """The bytes of an HTTP/1.1 response; ValueError for a header that cannot be sent."""
+    try:
+        reason = http.HTTPStatus(status).phrase
+    except ValueError:
+        reason = ""
+    lines = [f"HTTP/1.1 {int(status)} {reason}", f"Date: {date}"]
+    for name, value in headers:
+        value = str(value)
+        if not _TOKEN.match(name) or _BAD_VALUE.search(value):
+            raise ValueError(f"invalid header {name!r}: {value!r}")
+        if name.lower() not in _FRAMING_HEADERS:
+            lines.append(f"{name}: {value}")
+    bodiless = status < 200 or status in (204, 304)
+    if not bodiless:
+        lines.append(f"Content-Length: {len(body)}")
+    if close:
+        lines.append("Connection: close")
+    data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    if not (bodiless or head):
+        data += body
+    return data
+
+
+def text_body(text):
+    """Headers and body of a short plain-text answer."""
+    return [("Content-Type", "text/plain; charset=utf-8")], (text + "\n").encode("utf-8")
+
+
+def _normal_origin(text):
+    """An origin compared case-insensitively, without a default port or a final slash."""
+    text = text.strip().lower().rstrip("/")
+    for scheme, port in (("http://", ":80"), ("https://", ":443")):
+        if text.startswith(scheme) and text.endswith(port):
+            text = text[: -len(port)]
+    return text
+
+
+def same_origin(request):
+    """Whether the request's Origin is this listener as the browser reached it (its Host)."""
+    origin = request.headers.get("origin")
+    host = request.headers.get("host")
+    if not origin or not host:
+        return False
+    scheme = "https" if request.secure else "http"
+    return _normal_origin(origin) == _normal_origin(f"{scheme}://{host}")
+
+
+class CORSPolicy:
+    """Origins allowed on the BOSH and WebSocket paths, and the CORS headers they get.
+
+    An empty ``allowed_origins`` means same-origin only (no Access-Control
+    headers at all); "*" allows any origin.
+    """
+
+    def __init__(self, config):
+        self.any = "*" in config.allowed_origins
+        self.origins = {_normal_origin(origin) for origin in config.allowed_origins if origin != "*"}
+        self.credentials = config.cors_allow_credentials
+        self.allowed_headers = ", ".join(config.cors_allowed_headers)
+
+    def listed(self, origin):
+        return self.any or _normal_origin(origin) in self.origins
+
+    def allows(self, request):
+        """No Origin (not a browser), the same origin, or a listed one."""
+        origin = request.headers.get("origin")
+        return origin is None or same_origin(request) or self.listed(origin)
+
+    def headers(self, origin):
+        """The CORS headers of an answer to ``origin`` (none unless it is listed)."""
+        if origin is None or not self.listed(origin):
+            return []
+        if self.any and not self.credentials and _normal_origin(origin) not in self.origins:
+            headers = [("Access-Control-Allow-Origin", "*")]
+        else:
+            # A credentialed answer may not use "*": the origin is echoed.
+            headers = [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+        if self.credentials:
+            headers.append(("Access-Control-Allow-Credentials", "true"))
+        return headers
+
+    def preflight(self, request):
+        """(status, headers) answering an OPTIONS request."""
+        origin = request.headers.get("origin")
+        if origin is None or "access-control-request-method" not in request.headers:
+            return 204, [("Allow", CORS_METHODS)]
+        if not self.listed(origin):
+            if same_origin(request):
+                return 204, [("Allow", CORS_METHODS)]
+            return 403, []
+        return 204, self.headers(origin) + [
+            ("Access-Control-Allow-Methods", CORS_METHODS),
+            ("Access-Control-Allow-Headers", self.allowed_headers),
+            ("Access-Control-Max-Age", "86400"),
+        ]
+
+
+def _matches(path, configured):
+    return path.rstrip("/") == configured.rstrip("/")
+
+
+class HTTPChannel(Protocol):
+    """One HTTP connection: requests in, answers out in request order, or a WebSocket."""
+
+    def __init__(self, factory, address_key):
+        self.factory = factory
+        self.config = factory.config
+        self.clock = factory.server.clock
+        self.address_key = address_key
+        self.peer = "?"
+        self.pending = deque()
+        self.parser = None
+        self.websocket = None
+        self.finished = False  # no further request is read
+        self.gone = False
+        self._head = None
+        self._body = []
+        self._body_size = 0
+        self._upgrade = None  # (request, bytes after it), waiting for the answers before it
+        self._reading = False
+        self._reading_paused = False
+        self._timer = None
+        self._timer_phase = None
+
+    # -- connection ----------------------------------------------------------
+
+    def connectionMade(self):
+        address = self.transport.getPeer()
+        self.peer = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
+        if not self.factory.connections.admit(self.address_key):
+            log.info("refusing HTTP connection from {peer}: too many connections from its address", peer=self.peer)
+            self.finished = True
+            headers, body = text_body("too many connections from your address")
+            self.transport.write(format_response(503, headers, body, self._date(), close=True))
+            self.transport.loseConnection()
+            return
+        self.parser = self._new_parser()
+        self._update_timer()
+
+    def connectionLost(self, reason=None):
+        if self.gone:
+            return
+        self.gone = True
+        self._cancel_timer()
+        self.factory.connections.release(self.address_key)
+        pending, self.pending = list(self.pending), deque()
+        for responder in pending:
+            responder.connection_lost()
+        if self.websocket is not None:
+            self.websocket.connection_lost()
+
+    def dataReceived(self, data):
+        if self.websocket is not None:
+            self.websocket.data_received(data)
+            return
+        if self._upgrade is not None:
+            # Frames sent before the 101 (which waits for earlier answers) are kept for the WebSocket.
+            request, leftover = self._upgrade
+            if len(leftover) + len(data) > self.config.max_request_bytes:
+                self._upgrade = None
+                self._lose_pending()
+                self.transport.loseConnection()
+            else:
+                self._upgrade = (request, leftover + data)
+            return
+        if self.finished or self.gone:
+            return
+        self.parser.receive_data(data)
+        self._read_requests()
+        self._update_timer()
+
+    def _new_parser(self):
+        return h11.Connection(h11.SERVER, max_incomplete_event_size=min(MAX_HEAD_BYTES, self.config.max_request_bytes))
+
+    def _date(self):
+        return email.utils.formatdate(self.clock.seconds(), usegmt=True)
+
+    # -- reading requests ----------------------------------------------------
+
+    def _read_requests(self):
+        if self._reading:
+            return
+        self._reading = True
+        try:
+            while not (self.finished or self.gone):
+                if len(self.pending) >= MAX_PIPELINED:
+                    self._pause_reading()
+                    return
+                try:
+                    event = self.parser.next_event()
+                except h11.RemoteProtocolError as error:
+                    self._refuse(error.error_status_hint, f"bad request: {error}")
+                    return
+                if event is h11.NEED_DATA or event is h11.PAUSED:
+                    return
+                if isinstance(event, h11.Request):
+                    self._request_head(event)
+                elif isinstance(event, h11.Data):
+                    self._request_data(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    self._request_end()
+                elif isinstance(event, h11.ConnectionClosed):
+                    self.finished = True
+        finally:
+            self._reading = False
+
+    def _request_head(self, head):
+        self._head = head
+        self._body, self._body_size = [], 0
+        length = dict(head.headers).get(b"content-length")
+        if length is not None and int(length) > self.config.max_request_bytes:
+            self._refuse(413, f"a request body may have at most {self.config.max_request_bytes} bytes")
+            return
+        if self.parser.they_are_waiting_for_100_continue and not self.pending:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _request_data(self, data):
+        self._body_size += len(data)
+        if self._body_size > self.config.max_request_bytes:
+            self._refuse(413, f"a request body may have at most {self.config.max_request_bytes} bytes")
+            return
+        self._body.append(data)
+
+    def _request_end(self):
+        head, self._head = self._head, None
+        body, self._body = b"".join(self._body), []
+        request = self._make_request(head, body)
+        # DONE: keep-alive; MIGHT_SWITCH_PROTOCOL: an Upgrade header; MUST_CLOSE: the client closes.
+        keep_alive = self.parser.their_state in (h11.DONE, h11.MIGHT_SWITCH_PROTOCOL)
+        leftover, _ = self.parser.trailing_data
+        if self._is_websocket_upgrade(request):
+            self.finished = True
+            self._upgrade = (request, leftover)
+            if not self.pending:
+                self._start_websocket()
+            return
+        if keep_alive:
+            self.parser = self._new_parser()
+            if leftover:  # (b"" would tell h11 the connection ended)
+                self.parser.receive_data(leftover)
+        else:
+            self.finished = True
+        self._dispatch(request, close_after=not keep_alive)
+
+    def _make_request(self, head, body):
+        target = head.target.decode("latin-1")
+        if not target.startswith("/") and "://" in target:
+            # The absolute form (RFC 9112 section 3.2.2): only the path matters here.
+            target = "/" + target.split("://", 1)[1].partition("/")[2]
+        path, _, query = target.partition("?")
+        headers = {}
+        for name, value in head.headers:
+            name, value = name.decode("latin-1"), value.decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        return HTTPRequest(head.method.decode("ascii"), path, query, headers, body, self.peer, self.factory.tls,
+                           self.transport)
+
+    def _is_websocket_upgrade(self, request):
+        upgrade = request.headers.get("upgrade", "").lower()
+        return (request.method == "GET" and _matches(request.path, self.config.websocket_path)
+                and "websocket" in [token.strip() for token in upgrade.split(",")])
+
+    def _refuse(self, status, text):
+        """Answer ``status`` after the answers already due, then close; read nothing more."""
+        self.finished = True
+        self._head = None
+        responder = Responder(self, None, close_after=True)
+        self.pending.append(responder)
+        headers, body = text_body(text)
+        responder.respond(status, headers, body)
+
+    # -- dispatch --------------------------------------------------------------
+
+    def _dispatch(self, request, close_after):
+        responder = Responder(self, request, close_after)
+        self.pending.append(responder)
+        cors = self.factory.cors
+        gateway = _matches(request.path, self.config.websocket_path) or _matches(request.path,
+                                                                                 self.config.bosh_path)
+        if gateway:
+            if request.method == "OPTIONS":
+                status, headers = cors.preflight(request)
+                responder.respond(status, headers, b"")
+                return
+            if not cors.allows(request):
+                responder.respond(403, *text_body(f"origin {request.headers.get('origin')} is not allowed"))
+                return
+            responder.cors = cors.headers(request.headers.get("origin"))
+            if _matches(request.path, self.config.websocket_path):
+                headers, body = text_body("XMPP over WebSocket (RFC 7395) is served here: "
+                                          "upgrade with the subprotocol 'xmpp'")
+                responder.respond(426, headers + [("Upgrade", "websocket")], body)
+                return
+            handler = self.factory.bosh
+        elif request.method == "OPTIONS":
+            responder.respond(204, [("Allow", "GET, HEAD, OPTIONS")], b"")
+            return
+        else:
+            handler = self.factory.webclient
+        try:
+            handler.handle(request, responder)
+        except Exception:
+            log.failure("handling {request!r} failed", request=request)
+            if not responder.responded:
+                responder.respond(500, *text_body("internal server error"))
+
+    # -- writing answers -------------------------------------------------------
+
+    def answer(self, responder, status, headers, body):
+        """Called by ``Responder.respond``: serialise, then write what is due."""
+        request = responder.request
+        close = responder.close_after or any(name.lower() == "connection" and "close" in str(value).lower()
+                                             for name, value in headers)
+        head = request is not None and request.method == "HEAD"
+        try:
+            data = format_response(status, headers + responder.cors, body, self._date(), close, head)
+        except ValueError:
+            log.failure("cannot send the answer to {request!r}", request=request)
+            error_headers, error_body = text_body("internal server error")
+            data = format_response(500, error_headers, error_body, self._date(), close, head)
+        responder.close_after = close
+        responder.data = data
+        self._flush()
+
+    def _flush(self):
+        while self.pending and self.pending[0].data is not None:
+            responder = self.pending.popleft()
+            if self.gone:
+                return
+            self.transport.write(responder.data)
+            if responder.close_after:
+                self.finished = True
+                self._upgrade = None
+                self._lose_pending()
+                self.transport.loseConnection()
+                self._update_timer()
+                return
+        if self.gone:
+            return
+        if self._upgrade is not None and not self.pending:
+            self._start_websocket()
+            return
+        if self._reading_paused and len(self.pending) < MAX_PIPELINED:
+            self._reading_paused = False
+            self.transport.resumeProducing()
+            self._read_requests()
+        self._update_timer()
+
+    def _lose_pending(self):
+        pending, self.pending = list(self.pending), deque()
+        for responder in pending:
+            responder.connection_lost()
+
+    def _pause_reading(self):
+        if not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pauseProducing()
+
+    # -- WebSocket -------------------------------------------------------------
+
+    def _start_websocket(self):
+        request, leftover = self._upgrade
+        self._upgrade = None
+        cors = self.factory.cors
+        if cors.allows(request):
+            outcome = websocket.handshake(request)
+        else:
+            outcome = websocket.Refusal(403, *text_body(f"origin {request.headers.get('origin')} is not allowed"))
+        if isinstance(outcome, websocket.Refusal):
+            responder = Responder(self, request, close_after=True)
+            self.pending.append(responder)
+            responder.respond(outcome.status, outcome.headers, outcome.body)
+            return
+        connection, accept = outcome
+        self._cancel_timer()
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resumeProducing()
+        self.transport.write(accept)
+        self.websocket = websocket.WebSocketStream(self.factory.server, self.config, self.transport, connection,
+                                                   self.factory.tls, self.peer)
+        self.websocket.start(leftover)
+
+    # -- the request timer -----------------------------------------------------
+
+    def _update_timer(self):
+        """Idle (no request, nothing pending) or reading a request: either must end in time."""
+        phase = None
+        if not (self.gone or self.finished or self.websocket is not None):
+            if self._head is not None or self.parser.trailing_data[0]:
+                phase = "request"
+            elif not self.pending:
+                phase = "idle"
+        if phase == self._timer_phase:
+            return
+        self._cancel_timer()
+        self._timer_phase = phase
+        if phase is not None:
+            self._timer = self.clock.callLater(self.config.header_timeout_seconds, self._timed_out)
+
+    def _cancel_timer(self):
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._timer_phase = None
+
+    def _timed_out(self):
+        phase = self._timer_phase
+        self._timer = None
+        self._timer_phase = None
+        if phase == "request":
+            log.info("closing HTTP connection of {peer}: its request did not arrive in time", peer=self.peer)
+        self.finished = True
+        self.transport.loseConnection()
+
+
+class HTTPFactory(Factory):
+    """HTTP connections of one listener (plain or, with ``tls``, under TLSMemoryBIOFactory).
+
+    ``bosh``: any object with ``handle(request, responder)``.
+    """
+
+    noisy = False
+
+    def __init__(self, server, config, bosh, tls):
+        self.server = server
+        self.config = config
+        self.bosh = bosh
+        self.tls = tls
+        self.connections = ConnectionsPerAddress(server.config.c2s.max_connections_per_address)
+        self.cors = CORSPolicy(config)
+        self.webclient = WebClient(server, config)
+
+    def buildProtocol(self, address):
+        return HTTPChannel(self, getattr(address, "host", None))

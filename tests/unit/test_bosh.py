@@ -1,0 +1,705 @@
+"""BOSH (XEP-0124, XEP-0206) sessions, driven through fake HTTP requests and a fake clock."""
+
+import dataclasses
+import hashlib
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from bridge.core.xmlstream import NS_STREAMS, parse_element
+from bridge.gateways.bosh import NS_HTTPBIND, NS_XBOSH, BoshError, BoshService, BoshSession, parse_request
+from tests.unit.helpers import Harness, make_config, scram_login
+
+NS_CLIENT = "jabber:client"
+NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
+
+
+class FakeRequest:
+    """What http.py hands the BOSH service."""
+
+    def __init__(self, body, method="POST", secure=False, peer="127.0.0.1:40000", transport=None):
+        self.method = method
+        self.path = "/http-bind"
+        self.query = ""
+        self.headers = {"content-type": "text/xml; charset=utf-8"}
+        self.body = body.encode("utf-8") if isinstance(body, str) else body
+        self.peer = peer
+        self.secure = secure
+        self.transport = transport
+
+
+class FakeResponder:
+    """Records the one answer; ``drop()`` is the HTTP connection closing first."""
+
+    def __init__(self):
+        self.lost = False
+        self.answers = []
+        self._callbacks = []
+
+    def respond(self, status, headers, body):
+        assert not self.answers, "answered twice"
+        self.answers.append((status, dict(headers), body))
+
+    def on_lost(self, callback):
+        if self.lost:
+            if not self.answers:
+                callback()
+            return
+        self._callbacks.append(callback)
+
+    def drop(self):
+        self.lost = True
+        if not self.answers:
+            for callback in self._callbacks:
+                callback()
+
+    @property
+    def answered(self):
+        return bool(self.answers)
+
+    @property
+    def status(self):
+        return self.answers[0][0]
+
+    @property
+    def headers(self):
+        return self.answers[0][1]
+
+    @property
+    def data(self):
+        return self.answers[0][2]
+
+    def body(self):
+        """The <body/> element of the answer."""
+        body = parse_element(self.data.decode("utf-8"))
+        assert (body.uri, body.name) == (NS_HTTPBIND, "body"), self.data
+        return body
+
+    def payloads(self):
+        return list(self.body().elements())
+
+
+def body_text(attributes, payload=""):
+    attrs = "".join(f" {name}='{value}'" for name, value in attributes.items() if value is not None)
+    head = f"<body xmlns='{NS_HTTPBIND}' xmlns:xmpp='{NS_XBOSH}'{attrs}"
+    return f"{head}>{payload}</body>" if payload else head + "/>"
+
+
+class BoshClient:
+    """A BOSH client: numbered requests, and the payloads of the answers it has had."""
+
+    def __init__(self, service, rid=5000):
+        self.service = service
+        self.rid = rid
+        self.sid = None
+        self.responders = []
+        self._read = set()
+        self.jid = None
+        self.key_chain = None
+
+    def post(self, payload="", attrs=None, rid=None, secure=False, raw=None):
+        """One request (rid: the next one unless given); its responder."""
+        if rid is None:
+            self.rid += 1
+            rid = self.rid
+        attributes = {"rid": rid, "sid": self.sid}
+        if self.key_chain:
+            attributes["key"] = self.key_chain.pop()
+        attributes.update(attrs or {})
+        responder = FakeResponder()
+        self.service.handle(FakeRequest(raw if raw is not None else body_text(attributes, payload),
+                                        secure=secure), responder)
+        self.responders.append(responder)
+        return responder
+
+    def create(self, secure=False, **attrs):
+        attributes = {"rid": self.rid, "to": "localhost", "wait": "60", "hold": "1", "ver": "1.6",
+                      "xml:lang": "en", "xmpp:version": "1.0", "content": "text/xml; charset=utf-8"}
+        attributes.update(attrs)
+        responder = FakeResponder()
+        self.service.handle(FakeRequest(body_text(attributes), secure=secure), responder)
+        self.responders.append(responder)
+        if responder.answered:
+            self.sid = responder.body().getAttribute("sid")
+        return responder
+
+    # what helpers.scram_login expects of a client
+    def send(self, text):
+        self.post(text)
+
+    def received(self):
+        """Payloads of the answers not read yet, in request order."""
+        found = []
+        for responder in self.responders:
+            if responder.answered and id(responder) not in self._read:
+                self._read.add(id(responder))
+                found.extend(responder.payloads())
+        return found
+
+    def login(self, jid, password="secret", **create):
+        """Session, SCRAM, restart and bind: the bound JID."""
+        bare, _, resource = jid.partition("/")
+        user, host = bare.split("@")
+        self.create(to=host, **create)
+        self.received()
+        outcome = scram_login(self, user, password)
+        assert outcome.name == "success", outcome.toXml()
+        features = self.restart(host)
+        assert features[-1].bind is not None, features[-1].toXml()
+        bind = f"<bind xmlns='{NS_BIND}'><resource>{resource}</resource></bind>"
+        self.post(f"<iq type='set' id='bind' xmlns='{NS_CLIENT}'>{bind}</iq>")
+        reply = self.received()[-1]
+        assert reply.getAttribute("type") == "result", reply.toXml()
+        self.jid = str(reply.bind.jid)
+        return self.jid
+
+    def restart(self, host="localhost"):
+        self.post(attrs={"to": host, "xml:lang": "en", "xmpp:restart": "true"})
+        return self.received()
+
+
+def of_kind(elements, name, kind=None):
+    return [e for e in elements if e.name == name and (kind is None or e.getAttribute("type") == kind)]
+
+
+def http_config(config, **http):
+    return dataclasses.replace(config, http=dataclasses.replace(config.http, **http))
+
+
+def key_sequence(seed, count):
+    """K(1)..K(count) of XEP-0124 section 15.3; the client uses them from the last."""
+    keys = [hashlib.sha1(seed.encode()).hexdigest()]
+    while len(keys) < count:
+        keys.append(hashlib.sha1(keys[-1].encode()).hexdigest())
+    return keys
+
+
+class BoshTestCase(SynchronousTestCase):
+    http = {}
+    c2s = {}
+
+    def setUp(self):
+        self.harness = Harness(http_config(make_config(**self.c2s), **self.http))
+        self.clock = self.harness.clock
+        for user in ("alice", "bob"):
+            self.harness.add_user(f"{user}@localhost")
+        self.service = BoshService(self.harness.server, self.harness.config.http)
+
+    def client(self, **options):
+        return BoshClient(self.service, **options)
+
+    def assertTerminated(self, responder, condition=None):
+        self.assertTrue(responder.answered, "no answer")
+        body = responder.body()
+        self.assertEqual(body.getAttribute("type"), "terminate", responder.data)
+        self.assertEqual(body.getAttribute("condition"), condition, responder.data)
+
+    def tcp_friend(self, bosh_user="alice@localhost", tcp_jid="bob@localhost/tcp"):
+        """A TCP client with a mutual subscription with ``bosh_user`` (whose TCP login is gone again)."""
+        bob = self.harness.login(tcp_jid)
+        other = self.harness.login(f"{bosh_user}/setup")
+        bare = tcp_jid.split("/")[0]
+        other.send(f"<presence to='{bare}' type='subscribe'/>")
+        bob.send(f"<presence to='{bosh_user}' type='subscribed'/>")
+        bob.send(f"<presence to='{bosh_user}' type='subscribe'/>")
+        other.send(f"<presence to='{bare}' type='subscribed'/>")
+        bob.send("<presence/>")
+        other.drop()
+        bob.received()
+        return bob
+
+
+class CreationTests(BoshTestCase):
+    def test_session_creation_response(self):
+        """The creation response has the XEP-0124/0206 attributes, bounded by [http], and the features."""
+        responder = self.client().create(wait="3600", hold="5", ver="1.20")
+        self.assertEqual(responder.status, 200)
+        self.assertEqual(responder.headers["Content-Type"], "text/xml; charset=utf-8")
+        body = responder.body()
+        self.assertEqual(len(body["sid"]), 32)
+        self.assertEqual((body["wait"], body["hold"], body["requests"]), ("60", "1", "2"))
+        self.assertEqual((body["inactivity"], body["polling"], body["maxpause"]), ("60", "2", "120"))
+        self.assertEqual(body["ver"], "1.11")
+        self.assertEqual(body["from"], "localhost")
+        self.assertTrue(body["authid"])
+        self.assertEqual(body.getAttribute((NS_XBOSH, "version")), "1.0")
+        self.assertIn(b"xmlns:xmpp='urn:xmpp:xbosh'", responder.data)
+        features = responder.payloads()
+        self.assertEqual([(f.uri, f.name) for f in features], [(NS_STREAMS, "features")])
+        self.assertIn(b"<stream:features xmlns:stream='http://etherx.jabber.org/streams'>", responder.data)
+        mechanisms = [str(m) for m in features[0].mechanisms.elements()]
+        self.assertEqual(mechanisms, ["SCRAM-SHA-256", "SCRAM-SHA-1"])
+
+    def test_client_values_below_the_bounds_are_kept(self):
+        """A client's lower wait and version are kept; the content type it asks for is used."""
+        responder = self.client().create(wait="10", ver="1.6", content="text/plain; charset=utf-8")
+        body = responder.body()
+        self.assertEqual((body["wait"], body["ver"]), ("10", "1.6"))
+        self.assertEqual(responder.headers["Content-Type"], "text/plain; charset=utf-8")
+
+    def test_configured_bounds(self):
+        """bosh_max_* keys bound what a session gets: hold 3 gives 4 requests when allowed."""
+        self.service = BoshService(self.harness.server, dataclasses.replace(
+            self.harness.config.http, bosh_max_hold=3, bosh_max_requests=4, bosh_max_wait_seconds=30,
+            bosh_max_inactivity_seconds=20, bosh_polling_seconds=1, bosh_max_pause_seconds=0))
+        body = self.client().create(wait="60", hold="3").body()
+        self.assertEqual((body["wait"], body["hold"], body["requests"]), ("30", "3", "4"))
+        self.assertEqual((body["inactivity"], body["polling"]), ("20", "1"))
+        self.assertIsNone(body.getAttribute("maxpause"))
+
+    def test_creation_errors(self):
+        """An unknown domain, no 'to', or no valid 'rid': terminal conditions, and no session."""
+        client = self.client()
+        self.assertTerminated(client.create(to="elsewhere.test"), "host-unknown")
+        self.assertTerminated(client.create(to=None), "improper-addressing")
+        self.assertTerminated(client.create(rid="-3"), "bad-request")
+        self.assertTerminated(client.create(wait="soon"), "bad-request")
+        self.assertEqual(self.service.sessions, {})
+
+    def test_unknown_sid(self):
+        """A request naming no live session gets item-not-found."""
+        client = self.client()
+        client.sid = "no-such-session"
+        self.assertTerminated(client.post(), "item-not-found")
+
+    def test_get_and_other_methods(self):
+        """GET shows a short page; other methods than POST get 405."""
+        page = FakeResponder()
+        self.service.handle(FakeRequest(b"", method="GET"), page)
+        self.assertEqual(page.status, 200)
+        self.assertIn(b"BOSH", page.data)
+        put = FakeResponder()
+        self.service.handle(FakeRequest(b"", method="PUT"), put)
+        self.assertEqual(put.status, 405)
+
+
+class LoginTests(BoshTestCase):
+    def test_login_and_messages_both_ways(self):
+        """SCRAM, restart and bind over BOSH; messages flow to and from a TCP client."""
+        alice = self.client()
+        jid = alice.login("alice@localhost/web")
+        self.assertEqual(jid, "alice@localhost/web")
+        self.assertIsNotNone(self.harness.server.sessions.get(jid))
+        bob = self.harness.login("bob@localhost/tcp")
+
+        held = alice.post(f"<message xmlns='{NS_CLIENT}' to='bob@localhost/tcp' type='chat'><body>hi bob</body>"
+                          "</message>")
+        message = of_kind(bob.received(), "message")[0]
+        self.assertEqual((message["from"], str(message.body)), ("alice@localhost/web", "hi bob"))
+        self.assertFalse(held.answered)
+
+        bob.send("<message to='alice@localhost/web' type='chat'><body>hi alice</body></message>")
+        self.assertTrue(held.answered)
+        self.assertIn(b"<message xmlns='jabber:client'", held.data)
+        message = held.payloads()[0]
+        self.assertEqual((message.uri, message.name), (NS_CLIENT, "message"))
+        self.assertEqual((message["from"], str(message.body)), ("bob@localhost/tcp", "hi alice"))
+
+    def test_unqualified_payloads_are_jabber_client(self):
+        """Stanzas written without xmlns (in httpbind's default namespace) are taken as jabber:client."""
+        alice = self.client()
+        alice.login("alice@localhost/web")
+        bob = self.harness.login("bob@localhost/tcp")
+        alice.post("<message to='bob@localhost/tcp'><body>plain</body></message>")
+        self.assertEqual(str(of_kind(bob.received(), "message")[0].body), "plain")
+
+    def test_restart_is_required_after_sasl(self):
+        """After SASL success, stanzas before the xmpp:restart request end the session (bad-request)."""
+        alice = self.client()
+        alice.create()
+        alice.received()
+        self.assertEqual(scram_login(alice, "alice", "secret").name, "success")
+        responder = alice.post(f"<iq type='set' id='b' xmlns='{NS_CLIENT}'><bind xmlns='{NS_BIND}'/></iq>")
+        self.assertTerminated(responder, "bad-request")
+
+    def test_restart_without_sasl(self):
+        """An xmpp:restart request before SASL success is a bad request."""
+        alice = self.client()
+        alice.create()
+        self.assertTerminated(alice.post(attrs={"xmpp:restart": "true"}), "bad-request")
+
+    def test_stream_error_is_a_remote_stream_error(self):
+        """A stream error (a stanza before authentication) ends the session as remote-stream-error.
+
+        The final response, holding the stream error, is kept for a repeated request for a while."""
+        alice = self.client()
+        alice.create()
+        responder = alice.post(f"<message xmlns='{NS_CLIENT}' to='bob@localhost'><body>x</body></message>")
+        self.assertTerminated(responder, "remote-stream-error")
+        error = responder.payloads()[-1]
+        self.assertEqual((error.uri, error.name), (NS_STREAMS, "error"))
+        self.assertEqual(next(error.elements()).name, "not-authorized")
+        # kept for a client whose connection dropped, until the inactivity period is over
+        self.assertEqual(alice.post(rid=alice.rid).data, responder.data)
+        self.clock.advance(60)
+        self.assertEqual(self.service.sessions, {})
+
+    def test_stream_error_waits_for_the_next_request(self):
+        """A session replaced while no request is held gets its conflict error on the next request."""
+        alice = self.client()
+        alice.login("alice@localhost/web")
+        self.harness.login("alice@localhost/web")
+        responder = alice.post()
+        self.assertTerminated(responder, "remote-stream-error")
+        self.assertEqual(next(responder.payloads()[-1].elements()).name, "conflict")
+        self.clock.advance(60)
+        self.assertEqual(self.service.sessions, {})
+
+
+class WindowTests(BoshTestCase):
+    def setUp(self):
+        super().setUp()
+        self.alice = self.client()
+        self.alice.login("alice@localhost/web")
+        self.bob = self.harness.login("bob@localhost/tcp")
+
+    def message(self, text):
+        return f"<message xmlns='{NS_CLIENT}' to='bob@localhost/tcp'><body>{text}</body></message>"
+
+    def test_out_of_order_rids(self):
+        """A request ahead of a missing rid waits for it; payloads are processed in rid order."""
+        rid = self.alice.rid
+        second = self.alice.post(self.message("second"), rid=rid + 2)
+        self.assertEqual(of_kind(self.bob.received(), "message"), [])
+        self.assertFalse(second.answered)
+        first = self.alice.post(self.message("first"), rid=rid + 1)
+        bodies = [str(m.body) for m in of_kind(self.bob.received(), "message")]
+        self.assertEqual(bodies, ["first", "second"])
+        self.assertTrue(first.answered)
+        self.assertFalse(second.answered)
+
+    def test_repeated_rid_gets_the_cached_response(self):
+        """A response written to a connection that then drops is sent again for the same rid."""
+        held = self.alice.post()
+        self.bob.send("<message to='alice@localhost/web'><body>once</body></message>")
+        self.assertTrue(held.answered)
+        held.drop()
+        again = self.alice.post(rid=self.alice.rid)
+        self.assertEqual(again.data, held.data)
+        self.assertEqual(str(again.payloads()[0].body), "once")
+
+    def test_repeated_held_request_takes_its_place(self):
+        """A held request sent again: the old connection gets an empty body, the new one the data."""
+        held = self.alice.post()
+        again = self.alice.post(rid=self.alice.rid)
+        self.assertEqual(held.payloads(), [])
+        self.assertFalse(again.answered)
+        self.bob.send("<message to='alice@localhost/web'><body>late</body></message>")
+        self.assertEqual(str(again.payloads()[0].body), "late")
+
+    def test_rid_too_old_for_the_cache(self):
+        """A repeated rid whose response is no longer kept ends the session with item-not-found."""
+        first = self.alice.rid
+        for _ in range(3):
+            self.alice.post(self.message("x"))
+        self.assertTerminated(self.alice.post(rid=first - 2), "item-not-found")
+
+    def test_rid_outside_the_window(self):
+        """A rid beyond the window ends the session with item-not-found; the sid is then unknown."""
+        responder = self.alice.post(rid=self.alice.rid + 10)
+        self.assertTerminated(responder, "item-not-found")
+        self.assertIsNone(self.harness.server.sessions.get("alice@localhost/web"))
+        self.assertTerminated(self.alice.post(), "item-not-found")
+
+    def test_hold_and_wait(self):
+        """One request is held for 'wait' seconds, then answered empty; a new request releases it at once."""
+        held = self.alice.post()
+        self.clock.advance(59)
+        self.assertFalse(held.answered)
+        self.clock.advance(1)
+        self.assertEqual(held.payloads(), [])
+        first = self.alice.post()
+        second = self.alice.post(self.message("x"))
+        self.assertTrue(first.answered)
+        self.assertFalse(second.answered)
+
+    def test_data_goes_to_the_oldest_held_request(self):
+        """With hold=2, two requests stay held; data answers the oldest and the other stays."""
+        self.service = BoshService(self.harness.server, dataclasses.replace(
+            self.harness.config.http, bosh_max_hold=2, bosh_max_requests=3))
+        carol = self.client(rid=9000)
+        carol.login("bob@localhost/second", hold="2")
+        first, second = carol.post(), carol.post()
+        self.assertFalse(first.answered or second.answered)
+        self.alice.post(f"<message xmlns='{NS_CLIENT}' to='bob@localhost/second'><body>x</body></message>")
+        self.assertEqual(len(first.payloads()), 1)
+        self.assertFalse(second.answered)
+        third = carol.post(f"<presence xmlns='{NS_CLIENT}' type='unavailable'/>")
+        self.assertFalse(second.answered or third.answered)
+        self.alice.post(f"<message xmlns='{NS_CLIENT}' to='bob@localhost/second'><body>y</body></message>")
+        self.assertEqual(str(second.payloads()[0].body), "y")
+        self.assertFalse(third.answered)
+
+    def test_overactivity(self):
+        """More simultaneous requests than 'requests' (a gap never filled) is a policy violation."""
+        rid = self.alice.rid
+        self.alice.post(rid=rid + 1)
+        self.assertTerminated(self.alice.post(rid=rid + 3), "policy-violation")
+
+    def test_terminate_may_be_the_extra_request(self):
+        """A terminate request may exceed 'requests' by one."""
+        rid = self.alice.rid
+        held = self.alice.post(rid=rid + 1)
+        terminate = self.alice.post(rid=rid + 3, attrs={"type": "terminate"})
+        self.assertFalse(terminate.answered)
+        self.alice.post(self.message("last words"), rid=rid + 2)
+        self.assertTrue(held.answered)
+        self.assertTerminated(terminate)
+
+    def test_too_many_requests_per_second(self):
+        """Past the per-session request rate, the session ends with policy-violation."""
+        self.patch(BoshSession, "request_burst", 5)
+        self.patch(BoshSession, "request_rate_per_second", 1.0)
+        session = self.service.sessions[self.alice.sid]
+        session._request_tokens = 5
+        for _ in range(5):
+            self.alice.post(self.message("x"))
+            self.assertIn(self.alice.sid, self.service.sessions)
+        self.assertTerminated(self.alice.post(self.message("x")), "policy-violation")
+
+    def test_too_frequent_empty_requests(self):
+        """An empty request while 'requests' empty ones are unanswered, within 'polling' seconds."""
+        self.alice.post()
+        self.clock.advance(0.5)
+        self.assertTerminated(self.alice.post(), "policy-violation")
+
+    def test_lost_connection_keeps_the_stanzas(self):
+        """Stanzas never go to a held request whose connection closed: the next request gets them."""
+        held = self.alice.post()
+        held.drop()
+        self.bob.send("<message to='alice@localhost/web'><body>kept</body></message>")
+        self.assertFalse(held.answered)
+        later = self.alice.post()
+        self.assertEqual(str(later.payloads()[0].body), "kept")
+
+    def test_lost_without_notice(self):
+        """A responder found lost only when answering does not take the stanzas either."""
+        held = self.alice.post()
+        held.lost = True
+        self.bob.send("<message to='alice@localhost/web'><body>kept</body></message>")
+        self.assertFalse(held.answered)
+        self.assertEqual(str(self.alice.post().payloads()[0].body), "kept")
+
+    def test_secure_session_stays_secure(self):
+        """A session begun over HTTPS refuses a request over plain HTTP (403) and carries on."""
+        client = self.client(rid=7000)
+        client.create(secure=True)
+        self.assertEqual(client.post(rid=7001).status, 403)
+        held = client.post(rid=7001, secure=True)
+        self.assertFalse(held.answered)
+        self.assertIn(client.sid, self.service.sessions)
+
+
+class TimingTests(BoshTestCase):
+    def test_inactivity_ends_the_session(self):
+        """No request for 'inactivity' seconds: the session ends and the contact sees unavailable presence."""
+        bob = self.tcp_friend()
+        alice = self.client()
+        alice.login("alice@localhost/web")
+        alice.post(f"<presence xmlns='{NS_CLIENT}'/>")
+        available = of_kind(bob.received(), "presence")
+        self.assertEqual([p["from"] for p in available if p.getAttribute("type") is None],
+                         ["alice@localhost/web"])
+        held = alice.post()
+        self.clock.advance(60)
+        self.assertEqual(held.payloads(), [])
+        self.clock.advance(59)
+        self.assertEqual(of_kind(bob.received(), "presence", "unavailable"), [])
+        self.clock.advance(1)
+        gone = of_kind(bob.received(), "presence", "unavailable")
+        self.assertEqual([p["from"] for p in gone], ["alice@localhost/web"])
+        self.assertEqual(self.service.sessions, {})
+        self.assertIsNone(self.harness.server.sessions.get("alice@localhost/web"))
+        self.assertTerminated(alice.post(), "item-not-found")
+
+    def test_pause(self):
+        """A pause answers every held request at once, without payloads, and stretches inactivity."""
+        alice = self.client()
+        alice.login("alice@localhost/web")
+        bob = self.harness.login("bob@localhost/tcp")
+        held = alice.post()
+        pause = alice.post(attrs={"pause": "500"})
+        self.assertEqual(held.payloads(), [])
+        self.assertEqual(pause.payloads(), [])
+        bob.send("<message to='alice@localhost/web'><body>during the pause</body></message>")
+        self.clock.advance(119)
+        self.assertIn(alice.sid, self.service.sessions)
+        back = alice.post()
+        self.assertEqual(str(back.payloads()[0].body), "during the pause")
+        # back to the normal inactivity after the pause
+        self.clock.advance(60)  # wait
+        self.clock.advance(60)  # inactivity
+        self.assertEqual(self.service.sessions, {})
+
+    def test_pause_expires(self):
+        """A paused client that does not come back within the pause is gone."""
+        alice = self.client()
+        alice.login("alice@localhost/web")
+        alice.post(attrs={"pause": "90"})
+        self.clock.advance(89)
+        self.assertIn(alice.sid, self.service.sessions)
+        self.clock.advance(1)
+        self.assertEqual(self.service.sessions, {})
+
+    def test_terminate(self):
+        """The payloads of a terminate request are processed, then the stream ends."""
+        bob = self.tcp_friend()
+        alice = self.client()
+        alice.login("alice@localhost/web")
+        alice.post(f"<presence xmlns='{NS_CLIENT}'/>")
+        bob.received()
+        responder = alice.post(f"<message xmlns='{NS_CLIENT}' to='bob@localhost/tcp'><body>bye</body></message>",
+                               attrs={"type": "terminate"})
+        self.assertTerminated(responder)
+        received = bob.received()
+        self.assertEqual([(e.name, e.getAttribute("type")) for e in received],
+                         [("message", None), ("presence", "unavailable")])
+        self.assertEqual(self.service.sessions, {})
+        self.assertIsNone(self.harness.server.sessions.get("alice@localhost/web"))
+
+    def test_polling_session(self):
+        """wait=0 is a polling session: answers at once; empty polls closer than 'polling' are refused."""
+        alice = self.client()
+        body = alice.create(wait="0").body()
+        self.assertEqual(body["hold"], "0")
+        self.assertEqual(body["inactivity"], "62")
+        alice.received()
+        self.clock.advance(2)
+        self.assertTrue(alice.post().answered)
+        self.clock.advance(3)
+        self.assertTrue(alice.post().answered)
+        self.clock.advance(1)
+        self.assertTerminated(alice.post(), "policy-violation")
+
+
+class LimitTests(BoshTestCase):
+    c2s = {"rate_limit_bytes_per_second": 1000, "rate_limit_burst_bytes": 2000}
+
+    def test_byte_rate_delays_requests(self):
+        """Past the c2s byte rate, requests wait (like a TCP read pause) and are then processed."""
+        alice = self.client()
+        alice.login("alice@localhost/web")
+        bob = self.harness.login("bob@localhost/tcp")
+        big = "x" * 3000
+        alice.post(f"<message xmlns='{NS_CLIENT}' to='bob@localhost/tcp'><body>{big}</body></message>")
+        self.assertEqual(len(of_kind(bob.received(), "message")), 1)
+        alice.post(f"<message xmlns='{NS_CLIENT}' to='bob@localhost/tcp'><body>small</body></message>")
+        self.assertEqual(of_kind(bob.received(), "message"), [])
+        self.clock.advance(5)
+        self.assertEqual([str(m.body) for m in of_kind(bob.received(), "message")], ["small"])
+
+    def test_undelivered_data_is_bounded(self):
+        """A client that never collects its data is ended once max_buffered_bytes is queued."""
+        self.service = BoshService(self.harness.server, dataclasses.replace(
+            self.harness.config.http, max_buffered_bytes=4096))
+        alice = self.client()
+        alice.login("alice@localhost/web")
+        bob = self.harness.login("bob@localhost/tcp")
+        for _ in range(10):
+            bob.send(f"<message to='alice@localhost/web'><body>{'y' * 500}</body></message>")
+        self.assertIsNone(self.harness.server.sessions.get("alice@localhost/web"))
+        responder = alice.post()
+        self.assertTerminated(responder, "remote-stream-error")
+        self.assertEqual(next(responder.payloads()[-1].elements()).name, "resource-constraint")
+
+
+class KeyTests(BoshTestCase):
+    def keyed_client(self):
+        keys = key_sequence("seed", 5)
+        alice = self.client()
+        alice.create(newkey=keys[-1])
+        alice.key_chain = keys[:-1]
+        return alice, keys
+
+    def poll(self, client, attrs=None):
+        """An empty request a little later (empty requests closer than 'polling' are refused)."""
+        self.clock.advance(3)
+        return client.post(attrs=attrs)
+
+    def test_key_sequence(self):
+        """Each request's key hashes to the key before it; a wrong key ends the session (item-not-found)."""
+        alice, keys = self.keyed_client()
+        first = self.poll(alice)
+        self.poll(alice)
+        self.assertEqual(first.payloads(), [])
+        self.assertIsNone(first.body().getAttribute("type"))
+        alice.key_chain = ["0" * 40]
+        self.assertTerminated(self.poll(alice), "item-not-found")
+        self.assertEqual(self.service.sessions, {})
+
+    def test_missing_key(self):
+        """A session that began with newkey refuses a request without a key."""
+        alice, _ = self.keyed_client()
+        alice.key_chain = None
+        self.assertTerminated(self.poll(alice), "item-not-found")
+
+    def test_switching_key_sequences(self):
+        """At the end of a sequence the client sends K(1) with the newkey of a new sequence."""
+        alice, keys = self.keyed_client()
+        fresh = key_sequence("other seed", 3)
+        for _ in range(3):
+            self.poll(alice)
+        self.assertEqual(alice.key_chain, [keys[0]])
+        switch = self.poll(alice, attrs={"newkey": fresh[-1]})
+        alice.key_chain = fresh[:-1]
+        self.poll(alice)
+        self.assertIsNone(switch.body().getAttribute("type"), switch.data)
+        self.assertIn(alice.sid, self.service.sessions)
+
+
+class ParsingTests(BoshTestCase):
+    def test_restricted_xml(self):
+        """Comments, DTDs and entities are refused with bad-request, and end the session they name."""
+        alice = self.client()
+        alice.login("alice@localhost/web")
+        rid = alice.rid + 1
+        comment = f"<body xmlns='{NS_HTTPBIND}' sid='{alice.sid}' rid='{rid}'><!-- hi --></body>"
+        self.assertTerminated(alice.post(raw=comment), "bad-request")
+        self.assertEqual(self.service.sessions, {})
+        self.assertIsNone(self.harness.server.sessions.get("alice@localhost/web"))
+        for text in ("<!DOCTYPE body [<!ENTITY a 'aaaa'>]><body xmlns='http://jabber.org/protocol/httpbind'/>",
+                     f"<body xmlns='{NS_HTTPBIND}' rid='1' to='localhost'>&a;</body>",
+                     f"<body xmlns='{NS_HTTPBIND}' rid='1' to='localhost'><?pi x?></body>",
+                     "<message xmlns='jabber:client'/>",
+                     f"<body xmlns='{NS_HTTPBIND}' rid='1' to='localhost'>text</body>",
+                     f"<body xmlns='{NS_HTTPBIND}' rid='1'",
+                     ""):
+            responder = FakeResponder()
+            self.service.handle(FakeRequest(text), responder)
+            self.assertTerminated(responder, "bad-request")
+
+    def test_unreadable_request_with_a_wrong_rid_leaves_the_session(self):
+        """A malformed request whose rid is not the session's next one is refused, the session stays."""
+        alice = self.client()
+        alice.create()
+        comment = f"<body xmlns='{NS_HTTPBIND}' sid='{alice.sid}' rid='1'><!-- hi --></body>"
+        self.assertTerminated(alice.post(raw=comment), "bad-request")
+        self.assertIn(alice.sid, self.service.sessions)
+
+    def test_xml_declaration_is_allowed(self):
+        """A body preceded by an XML declaration is read."""
+        body = parse_request(b"<?xml version='1.0' encoding='utf-8'?>"
+                             b"<body xmlns='http://jabber.org/protocol/httpbind' rid='3'/>", 1024)
+        self.assertEqual(body["rid"], "3")
+
+    def test_size_limit(self):
+        """A body larger than max_request_bytes is refused."""
+        with self.assertRaises(BoshError) as caught:
+            parse_request(b"<body xmlns='http://jabber.org/protocol/httpbind'>" + b" " * 2048 + b"</body>", 1024)
+        self.assertEqual(caught.exception.condition, "policy-violation")
+
+    def test_legacy_client_gets_http_status(self):
+        """A client that sent no 'ver' gets the HTTP status of a terminal condition (404 here)."""
+        alice = self.client()
+        alice.create(ver=None)
+        responder = alice.post(rid=alice.rid + 20)
+        self.assertEqual(responder.status, 404)
+        self.assertTerminated(responder, "item-not-found")
+
+    def test_shutdown(self):
+        """Stopping the service ends every session with system-shutdown."""
+        alice = self.client()
+        alice.login("alice@localhost/web")
+        held = alice.post()
+        self.service.stop()
+        self.assertTerminated(held, "system-shutdown")
+        self.assertEqual(self.service.sessions, {})

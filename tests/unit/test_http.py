@@ -1,0 +1,474 @@
+"""The HTTP listener over an in-memory transport: keep-alive, ordering, limits, CORS, the web page."""
+
+import os
+import shutil
+import tempfile
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from bridge import config as configuration
+from bridge.gateways.http import HTTPFactory
+from tests.unit.helpers import Harness
+
+LISTENER = IPv4Address("TCP", "127.0.0.1", 5280)
+
+
+def http_config(hosts=None, **http):
+    """A test configuration: SASL without TLS on c2s, the given [http] options."""
+    document = {"c2s": {"require_encryption": False}, "http": http, "hosts": hosts or {"localhost": {}}}
+    return configuration.parse(document, "test.toml")
+
+
+class StubBosh:
+    """Records what the HTTP layer hands to BOSH; a test answers when it likes."""
+
+    def __init__(self, answer_now=False):
+        self.answer_now = answer_now
+        self.calls = []
+
+    def handle(self, request, responder):
+        self.calls.append((request, responder))
+        if self.answer_now:
+            responder.respond(200, [("Content-Type", "text/xml; charset=utf-8")], b"<body/>" + request.body)
+
+
+def parse_responses(data):
+    """[(status, {lowercase header: value}, body)] of the complete responses in ``data``."""
+    responses = []
+    while data:
+        head, separator, rest = data.partition(b"\r\n\r\n")
+        if not separator:
+            raise AssertionError(f"incomplete response head: {data!r}")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ")[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0"))
+        responses.append((status, headers, rest[:length]))
+        data = rest[length:]
+    return responses
+
+
+class HTTPClient:
+    """One connection to an HTTPFactory over a StringTransport."""
+
+    def __init__(self, factory, address="127.0.0.1", port=40000):
+        peer = IPv4Address("TCP", address, port)
+        self.channel = factory.buildProtocol(peer)
+        self.transport = StringTransport(hostAddress=LISTENER, peerAddress=peer)
+        self.channel.makeConnection(self.transport)
+
+    def send(self, data):
+        self.channel.dataReceived(data.encode("latin-1") if isinstance(data, str) else data)
+
+    def request(self, method, path, body=b"", headers=(), host="localhost:5280"):
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {host}"]
+        lines += [f"{name}: {value}" for name, value in headers]
+        if body or method == "POST":
+            lines.append(f"Content-Length: {len(body)}")
+        self.send(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+
+    def responses(self):
+        data = self.transport.value()
+        self.transport.clear()
+        return parse_responses(data)
+
+    def drop(self):
+        self.channel.connectionLost(None)
+
+
+class HTTPTestCase(SynchronousTestCase):
+    def make(self, bosh=None, tls=False, **http):
+        self.harness = Harness(http_config(**http))
+        self.bosh = bosh if bosh is not None else StubBosh()
+        self.factory = HTTPFactory(self.harness.server, self.harness.config.http, self.bosh, tls)
+        return self.factory
+
+    def connect(self, **options):
+        return HTTPClient(self.factory, **options)
+
+
+class KeepAliveTests(HTTPTestCase):
+    def test_sequential_requests_on_one_connection(self):
+        """Two requests one after the other are both answered and the connection stays open."""
+        self.make(bosh=StubBosh(answer_now=True))
+        client = self.connect()
+        client.request("POST", "/http-bind", b"<body rid='1'/>")
+        [(status, headers, body)] = client.responses()
+        self.assertEqual((status, body), (200, b"<body/><body rid='1'/>"))
+        self.assertEqual(headers["content-length"], str(len(body)))
+        self.assertIn("date", headers)
+        client.request("POST", "/http-bind", b"<body rid='2'/>")
+        [(status, _, body)] = client.responses()
+        self.assertEqual((status, body), (200, b"<body/><body rid='2'/>"))
+        self.assertFalse(client.transport.disconnecting)
+
+    def test_request_attributes(self):
+        """The BOSH handler gets method, path, query, lowercase headers, body, peer and security."""
+        self.make()
+        client = self.connect(port=41234)
+        client.request("POST", "/http-bind?x=1", b"<body/>", headers=[("Content-Type", "text/xml"),
+                                                                      ("X-Twice", "a"), ("X-Twice", "b")])
+        [(request, responder)] = self.bosh.calls
+        self.assertEqual((request.method, request.path, request.query), ("POST", "/http-bind", "x=1"))
+        self.assertEqual(request.headers["content-type"], "text/xml")
+        self.assertEqual(request.headers["x-twice"], "a, b")
+        self.assertEqual((request.body, request.peer, request.secure), (b"<body/>", "127.0.0.1:41234", False))
+        self.assertIs(request.transport, client.transport)
+        self.assertFalse(responder.lost)
+
+    def test_pipelined_answers_in_request_order(self):
+        """A held first request does not stop the second from being dispatched, and its answer
+        still goes out first: answers follow request order whatever the handler's order."""
+        self.make()
+        client = self.connect()
+        client.request("POST", "/http-bind", b"<body rid='1'/>")
+        client.request("POST", "/http-bind", b"<body rid='2'/>")
+        self.assertEqual(len(self.bosh.calls), 2)
+        (_, first), (_, second) = self.bosh.calls
+        second.respond(200, [], b"second")
+        self.assertEqual(client.responses(), [])
+        self.harness.clock.advance(30)
+        first.respond(200, [], b"first")
+        self.assertEqual([body for _, _, body in client.responses()], [b"first", b"second"])
+        self.assertFalse(client.transport.disconnecting)
+
+    def test_both_requests_in_one_packet(self):
+        """Two requests arriving in one read are parsed and dispatched in order."""
+        self.make(bosh=StubBosh(answer_now=True))
+        client = self.connect()
+        one = b"POST /http-bind HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\none"
+        two = b"POST /http-bind HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\ntwo"
+        client.send(one + two)
+        self.assertEqual([body for _, _, body in client.responses()], [b"<body/>one", b"<body/>two"])
+
+    def test_pipelining_is_bounded(self):
+        """Past 16 requests awaiting their answers, reading pauses; an answer resumes it."""
+        self.make()
+        client = self.connect()
+        for rid in range(20):
+            client.request("POST", "/http-bind", f"<body rid='{rid}'/>".encode())
+        self.assertEqual(len(self.bosh.calls), 16)
+        self.assertEqual(client.transport.producerState, "paused")
+        self.bosh.calls[0][1].respond(200, [], b"first")
+        self.assertEqual(len(self.bosh.calls), 17)
+        self.assertEqual(self.bosh.calls[16][0].body, b"<body rid='16'/>")
+        for index in range(1, 20):
+            self.bosh.calls[index][1].respond(200, [], b"")
+        self.assertEqual(len(self.bosh.calls), 20)
+        self.assertEqual(client.transport.producerState, "producing")
+        self.assertEqual(len(client.responses()), 20)
+
+    def test_connection_close_is_honoured(self):
+        """A request with Connection: close gets its answer with Connection: close, then the close."""
+        self.make(bosh=StubBosh(answer_now=True))
+        client = self.connect()
+        client.request("POST", "/http-bind", b"x", headers=[("Connection", "close")])
+        [(status, headers, _)] = client.responses()
+        self.assertEqual((status, headers["connection"]), (200, "close"))
+        self.assertTrue(client.transport.disconnecting)
+
+    def test_lost_connection_tells_the_handler(self):
+        """on_lost callbacks run when the connection goes before the answer; answering then writes nothing."""
+        self.make()
+        client = self.connect()
+        client.request("POST", "/http-bind", b"<body/>")
+        [(_, responder)] = self.bosh.calls
+        lost = []
+        responder.on_lost(lambda: lost.append(True))
+        client.drop()
+        self.assertEqual(lost, [True])
+        self.assertTrue(responder.lost)
+        responder.respond(200, [], b"late")
+        self.assertEqual(client.transport.value(), b"")
+
+    def test_respond_twice_is_an_error(self):
+        """A handler that answers twice is told so."""
+        self.make(bosh=StubBosh(answer_now=True))
+        client = self.connect()
+        client.request("POST", "/http-bind", b"")
+        [(_, responder)] = self.bosh.calls
+        self.assertRaises(RuntimeError, responder.respond, 200, [], b"")
+
+    def test_handler_failure_is_a_500(self):
+        """An exception in the handler is logged and answered 500; the connection goes on."""
+        class Broken:
+            def handle(self, request, responder):
+                raise ValueError("boom")
+
+        self.make(bosh=Broken())
+        client = self.connect()
+        client.request("POST", "/http-bind", b"")
+        [(status, _, _)] = client.responses()
+        self.assertEqual(status, 500)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        self.assertFalse(client.transport.disconnecting)
+
+    def test_malformed_request(self):
+        """Something that is not HTTP gets 400 and the connection is closed."""
+        self.make()
+        client = self.connect()
+        client.send(b"HELLO THERE\r\n\r\n")
+        [(status, headers, _)] = client.responses()
+        self.assertEqual((status, headers["connection"]), (400, "close"))
+        self.assertTrue(client.transport.disconnecting)
+
+
+class LimitTests(HTTPTestCase):
+    def test_oversize_body_by_content_length(self):
+        """A declared body over max_request_bytes is refused with 413 before it is read."""
+        self.make(max_request_bytes=2048)
+        client = self.connect()
+        client.send("POST /http-bind HTTP/1.1\r\nHost: h\r\nContent-Length: 4000\r\n\r\n")
+        [(status, headers, _)] = client.responses()
+        self.assertEqual((status, headers["connection"]), (413, "close"))
+        self.assertTrue(client.transport.disconnecting)
+        self.assertEqual(self.bosh.calls, [])
+
+    def test_oversize_chunked_body(self):
+        """A chunked body growing past max_request_bytes is refused with 413 too."""
+        self.make(max_request_bytes=2048)
+        client = self.connect()
+        client.send("POST /http-bind HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
+        client.send(b"800\r\n" + b"x" * 2048 + b"\r\n")
+        self.assertEqual(client.responses(), [])
+        client.send(b"10\r\n" + b"y" * 16 + b"\r\n")
+        [(status, _, _)] = client.responses()
+        self.assertEqual(status, 413)
+        self.assertTrue(client.transport.disconnecting)
+        self.assertEqual(self.bosh.calls, [])
+
+    def test_slow_loris(self):
+        """A client that has not finished its request head in header_timeout_seconds is closed."""
+        self.make(header_timeout_seconds=10)
+        client = self.connect()
+        client.send("POST /http-bind HTTP/1.1\r\nHost: h\r\n")
+        for _ in range(9):
+            self.harness.clock.advance(1)
+            client.send("X-Slow: 1\r\n")
+        self.assertFalse(client.transport.disconnecting)
+        self.harness.clock.advance(1.5)
+        self.assertTrue(client.transport.disconnecting)
+        self.assertEqual(self.bosh.calls, [])
+
+    def test_idle_keep_alive_connection_is_closed(self):
+        """After its answer, a connection that sends nothing more is closed after the same timeout."""
+        self.make(bosh=StubBosh(answer_now=True), header_timeout_seconds=10)
+        client = self.connect()
+        client.request("POST", "/http-bind", b"")
+        self.harness.clock.advance(9)
+        self.assertFalse(client.transport.disconnecting)
+        self.harness.clock.advance(2)
+        self.assertTrue(client.transport.disconnecting)
+
+    def test_held_request_is_not_timed_out(self):
+        """While an answer is pending (a held BOSH request) the request timer does not run."""
+        self.make(header_timeout_seconds=10)
+        client = self.connect()
+        client.request("POST", "/http-bind", b"")
+        self.harness.clock.advance(60)
+        self.assertFalse(client.transport.disconnecting)
+        self.bosh.calls[0][1].respond(200, [], b"")
+        self.assertEqual(len(client.responses()), 1)
+
+    def test_connections_per_address(self):
+        """Past c2s's max_connections_per_address, a connection gets 503 and is closed."""
+        self.harness = Harness(configuration.parse({"c2s": {"max_connections_per_address": 2}}, "t.toml"))
+        self.factory = HTTPFactory(self.harness.server, self.harness.config.http, StubBosh(), False)
+        first, second, third = self.connect(), self.connect(), self.connect()
+        self.assertFalse(first.transport.disconnecting or second.transport.disconnecting)
+        [(status, _, _)] = third.responses()
+        self.assertEqual(status, 503)
+        self.assertTrue(third.transport.disconnecting)
+        third.drop()
+        first.drop()
+        self.assertFalse(self.connect().transport.disconnecting)
+
+
+ORIGIN = "https://chat.example"
+
+
+class CORSTests(HTTPTestCase):
+    def preflight(self, client, origin, path="/http-bind"):
+        client.request("OPTIONS", path, headers=[("Origin", origin), ("Access-Control-Request-Method", "POST"),
+                                                 ("Access-Control-Request-Headers", "content-type")])
+        [(status, headers, _)] = client.responses()
+        return status, headers
+
+    def test_preflight_allowed_origin(self):
+        """A preflight from an allowed origin is answered with the methods, headers and origin."""
+        self.make(allowed_origins=[ORIGIN], cors_allowed_headers=["Content-Type"])
+        client = self.connect()
+        status, headers = self.preflight(client, ORIGIN)
+        self.assertEqual(status, 204)
+        self.assertEqual(headers["access-control-allow-origin"], ORIGIN)
+        self.assertIn("POST", headers["access-control-allow-methods"])
+        self.assertEqual(headers["access-control-allow-headers"], "Content-Type")
+        self.assertNotIn("access-control-allow-credentials", headers)
+        self.assertEqual(self.bosh.calls, [])
+
+    def test_preflight_on_the_websocket_path(self):
+        """The WebSocket path answers preflights too."""
+        self.make(allowed_origins=[ORIGIN])
+        status, headers = self.preflight(self.connect(), ORIGIN, "/xmpp-websocket")
+        self.assertEqual((status, headers["access-control-allow-origin"]), (204, ORIGIN))
+
+    def test_preflight_denied_origin(self):
+        """A preflight from an origin not listed gets 403 and no CORS headers."""
+        self.make(allowed_origins=[ORIGIN])
+        status, headers = self.preflight(self.connect(), "https://evil.example")
+        self.assertEqual(status, 403)
+        self.assertNotIn("access-control-allow-origin", headers)
+
+    def test_request_from_allowed_origin(self):
+        """An allowed origin's request reaches BOSH; its answer carries the CORS headers (credentials too)."""
+        self.make(bosh=StubBosh(answer_now=True), allowed_origins=[ORIGIN], cors_allow_credentials=True)
+        client = self.connect()
+        client.request("POST", "/http-bind", b"<body/>", headers=[("Origin", ORIGIN)])
+        [(status, headers, _)] = client.responses()
+        self.assertEqual(status, 200)
+        self.assertEqual(headers["access-control-allow-origin"], ORIGIN)
+        self.assertEqual(headers["access-control-allow-credentials"], "true")
+
+    def test_request_from_denied_origin(self):
+        """A browser request from an origin not listed is refused with 403 and never reaches BOSH."""
+        self.make(allowed_origins=[ORIGIN])
+        client = self.connect()
+        client.request("POST", "/http-bind", b"<body/>", headers=[("Origin", "https://evil.example")])
+        [(status, headers, _)] = client.responses()
+        self.assertEqual(status, 403)
+        self.assertNotIn("access-control-allow-origin", headers)
+        self.assertEqual(self.bosh.calls, [])
+
+    def test_empty_list_is_same_origin_only(self):
+        """With no allowed origins the page's own origin works, without any CORS header, and others are refused."""
+        self.make(bosh=StubBosh(answer_now=True))
+        client = self.connect()
+        client.request("POST", "/http-bind", b"", headers=[("Origin", "http://localhost:5280")])
+        [(status, headers, _)] = client.responses()
+        self.assertEqual(status, 200)
+        self.assertFalse([name for name in headers if name.startswith("access-control")])
+        client.request("POST", "/http-bind", b"", headers=[("Origin", ORIGIN)])
+        [(status, _, _)] = client.responses()
+        self.assertEqual(status, 403)
+
+    def test_wildcard(self):
+        """'*' allows any origin, answered with Access-Control-Allow-Origin: *."""
+        self.make(bosh=StubBosh(answer_now=True), allowed_origins=["*"])
+        client = self.connect()
+        client.request("POST", "/http-bind", b"", headers=[("Origin", "https://anywhere.example")])
+        [(status, headers, _)] = client.responses()
+        self.assertEqual((status, headers["access-control-allow-origin"]), (200, "*"))
+
+    def test_no_origin_no_cors_headers(self):
+        """A request without Origin (not a browser) gets no CORS headers."""
+        self.make(bosh=StubBosh(answer_now=True), allowed_origins=["*"])
+        client = self.connect()
+        client.request("POST", "/http-bind", b"")
+        [(status, headers, _)] = client.responses()
+        self.assertEqual(status, 200)
+        self.assertNotIn("access-control-allow-origin", headers)
+
+
+class WebClientTests(HTTPTestCase):
+    def install(self):
+        """A fake Converse.js dist folder; its path."""
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
+        dist = os.path.join(folder, "node_modules", "converse.js", "dist")
+        os.makedirs(os.path.join(dist, "webfonts"))
+        for name, content in (("converse.min.js", b"export default {};"), ("converse.min.css", b"body{}"),
+                              ("webfonts/icons.woff2", b"\0font")):
+            with open(os.path.join(dist, name), "wb") as handle:
+                handle.write(content)
+        with open(os.path.join(folder, "secret.txt"), "wb") as handle:
+            handle.write(b"do not serve")
+        return dist
+
+    def get(self, path, host="chat.example:5280", headers=()):
+        client = self.connect()
+        client.request("GET", path, host=host, headers=headers)
+        [response] = client.responses()
+        return response
+
+    def test_page_without_converse(self):
+        """With the folder missing, the page gives the npm command that installs Converse.js."""
+        self.make(web_client_dir="/nonexistent/web/node_modules/converse.js/dist")
+        status, headers, body = self.get("/")
+        self.assertEqual(status, 200)
+        self.assertTrue(headers["content-type"].startswith("text/html"))
+        self.assertIn(b"npm install --prefix /nonexistent/web --no-audit --no-fund converse.js@14", body)
+
+    def test_page_with_converse(self):
+        """The page loads Converse.js and points it at this listener, found from the Host header."""
+        self.make(web_client_dir=self.install(), hosts={"example.org": {}, "localhost": {}})
+        status, _, body = self.get("/", host="chat.example:5280")
+        self.assertEqual(status, 200)
+        self.assertIn(b'src="/converse/converse.min.js"', body)
+        self.assertIn(b'"websocket_url": "ws://chat.example:5280/xmpp-websocket"', body)
+        self.assertIn(b'"bosh_service_url": "http://chat.example:5280/http-bind"', body)
+        self.assertIn(b'"view_mode": "fullscreen"', body)
+        self.assertIn(b'"default_domain": "example.org"', body)
+
+    def test_page_on_tls_listener(self):
+        """Over TLS the page uses https and wss."""
+        self.make(tls=True, web_client_dir=self.install())
+        _, _, body = self.get("/", host="chat.example")
+        self.assertIn(b'"websocket_url": "wss://chat.example/xmpp-websocket"', body)
+
+    def test_hostile_host_header(self):
+        """A Host header that is not a host name is not written into the page."""
+        self.make(web_client_dir=self.install())
+        _, _, body = self.get("/", host="x</script><script>alert(1)")
+        self.assertNotIn(b"alert", body)
+        self.assertIn(b'"websocket_url": "ws://127.0.0.1:5280/xmpp-websocket"', body)
+
+    def test_static_files(self):
+        """Converse.js's files are served under /converse/ with their content types."""
+        self.make(web_client_dir=self.install())
+        status, headers, body = self.get("/converse/converse.min.js")
+        self.assertEqual((status, body), (200, b"export default {};"))
+        self.assertEqual(headers["content-type"], "text/javascript; charset=utf-8")
+        self.assertEqual(headers["x-content-type-options"], "nosniff")
+        self.assertEqual(self.get("/converse/converse.min.css")[1]["content-type"], "text/css; charset=utf-8")
+        self.assertEqual(self.get("/converse/webfonts/icons.woff2")[1]["content-type"], "font/woff2")
+
+    def test_revalidation(self):
+        """A file asked again with its ETag is answered 304 without a body."""
+        self.make(web_client_dir=self.install())
+        _, headers, _ = self.get("/converse/converse.min.js")
+        status, _, body = self.get("/converse/converse.min.js", headers=[("If-None-Match", headers["etag"])])
+        self.assertEqual((status, body), (304, b""))
+
+    def test_no_directory_traversal(self):
+        """Nothing outside the folder is reachable, encoded or not; folders are not listed."""
+        self.make(web_client_dir=self.install())
+        for path in ("/converse/../../../secret.txt", "/converse/%2e%2e/%2e%2e/%2e%2e/secret.txt",
+                     "/converse/..%2f..%2f..%2fsecret.txt", "/converse/webfonts", "/converse/",
+                     "/converse//etc/passwd", "/converse/%00", "/secret.txt"):
+            status, _, body = self.get(path)
+            self.assertEqual(status, 404, path)
+            self.assertNotIn(b"do not serve", body)
+
+    def test_head_and_methods(self):
+        """HEAD gets the headers without the body; other methods get 405."""
+        self.make(web_client_dir=self.install())
+        client = self.connect()
+        client.request("HEAD", "/converse/converse.min.js")
+        data = client.transport.value()
+        self.assertIn(b"Content-Length: 18\r\n", data)
+        self.assertTrue(data.endswith(b"\r\n\r\n"))
+        client.transport.clear()
+        client.request("DELETE", "/")
+        [(status, _, _)] = client.responses()
+        self.assertEqual(status, 405)
+
+    def test_websocket_path_without_upgrade(self):
+        """A plain GET on the WebSocket path is told to upgrade (426)."""
+        self.make()
+        status, headers, _ = self.get("/xmpp-websocket")
+        self.assertEqual((status, headers["upgrade"]), (426, "websocket"))
