@@ -12,7 +12,7 @@ import pytest
 from .harness import ServerProcess, add_users, write_config
 
 USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "kim",
-         "mallory", "niaj", "olivia", "pat", "quinn", "sam", "sue", "trent", "uma", "victor", "walter")
+         "mallory", "niaj", "olivia", "pat", "quinn", "sam", "sue", "trent", "uma", "victor", "walter", "xavier", "yvonne")
 
 RUNNING = []
 

@@ -118,7 +118,9 @@ class ServerProcess:
         self._reader = threading.Thread(target=self._drain, daemon=True)
         self._reader.start()
         ports = self.ports = {}
-        self.wait_for_line(lambda line: self._listening(line, ports) and set(wait_for) <= set(ports),
+        # Every listener logs its port before the line saying the server is serving.
+        self.wait_for_line(lambda line: (self._listening(line, ports) or True) and "] bridge " in line
+                           and " serving " in line and set(wait_for) <= set(ports),
                            timeout, what="'listening' lines for " + ", ".join(wait_for))
         self.port, self.tls_port = ports.get("c2s"), ports.get("c2s-direct-tls")
         return self
