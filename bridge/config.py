@@ -120,6 +120,7 @@ class HTTPConfig:
     bosh_polling_seconds: float = _option(2.0, low=0, high=60)
     websocket_ping_interval_seconds: float = _option(60.0, low=0, high=3600)
     websocket_max_message_bytes: int = _option(262144, low=1024, high=64 * 1024 * 1024)
+    websocket_see_other_uri: str = _option("")
     max_buffered_bytes: int = _option(1048576, low=1024)
     web_client_dir: str = _option("web/node_modules/converse.js/dist", path=True)
 

@@ -210,6 +210,10 @@ class WebSocketStream:
                 self.stream.stream_error("policy-violation", "<open/> only starts or restarts a stream")
                 return
             self._expect_open = False
+            if self.config.websocket_see_other_uri:
+                # RFC 7395 section 3.6.1: this listener sends its clients elsewhere.
+                self.close(see_other_uri=self.config.websocket_see_other_uri)
+                return
             self.stream.stream_opened(element)
         elif element.uri == NS_FRAMING and element.name == "close":
             self.stream.stream_closed()
@@ -241,11 +245,14 @@ class WebSocketStream:
             text = element.toXml()
         self._send_text(text)
 
-    def close(self):
+    def close(self, see_other_uri=None):
         """<close/>, then the WebSocket close handshake (bounded in time)."""
         if self.closing or self.gone:
             return
-        self._send_text(f"<close xmlns='{NS_FRAMING}'/>")
+        if see_other_uri:
+            self._send_text(f"<close xmlns='{NS_FRAMING}' see-other-uri='{domish.escapeToXml(see_other_uri, True)}'/>")
+        else:
+            self._send_text(f"<close xmlns='{NS_FRAMING}'/>")
         self.closing = True
         if self.connection.state is ConnectionState.OPEN:
             self._write(self.connection.send(CloseConnection(code=self._close_code)))

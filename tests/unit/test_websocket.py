@@ -206,6 +206,17 @@ class StreamTests(WebSocketTestCase):
         self.assertEqual(mechanisms, ["SCRAM-SHA-256", "SCRAM-SHA-1"])
         self.assertIsNone(features.starttls)
 
+    def test_see_other_uri(self):
+        """With websocket_see_other_uri set, <open/> is answered <close see-other-uri/> and the socket closed."""
+        self.make(websocket_see_other_uri="wss://other.example/xmpp-websocket")
+        client = self.connect()
+        client.send_text(OPEN)
+        (closed,) = client.received()
+        self.assertEqual((closed.uri, closed.name), (NS_FRAMING, "close"))
+        self.assertEqual(closed["see-other-uri"], "wss://other.example/xmpp-websocket")
+        self.assertIsNotNone(client.close_code)
+        self.assertEqual(len(self.harness.server.sessions), 0)
+
     def test_plain_only_when_secure(self):
         """On the TLS listener the stream is secure and PLAIN is offered, even with require_encryption."""
         self.make(tls=True, c2s={"require_encryption": True})
