@@ -155,6 +155,7 @@ class HostConfig:
 
     aliases: list = _option([])
     registration: bool = _option(False)
+    offline_notification: str = _option("none", choices=("none", "sms", "email", "both"))
 
 
 @dataclass(frozen=True)

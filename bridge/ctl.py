@@ -12,6 +12,7 @@ from twisted.words.protocols.jabber.jid import InvalidFormat, JID
 
 from bridge import config as configuration
 from bridge.core.accounts import Accounts, AccountError
+from bridge.core.notifications import POLICIES, NotificationPreferences
 from bridge.core.storage import open_storage
 
 
@@ -74,6 +75,9 @@ def run(args, out):
                     print(f"{user}@{host}", file=out)
             return
         host, user = _account(config, args.jid)
+        if args.command == "notify":
+            _notify(storage, config, host, user, args, out)
+            return
         if args.command == "adduser":
             _result(accounts.create(host, user, _password(args)))
         elif args.command == "passwd":
@@ -83,6 +87,22 @@ def run(args, out):
         print(f"{args.command}: {user}@{host}: done", file=out)
     finally:
         storage.close()
+
+
+def _notify(storage, config, host, user, args, out):
+    """Show, then change, a user's offline notification preferences."""
+    preferences = NotificationPreferences(storage, config)
+    changes = {}
+    for key in ("policy", "mobile", "email"):
+        value = getattr(args, key)
+        if value is not None:
+            changes[key] = None if value in ("", "default") else value
+    if changes:
+        _result(preferences.update(host, user, **changes))
+    current = _result(preferences.get(host, user))
+    channels = _result(preferences.channels(host, user))
+    print(f"{user}@{host}: policy {current['policy'] or 'default'} ({', '.join(sorted(channels)) or 'none'}), "
+          f"mobile {_result(preferences.mobile(host, user)) or '-'}, email {current['email'] or '-'}", file=out)
 
 
 def parser():
@@ -96,6 +116,12 @@ def parser():
     commands.add_parser("deluser", help="delete an account and all its data").add_argument("jid")
     commands.add_parser("listusers", help="list accounts").add_argument("host", nargs="?")
     commands.add_parser("check", help="validate the configuration")
+    notify = commands.add_parser("notify", help="show or set how an offline user hears of messages")
+    notify.add_argument("jid")
+    notify.add_argument("--policy", choices=("default", *POLICIES),
+                        help="channels for this user; 'default' follows the host's offline_notification")
+    notify.add_argument("--mobile", help="mobile number in international form (+15551234567); '' clears")
+    notify.add_argument("--email", help="email address; '' clears")
     return top
 
 

@@ -1,0 +1,74 @@
+"""Whether, and where, a user who is away hears of the messages stored for them.
+
+Each host has an ``offline_notification`` policy ("none", "sms", "email",
+"both"); a user's own choice, kept in storage, overrides it, which is how a
+user opts out.  The same document holds the user's mobile number and email
+address; without a stored number, the vCard's TEL marked CELL is used.  The
+SMS and email gateways read this through ``NotificationPreferences`` when the
+``offline/stored`` event fires; ``bridgectl notify`` writes it.
+"""
+
+from twisted.internet import defer
+
+from bridge.core.xmlstream import parse_element
+
+STORE = "notifications"
+VCARD_STORE = "vcard"  # the document of the vCard feature: {"xml": "<vCard .../>", ...}
+NS_VCARD = "vcard-temp"
+POLICIES = {"none": frozenset(), "sms": frozenset({"sms"}), "email": frozenset({"email"}),
+            "both": frozenset({"sms", "email"})}
+
+
+def cell_number(vcard):
+    """The number of the vCard's first TEL marked CELL, or None."""
+    for tel in vcard.elements(NS_VCARD, "TEL"):
+        if any(True for _ in tel.elements(NS_VCARD, "CELL")):
+            for number in tel.elements(NS_VCARD, "NUMBER"):
+                text = str(number).strip()
+                if text:
+                    return text
+    return None
+
+
+class NotificationPreferences:
+    def __init__(self, storage, config):
+        self.storage = storage
+        self.config = config
+
+    @defer.inlineCallbacks
+    def get(self, host, user):
+        """{"policy": None or a POLICIES key, "mobile": str or None, "email": str or None}."""
+        stored = yield self.storage.get(host, user, STORE)
+        return {"policy": None, "mobile": None, "email": None, **(stored or {})}
+
+    @defer.inlineCallbacks
+    def update(self, host, user, **changes):
+        """Change some of policy, mobile, email; a value of None returns to the default."""
+        unknown = set(changes) - {"policy", "mobile", "email"}
+        if unknown or changes.get("policy") not in (None, *POLICIES):
+            raise ValueError(f"unknown preference {sorted(unknown) or changes.get('policy')}")
+        current = yield self.get(host, user)
+        current.update(changes)
+        kept = {key: value for key, value in current.items() if value is not None}
+        yield self.storage.set(host, user, STORE, kept or None)
+
+    @defer.inlineCallbacks
+    def channels(self, host, user):
+        """The channels ("sms", "email") on which ``user`` is told of stored messages."""
+        preferences = yield self.get(host, user)
+        policy = preferences["policy"] or self.config.hosts[host].offline_notification
+        return POLICIES[policy]
+
+    @defer.inlineCallbacks
+    def mobile(self, host, user):
+        """The user's mobile number: the stored one, else the vCard's TEL/CELL."""
+        preferences = yield self.get(host, user)
+        if preferences["mobile"]:
+            return preferences["mobile"]
+        vcard = yield self.storage.get(host, user, VCARD_STORE)
+        return cell_number(parse_element(vcard["xml"])) if vcard else None
+
+    @defer.inlineCallbacks
+    def email(self, host, user):
+        preferences = yield self.get(host, user)
+        return preferences["email"]
