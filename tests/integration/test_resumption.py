@@ -1,9 +1,5 @@
 """Stream management across transports: a session started over TCP is resumed over WebSocket."""
 
-import base64
-import hashlib
-import hmac
-import os
 import socket
 import time
 import xml.etree.ElementTree as ET
@@ -11,7 +7,7 @@ import xml.etree.ElementTree as ET
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 
-from .harness import NS_CLIENT, NS_SASL, TIMEOUT, RawClient
+from .harness import NS_CLIENT, NS_SASL, TIMEOUT, RawClient, scram_login
 
 NS_SM = "urn:xmpp:sm:3"
 NS_FRAMING = "urn:ietf:params:xml:ns:xmpp-framing"
@@ -62,26 +58,6 @@ class WebSocketClient:
         self.sock.close()
 
 
-def scram_sha1(client, user, password):
-    """SCRAM-SHA-1 as a client; the server's final element."""
-    nonce = base64.b64encode(os.urandom(12)).decode()
-    first_bare = f"n={user},r={nonce}"
-    client.send(f"<auth xmlns='{NS_SASL}' mechanism='SCRAM-SHA-1'>"
-                f"{base64.b64encode(('n,,' + first_bare).encode()).decode()}</auth>")
-    challenge = client.next()
-    server_first = base64.b64decode(challenge.text).decode()
-    fields = dict(part.split("=", 1) for part in server_first.split(","))
-    salted = hashlib.pbkdf2_hmac("sha1", password.encode(), base64.b64decode(fields["s"]), int(fields["i"]))
-    client_key = hmac.new(salted, b"Client Key", "sha1").digest()
-    without_proof = f"c=biws,r={fields['r']}"
-    message = f"{first_bare},{server_first},{without_proof}".encode()
-    signature = hmac.new(hashlib.sha1(client_key).digest(), message, "sha1").digest()
-    proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature))).decode()
-    final = base64.b64encode(f"{without_proof},p={proof}".encode()).decode()
-    client.send(f"<response xmlns='{NS_SASL}'>{final}</response>")
-    return client.next()
-
-
 def stanzas(elements, name):
     return [e for e in elements if e.tag == f"{{{NS_CLIENT}}}{name}"]
 
@@ -106,7 +82,7 @@ def test_session_resumed_over_another_transport(server):
         features = ws.open()
         offered = [m.text for m in features.iter(f"{{{NS_SASL}}}mechanism")]
         assert "SCRAM-SHA-1" in offered, offered
-        assert scram_sha1(ws, "xavier", alice_password).tag == f"{{{NS_SASL}}}success", "\n".join(ws.transcript)
+        assert scram_login(ws, "xavier", alice_password).tag == f"{{{NS_SASL}}}success", "\n".join(ws.transcript)
         ws.open()
         ws.send(f"<resume xmlns='{NS_SM}' previd='{enabled.get('id')}' h='0'/>")
         resumed = ws.next()

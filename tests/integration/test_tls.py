@@ -1,8 +1,5 @@
 """TLS on the client listeners: the per-listener version policy and SCRAM-PLUS with tls-exporter."""
 
-import base64
-import hashlib
-import hmac
 import select
 import socket
 import ssl
@@ -11,7 +8,7 @@ import time
 import pytest
 from OpenSSL import SSL
 
-from .harness import NS_BIND, NS_SASL, NS_TLS, RawClient, ServerProcess, add_users, write_config
+from .harness import NS_BIND, NS_SASL, NS_TLS, RawClient, ServerProcess, add_users, scram_login, write_config
 
 
 class OpenSSLSocket:
@@ -58,29 +55,6 @@ class OpenSSLSocket:
         self.conn.close()
 
 
-def scram_plus(raw, user, password, binding):
-    """SCRAM-SHA-256-PLUS with the tls-exporter binding ``binding``; the server's last element."""
-    gs2 = "p=tls-exporter,,"
-    first_bare = f"n={user},r=plusclientnonce"
-    payload = base64.b64encode((gs2 + first_bare).encode()).decode()
-    raw.send(f"<auth xmlns='{NS_SASL}' mechanism='SCRAM-SHA-256-PLUS'>{payload}</auth>")
-    challenge = raw.next()
-    if challenge.tag != f"{{{NS_SASL}}}challenge":
-        return challenge
-    server_first = base64.b64decode(challenge.text).decode()
-    fields = dict(part.split("=", 1) for part in server_first.split(","))
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(fields["s"]), int(fields["i"]))
-    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
-    channel = base64.b64encode(gs2.encode() + binding).decode()
-    without_proof = f"c={channel},r={fields['r']}"
-    auth_message = f"{first_bare},{server_first},{without_proof}".encode()
-    signature = hmac.new(hashlib.sha256(client_key).digest(), auth_message, "sha256").digest()
-    proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature))).decode()
-    final = base64.b64encode(f"{without_proof},p={proof}".encode()).decode()
-    raw.send(f"<response xmlns='{NS_SASL}'>{final}</response>")
-    return raw.next()
-
-
 def tls13_client(port):
     """A raw client that did STARTTLS with pyOpenSSL; its features after TLS."""
     raw = RawClient(port)
@@ -102,7 +76,7 @@ def test_scram_plus_with_tls_exporter(server):
         offered = [m.text for m in features.iter(f"{{{NS_SASL}}}mechanism")]
         assert "SCRAM-SHA-256-PLUS" in offered, raw.dump()
         binding = raw.sock.conn.export_keying_material(b"EXPORTER-Channel-Binding", 32)
-        outcome = scram_plus(raw, "alice", password, binding)
+        outcome = scram_login(raw, "alice", password, "SCRAM-SHA-256-PLUS", binding)
         assert outcome.tag == f"{{{NS_SASL}}}success", raw.dump()
         raw.open("localhost")
         raw.send(f"<iq type='set' id='b'><bind xmlns='{NS_BIND}'><resource>plus</resource></bind></iq>")
@@ -112,7 +86,7 @@ def test_scram_plus_with_tls_exporter(server):
 
     raw, _ = tls13_client(server.port)
     try:
-        outcome = scram_plus(raw, "alice", password, b"\x00" * 32)
+        outcome = scram_login(raw, "alice", password, "SCRAM-SHA-256-PLUS", b"\x00" * 32)
         assert outcome.tag == f"{{{NS_SASL}}}failure", raw.dump()
         assert outcome.find(f"{{{NS_SASL}}}not-authorized") is not None, raw.dump()
     finally:

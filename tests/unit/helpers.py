@@ -61,23 +61,27 @@ class Harness:
         return client
 
 
-class FakeClient:
-    """One client connection over a StringTransport, parsing what the server writes."""
+class WireClient:
+    """The far end of a stream protocol over a StringTransport: writes bytes in, parses what comes out.
 
-    def __init__(self, harness, address):
-        self.harness = harness
-        self.protocol = harness.factory.buildProtocol(IPv4Address("TCP", address, 40000))
-        self.transport = StringTransport(peerAddress=IPv4Address("TCP", address, 40000))
-        self.protocol.makeConnection(self.transport)
+    Each new stream header the server writes (after TLS or SASL) starts a new
+    parse, as the server's own parser would.
+    """
+
+    def __init__(self, protocol, content_namespace, address=("127.0.0.1", 40000)):
+        self.protocol = protocol
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", *address))
         self.elements = []
         self.backlog = []
         self.headers = []
         self.closed_by_server = False
+        self.content_namespace = content_namespace
         self._new_parser()
+        protocol.makeConnection(self.transport)
 
     def _new_parser(self):
         self.parser = StreamParser(self.headers.append, self.elements.append, self._closed, 10**7,
-                                   "jabber:client")
+                                   self.content_namespace)
 
     def _closed(self):
         self.closed_by_server = True
@@ -89,20 +93,33 @@ class FakeClient:
         """Elements the server wrote since the last call."""
         data = self.transport.value()
         self.transport.clear()
-        if data.startswith(b"<?xml"):
-            data = data.split(b"?>", 1)[1]
-        if data:
-            self.parser.feed(data)
+        for part in data.split(b"<?xml version='1.0'?>"):
+            if part.startswith(b"<stream:stream") and self.headers:
+                self._new_parser()
+            if part:
+                self.parser.feed(part)
         found = self.backlog + self.elements
         self.elements[:], self.backlog = [], []
         return found
+
+    def drop(self):
+        """The socket goes away without a closing tag."""
+        self.protocol.connectionLost(None)
+
+
+class FakeClient(WireClient):
+    """One client connection to the in-memory server."""
+
+    def __init__(self, harness, address):
+        self.harness = harness
+        protocol = harness.factory.buildProtocol(IPv4Address("TCP", address, 40000))
+        super().__init__(protocol, "jabber:client", (address, 40000))
 
     def open_stream(self, host="localhost"):
         self.send(STREAM_OPEN.format(host=host))
         return self.received()
 
     def restart(self, host):
-        self._new_parser()
         return self.open_stream(host)
 
     def login(self, jid, password="secret", mechanism="SCRAM-SHA-256"):
@@ -134,10 +151,6 @@ class FakeClient:
         if reply is None:
             raise AssertionError(f"no reply to {text}")
         return reply
-
-    def drop(self):
-        """The socket goes away without a closing tag."""
-        self.protocol.connectionLost(None)
 
 
 def _hmac(name, key, message):

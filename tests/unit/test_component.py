@@ -3,13 +3,12 @@
 import hashlib
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from bridge import config as configuration
 from bridge.core.streams.component import HANDSHAKE_TIMEOUT_SECONDS, ComponentFactory
-from bridge.core.xmlstream import NS_STREAMS, StreamParser
-from tests.unit.helpers import Harness
+from bridge.core.xmlstream import NS_STREAMS
+from tests.unit.helpers import Harness, WireClient
 
 SECRET = "s3cret-of-the-muc"
 NS_STREAM_ERRORS = "urn:ietf:params:xml:ns:xmpp-streams"
@@ -23,35 +22,12 @@ def component_config():
     return configuration.parse(document, "test.toml")
 
 
-class FakeComponent:
-    """A component connection over a StringTransport, parsing what the server writes."""
+class FakeComponent(WireClient):
+    """A component connection to the in-memory server."""
 
     def __init__(self, factory):
-        address = IPv4Address("TCP", "127.0.0.1", 41000)
-        self.protocol = factory.buildProtocol(address)
-        self.transport = StringTransport(peerAddress=address)
-        self.protocol.makeConnection(self.transport)
-        self.headers = []
-        self.elements = []
-        self.closed_by_server = False
-        self.parser = StreamParser(self.headers.append, self.elements.append, self._closed, 10**7,
-                                   "jabber:component:accept")
-
-    def _closed(self):
-        self.closed_by_server = True
-
-    def send(self, text):
-        self.protocol.dataReceived(text.encode("utf-8"))
-
-    def received(self):
-        data = self.transport.value()
-        self.transport.clear()
-        if data.startswith(b"<?xml"):
-            data = data.split(b"?>", 1)[1]
-        if data:
-            self.parser.feed(data)
-        found, self.elements[:] = list(self.elements), []
-        return found
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 41000))
+        super().__init__(protocol, "jabber:component:accept", ("127.0.0.1", 41000))
 
     def open(self, domain="muc.localhost"):
         self.send(f"<stream:stream xmlns='jabber:component:accept' xmlns:stream='{NS_STREAMS}' to='{domain}'>")
@@ -63,9 +39,6 @@ class FakeComponent:
         digest = hashlib.sha1((header["id"] + secret).encode()).hexdigest()
         self.send(f"<handshake>{digest}</handshake>")
         return self.received()
-
-    def drop(self):
-        self.protocol.connectionLost(None)
 
 
 def stream_error_of(elements):

@@ -3,16 +3,15 @@
 import dataclasses
 
 from twisted.internet import defer
-from twisted.internet.address import IPv4Address
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import MemoryReactorClock
 from twisted.names import dns
 from twisted.names.error import DNSNameError
 from twisted.trial.unittest import SynchronousTestCase
 
 from bridge.core.streams.s2s import (IncomingServerStream, LinkFailed, OutgoingServerStream, RemoteDomains,
                                      dialback_key)
-from bridge.core.xmlstream import NS_STREAMS, StreamParser
-from tests.unit.helpers import Harness, make_config
+from bridge.core.xmlstream import NS_STREAMS
+from tests.unit.helpers import Harness, WireClient, make_config
 
 PEER_HEADER = (f"<stream:stream xmlns='jabber:server' xmlns:stream='{NS_STREAMS}' "
                "xmlns:db='jabber:server:dialback' from='remote.test' to='localhost' version='1.0'>")
@@ -57,28 +56,9 @@ def s2s_harness(**s2s):
     return harness
 
 
-class Peer:
-    """The far end of a server stream: writes bytes into it, parses what it writes back."""
-
-    def __init__(self, protocol):
-        self.protocol = protocol
-        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", 5269))
-        self.elements = []
-        self.headers = []
-        self.parser = StreamParser(self.headers.append, self.elements.append, lambda: None, 10**6, "jabber:server")
-        protocol.makeConnection(self.transport)
-
-    def send(self, text):
-        self.protocol.dataReceived(text.encode())
-
-    def received(self):
-        data = self.transport.value()
-        self.transport.clear()
-        for header in data.split(b"<?xml version='1.0'?>"):
-            if header:
-                self.parser.feed(header)
-        found, self.elements[:] = list(self.elements), []
-        return found
+def server_peer(protocol):
+    """The far end of a server stream."""
+    return WireClient(protocol, "jabber:server", ("127.0.0.9", 5269))
 
 
 class DialbackKeyTests(SynchronousTestCase):
@@ -99,7 +79,7 @@ class IncomingTests(SynchronousTestCase):
         self.alice = self.harness.login("alice@localhost/a")
         self.alice.send("<presence/>")
         self.alice.received()
-        self.peer = Peer(IncomingServerStream(self.harness.server, self.harness.remote))
+        self.peer = server_peer(IncomingServerStream(self.harness.server, self.harness.remote))
 
     def test_features_offer_dialback(self):
         """An incoming stream is answered with our header and features offering STARTTLS and dialback."""
@@ -163,7 +143,7 @@ class IncomingTests(SynchronousTestCase):
     def test_denied_domain(self):
         """A denied domain is refused at the stream header."""
         harness = s2s_harness(denied_domains=["remote.test"])
-        peer = Peer(IncomingServerStream(harness.server, harness.remote))
+        peer = server_peer(IncomingServerStream(harness.server, harness.remote))
         peer.send(PEER_HEADER)
         error = peer.received()[-1]
         self.assertEqual(next(error.elements()).name, "policy-violation")
@@ -171,7 +151,7 @@ class IncomingTests(SynchronousTestCase):
     def test_tls_required(self):
         """With encryption required, dialback before STARTTLS is refused."""
         harness = s2s_harness(require_encryption=True)
-        peer = Peer(IncomingServerStream(harness.server, harness.remote))
+        peer = server_peer(IncomingServerStream(harness.server, harness.remote))
         peer.send(PEER_HEADER)
         features = peer.received()[-1]
         self.assertEqual([c.name for c in features.elements()], ["starttls"])
@@ -184,7 +164,7 @@ class OutgoingTests(SynchronousTestCase):
         """The outgoing stream sends our dialback key for the peer's stream id and is ready when valid."""
         harness = s2s_harness()
         stream = OutgoingServerStream(harness.remote, "localhost", "remote.test")
-        peer = Peer(stream)
+        peer = server_peer(stream)
         peer.received()
         self.assertEqual(peer.headers[-1]["to"], "remote.test")
         stream.dataReceived(b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' "
@@ -201,7 +181,7 @@ class OutgoingTests(SynchronousTestCase):
         """A peer that offers no STARTTLS fails the link when encryption is required."""
         harness = s2s_harness(require_encryption=True)
         stream = OutgoingServerStream(harness.remote, "localhost", "remote.test")
-        Peer(stream)
+        server_peer(stream)
         failures = []
         stream.ready.addErrback(failures.append)
         stream.dataReceived(b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' "
@@ -275,7 +255,7 @@ class ResendTests(SynchronousTestCase):
 
         def connect(origin, target):
             stream = OutgoingServerStream(self.harness.remote, origin, target)
-            peer = Peer(stream)
+            peer = server_peer(stream)
             stream.dataReceived(b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'"
                                 b" xmlns:db='jabber:server:dialback' id='p' version='1.0'><stream:features>"
                                 b"<dialback xmlns='urn:xmpp:features:dialback'/><sm xmlns='urn:xmpp:sm:3'/>"
