@@ -1,4 +1,5 @@
-"""Client-to-server streams (RFC 6120): features, STARTTLS, SASL, binding.
+"""Client-to-server streams (RFC 6120): features, STARTTLS, SASL, binding,
+stream management (XEP-0198) and keepalive pings.
 
 ``ClientStream`` holds the logic of one client stream and knows nothing of
 the framing: it is driven by ``stream_opened``, ``element_received`` and
