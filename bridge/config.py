@@ -170,6 +170,78 @@ class OfflineConfig:
 
 
 @dataclass(frozen=True)
+class SMTPConfig:
+    """Email: offline notification and the conversation archive, sent through one relay."""
+
+    relay: str = _option("")
+    starttls: str = _option("required", choices=("required", "optional", "off"))
+    ca_file: str = _option("", path=True)
+    username: str = _option("")
+    password_file: str = _option("", path=True)
+    from_address: str = _option("")
+    helo_name: str = _option("")
+    digest_seconds: float = _option(60.0, low=0, high=86400)
+    timeout_seconds: float = _option(60.0, low=1, high=3600)
+    retry_initial_seconds: float = _option(10.0, low=0.1, high=86400)
+    retry_max_seconds: float = _option(1800.0, low=1, high=7 * 86400)
+    archive_recipients: list = _option([])
+    archive_interval_seconds: float = _option(3600.0, low=1, high=30 * 86400)
+
+    def relay_address(self):
+        """(host, port) of ``relay``; port 25 when it names none."""
+        host, _, port = self.relay.rpartition(":")
+        if not host or not port.isdigit():
+            return self.relay, 25
+        return host.strip("[]"), int(port)
+
+    def read_password(self):
+        if not self.password_file:
+            return ""
+        with open(self.password_file, encoding="utf-8") as handle:
+            return handle.readline().rstrip("\r\n")
+
+
+@dataclass(frozen=True)
+class SMSConfig:
+    """The SMS gateway (docs/sms.md): its domain and the limits that protect a phone."""
+
+    enabled: bool = _option(False)
+    domain: str = _option("sms.localhost")
+    max_parts: int = _option(6, low=1, high=255)
+    daily_cap_per_user: int = _option(20, low=0)
+    quiet_window_minutes: float = _option(10.0, low=0, high=10080)
+    request_receipts: bool = _option(True)
+    failure_report: str = _option("error", choices=("error", "notice", "none"))
+    max_attempts: int = _option(5, low=1)
+    retry_seconds: float = _option(60.0, low=0.1, high=86400)
+    receipt_timeout_hours: float = _option(48.0, low=0.01, high=720)
+    unknown_sender: str = _option("drop", choices=("drop",))
+
+
+@dataclass(frozen=True)
+class SMSCConfig:
+    """One SMSC the gateway binds to as an ESME (bind_transceiver)."""
+
+    host: str = _option("127.0.0.1")
+    port: int = _option(2775, low=1, high=65535)
+    tls: bool = _option(False)
+    ca_file: str = _option("", path=True)
+    system_id: str = _option("")
+    password: str = _option("")
+    system_type: str = _option("")
+    source_addr: str = _option("")
+    source_addr_ton: int = _option(1, low=0, high=6)
+    source_addr_npi: int = _option(1, low=0, high=18)
+    submit_rate_per_second: float = _option(10.0, low=0.01, high=100000)
+    window: int = _option(10, low=1, high=1000)
+    enquire_link_seconds: float = _option(30.0, low=0, high=3600)
+    response_timeout_seconds: float = _option(10.0, low=0.1, high=600)
+    reconnect_min_seconds: float = _option(1.0, low=0.01, high=3600)
+    reconnect_max_seconds: float = _option(60.0, low=0.01, high=86400)
+    throttle_backoff_seconds: float = _option(1.0, low=0.01, high=3600)
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: str = _option("data", path=True)
     tls: TLSConfig = field(default_factory=TLSConfig)
@@ -180,7 +252,10 @@ class Config:
     components: dict = field(default_factory=dict)
     storage: StorageConfig = field(default_factory=StorageConfig)
     offline: OfflineConfig = field(default_factory=OfflineConfig)
+    smtp: SMTPConfig = field(default_factory=SMTPConfig)
     hosts: dict = field(default_factory=lambda: {"localhost": HostConfig()})
+    sms: SMSConfig = field(default_factory=SMSConfig)
+    smsc: dict = field(default_factory=dict)
     source: str = "(embedded defaults)"
 
     def data_path(self, name):
@@ -198,9 +273,10 @@ class Config:
 
 
 _SECTIONS = {"tls": TLSConfig, "c2s": C2SConfig, "s2s": S2SConfig, "http": HTTPConfig, "storage": StorageConfig,
-             "offline": OfflineConfig, "component_listener": ComponentListenerConfig}
-# Tables of named sub-tables: [hosts.NAME], [components.DOMAIN].
-_NAMED = {"hosts": HostConfig, "components": ComponentConfig}
+             "offline": OfflineConfig, "smtp": SMTPConfig, "component_listener": ComponentListenerConfig,
+             "sms": SMSConfig}
+# Tables of named sub-tables: [hosts.NAME], [components.DOMAIN], [smsc.NAME].
+_NAMED = {"hosts": HostConfig, "components": ComponentConfig, "smsc": SMSCConfig}
 
 
 def _type_name(kind):
@@ -279,6 +355,20 @@ def parse(document, where):
             if alias.lower() in names:
                 problems.append(f"{where}: hosts.{name}.aliases: {alias!r} already names host {names[alias.lower()]!r}")
             names[alias.lower()] = name
+    sms = sections.get("sms", base.sms)
+    if sms.enabled:
+        domain = sms.domain.lower()
+        if not domain:
+            problems.append(f"{where}: sms.domain: must not be empty")
+        elif domain in names or domain in sections.get("hosts", base.hosts):
+            problems.append(f"{where}: sms.domain: {sms.domain!r} is also a host")
+        elif domain in sections.get("components", {}):
+            problems.append(f"{where}: sms.domain: {sms.domain!r} is also a component")
+        if not sections.get("smsc"):
+            problems.append(f"{where}: sms: enabled, but no [smsc.NAME] table")
+    for name, smsc in sections.get("smsc", {}).items():
+        if smsc.reconnect_max_seconds < smsc.reconnect_min_seconds:
+            problems.append(f"{where}: smsc.{name}.reconnect_max_seconds: must be at least reconnect_min_seconds")
     if problems:
         raise ConfigError(problems)
     return dataclasses.replace(base, **sections, source=where)

@@ -21,6 +21,8 @@ from bridge.core.streams.component import ComponentFactory
 from bridge.core.streams.s2s import IncomingServerFactory, PeerTLS, RemoteDomains
 from bridge.gateways.bosh import BoshService
 from bridge.gateways.http import HTTPFactory
+from bridge.gateways.sms.gateway import SMSGateway
+from bridge.gateways import smtp as smtp_gateway
 
 log = Logger()
 
@@ -110,6 +112,36 @@ class ServerService(service.MultiService):
         return d
 
 
+class SMSService(service.Service):
+    """The SMS gateway's lifetime: queue loaded and SMSCs bound at start, unbound at shutdown."""
+
+    def __init__(self, gateway):
+        self.gateway = gateway
+
+    def startService(self):
+        super().startService()
+        self.gateway.start().addErrback(lambda failure: log.failure("SMS gateway start failed", failure))
+
+    def stopService(self):
+        super().stopService()
+        return self.gateway.stop()
+
+
+def smsc_connector(reactor):
+    """``connect(name, smsc_config)`` for SMSGateway: an endpoint's connect, TLS when configured."""
+
+    def connect(name, smsc):
+        endpoint = endpoints.HostnameEndpoint(reactor, smsc.host, smsc.port, timeout=30)
+        if smsc.tls:
+            from twisted.internet import ssl
+
+            trust = ssl.Certificate.loadPEM(open(smsc.ca_file, "rb").read()) if smsc.ca_file else None
+            endpoint = endpoints.wrapClientTLS(ssl.optionsForClientTLS(smsc.host, trustRoot=trust), endpoint)
+        return endpoint.connect
+
+    return connect
+
+
 def load_features(server):
     """Give every feature module its context; they register their hooks."""
     for name in FEATURES:
@@ -128,6 +160,11 @@ def build(config, reactor):
     remote = RemoteDomains(server, peer_tls, reactor)
     server.router.default_route = remote
     top = ServerService(server, remote)
+    if config.sms.enabled:
+        gateway = SMSGateway(server, config, smsc_connector(reactor))
+        gateway.setup()
+        # A child of the server's service: stopped (unbound) before storage closes.
+        SMSService(gateway).setServiceParent(top)
 
     def listen(kind, descriptions, factory):
         for description in descriptions:
@@ -156,6 +193,10 @@ def build(config, reactor):
                                           http.tls_ciphers, alpn=(b"http/1.1",))
         listen("https", http.tls_endpoints,
                TLSMemoryBIOFactory(http_context, False, HTTPFactory(server, http, bosh, tls=True)))
+    # Email (offline notification, conversation archive) when [smtp] names a relay.
+    email = smtp_gateway.setup(server, reactor)
+    if email is not None:
+        email.setServiceParent(top)
     return top
 
 

@@ -1,0 +1,281 @@
+"""The SMS gateway: offline users reached by SMS, phone numbers as JIDs, replies by SMS.
+
+* ``offline/stored``: a message stored for an offline user whose channels
+  include "sms" and who has a mobile number is sent as "Sender: body",
+  within a per-user daily cap and one SMS per conversation per quiet
+  window.  Headlines (alerts) to an account with no available resource go
+  out the same way (hooked on ``message/bare``; the core drops them).
+* The route of ``[sms] domain``: a message from a local user to
+  ``+15551234567@sms.localhost`` is sent to that number.
+* A mobile-originated SMS from the number of a user becomes a message from
+  that user's bare JID to the person who last reached them by SMS; from any
+  other number, a message from ``+number@domain`` to the local user who last
+  wrote to that number; from a number nobody wrote to, it is dropped (the
+  ``unknown_sender = "drop"`` policy).  "STOP" from a user's number sets that
+  user's policy to none.
+"""
+
+import re
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from bridge.core.notifications import STORE as NOTIFICATION_STORE, NotificationPreferences
+from bridge.core.stanza import error_reply, make, parse_jid
+from bridge.gateways.sms import pdu as pdus, text as texts
+from bridge.gateways.sms.esme import SMSCLink
+from bridge.gateways.sms.queue import OutboundQueue
+
+log = Logger()
+
+NS_RECEIPTS = "urn:xmpp:receipts"
+LIMITS_STORE = "sms-limits"  # (host, user): {"day": n, "count": n, "last": {sender: time}}
+LAST_SENDER_STORE = "sms-last-sender"  # (host, user): {"jid": who last reached the user by SMS}
+PEERS_STORE = "sms-peers"  # (domain, number): {"jid": the local user who last wrote to the number}
+MOBILES_STORE = "sms-mobiles"  # (domain, number): {"host", "user"} whose mobile the number is
+OPT_OUT_WORDS = ("STOP", "STOPALL", "UNSUBSCRIBE")
+_NUMBER = re.compile(r"^\+[0-9]{3,20}$")
+
+
+def normalize_number(text, ton=None):
+    """'+15551234567' for the ways a number is written; None when it is not a number."""
+    if not text:
+        return None
+    cleaned = re.sub(r"[\s\-().]", "", str(text))
+    if cleaned.startswith("00"):
+        cleaned = "+" + cleaned[2:]
+    elif not cleaned.startswith("+"):
+        cleaned = "+" + cleaned
+    return cleaned if _NUMBER.match(cleaned) else None
+
+
+def body_of(stanza):
+    for child in stanza.elements():
+        if child.name == "body" and child.uri in (None, "jabber:client", stanza.uri):
+            text = str(child)
+            return text if text.strip() else None
+    return None
+
+
+def wants_receipt(stanza):
+    return any(child.name == "request" and child.uri == NS_RECEIPTS for child in stanza.elements())
+
+
+class SMSGateway:
+    def __init__(self, server, config, connect):
+        """``connect(name, smsc_config)``: a function ``factory -> Deferred`` for that SMSC."""
+        self.server = server
+        self.config = config.sms
+        self.domain = self.config.domain.lower()
+        self.clock = server.clock
+        self.storage = server.storage
+        self.preferences = NotificationPreferences(server.storage, config)
+        self.queue = OutboundQueue(server.storage, self.domain, server.clock, self.config, self._final,
+                                   self._mobile_originated)
+        self.links = [SMSCLink(name, smsc, server.clock, connect(name, smsc), self.queue)
+                      for name, smsc in sorted(config.smsc.items())]
+        self.queue.links = self.links
+        self._fragments = {}
+
+    # -- lifetime ------------------------------------------------------------
+
+    def setup(self):
+        """Register the route and the hooks (owner "sms")."""
+        self.server.router.addRoute(self.domain, self)
+        self.server.hooks.add("offline/stored", self.offline_stored, owner="sms")
+        self.server.hooks.add("message/bare", self.headline, priority=100, owner="sms")
+
+    @defer.inlineCallbacks
+    def start(self):
+        yield self.queue.load()
+        for link in self.links:
+            link.start()
+
+    def stop(self):
+        self.queue.stop()
+        self.server.hooks.remove_owner("sms")
+        self.server.router.removeRoute(self.domain, self)
+        return defer.DeferredList([link.stop() for link in self.links])
+
+    def _later(self, d, what):
+        d.addErrback(lambda failure: log.failure("SMS gateway: {what} failed", failure, what=what))
+
+    # -- offline users --------------------------------------------------------
+
+    def offline_stored(self, payload):
+        """The offline hook: never takes the event (the email gateway hears it too)."""
+        host, user, stanza = payload
+        self._later(self.notify(host, user, stanza), "offline notification")
+        return False
+
+    def headline(self, event):
+        stanza = event.stanza
+        if stanza.getAttribute("type") != "headline" or event.to is None or not event.to.user:
+            return False
+        if any(s.priority >= 0 for s in self.server.sessions.available(event.to.userhost())):
+            return False
+        self._later(self.notify(event.host.name, event.to.user, stanza), "SMS alert")
+        return False
+
+    @defer.inlineCallbacks
+    def notify(self, host, user, stanza):
+        """Queue an SMS for ``user`` about ``stanza`` when policy, number and limits allow; the key or None."""
+        body = body_of(stanza)
+        sender = parse_jid(stanza.getAttribute("from"))
+        if body is None or sender is None:
+            return None
+        if "sms" not in (yield self.preferences.channels(host, user)):
+            return None
+        number = normalize_number((yield self.preferences.mobile(host, user)))
+        if number is None:
+            return None
+        sender_bare = sender.userhost()
+        if not (yield self._within_limits(host, user, sender_bare)):
+            return None
+        yield self.storage.set(host, user, LAST_SENDER_STORE, {"jid": sender_bare})
+        yield self.storage.set(self.domain, number, MOBILES_STORE, {"host": host, "user": user})
+        name = texts.display_name(sender.user or sender.host)
+        meta = {"to": stanza.getAttribute("from"), "from": f"{user}@{host}", "id": stanza.getAttribute("id"),
+                "receipt": wants_receipt(stanza)}
+        key = yield self.queue.add(number, texts.with_sender(name, body), meta)
+        log.info("SMS {key}: {user}@{host} is offline; {parts} parts to {number}", key=key, user=user, host=host,
+                 parts=len(self.queue.docs[key]["parts"]) if key in self.queue.docs else 0, number=number)
+        return key
+
+    @defer.inlineCallbacks
+    def _within_limits(self, host, user, sender):
+        """The per-user daily cap and the quiet window of one conversation; records the SMS if allowed."""
+        now = self.clock.seconds()
+        day = int(now // 86400)
+        limits = (yield self.storage.get(host, user, LIMITS_STORE)) or {}
+        if limits.get("day") != day:
+            limits = {"day": day, "count": 0, "last": {}}
+        last = limits["last"].get(sender)
+        if last is not None and now - last < self.config.quiet_window_minutes * 60:
+            return False
+        if limits["count"] >= self.config.daily_cap_per_user:
+            log.info("SMS: {user}@{host} reached the daily cap", user=user, host=host)
+            return False
+        limits["count"] += 1
+        limits["last"][sender] = now
+        yield self.storage.set(host, user, LIMITS_STORE, limits)
+        return True
+
+    # -- the route of the SMS domain ---------------------------------------------
+
+    def deliver(self, stanza):
+        """A stanza to ``+number@domain``: messages with a body from local users are sent as SMS."""
+        if stanza.name != "message":
+            if stanza.name == "iq" and stanza.getAttribute("type") in ("get", "set"):
+                self.server.router.bounce(stanza, "service-unavailable")
+            return
+        if stanza.getAttribute("type") in ("error", "groupchat"):
+            return
+        to = parse_jid(stanza.getAttribute("to"))
+        sender = parse_jid(stanza.getAttribute("from"))
+        number = normalize_number(to.user) if to is not None and to.user else None
+        if sender is None or self.server.config.host_for(sender.host) is None:
+            self.server.router.bounce(stanza, "forbidden", "only local users may send SMS")
+            return
+        if number is None:
+            self.server.router.bounce(stanza, "jid-malformed", "address a phone number: +15551234567@" + self.domain)
+            return
+        body = body_of(stanza)
+        if body is None:
+            return
+        self._later(self._send_to_number(stanza, sender, number, body), "SMS to a number")
+
+    @defer.inlineCallbacks
+    def _send_to_number(self, stanza, sender, number, body):
+        yield self.storage.set(self.domain, number, PEERS_STORE, {"jid": sender.userhost()})
+        meta = {"to": stanza.getAttribute("from"), "from": f"{number}@{self.domain}",
+                "id": stanza.getAttribute("id"), "receipt": wants_receipt(stanza)}
+        key = yield self.queue.add(number, texts.with_sender(texts.display_name(sender.user), body), meta)
+        return key
+
+    # -- outcomes ---------------------------------------------------------------
+
+    def _final(self, doc, outcome, reason):
+        meta = doc["meta"]
+        if not meta.get("to"):
+            return
+        if outcome == "delivered" and meta.get("receipt") and meta.get("id"):
+            message = make("message", to=meta["to"], sender=meta["from"])
+            message.addElement((NS_RECEIPTS, "received"))["id"] = meta["id"]
+            self.server.router.route(message)
+        elif outcome == "failed":
+            text = f"SMS to {doc['number']} failed: {reason or 'not delivered'}"
+            log.info("{text}", text=text)
+            if self.config.failure_report == "error":
+                original = make("message", to=meta["from"], sender=meta["to"], id=meta.get("id"))
+                self.server.router.route(error_reply(original, "recipient-unavailable", text))
+            elif self.config.failure_report == "notice":
+                notice = make("message", to=meta["to"], sender=self.domain, type="normal")
+                notice.addElement("body", content=text)
+                self.server.router.route(notice)
+
+    # -- mobile-originated ---------------------------------------------------------
+
+    def _mobile_originated(self, link, received):
+        number = normalize_number(pdus.text_field(received.source_addr))
+        if number is None:
+            log.info("SMSC {name}: MO from an unusable address", name=link.name)
+            return None
+        data = received.short_message or b""
+        coding = received.data_coding or 0
+        if (received.esm_class or 0) & texts.ESM_CLASS_UDHI:
+            concat, data = texts.parse_udh(data)
+            if concat is not None and concat[1] > 1:
+                reference, total, number_in = concat
+                pieces = self._fragments.setdefault((number, reference, total), {})
+                pieces[number_in] = texts.decode(data, coding)
+                if len(pieces) < total:
+                    return None
+                del self._fragments[(number, reference, total)]
+                body = "".join(pieces[i] for i in sorted(pieces))
+                return self.mobile_message(number, body)
+        return self.mobile_message(number, texts.decode(data, coding))
+
+    @defer.inlineCallbacks
+    def mobile_message(self, number, body):
+        """Route one SMS from ``number`` into XMPP (or act on STOP); the stanza routed, or None."""
+        owner = yield self.owner_of(number)
+        if body.strip().upper() in OPT_OUT_WORDS:
+            if owner is not None:
+                yield self.preferences.update(owner[0], owner[1], policy="none")
+                log.info("SMS: {user}@{host} opted out by SMS", user=owner[1], host=owner[0])
+            return None
+        if owner is not None:
+            host, user = owner
+            last = yield self.storage.get(host, user, LAST_SENDER_STORE)
+            if not last:
+                log.info("SMS from {user}@{host}'s mobile, but nobody reached them by SMS", user=user, host=host)
+                return None
+            sender, to = f"{user}@{host}", last["jid"]
+        else:
+            peer = yield self.storage.get(self.domain, number, PEERS_STORE)
+            if not peer:
+                log.info("SMS from {number}, who no user wrote to: dropped", number=number)
+                return None
+            sender, to = f"{number}@{self.domain}", peer["jid"]
+        message = make("message", to=to, sender=sender, type="chat")
+        message.addElement("body", content=body)
+        self.server.router.route(message)
+        return message
+
+    @defer.inlineCallbacks
+    def owner_of(self, number):
+        """(host, user) whose mobile ``number`` is, or None."""
+        known = yield self.storage.get(self.domain, number, MOBILES_STORE)
+        if known and known["host"] in self.server.config.hosts:
+            mobile = yield self.preferences.mobile(known["host"], known["user"])
+            if normalize_number(mobile) == number:
+                return known["host"], known["user"]
+        for host in self.server.config.hosts:
+            for user in (yield self.storage.users(host, NOTIFICATION_STORE)):
+                preferences = yield self.preferences.get(host, user)
+                if normalize_number(preferences.get("mobile")) == number:
+                    return host, user
+        return None
+
+

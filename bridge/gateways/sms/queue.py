@@ -1,0 +1,301 @@
+"""The persisted outbound SMS queue.
+
+One key-value document per accepted message, under (SMS domain, key,
+"sms-out"), the key a zero-padded counter so that ``users()`` lists the
+messages in the order they were accepted.  The document holds the parts
+(hex short_message, data_coding, esm_class) and the state of each:
+
+    pending -> sending -> submitted (message id stored) -> delivered / failed
+
+A part is marked ``sending`` before its submit_sm is written and
+``submitted``, with the SMSC's message id, as soon as submit_sm_resp
+arrives and before anything else happens; the document is only deleted
+once every part has a final state.  After a restart every part still
+``pending`` or ``sending`` is queued again, so nothing accepted is lost: a
+part whose submit_sm was written but never answered may reach the SMSC a
+second time, the only window where that is possible.
+
+Message ids are indexed under (domain, "SMSC/ID", "sms-ids") in every form
+that the id can take (as written, hex read as decimal, decimal read as hex),
+so that a receipt from an SMSC that reports ids in the other base matches.
+"""
+
+import collections
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from bridge.gateways.sms import pdu as pdus, text as texts
+
+log = Logger()
+
+STORE = "sms-out"
+ID_STORE = "sms-ids"
+COUNTER_STORE = "sms-counter"
+FINAL = ("delivered", "failed")
+# Receipt 'stat:' values and message_state TLV values to part states.
+RECEIPT_STATES = {"DELIVRD": "delivered", "EXPIRED": "failed", "DELETED": "failed", "UNDELIV": "failed",
+                  "REJECTD": "failed", "UNKNOWN": "failed"}
+MESSAGE_STATES = {2: "DELIVRD", 3: "EXPIRED", 4: "DELETED", 5: "UNDELIV", 6: "ACCEPTD", 7: "UNKNOWN",
+                  8: "REJECTD"}
+
+
+def id_keys(message_id):
+    """Every form of an SMSC message id under which it is indexed and looked up."""
+    raw = message_id.strip().lower()
+    keys = {raw}
+    if raw and all(c in "0123456789abcdef" for c in raw):
+        keys.add(str(int(raw, 16)))
+    if raw.isdigit():
+        keys.add(format(int(raw), "x"))
+    return keys
+
+
+class Job:
+    """One part on its way to an SMSC."""
+
+    __slots__ = ("key", "index", "destination", "esm_class", "data_coding", "short_message", "receipt")
+
+    def __init__(self, key, index, doc):
+        part = doc["parts"][index]
+        self.key = key
+        self.index = index
+        self.destination = doc["number"].lstrip("+")
+        self.esm_class = part["esm_class"]
+        self.data_coding = part["data_coding"]
+        self.short_message = bytes.fromhex(part["data"])
+        self.receipt = doc["receipts"]
+
+
+class OutboundQueue:
+    """The dispatcher of the SMSC links; ``on_final(doc, outcome, reason)`` hears of finished messages."""
+
+    def __init__(self, storage, domain, clock, config, on_final, on_mo=None):
+        self.storage = storage
+        self.domain = domain
+        self.clock = clock
+        self.config = config
+        self.on_final = on_final
+        self.on_mo = on_mo
+        self.links = []
+        self.pending = collections.deque()  # (key, part index)
+        self.docs = {}  # key -> document, every unfinished message
+        self._retry_timers = set()
+
+    # -- persistence ------------------------------------------------------
+
+    def _save(self, key):
+        return self.storage.set(self.domain, key, STORE, self.docs.get(key))
+
+    @defer.inlineCallbacks
+    def load(self):
+        """Read the unfinished messages of a previous run and queue their unsent parts."""
+        for key in (yield self.storage.users(self.domain, STORE)):
+            doc = yield self.storage.get(self.domain, key, STORE)
+            if doc is None:
+                continue
+            self.docs[key] = doc
+            for index, part in enumerate(doc["parts"]):
+                if part["state"] in ("pending", "sending"):
+                    part["state"] = "pending"
+                    self.pending.append((key, index))
+            if any(part["state"] == "submitted" for part in doc["parts"]):
+                self._expire_later(key)
+            yield self._save(key)
+        if self.docs:
+            log.info("SMS queue: {count} unfinished messages, {parts} parts to send", count=len(self.docs),
+                     parts=len(self.pending))
+        self.wake()
+
+    @defer.inlineCallbacks
+    def add(self, number, body, meta):
+        """Accept ``body`` for ``number`` (persisted before this fires); the message's key."""
+        counter = (yield self.storage.get(self.domain, "", COUNTER_STORE)) or {"next": 1}
+        serial = counter["next"]
+        yield self.storage.set(self.domain, "", COUNTER_STORE, {"next": serial + 1})
+        key = f"{serial:012d}"
+        coding, esm_class, parts = texts.split(body, serial % 256, self.config.max_parts)
+        doc = {"number": number, "receipts": self.config.request_receipts, "created": self.clock.seconds(),
+               "meta": meta, "parts": [{"data": data.hex(), "data_coding": coding, "esm_class": esm_class,
+                                        "state": "pending", "id": None, "smsc": None, "attempts": 0}
+                                       for data in parts]}
+        self.docs[key] = doc
+        yield self._save(key)
+        self.pending.extend((key, index) for index in range(len(parts)))
+        self.wake()
+        return key
+
+    def wake(self):
+        for link in self.links:
+            link.wake()
+
+    # -- the links' side ---------------------------------------------------
+
+    def take(self, link):
+        while self.pending:
+            key, index = self.pending.popleft()
+            doc = self.docs.get(key)
+            if doc is None or doc["parts"][index]["state"] != "pending":
+                continue
+            doc["parts"][index]["state"] = "sending"
+            doc["parts"][index]["smsc"] = link.name
+            self._save(key)
+            return Job(key, index, doc)
+        return None
+
+    def submitted(self, link, job, message_id):
+        doc = self.docs.get(job.key)
+        if doc is None:
+            return
+        part = doc["parts"][job.index]
+        part.update(state="submitted" if job.receipt else "delivered", id=message_id, smsc=link.name)
+        if job.receipt:
+            for form in id_keys(message_id):
+                self.storage.set(self.domain, f"{link.name}/{form}", ID_STORE, {"key": job.key, "part": job.index})
+            self._expire_later(job.key)
+        self._save(job.key)
+        self._check_final(job.key)
+
+    def retry(self, link, job):
+        """The part was not accepted yet (throttled, link lost): it goes back to the front."""
+        doc = self.docs.get(job.key)
+        if doc is None or doc["parts"][job.index]["state"] != "sending":
+            return
+        doc["parts"][job.index]["state"] = "pending"
+        self._save(job.key)
+        self.pending.appendleft((job.key, job.index))
+        self._check_final(job.key)
+        self.wake()
+
+    def rejected(self, link, job, status):
+        doc = self.docs.get(job.key)
+        if doc is None:
+            return
+        part = doc["parts"][job.index]
+        part["attempts"] += 1
+        if status in pdus.TRANSIENT and part["attempts"] < self.config.max_attempts:
+            part["state"] = "retrying"
+            self._save(job.key)
+            log.info("SMS {key} part {index}: status 0x{status:02x}, retrying", key=job.key, index=job.index,
+                     status=status)
+            timer = self.clock.callLater(self.config.retry_seconds, self._requeue, job.key, job.index)
+            self._retry_timers.add(timer)
+            return
+        part["state"] = "failed"
+        part["error"] = f"SMSC status 0x{status:02x}"
+        self._save(job.key)
+        self._check_final(job.key)
+
+    def _requeue(self, key, index):
+        self._retry_timers = {timer for timer in self._retry_timers if timer.active()}
+        doc = self.docs.get(key)
+        if doc is not None and doc["parts"][index]["state"] == "retrying":
+            doc["parts"][index]["state"] = "pending"
+            self._save(key)
+            self.pending.append((key, index))
+            self.wake()
+
+    def _expire_later(self, key):
+        timer = self.clock.callLater(self.config.receipt_timeout_hours * 3600, self._expire, key)
+        self._retry_timers.add(timer)
+
+    def _expire(self, key):
+        """No receipt in time: parts still submitted count as delivered to the SMSC (no failure known)."""
+        doc = self.docs.get(key)
+        if doc is None:
+            return
+        for part in doc["parts"]:
+            if part["state"] == "submitted":
+                part["state"] = "expired"
+        self._check_final(key)
+
+    def deliver_received(self, link, received):
+        """A deliver_sm: a receipt updates the queue; anything else is a mobile-originated message."""
+        esm_class = received.esm_class or 0
+        receipted = getattr(received, "receipted_message_id", None)
+        if esm_class & 0x3C in (0x04, 0x08, 0x10, 0x20) or receipted:
+            return self.receipt(link, received)
+        if self.on_mo is not None:
+            return self.on_mo(link, received)
+        return None
+
+    @defer.inlineCallbacks
+    def receipt(self, link, received):
+        message_id, stat = parse_receipt(received)
+        if message_id is None:
+            log.info("SMSC {name}: a receipt without an id", name=link.name)
+            return
+        entry = None
+        for form in id_keys(message_id):
+            entry = yield self.storage.get(self.domain, f"{link.name}/{form}", ID_STORE)
+            if entry is not None:
+                break
+        if entry is None or entry["key"] not in self.docs:
+            log.info("SMSC {name}: receipt for unknown message id {id}", name=link.name, id=message_id)
+            return
+        state = RECEIPT_STATES.get(stat)
+        if state is None:
+            return  # ENROUTE, ACCEPTD: not final
+        key = entry["key"]
+        part = self.docs[key]["parts"][entry["part"]]
+        if part["state"] in FINAL:
+            return
+        part["state"] = state
+        if state == "failed":
+            part["error"] = f"delivery receipt {stat}"
+        yield self._save(key)
+        self._check_final(key)
+
+    def _check_final(self, key):
+        """Finish the message when every part has a final state (or one part failed)."""
+        doc = self.docs.get(key)
+        if doc is None:
+            return
+        parts = doc["parts"]
+        failed = [part for part in parts if part["state"] == "failed"]
+        if failed:
+            # The message cannot arrive whole: parts not yet sent are not sent.
+            for part in parts:
+                if part["state"] in ("pending", "retrying"):
+                    part["state"] = "failed"
+            if any(part["state"] == "sending" for part in parts):
+                self._save(key)
+                return
+            self._finish(key, doc, "failed", failed[0].get("error"))
+        elif all(part["state"] in ("delivered", "expired") for part in parts):
+            delivered = all(part["state"] == "delivered" for part in parts)
+            self._finish(key, doc, "delivered" if delivered else "expired", None)
+
+    def _finish(self, key, doc, outcome, reason):
+        del self.docs[key]
+        self._save(key)
+        for part in doc["parts"]:
+            if part["id"] and part["smsc"]:
+                for form in id_keys(part["id"]):
+                    self.storage.set(self.domain, f"{part['smsc']}/{form}", ID_STORE, None)
+        try:
+            self.on_final(doc, outcome, reason)
+        except Exception:
+            log.failure("SMS final report failed")
+
+    def stop(self):
+        for timer in self._retry_timers:
+            if timer.active():
+                timer.cancel()
+        self._retry_timers.clear()
+
+
+def parse_receipt(received):
+    """(message id, stat) of a delivery receipt: TLVs first, else the text 'id:... stat:...'."""
+    message_id = pdus.text_field(getattr(received, "receipted_message_id", None)) or None
+    state = getattr(received, "message_state", None)
+    stat = MESSAGE_STATES.get(state) if state is not None else None
+    text = (received.short_message or b"").decode("latin-1", "replace")
+    fields = {}
+    for token in text.replace("submit date", "submit_date").replace("done date", "done_date").split():
+        name, sep, value = token.partition(":")
+        if sep and name.lower() not in fields:
+            fields[name.lower()] = value
+    message_id = message_id or fields.get("id")
+    stat = stat or (fields.get("stat") or "").upper() or None
+    return message_id, stat

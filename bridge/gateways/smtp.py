@@ -1,0 +1,448 @@
+"""Email through an SMTP relay: offline notification and the conversation archive.
+
+Two producers feed one persisted outbox:
+
+- **Offline email.**  When ``offline/stored`` fires for a user whose
+  notification channels include "email" and who has an address, the
+  message's sender, time and text are appended to that user's digest queue.
+  ``digest_seconds`` after the first of them, everything in the queue becomes
+  one email (a digest when there are several) and moves to the outbox.
+- **Conversation archive.**  When ``archive_recipients`` is set, every chat
+  message one local user sends another (seen on ``stanza/out``, after the
+  blocking module) is appended to the queue of its conversation (the pair of
+  bare JIDs).  ``archive_interval_seconds`` after the first message not yet
+  mailed, the collected messages go to the outbox as one email with the
+  ``X-Bridge-Sender``, ``X-Bridge-Recipients`` and ``X-Bridge-Conversation``
+  headers.
+
+The outbox is a storage queue of finished RFC 5322 messages, sent one at a
+time, oldest first, with Twisted's ESMTP client.  An item leaves the queue
+only when the relay accepted it (or refused it for good with a 5xx for its
+recipients or its data), so a relay outage or a restart loses nothing and a
+message is not sent twice.  A connection failure, a timeout, a 4xx or a
+refusal before the recipients (TLS, authentication, MAIL FROM) retries with
+exponential backoff.  Every timer runs on the reactor passed in.
+"""
+
+import datetime
+import email.policy
+import email.utils
+import io
+from email.message import EmailMessage
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.logger import Logger
+from twisted.mail import smtp
+
+from bridge.core.notifications import NotificationPreferences
+
+log = Logger()
+
+OWNER = "smtp"
+# The blocking module hooks stanza/out at 100: blocked messages never reach the archive.
+ARCHIVE_PRIORITY = 10
+OUTBOX = "smtp-outbox"                # queue of (host "", user ""): {"to": [...], "mail": str, "kind": str}
+DIGEST = "smtp-digest"                # queue per (host, user): {"sender", "time", "text"}
+DIGEST_DUE = "smtp-digest-due"        # document per (host, user): {"due": epoch seconds}
+ARCHIVE = "smtp-archive"              # queue per ("", conversation): {"sender", "to", "time", "text"}
+ARCHIVE_DUE = "smtp-archive-due"      # document per ("", conversation): {"due": epoch seconds}
+GLOBAL = ""
+
+
+def message_text(stanza):
+    """The text of a message stanza's <body/>, or None when it has none (chat states, receipts)."""
+    for child in stanza.elements():
+        if child.name == "body":
+            text = str(child)
+            return text if text.strip() else None
+    return None
+
+
+def bare(jid_text):
+    return (jid_text or "").split("/", 1)[0]
+
+
+def conversation_id(first, second):
+    """The name of the conversation between two bare JIDs, the same both ways."""
+    return " ".join(sorted((first, second)))
+
+
+def format_time(epoch):
+    moment = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def render_lines(entries, with_recipient=False):
+    """The plain-text body: one paragraph per message (sender, time, text)."""
+    parts = []
+    for entry in entries:
+        head = f"{entry['sender']}"
+        if with_recipient:
+            head += f" to {entry['to']}"
+        head += f", {format_time(entry['time'])}:"
+        parts.append(head + "\n" + entry["text"].rstrip("\n"))
+    return "\n\n".join(parts) + "\n"
+
+
+def senders_phrase(entries):
+    senders = []
+    for entry in entries:
+        if entry["sender"] not in senders:
+            senders.append(entry["sender"])
+    return ", ".join(senders)
+
+
+class Mailer:
+    """Builds EmailMessages stamped with the clock's time."""
+
+    def __init__(self, config, clock, domain):
+        self.config = config
+        self.clock = clock
+        self.domain = domain
+        self.from_address = config.from_address or f"bridge@{domain}"
+
+    def _message(self, to, subject, body):
+        message = EmailMessage(policy=email.policy.default)
+        message["From"] = self.from_address
+        message["To"] = ", ".join(to)
+        message["Subject"] = subject
+        message["Date"] = email.utils.formatdate(self.clock.seconds(), localtime=False, usegmt=True)
+        message["Message-ID"] = email.utils.make_msgid("bridge", domain=self.domain)
+        message["Auto-Submitted"] = "auto-generated"
+        # Quoted-printable: 7-bit safe for any relay, still readable as source.
+        message.set_content(body, charset="utf-8", cte="quoted-printable")
+        return message
+
+    def offline(self, address, jid, entries):
+        """The email telling ``jid`` (at ``address``) of messages stored while away."""
+        if len(entries) == 1:
+            subject = f"Message from {entries[0]['sender']}"
+            intro = f"While you were away, {entries[0]['sender']} wrote to {jid}:\n\n"
+        else:
+            subject = f"{len(entries)} messages from {senders_phrase(entries)}"
+            intro = f"While you were away, {len(entries)} messages were sent to {jid}:\n\n"
+        return self._message([address], subject, intro + render_lines(entries))
+
+    def archive(self, recipients, conversation, entries):
+        """One conversation's collected messages, with the filtering headers."""
+        participants = conversation.split(" ")
+        subject = f"Conversation {' and '.join(participants)} ({len(entries)} message{'s' * (len(entries) != 1)})"
+        message = self._message(recipients, subject, render_lines(entries, with_recipient=True))
+        message["X-Bridge-Sender"] = senders_phrase(entries)
+        destinations = []
+        for entry in entries:
+            if entry["to"] not in destinations:
+                destinations.append(entry["to"])
+        message["X-Bridge-Recipients"] = ", ".join(destinations)
+        message["X-Bridge-Conversation"] = conversation
+        return message
+
+
+class BridgeSenderFactory(smtp.ESMTPSenderFactory):
+    """Twisted's one-message ESMTP sender, its timeouts on our reactor."""
+
+    def __init__(self, *args, reactor, helo, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reactor = reactor
+        self.domain = helo.encode("ascii", "replace")
+
+    def buildProtocol(self, addr):
+        protocol = super().buildProtocol(addr)
+        protocol.callLater = self.reactor.callLater
+        return protocol
+
+
+class Outcome:
+    SENT, RETRY, DROP = "sent", "retry", "drop"
+
+
+def classify(failure):
+    """(Outcome, text) for a failed send.
+
+    A 5xx for the recipients or for the data is final; everything else (a
+    connection failure, a timeout, a 4xx, a refusal of TLS, authentication
+    or MAIL FROM) may succeed later.
+    """
+    error = failure.value
+    if isinstance(error, smtp.SMTPDeliveryError) and error.addresses and 500 <= error.code < 600:
+        return Outcome.DROP, str(error)
+    return Outcome.RETRY, str(error) or repr(error)
+
+
+class EmailGateway(service.Service):
+    """Offline email and the conversation archive; one instance per server."""
+
+    def __init__(self, server, config, reactor):
+        self.server = server
+        self.config = config
+        self.reactor = reactor
+        self.storage = server.storage
+        self.preferences = NotificationPreferences(server.storage, server.config)
+        domain = next(iter(server.config.hosts), "localhost")
+        self.helo = config.helo_name or domain
+        self.mailer = Mailer(config, reactor, domain)
+        self.relay_host, self.relay_port = config.relay_address()
+        self.password = config.read_password()
+        self._digest_timers = {}      # (host, user) -> DelayedCall
+        self._archive_timers = {}     # conversation -> DelayedCall
+        self._draining = None         # the Deferred of the outbox loop while it runs
+        self._retry_call = None
+        self._failures = 0
+        self.delivered = 0            # counters, for logs and tests
+        self.dropped = 0
+
+    # -- lifetime -----------------------------------------------------------
+
+    def register(self):
+        """Hook the server's events (owner "smtp", undone by ``unregister``)."""
+        hooks = self.server.hooks
+        hooks.add("offline/stored", self.offline_stored, owner=OWNER)
+        if self.config.archive_recipients:
+            hooks.add("stanza/out", self.stanza_out, priority=ARCHIVE_PRIORITY, owner=OWNER)
+
+    def unregister(self):
+        self.server.hooks.remove_owner(OWNER)
+
+    def startService(self):
+        super().startService()
+        self.register()
+        self.resume().addErrback(lambda failure: log.failure("email: resuming the queues failed", failure))
+        log.info("email: relay {relay}, STARTTLS {starttls}, archive to {archive}", relay=self.config.relay,
+                 starttls=self.config.starttls, archive=", ".join(self.config.archive_recipients) or "nobody")
+
+    def stopService(self):
+        """Stop the timers; a send under way is let finish (each step is bounded by
+        ``timeout_seconds``) so that a mail the relay accepted leaves the queue."""
+        super().stopService()
+        self.unregister()
+        for call in [*self._digest_timers.values(), *self._archive_timers.values(), self._retry_call]:
+            if call is not None and call.active():
+                call.cancel()
+        self._digest_timers.clear()
+        self._archive_timers.clear()
+        self._retry_call = None
+        if self._draining is not None:
+            finished = defer.Deferred()
+            self._draining.addBoth(lambda result: (finished.callback(None), result)[1])
+            return finished
+        return None
+
+    @defer.inlineCallbacks
+    def resume(self):
+        """After a start: the timers of pending digests and archives again, then the outbox."""
+        now = self.reactor.seconds()
+        for host in self.server.config.hosts:
+            for user in (yield self.storage.users(host, DIGEST_DUE)):
+                due = yield self.storage.get(host, user, DIGEST_DUE)
+                self._schedule_digest(host, user, max(0.0, due["due"] - now))
+        for conversation in (yield self.storage.users(GLOBAL, ARCHIVE_DUE)):
+            due = yield self.storage.get(GLOBAL, conversation, ARCHIVE_DUE)
+            self._schedule_archive(conversation, max(0.0, due["due"] - now))
+        self.kick()
+
+    # -- offline email ------------------------------------------------------
+
+    def offline_stored(self, payload):
+        """``offline/stored`` handler: never claims the event (SMS may want it too)."""
+        host, user, stanza = payload
+        self._collect_offline(host, user, stanza).addErrback(
+            lambda failure: log.failure("email: queuing for {user}@{host} failed", failure, user=user, host=host))
+        return False
+
+    @defer.inlineCallbacks
+    def _collect_offline(self, host, user, stanza):
+        text = message_text(stanza)
+        if text is None or "email" not in (yield self.preferences.channels(host, user)):
+            return
+        if not (yield self.preferences.email(host, user)):
+            return
+        entry = {"sender": bare(stanza.getAttribute("from")), "time": self.reactor.seconds(), "text": text}
+        yield self.storage.append(host, user, DIGEST, entry)
+        if (host, user) not in self._digest_timers:
+            self._schedule_digest(host, user, self.config.digest_seconds)
+            due = self.reactor.seconds() + self.config.digest_seconds
+            yield self.storage.set(host, user, DIGEST_DUE, {"due": due})
+
+    def _schedule_digest(self, host, user, delay):
+        if (host, user) in self._digest_timers:
+            return
+        self._digest_timers[(host, user)] = self.reactor.callLater(delay, self._digest_due, host, user)
+
+    def _digest_due(self, host, user):
+        self.flush_digest(host, user).addErrback(
+            lambda failure: log.failure("email: digest for {user}@{host} failed", failure, user=user, host=host))
+
+    @defer.inlineCallbacks
+    def flush_digest(self, host, user):
+        """Turn a user's collected messages into one email in the outbox."""
+        self._digest_timers.pop((host, user), None)
+        entries = yield self.storage.items(host, user, DIGEST)
+        address = yield self.preferences.email(host, user)
+        if entries and address:
+            message = self.mailer.offline(address, f"{user}@{host}", [value for _, value in entries])
+            yield self.enqueue([address], message, "offline")
+            log.info("email: {count} message(s) for {user}@{host} queued to {address}", count=len(entries),
+                     user=user, host=host, address=address)
+        elif entries:
+            log.warn("email: {user}@{host} has no address any more; {count} notice(s) discarded", user=user,
+                     host=host, count=len(entries))
+        yield self.storage.remove(host, user, DIGEST, [item_id for item_id, _ in entries])
+        yield self.storage.set(host, user, DIGEST_DUE, None)
+
+    # -- the archive ----------------------------------------------------------
+
+    def stanza_out(self, event):
+        """``stanza/out`` handler: records chat between local users; routing goes on (False)."""
+        stanza = event.stanza
+        if stanza.name != "message" or stanza.getAttribute("type", "normal") not in ("chat", "normal"):
+            return False
+        if event.to is None or event.to.user is None or self.server.host_of(event.to) is None:
+            return False
+        text = message_text(stanza)
+        if text is None:
+            return False
+        sender = event.sender.userhost()
+        recipient = f"{event.to.user}@{self.server.host_of(event.to).name}"
+        if sender == recipient:
+            return False
+        self._collect_archive(sender, recipient, text).addErrback(
+            lambda failure: log.failure("email: archiving failed", failure))
+        return False
+
+    @defer.inlineCallbacks
+    def _collect_archive(self, sender, recipient, text):
+        conversation = conversation_id(sender, recipient)
+        entry = {"sender": sender, "to": recipient, "time": self.reactor.seconds(), "text": text}
+        yield self.storage.append(GLOBAL, conversation, ARCHIVE, entry)
+        if conversation not in self._archive_timers:
+            interval = self.config.archive_interval_seconds
+            self._schedule_archive(conversation, interval)
+            yield self.storage.set(GLOBAL, conversation, ARCHIVE_DUE, {"due": self.reactor.seconds() + interval})
+
+    def _schedule_archive(self, conversation, delay):
+        if conversation not in self._archive_timers:
+            self._archive_timers[conversation] = self.reactor.callLater(delay, self._archive_due, conversation)
+
+    def _archive_due(self, conversation):
+        self.flush_archive(conversation).addErrback(
+            lambda failure: log.failure("email: archive of {conversation} failed", failure,
+                                        conversation=conversation))
+
+    @defer.inlineCallbacks
+    def flush_archive(self, conversation):
+        """Mail a conversation's collected messages to the archive recipients."""
+        self._archive_timers.pop(conversation, None)
+        entries = yield self.storage.items(GLOBAL, conversation, ARCHIVE)
+        if entries and self.config.archive_recipients:
+            message = self.mailer.archive(list(self.config.archive_recipients), conversation,
+                                          [value for _, value in entries])
+            yield self.enqueue(list(self.config.archive_recipients), message, "archive")
+        yield self.storage.remove(GLOBAL, conversation, ARCHIVE, [item_id for item_id, _ in entries])
+        yield self.storage.set(GLOBAL, conversation, ARCHIVE_DUE, None)
+
+    # -- the outbox -----------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def enqueue(self, recipients, message, kind):
+        """Persist ``message`` for ``recipients``, then send when the relay is free."""
+        text = message.as_bytes(policy=email.policy.default).decode("ascii", "replace")
+        yield self.storage.append(GLOBAL, GLOBAL, OUTBOX, {"to": recipients, "mail": text, "kind": kind})
+        self.kick()
+
+    def kick(self):
+        """Start sending unless a send or a backoff is under way."""
+        if self._draining is not None or self._retry_call is not None or not self.running:
+            return
+        self._draining = defer.Deferred()
+        self._drain().addErrback(lambda failure: log.failure("email: outbox failed", failure)).addBoth(
+            self._drained)
+
+    def _drained(self, _):
+        draining, self._draining = self._draining, None
+        draining.callback(None)
+
+    @defer.inlineCallbacks
+    def _drain(self):
+        while self.running:
+            head = yield self.storage.items(GLOBAL, GLOBAL, OUTBOX, limit=1)
+            if not head:
+                return
+            item_id, item = head[0]
+            # A local fault (an unreadable ca_file) is retried like a relay's.
+            attempt = defer.maybeDeferred(self._send, item)
+            outcome, detail = yield attempt.addErrback(lambda failure: (Outcome.RETRY, str(failure.value)))
+            if outcome == Outcome.RETRY:
+                self._back_off(item, detail)
+                return
+            if outcome == Outcome.DROP:
+                self.dropped += 1
+                log.error("email: relay {relay} refused the {kind} mail to {to} for good, dropped: {detail}",
+                          relay=self.config.relay, kind=item["kind"], to=", ".join(item["to"]), detail=detail)
+            else:
+                self.delivered += 1
+                log.info("email: {kind} mail to {to} accepted by {relay}", kind=item["kind"],
+                         to=", ".join(item["to"]), relay=self.config.relay)
+                if detail:
+                    # Some recipients answered 4xx: a copy for them alone, after the backoff.
+                    yield self.storage.append(GLOBAL, GLOBAL, OUTBOX, {**item, "to": detail})
+            yield self.storage.remove(GLOBAL, GLOBAL, OUTBOX, [item_id])
+            if outcome == Outcome.SENT and detail:
+                self._back_off({**item, "to": detail}, "4xx for some recipients")
+                return
+            self._failures = 0
+
+    def _back_off(self, item, detail):
+        """Wait retry_initial_seconds, doubling at each failure in a row up to retry_max_seconds."""
+        if not self.running:
+            return
+        self._failures += 1
+        delay = min(self.config.retry_max_seconds, self.config.retry_initial_seconds * 2 ** (self._failures - 1))
+        log.warn("email: relay {relay} did not take the {kind} mail to {to} ({detail}); retry in {delay:.1f}s",
+                 relay=self.config.relay, kind=item["kind"], to=", ".join(item["to"]), detail=detail, delay=delay)
+        self._retry_call = self.reactor.callLater(delay, self._retry)
+
+    def _retry(self):
+        self._retry_call = None
+        self.kick()
+
+    def _send(self, item):
+        """Deferred (Outcome, detail): one attempt at handing ``item`` to the relay."""
+        result = defer.Deferred()
+        starttls = self.config.starttls
+        context = None
+        if starttls != "off":
+            trust = {}
+            if self.config.ca_file:
+                with open(self.config.ca_file, "rb") as handle:
+                    trust["trustRoot"] = Certificate.loadPEM(handle.read())
+            context = optionsForClientTLS(self.relay_host, **trust)
+        username = self.config.username.encode("utf-8") or None
+        factory = BridgeSenderFactory(
+            username, self.password.encode("utf-8") or None, self.mailer.from_address, item["to"],
+            io.BytesIO(item["mail"].encode("utf-8")), result, retries=0, timeout=self.config.timeout_seconds,
+            contextFactory=context, heloFallback=True, requireAuthentication=bool(username),
+            requireTransportSecurity=starttls == "required", reactor=self.reactor, helo=self.helo)
+        self.reactor.connectTCP(self.relay_host, self.relay_port, factory, timeout=self.config.timeout_seconds)
+
+        def done(value):
+            _, addresses = value
+            later = [address.decode("ascii", "replace") for address, code, _ in addresses if 400 <= code < 500]
+            refused = [f"{address.decode('ascii', 'replace')}: {code}" for address, code, _ in addresses
+                       if code >= 500]
+            if refused:
+                log.error("email: recipients refused for good: {refused}", refused=", ".join(refused))
+            return Outcome.SENT, later
+
+        def failed(failure):
+            return classify(failure)
+
+        return result.addCallbacks(done, failed)
+
+
+def setup(server, reactor):
+    """The gateway for ``server``'s ``[smtp]`` section, or None when no relay is configured."""
+    if not server.config.smtp.relay:
+        return None
+    return EmailGateway(server, server.config.smtp, reactor)
