@@ -26,6 +26,12 @@ class ConfigError(Exception):
         super().__init__("\n".join(self.problems))
 
 
+def read_first_line(path):
+    """A secret kept in a file: its first line, without the line end."""
+    with open(path, encoding="utf-8") as handle:
+        return handle.readline().rstrip("\r\n")
+
+
 def _option(default, *, low=None, high=None, choices=None, path=False):
     """A dataclass field whose metadata carries the checks made at load time.
 
@@ -143,10 +149,7 @@ class ComponentConfig:
     secret_file: str = _option("", path=True)
 
     def read_secret(self):
-        if self.secret_file:
-            with open(self.secret_file, encoding="utf-8") as handle:
-                return handle.readline().rstrip("\r\n")
-        return self.secret
+        return read_first_line(self.secret_file) if self.secret_file else self.secret
 
 
 @dataclass(frozen=True)
@@ -195,10 +198,7 @@ class SMTPConfig:
         return host.strip("[]"), int(port)
 
     def read_password(self):
-        if not self.password_file:
-            return ""
-        with open(self.password_file, encoding="utf-8") as handle:
-            return handle.readline().rstrip("\r\n")
+        return read_first_line(self.password_file) if self.password_file else ""
 
 
 @dataclass(frozen=True)
@@ -228,6 +228,7 @@ class SMSCConfig:
     ca_file: str = _option("", path=True)
     system_id: str = _option("")
     password: str = _option("")
+    password_file: str = _option("", path=True)
     system_type: str = _option("")
     source_addr: str = _option("")
     source_addr_ton: int = _option(1, low=0, high=6)
@@ -239,6 +240,10 @@ class SMSCConfig:
     reconnect_min_seconds: float = _option(1.0, low=0.01, high=3600)
     reconnect_max_seconds: float = _option(60.0, low=0.01, high=86400)
     throttle_backoff_seconds: float = _option(1.0, low=0.01, high=3600)
+
+    def read_password(self):
+        """The bind password: the first line of password_file, else the inline one."""
+        return read_first_line(self.password_file) if self.password_file else self.password
 
 
 @dataclass(frozen=True)

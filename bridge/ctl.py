@@ -36,8 +36,7 @@ def _account(config, text):
 def _password(args):
     if args.password_file:
         try:
-            with open(args.password_file, encoding="utf-8") as handle:
-                password = handle.readline().rstrip("\r\n")
+            password = configuration.read_first_line(args.password_file)
         except OSError as error:
             raise CommandError(f"{args.password_file}: {error.strerror}")
     else:

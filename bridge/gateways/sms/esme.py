@@ -112,7 +112,7 @@ class ESMEProtocol(Protocol):
     def connectionMade(self):
         self.state = "binding"
         config = self.config
-        self.request("bind_transceiver", system_id=config.system_id, password=config.password,
+        self.request("bind_transceiver", system_id=config.system_id, password=config.read_password(),
                      system_type=config.system_type, interface_version=INTERFACE_VERSION,
                      addr_ton=0, addr_npi=0, address_range="").addCallbacks(self._bind_answered, lambda _: None)
 
