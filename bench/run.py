@@ -341,8 +341,12 @@ class ProsodyServer(Server):
     name = "prosody"
 
     def __init__(self, args, workdir, port, key_type, host="127.0.0.1", domain=None,
-                 name=None, s2s=None):
+                 name=None, s2s=None, http_port=None):
         super().__init__(args, workdir, port, host, domain, name)
+        # Browser transports phase: mod_bosh and mod_websocket on plain HTTP.
+        self.http_port = http_port
+        if http_port:
+            self.extra_ports.append((host, http_port))
         self.data = os.path.join(workdir, "data")
         self.certs = os.path.join(workdir, "certs")
         self.cfg = os.path.join(workdir, "prosody.cfg.lua")
@@ -377,16 +381,28 @@ class ProsodyServer(Server):
             "data_path = %s" % lua(self.data),
             "certificates = %s" % lua(self.certs),
             "log = { warn = %s }" % lua(os.path.join(self.dir, "prosody.log")),
-            "interfaces = { \"127.0.0.1\" }",
+            "interfaces = { %s }" % lua(self.host),
             "c2s_ports = { %d }" % self.port,
             "c2s_direct_tls_ports = { }",
-            "modules_enabled = { \"roster\", \"saslauth\", \"tls\", \"disco\", \"ping\", \"posix\" }",
+            "modules_enabled = { \"roster\", \"saslauth\", \"tls\", \"disco\", \"ping\", "
+            "\"posix\"%s }" % (", \"bosh\", \"websocket\"" if self.http_port else ""),
             "modules_disabled = { \"s2s\", \"offline\" }",
             "c2s_require_encryption = true",
             "authentication = \"internal_hashed\"",
             "storage = \"internal\"",
             "ssl = { certificate = %s, key = %s }" % (lua(cert), lua(key)),
         ]
+        if self.http_port:
+            lines += [
+                "http_ports = { %d }" % self.http_port,
+                "http_interfaces = { %s }" % lua(self.host),
+                "https_ports = { }",
+                "https_interfaces = { }",
+                # Plain HTTP on loopback counts as secure, so that SASL is
+                # allowed there (c2s_require_encryption is for TCP only).
+                "consider_bosh_secure = true",
+                "consider_websocket_secure = true",
+            ]
         if os.getuid() == 0:
             # prosodyctl would otherwise switch to the 'prosody' user and
             # prosody itself refuses to run as root.
@@ -503,8 +519,12 @@ class BridgeServer(Server):
     name = "bridge"
 
     def __init__(self, args, workdir, port, host="127.0.0.1", domain=None, name=None,
-                 data_dir=None, s2s=None):
+                 data_dir=None, s2s=None, http_port=None):
         super().__init__(args, workdir, port, host, domain, name)
+        # Browser transports phase: BOSH and WebSocket on a plain HTTP listener.
+        self.http_port = http_port
+        if http_port:
+            self.extra_ports.append((host, http_port))
         if data_dir is None and args.bridge_data_dir:
             data_dir = args.bridge_data_dir
         self.data = os.path.abspath(data_dir) if data_dir else os.path.join(workdir, "data")
@@ -560,7 +580,11 @@ class BridgeServer(Server):
             # another bridge on this machine; a listen failure stops bridge.
             if bridge_has_section("component_listener"):
                 f.write("[component_listener]\nendpoints = []\n\n")
-            if bridge_has_section("http"):
+            if self.http_port:
+                # Browser transports: plain HTTP on this bridge's address only.
+                f.write("[http]\nendpoints = [%s]\ntls_endpoints = []\n\n" % toml_str(
+                    "tcp:%d:interface=%s" % (self.http_port, self.host)))
+            elif bridge_has_section("http"):
                 # Nor the HTTP (BOSH/WebSocket) listeners, on all interfaces
                 # (:5280, :5281) by default: two bridges at once would clash.
                 f.write("[http]\nendpoints = []\ntls_endpoints = []\n\n")
@@ -663,8 +687,15 @@ def sha256(s):
 # ---------------------------------------------------------------------------
 # loads
 
-def loader_cmd(args, server, mode, extra, recv=None, accounts=None):
-    cmd = [sys.executable, LOAD, mode, "--host", server.host, "--port", str(server.port),
+def loader_cmd(args, server, mode, extra, recv=None, accounts=None, transport=None):
+    """The load.py command line; `transport` (bosh, websocket) points it at the
+    server's HTTP listener instead of c2s."""
+    port = server.port
+    if transport and transport != "tcp":
+        port = server.http_port
+        extra = ["--transport", transport, "--bosh-max-rate", args.bosh_max_rate,
+                 "--bosh-burst", args.bosh_burst] + list(extra)
+    cmd = [sys.executable, LOAD, mode, "--host", server.host, "--port", str(port),
            "--domain", server.domain, "--user-pattern", args.user_pattern,
            "--password", args.password, "--accounts", str(accounts or args.accounts),
            "--concurrency", str(args.concurrency),
@@ -690,8 +721,8 @@ def parse_result(stdout):
     return result
 
 
-def run_loader(args, server, mode, extra, timeout, recv=None, accounts=None):
-    cmd = loader_cmd(args, server, mode, extra, recv, accounts)
+def run_loader(args, server, mode, extra, timeout, recv=None, accounts=None, transport=None):
+    cmd = loader_cmd(args, server, mode, extra, recv, accounts, transport)
     say("%s: load %s: %s" % (server.name, mode, " ".join(cmd[2:])))
     t0 = time.monotonic()
     try:
@@ -712,9 +743,9 @@ def run_loader(args, server, mode, extra, timeout, recv=None, accounts=None):
     return res
 
 
-def run_idle(args, server, sessions):
+def run_idle(args, server, sessions, accounts=None, transport=None):
     extra = ["--sessions", sessions, "--hold-timeout", args.hold_timeout]
-    cmd = loader_cmd(args, server, "idle", extra)
+    cmd = loader_cmd(args, server, "idle", extra, accounts=accounts, transport=transport)
     say("%s: load idle: %s" % (server.name, " ".join(cmd[2:])))
     time.sleep(args.settle)
     rss_before = proc_rss_kib(server.pid)
@@ -787,12 +818,13 @@ def run_idle(args, server, sessions):
     return res
 
 
-def smoke(args, server, accounts):
+def smoke(args, server, accounts, transport=None):
     """A few logins right after start: lazily loaded code gets loaded before
     any measurement, and a broken login fails fast."""
     n = min(20, accounts)
     res = run_loader(args, server, "logins", ["--logins", n, "--login-accounts", n,
-                                              "--max-time", 120], timeout=180)
+                                              "--max-time", 120], timeout=180,
+                     accounts=accounts, transport=transport)
     if res.get("failed") is True or not res.get("logins_ok"):
         raise BenchError("%s: smoke logins failed: %s" % (server.name, res.get("errors")))
     return res
@@ -831,6 +863,208 @@ def bench_server(args, server, accounts, out):
                 timeout=args.max_time + args.duration + args.warmup + 120)
         out.setdefault("rss_after_load_kib", {})[phase] = proc_rss_kib(server.pid)
     return out
+
+
+# ---------------------------------------------------------------------------
+# browser transports
+
+BROWSER_TRANSPORTS = ("bosh", "websocket")
+# Log lines of the browser phase worth a look: BOSH/WebSocket session ends,
+# HTTP connections refused or cut, and anything that looks wrong.
+BRIDGE_WEB_NOTABLE_RE = re.compile(
+    r"BOSH|WebSocket|websocket|HTTP connection|cutting off|stream error|Traceback|"
+    r"Unhandled|\bError\b|error|exception|failed", re.I)
+PROSODY_WEB_NOTABLE_RE = re.compile(r"bosh|websocket|http|\berror\b|\bwarn\b|traceback", re.I)
+# What varies between otherwise identical lines: timestamps, peers, ids, numbers.
+_LOG_NOISE = [
+    (re.compile(r"^\S+T\S+\s+"), ""),                                   # twistd timestamp
+    (re.compile(r"^\w{3} \d\d \d\d:\d\d:\d\d\s+"), ""),                     # Prosody timestamp
+    (re.compile(r"\b\d{1,3}(\.\d{1,3}){3}:\d+\b"), "ADDR"),
+    (re.compile(r"\b(c2s|bosh|websocket|http\.server)[0-9a-f]{6,}\b"), r"\1ID"),
+    (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f-]{27}"), "UUID"),
+    (re.compile(r"\b\d+(\.\d+)?\b"), "N"),
+]
+
+
+def log_summary(lines, limit=40):
+    """Notable log lines grouped once their variable parts are masked:
+    {pattern: count}, the most frequent first."""
+    counts = {}
+    for line in lines:
+        if line.startswith("... ") and line.endswith(" more"):
+            continue
+        key = line
+        for pattern, repl in _LOG_NOISE:
+            key = pattern.sub(repl, key)
+        key = key.strip()[:300]
+        counts[key] = counts.get(key, 0) + 1
+    top = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
+    return dict(top)
+
+
+def bench_browser(args, tmp, out, names):
+    """BOSH and WebSocket, per server: idle sessions (RSS per session) and
+    messages/s with latency, each load on a freshly started server."""
+    ip = {"bridge": args.browser_addresses[0], "prosody": args.browser_addresses[1]}
+    accounts = max(args.browser_sessions, 2 * args.browser_pairs, 20)
+    out["params"] = {"transports": args.browser_transports, "sessions": args.browser_sessions,
+                     "pairs": args.browser_pairs, "window": args.window,
+                     "bosh_window": args.bosh_window,
+                     "duration": args.browser_duration, "warmup": args.warmup,
+                     "accounts": accounts, "bosh_max_rate": args.bosh_max_rate,
+                     "bosh_burst": args.bosh_burst,
+                     "addresses": ip, "c2s_port": args.browser_c2s_port,
+                     "http_port": args.browser_http_port}
+    servers = out.setdefault("servers", {})
+    for name in names:
+        entry = servers.setdefault(name, {})
+        wdir = os.path.join(tmp, "browser", name)
+        if name == "bridge":
+            # The accounts of the TCP phase (same data_dir) are reused.
+            server = BridgeServer(args, wdir, args.browser_c2s_port, ip[name],
+                                  name="bridge-web",
+                                  data_dir=args.bridge_data_dir or os.path.join(tmp, "bridge", "data"),
+                                  http_port=args.browser_http_port)
+        else:
+            server = ProsodyServer(args, wdir, args.browser_c2s_port,
+                                   "rsa" if args.prosody_key == "rsa" else "ec", ip[name],
+                                   name="prosody-web", http_port=args.browser_http_port)
+        entry["endpoint"] = "http://%s:%d" % (ip[name], args.browser_http_port)
+        try:
+            server.prepare(accounts)
+            first = True
+            for transport in args.browser_transports:
+                t = entry.setdefault(transport, {})
+                try:
+                    for load in ("idle", "messages"):
+                        if first or not args.no_restart:
+                            server.stop()
+                            server.start()
+                            server.on_started()
+                            t.setdefault("smoke", {})[load] = smoke(
+                                args, server, accounts, transport)
+                            first = False
+                        if load == "idle":
+                            res = t["idle"] = run_idle(args, server, args.browser_sessions,
+                                                       accounts, transport)
+                            say("%s: %s idle: %s KiB per session (%s sessions, ended: %s)" % (
+                                server.name, transport, res.get("rss_per_session_kib"),
+                                res.get("sessions"), res.get("sessions_ended")))
+                        else:
+                            window = args.bosh_window if transport == "bosh" else args.window
+                            res = t["messages"] = run_loader(args, server, "messages", [
+                                "--pairs", args.browser_pairs, "--window", window,
+                                "--duration", args.browser_duration, "--warmup", args.warmup,
+                                "--max-time", args.max_time],
+                                timeout=args.max_time + args.browser_duration + args.warmup + 120,
+                                accounts=accounts, transport=transport)
+                            say("%s: %s messages: %s/s, p50 %s ms, p99 %s ms, ended: %s" % (
+                                server.name, transport, res.get("messages_per_s"),
+                                res.get("latency_p50_ms"), res.get("latency_p99_ms"),
+                                res.get("sessions_ended")))
+                        if res.get("failed") is True:
+                            raise BenchError("%s %s load failed: %s"
+                                             % (transport, load, res.get("errors")))
+                        t.setdefault("rss_after_load_kib", {})[load] = proc_rss_kib(server.pid)
+                except (BenchError, OSError, subprocess.SubprocessError) as exc:
+                    t["error"] = str(exc)
+                    say("%s: %s FAILED: %s" % (server.name, transport, exc))
+        except (BenchError, OSError, subprocess.SubprocessError) as exc:
+            entry["error"] = str(exc)
+            say("%s: FAILED: %s" % (server.name, exc))
+        finally:
+            stop_quietly(server)
+            entry["info"] = server.info
+            if isinstance(server, ProsodyServer):
+                lines = notable_lines(server.log_files(), PROSODY_WEB_NOTABLE_RE, limit=100000)
+            else:
+                lines = notable_lines(server.log_files(), BRIDGE_WEB_NOTABLE_RE, limit=100000)
+            entry["log_summary"] = log_summary(lines)
+            entry["notable_lines"] = lines[:100]
+            entry["server_log_tail"] = tail(server.log_files()[-1], 20)
+        entry["figures"] = browser_figures(entry)
+    return out
+
+
+def browser_figures(entry):
+    f = {}
+    for transport in BROWSER_TRANSPORTS:
+        t = entry.get(transport) or {}
+        idle = t.get("idle") or {}
+        m = t.get("messages") or {}
+        f[transport + "_rss_per_idle_session_kib"] = idle.get("rss_per_session_kib")
+        f[transport + "_idle_sessions"] = idle.get("sessions")
+        if idle.get("rss_before_kib") is not None:
+            f[transport + "_rss_baseline_mib"] = round(idle["rss_before_kib"] / 1024, 1)
+        if idle.get("rss_after_kib") is not None:
+            f[transport + "_rss_with_idle_sessions_mib"] = round(idle["rss_after_kib"] / 1024, 1)
+        for key in ("messages_per_s", "latency_p50_ms", "latency_p99_ms",
+                    "server_cpu_us_per_message"):
+            f["%s_%s" % (transport, key)] = m.get(key)
+    return f
+
+
+BROWSER_ROWS = []
+for _t, _label in (("bosh", "BOSH"), ("websocket", "WebSocket")):
+    BROWSER_ROWS += [
+        (_t + "_rss_per_idle_session_kib", _label + " RSS KiB/idle session", "lower"),
+        (_t + "_rss_baseline_mib", _label + " RSS MiB before idle", "lower"),
+        (_t + "_rss_with_idle_sessions_mib", _label + " RSS MiB with idle", "lower"),
+        (_t + "_messages_per_s", _label + " messages/s", "higher"),
+        (_t + "_latency_p50_ms", _label + " latency p50 ms", "lower"),
+        (_t + "_latency_p99_ms", _label + " latency p99 ms", "lower"),
+        (_t + "_server_cpu_us_per_message", _label + " server CPU us/msg", "lower"),
+    ]
+
+
+def print_browser(results, args, names):
+    br = results["browser_transports"]
+    servers = br.get("servers") or {}
+    figs = {n: (servers.get(n) or {}).get("figures", {}) for n in names}
+    rows = [r for r in BROWSER_ROWS if r[0].split("_")[0] in args.browser_transports]
+    text, ratios = table(figs, names, rows)
+    br["ratios_bridge_over_prosody"] = ratios
+    print()
+    print("Browser transports (plain HTTP): %d idle sessions; %d pairs for %.0f s, window "
+          "%d (BOSH %d); BOSH at most %g requests/s per session (bursts of %d)" % (
+              args.browser_sessions, args.browser_pairs, args.browser_duration, args.window,
+              args.bosh_window, args.bosh_max_rate, args.bosh_burst))
+    print(text)
+    for n in names:
+        e = servers.get(n) or {}
+        warn = []
+        for transport in args.browser_transports:
+            t = e.get(transport) or {}
+            for load in ("idle", "messages"):
+                r = t.get(load) or {}
+                if r.get("errors"):
+                    warn.append("%s %s errors: %s" % (transport, load, r["errors"]))
+                if r.get("sessions_ended"):
+                    warn.append("%s %s: sessions ended during the load: %s"
+                                % (transport, load, r["sessions_ended"]))
+                failed = r.get("failed")
+                if failed is True:
+                    warn.append("%s %s: the load failed" % (transport, load))
+                elif failed:
+                    warn.append("%s %s: %s logins failed" % (transport, load, failed))
+                lf = r.get("loader_cpu_fraction")
+                if lf is not None and lf > 0.9:
+                    warn.append("%s %s: loader CPU %.0f%%: the loader may be the bottleneck"
+                                % (transport, load, 100 * lf))
+                if r.get("lost"):
+                    warn.append("%s: %d messages not delivered within the drain time"
+                                % (transport, r["lost"]))
+                if r.get("bad_from"):
+                    warn.append("%s: %d messages without the sender's full JID as 'from'"
+                                % (transport, r["bad_from"]))
+            if t.get("error"):
+                warn.append("%s error: %s" % (transport, t["error"].splitlines()[0]))
+        if e.get("error"):
+            warn.append("error: %s" % e["error"].splitlines()[0])
+        for w in warn:
+            print("  %s: %s" % (n, w))
+    if br.get("error"):
+        print("  browser transports: error: %s" % br["error"].splitlines()[0])
 
 
 # ---------------------------------------------------------------------------
@@ -1134,7 +1368,7 @@ def fmt(v):
     return str(v)
 
 
-def table(figs, names):
+def table(figs, names, rows=None):
     lines = []
     head = "%-30s" % "figure" + "".join("%12s" % n for n in names)
     both = "bridge" in names and "prosody" in names
@@ -1143,7 +1377,7 @@ def table(figs, names):
     lines.append(head)
     lines.append("-" * len(head))
     ratios = {}
-    for key, label, better in ROWS:
+    for key, label, better in rows or ROWS:
         row = "%-30s" % label + "".join("%12s" % fmt(figs.get(n, {}).get(key)) for n in names)
         if both:
             b, p = figs["bridge"].get(key), figs["prosody"].get(key)
@@ -1279,7 +1513,55 @@ def main(argv=None):
     g.add_argument("--fed-data-dir",
                    help="persistent base folder for the two bridges' data_dir "
                         "(a.test/, c.test/), to reuse their accounts between runs")
+    g = p.add_argument_group(
+        "browser transports", "BOSH and WebSocket on plain HTTP, bridge and Prosody "
+        "(mod_bosh, mod_websocket): idle sessions and messages; run after the federation phase")
+    g.add_argument("--no-browser-transports", action="store_true",
+                   help="skip the browser transports phase")
+    g.add_argument("--only-browser-transports", action="store_true",
+                   help="run only the browser transports phase (for the servers of --servers)")
+    g.add_argument("--browser-transports", default="bosh,websocket",
+                   help="comma-separated subset of bosh,websocket (default %(default)s)")
+    g.add_argument("--browser-sessions", type=int,
+                   help="idle sessions per transport (default 500; 50 with --quick)")
+    g.add_argument("--browser-pairs", type=int,
+                   help="sender/receiver pairs per transport (default 20; 5 with --quick)")
+    g.add_argument("--browser-duration", type=float,
+                   help="measured seconds of the messages load, after --warmup "
+                        "(default 10; 2 with --quick)")
+    g.add_argument("--browser-addresses", default="127.0.0.21,127.0.0.22",
+                   help="loopback addresses of bridge and of Prosody in this phase "
+                        "(default %(default)s)")
+    g.add_argument("--browser-c2s-port", type=int, default=25242,
+                   help="c2s port of both servers in this phase, on their addresses")
+    g.add_argument("--browser-http-port", type=int, default=25280,
+                   help="HTTP port of both servers (BOSH, WebSocket), on their addresses")
+    g.add_argument("--bosh-max-rate", type=float, default=20.0,
+                   help="BOSH requests per second per session at most (default %(default)s; "
+                        "bridge ends a session past 25/s, bursts of 100); 0: no limit")
+    g.add_argument("--bosh-window", type=int, default=200,
+                   help="messages in flight per pair over BOSH (default %(default)s: with "
+                        "the receivers' polls capped by --bosh-max-rate, --window's 50 would "
+                        "measure the pacing, not the server)")
+    g.add_argument("--bosh-burst", type=int, default=10,
+                   help="BOSH requests a session may make at once beyond that rate "
+                        "(token bucket; default %(default)s)")
     args = p.parse_args(argv)
+    if args.browser_sessions is None:
+        args.browser_sessions = 50 if args.quick else 500
+    if args.browser_pairs is None:
+        args.browser_pairs = 5 if args.quick else 20
+    if args.browser_duration is None:
+        args.browser_duration = 2.0 if args.quick else 10.0
+    args.browser_addresses = [x.strip() for x in args.browser_addresses.split(",")]
+    if len(args.browser_addresses) != 2:
+        p.error("--browser-addresses needs two addresses")
+    args.browser_transports = [x.strip() for x in args.browser_transports.split(",") if x.strip()]
+    for t in args.browser_transports:
+        if t not in BROWSER_TRANSPORTS:
+            p.error("unknown browser transport %r" % t)
+    if args.only_browser_transports and (args.federation_only or args.no_browser_transports):
+        p.error("--only-browser-transports excludes --federation-only and --no-browser-transports")
     if args.quick:
         args.logins, args.pairs, args.duration, args.warmup = 20, 5, 2.0, 1.0
         args.sessions = 50
@@ -1293,17 +1575,18 @@ def main(argv=None):
         p.error("--fed-addresses needs three addresses")
     if args.federation_only and args.no_federation:
         p.error("--federation-only and --no-federation exclude each other")
-    federation = not args.no_federation
+    federation = not args.no_federation and not args.only_browser_transports
     args.fed_prosody = federation and not args.fed_no_prosody
     if args.fed_prosody and not shutil.which("prosody"):
         say("prosody not found: the federation phase runs bridge -> bridge only")
         args.fed_prosody = False
-    names = [] if args.federation_only else \
-        [n.strip() for n in args.servers.split(",") if n.strip()]
-    for n in names:
+    server_names = [n.strip() for n in args.servers.split(",") if n.strip()]
+    for n in server_names:
         if n not in ("bridge", "prosody"):
             p.error("unknown server %r" % n)
-    if "prosody" in names and not shutil.which("prosody"):
+    names = [] if args.federation_only or args.only_browser_transports else server_names
+    browser_names = [] if args.federation_only or args.no_browser_transports else server_names
+    if "prosody" in names + browser_names and not shutil.which("prosody"):
         p.error("prosody not found: apt-get install -y prosody (or --servers bridge)")
     args.accounts = max(args.sessions, 2 * args.pairs, 20)
     raise_nofile()
@@ -1316,7 +1599,9 @@ def main(argv=None):
         "kernel": platform.release(),
         "params": {k: getattr(args, k) for k in (
             "logins", "concurrency", "login_accounts", "pairs", "window", "duration",
-            "warmup", "sessions", "accounts", "quick", "fed_pairs", "fed_duration")},
+            "warmup", "sessions", "accounts", "quick", "fed_pairs", "fed_duration",
+            "browser_sessions", "browser_pairs", "browser_duration", "browser_transports",
+            "bosh_max_rate", "bosh_burst", "bosh_window")},
     }, "servers": {}}
     if shutil.which("prosody"):
         try:
@@ -1371,6 +1656,18 @@ def main(argv=None):
             if any("error" in (fed.get(k) or {}) for k in
                    ("bridge_to_bridge", "bridge_to_prosody")):
                 failed = True
+        if browser_names:
+            br = results["browser_transports"] = {}
+            try:
+                bench_browser(args, tmp, br, browser_names)
+            except (BenchError, OSError, subprocess.SubprocessError) as exc:
+                failed = True
+                br["error"] = str(exc)
+                say("browser transports: FAILED: %s" % exc)
+            for e in (br.get("servers") or {}).values():
+                if "error" in e or any("error" in (e.get(t) or {})
+                                       for t in args.browser_transports):
+                    failed = True
     finally:
         figs = {n: results["servers"].get(n, {}).get("figures", {}) for n in names}
         text, ratios = table(figs, names)
@@ -1403,6 +1700,8 @@ def main(argv=None):
                 print("  %s: %s" % (n, w))
         if "federation" in results:
             print_federation(results, args)
+        if "browser_transports" in results:
+            print_browser(results, args, browser_names)
         if args.output:
             with open(args.output, "w") as f:
                 json.dump(results, f, indent=2, sort_keys=True)

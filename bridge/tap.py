@@ -112,15 +112,20 @@ class ServerService(service.MultiService):
         return d
 
 
-class SMSService(service.Service):
-    """The SMS gateway's lifetime: queue loaded and SMSCs bound at start, unbound at shutdown."""
+class GatewayService(service.Service):
+    """A gateway's lifetime: ``start()`` with the server, ``stop()`` (a Deferred or None) before
+    storage closes (SMSCs unbound, BOSH sessions ended with system-shutdown)."""
 
-    def __init__(self, gateway):
+    def __init__(self, name, gateway):
+        self.name = name
         self.gateway = gateway
 
     def startService(self):
         super().startService()
-        self.gateway.start().addErrback(lambda failure: log.failure("SMS gateway start failed", failure))
+        if hasattr(self.gateway, "start"):
+            started = self.gateway.start()
+            if started is not None:
+                started.addErrback(lambda failure: log.failure("{name} failed to start", failure, name=self.name))
 
     def stopService(self):
         super().stopService()
@@ -164,7 +169,7 @@ def build(config, reactor):
         gateway = SMSGateway(server, config, smsc_connector(reactor))
         gateway.setup()
         # A child of the server's service: stopped (unbound) before storage closes.
-        SMSService(gateway).setServiceParent(top)
+        GatewayService("SMS gateway", gateway).setServiceParent(top)
 
     def listen(kind, descriptions, factory):
         for description in descriptions:
@@ -187,6 +192,7 @@ def build(config, reactor):
     # Browsers: BOSH, WebSocket and the web client on one HTTP listener, plain and TLS.
     http = config.http
     bosh = BoshService(server, http)
+    GatewayService("BOSH", bosh).setServiceParent(top)
     listen("http", http.endpoints, HTTPFactory(server, http, bosh, tls=False))
     if http.tls_endpoints:
         http_context = tls.server_context(*tls.certificate_paths(config, http), http.tls_min_version,

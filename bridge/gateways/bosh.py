@@ -352,6 +352,7 @@ class BoshSession:
         self.last_rid = options.rid - 1  # every rid up to this one is processed
         self.answered_rid = options.rid - 1  # every rid up to this one is answered
         self._busy = False
+        self._flush_soon = None
         self._stream_error = False
         self._pause = None
         self._inactivity = None
@@ -592,6 +593,14 @@ class BoshSession:
         if self.queued_bytes > self.options.max_buffered_bytes and not self._stream_error:
             self.stream.stream_error("resource-constraint", "the client does not collect its data")
             return
+        # Answer at the end of this reactor turn, so that the stanzas routed
+        # together (a batch from one request, a presence broadcast) leave in
+        # one response instead of one each.
+        if self._flush_soon is None:
+            self._flush_soon = self.clock.callLater(0, self._flush_now)
+
+    def _flush_now(self):
+        self._flush_soon = None
         self._flush()
 
     def _flush(self):
@@ -713,6 +722,8 @@ class BoshSession:
                 self._reply_final(also)
             return
         self.ended = True
+        if self._flush_soon is not None and self._flush_soon.active():
+            self._flush_soon.cancel()
         if condition:
             log.info("BOSH session of {peer} terminated: {condition} {text}", peer=self.options.peer,
                      condition=condition, text=text or "")
@@ -857,6 +868,6 @@ class BoshService:
             del self.sessions[session.sid]
 
     def stop(self):
-        """End every session (system-shutdown); for the HTTP listener's stopService."""
+        """End every session with system-shutdown: called when the server stops."""
         for session in list(self.sessions.values()):
             session.shutdown()

@@ -109,7 +109,12 @@ class BoshClient:
         self.service.handle(FakeRequest(raw if raw is not None else body_text(attributes, payload),
                                         secure=secure), responder)
         self.responders.append(responder)
+        self.settle()
         return responder
+
+    def settle(self):
+        """End the reactor turn: what was routed meanwhile is answered together."""
+        self.service.server.clock.advance(0)
 
     def create(self, secure=False, **attrs):
         attributes = {"rid": self.rid, "to": "localhost", "wait": "60", "hold": "1", "ver": "1.6",
@@ -128,6 +133,7 @@ class BoshClient:
 
     def received(self):
         """Payloads of the answers not read yet, in request order."""
+        self.settle()
         found = []
         for responder in self.responders:
             if responder.answered and id(responder) not in self._read:
@@ -288,6 +294,7 @@ class LoginTests(BoshTestCase):
         self.assertFalse(held.answered)
 
         bob.send("<message to='alice@localhost/web' type='chat'><body>hi alice</body></message>")
+        alice.settle()
         self.assertTrue(held.answered)
         self.assertIn(b"<message xmlns='jabber:client'", held.data)
         message = held.payloads()[0]
@@ -371,6 +378,7 @@ class WindowTests(BoshTestCase):
         """A response written to a connection that then drops is sent again for the same rid."""
         held = self.alice.post()
         self.bob.send("<message to='alice@localhost/web'><body>once</body></message>")
+        self.alice.settle()
         self.assertTrue(held.answered)
         held.drop()
         again = self.alice.post(rid=self.alice.rid)
@@ -384,6 +392,7 @@ class WindowTests(BoshTestCase):
         self.assertEqual(held.payloads(), [])
         self.assertFalse(again.answered)
         self.bob.send("<message to='alice@localhost/web'><body>late</body></message>")
+        self.alice.settle()
         self.assertEqual(str(again.payloads()[0].body), "late")
 
     def test_rid_too_old_for_the_cache(self):
@@ -411,6 +420,15 @@ class WindowTests(BoshTestCase):
         second = self.alice.post(self.message("x"))
         self.assertTrue(first.answered)
         self.assertFalse(second.answered)
+
+    def test_stanzas_of_one_turn_leave_together(self):
+        """Stanzas routed in the same reactor turn go out in one response, not one each."""
+        held = self.alice.post()
+        for n in range(3):
+            self.bob.send(f"<message to='alice@localhost/web' id='m{n}'><body>{n}</body></message>")
+        self.assertFalse(held.answered)
+        self.alice.settle()
+        self.assertEqual([p["id"] for p in held.payloads()], ["m0", "m1", "m2"])
 
     def test_data_goes_to_the_oldest_held_request(self):
         """With hold=2, two requests stay held; data answers the oldest and the other stays."""
