@@ -52,16 +52,26 @@ class TLSConfig:
 
 
 @dataclass(frozen=True)
-class C2SConfig:
+class ListenerTLS:
+    """The TLS policy a kind of listener has for itself: versions, ciphers, certificate.
+
+    Each listener kind keeps its own, so that tightening one (the XMPP
+    clients) never breaks another (a SIP registrar, a federation peer).
+    """
+
+    tls_min_version: str = _option("1.2", choices=TLS_VERSIONS)
+    tls_ciphers: str = _option(DEFAULT_CIPHERS)
+    certificate: str = _option("", path=True)
+    private_key: str = _option("", path=True)
+
+
+@dataclass(frozen=True)
+class C2SConfig(ListenerTLS):
     """Client-to-server listeners and the limits applied to each connection."""
 
     endpoints: list = _option(["tcp:5222"])
     direct_tls_endpoints: list = _option(["tcp:5223"])
     require_encryption: bool = _option(True)
-    tls_min_version: str = _option("1.2", choices=TLS_VERSIONS)
-    tls_ciphers: str = _option(DEFAULT_CIPHERS)
-    certificate: str = _option("", path=True)
-    private_key: str = _option("", path=True)
     stanza_size_limit_bytes: int = _option(262144, low=1024, high=64 * 1024 * 1024)
     rate_limit_bytes_per_second: int = _option(20000, low=100)
     rate_limit_burst_bytes: int = _option(200000, low=1024)
@@ -76,7 +86,7 @@ class C2SConfig:
 
 
 @dataclass(frozen=True)
-class S2SConfig:
+class S2SConfig(ListenerTLS):
     """Server-to-server listeners, and the policy for every link to another server."""
 
     endpoints: list = _option(["tcp:5269"])
@@ -89,10 +99,6 @@ class S2SConfig:
     denied_domains: list = _option([])
     static_routes: dict = _option({})
     dns_server: str = _option("")
-    tls_min_version: str = _option("1.2", choices=TLS_VERSIONS)
-    tls_ciphers: str = _option(DEFAULT_CIPHERS)
-    certificate: str = _option("", path=True)
-    private_key: str = _option("", path=True)
     stanza_size_limit_bytes: int = _option(524288, low=1024, high=64 * 1024 * 1024)
     rate_limit_bytes_per_second: int = _option(1000000, low=100)
     rate_limit_burst_bytes: int = _option(2000000, low=1024)
@@ -102,15 +108,11 @@ class S2SConfig:
 
 
 @dataclass(frozen=True)
-class HTTPConfig:
+class HTTPConfig(ListenerTLS):
     """The HTTP listener of browser clients: BOSH, WebSocket and the web chat page."""
 
     endpoints: list = _option(["tcp:5280"])
     tls_endpoints: list = _option(["tcp:5281"])
-    tls_min_version: str = _option("1.2", choices=TLS_VERSIONS)
-    tls_ciphers: str = _option(DEFAULT_CIPHERS)
-    certificate: str = _option("", path=True)
-    private_key: str = _option("", path=True)
     bosh_path: str = _option("/http-bind")
     websocket_path: str = _option("/xmpp-websocket")
     allowed_origins: list = _option([])
