@@ -492,14 +492,18 @@ class Client(slixmpp.ClientXMPP):
             raise AssertionError(f"no answer from {to} to {payload!r} within {timeout}s") from None
 
     async def close(self):
-        """End the stream and wait (bounded) for the connection to go."""
-        if self.transport is None:
-            self.cancel_connection_attempt()
-            return
-        try:
-            await asyncio.wait_for(self.disconnect(wait=2), 5)
-        except (asyncio.TimeoutError, Exception):
-            self.abort()
+        await close_stream(self)
+
+
+async def close_stream(xmpp):
+    """End a slixmpp stream and wait (bounded) for the connection to go; abort if it lingers."""
+    if xmpp.transport is None:
+        xmpp.cancel_connection_attempt()
+        return
+    try:
+        await asyncio.wait_for(xmpp.disconnect(wait=2), 5)
+    except (asyncio.TimeoutError, Exception):
+        xmpp.abort()
 
 
 async def login(jid, password, port, direct_tls=False, mechanisms=None, presence=True, roster=True,

@@ -6,7 +6,8 @@ import pytest
 import slixmpp
 
 from .conftest import RUNNING, accounts_for
-from .harness import TIMEOUT, Clients, ServerProcess, add_users, error_condition, next_item, write_config
+from .harness import (TIMEOUT, Clients, ServerProcess, add_users, close_stream, error_condition, next_item,
+                      write_config)
 
 DOMAIN = "comp.localhost"
 SECRET = "integration-component-secret"
@@ -69,10 +70,7 @@ class EchoComponent(slixmpp.ComponentXMPP):
         if self.transport is None:
             self.cancel_connection_attempt()
             return
-        try:
-            await asyncio.wait_for(self.disconnect(wait=2), 5)
-        except (asyncio.TimeoutError, Exception):
-            self.abort()
+        await close_stream(self)
         await asyncio.wait_for(asyncio.shield(self.ended), TIMEOUT)
 
 
