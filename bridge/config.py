@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 TLS_VERSIONS = ("1.2", "1.3")
 RESOURCE_CONFLICT_POLICIES = ("replace", "refuse", "rename")
+SIP_DIGEST_ALGORITHMS = ("SHA-256", "MD5")
 DEFAULT_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!MD5:!DSS"
 
 
@@ -248,6 +249,69 @@ class SMSCConfig:
         return read_first_line(self.password_file) if self.password_file else self.password
 
 
+def parse_udp_endpoint(text):
+    """``udp:PORT`` or ``udp:PORT:interface=ADDRESS`` as (port, interface); ValueError if malformed.
+
+    Twisted has no server endpoint string for UDP, so the SIP UDP listeners
+    use this form, modelled on the ``tcp:`` strings; an empty interface
+    means every IPv4 address.
+    """
+    parts = text.split(":", 2)
+    if len(parts) < 2 or parts[0] != "udp" or not parts[1].isdigit() or not 0 <= int(parts[1]) <= 65535:
+        raise ValueError(f"{text!r} is not udp:PORT or udp:PORT:interface=ADDRESS")
+    interface = ""
+    if len(parts) == 3:
+        name, sep, interface = parts[2].partition("=")
+        if name != "interface" or not sep or not interface:
+            raise ValueError(f"{text!r} is not udp:PORT or udp:PORT:interface=ADDRESS")
+    return int(parts[1]), interface
+
+
+def parse_host_port(text):
+    """``HOST``, ``HOST:PORT``, ``[IPv6]`` or ``[IPv6]:PORT`` as (host, port or None)."""
+    problem = ValueError(f"must be HOST or HOST:PORT (IPv6 in brackets), not {text!r}")
+    if text.startswith("["):
+        end = text.find("]")
+        host, rest = text[:end + 1], text[end + 1:]
+        if end < 0 or (rest and not rest.startswith(":")):
+            raise problem
+        port = rest[1:] if rest else None
+    else:
+        host, sep, port = text.partition(":")
+        port = port if sep else None
+    if not host.strip("[]") or any(c.isspace() for c in host) or (
+            port is not None and (not port.isdigit() or not 0 < int(port) <= 65535)):
+        raise problem
+    return host, int(port) if port is not None else None
+
+
+@dataclass(frozen=True)
+class SIPConfig(ListenerTLS):
+    """The SIP/SIMPLE gateway (docs/sip.md): listeners, registrar and message limits.
+
+    ``udp_endpoints`` use ``udp:PORT[:interface=ADDRESS]`` (see
+    ``parse_udp_endpoint``); ``tcp_endpoints`` and ``tls_endpoints`` are
+    Twisted endpoint strings, the latter wrapped in TLS with this section's
+    own policy.  ``realm`` names the host whose accounts answer a REGISTER
+    whose To domain is not a host of this server (empty: the first host).
+    """
+
+    enabled: bool = _option(False)
+    udp_endpoints: list = _option(["udp:5060"])
+    tcp_endpoints: list = _option(["tcp:5060"])
+    tls_endpoints: list = _option(["tcp:5061"])
+    realm: str = _option("")
+    advertised_address: str = _option("")
+    max_header_bytes: int = _option(16384, low=1024, high=1024 * 1024)
+    max_body_bytes: int = _option(65536, low=0, high=16 * 1024 * 1024)
+    min_expires_seconds: int = _option(60, low=1, high=86400)
+    max_expires_seconds: int = _option(3600, low=1, high=7 * 86400)
+    default_expires_seconds: int = _option(3600, low=1, high=7 * 86400)
+    max_contacts_per_user: int = _option(10, low=1, high=1000)
+    nonce_lifetime_seconds: int = _option(300, low=10, high=86400)
+    digest_algorithms: list = _option(["SHA-256", "MD5"])
+
+
 @dataclass(frozen=True)
 class Config:
     data_dir: str = _option("data", path=True)
@@ -262,6 +326,7 @@ class Config:
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
     hosts: dict = field(default_factory=lambda: {"localhost": HostConfig()})
     sms: SMSConfig = field(default_factory=SMSConfig)
+    sip: SIPConfig = field(default_factory=SIPConfig)
     smsc: dict = field(default_factory=dict)
     source: str = "(embedded defaults)"
 
@@ -281,7 +346,7 @@ class Config:
 
 _SECTIONS = {"tls": TLSConfig, "c2s": C2SConfig, "s2s": S2SConfig, "http": HTTPConfig, "storage": StorageConfig,
              "offline": OfflineConfig, "smtp": SMTPConfig, "component_listener": ComponentListenerConfig,
-             "sms": SMSConfig}
+             "sms": SMSConfig, "sip": SIPConfig}
 # Tables of named sub-tables: [hosts.NAME], [components.DOMAIN], [smsc.NAME].
 _NAMED = {"hosts": HostConfig, "components": ComponentConfig, "smsc": SMSCConfig}
 
@@ -373,6 +438,26 @@ def parse(document, where):
             problems.append(f"{where}: sms.domain: {sms.domain!r} is also a component")
         if not sections.get("smsc"):
             problems.append(f"{where}: sms: enabled, but no [smsc.NAME] table")
+    sip = sections.get("sip", base.sip)
+    for description in sip.udp_endpoints:
+        try:
+            parse_udp_endpoint(description)
+        except ValueError as error:
+            problems.append(f"{where}: sip.udp_endpoints: {error}")
+    if sip.realm and sip.realm.lower() not in names and sip.realm.lower() not in sections.get("hosts", base.hosts):
+        problems.append(f"{where}: sip.realm: {sip.realm!r} is not a host of this server")
+    if not sip.digest_algorithms or len(set(sip.digest_algorithms)) != len(sip.digest_algorithms) or any(
+            algorithm not in SIP_DIGEST_ALGORITHMS for algorithm in sip.digest_algorithms):
+        problems.append(f"{where}: sip.digest_algorithms: must name SHA-256, MD5 or both, each once, "
+                        f"not {sip.digest_algorithms!r}")
+    if not sip.min_expires_seconds <= sip.default_expires_seconds <= sip.max_expires_seconds:
+        problems.append(f"{where}: sip.default_expires_seconds: must lie between min_expires_seconds "
+                        "and max_expires_seconds")
+    if sip.advertised_address:
+        try:
+            parse_host_port(sip.advertised_address)
+        except ValueError as error:
+            problems.append(f"{where}: sip.advertised_address: {error}")
     for name, smsc in sections.get("smsc", {}).items():
         if smsc.reconnect_max_seconds < smsc.reconnect_min_seconds:
             problems.append(f"{where}: smsc.{name}.reconnect_max_seconds: must be at least reconnect_min_seconds")

@@ -21,6 +21,8 @@ from bridge.core.streams.component import ComponentFactory
 from bridge.core.streams.s2s import IncomingServerFactory, PeerTLS, RemoteDomains
 from bridge.gateways.bosh import BoshService
 from bridge.gateways.http import HTTPFactory
+from bridge.gateways.sip import transport as sip_transport
+from bridge.gateways.sip.gateway import SIPGateway
 from bridge.gateways.sms.gateway import SMSGateway
 from bridge.gateways import smtp as smtp_gateway
 
@@ -199,11 +201,32 @@ def build(config, reactor):
                                           http.tls_ciphers, alpn=(b"http/1.1",))
         listen("https", http.tls_endpoints,
                TLSMemoryBIOFactory(http_context, False, HTTPFactory(server, http, bosh, tls=True)))
+    # The SIP gateway (docs/sip.md): UDP, TCP and TLS listeners in front of one transaction layer.
+    if config.sip.enabled:
+        setup_sip(config, server, reactor, top, listen)
     # Email (offline notification, conversation archive) when [smtp] names a relay.
     email = smtp_gateway.setup(server, reactor)
     if email is not None:
         email.setServiceParent(top)
     return top
+
+
+def setup_sip(config, server, reactor, top, listen):
+    """The SIP gateway and its listeners, children of ``top``."""
+    sip = config.sip
+    gateway = SIPGateway(server, config, reactor)
+    GatewayService("SIP gateway", gateway).setServiceParent(top)
+    for description in sip.udp_endpoints:
+        port, interface = configuration.parse_udp_endpoint(description)
+        endpoint = sip_transport.UDPServerEndpoint(reactor, port, interface)
+        ListenerService("sip-udp", description, endpoint,
+                        lambda: sip_transport.UDPTransport(gateway, gateway.limits)).setServiceParent(top)
+    listen("sip-tcp", sip.tcp_endpoints, sip_transport.StreamFactory(gateway, gateway.limits, "TCP"))
+    if sip.tls_endpoints:
+        context = tls.server_context(*tls.certificate_paths(config, sip), sip.tls_min_version, sip.tls_ciphers)
+        listen("sip-tls", sip.tls_endpoints,
+               TLSMemoryBIOFactory(context, False, sip_transport.StreamFactory(gateway, gateway.limits, "TLS")))
+    return gateway
 
 
 def makeService(options):

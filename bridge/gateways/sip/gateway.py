@@ -1,0 +1,186 @@
+"""The SIP gateway's transaction user: what each SIP request gets (docs/sip.md).
+
+Transports (``transport.py``) hand parsed messages to ``SIPGateway``,
+which passes them to the ``TransactionLayer``; retransmissions are absorbed
+there, and each new server transaction reaches ``request_received`` once:
+
+* REGISTER: the registrar (digest against the accounts, bindings in memory);
+* OPTIONS: 200 with Allow, Accept and Supported;
+* INVITE: 488 Not Acceptable Here inside its INVITE server transaction
+  (voice is not part of this gateway), its ACK absorbed there; CANCEL: 200
+  when it matches an INVITE transaction, else 481; BYE: 481, there are no
+  dialogs;
+* MESSAGE, SUBSCRIBE, PUBLISH, NOTIFY and any other method: 501 Not
+  Implemented.  Translation to and from XMPP is not wired yet.
+
+Before any of that a request whose Request-URI is neither sip nor sips gets
+416, and one that requires an extension gets 420 with Unsupported.
+"""
+
+import secrets
+
+from twisted.internet import task
+from twisted.logger import Logger
+
+from bridge import __version__
+from bridge.config import parse_host_port
+from bridge.gateways.sip.message import Limits, make_response
+from bridge.gateways.sip.registrar import Registrar
+from bridge.gateways.sip.transaction import TransactionLayer, Timers, new_branch
+
+log = Logger()
+
+ALLOW = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER")
+ACCEPT = ("application/sdp",)
+PRUNE_INTERVAL_SECONDS = 60.0
+
+
+class SIPGateway:
+    """The transaction user of the SIP listeners: one per server."""
+
+    def __init__(self, server, config, clock, timers=Timers(), secret=None):
+        self.server = server
+        self.config = config
+        self.sip = config.sip
+        self.clock = clock
+        self.limits = Limits(max_header_bytes=self.sip.max_header_bytes, max_body_bytes=self.sip.max_body_bytes)
+        self.transactions = TransactionLayer(clock, self, timers)
+        self.registrar = Registrar(server.accounts, config, clock, secret)
+        self.agent = f"bridge/{__version__}"
+        self._pruning = None
+
+    # -- lifetime (GatewayService) --------------------------------------------
+
+    def start(self):
+        self._pruning = task.LoopingCall(self.registrar.bindings.prune)
+        self._pruning.clock = self.clock
+        self._pruning.start(PRUNE_INTERVAL_SECONDS, now=False)
+
+    def stop(self):
+        if self._pruning is not None and self._pruning.running:
+            self._pruning.stop()
+        return None
+
+    # -- addresses ----------------------------------------------------------------
+
+    def sent_by(self, transport):
+        """(host, port) to put in our Via and Contact for ``transport``.
+
+        ``advertised_address`` when configured (NAT, multi-homed hosts), its
+        port defaulting to the socket's; else the socket's own address, or
+        the realm's host when the socket is bound to every interface.
+        """
+        host, port = transport.local_address()
+        if self.sip.advertised_address:
+            advertised, advertised_port = parse_host_port(self.sip.advertised_address)
+            return advertised, advertised_port or port
+        if host in ("0.0.0.0", "::", ""):
+            host = self.registrar.default_host
+        return host, port
+
+    def via_for(self, transport):
+        """A Via for a request we send through ``transport``, with a fresh branch and rport."""
+        host, port = self.sent_by(transport)
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"SIP/2.0/{transport.name} {host}:{port};branch={new_branch()};rport"
+
+    # -- from the transports ----------------------------------------------------
+
+    def message_received(self, message, transport, address):
+        self.transactions.receive(message, transport, address)
+
+    def connection_lost(self, transport):
+        self.registrar.bindings.forget_transport(transport)
+
+    # -- the transaction user ---------------------------------------------------
+
+    def request_received(self, transaction, request):
+        if transaction is None:
+            return  # an ACK outside any transaction: we never send a 2xx to an INVITE
+        method = request.method
+        if method != "CANCEL":
+            refusal = self._check(request)
+            if refusal is not None:
+                self._respond(transaction, refusal)
+                return
+        handler = getattr(self, f"_on_{method.lower()}", None) if method in ALLOW else None
+        if handler is None:
+            response = self._response(request, 501)
+            response.headers.add("Allow", ", ".join(ALLOW))
+            self._respond(transaction, response)
+            return
+        handler(transaction, request)
+
+    def _check(self, request):
+        """The response refusing ``request`` before its method is looked at, or None."""
+        if request.uri.scheme not in ("sip", "sips"):
+            return self._response(request, 416)
+        required = [tag for value in request.headers.get_all("Require") for tag in [value.strip()] if tag]
+        if required:
+            response = self._response(request, 420)
+            response.headers.add("Unsupported", ", ".join(required))
+            return response
+        return None
+
+    def _on_options(self, transaction, request):
+        response = self._response(request, 200)
+        response.headers.add("Allow", ", ".join(ALLOW))
+        response.headers.add("Accept", ", ".join(ACCEPT))
+        response.headers.add("Accept-Encoding", "identity")
+        response.headers.add("Accept-Language", "en")
+        self._respond(transaction, response)
+
+    def _on_register(self, transaction, request):
+        d = self.registrar.register(request, transaction.transport, transaction.address)
+        d.addCallback(lambda response: self._respond(transaction, response))
+        d.addErrback(self._failed, transaction, request)
+
+    def _on_invite(self, transaction, request):
+        response = self._response(request, 488)
+        host, _ = self.sent_by(transaction.transport)
+        response.headers.add("Warning", f'399 {host} "Voice and video calls are not supported"')
+        self._respond(transaction, response)
+
+    def _on_ack(self, transaction, request):
+        pass  # an ACK always finds its INVITE transaction or none (request_received(None))
+
+    def _on_cancel(self, transaction, request):
+        invite = self.transactions.matching_invite(request)
+        self._respond(transaction, self._response(request, 200 if invite is not None else 481))
+
+    def _on_bye(self, transaction, request):
+        self._respond(transaction, self._response(request, 481))
+
+    def _failed(self, failure, transaction, request):
+        log.failure("SIP {method} could not be handled", failure, method=request.method)
+        self._respond(transaction, self._response(request, 500))
+
+    def _response(self, request, status, reason=None):
+        response = make_response(request, status, reason, to_tag=secrets.token_hex(6))
+        response.headers.add("Server", self.agent)
+        return response
+
+    def _respond(self, transaction, response):
+        if response.headers.get("Server") is None:
+            response.headers.add("Server", self.agent)
+        try:
+            transaction.respond(response)
+        except ValueError:
+            log.info("SIP response {status} not sent: the transaction is over", status=response.status)
+
+    def response_received(self, transaction, response):
+        pass  # the gateway sends no requests yet
+
+    def stray_response(self, response, transport, address):
+        log.debug("SIP stray response {status} from {address}", status=response.status, address=address)
+
+    def transaction_timed_out(self, transaction):
+        log.info("SIP {method} transaction with {address} timed out", method=transaction.request.method,
+                 address=transaction.address)
+
+    def transport_error(self, transaction, error):
+        log.info("SIP transport error towards {address}: {error}", address=transaction.address, error=error)
+
+
+__all__ = ["SIPGateway", "ALLOW", "ACCEPT"]

@@ -1,0 +1,278 @@
+"""The SIP registrar (RFC 3261 section 10.3) with digest authentication against the XMPP accounts.
+
+A REGISTER names its address of record in To: ``sip:alice@localhost`` is
+the account ``alice`` of host ``localhost`` (an alias names its host).  A
+To domain that is no host of this server (an IP address, a SIP domain name a
+phone was set up with) falls back to the configured realm's host.  The
+digest realm is the host's name, because that is the realm whose HA1 the
+account keeps (``bridge.core.accounts``).
+
+Authentication (RFC 7616, RFC 2617, RFC 8760):
+
+* no credentials for our realm: 401 with one challenge per algorithm;
+* credentials on a nonce we did not issue (forged, or from before a
+  restart, since the nonce secret lives in memory): 401 with a fresh one;
+* a right answer on an expired nonce: 401 with ``stale=true``;
+* a right answer whose nonce count was already used: 401, fresh nonce;
+* a wrong answer on a live nonce of ours, an unknown user, or a user who
+  may not change this address of record: 403 Forbidden, so a phone with a
+  wrong password stops instead of looping on challenges (RFC 3261 22.4
+  lets a UAS answer 403 when it will not accept the credentials).
+
+Bindings live in memory (``Bindings``), several per address of record, each
+with its own expiry, Call-ID and CSeq as section 10.3 step 7 requires.
+``Contact: *`` with ``Expires: 0`` removes every binding; ``expires=0`` on
+a contact removes that one.  The 200 OK lists every current contact with
+the seconds it has left.  A bound contact remembers the transport and
+source address its REGISTER came by, so requests to it can reuse the flow
+(a phone behind NAT, a TCP connection).
+"""
+
+import dataclasses
+import email.utils
+import secrets
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep
+
+from bridge.gateways.sip import digest
+from bridge.gateways.sip.message import GrammarError, make_response, parse_uri
+
+log = Logger()
+
+# What the accounts keep an HA1 for; the configuration chooses which of them to offer, in which order.
+ALGORITHMS = ("SHA-256", "MD5")
+
+
+@dataclasses.dataclass
+class Binding:
+    """One contact of an address of record."""
+
+    uri: str
+    contact: object  # the Address as registered (parameters kept)
+    call_id: str
+    cseq: int
+    expires_at: float
+    transport: object = None
+    source: tuple = None
+
+    def remaining(self, now):
+        return max(0, int(round(self.expires_at - now)))
+
+
+def contact_key(uri):
+    """What makes two contact URIs the same binding (a simplified RFC 3261 19.1.4).
+
+    Scheme and host compare without case, the user part with it, the port
+    as given; of the URI parameters only ``transport`` counts.
+    """
+    return (uri.scheme, uri.user, uri.host.lower(), uri.port,
+            (uri.params.get("transport") or "").lower())
+
+
+class Bindings:
+    """Every binding, in memory: (host, user) -> {contact key: Binding}."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self._table = {}
+
+    def current(self, host, user):
+        """The live bindings of ``user@host``, those that expired removed."""
+        now = self.clock.seconds()
+        bindings = self._table.get((host, user), {})
+        for key in [k for k, b in bindings.items() if b.expires_at <= now]:
+            del bindings[key]
+        if not bindings:
+            self._table.pop((host, user), None)
+        return list(bindings.values())
+
+    def table(self, host, user):
+        self.current(host, user)
+        return self._table.setdefault((host, user), {})
+
+    def discard_empty(self, host, user):
+        if not self._table.get((host, user)):
+            self._table.pop((host, user), None)
+
+    def prune(self):
+        """Forget every expired binding (the gateway calls this periodically)."""
+        for host, user in list(self._table):
+            self.current(host, user)
+
+    def forget_transport(self, transport):
+        """A stream closed: its bindings can no longer be reached through it."""
+        for bindings in self._table.values():
+            for binding in bindings.values():
+                if binding.transport is transport:
+                    binding.transport = None
+
+    def __len__(self):
+        return sum(len(b) for b in self._table.values())
+
+
+class Registrar:
+    """Answers REGISTER requests; ``register(request, transport, source)`` gives a Deferred response."""
+
+    def __init__(self, accounts, config, clock, secret=None):
+        self.accounts = accounts
+        self.config = config
+        self.sip = config.sip
+        self.clock = clock
+        self.secret = secret or secrets.token_bytes(32)
+        self.bindings = Bindings(clock)
+        self._authenticators = {}
+        self.default_host = config.host_for(self.sip.realm.lower()) if self.sip.realm else next(iter(config.hosts))
+
+    def authenticator(self, realm):
+        if realm not in self._authenticators:
+            self._authenticators[realm] = digest.DigestAuthenticator(
+                realm, self.secret, self.clock, nonce_lifetime_seconds=self.sip.nonce_lifetime_seconds,
+                algorithms=tuple(self.sip.digest_algorithms))
+        return self._authenticators[realm]
+
+    def host_for(self, domain):
+        """The host whose accounts answer for ``domain``: itself or its alias's host, else the realm's."""
+        return self.config.host_for(domain.lower().strip("[]")) or self.default_host
+
+    # -- the request ----------------------------------------------------------
+
+    def register(self, request, transport=None, source=None):
+        return defer.maybeDeferred(self._register, request, transport, source)
+
+    @defer.inlineCallbacks
+    def _register(self, request, transport, source):
+        try:
+            to = request.to_address
+        except GrammarError:
+            return self._response(request, 400, "Bad To")
+        if to.uri.scheme not in ("sip", "sips") or not to.uri.user:
+            return self._response(request, 404, "Not Found (To has no SIP user)")
+        host = self.host_for(to.uri.host)
+        try:
+            user = nodeprep.prepare(to.uri.user)
+        except UnicodeError:
+            return self._response(request, 404)
+        realm = host
+        # 1. authentication
+        outcome = yield self._authenticate(request, host, user, realm)
+        if outcome is not None:
+            return outcome
+        # 2. the contacts
+        return self._update(request, host, user, transport, source)
+
+    def _challenge(self, request, realm, stale=False):
+        response = self._response(request, 401)
+        for value in self.authenticator(realm).challenges(stale=stale):
+            response.headers.add("WWW-Authenticate", value)
+        return response
+
+    @defer.inlineCallbacks
+    def _authenticate(self, request, host, user, realm):
+        """None when the request is authenticated for ``user@host``, else the response to send."""
+        credentials = None
+        for value in request.headers.get_all("Authorization"):
+            try:
+                parsed = digest.parse_authorization(value)
+            except digest.DigestError:
+                return self._response(request, 400, "Bad Request (malformed Authorization)")
+            if parsed.realm == realm:
+                credentials = parsed
+                break
+        if credentials is None:
+            return self._challenge(request, realm)
+        authenticator = self.authenticator(realm)
+        if authenticator.nonce_status(credentials.nonce) == digest.INVALID:
+            return self._challenge(request, realm)
+        try:
+            if str(parse_uri(credentials.uri)) != str(request.uri):
+                return self._response(request, 400, "Bad Request (digest uri differs from the Request-URI)")
+        except GrammarError:
+            return self._response(request, 400, "Bad Request (bad digest uri)")
+        try:
+            username = nodeprep.prepare(credentials.username)
+        except UnicodeError:
+            username = None
+        stored = None
+        algorithm = credentials.algorithm
+        if username == user and algorithm in ALGORITHMS + tuple(a + "-sess" for a in ALGORITHMS):
+            stored = yield self.accounts.digest_ha1(host, user, realm, algorithm)
+        if stored is None:
+            # Unknown user, no digest secret yet, or another user's address: compute anyway
+            # against a value that never matches, so timing reveals nothing.
+            stored = digest.ha1(algorithm if algorithm in ALGORITHMS else "MD5", "", realm, secrets.token_hex(8))
+            authenticator.check(credentials, request.method, stored)
+            log.info("SIP REGISTER for {user}@{host} refused: no digest secret for {username!r}",
+                     user=user, host=host, username=credentials.username)
+            return self._response(request, 403)
+        verdict = authenticator.check(credentials, request.method, stored)
+        if verdict.outcome == digest.OK:
+            return None
+        if verdict.outcome == digest.STALE:
+            return self._challenge(request, realm, stale=True)
+        if verdict.outcome == digest.REPLAYED:
+            return self._challenge(request, realm)
+        log.info("SIP REGISTER for {user}@{host} refused: {reason}", user=user, host=host, reason=verdict.reason)
+        return self._response(request, 403)
+
+    def _update(self, request, host, user, transport, source):
+        """RFC 3261 10.3 steps 6 to 8, all or nothing."""
+        sip = self.sip
+        now = self.clock.seconds()
+        contacts = request.contacts
+        header = request.headers.get("Expires")
+        default = int(header) if header is not None else sip.default_expires_seconds
+        call_id = request.call_id
+        cseq = request.cseq.number
+        table = self.bindings.table(host, user)
+        changes = {}  # key -> Binding, or None to remove
+        if "*" in contacts:
+            if header is None or int(header) != 0:
+                return self._response(request, 400, "Bad Request (Contact * needs Expires: 0)")
+            for key, binding in table.items():
+                if binding.call_id == call_id and cseq <= binding.cseq:
+                    return self._response(request, 500, "Server Internal Error (CSeq out of order)")
+                changes[key] = None
+        else:
+            for address in contacts:
+                expires = address.expires if address.expires is not None else default
+                if 0 < expires < sip.min_expires_seconds:
+                    response = self._response(request, 423)
+                    response.headers.add("Min-Expires", str(sip.min_expires_seconds))
+                    return response
+                expires = min(expires, sip.max_expires_seconds)
+                key = contact_key(address.uri)
+                existing = table.get(key)
+                if existing is not None and existing.call_id == call_id and cseq <= existing.cseq:
+                    return self._response(request, 500, "Server Internal Error (CSeq out of order)")
+                if expires == 0:
+                    changes[key] = None
+                else:
+                    contact = dataclasses.replace(address, params={
+                        k: v for k, v in address.params.items() if k != "expires"})
+                    changes[key] = Binding(str(address.uri), contact, call_id, cseq, now + expires,
+                                           transport, source)
+        remaining = {k for k in table if changes.get(k, table[k]) is not None} | {
+            k for k, b in changes.items() if b is not None}
+        if len(remaining) > sip.max_contacts_per_user:
+            return self._response(request, 403, "Forbidden (too many contacts)")
+        for key, binding in changes.items():
+            if binding is None:
+                table.pop(key, None)
+            else:
+                table[key] = binding
+        self.bindings.discard_empty(host, user)
+        if changes:
+            log.info("SIP {user}@{host}: {count} contact(s) bound", user=user, host=host, count=len(remaining))
+        response = self._response(request, 200)
+        for binding in self.bindings.current(host, user):
+            response.headers.add("Contact", f"{binding.contact};expires={binding.remaining(now)}")
+        response.headers.add("Date", email.utils.formatdate(now, usegmt=True))
+        return response
+
+    def _response(self, request, status, reason=None):
+        return make_response(request, status, reason, to_tag=secrets.token_hex(6))
+
+
+__all__ = ["Registrar", "Bindings", "Binding", "contact_key"]

@@ -1,0 +1,208 @@
+"""SIP transports on Twisted (RFC 3261 section 18, RFC 3581): UDP datagrams, TCP and TLS streams.
+
+Each transport parses what arrives (``parse_datagram`` for UDP, a
+``StreamFramer`` per connection for TCP and TLS) and hands every message to
+a *sink*, an object with ``message_received(message, transport, address)``
+(the gateway, which passes it to the transaction layer).  The transport
+itself is what the transaction layer sends through: it has
+``send(message, address)``, a ``reliable`` flag and a ``name`` (the Via
+transport token).
+
+Malformed input never reaches the sink.  A request that can be answered gets
+the status the parser chose (400, 413, 505), sent where a response to it
+would go (the source address when the Via asks for rport); anything else is
+dropped and logged.  One bad datagram disturbs nothing else; on a stream a
+message whose framing is intact is answered and the connection goes on,
+while an error that loses the framing (no or bad Content-Length, a header
+section over the limit) closes that connection after the answer.
+
+Keep-alives: on UDP a datagram of only CRLFs is ignored; on a stream a
+CRLFCRLF ping is answered with CRLF (RFC 5626 section 3.5.1).
+"""
+
+import re
+
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+
+from bridge.gateways.sip.message import (
+    DEFAULT_LIMITS, KEEPALIVE, GrammarError, SIPParseError, StreamFramer, error_response,
+    parse_datagram,
+)
+from bridge.gateways.sip.transaction import response_address, stamp_via
+
+log = Logger()
+
+# Large enough for any UDP datagram (Twisted's default is 8192 bytes).
+MAX_DATAGRAM_BYTES = 65535
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
+def _error_answer(error, transport, source):
+    """(response, destination) for a parse error, or None when it must be dropped."""
+    if error_response(error) is None:
+        return None
+    request = error.message
+    try:
+        stamp_via(request, source)
+        destination = response_address(request, transport, source)
+    except (GrammarError, ValueError, AttributeError):
+        return None
+    response = error_response(error)
+    # The reason phrase says what was wrong, in printable ASCII only.
+    detail = _UNPRINTABLE.sub("?", str(error.reason))[:80]
+    response.reason = f"{response.reason} ({detail})"
+    return response, destination
+
+
+class _Transport:
+    """What the UDP and stream transports share: the sink, the limits, error answers."""
+
+    name = "?"
+    reliable = False
+
+    def __init__(self, sink, limits=DEFAULT_LIMITS):
+        self.sink = sink
+        self.limits = limits
+
+    def _deliver(self, message, source):
+        try:
+            self.sink.message_received(message, self, source)
+        except Exception:
+            log.failure("SIP message from {source} could not be handled", source=source)
+
+    def _answer_error(self, error, source):
+        answer = _error_answer(error, self, source)
+        if answer is None:
+            log.info("SIP {transport} input from {source} dropped: {reason}", transport=self.name,
+                     source=source, reason=error.reason)
+            return
+        response, destination = answer
+        log.info("SIP {transport} request from {source} answered {status}: {reason}", transport=self.name,
+                 source=source, status=response.status, reason=error.reason)
+        try:
+            self.send(response, destination)
+        except Exception:
+            log.failure("SIP error answer to {source} not sent", source=source)
+
+
+class UDPTransport(_Transport, protocol.DatagramProtocol):
+    """One UDP socket: every datagram is one message (RFC 3261 18.3)."""
+
+    name = "UDP"
+    reliable = False
+    noisy = False
+
+    def datagramReceived(self, data, address):
+        source = (address[0], address[1])
+        try:
+            message = parse_datagram(data, self.limits)
+        except SIPParseError as error:
+            self._answer_error(error, source)
+            return
+        if message is None:
+            return  # a CRLF keep-alive
+        self._deliver(message, source)
+
+    def send(self, message, address):
+        self.transport.write(message.to_bytes(), address)
+
+    def local_address(self):
+        host = self.transport.getHost()
+        return host.host, host.port
+
+
+class StreamTransport(_Transport, protocol.Protocol):
+    """One TCP or TLS connection, cut into messages by Content-Length (RFC 3261 18.3).
+
+    Responses always go back on this connection; ``send`` raises
+    ``ConnectionError`` once it is gone, which the transaction layer reports
+    as a transport error.
+    """
+
+    reliable = True
+
+    def __init__(self, sink, limits=DEFAULT_LIMITS, name="TCP"):
+        super().__init__(sink, limits)
+        self.name = name
+        self.framer = StreamFramer(limits)
+        self.address = None
+        self.connected = False
+
+    def connectionMade(self):
+        peer = self.transport.getPeer()
+        self.address = (peer.host, peer.port)
+        self.connected = True
+
+    def dataReceived(self, data):
+        if not self.connected:
+            return
+        self.framer.receive_data(data)
+        while self.connected:
+            try:
+                item = self.framer.next_message()
+            except SIPParseError as error:
+                self._answer_error(error, self.address)
+                if error.fatal:
+                    self.connected = False
+                    self.transport.loseConnection()
+                    return
+                continue
+            if item is None:
+                return
+            if item == KEEPALIVE:
+                self.transport.write(b"\r\n")
+                continue
+            self._deliver(item, self.address)
+
+    def send(self, message, address):
+        if not self.connected:
+            raise ConnectionError(f"SIP {self.name} connection to {self.address} is closed")
+        self.transport.write(message.to_bytes())
+
+    def local_address(self):
+        host = self.transport.getHost()
+        return host.host, host.port
+
+    def connectionLost(self, reason=None):
+        self.connected = False
+        lost = getattr(self.sink, "connection_lost", None)
+        if lost is not None:
+            lost(self)
+
+
+class StreamFactory(protocol.Factory):
+    """Builds a ``StreamTransport`` per accepted connection (``name``: "TCP" or "TLS")."""
+
+    noisy = False
+
+    def __init__(self, sink, limits=DEFAULT_LIMITS, name="TCP"):
+        self.sink = sink
+        self.limits = limits
+        self.name = name
+
+    def buildProtocol(self, addr):
+        transport = StreamTransport(self.sink, self.limits, self.name)
+        transport.factory = self
+        return transport
+
+
+class UDPServerEndpoint:
+    """A server "endpoint" for UDP, which Twisted's endpoint strings lack.
+
+    ``listen(factory)`` takes a callable that builds a fresh ``UDPTransport``
+    (one per socket) and returns a Deferred of the listening port, like a
+    stream endpoint does, so one listener service serves both kinds.
+    """
+
+    def __init__(self, reactor, port, interface=""):
+        self.reactor = reactor
+        self.port = port
+        self.interface = interface
+
+    def listen(self, factory):
+        return defer.execute(self.reactor.listenUDP, self.port, factory(), interface=self.interface,
+                             maxPacketSize=MAX_DATAGRAM_BYTES)
+
+
+__all__ = ["UDPTransport", "StreamTransport", "StreamFactory", "UDPServerEndpoint", "MAX_DATAGRAM_BYTES"]
