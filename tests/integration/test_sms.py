@@ -2,6 +2,8 @@
 (tests/integration/smsc/server.js, with fault injection), slixmpp users."""
 
 import asyncio
+import datetime
+import ipaddress
 import json
 import os
 import queue
@@ -12,6 +14,10 @@ import threading
 import time
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from slixmpp.xmlstream import ET
 
 from .conftest import accounts_for
@@ -412,3 +418,129 @@ def test_delivery_receipts_become_xep0184_receipts(tmp_path, smsc_factory, base)
         assert not any("receipt for unknown message id" in line for line in bridge.lines), bridge.tail()
     finally:
         bridge.stop()
+
+
+# -- TLS to the SMSC ------------------------------------------------------------
+
+def make_authority(common_name):
+    """A throwaway certificate authority: (key, certificate)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(hours=1))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                   .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
+                                                key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                                key_cert_sign=True, crl_sign=True, encipher_only=False,
+                                                decipher_only=False), critical=True)
+                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+                   .sign(key, hashes.SHA256()))
+    return key, certificate
+
+
+def write_smsc_certificate(directory, authority):
+    """A server certificate for 127.0.0.1 and localhost signed by ``authority``, written with its key
+    into ``directory``; (certificate path, key path)."""
+    ca_key, ca_certificate = authority
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+                   .issuer_name(ca_certificate.subject).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(hours=1))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                               x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                                  critical=False)
+                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                   .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                                  critical=False)
+                   .sign(ca_key, hashes.SHA256()))
+    os.makedirs(directory, exist_ok=True)
+    cert_path, key_path = os.path.join(directory, "smsc.crt"), os.path.join(directory, "smsc.key")
+    with open(cert_path, "wb") as handle:
+        handle.write(certificate.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as handle:
+        handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_tls_to_the_smsc_checks_its_certificate(tmp_path, smsc_factory):
+    """`tls = true` with `ca_file` the test CA, the SMSC on TLS from the first byte: Alice's message
+    to +15551234567@sms.localhost reaches the SMSC.  An SMSC whose certificate another CA signed:
+    bridge logs the failed handshake and never binds, the SMSC sees only handshakes the client
+    refused (no SMPP in clear), nothing is submitted, and the message stays queued: bridge
+    restarted towards the trusted SMSC reports it unfinished and submits it once."""
+    trusted_ca, rogue_ca = make_authority("bridge SMS test CA"), make_authority("some other CA")
+    ca_file = str(tmp_path / "ca.pem")
+    with open(ca_file, "wb") as handle:
+        handle.write(trusted_ca[1].public_bytes(serialization.Encoding.PEM))
+    good_cert, good_key = write_smsc_certificate(str(tmp_path / "good"), trusted_ca)
+    rogue_cert, rogue_key = write_smsc_certificate(str(tmp_path / "rogue"), rogue_ca)
+    # optionsForClientTLS(host) checks the certificate against this name: an IP address SAN.
+    tls_options = f"host = \"127.0.0.1\"\ntls = true\nca_file = \"{ca_file}\"\n"
+    accounts = ["alice@localhost", "bob@localhost"]
+
+    async def send(bridge, body, wait_for):
+        async with Clients(bridge) as clients:
+            alice = await clients.login("alice@localhost/pc")
+            alice.send_message(mto="+15551234567@sms.localhost", mbody=body, mtype="chat")
+            await barrier(alice)
+            assert alice.message_errors.empty(), alice.message_errors.get_nowait()
+            return await asyncio.to_thread(wait_for)
+
+    # The trusted SMSC: bound over TLS, the message accepted.
+    good = smsc_factory("--tls-cert", good_cert, "--tls-key", good_key)
+    (tmp_path / "trusted").mkdir()
+    bridge = start_bridge(tmp_path / "trusted", good, accounts, tls_options)
+    try:
+        good.wait(lambda e: e["event"] == "bind")
+        accepted = asyncio.run(send(bridge, "over TLS",
+                                    lambda: good.wait(lambda e: e["event"] == "submit_sm")))
+        assert (accepted["destination_addr"], accepted["message"]) == ("15551234567", "Alice: over TLS")
+        assert not good.seen_events("tls_error"), good.seen
+    finally:
+        bridge.stop()
+
+    # The SMSC with a certificate from another CA: the handshake fails, nothing is bound or sent.
+    rogue = smsc_factory("--tls-cert", rogue_cert, "--tls-key", rogue_key)
+    (tmp_path / "untrusted").mkdir()
+    bridge = start_bridge(tmp_path / "untrusted", rogue, accounts, tls_options)
+    restarted = None
+    try:
+        rogue.wait(lambda e: e["event"] == "tls_error")
+        asyncio.run(send(bridge, "not in clear", lambda: bridge.wait_for_line(
+            lambda line: "SMSC test" in line and "certificate verify failed" in line, 15,
+            "the failed TLS handshake")))
+        rogue.wait(lambda e: e["event"] == "tls_error")  # a reconnection after the message, failing too
+        with pytest.raises(AssertionError):
+            rogue.wait(lambda e: e["event"] in ("bind", "submit_sm", "submit_sm_refused"), timeout=1.5)
+        errors = rogue.seen_events("tls_error")
+        assert errors and all("unknown ca" in e["error"] for e in errors), errors
+        assert not [e for e in rogue.seen if e["event"] not in ("listening", "tls_error")], rogue.seen
+        bridge.stop()
+
+        # Not lost: started again towards the trusted SMSC, bridge finds it unfinished and sends it once.
+        with open(bridge.config_path, encoding="utf-8") as handle:
+            text = handle.read()
+        assert text.count(f"port = {rogue.port}\n") == 1
+        with open(bridge.config_path, "w", encoding="utf-8") as handle:
+            handle.write(text.replace(f"port = {rogue.port}\n", f"port = {good.port}\n"))
+        restarted = ServerProcess(bridge.config_path, bridge.accounts)
+        restarted.start()
+        assert any("SMS queue: 1 unfinished messages, 1 parts to send" in line for line in restarted.lines), \
+            restarted.tail()
+        accepted = good.wait(lambda e: e["event"] == "submit_sm")
+        assert (accepted["destination_addr"], accepted["message"]) == ("15551234567", "Alice: not in clear")
+        with pytest.raises(AssertionError):
+            good.wait(lambda e: e["event"] == "submit_sm", timeout=1.5)
+    finally:
+        bridge.stop()
+        if restarted is not None:
+            restarted.stop()

@@ -141,6 +141,10 @@ class ESMEProtocol(Protocol):
     def connectionLost(self, reason=None):
         if self.state == "closed":
             return
+        if self.state == "binding" and reason is not None:
+            # Ended before the bind was answered: a failed TLS handshake (an untrusted certificate) ends here.
+            log.warn("SMSC {name}: connection lost before the bind was answered: {error}", name=self.link.name,
+                     error=reason.getErrorMessage())
         was_bound = self.was_bound or self.state in ("bound", "unbinding")
         self.state = "closed"
         if self._keepalive is not None and self._keepalive.active():

@@ -10,6 +10,8 @@
 //   --quiet 1           no event per submit_sm: a 'tick' event per second with the count
 //                       of that second (for the benchmark); {"cmd": "stats"} prints totals
 //   --receipts hex|dec  send a delivery receipt for each accepted part, its id in that base
+//   --tls-cert PATH     TLS from the first byte with this PEM certificate (and --tls-key PATH,
+//   --tls-key PATH      its key); a failed handshake is a 'tls_error' event
 // Every event is printed as one JSON line on stdout; JSON lines on stdin are
 // commands: {"cmd": "mo", "source_addr": "...", "destination_addr": "...", "hex": "..."}
 // sends a deliver_sm (short_message given in hex, data_coding 0) to every bound session;
@@ -20,11 +22,12 @@
 // 'submit_sm_unanswered' (the ESME never learns of it).  'outstanding' is the number of
 // submit_sm of that session awaiting their answer when this one arrived, itself included.
 'use strict';
+const fs = require('fs');
 const smpp = require('smpp');
 const readline = require('readline');
 
 const options = {port: 0, refuseBinds: 0, throttle: 0, syserr: 0, dropAfter: 0, delayMs: 0, delayCount: 0,
-                 receipts: '', quiet: 0};
+                 receipts: '', quiet: 0, tlsCert: '', tlsKey: ''};
 const argv = process.argv.slice(2);
 for (let i = 0; i < argv.length; i += 2) {
     const name = argv[i].replace(/^--/, '').replace(/-([a-z])/g, (_, c) => c.toUpperCase());
@@ -55,7 +58,10 @@ if (options.quiet) {
     }, 1000).unref();
 }
 
-const server = smpp.createServer({}, (session) => {
+// With a key and a certificate the package makes a tls.Server: sessions start once the handshake is done.
+const tlsOptions = options.tlsCert ? {cert: fs.readFileSync(options.tlsCert), key: fs.readFileSync(options.tlsKey)}
+                                   : {};
+const server = smpp.createServer(tlsOptions, (session) => {
     session.outstanding = 0;
     session.gone = false;
     session.on('error', (error) => emit({event: 'error', error: String(error)}));
@@ -140,6 +146,8 @@ const server = smpp.createServer({}, (session) => {
     });
 });
 
+server.on('tlsClientError', (error) => emit({event: 'tls_error', code: error.code || null,
+                                             error: String(error)}));
 server.listen(options.port, '127.0.0.1', () => emit({event: 'listening', port: server.address().port}));
 
 readline.createInterface({input: process.stdin}).on('line', (line) => {
