@@ -626,8 +626,8 @@ class BridgeServer(Server):
             for attempt in range(5):  # SQLite may be busy with parallel writers
                 r = subprocess.run(cmd, env=env, cwd=self.dir, capture_output=True,
                                    text=True, timeout=120)
-                if r.returncode == 0:
-                    return None
+                if r.returncode == 0 or "already exists" in r.stderr:
+                    return None  # made by an earlier run on the same data folder
                 last = (r.returncode, (r.stdout + r.stderr).strip()[-500:])
                 time.sleep(0.2 * (attempt + 1))
             return (jid, last)
