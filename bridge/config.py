@@ -294,6 +294,11 @@ class SIPConfig(ListenerTLS):
     Twisted endpoint strings, the latter wrapped in TLS with this section's
     own policy.  ``realm`` names the host whose accounts answer a REGISTER
     whose To domain is not a host of this server (empty: the first host).
+    ``domain`` is the gateway's XMPP domain, where foreign SIP users appear
+    (``carol\\40pbx.example@sip.localhost``); ``static_routes`` maps a
+    foreign SIP domain to the ``HOST[:PORT]`` its requests go to, and
+    ``allowed_domains`` lists the foreign SIP domains whose MESSAGEs are let
+    in.
     """
 
     enabled: bool = _option(False)
@@ -310,6 +315,10 @@ class SIPConfig(ListenerTLS):
     max_contacts_per_user: int = _option(10, low=1, high=1000)
     nonce_lifetime_seconds: int = _option(300, low=10, high=86400)
     digest_algorithms: list = _option(["SHA-256", "MD5"])
+    domain: str = _option("sip.localhost")
+    static_routes: dict = _option({})
+    allowed_domains: list = _option([])
+    max_pending_messages: int = _option(10000, low=1, high=10**7)
 
 
 @dataclass(frozen=True)
@@ -458,6 +467,20 @@ def parse(document, where):
             parse_host_port(sip.advertised_address)
         except ValueError as error:
             problems.append(f"{where}: sip.advertised_address: {error}")
+    sip_domain = sip.domain.lower()
+    if not sip.enabled:
+        pass
+    elif not sip_domain:
+        problems.append(f"{where}: sip.domain: must name the gateway's domain (e.g. sip.localhost)")
+    elif sip_domain in names or sip_domain in sections.get("hosts", base.hosts):
+        problems.append(f"{where}: sip.domain: {sip.domain!r} is also a host")
+    elif sip_domain in sections.get("components", {}):
+        problems.append(f"{where}: sip.domain: {sip.domain!r} is also a component")
+    for foreign, destination in sip.static_routes.items():
+        try:
+            parse_host_port(destination)
+        except ValueError as error:
+            problems.append(f"{where}: sip.static_routes.{foreign}: {error}")
     for name, smsc in sections.get("smsc", {}).items():
         if smsc.reconnect_max_seconds < smsc.reconnect_min_seconds:
             problems.append(f"{where}: smsc.{name}.reconnect_max_seconds: must be at least reconnect_min_seconds")

@@ -215,12 +215,14 @@ def setup_sip(config, server, reactor, top, listen):
     """The SIP gateway and its listeners, children of ``top``."""
     sip = config.sip
     gateway = SIPGateway(server, config, reactor)
+    gateway.setup()
     GatewayService("SIP gateway", gateway).setServiceParent(top)
     for description in sip.udp_endpoints:
         port, interface = configuration.parse_udp_endpoint(description)
         endpoint = sip_transport.UDPServerEndpoint(reactor, port, interface)
         ListenerService("sip-udp", description, endpoint,
-                        lambda: sip_transport.UDPTransport(gateway, gateway.limits)).setServiceParent(top)
+                        lambda: gateway.add_transport(sip_transport.UDPTransport(gateway, gateway.limits))
+                        ).setServiceParent(top)
     listen("sip-tcp", sip.tcp_endpoints, sip_transport.StreamFactory(gateway, gateway.limits, "TCP"))
     if sip.tls_endpoints:
         context = tls.server_context(*tls.certificate_paths(config, sip), sip.tls_min_version, sip.tls_ciphers)

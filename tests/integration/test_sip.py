@@ -9,10 +9,12 @@ import socket
 import subprocess
 import uuid
 
+import asyncio
+
 import pytest
 
 from .conftest import accounts_for
-from .harness import ServerProcess, add_users, write_config
+from .harness import Clients, ServerProcess, add_users, next_item, write_config
 
 SIPP = shutil.which("sipp")
 SCENARIOS = os.path.join(os.path.dirname(__file__), "sipp")
@@ -61,15 +63,20 @@ def free_port(kind=socket.SOCK_DGRAM):
         return probe.getsockname()[1]
 
 
-def sipp(bridge, tmp_path, scenario, user="alice", password=None, transport="u1"):
-    """Run one call of ``scenario`` against the bridge; (exit status, output, log actions' text)."""
+def sipp(bridge, tmp_path, scenario, user="alice", password=None, transport="u1", auth_uri="localhost",
+         local_port=None):
+    """Run one call of ``scenario`` against the bridge; (exit status, output, log actions' text).
+
+    ``auth_uri``: the digest uri sipp answers with (sipp's default would be the bridge's address);
+    ``local_port``: sipp's port, by default a free one."""
     port = bridge.sip_ports["sip-udp" if transport == "u1" else "sip-tcp"]
     log_file = tmp_path / f"{scenario}.log"
     command = [SIPP, f"127.0.0.1:{port}", "-sf", os.path.join(SCENARIOS, f"{scenario}.xml"), "-m", "1",
-               "-i", "127.0.0.1", "-p", str(free_port()), "-t", transport, "-s", user, "-au", user,
-               "-ap", password or bridge.password(f"{user}@localhost"), "-auth_uri", "localhost", "-nostdin", "-timeout", "20s",
+               "-i", "127.0.0.1", "-p", str(local_port or free_port()), "-t", transport, "-s", user, "-au", user,
+               "-ap", password or bridge.password(f"{user}@localhost"), "-nostdin", "-timeout", "20s",
                "-timeout_error", "-trace_err", "-error_file", str(tmp_path / f"{scenario}.errors"),
                "-trace_logs", "-log_file", str(log_file)]
+    command += ["-auth_uri", auth_uri]
     done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
     errors = tmp_path / f"{scenario}.errors"
     output = done.stdout[-3000:] + done.stderr + (errors.read_text() if errors.exists() else "")
@@ -107,6 +114,33 @@ def test_malformed_request_answered_400(bridge, tmp_path):
     """A request with a malformed header gets 400; the next request on the same socket gets 200."""
     status, output, _ = sipp(bridge, tmp_path, "malformed")
     assert status == 0, output + bridge.tail(30)
+
+
+def test_message_round_trip_with_xmpp(bridge, tmp_path):
+    """sipp registers alice and sends MESSAGE (digest) to bob@localhost on slixmpp: 202, and bob gets
+    it from alice@localhost; bob answers (same thread), alice has no XMPP session, so the answer goes
+    to her SIP binding as MESSAGE, which sipp receives and answers 200."""
+
+    port = free_port()
+    status, output, _ = sipp(bridge, tmp_path, "message_register", local_port=port)
+    assert status == 0, output + bridge.tail(30)
+
+    async def scenario():
+        async with Clients(bridge) as clients:
+            bob = await clients.login("bob@localhost/pc")
+            run = asyncio.ensure_future(asyncio.to_thread(sipp, bridge, tmp_path, "message_roundtrip",
+                                                          auth_uri="bob@localhost", local_port=port))
+            message = await next_item(bob.messages, lambda m: m["body"], timeout=20, what="alice's MESSAGE")
+            assert message["from"].bare == "alice@localhost"
+            assert message["body"].strip() == "hello bob, from sipp"
+            reply = message.reply("hello alice, from XMPP")
+            reply["thread"] = message["thread"]
+            reply.send()
+            return await run
+
+    status, output, logged = asyncio.run(scenario())
+    assert status == 0, output + bridge.tail(40)
+    assert "reply from=sip:bob@localhost body=hello alice, from XMPP" in logged, logged
 
 
 # -- a raw UDP socket, for what sipp cannot check byte for byte ------------------
@@ -150,3 +184,22 @@ def test_retransmitted_authenticated_register_handled_once(bridge):
         second = udp_exchange(sock, port, request)
         assert first.startswith(b"SIP/2.0 200 "), first
         assert second == first
+
+
+def test_simple_subscribe_gets_notify_with_pidf(bridge, tmp_path):
+    """sipp SUBSCRIBEs (Event: presence, digest) to alice's own presence: 200 with Expires, then a NOTIFY
+    with Subscription-State active and a PIDF body, which sipp answers 200.  (-auth_uri names the
+    Request-URI, sip:alice@localhost, which the digest uri must equal.)"""
+    log_file = tmp_path / "simple_subscribe.log"
+    command = [SIPP, f"127.0.0.1:{bridge.sip_ports['sip-udp']}", "-sf", os.path.join(SCENARIOS, "simple_subscribe.xml"),
+               "-m", "1", "-i", "127.0.0.1", "-p", str(free_port()), "-t", "u1", "-s", "alice", "-au", "alice",
+               "-ap", bridge.password("alice@localhost"), "-auth_uri", "alice@localhost", "-nostdin", "-timeout", "20s",
+               "-timeout_error",
+               "-trace_err", "-error_file", str(tmp_path / "simple_subscribe.errors"),
+               "-trace_logs", "-log_file", str(log_file)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
+    errors = tmp_path / "simple_subscribe.errors"
+    output = done.stdout[-3000:] + done.stderr + (errors.read_text() if errors.exists() else "")
+    assert done.returncode == 0, output + bridge.tail(30)
+    logged = log_file.read_text() if log_file.exists() else ""
+    assert re.search(r"notify active;expires=\d+ <basic>(open|closed)</basic>", logged), logged

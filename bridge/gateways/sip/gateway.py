@@ -10,8 +10,10 @@ there, and each new server transaction reaches ``request_received`` once:
   (voice is not part of this gateway), its ACK absorbed there; CANCEL: 200
   when it matches an INVITE transaction, else 481; BYE: 481, there are no
   dialogs;
-* MESSAGE, SUBSCRIBE, PUBLISH, NOTIFY and any other method: 501 Not
-  Implemented.  Translation to and from XMPP is not wired yet.
+* MESSAGE: once ``setup()`` has run, ``messaging.Messaging`` (digest for our
+  users, allowed foreign domains, stored before 202, routed to XMPP); it
+  also owns the gateway's XMPP domain and sends MESSAGEs out;
+* SUBSCRIBE, PUBLISH, NOTIFY: SIMPLE presence (``simple.py``).
 
 Before any of that a request whose Request-URI is neither sip nor sips gets
 416, and one that requires an extension gets 420 with Unsupported.
@@ -24,15 +26,18 @@ from twisted.logger import Logger
 
 from bridge import __version__
 from bridge.config import parse_host_port
-from bridge.gateways.sip.message import Limits, make_response
+from bridge.gateways.sip.message import Limits, Response, make_response
+from bridge.gateways.sip.messaging import Messaging
 from bridge.gateways.sip.registrar import Registrar
-from bridge.gateways.sip.transaction import TransactionLayer, Timers, new_branch
+from bridge.gateways.sip.simple import SimplePresence
+from bridge.gateways.sip.transaction import ClientTransaction, TransactionLayer, Timers, new_branch
 
 log = Logger()
 
 ALLOW = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER")
 ACCEPT = ("application/sdp",)
 PRUNE_INTERVAL_SECONDS = 60.0
+SIMPLE_METHODS = ("SUBSCRIBE", "NOTIFY", "PUBLISH")
 
 
 class SIPGateway:
@@ -48,17 +53,45 @@ class SIPGateway:
         self.registrar = Registrar(server.accounts, config, clock, secret)
         self.agent = f"bridge/{__version__}"
         self._pruning = None
+        self.simple = None  # simple.SimplePresence (SUBSCRIBE, NOTIFY, PUBLISH), set by setup()
+        self.messaging = None  # messaging.Messaging, set by setup()
+        self.udp_transports = []  # for requests the gateway sends out (add_transport)
 
     # -- lifetime (GatewayService) --------------------------------------------
+
+    def setup(self):
+        """Wire MESSAGE, SIMPLE presence and the gateway's XMPP domain (route, disco item, hooks)."""
+        self.messaging = Messaging(self)
+        self.messaging.setup()
+        self.simple = SimplePresence(self)
 
     def start(self):
         self._pruning = task.LoopingCall(self.registrar.bindings.prune)
         self._pruning.clock = self.clock
         self._pruning.start(PRUNE_INTERVAL_SECONDS, now=False)
+        if self.messaging is not None:
+            return self.messaging.start()
+        return None
 
     def stop(self):
         if self._pruning is not None and self._pruning.running:
             self._pruning.stop()
+        if self.messaging is not None:
+            self.messaging.stop()
+        if self.simple is not None:
+            self.simple.stop()
+        return None
+
+    def add_transport(self, transport):
+        """Remember a UDP transport (a listening socket) to send requests from; returns it."""
+        self.udp_transports.append(transport)
+        return transport
+
+    def outbound_transport(self):
+        """The UDP socket requests to foreign domains leave by (the first one listening), or None."""
+        for transport in self.udp_transports:
+            if getattr(transport, "transport", None) is not None:
+                return transport
         return None
 
     # -- addresses ----------------------------------------------------------------
@@ -104,13 +137,26 @@ class SIPGateway:
             if refusal is not None:
                 self._respond(transaction, refusal)
                 return
+        if method in SIMPLE_METHODS and self.simple is not None:
+            return self.simple.handle(transaction, request)
+        if method == "MESSAGE" and self.messaging is not None:
+            return self.messaging.handle(transaction, request)
         handler = getattr(self, f"_on_{method.lower()}", None) if method in ALLOW else None
         if handler is None:
             response = self._response(request, 501)
-            response.headers.add("Allow", ", ".join(ALLOW))
+            response.headers.add("Allow", ", ".join(self.allowed_methods()))
             self._respond(transaction, response)
             return
         handler(transaction, request)
+
+    def allowed_methods(self):
+        """The methods answered here: ALLOW, and MESSAGE and SIMPLE's once they are plugged in."""
+        methods = list(ALLOW)
+        if self.messaging is not None:
+            methods.append("MESSAGE")
+        if self.simple is not None:
+            methods.extend(SIMPLE_METHODS)
+        return methods
 
     def _check(self, request):
         """The response refusing ``request`` before its method is looked at, or None."""
@@ -125,7 +171,7 @@ class SIPGateway:
 
     def _on_options(self, transaction, request):
         response = self._response(request, 200)
-        response.headers.add("Allow", ", ".join(ALLOW))
+        response.headers.add("Allow", ", ".join(self.allowed_methods()))
         response.headers.add("Accept", ", ".join(ACCEPT))
         response.headers.add("Accept-Encoding", "identity")
         response.headers.add("Accept-Language", "en")
@@ -170,7 +216,16 @@ class SIPGateway:
             log.info("SIP response {status} not sent: the transaction is over", status=response.status)
 
     def response_received(self, transaction, response):
-        pass  # the gateway sends no requests yet
+        if response.status >= 200:
+            self._client_final(transaction, response)
+
+    def _client_final(self, transaction, response):
+        if self.messaging is not None and self.messaging.final(transaction, response):
+            return
+        if self.simple is not None and self.simple.final(transaction, response):
+            return
+        log.debug("SIP {status} to our {method} not awaited", status=response.status,
+                  method=transaction.request.method)
 
     def stray_response(self, response, transport, address):
         log.debug("SIP stray response {status} from {address}", status=response.status, address=address)
@@ -178,9 +233,13 @@ class SIPGateway:
     def transaction_timed_out(self, transaction):
         log.info("SIP {method} transaction with {address} timed out", method=transaction.request.method,
                  address=transaction.address)
+        if isinstance(transaction, ClientTransaction):
+            self._client_final(transaction, Response(408))
 
     def transport_error(self, transaction, error):
         log.info("SIP transport error towards {address}: {error}", address=transaction.address, error=error)
+        if isinstance(transaction, ClientTransaction):
+            self._client_final(transaction, Response(503, "Service Unavailable (transport error)"))
 
 
 __all__ = ["SIPGateway", "ALLOW", "ACCEPT"]

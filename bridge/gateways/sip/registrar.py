@@ -156,7 +156,7 @@ class Registrar:
             return self._response(request, 404)
         realm = host
         # 1. authentication
-        outcome = yield self._authenticate(request, host, user, realm)
+        outcome = yield self.authenticate(request, host, user, realm)
         if outcome is not None:
             return outcome
         # 2. the contacts
@@ -169,7 +169,7 @@ class Registrar:
         return response
 
     @defer.inlineCallbacks
-    def _authenticate(self, request, host, user, realm):
+    def authenticate(self, request, host, user, realm):
         """None when the request is authenticated for ``user@host``, else the response to send."""
         credentials = None
         for value in request.headers.get_all("Authorization"):
@@ -203,7 +203,7 @@ class Registrar:
             # against a value that never matches, so timing reveals nothing.
             stored = digest.ha1(algorithm if algorithm in ALGORITHMS else "MD5", "", realm, secrets.token_hex(8))
             authenticator.check(credentials, request.method, stored)
-            log.info("SIP REGISTER for {user}@{host} refused: no digest secret for {username!r}",
+            log.info("SIP {method} for {user}@{host} refused: no digest secret for {username!r}", method=request.method,
                      user=user, host=host, username=credentials.username)
             return self._response(request, 403)
         verdict = authenticator.check(credentials, request.method, stored)
@@ -213,7 +213,8 @@ class Registrar:
             return self._challenge(request, realm, stale=True)
         if verdict.outcome == digest.REPLAYED:
             return self._challenge(request, realm)
-        log.info("SIP REGISTER for {user}@{host} refused: {reason}", user=user, host=host, reason=verdict.reason)
+        log.info("SIP {method} for {user}@{host} refused: {reason}", method=request.method, user=user, host=host,
+                 reason=verdict.reason)
         return self._response(request, 403)
 
     def _update(self, request, host, user, transport, source):
