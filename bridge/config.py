@@ -218,7 +218,6 @@ class SMSConfig:
     max_attempts: int = _option(5, low=1)
     retry_seconds: float = _option(60.0, low=0.1, high=86400)
     receipt_timeout_hours: float = _option(48.0, low=0.01, high=720)
-    unknown_sender: str = _option("drop", choices=("drop",))
 
 
 @dataclass(frozen=True)

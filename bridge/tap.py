@@ -153,7 +153,8 @@ def load_features(server):
     """Give every feature module its context; they register their hooks."""
     for name in FEATURES:
         module = importlib.import_module(f"bridge.features.{name}")
-        module.setup(FeatureContext(server, name))
+        context = server.features[name] = FeatureContext(server, name)
+        module.setup(context)
 
 
 def build(config, reactor):

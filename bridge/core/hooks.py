@@ -35,9 +35,6 @@ class Hooks:
             if not self._handlers[event]:
                 del self._handlers[event]
 
-    def has(self, event):
-        return event in self._handlers
-
     def fire(self, event, payload):
         """Run the handlers of ``event``; True when one of them handled it.
 

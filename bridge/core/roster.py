@@ -13,7 +13,6 @@ from bridge.core.stanza import make
 
 NS_ROSTER = "jabber:iq:roster"
 STORE = "roster"
-SUBSCRIPTIONS = ("none", "to", "from", "both")
 
 
 class RosterItem:

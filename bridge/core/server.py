@@ -28,6 +28,7 @@ class Server:
         self.hooks = Hooks()
         self.router = RoutingTable()
         self.sessions = SessionTable()
+        self.features = {}  # name -> FeatureContext of each loaded feature module
         # XEP-0198 resumption id -> Session, while it may be resumed.
         self.resumable_sessions = {}
         self.accounts = Accounts(storage)

@@ -25,11 +25,12 @@ class DiscoTests(IMTestCase):
             self.assertIn(expected, features)
         identity = [i for i in reply.query.elements() if i.name == "identity"][0]
         self.assertEqual((identity["category"], identity["type"]), ("server", "im"))
-        self.harness.server.hooks.remove_owner("ping")
-        self.harness.server.disco_features["host"].pop("urn:xmpp:ping")
+        self.harness.server.features["ping"].unload()
         again = alice.iq("<iq type='get' id='e' to='localhost'>"
                          "<query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
         self.assertNotIn("urn:xmpp:ping", {f.getAttribute("var") for f in again.query.elements()})
+        unanswered = alice.iq("<iq type='get' id='f' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        self.assertEqual(condition(unanswered), "service-unavailable")
 
     def test_unknown_node(self):
         """A node nobody serves is item-not-found."""

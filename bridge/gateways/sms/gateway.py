@@ -10,8 +10,8 @@
 * A mobile-originated SMS from the number of a user becomes a message from
   that user's bare JID to the person who last reached them by SMS; from any
   other number, a message from ``+number@domain`` to the local user who last
-  wrote to that number; from a number nobody wrote to, it is dropped (the
-  ``unknown_sender = "drop"`` policy).  "STOP" from a user's number sets that
+  wrote to that number; from a number nobody wrote to, it is dropped and
+  logged.  "STOP" from a user's number sets that
   user's policy to none.
 """
 
