@@ -588,6 +588,9 @@ class BridgeServer(Server):
                 # Nor the HTTP (BOSH/WebSocket) listeners, on all interfaces
                 # (:5280, :5281) by default: two bridges at once would clash.
                 f.write("[http]\nendpoints = []\ntls_endpoints = []\n\n")
+            if bridge_has_section("sip"):
+                # Nor the SIP gateway (5060/5061 on all interfaces by default).
+                f.write("[sip]\nenabled = false\n\n")
             f.write("[hosts.%s]\n" % toml_str(self.domain))
             f.write("aliases = []\n")
         with open(self.pwfile, "w") as f:

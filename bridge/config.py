@@ -288,6 +288,8 @@ def parse_host_port(text):
 class SIPConfig(ListenerTLS):
     """The SIP/SIMPLE gateway (docs/sip.md): listeners, registrar and message limits.
 
+    On by default, on the standard ports (UDP and TCP 5060, TLS 5061).
+
     ``udp_endpoints`` use ``udp:PORT[:interface=ADDRESS]`` (see
     ``parse_udp_endpoint``); ``tcp_endpoints`` and ``tls_endpoints`` are
     Twisted endpoint strings, the latter wrapped in TLS with this section's
@@ -297,10 +299,12 @@ class SIPConfig(ListenerTLS):
     (``carol\\40pbx.example@sip.localhost``); ``static_routes`` maps a
     foreign SIP domain to the ``HOST[:PORT]`` its requests go to, and
     ``allowed_domains`` lists the foreign SIP domains whose MESSAGEs are let
-    in.
+    in.  A foreign domain without a static route is looked up in DNS (SRV,
+    then A; RFC 3263), at ``dns_server`` (``HOST:PORT``) when set, else at
+    the system's resolver.
     """
 
-    enabled: bool = _option(False)
+    enabled: bool = _option(True)
     udp_endpoints: list = _option(["udp:5060"])
     tcp_endpoints: list = _option(["tcp:5060"])
     tls_endpoints: list = _option(["tcp:5061"])
@@ -316,8 +320,13 @@ class SIPConfig(ListenerTLS):
     digest_algorithms: list = _option(["SHA-256", "MD5"])
     domain: str = _option("sip.localhost")
     static_routes: dict = _option({})
+    dns_server: str = _option("")
     allowed_domains: list = _option([])
     max_pending_messages: int = _option(10000, low=1, high=10**7)
+    rate_limit_bytes_per_second: int = _option(100000, low=100)
+    rate_limit_burst_bytes: int = _option(200000, low=1024)
+    max_connections_per_address: int = _option(20, low=1)
+    idle_timeout_seconds: float = _option(600.0, low=10, high=86400)
 
 
 @dataclass(frozen=True)
@@ -480,6 +489,12 @@ def parse(document, where):
             parse_host_port(destination)
         except ValueError as error:
             problems.append(f"{where}: sip.static_routes.{foreign}: {error}")
+    if sip.dns_server:
+        try:
+            if parse_host_port(sip.dns_server)[1] is None:
+                raise ValueError(f"must be HOST:PORT, not {sip.dns_server!r}")
+        except ValueError as error:
+            problems.append(f"{where}: sip.dns_server: {error}")
     for name, smsc in sections.get("smsc", {}).items():
         if smsc.reconnect_max_seconds < smsc.reconnect_min_seconds:
             problems.append(f"{where}: smsc.{name}.reconnect_max_seconds: must be at least reconnect_min_seconds")

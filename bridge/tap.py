@@ -218,17 +218,19 @@ def setup_sip(config, server, reactor, top, listen):
     gateway = SIPGateway(server, config, reactor)
     gateway.setup()
     GatewayService("SIP gateway", gateway).setServiceParent(top)
+    policy = sip_transport.SourcePolicy(reactor, sip)  # per-peer limits, shared by every SIP listener
     for description in sip.udp_endpoints:
         port, interface = configuration.parse_udp_endpoint(description)
         endpoint = sip_transport.UDPServerEndpoint(reactor, port, interface)
         ListenerService("sip-udp", description, endpoint,
-                        lambda: gateway.add_transport(sip_transport.UDPTransport(gateway, gateway.limits))
+                        lambda: gateway.add_transport(sip_transport.UDPTransport(gateway, gateway.limits, policy))
                         ).setServiceParent(top)
-    listen("sip-tcp", sip.tcp_endpoints, sip_transport.StreamFactory(gateway, gateway.limits, "TCP"))
+    listen("sip-tcp", sip.tcp_endpoints, sip_transport.StreamFactory(gateway, gateway.limits, "TCP", policy))
     if sip.tls_endpoints:
         context = tls.server_context(*tls.certificate_paths(config, sip), sip.tls_min_version, sip.tls_ciphers)
         listen("sip-tls", sip.tls_endpoints,
-               TLSMemoryBIOFactory(context, False, sip_transport.StreamFactory(gateway, gateway.limits, "TLS")))
+               TLSMemoryBIOFactory(context, False,
+                                   sip_transport.StreamFactory(gateway, gateway.limits, "TLS", policy)))
     return gateway
 
 

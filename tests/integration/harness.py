@@ -56,6 +56,13 @@ tls_endpoints = ["tcp:0:interface=127.0.0.1"]
 registration = true
 [hosts."example.test"]
 aliases = ["alias.test"]
+[sip]
+# On by default on 5060/5061; off here.  A test that wants the gateway replaces this table (TOML
+# forbids a second [sip]): test_sip.py's fixture shows how.
+enabled = false
+udp_endpoints = ["udp:0:interface=127.0.0.1"]
+tcp_endpoints = ["tcp:0:interface=127.0.0.1"]
+tls_endpoints = ["tcp:0:interface=127.0.0.1"]
 """
 
 TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"

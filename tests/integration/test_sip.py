@@ -41,8 +41,12 @@ def bridge(tmp_path_factory):
     """bridge with the SIP gateway on kernel-chosen loopback ports; ``sip_ports`` by transport."""
     directory = tmp_path_factory.mktemp("sip")
     config_path = write_config(str(directory))
-    with open(config_path, "a", encoding="utf-8") as handle:
-        handle.write(SIP_SECTION)
+    with open(config_path, encoding="utf-8") as handle:
+        text = handle.read()
+    # The template's [sip] table (gateway off) gives way to this module's.
+    text = re.sub(r"(?ms)^\[sip\]\n.*?(?=^\[|\Z)", "", text)
+    with open(config_path, "w", encoding="utf-8") as handle:
+        handle.write(text + SIP_SECTION)
     accounts = accounts_for(USERS)
     add_users(config_path, accounts)
     process = ServerProcess(config_path, accounts)
@@ -203,3 +207,86 @@ def test_simple_subscribe_gets_notify_with_pidf(bridge, tmp_path):
     assert done.returncode == 0, output + bridge.tail(30)
     logged = log_file.read_text() if log_file.exists() else ""
     assert re.search(r"notify active;expires=\d+ <basic>(open|closed)</basic>", logged), logged
+
+
+# -- SIMPLE presence between sipp and slixmpp -------------------------------------
+
+def sipp_simple(bridge, tmp_path, scenario, auth_uri, user="alice"):
+    """Run ``scenario`` once as ``user`` over UDP; (exit status, output, log actions' text)."""
+    log_file = tmp_path / f"{scenario}.log"
+    errors = tmp_path / f"{scenario}.errors"
+    command = [SIPP, f"127.0.0.1:{bridge.sip_ports['sip-udp']}", "-sf", os.path.join(SCENARIOS, f"{scenario}.xml"),
+               "-m", "1", "-i", "127.0.0.1", "-p", str(free_port()), "-t", "u1", "-s", user, "-au", user,
+               "-ap", bridge.password(f"{user}@localhost"), "-auth_uri", auth_uri, "-nostdin",
+               "-timeout", "30s", "-timeout_error", "-trace_err", "-error_file", str(errors),
+               "-trace_logs", "-log_file", str(log_file)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=90, cwd=str(tmp_path))
+    output = done.stdout[-3000:] + done.stderr + (errors.read_text() if errors.exists() else "")
+    return done.returncode, output, log_file.read_text() if log_file.exists() else ""
+
+
+async def make_friends(alice, bob):
+    """A mutual subscription between alice and bob, unless an earlier test made it already."""
+    from .harness import befriend
+
+    # The clients fetched their rosters at login.
+    if alice.client_roster[bob.boundjid.bare]["subscription"] != "both":
+        await befriend(alice, bob)
+
+
+def test_publish_seen_as_presence_by_xmpp_contact(bridge, tmp_path):
+    """alice and bob are mutual contacts (set up on XMPP); sipp as alice PUBLISHes PIDF (open, note "in
+    a meeting", RPID meeting) with digest: bob, on slixmpp, gets presence from alice@localhost/sip with
+    show dnd and that status.  sipp then removes the publication (SIP-If-Match, Expires: 0) and bob gets
+    unavailable from alice@localhost/sip."""
+
+    async def scenario():
+        async with Clients(bridge) as clients:
+            alice = await clients.login("alice@localhost/pc")
+            bob = await clients.login("bob@localhost/pc")
+            await make_friends(alice, bob)
+            await alice.close()
+            run = asyncio.ensure_future(asyncio.to_thread(sipp_simple, bridge, tmp_path, "simple_publish",
+                                                          "alice@localhost"))
+            from_sip = lambda p: str(p["from"]) == "alice@localhost/sip"  # noqa: E731
+            published = await next_item(bob.presences, lambda p: from_sip(p) and p["type"] != "unavailable",
+                                        timeout=20, what="alice's published presence")
+            assert published["show"] == "dnd", published
+            assert published["status"] == "in a meeting", published
+            removed = await next_item(bob.presences, lambda p: from_sip(p) and p["type"] == "unavailable",
+                                      timeout=20, what="alice's publication removed")
+            return (await run), removed
+
+    (status, output, logged), _ = asyncio.run(scenario())
+    assert status == 0, output + bridge.tail(40)
+    assert re.search(r"published etag=[0-9a-f]+", logged), logged
+    assert "removed expires=0" in logged, logged
+
+
+def test_xmpp_presence_change_seen_as_notify(bridge, tmp_path):
+    """sipp as alice SUBSCRIBEs to bob@localhost, authorised by bob's roster (subscription both, set up
+    on XMPP): 200 and a NOTIFY with PIDF open.  bob, on slixmpp, then sends <show>away</show> with a
+    status: a second NOTIFY carries <rpid:away/> and the status as the note."""
+
+    async def scenario():
+        async with Clients(bridge) as clients:
+            alice = await clients.login("alice@localhost/pc")
+            bob = await clients.login("bob@localhost/pc")
+            await make_friends(alice, bob)
+            await alice.close()
+            start = len(bridge.lines)
+            run = asyncio.ensure_future(asyncio.to_thread(sipp_simple, bridge, tmp_path, "simple_watch",
+                                                          "bob@localhost"))
+            wanted = "SIP alice@localhost subscribed to the presence of bob@localhost: active"
+            deadline = asyncio.get_running_loop().time() + 20
+            while not any(wanted in line for line in bridge.lines[start:]):
+                assert not run.done(), (await run)[1] + bridge.tail(30)
+                assert asyncio.get_running_loop().time() < deadline, bridge.tail(30)
+                await asyncio.sleep(0.05)
+            bob.send_presence(pshow="away", pstatus="out for lunch")
+            return await run
+
+    status, output, logged = asyncio.run(scenario())
+    assert status == 0, output + bridge.tail(40)
+    assert re.search(r"first notify active;expires=\d+ <basic>open</basic>", logged), logged
+    assert "second notify" in logged and "<rpid:away/> <note>out for lunch</note>" in logged, logged

@@ -5,6 +5,8 @@ disco and XEP-0100, and the SIMPLE plug point."""
 import hashlib
 
 from twisted.internet import defer
+from twisted.names import dns
+from twisted.names.error import DNSNameError
 from twisted.trial.unittest import SynchronousTestCase
 
 from bridge import config as configuration
@@ -28,6 +30,30 @@ def make_config(**sip):
            "allowed_domains": ["pbx.example"], **sip}
     document = {"c2s": {"require_encryption": False}, "sip": sip, "hosts": {"localhost": {}}}
     return configuration.parse(document, "test.toml")
+
+
+class FakeResolver:
+    """DNS for the tests: ``srv`` maps a service name to [(priority, weight, port, target)], ``hosts`` a name
+    to its address; anything else does not exist.  ``asked`` lists the questions, in order."""
+
+    def __init__(self, srv=None, hosts=None):
+        self.srv = dict(srv or {})
+        self.hosts = dict(hosts or {})
+        self.asked = []
+
+    def lookupService(self, name):
+        self.asked.append(("SRV", name))
+        if name not in self.srv:
+            return defer.fail(DNSNameError(name))
+        answers = [dns.RRHeader(name, dns.SRV, payload=dns.Record_SRV(priority, weight, port, target))
+                   for priority, weight, port, target in self.srv[name]]
+        return defer.succeed((answers, [], []))
+
+    def getHostByName(self, name):
+        self.asked.append(("A", name))
+        if name not in self.hosts:
+            return defer.fail(DNSNameError(name))
+        return defer.succeed(self.hosts[name])
 
 
 class Outbound(FakeUDP):
@@ -73,7 +99,8 @@ class MessagingTestCase(SynchronousTestCase):
         self.clock = self.harness.clock
         for jid in ("alice@localhost", "bob@localhost", "dave@localhost"):
             self.harness.add_user(jid, "secret")
-        self.gateway = SIPGateway(self.server, self.harness.config, self.clock)
+        self.resolver = FakeResolver()
+        self.gateway = SIPGateway(self.server, self.harness.config, self.clock, resolver=self.resolver)
         self.gateway.setup()
         self.messaging = self.gateway.messaging
         self.transport = FakeUDP()
@@ -273,6 +300,80 @@ class ToForeignSIPTests(MessagingTestCase):
         [error] = self.messages(bob)
         self.assertEqual(error.error.firstChildElement().name, "remote-server-not-found")
         self.assertEqual(self.outbound.sent, [])
+
+    def test_no_static_route_uses_dns_srv(self):
+        """Without a static route the domain's SRV records decide (RFC 3263): _sip._udp, _sip._tcp and
+        _sips._tcp are asked; the UDP targets are used by priority, then weight, the target resolved (A)."""
+        self.resolver.srv = {
+            "_sip._udp.far.example": [(20, 0, 5080, "backup.far.example"), (10, 5, 5090, "sip.far.example"),
+                                      (10, 50, 5070, "main.far.example")],
+            "_sip._tcp.far.example": [(0, 0, 5060, "tcp.far.example")]}
+        self.resolver.hosts = {"main.far.example": "192.0.2.40", "sip.far.example": "192.0.2.41"}
+        bob = self.online("bob@localhost/pc")
+        bob.send("<message to='zed\\40far.example@sip.localhost' type='chat'><body>x</body></message>")
+        [(request, address)] = self.outbound.sent
+        self.assertEqual(address, ("192.0.2.40", 5070))
+        self.assertEqual(str(request.uri), "sip:zed@far.example")
+        self.assertEqual(self.resolver.asked, [("SRV", "_sip._udp.far.example"), ("SRV", "_sip._tcp.far.example"),
+                                               ("SRV", "_sips._tcp.far.example"), ("A", "main.far.example")])
+        self.assertEqual(self.messages(bob), [])
+
+    def test_srv_target_not_resolved_tries_the_next(self):
+        """A target with no address is skipped for the next one."""
+        self.resolver.srv = {"_sip._udp.far.example": [(10, 0, 5070, "gone.far.example"),
+                                                       (20, 0, 5071, "sip.far.example")]}
+        self.resolver.hosts = {"sip.far.example": "192.0.2.41"}
+        bob = self.online("bob@localhost/pc")
+        bob.send("<message to='zed\\40far.example@sip.localhost' type='chat'><body>x</body></message>")
+        [(_, address)] = self.outbound.sent
+        self.assertEqual(address, ("192.0.2.41", 5071))
+
+    def test_no_srv_falls_back_to_the_domain_on_5060(self):
+        """No SRV record at all: the domain's own address on 5060 (RFC 3263 4.2)."""
+        self.resolver.hosts = {"far.example": "192.0.2.42"}
+        bob = self.online("bob@localhost/pc")
+        bob.send("<message to='zed\\40far.example@sip.localhost' type='chat'><body>x</body></message>")
+        [(_, address)] = self.outbound.sent
+        self.assertEqual(address, ("192.0.2.42", 5060))
+
+    def test_static_route_wins_over_dns(self):
+        """A static route is used without asking DNS (its IP host needs no lookup either)."""
+        bob = self.online("bob@localhost/pc")
+        self.send_to_carol(bob)
+        self.assertEqual(self.resolver.asked, [])
+
+    def test_static_route_host_name_resolved(self):
+        """A static route naming a host is resolved (A), with no SRV lookup."""
+        self.setUp(static_routes={"pbx.example": "proxy.pbx.example:5072"})
+        self.resolver.hosts = {"proxy.pbx.example": "192.0.2.43"}
+        bob = self.online("bob@localhost/pc")
+        _, address = self.send_to_carol(bob)
+        self.assertEqual(address, ("192.0.2.43", 5072))
+        self.assertEqual(self.resolver.asked, [("A", "proxy.pbx.example")])
+
+    def test_srv_refusals(self):
+        """SRV target '.' (no SIP service), or only TCP/TLS targets (the gateway sends over UDP only):
+        remote-server-not-found, nothing sent."""
+        self.resolver.srv = {"_sip._udp.none.example": [(0, 0, 0, b"")],
+                             "_sips._tcp.tls.example": [(0, 0, 5061, "sip.tls.example")]}
+        self.resolver.hosts = {"sip.tls.example": "192.0.2.44", "none.example": "192.0.2.45"}
+        bob = self.online("bob@localhost/pc")
+        for domain in ("none.example", "tls.example"):
+            bob.send(f"<message to='zed\\40{domain}@sip.localhost' type='chat'><body>x</body></message>")
+            [error] = self.messages(bob)
+            self.assertEqual(error.error.firstChildElement().name, "remote-server-not-found")
+        self.assertEqual(self.outbound.sent, [])
+
+    def test_dns_server_option(self):
+        """[sip] dns_server is HOST:PORT; the gateway then asks that server."""
+        config = make_config(dns_server="127.0.0.1:5353")
+        self.assertEqual(config.sip.dns_server, "127.0.0.1:5353")
+        gateway = SIPGateway(self.server, config, self.clock)
+        resolver = gateway.resolver
+        servers = [r for r in getattr(resolver, "resolvers", []) if hasattr(r, "servers")]
+        self.assertEqual(servers[0].servers, [("127.0.0.1", 5353)])
+        with self.assertRaises(configuration.ConfigError):
+            make_config(dns_server="127.0.0.1")
 
     def test_errors_not_translated(self):
         """An error stanza to a gateway JID is never sent out (loop guard)."""

@@ -329,9 +329,11 @@ class SIPConfigTests(SynchronousTestCase):
         return error.problems
 
     def test_defaults(self):
-        """Off by default; UDP and TCP 5060, TLS 5061, SHA-256 offered before MD5."""
+        """On by default, on UDP and TCP 5060 and TLS 5061; SHA-256 offered before MD5; no DNS server of
+        its own (the system's resolver)."""
         sip = configuration.parse({}, "t.toml").sip
-        self.assertFalse(sip.enabled)
+        self.assertTrue(sip.enabled)
+        self.assertEqual(sip.dns_server, "")
         self.assertEqual((sip.udp_endpoints, sip.tcp_endpoints, sip.tls_endpoints),
                          (["udp:5060"], ["tcp:5060"], ["tcp:5061"]))
         self.assertEqual(sip.digest_algorithms, ["SHA-256", "MD5"])

@@ -1,13 +1,15 @@
 """SIP transports (UDP, TCP/TLS streams) in front of the gateway's transaction user, on fake sockets."""
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
+from bridge import config as configuration
 from bridge.gateways.sip.gateway import SIPGateway
 from bridge.gateways.sip.message import parse_datagram
 from bridge.gateways.sip.transport import (
-    MAX_DATAGRAM_BYTES, StreamFactory, UDPServerEndpoint, UDPTransport,
+    MAX_DATAGRAM_BYTES, SourcePolicy, StreamFactory, UDPServerEndpoint, UDPTransport,
 )
 
 from .helpers import Harness
@@ -242,3 +244,62 @@ class StreamTests(SynchronousTestCase):
         protocol.dataReceived(request_text(rport=False, via_port=5999))
         self.assertEqual(parse_datagram(socket.value()).status, 200)
         self.assertTrue(protocol.reliable)
+
+
+class SourcePolicyTests(SynchronousTestCase):
+    """The per-peer limits of the SIP listeners: rate, connections, idle streams."""
+
+    def setUp(self):
+        self.clock = Clock()
+        sip = configuration.parse({"sip": {"rate_limit_bytes_per_second": 1000, "rate_limit_burst_bytes": 2000,
+                                           "max_connections_per_address": 2, "idle_timeout_seconds": 30}},
+                                  "test.toml").sip
+        self.policy = SourcePolicy(self.clock, sip)
+        self.sink = Recorder()
+
+    def test_datagrams_over_the_rate_dropped(self):
+        """Past its burst a source's datagrams are dropped (and still count against it) until the rate
+        refills; other sources are unaffected."""
+        protocol = UDPTransport(self.sink, policy=self.policy)
+        protocol.makeConnection(FakeDatagramTransport())
+        message = request_text()
+        for n in range(10):
+            protocol.datagramReceived(message, PEER)
+        allowed = len(self.sink.messages)
+        self.assertEqual(allowed, 2000 // len(message))
+        protocol.datagramReceived(request_text(branch="z9hG4bK-other"), ("192.0.2.8", 5060))
+        self.assertEqual(len(self.sink.messages), allowed + 1)
+        self.clock.advance(0.5)
+        protocol.datagramReceived(request_text(branch="z9hG4bK-early"), PEER)
+        self.assertEqual(len(self.sink.messages), allowed + 1)
+        self.clock.advance(2)
+        protocol.datagramReceived(request_text(branch="z9hG4bK-later"), PEER)
+        self.assertEqual(len(self.sink.messages), allowed + 2)
+
+    def connect(self):
+        protocol = StreamFactory(self.sink, name="TCP", policy=self.policy).buildProtocol(None)
+        socket = StringTransport(peerAddress=IPv4Address("TCP", *PEER))
+        protocol.makeConnection(socket)
+        return protocol, socket
+
+    def test_connections_per_address(self):
+        """A third connection from one address is closed at once; a freed place is taken again."""
+        first, _ = self.connect()
+        self.connect()
+        third, socket = self.connect()
+        self.assertTrue(socket.disconnecting)
+        third.connectionLost(None)
+        first.connectionLost(None)
+        self.assertFalse(self.connect()[1].disconnecting)
+
+    def test_idle_stream_closed(self):
+        """A connection that sends nothing, not even CRLF keep-alives, for idle_timeout_seconds is closed."""
+        protocol, socket = self.connect()
+        self.clock.advance(20)
+        protocol.dataReceived(b"\r\n\r\n")
+        self.clock.advance(20)
+        self.assertFalse(socket.disconnecting)
+        self.clock.advance(11)
+        self.assertTrue(socket.disconnecting)
+        protocol.connectionLost(None)
+        self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -24,10 +24,10 @@ from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.names import client as dns_client, dns, error as dns_error
 from twisted.words.xish import domish
 from zope.interface import implementer
 
+from bridge.core import srv
 from bridge.core.stanza import parse_jid
 from bridge.core.streams.base import XMLStreamProtocol
 from bridge.core.streams.c2s import NS_SASL, NS_TLS
@@ -567,13 +567,7 @@ class RemoteDomains:
         self.links = {}
         self.streams = set()
         self.stopping = False
-        if resolver is None:
-            if self.config.dns_server:
-                host, _, port = self.config.dns_server.rpartition(":")
-                resolver = dns_client.createResolver(servers=[(host, int(port))])
-            else:
-                resolver = dns_client.getResolver()
-        self.resolver = resolver
+        self.resolver = resolver if resolver is not None else srv.make_resolver(self.config.dns_server)
         self._idle_check = None
 
     @defer.inlineCallbacks
@@ -653,15 +647,6 @@ class RemoteDomains:
         self._idle_check = self.clock.callLater(self.config.idle_timeout_seconds / 4, self._close_idle)
 
     @defer.inlineCallbacks
-    def _srv(self, name):
-        try:
-            answers, _, _ = yield self.resolver.lookupService(name)
-        except (dns_error.DomainError, dns_error.DNSNameError, dns_error.DNSServerError, defer.TimeoutError,
-                dns_error.DNSQueryRefusedError, dns_error.DNSNotImplementedError, dns_error.DNSUnknownError):
-            return []
-        return [answer.payload for answer in answers if answer.type == dns.SRV]
-
-    @defer.inlineCallbacks
     def addresses(self, domain):
         """[(host, port, direct TLS)] to try for ``domain``.
 
@@ -674,14 +659,10 @@ class RemoteDomains:
             direct_tls = static.startswith("tls:")
             host, _, port = static.removeprefix("tls:").rpartition(":")
             return [(host, int(port), direct_tls)]
-        direct, starttls = yield defer.gatherResults([self._srv(f"_xmpps-server._tcp.{domain}"),
-                                                      self._srv(f"_xmpp-server._tcp.{domain}")])
-        records = sorted([(r.priority, -r.weight, 0, str(r.target), r.port) for r in direct]
-                         + [(r.priority, -r.weight, 1, str(r.target), r.port) for r in starttls])
-        usable = [(target, port, kind == 0) for _, _, kind, target, port in records if target not in ("", ".")]
-        if records and not usable:
+        found = yield srv.services(self.resolver, [f"_xmpps-server._tcp.{domain}", f"_xmpp-server._tcp.{domain}"])
+        if found is None:
             return []
-        return usable or [(domain, DEFAULT_PORT, False)]
+        return [(target, port, index == 0) for index, target, port in found] or [(domain, DEFAULT_PORT, False)]
 
     @defer.inlineCallbacks
     def connect(self, origin, target, verify=None):

@@ -26,6 +26,7 @@ from twisted.logger import Logger
 
 from bridge import __version__
 from bridge.config import parse_host_port
+from bridge.core import srv
 from bridge.gateways.sip.message import Limits, Response, make_response
 from bridge.gateways.sip.messaging import Messaging
 from bridge.gateways.sip.registrar import Registrar
@@ -43,7 +44,7 @@ SIMPLE_METHODS = ("SUBSCRIBE", "NOTIFY", "PUBLISH")
 class SIPGateway:
     """The transaction user of the SIP listeners: one per server."""
 
-    def __init__(self, server, config, clock, timers=Timers(), secret=None):
+    def __init__(self, server, config, clock, timers=Timers(), secret=None, resolver=None):
         self.server = server
         self.config = config
         self.sip = config.sip
@@ -56,6 +57,18 @@ class SIPGateway:
         self.simple = None  # simple.SimplePresence (SUBSCRIBE, NOTIFY, PUBLISH), set by setup()
         self.messaging = None  # messaging.Messaging, set by setup()
         self.udp_transports = []  # for requests the gateway sends out (add_transport)
+        self._resolver = resolver
+
+    @property
+    def resolver(self):
+        """The DNS resolver for foreign domains ([sip] dns_server, else the system's), made when first needed."""
+        if self._resolver is None:
+            self._resolver = srv.make_resolver(self.sip.dns_server)
+        return self._resolver
+
+    @resolver.setter
+    def resolver(self, resolver):
+        self._resolver = resolver
 
     # -- lifetime (GatewayService) --------------------------------------------
 

@@ -17,7 +17,8 @@
 * XMPP to SIP, foreign users: the route of ``[sip] domain`` takes a message
   from a local user to ``carol\\40pbx.example@sip.localhost`` and sends a
   MESSAGE to ``sip:carol@pbx.example`` through the static route of
-  ``pbx.example`` (or straight to an IP-literal host).  A final error
+  ``pbx.example``, else to what DNS gives (SRV ``_sip._udp``, then A;
+  ``destination``), or straight to an IP-literal host.  A final error
   response, a timeout (408) or a transport error (503) becomes the XMPP
   error of the translate tables (``error_for_response``) for the sender.
 * XMPP to SIP, our own users: ``message/offline`` is hooked above offline
@@ -50,6 +51,7 @@ from twisted.logger import Logger
 from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep
 
 from bridge.config import parse_host_port
+from bridge.core import srv
 from bridge.core.delivery import Event, event_name, target_of
 from bridge.core.stanza import error_reply, parse_jid, result_reply
 from bridge.core.xmlstream import parse_element
@@ -63,6 +65,7 @@ log = Logger()
 STORE = "sip-in"  # (gateway domain, key): {"stanza": XML}, a MESSAGE accepted and not yet routed
 EVENT_PREFIX = "sip-gateway/"
 OWNER = "sip"
+DEFAULT_PORT = 5060
 NS_INFO = "http://jabber.org/protocol/disco#info"
 NS_ITEMS = "http://jabber.org/protocol/disco#items"
 NS_GATEWAY = "jabber:iq:gateway"
@@ -79,6 +82,10 @@ def local_domains(config):
         domains.add(name.lower())
         domains.update(alias.lower() for alias in host.aliases)
     return frozenset(domains)
+
+
+class NoRoute(Exception):
+    """No address to send a request for a foreign SIP domain to."""
 
 
 def _is_ip(host):
@@ -280,16 +287,25 @@ class Messaging:
             return
         if request is None:
             return
-        destination = self.destination(request.uri)
-        if destination is None:
-            self.server.router.bounce(stanza, "remote-server-not-found",
-                                      f"no route to the SIP domain {request.uri.host or request.uri}")
-            return
         transport = self.gateway.outbound_transport()
         if transport is None:
             self.server.router.bounce(stanza, "service-unavailable", "no SIP UDP listener to send from")
             return
-        self.send(request, transport, destination, lambda response: self._outcome(stanza, response))
+        d = self.destination(request.uri)
+        d.addCallbacks(
+            lambda destination: self.send(request, transport, destination,
+                                          lambda response: self._outcome(stanza, response)),
+            lambda failure: self._no_route(stanza, request, failure))
+        d.addErrback(lambda failure: log.failure("SIP: MESSAGE to {uri} not sent", failure, uri=str(request.uri)))
+
+    def _no_route(self, stanza, request, failure):
+        if failure.check(NoRoute):
+            log.info("SIP: no route to {uri}: {reason}", uri=str(request.uri), reason=failure.value)
+            reason = str(failure.value)
+        else:
+            log.failure("SIP: looking up {uri} failed", failure, uri=str(request.uri))
+            reason = f"no route to the SIP domain {request.uri.host}"
+        self.server.router.bounce(stanza, "remote-server-not-found", reason)
 
     def _outcome(self, stanza, response):
         error = translate.error_for_response(stanza, response)
@@ -297,16 +313,47 @@ class Messaging:
             log.info("SIP MESSAGE to {to} failed: {status}", to=stanza.getAttribute("to"), status=response.status)
             self.server.router.route(error)
 
+    @defer.inlineCallbacks
     def destination(self, uri):
-        """(host, port) for a request to ``uri``: its domain's static route, else an IP-literal host."""
-        host = (uri.host or "").lower()
-        route = self.routes.get(host.strip("[]")) or self.routes.get(host)
+        """A Deferred (IP address, port) for a request to ``uri`` over UDP, or failing with NoRoute.
+
+        The domain's static route wins; an IP-literal host is used as it is;
+        a host with an explicit port is looked up (A) with that port; else
+        RFC 3263 simplified: the SRV records of ``_sip._udp``, ``_sip._tcp``
+        and ``_sips._tcp`` (the gateway sends over UDP only for now, so only
+        the UDP targets are used), and without any SRV record the domain
+        itself on 5060.  Names are resolved to an address (A) in the order
+        found; the first that resolves is used.
+        """
+        host = (uri.host or "").lower().strip("[]")
+        if not host:
+            raise NoRoute("the SIP address has no host")
+        route = self.routes.get(host)
         if route is not None:
             address, port = route
-            return address.strip("[]"), port or 5060
-        if host and _is_ip(host):
-            return host.strip("[]"), uri.port or 5060
-        return None
+            candidates = [(address.strip("[]"), port or DEFAULT_PORT)]
+        elif _is_ip(host) or uri.port:
+            candidates = [(host, uri.port or DEFAULT_PORT)]
+        else:
+            found = yield srv.services(self.gateway.resolver, [f"_sip._udp.{host}", f"_sip._tcp.{host}",
+                                                               f"_sips._tcp.{host}"])
+            if found is None:
+                raise NoRoute(f"the SIP domain {host} offers no SIP service (SRV '.')")
+            candidates = [(target, port) for index, target, port in found if index == 0]
+            if found and not candidates:
+                raise NoRoute(f"the SIP domain {host} is reached over TCP or TLS only, which the gateway "
+                              "does not send over yet")
+            candidates = candidates or [(host, DEFAULT_PORT)]
+        for target, port in candidates:
+            if _is_ip(target):
+                return target, port
+            try:
+                address = yield self.gateway.resolver.getHostByName(target)
+            except Exception as error:
+                log.info("SIP: {target} not resolved: {error}", target=target, error=error)
+                continue
+            return address, port
+        raise NoRoute(f"no route to the SIP domain {host}")
 
     def new_call_id(self):
         return f"{secrets.token_hex(10)}@{self.domain}"
@@ -448,4 +495,4 @@ class Messaging:
         return True
 
 
-__all__ = ["Messaging", "STORE", "EVENT_PREFIX", "local_domains"]
+__all__ = ["Messaging", "NoRoute", "STORE", "EVENT_PREFIX", "local_domains"]

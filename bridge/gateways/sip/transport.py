@@ -25,6 +25,7 @@ import re
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
+from bridge.core.streams.base import ConnectionsPerAddress, InputRateLimit
 from bridge.gateways.sip.message import (
     DEFAULT_LIMITS, KEEPALIVE, GrammarError, SIPParseError, StreamFramer, error_response,
     parse_datagram,
@@ -55,15 +56,46 @@ def _error_answer(error, transport, source):
     return response, destination
 
 
+class SourcePolicy:
+    """The limits every SIP listener applies per peer address.
+
+    Bytes per second (a token bucket per source: excess UDP datagrams are
+    dropped, a stream stops being read), connections per address, and an
+    idle timeout for streams.  ``config`` is the ``[sip]`` section.
+    """
+
+    MAX_TRACKED_SOURCES = 10000
+
+    def __init__(self, clock, config):
+        self.clock = clock
+        self.config = config
+        self.connections = ConnectionsPerAddress(config.max_connections_per_address)
+        self._buckets = {}  # source host -> (tokens, time of the last refill)
+
+    def allow_datagram(self, host, size):
+        """True when ``host`` may send ``size`` more bytes now."""
+        now = self.clock.seconds()
+        rate, burst = self.config.rate_limit_bytes_per_second, self.config.rate_limit_burst_bytes
+        tokens, refilled = self._buckets.get(host, (burst, now))
+        tokens = min(burst, tokens + (now - refilled) * rate) - size
+        if len(self._buckets) >= self.MAX_TRACKED_SOURCES and host not in self._buckets:
+            # Forget the sources whose buckets are full again: they owe nothing.
+            self._buckets = {h: (t, r) for h, (t, r) in self._buckets.items()
+                             if min(burst, t + (now - r) * rate) < burst}
+        self._buckets[host] = (max(tokens, -burst), now)
+        return tokens >= 0
+
+
 class _Transport:
     """What the UDP and stream transports share: the sink, the limits, error answers."""
 
     name = "?"
     reliable = False
 
-    def __init__(self, sink, limits=DEFAULT_LIMITS):
+    def __init__(self, sink, limits=DEFAULT_LIMITS, policy=None):
         self.sink = sink
         self.limits = limits
+        self.policy = policy
 
     def _deliver(self, message, source):
         try:
@@ -95,6 +127,8 @@ class UDPTransport(_Transport, protocol.DatagramProtocol):
 
     def datagramReceived(self, data, address):
         source = (address[0], address[1])
+        if self.policy is not None and not self.policy.allow_datagram(address[0], len(data)):
+            return  # over the per-source rate: dropped, as a congested network would
         try:
             message = parse_datagram(data, self.limits)
         except SIPParseError as error:
@@ -122,21 +156,50 @@ class StreamTransport(_Transport, protocol.Protocol):
 
     reliable = True
 
-    def __init__(self, sink, limits=DEFAULT_LIMITS, name="TCP"):
-        super().__init__(sink, limits)
+    def __init__(self, sink, limits=DEFAULT_LIMITS, name="TCP", policy=None):
+        super().__init__(sink, limits, policy)
         self.name = name
         self.framer = StreamFramer(limits)
         self.address = None
         self.connected = False
+        self.counted = False  # counted in the policy's connections per address
+        self._rate = None
+        self._idle = None
+        self._last_activity = None
 
     def connectionMade(self):
         peer = self.transport.getPeer()
         self.address = (peer.host, peer.port)
+        if self.policy is not None:
+            self.counted = True
+            if not self.policy.connections.admit(peer.host):
+                log.info("SIP {transport} connection from {source} refused: too many from that address",
+                         transport=self.name, source=self.address)
+                self.transport.loseConnection()
+                return
+            self._rate = InputRateLimit(self.policy.clock, self.policy.config, self.transport)
+            self._last_activity = self.policy.clock.seconds()
+            self._idle = self.policy.clock.callLater(self.policy.config.idle_timeout_seconds, self._check_idle)
         self.connected = True
+
+    def _check_idle(self):
+        """Close a connection silent for idle_timeout_seconds (keep-alive CRLFs count)."""
+        clock, timeout = self.policy.clock, self.policy.config.idle_timeout_seconds
+        idle = clock.seconds() - self._last_activity
+        if idle >= timeout:
+            self._idle = None
+            log.info("SIP {transport} connection from {source} closed: idle", transport=self.name, source=self.address)
+            self.connected = False
+            self.transport.loseConnection()
+        else:
+            self._idle = clock.callLater(timeout - idle, self._check_idle)
 
     def dataReceived(self, data):
         if not self.connected:
             return
+        if self._rate is not None:
+            self._last_activity = self.policy.clock.seconds()
+            self._rate.consumed(len(data))
         self.framer.receive_data(data)
         while self.connected:
             try:
@@ -166,6 +229,12 @@ class StreamTransport(_Transport, protocol.Protocol):
 
     def connectionLost(self, reason=None):
         self.connected = False
+        if self.counted:
+            self.policy.connections.release(self.address[0])
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        if self._rate is not None:
+            self._rate.cancel()
         lost = getattr(self.sink, "connection_lost", None)
         if lost is not None:
             lost(self)
@@ -176,13 +245,14 @@ class StreamFactory(protocol.Factory):
 
     noisy = False
 
-    def __init__(self, sink, limits=DEFAULT_LIMITS, name="TCP"):
+    def __init__(self, sink, limits=DEFAULT_LIMITS, name="TCP", policy=None):
         self.sink = sink
         self.limits = limits
         self.name = name
+        self.policy = policy
 
     def buildProtocol(self, addr):
-        transport = StreamTransport(self.sink, self.limits, self.name)
+        transport = StreamTransport(self.sink, self.limits, self.name, self.policy)
         transport.factory = self
         return transport
 
