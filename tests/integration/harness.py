@@ -56,9 +56,11 @@ tls_endpoints = ["tcp:0:interface=127.0.0.1"]
 registration = true
 [hosts."example.test"]
 aliases = ["alias.test"]
-[sip]
-# On by default on 5060/5061; off here.  A test that wants the gateway replaces this table (TOML
-# forbids a second [sip]): test_sip.py's fixture shows how.
+{sip}"""
+
+# The SIP gateway is on by default on 5060/5061; off in test servers unless a
+# test gives its own [sip] table to write_config.
+SIP_OFF = """[sip]
 enabled = false
 udp_endpoints = ["udp:0:interface=127.0.0.1"]
 tcp_endpoints = ["tcp:0:interface=127.0.0.1"]
@@ -75,13 +77,13 @@ def server_env():
     return env
 
 
-def write_config(directory, c2s_options=""):
+def write_config(directory, c2s_options="", sip=SIP_OFF):
     """A configuration file in ``directory`` (its data under ``directory/data``); its path.
 
-    ``c2s_options``: extra lines for the [c2s] table.
+    ``c2s_options``: extra lines for the [c2s] table; ``sip``: the [sip] table.
     """
     path = os.path.join(directory, "bridge.toml")
-    text = CONFIG_TEMPLATE.format(data_dir=os.path.join(directory, "data"))
+    text = CONFIG_TEMPLATE.format(data_dir=os.path.join(directory, "data"), sip=sip)
     text = text.replace("[c2s]\n", "[c2s]\n" + c2s_options + "\n", 1)
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(text)
@@ -105,8 +107,8 @@ def add_users(config_path, accounts):
 class ServerProcess:
     """One server process; its output is drained into ``lines`` by a thread."""
 
-    LISTENING = re.compile(r"listening (c2s|c2s-direct-tls|s2s|s2s-direct-tls|component|http|https) "
-                           r"on 127\.0\.0\.1:(\d+)")
+    LISTENING = re.compile(r"listening (c2s|c2s-direct-tls|s2s|s2s-direct-tls|component|http|https"
+                           r"|sip-udp|sip-tcp|sip-tls) on 127\.0\.0\.1:(\d+)")
 
     def __init__(self, config_path, accounts=None, command=None):
         self.config_path = config_path
@@ -175,16 +177,21 @@ class ServerProcess:
         return self.process is not None and self.process.poll() is None
 
     def stop(self):
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._reader.join(timeout=5)
+        stop_process(self.process)
+        if self.process is not None:
+            self._reader.join(timeout=5)
+
+
+def stop_process(process, timeout=15):
+    """Terminate a child process, killing it if it has not ended within ``timeout`` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 # -- a raw XMPP socket --------------------------------------------------------

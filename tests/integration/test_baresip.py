@@ -22,12 +22,11 @@ import uuid
 import pytest
 
 from .conftest import accounts_for
-from .harness import Clients, add_users, next_item, subscription_of, write_config, ServerProcess
+from .harness import Clients, ServerProcess, add_users, next_item, stop_process, subscription_of, write_config
 
 BARESIP = shutil.which("baresip")
 TEMPLATES = os.path.join(os.path.dirname(__file__), "baresip")
 MODULE_PATH = "/usr/lib/baresip/modules"
-LISTENING = re.compile(r"listening (sip-udp|sip-tcp) on 127\.0\.0\.1:(\d+)")
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 USERS = ("alice@localhost", "bob@localhost")
 WAIT = 20.0
@@ -52,25 +51,13 @@ digest_algorithms = ["MD5"]
 
 @pytest.fixture(scope="module")
 def bridge(tmp_path_factory):
-    """bridge with the SIP gateway on kernel-chosen loopback ports; ``sip_ports`` by transport."""
+    """bridge with the SIP gateway on kernel-chosen loopback ports (in ``ports`` by listener kind)."""
     directory = tmp_path_factory.mktemp("baresip-bridge")
-    config_path = write_config(str(directory))
-    with open(config_path, encoding="utf-8") as handle:
-        text = handle.read()
-    # The template's [sip] table (gateway off), if it has one, gives way to this module's.
-    text = re.sub(r"(?ms)^\[sip\]\n.*?(?=^\[|\Z)", "", text)
-    with open(config_path, "w", encoding="utf-8") as handle:
-        handle.write(text + SIP_SECTION)
+    config_path = write_config(str(directory), sip=SIP_SECTION)
     accounts = accounts_for(USERS)
     add_users(config_path, accounts)
     process = ServerProcess(config_path, accounts)
-    process.start()
-    process.sip_ports = {}
-    for line in process.lines:
-        match = LISTENING.search(line)
-        if match:
-            process.sip_ports[match.group(1)] = int(match.group(2))
-    assert "sip-udp" in process.sip_ports, process.tail()
+    process.start(wait_for=("c2s", "sip-udp"))
     yield process
     process.stop()
 
@@ -91,7 +78,7 @@ class Baresip:
         self.ctrl_port = free_port(socket.SOCK_STREAM)
         values = {"sip_port": self.sip_port, "ctrl_port": self.ctrl_port, "module_path": MODULE_PATH,
                   "user": user, "password": bridge.password(f"{user}@localhost"),
-                  "bridge_port": bridge.sip_ports["sip-udp"],
+                  "bridge_port": bridge.ports["sip-udp"],
                   "contact_params": ";presence=p2p" if presence else ""}
         os.makedirs(self.directory, exist_ok=True)
         for name in ("config", "accounts", "contacts"):
@@ -210,13 +197,7 @@ class Baresip:
             self.sock.close()
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.process.stdin.close()
         self._reader.join(timeout=5)
 

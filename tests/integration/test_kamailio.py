@@ -19,7 +19,7 @@ import time
 import pytest
 
 from .conftest import accounts_for
-from .harness import Clients, ServerProcess, add_users, next_item, write_config
+from .harness import Clients, ServerProcess, add_users, next_item, stop_process, write_config
 
 SIPP = shutil.which("sipp")
 KAMAILIO = shutil.which("kamailio") or ("/usr/sbin/kamailio" if os.path.exists("/usr/sbin/kamailio") else None)
@@ -50,14 +50,8 @@ static_routes = {{ "pbx.test" = "{PBX[0]}:{PBX[1]}" }}
 
 
 def write_sip_config(directory, section):
-    """The harness's configuration with its [sip] table (gateway off) replaced by ``section``."""
-    config_path = write_config(directory)
-    with open(config_path, encoding="utf-8") as handle:
-        text = handle.read()
-    text = re.sub(r"(?ms)^\[sip\]\n.*?(?=^\[|\Z)", "", text)
-    with open(config_path, "w", encoding="utf-8") as handle:
-        handle.write(text + section)
-    return config_path
+    """The harness's configuration with ``section`` as its [sip] table."""
+    return write_config(directory, sip=section)
 
 
 def sip_options_answered(address, timeout=0.5):
@@ -123,13 +117,7 @@ class Kamailio:
     def stop(self):
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self._reader.join(timeout=5)
 
 
