@@ -18,7 +18,6 @@ from .harness import Clients, ServerProcess, add_users, next_item, write_config
 
 SIPP = shutil.which("sipp")
 SCENARIOS = os.path.join(os.path.dirname(__file__), "sipp")
-LISTENING = re.compile(r"listening (sip-udp|sip-tcp|sip-tls) on 127\.0\.0\.1:(\d+)")
 USERS = ("alice@localhost", "bob@localhost")
 
 pytestmark = pytest.mark.skipif(SIPP is None, reason="sipp is missing (Debian package sip-tester, "
@@ -38,25 +37,14 @@ digest_algorithms = ["MD5", "SHA-256"]
 
 @pytest.fixture(scope="module")
 def bridge(tmp_path_factory):
-    """bridge with the SIP gateway on kernel-chosen loopback ports; ``sip_ports`` by transport."""
+    """bridge with the SIP gateway on kernel-chosen loopback ports (in ``ports`` by listener kind)."""
     directory = tmp_path_factory.mktemp("sip")
-    config_path = write_config(str(directory))
-    with open(config_path, encoding="utf-8") as handle:
-        text = handle.read()
-    # The template's [sip] table (gateway off) gives way to this module's.
-    text = re.sub(r"(?ms)^\[sip\]\n.*?(?=^\[|\Z)", "", text)
-    with open(config_path, "w", encoding="utf-8") as handle:
-        handle.write(text + SIP_SECTION)
+    config_path = write_config(str(directory), sip=SIP_SECTION)
     accounts = accounts_for(USERS)
     add_users(config_path, accounts)
     process = ServerProcess(config_path, accounts)
-    process.start()
-    process.sip_ports = {}
-    for line in process.lines:
-        match = LISTENING.search(line)
-        if match:
-            process.sip_ports[match.group(1)] = int(match.group(2))
-    assert set(process.sip_ports) == {"sip-udp", "sip-tcp", "sip-tls"}, process.tail()
+    process.start(wait_for=("c2s", "sip-udp", "sip-tcp", "sip-tls"))
+    process.sip_ports = {kind: port for kind, port in process.ports.items() if kind.startswith("sip-")}
     yield process
     process.stop()
 

@@ -13,7 +13,8 @@ there, and each new server transaction reaches ``request_received`` once:
 * MESSAGE: once ``setup()`` has run, ``messaging.Messaging`` (digest for our
   users, allowed foreign domains, stored before 202, routed to XMPP); it
   also owns the gateway's XMPP domain and sends MESSAGEs out;
-* SUBSCRIBE, PUBLISH, NOTIFY: SIMPLE presence (``simple.py``).
+* SUBSCRIBE, PUBLISH, NOTIFY: SIMPLE presence (``simple.py``); the NOTIFYs
+  of our own subscriptions to foreign SIP users go on to ``watch.py``.
 
 Before any of that a request whose Request-URI is neither sip nor sips gets
 416, and one that requires an extension gets 420 with Unsupported.
@@ -32,6 +33,7 @@ from bridge.gateways.sip.messaging import Messaging
 from bridge.gateways.sip.registrar import Registrar
 from bridge.gateways.sip.simple import SimplePresence
 from bridge.gateways.sip.transaction import ClientTransaction, TransactionLayer, Timers, new_branch
+from bridge.gateways.sip.watch import ForeignWatch
 
 log = Logger()
 
@@ -56,6 +58,7 @@ class SIPGateway:
         self._pruning = None
         self.simple = None  # simple.SimplePresence (SUBSCRIBE, NOTIFY, PUBLISH), set by setup()
         self.messaging = None  # messaging.Messaging, set by setup()
+        self.watch = None  # watch.ForeignWatch (presence of foreign SIP users), set by setup()
         self.udp_transports = []  # for requests the gateway sends out (add_transport)
         self._resolver = resolver
 
@@ -77,6 +80,7 @@ class SIPGateway:
         self.messaging = Messaging(self)
         self.messaging.setup()
         self.simple = SimplePresence(self)
+        self.watch = ForeignWatch(self)
 
     def start(self):
         self._pruning = task.LoopingCall(self.registrar.bindings.prune)
@@ -93,6 +97,8 @@ class SIPGateway:
             self.messaging.stop()
         if self.simple is not None:
             self.simple.stop()
+        if self.watch is not None:
+            self.watch.stop()
         return None
 
     def add_transport(self, transport):

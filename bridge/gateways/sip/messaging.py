@@ -33,7 +33,8 @@
   http://jabber.org/protocol/disco#info:query``), fired on
   ``server.hooks``; disco#info (identity gateway/sip), disco#items and
   XEP-0100's ``jabber:iq:gateway`` are registered there; any other IQ get
-  or set is answered service-unavailable.
+  or set is answered service-unavailable; presence goes to ``watch.ForeignWatch``
+  (XMPP users subscribing to foreign SIP presentities).
 
 Loop guard: errors are never translated nor answered; a message that no
 person wrote keeps its ``Auto-Submitted`` marker across (translate.py); a
@@ -269,6 +270,8 @@ class Messaging:
             self.message_out(stanza)
         elif stanza.name == "iq" and stanza.getAttribute("type") in ("get", "set"):
             self.server.router.bounce(stanza, "service-unavailable")
+        elif stanza.name == "presence" and getattr(self.gateway, "watch", None) is not None:
+            self.gateway.watch.presence_out(stanza)  # foreign SIP presentities (watch.py)
 
     def message_out(self, stanza):
         """A message to a foreign SIP user: sent as MESSAGE; errors come back to the sender."""

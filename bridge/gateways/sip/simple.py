@@ -26,8 +26,9 @@ in memory, on the clock it is given:
   user's own available resources; probes are answered with it too.  An
   entity tag (SIP-ETag, SIP-If-Match) refreshes or modifies it; expiry or
   Expires: 0 removes it, which is announced as unavailable presence.
-* **NOTIFY received**: the gateway makes no subscriptions of its own yet,
-  so any NOTIFY is answered 481.
+* **NOTIFY received**: one of a dialog of ``watch.ForeignWatch`` (an XMPP
+  user watching a foreign SIP presentity) is handed to it; any other is
+  answered 481.
 
 The PIDF and Subscription-State translation is the pure functions of
 ``presence.py``.
@@ -532,7 +533,10 @@ class SimplePresence:
     # -- NOTIFY received --------------------------------------------------------------
 
     def _notify_received(self, transaction, request):
-        # The gateway subscribes to nothing yet (XMPP users' subscriptions to foreign SIP presentities).
+        # Our own subscriptions (XMPP users watching foreign SIP presentities) are watch.py's.
+        watch = getattr(self.gateway, "watch", None)
+        if watch is not None and watch.owns(request):
+            return watch.notify_received(transaction, request)
         return self._response(request, 481)
 
     # -- PUBLISH (RFC 3903) -----------------------------------------------------------
