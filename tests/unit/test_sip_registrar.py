@@ -144,6 +144,16 @@ class DigestTests(RegistrarTestCase):
         self.assertEqual(response.status, 403)
         self.assertEqual(self.gateway.registrar.bindings.current("localhost", "alice"), [])
 
+    def test_guessing_is_cut_off(self):
+        """After ten wrong answers in a minute from one address even the right password is refused,
+        until the minute has passed."""
+        for attempt in range(10):
+            self.assertEqual(Phone(self, call_id=f"guess-{attempt}").register(password=f"guess{attempt}").status, 403)
+        refused = Phone(self, call_id="right-too-soon").register()
+        self.assertEqual((refused.status, refused.reason), (403, "Forbidden (too many failed attempts)"))
+        self.clock.advance(61)
+        self.assertEqual(Phone(self, call_id="right-later").register().status, 200)
+
     def test_unknown_user_and_other_users_address(self):
         """An unknown user, and bob's right password used for alice's address, get 403."""
         self.assertEqual(Phone(self, aor="sip:nobody@localhost").register().status, 403)

@@ -112,6 +112,37 @@ class Bindings:
         return sum(len(b) for b in self._table.values())
 
 
+class FailedAttempts:
+    """Wrong digest answers per source address.
+
+    Past ``LIMIT`` within ``WINDOW_SECONDS`` the source's answers are refused
+    unread until the window has moved on, so that a password cannot be guessed
+    at the speed of UDP.
+    """
+
+    LIMIT = 10
+    WINDOW_SECONDS = 60.0
+
+    def __init__(self, clock):
+        self.clock = clock
+        self._times = {}  # source host -> times of its recent failures
+
+    def _recent(self, host):
+        cutoff = self.clock.seconds() - self.WINDOW_SECONDS
+        times = [t for t in self._times.get(host, ()) if t > cutoff]
+        if times:
+            self._times[host] = times
+        else:
+            self._times.pop(host, None)
+        return times
+
+    def blocked(self, host):
+        return len(self._recent(host)) >= self.LIMIT
+
+    def failed(self, host):
+        self._times[host] = self._recent(host) + [self.clock.seconds()]
+
+
 class Registrar:
     """Answers REGISTER requests; ``register(request, transport, source)`` gives a Deferred response."""
 
@@ -122,6 +153,7 @@ class Registrar:
         self.clock = clock
         self.secret = secret or secrets.token_bytes(32)
         self.bindings = Bindings(clock)
+        self.failures = FailedAttempts(clock)
         self._authenticators = {}
         self.default_host = config.host_for(self.sip.realm.lower()) if self.sip.realm else next(iter(config.hosts))
 
@@ -182,6 +214,12 @@ class Registrar:
                 break
         if credentials is None:
             return self._challenge(request, realm)
+        via = request.top_via
+        source = via.received or via.host
+        if self.failures.blocked(source):
+            log.info("SIP {method} from {source} refused unread: too many failed attempts", method=request.method,
+                     source=source)
+            return self._response(request, 403, "Forbidden (too many failed attempts)")
         authenticator = self.authenticator(realm)
         if authenticator.nonce_status(credentials.nonce) == digest.INVALID:
             return self._challenge(request, realm)
@@ -205,6 +243,7 @@ class Registrar:
             authenticator.check(credentials, request.method, stored)
             log.info("SIP {method} for {user}@{host} refused: no digest secret for {username!r}", method=request.method,
                      user=user, host=host, username=credentials.username)
+            self.failures.failed(source)
             return self._response(request, 403)
         verdict = authenticator.check(credentials, request.method, stored)
         if verdict.outcome == digest.OK:
@@ -215,6 +254,7 @@ class Registrar:
             return self._challenge(request, realm)
         log.info("SIP {method} for {user}@{host} refused: {reason}", method=request.method, user=user, host=host,
                  reason=verdict.reason)
+        self.failures.failed(source)
         return self._response(request, 403)
 
     def _update(self, request, host, user, transport, source):
