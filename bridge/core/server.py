@@ -10,6 +10,7 @@ import datetime
 from twisted.logger import Logger
 
 from bridge.core.accounts import Accounts
+from bridge.core.attempts import FailedAttempts
 from bridge.core.delivery import Event, LocalHost, event_name, target_of
 from bridge.core.hooks import Hooks
 from bridge.core.roster import Rosters
@@ -29,6 +30,7 @@ class Server:
         self.router = RoutingTable()
         self.sessions = SessionTable()
         self.features = {}  # name -> FeatureContext of each loaded feature module
+        self.failed_logins = FailedAttempts(clock)  # wrong SASL answers per client address
         # XEP-0198 resumption id -> Session, while it may be resumed.
         self.resumable_sessions = {}
         self.accounts = Accounts(storage)

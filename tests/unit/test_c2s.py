@@ -58,6 +58,22 @@ class StreamTests(SynchronousTestCase):
         scram_login(client, "alice", "wrong")
         self.assertTrue(client.transport.disconnecting)
 
+    def test_guessing_from_one_address_is_cut_off(self):
+        """After ten wrong passwords in a minute from one address, even the right one gets
+        <temporary-auth-failure/> there, until the minute has passed; other addresses are not affected."""
+        for attempt in range(5):
+            client = self.harness.connect()
+            client.open_stream()
+            scram_login(client, "alice", "wrong")
+            scram_login(client, "alice", "wrong")
+        client = self.harness.connect()
+        client.open_stream()
+        refused = scram_login(client, "alice", "secret")
+        self.assertEqual((refused.name, next(refused.elements()).name), ("failure", "temporary-auth-failure"))
+        self.harness.connect("127.0.0.2").login("alice@localhost/elsewhere")
+        self.harness.clock.advance(61)
+        self.harness.login("alice@localhost/later")
+
     def test_stanza_before_auth(self):
         """A message before authentication is not-authorized."""
         client = self.harness.connect()

@@ -266,6 +266,9 @@ class ClientStream:
             self._sasl_failure("encryption-required")
             return
         if element.name == "auth":
+            if self.server.failed_logins.blocked(self._peer_host()):
+                self._sasl_failure("temporary-auth-failure")
+                return
             mechanism = element.getAttribute("mechanism")
             if mechanism not in self._mechanisms():
                 self._sasl_failure("invalid-mechanism")
@@ -316,10 +319,15 @@ class ClientStream:
             self.sasl_exchange = None
             self._sasl_failure(failure.value.condition)
             if failure.value.condition == "not-authorized":
+                self.server.failed_logins.failed(self._peer_host())
                 log.info("authentication failed for {user}@{host} from {peer}", user=exchange.username,
                          host=self.host, peer=self.framing.peer)
 
         d.addCallbacks(answered, failed).addErrback(self._internal_error)
+
+    def _peer_host(self):
+        """The client's address without its port (how failed logins are counted)."""
+        return self.framing.peer.rsplit(":", 1)[0]
 
     def _sasl_failure(self, condition):
         failure = domish.Element((NS_SASL, "failure"))

@@ -36,6 +36,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep
 
+from bridge.core.attempts import FailedAttempts
 from bridge.gateways.sip import digest
 from bridge.gateways.sip.message import GrammarError, make_response, parse_uri
 
@@ -112,37 +113,6 @@ class Bindings:
         return sum(len(b) for b in self._table.values())
 
 
-class FailedAttempts:
-    """Wrong digest answers per source address.
-
-    Past ``LIMIT`` within ``WINDOW_SECONDS`` the source's answers are refused
-    unread until the window has moved on, so that a password cannot be guessed
-    at the speed of UDP.
-    """
-
-    LIMIT = 10
-    WINDOW_SECONDS = 60.0
-
-    def __init__(self, clock):
-        self.clock = clock
-        self._times = {}  # source host -> times of its recent failures
-
-    def _recent(self, host):
-        cutoff = self.clock.seconds() - self.WINDOW_SECONDS
-        times = [t for t in self._times.get(host, ()) if t > cutoff]
-        if times:
-            self._times[host] = times
-        else:
-            self._times.pop(host, None)
-        return times
-
-    def blocked(self, host):
-        return len(self._recent(host)) >= self.LIMIT
-
-    def failed(self, host):
-        self._times[host] = self._recent(host) + [self.clock.seconds()]
-
-
 class Registrar:
     """Answers REGISTER requests; ``register(request, transport, source)`` gives a Deferred response."""
 
@@ -153,7 +123,7 @@ class Registrar:
         self.clock = clock
         self.secret = secret or secrets.token_bytes(32)
         self.bindings = Bindings(clock)
-        self.failures = FailedAttempts(clock)
+        self.failures = FailedAttempts(clock)  # wrong digest answers per source address
         self._authenticators = {}
         self.default_host = config.host_for(self.sip.realm.lower()) if self.sip.realm else next(iter(config.hosts))
 
