@@ -42,11 +42,8 @@ class Event:
         return False
 
     def reply(self, stanza):
-        """Send ``stanza`` back: through the router, or to a session not yet bound."""
-        if self.origin is not None and getattr(self.origin, "jid", True) is None:
-            self.origin.send(stanza)
-        else:
-            self.server.router.route(stanza)
+        """Send ``stanza`` back, through the router like any other."""
+        self.server.router.route(stanza)
 
 
 def target_of(jid):

@@ -2,7 +2,6 @@
 domains, stored before 202, the gateway's domain as a route, phones reached through their bindings,
 disco and XEP-0100, and the SIMPLE plug point."""
 
-import hashlib
 
 from twisted.internet import defer
 from twisted.names import dns
@@ -11,14 +10,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from bridge import config as configuration
 from bridge.core.xmlstream import parse_element
-from bridge.gateways.sip import digest
 from bridge.gateways.sip.gateway import SIPGateway
 from bridge.gateways.sip.message import Request, make_response, parse_datagram
 from bridge.gateways.sip.messaging import STORE
 from bridge.gateways.sip.transaction import new_branch
 
 from .helpers import Harness, result_of
-from .test_sip_registrar import FakeUDP, Phone
+from .test_sip_registrar import FakeUDP, Phone, authorization
 
 SOURCE = ("192.0.2.7", 5062)
 PBX = ("127.0.0.1", 5070)
@@ -60,17 +58,6 @@ class Outbound(FakeUDP):
     """A listening UDP socket as the gateway sees it (``transport`` set)."""
 
     transport = object()
-
-
-def answer(challenge, user, password, method, uri, nc=1):
-    """The Authorization a UA computes for ``challenge`` (MD5, qop=auth)."""
-    params = digest.parse_authorization(challenge.replace("Digest ", "Digest username=\"x\", uri=\"x\", "
-                                                          "response=\"x\", ", 1)).params
-    realm, nonce = params["realm"], params["nonce"]
-    md5 = lambda text: hashlib.md5(text.encode()).hexdigest()  # noqa: E731
-    response = md5(f"{md5(f'{user}:{realm}:{password}')}:{nonce}:{nc:08x}:c0ffee:auth:{md5(f'{method}:{uri}')}")
-    return (f'Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{uri}", response="{response}", '
-            f'algorithm=MD5, qop=auth, nc={nc:08x}, cnonce="c0ffee"')
 
 
 def sip_message(sender="sip:alice@localhost", uri="sip:bob@localhost", body="hello from SIP",
@@ -122,7 +109,7 @@ class MessagingTestCase(SynchronousTestCase):
         self.assertEqual(challenge.status, 401)
         value = next(v for v in challenge.headers.get_all("WWW-Authenticate") if "algorithm=MD5" in v)
         return self.exchange(sip_message(sender=f"sip:{user}@localhost", cseq=2,
-                                         auth=answer(value, user, password, "MESSAGE", uri), **options))
+                                         auth=authorization(value, user, password, uri=uri, method="MESSAGE"), **options))
 
     def online(self, jid):
         """A logged-in client that sent its initial presence (so bare-JID messages reach it)."""
@@ -178,7 +165,7 @@ class FromSIPTests(MessagingTestCase):
         storage.set = slow_set
         challenge = self.exchange(sip_message())
         value = next(v for v in challenge.headers.get_all("WWW-Authenticate") if "algorithm=MD5" in v)
-        request = sip_message(cseq=2, auth=answer(value, "alice", "secret", "MESSAGE", "sip:bob@localhost"))
+        request = sip_message(cseq=2, auth=authorization(value, "alice", "secret", uri="sip:bob@localhost", method="MESSAGE"))
         self.gateway.message_received(parse_datagram(request.to_bytes()), self.transport, SOURCE)
         self.assertEqual(len(self.transport.sent), 1)  # only the 401
         self.assertEqual(self.messages(bob), [])

@@ -42,13 +42,14 @@ def hexdigest(algorithm, text):
     return {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}[algorithm](text.encode()).hexdigest()
 
 
-def authorization(challenge, user, password, uri="sip:localhost", nc=1, cnonce="c0ffee", username=None):
+def authorization(challenge, user, password, uri="sip:localhost", nc=1, cnonce="c0ffee", username=None,
+                  method="REGISTER"):
     """The Authorization a UA computes for a WWW-Authenticate value (qop=auth)."""
     params = digest.parse_authorization(challenge.replace("Digest ", "Digest username=\"x\", uri=\"x\", "
                                                           "response=\"x\", ", 1)).params
     algorithm, realm, nonce = params["algorithm"], params["realm"], params["nonce"]
     ha1 = hexdigest(algorithm, f"{user}:{realm}:{password}")
-    ha2 = hexdigest(algorithm, f"REGISTER:{uri}")
+    ha2 = hexdigest(algorithm, f"{method}:{uri}")
     nc = f"{nc:08x}"
     response = hexdigest(algorithm, f"{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}")
     return (f'Digest username="{username or user}", realm="{realm}", nonce="{nonce}", uri="{uri}", '

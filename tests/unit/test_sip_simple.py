@@ -1,12 +1,10 @@
 """SIMPLE presence (bridge/gateways/sip/simple.py): SUBSCRIBE/NOTIFY to SIP watchers of XMPP users and
 PUBLISH from SIP users, on a fake clock and fake SIP transport, with in-memory XMPP clients."""
 
-import hashlib
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from bridge import config as configuration
-from bridge.gateways.sip import digest
 from bridge.gateways.sip.gateway import SIPGateway
 from bridge.gateways.sip.message import Request, make_response, parse_datagram
 from bridge.gateways.sip.presence import parse_pidf, parse_subscription_state
@@ -14,6 +12,7 @@ from bridge.gateways.sip.simple import SimplePresence
 from bridge.gateways.sip.transaction import new_branch
 
 from .helpers import Harness, result_of
+from .test_sip_registrar import FakeUDP, authorization
 
 SOURCE = ("192.0.2.7", 5062)
 PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw"}
@@ -31,34 +30,6 @@ def make_config():
     document = {"c2s": {"require_encryption": False}, "sip": {"enabled": True, "digest_algorithms": ["MD5"]},
                 "hosts": {"localhost": {}}}
     return configuration.parse(document, "test.toml")
-
-
-class FakeUDP:
-    """A UDP transport as the transaction layer sees it: what is sent, parsed as the peer would."""
-
-    name = "UDP"
-    reliable = False
-
-    def __init__(self):
-        self.sent = []
-
-    def send(self, message, address):
-        self.sent.append((parse_datagram(message.to_bytes()), address))
-
-    def local_address(self):
-        return ("192.0.2.1", 5060)
-
-
-def authorization(challenge, user, password, method, uri, nc=1):
-    """The Authorization a UA computes for an MD5 WWW-Authenticate value (qop=auth)."""
-    params = digest.parse_authorization(
-        challenge.replace("Digest ", 'Digest username="x", uri="x", response="x", ', 1)).params
-    realm, nonce = params["realm"], params["nonce"]
-    md5 = lambda text: hashlib.md5(text.encode()).hexdigest()  # noqa: E731
-    nc = f"{nc:08x}"
-    response = md5(f"{md5(f'{user}:{realm}:{password}')}:{nonce}:{nc}:c0ffee:auth:{md5(f'{method}:{uri}')}")
-    return (f'Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
-            f'response="{response}", algorithm=MD5, qop=auth, nc={nc}, cnonce="c0ffee"')
 
 
 class UA:
@@ -98,7 +69,7 @@ class UA:
         if response.status == 401:
             self.nc += 1
             auth = authorization(response.headers.get("WWW-Authenticate"), self.user,
-                                 password or PASSWORDS[self.user], method, uri)
+                                 password or PASSWORDS[self.user], uri=uri, method=method)
             response = self.test.exchange(self.request(method, uri, auth=auth, **options))
         return response
 
