@@ -317,7 +317,7 @@ class SIPConfig(ListenerTLS):
     default_expires_seconds: int = _option(3600, low=1, high=7 * 86400)
     max_contacts_per_user: int = _option(10, low=1, high=1000)
     nonce_lifetime_seconds: int = _option(300, low=10, high=86400)
-    digest_algorithms: list = _option(["SHA-256", "MD5"])
+    digest_algorithms: list = _option(["MD5", "SHA-256"])
     domain: str = _option("sip.localhost")
     static_routes: dict = _option({})
     dns_server: str = _option("")

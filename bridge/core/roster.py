@@ -10,6 +10,7 @@ from twisted.internet import defer
 from twisted.words.xish import domish
 
 from bridge.core.stanza import make
+from bridge.core.storage.cache import DocumentCache
 
 NS_ROSTER = "jabber:iq:roster"
 STORE = "roster"
@@ -95,28 +96,41 @@ class Roster:
         return [item for item in self.items.values() if not item.hidden]
 
 
+def _decode(data):
+    if not data:
+        return Roster()
+    return Roster(data["version"], {jid: RosterItem.from_json(jid, value) for jid, value in data["items"].items()})
+
+
+def _encode(roster):
+    return {"version": roster.version, "items": {jid: item.to_json() for jid, item in roster.items.items()}}
+
+
 class Rosters:
-    """Loads, saves and pushes rosters."""
+    """Loads, saves and pushes rosters.
+
+    Rosters are read on every presence broadcast and changed by several
+    stanzas at once, so they are kept in a ``DocumentCache``: every change
+    is made to the one Roster object of an account and written as a whole.
+    """
 
     def __init__(self, storage, sessions, router):
-        self.storage = storage
+        self.documents = DocumentCache(storage, STORE, decode=_decode, encode=_encode)
         self.sessions = sessions
         self.router = router
 
-    @defer.inlineCallbacks
     def load(self, bare):
         user, host = bare.split("@", 1)
-        data = yield self.storage.get(host, user, STORE)
-        if not data:
-            return Roster()
-        items = {jid: RosterItem.from_json(jid, value) for jid, value in data["items"].items()}
-        return Roster(data["version"], items)
+        return self.documents.load(host, user)
 
     def save(self, bare, roster):
         roster.version += 1
         user, host = bare.split("@", 1)
-        data = {"version": roster.version, "items": {jid: item.to_json() for jid, item in roster.items.items()}}
-        return self.storage.set(host, user, STORE, data)
+        return self.documents.save(host, user, roster)
+
+    def forget(self, bare):
+        user, host = bare.split("@", 1)
+        self.documents.forget(host, user)
 
     @defer.inlineCallbacks
     def update(self, bare, roster, item, removed=False):

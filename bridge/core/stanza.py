@@ -100,6 +100,14 @@ def first_child(stanza):
     return None
 
 
+def priority_of(presence):
+    """The <priority/> of a presence stanza, within -128..127 (RFC 6121 section 4.7.2.3); 0 when absent or bad."""
+    try:
+        return max(-128, min(127, int(str(presence.priority or "0").strip())))
+    except ValueError:
+        return 0
+
+
 def delay_element(stamp, sender):
     """A XEP-0203 <delay/> for a UTC datetime."""
     delay = domish.Element((NS_DELAY, "delay"))

@@ -1,8 +1,11 @@
 """Offline messages (XEP-0160) with XEP-0203 delay stamps.
 
-A chat or normal message for an account with no available resource is
-stored, and delivered in order when a session of the account next sends
-available presence with a non-negative priority.  After storing, the event
+A chat or normal message for an account with no available resource that no
+other ``message/offline`` handler took (the SIP gateway offers it to the
+user's phones first) is stored, and delivered in order when a session of
+the account next sends available presence with a non-negative priority.  The
+message is held until it is written, so whoever keeps a durable copy of it
+(the SIP gateway) lets go only once storage has it.  After storing, the event
 ``offline/stored`` fires with (host, user, stanza): the SMS and email
 gateways hang on it to reach a user who is away.
 """
@@ -10,6 +13,7 @@ gateways hang on it to reach a user who is away.
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from bridge.core.hooks import FALLBACK, in_background
 from bridge.core.stanza import delay_element
 from bridge.core.xmlstream import parse_element
 
@@ -24,8 +28,15 @@ class OfflineStorage:
         self.ctx = ctx
         self.limit = ctx.config.offline.max_messages_per_user
 
-    @defer.inlineCallbacks
     def store(self, event):
+        held = event.hold()
+        d = self._store(event)
+        d.addErrback(self._not_stored, event)
+        d.addBoth(lambda _: held.finish())
+        return True
+
+    @defer.inlineCallbacks
+    def _store(self, event):
         host, user = event.host.name, event.to.user
         stanza = event.stanza
         if not (yield self.ctx.accounts.exists(host, user)):
@@ -38,6 +49,11 @@ class OfflineStorage:
         yield self.ctx.storage.append(host, user, STORE, stanza.toXml())
         self.ctx.fire("offline/stored", (host, user, stanza))
 
+    def _not_stored(self, failure, event):
+        log.failure("offline message for {to} not stored", failure, to=event.to.userhost())
+        self.ctx.router.bounce(event.stanza, "internal-server-error", "the message could not be stored")
+
+    @in_background(handled=False)
     @defer.inlineCallbacks
     def deliver(self, session):
         if session.priority < 0:
@@ -53,7 +69,7 @@ class OfflineStorage:
 
 def setup(ctx):
     offline = OfflineStorage(ctx)
-    ctx.hook("message/offline", offline.store)
+    ctx.hook("message/offline", offline.store, priority=FALLBACK)
     ctx.hook("presence/initial", offline.deliver)
     ctx.add_feature(NS_OFFLINE)
     return offline

@@ -11,18 +11,16 @@ announced unavailable.
 from types import SimpleNamespace
 
 from twisted.internet import defer
+from twisted.logger import Logger
 
-from bridge.core.stanza import make, readdress
+from bridge.core.hooks import in_background
+from bridge.core.stanza import make, priority_of, readdress
+from bridge.core.storage.cache import KeyedLock
 from bridge.core.xmlstream import parse_element
 
+log = Logger()
+
 SUBSCRIPTION_TYPES = ("subscribe", "subscribed", "unsubscribe", "unsubscribed")
-
-
-def priority_of(stanza):
-    try:
-        return max(-128, min(127, int(str(stanza.priority or "0").strip())))
-    except ValueError:
-        return 0
 
 
 class Presence:
@@ -30,6 +28,14 @@ class Presence:
         self.ctx = ctx
         self.rosters = ctx.rosters
         self.sessions = ctx.sessions
+        self._order = KeyedLock()
+
+    def _in_turn(self, bare, work, *args):
+        """Do ``work`` once what the presence of ``bare`` waits for is done, so that it keeps its order
+        while rosters are read and written (RFC 6121 section 3.1.5: the approval, then the presence)."""
+        d = self._order.run(bare, work, *args)
+        d.addErrback(lambda failure: log.failure("presence of {bare} not handled", failure, bare=bare))
+        return True
 
     def _send(self, stanza, to, sender):
         """Route a copy of ``stanza`` with new addresses."""
@@ -37,34 +43,37 @@ class Presence:
 
     # -- outbound: from a local session --------------------------------------
 
-    @defer.inlineCallbacks
     def broadcast(self, event):
+        """A session's own presence: kept at once, sent to the roster's subscribers in the background."""
         session, stanza = event.origin, event.stanza
         kind = stanza.getAttribute("type")
         if kind not in (None, "unavailable"):
-            return
-        roster = yield self.rosters.load(session.bare)
+            return True
+        directed = ()
         if kind is None:
             initial = not session.available
             session.presence = stanza
             session.priority = priority_of(stanza)
         else:
             if not session.available:
-                return
+                return True
             initial = False
             session.presence = None
-        targets = {item.jid for item in roster.items.values() if item.has_from}
-        if kind == "unavailable":
-            targets |= session.directed
-            session.directed = set()
-        for target in targets:
-            self._send(stanza, target, session.full)
-        for other in self.sessions.available(session.bare) + ([session] if kind == "unavailable" else []):
-            self._send(stanza, other.full, session.full)
-        if initial:
-            yield self._initial(session, roster)
+            directed, session.directed = session.directed, set()
+        return self._in_turn(session.bare, self._broadcast, session, stanza, initial, directed)
 
     @defer.inlineCallbacks
+    def _broadcast(self, session, stanza, initial, directed):
+        roster = yield self.rosters.load(session.bare)
+        targets = {item.jid for item in roster.items.values() if item.has_from} | set(directed)
+        for target in targets:
+            self._send(stanza, target, session.full)
+        unavailable = stanza.getAttribute("type") == "unavailable"
+        for other in self.sessions.available(session.bare) + ([session] if unavailable else []):
+            self._send(stanza, other.full, session.full)
+        if initial:
+            self._initial(session, roster)
+
     def _initial(self, session, roster):
         for item in roster.items.values():
             if item.has_to:
@@ -74,7 +83,7 @@ class Presence:
         for other in self.sessions.available(session.bare):
             if other is not session:
                 self._send(other.presence, session.full, other.full)
-        yield self.ctx.fire("presence/initial", session)
+        self.ctx.fire("presence/initial", session)
 
     def session_ended(self, session):
         """A session gone while available (a dropped socket too) is announced unavailable."""
@@ -86,7 +95,8 @@ class Presence:
         stanza, session = event.stanza, event.origin
         kind = stanza.getAttribute("type")
         if kind in SUBSCRIPTION_TYPES:
-            return self._outbound_subscription(session.bare, event.to.userhost(), kind, stanza)
+            return self._in_turn(session.bare, self._outbound_subscription, session.bare, event.to.userhost(),
+                                 kind, stanza)
         if kind in (None, "unavailable"):
             self._track_directed(session, event.to.full(), kind)
             self.ctx.route(stanza)
@@ -95,6 +105,7 @@ class Presence:
             self.ctx.route(stanza)
         return True
 
+    @in_background()
     @defer.inlineCallbacks
     def _track_directed(self, session, target, kind):
         roster = yield self.rosters.load(session.bare)
@@ -170,18 +181,21 @@ class Presence:
         sender = event.sender
         if sender is None:
             return True
+        user = event.to.userhost()
         if kind in SUBSCRIPTION_TYPES:
-            return self._inbound_subscription(event, kind)
+            return self._in_turn(user, self._inbound_subscription, event, kind)
         if kind == "probe":
-            return self._probe(event)
+            return self._in_turn(user, self._probe, event)
+        return self._in_turn(user, self._deliver, event)
+
+    def _deliver(self, event):
         if event.to.resource:
             session = self.sessions.get(event.to.full())
             if session is not None:
-                session.send(stanza)
+                session.send(event.stanza)
         else:
             for session in self.sessions.available(event.to.userhost()):
-                session.send(stanza)
-        return True
+                session.send(event.stanza)
 
     @defer.inlineCallbacks
     def _probe(self, event):

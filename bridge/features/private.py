@@ -6,7 +6,9 @@ owner reads or writes them.
 
 from twisted.internet import defer
 
+from bridge.core.hooks import in_background
 from bridge.core.stanza import error_reply, result_reply
+from bridge.core.storage.cache import KeyedLock
 from bridge.core.xmlstream import parse_element
 
 NS_PRIVATE = "jabber:iq:private"
@@ -16,6 +18,7 @@ STORE = "private"
 class PrivateStorage:
     def __init__(self, ctx):
         self.ctx = ctx
+        self._changes = KeyedLock()  # one account's fragments are changed one set at a time
 
     def _payload(self, event):
         if not event.from_owner():
@@ -26,6 +29,7 @@ class PrivateStorage:
             return None
         return children[0]
 
+    @in_background()
     @defer.inlineCallbacks
     def get(self, event):
         wanted = self._payload(event)
@@ -38,11 +42,15 @@ class PrivateStorage:
         query.addChild(parse_element(text) if text else wanted)
         event.reply(reply)
 
-    @defer.inlineCallbacks
+    @in_background()
     def set(self, event):
         payload = self._payload(event)
         if payload is None:
-            return
+            return None
+        return self._changes.run((event.host.name, event.to.user), self._set, event, payload)
+
+    @defer.inlineCallbacks
+    def _set(self, event, payload):
         stored = (yield self.ctx.storage.get(event.host.name, event.to.user, STORE)) or {}
         stored[f"{payload.uri} {payload.name}"] = payload.toXml()
         yield self.ctx.storage.set(event.host.name, event.to.user, STORE, stored)

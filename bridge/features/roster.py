@@ -2,6 +2,7 @@
 
 from twisted.internet import defer
 
+from bridge.core.hooks import in_background
 from bridge.core.roster import NS_ROSTER
 from bridge.core.stanza import error_reply, make, parse_jid, result_reply
 
@@ -10,6 +11,7 @@ class RosterService:
     def __init__(self, ctx):
         self.ctx = ctx
 
+    @in_background()
     @defer.inlineCallbacks
     def get(self, event):
         if not event.from_owner():
@@ -29,6 +31,7 @@ class RosterService:
             query.addChild(item.to_element())
         event.reply(reply)
 
+    @in_background()
     @defer.inlineCallbacks
     def set(self, event):
         if not event.from_owner():

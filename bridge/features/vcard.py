@@ -12,6 +12,7 @@ import hashlib
 
 from twisted.internet import defer
 
+from bridge.core.hooks import AMEND, in_background
 from bridge.core.stanza import result_reply
 from bridge.core.xmlstream import parse_element
 
@@ -37,6 +38,7 @@ class VCards:
         self.ctx = ctx
         self._hashes = {}
 
+    @in_background()
     @defer.inlineCallbacks
     def get(self, event):
         stored = yield self.ctx.storage.get(event.host.name, event.to.user, STORE)
@@ -47,6 +49,7 @@ class VCards:
             reply.addChild(parse_element(stored["xml"]))
         event.reply(reply)
 
+    @in_background()
     @defer.inlineCallbacks
     def set(self, event):
         if not event.from_owner():
@@ -58,6 +61,7 @@ class VCards:
         self._hashes[event.to.userhost()] = digest
         event.reply(result_reply(event.stanza))
 
+    @in_background(handled=False)
     @defer.inlineCallbacks
     def load_hash(self, session):
         """Cache the photo hash when a session binds, for its presence to carry."""
@@ -85,5 +89,5 @@ def setup(ctx):
     ctx.hook(f"iq-get/bare/{NS_VCARD}:vCard", vcards.get)
     ctx.hook(f"iq-set/bare/{NS_VCARD}:vCard", vcards.set)
     ctx.hook("session/bound", vcards.load_hash)
-    ctx.hook("pre-presence/self", vcards.stamp_presence, priority=10)
+    ctx.hook("pre-presence/self", vcards.stamp_presence, priority=AMEND)
     return vcards

@@ -25,6 +25,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from xml.parsers import expat
 
+from twisted.application import service
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
@@ -796,7 +797,7 @@ class _Exchange:
         self.responder.respond(status, headers, data)
 
 
-class BoshService:
+class BoshService(service.Service):
     """The BOSH endpoint: ``handle(request, responder)`` for each HTTP request of ``bosh_path``."""
 
     def __init__(self, server, http_config):
@@ -867,7 +868,8 @@ class BoshService:
         if self.sessions.get(session.sid) is session:
             del self.sessions[session.sid]
 
-    def stop(self):
-        """End every session with system-shutdown: called when the server stops."""
+    def stopService(self):
+        """End every session with system-shutdown: the server stops."""
+        super().stopService()
         for session in list(self.sessions.values()):
             session.shutdown()

@@ -5,16 +5,17 @@ import dataclasses
 import hashlib
 import hmac
 
+from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from bridge import config as configuration
-from bridge.core.server import Server
-from bridge.core.storage.sqlite import SQLiteStorage
+from bridge.core.server import GatewayContext, Server
+from bridge.core.storage.memory import MemoryStorage
 from bridge.core.streams.c2s import ClientFactory
 from bridge.core.xmlstream import NS_STREAMS, StreamParser, parse_element
-from bridge.tap import load_features
+from bridge.tap import SERVICE_FEATURES, feature_modules, load_features
 
 STREAM_OPEN = (f"<stream:stream xmlns='jabber:client' xmlns:stream='{NS_STREAMS}' "
                "to='{host}' version='1.0'>")
@@ -27,6 +28,11 @@ def make_config(hosts=None, **c2s):
     return configuration.parse(document, "test.toml")
 
 
+def gateway_context(server, name, section):
+    """The context tap.py gives a gateway, on a test server."""
+    return GatewayContext(server, name, section, feature_modules(SERVICE_FEATURES))
+
+
 def result_of(deferred):
     box = []
     deferred.addBoth(box.append)
@@ -36,13 +42,45 @@ def result_of(deferred):
     return box[0]
 
 
+class LateStorage:
+    """Storage that answers only when the test says so, as a database on another thread does.
+
+    While ``late`` is false every call answers at once; while it is true the
+    answers wait, in order, until ``answer()``.
+    """
+
+    def __init__(self):
+        self.storage = MemoryStorage()
+        self.late = False
+        self.waiting = []
+
+    def __getattr__(self, name):
+        method = getattr(self.storage, name)
+
+        def call(*args):
+            result = method(*args)
+            if not self.late:
+                return result
+            answer = defer.Deferred()
+            self.waiting.append((result, answer))
+            return answer
+
+        return call
+
+    def answer(self):
+        """Let every waiting answer (and those they lead to) through."""
+        while self.waiting:
+            result, answer = self.waiting.pop(0)
+            result.chainDeferred(answer)
+
+
 class Harness:
     """A server with every feature loaded, in memory."""
 
-    def __init__(self, config=None):
+    def __init__(self, config=None, storage=None):
         self.clock = Clock()
         self.config = config or make_config()
-        self.storage = SQLiteStorage(":memory:")
+        self.storage = storage or MemoryStorage()
         self.server = Server(self.config, self.storage, self.clock)
         load_features(self.server)
         self.factory = ClientFactory(self.server, self.config.c2s, None)

@@ -718,6 +718,6 @@ class ParsingTests(BoshTestCase):
         alice = self.client()
         alice.login("alice@localhost/web")
         held = alice.post()
-        self.service.stop()
+        self.service.stopService()
         self.assertTerminated(held, "system-shutdown")
         self.assertEqual(self.service.sessions, {})

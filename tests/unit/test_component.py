@@ -182,7 +182,7 @@ class RoutingTests(ComponentTestCase):
         domain is answered service-unavailable from the addressed JID."""
         component = self.connected()
         component.drop()
-        self.assertNotIn("muc.localhost", self.server.disco_items)
+        self.assertNotIn("muc.localhost", [jid for jid, _, _ in self.server.hosts["localhost"].disco.items])
         alice = self.harness.login("alice@localhost/desk")
         alice.send("<message to='room@muc.localhost' id='b1'><body>anyone?</body></message>")
         errors = [e for e in alice.received() if e.name == "message" and e.getAttribute("type") == "error"]

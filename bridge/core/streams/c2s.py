@@ -101,12 +101,12 @@ class ClientStream:
                 mechanisms = features.addElement((NS_SASL, "mechanisms"))
                 for mechanism in self._mechanisms():
                     mechanisms.addElement("mechanism", content=mechanism)
-            self.server.hooks.fire("stream-features/pre-auth", (self, features))
+            self._hooks().fire("stream-features/pre-auth", (self, features))
         else:
             features.addElement((NS_BIND, "bind"))
             features.addElement((NS_SESSION, "session")).addElement("optional")
             features.addElement((NS_SM, "sm"))
-            self.server.hooks.fire("stream-features/post-auth", (self, features))
+            self._hooks().fire("stream-features/post-auth", (self, features))
         return features
 
     def _mechanisms(self):
@@ -248,12 +248,16 @@ class ClientStream:
         self.stream_id = None
         self.framing.reset()
 
+    def _hooks(self):
+        """The events of the stream's host."""
+        return self.server.hosts[self.host].hooks
+
     def _unauthenticated_iq(self, iq):
         """IQs allowed before authentication (in-band registration)."""
         payload = first_child(iq)
-        if payload is None:
+        if payload is None or self.host is None:
             return False
-        return self.server.hooks.fire(f"unauthenticated-iq/{payload.uri}:{payload.name}", (self, iq))
+        return self._hooks().fire(f"unauthenticated-iq/{payload.uri}:{payload.name}", (self, iq))
 
     def _lookup(self, username):
         return self.server.accounts.credentials(self.host, username)
@@ -381,11 +385,10 @@ class ClientStream:
             return
         self.jid = jid
         self.session = Session(jid, self)
-        self.server.sessions.add(self.session)
         reply = make("iq", type="result", id=iq.getAttribute("id"))
         reply.addElement((NS_BIND, "bind")).addElement("jid", content=jid.full())
         self.framing.send(reply)
-        self.server.hooks.fire("session/bound", self.session)
+        self.server.bind(self.session)
 
     def _bind_error(self, iq, condition, kind):
         reply = make("iq", type="error", id=iq.getAttribute("id"))
@@ -477,8 +480,7 @@ class ClientStream:
         sm = session.sm
         if sm is not None and sm.resume_id:
             server.resumable_sessions.pop(sm.resume_id, None)
-        server.hooks.fire("session/ended", session)
-        server.sessions.remove(session)
+        server.unbind(session)
         if sm is not None:
             for stanza in sm.acks.take_unacked():
                 if stanza.name == "message" and stanza.getAttribute("type") != "error":

@@ -131,6 +131,8 @@ endpoints = []
 endpoints = ["tcp:0:interface=127.0.0.1"]
 tls_endpoints = []
 allowed_origins = [{origin}]
+[sip]
+enabled = false
 [hosts.localhost]
 """
 
