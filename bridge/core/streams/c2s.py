@@ -406,9 +406,10 @@ class ClientStream:
         if sm is not None and stanza.name in STANZAS:
             sm.acks.sent(stanza)
             if self.closed:
-                # Waiting for resumption: kept, up to the configured queue.
-                if len(sm.acks.unacked) > self.listener.resumption_max_queue and sm.expiry.active():
-                    sm.expiry.cancel()
+                # Closing, or waiting for resumption: kept, up to the configured queue.
+                if len(sm.acks.unacked) > self.listener.resumption_max_queue:
+                    if sm.expiry is not None and sm.expiry.active():
+                        sm.expiry.cancel()
                     session, self.session = self.session, None
                     self.end_session(session)
                 return
