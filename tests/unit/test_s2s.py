@@ -1,17 +1,16 @@
 """Server-to-server streams in memory: dialback, stanza acceptance, outgoing links and their failures."""
 
-import dataclasses
-
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.names import dns
 from twisted.names.error import DNSNameError
 from twisted.trial.unittest import SynchronousTestCase
 
+from bridge import config as configuration
 from bridge.core.streams.s2s import (IncomingServerStream, LinkFailed, OutgoingServerStream, RemoteDomains,
                                      dialback_key)
 from bridge.core.xmlstream import NS_STREAMS
-from tests.unit.helpers import Harness, WireClient, make_config
+from tests.unit.helpers import Harness, WireClient
 
 PEER_HEADER = (f"<stream:stream xmlns='jabber:server' xmlns:stream='{NS_STREAMS}' "
                "xmlns:db='jabber:server:dialback' from='remote.test' to='localhost' version='1.0'>")
@@ -45,10 +44,10 @@ class FakeResolver:
 
 
 def s2s_harness(**s2s):
+    """A server with federation: ``s2s`` options are loaded as from a file."""
     s2s.setdefault("require_encryption", False)
-    config = make_config()
-    config = dataclasses.replace(config, s2s=dataclasses.replace(config.s2s, **s2s))
-    harness = Harness(config)
+    harness = Harness(configuration.parse({"c2s": {"require_encryption": False}, "s2s": s2s,
+                                           "hosts": {"localhost": {}}}, "test.toml"))
     harness.reactor = MemoryReactorClock()
     harness.resolver = FakeResolver()
     harness.remote = RemoteDomains(harness.server, NoTLS(), harness.reactor, resolver=harness.resolver)
@@ -147,6 +146,22 @@ class IncomingTests(SynchronousTestCase):
         peer.send(PEER_HEADER)
         error = peer.received()[-1]
         self.assertEqual(next(error.elements()).name, "policy-violation")
+
+    def test_denied_domain_in_any_case(self):
+        """A domain denied in capitals is refused in lower case, at the header and for SASL EXTERNAL alike."""
+        harness = s2s_harness(denied_domains=["Remote.TEST"])
+        self.assertFalse(harness.remote.permitted("remote.test"))
+        self.assertFalse(harness.remote.permitted("REMOTE.test"))
+        peer = server_peer(IncomingServerStream(harness.server, harness.remote))
+        peer.send(PEER_HEADER)
+        self.assertEqual(next(peer.received()[-1].elements()).name, "policy-violation")
+
+    def test_allowed_domain_in_any_case(self):
+        """A domain allowed in capitals may federate, whatever the case its peers write it in."""
+        harness = s2s_harness(allowed_domains=["Remote.TEST"])
+        self.assertTrue(harness.remote.permitted("remote.test"))
+        self.assertTrue(harness.remote.permitted("Remote.Test"))
+        self.assertFalse(harness.remote.permitted("other.test"))
 
     def test_tls_required(self):
         """With encryption required, dialback before STARTTLS is refused."""

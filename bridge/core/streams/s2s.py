@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.words.xish import domish
 from zope.interface import implementer
 
+from bridge.config import normalise_domain
 from bridge.core import srv
 from bridge.core.stanza import parse_jid
 from bridge.core.streams.base import XMLStreamProtocol
@@ -610,6 +611,8 @@ class RemoteDomains:
         return domain if domain and self.router.is_local(domain) else None
 
     def permitted(self, domain):
+        """Whether the policy lets ``domain`` federate (the lists are normalised at load)."""
+        domain = normalise_domain(domain)
         if domain in self.config.denied_domains:
             return False
         return not self.config.allowed_domains or domain in self.config.allowed_domains
