@@ -90,6 +90,7 @@ class C2SConfig(ListenerTLS):
     resource_conflict: str = _option("replace", choices=RESOURCE_CONFLICT_POLICIES)
     resumption_timeout_seconds: float = _option(600.0, low=0, high=86400)
     resumption_max_queue: int = _option(500, low=1)
+    max_buffered_bytes: int = _option(1048576, low=1024)
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ class S2SConfig(ListenerTLS):
     connect_timeout_seconds: float = _option(20.0, low=1, high=600)
     idle_timeout_seconds: float = _option(600.0, low=10, high=86400)
     max_queued_stanzas: int = _option(10000, low=1)
+    max_buffered_bytes: int = _option(4194304, low=1024)
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,7 @@ class ComponentListenerConfig:
     stanza_size_limit_bytes: int = _option(1048576, low=1024, high=64 * 1024 * 1024)
     rate_limit_bytes_per_second: int = _option(10000000, low=100)
     rate_limit_burst_bytes: int = _option(20000000, low=1024)
+    max_buffered_bytes: int = _option(4194304, low=1024)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.unit.helpers import Harness, make_config, scram_login
+from tests.unit.helpers import BufferingTransport, Harness, make_config, scram_login
 
 NS_STREAMS_ERR = "urn:ietf:params:xml:ns:xmpp-streams"
 
@@ -191,3 +191,79 @@ class KeepaliveTests(SynchronousTestCase):
         harness.clock.advance(11)
         self.assertEqual(stream_error(quiet.received()), "connection-timeout")
         self.assertFalse(lively.transport.disconnecting)
+
+
+class BackpressureTests(SynchronousTestCase):
+    """Output to a client is bounded by what it reads (the transport's buffer is 16 KiB here)."""
+
+    PHOTO = "A" * 20000
+
+    def setUp(self):
+        self.harness = Harness(make_config(max_buffered_bytes=8192))
+        for user in ("alice", "bob"):
+            self.harness.add_user(f"{user}@localhost")
+        self.alice = self.harness.connect(transport=BufferingTransport(buffer_bytes=16384))
+        self.alice.login("alice@localhost/phone")
+        reply = self.alice.iq(f"<iq type='set' id='v'><vCard xmlns='vcard-temp'><PHOTO><BINVAL>{self.PHOTO}"
+                              "</BINVAL></PHOTO></vCard></iq>")
+        self.assertEqual(reply["type"], "result")
+        self.bob = self.harness.login("bob@localhost/desk")
+
+    def ask_for_vcards(self, count):
+        self.alice.send("".join(f"<iq type='get' id='v{n}' to='alice@localhost'><vCard xmlns='vcard-temp'/></iq>"
+                                for n in range(count)))
+
+    def test_client_that_never_reads(self):
+        """A client that asks for a large vCard again and again and never reads: once its transport is
+        full, reading from it stops and its requests wait unanswered; what others send it piles up to
+        max_buffered_bytes, then it is cut off with <policy-violation/>.  What was written stays bounded."""
+        transport = self.alice.transport
+        self.ask_for_vcards(50)
+        self.assertEqual(transport.producerState, "paused")
+        written = len(transport.value())
+        self.assertLess(written, 16384 + 2 * len(self.PHOTO))
+        self.ask_for_vcards(50)
+        self.assertEqual(len(transport.value()), written)
+        for number in range(100):
+            self.bob.send(f"<message to='alice@localhost/phone'><body>{'x' * 500} {number}</body></message>")
+            if transport.disconnected:
+                break
+        self.assertTrue(transport.disconnected)
+        self.assertLess(len(transport.value()), written + 8192 + 2000)
+        self.assertEqual(stream_error(self.alice.received()), "policy-violation")
+        self.alice.drop()
+        self.assertIsNone(self.harness.server.sessions.get("alice@localhost/phone"))
+        self.assertFalse(self.bob.transport.disconnecting)
+
+    def test_client_that_reads_gets_every_answer(self):
+        """A client that asks for fifty large vCards at once but reads gets every answer, in order, as
+        fast as it reads: far more than max_buffered_bytes in all, never more than one answer beyond
+        its transport's buffer at a time."""
+        self.ask_for_vcards(50)
+        answers = []
+        for _ in range(100):
+            self.assertLess(len(self.alice.transport.value()), 16384 + 2 * len(self.PHOTO))
+            answers += [e["id"] for e in self.alice.received() if e.name == "iq"]
+            if len(answers) == 50:
+                break
+        self.assertEqual(answers, [f"v{n}" for n in range(50)])
+        self.assertFalse(self.alice.transport.disconnecting)
+        self.assertEqual(self.alice.transport.producerState, "producing")
+
+    def test_rate_limit_and_waiting_elements_pause_reading_together(self):
+        """Reading stays paused while either the input rate or elements waiting for a full output ask for
+        it; a full output alone does not pause it (a TLS handshake fills it and needs reading)."""
+        harness = Harness(make_config(rate_limit_bytes_per_second=1000, rate_limit_burst_bytes=2000))
+        harness.add_user("alice@localhost")
+        client = harness.connect(transport=BufferingTransport())
+        client.login("alice@localhost/phone")
+        harness.clock.advance(5)
+        client.transport.producer.pauseProducing()
+        self.assertEqual(client.transport.producerState, "producing")
+        client.send("<iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>" + " " * 3000)
+        self.assertEqual(client.transport.producerState, "paused")
+        harness.clock.advance(5)
+        self.assertEqual(client.transport.producerState, "paused")
+        client.transport.producer.resumeProducing()
+        self.assertEqual(client.transport.producerState, "producing")
+        self.assertEqual(client.received()[-1]["id"], "p")

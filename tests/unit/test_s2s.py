@@ -10,7 +10,7 @@ from bridge import config as configuration
 from bridge.core.streams.s2s import (IncomingServerStream, LinkFailed, OutgoingServerStream, RemoteDomains,
                                      dialback_key)
 from bridge.core.xmlstream import NS_STREAMS
-from tests.unit.helpers import Harness, WireClient
+from tests.unit.helpers import BufferingTransport, Harness, WireClient
 
 PEER_HEADER = (f"<stream:stream xmlns='jabber:server' xmlns:stream='{NS_STREAMS}' "
                "xmlns:db='jabber:server:dialback' from='remote.test' to='localhost' version='1.0'>")
@@ -55,9 +55,15 @@ def s2s_harness(**s2s):
     return harness
 
 
-def server_peer(protocol):
+def server_peer(protocol, transport=None):
     """The far end of a server stream."""
-    return WireClient(protocol, "jabber:server", ("127.0.0.9", 5269))
+    return WireClient(protocol, "jabber:server", ("127.0.0.9", 5269), transport)
+
+
+READY_LINK = (b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'"
+              b" xmlns:db='jabber:server:dialback' id='p' version='1.0'><stream:features>"
+              b"<dialback xmlns='urn:xmpp:features:dialback'/><sm xmlns='urn:xmpp:sm:3'/>"
+              b"</stream:features><db:result type='valid' from='remote.test' to='localhost'/>")
 
 
 class DialbackKeyTests(SynchronousTestCase):
@@ -271,10 +277,7 @@ class ResendTests(SynchronousTestCase):
         def connect(origin, target):
             stream = OutgoingServerStream(self.harness.remote, origin, target)
             peer = server_peer(stream)
-            stream.dataReceived(b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'"
-                                b" xmlns:db='jabber:server:dialback' id='p' version='1.0'><stream:features>"
-                                b"<dialback xmlns='urn:xmpp:features:dialback'/><sm xmlns='urn:xmpp:sm:3'/>"
-                                b"</stream:features><db:result type='valid' from='remote.test' to='localhost'/>")
+            stream.dataReceived(READY_LINK)
             self.streams.append((stream, peer))
             return stream.ready
 
@@ -301,6 +304,53 @@ class ResendTests(SynchronousTestCase):
             self.streams[-1][0].connectionLost(None)
         errors = [e for e in self.alice.received() if e.getAttribute("type") == "error"]
         self.assertEqual([next(e.error.elements()).name for e in errors], ["remote-server-timeout"])
+
+
+class OutputTests(SynchronousTestCase):
+    """Links are bounded by what the peer reads, and kept open only by what it sends."""
+
+    def make(self, **s2s):
+        self.harness = s2s_harness(**s2s)
+        self.harness.add_user("alice@localhost")
+        self.alice = self.harness.login("alice@localhost/a")
+        self.peers = []
+
+        def connect(origin, target):
+            stream = OutgoingServerStream(self.harness.remote, origin, target)
+            self.peers.append(server_peer(stream, BufferingTransport(buffer_bytes=8192)))
+            stream.dataReceived(READY_LINK)
+            return stream.ready
+
+        self.harness.remote.connect = connect
+
+    def test_peer_that_never_reads_is_cut_off(self):
+        """A remote server that stops reading our stream is cut off with <policy-violation/> once
+        max_buffered_bytes more pile up; what was written stays bounded."""
+        self.make(max_buffered_bytes=4096)
+        for number in range(100):
+            self.alice.send(f"<message to='bob@remote.test' id='m{number}'><body>{'x' * 500}</body></message>")
+            if self.peers[0].transport.disconnected:
+                break
+        peer = self.peers[0]
+        self.assertTrue(peer.transport.disconnected)
+        self.assertLess(len(peer.transport.value()), 8192 + 4096 + 2000)
+        self.assertEqual(next(peer.received()[-1].elements()).name, "policy-violation")
+
+    def test_only_what_the_peer_sends_keeps_a_link_open(self):
+        """A link on which we keep writing but the peer sends nothing is closed after
+        idle_timeout_seconds; one on which the peer sends (a whitespace keepalive) stays open."""
+        self.make(idle_timeout_seconds=60)
+        self.harness.remote.start()
+        self.addCleanup(self.harness.remote.stop)
+        incoming = server_peer(IncomingServerStream(self.harness.server, self.harness.remote))
+        incoming.send(PEER_HEADER)
+        for second in range(0, 90, 10):
+            self.alice.send(f"<message to='bob@remote.test' id='m{second}'><body>x</body></message>")
+            self.peers[0].received()
+            incoming.send(" ")
+            self.harness.clock.advance(10)
+        self.assertTrue(self.peers[0].transport.disconnecting)
+        self.assertFalse(incoming.transport.disconnecting)
 
 
 class AddressTests(SynchronousTestCase):

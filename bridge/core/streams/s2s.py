@@ -30,8 +30,8 @@ from zope.interface import implementer
 from bridge.config import normalise_domain
 from bridge.core import srv
 from bridge.core.stanza import parse_jid
-from bridge.core.streams.base import XMLStreamProtocol
-from bridge.core.streams.c2s import NS_SASL, NS_TLS
+from bridge.core.streams.base import NS_TLS, XMLStreamProtocol
+from bridge.core.streams.c2s import NS_SASL
 from bridge.core.streams.sm import NS_SM, AckError, Acknowledgements, HandledCount
 from bridge.core.tls import server_context
 from bridge.core.xmlstream import parse_element
@@ -172,10 +172,8 @@ class IncomingServerStream(XMLStreamProtocol):
 
     def element_received(self, element):
         if element.uri == NS_TLS and element.name == "starttls" and not self.secure:
-            self.send(domish.Element((NS_TLS, "proceed")))
-            self.transport.startTLS(self.remote.tls.options)
-            self.secure = True
-            self.parser.reset()
+            if self.switch_to_tls(self.remote.tls.options, domish.Element((NS_TLS, "proceed"))):
+                self.secure = True
         elif element.uri == NS_SASL and element.name == "auth":
             self._external(element)
         elif element.uri == NS_DIALBACK and element.name == "result":
@@ -226,7 +224,7 @@ class IncomingServerStream(XMLStreamProtocol):
             return
         self.authenticated.add(domain.lower())
         self.send(domish.Element((NS_SASL, "success")))
-        self.parser.reset()
+        self.restart_stream()
 
     def _dialback_result(self, element):
         originating = (element.getAttribute("from") or "").lower()
@@ -342,14 +340,13 @@ class OutgoingServerStream(XMLStreamProtocol):
         if element.uri == NS_STREAMS and element.name == "features":
             self._features(element)
         elif element.uri == NS_TLS and element.name == "proceed":
-            self.transport.startTLS(self.remote.tls.client(self.target))
-            self.secure = True
-            self.parser.reset()
-            self._open()
+            if self.switch_to_tls(self.remote.tls.client(self.target)):
+                self.secure = True
+                self._open()
         elif element.uri == NS_SASL and element.name == "success":
-            self.parser.reset()
-            self._open()
-            self.authenticated = True
+            if self.restart_stream():
+                self._open()
+                self.authenticated = True
         elif element.uri == NS_SASL and element.name == "failure":
             self._dialback_or_fail(f"SASL EXTERNAL refused ({_condition(element)})")
         elif element.uri == NS_DIALBACK and element.name == "result":
