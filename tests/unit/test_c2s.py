@@ -1,8 +1,12 @@
 """Client streams over an in-memory transport: features, SASL, binding, limits."""
 
+import base64
+
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.unit.helpers import BufferingTransport, Harness, make_config, scram_login
+from bridge.core.streams.c2s import ClientFactory
+
+from tests.unit.helpers import STREAM_OPEN, BufferingTransport, Harness, make_config, scram_login
 
 NS_STREAMS_ERR = "urn:ietf:params:xml:ns:xmpp-streams"
 
@@ -267,3 +271,66 @@ class BackpressureTests(SynchronousTestCase):
         client.transport.producer.resumeProducing()
         self.assertEqual(client.transport.producerState, "producing")
         self.assertEqual(client.received()[-1]["id"], "p")
+
+
+class StartTLSTests(SynchronousTestCase):
+    """STARTTLS on the client listener, with a transport that records the switch to TLS."""
+
+    STARTTLS = "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+    PLAIN = ("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>"
+             + base64.b64encode(b"\0alice\0secret").decode() + "</auth>")
+
+    def setUp(self):
+        self.harness = Harness(make_config(require_encryption=True))
+        self.harness.add_user("alice@localhost")
+        factory = ClientFactory(self.harness.server, self.harness.config.c2s, tls_context="the TLS context")
+        self.client = self.harness.connect(factory=factory, transport=BufferingTransport())
+        features = self.client.open_stream()[-1]
+        self.assertIsNotNone(features.starttls)
+        self.assertIsNone(features.mechanisms)
+
+    def test_starttls(self):
+        """<starttls/> alone is answered <proceed/> and the connection switches to TLS; the new stream
+        offers PLAIN."""
+        self.client.send(self.STARTTLS)
+        self.assertEqual([e.name for e in self.client.received()], ["proceed"])
+        self.assertEqual(self.client.transport.tls, ["the TLS context"])
+        features = self.client.open_stream()[-1]
+        self.assertIn("PLAIN", [str(m) for m in features.mechanisms.elements()])
+
+    def test_whitespace_after_starttls(self):
+        """Whitespace after <starttls/> in the same read means nothing and is allowed."""
+        self.client.send(self.STARTTLS + "\n  ")
+        self.assertEqual([e.name for e in self.client.received()], ["proceed"])
+        self.assertEqual(self.client.transport.tls, ["the TLS context"])
+
+    def test_plaintext_injected_after_starttls(self):
+        """Bytes after <starttls/> in the same read (here a new stream header and a PLAIN login, as a
+        man in the middle would append them) end the stream with <policy-violation/> before any TLS:
+        no <proceed/>, no switch, PLAIN neither offered nor accepted (the CVE-2011-0411 class)."""
+        self.client.send(self.STARTTLS + STREAM_OPEN.format(host="localhost") + self.PLAIN)
+        received = self.client.received()
+        self.assertEqual(stream_error(received), "policy-violation")
+        self.assertEqual([e.name for e in received], ["error"])
+        self.assertEqual(self.client.transport.tls, [])
+        self.assertTrue(self.client.transport.disconnecting)
+        self.assertIsNone(self.client.protocol.stream.username)
+
+    def test_partial_tag_after_starttls(self):
+        """Even an unfinished tag after <starttls/> in its read ends the stream."""
+        self.client.send(self.STARTTLS + "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mech")
+        self.assertEqual(stream_error(self.client.received()), "policy-violation")
+        self.assertEqual(self.client.transport.tls, [])
+
+    def test_pipelined_after_sasl_success(self):
+        """A new stream header sent with the SASL step that succeeds, before the client could see
+        <success/>, ends the stream: what follows a stream restart must come after our answer."""
+        harness = Harness(make_config())
+        harness.add_user("alice@localhost")
+        factory = ClientFactory(harness.server, harness.config.c2s, tls_context=None, direct_tls=True)
+        client = harness.connect(factory=factory)
+        client.open_stream()
+        client.send(self.PLAIN + STREAM_OPEN.format(host="localhost"))
+        received = client.received()
+        self.assertEqual([e.name for e in received], ["success", "error"])
+        self.assertEqual(stream_error(received), "policy-violation")

@@ -180,6 +180,76 @@ class IncomingTests(SynchronousTestCase):
         self.assertEqual(next(peer.received()[-1].elements()).name, "not-authorized")
 
 
+class StartTLSTests(SynchronousTestCase):
+    """STARTTLS on server links, with transports that record the switch to TLS."""
+
+    INJECTED = PEER_HEADER + "<db:result from='remote.test' to='localhost'>key</db:result>"
+
+    def setUp(self):
+        self.harness = s2s_harness(require_encryption=True)
+        self.checks = []
+        self.harness.remote.verify_dialback = lambda *args: self.checks.append(args) or defer.succeed(True)
+
+    def incoming(self):
+        peer = server_peer(IncomingServerStream(self.harness.server, self.harness.remote), BufferingTransport())
+        peer.send(PEER_HEADER)
+        self.assertEqual([c.name for c in peer.received()[-1].elements()], ["starttls"])
+        return peer
+
+    def test_incoming_starttls(self):
+        """<starttls/> alone is answered <proceed/> and the link switches to TLS."""
+        peer = self.incoming()
+        peer.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        self.assertEqual([e.name for e in peer.received()], ["proceed"])
+        self.assertEqual(len(peer.transport.tls), 1)
+
+    def test_incoming_plaintext_after_starttls(self):
+        """Bytes after <starttls/> in its read (a new header and a dialback request, which would be
+        taken as sent under TLS) end the stream with <policy-violation/>; TLS never starts and no
+        dialback check is made."""
+        peer = self.incoming()
+        peer.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>" + self.INJECTED)
+        received = peer.received()
+        self.assertEqual([e.name for e in received], ["error"])
+        self.assertEqual(next(received[0].elements()).name, "policy-violation")
+        self.assertEqual((peer.transport.tls, self.checks), ([], []))
+        self.assertTrue(peer.transport.disconnecting)
+
+    def outgoing(self):
+        self.harness.remote.tls = type("ClientTLS", (NoTLS,), {"client": lambda self, name: ("TLS to", name)})()
+        stream = OutgoingServerStream(self.harness.remote, "localhost", "remote.test")
+        peer = server_peer(stream, BufferingTransport())
+        stream.dataReceived(b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' "
+                            b"id='x' version='1.0'><stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+                            b"</stream:features>")
+        self.assertEqual(peer.received()[-1].name, "starttls")
+        return stream, peer
+
+    def test_outgoing_proceed(self):
+        """The peer's <proceed/> switches our link to TLS and a new stream header follows."""
+        stream, peer = self.outgoing()
+        stream.dataReceived(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        self.assertEqual(peer.transport.tls, [("TLS to", "remote.test")])
+        self.assertTrue(stream.secure)
+        self.assertIn(b"<stream:stream", peer.transport.value())
+
+    def test_outgoing_plaintext_after_proceed(self):
+        """Bytes after the peer's <proceed/> in its read (features, a dialback answer) end our stream with
+        <policy-violation/>; TLS never starts and the link fails."""
+        stream, peer = self.outgoing()
+        failures = []
+        stream.ready.addErrback(failures.append)
+        stream.dataReceived(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/><stream:features>"
+                            b"<dialback xmlns='urn:xmpp:features:dialback'/></stream:features>")
+        received = peer.received()
+        self.assertEqual(next(received[-1].elements()).name, "policy-violation")
+        self.assertEqual(peer.transport.tls, [])
+        self.assertFalse(stream.secure)
+        self.assertNotIn("result", [e.name for e in received])
+        stream.connectionLost(None)
+        self.assertIn("policy-violation", str(failures[0].value))
+
+
 class OutgoingTests(SynchronousTestCase):
     def test_dialback_negotiation(self):
         """The outgoing stream sends our dialback key for the peer's stream id and is ready when valid."""
