@@ -78,6 +78,16 @@ class StreamTests(SynchronousTestCase):
         self.harness.clock.advance(61)
         self.harness.login("alice@localhost/later")
 
+    def test_address_with_an_empty_label(self):
+        """A message to an address whose domain has an empty label ('a..b', on which Twisted's nameprep
+        raises IndexError) is answered jid-malformed; the stream goes on."""
+        client = self.harness.login("alice@localhost/a")
+        client.send("<message to='bob@bad..domain' id='m'><body>x</body></message>")
+        reply = client.received()[-1]
+        self.assertEqual((reply["id"], reply["type"], next(reply.error.elements()).name),
+                         ("m", "error", "jid-malformed"))
+        self.assertFalse(client.transport.disconnecting)
+
     def test_stanza_before_auth(self):
         """A message before authentication is not-authorized."""
         client = self.harness.connect()
