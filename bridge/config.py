@@ -114,6 +114,10 @@ class S2SConfig(ListenerTLS):
     idle_timeout_seconds: float = _option(600.0, low=10, high=86400)
     max_queued_stanzas: int = _option(10000, low=1)
     max_buffered_bytes: int = _option(4194304, low=1024)
+    pre_auth_timeout_seconds: float = _option(60.0, low=1, high=3600)
+    max_connections_per_address: int = _option(20, low=1)
+    dialback_max_pending_per_stream: int = _option(5, low=1, high=1000)
+    dialback_max_pending: int = _option(100, low=1, high=100000)
 
 
 @dataclass(frozen=True)

@@ -180,6 +180,89 @@ class IncomingTests(SynchronousTestCase):
         self.assertEqual(next(peer.received()[-1].elements()).name, "not-authorized")
 
 
+class DialbackLimitTests(SynchronousTestCase):
+    """What a peer can make bridge do before it is authenticated is bounded."""
+
+    def setUp(self):
+        self.harness = s2s_harness(dialback_max_pending_per_stream=2, dialback_max_pending=3,
+                                   pre_auth_timeout_seconds=30, max_connections_per_address=2)
+        self.checks = []
+
+        def connect(origin, target, verify=None):
+            # A verification that has not finished: the connection to the claimed domain is under way.
+            self.checks.append((origin, target, verify))
+            return defer.Deferred()
+
+        self.harness.remote.connect = connect
+
+    def peer(self, address="127.0.0.9"):
+        peer = WireClient(IncomingServerStream(self.harness.server, self.harness.remote), "jabber:server",
+                          (address, 5269))
+        peer.send(PEER_HEADER)
+        peer.received()
+        return peer
+
+    def results(self, peer, *domains):
+        for domain in domains:
+            peer.send(f"<db:result from='{domain}' to='localhost'>key</db:result>")
+        return [(e["to"], e["type"], e.error and next(e.error.elements()).name) for e in peer.received()
+                if e.name == "result"]
+
+    def test_pending_verifications_per_stream(self):
+        """Past dialback_max_pending_per_stream checks under way, a stream's <db:result/> is answered
+        type='error' <resource-constraint/> without a connection; a finished check frees its place."""
+        peer = self.peer()
+        self.assertEqual(self.results(peer, "one.test", "two.test", "three.test"),
+                         [("three.test", "error", "resource-constraint")])
+        self.assertEqual([target for _, target, _ in self.checks], ["one.test", "two.test"])
+        self.checks[0][2][3].callback(False)
+        self.assertEqual(self.results(peer, "four.test"), [("one.test", "invalid", None)])
+        self.assertEqual(len(self.checks), 3)
+
+    def test_pending_verifications_in_all(self):
+        """Past dialback_max_pending checks under way on all streams together, no new one is started."""
+        first, second = self.peer(), self.peer("127.0.0.10")
+        self.results(first, "one.test", "two.test")
+        self.assertEqual(self.results(second, "three.test", "four.test"),
+                         [("four.test", "error", "resource-constraint")])
+        self.assertEqual(len(self.checks), 3)
+
+    def test_no_check_for_our_own_or_malformed_domains(self):
+        """A <db:result/> claiming one of our own domains, or no valid domain, gets an error and no connection."""
+        peer = self.peer()
+        answers = self.results(peer, "localhost", "a@b.test", "bad..domain")
+        self.assertEqual([condition for _, kind, condition in answers], ["item-not-found"] * 3)
+        self.assertEqual(self.checks, [])
+
+    def test_pre_auth_timeout(self):
+        """An incoming stream not authenticated within pre_auth_timeout_seconds ends with <connection-timeout/>;
+        an authenticated one stays."""
+        silent = self.peer()
+        self.harness.remote.verify_dialback = lambda *args: defer.succeed(True)
+        authenticated = self.peer("127.0.0.10")
+        authenticated.send("<db:result from='remote.test' to='localhost'>key</db:result>")
+        authenticated.received()
+        self.harness.clock.advance(29)
+        self.assertFalse(silent.transport.disconnecting)
+        self.harness.clock.advance(2)
+        self.assertEqual(next(silent.received()[-1].elements()).name, "connection-timeout")
+        self.assertTrue(silent.transport.disconnecting)
+        self.assertFalse(authenticated.transport.disconnecting)
+
+    def test_connections_per_address(self):
+        """Past max_connections_per_address incoming streams from one address, the next is refused with
+        <policy-violation/>; a closed one frees its place, and other addresses are not affected."""
+        first, second = self.peer(), self.peer()
+        third = WireClient(IncomingServerStream(self.harness.server, self.harness.remote), "jabber:server",
+                           ("127.0.0.9", 5269))
+        self.assertEqual(next(third.received()[-1].elements()).name, "policy-violation")
+        self.assertTrue(third.transport.disconnecting)
+        self.assertFalse(self.peer("127.0.0.10").transport.disconnecting)
+        third.drop()
+        first.drop()
+        self.assertFalse(self.peer().transport.disconnecting)
+
+
 class StartTLSTests(SynchronousTestCase):
     """STARTTLS on server links, with transports that record the switch to TLS."""
 
@@ -412,8 +495,10 @@ class OutputTests(SynchronousTestCase):
         self.make(idle_timeout_seconds=60)
         self.harness.remote.start()
         self.addCleanup(self.harness.remote.stop)
+        self.harness.remote.verify_dialback = lambda *args: defer.succeed(True)
         incoming = server_peer(IncomingServerStream(self.harness.server, self.harness.remote))
         incoming.send(PEER_HEADER)
+        incoming.send("<db:result from='remote.test' to='localhost'>key</db:result>")
         for second in range(0, 90, 10):
             self.alice.send(f"<message to='bob@remote.test' id='m{second}'><body>x</body></message>")
             self.peers[0].received()
