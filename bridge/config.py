@@ -105,6 +105,7 @@ class S2SConfig(ListenerTLS):
     ca_file: str = _option("", path=True)
     allowed_domains: list = _option([], domains=True)
     denied_domains: list = _option([], domains=True)
+    dialback_fallback_domains: list = _option([], domains=True)
     static_routes: dict = _option({}, domains=True)
     dns_server: str = _option("")
     stanza_size_limit_bytes: int = _option(524288, low=1024, high=64 * 1024 * 1024)

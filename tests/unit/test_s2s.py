@@ -351,6 +351,40 @@ class OutgoingTests(SynchronousTestCase):
         stream.dataReceived(b"<db:result from='remote.test' to='localhost' type='valid'/>")
         self.assertEqual(ready, [stream])
 
+    def certificate_fails(self, **s2s):
+        """An outgoing stream over TLS to a peer whose certificate does not verify and which offers
+        dialback; the elements it sends after the peer's features."""
+        harness = s2s_harness(require_encryption=True, **s2s)
+        harness.remote.tls = type("UntrustedTLS", (NoTLS,), {
+            "verify": lambda self, transport, domain: "untrusted certificate: self-signed"})()
+        stream = OutgoingServerStream(harness.remote, "localhost", "remote.test")
+        stream.secure = True  # direct TLS, done
+        peer = server_peer(stream)
+        peer.received()
+        failures = []
+        stream.ready.addErrback(failures.append)
+        stream.dataReceived(b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' "
+                            b"xmlns:db='jabber:server:dialback' id='peer-id' version='1.0'><stream:features>"
+                            b"<dialback xmlns='urn:xmpp:features:dialback'/></stream:features>")
+        return stream, peer.received(), failures
+
+    def test_no_dialback_fallback_by_default(self):
+        """A peer whose certificate does not verify is not used: the link fails, no dialback key is sent."""
+        stream, sent, failures = self.certificate_fails()
+        self.assertNotIn("result", [e.name for e in sent])
+        stream.connectionLost(None)
+        self.assertIn("untrusted certificate", str(failures[0].value))
+        self.assertIn("dialback_fallback_domains", str(failures[0].value))
+
+    def test_dialback_fallback_for_listed_domains(self):
+        """For a domain in dialback_fallback_domains (in any case), the link is authenticated by dialback
+        despite the certificate."""
+        stream, sent, failures = self.certificate_fails(dialback_fallback_domains=["Remote.Test"])
+        self.assertEqual([e.name for e in sent], ["result"])
+        stream.dataReceived(b"<db:result from='remote.test' to='localhost' type='valid'/>")
+        self.assertTrue(stream.ready.called)
+        self.assertEqual(failures, [])
+
     def test_no_tls_offered_when_required(self):
         """A peer that offers no STARTTLS fails the link when encryption is required."""
         harness = s2s_harness(require_encryption=True)

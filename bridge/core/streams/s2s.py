@@ -3,7 +3,8 @@
 Incoming streams must do STARTTLS (unless the policy says otherwise), then
 authenticate the peer domain by SASL EXTERNAL with a certificate verified
 against the trust store and checked with service-identity (XEP-0178), or by
-server dialback (XEP-0220) when the policy allows it.  ``RemoteDomains`` is
+server dialback (XEP-0220) when the policy allows it.  Our own links need
+the peer's certificate to verify, except for ``dialback_fallback_domains``.  ``RemoteDomains`` is
 the routing table's default route: it keeps one outgoing link per (local
 domain, remote domain), queues stanzas while the link is set up and bounces
 them to their senders when it cannot be.  When the peer supports stream
@@ -452,6 +453,14 @@ class OutgoingServerStream(XMLStreamProtocol):
         if self.verify is not None:
             self._send_verify()
             return
+        if self.secure and certificate_problem:
+            # Dialback would prove who we are, never who receives what we send.
+            if normalise_domain(self.target) not in self.config.dialback_fallback_domains:
+                self._fail(f"{certificate_problem} (no dialback instead: {self.target} is not in "
+                           "dialback_fallback_domains)")
+                return
+            log.warn("link {origin} -> {target}: {problem}; dialback instead, as dialback_fallback_domains allows",
+                     origin=self.origin, target=self.target, problem=certificate_problem)
         mechanisms = [str(m) for m in features.mechanisms.elements()] if features.mechanisms else []
         if ("EXTERNAL" in mechanisms and self.config.certificate_authentication and not self.tried_external
                 and not certificate_problem):
