@@ -561,6 +561,7 @@ class TCPClientProtocol(XMLStreamProtocol):
         self.restart_stream()
 
     def start_tls(self):
+        """<proceed/> and TLS; False (the stream has ended) when bytes came with <starttls/>."""
         return self.switch_to_tls(self.tls_context, domish.Element((NS_TLS, "proceed")))
 
     def tls_transport(self):
