@@ -4,12 +4,13 @@ Incoming streams must do STARTTLS (unless the policy says otherwise), then
 authenticate the peer domain by SASL EXTERNAL with a certificate verified
 against the trust store and checked with service-identity (XEP-0178), or by
 server dialback (XEP-0220) when the policy allows it.  Our own links need
-the peer's certificate to verify, except for ``dialback_fallback_domains``.  ``RemoteDomains`` is
-the routing table's default route: it keeps one outgoing link per (local
-domain, remote domain), queues stanzas while the link is set up and bounces
-them to their senders when it cannot be.  When the peer supports stream
-management (XEP-0198) each stanza is kept until acknowledged, so the ones a
-dying connection swallowed are sent again on a new one, or bounced.
+the peer's certificate to verify, except for ``dialback_fallback_domains``.
+``RemoteDomains`` is the routing table's default route: it keeps one
+outgoing link per (local domain, remote domain), queues stanzas while the
+link is set up and bounces them to their senders when it cannot be.  When
+the peer supports stream management (XEP-0198) each stanza is kept until
+acknowledged, so the ones a dying connection swallowed are sent again on a
+new one, or bounced.
 """
 
 import base64
