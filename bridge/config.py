@@ -33,12 +33,18 @@ def read_first_line(path):
         return handle.readline().rstrip("\r\n")
 
 
-def _option(default, *, low=None, high=None, choices=None, path=False):
+def normalise_domain(name):
+    """A domain name as JIDs compare it: lower case, without a trailing dot (RFC 7622 section 3.2)."""
+    return name.strip().lower().rstrip(".")
+
+
+def _option(default, *, low=None, high=None, choices=None, path=False, domains=False):
     """A dataclass field whose metadata carries the checks made at load time.
 
     ``path``: a file name, resolved against the configuration file's folder.
+    ``domains``: a list of domain names, or a table keyed by them, kept normalised.
     """
-    metadata = {"low": low, "high": high, "choices": choices, "path": path}
+    metadata = {"low": low, "high": high, "choices": choices, "path": path, "domains": domains}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -84,6 +90,7 @@ class C2SConfig(ListenerTLS):
     resource_conflict: str = _option("replace", choices=RESOURCE_CONFLICT_POLICIES)
     resumption_timeout_seconds: float = _option(600.0, low=0, high=86400)
     resumption_max_queue: int = _option(500, low=1)
+    max_buffered_bytes: int = _option(1048576, low=1024)
 
 
 @dataclass(frozen=True)
@@ -96,9 +103,10 @@ class S2SConfig(ListenerTLS):
     certificate_authentication: bool = _option(True)
     dialback: bool = _option(True)
     ca_file: str = _option("", path=True)
-    allowed_domains: list = _option([])
-    denied_domains: list = _option([])
-    static_routes: dict = _option({})
+    allowed_domains: list = _option([], domains=True)
+    denied_domains: list = _option([], domains=True)
+    dialback_fallback_domains: list = _option([], domains=True)
+    static_routes: dict = _option({}, domains=True)
     dns_server: str = _option("")
     stanza_size_limit_bytes: int = _option(524288, low=1024, high=64 * 1024 * 1024)
     rate_limit_bytes_per_second: int = _option(1000000, low=100)
@@ -106,6 +114,11 @@ class S2SConfig(ListenerTLS):
     connect_timeout_seconds: float = _option(20.0, low=1, high=600)
     idle_timeout_seconds: float = _option(600.0, low=10, high=86400)
     max_queued_stanzas: int = _option(10000, low=1)
+    max_buffered_bytes: int = _option(4194304, low=1024)
+    pre_auth_timeout_seconds: float = _option(60.0, low=1, high=3600)
+    max_connections_per_address: int = _option(20, low=1)
+    dialback_max_pending_per_stream: int = _option(5, low=1, high=1000)
+    dialback_max_pending: int = _option(100, low=1, high=100000)
 
 
 @dataclass(frozen=True)
@@ -142,6 +155,7 @@ class ComponentListenerConfig:
     stanza_size_limit_bytes: int = _option(1048576, low=1024, high=64 * 1024 * 1024)
     rate_limit_bytes_per_second: int = _option(10000000, low=100)
     rate_limit_burst_bytes: int = _option(20000000, low=1024)
+    max_buffered_bytes: int = _option(4194304, low=1024)
 
 
 @dataclass(frozen=True)
@@ -383,6 +397,8 @@ def _check_value(kind, value, meta):
         return f"must be {_type_name(kind)}, not {value!r}"
     if kind is dict and not all(isinstance(item, str) for item in value.values()):
         return f"must be {_type_name(kind)}, not {value!r}"
+    if meta.get("domains") and not all(normalise_domain(name) for name in value):
+        return f"must hold domain names, not {next(name for name in value if not normalise_domain(name))!r}"
     if meta.get("choices") and value not in meta["choices"]:
         return f"must be one of {', '.join(meta['choices'])}, not {value!r}"
     if meta.get("low") is not None and value < meta["low"]:
@@ -404,6 +420,9 @@ def _build(cls, table, path, problems, where):
         reason = _check_value(hints[key], value, fields[key].metadata)
         if reason:
             problems.append(f"{where}: {path}{key}: {reason}")
+        elif fields[key].metadata.get("domains"):
+            values[key] = ({normalise_domain(name): item for name, item in value.items()} if isinstance(value, dict)
+                           else [normalise_domain(name) for name in value])
         else:
             values[key] = float(value) if hints[key] is float else value
     return cls(**values)

@@ -41,7 +41,8 @@ def parse_jid(text):
         return None
     try:
         return JID(text)
-    except (InvalidFormat, UnicodeError):
+    except (InvalidFormat, UnicodeError, IndexError):
+        # IndexError: Twisted's nameprep on an empty label ("a..b").
         return None
 
 

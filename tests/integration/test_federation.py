@@ -257,12 +257,38 @@ def test_wrong_peer_certificate_without_dialback_is_refused(servers):
 
 
 @needs_prosody
+def test_wrong_peer_certificate_is_not_used_by_default(servers):
+    """Prosody (b.test) presents a self-signed certificate and allows dialback, bridge has dialback on
+    but b.test is not in dialback_fallback_domains: bridge does not use its link to b.test (alice's
+    message comes back as an error, the refusal naming the option is logged), while Prosody's own link
+    to bridge, authenticated by dialback, still carries bob's message to alice."""
+    bridge = servers.bridge("a.test", ["alice@a.test"], dialback=True)
+    prosody = servers.prosody("b.test", ["bob@b.test"], secure_auth=False, wrong_certificate=True)
+
+    async def scenario():
+        async with Clients(bridge) as clients:
+            alice = await clients.login("alice@a.test/pc")
+            bob = await clients.login("bob@b.test/phone", password_for("bob@b.test"), port=prosody.port)
+            alice.send_message(mto="bob@b.test", mbody="will you get this?", mtype="chat")
+            error = await next_item(alice.message_errors, timeout=TIMEOUT, what="bounce of the message to bob@b.test")
+            assert error_condition(error) in ("remote-server-not-found", "remote-server-timeout"), error
+            await check_chat(bob, alice, "only this way")
+
+    asyncio.run(scenario())
+    wait_logged(bridge, r"link a\.test -> b\.test failed: untrusted certificate.*dialback_fallback_domains",
+                what="the refusal")
+    assert not logged(bridge, r"link a\.test -> b\.test ready")
+
+
+@needs_prosody
 def test_wrong_peer_certificate_downgrades_to_dialback(servers):
     """Prosody (b.test) presents a self-signed certificate and allows dialback
-    (s2s_secure_auth = false), bridge has dialback on: bridge's link is authenticated by dialback
-    (logged 'link a.test -> b.test ready (dialback)') and alice's message reaches bob; bob's answer
-    comes back over Prosody's own link, which bridge authenticates by dialback too."""
-    bridge = servers.bridge("a.test", ["alice@a.test"], dialback=True)
+    (s2s_secure_auth = false), bridge has dialback on and b.test in dialback_fallback_domains: bridge's
+    link is authenticated by dialback (logged 'link a.test -> b.test ready (dialback)') and alice's
+    message reaches bob; bob's answer comes back over Prosody's own link, which bridge authenticates
+    by dialback too."""
+    bridge = servers.bridge("a.test", ["alice@a.test"], dialback=True,
+                            s2s_options='dialback_fallback_domains = ["b.test"]')
     prosody = servers.prosody("b.test", ["bob@b.test"], secure_auth=False, wrong_certificate=True)
 
     async def scenario():

@@ -89,14 +89,46 @@ class Harness:
         user, host = jid.split("@")
         result_of(self.server.accounts.create(host, user, password))
 
-    def connect(self, address="127.0.0.1"):
-        return FakeClient(self, address)
+    def connect(self, address="127.0.0.1", factory=None, transport=None):
+        """A client connection: to ``factory`` (default: the client listener without TLS), over ``transport``."""
+        return FakeClient(self, address, factory, transport)
 
     def login(self, jid, password="secret"):
         """A connected, authenticated, bound client for ``user@host/resource``."""
         client = self.connect()
         client.login(jid, password)
         return client
+
+
+class BufferingTransport(StringTransport):
+    """A StringTransport with a send buffer, as Twisted's TCP transport has.
+
+    Past ``buffer_bytes`` written and not yet read (``clear``, which
+    ``WireClient.received`` calls), it pauses its streaming producer, and
+    reading resumes it; ``tls`` records the contexts of ``startTLS``.
+    """
+
+    def __init__(self, buffer_bytes=16384, **kwargs):
+        self.buffer_bytes = buffer_bytes
+        self.tls = []
+        self.producer_paused = False
+        super().__init__(**kwargs)
+
+    def write(self, data):
+        super().write(data)
+        if self.producer is not None and self.streaming and not self.producer_paused \
+                and len(self.value()) > self.buffer_bytes:
+            self.producer_paused = True
+            self.producer.pauseProducing()
+
+    def clear(self):
+        super().clear()
+        if self.producer is not None and self.producer_paused:
+            self.producer_paused = False
+            self.producer.resumeProducing()
+
+    def startTLS(self, context):
+        self.tls.append(context)
 
 
 class WireClient:
@@ -106,9 +138,10 @@ class WireClient:
     parse, as the server's own parser would.
     """
 
-    def __init__(self, protocol, content_namespace, address=("127.0.0.1", 40000)):
+    def __init__(self, protocol, content_namespace, address=("127.0.0.1", 40000), transport=None):
         self.protocol = protocol
-        self.transport = StringTransport(peerAddress=IPv4Address("TCP", *address))
+        self.transport = transport or StringTransport()
+        self.transport.peerAddr = IPv4Address("TCP", *address)
         self.elements = []
         self.backlog = []
         self.headers = []
@@ -148,10 +181,10 @@ class WireClient:
 class FakeClient(WireClient):
     """One client connection to the in-memory server."""
 
-    def __init__(self, harness, address):
+    def __init__(self, harness, address, factory=None, transport=None):
         self.harness = harness
-        protocol = harness.factory.buildProtocol(IPv4Address("TCP", address, 40000))
-        super().__init__(protocol, "jabber:client", (address, 40000))
+        protocol = (factory or harness.factory).buildProtocol(IPv4Address("TCP", address, 40000))
+        super().__init__(protocol, "jabber:client", (address, 40000), transport)
 
     def open_stream(self, host="localhost"):
         self.send(STREAM_OPEN.format(host=host))

@@ -67,6 +67,17 @@ class ConfigTests(SynchronousTestCase):
         self.assertIsNone(config.host_for("c.test"))
         self.assertEqual(config.data_dir, os.path.join(os.path.dirname(path), "d"))
 
+    def test_federation_domains_are_normalised(self):
+        """Domains of [s2s] allowed_domains, denied_domains and static_routes are kept in lower case
+        without a trailing dot, as JIDs compare them (RFC 7622); an empty one is an error."""
+        path = self.write('[s2s]\nallowed_domains = ["Friend.TEST", "other.test."]\ndenied_domains = ["EVIL.test"]\n'
+                          'static_routes = { "B.Test" = "127.0.0.3:5269" }\n')
+        s2s = configuration.load(path).s2s
+        self.assertEqual((s2s.allowed_domains, s2s.denied_domains), (["friend.test", "other.test"], ["evil.test"]))
+        self.assertEqual(s2s.static_routes, {"b.test": "127.0.0.3:5269"})
+        _, problems = self.problems('[s2s]\ndenied_domains = [""]\n')
+        self.assertIn("s2s.denied_domains: must hold domain names, not ''", problems[0])
+
     def test_bridgectl_check(self):
         """bridgectl check prints the same problems and fails."""
         path = self.write("[c2s]\nbogus = 1\n")

@@ -118,7 +118,7 @@ class HandshakeTests(WebSocketTestCase):
         client = self.connect()
         self.assertTrue(client.accepted)
         self.assertEqual(client.handshake[0].subprotocol, "xmpp")
-        self.assertEqual(client.transport.producer, client.channel.websocket)
+        self.assertIs(client.transport.producer, client.channel.websocket.output)
 
     def test_without_xmpp_subprotocol(self):
         """Without the 'xmpp' subprotocol the upgrade is refused with 400 and the connection closed."""

@@ -22,14 +22,13 @@ from bridge.core import sasl
 from bridge.core.sessions import Session
 from bridge.core.stanza import first_child, make
 from bridge.core.tls import channel_binding
-from bridge.core.streams.base import ConnectionsPerAddress, XMLStreamProtocol, stream_error_element
+from bridge.core.streams.base import NS_TLS, ConnectionsPerAddress, XMLStreamProtocol, stream_error_element
 from bridge.core.streams.sm import NS_SM, AckError, SessionState
 from bridge.core.xmlstream import NS_STREAMS
 
 log = Logger()
 
 NS_CLIENT = "jabber:client"
-NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
 NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
 NS_SESSION = "urn:ietf:params:xml:ns:xmpp-session"
@@ -238,10 +237,11 @@ class ClientStream:
         if self.secure or not self.framing.can_start_tls:
             self.stream_error("policy-violation", "TLS is already in place")
             return
-        self.framing.send(domish.Element((NS_TLS, "proceed")))
-        self.framing.start_tls()
-        self.secure = True
-        self._restart()
+        # The framing answers <proceed/> and starts TLS, unless something came
+        # with <starttls/> (then the stream has ended with an error).
+        if self.framing.start_tls():
+            self.secure = True
+            self.stream_id = None
 
     def _restart(self):
         """After STARTTLS or SASL success the client opens a new stream."""
@@ -409,9 +409,10 @@ class ClientStream:
         if sm is not None and stanza.name in STANZAS:
             sm.acks.sent(stanza)
             if self.closed:
-                # Waiting for resumption: kept, up to the configured queue.
-                if len(sm.acks.unacked) > self.listener.resumption_max_queue and sm.expiry.active():
-                    sm.expiry.cancel()
+                # Closing, or waiting for resumption: kept, up to the configured queue.
+                if len(sm.acks.unacked) > self.listener.resumption_max_queue:
+                    if sm.expiry is not None and sm.expiry.active():
+                        sm.expiry.cancel()
                     session, self.session = self.session, None
                     self.end_session(session)
                 return
@@ -559,10 +560,11 @@ class TCPClientProtocol(XMLStreamProtocol):
         self.write_header({"id": stream_id, "from": host, "version": "1.0", "xml:lang": "en"})
 
     def reset(self):
-        self.parser.reset()
+        self.restart_stream()
 
     def start_tls(self):
-        self.transport.startTLS(self.tls_context)
+        """<proceed/> and TLS; False (the stream has ended) when bytes came with <starttls/>."""
+        return self.switch_to_tls(self.tls_context, domish.Element((NS_TLS, "proceed")))
 
     def tls_transport(self):
         return self.transport if (self.direct_tls or self.stream.secure) else None
