@@ -185,8 +185,25 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
-class OfflineConfig:
-    max_messages_per_user: int = _option(1000, low=0)
+class QuotasConfig:
+    """What one account may keep on the server, whoever fills it: the account itself (roster, block
+    list, vCard, private XML) or anyone who can reach it (subscription requests, offline messages).
+
+    Bytes are bounded as well as items: directly, or by a count of items
+    each of bounded size (a JID, at most 3071 bytes, and a bounded text).
+    What would pass a quota is refused with an error that says so; nothing
+    already kept is dropped to make room.
+    """
+
+    max_roster_items_per_user: int = _option(1000, low=1)
+    max_roster_item_text_bytes: int = _option(1024, low=64, high=65536)
+    max_pending_subscriptions_per_user: int = _option(100, low=1)
+    max_subscription_request_text_bytes: int = _option(1024, low=0, high=65536)
+    max_offline_messages_per_user: int = _option(1000, low=0)
+    max_offline_bytes_per_user: int = _option(10 * 1024 * 1024, low=0)
+    max_private_bytes_per_user: int = _option(1024 * 1024, low=1024)
+    max_vcard_bytes: int = _option(192 * 1024, low=1024, high=64 * 1024 * 1024)
+    max_blocked_items_per_user: int = _option(1000, low=1)
 
 
 @dataclass(frozen=True)
@@ -353,7 +370,7 @@ class Config:
     component_listener: ComponentListenerConfig = field(default_factory=ComponentListenerConfig)
     components: dict = field(default_factory=dict)
     storage: StorageConfig = field(default_factory=StorageConfig)
-    offline: OfflineConfig = field(default_factory=OfflineConfig)
+    quotas: QuotasConfig = field(default_factory=QuotasConfig)
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
     hosts: dict = field(default_factory=lambda: {"localhost": HostConfig()})
     sms: SMSConfig = field(default_factory=SMSConfig)
@@ -376,7 +393,7 @@ class Config:
 
 
 _SECTIONS = {"tls": TLSConfig, "c2s": C2SConfig, "s2s": S2SConfig, "http": HTTPConfig, "storage": StorageConfig,
-             "offline": OfflineConfig, "smtp": SMTPConfig, "component_listener": ComponentListenerConfig,
+             "quotas": QuotasConfig, "smtp": SMTPConfig, "component_listener": ComponentListenerConfig,
              "sms": SMSConfig, "sip": SIPConfig}
 # Tables of named sub-tables: [hosts.NAME], [components.DOMAIN], [smsc.NAME].
 _NAMED = {"hosts": HostConfig, "components": ComponentConfig, "smsc": SMSCConfig}

@@ -47,7 +47,8 @@ class Server:
         # XEP-0198 resumption id -> Session, while it may be resumed.
         self.resumable_sessions = {}
         self.accounts = Accounts(storage)
-        self.rosters = Rosters(storage, self.sessions, self.router)
+        self.rosters = Rosters(storage, self.sessions, self.router,
+                               config.quotas.max_roster_items_per_user)
         self.hosts = {}  # the local hosts (accounts), by name
         self.component_hosts = {}  # the hosts of gateways and services, by domain
         for name, host_config in config.hosts.items():
