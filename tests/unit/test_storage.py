@@ -2,7 +2,9 @@
 
 import json
 import os
+import shutil
 import sqlite3
+import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -55,8 +57,9 @@ class SQLiteSizeTests(SynchronousTestCase):
     def test_a_database_made_before_the_totals_gets_them(self):
         """A database whose queues were written before queue_bytes existed has the totals filled
         when it is next opened, and kept from then on."""
-        path = os.path.join(self.mktemp(), "old.sqlite")
-        os.makedirs(os.path.dirname(path))
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "old.sqlite")
         old = sqlite3.connect(path, isolation_level=None)
         old.execute("CREATE TABLE queue (id INTEGER PRIMARY KEY AUTOINCREMENT, host TEXT NOT NULL, "
                     "user TEXT NOT NULL, store TEXT NOT NULL, value TEXT NOT NULL)")
