@@ -77,13 +77,14 @@ def server_env():
     return env
 
 
-def write_config(directory, c2s_options="", sip=SIP_OFF):
+def write_config(directory, c2s_options="", sip=SIP_OFF, tables=""):
     """A configuration file in ``directory`` (its data under ``directory/data``); its path.
 
-    ``c2s_options``: extra lines for the [c2s] table; ``sip``: the [sip] table.
+    ``c2s_options``: extra lines for the [c2s] table; ``sip``: the [sip] table;
+    ``tables``: further tables, at the end.
     """
     path = os.path.join(directory, "bridge.toml")
-    text = CONFIG_TEMPLATE.format(data_dir=os.path.join(directory, "data"), sip=sip)
+    text = CONFIG_TEMPLATE.format(data_dir=os.path.join(directory, "data"), sip=sip) + tables
     text = text.replace("[c2s]\n", "[c2s]\n" + c2s_options + "\n", 1)
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(text)
