@@ -5,7 +5,6 @@ receives the clock and the endpoints it needs.
 """
 
 import importlib
-import os
 
 from twisted.application import service
 from twisted.internet import endpoints
@@ -14,7 +13,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
 from bridge import __version__, config as configuration
-from bridge.core import storage as storage_module, tls
+from bridge.core import datadir, storage as storage_module, tls
 from bridge.core.server import FeatureContext, Server
 from bridge.core.streams.c2s import ClientFactory
 from bridge.core.streams.component import ComponentFactory
@@ -159,7 +158,7 @@ def load_features(server):
 
 def build(config, reactor):
     """The service tree for ``config``, on ``reactor``."""
-    os.makedirs(config.data_dir, exist_ok=True)
+    datadir.private_folder(config.data_dir)
     store = storage_module.open_storage(config)
     server = Server(config, store, reactor)
     load_features(server)
