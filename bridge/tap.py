@@ -159,8 +159,9 @@ def load_features(server):
 def build(config, reactor):
     """The service tree for ``config``, on ``reactor``."""
     datadir.private_folder(config.data_dir)
+    secret = datadir.server_secret(config.data_path("server.secret"))
     store = storage_module.open_storage(config)
-    server = Server(config, store, reactor)
+    server = Server(config, store, reactor, secret=secret)
     load_features(server)
     s2s = config.s2s
     peer_tls = PeerTLS(*tls.certificate_paths(config, s2s), s2s.tls_min_version, s2s.tls_ciphers, s2s.ca_file)

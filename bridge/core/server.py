@@ -6,6 +6,7 @@ that records what they register, so the core can undo all of it.
 """
 
 import datetime
+import os
 
 from twisted.logger import Logger
 
@@ -14,6 +15,7 @@ from bridge.core.attempts import FailedAttempts
 from bridge.core.delivery import Event, LocalHost, event_name, target_of
 from bridge.core.hooks import Hooks
 from bridge.core.roster import Rosters
+from bridge.core.sasl import Decoys
 from bridge.core.router import RoutingTable
 from bridge.core.sessions import SessionTable
 from bridge.core.stanza import parse_jid
@@ -22,7 +24,10 @@ log = Logger()
 
 
 class Server:
-    def __init__(self, config, storage, clock):
+    """``secret``: the server's secret (``bridge.core.datadir.server_secret``); without one, a
+    secret for this process only, as suits a server whose accounts do not outlive it (tests)."""
+
+    def __init__(self, config, storage, clock, secret=None):
         self.config = config
         self.storage = storage
         self.clock = clock
@@ -34,6 +39,8 @@ class Server:
         # XEP-0198 resumption id -> Session, while it may be resumed.
         self.resumable_sessions = {}
         self.accounts = Accounts(storage)
+        # What SASL answers for names without an account, stable across restarts.
+        self.decoys = Decoys(secret or os.urandom(32))
         self.rosters = Rosters(storage, self.sessions, self.router)
         self.hosts = {}
         self.disco_features = {}

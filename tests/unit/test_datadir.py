@@ -42,6 +42,18 @@ class StartupTests(DataDirTestCase):
         self.assertEqual(mode_of(data), 0o700)
         self.assertEqual(mode_of(os.path.join(data, "certs")), 0o700)
         self.assertEqual(mode_of(os.path.join(data, "certs", "bridge.key")), 0o600)
+        self.assertEqual(mode_of(os.path.join(data, "server.secret")), 0o600)
+
+    def test_unknown_users_look_the_same_after_a_restart(self):
+        """The server's secret is kept in data_dir: a restarted server makes up the same SCRAM salt
+        for a name without an account."""
+        config = configuration.parse({"data_dir": self.root, "storage": {"backend": "memory"}}, "test.toml")
+        salts = []
+        for start in range(2):
+            server = build(config, MemoryReactorClock()).server
+            server.storage.close()
+            salts.append(server.decoys.credentials("localhost", "mallory")["SCRAM-SHA-256"]["salt"])
+        self.assertEqual(salts[0], salts[1])
 
 
 class FolderTests(DataDirTestCase):

@@ -258,6 +258,9 @@ class ClientStream:
     def _lookup(self, username):
         return self.server.accounts.credentials(self.host, username)
 
+    def _decoy(self, username):
+        return self.server.decoys.credentials(self.host, username)
+
     def _sasl(self, element):
         if self.host is None or self.username is not None:
             self.stream_error("policy-violation", "SASL is not expected now")
@@ -274,11 +277,11 @@ class ClientStream:
                 self._sasl_failure("invalid-mechanism")
                 return
             if mechanism == "PLAIN":
-                self.sasl_exchange = sasl.PlainExchange(self._lookup)
+                self.sasl_exchange = sasl.PlainExchange(self._lookup, decoy=self._decoy)
             else:
                 binding = channel_binding(self.framing.tls_transport())
                 self.sasl_exchange = sasl.ScramExchange(mechanism, self._lookup, binding,
-                                                        plus_offered=binding is not None)
+                                                        plus_offered=binding is not None, decoy=self._decoy)
             self._sasl_step(str(element).strip())
         elif element.name == "response" and self.sasl_exchange is not None:
             self._sasl_step(str(element).strip())
