@@ -8,6 +8,7 @@ once so an administrator fixes a file in one pass.
 """
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 import typing
@@ -132,6 +133,7 @@ class HTTPConfig(ListenerTLS):
     websocket_see_other_uri: str = _option("")
     max_buffered_bytes: int = _option(1048576, low=1024)
     web_client_dir: str = _option("web/node_modules/converse.js/dist", path=True)
+    trusted_proxies: list = _option([])
 
 
 @dataclass(frozen=True)
@@ -495,6 +497,11 @@ def parse(document, where):
                 raise ValueError(f"must be HOST:PORT, not {sip.dns_server!r}")
         except ValueError as error:
             problems.append(f"{where}: sip.dns_server: {error}")
+    for proxy in sections.get("http", base.http).trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            problems.append(f"{where}: http.trusted_proxies: {proxy!r} is not an IP address or network")
     for name, smsc in sections.get("smsc", {}).items():
         if smsc.reconnect_max_seconds < smsc.reconnect_min_seconds:
             problems.append(f"{where}: smsc.{name}.reconnect_max_seconds: must be at least reconnect_min_seconds")

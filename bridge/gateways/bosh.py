@@ -10,10 +10,12 @@ layers:
 - ``negotiate``: the session creation request against the ``[http]`` bounds.
 - ``BoshSession``: the protocol, without I/O.  Time comes from
   ``server.clock``; each request is an *exchange* (``reply(data, status)``,
-  ``lost``, ``on_lost(callback)``, ``secure``, ``transport``, ``size``) that
-  the session answers once.  It keeps the request window (out-of-order rids,
-  the cache of recent responses), hold and wait, inactivity and pauses,
-  overactivity, keys and the stream restart.
+  ``lost``, ``on_lost(callback)``, ``secure``, ``local``, ``transport`` (the
+  TLS one, or None), ``size``) that the session answers once.  It keeps the
+  request window (out-of-order rids, the cache of recent responses), hold
+  and wait, inactivity and pauses, overactivity, keys and the stream
+  restart.  SASL in clear is allowed by ``[c2s] require_encryption`` only on
+  the requests of a local client (``local``): each request is judged alone.
 - ``BoshService``: the thin HTTP glue that ``bridge/gateways/http.py`` calls
   with ``handle(request, responder)``.
 """
@@ -296,6 +298,11 @@ class BoshFraming:
     def peer(self):
         return self.session.options.peer
 
+    @property
+    def may_authenticate_in_clear(self):
+        """Without TLS, a local client may still authenticate: nobody else sees its requests."""
+        return self.session.local
+
     def open(self, stream_id, host):
         self.session.stream_id = stream_id
         self.session.stream_from = host
@@ -363,6 +370,7 @@ class BoshSession:
         self._request_tokens = float(self.request_burst)
         self._refilled = self.clock.seconds()
         self._transport = None
+        self.local = False  # the request being processed came from a local client
         self.framing = BoshFraming(self)
         self.stream = ClientStream(server, self.framing, server.config.c2s, secure=options.secure)
         self._stream_lost = False
@@ -374,7 +382,7 @@ class BoshSession:
         request = _Request(self.options.rid, body, exchange, creation=True)
         self._watch(request)
         self._refill()
-        self._transport = exchange.transport if exchange.secure else None
+        self._transport, self.local = exchange.transport, exchange.local
         self.last_rid = request.rid
         self.held.append(request)
         self._previous = (self.clock.seconds(), True)
@@ -490,7 +498,7 @@ class BoshSession:
         self._cancel_inactivity()
         self._pause = None
         self._byte_tokens -= request.exchange.size
-        self._transport = request.exchange.transport if request.exchange.secure else None
+        self._transport, self.local = request.exchange.transport, request.exchange.local
         self.stream.data_seen()
 
         def feed():
@@ -774,7 +782,8 @@ class _Exchange:
         self.request = request
         self.responder = responder
         self.secure = bool(request.secure)
-        self.transport = request.transport
+        self.local = bool(request.local)
+        self.transport = request.tls_transport
         self.size = len(request.body)
         self.content_type = CONTENT_TYPE
         self.answered = False
