@@ -17,7 +17,9 @@ layers:
   restart.  SASL in clear is allowed by ``[c2s] require_encryption`` only on
   the requests of a local client (``local``): each request is judged alone.
 - ``BoshService``: the thin HTTP glue that ``bridge/gateways/http.py`` calls
-  with ``handle(request, responder)``.
+  with ``handle(request, responder)``.  It bounds the sessions, per client
+  address and in all, as the TCP listener bounds connections: one
+  keep-alive connection could otherwise create them back to back.
 """
 
 import hashlib
@@ -30,6 +32,7 @@ from xml.parsers import expat
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
+from bridge.core.streams.base import ConnectionsPerAddress
 from bridge.core.streams.c2s import NS_CLIENT, ClientStream
 from bridge.core.xmlstream import NS_STREAMS, NS_XML, StreamError, StreamParser
 
@@ -181,6 +184,7 @@ class SessionOptions:
     key: str
     secure: bool
     peer: str
+    address: str
     max_buffered_bytes: int
 
     @property
@@ -188,7 +192,7 @@ class SessionOptions:
         return self.hold == 0
 
 
-def negotiate(body, http, config, secure=False, peer="?"):
+def negotiate(body, http, config, secure=False, peer="?", address=None):
     """The ``SessionOptions`` of a creation request; raises ``BoshError``.
 
     ``http`` is the ``[http]`` table, ``config`` the whole configuration
@@ -225,7 +229,8 @@ def negotiate(body, http, config, secure=False, peer="?"):
         inactivity=inactivity, polling=polling, maxpause=int(http.bosh_max_pause_seconds),
         ver=min(client_ver, BOSH_VERSION) if client_ver else BOSH_VERSION, legacy=client_ver is None,
         content_type=content if content and _CONTENT.fullmatch(content) else CONTENT_TYPE,
-        key=body.getAttribute("newkey"), secure=secure, peer=peer, max_buffered_bytes=http.max_buffered_bytes)
+        key=body.getAttribute("newkey"), secure=secure, peer=peer, address=address,
+        max_buffered_bytes=http.max_buffered_bytes)
 
 
 def render_body(payloads, attributes=None):
@@ -812,6 +817,7 @@ class BoshService:
         self.server = server
         self.config = http_config
         self.sessions = {}
+        self.per_address = ConnectionsPerAddress(http_config.bosh_max_sessions_per_address)
 
     def handle(self, request, responder):
         exchange = _Exchange(request, responder)
@@ -862,19 +868,33 @@ class BoshService:
     def _create(self, request, body, exchange):
         try:
             options = negotiate(body, self.config, self.server.config, secure=bool(request.secure),
-                                peer=request.peer)
+                                peer=request.peer, address=request.address)
+            self._admit(options)
         except BoshError as error:
             exchange.reply(render_body([], {"type": "terminate", "condition": error.condition}))
             return
+        # 192 bits from the system's CSPRNG: the sid is all that names a session.
         sid = secrets.token_urlsafe(24)
         session = BoshSession(self.server, sid, options, on_end=self._forget)
         self.sessions[sid] = session
         exchange.content_type = options.content_type
         session.start(body, exchange)
 
+    def _admit(self, options):
+        """Count a new session against its address and the whole; ``BoshError('policy-violation')`` past either."""
+        if len(self.sessions) >= self.config.bosh_max_sessions:
+            log.info("refusing a BOSH session for {peer}: {count} sessions already", peer=options.peer,
+                     count=len(self.sessions))
+            raise BoshError("policy-violation", "too many BOSH sessions")
+        if not self.per_address.admit(options.address):
+            self.per_address.release(options.address)
+            log.info("refusing a BOSH session for {peer}: too many sessions from its address", peer=options.peer)
+            raise BoshError("policy-violation", "too many BOSH sessions from your address")
+
     def _forget(self, session):
         if self.sessions.get(session.sid) is session:
             del self.sessions[session.sid]
+            self.per_address.release(session.options.address)
 
     def stop(self):
         """End every session with system-shutdown: called when the server stops."""

@@ -682,6 +682,76 @@ class LimitTests(BoshTestCase):
         self.assertEqual(next(responder.payloads()[-1].elements()).name, "resource-constraint")
 
 
+class SessionCapTests(BoshTestCase):
+    """Sessions per client address and in all (XEP-0124 policy-violation past either)."""
+
+    http = {"bosh_max_sessions_per_address": 2, "bosh_max_sessions": 4}
+
+    def test_sessions_per_address(self):
+        """Past bosh_max_sessions_per_address an address gets policy-violation and no session; others
+        are not affected; a session that ends frees its place."""
+        first, second = self.client(address="192.0.2.7"), self.client(address="192.0.2.7")
+        first.create()
+        second.create()
+        refused = self.client(address="192.0.2.7")
+        self.assertTerminated(refused.create(), "policy-violation")
+        self.assertIsNone(refused.sid)
+        self.assertEqual(len(self.service.sessions), 2)
+        self.assertIsNotNone(self.client(address="192.0.2.8").create().body().getAttribute("sid"))
+        first.post(attrs={"type": "terminate"})
+        self.assertIsNotNone(self.client(address="192.0.2.7").create().body().getAttribute("sid"))
+
+    def test_sessions_in_all(self):
+        """Past bosh_max_sessions nobody gets a new session until one is gone (here: no login within
+        pre_auth_timeout_seconds, then the final answer kept for 'inactivity' seconds)."""
+        for number in range(4):
+            self.client(address=f"192.0.2.{number}").create()
+        self.assertTerminated(self.client(address="198.51.100.1").create(), "policy-violation")
+        self.clock.advance(30)
+        self.assertTerminated(self.client(address="198.51.100.1").create(), "policy-violation")
+        self.clock.advance(60)
+        self.assertEqual((self.service.sessions, self.service.per_address.counts), ({}, {}))
+        self.assertIsNotNone(self.client(address="198.51.100.1").create().body().getAttribute("sid"))
+
+    def test_shutdown_releases_every_count(self):
+        """Sessions ended by the server's stop leave no count behind."""
+        for number in range(3):
+            self.client(address="192.0.2.7" if number < 2 else "192.0.2.8").create()
+        self.service.stop()
+        self.assertEqual((self.service.sessions, self.service.per_address.counts), ({}, {}))
+
+    def test_one_keep_alive_connection(self):
+        """Creation requests back to back on one HTTP connection are counted like any others."""
+        factory = HTTPFactory(self.harness.server, self.harness.config.http, self.service, False)
+        connection = HTTPClient(factory, address="192.0.2.7")
+        conditions = []
+        for rid in (100, 200, 300):
+            connection.request("POST", "/http-bind", body_text({"rid": rid, "to": "localhost", "wait": "60",
+                                                                "hold": "1", "ver": "1.6", "xmpp:version": "1.0"}
+                                                               ).encode())
+            [(_, _, body)] = connection.responses()
+            conditions.append(parse_element(body.decode()).getAttribute("condition"))
+        self.assertEqual(conditions, [None, None, "policy-violation"])
+        self.assertFalse(connection.transport.disconnecting)
+
+    def test_clients_behind_a_trusted_proxy_count_apart(self):
+        """Behind a trusted proxy each session counts against the client's address from X-Forwarded-For."""
+        http = dataclasses.replace(self.harness.config.http, trusted_proxies=["10.0.0.1"])
+        self.service = BoshService(self.harness.server, http)
+        factory = HTTPFactory(self.harness.server, http, self.service, False)
+        conditions = []
+        for client in ("198.51.100.1", "198.51.100.1", "198.51.100.2", "198.51.100.1"):
+            connection = HTTPClient(factory, address="10.0.0.1")
+            connection.request("POST", "/http-bind", body_text({"rid": 100, "to": "localhost", "wait": "60",
+                                                                "hold": "1", "ver": "1.6", "xmpp:version": "1.0"}
+                                                               ).encode(),
+                               headers=[("X-Forwarded-For", client)])
+            [(_, _, body)] = connection.responses()
+            conditions.append(parse_element(body.decode()).getAttribute("condition"))
+        self.assertEqual(conditions, [None, None, None, "policy-violation"])
+        self.assertEqual(self.service.per_address.counts, {"198.51.100.1": 2, "198.51.100.2": 1})
+
+
 class KeyTests(BoshTestCase):
     def keyed_client(self):
         keys = key_sequence("seed", 5)
