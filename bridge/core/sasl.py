@@ -95,15 +95,16 @@ class Decoys:
         credentials = {}
         for mechanism, hash_name in SCRAM_HASHES.items():
             size = hashlib.new(hash_name).digest_size
-
-            def derive(label):
-                message = "\0".join((label, mechanism, realm, username)).encode("utf-8")
-                return _hmac("sha256", self.secret, message)
-
-            credentials[mechanism] = {"salt": _b64(derive("salt")[:16]), "iterations": DEFAULT_ITERATIONS,
-                                      "stored_key": _b64(derive("stored key")[:size]),
-                                      "server_key": _b64(derive("server key")[:size])}
+            credentials[mechanism] = {
+                "salt": _b64(self._derive("salt", mechanism, realm, username)[:16]),
+                "iterations": DEFAULT_ITERATIONS,
+                "stored_key": _b64(self._derive("stored key", mechanism, realm, username)[:size]),
+                "server_key": _b64(self._derive("server key", mechanism, realm, username)[:size]),
+            }
         return credentials
+
+    def _derive(self, *parts):
+        return _hmac("sha256", self.secret, "\0".join(parts).encode("utf-8"))
 
 
 def _parse_attributes(text):
