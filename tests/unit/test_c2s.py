@@ -62,6 +62,24 @@ class StreamTests(SynchronousTestCase):
         scram_login(client, "alice", "wrong")
         self.assertTrue(client.transport.disconnecting)
 
+    def test_unknown_user_gets_a_stable_salt(self):
+        """SCRAM for a name without an account is challenged, on every connection, with the salt the
+        server's secret gives that name on this host, and fails as a wrong password does."""
+        salts = []
+        for attempt in range(2):
+            client = self.harness.connect()
+            client.open_stream()
+            payload = base64.b64encode(b"n,,n=mallory,r=abc").decode()
+            client.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{payload}</auth>")
+            challenge = client.received()[-1]
+            salts.append(dict(part.split("=", 1) for part in base64.b64decode(str(challenge)).decode().split(","))["s"])
+        expected = self.harness.server.decoys.credentials("localhost", "mallory")["SCRAM-SHA-256"]["salt"]
+        self.assertEqual(salts, [expected, expected])
+        client = self.harness.connect()
+        client.open_stream()
+        outcome = scram_login(client, "mallory", "guess")
+        self.assertEqual((outcome.name, next(outcome.elements()).name), ("failure", "not-authorized"))
+
     def test_guessing_from_one_address_is_cut_off(self):
         """After ten wrong passwords in a minute from one address, even the right one gets
         <temporary-auth-failure/> there, until the minute has passed; other addresses are not affected."""

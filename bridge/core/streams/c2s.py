@@ -96,7 +96,7 @@ class ClientStream:
             if config.require_encryption:
                 starttls.addElement("required")
         if self.username is None:
-            if self.secure or not config.require_encryption or not self.framing.can_start_tls:
+            if self._may_authenticate():
                 mechanisms = features.addElement((NS_SASL, "mechanisms"))
                 for mechanism in self._mechanisms():
                     mechanisms.addElement("mechanism", content=mechanism)
@@ -259,14 +259,22 @@ class ClientStream:
             return False
         return self._hooks().fire(f"unauthenticated-iq/{payload.uri}:{payload.name}", (self, iq))
 
+    def _may_authenticate(self):
+        """SASL on this stream now: over TLS, where encryption is not required, or where the framing
+        says a clear connection will do (no TLS to wait for; a browser on loopback)."""
+        return self.secure or not self.listener.require_encryption or self.framing.may_authenticate_in_clear
+
     def _lookup(self, username):
         return self.server.accounts.credentials(self.host, username)
+
+    def _decoy(self, username):
+        return self.server.decoys.credentials(self.host, username)
 
     def _sasl(self, element):
         if self.host is None or self.username is not None:
             self.stream_error("policy-violation", "SASL is not expected now")
             return
-        if self.listener.require_encryption and not self.secure and self.framing.can_start_tls:
+        if not self._may_authenticate():
             self._sasl_failure("encryption-required")
             return
         if element.name == "auth":
@@ -278,11 +286,11 @@ class ClientStream:
                 self._sasl_failure("invalid-mechanism")
                 return
             if mechanism == "PLAIN":
-                self.sasl_exchange = sasl.PlainExchange(self._lookup)
+                self.sasl_exchange = sasl.PlainExchange(self._lookup, decoy=self._decoy)
             else:
                 binding = channel_binding(self.framing.tls_transport())
                 self.sasl_exchange = sasl.ScramExchange(mechanism, self._lookup, binding,
-                                                        plus_offered=binding is not None)
+                                                        plus_offered=binding is not None, decoy=self._decoy)
             self._sasl_step(str(element).strip())
         elif element.name == "response" and self.sasl_exchange is not None:
             self._sasl_step(str(element).strip())
@@ -565,6 +573,11 @@ class TCPClientProtocol(XMLStreamProtocol):
     def start_tls(self):
         """<proceed/> and TLS; False (the stream has ended) when bytes came with <starttls/>."""
         return self.switch_to_tls(self.tls_context, domish.Element((NS_TLS, "proceed")))
+
+    @property
+    def may_authenticate_in_clear(self):
+        """A listener without a certificate cannot meet require_encryption: SASL goes ahead in clear."""
+        return not self.can_start_tls
 
     def tls_transport(self):
         return self.transport if (self.direct_tls or self.stream.secure) else None
