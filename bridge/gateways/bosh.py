@@ -325,6 +325,9 @@ class BoshFraming:
     def start_tls(self):
         raise RuntimeError("no STARTTLS over BOSH: TLS is HTTPS's business")
 
+    def answered(self):
+        """Nothing waits: a BOSH body's stanzas are bounded by the request size and the rid window."""
+
     def tls_transport(self):
         return self.session.tls_transport()
 

@@ -270,6 +270,9 @@ class WebSocketStream:
     def start_tls(self):
         raise NotImplementedError("no STARTTLS over WebSocket")
 
+    def answered(self):
+        """Nothing waits: each message is handled as it arrives, and the output bound cuts a client off."""
+
     def tls_transport(self):
         return self._tls_transport
 

@@ -4,9 +4,9 @@ import base64
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from bridge.core.streams.c2s import ClientFactory
+from bridge.core.streams.c2s import MAX_REQUESTS_IN_WORK, ClientFactory
 
-from tests.unit.helpers import STREAM_OPEN, BufferingTransport, Harness, make_config, scram_login
+from tests.unit.helpers import STREAM_OPEN, BufferingTransport, Harness, LateStorage, make_config, scram_login
 
 NS_STREAMS_ERR = "urn:ietf:params:xml:ns:xmpp-streams"
 
@@ -299,6 +299,26 @@ class BackpressureTests(SynchronousTestCase):
         client.transport.producer.resumeProducing()
         self.assertEqual(client.transport.producerState, "producing")
         self.assertEqual(client.received()[-1]["id"], "p")
+
+
+class RequestsInWorkTests(SynchronousTestCase):
+    def test_reading_waits_while_requests_are_in_work(self):
+        """Storage answers later than a request: of 20 vCard gets in one read, the server takes
+        MAX_REQUESTS_IN_WORK and handles the rest only as answers go out, so a client cannot make it
+        start unbounded work; every request is answered in the end."""
+        storage = LateStorage()
+        harness = Harness(storage=storage)
+        harness.add_user("alice@localhost")
+        alice = harness.login("alice@localhost/a")
+        storage.late = True
+        alice.send("".join(f"<iq type='get' id='v{n}'><vCard xmlns='vcard-temp'/></iq>" for n in range(20)))
+        self.assertEqual(len(storage.waiting), MAX_REQUESTS_IN_WORK)
+        self.assertEqual(alice.transport.producerState, "paused")
+        storage.answer()
+        self.assertEqual(len(storage.waiting), 20 - MAX_REQUESTS_IN_WORK)
+        storage.answer()
+        answers = [e for e in alice.received() if e.name == "iq" and e.getAttribute("type") == "result"]
+        self.assertEqual(sorted(e["id"] for e in answers), sorted(f"v{n}" for n in range(20)))
 
 
 class StartTLSTests(SynchronousTestCase):
