@@ -8,6 +8,7 @@ once so an administrator fixes a file in one pass.
 """
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 import typing
@@ -140,11 +141,14 @@ class HTTPConfig(ListenerTLS):
     bosh_max_inactivity_seconds: float = _option(60.0, low=5, high=3600)
     bosh_max_pause_seconds: float = _option(120.0, low=0, high=3600)
     bosh_polling_seconds: float = _option(2.0, low=0, high=60)
+    bosh_max_sessions_per_address: int = _option(20, low=1)
+    bosh_max_sessions: int = _option(10000, low=1)
     websocket_ping_interval_seconds: float = _option(60.0, low=0, high=3600)
     websocket_max_message_bytes: int = _option(262144, low=1024, high=64 * 1024 * 1024)
     websocket_see_other_uri: str = _option("")
     max_buffered_bytes: int = _option(1048576, low=1024)
     web_client_dir: str = _option("web/node_modules/converse.js/dist", path=True)
+    trusted_proxies: list = _option([])
 
 
 @dataclass(frozen=True)
@@ -531,6 +535,11 @@ def parse(document, where):
                 raise ValueError(f"must be HOST:PORT, not {sip.dns_server!r}")
         except ValueError as error:
             problems.append(f"{where}: sip.dns_server: {error}")
+    for proxy in sections.get("http", base.http).trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            problems.append(f"{where}: http.trusted_proxies: {proxy!r} is not an IP address or network")
     for name, smsc in sections.get("smsc", {}).items():
         if smsc.reconnect_max_seconds < smsc.reconnect_min_seconds:
             problems.append(f"{where}: smsc.{name}.reconnect_max_seconds: must be at least reconnect_min_seconds")

@@ -77,6 +77,36 @@ def check_password(credentials, password):
     return hmac.compare_digest(stored_key, base64.b64decode(record["stored_key"]))
 
 
+class Decoys:
+    """Made-up credentials for user names that have no account, the same at every try.
+
+    A fresh random salt per try, or no key derivation for PLAIN, would tell an
+    attacker which names exist.  Each record is derived from a server secret
+    (kept across restarts), the realm and the name, shaped as a real
+    account's (salt size, the default iteration count, key sizes); no
+    password matches it.
+    """
+
+    def __init__(self, secret):
+        self.secret = secret
+
+    def credentials(self, realm, username):
+        """{mechanism: record}, as ``make_credentials`` makes them."""
+        credentials = {}
+        for mechanism, hash_name in SCRAM_HASHES.items():
+            size = hashlib.new(hash_name).digest_size
+            credentials[mechanism] = {
+                "salt": _b64(self._derive("salt", mechanism, realm, username)[:16]),
+                "iterations": DEFAULT_ITERATIONS,
+                "stored_key": _b64(self._derive("stored key", mechanism, realm, username)[:size]),
+                "server_key": _b64(self._derive("server key", mechanism, realm, username)[:size]),
+            }
+        return credentials
+
+    def _derive(self, *parts):
+        return _hmac("sha256", self.secret, "\0".join(parts).encode("utf-8"))
+
+
 def _parse_attributes(text):
     attributes = {}
     for part in text.split(","):
@@ -96,15 +126,17 @@ class ScramExchange:
     """One SCRAM authentication, server side.
 
     ``lookup(username)`` returns (a Deferred of) the user's credentials dict
-    or None.  ``channel_binding`` is the data of the TLS channel (for the
-    -PLUS variants) or None when the connection offers none.
+    or None; ``decoy(username)`` the made-up credentials (``Decoys``) an
+    unknown name is answered with.  ``channel_binding`` is the data of the TLS
+    channel (for the -PLUS variants) or None when the connection offers none.
     """
 
-    def __init__(self, mechanism, lookup, channel_binding=None, plus_offered=False):
+    def __init__(self, mechanism, lookup, channel_binding=None, plus_offered=False, *, decoy):
         self.mechanism = mechanism
         self.plus = mechanism.endswith("-PLUS")
         self.hash_name = SCRAM_HASHES[mechanism.removesuffix("-PLUS")]
         self.lookup = lookup
+        self.decoy = decoy
         self.channel_binding = channel_binding
         self.plus_offered = plus_offered
         self.username = None
@@ -147,10 +179,9 @@ class ScramExchange:
         credentials = yield self.lookup(self.username)
         record = (credentials or {}).get(self.mechanism.removesuffix("-PLUS"))
         if record is None:
-            # Go on with made-up values so that an unknown user is
-            # indistinguishable from a wrong password until the end.
-            record = {"salt": _b64(os.urandom(16)), "iterations": DEFAULT_ITERATIONS,
-                      "stored_key": _b64(os.urandom(32)), "server_key": _b64(os.urandom(32))}
+            # Go on with made-up values, the same at every try, so that an
+            # unknown user is indistinguishable from a wrong password until the end.
+            record = self.decoy(self.username)[self.mechanism.removesuffix("-PLUS")]
             self.username_known = False
         else:
             self.username_known = True
@@ -192,12 +223,17 @@ class ScramExchange:
 
 
 class PlainExchange:
-    """PLAIN (RFC 4616), checked against the stored SCRAM record."""
+    """PLAIN (RFC 4616), checked against the stored SCRAM record.
+
+    ``lookup`` and ``decoy`` as for ``ScramExchange``: an unknown name costs
+    the same key derivation as a wrong password.
+    """
 
     mechanism = "PLAIN"
 
-    def __init__(self, lookup):
+    def __init__(self, lookup, *, decoy):
         self.lookup = lookup
+        self.decoy = decoy
         self.username = None
 
     @defer.inlineCallbacks
@@ -208,6 +244,7 @@ class PlainExchange:
             raise SASLFailure("malformed-request", "bad PLAIN message")
         self.username = saslprep(username)
         credentials = yield self.lookup(self.username)
-        if not credentials or not check_password(credentials, password):
+        matches = check_password(credentials or self.decoy(self.username), password)
+        if not (credentials and matches):
             raise SASLFailure("not-authorized")
         return b"", True

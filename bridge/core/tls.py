@@ -16,6 +16,8 @@ from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 from twisted.logger import Logger
 
+from bridge.core import datadir
+
 log = Logger()
 
 TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
@@ -38,11 +40,10 @@ def generate_self_signed(cert_path, key_path, names, now=None):
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
-    os.makedirs(os.path.dirname(os.path.abspath(key_path)), exist_ok=True)
-    descriptor = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    datadir.private_folder(os.path.dirname(os.path.abspath(key_path)))
+    datadir.write_private_file(key_path, pem)
     with open(cert_path, "wb") as handle:
         handle.write(certificate.public_bytes(serialization.Encoding.PEM))
 

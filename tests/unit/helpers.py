@@ -68,9 +68,9 @@ class LateStorage:
         return call
 
     def answer(self):
-        """Let every waiting answer (and those they lead to) through."""
-        while self.waiting:
-            result, answer = self.waiting.pop(0)
+        """Let the answers that wait now through (those of calls they lead to wait in turn)."""
+        waiting, self.waiting = self.waiting, []
+        for result, answer in waiting:
             result.chainDeferred(answer)
 
 
