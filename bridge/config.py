@@ -194,7 +194,8 @@ class QuotasConfig:
     list, vCard, private XML) or anyone who can reach it (subscription requests, offline messages).
 
     Bytes are bounded as well as items: directly, or by a count of items
-    each of bounded size (a JID, at most 3071 bytes, and a bounded text).
+    each of bounded size (a JID, whose parts ``parse_jid`` keeps within
+    RFC 7622's 1023 bytes each, and a bounded text).
     What would pass a quota is refused with an error that says so; nothing
     already kept is dropped to make room.
     """

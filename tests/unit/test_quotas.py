@@ -351,3 +351,25 @@ class QuotaConfigurationTests(SynchronousTestCase):
         """A vCard of the default quota fits in a client stanza of the default size limit."""
         defaults = configuration.Config()
         self.assertLess(defaults.quotas.max_vcard_bytes + 200, defaults.c2s.stanza_size_limit_bytes)
+
+
+class JIDLengthTests(QuotaTestCase):
+    """Items are JIDs; the bytes of a roster or a block list are bounded because a JID is."""
+
+    def test_parts_longer_than_rfc_7622_allows_are_malformed(self):
+        """A roster item whose localpart takes 1,024 bytes, or a block item whose resource does, is
+        jid-malformed and not kept; 1,023 bytes (in two-byte characters: 511 of them, then one
+        more) are accepted."""
+        alice = self.online("alice@localhost/a")
+        too_long = alice.iq(f"<iq type='set' id='r1'><query xmlns='{NS_ROSTER}'>"
+                            f"<item jid='{'a' * 1024}@remote.example'/></query></iq>")
+        self.assertEqual(condition(too_long), "jid-malformed")
+        self.assertIsNone(self.stored("alice", "roster"))
+        longest = "é" * 511 + "a"
+        accepted = alice.iq(f"<iq type='set' id='r2'><query xmlns='{NS_ROSTER}'>"
+                            f"<item jid='{longest}@remote.example'/></query></iq>")
+        self.assertEqual(accepted["type"], "result")
+        refused = alice.iq("<iq type='set' id='b'><block xmlns='urn:xmpp:blocking'>"
+                           f"<item jid='s1@remote.example/{'é' * 512}'/></block></iq>")
+        self.assertEqual(condition(refused), "jid-malformed")
+        self.assertIsNone(self.stored("alice", "blocklist"))
