@@ -450,6 +450,10 @@ def _build(cls, table, path, problems, where):
     return cls(**values)
 
 
+# Tables of earlier versions, and where their keys went.
+_MOVED = {"offline": "this table is gone: max_messages_per_user is now [quotas] max_offline_messages_per_user"}
+
+
 def parse(document, where):
     """A ``Config`` from a parsed TOML document; ``where`` names it in errors."""
     problems = []
@@ -471,6 +475,8 @@ def parse(document, where):
                     problems.append(f"{where}: {key}.{name}: must be a table")
                     continue
                 named[name.lower()] = _build(_NAMED[key], table, f"{key}.{name}.", problems, where)
+        elif key in _MOVED:
+            problems.append(f"{where}: {key}: {_MOVED[key]}")
         else:
             top[key] = value
     base = _build(Config, top, "", problems, where)

@@ -345,7 +345,7 @@ class QuotaConfigurationTests(SynchronousTestCase):
         problems = "\n".join(caught.exception.problems)
         self.assertIn("q.toml: quotas.max_vcard_bytes: must be at least 1024", problems)
         self.assertIn("q.toml: quotas.max_offline_bytes_per_user: must be at least 0", problems)
-        self.assertIn("q.toml: offline: unknown key", problems)
+        self.assertIn("q.toml: offline: this table is gone: max_messages_per_user is now [quotas] max_offline_messages_per_user", problems)
 
     def test_default_vcard_quota_fits_a_client_stanza(self):
         """A vCard of the default quota fits in a client stanza of the default size limit."""
