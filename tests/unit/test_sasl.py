@@ -160,3 +160,63 @@ class UnknownUserTests(SynchronousTestCase):
         self.assertEqual(failure.value.condition, "not-authorized")
         record = decoy("mallory")["SCRAM-SHA-256"]
         self.assertEqual(derivations, [("sha256", base64.b64decode(record["salt"]), record["iterations"])])
+
+
+class ClientTests(SynchronousTestCase):
+    """The client side, against the RFC examples and against the server's exchange."""
+
+    def run_vector(self, mechanism, nonce, server_first, client_final, server_final):
+        client = sasl.ScramClient(mechanism, "user", "pencil", nonce=nonce)
+        self.assertEqual(client.first(), f"n,,n=user,r={nonce}".encode())
+        self.assertEqual(client.answer(server_first.encode()).decode(), client_final)
+        client.check(server_final.encode())
+        self.assertRaises(sasl.SASLFailure, client.check, b"v=" + base64.b64encode(bytes(32)))
+
+    def test_rfc5802_sha1(self):
+        """RFC 5802 section 5: the client's proof, and the server's signature accepted, a wrong one not."""
+        self.run_vector(
+            "SCRAM-SHA-1", "fyko+d2lbbFgONRv9qkxdawL",
+            "r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096",
+            "c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts=",
+            "v=rmF9pqV8S7suAoZWja4dJRkFsKQ=")
+
+    def test_rfc7677_sha256(self):
+        """RFC 7677 section 3: the same from the client's side for SCRAM-SHA-256."""
+        self.run_vector(
+            "SCRAM-SHA-256", "rOprNGfwEbeRWgbNEkqO",
+            "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096",
+            "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
+            "p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=",
+            "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
+
+    def exchange(self, client, server):
+        challenge, _ = result_of(server.receive(client.first()))
+        return server.receive(client.answer(challenge))
+
+    def test_channel_binding_with_the_server(self):
+        """-PLUS: a client bound to the server's channel data logs in, one bound to other data is refused."""
+        credentials = sasl.make_credentials("right", iterations=64)
+
+        def server():
+            return sasl.ScramExchange("SCRAM-SHA-256-PLUS", lambda name: credentials, channel_binding=b"c" * 32,
+                                      plus_offered=True, decoy=decoy)
+
+        bound = sasl.ScramClient("SCRAM-SHA-256-PLUS", "alice", "right", channel_binding=b"c" * 32)
+        final, done = result_of(self.exchange(bound, server()))
+        self.assertTrue(done)
+        bound.check(final)
+        other = sasl.ScramClient("SCRAM-SHA-256-PLUS", "alice", "right", channel_binding=b"m" * 32)
+        self.failureResultOf(self.exchange(other, server()), sasl.SASLFailure)
+
+    def test_server_first_with_another_nonce(self):
+        """A server-first-message that does not extend the client's nonce is refused before any proof."""
+        client = sasl.ScramClient("SCRAM-SHA-1", "alice", "right", nonce="abc")
+        self.assertRaises(sasl.SASLFailure, client.answer, b"r=xyz123,s=QSXCR+Q6sek8bf92,i=4096")
+
+    def test_names_are_escaped(self):
+        """',' and '=' in a username go as =2C and =3D, and the server reads the name back."""
+        client = sasl.ScramClient("SCRAM-SHA-1", "a,b=c", "right", nonce="abc")
+        self.assertEqual(client.first(), b"n,,n=a=2Cb=3Dc,r=abc")
+        seen = []
+        result_of(sasl.ScramExchange("SCRAM-SHA-1", lambda name: seen.append(name), decoy=decoy).receive(client.first()))
+        self.assertEqual(seen, ["a,b=c"])
