@@ -420,9 +420,11 @@ class BridgeServer(Server):
             # another bridge on this machine; a listen failure stops bridge.
             f.write("[component_listener]\nendpoints = []\n\n")
             if self.http_port:
-                # Browser transports: plain HTTP on this bridge's address only.
-                f.write("[http]\nendpoints = [%s]\ntls_endpoints = []\n\n" % toml_str(
+                # Browser transports: plain HTTP on this bridge's address only;
+                # every loader session comes from one address, as the c2s ones do.
+                f.write("[http]\nendpoints = [%s]\ntls_endpoints = []\n" % toml_str(
                     "tcp:%d:interface=%s" % (self.http_port, self.host)))
+                f.write("bosh_max_sessions_per_address = 1000000\n\n")
             else:
                 # Nor the HTTP (BOSH/WebSocket) listeners, on all interfaces
                 # (:5280, :5281) by default: two bridges at once would clash.
