@@ -66,10 +66,10 @@ class Phone:
         self.cseq = 0
 
     def request(self, contacts=("<sip:alice@192.0.2.7:5062>",), expires=None, auth=None, branch=None,
-                uri="sip:localhost"):
+                uri="sip:localhost", via_params=";rport"):
         self.cseq += 1
         request = Request("REGISTER", uri)
-        request.headers.add("Via", f"SIP/2.0/UDP 192.0.2.7:5062;branch={branch or new_branch()};rport")
+        request.headers.add("Via", f"SIP/2.0/UDP 192.0.2.7:5062;branch={branch or new_branch()}{via_params}")
         request.headers.add("Max-Forwards", "70")
         request.headers.add("From", f"<{self.aor}>;tag=f1")
         request.headers.add("To", f"<{self.aor}>")
@@ -83,17 +83,17 @@ class Phone:
             request.headers.add("Authorization", auth)
         return request
 
-    def send(self, request):
-        return self.test.exchange(request)
+    def send(self, request, source=SOURCE):
+        return self.test.exchange(request, source)
 
-    def register(self, password="secret", algorithm="SHA-256", user=None, **options):
+    def register(self, password="secret", algorithm="SHA-256", user=None, source=SOURCE, **options):
         """REGISTER, answer the challenge for ``algorithm``; the final response."""
-        challenge = self.send(self.request(**options))
+        challenge = self.send(self.request(**options), source)
         self.test.assertEqual(challenge.status, 401)
         value = next(v for v in challenge.headers.get_all("WWW-Authenticate") if f"algorithm={algorithm}" in v)
         uri = options.get("uri", "sip:localhost")
         auth = authorization(value, user or self.aor.split(":")[1].split("@")[0], password, uri=uri)
-        return self.send(self.request(auth=auth, **options))
+        return self.send(self.request(auth=auth, **options), source)
 
 
 class RegistrarTestCase(SynchronousTestCase):
@@ -106,10 +106,10 @@ class RegistrarTestCase(SynchronousTestCase):
         self.gateway = SIPGateway(gateway_context(self.harness.server, "sip", self.harness.config.sip))
         self.transport = FakeUDP()
 
-    def exchange(self, request):
-        """Send ``request`` as if from SOURCE; the response the gateway sent for it."""
+    def exchange(self, request, source=SOURCE):
+        """Send ``request`` as if from ``source``; the response the gateway sent for it."""
         before = len(self.transport.sent)
-        self.gateway.message_received(parse_datagram(request.to_bytes()), self.transport, SOURCE)
+        self.gateway.message_received(parse_datagram(request.to_bytes()), self.transport, source)
         self.assertEqual(len(self.transport.sent), before + 1, "exactly one response expected")
         return self.transport.sent[-1][0]
 
@@ -155,6 +155,21 @@ class DigestTests(RegistrarTestCase):
         self.assertEqual((refused.status, refused.reason), (403, "Forbidden (too many failed attempts)"))
         self.clock.advance(61)
         self.assertEqual(Phone(self, call_id="right-later").register().status, 200)
+
+    def test_guesses_counted_against_the_real_peer(self):
+        """Wrong answers are counted against the address they came from, whatever Via received= the
+        request names: rotating it does not reset the count, and naming a victim's address does not
+        lock the victim out."""
+        victim = ("198.51.100.20", 5060)
+        for attempt in range(10):
+            phone = Phone(self, call_id=f"rotate-{attempt}")
+            via = f";received=203.0.113.{attempt}"
+            self.assertEqual(phone.register(password=f"guess{attempt}", via_params=via).status, 403)
+        refused = Phone(self, call_id="right-too-soon").register(via_params=";received=203.0.113.99")
+        self.assertEqual((refused.status, refused.reason), (403, "Forbidden (too many failed attempts)"))
+        for attempt in range(10):
+            Phone(self, call_id=f"frame-{attempt}").register(password="wrong", via_params=f";received={victim[0]}")
+        self.assertEqual(Phone(self, call_id="victim").register(source=victim).status, 200)
 
     def test_unknown_user_and_other_users_address(self):
         """An unknown user, and bob's right password used for alice's address, get 403."""

@@ -264,6 +264,20 @@ class ServerNonInviteTests(Base):
         self.assertEqual(self.udp.sent[0][2], ("198.51.100.9", 40000))
         self.assertEqual(self.udp.sent[0][1].top_via.rport, 40000)
 
+    def test_client_supplied_received_replaced_or_removed(self):
+        """A received= the client wrote itself never survives: it is replaced by the peer's address
+        when that differs from the sent-by (or rport is asked for), and removed when the sent-by is
+        already the peer's address (RFC 3261 18.2.1); a client-written rport value is overwritten too."""
+        request = make_request(sent_by="192.0.2.7:5062")
+        request.headers.set("Via", request.headers.get("Via") + ";received=203.0.113.66")
+        self.layer.receive(wire(request), self.udp, PEER)
+        self.assertNotIn("received", self.user.events[-1][2].top_via.params)
+        request = make_request(sent_by="10.0.0.5:5060")
+        request.headers.set("Via", request.headers.get("Via") + ";received=203.0.113.66;rport=1")
+        self.layer.receive(wire(request), self.udp, ("198.51.100.9", 40000))
+        via = self.user.events[-1][2].top_via
+        self.assertEqual((via.received, via.rport), ("198.51.100.9", 40000))
+
     def test_response_address_without_rport(self):
         """Without rport a UDP response goes to the source host at the sent-by port."""
         request = make_request(sent_by="10.0.0.5:5070")

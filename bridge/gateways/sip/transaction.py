@@ -57,18 +57,23 @@ class Timers:
 
 
 def stamp_via(request, source):
-    """Add received and fill rport in the top Via (RFC 3261 18.2.1, RFC 3581 4)."""
+    """Set received and fill rport in the top Via (RFC 3261 18.2.1, RFC 3581 4).
+
+    ``received`` is the transport's peer address whenever it differs from
+    the sent-by or rport was asked for; otherwise a ``received`` the client
+    wrote itself is removed, so the top Via never carries an address the
+    peer chose.
+    """
     via = request.top_via
     host, port = source
-    changed = False
-    if via.host.strip("[]") != host:
-        via.params["received"] = host
-        changed = True
-    if "rport" in via.params and via.params["rport"] is None:
-        via.params["received"] = host
+    before = dict(via.params)
+    if "rport" in via.params:
         via.params["rport"] = str(port)
-        changed = True
-    if changed:
+    if via.host.strip("[]") != host or "rport" in via.params:
+        via.params["received"] = host
+    else:
+        via.params.pop("received", None)
+    if via.params != before:
         request.headers.replace_first("Via", str(via))
 
 
