@@ -23,8 +23,26 @@ DIGEST = "SIP-DIGEST"
 DIGEST_HASHES = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
 
 
+# The characters that begin an escape in some form of an address: % a SIP URI's %HH
+# (RFC 3261 19.1.2), \ XEP-0106's \HH and a quoted string's \x.  A name holding one
+# could read as another name once decoded, so no new account may have one.
+ESCAPE_CHARACTERS = "%\\"
+
+
 class AccountError(Exception):
     pass
+
+
+class InvalidName(AccountError):
+    """A user name that no new account may have."""
+
+
+def check_new_name(user):
+    """Refuse a new account's name that holds an escape character (InvalidName)."""
+    found = sorted({char for char in user if char in ESCAPE_CHARACTERS})
+    if found:
+        raise InvalidName(f"{user!r}: a user name may not contain {' or '.join(found)}: in SIP and in "
+                          "XEP-0106 addresses it begins an escape, so the name could be read as another")
 
 
 def digest_secrets(user, realm, password):
@@ -69,6 +87,7 @@ class Accounts:
 
     @defer.inlineCallbacks
     def _create(self, host, user, password):
+        check_new_name(user)
         if (yield self.exists(host, user)):
             raise AccountError(f"{user}@{host} already exists")
         yield self.storage.set(host, user, STORE, make_records(host, user, password))

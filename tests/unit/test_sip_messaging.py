@@ -9,6 +9,7 @@ from twisted.names.error import DNSNameError
 from twisted.trial.unittest import SynchronousTestCase
 
 from bridge import config as configuration
+from bridge.core.accounts import STORE as ACCOUNTS, make_records
 from bridge.core.xmlstream import parse_element
 from bridge.gateways.sip.gateway import SIPGateway
 from bridge.gateways.sip.message import Request, make_response, parse_datagram
@@ -95,11 +96,11 @@ class MessagingTestCase(SynchronousTestCase):
         self.addCleanup(self.context.unload)
         self.addCleanup(self.gateway.stop)
 
-    def exchange(self, request, transport=None):
-        """Send ``request`` from SOURCE; the one response the gateway sent for it."""
+    def exchange(self, request, transport=None, source=SOURCE):
+        """Send ``request`` from ``source``; the one response the gateway sent for it."""
         transport = transport or self.transport
         before = len(transport.sent)
-        self.gateway.message_received(parse_datagram(request.to_bytes()), transport, SOURCE)
+        self.gateway.message_received(parse_datagram(request.to_bytes()), transport, source)
         self.assertEqual(len(transport.sent), before + 1, "exactly one response expected")
         return transport.sent[-1][0]
 
@@ -142,6 +143,23 @@ class FromSIPTests(MessagingTestCase):
         self.assertEqual(str(message.body), "hello from SIP")
         self.assertEqual(str(message.thread), "msg-1@192.0.2.7")
         self.assertEqual(self.pending_documents(), [])
+
+    def test_sender_is_the_authenticated_account_never_a_decoded_name(self):
+        """An account named %61dmin (possible before such names were refused) cannot send as admin: a
+        From of sip:%61dmin@localhost names admin (the escape decoded once), whose digest it cannot
+        answer (403); a From naming the account itself (sip:%2561dmin@localhost) passes digest, and
+        the message comes from %61dmin@localhost/sip, the account that authenticated."""
+        self.harness.add_user("admin@localhost", "admin-secret")
+        result_of(self.harness.storage.set("localhost", "%61dmin", ACCOUNTS, make_records("localhost", "%61dmin", "pw")))
+        bob = self.online("bob@localhost/pc")
+        for sender, status in (("sip:%61dmin@localhost", 403), ("sip:%2561dmin@localhost", 202)):
+            challenge = self.exchange(sip_message(sender=sender, call_id=f"{status}@192.0.2.7"))
+            value = next(v for v in challenge.headers.get_all("WWW-Authenticate") if "algorithm=MD5" in v)
+            auth = authorization(value, "%61dmin", "pw", uri="sip:bob@localhost", method="MESSAGE")
+            response = self.exchange(sip_message(sender=sender, cseq=2, auth=auth, call_id=f"{status}@192.0.2.7"))
+            self.assertEqual(response.status, status, response.reason)
+        [message] = self.messages(bob)
+        self.assertEqual(message["from"], "%61dmin@localhost/sip")
 
     def test_wrong_password_forbidden(self):
         """A digest answer made with a wrong password gets 403 and nothing is delivered."""

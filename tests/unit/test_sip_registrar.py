@@ -5,7 +5,7 @@ import hashlib
 from twisted.trial.unittest import SynchronousTestCase
 
 from bridge import config as configuration
-from bridge.core.accounts import DIGEST, STORE
+from bridge.core.accounts import DIGEST, STORE, InvalidName
 from bridge.gateways.sip import digest
 from bridge.gateways.sip.gateway import SIPGateway
 from bridge.gateways.sip.message import Request, parse_datagram
@@ -84,7 +84,7 @@ class Phone:
         return request
 
     def send(self, request, source=SOURCE):
-        return self.test.exchange(request, source)
+        return self.test.exchange(request, source=source)
 
     def register(self, password="secret", algorithm="SHA-256", user=None, source=SOURCE, **options):
         """REGISTER, answer the challenge for ``algorithm``; the final response."""
@@ -348,6 +348,19 @@ class AccountSecretTests(SynchronousTestCase):
         self.assertIsNone(result_of(accounts.digest_ha1("localhost", "nobody", "localhost", "MD5")))
         records = result_of(accounts.credentials("localhost", "alice"))
         self.assertIn("SCRAM-SHA-256", records)
+
+
+class NewNameTests(SynchronousTestCase):
+    def test_escape_characters_refused_in_new_names(self):
+        """A new account whose name holds % or a backslash (the escapes of SIP URIs, XEP-0106 and
+        quoted strings) is refused with an error naming the character; other names are created."""
+        accounts = Harness().server.accounts
+        for name, character in (("%61dmin", "%"), ("back\\5cslash", "\\"), ("a%5c\\b", "%")):
+            failure = self.failureResultOf(accounts.create("localhost", name, "pw"), InvalidName)
+            self.assertIn(f"may not contain {character}", str(failure.value))
+            self.assertFalse(result_of(accounts.exists("localhost", name)))
+        result_of(accounts.create("localhost", "plain.name-1", "pw"))
+        self.assertTrue(result_of(accounts.exists("localhost", "plain.name-1")))
 
 
 class SIPConfigTests(SynchronousTestCase):

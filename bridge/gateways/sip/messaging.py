@@ -38,7 +38,6 @@ import secrets
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep
 
 from bridge.config import parse_host_port
 from bridge.core import srv
@@ -46,7 +45,8 @@ from bridge.core.hooks import Settling
 from bridge.core.stanza import parse_jid
 from bridge.core.xmlstream import parse_element
 from bridge.gateways.sip import translate
-from bridge.gateways.sip.message import GrammarError, unquote
+from bridge.gateways.sip.addressing import local_user
+from bridge.gateways.sip.message import GrammarError
 from bridge.gateways.sip.transaction import client_key
 
 log = Logger()
@@ -155,11 +155,8 @@ class Messaging:
         sender_domain = from_uri.host.lower().strip("[]")
         host = self.ctx.local_host(sender_domain)
         if host is not None:
-            try:
-                user = nodeprep.prepare(unquote(from_uri.user or ""))
-            except UnicodeError:
-                user = ""
-            if not user:
+            user = local_user(from_uri)
+            if user is None:
                 return None, self.gateway._response(request, 403, "Forbidden (From names no user)")
             refusal = yield self.gateway.registrar.authenticate(request, host, user, host, source)
             return ((host, user) if refusal is None else None), refusal

@@ -38,6 +38,7 @@ from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep
 
 from bridge.core.attempts import FailedAttempts
 from bridge.gateways.sip import digest
+from bridge.gateways.sip.addressing import local_user
 from bridge.gateways.sip.message import GrammarError, make_response, parse_uri
 
 log = Logger()
@@ -155,9 +156,8 @@ class Registrar:
         if to.uri.scheme not in ("sip", "sips") or not to.uri.user:
             return self._response(request, 404, "Not Found (To has no SIP user)")
         host = self.host_for(to.uri.host)
-        try:
-            user = nodeprep.prepare(to.uri.user)
-        except UnicodeError:
+        user = local_user(to.uri)
+        if user is None:
             return self._response(request, 404)
         realm = host
         # 1. authentication
