@@ -17,7 +17,7 @@ from bridge.gateways.sip.messaging import STORE
 from bridge.gateways.sip.transaction import new_branch
 
 from .helpers import Harness, gateway_context, result_of
-from .test_sip_registrar import FakeUDP, Phone, authorization
+from .test_sip_registrar import PHONE_HEADERS, FakeUDP, Phone, authorization
 
 SOURCE = ("192.0.2.7", 5062)
 PBX = ("127.0.0.1", 5070)
@@ -72,7 +72,7 @@ def sip_message(sender="sip:alice@localhost", uri="sip:bob@localhost", body="hel
     request.headers.add("Call-ID", call_id)
     request.headers.add("CSeq", f"{cseq} MESSAGE")
     request.headers.add("Content-Type", content_type)
-    for name, value in extra:
+    for name, value in PHONE_HEADERS + tuple(extra):
         request.headers.add(name, value)
     if auth is not None:
         request.headers.add("Authorization", auth)

@@ -14,6 +14,15 @@ from bridge.gateways.sip.transaction import new_branch
 from .helpers import Harness, gateway_context, result_of
 
 SOURCE = ("192.0.2.7", 5062)
+# What a phone's request carries beyond the minimum, as real ones do: enough that the gateway's
+# answers to it need no trimming (an unverified UDP source is never answered with more bytes
+# than it sent; the tests of that send short requests).
+PHONE_HEADERS = (
+    ("User-Agent", "bridge-tests/1.0 (a softphone)"),
+    ("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, SUBSCRIBE, NOTIFY, PRACK, UPDATE, REFER"),
+    ("Supported", "replaces, path, gruu, outbound, timer, 100rel"),
+    ("Accept", "application/sdp, application/pidf+xml, text/plain, message/sipfrag"),
+)
 
 
 def make_config(**sip):
@@ -75,6 +84,8 @@ class Phone:
         request.headers.add("To", f"<{self.aor}>")
         request.headers.add("Call-ID", self.call_id)
         request.headers.add("CSeq", f"{self.cseq} REGISTER")
+        for name, value in PHONE_HEADERS:
+            request.headers.add(name, value)
         for contact in contacts:
             request.headers.add("Contact", contact)
         if expires is not None:
@@ -378,6 +389,8 @@ class SIPConfigTests(SynchronousTestCase):
                          (["udp:5060"], ["tcp:5060"], ["tcp:5061"]))
         self.assertEqual(sip.digest_algorithms, ["MD5", "SHA-256"])
         self.assertEqual(sip.tls_min_version, "1.2")
+        self.assertEqual((sip.max_server_transactions, sip.max_server_transaction_bytes), (10000, 33554432))
+        self.assertEqual(len(self.problems(max_server_transactions=0, max_server_transaction_bytes=1000)), 2)
 
     def test_udp_endpoints(self):
         """udp:PORT and udp:PORT:interface=ADDRESS are read; anything else is an error naming the key."""

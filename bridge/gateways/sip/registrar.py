@@ -225,6 +225,7 @@ class Registrar:
             return self._response(request, 403)
         verdict = authenticator.check(credentials, request.method, stored)
         if verdict.outcome == digest.OK:
+            request.verified = True
             return None
         if verdict.outcome == digest.STALE:
             return self._challenge(request, realm, stale=True)
