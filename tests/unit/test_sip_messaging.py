@@ -54,6 +54,16 @@ class FakeResolver:
             return defer.fail(DNSNameError(name))
         return defer.succeed(self.hosts[name])
 
+    def lookupAddress(self, name):
+        """Every A record of ``name`` (``hosts`` maps a name to an address or a list of them)."""
+        self.asked.append(("A*", name))
+        if name not in self.hosts:
+            return defer.fail(DNSNameError(name))
+        found = self.hosts[name]
+        answers = [dns.RRHeader(name, dns.A, payload=dns.Record_A(address))
+                   for address in ([found] if isinstance(found, str) else found)]
+        return defer.succeed((answers, [], []))
+
 
 class Outbound(FakeUDP):
     """A listening UDP socket as the gateway sees it (``transport`` set)."""
@@ -200,12 +210,34 @@ class FromSIPTests(MessagingTestCase):
         self.assertEqual(self.offline_count("dave@localhost"), 1)
 
     def test_allowed_foreign_domain(self):
-        """A MESSAGE from an allowed foreign domain needs no digest: 202, from carol\\40pbx.example@sip.localhost."""
+        """A MESSAGE from an allowed foreign domain, sent from its static route's address, needs no
+        digest: 202, from carol\\40pbx.example@sip.localhost."""
         bob = self.online("bob@localhost/pc")
-        response = self.exchange(sip_message(sender="sip:carol@pbx.example"))
+        response = self.exchange(sip_message(sender="sip:carol@pbx.example"), source=PBX)
         self.assertEqual(response.status, 202)
         [message] = self.messages(bob)
         self.assertEqual(message["from"], CAROL)
+
+    def test_allowed_domain_only_from_its_addresses(self):
+        """From alone proves nothing: a MESSAGE naming an allowed domain from an address that is not its
+        static route's gets 403, and nothing is delivered."""
+        bob = self.online("bob@localhost/pc")
+        response = self.exchange(sip_message(sender="sip:carol@pbx.example"))
+        self.assertEqual((response.status, response.reason), (403, "Forbidden (not sent from an address of the domain)"))
+        self.assertEqual(self.messages(bob), [])
+
+    def test_allowed_domain_without_route_from_its_dns_addresses(self):
+        """Without a static route, the domain's addresses are those of its SRV targets (any transport) and of
+        its own name, every A record: a MESSAGE from one of them is taken, from elsewhere refused 403."""
+        self.setUp(allowed_domains=["far.example"], static_routes={})
+        self.resolver.srv = {"_sips._tcp.far.example": [(0, 0, 5061, "edge.far.example")]}
+        self.resolver.hosts = {"edge.far.example": ["192.0.2.50", "192.0.2.51"], "far.example": "192.0.2.60"}
+        bob = self.online("bob@localhost/pc")
+        for source, status in ((("192.0.2.51", 5060), 202), (("192.0.2.60", 5060), 202),
+                               (("192.0.2.7", 5060), 403)):
+            response = self.exchange(sip_message(sender="sip:zed@far.example", call_id=f"{source[0]}"), source=source)
+            self.assertEqual(response.status, status, source)
+        self.assertEqual(len(self.messages(bob)), 2)
 
     def test_foreign_domain_not_allowed(self):
         """A MESSAGE from a domain not in allowed_domains gets 403."""
@@ -213,20 +245,20 @@ class FromSIPTests(MessagingTestCase):
 
     def test_no_relay_between_foreign_domains(self):
         """A MESSAGE from a foreign user to another foreign address is refused 404: no relaying."""
-        response = self.exchange(sip_message(sender="sip:carol@pbx.example", uri="sip:zed@other.example"))
+        response = self.exchange(sip_message(sender="sip:carol@pbx.example", uri="sip:zed@other.example"), source=PBX)
         self.assertEqual(response.status, 404)
         self.assertEqual(self.outbound.sent, [])
 
     def test_unsupported_content_refused_415(self):
         """Content the translation cannot carry gets 415 with Accept."""
-        response = self.exchange(sip_message(sender="sip:carol@pbx.example", content_type="image/png"))
+        response = self.exchange(sip_message(sender="sip:carol@pbx.example", content_type="image/png"), source=PBX)
         self.assertEqual(response.status, 415)
         self.assertIn("text/plain", response.headers.get("Accept"))
 
     def test_auto_submitted_marker_carried(self):
         """An Auto-Submitted MESSAGE arrives marked, so nothing on the XMPP side answers it automatically."""
         bob = self.online("bob@localhost/pc")
-        self.exchange(sip_message(sender="sip:carol@pbx.example", extra=[("Auto-Submitted", "auto-replied")]))
+        self.exchange(sip_message(sender="sip:carol@pbx.example", extra=[("Auto-Submitted", "auto-replied")]), source=PBX)
         [message] = self.messages(bob)
         self.assertIn("auto-submitted", [child.name for child in message.elements()])
 
@@ -234,8 +266,8 @@ class FromSIPTests(MessagingTestCase):
         """A retransmitted MESSAGE is absorbed by its transaction: one delivery, the same 202 twice."""
         bob = self.online("bob@localhost/pc")
         request = sip_message(sender="sip:carol@pbx.example")
-        self.assertEqual(self.exchange(request).status, 202)
-        self.assertEqual(self.exchange(request).status, 202)
+        self.assertEqual(self.exchange(request, source=PBX).status, 202)
+        self.assertEqual(self.exchange(request, source=PBX).status, 202)
         self.assertEqual(len(self.messages(bob)), 1)
 
     def test_redelivered_after_restart(self):
@@ -306,6 +338,22 @@ class ToForeignSIPTests(MessagingTestCase):
         [error] = self.messages(bob)
         self.assertEqual(error.error.firstChildElement().name, "remote-server-not-found")
         self.assertEqual(self.outbound.sent, [])
+
+    def test_ip_literals_and_ports_only_when_listed(self):
+        """A local user cannot aim the gateway at an address: a message to an IP-literal SIP address, or
+        to a domain with an explicit port, is refused not-allowed and nothing is sent; an IP literal
+        listed in allowed_domains is reached."""
+        bob = self.online("bob@localhost/pc")
+        for node in ("carol\\40192.0.2.80", "carol\\40192.0.2.80\\3a5060", "carol\\40far.example\\3a6379"):
+            bob.send(f"<message to='{node}@sip.localhost' type='chat'><body>x</body></message>")
+            [error] = self.messages(bob)
+            self.assertEqual(error.error.firstChildElement().name, "not-allowed", node)
+        self.assertEqual((self.outbound.sent, self.resolver.asked), ([], []))
+        self.setUp(allowed_domains=["192.0.2.80"])
+        bob = self.online("bob@localhost/pc")
+        bob.send("<message to='carol\\40192.0.2.80\\3a5070@sip.localhost' type='chat'><body>x</body></message>")
+        [(request, address)] = self.outbound.sent
+        self.assertEqual((str(request.uri), address), ("sip:carol@192.0.2.80:5070", ("192.0.2.80", 5070)))
 
     def test_no_static_route_uses_dns_srv(self):
         """Without a static route the domain's SRV records decide (RFC 3263): _sip._udp, _sip._tcp and
