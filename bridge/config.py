@@ -171,10 +171,16 @@ class ComponentConfig:
 
 @dataclass(frozen=True)
 class HostConfig:
-    """One virtual host: its own users, and the names that answer for it."""
+    """One virtual host: its own users, and the names that answer for it.
+
+    ``sip_digest``: its accounts keep the HA1 secrets SIP digest needs
+    (bridge.core.accounts), written when a password is set, while the SIP
+    gateway is on.
+    """
 
     aliases: list = _option([])
     registration: bool = _option(False)
+    sip_digest: bool = _option(True)
     offline_notification: str = _option("none", choices=("none", "sms", "email", "both"))
 
 

@@ -20,7 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from bridge.core.accounts import Accounts
+from bridge.core.accounts import Accounts, sip_digest_algorithms
 from bridge.core.attempts import FailedAttempts
 from bridge.core.delivery import ComponentHost, Event, LocalHost, event_name, target_of
 from bridge.core.hooks import HANDLE, Dispatch
@@ -46,7 +46,7 @@ class Server:
         self.failed_logins = FailedAttempts(clock)  # wrong SASL answers per client address
         # XEP-0198 resumption id -> Session, while it may be resumed.
         self.resumable_sessions = {}
-        self.accounts = Accounts(storage)
+        self.accounts = Accounts(storage, sip_digest_algorithms(config))
         self.rosters = Rosters(storage, self.sessions, self.router)
         self.hosts = {}  # the local hosts (accounts), by name
         self.component_hosts = {}  # the hosts of gateways and services, by domain

@@ -5,7 +5,7 @@ import hashlib
 from twisted.trial.unittest import SynchronousTestCase
 
 from bridge import config as configuration
-from bridge.core.accounts import DIGEST, STORE, InvalidName
+from bridge.core.accounts import DIGEST, STORE, InvalidName, make_records
 from bridge.gateways.sip import digest
 from bridge.gateways.sip.gateway import SIPGateway
 from bridge.gateways.sip.message import Request, parse_datagram
@@ -359,6 +359,50 @@ class AccountSecretTests(SynchronousTestCase):
         self.assertIsNone(result_of(accounts.digest_ha1("localhost", "nobody", "localhost", "MD5")))
         records = result_of(accounts.credentials("localhost", "alice"))
         self.assertIn("SCRAM-SHA-256", records)
+
+
+class DigestSecretPolicyTests(SynchronousTestCase):
+    def accounts(self, sip=None, **host):
+        document = {"hosts": {"localhost": host}}
+        if sip is not None:
+            document["sip"] = sip
+        return Harness(configuration.parse(document, "test.toml"))
+
+    def test_no_ha1_where_sip_is_not_used(self):
+        """A host with sip_digest = false, or a server whose SIP gateway is off, stores no HA1 at all (only
+        the SCRAM records); setting the password again on such a host removes an HA1 kept before."""
+        for harness in (self.accounts(sip_digest=False), self.accounts(sip={"enabled": False})):
+            accounts = harness.server.accounts
+            result_of(accounts.create("localhost", "alice", "pw"))
+            records = result_of(accounts.credentials("localhost", "alice"))
+            self.assertNotIn(DIGEST, records)
+            self.assertIn("SCRAM-SHA-256", records)
+            self.assertIsNone(result_of(accounts.digest_ha1("localhost", "alice", "localhost", "MD5")))
+        harness = self.accounts(sip_digest=False)
+        result_of(harness.storage.set("localhost", "bob", STORE, make_records("localhost", "bob", "old")))
+        result_of(harness.server.accounts.set_password("localhost", "bob", "new"))
+        self.assertNotIn(DIGEST, result_of(harness.server.accounts.credentials("localhost", "bob")))
+
+    def test_only_the_offered_algorithms(self):
+        """With digest_algorithms = ["SHA-256"] no MD5 HA1 is kept (it would be guessed at MD5's speed)."""
+        accounts = self.accounts(sip={"digest_algorithms": ["SHA-256"]}).server.accounts
+        result_of(accounts.create("localhost", "alice", "pw"))
+        self.assertEqual(list(result_of(accounts.credentials("localhost", "alice"))[DIGEST]["localhost"]),
+                         ["SHA-256"])
+
+
+
+class NoDigestHostTests(RegistrarTestCase):
+    def setUp(self):
+        config = configuration.parse({"hosts": {"localhost": {"sip_digest": False}}}, "test.toml")
+        self.harness = Harness(config)
+        self.harness.add_user("alice@localhost", "secret")
+        self.gateway = SIPGateway(gateway_context(self.harness.server, "sip", config.sip))
+        self.transport = FakeUDP()
+
+    def test_account_without_ha1_cannot_register(self):
+        """An account of a host without sip_digest gets 403 for the right password: it has no HA1."""
+        self.assertEqual(Phone(self).register(algorithm="MD5").status, 403)
 
 
 class NewNameTests(SynchronousTestCase):
