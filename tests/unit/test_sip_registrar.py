@@ -8,6 +8,7 @@ from bridge import config as configuration
 from bridge.core.accounts import DIGEST, STORE, InvalidName, make_records
 from bridge.gateways.sip import digest
 from bridge.gateways.sip.gateway import SIPGateway
+from bridge.gateways.sip.registrar import ProvenAlgorithms
 from bridge.gateways.sip.message import Request, parse_datagram
 from bridge.gateways.sip.transaction import new_branch
 
@@ -144,9 +145,10 @@ class DigestTests(RegistrarTestCase):
         self.assertIsNotNone(response.to_address.tag)
 
     def test_register_with_either_algorithm(self):
-        """The right password, with SHA-256 or with MD5, binds the contact: 200 lists it with expires."""
-        for algorithm in ("SHA-256", "MD5"):
-            response = Phone(self, call_id=f"c-{algorithm}").register(algorithm=algorithm)
+        """The right password, with SHA-256 or with MD5 (two phones), binds the contact: 200 lists it with
+        expires."""
+        for port, algorithm in ((5062, "SHA-256"), (5064, "MD5")):
+            response = Phone(self, call_id=f"c-{algorithm}").register(algorithm=algorithm, source=("192.0.2.7", port))
             self.assertEqual(response.status, 200, response.reason)
             self.assertEqual(self.contacts(response), [("sip:alice@192.0.2.7:5062", 3600)])
             self.assertIsNotNone(response.headers.get("Date"))
@@ -156,6 +158,40 @@ class DigestTests(RegistrarTestCase):
         response = Phone(self).register(password="wrong")
         self.assertEqual(response.status, 403)
         self.assertEqual(self.gateway.registrar.bindings.current("localhost", "alice"), [])
+
+    def test_algorithm_chosen_by_what_the_phone_proved(self):
+        """A phone that comes back without credentials after a challenge naming MD5 and SHA-256 (it could
+        answer neither, as baresip 1.0) is challenged with MD5 alone, and registers with it; a phone that
+        answered with an algorithm is challenged with that one alone; another source gets both."""
+        phone = Phone(self)
+        self.assertEqual(len(phone.send(phone.request()).headers.get_all("WWW-Authenticate")), 2)
+        retry = phone.send(phone.request())
+        [value] = retry.headers.get_all("WWW-Authenticate")
+        self.assertIn("algorithm=MD5", value)
+        auth = authorization(value, "alice", "secret")
+        self.assertEqual(phone.send(phone.request(auth=auth)).status, 200)
+        self.assertEqual(Phone(self, call_id="later").register(algorithm="MD5").status, 200)
+        [value] = Phone(self).send(Phone(self).request()).headers.get_all("WWW-Authenticate")
+        self.assertIn("algorithm=MD5", value)
+        other = ("192.0.2.8", 5062)
+        self.assertEqual(Phone(self, call_id="sha").register(algorithm="SHA-256", source=other).status, 200)
+        [value] = Phone(self).send(Phone(self).request(), source=other).headers.get_all("WWW-Authenticate")
+        self.assertIn("algorithm=SHA-256", value)
+        self.assertEqual(len(Phone(self).send(Phone(self).request(), source=("192.0.2.9", 5062))
+                             .headers.get_all("WWW-Authenticate")), 2)
+
+    def test_proven_algorithms_forgotten_and_bounded(self):
+        """What a source proved is forgotten after its lifetime, and no more than MAX_SOURCES are kept."""
+        proven = ProvenAlgorithms(self.clock, ("MD5", "SHA-256"), 100)
+        proven.answered(("192.0.2.1", 5060), "SHA-256")
+        self.assertEqual(proven.offer(("192.0.2.1", 5060)), ("SHA-256",))
+        self.clock.advance(101)
+        self.assertEqual(proven.offer(("192.0.2.1", 5060)), ("MD5", "SHA-256"))
+        proven.MAX_SOURCES = 50
+        for index in range(200):
+            proven.answered(("198.51.100.1", index), "MD5")
+        self.assertLessEqual(len(proven), 50)
+        self.assertEqual(proven.offer(("198.51.100.1", 199)), ("MD5",))
 
     def test_guessing_is_cut_off(self):
         """After ten wrong answers in a minute from one address even the right password is refused,
