@@ -204,6 +204,20 @@ class FromSIPTests(MessagingTestCase):
         self.assertEqual(len(self.messages(bob)), 1)
         self.assertEqual(self.pending_documents(), [])
 
+    def test_recipient_who_blocked_the_sender_refuses_it(self):
+        """bob blocked alice (XEP-0191): her phone's MESSAGE is answered with the SIP status of the
+        block list's service-unavailable (503), not 202; bob gets nothing, nothing is stored offline
+        for him, and the accepted document is gone."""
+        bob = self.online("bob@localhost/pc")
+        reply = bob.iq("<iq type='set' id='b1'><block xmlns='urn:xmpp:blocking'>"
+                       "<item jid='alice@localhost'/></block></iq>")
+        self.assertEqual(reply["type"], "result")
+        response = self.authenticated()
+        self.assertEqual(response.status, 503, response.reason)
+        self.assertEqual(self.messages(bob), [])
+        self.assertEqual(self.offline_count("bob@localhost"), 0)
+        self.assertEqual(self.pending_documents(), [])
+
     def test_offline_recipient_takes_offline_path(self):
         """A recipient with no session and no SIP binding gets the message in offline storage."""
         self.assertEqual(self.authenticated(uri="sip:dave@localhost").status, 202)
@@ -508,6 +522,28 @@ class ToPhonesTests(MessagingTestCase):
             "<message to='dave@localhost' type='chat'><body>keep me</body></message>")
         self.clock.advance(40)
         self.assertEqual(self.offline_count("dave@localhost"), 1)
+
+    def test_failed_message_becomes_a_notice_to_the_phone(self):
+        """An error about a message dave's phone sent (it comes back to dave@localhost/sip) becomes a
+        failure notice from the recipient to dave's bound contact, marked automatic; an error about
+        an IQ or a presence gives none."""
+        self.server.router.route(parse_element(
+            "<message to='dave@localhost/sip' from='bob@localhost' type='error'><body>hi bob</body>"
+            "<error type='wait'><resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error>"
+            "</message>"))
+        [(notice, address)] = self.transport.sent
+        self.assertEqual((notice.method, str(notice.uri), address), ("MESSAGE", "sip:dave@192.0.2.7:5062", SOURCE))
+        self.assertEqual((str(notice.from_address.uri), str(notice.to_address.uri)),
+                         ("sip:bob@localhost", "sip:dave@localhost"))
+        self.assertEqual(notice.headers.get("Auto-Submitted"), "auto-generated")
+        self.assertIn(b"not delivered (resource constraint)", notice.body)
+        self.transport.sent.clear()
+        for kind in ("iq", "presence"):
+            self.server.router.route(parse_element(
+                f"<{kind} to='dave@localhost/sip' from='bob@localhost' type='error' id='x'>"
+                "<error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error>"
+                f"</{kind}>"))
+        self.assertEqual(self.transport.sent, [])
 
     def test_session_wins(self):
         """With an XMPP session available the phone is not used."""
