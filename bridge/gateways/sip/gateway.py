@@ -184,6 +184,7 @@ class SIPGateway:
         endpoint = endpoints.HostnameEndpoint(self.reactor, address[0], address[1], timeout=10)
 
         def connected(transport):
+            log.info("SIP: new TCP connection to {uri}", uri=binding.uri)
             binding.transport, binding.source = transport, address
             self.messaging.send(request, transport, address, on_final)
 
