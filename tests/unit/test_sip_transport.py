@@ -355,7 +355,7 @@ class ReflectionTests(SynchronousTestCase):
     def test_spoofed_register_flood_not_amplified(self):
         """A single spoofed REGISTER may draw a challenge a little longer than itself (one WWW-Authenticate,
         within the allowance); a flood of them in one victim's name gets in all no more bytes than it sent,
-        where before each drew a 401 with two challenges (about 2.5 times its size)."""
+        where before each drew a 401 with two challenges (about twice its size)."""
         sent_in, sent_out, datagrams = self.flood("REGISTER", 1)
         self.assertEqual(datagrams, 1)
         self.assertLessEqual(sent_out, sent_in + ExcessAllowance.BURST_BYTES)
