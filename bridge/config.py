@@ -175,10 +175,16 @@ class ComponentConfig:
 
 @dataclass(frozen=True)
 class HostConfig:
-    """One virtual host: its own users, and the names that answer for it."""
+    """One virtual host: its own users, and the names that answer for it.
+
+    ``sip_digest``: its accounts keep the HA1 secrets SIP digest needs
+    (bridge.core.accounts), written when a password is set, while the SIP
+    gateway is on.
+    """
 
     aliases: list = _option([])
     registration: bool = _option(False)
+    sip_digest: bool = _option(True)
     offline_notification: str = _option("none", choices=("none", "sms", "email", "both"))
 
 
@@ -359,6 +365,8 @@ class SIPConfig(ListenerTLS):
     dns_server: str = _option("")
     allowed_domains: list = _option([])
     max_pending_messages: int = _option(10000, low=1, high=10**7)
+    max_server_transactions: int = _option(10000, low=1, high=10**7)
+    max_server_transaction_bytes: int = _option(33554432, low=65536, high=2**34)
     rate_limit_bytes_per_second: int = _option(100000, low=100)
     rate_limit_burst_bytes: int = _option(200000, low=1024)
     max_connections_per_address: int = _option(20, low=1)

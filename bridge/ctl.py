@@ -13,7 +13,7 @@ import sys
 from twisted.words.protocols.jabber.jid import InvalidFormat, JID
 
 from bridge import config as configuration
-from bridge.core.accounts import Accounts, AccountError
+from bridge.core.accounts import Accounts, AccountError, sip_digest_algorithms
 from bridge.core.notifications import POLICIES, NotificationPreferences
 from bridge.core.storage import open_storage
 
@@ -84,7 +84,7 @@ def run(args, out):
     waiting = Waiting()
     wait = waiting.result
     storage = open_storage(config, waiting)
-    accounts = Accounts(storage)
+    accounts = Accounts(storage, sip_digest_algorithms(config))
     try:
         if args.command == "listusers":
             hosts = [args.host] if args.host else list(config.hosts)

@@ -21,7 +21,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from bridge.core.accounts import Accounts
+from bridge.core.accounts import Accounts, sip_digest_algorithms
 from bridge.core.attempts import FailedAttempts
 from bridge.core.delivery import ComponentHost, Event, LocalHost, event_name, target_of
 from bridge.core.hooks import HANDLE, Dispatch
@@ -51,7 +51,7 @@ class Server:
         self.failed_logins = FailedAttempts(clock)  # wrong SASL answers per client address
         # XEP-0198 resumption id -> Session, while it may be resumed.
         self.resumable_sessions = {}
-        self.accounts = Accounts(storage)
+        self.accounts = Accounts(storage, sip_digest_algorithms(config))
         # What SASL answers for names without an account, stable across restarts.
         self.decoys = Decoys(secret or os.urandom(32))
         self.rosters = Rosters(storage, self.sessions, self.router,

@@ -8,7 +8,7 @@ password or delete their account on any host.
 from twisted.internet import defer
 from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep
 
-from bridge.core.accounts import AccountError
+from bridge.core.accounts import AccountError, InvalidName
 from bridge.core.hooks import in_background
 from bridge.core.stanza import error_reply, result_reply
 
@@ -62,6 +62,9 @@ class Registration:
             return
         try:
             yield self.ctx.accounts.create(stream.host, username, password)
+        except InvalidName as refused:
+            stream.send(error_reply(iq, "not-acceptable", str(refused)))
+            return
         except AccountError:
             stream.send(error_reply(iq, "conflict"))
             return

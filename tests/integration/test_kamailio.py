@@ -5,7 +5,9 @@ authentication, requests for localhost and sip.localhost relayed to bridge's UDP
 sipp, as carol@pbx.test on 127.0.0.43, registers at Kamailio and sends MESSAGE to bob@localhost
 through it; bridge (on 127.0.0.42, ``allowed_domains = ["pbx.test"]``, ``static_routes`` to
 Kamailio) delivers it to bob on slixmpp; bob answers to ``carol\\40pbx.test@sip.localhost`` and the
-answer reaches carol through Kamailio."""
+answer reaches carol through Kamailio.  Kamailio sends from its listening socket, 127.0.0.41, the address of
+pbx.test's static route, so bridge takes its requests as pbx.test's (an allowed domain's requests must come
+from one of its addresses)."""
 
 import asyncio
 import os

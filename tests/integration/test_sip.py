@@ -18,7 +18,7 @@ from .harness import Clients, ServerProcess, add_users, next_item, write_config
 
 SIPP = shutil.which("sipp")
 SCENARIOS = os.path.join(os.path.dirname(__file__), "sipp")
-USERS = ("alice@localhost", "bob@localhost")
+USERS = ("alice@localhost", "bob@localhost", "carol@localhost")
 
 pytestmark = pytest.mark.skipif(SIPP is None, reason="sipp is missing (Debian package sip-tester, "
                                                      ".ci/install-test-peers)")
@@ -30,9 +30,7 @@ udp_endpoints = ["udp:0:interface=127.0.0.1"]
 tcp_endpoints = ["tcp:0:interface=127.0.0.1"]
 tls_endpoints = ["tcp:0:interface=127.0.0.1"]
 advertised_address = "127.0.0.1"
-# sipp 3.6 answers only the first challenge, and knows only MD5.
-digest_algorithms = ["MD5", "SHA-256"]
-"""
+"""  # the rest, digest_algorithms among it, on the embedded defaults
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +54,12 @@ def free_port(kind=socket.SOCK_DGRAM):
 
 
 def sipp(bridge, tmp_path, scenario, user="alice", password=None, transport="u1", auth_uri="localhost",
-         local_port=None):
+         local_port=None, keys=()):
     """Run one call of ``scenario`` against the bridge; (exit status, output, log actions' text).
 
     ``auth_uri``: the digest uri sipp answers with (sipp's default would be the bridge's address);
-    ``local_port``: sipp's port, by default a free one."""
+    ``local_port``: sipp's port, by default a free one; ``keys``: (keyword, value) pairs, the
+    scenario's [keyword]s."""
     port = bridge.sip_ports["sip-udp" if transport == "u1" else "sip-tcp"]
     log_file = tmp_path / f"{scenario}.log"
     command = [SIPP, f"127.0.0.1:{port}", "-sf", os.path.join(SCENARIOS, f"{scenario}.xml"), "-m", "1",
@@ -69,6 +68,8 @@ def sipp(bridge, tmp_path, scenario, user="alice", password=None, transport="u1"
                "-timeout_error", "-trace_err", "-error_file", str(tmp_path / f"{scenario}.errors"),
                "-trace_logs", "-log_file", str(log_file)]
     command += ["-auth_uri", auth_uri]
+    for keyword, value in keys:
+        command += ["-key", keyword, value]
     done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
     errors = tmp_path / f"{scenario}.errors"
     output = done.stdout[-3000:] + done.stderr + (errors.read_text() if errors.exists() else "")
@@ -121,7 +122,8 @@ def test_message_round_trip_with_xmpp(bridge, tmp_path):
         async with Clients(bridge) as clients:
             bob = await clients.login("bob@localhost/pc")
             run = asyncio.ensure_future(asyncio.to_thread(sipp, bridge, tmp_path, "message_roundtrip",
-                                                          auth_uri="bob@localhost", local_port=port))
+                                                          auth_uri="bob@localhost", local_port=port,
+                                                          keys=[("peer", "bob")]))
             message = await next_item(bob.messages, lambda m: m["body"], timeout=20, what="alice's MESSAGE")
             assert message["from"].bare == "alice@localhost"
             assert message["body"].strip() == "hello bob, from sipp"
@@ -133,6 +135,55 @@ def test_message_round_trip_with_xmpp(bridge, tmp_path):
     status, output, logged = asyncio.run(scenario())
     assert status == 0, output + bridge.tail(40)
     assert "reply from=sip:bob@localhost body=hello alice, from XMPP" in logged, logged
+
+
+def test_message_over_tcp_after_the_phone_connection_closed(bridge, tmp_path):
+    """Over TCP: sipp registers bob from its port and exits, closing that connection; a second sipp
+    on the same port sends MESSAGE to alice on slixmpp (202), alice answers in the thread, bob has
+    no XMPP session, so the bridge opens a new connection to bob's Contact and delivers it as
+    MESSAGE, which sipp answers 200."""
+
+    port = free_port(socket.SOCK_STREAM)
+    status, output, _ = sipp(bridge, tmp_path, "message_register", user="bob", transport="t1", local_port=port)
+    assert status == 0, output + bridge.tail(30)
+
+    async def scenario():
+        async with Clients(bridge) as clients:
+            alice = await clients.login("alice@localhost/pc")
+            run = asyncio.ensure_future(asyncio.to_thread(sipp, bridge, tmp_path, "message_roundtrip",
+                                                          user="bob", transport="t1", auth_uri="alice@localhost",
+                                                          local_port=port, keys=[("peer", "alice")]))
+            message = await next_item(alice.messages, lambda m: m["body"], timeout=20, what="bob's MESSAGE")
+            assert message["from"].bare == "bob@localhost"
+            reply = message.reply("hello bob, from XMPP")
+            reply["thread"] = message["thread"]
+            reply.send()
+            return await run
+
+    status, output, logged = asyncio.run(scenario())
+    assert status == 0, output + bridge.tail(40)
+    assert "reply from=sip:alice@localhost body=hello bob, from XMPP" in logged, logged
+    assert any(f"new TCP connection to sip:bob@127.0.0.1:{port}" in line for line in bridge.lines), bridge.tail(40)
+
+
+def test_message_to_user_who_blocked_the_sender(bridge, tmp_path):
+    """carol blocked alice (XEP-0191): alice's MESSAGE from sipp is answered 503, not 202, and never
+    reaches carol, whose next message is one bob sends afterwards."""
+
+    async def scenario():
+        async with Clients(bridge) as clients:
+            carol = await clients.login("carol@localhost/pc")
+            bob = await clients.login("bob@localhost/desk")
+            reply = await carol.query("set", None, "<block xmlns='urn:xmpp:blocking'><item jid='alice@localhost'/></block>")
+            assert reply["type"] == "result", reply
+            outcome = await asyncio.to_thread(sipp, bridge, tmp_path, "message_blocked", auth_uri="carol@localhost")
+            bob.send_message(mto="carol@localhost", mbody="after the blocked one", mtype="chat")
+            message = await next_item(carol.messages, lambda m: m["body"], timeout=20, what="bob's message")
+            return outcome, message
+
+    (status, output, _), message = asyncio.run(scenario())
+    assert status == 0, output + bridge.tail(30)
+    assert (message["from"].bare, message["body"]) == ("bob@localhost", "after the blocked one"), message
 
 
 # -- a raw UDP socket, for what sipp cannot check byte for byte ------------------

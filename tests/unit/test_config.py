@@ -1,7 +1,9 @@
 """Configuration loading: defaults, and errors that name the file and the key."""
 
+import contextlib
 import io
 import os
+import shutil
 import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -91,6 +93,24 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(ctl.main(["--config", path, "check"]), 1)
         good = self.write("[c2s]\nendpoints = ['tcp:0']\n")
         self.assertEqual(ctl.main(["--config", good, "check"], out=io.StringIO()), 0)
+
+    def test_bridgectl_adduser_refuses_escapes(self):
+        """bridgectl adduser refuses a name with % (or a backslash), saying why, and creates nothing."""
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "bridge.toml")
+        with open(path, "w") as handle:
+            handle.write('data_dir = "data"\n[hosts.localhost]\n')
+        with open(os.path.join(directory, "pw"), "w") as handle:
+            handle.write("secret\n")
+        errors, out = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stderr(errors):
+            status = ctl.main(["--config", path, "adduser", "%61dmin@localhost", "--password-file",
+                               os.path.join(directory, "pw")], out=out)
+        self.assertEqual(status, 1)
+        self.assertIn("may not contain %", errors.getvalue())
+        self.assertEqual(ctl.main(["--config", path, "listusers"], out=out), 0)
+        self.assertNotIn("dmin", out.getvalue())
 
     def test_sample_configuration_is_valid(self):
         """conf/bridge.toml, the documented sample, loads without error."""

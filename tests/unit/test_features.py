@@ -194,6 +194,19 @@ class RegistrationTests(SynchronousTestCase):
         _, again = self.register(harness)
         self.assertEqual(condition(again), "conflict")
 
+    def test_escape_characters_refused(self):
+        """A user name with % or a backslash is refused not-acceptable, with the reason in the error's
+        text, and no account is made."""
+        harness = Harness(make_config(hosts={"localhost": {"registration": True}}))
+        for name in ("%61dmin", "a\\5cb"):
+            client = harness.connect()
+            client.open_stream("localhost")
+            done = client.iq("<iq type='set' id='r'><query xmlns='jabber:iq:register'>"
+                             f"<username>{name}</username><password>pw</password></query></iq>")
+            self.assertEqual(condition(done), "not-acceptable")
+            self.assertIn("may not contain", str(done.error.text))
+        self.assertEqual(harness.storage.users("localhost", "accounts").result, [])
+
     def test_registration_off_by_default(self):
         """With registration off (the default), the request is service-unavailable."""
         harness = Harness()

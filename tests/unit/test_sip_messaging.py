@@ -9,6 +9,7 @@ from twisted.names.error import DNSNameError
 from twisted.trial.unittest import SynchronousTestCase
 
 from bridge import config as configuration
+from bridge.core.accounts import STORE as ACCOUNTS, make_records
 from bridge.core.xmlstream import parse_element
 from bridge.gateways.sip.gateway import SIPGateway
 from bridge.gateways.sip.message import Request, make_response, parse_datagram
@@ -16,7 +17,7 @@ from bridge.gateways.sip.messaging import STORE
 from bridge.gateways.sip.transaction import new_branch
 
 from .helpers import Harness, gateway_context, result_of
-from .test_sip_registrar import FakeUDP, Phone, authorization
+from .test_sip_registrar import PHONE_HEADERS, FakeUDP, Phone, authorization
 
 SOURCE = ("192.0.2.7", 5062)
 PBX = ("127.0.0.1", 5070)
@@ -53,6 +54,16 @@ class FakeResolver:
             return defer.fail(DNSNameError(name))
         return defer.succeed(self.hosts[name])
 
+    def lookupAddress(self, name):
+        """Every A record of ``name`` (``hosts`` maps a name to an address or a list of them)."""
+        self.asked.append(("A*", name))
+        if name not in self.hosts:
+            return defer.fail(DNSNameError(name))
+        found = self.hosts[name]
+        answers = [dns.RRHeader(name, dns.A, payload=dns.Record_A(address))
+                   for address in ([found] if isinstance(found, str) else found)]
+        return defer.succeed((answers, [], []))
+
 
 class Outbound(FakeUDP):
     """A listening UDP socket as the gateway sees it (``transport`` set)."""
@@ -71,7 +82,7 @@ def sip_message(sender="sip:alice@localhost", uri="sip:bob@localhost", body="hel
     request.headers.add("Call-ID", call_id)
     request.headers.add("CSeq", f"{cseq} MESSAGE")
     request.headers.add("Content-Type", content_type)
-    for name, value in extra:
+    for name, value in PHONE_HEADERS + tuple(extra):
         request.headers.add(name, value)
     if auth is not None:
         request.headers.add("Authorization", auth)
@@ -95,11 +106,11 @@ class MessagingTestCase(SynchronousTestCase):
         self.addCleanup(self.context.unload)
         self.addCleanup(self.gateway.stop)
 
-    def exchange(self, request, transport=None):
-        """Send ``request`` from SOURCE; the one response the gateway sent for it."""
+    def exchange(self, request, transport=None, source=SOURCE):
+        """Send ``request`` from ``source``; the one response the gateway sent for it."""
         transport = transport or self.transport
         before = len(transport.sent)
-        self.gateway.message_received(parse_datagram(request.to_bytes()), transport, SOURCE)
+        self.gateway.message_received(parse_datagram(request.to_bytes()), transport, source)
         self.assertEqual(len(transport.sent), before + 1, "exactly one response expected")
         return transport.sent[-1][0]
 
@@ -143,6 +154,23 @@ class FromSIPTests(MessagingTestCase):
         self.assertEqual(str(message.thread), "msg-1@192.0.2.7")
         self.assertEqual(self.pending_documents(), [])
 
+    def test_sender_is_the_authenticated_account_never_a_decoded_name(self):
+        """An account named %61dmin (possible before such names were refused) cannot send as admin: a
+        From of sip:%61dmin@localhost names admin (the escape decoded once), whose digest it cannot
+        answer (403); a From naming the account itself (sip:%2561dmin@localhost) passes digest, and
+        the message comes from %61dmin@localhost/sip, the account that authenticated."""
+        self.harness.add_user("admin@localhost", "admin-secret")
+        result_of(self.harness.storage.set("localhost", "%61dmin", ACCOUNTS, make_records("localhost", "%61dmin", "pw")))
+        bob = self.online("bob@localhost/pc")
+        for sender, status in (("sip:%61dmin@localhost", 403), ("sip:%2561dmin@localhost", 202)):
+            challenge = self.exchange(sip_message(sender=sender, call_id=f"{status}@192.0.2.7"))
+            value = next(v for v in challenge.headers.get_all("WWW-Authenticate") if "algorithm=MD5" in v)
+            auth = authorization(value, "%61dmin", "pw", uri="sip:bob@localhost", method="MESSAGE")
+            response = self.exchange(sip_message(sender=sender, cseq=2, auth=auth, call_id=f"{status}@192.0.2.7"))
+            self.assertEqual(response.status, status, response.reason)
+        [message] = self.messages(bob)
+        self.assertEqual(message["from"], "%61dmin@localhost/sip")
+
     def test_wrong_password_forbidden(self):
         """A digest answer made with a wrong password gets 403 and nothing is delivered."""
         bob = self.online("bob@localhost/pc")
@@ -176,18 +204,54 @@ class FromSIPTests(MessagingTestCase):
         self.assertEqual(len(self.messages(bob)), 1)
         self.assertEqual(self.pending_documents(), [])
 
+    def test_recipient_who_blocked_the_sender_refuses_it(self):
+        """bob blocked alice (XEP-0191): her phone's MESSAGE is answered with the SIP status of the
+        block list's service-unavailable (503), not 202; bob gets nothing, nothing is stored offline
+        for him, and the accepted document is gone."""
+        bob = self.online("bob@localhost/pc")
+        reply = bob.iq("<iq type='set' id='b1'><block xmlns='urn:xmpp:blocking'>"
+                       "<item jid='alice@localhost'/></block></iq>")
+        self.assertEqual(reply["type"], "result")
+        response = self.authenticated()
+        self.assertEqual(response.status, 503, response.reason)
+        self.assertEqual(self.messages(bob), [])
+        self.assertEqual(self.offline_count("bob@localhost"), 0)
+        self.assertEqual(self.pending_documents(), [])
+
     def test_offline_recipient_takes_offline_path(self):
         """A recipient with no session and no SIP binding gets the message in offline storage."""
         self.assertEqual(self.authenticated(uri="sip:dave@localhost").status, 202)
         self.assertEqual(self.offline_count("dave@localhost"), 1)
 
     def test_allowed_foreign_domain(self):
-        """A MESSAGE from an allowed foreign domain needs no digest: 202, from carol\\40pbx.example@sip.localhost."""
+        """A MESSAGE from an allowed foreign domain, sent from its static route's address, needs no
+        digest: 202, from carol\\40pbx.example@sip.localhost."""
         bob = self.online("bob@localhost/pc")
-        response = self.exchange(sip_message(sender="sip:carol@pbx.example"))
+        response = self.exchange(sip_message(sender="sip:carol@pbx.example"), source=PBX)
         self.assertEqual(response.status, 202)
         [message] = self.messages(bob)
         self.assertEqual(message["from"], CAROL)
+
+    def test_allowed_domain_only_from_its_addresses(self):
+        """From alone proves nothing: a MESSAGE naming an allowed domain from an address that is not its
+        static route's gets 403, and nothing is delivered."""
+        bob = self.online("bob@localhost/pc")
+        response = self.exchange(sip_message(sender="sip:carol@pbx.example"))
+        self.assertEqual((response.status, response.reason), (403, "Forbidden (not sent from an address of the domain)"))
+        self.assertEqual(self.messages(bob), [])
+
+    def test_allowed_domain_without_route_from_its_dns_addresses(self):
+        """Without a static route, the domain's addresses are those of its SRV targets (any transport) and of
+        its own name, every A record: a MESSAGE from one of them is taken, from elsewhere refused 403."""
+        self.setUp(allowed_domains=["far.example"], static_routes={})
+        self.resolver.srv = {"_sips._tcp.far.example": [(0, 0, 5061, "edge.far.example")]}
+        self.resolver.hosts = {"edge.far.example": ["192.0.2.50", "192.0.2.51"], "far.example": "192.0.2.60"}
+        bob = self.online("bob@localhost/pc")
+        for source, status in ((("192.0.2.51", 5060), 202), (("192.0.2.60", 5060), 202),
+                               (("192.0.2.7", 5060), 403)):
+            response = self.exchange(sip_message(sender="sip:zed@far.example", call_id=f"{source[0]}"), source=source)
+            self.assertEqual(response.status, status, source)
+        self.assertEqual(len(self.messages(bob)), 2)
 
     def test_foreign_domain_not_allowed(self):
         """A MESSAGE from a domain not in allowed_domains gets 403."""
@@ -195,20 +259,20 @@ class FromSIPTests(MessagingTestCase):
 
     def test_no_relay_between_foreign_domains(self):
         """A MESSAGE from a foreign user to another foreign address is refused 404: no relaying."""
-        response = self.exchange(sip_message(sender="sip:carol@pbx.example", uri="sip:zed@other.example"))
+        response = self.exchange(sip_message(sender="sip:carol@pbx.example", uri="sip:zed@other.example"), source=PBX)
         self.assertEqual(response.status, 404)
         self.assertEqual(self.outbound.sent, [])
 
     def test_unsupported_content_refused_415(self):
         """Content the translation cannot carry gets 415 with Accept."""
-        response = self.exchange(sip_message(sender="sip:carol@pbx.example", content_type="image/png"))
+        response = self.exchange(sip_message(sender="sip:carol@pbx.example", content_type="image/png"), source=PBX)
         self.assertEqual(response.status, 415)
         self.assertIn("text/plain", response.headers.get("Accept"))
 
     def test_auto_submitted_marker_carried(self):
         """An Auto-Submitted MESSAGE arrives marked, so nothing on the XMPP side answers it automatically."""
         bob = self.online("bob@localhost/pc")
-        self.exchange(sip_message(sender="sip:carol@pbx.example", extra=[("Auto-Submitted", "auto-replied")]))
+        self.exchange(sip_message(sender="sip:carol@pbx.example", extra=[("Auto-Submitted", "auto-replied")]), source=PBX)
         [message] = self.messages(bob)
         self.assertIn("auto-submitted", [child.name for child in message.elements()])
 
@@ -216,8 +280,8 @@ class FromSIPTests(MessagingTestCase):
         """A retransmitted MESSAGE is absorbed by its transaction: one delivery, the same 202 twice."""
         bob = self.online("bob@localhost/pc")
         request = sip_message(sender="sip:carol@pbx.example")
-        self.assertEqual(self.exchange(request).status, 202)
-        self.assertEqual(self.exchange(request).status, 202)
+        self.assertEqual(self.exchange(request, source=PBX).status, 202)
+        self.assertEqual(self.exchange(request, source=PBX).status, 202)
         self.assertEqual(len(self.messages(bob)), 1)
 
     def test_redelivered_after_restart(self):
@@ -288,6 +352,22 @@ class ToForeignSIPTests(MessagingTestCase):
         [error] = self.messages(bob)
         self.assertEqual(error.error.firstChildElement().name, "remote-server-not-found")
         self.assertEqual(self.outbound.sent, [])
+
+    def test_ip_literals_and_ports_only_when_listed(self):
+        """A local user cannot aim the gateway at an address: a message to an IP-literal SIP address, or
+        to a domain with an explicit port, is refused not-allowed and nothing is sent; an IP literal
+        listed in allowed_domains is reached."""
+        bob = self.online("bob@localhost/pc")
+        for node in ("carol\\40192.0.2.80", "carol\\40192.0.2.80\\3a5060", "carol\\40far.example\\3a6379"):
+            bob.send(f"<message to='{node}@sip.localhost' type='chat'><body>x</body></message>")
+            [error] = self.messages(bob)
+            self.assertEqual(error.error.firstChildElement().name, "not-allowed", node)
+        self.assertEqual((self.outbound.sent, self.resolver.asked), ([], []))
+        self.setUp(allowed_domains=["192.0.2.80"])
+        bob = self.online("bob@localhost/pc")
+        bob.send("<message to='carol\\40192.0.2.80\\3a5070@sip.localhost' type='chat'><body>x</body></message>")
+        [(request, address)] = self.outbound.sent
+        self.assertEqual((str(request.uri), address), ("sip:carol@192.0.2.80:5070", ("192.0.2.80", 5070)))
 
     def test_no_static_route_uses_dns_srv(self):
         """Without a static route the domain's SRV records decide (RFC 3263): _sip._udp, _sip._tcp and
@@ -442,6 +522,28 @@ class ToPhonesTests(MessagingTestCase):
             "<message to='dave@localhost' type='chat'><body>keep me</body></message>")
         self.clock.advance(40)
         self.assertEqual(self.offline_count("dave@localhost"), 1)
+
+    def test_failed_message_becomes_a_notice_to_the_phone(self):
+        """An error about a message dave's phone sent (it comes back to dave@localhost/sip) becomes a
+        failure notice from the recipient to dave's bound contact, marked automatic; an error about
+        an IQ or a presence gives none."""
+        self.server.router.route(parse_element(
+            "<message to='dave@localhost/sip' from='bob@localhost' type='error'><body>hi bob</body>"
+            "<error type='wait'><resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error>"
+            "</message>"))
+        [(notice, address)] = self.transport.sent
+        self.assertEqual((notice.method, str(notice.uri), address), ("MESSAGE", "sip:dave@192.0.2.7:5062", SOURCE))
+        self.assertEqual((str(notice.from_address.uri), str(notice.to_address.uri)),
+                         ("sip:bob@localhost", "sip:dave@localhost"))
+        self.assertEqual(notice.headers.get("Auto-Submitted"), "auto-generated")
+        self.assertIn(b"not delivered (resource constraint)", notice.body)
+        self.transport.sent.clear()
+        for kind in ("iq", "presence"):
+            self.server.router.route(parse_element(
+                f"<{kind} to='dave@localhost/sip' from='bob@localhost' type='error' id='x'>"
+                "<error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error>"
+                f"</{kind}>"))
+        self.assertEqual(self.transport.sent, [])
 
     def test_session_wins(self):
         """With an XMPP session available the phone is not used."""

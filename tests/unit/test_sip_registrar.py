@@ -5,15 +5,25 @@ import hashlib
 from twisted.trial.unittest import SynchronousTestCase
 
 from bridge import config as configuration
-from bridge.core.accounts import DIGEST, STORE
+from bridge.core.accounts import DIGEST, STORE, InvalidName, make_records
 from bridge.gateways.sip import digest
 from bridge.gateways.sip.gateway import SIPGateway
+from bridge.gateways.sip.registrar import ProvenAlgorithms
 from bridge.gateways.sip.message import Request, parse_datagram
 from bridge.gateways.sip.transaction import new_branch
 
 from .helpers import Harness, gateway_context, result_of
 
 SOURCE = ("192.0.2.7", 5062)
+# What a phone's request carries beyond the minimum, as real ones do: enough that the gateway's
+# answers to it need no trimming (an unverified UDP source is never answered with more bytes
+# than it sent; the tests of that send short requests).
+PHONE_HEADERS = (
+    ("User-Agent", "bridge-tests/1.0 (a softphone)"),
+    ("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, SUBSCRIBE, NOTIFY, PRACK, UPDATE, REFER"),
+    ("Supported", "replaces, path, gruu, outbound, timer, 100rel"),
+    ("Accept", "application/sdp, application/pidf+xml, text/plain, message/sipfrag"),
+)
 
 
 def make_config(**sip):
@@ -66,15 +76,17 @@ class Phone:
         self.cseq = 0
 
     def request(self, contacts=("<sip:alice@192.0.2.7:5062>",), expires=None, auth=None, branch=None,
-                uri="sip:localhost"):
+                uri="sip:localhost", via_params=";rport"):
         self.cseq += 1
         request = Request("REGISTER", uri)
-        request.headers.add("Via", f"SIP/2.0/UDP 192.0.2.7:5062;branch={branch or new_branch()};rport")
+        request.headers.add("Via", f"SIP/2.0/UDP 192.0.2.7:5062;branch={branch or new_branch()}{via_params}")
         request.headers.add("Max-Forwards", "70")
         request.headers.add("From", f"<{self.aor}>;tag=f1")
         request.headers.add("To", f"<{self.aor}>")
         request.headers.add("Call-ID", self.call_id)
         request.headers.add("CSeq", f"{self.cseq} REGISTER")
+        for name, value in PHONE_HEADERS:
+            request.headers.add(name, value)
         for contact in contacts:
             request.headers.add("Contact", contact)
         if expires is not None:
@@ -83,17 +95,17 @@ class Phone:
             request.headers.add("Authorization", auth)
         return request
 
-    def send(self, request):
-        return self.test.exchange(request)
+    def send(self, request, source=SOURCE):
+        return self.test.exchange(request, source=source)
 
-    def register(self, password="secret", algorithm="SHA-256", user=None, **options):
+    def register(self, password="secret", algorithm="SHA-256", user=None, source=SOURCE, **options):
         """REGISTER, answer the challenge for ``algorithm``; the final response."""
-        challenge = self.send(self.request(**options))
+        challenge = self.send(self.request(**options), source)
         self.test.assertEqual(challenge.status, 401)
         value = next(v for v in challenge.headers.get_all("WWW-Authenticate") if f"algorithm={algorithm}" in v)
         uri = options.get("uri", "sip:localhost")
         auth = authorization(value, user or self.aor.split(":")[1].split("@")[0], password, uri=uri)
-        return self.send(self.request(auth=auth, **options))
+        return self.send(self.request(auth=auth, **options), source)
 
 
 class RegistrarTestCase(SynchronousTestCase):
@@ -106,10 +118,10 @@ class RegistrarTestCase(SynchronousTestCase):
         self.gateway = SIPGateway(gateway_context(self.harness.server, "sip", self.harness.config.sip))
         self.transport = FakeUDP()
 
-    def exchange(self, request):
-        """Send ``request`` as if from SOURCE; the response the gateway sent for it."""
+    def exchange(self, request, source=SOURCE):
+        """Send ``request`` as if from ``source``; the response the gateway sent for it."""
         before = len(self.transport.sent)
-        self.gateway.message_received(parse_datagram(request.to_bytes()), self.transport, SOURCE)
+        self.gateway.message_received(parse_datagram(request.to_bytes()), self.transport, source)
         self.assertEqual(len(self.transport.sent), before + 1, "exactly one response expected")
         return self.transport.sent[-1][0]
 
@@ -133,9 +145,10 @@ class DigestTests(RegistrarTestCase):
         self.assertIsNotNone(response.to_address.tag)
 
     def test_register_with_either_algorithm(self):
-        """The right password, with SHA-256 or with MD5, binds the contact: 200 lists it with expires."""
-        for algorithm in ("SHA-256", "MD5"):
-            response = Phone(self, call_id=f"c-{algorithm}").register(algorithm=algorithm)
+        """The right password, with SHA-256 or with MD5 (two phones), binds the contact: 200 lists it with
+        expires."""
+        for port, algorithm in ((5062, "SHA-256"), (5064, "MD5")):
+            response = Phone(self, call_id=f"c-{algorithm}").register(algorithm=algorithm, source=("192.0.2.7", port))
             self.assertEqual(response.status, 200, response.reason)
             self.assertEqual(self.contacts(response), [("sip:alice@192.0.2.7:5062", 3600)])
             self.assertIsNotNone(response.headers.get("Date"))
@@ -146,6 +159,40 @@ class DigestTests(RegistrarTestCase):
         self.assertEqual(response.status, 403)
         self.assertEqual(self.gateway.registrar.bindings.current("localhost", "alice"), [])
 
+    def test_algorithm_chosen_by_what_the_phone_proved(self):
+        """A phone that comes back without credentials after a challenge naming MD5 and SHA-256 (it could
+        answer neither, as baresip 1.0) is challenged with MD5 alone, and registers with it; a phone that
+        answered with an algorithm is challenged with that one alone; another source gets both."""
+        phone = Phone(self)
+        self.assertEqual(len(phone.send(phone.request()).headers.get_all("WWW-Authenticate")), 2)
+        retry = phone.send(phone.request())
+        [value] = retry.headers.get_all("WWW-Authenticate")
+        self.assertIn("algorithm=MD5", value)
+        auth = authorization(value, "alice", "secret")
+        self.assertEqual(phone.send(phone.request(auth=auth)).status, 200)
+        self.assertEqual(Phone(self, call_id="later").register(algorithm="MD5").status, 200)
+        [value] = Phone(self).send(Phone(self).request()).headers.get_all("WWW-Authenticate")
+        self.assertIn("algorithm=MD5", value)
+        other = ("192.0.2.8", 5062)
+        self.assertEqual(Phone(self, call_id="sha").register(algorithm="SHA-256", source=other).status, 200)
+        [value] = Phone(self).send(Phone(self).request(), source=other).headers.get_all("WWW-Authenticate")
+        self.assertIn("algorithm=SHA-256", value)
+        self.assertEqual(len(Phone(self).send(Phone(self).request(), source=("192.0.2.9", 5062))
+                             .headers.get_all("WWW-Authenticate")), 2)
+
+    def test_proven_algorithms_forgotten_and_bounded(self):
+        """What a source proved is forgotten after its lifetime, and no more than MAX_SOURCES are kept."""
+        proven = ProvenAlgorithms(self.clock, ("MD5", "SHA-256"), 100)
+        proven.answered(("192.0.2.1", 5060), "SHA-256")
+        self.assertEqual(proven.offer(("192.0.2.1", 5060)), ("SHA-256",))
+        self.clock.advance(101)
+        self.assertEqual(proven.offer(("192.0.2.1", 5060)), ("MD5", "SHA-256"))
+        proven.MAX_SOURCES = 50
+        for index in range(200):
+            proven.answered(("198.51.100.1", index), "MD5")
+        self.assertLessEqual(len(proven), 50)
+        self.assertEqual(proven.offer(("198.51.100.1", 199)), ("MD5",))
+
     def test_guessing_is_cut_off(self):
         """After ten wrong answers in a minute from one address even the right password is refused,
         until the minute has passed."""
@@ -155,6 +202,21 @@ class DigestTests(RegistrarTestCase):
         self.assertEqual((refused.status, refused.reason), (403, "Forbidden (too many failed attempts)"))
         self.clock.advance(61)
         self.assertEqual(Phone(self, call_id="right-later").register().status, 200)
+
+    def test_guesses_counted_against_the_real_peer(self):
+        """Wrong answers are counted against the address they came from, whatever Via received= the
+        request names: rotating it does not reset the count, and naming a victim's address does not
+        lock the victim out."""
+        victim = ("198.51.100.20", 5060)
+        for attempt in range(10):
+            phone = Phone(self, call_id=f"rotate-{attempt}")
+            via = f";received=203.0.113.{attempt}"
+            self.assertEqual(phone.register(password=f"guess{attempt}", via_params=via).status, 403)
+        refused = Phone(self, call_id="right-too-soon").register(via_params=";received=203.0.113.99")
+        self.assertEqual((refused.status, refused.reason), (403, "Forbidden (too many failed attempts)"))
+        for attempt in range(10):
+            Phone(self, call_id=f"frame-{attempt}").register(password="wrong", via_params=f";received={victim[0]}")
+        self.assertEqual(Phone(self, call_id="victim").register(source=victim).status, 200)
 
     def test_unknown_user_and_other_users_address(self):
         """An unknown user, and bob's right password used for alice's address, get 403."""
@@ -335,6 +397,63 @@ class AccountSecretTests(SynchronousTestCase):
         self.assertIn("SCRAM-SHA-256", records)
 
 
+class DigestSecretPolicyTests(SynchronousTestCase):
+    def accounts(self, sip=None, **host):
+        document = {"hosts": {"localhost": host}}
+        if sip is not None:
+            document["sip"] = sip
+        return Harness(configuration.parse(document, "test.toml"))
+
+    def test_no_ha1_where_sip_is_not_used(self):
+        """A host with sip_digest = false, or a server whose SIP gateway is off, stores no HA1 at all (only
+        the SCRAM records); setting the password again on such a host removes an HA1 kept before."""
+        for harness in (self.accounts(sip_digest=False), self.accounts(sip={"enabled": False})):
+            accounts = harness.server.accounts
+            result_of(accounts.create("localhost", "alice", "pw"))
+            records = result_of(accounts.credentials("localhost", "alice"))
+            self.assertNotIn(DIGEST, records)
+            self.assertIn("SCRAM-SHA-256", records)
+            self.assertIsNone(result_of(accounts.digest_ha1("localhost", "alice", "localhost", "MD5")))
+        harness = self.accounts(sip_digest=False)
+        result_of(harness.storage.set("localhost", "bob", STORE, make_records("localhost", "bob", "old")))
+        result_of(harness.server.accounts.set_password("localhost", "bob", "new"))
+        self.assertNotIn(DIGEST, result_of(harness.server.accounts.credentials("localhost", "bob")))
+
+    def test_only_the_offered_algorithms(self):
+        """With digest_algorithms = ["SHA-256"] no MD5 HA1 is kept (it would be guessed at MD5's speed)."""
+        accounts = self.accounts(sip={"digest_algorithms": ["SHA-256"]}).server.accounts
+        result_of(accounts.create("localhost", "alice", "pw"))
+        self.assertEqual(list(result_of(accounts.credentials("localhost", "alice"))[DIGEST]["localhost"]),
+                         ["SHA-256"])
+
+
+
+class NoDigestHostTests(RegistrarTestCase):
+    def setUp(self):
+        config = configuration.parse({"hosts": {"localhost": {"sip_digest": False}}}, "test.toml")
+        self.harness = Harness(config)
+        self.harness.add_user("alice@localhost", "secret")
+        self.gateway = SIPGateway(gateway_context(self.harness.server, "sip", config.sip))
+        self.transport = FakeUDP()
+
+    def test_account_without_ha1_cannot_register(self):
+        """An account of a host without sip_digest gets 403 for the right password: it has no HA1."""
+        self.assertEqual(Phone(self).register(algorithm="MD5").status, 403)
+
+
+class NewNameTests(SynchronousTestCase):
+    def test_escape_characters_refused_in_new_names(self):
+        """A new account whose name holds % or a backslash (the escapes of SIP URIs, XEP-0106 and
+        quoted strings) is refused with an error naming the character; other names are created."""
+        accounts = Harness().server.accounts
+        for name, character in (("%61dmin", "%"), ("back\\5cslash", "\\"), ("a%5c\\b", "%")):
+            failure = self.failureResultOf(accounts.create("localhost", name, "pw"), InvalidName)
+            self.assertIn(f"may not contain {character}", str(failure.value))
+            self.assertFalse(result_of(accounts.exists("localhost", name)))
+        result_of(accounts.create("localhost", "plain.name-1", "pw"))
+        self.assertTrue(result_of(accounts.exists("localhost", "plain.name-1")))
+
+
 class SIPConfigTests(SynchronousTestCase):
     def problems(self, **sip):
         error = self.assertRaises(configuration.ConfigError, configuration.parse, {"sip": sip}, "t.toml")
@@ -350,6 +469,8 @@ class SIPConfigTests(SynchronousTestCase):
                          (["udp:5060"], ["tcp:5060"], ["tcp:5061"]))
         self.assertEqual(sip.digest_algorithms, ["MD5", "SHA-256"])
         self.assertEqual(sip.tls_min_version, "1.2")
+        self.assertEqual((sip.max_server_transactions, sip.max_server_transaction_bytes), (10000, 33554432))
+        self.assertEqual(len(self.problems(max_server_transactions=0, max_server_transaction_bytes=1000)), 2)
 
     def test_udp_endpoints(self):
         """udp:PORT and udp:PORT:interface=ADDRESS are read; anything else is an error naming the key."""

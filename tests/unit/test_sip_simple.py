@@ -104,10 +104,10 @@ class SimpleTestCase(SynchronousTestCase):
     def tearDown(self):
         self.simple.stop()
 
-    def exchange(self, request):
-        """Send ``request`` as if from SOURCE; the response to it (NOTIFYs sent after it stay queued)."""
+    def exchange(self, request, source=SOURCE):
+        """Send ``request`` as if from ``source``; the response to it (NOTIFYs sent after it stay queued)."""
         before = len(self.transport.sent)
-        self.gateway.message_received(parse_datagram(request.to_bytes()), self.transport, SOURCE)
+        self.gateway.message_received(parse_datagram(request.to_bytes()), self.transport, source)
         responses = [m for m, _ in self.transport.sent[before:] if not isinstance(m, Request)]
         self.assertEqual(len(responses), 1, "exactly one response expected")
         return responses[0]

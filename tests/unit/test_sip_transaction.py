@@ -5,7 +5,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from bridge.gateways.sip.message import Request, make_response, parse_datagram
 from bridge.gateways.sip.transaction import (
-    TransactionLayer, new_branch, response_address, server_key,
+    RETRY_AFTER_SECONDS, ExcessAllowance, ServerTransaction, StatelessResponder, TransactionLayer, new_branch,
+    response_address,
 )
 
 PEER = ("192.0.2.7", 5062)
@@ -264,6 +265,20 @@ class ServerNonInviteTests(Base):
         self.assertEqual(self.udp.sent[0][2], ("198.51.100.9", 40000))
         self.assertEqual(self.udp.sent[0][1].top_via.rport, 40000)
 
+    def test_client_supplied_received_replaced_or_removed(self):
+        """A received= the client wrote itself never survives: it is replaced by the peer's address
+        when that differs from the sent-by (or rport is asked for), and removed when the sent-by is
+        already the peer's address (RFC 3261 18.2.1); a client-written rport value is overwritten too."""
+        request = make_request(sent_by="192.0.2.7:5062")
+        request.headers.set("Via", request.headers.get("Via") + ";received=203.0.113.66")
+        self.layer.receive(wire(request), self.udp, PEER)
+        self.assertNotIn("received", self.user.events[-1][2].top_via.params)
+        request = make_request(sent_by="10.0.0.5:5060")
+        request.headers.set("Via", request.headers.get("Via") + ";received=203.0.113.66;rport=1")
+        self.layer.receive(wire(request), self.udp, ("198.51.100.9", 40000))
+        via = self.user.events[-1][2].top_via
+        self.assertEqual((via.received, via.rport), ("198.51.100.9", 40000))
+
     def test_response_address_without_rport(self):
         """Without rport a UDP response goes to the source host at the sent-by port."""
         request = make_request(sent_by="10.0.0.5:5070")
@@ -271,111 +286,171 @@ class ServerNonInviteTests(Base):
         self.assertEqual(response_address(request, self.tcp, ("198.51.100.9", 40000)), ("198.51.100.9", 40000))
 
 
-class ServerInviteTests(Base):
-    def receive_invite(self, transport=None):
-        request = make_request("INVITE")
+class StatelessInviteTests(Base):
+    def receive_invite(self, transport=None, request=None):
+        request = request or make_request("INVITE")
         self.layer.receive(wire(request), transport or self.udp, PEER)
         return request, self.user.events[-1][1]
 
-    def test_trying_after_200ms(self):
-        """An INVITE the user has not answered within 200 ms gets 100 Trying."""
-        self.receive_invite()
-        self.advance_to(0.15)
-        self.assertEqual(self.udp.sent, [])
-        self.advance_to(0.25)
-        self.assertEqual(self.udp.statuses(), [100])
+    def test_invite_answered_once_and_forgotten(self):
+        """An INVITE is answered through a stateless responder: its one response is sent once, no 100
+        Trying, no retransmission without an ACK, no timer and no transaction left behind."""
+        request, responder = self.receive_invite()
+        self.assertIsInstance(responder, StatelessResponder)
+        responder.respond(make_response(request, 488, to_tag="n"))
+        self.advance_to(64)
+        self.assertEqual(self.udp.statuses(), [488])
+        self.assertEqual((self.layer.server, self.clock.getDelayedCalls()), ({}, []))
 
-    def test_prompt_answer_has_no_trying(self):
-        """An INVITE answered at once gets no 100 Trying."""
-        request, transaction = self.receive_invite()
-        transaction.respond(make_response(request, 501, to_tag="n"))
-        self.advance_to(0.3)
-        self.assertEqual(self.udp.statuses(), [501])
+    def test_retransmitted_invite_answered_again(self):
+        """A retransmitted INVITE reaches the user again and gets its own single answer: one datagram
+        back for each one in, never more."""
+        request, responder = self.receive_invite()
+        responder.respond(make_response(request, 488, to_tag="n"))
+        _, again = self.receive_invite(request=request)
+        again.respond(make_response(request, 488, to_tag="n"))
+        self.assertEqual(self.udp.statuses(), [488, 488])
 
-    def test_488_retransmitted_until_ack_then_ack_absorbed(self):
-        """A 488 is retransmitted by Timer G until the ACK, which the transaction absorbs; Timer I ends it."""
-        request, transaction = self.receive_invite()
-        transaction.respond(make_response(request, 488, to_tag="n"))
-        self.advance_to(3.6)
-        self.assertEqual(self.udp.times(), [0, 0.5, 1.5, 3.5])
-        # a retransmitted INVITE gets the 488 again and does not reach the user
-        self.layer.receive(wire(request), self.udp, PEER)
-        self.assertEqual(len(self.udp.sent), 5)
+    def test_ack_goes_to_the_user_without_transaction(self):
+        """Every ACK (there is no INVITE transaction for it to end) is handed on with no transaction."""
+        request, responder = self.receive_invite()
+        responder.respond(make_response(request, 488, to_tag="n"))
         ack = make_request("ACK", branch=request.top_via.branch)
         ack.headers.set("To", "<sip:bob@example.com>;tag=n")
-        self.layer.receive(wire(ack), self.udp, PEER)
-        self.layer.receive(wire(ack), self.udp, PEER)
-        self.assertEqual(transaction.state, "confirmed")
-        self.advance_to(4.9)
-        self.assertEqual(len(self.udp.sent), 5)
-        self.assertEqual(len(self.layer.server), 1)
-        self.advance_to(9)
-        self.assertEqual(self.layer.server, {})
-        self.assertEqual(self.user.kinds(), ["request"])
-        self.assertEqual(set(self.udp.statuses()), {488})
-
-    def test_timer_g_caps_at_t2_and_timer_h(self):
-        """Without an ACK the final response is resent at intervals capped at T2 and Timer H times out at 32 s."""
-        request, transaction = self.receive_invite()
-        transaction.respond(make_response(request, 501, to_tag="n"))
-        self.advance_to(40)
-        self.assertEqual(self.udp.times(), [0, 0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5])
-        self.assertEqual(self.user.kinds(), ["request", "timeout"])
-        self.assertEqual(self.layer.server, {})
-
-    def test_reliable_invite(self):
-        """Over TCP the final response is not retransmitted and the ACK ends the transaction (Timer I = 0)."""
-        request, transaction = self.receive_invite(self.tcp)
-        transaction.respond(make_response(request, 488, to_tag="n"))
-        self.advance_to(5)
-        self.assertEqual(self.tcp.statuses(), [488])
-        ack = make_request("ACK", branch=request.top_via.branch)
-        ack.headers.set("To", "<sip:bob@example.com>;tag=n")
-        self.layer.receive(wire(ack), self.tcp, PEER)
-        self.assertEqual(self.layer.server, {})
-
-    def test_rfc2543_ack_matched_by_to_tag(self):
-        """Without branches, the ACK is matched to the INVITE when its To tag is the response's."""
-        request = make_request("INVITE", branch=False)
-        self.layer.receive(wire(request), self.udp, PEER)
-        transaction = self.user.events[0][1]
-        transaction.respond(make_response(request, 488, to_tag="n"))
-        stranger = make_request("ACK", branch=False)
-        stranger.headers.set("To", "<sip:bob@example.com>;tag=other")
-        self.layer.receive(wire(stranger), self.udp, PEER)
-        self.assertEqual(self.user.kinds(), ["request", "request"])
-        ack = make_request("ACK", branch=False)
-        ack.headers.set("To", "<sip:bob@example.com>;tag=n")
-        self.layer.receive(wire(ack), self.udp, PEER)
-        self.assertEqual(transaction.state, "confirmed")
-        self.assertEqual(self.user.kinds(), ["request", "request"])
-
-    def test_2xx_accepted_state(self):
-        """After a 2xx, retransmitted INVITEs are absorbed (RFC 6026) and the ACK goes to the user."""
-        request, transaction = self.receive_invite()
-        transaction.respond(make_response(request, 200, to_tag="ok"))
-        self.layer.receive(wire(request), self.udp, PEER)
-        self.assertEqual(self.user.kinds(), ["request"])
-        ack = make_request("ACK", branch=request.top_via.branch)
         self.layer.receive(wire(ack), self.udp, PEER)
         self.assertEqual(self.user.kinds(), ["request", "request"])
         self.assertIsNone(self.user.events[1][1])
-        self.advance_to(32.1)
-        self.assertEqual(self.layer.server, {})
 
-    def test_cancel_is_its_own_transaction(self):
-        """A CANCEL with the INVITE's branch is a separate transaction that finds the INVITE."""
-        request, invite_transaction = self.receive_invite()
-        cancel = make_request("CANCEL", branch=request.top_via.branch)
-        self.layer.receive(wire(cancel), self.udp, PEER)
-        cancel_transaction = self.user.events[-1][1]
-        self.assertIsNot(cancel_transaction, invite_transaction)
-        self.assertIs(self.layer.matching_invite(self.user.events[-1][2]), invite_transaction)
-        self.assertNotEqual(server_key(cancel), invite_transaction.key)
+    def test_cancel_is_an_ordinary_transaction(self):
+        """A CANCEL with the INVITE's branch is a non-INVITE transaction of its own."""
+        request, _ = self.receive_invite()
+        self.layer.receive(wire(make_request("CANCEL", branch=request.top_via.branch)), self.udp, PEER)
+        self.assertIsInstance(self.user.events[-1][1], ServerTransaction)
+        self.assertEqual(len(self.layer.server), 1)
 
-    def test_unmatched_ack_goes_to_user(self):
-        """An ACK matching no transaction (the ACK of a 2xx) is handed to the user with no transaction."""
-        self.layer.receive(wire(make_request("ACK")), self.udp, PEER)
-        self.assertEqual(self.user.kinds(), ["request"])
-        self.assertIsNone(self.user.events[0][1])
-        self.assertEqual(self.layer.server, {})
+
+def small_register(branch):
+    """A REGISTER with nothing beyond the headers every request needs, as a spoofer sends."""
+    request = make_request("REGISTER", branch=branch)
+    request.headers.remove("Max-Forwards")
+    return request
+
+
+class UnverifiedSourceTests(Base):
+    def challenge(self, request):
+        response = make_response(request, 401, to_tag="t")
+        response.headers.add("WWW-Authenticate", 'Digest realm="example.com", nonce="n1", algorithm=MD5, qop="auth"')
+        response.headers.add("WWW-Authenticate", 'Digest realm="example.com", nonce="n1", algorithm=SHA-256, qop="auth"')
+        response.headers.add("Server", "bridge/test")
+        return response
+
+    def answer(self, request, response, transport=None, source=PEER):
+        """Receive ``request`` (from ``source``) and answer it with ``response``; the bytes sent and in."""
+        data = request.to_bytes()
+        self.layer.receive(parse_datagram(data), transport or self.udp, source)
+        transaction = self.user.events[-1][1]
+        transaction.respond(response)
+        sent = (transport or self.udp).sent
+        return [len(message.to_bytes()) for _, message, _ in sent], len(data)
+
+    def test_answers_no_longer_than_the_request(self):
+        """To an unverified UDP source a response is cut down until it is no longer than the request:
+        only the headers every response copies (Server, Allow... dropped), the standard reason.  When
+        even that is longer, the excess is paid from the source's allowance, and once that is spent
+        nothing is sent."""
+        request = make_request("MESSAGE")
+        response = make_response(request, 200, reason="OK (with a long explanation of nothing at all)",
+                                 to_tag="t")
+        for name in ("Allow", "Accept", "Supported", "Server"):
+            response.headers.add(name, "x" * 40)
+        sizes, size = self.answer(request, response)
+        self.assertLessEqual(sizes[0], size)
+        [(_, sent, _)] = self.udp.sent
+        self.assertEqual((sent.status, sent.reason, sent.headers.get("Allow")), (200, "OK", None))
+        tiny = small_register(new_branch())
+        self.answer(tiny, make_response(tiny, 423, headers=[("Min-Expires", "60")], to_tag="a-long-to-tag" * 3))
+        self.assertEqual(self.udp.statuses(), [200, 423])
+        while self.layer.allowance.take(PEER[0], 1):
+            pass  # the source's allowance spent (the clock stands still)
+        tiny = small_register(new_branch())
+        self.answer(tiny, make_response(tiny, 423, headers=[("Min-Expires", "60")], to_tag="a-long-to-tag" * 3))
+        self.assertEqual(self.udp.statuses(), [200, 423])
+        self.clock.advance(ExcessAllowance.REFILL_SECONDS)
+        self.assertTrue(self.layer.allowance.take(PEER[0], ExcessAllowance.BURST_BYTES))
+
+    def test_small_request_gets_one_challenge(self):
+        """A challenge to a short request keeps its first WWW-Authenticate only (and it is still sent:
+        a phone must be able to authenticate); a long request gets every challenge."""
+        tiny = small_register(new_branch())
+        sizes, size = self.answer(tiny, self.challenge(tiny))
+        [(_, sent, _)] = self.udp.sent
+        self.assertEqual(len(sent.headers.get_all("WWW-Authenticate")), 1)
+        self.assertIn("MD5", sent.headers.get("WWW-Authenticate"))
+        long = make_request("REGISTER")
+        long.headers.add("User-Agent", "a softphone " * 40)
+        self.answer(long, self.challenge(long))
+        self.assertEqual(len(self.udp.sent[1][1].headers.get_all("WWW-Authenticate")), 2)
+
+    def test_verified_and_reliable_answers_are_whole(self):
+        """Once the sender proved who it is (Request.verified), or over TCP, the response goes whole."""
+        request = make_request("REGISTER")
+        self.layer.receive(wire(request), self.udp, PEER)
+        transaction, received = self.user.events[-1][1:]
+        received.verified = True
+        response = self.challenge(received)
+        response.status = 200
+        transaction.respond(response)
+        self.assertEqual(self.udp.sent[0][1].headers.get("Server"), "bridge/test")
+        self.layer.receive(wire(make_request("REGISTER")), self.tcp, PEER)
+        self.user.events[-1][1].respond(self.challenge(make_request("REGISTER")))
+        self.assertEqual(len(self.tcp.sent[0][1].headers.get_all("WWW-Authenticate")), 2)
+
+
+class LimitTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.user = FakeUser()
+        self.udp = FakeTransport(self.clock)
+
+    def test_past_the_count_503_with_retry_after(self):
+        """Past max_transactions live server transactions a new request is answered 503 with
+        Retry-After, statelessly, and never reaches the user; once one ends, requests are taken again."""
+        layer = TransactionLayer(self.clock, self.user, max_transactions=2)
+        for _ in range(3):
+            message = make_request("MESSAGE")
+            message.body = b"a message long enough to be answered 503 with Retry-After"
+            layer.receive(wire(message), self.udp, PEER)
+        self.assertEqual(self.user.kinds(), ["request", "request"])
+        [(_, busy, _)] = self.udp.sent
+        self.assertEqual((busy.status, busy.headers.get("Retry-After")), (503, str(RETRY_AFTER_SECONDS)))
+        self.assertEqual(len(layer.server), 2)
+        self.user.events[0][1].respond(make_response(self.user.events[0][2], 200))
+        self.clock.advance(33)
+        layer.receive(wire(make_request("MESSAGE")), self.udp, PEER)
+        self.assertEqual(self.user.kinds(), ["request", "request", "request"])
+
+    def test_past_the_bytes_503(self):
+        """The bytes of the requests the transactions hold are bounded too: a large request that would
+        pass max_transaction_bytes gets 503, and the count falls when transactions end."""
+        first = make_request("MESSAGE")
+        first.body = b"x" * 600
+        layer = TransactionLayer(self.clock, self.user, max_transaction_bytes=1000)
+        layer.receive(wire(first), self.udp, PEER)
+        held = layer.server_bytes
+        self.assertGreater(held, 600)
+        second = make_request("MESSAGE")
+        second.body = b"y" * 600
+        layer.receive(wire(second), self.udp, PEER)
+        self.assertEqual(self.udp.statuses(), [503])
+        self.assertEqual(layer.server_bytes, held)
+        self.user.events[0][1].respond(make_response(first, 200))
+        self.clock.advance(33)
+        self.assertEqual((layer.server, layer.server_bytes), ({}, 0))
+
+    def test_invites_and_acks_hold_nothing(self):
+        """INVITEs and ACKs are answered past the limit too: they hold no transaction."""
+        layer = TransactionLayer(self.clock, self.user, max_transactions=1)
+        layer.receive(wire(make_request("MESSAGE")), self.udp, PEER)
+        layer.receive(wire(make_request("INVITE")), self.udp, PEER)
+        layer.receive(wire(make_request("ACK")), self.udp, PEER)
+        self.assertEqual(self.user.kinds(), ["request", "request", "request"])

@@ -8,19 +8,23 @@ from twisted.trial.unittest import SynchronousTestCase
 from bridge import config as configuration
 from bridge.gateways.sip.gateway import SIPGateway
 from bridge.gateways.sip.message import parse_datagram
+from bridge.gateways.sip.transaction import ExcessAllowance
 from bridge.gateways.sip.transport import (
     MAX_DATAGRAM_BYTES, SourcePolicy, StreamFactory, UDPServerEndpoint, UDPTransport,
 )
 
 from .helpers import Harness, gateway_context
-from .test_sip_registrar import make_config
+from .test_sip_registrar import PHONE_HEADERS, make_config
 
 PEER = ("192.0.2.7", 40123)
 
 
 def request_text(method="OPTIONS", branch="z9hG4bK-1", via_port=5062, rport=True, extra="", body="",
-                 cseq=None, uri="sip:localhost"):
+                 cseq=None, uri="sip:localhost", phone=True):
+    """A request as a phone sends it (``phone``: with the headers of PHONE_HEADERS), as bytes."""
     via = f"SIP/2.0/UDP 192.0.2.99:{via_port};branch={branch}" + (";rport" if rport else "")
+    if phone:
+        extra += "".join(f"{name}: {value}\r\n" for name, value in PHONE_HEADERS)
     return (f"{method} {uri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\n"
             f"From: <sip:alice@localhost>;tag=a1\r\nTo: <sip:bob@localhost>\r\nCall-ID: call-{branch}\r\n"
             f"CSeq: {cseq or '1 ' + method}\r\n{extra}Content-Length: {len(body.encode())}\r\n\r\n{body}").encode()
@@ -80,20 +84,20 @@ class UDPTests(SynchronousTestCase):
         [(_, address)] = self.send(request_text(rport=False, via_port=5070))
         self.assertEqual(address, ("192.0.2.7", 5070))
 
-    def test_invite_refused_with_488_in_its_transaction(self):
-        """INVITE gets 488, retransmitted on timer G until the ACK comes; the ACK reaches no one."""
+    def test_invite_refused_with_488_statelessly(self):
+        """INVITE gets 488 with a Warning, once: no transaction is kept, so nothing is retransmitted
+        while no ACK comes, and the ACK that comes reaches no one."""
         [(response, _)] = self.send(request_text("INVITE", branch="z9hG4bK-inv"))
         self.assertEqual(response.status, 488)
         self.assertIn("not supported", response.headers.get("Warning"))
-        self.harness.clock.advance(0.5)
-        self.assertEqual(len(self.socket.written), 2)
+        self.assertEqual(self.gateway.transactions.server, {})
+        self.harness.clock.advance(60)
+        self.assertEqual(len(self.socket.written), 1)
         tag = response.to_address.tag
         ack = request_text("ACK", branch="z9hG4bK-inv", cseq="1 ACK").replace(
             b"To: <sip:bob@localhost>", f"To: <sip:bob@localhost>;tag={tag}".encode())
         self.assertEqual(self.send(ack), [])
-        self.harness.clock.advance(60)
-        self.assertEqual(len(self.socket.written), 2)
-        self.assertEqual(self.gateway.transactions.server, {})
+        self.assertEqual(self.harness.clock.getDelayedCalls(), [])
 
     def test_unknown_methods_get_501(self):
         """A method the gateway does not know gets 501 with Allow, which lists every method it answers."""
@@ -115,11 +119,11 @@ class UDPTests(SynchronousTestCase):
         [(required, _)] = self.send(request_text(branch="z9hG4bK-r", extra="Require: 100rel\r\n"))
         self.assertEqual((required.status, required.headers.get("Unsupported")), (420, "100rel"))
 
-    def test_cancel_of_a_live_invite(self):
-        """A CANCEL matching an INVITE transaction gets 200."""
+    def test_cancel_of_an_answered_invite(self):
+        """A CANCEL of an INVITE gets 481: the INVITE was answered at once and left no transaction."""
         self.send(request_text("INVITE", branch="z9hG4bK-inv2"))
         [(response, _)] = self.send(request_text("CANCEL", branch="z9hG4bK-inv2"))
-        self.assertEqual(response.status, 200)
+        self.assertEqual(response.status, 481)
 
     def test_retransmission_absorbed(self):
         """The same OPTIONS twice: the same response twice (same To tag), one transaction."""
@@ -263,18 +267,18 @@ class SourcePolicyTests(SynchronousTestCase):
         refills; other sources are unaffected."""
         protocol = UDPTransport(self.sink, policy=self.policy)
         protocol.makeConnection(FakeDatagramTransport())
-        message = request_text()
+        message = request_text(phone=False)
         for n in range(10):
             protocol.datagramReceived(message, PEER)
         allowed = len(self.sink.messages)
         self.assertEqual(allowed, 2000 // len(message))
-        protocol.datagramReceived(request_text(branch="z9hG4bK-other"), ("192.0.2.8", 5060))
+        protocol.datagramReceived(request_text(branch="z9hG4bK-other", phone=False), ("192.0.2.8", 5060))
         self.assertEqual(len(self.sink.messages), allowed + 1)
         self.clock.advance(0.5)
-        protocol.datagramReceived(request_text(branch="z9hG4bK-early"), PEER)
+        protocol.datagramReceived(request_text(branch="z9hG4bK-early", phone=False), PEER)
         self.assertEqual(len(self.sink.messages), allowed + 1)
         self.clock.advance(2)
-        protocol.datagramReceived(request_text(branch="z9hG4bK-later"), PEER)
+        protocol.datagramReceived(request_text(branch="z9hG4bK-later", phone=False), PEER)
         self.assertEqual(len(self.sink.messages), allowed + 2)
 
     def connect(self):
@@ -304,3 +308,67 @@ class SourcePolicyTests(SynchronousTestCase):
         self.assertTrue(socket.disconnecting)
         protocol.connectionLost(None)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+def spoofed(method, index):
+    """A short request in a victim's name, as an attacker sends to reflect traffic (no phone headers)."""
+    return request_text(method, branch=f"z9hG4bK-spoof{index}", phone=False, uri="sip:localhost",
+                        extra="Contact: <sip:bob@192.0.2.99>\r\n" if method == "REGISTER" else "")
+
+
+class ReflectionTests(SynchronousTestCase):
+    """A spoofed UDP source gets no more bytes back than it sent (amplification at most 1), but for the
+    small allowance per address (ExcessAllowance) that lets a short ping or REGISTER be answered."""
+
+    def setUp(self):
+        self.harness = Harness(make_config())
+        self.gateway = SIPGateway(gateway_context(self.harness.server, "sip", self.harness.config.sip))
+        self.protocol = UDPTransport(self.gateway, self.gateway.limits)
+        self.socket = FakeDatagramTransport()
+        self.protocol.makeConnection(self.socket)
+
+    def flood(self, method, count, interval=0.01):
+        """``count`` spoofed requests, ``interval`` seconds apart, then a minute of quiet; (bytes in, bytes out,
+        datagrams out)."""
+        sent_in = 0
+        for index in range(count):
+            data = spoofed(method, index)
+            sent_in += len(data)
+            self.protocol.datagramReceived(data, PEER)
+            self.harness.clock.advance(interval)
+        for _ in range(70):
+            self.harness.clock.advance(1)
+        out = [len(data) for data, _ in self.socket.written]
+        return sent_in, sum(out), len(out)
+
+    def test_spoofed_invite_not_amplified(self):
+        """A spoofed INVITE gets one 488 back (its smallest form, within the allowance) and nothing
+        afterwards; a flood of them gets no more bytes than it sent.  Before the stateless answer each
+        drew 10 retransmitted 488s, about 15 times its size."""
+        sent_in, sent_out, datagrams = self.flood("INVITE", 1)
+        self.assertEqual(datagrams, 1)
+        self.assertLessEqual(sent_out, sent_in + ExcessAllowance.BURST_BYTES)
+        self.setUp()
+        sent_in, sent_out, _ = self.flood("INVITE", 1000)
+        self.assertLessEqual(sent_out, sent_in)
+
+    def test_spoofed_register_flood_not_amplified(self):
+        """A single spoofed REGISTER may draw a challenge a little longer than itself (one WWW-Authenticate,
+        within the allowance); a flood of them in one victim's name gets in all no more bytes than it sent,
+        where before each drew a 401 with two challenges (about twice its size)."""
+        sent_in, sent_out, datagrams = self.flood("REGISTER", 1)
+        self.assertEqual(datagrams, 1)
+        self.assertLessEqual(sent_out, sent_in + ExcessAllowance.BURST_BYTES)
+        self.setUp()
+        sent_in, sent_out, _ = self.flood("REGISTER", 1000)
+        self.assertLessEqual(sent_out, sent_in)
+
+    def test_a_phone_still_authenticates(self):
+        """The same short REGISTER from a phone gets its challenge: the allowance serves those who
+        authenticate now and then."""
+        for index in range(5):
+            self.protocol.datagramReceived(spoofed("REGISTER", index), PEER)
+            self.harness.clock.advance(60)
+        responses = [parse_datagram(data) for data, _ in self.socket.written]
+        self.assertEqual([response.status for response in responses], [401] * 5)
+        self.assertTrue(all(len(r.headers.get_all("WWW-Authenticate")) == 1 for r in responses))

@@ -30,16 +30,23 @@ from bridge.core.streams.c2s import ClientFactory
 from bridge.gateways import smtp as gateway_module
 from bridge.gateways.smtp import OUTBOX, EmailGateway
 from bridge.tap import load_features
+from bridge.gateways.sip.gateway import SIPGateway
+from bridge.gateways.sip.message import parse_datagram
 from tests.unit.helpers import FakeClient, gateway_context, result_of
+from tests.unit.test_sip_messaging import sip_message
+from tests.unit.test_sip_registrar import FakeUDP, authorization
 
 SMTP_DEFAULTS = {"relay": "relay.test:2525", "starttls": "off", "from_address": "im@example.com",
                  "digest_seconds": 60, "retry_initial_seconds": 10, "retry_max_seconds": 100}
 
 
-def email_config(**smtp_options):
+def email_config(sip=None, **smtp_options):
+    """``sip``: a [sip] table, for the tests of what phones say; else the gateway's defaults."""
     document = {"c2s": {"require_encryption": False},
                 "hosts": {"localhost": {"offline_notification": "email"}},
                 "smtp": {**SMTP_DEFAULTS, **smtp_options}}
+    if sip is not None:
+        document["sip"] = sip
     return configuration.parse(document, "test.toml")
 
 
@@ -129,8 +136,10 @@ class GatewayTestBase(SynchronousTestCase):
 
     smtp_options = {}
 
+    sip_options = None
+
     def setUp(self):
-        self.config = email_config(**self.smtp_options)
+        self.config = email_config(self.sip_options, **self.smtp_options)
         self.storage = MemoryStorage()
         self.server_clock = Clock()
         self.server = Server(self.config, self.storage, self.server_clock)
@@ -395,6 +404,55 @@ class RestartTests(GatewayTestBase):
         self.relay.answer()
         [mail] = self.relay.mails()
         self.assertEqual(mail["Subject"], "2 messages from alice@localhost")
+
+
+class SIPPhoneTests(GatewayTestBase):
+    """What a user's SIP phone says enters as the user's client does, so email sees it too."""
+
+    smtp_options = {"archive_recipients": ["audit@example.com"], "archive_interval_seconds": 300}
+    sip_options = {"enabled": True}
+
+    def setUp(self):
+        super().setUp()
+        self.sip_context = gateway_context(self.server, "sip", self.config.sip)
+        self.sip = SIPGateway(self.sip_context)
+        self.addCleanup(self.sip_context.unload)
+        self.addCleanup(self.sip.stop)
+        self.udp = FakeUDP()
+
+    def phone_says(self, text, to="bob@localhost"):
+        """alice's phone sends ``text`` by MESSAGE, answering the digest challenge; the final status."""
+        statuses = []
+        for cseq, auth in ((1, None), (2, "answer")):
+            if auth is not None:
+                challenge = self.udp.sent[-1][0]
+                value = next(v for v in challenge.headers.get_all("WWW-Authenticate") if "algorithm=MD5" in v)
+                auth = authorization(value, "alice", "secret", uri=f"sip:{to}", method="MESSAGE")
+            request = sip_message(uri=f"sip:{to}", body=text, cseq=cseq, auth=auth, call_id="email@192.0.2.7")
+            self.sip.message_received(parse_datagram(request.to_bytes()), self.udp, ("192.0.2.7", 5062))
+            statuses.append(self.udp.sent[-1][0].status)
+        self.assertEqual(statuses[0], 401)
+        return statuses[-1]
+
+    def test_phone_message_archived(self):
+        """A MESSAGE from alice's phone to bob is in the conversation archive, from alice@localhost."""
+        self.login("bob@localhost/b")
+        self.assertEqual(self.phone_says("from the phone"), 202)
+        self.reactor.advance(300)
+        self.relay.answer()
+        [mail] = self.relay.mails()
+        self.assertEqual(mail["X-Bridge-Conversation"], "alice@localhost bob@localhost")
+        self.assertIn("alice@localhost to bob@localhost", mail.get_content())
+        self.assertIn("from the phone", mail.get_content())
+
+    def test_phone_message_to_offline_user_notified_by_email(self):
+        """A MESSAGE from alice's phone to bob, who is offline, is stored and announced to bob's address."""
+        self.assertEqual(self.phone_says("while you were out"), 202)
+        self.reactor.advance(60)
+        self.relay.answer()
+        digests = [mail for mail in self.relay.mails() if mail["To"] == "bob@example.org"]
+        self.assertEqual([mail["Subject"] for mail in digests], ["Message from alice@localhost"])
+        self.assertIn("while you were out", digests[0].get_content())
 
 
 class ArchiveTests(GatewayTestBase):

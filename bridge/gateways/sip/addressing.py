@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
+from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep
+
 from bridge.core.stanza import parse_jid
 from bridge.gateways.sip.message import URI, GrammarError, parse_uri
 
@@ -138,6 +140,25 @@ def _decode_user(user):
         return unquote(user, errors="strict")
     except UnicodeDecodeError:
         raise AddressError(f"the user part {user!r} is not UTF-8 once unescaped") from None
+
+
+def local_user(uri):
+    """The account name that a SIP URI of one of our domains names, or None.
+
+    Every reader of a local user's SIP address uses it (the registrar's
+    address of record, a sender's From, a SUBSCRIBE's target), and decodes
+    the %-escapes exactly as ``jid_for_uri`` does: once, since RFC 3261
+    19.1.4 compares them as the characters they stand for.  The name is then
+    prepared with nodeprep as every account name is; None when that fails or
+    nothing is left.  No new account may hold ``%`` (accounts.py), so a
+    name is never decoded into another.
+    """
+    if not uri.user:
+        return None
+    try:
+        return nodeprep.prepare(_decode_user(uri.user)) or None
+    except (AddressError, UnicodeError):
+        return None
 
 
 def _jid(node, domain, resource=None):

@@ -44,7 +44,8 @@ class DigestError(ValueError):
     """An Authorization header that cannot be read as Digest credentials."""
 
 
-def _base(algorithm):
+def base_algorithm(algorithm):
+    """The algorithm without its -sess (whose HA1 is the base's); DigestError for an unknown one."""
     base = algorithm[:-5] if algorithm.endswith("-sess") else algorithm
     if base not in HASHES:
         raise DigestError(f"unsupported algorithm {algorithm!r}")
@@ -52,7 +53,7 @@ def _base(algorithm):
 
 
 def _hex(algorithm, text):
-    return HASHES[_base(algorithm)](text.encode("utf-8")).hexdigest()
+    return HASHES[base_algorithm(algorithm)](text.encode("utf-8")).hexdigest()
 
 
 def ha1(algorithm, user, realm, password):
@@ -145,7 +146,7 @@ class DigestAuthenticator:
         if not secret:
             raise ValueError("a server secret is required")
         for algorithm in algorithms:
-            _base(algorithm)
+            base_algorithm(algorithm)
         self.realm = realm
         self.secret = secret if isinstance(secret, bytes) else secret.encode("utf-8")
         self.clock = clock
@@ -191,11 +192,12 @@ class DigestAuthenticator:
 
     # challenges
 
-    def challenges(self, stale=False):
-        """WWW-Authenticate values, one per algorithm, strongest first, with one fresh nonce."""
+    def challenges(self, stale=False, algorithms=None):
+        """WWW-Authenticate values, one per algorithm (``algorithms``, else those configured, in their
+        order), with one fresh nonce."""
         nonce = self.make_nonce()
         values = []
-        for algorithm in self.algorithms:
+        for algorithm in algorithms or self.algorithms:
             value = (f"Digest realm={_quote(self.realm)}, nonce={_quote(nonce)}, "
                      f"algorithm={algorithm}, qop=\"auth\"")
             if stale:

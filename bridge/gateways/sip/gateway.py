@@ -11,10 +11,10 @@ retransmissions are absorbed there, and each new server transaction reaches
 
 * REGISTER: the registrar (digest against the accounts, bindings in memory);
 * OPTIONS: 200 with Allow, Accept and Supported;
-* INVITE: 488 Not Acceptable Here inside its INVITE server transaction
-  (voice is not part of this gateway), its ACK absorbed there; CANCEL: 200
-  when it matches an INVITE transaction, else 481; BYE: 481, there are no
-  dialogs;
+* INVITE: 488 Not Acceptable Here, statelessly (voice is not part of this
+  gateway; the transaction layer keeps no INVITE transaction, so nothing is
+  retransmitted towards a possibly spoofed source), its ACK ignored; CANCEL
+  and BYE: 481, there is neither an INVITE transaction nor a dialog;
 * MESSAGE: ``messaging.Messaging`` (digest for our users, allowed foreign
   domains, stored before 202, said or routed to XMPP); it also sends
   MESSAGEs out;
@@ -84,13 +84,14 @@ class SIPGateway:
         self.reactor = reactor
         self.tls_context = tls_context
         self.limits = Limits(max_header_bytes=self.sip.max_header_bytes, max_body_bytes=self.sip.max_body_bytes)
-        self.transactions = TransactionLayer(self.clock, self, timers)
+        self.policy = sip_transport.SourcePolicy(self.clock, self.sip)  # per-peer limits of every SIP transport
+        self.transactions = TransactionLayer(self.clock, self, timers, self.sip.max_server_transactions,
+                                             self.sip.max_server_transaction_bytes, self.policy.allowance)
         self.registrar = Registrar(ctx, secret, changed=lambda host, user: self.phones.registered(host, user))
         self.agent = f"bridge/{__version__}"
         self.udp_transports = []  # for requests the gateway sends out (add_transport)
         self._resolver = resolver
         self._pruning = None
-        self.policy = sip_transport.SourcePolicy(self.clock, self.sip)  # per-peer limits of every SIP transport
         self._connector = sip_transport.StreamFactory(self, self.limits, "TCP", self.policy)
         domain = self.sip.domain.lower()
         self.addresses = AddressMap(ctx.local_domains(), domain)
@@ -183,6 +184,7 @@ class SIPGateway:
         endpoint = endpoints.HostnameEndpoint(self.reactor, address[0], address[1], timeout=10)
 
         def connected(transport):
+            log.info("SIP: new TCP connection to {uri}", uri=binding.uri)
             binding.transport, binding.source = transport, address
             self.messaging.send(request, transport, address, on_final)
 
@@ -277,12 +279,8 @@ class SIPGateway:
         response.headers.add("Warning", f'399 {host} "Voice and video calls are not supported"')
         self._respond(transaction, response)
 
-    def _on_ack(self, transaction, request):
-        pass  # an ACK always finds its INVITE transaction or none (request_received(None))
-
     def _on_cancel(self, transaction, request):
-        invite = self.transactions.matching_invite(request)
-        self._respond(transaction, self._response(request, 200 if invite is not None else 481))
+        self._respond(transaction, self._response(request, 481))  # INVITEs are answered at once, statelessly
 
     def _on_bye(self, transaction, request):
         self._respond(transaction, self._response(request, 481))

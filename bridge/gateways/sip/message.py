@@ -547,11 +547,16 @@ class Headers:
 
 
 class Message:
-    """What requests and responses share: headers, body, parsed accessors."""
+    """What requests and responses share: headers, body, parsed accessors.
+
+    ``size`` is the number of bytes the message took on the wire when it was
+    parsed (the whole datagram for UDP), None for one made here.
+    """
 
     def __init__(self, headers=None, body=b""):
         self.headers = headers if headers is not None else Headers()
         self.body = body
+        self.size = None
 
     def start_line(self):
         raise NotImplementedError
@@ -597,11 +602,15 @@ class Message:
 
 
 class Request(Message):
+    """A request; ``verified`` once its sender proved who it is (digest), so that its answers need not
+    be kept as small as the request (``fit_response``)."""
+
     def __init__(self, method, uri, headers=None, body=b"", version=SIP_VERSION):
         super().__init__(headers, body)
         self.method = method
         self.uri = parse_uri(uri) if isinstance(uri, str) else uri
         self.version = version
+        self.verified = False
 
     def start_line(self):
         return f"{self.method} {self.uri} {self.version}"
@@ -642,6 +651,47 @@ def make_response(request, status, reason=None, to_tag=None, headers=None, body=
         response.headers.add(name, value)
     response.body = body
     return response
+
+
+# What a response keeps when it must shrink: the headers every response copies from its
+# request (RFC 3261 8.2.6.2) and those its status cannot go without.
+_RESPONSE_CORE = ("Via", "From", "To", "Call-ID", "CSeq")
+_REQUIRED_BY_STATUS = {401: ("WWW-Authenticate",), 405: ("Allow",), 407: ("Proxy-Authenticate",),
+                       420: ("Unsupported",), 423: ("Min-Expires",), 503: ("Retry-After",)}
+_OPTIONS_ANSWER = ("Allow", "Accept")  # what a 2xx to OPTIONS is for (RFC 3261 11.2)
+_CHALLENGES = ("WWW-Authenticate", "Proxy-Authenticate")
+
+
+def fit_response(response, limit):
+    """``response`` cut down towards ``limit`` bytes: itself when it fits, else its smallest form that
+    does, else its smallest form (which the caller then weighs).
+
+    For an unverified UDP source, which is not to be answered with more
+    bytes than it sent (a spoofed source must not make the gateway an
+    amplifier).  Each step is taken only while the response is still too
+    long: keep only the headers of ``_RESPONSE_CORE`` and those the status
+    requires (a 2xx to OPTIONS: Allow and Accept), without a body; keep the first challenge only; use the
+    standard reason phrase.  Even the smallest form echoes the request's
+    own headers and adds a status line and a To tag, so it can exceed a
+    short request by a few dozen bytes (a challenge by one header more).
+    """
+    if len(response.to_bytes()) <= limit:
+        return response
+    kept = set(_RESPONSE_CORE) | set(_REQUIRED_BY_STATUS.get(response.status, ()))
+    if 200 <= response.status < 300 and (response.headers.get("CSeq") or "").split()[-1:] == ["OPTIONS"]:
+        kept |= set(_OPTIONS_ANSWER)
+    smaller = Response(response.status, response.reason,
+                       Headers([(name, value) for name, value in response.headers if name in kept]))
+    if len(smaller.to_bytes()) <= limit:
+        return smaller
+    for name in _CHALLENGES:
+        first = smaller.headers.get(name)
+        if first is not None:
+            smaller.headers.set(name, first)
+    if len(smaller.to_bytes()) <= limit:
+        return smaller
+    smaller.reason = REASON_PHRASES.get(smaller.status, "")
+    return smaller
 
 
 def error_response(error):
@@ -845,6 +895,7 @@ def parse_datagram(data, limits=DEFAULT_LIMITS):
     Without Content-Length the body runs to the end of the datagram; with
     it, bytes beyond it are discarded (RFC 3261 18.3).
     """
+    size = len(data)
     data = _skip_leading_crlf(data)
     if not data.strip(b"\r\n \t"):
         return None
@@ -861,7 +912,9 @@ def parse_datagram(data, limits=DEFAULT_LIMITS):
         message = _parse_frame(head, b"", False, limits)
         code = 400 if isinstance(message, Request) else DROP
         raise SIPParseError(code, "no blank line after the headers", message)
-    return _parse_frame(head, body, False, limits)
+    message = _parse_frame(head, body, False, limits)
+    message.size = size
+    return message
 
 
 _CONTENT_LENGTH_NAME = re.compile(rb"^(content-length|l)[ \t]*:(.*)$", re.IGNORECASE | re.DOTALL)
@@ -937,7 +990,9 @@ class StreamFramer:
             return None
         body, self._buffer = self._buffer[:length], self._buffer[length:]
         self._frame = None
-        return _parse_frame(head, body, True, self.limits)
+        message = _parse_frame(head, body, True, self.limits)
+        message.size = len(head) + 4 + length
+        return message
 
     def _content_length(self, head):
         values = []

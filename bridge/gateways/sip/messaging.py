@@ -3,7 +3,10 @@
 * SIP to XMPP (``handle``): a MESSAGE whose From is one of our users must
   carry a digest answer for that user, exactly as a REGISTER does (401
   challenge, 403 for a wrong password); a MESSAGE from a foreign domain is
-  taken only when that domain is in ``[sip] allowed_domains``, else 403.
+  taken only when that domain is in ``[sip] allowed_domains`` and the
+  request came from one of the domain's addresses (``domain_addresses``:
+  its static route, else what its SRV targets and its own name resolve to),
+  else 403.
   The request goes through ``translate.message_from_sip`` (whose
   ``Refusal`` gives the answer: 400, 404, 415, 416); the recipient must be a
   user of ours (the gateway is no relay between SIP domains: 404).  The
@@ -20,7 +23,10 @@
   take a message from a local user to ``carol\\40pbx.example@sip.localhost``
   and send a MESSAGE to ``sip:carol@pbx.example`` through the static route of
   ``pbx.example``, else to what DNS gives (SRV ``_sip._udp``, then A;
-  ``destination``), or straight to an IP-literal host.  A final error
+  ``destination``).  An IP-literal host or an explicit port is taken only
+  for a domain listed in ``allowed_domains`` or ``static_routes``, else the
+  sender gets not-allowed: local users cannot aim the gateway at any
+  address and port.  A final error
   response, a timeout (408) or a transport error (503) becomes the XMPP
   error of the translate tables (``error_for_response``) for the sender.  An
   XMPP error about a message a foreign SIP user sent becomes a failure
@@ -38,7 +44,7 @@ import secrets
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep
+from twisted.names import dns
 
 from bridge.config import parse_host_port
 from bridge.core import srv
@@ -46,7 +52,8 @@ from bridge.core.hooks import Settling
 from bridge.core.stanza import parse_jid
 from bridge.core.xmlstream import parse_element
 from bridge.gateways.sip import translate
-from bridge.gateways.sip.message import GrammarError, unquote
+from bridge.gateways.sip.addressing import local_user
+from bridge.gateways.sip.message import GrammarError
 from bridge.gateways.sip.transaction import client_key
 
 log = Logger()
@@ -59,12 +66,22 @@ class NoRoute(Exception):
     """No address to send a request for a foreign SIP domain to."""
 
 
+class NotAllowed(NoRoute):
+    """A destination the gateway may not send to (an IP literal or an explicit port, not listed)."""
+
+    condition = "not-allowed"
+
+
 def _is_ip(host):
+    return _address(host) is not None
+
+
+def _address(host):
+    """``host`` as an ``ipaddress`` object, or None when it is not an IP address."""
     try:
-        ipaddress.ip_address(host.strip("[]"))
+        return ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        return False
-    return True
+        return None
 
 
 class Messaging:
@@ -155,11 +172,8 @@ class Messaging:
         sender_domain = from_uri.host.lower().strip("[]")
         host = self.ctx.local_host(sender_domain)
         if host is not None:
-            try:
-                user = nodeprep.prepare(unquote(from_uri.user or ""))
-            except UnicodeError:
-                user = ""
-            if not user:
+            user = local_user(from_uri)
+            if user is None:
                 return None, self.gateway._response(request, 403, "Forbidden (From names no user)")
             refusal = yield self.gateway.registrar.authenticate(request, host, user, host, source)
             return ((host, user) if refusal is None else None), refusal
@@ -168,7 +182,45 @@ class Messaging:
         if sender_domain not in self.allowed:
             log.info("SIP MESSAGE from {domain} refused: not an allowed domain", domain=sender_domain)
             return None, self.gateway._response(request, 403, "Forbidden (domain not allowed)")
+        addresses = yield self.domain_addresses(sender_domain)
+        if _address(source[0]) not in addresses:
+            log.info("SIP MESSAGE from {domain} refused: sent from {source}, not one of its addresses {addresses}",
+                     domain=sender_domain, source=source[0], addresses=sorted(map(str, addresses)))
+            return None, self.gateway._response(request, 403, "Forbidden (not sent from an address of the domain)")
         return None, None
+
+    @defer.inlineCallbacks
+    def domain_addresses(self, domain):
+        """A Deferred set of the addresses (``ipaddress`` objects) that requests of ``domain`` may come from.
+
+        Its static route's host (resolved, every A record, when a name), else
+        every address of its SRV targets (UDP, TCP and TLS: a domain may send
+        from any of its servers) and of the domain's own name; an IP-literal
+        domain is its own address.  An address is no proof over UDP, where a
+        source can be forged: it keeps out whoever is not on the path, which
+        is why ``allowed_domains`` should list peers over a network you trust.
+        """
+        route = self.routes.get(domain)
+        if route is not None:
+            names = [route[0].strip("[]")]
+        elif _is_ip(domain):
+            names = [domain]
+        else:
+            found = yield srv.services(self.gateway.resolver, [f"_sip._udp.{domain}", f"_sip._tcp.{domain}",
+                                                               f"_sips._tcp.{domain}"])
+            names = [target for _, target, _ in found or ()] + [domain]
+        addresses = set()
+        for name in dict.fromkeys(names):
+            if _is_ip(name):
+                addresses.add(_address(name))
+                continue
+            try:
+                answers, _, _ = yield self.gateway.resolver.lookupAddress(name)
+            except srv.LOOKUP_ERRORS as error:
+                log.info("SIP: {name} not resolved: {error}", name=name, error=error)
+                continue
+            addresses.update(_address(answer.payload.dottedQuad()) for answer in answers if answer.type == dns.A)
+        return addresses
 
     @defer.inlineCallbacks
     def _store(self, message, sender):
@@ -239,20 +291,21 @@ class Messaging:
             return True
         if request is not None:
             self.send_out(request, lambda response: self._outcome(stanza, response),
-                          lambda reason: self.ctx.bounce(stanza, "remote-server-not-found", reason))
+                          lambda condition, reason: self.ctx.bounce(stanza, condition, reason))
         return True
 
     def _notice_out(self, error):
         """An XMPP error about a message a foreign SIP user sent: a failure notice to that user."""
         notice = translate.failure_notice(error, self.addresses, self.new_call_id(), secrets.token_hex(6))
         if notice is not None:
-            self.send_out(notice, lambda response: None, lambda reason: None)
+            self.send_out(notice, lambda response: None, lambda condition, reason: None)
 
     def send_out(self, request, on_final, on_no_route):
-        """Send ``request`` to its foreign domain; ``on_final(response)`` or ``on_no_route(reason)``."""
+        """Send ``request`` to its foreign domain; ``on_final(response)`` or ``on_no_route(condition, reason)``
+        (the XMPP condition: not-allowed, or remote-server-not-found)."""
         transport = self.gateway.outbound_transport()
         if transport is None:
-            on_no_route("no SIP UDP listener to send from")
+            on_no_route("remote-server-not-found", "no SIP UDP listener to send from")
             return
         d = self.destination(request.uri)
         d.addCallbacks(lambda destination: self.send(request, transport, destination, on_final),
@@ -267,7 +320,7 @@ class Messaging:
         else:
             log.failure("SIP: looking up {uri} failed", failure, uri=str(request.uri))
             reason = f"no route to the SIP domain {request.uri.host}"
-        on_no_route(reason)
+        on_no_route(getattr(failure.value, "condition", "remote-server-not-found"), reason)
 
     def _outcome(self, stanza, response):
         error = translate.error_for_response(stanza, response)
@@ -279,8 +332,10 @@ class Messaging:
     def destination(self, uri):
         """A Deferred (IP address, port) for a request to ``uri`` over UDP, or failing with NoRoute.
 
-        The domain's static route wins; an IP-literal host is used as it is;
-        a host with an explicit port is looked up (A) with that port; else
+        The domain's static route wins; an IP-literal host is used as it is
+        and a host with an explicit port is looked up (A) with that port,
+        both only when the domain is listed in ``allowed_domains`` (else
+        NotAllowed); else
         RFC 3263 simplified: the SRV records of ``_sip._udp``, ``_sip._tcp``
         and ``_sips._tcp`` (the gateway sends over UDP only for now, so only
         the UDP targets are used), and without any SRV record the domain
@@ -295,6 +350,9 @@ class Messaging:
             address, port = route
             candidates = [(address.strip("[]"), port or DEFAULT_PORT)]
         elif _is_ip(host) or uri.port:
+            if host not in self.allowed:
+                raise NotAllowed(f"{uri.host}{':' if uri.port else ''}{uri.port or ''} is an address, not a SIP "
+                                 "domain: only listed ones (sip allowed_domains or static_routes) are reached")
             candidates = [(host, uri.port or DEFAULT_PORT)]
         else:
             found = yield srv.services(self.gateway.resolver, [f"_sip._udp.{host}", f"_sip._tcp.{host}",
@@ -340,4 +398,4 @@ class Messaging:
         return True
 
 
-__all__ = ["Messaging", "NoRoute", "STORE"]
+__all__ = ["Messaging", "NoRoute", "NotAllowed", "STORE"]

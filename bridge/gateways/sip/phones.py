@@ -71,7 +71,10 @@ class Phones:
         self.ctx = gateway.ctx
         self.registrar = gateway.registrar
         self.sessions = {}  # (host, user) -> the bound Session of the user's phones
+        # (host, user) -> the line of an unbound phone session, while its request is being submitted
+        self.speaking = {}
         self.ctx.hook_local("message/offline", self.deliver_offline)
+        self.ctx.hook_local("message/full", self.refusal_to_unbound)
 
     def jid(self, host, user):
         return JID(tuple=(user, host, RESOURCE))
@@ -88,11 +91,29 @@ class Phones:
         session = self.origin(host, user)
         line = session.stream
         line.refusals = []
+        unbound = (host, user) not in self.sessions
+        if unbound:
+            self.speaking[(host, user)] = line
         try:
             self.ctx.submit(session, stanza)
         finally:
             refusals, line.refusals = line.refusals, None
+            if unbound:
+                self.speaking.pop((host, user), None)
         return refusals
+
+    def refusal_to_unbound(self, event):
+        """``message/full``: an error the core routes at once to a phone speaking through an unbound
+        session (a recipient's block list bounces it so) reaches that session's line, which the
+        session table cannot find; without this the phone would get 202 for a refused message."""
+        to = event.to
+        if to.resource != RESOURCE or event.stanza.getAttribute("type") != "error":
+            return False
+        line = self.speaking.get((to.host, to.user))
+        if line is None:
+            return False
+        line.send(event.stanza)
+        return True
 
     # -- the session's lifetime --------------------------------------------------------
 

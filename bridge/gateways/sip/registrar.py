@@ -38,6 +38,7 @@ from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep
 
 from bridge.core.attempts import FailedAttempts
 from bridge.gateways.sip import digest
+from bridge.gateways.sip.addressing import local_user
 from bridge.gateways.sip.message import GrammarError, make_response, parse_uri
 
 log = Logger()
@@ -114,6 +115,72 @@ class Bindings:
         return sum(len(b) for b in self._table.values())
 
 
+class ProvenAlgorithms:
+    """Which digest algorithms to challenge a source with, by what it proved it supports (RFC 8760).
+
+    Many phones answer only the first challenge, and some (Debian's baresip
+    1.0) give up on a 401 that names any algorithm they lack, even with one
+    they know beside it.  So, per source address (host, port):
+
+    * a source that answered a challenge of ours with an algorithm (right or
+      wrong: it computed one) is challenged with that algorithm alone from
+      then on;
+    * a source challenged with several algorithms that comes back without
+      credentials (it could answer none of them) gets the next challenge
+      with MD5 alone, the one nearly every phone knows, when MD5 is offered;
+    * anyone else gets every algorithm of ``digest_algorithms``.
+
+    An entry lasts ``lifetime_seconds`` after it was last confirmed; at most
+    ``MAX_SOURCES`` are kept, the oldest going first (forgetting only means
+    being offered every algorithm again).
+    """
+
+    MAX_SOURCES = 10000
+    FALLBACK = "MD5"
+
+    def __init__(self, clock, algorithms, lifetime_seconds):
+        self.clock = clock
+        self.algorithms = tuple(algorithms)
+        self.lifetime_seconds = lifetime_seconds
+        self._sources = {}  # (host, port) -> (time, proven algorithm or None when offered several unanswered)
+
+    def _remember(self, source, value):
+        self._sources.pop(source, None)
+        now = self.clock.seconds()
+        if len(self._sources) >= self.MAX_SOURCES:
+            cutoff = now - self.lifetime_seconds
+            self._sources = {key: entry for key, entry in self._sources.items() if entry[0] > cutoff}
+            while len(self._sources) >= self.MAX_SOURCES:
+                del self._sources[next(iter(self._sources))]
+        self._sources[source] = (now, value)
+
+    def _known(self, source):
+        entry = self._sources.get(source)
+        if entry is None or entry[0] <= self.clock.seconds() - self.lifetime_seconds:
+            return None
+        return entry
+
+    def offer(self, source):
+        """The algorithms to challenge ``source`` with now (recorded: several offered, none answered yet)."""
+        entry = self._known(source)
+        if entry is not None and entry[1] in self.algorithms:
+            return (entry[1],)
+        if entry is not None and self.FALLBACK in self.algorithms:
+            offered = (self.FALLBACK,)
+        else:
+            offered = self.algorithms
+        if len(offered) > 1:
+            self._remember(source, None)
+        return offered
+
+    def answered(self, source, algorithm):
+        """``source`` answered a challenge of ours with ``algorithm``: it supports it."""
+        self._remember(source, algorithm)
+
+    def __len__(self):
+        return len(self._sources)
+
+
 class Registrar:
     """Answers REGISTER requests; ``register(request, transport, source)`` gives a Deferred response."""
 
@@ -126,6 +193,8 @@ class Registrar:
         self.secret = secret or secrets.token_bytes(32)
         self.bindings = Bindings(ctx.clock)
         self.failures = FailedAttempts(ctx.clock)  # wrong digest answers per source address
+        self.proven = ProvenAlgorithms(ctx.clock, self.sip.digest_algorithms,
+                                       max(self.sip.nonce_lifetime_seconds, self.sip.max_expires_seconds))
         self.changed = changed
         self._authenticators = {}
         self.default_host = ctx.local_host(self.sip.realm) if self.sip.realm else ctx.host_names()[0]
@@ -155,9 +224,8 @@ class Registrar:
         if to.uri.scheme not in ("sip", "sips") or not to.uri.user:
             return self._response(request, 404, "Not Found (To has no SIP user)")
         host = self.host_for(to.uri.host)
-        try:
-            user = nodeprep.prepare(to.uri.user)
-        except UnicodeError:
+        user = local_user(to.uri)
+        if user is None:
             return self._response(request, 404)
         realm = host
         # 1. authentication
@@ -170,9 +238,11 @@ class Registrar:
             self.changed(host, user)
         return response
 
-    def _challenge(self, request, realm, stale=False):
+    def _challenge(self, request, realm, source, stale=False):
+        """401 with the challenges ``source`` is offered (``ProvenAlgorithms``)."""
         response = self._response(request, 401)
-        for value in self.authenticator(realm).challenges(stale=stale):
+        algorithms = self.proven.offer(source) if source else None
+        for value in self.authenticator(realm).challenges(stale=stale, algorithms=algorithms):
             response.headers.add("WWW-Authenticate", value)
         return response
 
@@ -192,15 +262,15 @@ class Registrar:
                 credentials = parsed
                 break
         if credentials is None:
-            return self._challenge(request, realm)
-        source = source[0] if source else "?"
-        if self.failures.blocked(source):
+            return self._challenge(request, realm, source)
+        peer = source[0] if source else "?"
+        if self.failures.blocked(peer):
             log.info("SIP {method} from {source} refused unread: too many failed attempts", method=request.method,
-                     source=source)
+                     source=peer)
             return self._response(request, 403, "Forbidden (too many failed attempts)")
         authenticator = self.authenticator(realm)
         if authenticator.nonce_status(credentials.nonce) == digest.INVALID:
-            return self._challenge(request, realm)
+            return self._challenge(request, realm, source)
         try:
             if str(parse_uri(credentials.uri)) != str(request.uri):
                 return self._response(request, 400, "Bad Request (digest uri differs from the Request-URI)")
@@ -212,7 +282,10 @@ class Registrar:
             username = None
         stored = None
         algorithm = credentials.algorithm
-        if username == user and algorithm in ALGORITHMS + tuple(a + "-sess" for a in ALGORITHMS):
+        known = algorithm in ALGORITHMS + tuple(a + "-sess" for a in ALGORITHMS)
+        if known and source:
+            self.proven.answered(source, digest.base_algorithm(algorithm))
+        if username == user and known:
             stored = yield self.accounts.digest_ha1(host, user, realm, algorithm)
         if stored is None:
             # Unknown user, no digest secret yet, or another user's address: compute anyway
@@ -221,18 +294,19 @@ class Registrar:
             authenticator.check(credentials, request.method, stored)
             log.info("SIP {method} for {user}@{host} refused: no digest secret for {username!r}", method=request.method,
                      user=user, host=host, username=credentials.username)
-            self.failures.failed(source)
+            self.failures.failed(peer)
             return self._response(request, 403)
         verdict = authenticator.check(credentials, request.method, stored)
         if verdict.outcome == digest.OK:
+            request.verified = True
             return None
         if verdict.outcome == digest.STALE:
-            return self._challenge(request, realm, stale=True)
+            return self._challenge(request, realm, source, stale=True)
         if verdict.outcome == digest.REPLAYED:
-            return self._challenge(request, realm)
+            return self._challenge(request, realm, source)
         log.info("SIP {method} for {user}@{host} refused: {reason}", method=request.method, user=user, host=host,
                  reason=verdict.reason)
-        self.failures.failed(source)
+        self.failures.failed(peer)
         return self._response(request, 403)
 
     def _update(self, request, host, user, transport, source):

@@ -39,11 +39,11 @@ import secrets
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep
 
 from bridge.core.hooks import OBSERVE
 from bridge.core.stanza import make, priority_of
 from bridge.gateways.sip import presence as pidf
+from bridge.gateways.sip.addressing import local_user
 from bridge.gateways.sip.message import GrammarError, Request, make_response
 from bridge.gateways.sip.phones import PRIORITY
 
@@ -182,12 +182,8 @@ class SimplePresence:
 
     def _local(self, uri):
         """(host, user) an address names, as the registrar reads an address of record, or None."""
-        if uri.scheme not in ("sip", "sips") or not uri.user:
-            return None
-        try:
-            return self.registrar.host_for(uri.host), nodeprep.prepare(uri.user)
-        except UnicodeError:
-            return None
+        user = local_user(uri) if uri.scheme in ("sip", "sips") else None
+        return None if user is None else (self.registrar.host_for(uri.host), user)
 
     @defer.inlineCallbacks
     def _authenticate(self, request, source):

@@ -1,4 +1,4 @@
-"""SIP transactions (RFC 3261 section 17, with the Accepted state of RFC 6026).
+"""SIP transactions (RFC 3261 section 17).
 
 A ``TransactionLayer`` sits between the transports and the transaction user
 (the gateway's registrar, MESSAGE, SUBSCRIBE... handlers).  It has no socket
@@ -13,14 +13,30 @@ the transport it came by, an object with ``send(message, address)`` and a
   RFC 2543 fallback) and retransmissions are absorbed; a response is matched
   to its client transaction (17.1.3).
 * The user is told through ``request_received(transaction, request)`` (the
-  transaction is None for an ACK outside any transaction: the ACK of a 2xx),
+  transaction is None for an ACK, which never has one here),
   ``response_received(transaction, response)``,
   ``transaction_timed_out(transaction)``, ``transport_error(transaction,
   error)`` and, if it has it, ``stray_response(response, transport,
-  address)``.  It answers with ``ServerTransaction.respond(response)``.
+  address)``.  It answers with ``transaction.respond(response)``.
 
-Timers A to K follow RFC 3261 table 4; retransmissions (A, E, G) run only on
-unreliable transports, and D, I, J and K are zero on reliable ones.
+Server transactions are non-INVITE only (17.2.2).  The gateway has no
+calls, so an INVITE is answered statelessly (8.2.7): the user gets a
+``StatelessResponder`` that sends its one response once, with no
+retransmission until an ACK that a spoofed source never sends; the ACK
+then matches nothing.  Past ``max_transactions`` live server transactions,
+or ``max_transaction_bytes`` of the requests they hold, a new request is
+answered 503 with Retry-After, statelessly, and not handed on.
+
+A response to a UDP request whose sender has not proved who it is
+(``Request.verified``) is never longer than that request
+(``message.fit_response``), so a spoofed source cannot use the gateway to
+amplify traffic towards its victim; what its smallest form still exceeds
+is paid from a per-address allowance (``ExcessAllowance``) that a flood
+exhausts at once.
+
+Timers follow RFC 3261 table 4 (A, B, D, E, F and K for client
+transactions, J for server ones); retransmissions (A, E) run only on
+unreliable transports, and D, J and K are zero on reliable ones.
 """
 
 import secrets
@@ -29,12 +45,13 @@ from dataclasses import dataclass
 from twisted.logger import Logger
 
 from bridge.gateways.sip.message import (
-    CSeq, GrammarError, Request, make_response, parse_address,
+    CSeq, GrammarError, Request, fit_response, make_response, parse_address,
 )
 
 log = Logger()
 
 MAGIC_COOKIE = "z9hG4bK"
+RETRY_AFTER_SECONDS = 5  # what a request refused past the transaction limits is told
 
 
 def new_branch():
@@ -49,7 +66,6 @@ class Timers:
     t1: float = 0.5
     t2: float = 4.0
     t4: float = 5.0
-    trying_delay: float = 0.2  # an INVITE server transaction sends 100 after this
 
     @property
     def timeout(self):
@@ -57,18 +73,23 @@ class Timers:
 
 
 def stamp_via(request, source):
-    """Add received and fill rport in the top Via (RFC 3261 18.2.1, RFC 3581 4)."""
+    """Set received and fill rport in the top Via (RFC 3261 18.2.1, RFC 3581 4).
+
+    ``received`` is the transport's peer address whenever it differs from
+    the sent-by or rport was asked for; otherwise a ``received`` the client
+    wrote itself is removed, so the top Via never carries an address the
+    peer chose.
+    """
     via = request.top_via
     host, port = source
-    changed = False
-    if via.host.strip("[]") != host:
-        via.params["received"] = host
-        changed = True
-    if "rport" in via.params and via.params["rport"] is None:
-        via.params["received"] = host
+    before = dict(via.params)
+    if "rport" in via.params:
         via.params["rport"] = str(port)
-        changed = True
-    if changed:
+    if via.host.strip("[]") != host or "rport" in via.params:
+        via.params["received"] = host
+    else:
+        via.params.pop("received", None)
+    if via.params != before:
         request.headers.replace_first("Via", str(via))
 
 
@@ -96,22 +117,79 @@ def _tag(address_text):
 
 
 def server_key(request):
-    """The key a server transaction is found by (RFC 3261 17.2.3).
+    """The key a (non-INVITE) server transaction is found by (RFC 3261 17.2.3).
 
-    An ACK gets the key of the INVITE it acknowledges.  Without the magic
-    cookie the RFC 2543 rule applies: Request-URI, From tag, Call-ID, CSeq
-    number and top Via; the To tag is compared apart for ACK.
+    Without the magic cookie the RFC 2543 rule applies: Request-URI, From
+    and To tags, Call-ID, CSeq number and top Via.
     """
     via = request.top_via
-    method = "INVITE" if request.method == "ACK" else request.method
     if via.branch and via.branch.startswith(MAGIC_COOKIE):
-        return ("3261", via.branch, via.sent_by, method)
+        return ("3261", via.branch, via.sent_by, request.method)
     headers = request.headers
-    key = ("2543", str(request.uri), _tag(headers.get("From", "")), request.call_id,
-           request.cseq.number, method, str(via))
-    if method != "INVITE":
-        key += (_tag(headers.get("To", "")),)
-    return key
+    return ("2543", str(request.uri), _tag(headers.get("From", "")), _tag(headers.get("To", "")),
+            request.call_id, request.cseq.number, request.method, str(via))
+
+
+class ExcessAllowance:
+    """How many bytes beyond their requests' size unverified sources may still be answered with.
+
+    A response cut to its smallest form (``fit_response``) can still be a
+    little longer than a short request: a 200 to a bare OPTIONS ping, a
+    challenge to a bare REGISTER.  Each source address has ``BURST_BYTES``
+    of such excess, refilled over ``REFILL_SECONDS``: a phone that pings or
+    authenticates now and then never runs out, while a flood of short
+    spoofed requests in one victim's name soon does, and then gets only the
+    answers that fit in their requests.  At most ``MAX_SOURCES`` addresses
+    are tracked; past that, those whose allowance is whole again are
+    forgotten, and new ones get none.  The transports share one
+    (``SourcePolicy.allowance``) with the transaction layer.
+    """
+
+    BURST_BYTES = 4096
+    REFILL_SECONDS = 60.0
+    MAX_SOURCES = 10000
+
+    def __init__(self, clock):
+        self.clock = clock
+        self._left = {}  # source host -> (bytes left, time of the last refill)
+
+    def _refilled(self, host, now):
+        left, since = self._left.get(host, (self.BURST_BYTES, now))
+        return min(self.BURST_BYTES, left + (now - since) * self.BURST_BYTES / self.REFILL_SECONDS)
+
+    def take(self, host, size):
+        """True (and ``size`` bytes spent) when ``host`` may be sent ``size`` bytes beyond its request."""
+        now = self.clock.seconds()
+        if host not in self._left and len(self._left) >= self.MAX_SOURCES:
+            self._left = {h: entry for h, entry in self._left.items() if self._refilled(h, now) < self.BURST_BYTES}
+            if len(self._left) >= self.MAX_SOURCES:
+                return False
+        left = self._refilled(host, now)
+        if left < size:
+            self._left[host] = (left, now)
+            return False
+        self._left[host] = (left - size, now)
+        return True
+
+
+def bounded_response(response, request_size, address, allowance):
+    """What may be sent to the unverified UDP source ``address`` for a request of ``request_size`` bytes:
+    ``response`` cut down to fit (``fit_response``), any excess left paid from ``allowance`` (None: no
+    excess at all); None when it cannot be paid (then nothing is sent)."""
+    fitted = fit_response(response, request_size)
+    excess = len(fitted.to_bytes()) - request_size
+    if excess <= 0 or (allowance is not None and allowance.take(address[0], excess)):
+        return fitted
+    log.debug("SIP {status} to {address} not sent: longer than the request, allowance spent",
+              status=response.status, address=address)
+    return None
+
+
+def _bounded(response, request, transport, address, allowance):
+    """``response``, or for a UDP request whose sender has not proved who it is, ``bounded_response``."""
+    if transport.reliable or request.verified or request.size is None:
+        return response
+    return bounded_response(response, request.size, address, allowance)
 
 
 def client_key(message):
@@ -271,102 +349,80 @@ class ClientTransaction(_Transaction):
 
 
 class ServerTransaction(_Transaction):
-    """An INVITE (17.2.1) or non-INVITE (17.2.2) server transaction."""
+    """A non-INVITE server transaction (17.2.2)."""
 
-    def __init__(self, layer, request, transport, address, key):
+    def __init__(self, layer, request, transport, address, key, size):
         super().__init__(layer, request, transport, address)
         self.key = key
+        self.size = size  # the request's bytes, counted against the layer's limit
         self.last_response = None
         self.address = response_address(request, transport, address)
 
-    @property
-    def to_tag(self):
-        if self.last_response is None:
-            return None
-        return _tag(self.last_response.headers.get("To", ""))
-
     def start(self):
-        if self.invite:
-            self.state = "proceeding"
-            self._start("trying", self.timers.trying_delay, self._send_trying)
-        else:
-            self.state = "trying"
+        self.state = "trying"
 
-    def _send_trying(self):
-        if self.state == "proceeding" and self.last_response is None:
-            self.respond(make_response(self.request, 100))
+    def _send(self, response):
+        response = _bounded(response, self.request, self.transport, self.address, self.layer.allowance)
+        return True if response is None else super()._send(response)
 
     def respond(self, response):
         """Send a response from the transaction user."""
-        status = response.status
-        if self.invite:
-            if self.state == "accepted" and 200 <= status < 300:
-                self._send(response)
-                return
-            if self.state != "proceeding":
-                raise ValueError(f"cannot respond in state {self.state}")
-            self._stop("trying")
-            self.last_response = response
-            if not self._send(response):
-                return
-            if status < 200:
-                return
-            if status < 300:
-                self.state = "accepted"
-                self._start("L", self.timers.timeout, self.terminate)
-            else:
-                self.state = "completed"
-                if not self.reliable:
-                    self._interval = self.timers.t1
-                    self._start("G", self._interval, self._retransmit_final)
-                self._start("H", self.timers.timeout, self._no_ack)
-        else:
-            if self.state not in ("trying", "proceeding"):
-                raise ValueError(f"cannot respond in state {self.state}")
-            self.last_response = response
-            if not self._send(response):
-                return
-            if status < 200:
-                self.state = "proceeding"
-            else:
-                self.state = "completed"
-                self._wait_then_terminate("J", self.timers.timeout)
-
-    def _retransmit_final(self):
-        if self.state != "completed":
+        if self.state not in ("trying", "proceeding"):
+            raise ValueError(f"cannot respond in state {self.state}")
+        self.last_response = response
+        if not self._send(response):
             return
-        if self._send(self.last_response):
-            self._interval = min(2 * self._interval, self.timers.t2)
-            self._start("G", self._interval, self._retransmit_final)
-
-    def _no_ack(self):
-        if self.state == "completed":
-            self.terminate()
-            self.layer.user.transaction_timed_out(self)
+        if response.status < 200:
+            self.state = "proceeding"
+        else:
+            self.state = "completed"
+            self._wait_then_terminate("J", self.timers.timeout)
 
     def receive_request(self, request):
-        """A retransmission of the request, or the ACK of an INVITE."""
-        if request.method == "ACK":
-            if self.state == "completed":
-                self.state = "confirmed"
-                self._stop("G", "H")
-                self._wait_then_terminate("I", self.timers.t4)
-            elif self.state == "accepted":
-                self.layer.user.request_received(None, request)
-            return
-        if self.state in ("proceeding", "completed") and self.last_response is not None:
+        """A retransmission of the request: the last response again."""
+        if self.last_response is not None:
             self._send(self.last_response)
 
 
-class TransactionLayer:
-    """All transactions of one SIP element, keyed for matching."""
+class StatelessResponder:
+    """Answers one request once, keeping no state (RFC 3261 8.2.7): what an INVITE gets."""
 
-    def __init__(self, clock, user, timers=Timers()):
+    def __init__(self, layer, request, transport, address):
+        self.layer = layer
+        self.request = request
+        self.transport = transport
+        self.address = response_address(request, transport, address)
+
+    def respond(self, response):
+        response = _bounded(response, self.request, self.transport, self.address, self.layer.allowance)
+        if response is not None:
+            try:
+                self.transport.send(response, self.address)
+            except Exception:
+                log.failure("SIP response to {address} not sent", address=self.address)
+
+
+class TransactionLayer:
+    """All transactions of one SIP element, keyed for matching.
+
+    ``max_transactions`` and ``max_transaction_bytes`` bound the server
+    transactions (None: no bound): how many, and the bytes of the requests
+    they hold.  ``allowance`` is the ``ExcessAllowance`` of the answers to
+    unverified sources (one of its own when not given).
+    """
+
+    def __init__(self, clock, user, timers=Timers(), max_transactions=None, max_transaction_bytes=None,
+                 allowance=None):
         self.clock = clock
         self.user = user
         self.timers = timers
+        self.max_transactions = max_transactions
+        self.max_transaction_bytes = max_transaction_bytes
         self.client = {}
         self.server = {}
+        self.server_bytes = 0  # the bytes of the requests the server transactions hold
+        self.allowance = allowance or ExcessAllowance(clock)  # for answers longer than their requests
+        self._full = False  # whether the limits were reached (logged once each time)
 
     def send_request(self, request, transport, address):
         """Start a client transaction for ``request`` (not ACK: an ACK has none)."""
@@ -394,41 +450,55 @@ class TransactionLayer:
 
     def _receive_request(self, request, transport, address):
         stamp_via(request, address)
+        if request.method == "ACK":
+            self.user.request_received(None, request)  # no INVITE transaction ever exists
+            return
+        if request.method == "INVITE":
+            self.user.request_received(StatelessResponder(self, request, transport, address), request)
+            return
         key = server_key(request)
         transaction = self.server.get(key)
-        if request.method == "ACK":
-            if transaction is not None and key[0] == "2543":
-                if _tag(request.headers.get("To", "")) != transaction.to_tag:
-                    transaction = None
-            if transaction is None:
-                self.user.request_received(None, request)
-            else:
-                transaction.receive_request(request)
-            return
         if transaction is not None:
             transaction.receive_request(request)
             return
-        transaction = ServerTransaction(self, request, transport, address, key)
+        size = _size(request)
+        if not self._admits(size):
+            busy = make_response(request, 503, to_tag=secrets.token_hex(6))
+            busy.headers.add("Retry-After", str(RETRY_AFTER_SECONDS))
+            StatelessResponder(self, request, transport, address).respond(busy)
+            return
+        transaction = ServerTransaction(self, request, transport, address, key, size)
         self.server[key] = transaction
+        self.server_bytes += size
         transaction.start()
         self.user.request_received(transaction, request)
 
-    def matching_invite(self, cancel):
-        """The INVITE server transaction a CANCEL is for (RFC 3261 9.2), or None."""
-        key = list(server_key(cancel))
-        key[3 if key[0] == "3261" else 5] = "INVITE"
-        if key[0] == "2543":
-            key = key[:7]
-        return self.server.get(tuple(key))
+    def _admits(self, size):
+        """Whether a new server transaction holding ``size`` bytes stays within the limits."""
+        full = ((self.max_transactions is not None and len(self.server) >= self.max_transactions)
+                or (self.max_transaction_bytes is not None
+                    and self.server_bytes + size > self.max_transaction_bytes))
+        if full and not self._full:
+            log.warn("SIP: {count} server transactions holding {size} bytes: new requests get 503 until some end",
+                     count=len(self.server), size=self.server_bytes)
+        self._full = full
+        return not full
 
     def _forget(self, transaction):
         table = self.client if isinstance(transaction, ClientTransaction) else self.server
         if table.get(transaction.key) is transaction:
             del table[transaction.key]
+            if table is self.server:
+                self.server_bytes -= transaction.size
+
+
+def _size(request):
+    return request.size if request.size is not None else len(request.to_bytes())
 
 
 __all__ = [
-    "ClientTransaction", "ServerTransaction", "TransactionLayer", "Timers",
+    "ClientTransaction", "ServerTransaction", "StatelessResponder", "TransactionLayer", "Timers", "ExcessAllowance",
+    "bounded_response",
     "new_branch", "stamp_via", "response_address", "server_key", "client_key",
-    "MAGIC_COOKIE",
+    "MAGIC_COOKIE", "RETRY_AFTER_SECONDS",
 ]

@@ -10,8 +10,9 @@ transport token).
 
 Malformed input never reaches the sink.  A request that can be answered gets
 the status the parser chose (400, 413, 505), sent where a response to it
-would go (the source address when the Via asks for rport); anything else is
-dropped and logged.  One bad datagram disturbs nothing else; on a stream a
+would go (the source address when the Via asks for rport), over UDP held
+to the datagram's size as every answer to an unverified source
+(``transaction.bounded_response``); anything else is dropped and logged.  One bad datagram disturbs nothing else; on a stream a
 message whose framing is intact is answered and the connection goes on,
 while an error that loses the framing (no or bad Content-Length, a header
 section over the limit) closes that connection after the answer.
@@ -27,10 +28,9 @@ from twisted.logger import Logger
 
 from bridge.core.streams.base import ConnectionsPerAddress, InputRateLimit
 from bridge.gateways.sip.message import (
-    DEFAULT_LIMITS, KEEPALIVE, GrammarError, SIPParseError, StreamFramer, error_response,
-    parse_datagram,
+    DEFAULT_LIMITS, KEEPALIVE, GrammarError, SIPParseError, StreamFramer, error_response, parse_datagram,
 )
-from bridge.gateways.sip.transaction import response_address, stamp_via
+from bridge.gateways.sip.transaction import ExcessAllowance, bounded_response, response_address, stamp_via
 
 log = Logger()
 
@@ -39,8 +39,12 @@ MAX_DATAGRAM_BYTES = 65535
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 
-def _error_answer(error, transport, source):
-    """(response, destination) for a parse error, or None when it must be dropped."""
+def _error_answer(error, transport, source, size=None):
+    """(response, destination) for a parse error, or None when it must be dropped.
+
+    ``size``: the bytes of the datagram (UDP), which the answer is held to
+    as any answer to an unverified source (``bounded_response``).
+    """
     if error_response(error) is None:
         return None
     request = error.message
@@ -53,6 +57,11 @@ def _error_answer(error, transport, source):
     # The reason phrase says what was wrong, in printable ASCII only.
     detail = _UNPRINTABLE.sub("?", str(error.reason))[:80]
     response.reason = f"{response.reason} ({detail})"
+    if size is not None:
+        allowance = transport.policy.allowance if transport.policy is not None else None
+        response = bounded_response(response, size, destination, allowance)
+        if response is None:
+            return None
     return response, destination
 
 
@@ -70,6 +79,7 @@ class SourcePolicy:
         self.clock = clock
         self.config = config
         self.connections = ConnectionsPerAddress(config.max_connections_per_address)
+        self.allowance = ExcessAllowance(clock)  # answers longer than the requests of unverified sources
         self._buckets = {}  # source host -> (tokens, time of the last refill)
 
     def allow_datagram(self, host, size):
@@ -103,8 +113,8 @@ class _Transport:
         except Exception:
             log.failure("SIP message from {source} could not be handled", source=source)
 
-    def _answer_error(self, error, source):
-        answer = _error_answer(error, self, source)
+    def _answer_error(self, error, source, size=None):
+        answer = _error_answer(error, self, source, size)
         if answer is None:
             log.info("SIP {transport} input from {source} dropped: {reason}", transport=self.name,
                      source=source, reason=error.reason)
@@ -132,7 +142,7 @@ class UDPTransport(_Transport, protocol.DatagramProtocol):
         try:
             message = parse_datagram(data, self.limits)
         except SIPParseError as error:
-            self._answer_error(error, source)
+            self._answer_error(error, source, len(data))
             return
         if message is None:
             return  # a CRLF keep-alive
