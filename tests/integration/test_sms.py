@@ -544,3 +544,31 @@ def test_tls_to_the_smsc_checks_its_certificate(tmp_path, smsc_factory):
         bridge.stop()
         if restarted is not None:
             restarted.stop()
+
+
+def test_tls_ca_file_bundle_trusts_every_certificate(tmp_path, smsc_factory):
+    """`ca_file` a bundle whose first certificate is another CA and whose second signed the SMSC's
+    certificate: bridge trusts every certificate of the bundle, binds over TLS and submits."""
+    other_ca, smsc_ca = make_authority("a CA listed first"), make_authority("the SMSC's CA")
+    ca_file = str(tmp_path / "bundle.pem")
+    with open(ca_file, "wb") as handle:
+        for authority in (other_ca, smsc_ca):
+            handle.write(authority[1].public_bytes(serialization.Encoding.PEM))
+    cert, key = write_smsc_certificate(str(tmp_path / "smsc"), smsc_ca)
+    smsc = smsc_factory("--tls-cert", cert, "--tls-key", key)
+    bridge = start_bridge(tmp_path, smsc, ["alice@localhost", "bob@localhost"],
+                          f"host = \"127.0.0.1\"\ntls = true\nca_file = \"{ca_file}\"\n")
+    try:
+        smsc.wait(lambda e: e["event"] in ("bind", "tls_error"))
+        assert not smsc.seen_events("tls_error"), smsc.seen
+
+        async def scenario():
+            async with Clients(bridge) as clients:
+                alice = await clients.login("alice@localhost/pc")
+                alice.send_message(mto="+15551234567@sms.localhost", mbody="trusted by the bundle", mtype="chat")
+                return await asyncio.to_thread(smsc.wait, lambda e: e["event"] == "submit_sm")
+
+        accepted = asyncio.run(scenario())
+        assert accepted["message"] == "Alice: trusted by the bundle"
+    finally:
+        bridge.stop()

@@ -1,10 +1,11 @@
 """The SMS gateway in a whole in-memory server: offline users, phone JIDs, MO replies, limits."""
 
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from bridge import config as configuration
 from bridge.core.notifications import NotificationPreferences
-from bridge.gateways.sms.gateway import SMSGateway, normalize_number
+from bridge.gateways.sms.gateway import SMSGateway, normalize_number, password_in_clear
 
 from tests.unit.helpers import Harness, gateway_context, result_of
 from tests.unit.test_sms_esme import FakeSMSC
@@ -13,15 +14,15 @@ SMSC = {"main": {"system_id": "bridge", "password": "pw", "source_addr": "1000",
                  "submit_rate_per_second": 1000.0}}
 
 
-def sms_config(**sms):
+def sms_config(smsc=SMSC, **sms):
     document = {"c2s": {"require_encryption": False, "ping_interval_seconds": 0}, "hosts": {"localhost": {"offline_notification": "sms"}},
-                "sms": {"enabled": True, **sms}, "smsc": SMSC}
+                "sms": {"enabled": True, **sms}, "smsc": smsc}
     return configuration.parse(document, "test.toml")
 
 
 class GatewayRig:
-    def __init__(self, **sms):
-        self.harness = Harness(sms_config(**sms))
+    def __init__(self, smsc=SMSC, **sms):
+        self.harness = Harness(sms_config(smsc, **sms))
         self.server = self.harness.server
         self.clock = self.harness.clock
         self.smsc = FakeSMSC()
@@ -196,6 +197,32 @@ class NumberTests(SynchronousTestCase):
                  ("+12", None)]
         for value, expected in table:
             self.assertEqual(normalize_number(value), expected, value)
+
+
+class ClearPasswordTests(SynchronousTestCase):
+    def test_which_links_send_the_password_in_clear(self):
+        """A bind password without TLS to an address other than loopback goes in clear; TLS, no
+        password, or an SMSC on 127.0.0.0/8, ::1 or localhost does not."""
+        table = [({"host": "smsc.example.net", "password": "pw"}, True),
+                 ({"host": "192.0.2.7", "password_file": "/etc/bridge/smsc.pw"}, True),
+                 ({"host": "smsc.example.net", "password": "pw", "tls": True}, False),
+                 ({"host": "smsc.example.net"}, False),
+                 ({"host": "127.0.0.2", "password": "pw"}, False),
+                 ({"host": "::1", "password": "pw"}, False),
+                 ({"host": "LocalHost", "password": "pw"}, False)]
+        for options, expected in table:
+            smsc = sms_config({"main": options}).smsc["main"]
+            self.assertEqual(password_in_clear(smsc), expected, options)
+
+    def test_start_warns_of_a_password_in_clear(self):
+        """Starting with a remote SMSC, a password and no TLS logs a warning naming the link and TLS."""
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        GatewayRig(smsc={"local": {"password": "pw"}, "remote": {"host": "smsc.example.net", "password": "pw"}})
+        warnings = [event for event in events if event.get("log_level") is not None
+                    and event["log_level"].name == "warn" and "in clear" in event.get("log_format", "")]
+        self.assertEqual([event["name"] for event in warnings], ["remote"])
 
 
 class ConfigTests(SynchronousTestCase):

@@ -20,6 +20,7 @@ served by the ordinary disco, version, ping and XEP-0100 modules.
   user's policy to none.
 """
 
+import ipaddress
 import re
 
 from twisted.internet import defer, endpoints, ssl
@@ -31,6 +32,7 @@ from bridge.core.notifications import STORE as NOTIFICATION_STORE, NotificationP
 from bridge.core.sessions import Session
 from bridge.core.storage.cache import KeyedLock
 from bridge.core.stanza import error_reply, make, parse_jid
+from bridge.core.tls import trust_roots
 from bridge.gateways.sms import pdu as pdus, text as texts
 from bridge.gateways.sms.esme import SMSCLink
 from bridge.gateways.sms.queue import OutboundQueue
@@ -103,11 +105,23 @@ def smsc_connector(reactor):
     def connect(name, smsc):
         endpoint = endpoints.HostnameEndpoint(reactor, smsc.host, smsc.port, timeout=30)
         if smsc.tls:
-            trust = ssl.Certificate.loadPEM(open(smsc.ca_file, "rb").read()) if smsc.ca_file else None
+            trust = trust_roots(smsc.ca_file) if smsc.ca_file else None
             endpoint = endpoints.wrapClientTLS(ssl.optionsForClientTLS(smsc.host, trustRoot=trust), endpoint)
         return endpoint.connect
 
     return connect
+
+
+def password_in_clear(smsc):
+    """True when the bind password of ``smsc`` would cross a network unencrypted (no TLS, not loopback)."""
+    if smsc.tls or not (smsc.password or smsc.password_file):
+        return False
+    if smsc.host.lower().rstrip(".") == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(smsc.host.strip("[]")).is_loopback
+    except ValueError:
+        return True
 
 
 def attach(ctx, reactor, tls_context):
@@ -145,6 +159,11 @@ class SMSGateway:
 
     @defer.inlineCallbacks
     def start(self):
+        for link in self.links:
+            if password_in_clear(link.config):
+                log.warn("SMSC {name}: the bind password goes in clear to {host}:{port}; set tls = true "
+                         "(docs/sms.md, TLS to the SMSC)", name=link.name, host=link.config.host,
+                         port=link.config.port)
         yield self.queue.load()
         for link in self.links:
             link.start()
