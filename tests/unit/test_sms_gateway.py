@@ -189,6 +189,35 @@ class NumberRouteTests(SynchronousTestCase):
         self.assertEqual(str(answer.body), "hello world")
 
 
+    def part(self, rig, number, reference, total, index, piece, sequence):
+        rig.smsc.send("deliver_sm", sequence, source_addr=number, destination_addr="1000", esm_class=0x40,
+                      short_message=bytes([5, 0, 3, reference, total, index]) + piece)
+
+    def test_a_part_left_waiting_expires(self):
+        """The first part of a concatenated SMS waits at most mo_fragment_timeout_seconds (600 by
+        default): a second part coming later completes nothing and waits alone."""
+        rig = GatewayRig()
+        rig.write("+15557654321@sms.localhost", "hello")
+        (submit,) = rig.submits()
+        rig.smsc.answer(submit, message_id="1")
+        self.part(rig, "15557654321", 9, 2, 1, b"hello ", 101)
+        rig.wait(601)
+        self.part(rig, "15557654321", 9, 2, 2, b"world", 102)
+        self.assertEqual(rig.alice.received(), [])
+        self.assertEqual((rig.gateway.fragments.parts, rig.gateway.fragments.bytes), (1, 5))
+
+    def test_first_parts_from_many_numbers_stay_within_the_total_bound(self):
+        """First parts from 500 numbers, 124 octets of text each: no more than mo_fragment_bytes_total
+        octets wait, and each is still acknowledged."""
+        rig = GatewayRig(mo_fragment_bytes_total=4096)
+        for n in range(500):
+            self.part(rig, f"1555000{n:04d}", 1, 2, 1, b"x" * 124, 200 + n)
+        self.assertLessEqual(rig.gateway.fragments.bytes, 4096)
+        self.assertEqual(rig.gateway.fragments.parts, 4096 // 124)
+        answers = [p for p in rig.smsc.received() if p.command == "deliver_sm_resp"]
+        self.assertEqual((len(answers), {p.status for p in answers}), (500, {0}))
+
+
 class NumberTests(SynchronousTestCase):
     def test_normalize(self):
         """Numbers in their usual spellings become +digits; anything else is None."""

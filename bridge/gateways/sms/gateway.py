@@ -35,6 +35,7 @@ from bridge.core.stanza import error_reply, make, parse_jid
 from bridge.core.tls import trust_roots
 from bridge.gateways.sms import pdu as pdus, text as texts
 from bridge.gateways.sms.esme import SMSCLink
+from bridge.gateways.sms.fragments import Reassembly
 from bridge.gateways.sms.queue import OutboundQueue
 
 log = Logger()
@@ -145,7 +146,7 @@ class SMSGateway:
         self.links = [SMSCLink(name, smsc, ctx.clock, connect(name, smsc), self.queue)
                       for name, smsc in sorted(ctx.section("smsc").items())]
         self.queue.links = self.links
-        self._fragments = {}
+        self.fragments = Reassembly(ctx.clock, self.config)
         self._limits = KeyedLock()  # the daily counts of one user, changed one SMS at a time
         ctx.serve(self.domain, ("gateway", "sms", "SMS gateway"), NumberPrompt(self.domain))
         ctx.hook("message/bare", self.to_number)
@@ -297,14 +298,9 @@ class SMSGateway:
         if (received.esm_class or 0) & texts.ESM_CLASS_UDHI:
             concat, data = texts.parse_udh(data)
             if concat is not None and concat[1] > 1:
-                reference, total, number_in = concat
-                pieces = self._fragments.setdefault((number, reference, total), {})
-                pieces[number_in] = texts.decode(data, coding)
-                if len(pieces) < total:
-                    return None
-                del self._fragments[(number, reference, total)]
-                body = "".join(pieces[i] for i in sorted(pieces))
-                return self.mobile_message(number, body)
+                reference, total, part = concat
+                body = self.fragments.add(number, reference, total, part, texts.decode(data, coding), len(data))
+                return None if body is None else self.mobile_message(number, body)
         return self.mobile_message(number, texts.decode(data, coding))
 
     @defer.inlineCallbacks
