@@ -7,7 +7,7 @@ from bridge import config as configuration
 from bridge.core.notifications import NotificationPreferences
 from bridge.gateways.sms.gateway import SMSGateway, normalize_number, password_in_clear
 
-from tests.unit.helpers import Harness, gateway_context, result_of
+from tests.unit.helpers import Harness, LateStorage, gateway_context, result_of
 from tests.unit.test_sms_esme import FakeSMSC
 
 SMSC = {"main": {"system_id": "bridge", "password": "pw", "source_addr": "1000", "window": 10,
@@ -21,8 +21,8 @@ def sms_config(smsc=SMSC, **sms):
 
 
 class GatewayRig:
-    def __init__(self, smsc=SMSC, **sms):
-        self.harness = Harness(sms_config(smsc, **sms))
+    def __init__(self, smsc=SMSC, storage=None, **sms):
+        self.harness = Harness(sms_config(smsc, **sms), storage)
         self.server = self.harness.server
         self.clock = self.harness.clock
         self.smsc = FakeSMSC()
@@ -31,7 +31,8 @@ class GatewayRig:
         result_of(self.gateway.start())
         self.smsc.bind()
         for jid in ("alice@localhost", "bob@localhost", "carol@localhost"):
-            self.harness.add_user(jid)
+            if not result_of(self.server.accounts.exists("localhost", jid.split("@")[0])):  # a restart
+                self.harness.add_user(jid)
         self.preferences = NotificationPreferences(self.server.storage, self.server.config.hosts.__getitem__)
         result_of(self.preferences.update("localhost", "bob", mobile="+1 555 123 4567"))
         self.alice = self.harness.login("alice@localhost/desk")
@@ -216,6 +217,99 @@ class NumberRouteTests(SynchronousTestCase):
         self.assertEqual(rig.gateway.fragments.parts, 4096 // 124)
         answers = [p for p in rig.smsc.received() if p.command == "deliver_sm_resp"]
         self.assertEqual((len(answers), {p.status for p in answers}), (500, {0}))
+
+
+class SendingLimitTests(SynchronousTestCase):
+    def errors(self, rig):
+        return [(e["id"], e.error.firstChildElement().name, str(e.error.text))
+                for e in rig.alice.received() if e["type"] == "error"]
+
+    def accepted(self, rig):
+        """Every submit_sm the SMSC gets, each answered, until no more come."""
+        accepted = []
+        while submits := rig.submits():
+            for submit in submits:
+                rig.smsc.answer(submit, message_id=str(submit.sequence))
+            accepted += submits
+        return accepted
+
+    def test_the_defaults_stop_a_script(self):
+        """25 one-part SMS to numbers in one minute: 20 go out (the default per-user minute limit),
+        the others are refused policy-violation with a text naming the limit."""
+        rig = GatewayRig()
+        for n in range(25):
+            rig.write(f"+1555000{n:04d}@sms.localhost", f"buy now {n}", id=f"s{n}")
+        self.assertEqual(len(self.accepted(rig)), 20)
+        self.assertEqual(self.errors(rig), [(f"s{n}", "policy-violation",
+                                             "SMS limit reached: 20 SMS a minute per user: wait a minute")
+                                            for n in range(20, 25)])
+
+    def test_minute_limit_passes_with_the_minute(self):
+        """Past the per-minute limit a user waits for the next minute, then may send again."""
+        rig = GatewayRig(outbound_sms_per_minute_per_user=2)
+        for n in range(3):
+            rig.write("+15557654321@sms.localhost", f"m{n}", id=f"m{n}")
+        for submit in rig.submits():
+            rig.smsc.answer(submit, message_id=str(submit.sequence))
+        self.assertEqual([e[0] for e in self.errors(rig)], ["m2"])
+        rig.wait(60)
+        rig.write("+15557654321@sms.localhost", "again", id="m3")
+        (submit,) = rig.submits()
+        self.assertEqual(submit.short_message, b"Alice: again")
+
+    def test_daily_limit_counts_parts_and_ends_with_the_day(self):
+        """The daily limit counts SMS parts: a three-part message and a two-part one fill a limit of
+        five, a one-part message is then refused; the next UTC day it goes out."""
+        rig = GatewayRig(outbound_sms_per_day_per_user=5)
+        rig.write("+15557654321@sms.localhost", "long " * 80, id="three")
+        rig.write("+15557654321@sms.localhost", "long " * 50, id="two")
+        rig.write("+15557654321@sms.localhost", "short", id="one")
+        submits = rig.submits()
+        self.assertEqual(len(submits), 5)
+        self.assertEqual(self.errors(rig), [("one", "policy-violation", "SMS limit reached: 5 SMS a day per user "
+                                                                        "(the day ends at 00:00 UTC)")])
+        for submit in submits:
+            rig.smsc.answer(submit, message_id=str(submit.sequence))
+        rig.wait(86400)
+        rig.write("+15557654321@sms.localhost", "short", id="tomorrow")
+        self.assertEqual(len(rig.submits()), 1)
+
+    def test_host_limit_counts_every_user(self):
+        """Two users each within their own limits share the host's: past it, resource-constraint."""
+        rig = GatewayRig(outbound_sms_per_day_per_host=3)
+        carol = rig.harness.login("carol@localhost/desk")
+        for n in range(2):
+            rig.write("+15557654321@sms.localhost", f"a{n}", id=f"a{n}")
+            carol.send(f"<message to='+15557654321@sms.localhost' id='c{n}'><body>c{n}</body></message>")
+        self.assertEqual(len(rig.submits()), 3)
+        (error,) = [e for e in rig.alice.received() + carol.received() if e["type"] == "error"]
+        self.assertEqual((error["id"], error.error.firstChildElement().name, str(error.error.text)),
+                         ("c1", "resource-constraint", "SMS limit reached: 3 SMS a day for all users of "
+                                                       "localhost (the day ends at 00:00 UTC)"))
+
+    def test_counts_survive_a_restart(self):
+        """The day's count is in storage: a gateway started again on the same storage refuses what
+        the limit no longer allows."""
+        first = GatewayRig(outbound_sms_per_day_per_user=1)
+        first.write("+15557654321@sms.localhost", "one")
+        self.assertEqual(len(self.accepted(first)), 1)
+        second = GatewayRig(storage=first.harness.storage, outbound_sms_per_day_per_user=1)
+        second.write("+15557654321@sms.localhost", "two", id="again")
+        self.assertEqual(second.submits(), [])
+        self.assertEqual([e[:2] for e in self.errors(second)], [("again", "policy-violation")])
+
+    def test_two_sms_at_once_with_late_storage(self):
+        """Storage answers late: two SMS sent before it answers are counted one after the other,
+        so a limit of one lets exactly one through."""
+        late = LateStorage()
+        rig = GatewayRig(storage=late, outbound_sms_per_minute_per_user=1)
+        late.late = True
+        rig.write("+15557654321@sms.localhost", "first", id="m1")
+        rig.write("+15557654321@sms.localhost", "second", id="m2")
+        late.answer()
+        late.late = False
+        self.assertEqual([p.short_message for p in rig.submits()], [b"Alice: first"])
+        self.assertEqual([e[:2] for e in self.errors(rig)], [("m2", "policy-violation")])
 
 
 class NumberTests(SynchronousTestCase):

@@ -36,6 +36,7 @@ from bridge.core.tls import trust_roots
 from bridge.gateways.sms import pdu as pdus, text as texts
 from bridge.gateways.sms.esme import SMSCLink
 from bridge.gateways.sms.fragments import Reassembly
+from bridge.gateways.sms.limits import SendingLimits
 from bridge.gateways.sms.queue import OutboundQueue
 
 log = Logger()
@@ -148,6 +149,7 @@ class SMSGateway:
         self.queue.links = self.links
         self.fragments = Reassembly(ctx.clock, self.config)
         self._limits = KeyedLock()  # the daily counts of one user, changed one SMS at a time
+        self.sending = SendingLimits(ctx.storage, ctx.clock, self.config)
         ctx.serve(self.domain, ("gateway", "sms", "SMS gateway"), NumberPrompt(self.domain))
         ctx.hook("message/bare", self.to_number)
         ctx.hook_local("offline/stored", self.offline_stored)
@@ -259,11 +261,24 @@ class SMSGateway:
 
     @defer.inlineCallbacks
     def _send_to_number(self, stanza, sender, number, body):
+        """Queue the SMS within the sender's and their host's limits, else refuse it; the key or None."""
+        text = texts.with_sender(texts.display_name(sender.user), body)
+        host = self.ctx.local_host(sender.host)
+        refusal = yield self.sending.charge(host, sender.user, self.parts_of(text))
+        if refusal is not None:
+            log.info("SMS from {user}@{host} to {number} refused: {why}", user=sender.user, host=host,
+                     number=number, why=refusal[1])
+            self.ctx.bounce(stanza, *refusal)
+            return None
         yield self.storage.set(self.domain, number, PEERS_STORE, {"jid": sender.userhost()})
         meta = {"to": stanza.getAttribute("from"), "from": f"{number}@{self.domain}",
                 "id": stanza.getAttribute("id"), "receipt": wants_receipt(stanza)}
-        key = yield self.queue.add(number, texts.with_sender(texts.display_name(sender.user), body), meta)
+        key = yield self.queue.add(number, text, meta)
         return key
+
+    def parts_of(self, text):
+        """The SMS parts ``text`` is sent as (what the SMSC bills)."""
+        return len(texts.split(text, 0, self.config.max_parts)[2])
 
     # -- outcomes ---------------------------------------------------------------
 
