@@ -5,7 +5,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from bridge import config as configuration
 from bridge.core.notifications import NotificationPreferences
-from bridge.gateways.sms.gateway import SMSGateway, normalize_number, password_in_clear
+from bridge.gateways.sms.gateway import SMSGateway, password_in_clear
+from bridge.core.xmlstream import parse_element
+from bridge.gateways.sms.text import gsm_decode, normalize_number
 
 from tests.unit.helpers import Harness, LateStorage, gateway_context, result_of
 from tests.unit.test_sms_esme import FakeSMSC
@@ -41,6 +43,25 @@ class GatewayRig:
 
         self.backlog = []
 
+    def command(self, client, body, id="c1"):
+        """Send ``body`` to the SMS domain from ``client``; the gateway's answers."""
+        client.send(f"<message to='sms.localhost' id='{id}' type='chat'><body>{body}</body></message>")
+        for _ in range(50):
+            self.clock.advance(0.001)
+        return [str(message.body) for message in client.received() if message.name == "message"]
+
+    def verify(self, jid="bob@localhost/phone", request="verify"):
+        """``jid`` asks for a code and sends it back, then goes offline; the SMS with the code
+        and the gateway's last answer."""
+        client = self.harness.login(jid)
+        self.command(client, request)
+        (code_sms,) = self.submits()
+        self.smsc.answer(code_sms, message_id=f"code{code_sms.sequence}")
+        code = code_sms.short_message.decode()[:6]
+        (answer,) = self.command(client, code, id="c2")
+        client.drop()
+        return code_sms, answer
+
     def wait(self, seconds):
         """Let time pass, answering the link's enquire_link as an SMSC does."""
         for _ in range(int(seconds)):
@@ -73,6 +94,7 @@ class OfflineSMSTests(SynchronousTestCase):
     def test_offline_user_gets_sms_with_sender_name(self):
         """Alice writes to Bob, who is offline: Bob's mobile gets "Alice: are you coming?"."""
         rig = GatewayRig()
+        rig.verify()
         rig.write("bob@localhost", "are you coming?")
         (submit,) = rig.submits()
         self.assertEqual((submit.destination_addr, submit.short_message, submit.data_coding),
@@ -81,6 +103,7 @@ class OfflineSMSTests(SynchronousTestCase):
     def test_receipt_and_mo_reply(self):
         """The delivery receipt becomes a XEP-0184 receipt; Bob's SMS answer reaches Alice from bob@localhost/sms, the session of his mobile phone."""
         rig = GatewayRig()
+        rig.verify()
         rig.write("bob@localhost", "are you coming?", "<request xmlns='urn:xmpp:receipts'/>", id="q1")
         (submit,) = rig.submits()
         rig.smsc.answer(submit, message_id="7f")
@@ -94,6 +117,7 @@ class OfflineSMSTests(SynchronousTestCase):
     def test_quiet_window_and_daily_cap(self):
         """One SMS per conversation per quiet window; the daily cap counts every sender."""
         rig = GatewayRig(quiet_window_minutes=10, daily_cap_per_user=2)
+        rig.verify()
         rig.write("bob@localhost", "one")
         rig.write("bob@localhost", "two", id="m2")
         (first,) = rig.submits()
@@ -118,6 +142,7 @@ class OfflineSMSTests(SynchronousTestCase):
     def test_stop_opts_out(self):
         """"STOP" from Bob's number sets his policy to none: no more SMS."""
         rig = GatewayRig(quiet_window_minutes=0)
+        rig.verify()
         rig.mo("15551234567", "stop")
         self.assertEqual(result_of(rig.preferences.get("localhost", "bob"))["policy"], "none")
         rig.write("bob@localhost", "hello")
@@ -126,6 +151,7 @@ class OfflineSMSTests(SynchronousTestCase):
     def test_headline_alert_goes_out(self):
         """A headline (an alert) to an offline user is sent by SMS too."""
         rig = GatewayRig()
+        rig.verify()
         rig.write("bob@localhost", "server down", type="headline")
         (submit,) = rig.submits()
         self.assertEqual(submit.short_message, b"Alice: server down")
@@ -133,10 +159,12 @@ class OfflineSMSTests(SynchronousTestCase):
     def test_long_unicode_message_parts(self):
         """A long non-GSM text goes out as UCS-2 parts with one UDH reference."""
         rig = GatewayRig()
+        rig.verify()
         rig.write("bob@localhost", "ж" * 150)
         parts = rig.submits()
         self.assertEqual(len(parts), 3)
-        self.assertEqual({(p.data_coding, p.esm_class, p.short_message[3]) for p in parts}, {(8, 0x40, 1)})
+        self.assertEqual({(p.data_coding, p.esm_class) for p in parts}, {(8, 0x40)})
+        self.assertEqual(len({p.short_message[3] for p in parts}), 1)
 
 
 class NumberRouteTests(SynchronousTestCase):
@@ -310,6 +338,162 @@ class SendingLimitTests(SynchronousTestCase):
         late.late = False
         self.assertEqual([p.short_message for p in rig.submits()], [b"Alice: first"])
         self.assertEqual([e[:2] for e in self.errors(rig)], [("m2", "policy-violation")])
+
+
+class VerificationTests(SynchronousTestCase):
+    def test_an_unverified_number_gets_no_notification(self):
+        """Bob's number was set (as bridgectl does) but never verified: a message stored for him
+        sends no SMS."""
+        rig = GatewayRig()
+        rig.write("bob@localhost", "are you coming?")
+        self.assertEqual(rig.submits(), [])
+
+    def test_a_vcard_number_is_unverified_until_verified(self):
+        """A number Bob put in his vCard (TEL/CELL) gets nothing until Bob verifies it with 'verify'."""
+        rig = GatewayRig()
+        result_of(rig.preferences.update("localhost", "bob", mobile=None))
+        bob = rig.harness.login("bob@localhost/phone")
+        bob.iq("<iq type='set' id='v1'><vCard xmlns='vcard-temp'><TEL><CELL/><NUMBER>+1 555 765 0000</NUMBER>"
+               "</TEL></vCard></iq>")
+        bob.drop()
+        rig.write("bob@localhost", "one")
+        self.assertEqual(rig.submits(), [])
+        code_sms, answer = rig.verify()
+        self.assertEqual(code_sms.destination_addr, b"15557650000")
+        self.assertTrue(answer.startswith("+15557650000 is verified"), answer)
+        rig.write("bob@localhost", "two", id="m2")
+        (submit,) = rig.submits()
+        self.assertEqual((submit.destination_addr, submit.short_message), (b"15557650000", b"Alice: two"))
+
+    def test_the_whole_flow(self):
+        """Bob sends 'verify' to sms.localhost: a six-digit code goes by SMS to his number and the
+        gateway says so; a wrong code is refused with the tries left; the right one verifies the
+        number, and only then does an SMS from it speak as Bob."""
+        rig = GatewayRig()
+        rig.write("+15551234567@sms.localhost", "hi Bob's phone", id="w1")
+        rig.smsc.answer(rig.submits()[0], message_id="w1")
+        bob = rig.harness.login("bob@localhost/phone")
+        (sent,) = rig.command(bob, "verify")
+        self.assertEqual(sent, "A code was sent by SMS to +15551234567: send it here within 10 minutes.")
+        (code_sms,) = rig.submits()
+        rig.smsc.answer(code_sms, message_id="c1")
+        code = code_sms.short_message.decode()[:6]
+        self.assertEqual(code_sms.destination_addr, b"15551234567")
+        self.assertEqual(gsm_decode(code_sms.short_message),
+                         f"{code} is the code that links this number to bob@localhost: send it to "
+                         "sms.localhost from that account. Not you? Ignore this SMS.")
+        self.assertTrue(code.isdigit() and len(code) == 6, code)
+        rig.mo("15551234567", "before")
+        (before,) = rig.alice.received()
+        self.assertEqual(before["from"], "+15551234567@sms.localhost")
+        wrong = f"{(int(code) + 1) % 1000000:06d}"
+        self.assertEqual(rig.command(bob, wrong), ["Wrong code: 4 tries left."])
+        (done,) = rig.command(bob, code)
+        self.assertTrue(done.startswith("+15551234567 is verified"), done)
+        bob.drop()
+        rig.write("bob@localhost", "call me", id="m2")
+        rig.smsc.answer(rig.submits()[0], message_id="n1")
+        rig.mo("15551234567", "after")
+        (after,) = rig.alice.received()
+        self.assertEqual((after["from"], str(after.body)), ("bob@localhost/sms", "after"))
+
+    def test_mo_from_an_unverified_number_is_not_the_user(self):
+        """Bob's number is unverified: an SMS from it comes from +15551234567@sms.localhost to the
+        user who last wrote to the number, never as bob@localhost."""
+        rig = GatewayRig()
+        rig.write("+15551234567@sms.localhost", "hello", id="w1")
+        rig.submits()
+        rig.mo("15551234567", "it is me, Bob")
+        (message,) = rig.alice.received()
+        self.assertEqual((message["from"], str(message.body)), ("+15551234567@sms.localhost", "it is me, Bob"))
+
+    def test_stop_from_an_unverified_number_changes_nothing(self):
+        """A STOP whose sender ID is Bob's unverified number leaves his policy alone."""
+        rig = GatewayRig()
+        rig.mo("15551234567", "STOP")
+        self.assertIsNone(result_of(rig.preferences.get("localhost", "bob"))["policy"])
+
+    def test_verify_a_new_number_sets_it_once_proved(self):
+        """'verify +15557654321' sends the code there; Bob's number changes only when the code comes
+        back, and the old number is no longer his."""
+        rig = GatewayRig()
+        bob = rig.harness.login("bob@localhost/phone")
+        rig.command(bob, "verify +1 555 765 4321")
+        (code_sms,) = rig.submits()
+        self.assertEqual(code_sms.destination_addr, b"15557654321")
+        self.assertEqual(result_of(rig.preferences.mobile("localhost", "bob")), "+1 555 123 4567")
+        rig.command(bob, code_sms.short_message.decode()[:6])
+        self.assertEqual(result_of(rig.preferences.mobile("localhost", "bob")), "+15557654321")
+        bob.drop()
+        rig.mo("15551234567", "STOP")
+        rig.mo("15557654321", "STOP", sequence=91)
+        self.assertEqual(result_of(rig.preferences.get("localhost", "bob"))["policy"], "none")
+
+    def test_changing_the_number_unverifies(self):
+        """A verified number replaced by another (bridgectl, the vCard) is unverified: no SMS goes out."""
+        rig = GatewayRig()
+        rig.verify()
+        result_of(rig.preferences.update("localhost", "bob", mobile="+15550001111"))
+        rig.write("bob@localhost", "hello")
+        self.assertEqual(rig.submits(), [])
+
+    def test_codes_expire(self):
+        """A code sent back after its lifetime verifies nothing."""
+        rig = GatewayRig(verification_code_lifetime_minutes=5)
+        bob = rig.harness.login("bob@localhost/phone")
+        rig.command(bob, "verify")
+        (code_sms,) = rig.submits()
+        rig.smsc.answer(code_sms, message_id="c1")
+        rig.wait(300)
+        self.assertEqual(rig.command(bob, code_sms.short_message.decode()[:6]),
+                         ["No code is waiting: send 'verify' for one."])
+
+    def test_wrong_tries_void_the_code(self):
+        """After verification_tries_per_code wrong codes the right one no longer works."""
+        rig = GatewayRig(verification_tries_per_code=2)
+        bob = rig.harness.login("bob@localhost/phone")
+        rig.command(bob, "verify")
+        code = rig.submits()[0].short_message.decode()[:6]
+        wrong = f"{(int(code) + 1) % 1000000:06d}"
+        self.assertEqual(rig.command(bob, wrong), ["Wrong code: 1 try left."])
+        self.assertEqual(rig.command(bob, wrong), ["Wrong code, and no tries left: send 'verify' for a new code."])
+        self.assertEqual(rig.command(bob, code), ["No code is waiting: send 'verify' for one."])
+
+    def test_codes_a_day(self):
+        """A user gets verification_codes_per_day_per_user codes a day, then none until the next day."""
+        rig = GatewayRig(verification_codes_per_day_per_user=2)
+        bob = rig.harness.login("bob@localhost/phone")
+        rig.command(bob, "verify")
+        rig.command(bob, "verify")
+        self.assertEqual(rig.command(bob, "verify"), ["No more codes today (2 a day): try again after 00:00 UTC."])
+        self.assertEqual(len(rig.submits()), 2)
+
+    def test_codes_are_charged_to_the_sending_limits(self):
+        """A code is an SMS the user asked for: past the user's sending limit none is sent."""
+        rig = GatewayRig(outbound_sms_per_day_per_user=0)
+        bob = rig.harness.login("bob@localhost/phone")
+        self.assertEqual(rig.command(bob, "verify"),
+                         ["SMS limit reached: 0 SMS a day per user (the day ends at 00:00 UTC)"])
+        self.assertEqual(rig.submits(), [])
+
+    def test_other_words_get_the_help_and_strangers_are_refused(self):
+        """Anything else to the domain gets the help text; a remote sender gets forbidden."""
+        rig = GatewayRig()
+        bob = rig.harness.login("bob@localhost/phone")
+        (help_text,) = rig.command(bob, "hello?")
+        self.assertIn("'verify'", help_text)
+        rig.server.router.route(parse_element(
+            "<message from='mallory@evil.example/x' to='sms.localhost' id='e1'><body>verify</body></message>"))
+        self.assertEqual(rig.submits(), [])
+
+    def test_verify_without_a_number(self):
+        """'verify' from a user with no number, or with something that is not one, explains what to send."""
+        rig = GatewayRig()
+        carol = rig.harness.login("carol@localhost/desk")
+        self.assertEqual(rig.command(carol, "verify"),
+                         ["You have no mobile number: send 'verify +15551234567' with yours."])
+        self.assertEqual(rig.command(carol, "verify soon"),
+                         ["'soon' is not a number in international form (+15551234567)."])
 
 
 class NumberTests(SynchronousTestCase):
