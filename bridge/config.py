@@ -8,6 +8,7 @@ once so an administrator fixes a file in one pass.
 """
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 import typing
@@ -140,11 +141,14 @@ class HTTPConfig(ListenerTLS):
     bosh_max_inactivity_seconds: float = _option(60.0, low=5, high=3600)
     bosh_max_pause_seconds: float = _option(120.0, low=0, high=3600)
     bosh_polling_seconds: float = _option(2.0, low=0, high=60)
+    bosh_max_sessions_per_address: int = _option(20, low=1)
+    bosh_max_sessions: int = _option(10000, low=1)
     websocket_ping_interval_seconds: float = _option(60.0, low=0, high=3600)
     websocket_max_message_bytes: int = _option(262144, low=1024, high=64 * 1024 * 1024)
     websocket_see_other_uri: str = _option("")
     max_buffered_bytes: int = _option(1048576, low=1024)
     web_client_dir: str = _option("web/node_modules/converse.js/dist", path=True)
+    trusted_proxies: list = _option([])
 
 
 @dataclass(frozen=True)
@@ -185,8 +189,26 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
-class OfflineConfig:
-    max_messages_per_user: int = _option(1000, low=0)
+class QuotasConfig:
+    """What one account may keep on the server, whoever fills it: the account itself (roster, block
+    list, vCard, private XML) or anyone who can reach it (subscription requests, offline messages).
+
+    Bytes are bounded as well as items: directly, or by a count of items
+    each of bounded size (a JID, whose parts ``parse_jid`` keeps within
+    RFC 7622's 1023 bytes each, and a bounded text).
+    What would pass a quota is refused with an error that says so; nothing
+    already kept is dropped to make room.
+    """
+
+    max_roster_items_per_user: int = _option(1000, low=1)
+    max_roster_item_text_bytes: int = _option(1024, low=64, high=65536)
+    max_pending_subscriptions_per_user: int = _option(100, low=1)
+    max_subscription_request_text_bytes: int = _option(1024, low=0, high=65536)
+    max_offline_messages_per_user: int = _option(1000, low=0)
+    max_offline_bytes_per_user: int = _option(10 * 1024 * 1024, low=0)
+    max_private_bytes_per_user: int = _option(1024 * 1024, low=1024)
+    max_vcard_bytes: int = _option(192 * 1024, low=1024, high=64 * 1024 * 1024)
+    max_blocked_items_per_user: int = _option(1000, low=1)
 
 
 @dataclass(frozen=True)
@@ -365,7 +387,7 @@ class Config:
     component_listener: ComponentListenerConfig = field(default_factory=ComponentListenerConfig)
     components: dict = field(default_factory=dict)
     storage: StorageConfig = field(default_factory=StorageConfig)
-    offline: OfflineConfig = field(default_factory=OfflineConfig)
+    quotas: QuotasConfig = field(default_factory=QuotasConfig)
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
     hosts: dict = field(default_factory=lambda: {"localhost": HostConfig()})
     sms: SMSConfig = field(default_factory=SMSConfig)
@@ -388,7 +410,7 @@ class Config:
 
 
 _SECTIONS = {"tls": TLSConfig, "c2s": C2SConfig, "s2s": S2SConfig, "http": HTTPConfig, "storage": StorageConfig,
-             "offline": OfflineConfig, "smtp": SMTPConfig, "component_listener": ComponentListenerConfig,
+             "quotas": QuotasConfig, "smtp": SMTPConfig, "component_listener": ComponentListenerConfig,
              "sms": SMSConfig, "sip": SIPConfig}
 # Tables of named sub-tables: [hosts.NAME], [components.DOMAIN], [smsc.NAME].
 _NAMED = {"hosts": HostConfig, "components": ComponentConfig, "smsc": SMSCConfig}
@@ -440,6 +462,10 @@ def _build(cls, table, path, problems, where):
     return cls(**values)
 
 
+# Tables of earlier versions, and where their keys went.
+_MOVED = {"offline": "this table is gone: max_messages_per_user is now [quotas] max_offline_messages_per_user"}
+
+
 def parse(document, where):
     """A ``Config`` from a parsed TOML document; ``where`` names it in errors."""
     problems = []
@@ -461,6 +487,8 @@ def parse(document, where):
                     problems.append(f"{where}: {key}.{name}: must be a table")
                     continue
                 named[name.lower()] = _build(_NAMED[key], table, f"{key}.{name}.", problems, where)
+        elif key in _MOVED:
+            problems.append(f"{where}: {key}: {_MOVED[key]}")
         else:
             top[key] = value
     base = _build(Config, top, "", problems, where)
@@ -526,6 +554,11 @@ def parse(document, where):
                 raise ValueError(f"must be HOST:PORT, not {sip.dns_server!r}")
         except ValueError as error:
             problems.append(f"{where}: sip.dns_server: {error}")
+    for proxy in sections.get("http", base.http).trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            problems.append(f"{where}: http.trusted_proxies: {proxy!r} is not an IP address or network")
     for name, smsc in sections.get("smsc", {}).items():
         if smsc.reconnect_max_seconds < smsc.reconnect_min_seconds:
             problems.append(f"{where}: smsc.{name}.reconnect_max_seconds: must be at least reconnect_min_seconds")

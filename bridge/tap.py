@@ -5,7 +5,6 @@ receives the clock and the endpoints it needs.
 """
 
 import importlib
-import os
 
 from twisted.application import service
 from twisted.internet import defer, endpoints
@@ -14,7 +13,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
 from bridge import __version__, config as configuration
-from bridge.core import storage as storage_module, tls
+from bridge.core import datadir, storage as storage_module, tls
 from bridge.core.server import GatewayContext, Server, load_feature
 from bridge.core.streams.c2s import ClientFactory
 from bridge.core.streams.component import ComponentFactory
@@ -180,9 +179,10 @@ def attach_gateways(server, reactor, top, listen_on):
 
 def build(config, reactor):
     """The service tree for ``config``, on ``reactor``."""
-    os.makedirs(config.data_dir, exist_ok=True)
+    datadir.private_folder(config.data_dir)
+    secret = datadir.server_secret(config.data_path("server.secret"))
     store = storage_module.open_storage(config, reactor)
-    server = Server(config, store, reactor)
+    server = Server(config, store, reactor, secret=secret)
     load_features(server)
     s2s = config.s2s
     peer_tls = PeerTLS(*tls.certificate_paths(config, s2s), s2s.tls_min_version, s2s.tls_ciphers, s2s.ca_file)

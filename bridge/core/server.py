@@ -13,6 +13,7 @@ PUBLISH, an SMS from the user's own number.  Block lists, archives and every
 """
 
 import datetime
+import os
 import weakref
 
 from twisted.internet import task
@@ -26,6 +27,7 @@ from bridge.core.delivery import ComponentHost, Event, LocalHost, event_name, ta
 from bridge.core.hooks import HANDLE, Dispatch
 from bridge.core.roster import Rosters
 from bridge.core.router import RoutingTable
+from bridge.core.sasl import Decoys
 from bridge.core.sessions import SessionTable
 from bridge.core.stanza import parse_jid
 
@@ -37,7 +39,10 @@ def _route_event(event):
 
 
 class Server:
-    def __init__(self, config, storage, clock):
+    """``secret``: the server's secret (``bridge.core.datadir.server_secret``); without one, a
+    secret for this process only, as suits a server whose accounts do not outlive it (tests)."""
+
+    def __init__(self, config, storage, clock, secret=None):
         self.config = config
         self.storage = storage
         self.clock = clock
@@ -47,7 +52,10 @@ class Server:
         # XEP-0198 resumption id -> Session, while it may be resumed.
         self.resumable_sessions = {}
         self.accounts = Accounts(storage)
-        self.rosters = Rosters(storage, self.sessions, self.router)
+        # What SASL answers for names without an account, stable across restarts.
+        self.decoys = Decoys(secret or os.urandom(32))
+        self.rosters = Rosters(storage, self.sessions, self.router,
+                               config.quotas.max_roster_items_per_user)
         self.hosts = {}  # the local hosts (accounts), by name
         self.component_hosts = {}  # the hosts of gateways and services, by domain
         for name, host_config in config.hosts.items():

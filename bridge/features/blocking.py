@@ -9,6 +9,11 @@ Every stanza is checked, so lists are kept in memory (the most recently used
 ones, see ``DocumentCache``).  A stanza whose list is not in memory yet is
 held until storage has answered, then decided: the check never fails open,
 however late storage answers, and a list that cannot be read refuses.
+
+A list holds at most ``max_blocked_items_per_user`` items; a block command
+that would pass it is refused whole with ``resource-constraint``.  One
+account's commands are carried out one after the other, so that two that
+arrive while its list is being read both count.
 """
 
 from twisted.internet import defer
@@ -17,7 +22,7 @@ from twisted.words.xish import domish
 
 from bridge.core.hooks import POLICY, in_background
 from bridge.core.stanza import error_reply, is_error_or_result, make, parse_jid, result_reply
-from bridge.core.storage.cache import DocumentCache
+from bridge.core.storage.cache import DocumentCache, KeyedLock
 
 log = Logger()
 
@@ -43,7 +48,9 @@ def block_lists(storage):
 class Blocking:
     def __init__(self, ctx):
         self.ctx = ctx
+        self.max_items = ctx.config.quotas.max_blocked_items_per_user
         self.lists = block_lists(ctx.storage)
+        self._changes = KeyedLock()
 
     # -- enforcement -------------------------------------------------------------
 
@@ -144,12 +151,20 @@ class Blocking:
         return self._change(event, command.name, items)
 
     @in_background()
-    @defer.inlineCallbacks
     def _change(self, event, command, items):
+        return self._changes.run((event.host.name, event.to.user), self._apply, event, command, items)
+
+    @defer.inlineCallbacks
+    def _apply(self, event, command, items):
         bare = event.to.userhost()
         current = set((yield self.lists.load(event.host.name, event.to.user)))
         if command == "block":
-            current |= set(items)
+            grown = current | set(items)
+            if len(grown) > self.max_items and len(grown) > len(current):
+                event.reply(error_reply(event.stanza, "resource-constraint",
+                                        f"a block list may hold at most {self.max_items} items"))
+                return
+            current = grown
             for session in self.ctx.sessions.available(bare):
                 for jid in items:
                     self.ctx.route(make("presence", to=jid, sender=session.full, type="unavailable"))

@@ -1,7 +1,9 @@
 """Private XML storage (XEP-0049), which XEP-0048 bookmarks use.
 
 Each account keeps one XML fragment per (namespace, element name); only the
-owner reads or writes them.
+owner reads or writes them.  An account's fragments together take at most
+``max_private_bytes_per_user`` bytes of XML; a set that would grow them past
+it is refused with ``resource-constraint``.
 """
 
 from twisted.internet import defer
@@ -15,9 +17,15 @@ NS_PRIVATE = "jabber:iq:private"
 STORE = "private"
 
 
+def xml_bytes(fragments):
+    """The bytes the stored fragments take as XML (UTF-8)."""
+    return sum(len(text.encode("utf-8")) for text in fragments.values())
+
+
 class PrivateStorage:
     def __init__(self, ctx):
         self.ctx = ctx
+        self.max_bytes = ctx.config.quotas.max_private_bytes_per_user
         self._changes = KeyedLock()  # one account's fragments are changed one set at a time
 
     def _payload(self, event):
@@ -52,7 +60,13 @@ class PrivateStorage:
     @defer.inlineCallbacks
     def _set(self, event, payload):
         stored = (yield self.ctx.storage.get(event.host.name, event.to.user, STORE)) or {}
+        before = xml_bytes(stored)
         stored[f"{payload.uri} {payload.name}"] = payload.toXml()
+        after = xml_bytes(stored)
+        if after > self.max_bytes and after > before:
+            event.reply(error_reply(event.stanza, "resource-constraint",
+                                    f"private storage is limited to {self.max_bytes} bytes per account"))
+            return
         yield self.ctx.storage.set(event.host.name, event.to.user, STORE, stored)
         event.reply(result_reply(event.stanza))
 

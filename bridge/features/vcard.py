@@ -4,6 +4,9 @@ Anyone may read an account's vCard; only the owner may change it.  Photos
 stay inside the vCard and travel over XMPP only, so they are never a
 browsable URL (a pain point of the field reports).  The SHA-1 of the photo
 is added to the owner's outgoing presence when the client left it out.
+A vCard of more than ``max_vcard_bytes`` bytes of XML is refused with
+``not-acceptable``; the default holds a real avatar photo, base64 and all,
+within the default client stanza size limit.
 """
 
 import base64
@@ -13,7 +16,7 @@ import hashlib
 from twisted.internet import defer
 
 from bridge.core.hooks import AMEND, in_background
-from bridge.core.stanza import result_reply
+from bridge.core.stanza import error_reply, result_reply
 from bridge.core.xmlstream import parse_element
 
 NS_VCARD = "vcard-temp"
@@ -36,6 +39,7 @@ def photo_hash(vcard):
 class VCards:
     def __init__(self, ctx):
         self.ctx = ctx
+        self.max_bytes = ctx.config.quotas.max_vcard_bytes
         self._hashes = {}
 
     @in_background()
@@ -55,9 +59,13 @@ class VCards:
         if not event.from_owner():
             return
         vcard = event.stanza.vCard
+        text = vcard.toXml()
+        if len(text.encode("utf-8")) > self.max_bytes:
+            event.reply(error_reply(event.stanza, "not-acceptable",
+                                    f"a vCard may take at most {self.max_bytes} bytes"))
+            return
         digest = photo_hash(vcard)
-        yield self.ctx.storage.set(event.host.name, event.to.user, STORE,
-                                   {"xml": vcard.toXml(), "photo": digest})
+        yield self.ctx.storage.set(event.host.name, event.to.user, STORE, {"xml": text, "photo": digest})
         self._hashes[event.to.userhost()] = digest
         event.reply(result_reply(event.stanza))
 

@@ -10,7 +10,9 @@ elements drive a ``ClientStream`` exactly as ``TCPClientProtocol`` does.
 Output: one text message per element; stanzas carry xmlns='jabber:client'
 (RFC 7395 section 3.3.3), stream features and errors the ``stream:`` prefix
 with its declaration, which is what Strophe.js looks for.  There is no
-STARTTLS: a WebSocket is secure when its listener is TLS.
+STARTTLS: a WebSocket is secure when its listener is TLS, or when a trusted
+proxy says the client reached it over TLS.  Over plain HTTP, SASL waits for
+nothing on loopback only; elsewhere ``[c2s] require_encryption`` refuses it.
 
 Keepalive: a WebSocket ping every ``websocket_ping_interval_seconds``; no
 pong by the next one closes the stream.  Backpressure: the ``BoundedOutput``
@@ -90,17 +92,24 @@ def _qualified(element):
 
 
 class WebSocketStream:
-    """One RFC 7395 connection: the framing of its ``ClientStream``."""
+    """One RFC 7395 connection: the framing of its ``ClientStream``.
+
+    ``request``: the upgrade request (``bridge.gateways.http.HTTPRequest``),
+    which tells who the client is and how it is connected.
+    """
 
     can_start_tls = False
 
-    def __init__(self, server, config, transport, connection, secure, peer):
+    def __init__(self, server, config, transport, connection, request):
         self.server = server
         self.config = config
         self.transport = transport
         self.connection = connection
-        self.secure = secure
-        self.peer = peer
+        self.secure = request.secure
+        self.peer = request.peer
+        # Without TLS, a local client may still authenticate: nobody else sees its bytes.
+        self.may_authenticate_in_clear = request.local
+        self._tls_transport = request.tls_transport
         self.clock = server.clock
         self.stream = None
         self.parser = None
@@ -261,8 +270,11 @@ class WebSocketStream:
     def start_tls(self):
         raise NotImplementedError("no STARTTLS over WebSocket")
 
+    def answered(self):
+        """Nothing waits: each message is handled as it arrives, and the output bound cuts a client off."""
+
     def tls_transport(self):
-        return self.transport if self.secure else None
+        return self._tls_transport
 
     # -- output ----------------------------------------------------------------
 

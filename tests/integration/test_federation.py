@@ -16,7 +16,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from .federation import (CONNECT_TIMEOUT, S2S_PORT, ProsodyProcess, TestCA, logged, loopback_block,
+from tests.pki import CertificateAuthority, self_signed
+
+from .federation import (CONNECT_TIMEOUT, S2S_PORT, ProsodyProcess, logged, loopback_block,
                          prosody_available, start_bridge, wait_logged)
 from .harness import (NS_STREAMS, Clients, error_condition, next_item, parse_stream_document,
                       stream_error_conditions, subscription_of)
@@ -39,7 +41,7 @@ def accounts_for(*jids):
 
 @pytest.fixture(scope="module")
 def ca(tmp_path_factory):
-    return TestCA(tmp_path_factory.mktemp("federation-ca"))
+    return CertificateAuthority(tmp_path_factory.mktemp("federation-ca"))
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,7 @@ def servers(request, tmp_path, ca, net):
 
     class Servers:
         def bridge(self, domain, jids, dialback=True, s2s_options=""):
-            certificate, key = ca.issue(domain, tmp_path / f"certs-{domain}")
+            certificate, key = ca.issue(tmp_path / f"certs-{domain}", [domain])
             address = net.routes[domain].rpartition(":")[0]
             peers = {name: target for name, target in net.routes.items() if name != domain}
             process = start_bridge(tmp_path / f"bridge-{domain}", domain, address, accounts_for(*jids),
@@ -77,9 +79,9 @@ def servers(request, tmp_path, ca, net):
             # Prosody finds bridge a.test through its hosts file.
             hosts = {"a.test": net.a}
             if wrong_certificate:
-                certificate, key = ca.self_signed(domain, tmp_path / f"self-signed-{domain}")
+                certificate, key = self_signed(tmp_path / f"self-signed-{domain}", [domain])
             else:
-                certificate, key = ca.issue(domain, tmp_path / f"certs-{domain}")
+                certificate, key = ca.issue(tmp_path / f"certs-{domain}", [domain])
             process = ProsodyProcess(directory, domain, address, certificate, key, ca.ca_file, hosts,
                                      accounts_for(*jids), secure_auth=secure_auth)
             started.append(process)

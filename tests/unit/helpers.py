@@ -2,8 +2,6 @@
 
 import base64
 import dataclasses
-import hashlib
-import hmac
 
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
@@ -11,6 +9,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from bridge import config as configuration
+from bridge.core.sasl import ScramClient
 from bridge.core.server import GatewayContext, Server
 from bridge.core.storage.memory import MemoryStorage
 from bridge.core.streams.c2s import ClientFactory
@@ -68,9 +67,9 @@ class LateStorage:
         return call
 
     def answer(self):
-        """Let every waiting answer (and those they lead to) through."""
-        while self.waiting:
-            result, answer = self.waiting.pop(0)
+        """Let the answers that wait now through (those of calls they lead to wait in turn)."""
+        waiting, self.waiting = self.waiting, []
+        for result, answer in waiting:
             result.chainDeferred(answer)
 
 
@@ -224,30 +223,23 @@ class FakeClient(WireClient):
         return reply
 
 
-def _hmac(name, key, message):
-    return hmac.new(key, message, name).digest()
-
-
 def scram_login(client, user, password, mechanism="SCRAM-SHA-256", client_nonce="fyko+d2lbbFgONRv9qkxdawL"):
-    """Run a SCRAM exchange as a client would; returns the server's final element."""
-    name = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-1": "sha1"}[mechanism]
-    first_bare = f"n={user},r={client_nonce}"
-    payload = base64.b64encode(f"n,,{first_bare}".encode()).decode()
+    """Run a SCRAM exchange as a client would; returns the server's final element.
+
+    A success must carry the server's signature: a wrong one raises ``SASLFailure``.
+    """
+    scram = ScramClient(mechanism, user, password, nonce=client_nonce)
+    payload = base64.b64encode(scram.first()).decode()
     client.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mechanism}'>{payload}</auth>")
     challenge = client.received()[-1]
     if challenge.name != "challenge":
         return challenge
-    server_first = base64.b64decode(str(challenge)).decode()
-    fields = dict(part.split("=", 1) for part in server_first.split(","))
-    salted = hashlib.pbkdf2_hmac(name, password.encode(), base64.b64decode(fields["s"]), int(fields["i"]))
-    client_key = _hmac(name, salted, b"Client Key")
-    without_proof = f"c=biws,r={fields['r']}"
-    auth_message = f"{first_bare},{server_first},{without_proof}".encode()
-    signature = _hmac(name, hashlib.new(name, client_key).digest(), auth_message)
-    proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature))).decode()
-    final = base64.b64encode(f"{without_proof},p={proof}".encode()).decode()
+    final = base64.b64encode(scram.answer(base64.b64decode(str(challenge)))).decode()
     client.send(f"<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{final}</response>")
-    return client.received()[-1]
+    outcome = client.received()[-1]
+    if outcome.name == "success":
+        scram.check(base64.b64decode(str(outcome)))
+    return outcome
 
 
 def replace_config(config, **c2s):

@@ -4,9 +4,9 @@ import base64
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from bridge.core.streams.c2s import ClientFactory
+from bridge.core.streams.c2s import MAX_REQUESTS_IN_WORK, ClientFactory
 
-from tests.unit.helpers import STREAM_OPEN, BufferingTransport, Harness, make_config, scram_login
+from tests.unit.helpers import STREAM_OPEN, BufferingTransport, Harness, LateStorage, make_config, scram_login
 
 NS_STREAMS_ERR = "urn:ietf:params:xml:ns:xmpp-streams"
 
@@ -61,6 +61,24 @@ class StreamTests(SynchronousTestCase):
             self.assertFalse(client.transport.disconnecting)
         scram_login(client, "alice", "wrong")
         self.assertTrue(client.transport.disconnecting)
+
+    def test_unknown_user_gets_a_stable_salt(self):
+        """SCRAM for a name without an account is challenged, on every connection, with the salt the
+        server's secret gives that name on this host, and fails as a wrong password does."""
+        salts = []
+        for attempt in range(2):
+            client = self.harness.connect()
+            client.open_stream()
+            payload = base64.b64encode(b"n,,n=mallory,r=abc").decode()
+            client.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{payload}</auth>")
+            challenge = client.received()[-1]
+            salts.append(dict(part.split("=", 1) for part in base64.b64decode(str(challenge)).decode().split(","))["s"])
+        expected = self.harness.server.decoys.credentials("localhost", "mallory")["SCRAM-SHA-256"]["salt"]
+        self.assertEqual(salts, [expected, expected])
+        client = self.harness.connect()
+        client.open_stream()
+        outcome = scram_login(client, "mallory", "guess")
+        self.assertEqual((outcome.name, next(outcome.elements()).name), ("failure", "not-authorized"))
 
     def test_guessing_from_one_address_is_cut_off(self):
         """After ten wrong passwords in a minute from one address, even the right one gets
@@ -281,6 +299,26 @@ class BackpressureTests(SynchronousTestCase):
         client.transport.producer.resumeProducing()
         self.assertEqual(client.transport.producerState, "producing")
         self.assertEqual(client.received()[-1]["id"], "p")
+
+
+class RequestsInWorkTests(SynchronousTestCase):
+    def test_reading_waits_while_requests_are_in_work(self):
+        """Storage answers later than a request: of 20 vCard gets in one read, the server takes
+        MAX_REQUESTS_IN_WORK and handles the rest only as answers go out, so a client cannot make it
+        start unbounded work; every request is answered in the end."""
+        storage = LateStorage()
+        harness = Harness(storage=storage)
+        harness.add_user("alice@localhost")
+        alice = harness.login("alice@localhost/a")
+        storage.late = True
+        alice.send("".join(f"<iq type='get' id='v{n}'><vCard xmlns='vcard-temp'/></iq>" for n in range(20)))
+        self.assertEqual(len(storage.waiting), MAX_REQUESTS_IN_WORK)
+        self.assertEqual(alice.transport.producerState, "paused")
+        storage.answer()
+        self.assertEqual(len(storage.waiting), 20 - MAX_REQUESTS_IN_WORK)
+        storage.answer()
+        answers = [e for e in alice.received() if e.name == "iq" and e.getAttribute("type") == "result"]
+        self.assertEqual(sorted(e["id"] for e in answers), sorted(f"v{n}" for n in range(20)))
 
 
 class StartTLSTests(SynchronousTestCase):

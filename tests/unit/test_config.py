@@ -39,6 +39,13 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(problems, [f"{path}: c2s.port: unknown key", f"{path}: hosts.localhost.foo: unknown key",
                                     f"{path}: colour: unknown key"])
 
+    def test_moved_table_says_where(self):
+        """A table of an earlier version is refused with the name of its keys' new place."""
+        with self.assertRaises(configuration.ConfigError) as caught:
+            configuration.parse({"offline": {"max_messages_per_user": 10}}, "old.toml")
+        self.assertIn("old.toml: offline: this table is gone: max_messages_per_user is now [quotas] "
+                      "max_offline_messages_per_user", caught.exception.problems)
+
     def test_types_and_ranges(self):
         """Wrong types, values out of range and bad choices name the key and the reason."""
         _, problems = self.problems('[c2s]\nmax_sessions_per_user = "ten"\npre_auth_timeout_seconds = 0\n'

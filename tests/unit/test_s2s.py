@@ -252,7 +252,8 @@ class DialbackLimitTests(SynchronousTestCase):
     def test_connections_per_address(self):
         """Past max_connections_per_address incoming streams from one address, the next is refused with
         <policy-violation/>; a closed one frees its place, and other addresses are not affected."""
-        first, second = self.peer(), self.peer()
+        first = self.peer()
+        self.peer()
         third = WireClient(IncomingServerStream(self.harness.server, self.harness.remote), "jabber:server",
                            ("127.0.0.9", 5269))
         self.assertEqual(next(third.received()[-1].elements()).name, "policy-violation")

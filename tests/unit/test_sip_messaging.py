@@ -397,6 +397,21 @@ class ToPhonesTests(MessagingTestCase):
         self.assertEqual(response.status, 200)
         self.transport.sent.clear()
 
+    def test_registered_phones_are_a_session(self):
+        """While dave has a live registration his phones are the bound session dave@localhost/sip: a
+        message to that full JID goes to the phone, an IQ to it is refused, and when the registration
+        expires the session ends."""
+        self.assertIsNotNone(self.server.sessions.get("dave@localhost/sip"))
+        bob = self.online("bob@localhost/pc")
+        bob.send("<message to='dave@localhost/sip' type='chat'><body>to the phone</body></message>")
+        [(request, address)] = self.transport.sent
+        self.assertEqual((request.method, str(request.uri), address), ("MESSAGE", "sip:dave@192.0.2.7:5062", SOURCE))
+        reply = bob.iq("<iq type='get' id='v' to='dave@localhost/sip'><query xmlns='jabber:iq:version'/></iq>")
+        self.assertEqual(reply.error.firstChildElement().name, "service-unavailable")
+        self.gateway.start()
+        self.clock.advance(3601)
+        self.assertIsNone(self.server.sessions.get("dave@localhost/sip"))
+
     def test_message_to_phone(self):
         """bob writes to dave, who has no XMPP session but a SIP binding: a MESSAGE goes to the bound
         contact through its flow; a 200 means no offline storage."""

@@ -168,6 +168,25 @@ class OfflineSMSTests(SynchronousTestCase):
 
 
 class NumberRouteTests(SynchronousTestCase):
+    def test_the_sms_domain_is_served_by_the_ordinary_features(self):
+        """sms.localhost is listed in the host's disco#items; its disco#info shows gateway/sms and
+        XEP-0100, whose prompt turns a written number into its JID; a wrong number is not-acceptable."""
+        rig = GatewayRig()
+        items = rig.alice.iq("<iq type='get' id='i' to='localhost'>"
+                             "<query xmlns='http://jabber.org/protocol/disco#items'/></iq>")
+        self.assertIn("sms.localhost", [item["jid"] for item in items.query.elements()])
+        info = rig.alice.iq("<iq type='get' id='d' to='sms.localhost'>"
+                            "<query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+        [identity] = [e for e in info.query.elements() if e.name == "identity"]
+        self.assertEqual((identity["category"], identity["type"]), ("gateway", "sms"))
+        self.assertIn("jabber:iq:gateway", [e.getAttribute("var") for e in info.query.elements() if e.name == "feature"])
+        translated = rig.alice.iq("<iq type='set' id='g' to='sms.localhost'><query xmlns='jabber:iq:gateway'>"
+                                  "<prompt>+1 (555) 765-4321</prompt></query></iq>")
+        self.assertEqual([str(e) for e in translated.query.elements() if e.name == "jid"], ["+15557654321@sms.localhost"])
+        refused = rig.alice.iq("<iq type='set' id='h' to='sms.localhost'><query xmlns='jabber:iq:gateway'>"
+                               "<prompt>call me</prompt></query></iq>")
+        self.assertEqual(refused.error.firstChildElement().name, "not-acceptable")
+
     def test_message_to_a_number_and_the_reply(self):
         """Alice writes to +15557654321@sms.localhost; the reply comes back from that JID."""
         rig = GatewayRig()

@@ -11,7 +11,14 @@ thread of its own; ``memory.py`` keeps everything in the process; a server
 database reached over the network implements the same interface.
 """
 
+import json
+
 from zope.interface import Interface
+
+
+def stored_bytes(value):
+    """The bytes ``value`` takes in storage: its JSON text (``json.dumps`` defaults) in UTF-8."""
+    return len(json.dumps(value).encode("utf-8"))
 
 
 class IStorage(Interface):
@@ -32,6 +39,13 @@ class IStorage(Interface):
 
     def count(host, user, store):
         """Deferred: the number of items in a queue."""
+
+    def size(host, user, store):
+        """Deferred: the bytes the items of a queue take, the sum of their ``stored_bytes``.
+
+        The total is kept as items are appended and removed, so that asking
+        reads none of them.
+        """
 
     def remove(host, user, store, ids):
         """Deferred: delete the queue items with these ids."""

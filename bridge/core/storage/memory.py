@@ -11,7 +11,7 @@ import json
 from twisted.internet import defer
 from zope.interface import implementer
 
-from bridge.core.storage import IStorage
+from bridge.core.storage import IStorage, stored_bytes
 
 
 @implementer(IStorage)
@@ -19,6 +19,7 @@ class MemoryStorage:
     def __init__(self):
         self._documents = {}  # (host, user, store) -> JSON text
         self._queues = {}  # (host, user, store) -> {id: JSON text}, in id order
+        self._sizes = {}  # (host, user, store) -> the stored_bytes of its queue's items together
         self._ids = itertools.count(1)
 
     def get(self, host, user, store):
@@ -37,7 +38,9 @@ class MemoryStorage:
 
     def append(self, host, user, store, value):
         item = next(self._ids)
-        self._queues.setdefault((host, user, store), {})[item] = json.dumps(value)
+        key = (host, user, store)
+        self._queues.setdefault(key, {})[item] = json.dumps(value)
+        self._sizes[key] = self._sizes.get(key, 0) + stored_bytes(value)
         return defer.succeed(item)
 
     def items(self, host, user, store, limit=None):
@@ -48,16 +51,23 @@ class MemoryStorage:
     def count(self, host, user, store):
         return defer.succeed(len(self._queues.get((host, user, store), {})))
 
+    def size(self, host, user, store):
+        return defer.succeed(self._sizes.get((host, user, store), 0))
+
     def remove(self, host, user, store, ids):
-        queue = self._queues.get((host, user, store), {})
+        key = (host, user, store)
+        queue = self._queues.get(key, {})
         for item in ids:
-            queue.pop(item, None)
+            text = queue.pop(item, None)
+            if text is not None:
+                self._sizes[key] -= len(text.encode("utf-8"))
         if not queue:
-            self._queues.pop((host, user, store), None)
+            self._queues.pop(key, None)
+            self._sizes.pop(key, None)
         return defer.succeed(None)
 
     def delete_user(self, host, user):
-        for table in (self._documents, self._queues):
+        for table in (self._documents, self._queues, self._sizes):
             for key in [key for key in table if key[:2] == (host, user)]:
                 del table[key]
         return defer.succeed(None)

@@ -29,6 +29,7 @@ from bridge.core.storage import IStorage
 log = Logger()
 
 SCHEMA = """
+BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS keyval (
     host TEXT NOT NULL, user TEXT NOT NULL, store TEXT NOT NULL, value TEXT NOT NULL,
     PRIMARY KEY (host, user, store));
@@ -36,7 +37,28 @@ CREATE TABLE IF NOT EXISTS queue (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     host TEXT NOT NULL, user TEXT NOT NULL, store TEXT NOT NULL, value TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS queue_owner ON queue (host, user, store, id);
+CREATE TABLE IF NOT EXISTS queue_bytes (
+    host TEXT NOT NULL, user TEXT NOT NULL, store TEXT NOT NULL, bytes INTEGER NOT NULL,
+    PRIMARY KEY (host, user, store));
+INSERT INTO queue_bytes (host, user, store, bytes)
+    SELECT host, user, store, SUM(LENGTH(CAST(value AS BLOB))) FROM queue
+    WHERE NOT EXISTS (SELECT 1 FROM queue_bytes) GROUP BY host, user, store;
+CREATE TRIGGER IF NOT EXISTS queue_bytes_added AFTER INSERT ON queue BEGIN
+    INSERT INTO queue_bytes (host, user, store, bytes)
+        VALUES (NEW.host, NEW.user, NEW.store, LENGTH(CAST(NEW.value AS BLOB)))
+        ON CONFLICT (host, user, store) DO UPDATE SET bytes = bytes + excluded.bytes;
+END;
+CREATE TRIGGER IF NOT EXISTS queue_bytes_removed AFTER DELETE ON queue BEGIN
+    UPDATE queue_bytes SET bytes = bytes - LENGTH(CAST(OLD.value AS BLOB))
+        WHERE host = OLD.host AND user = OLD.user AND store = OLD.store;
+    DELETE FROM queue_bytes WHERE host = OLD.host AND user = OLD.user AND store = OLD.store AND bytes <= 0;
+END;
+COMMIT;
 """
+# queue_bytes holds the bytes of each queue (``IStorage.size``), kept by the
+# database in the statement that adds or removes an item, so that the two
+# never disagree.  It is empty only while every queue is: a database made
+# before it existed has it filled, once, when it is created.
 BATCH_LIMIT = 512
 _STOP = object()
 
@@ -89,6 +111,12 @@ def _items(db, host, user, store, limit):
 def _count(db, host, user, store):
     return db.execute("SELECT COUNT(*) FROM queue WHERE host=? AND user=? AND store=?",
                       (host, user, store)).fetchone()[0]
+
+
+def _size(db, host, user, store):
+    row = db.execute("SELECT bytes FROM queue_bytes WHERE host=? AND user=? AND store=?",
+                     (host, user, store)).fetchone()
+    return 0 if row is None else row[0]
 
 
 def _remove(db, host, user, store, ids):
@@ -181,6 +209,9 @@ class SQLiteStorage:
 
     def count(self, host, user, store):
         return self._call(_count, host, user, store)
+
+    def size(self, host, user, store):
+        return self._call(_size, host, user, store)
 
     def remove(self, host, user, store, ids):
         return self._call(_remove, host, user, store, list(ids))

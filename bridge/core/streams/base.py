@@ -233,7 +233,8 @@ class XMLStreamProtocol(Protocol):
     rate-limit options.
 
     A read is parsed whole before any of it is handled; its elements wait in
-    ``_parsed`` and are handled in order while the peer's output is not full,
+    ``_parsed`` and are handled in order while the peer's output is not full
+    and the stream is not ``busy()`` (a client with many requests in work),
     and the peer is not read while some wait.
     """
 
@@ -262,7 +263,7 @@ class XMLStreamProtocol(Protocol):
         self.rate = InputRateLimit(self.clock, self.limits, reading.hold())
         self._waiting = reading.hold()
         self.output = BoundedOutput(self.transport, self.limits.max_buffered_bytes, self._overflowed,
-                                    drained=self._handle_parsed)
+                                    drained=self.handle_parsed)
         self.output.register()
         address = self.transport.getPeer()
         self.peer = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
@@ -285,19 +286,24 @@ class XMLStreamProtocol(Protocol):
         except Exception:
             log.failure("unexpected failure on input from {peer}", peer=self.peer)
             self._end_input("internal-server-error")
-        self._handle_parsed()
+        self.handle_parsed()
 
     def _end_input(self, condition, text=None):
         """Nothing more is parsed; the stream error comes after what was parsed before it."""
         self._input_ended = True
         self._parsed.append((self.stream_error, (condition, text)))
 
-    def _handle_parsed(self):
+    def busy(self):
+        """True while the stream may take no more elements for now (see ``TCPClientProtocol``)."""
+        return False
+
+    def handle_parsed(self):
+        """Handle the parsed elements that wait, as far as output and ``busy()`` allow."""
         if self._handling:
             return
         self._handling = True
         try:
-            while self._parsed and not self.closed and not self.output.full:
+            while self._parsed and not self.closed and not self.output.full and not self.busy():
                 handler, args = self._parsed.popleft()
                 try:
                     handler(*args)

@@ -50,7 +50,7 @@ class PhoneLine:
         if stanza.getAttribute("type") == "error":
             if self.refusals is not None:
                 self.refusals.append(stanza)
-            else:
+            elif stanza.name == "message":
                 self.phones.notify_failure(self.host, self.user, stanza)
             return
         if stanza.name == "message":
