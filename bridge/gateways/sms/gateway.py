@@ -395,6 +395,9 @@ class SMSGateway:
             if owner is not None:
                 yield self.preferences.update(owner[0], owner[1], policy="none")
                 log.info("SMS: {user}@{host} opted out by SMS", user=owner[1], host=owner[0])
+            else:
+                log.info("SMS: {word} from {number}, the verified number of no user: ignored",
+                         word=body.strip().upper(), number=number)
             return None
         if owner is not None:
             host, user = owner
