@@ -624,12 +624,14 @@ def test_tls_to_the_smsc_checks_its_certificate(tmp_path, smsc_factory):
 def test_tls_ca_file_bundle_trusts_every_certificate(tmp_path, smsc_factory):
     """`ca_file` a bundle whose first certificate is another CA and whose second signed the SMSC's
     certificate: bridge trusts every certificate of the bundle, binds over TLS and submits."""
-    other_ca, smsc_ca = make_authority("a CA listed first"), make_authority("the SMSC's CA")
+    other_ca = CertificateAuthority(tmp_path / "other-ca", "first-ca.bridge.test")
+    smsc_ca = CertificateAuthority(tmp_path / "smsc-ca", "sms-ca.bridge.test")
     ca_file = str(tmp_path / "bundle.pem")
     with open(ca_file, "wb") as handle:
         for authority in (other_ca, smsc_ca):
-            handle.write(authority[1].public_bytes(serialization.Encoding.PEM))
-    cert, key = write_smsc_certificate(str(tmp_path / "smsc"), smsc_ca)
+            with open(authority.ca_file, "rb") as pem:
+                handle.write(pem.read())
+    cert, key = smsc_ca.issue(tmp_path / "smsc", SMSC_NAMES, "smsc")
     smsc = smsc_factory("--tls-cert", cert, "--tls-key", key)
     bridge = start_bridge(tmp_path, smsc, ["alice@localhost", "bob@localhost"],
                           f"host = \"127.0.0.1\"\ntls = true\nca_file = \"{ca_file}\"\n")
