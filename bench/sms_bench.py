@@ -144,7 +144,10 @@ def bridge_config(directory, smsc_port, window):
     config_path = write_config(directory, "rate_limit_bytes_per_second = 100000000\n"
                                           "rate_limit_burst_bytes = 100000000\n")
     with open(config_path, "a", encoding="utf-8") as handle:
+        # The sending limits lifted: the bench measures the gateway, not the limits (still charged).
         handle.write("[sms]\nenabled = true\ndomain = \"sms.localhost\"\nrequest_receipts = false\n"
+                     "outbound_sms_per_minute_per_user = 100000000\noutbound_sms_per_day_per_user = 100000000\n"
+                     "outbound_sms_per_minute_per_host = 100000000\noutbound_sms_per_day_per_host = 100000000\n"
                      f"[smsc.bench]\nport = {smsc_port}\nsystem_id = \"bridge\"\npassword = \"pw\"\n"
                      f"source_addr = \"1000\"\nwindow = {window}\nsubmit_rate_per_second = 100000.0\n"
                      "reconnect_min_seconds = 0.05\nreconnect_max_seconds = 0.2\n")

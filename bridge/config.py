@@ -260,6 +260,18 @@ class SMSConfig:
     max_attempts: int = _option(5, low=1)
     retry_seconds: float = _option(60.0, low=0.1, high=86400)
     receipt_timeout_hours: float = _option(48.0, low=0.01, high=720)
+    outbound_sms_per_minute_per_user: int = _option(20, low=0)
+    outbound_sms_per_day_per_user: int = _option(200, low=0)
+    outbound_sms_per_minute_per_host: int = _option(300, low=0)
+    outbound_sms_per_day_per_host: int = _option(10000, low=0)
+    verification_code_lifetime_minutes: float = _option(10.0, low=1, high=1440)
+    verification_codes_per_day_per_user: int = _option(3, low=0, high=100)
+    verification_tries_per_code: int = _option(5, low=1, high=100)
+    mo_fragment_timeout_seconds: float = _option(600.0, low=1, high=86400)
+    mo_fragments_per_number: int = _option(64, low=2, high=100000)
+    mo_fragment_bytes_per_number: int = _option(16384, low=256, high=64 * 1024 * 1024)
+    mo_fragments_total: int = _option(10000, low=2, high=10000000)
+    mo_fragment_bytes_total: int = _option(1048576, low=256, high=1024 * 1024 * 1024)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from bridge import config as configuration
 from bridge.core.accounts import Accounts, AccountError, sip_digest_algorithms
 from bridge.core.notifications import POLICIES, NotificationPreferences
 from bridge.core.storage import open_storage
+from bridge.gateways.sms.verification import Verification
 
 
 class CommandError(Exception):
@@ -121,8 +122,15 @@ def _notify(storage, config, host, user, args, out, wait):
         wait(preferences.update(host, user, **changes))
     current = wait(preferences.get(host, user))
     channels = wait(preferences.channels(host, user))
+    mobile = wait(preferences.mobile(host, user))
+    if not mobile:
+        state = ""
+    elif wait(Verification(storage, None, config.sms, preferences).verified_number(host, user)):
+        state = " (verified)"
+    else:
+        state = f" (unverified: the user sends 'verify' to {config.sms.domain})"
     print(f"{user}@{host}: policy {current['policy'] or 'default'} ({', '.join(sorted(channels)) or 'none'}), "
-          f"mobile {wait(preferences.mobile(host, user)) or '-'}, email {current['email'] or '-'}", file=out)
+          f"mobile {mobile or '-'}{state}, email {current['email'] or '-'}", file=out)
 
 
 def parser():
@@ -140,7 +148,8 @@ def parser():
     notify.add_argument("jid")
     notify.add_argument("--policy", choices=("default", *POLICIES),
                         help="channels for this user; 'default' follows the host's offline_notification")
-    notify.add_argument("--mobile", help="mobile number in international form (+15551234567); '' clears")
+    notify.add_argument("--mobile", help="mobile number in international form (+15551234567), unverified until "
+                                         "the user verifies it (docs/sms.md); '' clears")
     notify.add_argument("--email", help="email address; '' clears")
     return top
 

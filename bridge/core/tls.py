@@ -121,6 +121,19 @@ def _alpn_selector(spoken):
     return select
 
 
+def trust_roots(ca_file):
+    """Every certificate of the PEM bundle ``ca_file``, as the trust roots of a TLS client.
+
+    ``Certificate.loadPEM`` reads only the first certificate of a file, so a
+    bundle whose signing CA is not first would be refused.
+    """
+    with open(ca_file, "rb") as handle:
+        blocks = _pem_blocks(handle.read())
+    if not blocks:
+        raise ValueError(f"{ca_file}: no PEM certificate in the file")
+    return ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(block) for block in blocks])
+
+
 def _pem_blocks(data):
     marker = b"-----END CERTIFICATE-----"
     return [block + marker for block in data.split(marker) if b"-----BEGIN" in block]

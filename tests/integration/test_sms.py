@@ -18,8 +18,8 @@ from slixmpp.xmlstream import ET
 from tests.pki import CertificateAuthority
 
 from .conftest import accounts_for
-from .harness import (REPO, Clients, ServerProcess, add_users, barrier, next_item, server_env,
-                      write_config)
+from .harness import (REPO, Clients, ServerProcess, add_users, barrier, error_condition, next_item,
+                      server_env, write_config)
 
 SMSC_DIR = os.path.join(os.path.dirname(__file__), "smsc")
 NODE = shutil.which("node")
@@ -102,6 +102,25 @@ def start_bridge(tmp_path, smsc, jids, smsc_options=""):
     return process
 
 
+async def verify_bob(clients, smsc, receipts=False):
+    """Bob proves that +15551234567 is his: 'verify' to sms.localhost from his account (without
+    presence, so that he stays offline for what follows), the code of the SMSC's submit_sm sent
+    back.  The code's events are taken out of ``smsc.seen``, so a test counts only its own."""
+    bob = await clients.login("bob@localhost/verify", presence=False)
+    bob.send_message(mto="sms.localhost", mbody="verify", mtype="chat")
+    code_sms = await asyncio.to_thread(smsc.wait, lambda e: e["event"] == "submit_sm")
+    consumed = [code_sms]
+    if receipts:
+        consumed.append(await asyncio.to_thread(smsc.wait, lambda e: e["event"] == "deliver_sm_resp"))
+    assert code_sms["destination_addr"] == "15551234567", code_sms
+    await next_item(bob.messages, lambda m: m["body"].startswith("A code was sent"), what="the code sent")
+    bob.send_message(mto="sms.localhost", mbody=code_sms["message"][:6], mtype="chat")
+    await next_item(bob.messages, lambda m: "is verified" in m["body"], what="the number verified")
+    for event in consumed:
+        smsc.seen.remove(event)
+    return code_sms
+
+
 @pytest.fixture
 def smsc_factory():
     started = []
@@ -117,8 +136,9 @@ def smsc_factory():
 
 
 def test_offline_user_gets_sms_parts_and_answers(tmp_path, smsc_factory):
-    """Alice writes a long Cyrillic message to offline Bob: the SMSC receives UCS-2 parts with one
-    concatenation UDH reference and Bob's number; Bob's SMS answer reaches Alice from bob@localhost."""
+    """Bob has verified his number; Alice writes a long Cyrillic message to offline Bob: the SMSC
+    receives UCS-2 parts with one concatenation UDH reference and Bob's number; Bob's SMS answer
+    reaches Alice from bob@localhost."""
     smsc = smsc_factory()
     bridge = start_bridge(tmp_path, smsc, ["alice@localhost", "bob@localhost"])
     try:
@@ -127,6 +147,7 @@ def test_offline_user_gets_sms_parts_and_answers(tmp_path, smsc_factory):
 
         async def scenario():
             async with Clients(bridge) as clients:
+                await verify_bob(clients, smsc)
                 alice = await clients.login("alice@localhost/pc")
                 alice.send_message(mto="bob@localhost", mbody=body, mtype="chat")
                 parts = [await asyncio.to_thread(smsc.wait, lambda e: e["event"] == "submit_sm")
@@ -174,6 +195,106 @@ def test_faults_lose_nothing_and_send_nothing_twice(tmp_path, smsc_factory):
         bridge.stop()
 
 
+def bridgectl_notify(bridge, jid):
+    """What ``bridgectl notify JID`` shows, run beside the server on its storage."""
+    done = subprocess.run([sys.executable, "-m", "bridge.ctl", "--config", bridge.config_path, "notify", jid],
+                          env=server_env(), capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_a_number_is_verified_by_a_code_sent_to_it(tmp_path, smsc_factory):
+    """Bob's number, set by bridgectl, is unverified: a message stored for him sends no SMS, a
+    "STOP" with his number as sender ID changes nothing, and an SMS from it comes from
+    +15551234567@sms.localhost, not from Bob.  Bob sends 'verify' to sms.localhost: the SMSC gets
+    a six-digit code for his number; Bob sends it back and bridgectl shows the number verified.
+    Now a message stored for Bob goes to his number, and his SMS answer comes from bob@localhost."""
+    smsc = smsc_factory()
+    bridge = start_bridge(tmp_path, smsc, ["alice@localhost", "bob@localhost"])
+    try:
+        smsc.wait(lambda e: e["event"] == "bind")
+        assert "mobile +15551234567 (unverified: the user sends 'verify' to sms.localhost)" in \
+            bridgectl_notify(bridge, "bob@localhost")
+
+        async def before():
+            async with Clients(bridge) as clients:
+                alice = await clients.login("alice@localhost/pc")
+                alice.send_message(mto="bob@localhost", mbody="not by SMS yet", mtype="chat")
+                alice.send_message(mto="+15551234567@sms.localhost", mbody="is this Bob?", mtype="chat")
+                accepted = await asyncio.to_thread(smsc.wait, lambda e: e["event"] == "submit_sm")
+                assert accepted["message"] == "Alice: is this Bob?"
+                smsc.mo("15551234567", "STOP")
+                await asyncio.to_thread(smsc.wait, lambda e: e["event"] == "deliver_sm_resp")
+                smsc.mo("15551234567", "yes, it is Bob")
+                answer = await next_item(alice.messages, lambda m: m["body"], what="the SMS answer")
+                assert (str(answer["from"]), answer["body"]) == ("+15551234567@sms.localhost", "yes, it is Bob")
+                code_sms = await verify_bob(clients, smsc)
+                assert code_sms["message"] == (f"{code_sms['message'][:6]} is the code that links this number to "
+                                               "bob@localhost: send it to sms.localhost from that account. Not "
+                                               "you? Ignore this SMS.")
+
+        asyncio.run(before())
+        shown = bridgectl_notify(bridge, "bob@localhost")
+        assert "policy default (sms), mobile +15551234567 (verified)" in shown, shown
+
+        async def after():
+            async with Clients(bridge) as clients:
+                alice = await clients.login("alice@localhost/pc")
+                alice.send_message(mto="bob@localhost", mbody="now by SMS", mtype="chat")
+                accepted = await asyncio.to_thread(smsc.wait, lambda e: e["event"] == "submit_sm")
+                assert (accepted["destination_addr"], accepted["message"]) == ("15551234567", "Alice: now by SMS")
+                smsc.mo("15551234567", "on my way")
+                answer = await next_item(alice.messages, lambda m: m["body"], what="Bob's SMS answer")
+                assert (str(answer["from"]), answer["body"]) == ("bob@localhost/sms", "on my way")
+
+        asyncio.run(after())
+        # Only the SMS of this test were sent: "not by SMS yet" never was.
+        assert [e["message"][7:] if e["message"].startswith("Alice: ") else "code"
+                for e in smsc.seen_events("submit_sm")] == ["is this Bob?", "now by SMS"]
+    finally:
+        bridge.stop()
+
+
+def test_daily_sending_limit_survives_a_restart(tmp_path, smsc_factory):
+    """outbound_sms_per_day_per_user = 2: Alice's third SMS of the day is refused policy-violation
+    with a text; bridge stopped and started again on the same storage still refuses the fourth."""
+    smsc = smsc_factory()
+    bridge = start_bridge(tmp_path, smsc, ["alice@localhost", "bob@localhost"])
+    with open(bridge.config_path, encoding="utf-8") as handle:
+        text = handle.read()
+    bridge.stop()
+    with open(bridge.config_path, "w", encoding="utf-8") as handle:
+        handle.write(text.replace("[sms]\n", "[sms]\noutbound_sms_per_day_per_user = 2\n", 1))
+
+    async def send(server, bodies):
+        async with Clients(server) as clients:
+            alice = await clients.login("alice@localhost/pc")
+            for body in bodies:
+                alice.send_message(mto="+15557654321@sms.localhost", mbody=body, mtype="chat")
+            return await next_item(alice.message_errors, what="a refusal")
+
+    restarted = None
+    bridge = ServerProcess(bridge.config_path, bridge.accounts)
+    bridge.start()
+    try:
+        refusal = asyncio.run(send(bridge, ["one", "two", "three"]))
+        assert (error_condition(refusal), refusal["error"]["text"]) == \
+            ("policy-violation", "SMS limit reached: 2 SMS a day per user (the day ends at 00:00 UTC)")
+        accepted = [smsc.wait(lambda e: e["event"] == "submit_sm") for _ in range(2)]
+        assert sorted(e["message"] for e in accepted) == ["Alice: one", "Alice: two"]
+        bridge.stop()
+        restarted = ServerProcess(bridge.config_path, bridge.accounts)
+        restarted.start()
+        refusal = asyncio.run(send(restarted, ["four"]))
+        assert error_condition(refusal) == "policy-violation"
+        with pytest.raises(AssertionError):
+            smsc.wait(lambda e: e["event"] == "submit_sm", timeout=1.5)
+    finally:
+        bridge.stop()
+        if restarted is not None:
+            restarted.stop()
+
+
 NS_RECEIPTS = "urn:xmpp:receipts"
 MARKER = "end-of-test marker"
 
@@ -209,7 +330,7 @@ def test_drop_in_the_middle_of_a_multipart_message(tmp_path, smsc_factory):
         async def scenario():
             async with Clients(bridge) as clients:
                 alice = await clients.login("alice@localhost/pc")
-                alice.send_message(mto="bob@localhost", mbody=body, mtype="chat")
+                alice.send_message(mto="+15551234567@sms.localhost", mbody=body, mtype="chat")
                 await asyncio.to_thread(smsc.wait, lambda e: e["event"] == "dropped")
                 await asyncio.to_thread(smsc.wait, lambda e: e["event"] == "bind")
                 await send_marker(alice)
@@ -295,10 +416,11 @@ def test_answers_beyond_the_response_timeout_are_sent_again_once(tmp_path, smsc_
 
 
 def test_restart_mid_queue_after_sigkill_sends_once(tmp_path, smsc_factory):
-    """One SMS is accepted by the SMSC (awaiting its receipt); the SMSC goes away; Alice writes a
-    two-part message to offline Bob (stored, queued); bridge is killed with SIGKILL and started
-    again on the same data folder with a working SMSC: the queued SMS arrives exactly once, the
-    one already accepted is not sent again, and Bob still gets his offline message once."""
+    """Bob has verified his number.  One SMS is accepted by the SMSC (awaiting its receipt); the
+    SMSC goes away; Alice writes a two-part message to offline Bob (stored, queued); bridge is
+    killed with SIGKILL and started again on the same data folder with a working SMSC: the queued
+    SMS arrives exactly once, the one already accepted is not sent again, and Bob still gets his
+    offline message once."""
     first = smsc_factory()
     accounts = ["alice@localhost", "bob@localhost"]
     bridge = start_bridge(tmp_path, first, accounts)
@@ -309,6 +431,7 @@ def test_restart_mid_queue_after_sigkill_sends_once(tmp_path, smsc_factory):
 
         async def before_kill():
             async with Clients(bridge) as clients:
+                await verify_bob(clients, first)
                 alice = await clients.login("alice@localhost/pc")
                 alice.send_message(mto="bob@localhost", mbody="first one", mtype="chat")
                 await asyncio.to_thread(first.wait, lambda e: e["event"] == "submit_sm")
@@ -317,7 +440,7 @@ def test_restart_mid_queue_after_sigkill_sends_once(tmp_path, smsc_factory):
                                         "the link going down")
                 alice.send_message(mto="bob@localhost", mbody=long_body, mtype="chat")
                 await asyncio.to_thread(bridge.wait_for_line,
-                                        lambda line: "SMS 000000000002: bob@localhost is offline; 2 parts" in line,
+                                        lambda line: "SMS 000000000003: bob@localhost is offline; 2 parts" in line,
                                         15, "the second SMS queued")
                 await barrier(alice)
                 assert alice.message_errors.empty(), alice.message_errors.get_nowait()
@@ -336,7 +459,8 @@ def test_restart_mid_queue_after_sigkill_sends_once(tmp_path, smsc_factory):
         restarted = ServerProcess(bridge.config_path, bridge.accounts)
         restarted.start()
         second.wait(lambda e: e["event"] == "bind")
-        assert any("SMS queue: 2 unfinished messages, 2 parts to send" in line for line in restarted.lines), \
+        # The code SMS and "first one" await their receipts; the two parts of the long one are unsent.
+        assert any("SMS queue: 3 unfinished messages, 2 parts to send" in line for line in restarted.lines), \
             restarted.tail()
 
         async def after_restart():
@@ -379,6 +503,7 @@ def test_delivery_receipts_become_xep0184_receipts(tmp_path, smsc_factory, base)
 
         async def scenario():
             async with Clients(bridge) as clients:
+                await verify_bob(clients, smsc, receipts=True)
                 alice = await clients.login("alice@localhost/pc")
                 receipts = alice.watch("{jabber:client}message/{urn:xmpp:receipts}received")
                 plain = alice.make_message(mto="+15550003000@sms.localhost", mbody="no receipt please",
@@ -494,3 +619,33 @@ def test_tls_to_the_smsc_checks_its_certificate(tmp_path, smsc_factory):
         bridge.stop()
         if restarted is not None:
             restarted.stop()
+
+
+def test_tls_ca_file_bundle_trusts_every_certificate(tmp_path, smsc_factory):
+    """`ca_file` a bundle whose first certificate is another CA and whose second signed the SMSC's
+    certificate: bridge trusts every certificate of the bundle, binds over TLS and submits."""
+    other_ca = CertificateAuthority(tmp_path / "other-ca", "first-ca.bridge.test")
+    smsc_ca = CertificateAuthority(tmp_path / "smsc-ca", "sms-ca.bridge.test")
+    ca_file = str(tmp_path / "bundle.pem")
+    with open(ca_file, "wb") as handle:
+        for authority in (other_ca, smsc_ca):
+            with open(authority.ca_file, "rb") as pem:
+                handle.write(pem.read())
+    cert, key = smsc_ca.issue(tmp_path / "smsc", SMSC_NAMES, "smsc")
+    smsc = smsc_factory("--tls-cert", cert, "--tls-key", key)
+    bridge = start_bridge(tmp_path, smsc, ["alice@localhost", "bob@localhost"],
+                          f"host = \"127.0.0.1\"\ntls = true\nca_file = \"{ca_file}\"\n")
+    try:
+        smsc.wait(lambda e: e["event"] in ("bind", "tls_error"))
+        assert not smsc.seen_events("tls_error"), smsc.seen
+
+        async def scenario():
+            async with Clients(bridge) as clients:
+                alice = await clients.login("alice@localhost/pc")
+                alice.send_message(mto="+15551234567@sms.localhost", mbody="trusted by the bundle", mtype="chat")
+                return await asyncio.to_thread(smsc.wait, lambda e: e["event"] == "submit_sm")
+
+        accepted = asyncio.run(scenario())
+        assert accepted["message"] == "Alice: trusted by the bundle"
+    finally:
+        bridge.stop()

@@ -41,7 +41,7 @@ class PreferenceTests(SynchronousTestCase):
 
 class BridgectlNotifyTests(SynchronousTestCase):
     def test_set_and_show(self):
-        """bridgectl notify stores the choice and the number, and shows them."""
+        """bridgectl notify stores the choice and the number, and shows them, the number unverified."""
         directory = tempfile.mkdtemp()
         path = os.path.join(directory, "bridge.toml")
         with open(path, "w") as handle:
@@ -53,4 +53,5 @@ class BridgectlNotifyTests(SynchronousTestCase):
                                    os.path.join(directory, "pw")], out=out), 0)
         self.assertEqual(ctl.main(["--config", path, "notify", "bob@localhost", "--policy", "sms",
                                    "--mobile", "+15551234567"], out=out), 0)
-        self.assertIn("bob@localhost: policy sms (sms), mobile +15551234567", out.getvalue())
+        self.assertIn("bob@localhost: policy sms (sms), mobile +15551234567 (unverified: the user sends 'verify' "
+                      "to sms.localhost)", out.getvalue())

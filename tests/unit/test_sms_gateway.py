@@ -1,27 +1,30 @@
 """The SMS gateway in a whole in-memory server: offline users, phone JIDs, MO replies, limits."""
 
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from bridge import config as configuration
 from bridge.core.notifications import NotificationPreferences
-from bridge.gateways.sms.gateway import SMSGateway, normalize_number
+from bridge.gateways.sms.gateway import SMSGateway, password_in_clear
+from bridge.core.xmlstream import parse_element
+from bridge.gateways.sms.text import gsm_decode, normalize_number
 
-from tests.unit.helpers import Harness, gateway_context, result_of
+from tests.unit.helpers import Harness, LateStorage, gateway_context, result_of
 from tests.unit.test_sms_esme import FakeSMSC
 
 SMSC = {"main": {"system_id": "bridge", "password": "pw", "source_addr": "1000", "window": 10,
                  "submit_rate_per_second": 1000.0}}
 
 
-def sms_config(**sms):
+def sms_config(smsc=SMSC, **sms):
     document = {"c2s": {"require_encryption": False, "ping_interval_seconds": 0}, "hosts": {"localhost": {"offline_notification": "sms"}},
-                "sms": {"enabled": True, **sms}, "smsc": SMSC}
+                "sms": {"enabled": True, **sms}, "smsc": smsc}
     return configuration.parse(document, "test.toml")
 
 
 class GatewayRig:
-    def __init__(self, **sms):
-        self.harness = Harness(sms_config(**sms))
+    def __init__(self, smsc=SMSC, storage=None, **sms):
+        self.harness = Harness(sms_config(smsc, **sms), storage)
         self.server = self.harness.server
         self.clock = self.harness.clock
         self.smsc = FakeSMSC()
@@ -30,7 +33,8 @@ class GatewayRig:
         result_of(self.gateway.start())
         self.smsc.bind()
         for jid in ("alice@localhost", "bob@localhost", "carol@localhost"):
-            self.harness.add_user(jid)
+            if not result_of(self.server.accounts.exists("localhost", jid.split("@")[0])):  # a restart
+                self.harness.add_user(jid)
         self.preferences = NotificationPreferences(self.server.storage, self.server.config.hosts.__getitem__)
         result_of(self.preferences.update("localhost", "bob", mobile="+1 555 123 4567"))
         self.alice = self.harness.login("alice@localhost/desk")
@@ -38,6 +42,25 @@ class GatewayRig:
         self.alice.received()
 
         self.backlog = []
+
+    def command(self, client, body, id="c1"):
+        """Send ``body`` to the SMS domain from ``client``; the gateway's answers."""
+        client.send(f"<message to='sms.localhost' id='{id}' type='chat'><body>{body}</body></message>")
+        for _ in range(50):
+            self.clock.advance(0.001)
+        return [str(message.body) for message in client.received() if message.name == "message"]
+
+    def verify(self, jid="bob@localhost/phone", request="verify"):
+        """``jid`` asks for a code and sends it back, then goes offline; the SMS with the code
+        and the gateway's last answer."""
+        client = self.harness.login(jid)
+        self.command(client, request)
+        (code_sms,) = self.submits()
+        self.smsc.answer(code_sms, message_id=f"code{code_sms.sequence}")
+        code = code_sms.short_message.decode()[:6]
+        (answer,) = self.command(client, code, id="c2")
+        client.drop()
+        return code_sms, answer
 
     def wait(self, seconds):
         """Let time pass, answering the link's enquire_link as an SMSC does."""
@@ -71,6 +94,7 @@ class OfflineSMSTests(SynchronousTestCase):
     def test_offline_user_gets_sms_with_sender_name(self):
         """Alice writes to Bob, who is offline: Bob's mobile gets "Alice: are you coming?"."""
         rig = GatewayRig()
+        rig.verify()
         rig.write("bob@localhost", "are you coming?")
         (submit,) = rig.submits()
         self.assertEqual((submit.destination_addr, submit.short_message, submit.data_coding),
@@ -79,6 +103,7 @@ class OfflineSMSTests(SynchronousTestCase):
     def test_receipt_and_mo_reply(self):
         """The delivery receipt becomes a XEP-0184 receipt; Bob's SMS answer reaches Alice from bob@localhost/sms, the session of his mobile phone."""
         rig = GatewayRig()
+        rig.verify()
         rig.write("bob@localhost", "are you coming?", "<request xmlns='urn:xmpp:receipts'/>", id="q1")
         (submit,) = rig.submits()
         rig.smsc.answer(submit, message_id="7f")
@@ -92,6 +117,7 @@ class OfflineSMSTests(SynchronousTestCase):
     def test_quiet_window_and_daily_cap(self):
         """One SMS per conversation per quiet window; the daily cap counts every sender."""
         rig = GatewayRig(quiet_window_minutes=10, daily_cap_per_user=2)
+        rig.verify()
         rig.write("bob@localhost", "one")
         rig.write("bob@localhost", "two", id="m2")
         (first,) = rig.submits()
@@ -116,6 +142,7 @@ class OfflineSMSTests(SynchronousTestCase):
     def test_stop_opts_out(self):
         """"STOP" from Bob's number sets his policy to none: no more SMS."""
         rig = GatewayRig(quiet_window_minutes=0)
+        rig.verify()
         rig.mo("15551234567", "stop")
         self.assertEqual(result_of(rig.preferences.get("localhost", "bob"))["policy"], "none")
         rig.write("bob@localhost", "hello")
@@ -124,6 +151,7 @@ class OfflineSMSTests(SynchronousTestCase):
     def test_headline_alert_goes_out(self):
         """A headline (an alert) to an offline user is sent by SMS too."""
         rig = GatewayRig()
+        rig.verify()
         rig.write("bob@localhost", "server down", type="headline")
         (submit,) = rig.submits()
         self.assertEqual(submit.short_message, b"Alice: server down")
@@ -131,10 +159,12 @@ class OfflineSMSTests(SynchronousTestCase):
     def test_long_unicode_message_parts(self):
         """A long non-GSM text goes out as UCS-2 parts with one UDH reference."""
         rig = GatewayRig()
+        rig.verify()
         rig.write("bob@localhost", "ж" * 150)
         parts = rig.submits()
         self.assertEqual(len(parts), 3)
-        self.assertEqual({(p.data_coding, p.esm_class, p.short_message[3]) for p in parts}, {(8, 0x40, 1)})
+        self.assertEqual({(p.data_coding, p.esm_class) for p in parts}, {(8, 0x40)})
+        self.assertEqual(len({p.short_message[3] for p in parts}), 1)
 
 
 class NumberRouteTests(SynchronousTestCase):
@@ -207,6 +237,285 @@ class NumberRouteTests(SynchronousTestCase):
         self.assertEqual(str(answer.body), "hello world")
 
 
+    def part(self, rig, number, reference, total, index, piece, sequence):
+        rig.smsc.send("deliver_sm", sequence, source_addr=number, destination_addr="1000", esm_class=0x40,
+                      short_message=bytes([5, 0, 3, reference, total, index]) + piece)
+
+    def test_a_part_left_waiting_expires(self):
+        """The first part of a concatenated SMS waits at most mo_fragment_timeout_seconds (600 by
+        default): a second part coming later completes nothing and waits alone."""
+        rig = GatewayRig()
+        rig.write("+15557654321@sms.localhost", "hello")
+        (submit,) = rig.submits()
+        rig.smsc.answer(submit, message_id="1")
+        self.part(rig, "15557654321", 9, 2, 1, b"hello ", 101)
+        rig.wait(601)
+        self.part(rig, "15557654321", 9, 2, 2, b"world", 102)
+        self.assertEqual(rig.alice.received(), [])
+        self.assertEqual((rig.gateway.fragments.parts, rig.gateway.fragments.bytes), (1, 5))
+
+    def test_first_parts_from_many_numbers_stay_within_the_total_bound(self):
+        """First parts from 500 numbers, 124 octets of text each: no more than mo_fragment_bytes_total
+        octets wait, and each is still acknowledged."""
+        rig = GatewayRig(mo_fragment_bytes_total=4096)
+        for n in range(500):
+            self.part(rig, f"1555000{n:04d}", 1, 2, 1, b"x" * 124, 200 + n)
+        self.assertLessEqual(rig.gateway.fragments.bytes, 4096)
+        self.assertEqual(rig.gateway.fragments.parts, 4096 // 124)
+        answers = [p for p in rig.smsc.received() if p.command == "deliver_sm_resp"]
+        self.assertEqual((len(answers), {p.status for p in answers}), (500, {0}))
+
+
+class SendingLimitTests(SynchronousTestCase):
+    def errors(self, rig):
+        return [(e["id"], e.error.firstChildElement().name, str(e.error.text))
+                for e in rig.alice.received() if e["type"] == "error"]
+
+    def accepted(self, rig):
+        """Every submit_sm the SMSC gets, each answered, until no more come."""
+        accepted = []
+        while submits := rig.submits():
+            for submit in submits:
+                rig.smsc.answer(submit, message_id=str(submit.sequence))
+            accepted += submits
+        return accepted
+
+    def test_the_defaults_stop_a_script(self):
+        """25 one-part SMS to numbers in one minute: 20 go out (the default per-user minute limit),
+        the others are refused policy-violation with a text naming the limit."""
+        rig = GatewayRig()
+        for n in range(25):
+            rig.write(f"+1555000{n:04d}@sms.localhost", f"buy now {n}", id=f"s{n}")
+        self.assertEqual(len(self.accepted(rig)), 20)
+        self.assertEqual(self.errors(rig), [(f"s{n}", "policy-violation",
+                                             "SMS limit reached: 20 SMS a minute per user: wait a minute")
+                                            for n in range(20, 25)])
+
+    def test_minute_limit_passes_with_the_minute(self):
+        """Past the per-minute limit a user waits for the next minute, then may send again."""
+        rig = GatewayRig(outbound_sms_per_minute_per_user=2)
+        for n in range(3):
+            rig.write("+15557654321@sms.localhost", f"m{n}", id=f"m{n}")
+        for submit in rig.submits():
+            rig.smsc.answer(submit, message_id=str(submit.sequence))
+        self.assertEqual([e[0] for e in self.errors(rig)], ["m2"])
+        rig.wait(60)
+        rig.write("+15557654321@sms.localhost", "again", id="m3")
+        (submit,) = rig.submits()
+        self.assertEqual(submit.short_message, b"Alice: again")
+
+    def test_daily_limit_counts_parts_and_ends_with_the_day(self):
+        """The daily limit counts SMS parts: a three-part message and a two-part one fill a limit of
+        five, a one-part message is then refused; the next UTC day it goes out."""
+        rig = GatewayRig(outbound_sms_per_day_per_user=5)
+        rig.write("+15557654321@sms.localhost", "long " * 80, id="three")
+        rig.write("+15557654321@sms.localhost", "long " * 50, id="two")
+        rig.write("+15557654321@sms.localhost", "short", id="one")
+        submits = rig.submits()
+        self.assertEqual(len(submits), 5)
+        self.assertEqual(self.errors(rig), [("one", "policy-violation", "SMS limit reached: 5 SMS a day per user "
+                                                                        "(the day ends at 00:00 UTC)")])
+        for submit in submits:
+            rig.smsc.answer(submit, message_id=str(submit.sequence))
+        rig.wait(86400)
+        rig.write("+15557654321@sms.localhost", "short", id="tomorrow")
+        self.assertEqual(len(rig.submits()), 1)
+
+    def test_host_limit_counts_every_user(self):
+        """Two users each within their own limits share the host's: past it, resource-constraint."""
+        rig = GatewayRig(outbound_sms_per_day_per_host=3)
+        carol = rig.harness.login("carol@localhost/desk")
+        for n in range(2):
+            rig.write("+15557654321@sms.localhost", f"a{n}", id=f"a{n}")
+            carol.send(f"<message to='+15557654321@sms.localhost' id='c{n}'><body>c{n}</body></message>")
+        self.assertEqual(len(rig.submits()), 3)
+        (error,) = [e for e in rig.alice.received() + carol.received() if e["type"] == "error"]
+        self.assertEqual((error["id"], error.error.firstChildElement().name, str(error.error.text)),
+                         ("c1", "resource-constraint", "SMS limit reached: 3 SMS a day for all users of "
+                                                       "localhost (the day ends at 00:00 UTC)"))
+
+    def test_counts_survive_a_restart(self):
+        """The day's count is in storage: a gateway started again on the same storage refuses what
+        the limit no longer allows."""
+        first = GatewayRig(outbound_sms_per_day_per_user=1)
+        first.write("+15557654321@sms.localhost", "one")
+        self.assertEqual(len(self.accepted(first)), 1)
+        second = GatewayRig(storage=first.harness.storage, outbound_sms_per_day_per_user=1)
+        second.write("+15557654321@sms.localhost", "two", id="again")
+        self.assertEqual(second.submits(), [])
+        self.assertEqual([e[:2] for e in self.errors(second)], [("again", "policy-violation")])
+
+    def test_two_sms_at_once_with_late_storage(self):
+        """Storage answers late: two SMS sent before it answers are counted one after the other,
+        so a limit of one lets exactly one through."""
+        late = LateStorage()
+        rig = GatewayRig(storage=late, outbound_sms_per_minute_per_user=1)
+        late.late = True
+        rig.write("+15557654321@sms.localhost", "first", id="m1")
+        rig.write("+15557654321@sms.localhost", "second", id="m2")
+        while late.waiting:  # one round of answers at a time, as the database thread gives them
+            late.answer()
+        late.late = False
+        self.assertEqual([p.short_message for p in rig.submits()], [b"Alice: first"])
+        self.assertEqual([e[:2] for e in self.errors(rig)], [("m2", "policy-violation")])
+
+
+class VerificationTests(SynchronousTestCase):
+    def test_an_unverified_number_gets_no_notification(self):
+        """Bob's number was set (as bridgectl does) but never verified: a message stored for him
+        sends no SMS."""
+        rig = GatewayRig()
+        rig.write("bob@localhost", "are you coming?")
+        self.assertEqual(rig.submits(), [])
+
+    def test_a_vcard_number_is_unverified_until_verified(self):
+        """A number Bob put in his vCard (TEL/CELL) gets nothing until Bob verifies it with 'verify'."""
+        rig = GatewayRig()
+        result_of(rig.preferences.update("localhost", "bob", mobile=None))
+        bob = rig.harness.login("bob@localhost/phone")
+        bob.iq("<iq type='set' id='v1'><vCard xmlns='vcard-temp'><TEL><CELL/><NUMBER>+1 555 765 0000</NUMBER>"
+               "</TEL></vCard></iq>")
+        bob.drop()
+        rig.write("bob@localhost", "one")
+        self.assertEqual(rig.submits(), [])
+        code_sms, answer = rig.verify()
+        self.assertEqual(code_sms.destination_addr, b"15557650000")
+        self.assertTrue(answer.startswith("+15557650000 is verified"), answer)
+        rig.write("bob@localhost", "two", id="m2")
+        (submit,) = rig.submits()
+        self.assertEqual((submit.destination_addr, submit.short_message), (b"15557650000", b"Alice: two"))
+
+    def test_the_whole_flow(self):
+        """Bob sends 'verify' to sms.localhost: a six-digit code goes by SMS to his number and the
+        gateway says so; a wrong code is refused with the tries left; the right one verifies the
+        number, and only then does an SMS from it speak as Bob."""
+        rig = GatewayRig()
+        rig.write("+15551234567@sms.localhost", "hi Bob's phone", id="w1")
+        rig.smsc.answer(rig.submits()[0], message_id="w1")
+        bob = rig.harness.login("bob@localhost/phone")
+        (sent,) = rig.command(bob, "verify")
+        self.assertEqual(sent, "A code was sent by SMS to +15551234567: send it here within 10 minutes.")
+        (code_sms,) = rig.submits()
+        rig.smsc.answer(code_sms, message_id="c1")
+        code = code_sms.short_message.decode()[:6]
+        self.assertEqual(code_sms.destination_addr, b"15551234567")
+        self.assertEqual(gsm_decode(code_sms.short_message),
+                         f"{code} is the code that links this number to bob@localhost: send it to "
+                         "sms.localhost from that account. Not you? Ignore this SMS.")
+        self.assertTrue(code.isdigit() and len(code) == 6, code)
+        rig.mo("15551234567", "before")
+        (before,) = rig.alice.received()
+        self.assertEqual(before["from"], "+15551234567@sms.localhost")
+        wrong = f"{(int(code) + 1) % 1000000:06d}"
+        self.assertEqual(rig.command(bob, wrong), ["Wrong code: 4 tries left."])
+        (done,) = rig.command(bob, code)
+        self.assertTrue(done.startswith("+15551234567 is verified"), done)
+        bob.drop()
+        rig.write("bob@localhost", "call me", id="m2")
+        rig.smsc.answer(rig.submits()[0], message_id="n1")
+        rig.mo("15551234567", "after")
+        (after,) = rig.alice.received()
+        self.assertEqual((after["from"], str(after.body)), ("bob@localhost/sms", "after"))
+
+    def test_mo_from_an_unverified_number_is_not_the_user(self):
+        """Bob's number is unverified: an SMS from it comes from +15551234567@sms.localhost to the
+        user who last wrote to the number, never as bob@localhost."""
+        rig = GatewayRig()
+        rig.write("+15551234567@sms.localhost", "hello", id="w1")
+        rig.submits()
+        rig.mo("15551234567", "it is me, Bob")
+        (message,) = rig.alice.received()
+        self.assertEqual((message["from"], str(message.body)), ("+15551234567@sms.localhost", "it is me, Bob"))
+
+    def test_stop_from_an_unverified_number_changes_nothing(self):
+        """A STOP whose sender ID is Bob's unverified number leaves his policy alone."""
+        rig = GatewayRig()
+        rig.mo("15551234567", "STOP")
+        self.assertIsNone(result_of(rig.preferences.get("localhost", "bob"))["policy"])
+
+    def test_verify_a_new_number_sets_it_once_proved(self):
+        """'verify +15557654321' sends the code there; Bob's number changes only when the code comes
+        back, and the old number is no longer his."""
+        rig = GatewayRig()
+        bob = rig.harness.login("bob@localhost/phone")
+        rig.command(bob, "verify +1 555 765 4321")
+        (code_sms,) = rig.submits()
+        self.assertEqual(code_sms.destination_addr, b"15557654321")
+        self.assertEqual(result_of(rig.preferences.mobile("localhost", "bob")), "+1 555 123 4567")
+        rig.command(bob, code_sms.short_message.decode()[:6])
+        self.assertEqual(result_of(rig.preferences.mobile("localhost", "bob")), "+15557654321")
+        bob.drop()
+        rig.mo("15551234567", "STOP")
+        rig.mo("15557654321", "STOP", sequence=91)
+        self.assertEqual(result_of(rig.preferences.get("localhost", "bob"))["policy"], "none")
+
+    def test_changing_the_number_unverifies(self):
+        """A verified number replaced by another (bridgectl, the vCard) is unverified: no SMS goes out."""
+        rig = GatewayRig()
+        rig.verify()
+        result_of(rig.preferences.update("localhost", "bob", mobile="+15550001111"))
+        rig.write("bob@localhost", "hello")
+        self.assertEqual(rig.submits(), [])
+
+    def test_codes_expire(self):
+        """A code sent back after its lifetime verifies nothing."""
+        rig = GatewayRig(verification_code_lifetime_minutes=5)
+        bob = rig.harness.login("bob@localhost/phone")
+        rig.command(bob, "verify")
+        (code_sms,) = rig.submits()
+        rig.smsc.answer(code_sms, message_id="c1")
+        rig.wait(300)
+        self.assertEqual(rig.command(bob, code_sms.short_message.decode()[:6]),
+                         ["No code is waiting: send 'verify' for one."])
+
+    def test_wrong_tries_void_the_code(self):
+        """After verification_tries_per_code wrong codes the right one no longer works."""
+        rig = GatewayRig(verification_tries_per_code=2)
+        bob = rig.harness.login("bob@localhost/phone")
+        rig.command(bob, "verify")
+        code = rig.submits()[0].short_message.decode()[:6]
+        wrong = f"{(int(code) + 1) % 1000000:06d}"
+        self.assertEqual(rig.command(bob, wrong), ["Wrong code: 1 try left."])
+        self.assertEqual(rig.command(bob, wrong), ["Wrong code, and no tries left: send 'verify' for a new code."])
+        self.assertEqual(rig.command(bob, code), ["No code is waiting: send 'verify' for one."])
+
+    def test_codes_a_day(self):
+        """A user gets verification_codes_per_day_per_user codes a day, then none until the next day."""
+        rig = GatewayRig(verification_codes_per_day_per_user=2)
+        bob = rig.harness.login("bob@localhost/phone")
+        rig.command(bob, "verify")
+        rig.command(bob, "verify")
+        self.assertEqual(rig.command(bob, "verify"), ["No more codes today (2 a day): try again after 00:00 UTC."])
+        self.assertEqual(len(rig.submits()), 2)
+
+    def test_codes_are_charged_to_the_sending_limits(self):
+        """A code is an SMS the user asked for: past the user's sending limit none is sent."""
+        rig = GatewayRig(outbound_sms_per_day_per_user=0)
+        bob = rig.harness.login("bob@localhost/phone")
+        self.assertEqual(rig.command(bob, "verify"),
+                         ["SMS limit reached: 0 SMS a day per user (the day ends at 00:00 UTC)"])
+        self.assertEqual(rig.submits(), [])
+
+    def test_other_words_get_the_help_and_strangers_are_refused(self):
+        """Anything else to the domain gets the help text; a remote sender gets forbidden."""
+        rig = GatewayRig()
+        bob = rig.harness.login("bob@localhost/phone")
+        (help_text,) = rig.command(bob, "hello?")
+        self.assertIn("'verify'", help_text)
+        rig.server.router.route(parse_element(
+            "<message from='mallory@evil.example/x' to='sms.localhost' id='e1'><body>verify</body></message>"))
+        self.assertEqual(rig.submits(), [])
+
+    def test_verify_without_a_number(self):
+        """'verify' from a user with no number, or with something that is not one, explains what to send."""
+        rig = GatewayRig()
+        carol = rig.harness.login("carol@localhost/desk")
+        self.assertEqual(rig.command(carol, "verify"),
+                         ["You have no mobile number: send 'verify +15551234567' with yours."])
+        self.assertEqual(rig.command(carol, "verify soon"),
+                         ["'soon' is not a number in international form (+15551234567)."])
+
+
 class NumberTests(SynchronousTestCase):
     def test_normalize(self):
         """Numbers in their usual spellings become +digits; anything else is None."""
@@ -215,6 +524,32 @@ class NumberTests(SynchronousTestCase):
                  ("+12", None)]
         for value, expected in table:
             self.assertEqual(normalize_number(value), expected, value)
+
+
+class ClearPasswordTests(SynchronousTestCase):
+    def test_which_links_send_the_password_in_clear(self):
+        """A bind password without TLS to an address other than loopback goes in clear; TLS, no
+        password, or an SMSC on 127.0.0.0/8, ::1 or localhost does not."""
+        table = [({"host": "smsc.example.net", "password": "pw"}, True),
+                 ({"host": "192.0.2.7", "password_file": "/etc/bridge/smsc.pw"}, True),
+                 ({"host": "smsc.example.net", "password": "pw", "tls": True}, False),
+                 ({"host": "smsc.example.net"}, False),
+                 ({"host": "127.0.0.2", "password": "pw"}, False),
+                 ({"host": "::1", "password": "pw"}, False),
+                 ({"host": "LocalHost", "password": "pw"}, False)]
+        for options, expected in table:
+            smsc = sms_config({"main": options}).smsc["main"]
+            self.assertEqual(password_in_clear(smsc), expected, options)
+
+    def test_start_warns_of_a_password_in_clear(self):
+        """Starting with a remote SMSC, a password and no TLS logs a warning naming the link and TLS."""
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        GatewayRig(smsc={"local": {"password": "pw"}, "remote": {"host": "smsc.example.net", "password": "pw"}})
+        warnings = [event for event in events if event.get("log_level") is not None
+                    and event["log_level"].name == "warn" and "in clear" in event.get("log_format", "")]
+        self.assertEqual([event["name"] for event in warnings], ["remote"])
 
 
 class ConfigTests(SynchronousTestCase):

@@ -5,35 +5,42 @@ section and its ``[smsc.NAME]`` links.  Its domain is a component host
 served by the ordinary disco, version, ping and XEP-0100 modules.
 
 * ``offline/stored``: a message stored for an offline user whose channels
-  include "sms" and who has a mobile number is sent as "Sender: body",
-  within a per-user daily cap and one SMS per conversation per quiet
+  include "sms" and whose mobile number is verified is sent as "Sender:
+  body", within a per-user daily cap and one SMS per conversation per quiet
   window.  Headlines (alerts) to an account with no available resource go
   out the same way (hooked on ``message/bare``; the core drops them).
 * The message events of ``[sms] domain``: a message from a local user to
-  ``+15551234567@sms.localhost`` is sent to that number.
-* A mobile-originated SMS from the number of a user is said by that user
+  ``+15551234567@sms.localhost`` is sent to that number, within the
+  sending limits (``limits.py``); a message to the domain itself is a
+  command: "verify" asks for a code by SMS, the code sent back verifies the
+  number (``verification.py``).
+* A mobile-originated SMS from a user's verified number is said by that user
   (resource ``sms``, through the one way in) to the person who last reached
-  them by SMS; from any
-  other number, a message from ``+number@domain`` to the local user who last
-  wrote to that number; from a number nobody wrote to, it is dropped and
-  logged.  "STOP" from a user's number sets that
-  user's policy to none.
+  them by SMS, and "STOP" from it sets that user's policy to none.  From any
+  other number (sender IDs are not authenticated), a message from
+  ``+number@domain`` to the local user who last wrote to that number; from a
+  number nobody wrote to, it is dropped and logged.
 """
 
-import re
+import ipaddress
 
 from twisted.internet import defer, endpoints, ssl
 from twisted.logger import Logger
 from twisted.words.protocols.jabber.jid import JID
 
 from bridge.core.hooks import OBSERVE
-from bridge.core.notifications import STORE as NOTIFICATION_STORE, NotificationPreferences
+from bridge.core.notifications import NotificationPreferences
 from bridge.core.sessions import Session
 from bridge.core.storage.cache import KeyedLock
 from bridge.core.stanza import error_reply, make, parse_jid
+from bridge.core.tls import trust_roots
 from bridge.gateways.sms import pdu as pdus, text as texts
 from bridge.gateways.sms.esme import SMSCLink
+from bridge.gateways.sms.fragments import Reassembly
+from bridge.gateways.sms.limits import SendingLimits
 from bridge.gateways.sms.queue import OutboundQueue
+from bridge.gateways.sms.text import normalize_number
+from bridge.gateways.sms.verification import Verification
 
 log = Logger()
 
@@ -41,22 +48,12 @@ NS_RECEIPTS = "urn:xmpp:receipts"
 LIMITS_STORE = "sms-limits"  # (host, user): {"day": n, "count": n, "last": {sender: time}}
 LAST_SENDER_STORE = "sms-last-sender"  # (host, user): {"jid": who last reached the user by SMS}
 PEERS_STORE = "sms-peers"  # (domain, number): {"jid": the local user who last wrote to the number}
-MOBILES_STORE = "sms-mobiles"  # (domain, number): {"host", "user"} whose mobile the number is
+MOBILES_STORE = "sms-mobiles"  # (domain, number): {"host", "user"} who last verified the number
 OPT_OUT_WORDS = ("STOP", "STOPALL", "UNSUBSCRIBE")
 RESOURCE = "sms"  # of a user's session when their own mobile phone speaks
-_NUMBER = re.compile(r"^\+[0-9]{3,20}$")
-
-
-def normalize_number(text, ton=None):
-    """'+15551234567' for the ways a number is written; None when it is not a number."""
-    if not text:
-        return None
-    cleaned = re.sub(r"[\s\-().]", "", str(text))
-    if cleaned.startswith("00"):
-        cleaned = "+" + cleaned[2:]
-    elif not cleaned.startswith("+"):
-        cleaned = "+" + cleaned
-    return cleaned if _NUMBER.match(cleaned) else None
+HELP = ("Commands: 'verify' sends a code by SMS to your mobile number, 'verify +15551234567' to that number; "
+        "send the code back here to verify the number.  Only a verified number gets your SMS notifications, "
+        "speaks as you when it answers by SMS, and may turn your notifications off with STOP.")
 
 
 def body_of(stanza):
@@ -103,11 +100,23 @@ def smsc_connector(reactor):
     def connect(name, smsc):
         endpoint = endpoints.HostnameEndpoint(reactor, smsc.host, smsc.port, timeout=30)
         if smsc.tls:
-            trust = ssl.Certificate.loadPEM(open(smsc.ca_file, "rb").read()) if smsc.ca_file else None
+            trust = trust_roots(smsc.ca_file) if smsc.ca_file else None
             endpoint = endpoints.wrapClientTLS(ssl.optionsForClientTLS(smsc.host, trustRoot=trust), endpoint)
         return endpoint.connect
 
     return connect
+
+
+def password_in_clear(smsc):
+    """True when the bind password of ``smsc`` would cross a network unencrypted (no TLS, not loopback)."""
+    if smsc.tls or not (smsc.password or smsc.password_file):
+        return False
+    if smsc.host.lower().rstrip(".") == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(smsc.host.strip("[]")).is_loopback
+    except ValueError:
+        return True
 
 
 def attach(ctx, reactor, tls_context):
@@ -131,10 +140,13 @@ class SMSGateway:
         self.links = [SMSCLink(name, smsc, ctx.clock, connect(name, smsc), self.queue)
                       for name, smsc in sorted(ctx.section("smsc").items())]
         self.queue.links = self.links
-        self._fragments = {}
+        self.fragments = Reassembly(ctx.clock, self.config)
         self._limits = KeyedLock()  # the daily counts of one user, changed one SMS at a time
+        self.sending = SendingLimits(ctx.storage, ctx.clock, self.config)
+        self.verification = Verification(ctx.storage, ctx.clock, self.config, self.preferences)
         ctx.serve(self.domain, ("gateway", "sms", "SMS gateway"), NumberPrompt(self.domain))
         ctx.hook("message/bare", self.to_number)
+        ctx.hook("message/host", self.command)
         ctx.hook_local("offline/stored", self.offline_stored)
         ctx.hook_local("message/bare", self.headline, OBSERVE)
 
@@ -145,6 +157,11 @@ class SMSGateway:
 
     @defer.inlineCallbacks
     def start(self):
+        for link in self.links:
+            if password_in_clear(link.config):
+                log.warn("SMSC {name}: the bind password goes in clear to {host}:{port}; set tls = true "
+                         "(docs/sms.md, TLS to the SMSC)", name=link.name, host=link.config.host,
+                         port=link.config.port)
         yield self.queue.load()
         for link in self.links:
             link.start()
@@ -182,14 +199,14 @@ class SMSGateway:
             return None
         if "sms" not in (yield self.preferences.channels(host, user)):
             return None
-        number = normalize_number((yield self.preferences.mobile(host, user)))
+        number = yield self.verification.verified_number(host, user)
         if number is None:
+            log.debug("SMS: {user}@{host} has no verified number", user=user, host=host)
             return None
         sender_bare = sender.userhost()
         if not (yield self._limits.run((host, user), self._within_limits, host, user, sender_bare)):
             return None
         yield self.storage.set(host, user, LAST_SENDER_STORE, {"jid": sender_bare})
-        yield self.storage.set(self.domain, number, MOBILES_STORE, {"host": host, "user": user})
         name = texts.display_name(sender.user or sender.host)
         meta = {"to": stanza.getAttribute("from"), "from": f"{user}@{host}", "id": stanza.getAttribute("id"),
                 "receipt": wants_receipt(stanza)}
@@ -219,6 +236,13 @@ class SMSGateway:
 
     # -- the SMS domain ---------------------------------------------------------
 
+    def _local_sender(self, event):
+        """The local host of the sender of ``event``; None (the stanza refused) for anyone else."""
+        host = self.ctx.local_host(event.sender.host) if event.sender is not None else None
+        if host is None:
+            self.ctx.bounce(event.stanza, "forbidden", "only local users may send SMS")
+        return host
+
     def to_number(self, event):
         """A message to ``+number@domain``: one with a body from a local user is sent as SMS."""
         stanza = event.stanza
@@ -226,8 +250,7 @@ class SMSGateway:
             return True
         sender, to = event.sender, event.to
         number = normalize_number(to.user)
-        if sender is None or self.ctx.local_host(sender.host) is None:
-            self.ctx.bounce(stanza, "forbidden", "only local users may send SMS")
+        if self._local_sender(event) is None:
             return True
         if number is None:
             self.ctx.bounce(stanza, "jid-malformed", "address a phone number: +15551234567@" + self.domain)
@@ -239,11 +262,92 @@ class SMSGateway:
 
     @defer.inlineCallbacks
     def _send_to_number(self, stanza, sender, number, body):
+        """Queue the SMS within the sender's and their host's limits, else refuse it; the key or None."""
+        text = texts.with_sender(texts.display_name(sender.user), body)
+        host = self.ctx.local_host(sender.host)
+        refusal = yield self.sending.charge(host, sender.user, self.parts_of(text))
+        if refusal is not None:
+            log.info("SMS from {user}@{host} to {number} refused: {why}", user=sender.user, host=host,
+                     number=number, why=refusal[1])
+            self.ctx.bounce(stanza, *refusal)
+            return None
         yield self.storage.set(self.domain, number, PEERS_STORE, {"jid": sender.userhost()})
         meta = {"to": stanza.getAttribute("from"), "from": f"{number}@{self.domain}",
                 "id": stanza.getAttribute("id"), "receipt": wants_receipt(stanza)}
-        key = yield self.queue.add(number, texts.with_sender(texts.display_name(sender.user), body), meta)
+        key = yield self.queue.add(number, text, meta)
         return key
+
+    def parts_of(self, text):
+        """The SMS parts ``text`` is sent as (what the SMSC bills)."""
+        return len(texts.split(text, 0, self.config.max_parts)[2])
+
+    # -- commands to the domain: verifying a number -------------------------------
+
+    def command(self, event):
+        """A message from a local user to the domain itself: "verify", a code, or anything else (the help)."""
+        stanza = event.stanza
+        if stanza.getAttribute("type") in ("error", "groupchat"):
+            return True
+        host = self._local_sender(event)
+        body = body_of(stanza)
+        if host is not None and body is not None:
+            self._later(self._command(stanza, host, event.sender, body.split()), "SMS command")
+        return True
+
+    @defer.inlineCallbacks
+    def _command(self, stanza, host, sender, words):
+        if words[0].lower() == "verify":
+            answer = yield self.request_code(host, sender.user, " ".join(words[1:]))
+        elif len(words) == 1 and words[0].isdigit():
+            answer = yield self.check_code(host, sender.user, words[0])
+        else:
+            answer = HELP
+        reply = make("message", to=stanza.getAttribute("from"), sender=self.domain,
+                     type=stanza.getAttribute("type") or "normal")
+        reply.addElement("body", content=answer)
+        self.ctx.route(reply)
+
+    @defer.inlineCallbacks
+    def request_code(self, host, user, given):
+        """Send a code by SMS to ``given`` (else the user's number); the answer for the user."""
+        number = normalize_number(given or (yield self.preferences.mobile(host, user)))
+        if number is None:
+            return (f"{given!r} is not a number in international form (+15551234567)." if given else
+                    "You have no mobile number: send 'verify +15551234567' with yours.")
+        if (yield self.verification.verified_number(host, user)) == number:
+            return f"{number} is already verified."
+
+        def send(code):
+            text = (f"{code} is the code that links this number to {user}@{host}: send it to {self.domain} "
+                    "from that account. Not you? Ignore this SMS.")
+            d = self.sending.charge(host, user, self.parts_of(text))
+            d.addCallback(lambda refusal: refusal[1] if refusal else self._send_code(number, text))
+            return d
+
+        code, why = yield self.verification.issue(host, user, number, send)
+        if code is None:
+            return why
+        log.info("SMS: a verification code for {user}@{host} to {number}", user=user, host=host, number=number)
+        minutes = self.config.verification_code_lifetime_minutes
+        return f"A code was sent by SMS to {number}: send it here within {minutes:g} minutes."
+
+    def _send_code(self, number, text):
+        d = self.queue.add(number, text, {})
+        d.addCallback(lambda _: None)
+        return d
+
+    @defer.inlineCallbacks
+    def check_code(self, host, user, code):
+        """Verify the number the code went to when ``code`` is right; the answer for the user."""
+        number, why = yield self.verification.check(host, user, code)
+        if number is None:
+            return why
+        if normalize_number((yield self.preferences.mobile(host, user))) != number:
+            yield self.preferences.update(host, user, mobile=number)
+        yield self.storage.set(self.domain, number, MOBILES_STORE, {"host": host, "user": user})
+        log.info("SMS: {user}@{host} verified {number}", user=user, host=host, number=number)
+        return (f"{number} is verified: it gets your SMS notifications, its SMS answers come from you, "
+                "and STOP from it turns your notifications off.")
 
     # -- outcomes ---------------------------------------------------------------
 
@@ -278,14 +382,9 @@ class SMSGateway:
         if (received.esm_class or 0) & texts.ESM_CLASS_UDHI:
             concat, data = texts.parse_udh(data)
             if concat is not None and concat[1] > 1:
-                reference, total, number_in = concat
-                pieces = self._fragments.setdefault((number, reference, total), {})
-                pieces[number_in] = texts.decode(data, coding)
-                if len(pieces) < total:
-                    return None
-                del self._fragments[(number, reference, total)]
-                body = "".join(pieces[i] for i in sorted(pieces))
-                return self.mobile_message(number, body)
+                reference, total, part = concat
+                body = self.fragments.add(number, reference, total, part, texts.decode(data, coding), len(data))
+                return None if body is None else self.mobile_message(number, body)
         return self.mobile_message(number, texts.decode(data, coding))
 
     @defer.inlineCallbacks
@@ -296,6 +395,9 @@ class SMSGateway:
             if owner is not None:
                 yield self.preferences.update(owner[0], owner[1], policy="none")
                 log.info("SMS: {user}@{host} opted out by SMS", user=owner[1], host=owner[0])
+            else:
+                log.info("SMS: {word} from {number}, the verified number of no user: ignored",
+                         word=body.strip().upper(), number=number)
             return None
         if owner is not None:
             host, user = owner
@@ -318,17 +420,11 @@ class SMSGateway:
 
     @defer.inlineCallbacks
     def owner_of(self, number):
-        """(host, user) whose mobile ``number`` is, or None."""
+        """(host, user) who verified ``number`` last and whose verified number it still is, or None."""
         known = yield self.storage.get(self.domain, number, MOBILES_STORE)
         if known and known["host"] in self.ctx.host_names():
-            mobile = yield self.preferences.mobile(known["host"], known["user"])
-            if normalize_number(mobile) == number:
+            if (yield self.verification.verified_number(known["host"], known["user"])) == number:
                 return known["host"], known["user"]
-        for host in self.ctx.host_names():
-            for user in (yield self.storage.users(host, NOTIFICATION_STORE)):
-                preferences = yield self.preferences.get(host, user)
-                if normalize_number(preferences.get("mobile")) == number:
-                    return host, user
         return None
 
 

@@ -1,12 +1,15 @@
-"""SMS text: GSM 03.38 or UCS-2, split into concatenated parts (pure functions).
+"""SMS text: GSM 03.38 or UCS-2, split into concatenated parts; phone numbers (pure functions).
 
 A text that the GSM 7-bit default alphabet (with its escape table) can
 carry is sent with data_coding 0, one septet per octet as SMPP carries it;
 any other text is sent as UCS-2 (UTF-16BE, data_coding 8).  A text longer
 than one SMS is split into parts that each start with an 8-bit reference
 concatenation UDH (IEI 0x00).  A part never ends inside a GSM escape
-sequence nor between the two halves of a UTF-16 surrogate pair.
+sequence nor between the two halves of a UTF-16 surrogate pair.  A phone
+number has one spelling, the international form ('+15551234567').
 """
+
+import re
 
 DATA_CODING_GSM = 0
 DATA_CODING_LATIN1 = 3
@@ -145,3 +148,18 @@ def with_sender(name, body):
 def display_name(user):
     """A user name as shown before the body: "alice" -> "Alice"."""
     return user[:1].upper() + user[1:] if user else user
+
+
+_NUMBER = re.compile(r"^\+[0-9]{3,20}$")
+
+
+def normalize_number(text):
+    """'+15551234567' for the ways a number is written; None when it is not a number."""
+    if not text:
+        return None
+    cleaned = re.sub(r"[\s\-().]", "", str(text))
+    if cleaned.startswith("00"):
+        cleaned = "+" + cleaned[2:]
+    elif not cleaned.startswith("+"):
+        cleaned = "+" + cleaned
+    return cleaned if _NUMBER.match(cleaned) else None

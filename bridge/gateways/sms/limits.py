@@ -1,0 +1,63 @@
+"""How many SMS the local users may send to phone numbers: per user and per host, a minute and a day.
+
+Every SMS bridge sends to a number costs money, and an account (one made by
+in-band registration too) could otherwise send as many as it likes to any
+number: toll fraud.  What a user sends to ``+number@sms.<host>`` and the
+verification codes they ask for are charged here before they are queued,
+counted in SMS parts (what an SMSC bills), per user and per local host, in
+fixed windows of one minute and one UTC day.  The counts live in storage
+(``sms-sent``, (host, user) for a user and (host, "") for the host), so a
+restart resets nothing.  The same document of a user or host is shared by
+every charge under way (``DocumentCache``), and the check and the count
+happen in one step once both are in memory, so two SMS sent at once never
+both pass the last unit of a limit.
+"""
+
+from twisted.internet import defer
+
+from bridge.core.storage.cache import DocumentCache
+
+STORE = "sms-sent"  # (host, user) and (host, ""): {"day", "today", "minute", "this_minute"}
+
+
+def _fresh(stored):
+    return dict(stored) if stored else {}
+
+
+class SendingLimits:
+    def __init__(self, storage, clock, config):
+        self.clock = clock
+        self.config = config
+        self.counts = DocumentCache(storage, STORE, decode=_fresh, encode=lambda counts: counts or None)
+
+    @defer.inlineCallbacks
+    def charge(self, host, user, parts):
+        """Count ``parts`` SMS sent by ``user`` of ``host``; None when every limit allows them, else the
+        refusal (stanza error condition, text), nothing counted."""
+        mine, hosts = yield defer.gatherResults([self.counts.load(host, user), self.counts.load(host, "")],
+                                                consumeErrors=True)
+        now = self.clock.seconds()
+        day, minute = int(now // 86400), int(now // 60)
+        for counts in (mine, hosts):
+            if counts.get("day") != day:
+                counts.update(day=day, today=0)
+            if counts.get("minute") != minute:
+                counts.update(minute=minute, this_minute=0)
+        config = self.config
+        checks = ((mine, "this_minute", config.outbound_sms_per_minute_per_user, "policy-violation",
+                   "{limit} SMS a minute per user: wait a minute"),
+                  (mine, "today", config.outbound_sms_per_day_per_user, "policy-violation",
+                   "{limit} SMS a day per user (the day ends at 00:00 UTC)"),
+                  (hosts, "this_minute", config.outbound_sms_per_minute_per_host, "resource-constraint",
+                   "{limit} SMS a minute for all users of {host}: wait a minute"),
+                  (hosts, "today", config.outbound_sms_per_day_per_host, "resource-constraint",
+                   "{limit} SMS a day for all users of {host} (the day ends at 00:00 UTC)"))
+        for counts, window, limit, condition, text in checks:
+            if counts[window] + parts > limit:
+                return condition, "SMS limit reached: " + text.format(limit=limit, host=host)
+        for counts in (mine, hosts):
+            counts["this_minute"] += parts
+            counts["today"] += parts
+        yield defer.gatherResults([self.counts.save(host, user, mine), self.counts.save(host, "", hosts)],
+                                  consumeErrors=True)
+        return None
