@@ -140,7 +140,8 @@ def main():
             finish(run, args.output)
         fuzz(data)
 
-    libfuzzer = [sys.argv[0], "-timeout=60", "-rss_limit_mb=4096", *args.libfuzzer]
+    # Hypothesis needs room to build structured inputs: the longest length from the start.
+    libfuzzer = [sys.argv[0], "-timeout=60", "-rss_limit_mb=4096", "-max_len=4096", "-len_control=0", *args.libfuzzer]
     if args.corpus:
         os.makedirs(args.corpus, exist_ok=True)
         libfuzzer.append(args.corpus)

@@ -159,3 +159,23 @@ def shape(element):
             children.append(shape(child))
     attributes = sorted((str(key), value) for key, value in element.attributes.items())
     return element.uri, element.name, attributes, children
+
+
+def _apply_edits(seed, edits):
+    data = bytearray(seed)
+    for position, operation, token in edits:
+        position = position % (len(data) + 1)
+        if operation == "insert":
+            data[position:position] = token
+        elif operation == "replace":
+            data[position:position + len(token)] = token
+        else:
+            del data[position:position + len(token)]
+    return bytes(data)
+
+
+def mutated(seeds, tokens):
+    """Valid inputs from ``seeds`` with a few tokens inserted, written over or cut out."""
+    edit = st.tuples(st.integers(0, 2**16), st.sampled_from(("insert", "replace", "delete")),
+                     st.sampled_from(tokens) | st.binary(min_size=1, max_size=3))
+    return st.builds(_apply_edits, st.sampled_from(seeds), st.lists(edit, max_size=6))

@@ -1,0 +1,109 @@
+"""Fuzzing the client stream state machine: arbitrary elements after a stream header, before and after login.
+
+Every generated element goes through the whole server (SASL, binding,
+stream management, routing, every feature).  Whatever a client sends, the
+server must answer with well-formed XML, log no internal failure and never
+give up with <internal-server-error/>.
+"""
+
+import functools
+
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from bridge.core.accounts import STORE, make_records
+from tests.unit.fuzzing import ATTRIBUTE_TEXT, TARGETS, XML_TEXT, Vocabulary, elements, no_logged_failures, target
+from tests.unit.helpers import Harness, make_config, result_of
+
+NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
+NS_SM = "urn:xmpp:sm:3"
+NAMESPACES = (
+    "jabber:iq:roster", "vcard-temp", "jabber:iq:private", "urn:xmpp:blocking", "urn:xmpp:ping",
+    "http://jabber.org/protocol/disco#info", "http://jabber.org/protocol/disco#items", "jabber:iq:register",
+    "jabber:iq:version", "urn:ietf:params:xml:ns:xmpp-bind", "urn:ietf:params:xml:ns:xmpp-session",
+    "urn:ietf:params:xml:ns:xmpp-stanzas", "urn:xmpp:delay", "vcard-temp:x:update", "storage:bookmarks",
+    NS_SM, "urn:x",
+)
+ROOTS = (
+    (None, "message"), (None, "presence"), (None, "iq"), (None, "iq"), (None, "iq"),
+    (NS_SASL, "auth"), (NS_SASL, "response"), (NS_SASL, "abort"), ("urn:ietf:params:xml:ns:xmpp-tls", "starttls"),
+    (NS_SM, "enable"), (NS_SM, "resume"), (NS_SM, "r"), (NS_SM, "a"), ("urn:x", "x"), (None, "junk"),
+)
+NAMES = (
+    "body", "subject", "thread", "query", "item", "group", "vCard", "FN", "PHOTO", "BINVAL", "TYPE", "blocklist",
+    "block", "unblock", "ping", "bind", "resource", "session", "username", "password", "remove", "email",
+    "storage", "show", "status", "priority", "error", "x", "delay", "feature", "identity",
+)
+ATTRIBUTES = ("to", "from", "type", "id", "jid", "name", "subscription", "ask", "node", "var", "h", "previd",
+              "resume", "mechanism", "ver", "approved", "code")
+WORDS = (
+    "", "localhost", "alice@localhost", "alice@localhost/fuzz", "bob@localhost", "bob@localhost/b",
+    "carol@localhost", "nobody@elsewhere.test", "elsewhere.test", "@", "a@b@c", "alice@localhost/", "é@localhost",
+    "x" * 1100 + "@localhost", "get", "set", "result", "error", "chat", "groupchat", "normal", "headline",
+    "subscribe", "subscribed", "unsubscribe", "unsubscribed", "probe", "unavailable", "both", "from", "none",
+    "remove", "true", "1", "0", "-1", "4294967296", "SCRAM-SHA-1", "SCRAM-SHA-256", "PLAIN", "SCRAM-SHA-1-PLUS",
+    "=", "biws", "AGFsaWNlAHNlY3JldA==", "bixuPWFsaWNlLHI9eHl6",
+)
+C2S = Vocabulary(names=NAMES, namespaces=NAMESPACES, attributes=ATTRIBUTES, roots=ROOTS,
+                 values=st.sampled_from(WORDS) | ATTRIBUTE_TEXT, text=st.sampled_from(WORDS[1:]) | XML_TEXT)
+STANZAS = st.lists(elements(C2S, max_depth=3), min_size=1, max_size=6)
+
+
+def stream_errors(elements):
+    return [next(element.elements()).name for element in elements
+            if element.name == "error" and element.uri == "http://etherx.jabber.org/streams"]
+
+
+@functools.cache
+def records(user):
+    """An account's stored records, derived once (key derivation is most of a fresh server's cost)."""
+    return make_records("localhost", user, "secret")
+
+
+def feed_client_stream(stanzas, logged_in):
+    """Send ``stanzas`` on a client stream (a logged-in one if ``logged_in``), with bob online to receive."""
+    with no_logged_failures():
+        harness = Harness(make_config(hosts={"localhost": {"registration": True}}))
+        for user in ("alice", "bob"):
+            result_of(harness.storage.set("localhost", user, STORE, records(user)))
+        bob = harness.login("bob@localhost/b")
+        bob.send("<presence/>")
+        if logged_in:
+            client = harness.login("alice@localhost/fuzz")
+            client.send("<presence/>")
+        else:
+            client = harness.connect()
+            client.open_stream()
+        answers = []
+        for stanza in stanzas:
+            client.send(stanza.toXml().encode("utf-8"))
+            harness.clock.advance(1)
+            # Both parse what the server wrote: it must be well-formed.
+            answers += client.received()
+            bob.received()
+        harness.clock.advance(3600)
+        answers += client.received()
+        bob.received()
+        client.drop()
+        bob.drop()
+    assert "internal-server-error" not in stream_errors(answers)
+
+
+@target("c2s-before-login", STANZAS, examples=60)
+def before_login(stanzas):
+    feed_client_stream(stanzas, logged_in=False)
+
+
+@target("c2s-session", STANZAS, examples=100)
+def in_session(stanzas):
+    feed_client_stream(stanzas, logged_in=True)
+
+
+class ClientStreamFuzzTests(SynchronousTestCase):
+    def test_elements_before_login(self):
+        """Arbitrary elements after a stream header are refused with a stream or SASL error, never a crash."""
+        TARGETS["c2s-before-login"].run()
+
+    def test_elements_in_a_session(self):
+        """Arbitrary stanzas from a bound session are answered or refused, never a crash."""
+        TARGETS["c2s-session"].run()
