@@ -45,11 +45,17 @@ def load_targets():
 
 
 def where(error):
-    """The innermost frame of bridge's own code in the traceback (else the innermost of all)."""
-    frames = traceback.extract_tb(error.__traceback__)
-    ours = [frame for frame in frames if f"{os.sep}bridge{os.sep}" in frame.filename] or frames
-    frame = ours[-1]
-    return f"{os.path.relpath(frame.filename, ROOT)}:{frame.lineno}"
+    """The innermost frame of bridge's own code in the traceback (else the innermost of all); for a
+    failure the code logged, in that failure's traceback."""
+    failure = getattr(error, "failure", None)
+    if failure is not None:
+        frames = [(filename, line) for _, filename, line, _, _ in failure.frames]
+    else:
+        frames = [(frame.filename, frame.lineno) for frame in traceback.extract_tb(error.__traceback__)]
+    ours = [frame for frame in frames if f"{os.sep}bridge{os.sep}" in frame[0]] or frames
+    filename, line = ours[-1]
+    name = type(failure.value if failure is not None else error).__name__
+    return f"{name} at {os.path.relpath(filename, ROOT)}:{line}"
 
 
 class Run:
@@ -80,7 +86,7 @@ class Run:
                 self.save("slow", value, f"took {elapsed:.2f} s\n")
 
     def failed(self, value, error):
-        key = f"{type(error).__name__} at {where(error)}"
+        key = where(error)
         entry = self.failures.get(key)
         if entry is not None:
             entry["count"] += 1

@@ -48,6 +48,10 @@ def target(name, strategy, examples=100):
 class UnexpectedFailure(AssertionError):
     """The code under test logged a failure (an exception it caught as a bug, not as bad input)."""
 
+    def __init__(self, text, failure):
+        super().__init__(text)
+        self.failure = failure
+
 
 @contextmanager
 def no_logged_failures():
@@ -65,7 +69,7 @@ def no_logged_failures():
         globalLogPublisher.removeObserver(observe)
     if found:
         failure = found[0]["log_failure"]
-        raise UnexpectedFailure(f"{found[0].get('log_format')}: {failure.getTraceback()}")
+        raise UnexpectedFailure(f"{found[0].get('log_format')}: {failure.getTraceback()}", failure)
 
 
 # -- XML inputs shared by the stream targets (TCP, BOSH, WebSocket) ------------------------

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from bridge.gateways.sms import pdu as pdus, text as texts
+from bridge.gateways.sms.queue import id_keys
 from tests.unit.fuzzing import TARGETS, chunked, mutated, no_logged_failures, pieces, target
 from tests.unit.test_sms_esme import Rig
 
@@ -241,3 +242,22 @@ class FoundByFuzzingTests(SynchronousTestCase):
         self.assertEqual([(pdu.command, pdu.sequence) for pdu in rig.smsc.received()],
                          [("enquire_link_resp", 7), ("generic_nack", 0)])
         self.assertTrue(rig.smsc.transport.disconnecting)
+
+    def test_receipt_id_of_a_superscript_digit(self):
+        """A receipt 'id:\\xb2' (Latin-1 superscript two, a Unicode digit) is a receipt for an unknown id:
+        answered ESME_ROK; it raised ValueError in the queue and was answered ESME_RX_T_APPN."""
+        rig = Rig()
+        rig.start()
+        with no_logged_failures():
+            rig.smsc.send("deliver_sm", 5, source_addr="123", destination_addr="456", esm_class=4,
+                          short_message=b"id:\xb2 stat:DELIVRD")
+        [answer] = rig.smsc.received()
+        self.assertEqual((answer.command, answer.status), ("deliver_sm_resp", pdus.ESME_ROK))
+
+    def test_long_message_ids(self):
+        """Message ids longer than SMPP's 64 characters are looked up as written only: 5000 hex digits
+        made a decimal form of over 4300 digits, which Python refuses to write."""
+        self.assertEqual(id_keys("f" * 5000), {"f" * 5000})
+        self.assertEqual(id_keys("1" * 5000), {"1" * 5000})
+        self.assertEqual(id_keys("0A"), {"0a", "10"})
+        self.assertEqual(id_keys("10"), {"10", "16", "a"})
