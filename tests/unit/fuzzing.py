@@ -8,6 +8,7 @@ deterministic examples; ``bench/fuzz.py`` drives the same targets with
 atheris, coverage-guided, for as long as it is asked to.
 """
 
+import functools
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -43,6 +44,23 @@ def target(name, strategy, examples=100):
         return check
 
     return register
+
+
+@functools.cache
+def _records(user):
+    from bridge.core.accounts import make_records  # (imported late: bench/fuzz.py instruments bridge first)
+
+    return make_records("localhost", user, "secret")
+
+
+def add_users(harness, *users):
+    """Accounts ``user@localhost`` with password "secret", their keys derived once per process
+    (key derivation would be most of a fresh server's cost)."""
+    from bridge.core.accounts import STORE
+    from tests.unit.helpers import result_of
+
+    for user in users:
+        result_of(harness.storage.set("localhost", user, STORE, _records(user)))
 
 
 class UnexpectedFailure(AssertionError):

@@ -6,14 +6,13 @@ server must answer with well-formed XML, log no internal failure and never
 give up with <internal-server-error/>.
 """
 
-import functools
-
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from bridge.core.accounts import STORE, make_records
-from tests.unit.fuzzing import ATTRIBUTE_TEXT, TARGETS, XML_TEXT, Vocabulary, elements, no_logged_failures, target
-from tests.unit.helpers import Harness, make_config, result_of
+from tests.unit.fuzzing import (
+    ATTRIBUTE_TEXT, TARGETS, XML_TEXT, Vocabulary, add_users, elements, no_logged_failures, target,
+)
+from tests.unit.helpers import Harness, make_config
 
 NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 NS_SM = "urn:xmpp:sm:3"
@@ -54,18 +53,11 @@ def stream_errors(elements):
             if element.name == "error" and element.uri == "http://etherx.jabber.org/streams"]
 
 
-@functools.cache
-def records(user):
-    """An account's stored records, derived once (key derivation is most of a fresh server's cost)."""
-    return make_records("localhost", user, "secret")
-
-
 def feed_client_stream(stanzas, logged_in):
     """Send ``stanzas`` on a client stream (a logged-in one if ``logged_in``), with bob online to receive."""
     with no_logged_failures():
         harness = Harness(make_config(hosts={"localhost": {"registration": True}}))
-        for user in ("alice", "bob"):
-            result_of(harness.storage.set("localhost", user, STORE, records(user)))
+        add_users(harness, "alice", "bob")
         bob = harness.login("bob@localhost/b")
         bob.send("<presence/>")
         if logged_in:
