@@ -512,8 +512,12 @@ def load(path=None):
             document = tomllib.load(handle)
     except OSError as error:
         raise ConfigError([f"{path}: cannot be read: {error.strerror}"])
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError([f"{path}: not valid TOML: {error}"])
+    except (ValueError, RecursionError) as error:
+        # tomllib raises TOMLDecodeError for most faults, but UnicodeDecodeError
+        # (not UTF-8), ValueError (an integer over Python's 4300 digits) and
+        # RecursionError (arrays or tables nested thousands deep) for some.
+        reason = "nested too deeply" if isinstance(error, RecursionError) else error
+        raise ConfigError([f"{path}: not valid TOML: {reason}"])
     return _resolve_paths(parse(document, path), os.path.dirname(os.path.abspath(path)))
 
 
