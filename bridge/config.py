@@ -8,6 +8,7 @@ once so an administrator fixes a file in one pass.
 """
 
 import dataclasses
+import math
 import os
 import tomllib
 import typing
@@ -379,6 +380,9 @@ def _check_value(kind, value, meta):
         value = float(value)
     if kind is int and isinstance(value, bool) or not isinstance(value, kind):
         return f"must be {_type_name(kind)}, not {value!r}"
+    if kind is float and math.isnan(value):
+        # (nan would pass the range checks below: every comparison with it is false)
+        return f"must be a number, not {value!r}"
     if kind is list and not all(isinstance(item, str) for item in value):
         return f"must be {_type_name(kind)}, not {value!r}"
     if kind is dict and not all(isinstance(item, str) for item in value.values()):
