@@ -16,10 +16,14 @@ from bridge.gateways.sip.message import (
     DROP, KEEPALIVE, Limits, Request, Response, SIPParseError, StreamFramer, error_response, make_response,
     parse_datagram,
 )
+from bridge.gateways.sip.gateway import SIPGateway
 from bridge.gateways.sip.transaction import TransactionLayer
 from bridge.gateways.sip.transport import UDPTransport
-from tests.unit.fuzzing import TARGETS, chunked, mutated, no_logged_failures, pieces, target
+from tests.unit.fuzzing import TARGETS, add_users, chunked, mutated, no_logged_failures, pieces, target
+from tests.unit.helpers import Harness
 from tests.unit.test_sip_message import MALFORMED, VALID, request
+from tests.unit.test_sip_messaging import PBX, SOURCE, FakeResolver, Outbound, make_config
+from tests.unit.test_sip_registrar import FakeUDP
 from tests.unit.test_sip_transport import FakeDatagramTransport, Recorder
 
 METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "REGISTER", "MESSAGE", "OPTIONS", "SUBSCRIBE", "NOTIFY", "PUBLISH")
@@ -257,6 +261,135 @@ def transactions(operations):
     assert (layer.client, layer.server, clock.getDelayedCalls()) == ({}, {}, [])
 
 
+# -- the gateway above the transaction layer ----------------------------------------------------------
+
+GATEWAY_URIS = ("sip:alice@localhost", "sip:bob@localhost", "sip:localhost", "sip:carol@pbx.example",
+                "sip:eve@evil.example", "sip:carol%5C40pbx.example@sip.localhost", "sip:alice@127.0.0.1",
+                "sips:alice@localhost", "tel:+15551234567")
+GATEWAY_HEADERS = st.sampled_from((
+    ("Expires", "0"), ("Expires", "60"), ("Expires", "5"), ("Expires", "4294967295"),
+    ("Event", "presence"), ("Event", "presence;id=1"), ("Event", "message-summary"), ("Event", ""),
+    ("Accept", "application/pidf+xml"), ("Accept", "text/plain"), ("Subscription-State", "active;expires=60"),
+    ("Subscription-State", "terminated;reason=rejected"), ("Subscription-State", "pending;expires=\u00b2"),
+    ("Subscription-State", "active;expires=" + "9" * 30), ("Subscription-State", "bogus"),
+    ("Content-Type", "text/plain;charset=UTF-8"), ("Content-Type", "application/pidf+xml"),
+    ("Content-Type", "message/cpim"), ("Content-Type", "text/html"), ("SIP-If-Match", "etag-1"),
+    ("SIP-ETag", "x"), ("Min-Expires", "120"), ("Min-Expires", "x"), ("Record-Route", "<sip:proxy.example;lr>"),
+    ("Contact", "<sip:carol@192.0.2.9:5070>"), ("Contact", "*"), ("Route", "<sip:localhost;lr>"),
+    ("Authorization", 'Digest username="alice", realm="localhost", nonce="x", uri="sip:localhost", '
+                      'response="00", algorithm=MD5, qop=auth, nc=00000001, cnonce="c"'),
+    ("Authorization", "Digest username=alice"), ("Authorization", "Basic YWxpY2U6c2VjcmV0"),
+    ("Authorization", 'Digest username="alice", nc=zz, qop=auth, nonce="' + "9" * 60 + '"'),
+    ("Proxy-Authorization", "Digest"), ("Require", "100rel"), ("Supported", "path"),
+))
+PIDF = (b"<?xml version='1.0'?><presence xmlns='urn:ietf:params:xml:ns:pidf' entity='sip:carol@pbx.example'>"
+        b"<tuple id='t'><status><basic>open</basic></status><note>hi</note></tuple></presence>")
+GATEWAY_BODIES = st.sampled_from((b"", b"hello", PIDF, PIDF.replace(b"open", b"closed"), b"<presence",
+                                  b"<!DOCTYPE x [<!ENTITY a 'b'>]><x>&a;</x>", "\u00e9t\u00e9".encode(),
+                                  b"\xff\xfe")) | st.binary(max_size=30)
+
+
+@st.composite
+def gateway_requests(draw):
+    """A request such as phones and other domains send: ours, foreign, signed or not."""
+    method = draw(st.sampled_from(("REGISTER", "MESSAGE", "SUBSCRIBE", "NOTIFY", "PUBLISH", "OPTIONS", "INVITE",
+                                   "ACK", "CANCEL", "BYE", "INFO")))
+    uri = draw(st.sampled_from(GATEWAY_URIS))
+    sender = draw(st.sampled_from(GATEWAY_URIS[:6]))
+    request = Request(method, uri)
+    request.headers.add("Via", f"SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bK{draw(st.integers(0, 3))};rport")
+    request.headers.add("Max-Forwards", "70")
+    request.headers.add("From", f"<{sender}>;tag=f{draw(st.integers(0, 2))}")
+    request.headers.add("To", f"<{uri}>" + draw(st.sampled_from(("", ";tag=t1"))))
+    request.headers.add("Call-ID", f"call-{draw(st.integers(0, 2))}")
+    request.headers.add("CSeq", f"{draw(st.integers(1, 3))} {method}")
+    for name, value in draw(st.lists(GATEWAY_HEADERS, max_size=4, unique_by=lambda header: header[0])):
+        request.headers.add(name, value)
+    request.body = draw(GATEWAY_BODIES)
+    return request
+
+
+GATEWAY_OPERATIONS = st.lists(st.one_of(
+    st.tuples(st.just("sip"), gateway_requests()),
+    st.tuples(st.just("answer"), st.sampled_from((100, 180, 200, 202, 401, 404, 408, 423, 481, 489, 500, 503)),
+              st.lists(GATEWAY_HEADERS, max_size=3, unique_by=lambda header: header[0])),
+    st.tuples(st.just("xmpp"), st.sampled_from((
+        "<message to='carol\\40pbx.example@sip.localhost' type='chat'><body>hi</body></message>",
+        "<message to='bob@localhost' type='chat'><body>hi</body></message>",
+        "<presence to='carol\\40pbx.example@sip.localhost' type='subscribe'/>",
+        "<presence to='carol\\40pbx.example@sip.localhost' type='unsubscribe'/>",
+        "<presence to='carol\\40pbx.example@sip.localhost' type='subscribed'/>",
+        "<presence/>", "<presence type='unavailable'/>",
+        "<iq type='get' id='d' to='sip.localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
+        "<iq type='set' id='r' to='sip.localhost'><query xmlns='jabber:iq:register'/></iq>",
+        "<message to='\\40@sip.localhost'><body>x</body></message>",
+    ))),
+    st.tuples(st.just("notify"), st.integers(1, 4), st.lists(GATEWAY_HEADERS, max_size=3,
+                                                              unique_by=lambda header: header[0]), GATEWAY_BODIES),
+    st.tuples(st.just("advance"), st.sampled_from((0.5, 4.0, 32.0, 60.0, 3600.0))),
+), min_size=1, max_size=10)
+
+
+def notify_in_dialog(subscribe, cseq, headers, body):
+    """A NOTIFY from the PBX in the dialog of the gateway's ``subscribe``."""
+    notify = Request("NOTIFY", subscribe.from_address.uri)
+    notify.headers.add("Via", f"SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKnotify{cseq}")
+    notify.headers.add("Max-Forwards", "70")
+    notify.headers.add("From", f"{subscribe.headers.get('To')};tag=pbx")
+    notify.headers.add("To", subscribe.headers.get("From"))
+    notify.headers.add("Call-ID", subscribe.call_id)
+    notify.headers.add("CSeq", f"{cseq} NOTIFY")
+    names = {name for name, _ in headers}
+    for name, value in (("Event", "presence"), ("Subscription-State", "active;expires=60")):
+        if name not in names:
+            notify.headers.add(name, value)
+    for name, value in headers:
+        notify.headers.add(name, value)
+    notify.body = body
+    return notify
+
+
+@target("sip-gateway", GATEWAY_OPERATIONS, examples=60)
+def gateway(operations):
+    """Requests from phones and foreign domains, answers to what the gateway sends, XMPP stanzas and
+    time: no logged failure, and everything the gateway sends parses."""
+    with no_logged_failures():
+        harness = Harness(make_config())
+        add_users(harness, "alice", "bob")
+        sip = SIPGateway(harness.server, harness.config, harness.clock, resolver=FakeResolver())
+        sip.setup()
+        phones = FakeUDP()
+        outbound = sip.add_transport(Outbound())
+        alice = harness.login("alice@localhost/x")
+        alice.send("<presence/>")
+        for operation in operations:
+            kind = operation[0]
+            if kind == "sip":
+                sip.message_received(parse_datagram(operation[1].to_bytes()), phones, SOURCE)
+            elif kind == "answer":
+                requests = [message for message, _ in outbound.sent if isinstance(message, Request)]
+                if requests and requests[-1].method != "ACK":
+                    response = make_response(requests[-1], operation[1], to_tag="pbx")
+                    for name, value in operation[2]:
+                        response.headers.add(name, value)
+                    sip.message_received(parse_datagram(response.to_bytes()), outbound, PBX)
+            elif kind == "notify":
+                subscribes = [message for message, _ in outbound.sent
+                              if isinstance(message, Request) and message.method == "SUBSCRIBE"]
+                if subscribes:
+                    notify = notify_in_dialog(subscribes[-1], *operation[1:])
+                    sip.message_received(parse_datagram(notify.to_bytes()), outbound, PBX)
+            elif kind == "xmpp":
+                alice.send(operation[1])
+            else:
+                harness.clock.advance(operation[1])
+            alice.received()
+        harness.clock.advance(3600)
+        alice.received()
+        sip.stop()
+        alice.drop()
+
+
 class SIPFuzzTests(SynchronousTestCase):
     def test_datagrams(self):
         """Mutated and arbitrary datagrams raise only SIPParseError and what parses round-trips."""
@@ -273,6 +406,10 @@ class SIPFuzzTests(SynchronousTestCase):
     def test_transaction_layer(self):
         """The transaction layer takes generated traffic on a fake clock without error or leak."""
         TARGETS["sip-transactions"].run()
+
+    def test_gateway(self):
+        """The gateway takes generated requests, answers and XMPP stanzas without a logged failure."""
+        TARGETS["sip-gateway"].run()
 
 
 LONG_NUMBER = "0" * 4000 + "1" * 1001  # more digits than Python converts (4300)
@@ -318,3 +455,21 @@ class FoundByFuzzingTests(SynchronousTestCase):
         """Numbers keep their leading zeros allowed (1*DIGIT), up to 18 digits."""
         message = parse_datagram(request(extra=("Expires: 000000000000000060",)))
         self.assertEqual(message.headers.get("Expires"), "000000000000000060")
+
+    def test_subscription_state_expires_of_a_superscript_digit(self):
+        """A NOTIFY whose Subscription-State is 'pending;expires=\\u00b2' (a Unicode digit) or carries 5001
+        digits is answered 400; int() raised ValueError in the gateway."""
+        for value in ("pending;expires=\u00b2", f"active;expires={LONG_NUMBER}", "active;retry-after=\u0663"):
+            with no_logged_failures():
+                harness = Harness(make_config())
+                add_users(harness, "alice")
+                sip = SIPGateway(harness.server, harness.config, harness.clock, resolver=FakeResolver())
+                sip.setup()
+                outbound = sip.add_transport(Outbound())
+                alice = harness.login("alice@localhost/x")
+                alice.send("<presence to='carol\\40pbx.example@sip.localhost' type='subscribe'/>")
+                [subscribe] = [message for message, _ in outbound.sent if isinstance(message, Request)]
+                notify = notify_in_dialog(subscribe, 1, [("Subscription-State", value)], b"")
+                sip.message_received(parse_datagram(notify.to_bytes()), outbound, PBX)
+                sip.stop()
+            self.assertEqual(outbound.sent[-1][0].status, 400, value)
