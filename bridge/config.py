@@ -197,7 +197,7 @@ class SMTPConfig:
     def relay_address(self):
         """(host, port) of ``relay``; port 25 when it names none."""
         host, _, port = self.relay.rpartition(":")
-        if not host or not port.isdigit():
+        if not host or not (port.isascii() and port.isdigit()) or len(port) > 5:
             return self.relay, 25
         return host.strip("[]"), int(port)
 
@@ -257,7 +257,8 @@ def parse_udp_endpoint(text):
     means every IPv4 address.
     """
     parts = text.split(":", 2)
-    if len(parts) < 2 or parts[0] != "udp" or not parts[1].isdigit() or not 0 <= int(parts[1]) <= 65535:
+    if (len(parts) < 2 or parts[0] != "udp" or not (parts[1].isascii() and parts[1].isdigit())
+            or not 0 <= int(parts[1]) <= 65535):
         raise ValueError(f"{text!r} is not udp:PORT or udp:PORT:interface=ADDRESS")
     interface = ""
     if len(parts) == 3:
@@ -280,7 +281,7 @@ def parse_host_port(text):
         host, sep, port = text.partition(":")
         port = port if sep else None
     if not host.strip("[]") or any(c.isspace() for c in host) or (
-            port is not None and (not port.isdigit() or not 0 < int(port) <= 65535)):
+            port is not None and (not (port.isascii() and port.isdigit()) or not 0 < int(port) <= 65535)):
         raise problem
     return host, int(port) if port is not None else None
 

@@ -133,6 +133,7 @@ def document(value):
         assert error.problems and all(problem.startswith("fuzz.toml: ") for problem in error.problems)
         return
     check_ranges(loaded)
+    loaded.smtp.relay_address()
 
 
 @functools.cache
@@ -203,3 +204,15 @@ class FoundByFuzzingTests(SynchronousTestCase):
         check, nan < low and nan > high being both false."""
         self.assertEqual(self.problems(b"[c2s]\npre_auth_timeout_seconds = nan\n"),
                          ["FILE: c2s.pre_auth_timeout_seconds: must be a number, not nan"])
+
+    def test_ports_of_unicode_digits(self):
+        """A port written with a Unicode digit ('\\u00b2') is a clear problem, and an SMTP relay given one
+        no longer stops the server at start with ValueError (found by looking for the pattern of the SMS
+        and SIP faults: str.isdigit() before int())."""
+        for table, key, value in (("sip", "advertised_address", "h:\u00b2"), ("sip", "udp_endpoints", ["udp:\u00b2"]),
+                                  ("sip", "dns_server", "h:\u00b9")):
+            error = self.assertRaises(configuration.ConfigError, configuration.parse, {table: {key: value}}, "f")
+            self.assertNotIn("invalid literal", str(error))
+        for relay in ("mail:\u00b2", "mail:" + "9" * 5000):
+            loaded = configuration.parse({"smtp": {"relay": relay}}, "f")
+            self.assertEqual(loaded.smtp.relay_address(), (relay, 25))
