@@ -126,7 +126,7 @@ def main():
     targets = load_targets()
     if args.list or not args.target:
         for name, found in sorted(targets.items()):
-            print(f"{name:24} {found.check.__doc__ or ''}".rstrip())
+            print(f"{name:20} {' '.join((found.check.__doc__ or '').split())}".rstrip())
         return
     if args.target not in targets:
         parser.error(f"unknown target {args.target!r}; --list shows them")

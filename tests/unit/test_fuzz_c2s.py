@@ -83,11 +83,13 @@ def feed_client_stream(stanzas, logged_in):
 
 @target("c2s-before-login", STANZAS, examples=60)
 def before_login(stanzas):
+    """Elements on a fresh stream: well-formed answers, no logged failure, no internal-server-error."""
     feed_client_stream(stanzas, logged_in=False)
 
 
 @target("c2s-session", STANZAS, examples=100)
 def in_session(stanzas):
+    """Stanzas from a bound session, bob online: well-formed answers, no logged failure or internal error."""
     feed_client_stream(stanzas, logged_in=True)
 
 
