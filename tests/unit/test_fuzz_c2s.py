@@ -81,13 +81,13 @@ def feed_client_stream(stanzas, logged_in):
     assert "internal-server-error" not in stream_errors(answers)
 
 
-@target("c2s-before-login", STANZAS, examples=60)
+@target("c2s-before-login", STANZAS, examples=30)
 def before_login(stanzas):
     """Elements on a fresh stream: well-formed answers, no logged failure, no internal-server-error."""
     feed_client_stream(stanzas, logged_in=False)
 
 
-@target("c2s-session", STANZAS, examples=100)
+@target("c2s-session", STANZAS, examples=40)
 def in_session(stanzas):
     """Stanzas from a bound session, bob online: well-formed answers, no logged failure or internal error."""
     feed_client_stream(stanzas, logged_in=True)

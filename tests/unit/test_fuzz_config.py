@@ -124,7 +124,7 @@ def check_ranges(value, path="", seen=None):
             assert current in meta["choices"], f"{name} = {current!r}"
 
 
-@target("config-document", documents(), examples=200)
+@target("config-document", documents(), examples=80)
 def document(value):
     """Any TOML-shaped document: a Config within its declared ranges, or a ConfigError naming the file."""
     try:
@@ -151,7 +151,7 @@ TOML_TOKENS = [b"[", b"]", b"[[", b"]]", b"=", b'"', b"'", b"'''", b'"""', b"\\"
 SEEDS = [SAMPLE] + [b"".join(LINES[start:start + 8]) for start in range(0, len(LINES), 8)]
 
 
-@target("config-file", mutated(SEEDS, TOML_TOKENS), examples=150)
+@target("config-file", mutated(SEEDS, TOML_TOKENS), examples=80)
 def config_file(data):
     """Any bytes in the file: a Config or a ConfigError naming the file."""
     path = scratch()

@@ -83,7 +83,7 @@ HTTP_TOKENS = [
 
 
 @target("http-requests", chunked(st.lists(mutated(HTTP_SEEDS, HTTP_TOKENS), min_size=1, max_size=3).map(b"".join)),
-        examples=150)
+        examples=60)
 def http_requests(value):
     """No exception and no logged failure from any bytes, the same answers however they are cut, and never
     a byte of a file outside the web client's folder."""
@@ -110,7 +110,7 @@ BOSH_SEEDS = [CREATE, f"<body xmlns='{NS_HTTPBIND}' rid='101' sid='x'><message t
               f"type='terminate'/>".encode()]
 
 
-@target("bosh-body", st.one_of(mutated(BOSH_SEEDS, XML_TOKENS), xml_soup()), examples=200)
+@target("bosh-body", st.one_of(mutated(BOSH_SEEDS, XML_TOKENS), xml_soup()), examples=100)
 def bosh_body(data):
     """A request body parses to a <body/> or raises BoshError; its first attributes are read without error."""
     try:
@@ -144,7 +144,7 @@ def body_bytes(attributes, payloads):
     return (f"{head}>{inner}</body>" if inner else head + "/>").encode("utf-8")
 
 
-@target("bosh-session", st.tuples(st.booleans(), BOSH_OPERATIONS), examples=80)
+@target("bosh-session", st.tuples(st.booleans(), BOSH_OPERATIONS), examples=40)
 def bosh_session(value):
     """Generated requests (any rid, sid, attributes and payloads), lost connections and time: every request
     is answered exactly once, nothing is logged as a failure, and every session ends."""
@@ -214,7 +214,7 @@ WEBSOCKET_OPERATIONS = st.lists(st.one_of(
 ), min_size=1, max_size=8)
 
 
-@target("websocket", st.tuples(st.booleans(), WEBSOCKET_OPERATIONS), examples=80)
+@target("websocket", st.tuples(st.booleans(), WEBSOCKET_OPERATIONS), examples=40)
 def websocket_stream(value):
     """Any frames and messages after the upgrade: no logged failure, and what the server writes is
     well-formed XML in text messages."""

@@ -57,7 +57,7 @@ def answer_of(error):
         response.to_bytes()
 
 
-@target("sip-datagram", DATAGRAMS, examples=300)
+@target("sip-datagram", DATAGRAMS, examples=150)
 def datagram(data):
     """Only SIPParseError; what parses serialises to bytes that parse to the same message; a UDP
     transport answers or drops the datagram without a logged failure."""
@@ -102,7 +102,7 @@ def frame(chunks, limits=Limits(max_body_bytes=1024)):
 STREAMS = st.lists(DATAGRAMS, min_size=1, max_size=4).map(b"".join)
 
 
-@target("sip-stream", chunked(STREAMS), examples=150)
+@target("sip-stream", chunked(STREAMS), examples=100)
 def stream(value):
     """Only SIPParseError; the same messages and errors whole, cut anywhere, and byte by byte."""
     data, cuts = value
@@ -167,7 +167,7 @@ def messages(draw):
     return message
 
 
-@target("sip-roundtrip", messages(), examples=150)
+@target("sip-roundtrip", messages(), examples=60)
 def round_trip(message):
     """A generated message parses back from its bytes, as a datagram and on a stream."""
     data = message.to_bytes()
@@ -232,7 +232,7 @@ OPERATIONS = st.lists(st.one_of(
 ), min_size=1, max_size=12)
 
 
-@target("sip-transactions", OPERATIONS, examples=150)
+@target("sip-transactions", OPERATIONS, examples=50)
 def transactions(operations):
     """Received and sent messages, answers and time in any order: no exception, only parseable output,
     and once every timer has run no transaction and no timer is left."""
@@ -349,7 +349,7 @@ def notify_in_dialog(subscribe, cseq, headers, body):
     return notify
 
 
-@target("sip-gateway", GATEWAY_OPERATIONS, examples=60)
+@target("sip-gateway", GATEWAY_OPERATIONS, examples=30)
 def gateway(operations):
     """Requests from phones and foreign domains, answers to what the gateway sends, XMPP stanzas and
     time: no logged failure, and everything the gateway sends parses."""

@@ -73,7 +73,7 @@ RAW_PDUS = mutated(SEEDS, HEADER_TOKENS)
 
 
 @target("smpp-framing", chunked(st.lists(RAW_PDUS | st.binary(max_size=40), max_size=4).map(b"".join)),
-        examples=200)
+        examples=100)
 def framing(value):
     """Only FramingError; the same PDUs whole, cut anywhere, and byte by byte, up to an impossible length."""
     data, cuts = value
@@ -98,7 +98,7 @@ def whole_pdu(data):
     return struct.pack(">L", len(data)) + data[4:]
 
 
-@target("smpp-decode", st.one_of(RAW_PDUS, st.binary(min_size=16, max_size=300)).map(whole_pdu), examples=300)
+@target("smpp-decode", st.one_of(RAW_PDUS, st.binary(min_size=16, max_size=300)).map(whole_pdu), examples=150)
 def decoding(data):
     """Only PDUError, whatever follows a PDU header."""
     try:
@@ -107,7 +107,7 @@ def decoding(data):
         pass
 
 
-@target("smpp-roundtrip", encoded_pdus(), examples=150)
+@target("smpp-roundtrip", encoded_pdus(), examples=80)
 def pdu_round_trip(value):
     """A generated PDU decodes to its command, sequence, status and fields."""
     command, sequence, status, fields = value
@@ -132,7 +132,7 @@ ESME_OPERATIONS = st.lists(st.one_of(
 ), min_size=1, max_size=10)
 
 
-@target("smpp-esme", ESME_OPERATIONS, examples=100)
+@target("smpp-esme", ESME_OPERATIONS, examples=60)
 def esme(operations):
     """A bound ESME and its queue, fed anything a SMSC could send: no logged failure, and every PDU
     written decodes."""

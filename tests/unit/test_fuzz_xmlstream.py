@@ -26,7 +26,7 @@ def parse(chunks, limit=10**7):
 RAW = st.one_of(xml_soup(), st.binary(max_size=200), xml_soup().map(lambda soup: STREAM_HEADER + soup))
 
 
-@target("xml-stream", chunked(RAW), examples=300)
+@target("xml-stream", chunked(RAW), examples=200)
 def stream_parser_in_pieces(value):
     """Only StreamError; one byte at a time, any cut, and whole give the same events and the same outcome."""
     data, cuts = value
@@ -44,7 +44,7 @@ def stream_parser_small_limit(value):
 
 @target("xml-roundtrip", st.tuples(st.lists(elements(), min_size=1, max_size=4), st.lists(st.integers(0, 4096),
                                                                                            max_size=8)),
-        examples=60)
+        examples=40)
 def stanzas_come_back(value):
     """Serialised stanzas inside a stream header are parsed back to what was serialised."""
     stanzas, cuts = value
