@@ -10,7 +10,6 @@ import dataclasses
 import datetime
 import functools
 import math
-import os
 import pathlib
 import shutil
 import tempfile

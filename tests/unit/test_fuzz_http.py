@@ -25,7 +25,7 @@ from wsproto.events import TextMessage
 from bridge.gateways.bosh import NS_HTTPBIND, NS_XBOSH, BoshError, BoshService, parse_request, peek_attributes
 from bridge.gateways.http import HTTPFactory
 from tests.unit.fuzzing import (
-    TARGETS, XML_TOKENS, Vocabulary, add_users, chunked, elements, mutated, no_logged_failures, pieces, target,
+    TARGETS, XML_TOKENS, add_users, chunked, elements, mutated, no_logged_failures, pieces, target,
     xml_soup,
 )
 from tests.unit.helpers import Harness

@@ -20,8 +20,8 @@ from bridge.core import sasl
 from tests.unit.fuzzing import TARGETS, target
 
 MECHANISMS = ("SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-1-PLUS", "SCRAM-SHA-256-PLUS")
-NAMES = st.sampled_from(("alice", "Alice", "a,b=c", "ünï", "ｆｕｌｌ", "\u00adalice", "al\x00ice", "=2C", "", "al ice")) | st.text(
-    max_size=12)
+NAMES = st.sampled_from(("alice", "Alice", "a,b=c", "ünï", "ｆｕｌｌ", "\u00adalice", "al\x00ice", "=2C", "",
+                         "al ice")) | st.text(max_size=12)
 PASSWORDS = st.sampled_from(("secret", "pässwörd", "ｐａｓｓ", "a b", "")) | st.text(max_size=12)
 BINDING = b"exported keying material"
 

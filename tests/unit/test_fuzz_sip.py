@@ -51,7 +51,7 @@ def same_message(first, second):
 
 
 def answer_of(error):
-    """The response a transport would send for a parse error serialises (it copies the request's headers as they are)."""
+    """The response a transport sends for a parse error serialises (it copies the request's headers as they are)."""
     response = error_response(error)
     if response is not None:
         response.to_bytes()

@@ -1,4 +1,4 @@
-"""Fuzzing the XML stream parser: arbitrary bytes, whole and in pieces, and generated stanzas that must come back as sent."""
+"""Fuzzing the XML stream parser: arbitrary bytes, whole and in pieces, and generated stanzas that come back as sent."""
 
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
