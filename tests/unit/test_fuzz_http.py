@@ -22,11 +22,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from wsproto.connection import ConnectionState
 from wsproto.events import TextMessage
 
-from bridge.gateways.bosh import NS_HTTPBIND, NS_XBOSH, BoshError, BoshService, parse_request, peek_attributes
+from bridge.gateways.bosh import (
+    NS_HTTPBIND, NS_XBOSH, BoshError, BoshService, parse_request, peek_attributes, render_body, serialise,
+)
 from bridge.gateways.http import HTTPFactory
 from tests.unit.fuzzing import (
-    TARGETS, XML_TOKENS, add_users, chunked, elements, mutated, no_logged_failures, pieces, target,
-    xml_soup,
+    ATTRIBUTE_TEXT, TARGETS, XML_TOKENS, add_users, chunked, elements, mutated, no_logged_failures, pieces,
+    shape, target, xml_soup,
 )
 from tests.unit.helpers import Harness
 from tests.unit.test_bosh import BoshClient, FakeRequest, FakeResponder
@@ -120,6 +122,17 @@ def bosh_body(data):
     else:
         assert (body.uri, body.name) == (NS_HTTPBIND, "body")
     peek_attributes(data)
+
+
+@target("bosh-roundtrip", st.tuples(st.lists(elements(), max_size=3), st.dictionaries(
+        st.sampled_from(("sid", "rid", "type", "condition", "authid")), ATTRIBUTE_TEXT, max_size=3)), examples=30)
+def bosh_round_trip(value):
+    """A response body written by render_body and serialise reads back, attributes and payloads, through
+    parse_request."""
+    payloads, attributes = value
+    body = parse_request(render_body([serialise(payload) for payload in payloads], attributes), 10**6)
+    assert {name: body.getAttribute(name) for name in attributes} == attributes
+    assert [shape(payload) for payload in body.elements()] == [shape(payload) for payload in payloads]
 
 
 BOSH_ATTRIBUTES = st.fixed_dictionaries({}, optional={
@@ -249,6 +262,10 @@ class HTTPFuzzTests(SynchronousTestCase):
     def test_bosh_bodies(self):
         """BOSH bodies parse or raise BoshError."""
         TARGETS["bosh-body"].run()
+
+    def test_bosh_round_trip(self):
+        """What a BOSH response carries reads back as it was written."""
+        TARGETS["bosh-roundtrip"].run()
 
     def test_bosh_sessions(self):
         """A BOSH session under generated requests answers each once and ends."""
