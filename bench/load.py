@@ -1,7 +1,7 @@
-#!/usr/bin/env python3
-"""Minimal XMPP c2s load generator (asyncio + standard library only).
+"""Minimal XMPP c2s load generator (asyncio, the standard library and bridge's SCRAM client).
 
-Runs as its own process, apart from the server under test.  Each client does
+Runs as its own process, apart from the server under test, from the
+repository's root: ``python -m bench.load MODE ...``.  Each client does
 TCP connect, stream open, STARTTLS (no certificate verification), SASL
 SCRAM-SHA-1 with stream restart, resource bind, and the legacy session iq when
 the server marks it as mandatory.
@@ -33,8 +33,8 @@ readable progress goes to standard error.
 import argparse
 import asyncio
 import base64
+import functools
 import hashlib
-import hmac
 import json
 import os
 import resource
@@ -43,6 +43,8 @@ import ssl
 import sys
 import time
 import xml.etree.ElementTree as ET
+
+from bridge.core import sasl
 
 NS_CLIENT = "jabber:client"
 NS_STREAM = "http://etherx.jabber.org/streams"
@@ -95,30 +97,9 @@ def make_tls_context():
     return ctx
 
 
-# SCRAM salted passwords are deterministic in (password, salt, iterations);
+# SCRAM salted passwords are deterministic in (hash, password, salt, iterations);
 # caching them keeps the client's PBKDF2 cost out of repeated logins.
-_salted_cache = {}
-
-
-def salted_password(password, salt, iterations):
-    key = (password, salt, iterations)
-    sp = _salted_cache.get(key)
-    if sp is None:
-        sp = hashlib.pbkdf2_hmac("sha1", password.encode("utf-8"), salt, iterations)
-        _salted_cache[key] = sp
-    return sp
-
-
-def scram_name(name):
-    return name.replace("=", "=3D").replace(",", "=2C")
-
-
-def parse_scram(msg):
-    out = {}
-    for part in msg.split(","):
-        if len(part) >= 2 and part[1] == "=":
-            out[part[0]] = part[2:]
-    return out
+cached_salted_password = functools.lru_cache(maxsize=None)(sasl.salted_password)
 
 
 class Client:
@@ -238,47 +219,35 @@ class Client:
         names = [m.text for m in mechs] if mechs is not None else []
         if "SCRAM-SHA-1" not in names:
             raise XmppError("SCRAM-SHA-1 not offered (got %r)" % names)
-        cnonce = base64.b64encode(os.urandom(18)).decode()
-        first_bare = "n=%s,r=%s" % (scram_name(self.username), cnonce)
+        scram = sasl.ScramClient("SCRAM-SHA-1", self.username, self.password,
+                                 salt_password=cached_salted_password)
         self.send("<auth xmlns='%s' mechanism='SCRAM-SHA-1'>%s</auth>" % (
-            NS_SASL, base64.b64encode(("n,," + first_bare).encode()).decode()))
+            NS_SASL, base64.b64encode(scram.first()).decode()))
         el = await self.next_element()
         if el.tag != "{%s}challenge" % NS_SASL:
             raise XmppError("SASL failed at first step: %s" % _describe(el))
-        server_first = base64.b64decode(el.text or "").decode()
-        attrs = parse_scram(server_first)
-        nonce = attrs.get("r", "")
-        if not nonce.startswith(cnonce) or "s" not in attrs or "i" not in attrs:
-            raise XmppError("bad SCRAM server-first message %r" % server_first)
-        salt = base64.b64decode(attrs["s"])
-        iterations = int(attrs["i"])
-        sp = salted_password(self.password, salt, iterations)
-        client_key = hmac.digest(sp, b"Client Key", "sha1")
-        stored_key = hashlib.sha1(client_key).digest()
-        final_wo_proof = "c=biws,r=%s" % nonce
-        auth_message = ",".join((first_bare, server_first, final_wo_proof)).encode()
-        client_sig = hmac.digest(stored_key, auth_message, "sha1")
-        proof = bytes(a ^ b for a, b in zip(client_key, client_sig))
-        server_key = hmac.digest(sp, b"Server Key", "sha1")
-        expected_v = base64.b64encode(
-            hmac.digest(server_key, auth_message, "sha1")).decode()
-        final = "%s,p=%s" % (final_wo_proof, base64.b64encode(proof).decode())
+        try:
+            final = scram.answer(base64.b64decode(el.text or ""))
+        except sasl.SASLFailure as exc:
+            raise XmppError(exc.text)
         self.send("<response xmlns='%s'>%s</response>" % (
-            NS_SASL, base64.b64encode(final.encode()).decode()))
+            NS_SASL, base64.b64encode(final).decode()))
         el = await self.next_element()
         if el.tag == "{%s}challenge" % NS_SASL:
             # Server-final sent as a challenge; answer with an empty response.
-            server_final = base64.b64decode(el.text or "").decode()
+            server_final = base64.b64decode(el.text or "")
             self.send("<response xmlns='%s'/>" % NS_SASL)
             el = await self.next_element()
             if el.tag != "{%s}success" % NS_SASL:
                 raise XmppError("SASL failed: %s" % _describe(el))
         elif el.tag == "{%s}success" % NS_SASL:
-            server_final = base64.b64decode(el.text or "").decode()
+            server_final = base64.b64decode(el.text or "")
         else:
             raise XmppError("SASL failed: %s" % _describe(el))
-        if parse_scram(server_final).get("v") != expected_v:
-            raise XmppError("server signature mismatch (%r)" % server_final)
+        try:
+            scram.check(server_final)
+        except sasl.SASLFailure as exc:
+            raise XmppError("%s (%r)" % (exc.text, server_final))
 
     async def _bind(self, feats):
         if feats.find("{%s}bind" % NS_BIND) is None:

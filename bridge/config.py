@@ -8,6 +8,7 @@ once so an administrator fixes a file in one pass.
 """
 
 import dataclasses
+import ipaddress
 import math
 import os
 import tomllib
@@ -34,12 +35,18 @@ def read_first_line(path):
         return handle.readline().rstrip("\r\n")
 
 
-def _option(default, *, low=None, high=None, choices=None, path=False):
+def normalise_domain(name):
+    """A domain name as JIDs compare it: lower case, without a trailing dot (RFC 7622 section 3.2)."""
+    return name.strip().lower().rstrip(".")
+
+
+def _option(default, *, low=None, high=None, choices=None, path=False, domains=False):
     """A dataclass field whose metadata carries the checks made at load time.
 
     ``path``: a file name, resolved against the configuration file's folder.
+    ``domains``: a list of domain names, or a table keyed by them, kept normalised.
     """
-    metadata = {"low": low, "high": high, "choices": choices, "path": path}
+    metadata = {"low": low, "high": high, "choices": choices, "path": path, "domains": domains}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -85,6 +92,7 @@ class C2SConfig(ListenerTLS):
     resource_conflict: str = _option("replace", choices=RESOURCE_CONFLICT_POLICIES)
     resumption_timeout_seconds: float = _option(600.0, low=0, high=86400)
     resumption_max_queue: int = _option(500, low=1)
+    max_buffered_bytes: int = _option(1048576, low=1024)
 
 
 @dataclass(frozen=True)
@@ -97,9 +105,10 @@ class S2SConfig(ListenerTLS):
     certificate_authentication: bool = _option(True)
     dialback: bool = _option(True)
     ca_file: str = _option("", path=True)
-    allowed_domains: list = _option([])
-    denied_domains: list = _option([])
-    static_routes: dict = _option({})
+    allowed_domains: list = _option([], domains=True)
+    denied_domains: list = _option([], domains=True)
+    dialback_fallback_domains: list = _option([], domains=True)
+    static_routes: dict = _option({}, domains=True)
     dns_server: str = _option("")
     stanza_size_limit_bytes: int = _option(524288, low=1024, high=64 * 1024 * 1024)
     rate_limit_bytes_per_second: int = _option(1000000, low=100)
@@ -107,6 +116,11 @@ class S2SConfig(ListenerTLS):
     connect_timeout_seconds: float = _option(20.0, low=1, high=600)
     idle_timeout_seconds: float = _option(600.0, low=10, high=86400)
     max_queued_stanzas: int = _option(10000, low=1)
+    max_buffered_bytes: int = _option(4194304, low=1024)
+    pre_auth_timeout_seconds: float = _option(60.0, low=1, high=3600)
+    max_connections_per_address: int = _option(20, low=1)
+    dialback_max_pending_per_stream: int = _option(5, low=1, high=1000)
+    dialback_max_pending: int = _option(100, low=1, high=100000)
 
 
 @dataclass(frozen=True)
@@ -128,11 +142,14 @@ class HTTPConfig(ListenerTLS):
     bosh_max_inactivity_seconds: float = _option(60.0, low=5, high=3600)
     bosh_max_pause_seconds: float = _option(120.0, low=0, high=3600)
     bosh_polling_seconds: float = _option(2.0, low=0, high=60)
+    bosh_max_sessions_per_address: int = _option(20, low=1)
+    bosh_max_sessions: int = _option(10000, low=1)
     websocket_ping_interval_seconds: float = _option(60.0, low=0, high=3600)
     websocket_max_message_bytes: int = _option(262144, low=1024, high=64 * 1024 * 1024)
     websocket_see_other_uri: str = _option("")
     max_buffered_bytes: int = _option(1048576, low=1024)
     web_client_dir: str = _option("web/node_modules/converse.js/dist", path=True)
+    trusted_proxies: list = _option([])
 
 
 @dataclass(frozen=True)
@@ -143,6 +160,7 @@ class ComponentListenerConfig:
     stanza_size_limit_bytes: int = _option(1048576, low=1024, high=64 * 1024 * 1024)
     rate_limit_bytes_per_second: int = _option(10000000, low=100)
     rate_limit_burst_bytes: int = _option(20000000, low=1024)
+    max_buffered_bytes: int = _option(4194304, low=1024)
 
 
 @dataclass(frozen=True)
@@ -172,8 +190,26 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
-class OfflineConfig:
-    max_messages_per_user: int = _option(1000, low=0)
+class QuotasConfig:
+    """What one account may keep on the server, whoever fills it: the account itself (roster, block
+    list, vCard, private XML) or anyone who can reach it (subscription requests, offline messages).
+
+    Bytes are bounded as well as items: directly, or by a count of items
+    each of bounded size (a JID, whose parts ``parse_jid`` keeps within
+    RFC 7622's 1023 bytes each, and a bounded text).
+    What would pass a quota is refused with an error that says so; nothing
+    already kept is dropped to make room.
+    """
+
+    max_roster_items_per_user: int = _option(1000, low=1)
+    max_roster_item_text_bytes: int = _option(1024, low=64, high=65536)
+    max_pending_subscriptions_per_user: int = _option(100, low=1)
+    max_subscription_request_text_bytes: int = _option(1024, low=0, high=65536)
+    max_offline_messages_per_user: int = _option(1000, low=0)
+    max_offline_bytes_per_user: int = _option(10 * 1024 * 1024, low=0)
+    max_private_bytes_per_user: int = _option(1024 * 1024, low=1024)
+    max_vcard_bytes: int = _option(192 * 1024, low=1024, high=64 * 1024 * 1024)
+    max_blocked_items_per_user: int = _option(1000, low=1)
 
 
 @dataclass(frozen=True)
@@ -319,7 +355,7 @@ class SIPConfig(ListenerTLS):
     default_expires_seconds: int = _option(3600, low=1, high=7 * 86400)
     max_contacts_per_user: int = _option(10, low=1, high=1000)
     nonce_lifetime_seconds: int = _option(300, low=10, high=86400)
-    digest_algorithms: list = _option(["SHA-256", "MD5"])
+    digest_algorithms: list = _option(["MD5", "SHA-256"])
     domain: str = _option("sip.localhost")
     static_routes: dict = _option({})
     dns_server: str = _option("")
@@ -341,7 +377,7 @@ class Config:
     component_listener: ComponentListenerConfig = field(default_factory=ComponentListenerConfig)
     components: dict = field(default_factory=dict)
     storage: StorageConfig = field(default_factory=StorageConfig)
-    offline: OfflineConfig = field(default_factory=OfflineConfig)
+    quotas: QuotasConfig = field(default_factory=QuotasConfig)
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
     hosts: dict = field(default_factory=lambda: {"localhost": HostConfig()})
     sms: SMSConfig = field(default_factory=SMSConfig)
@@ -364,7 +400,7 @@ class Config:
 
 
 _SECTIONS = {"tls": TLSConfig, "c2s": C2SConfig, "s2s": S2SConfig, "http": HTTPConfig, "storage": StorageConfig,
-             "offline": OfflineConfig, "smtp": SMTPConfig, "component_listener": ComponentListenerConfig,
+             "quotas": QuotasConfig, "smtp": SMTPConfig, "component_listener": ComponentListenerConfig,
              "sms": SMSConfig, "sip": SIPConfig}
 # Tables of named sub-tables: [hosts.NAME], [components.DOMAIN], [smsc.NAME].
 _NAMED = {"hosts": HostConfig, "components": ComponentConfig, "smsc": SMSCConfig}
@@ -388,6 +424,8 @@ def _check_value(kind, value, meta):
         return f"must be {_type_name(kind)}, not {value!r}"
     if kind is dict and not all(isinstance(item, str) for item in value.values()):
         return f"must be {_type_name(kind)}, not {value!r}"
+    if meta.get("domains") and not all(normalise_domain(name) for name in value):
+        return f"must hold domain names, not {next(name for name in value if not normalise_domain(name))!r}"
     if meta.get("choices") and value not in meta["choices"]:
         return f"must be one of {', '.join(meta['choices'])}, not {value!r}"
     if meta.get("low") is not None and value < meta["low"]:
@@ -409,9 +447,16 @@ def _build(cls, table, path, problems, where):
         reason = _check_value(hints[key], value, fields[key].metadata)
         if reason:
             problems.append(f"{where}: {path}{key}: {reason}")
+        elif fields[key].metadata.get("domains"):
+            values[key] = ({normalise_domain(name): item for name, item in value.items()} if isinstance(value, dict)
+                           else [normalise_domain(name) for name in value])
         else:
             values[key] = float(value) if hints[key] is float else value
     return cls(**values)
+
+
+# Tables of earlier versions, and where their keys went.
+_MOVED = {"offline": "this table is gone: max_messages_per_user is now [quotas] max_offline_messages_per_user"}
 
 
 def parse(document, where):
@@ -435,6 +480,8 @@ def parse(document, where):
                     problems.append(f"{where}: {key}.{name}: must be a table")
                     continue
                 named[name.lower()] = _build(_NAMED[key], table, f"{key}.{name}.", problems, where)
+        elif key in _MOVED:
+            problems.append(f"{where}: {key}: {_MOVED[key]}")
         else:
             top[key] = value
     base = _build(Config, top, "", problems, where)
@@ -500,6 +547,11 @@ def parse(document, where):
                 raise ValueError(f"must be HOST:PORT, not {sip.dns_server!r}")
         except ValueError as error:
             problems.append(f"{where}: sip.dns_server: {error}")
+    for proxy in sections.get("http", base.http).trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            problems.append(f"{where}: http.trusted_proxies: {proxy!r} is not an IP address or network")
     for name, smsc in sections.get("smsc", {}).items():
         if smsc.reconnect_max_seconds < smsc.reconnect_min_seconds:
             problems.append(f"{where}: smsc.{name}.reconnect_max_seconds: must be at least reconnect_min_seconds")

@@ -1,11 +1,13 @@
 """bridgectl: account administration and configuration checks.
 
 Works on the same configuration and storage as the server; with SQLite in
-WAL mode it may run while the server does.
+WAL mode it may run while the server does.  Storage answers from its own
+thread; the tool waits for each answer (``Waiting``) rather than run a reactor.
 """
 
 import argparse
 import getpass
+import queue
 import sys
 
 from twisted.words.protocols.jabber.jid import InvalidFormat, JID
@@ -48,13 +50,30 @@ def _password(args):
     return password
 
 
-def _result(deferred):
-    """The result of an already-fired Deferred (storage calls of the CLI are synchronous)."""
-    box = []
-    deferred.addBoth(box.append)
-    if hasattr(box[0], "raiseException"):
-        box[0].raiseException()
-    return box[0]
+class Waiting:
+    """Stands in for the reactor: storage answers from its thread, and the tool waits for each answer.
+
+    The storage calls ``callFromThread`` with what its answer runs; here that
+    is queued and run by ``result``, on the tool's own thread, so the tool
+    needs no event loop and may run again in the same process.
+    """
+
+    def __init__(self):
+        self._answers = queue.SimpleQueue()
+
+    def callFromThread(self, function, *args):
+        self._answers.put((function, args))
+
+    def result(self, deferred):
+        """The result of ``deferred``, waiting for the storage's answers until it has fired."""
+        box = []
+        deferred.addBoth(box.append)
+        while not box:
+            function, args = self._answers.get()
+            function(*args)
+        if hasattr(box[0], "raiseException"):
+            box[0].raiseException()
+        return box[0]
 
 
 def run(args, out):
@@ -62,7 +81,9 @@ def run(args, out):
     if args.command == "check":
         print(f"{config.source}: configuration is valid; hosts: {', '.join(config.hosts)}", file=out)
         return
-    storage = open_storage(config)
+    waiting = Waiting()
+    wait = waiting.result
+    storage = open_storage(config, waiting)
     accounts = Accounts(storage)
     try:
         if args.command == "listusers":
@@ -70,38 +91,38 @@ def run(args, out):
             for host in hosts:
                 if host not in config.hosts:
                     raise CommandError(f"{host!r} is not a host of this server")
-                for user in _result(accounts.users(host)):
+                for user in wait(accounts.users(host)):
                     print(f"{user}@{host}", file=out)
             return
         host, user = _account(config, args.jid)
         if args.command == "notify":
-            _notify(storage, config, host, user, args, out)
+            _notify(storage, config, host, user, args, out, wait)
             return
         if args.command == "adduser":
-            _result(accounts.create(host, user, _password(args)))
+            wait(accounts.create(host, user, _password(args)))
         elif args.command == "passwd":
-            _result(accounts.set_password(host, user, _password(args)))
+            wait(accounts.set_password(host, user, _password(args)))
         elif args.command == "deluser":
-            _result(accounts.delete(host, user))
+            wait(accounts.delete(host, user))
         print(f"{args.command}: {user}@{host}: done", file=out)
     finally:
-        storage.close()
+        wait(storage.close())
 
 
-def _notify(storage, config, host, user, args, out):
+def _notify(storage, config, host, user, args, out, wait):
     """Show, then change, a user's offline notification preferences."""
-    preferences = NotificationPreferences(storage, config)
+    preferences = NotificationPreferences(storage, config.hosts.__getitem__)
     changes = {}
     for key in ("policy", "mobile", "email"):
         value = getattr(args, key)
         if value is not None:
             changes[key] = None if value in ("", "default") else value
     if changes:
-        _result(preferences.update(host, user, **changes))
-    current = _result(preferences.get(host, user))
-    channels = _result(preferences.channels(host, user))
+        wait(preferences.update(host, user, **changes))
+    current = wait(preferences.get(host, user))
+    channels = wait(preferences.channels(host, user))
     print(f"{user}@{host}: policy {current['policy'] or 'default'} ({', '.join(sorted(channels)) or 'none'}), "
-          f"mobile {_result(preferences.mobile(host, user)) or '-'}, email {current['email'] or '-'}", file=out)
+          f"mobile {wait(preferences.mobile(host, user)) or '-'}, email {current['email'] or '-'}", file=out)
 
 
 def parser():

@@ -5,31 +5,35 @@ receives the clock and the endpoints it needs.
 """
 
 import importlib
-import os
 
 from twisted.application import service
-from twisted.internet import endpoints
+from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
 from bridge import __version__, config as configuration
-from bridge.core import storage as storage_module, tls
-from bridge.core.server import FeatureContext, Server
+from bridge.core import datadir, storage as storage_module, tls
+from bridge.core.server import GatewayContext, Server, load_feature
 from bridge.core.streams.c2s import ClientFactory
 from bridge.core.streams.component import ComponentFactory
 from bridge.core.streams.s2s import IncomingServerFactory, PeerTLS, RemoteDomains
 from bridge.gateways.bosh import BoshService
 from bridge.gateways.http import HTTPFactory
-from bridge.gateways.sip import transport as sip_transport
-from bridge.gateways.sip.gateway import SIPGateway
-from bridge.gateways.sms.gateway import SMSGateway
-from bridge.gateways import smtp as smtp_gateway
 
 log = Logger()
 
+# The feature modules every local host loads, and those every gateway's or service's domain loads.
 FEATURES = ("presence", "roster", "offline", "disco", "ping", "version", "vcard", "private", "blocking",
             "register")
+SERVICE_FEATURES = ("disco", "ping", "version", "gateway")
+# Protocol gateways: (name, the configuration section it is given, its module).  Each module's
+# ``attach(ctx, reactor, tls_context)`` returns a Gateway, or None when the section leaves it off.
+GATEWAYS = (
+    ("sip", "sip", "bridge.gateways.sip.gateway"),
+    ("sms", "sms", "bridge.gateways.sms.gateway"),
+    ("email", "smtp", "bridge.gateways.smtp"),
+)
 
 
 class Options(usage.Options):
@@ -108,76 +112,90 @@ class ServerService(service.MultiService):
                  hosts=", ".join(self.server.hosts), source=self.server.config.source)
 
     def stopService(self):
+        """Federation first, then every child (gateways, listeners), then storage, once all is written."""
         d = self.remote.stop()
         d.addBoth(lambda _: super(ServerService, self).stopService())
-        d.addBoth(lambda result: (self.server.storage.close(), result)[1])
+        d.addBoth(lambda _: self.server.storage.close())
         return d
 
 
 class GatewayService(service.Service):
-    """A gateway's lifetime: ``start()`` with the server, ``stop()`` (a Deferred or None) before
-    storage closes (SMSCs unbound, BOSH sessions ended with system-shutdown)."""
+    """A gateway's lifetime, the one shape every gateway attaches by.
 
-    def __init__(self, name, gateway):
+    A Gateway has ``start()`` and ``stop()`` (each may return a Deferred)
+    and ``listeners()``.  It starts with the server; at shutdown it stops
+    (SMSCs unbound, queues left as they are) and then its context undoes
+    everything it registered, before storage closes.
+    """
+
+    def __init__(self, name, gateway, context):
         self.name = name
         self.gateway = gateway
+        self.context = context
 
     def startService(self):
         super().startService()
-        if hasattr(self.gateway, "start"):
-            started = self.gateway.start()
-            if started is not None:
-                started.addErrback(lambda failure: log.failure("{name} failed to start", failure, name=self.name))
+        started = defer.maybeDeferred(self.gateway.start)
+        started.addErrback(lambda failure: log.failure("{name} gateway failed to start", failure, name=self.name))
 
     def stopService(self):
         super().stopService()
-        return self.gateway.stop()
+        stopped = defer.maybeDeferred(self.gateway.stop)
+        stopped.addErrback(lambda failure: log.failure("{name} gateway failed to stop", failure, name=self.name))
+        stopped.addBoth(lambda _: self.context.unload())
+        return stopped
 
 
-def smsc_connector(reactor):
-    """``connect(name, smsc_config)`` for SMSGateway: an endpoint's connect, TLS when configured."""
-
-    def connect(name, smsc):
-        endpoint = endpoints.HostnameEndpoint(reactor, smsc.host, smsc.port, timeout=30)
-        if smsc.tls:
-            from twisted.internet import ssl
-
-            trust = ssl.Certificate.loadPEM(open(smsc.ca_file, "rb").read()) if smsc.ca_file else None
-            endpoint = endpoints.wrapClientTLS(ssl.optionsForClientTLS(smsc.host, trustRoot=trust), endpoint)
-        return endpoint.connect
-
-    return connect
+def feature_modules(names):
+    return [(name, importlib.import_module(f"bridge.features.{name}")) for name in names]
 
 
 def load_features(server):
-    """Give every feature module its context; they register their hooks."""
-    for name in FEATURES:
-        module = importlib.import_module(f"bridge.features.{name}")
-        context = server.features[name] = FeatureContext(server, name)
-        module.setup(context)
+    """Give every feature module its context on every local host; they register their hooks."""
+    modules = feature_modules(FEATURES)
+    for host in server.hosts.values():
+        for name, module in modules:
+            load_feature(server, host, name, module)
+
+
+def attach_gateways(server, reactor, top, listen_on):
+    """Attach every gateway its configuration section turns on, as children of ``top``."""
+    config = server.config
+    service_features = feature_modules(SERVICE_FEATURES)
+
+    def tls_context(section):
+        return tls.server_context(*tls.certificate_paths(config, section), section.tls_min_version,
+                                  section.tls_ciphers)
+
+    for name, section, module_name in GATEWAYS:
+        context = GatewayContext(server, name, getattr(config, section), service_features)
+        gateway = importlib.import_module(module_name).attach(context, reactor, tls_context)
+        if gateway is None:
+            continue
+        GatewayService(name, gateway, context).setServiceParent(top)
+        for kind, description, endpoint, factory in gateway.listeners():
+            listen_on(kind, description, endpoint, factory)
 
 
 def build(config, reactor):
     """The service tree for ``config``, on ``reactor``."""
-    os.makedirs(config.data_dir, exist_ok=True)
-    store = storage_module.open_storage(config)
-    server = Server(config, store, reactor)
+    datadir.private_folder(config.data_dir)
+    secret = datadir.server_secret(config.data_path("server.secret"))
+    store = storage_module.open_storage(config, reactor)
+    server = Server(config, store, reactor, secret=secret)
     load_features(server)
     s2s = config.s2s
     peer_tls = PeerTLS(*tls.certificate_paths(config, s2s), s2s.tls_min_version, s2s.tls_ciphers, s2s.ca_file)
     remote = RemoteDomains(server, peer_tls, reactor)
     server.router.default_route = remote
     top = ServerService(server, remote)
-    if config.sms.enabled:
-        gateway = SMSGateway(server, config, smsc_connector(reactor))
-        gateway.setup()
-        # A child of the server's service: stopped (unbound) before storage closes.
-        GatewayService("SMS gateway", gateway).setServiceParent(top)
+
+    def listen_on(kind, description, endpoint, factory):
+        ListenerService(kind, description, endpoint, factory).setServiceParent(top)
 
     def listen(kind, descriptions, factory):
         for description in descriptions:
-            endpoint = endpoints.serverFromString(reactor, description)
-            ListenerService(kind, description, endpoint, factory).setServiceParent(top)
+            listen_on(kind, description, endpoints.serverFromString(reactor, description), factory)
 
     c2s = config.c2s
     cert, key = tls.certificate_paths(config, c2s)
@@ -195,43 +213,16 @@ def build(config, reactor):
     # Browsers: BOSH, WebSocket and the web client on one HTTP listener, plain and TLS.
     http = config.http
     bosh = BoshService(server, http)
-    GatewayService("BOSH", bosh).setServiceParent(top)
+    bosh.setServiceParent(top)
     listen("http", http.endpoints, HTTPFactory(server, http, bosh, tls=False))
     if http.tls_endpoints:
         http_context = tls.server_context(*tls.certificate_paths(config, http), http.tls_min_version,
                                           http.tls_ciphers, alpn=(b"http/1.1",))
         listen("https", http.tls_endpoints,
                TLSMemoryBIOFactory(http_context, False, HTTPFactory(server, http, bosh, tls=True)))
-    # The SIP gateway (docs/sip.md): UDP, TCP and TLS listeners in front of one transaction layer.
-    if config.sip.enabled:
-        setup_sip(config, server, reactor, top, listen)
-    # Email (offline notification, conversation archive) when [smtp] names a relay.
-    email = smtp_gateway.setup(server, reactor)
-    if email is not None:
-        email.setServiceParent(top)
+    # SIP, SMS and email (docs/sip.md, docs/sms.md, docs/email.md).
+    attach_gateways(server, reactor, top, listen_on)
     return top
-
-
-def setup_sip(config, server, reactor, top, listen):
-    """The SIP gateway and its listeners, children of ``top``."""
-    sip = config.sip
-    gateway = SIPGateway(server, config, reactor)
-    gateway.setup()
-    GatewayService("SIP gateway", gateway).setServiceParent(top)
-    policy = sip_transport.SourcePolicy(reactor, sip)  # per-peer limits, shared by every SIP listener
-    for description in sip.udp_endpoints:
-        port, interface = configuration.parse_udp_endpoint(description)
-        endpoint = sip_transport.UDPServerEndpoint(reactor, port, interface)
-        ListenerService("sip-udp", description, endpoint,
-                        lambda: gateway.add_transport(sip_transport.UDPTransport(gateway, gateway.limits, policy))
-                        ).setServiceParent(top)
-    listen("sip-tcp", sip.tcp_endpoints, sip_transport.StreamFactory(gateway, gateway.limits, "TCP", policy))
-    if sip.tls_endpoints:
-        context = tls.server_context(*tls.certificate_paths(config, sip), sip.tls_min_version, sip.tls_ciphers)
-        listen("sip-tls", sip.tls_endpoints,
-               TLSMemoryBIOFactory(context, False,
-                                   sip_transport.StreamFactory(gateway, gateway.limits, "TLS", policy)))
-    return gateway
 
 
 def makeService(options):

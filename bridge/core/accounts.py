@@ -15,6 +15,7 @@ import hashlib
 from twisted.internet import defer
 
 from bridge.core import sasl
+from bridge.core.storage.cache import KeyedLock
 
 STORE = "accounts"
 # The key of the digest secrets in an account's record: {realm: {algorithm: HA1 hex}}.
@@ -42,6 +43,7 @@ def make_records(host, user, password):
 class Accounts:
     def __init__(self, storage):
         self.storage = storage
+        self._changes = KeyedLock()  # two creations of one name: the second finds the first
 
     def credentials(self, host, user):
         """Deferred: the stored SASL records, or None for no such account."""
@@ -62,20 +64,29 @@ class Accounts:
     def exists(self, host, user):
         return (yield self.storage.get(host, user, STORE)) is not None
 
-    @defer.inlineCallbacks
     def create(self, host, user, password):
+        return self._changes.run((host, user), self._create, host, user, password)
+
+    @defer.inlineCallbacks
+    def _create(self, host, user, password):
         if (yield self.exists(host, user)):
             raise AccountError(f"{user}@{host} already exists")
         yield self.storage.set(host, user, STORE, make_records(host, user, password))
 
-    @defer.inlineCallbacks
     def set_password(self, host, user, password):
+        return self._changes.run((host, user), self._set_password, host, user, password)
+
+    @defer.inlineCallbacks
+    def _set_password(self, host, user, password):
         if not (yield self.exists(host, user)):
             raise AccountError(f"{user}@{host} does not exist")
         yield self.storage.set(host, user, STORE, make_records(host, user, password))
 
-    @defer.inlineCallbacks
     def delete(self, host, user):
+        return self._changes.run((host, user), self._delete, host, user)
+
+    @defer.inlineCallbacks
+    def _delete(self, host, user):
         if not (yield self.exists(host, user)):
             raise AccountError(f"{user}@{host} does not exist")
         yield self.storage.delete_user(host, user)

@@ -1,17 +1,26 @@
-"""The route of a local host: stanzas addressed to it become named events.
+"""Hosts: the routes of the domains served in this process, each with its own events.
 
-``deliver`` turns a stanza into the event its address calls for, in the
-manner of Prosody: ``message/bare``, ``presence/full``,
+A host turns a stanza addressed to its domain into the event its address
+calls for, in the manner of Prosody: ``message/bare``, ``presence/full``,
 ``iq-get/host/urn:xmpp:ping:ping``, ``iq-set/bare/vcard-temp:vCard`` and so
-on.  Feature modules hook those events; what no feature takes falls to the
-rules of RFC 6121 section 8 implemented here, so an IQ nobody handles is
-answered ``service-unavailable`` and a message for an account with no
-available resource is offered to offline storage.
+on, fired on the host's own ``Hooks`` where the features loaded on that host
+registered their handlers.
+
+* ``LocalHost`` serves accounts.  What no feature takes falls to the rules of
+  RFC 6121 section 8 implemented here: an IQ nobody handles is answered
+  ``service-unavailable``, and a message for an account with no available
+  resource is offered to ``message/offline``.
+* ``ComponentHost`` serves a gateway's or a service's domain
+  (``sip.localhost``, ``sms.localhost``, later ``conference.localhost``): the
+  ordinary feature modules (disco, version, ping, XEP-0100) and the gateway's
+  own handlers are loaded on it; what nobody takes is answered
+  ``service-unavailable``.
 """
 
 from twisted.logger import Logger
 from twisted.words.protocols.jabber.jid import JID
 
+from bridge.core.hooks import Dispatch, Hooks
 from bridge.core.stanza import error_reply, first_child, parse_jid
 
 log = Logger()
@@ -20,7 +29,7 @@ log = Logger()
 class Event:
     """What a handler receives: the stanza, its parsed addresses and context."""
 
-    __slots__ = ("stanza", "host", "to", "sender", "origin", "server")
+    __slots__ = ("stanza", "host", "to", "sender", "origin", "server", "dispatch")
 
     def __init__(self, server, stanza, host, to, sender, origin=None):
         self.server = server
@@ -29,6 +38,7 @@ class Event:
         self.to = to
         self.sender = sender
         self.origin = origin
+        self.dispatch = None
 
     def from_owner(self):
         """True when the addressed account itself sent the stanza; else it is answered forbidden.
@@ -44,6 +54,80 @@ class Event:
     def reply(self, stanza):
         """Send ``stanza`` back, through the router like any other."""
         self.server.router.route(stanza)
+
+    def hold(self):
+        """Take the event for asynchronous work (see ``bridge.core.hooks.Held``)."""
+        return self.dispatch.hold()
+
+
+class DiscoEntries:
+    """What service discovery shows of one host, each entry owned by the module that added it.
+
+    ``where`` is "host" (the domain itself) or "account" (its accounts' bare JIDs).
+    """
+
+    def __init__(self):
+        self.identities = []  # (where, category, type, name, owner)
+        self.features = []  # (where, namespace, owner)
+        self.items = []  # (jid, name, owner)
+
+    def identities_of(self, where):
+        return [(category, kind, name) for at, category, kind, name, _ in self.identities if at == where]
+
+    def features_of(self, where):
+        return {namespace for at, namespace, _ in self.features if at == where}
+
+    def remove_owner(self, owner):
+        self.identities = [entry for entry in self.identities if entry[-1] is not owner]
+        self.features = [entry for entry in self.features if entry[-1] is not owner]
+        self.items = [entry for entry in self.items if entry[-1] is not owner]
+
+
+def unhandled_iq(event):
+    """An IQ get or set nobody answered (RFC 6120 section 8.2.3)."""
+    if event.stanza.getAttribute("type") in ("get", "set"):
+        event.server.router.bounce(event.stanza, "service-unavailable")
+
+
+class Host:
+    """A domain served in this process: a route with its own hooks, features and disco entries."""
+
+    def __init__(self, server, name):
+        self.server = server
+        self.name = name
+        self.hooks = Hooks()
+        self.features = {}  # name -> the context of each feature module loaded on this host
+        self.disco = DiscoEntries()
+
+    def event_for(self, stanza):
+        """The Event of a stanza routed to this host, and the name of the event it fires."""
+        to = parse_jid(stanza.getAttribute("to"))
+        event = Event(self.server, stanza, self, to, parse_jid(stanza.getAttribute("from")))
+        return event, event_name(stanza, target_of(to))
+
+
+class ComponentHost(Host):
+    """The domain of a gateway or service: its handlers and features answer; the rest is refused.
+
+    ``translator``, when the gateway has one, turns what a user types into
+    the address of a contact behind it (XEP-0100, ``features/gateway.py``).
+    """
+
+    def __init__(self, server, name, translator=None):
+        super().__init__(server, name)
+        self.translator = translator
+
+    def deliver(self, stanza):
+        event, name = self.event_for(stanza)
+        hooks = self.hooks
+        Dispatch(event, ((hooks, "stanza/in"), (hooks, name)), self._unhandled).run()
+
+    def _unhandled(self, event):
+        if event.stanza.name == "presence":
+            return
+        if event.stanza.name == "message" and event.stanza.getAttribute("type") in ("error", "groupchat"):
+            return
+        self.server.router.bounce(event.stanza, "service-unavailable")
 
 
 def target_of(jid):
@@ -65,26 +149,25 @@ def event_name(stanza, target):
     return f"iq-{kind_type}/{target}"
 
 
-class LocalHost:
-    """A hosted domain; its aliases are routed here and rewritten to its name."""
+class LocalHost(Host):
+    """A hosted domain of accounts; its aliases are routed here and rewritten to its name."""
 
     def __init__(self, server, name, config):
-        self.server = server
-        self.name = name
+        super().__init__(server, name)
         self.config = config
 
     def deliver(self, stanza):
         to = parse_jid(stanza.getAttribute("to"))
         if to.host != self.name:
-            to = JID(tuple=(to.user, self.name, to.resource))
-            stanza["to"] = to.full()
-        sender = parse_jid(stanza.getAttribute("from"))
-        event = Event(self.server, stanza, self, to, sender)
-        target = target_of(to)
-        name = event_name(stanza, target)
-        hooks = self.server.hooks
-        if hooks.fire("stanza/in", event) or hooks.fire(name, event):
-            return
+            stanza["to"] = JID(tuple=(to.user, self.name, to.resource)).full()
+        event, name = self.event_for(stanza)
+        hooks = self.hooks
+        Dispatch(event, ((hooks, "stanza/in"), (hooks, name)), self._rules).run()
+
+    def _rules(self, event):
+        """RFC 6120 and 6121 delivery of what no feature took."""
+        stanza = event.stanza
+        target = target_of(event.to)
         if stanza.name == "iq":
             self._default_iq(event, target)
         elif stanza.name == "message":
@@ -97,7 +180,7 @@ class LocalHost:
             if session is not None:
                 session.send(stanza)
                 return
-        self.server.router.bounce(stanza, "service-unavailable")
+        unhandled_iq(event)
 
     def _default_message(self, event, target):
         """RFC 6121 section 8.5: delivery by type to full and bare JIDs."""
@@ -122,7 +205,7 @@ class LocalHost:
         """Deliver a message addressed to a bare JID (or to a gone resource)."""
         stanza = event.stanza
         bare = event.to.userhost()
-        if kind in ("error",):
+        if kind == "error":
             return
         if kind == "groupchat":
             self.server.router.bounce(stanza, "service-unavailable")
@@ -139,5 +222,8 @@ class LocalHost:
             return
         if kind == "headline":
             return
-        self.server.hooks.fire("message/offline", event) or self.server.router.bounce(
-            stanza, "service-unavailable")
+        offline = Event(self.server, stanza, self, event.to, event.sender, event.origin)
+        Dispatch(offline, ((self.hooks, "message/offline"),), self._undeliverable).run()
+
+    def _undeliverable(self, event):
+        self.server.router.bounce(event.stanza, "service-unavailable")

@@ -10,6 +10,7 @@ SMS and email gateways read this through ``NotificationPreferences`` when the
 
 from twisted.internet import defer
 
+from bridge.core.storage.cache import KeyedLock
 from bridge.core.xmlstream import parse_element
 
 STORE = "notifications"
@@ -31,9 +32,11 @@ def cell_number(vcard):
 
 
 class NotificationPreferences:
-    def __init__(self, storage, config):
+    def __init__(self, storage, host_config):
+        """``host_config(name)``: the HostConfig of a local host, whose policy is the default."""
         self.storage = storage
-        self.config = config
+        self.host_config = host_config
+        self._changes = KeyedLock()
 
     @defer.inlineCallbacks
     def get(self, host, user):
@@ -41,12 +44,15 @@ class NotificationPreferences:
         stored = yield self.storage.get(host, user, STORE)
         return {"policy": None, "mobile": None, "email": None, **(stored or {})}
 
-    @defer.inlineCallbacks
     def update(self, host, user, **changes):
         """Change some of policy, mobile, email; a value of None returns to the default."""
         unknown = set(changes) - {"policy", "mobile", "email"}
         if unknown or changes.get("policy") not in (None, *POLICIES):
-            raise ValueError(f"unknown preference {sorted(unknown) or changes.get('policy')}")
+            return defer.fail(ValueError(f"unknown preference {sorted(unknown) or changes.get('policy')}"))
+        return self._changes.run((host, user), self._update, host, user, changes)
+
+    @defer.inlineCallbacks
+    def _update(self, host, user, changes):
         current = yield self.get(host, user)
         current.update(changes)
         kept = {key: value for key, value in current.items() if value is not None}
@@ -56,7 +62,7 @@ class NotificationPreferences:
     def channels(self, host, user):
         """The channels ("sms", "email") on which ``user`` is told of stored messages."""
         preferences = yield self.get(host, user)
-        policy = preferences["policy"] or self.config.hosts[host].offline_notification
+        policy = preferences["policy"] or self.host_config(host).offline_notification
         return POLICIES[policy]
 
     @defer.inlineCallbacks

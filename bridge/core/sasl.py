@@ -1,11 +1,12 @@
-"""SASL mechanisms of the server side: SCRAM (RFC 5802, RFC 7677) and PLAIN.
+"""SASL mechanisms of the server side, SCRAM (RFC 5802, RFC 7677) and PLAIN, and SCRAM's client side.
 
 Passwords are never stored: an account keeps, per SCRAM hash, the salt, the
 iteration count, StoredKey and ServerKey.  SCRAM needs nothing more, and PLAIN
 is checked by deriving StoredKey from the offered password with the stored
 salt.  The exchanges do no I/O: they take the client's bytes and return the
 server's, and ask for the credentials through a callable that may return a
-Deferred.
+Deferred.  The client side (``ScramClient``) serves the tests and the
+benchmark's load generator, so that SCRAM's arithmetic exists once.
 """
 
 import base64
@@ -46,13 +47,34 @@ def _hmac(hash_name, key, message):
     return hmac.new(key, message, hash_name).digest()
 
 
+def salted_password(hash_name, password, salt, iterations):
+    """SaltedPassword := Hi(Normalize(password), salt, i), RFC 5802 section 3."""
+    return hashlib.pbkdf2_hmac(hash_name, saslprep(password).encode("utf-8"), salt, iterations)
+
+
+def derived_keys(hash_name, salted):
+    """(ClientKey, StoredKey, ServerKey) of a SaltedPassword, RFC 5802 section 3."""
+    client_key = _hmac(hash_name, salted, b"Client Key")
+    return client_key, hashlib.new(hash_name, client_key).digest(), _hmac(hash_name, salted, b"Server Key")
+
+
 def scram_keys(hash_name, password, salt, iterations):
     """(StoredKey, ServerKey) for a password, as RFC 5802 section 3 defines them."""
-    salted = hashlib.pbkdf2_hmac(hash_name, saslprep(password).encode("utf-8"), salt, iterations)
-    client_key = _hmac(hash_name, salted, b"Client Key")
-    stored_key = hashlib.new(hash_name, client_key).digest()
-    server_key = _hmac(hash_name, salted, b"Server Key")
+    _, stored_key, server_key = derived_keys(hash_name, salted_password(hash_name, password, salt, iterations))
     return stored_key, server_key
+
+
+def _xor(left, right):
+    return bytes(a ^ b for a, b in zip(left, right))
+
+
+def _auth_message(client_first_bare, server_first, client_final_without_proof):
+    return f"{client_first_bare},{server_first},{client_final_without_proof}".encode("utf-8")
+
+
+def _channel_binding(gs2_header, data):
+    """The c= attribute: the GS2 header, then the channel's data for -PLUS."""
+    return _b64(gs2_header.encode("utf-8") + data)
 
 
 def make_credentials(password, iterations=DEFAULT_ITERATIONS):
@@ -77,6 +99,36 @@ def check_password(credentials, password):
     return hmac.compare_digest(stored_key, base64.b64decode(record["stored_key"]))
 
 
+class Decoys:
+    """Made-up credentials for user names that have no account, the same at every try.
+
+    A fresh random salt per try, or no key derivation for PLAIN, would tell an
+    attacker which names exist.  Each record is derived from a server secret
+    (kept across restarts), the realm and the name, shaped as a real
+    account's (salt size, the default iteration count, key sizes); no
+    password matches it.
+    """
+
+    def __init__(self, secret):
+        self.secret = secret
+
+    def credentials(self, realm, username):
+        """{mechanism: record}, as ``make_credentials`` makes them."""
+        credentials = {}
+        for mechanism, hash_name in SCRAM_HASHES.items():
+            size = hashlib.new(hash_name).digest_size
+            credentials[mechanism] = {
+                "salt": _b64(self._derive("salt", mechanism, realm, username)[:16]),
+                "iterations": DEFAULT_ITERATIONS,
+                "stored_key": _b64(self._derive("stored key", mechanism, realm, username)[:size]),
+                "server_key": _b64(self._derive("server key", mechanism, realm, username)[:size]),
+            }
+        return credentials
+
+    def _derive(self, *parts):
+        return _hmac("sha256", self.secret, "\0".join(parts).encode("utf-8"))
+
+
 def _parse_attributes(text):
     attributes = {}
     for part in text.split(","):
@@ -84,6 +136,10 @@ def _parse_attributes(text):
             raise SASLFailure("malformed-request", f"bad attribute {part!r}")
         attributes[part[0]] = part[2:]
     return attributes
+
+
+def _escape_username(name):
+    return name.replace("=", "=3D").replace(",", "=2C")
 
 
 def _unescape_username(name):
@@ -96,15 +152,17 @@ class ScramExchange:
     """One SCRAM authentication, server side.
 
     ``lookup(username)`` returns (a Deferred of) the user's credentials dict
-    or None.  ``channel_binding`` is the data of the TLS channel (for the
-    -PLUS variants) or None when the connection offers none.
+    or None; ``decoy(username)`` the made-up credentials (``Decoys``) an
+    unknown name is answered with.  ``channel_binding`` is the data of the TLS
+    channel (for the -PLUS variants) or None when the connection offers none.
     """
 
-    def __init__(self, mechanism, lookup, channel_binding=None, plus_offered=False):
+    def __init__(self, mechanism, lookup, channel_binding=None, plus_offered=False, *, decoy):
         self.mechanism = mechanism
         self.plus = mechanism.endswith("-PLUS")
         self.hash_name = SCRAM_HASHES[mechanism.removesuffix("-PLUS")]
         self.lookup = lookup
+        self.decoy = decoy
         self.channel_binding = channel_binding
         self.plus_offered = plus_offered
         self.username = None
@@ -147,10 +205,9 @@ class ScramExchange:
         credentials = yield self.lookup(self.username)
         record = (credentials or {}).get(self.mechanism.removesuffix("-PLUS"))
         if record is None:
-            # Go on with made-up values so that an unknown user is
-            # indistinguishable from a wrong password until the end.
-            record = {"salt": _b64(os.urandom(16)), "iterations": DEFAULT_ITERATIONS,
-                      "stored_key": _b64(os.urandom(32)), "server_key": _b64(os.urandom(32))}
+            # Go on with made-up values, the same at every try, so that an
+            # unknown user is indistinguishable from a wrong password until the end.
+            record = self.decoy(self.username)[self.mechanism.removesuffix("-PLUS")]
             self.username_known = False
         else:
             self.username_known = True
@@ -169,12 +226,10 @@ class ScramExchange:
         if not proof_part.startswith("p="):
             raise SASLFailure("malformed-request", "no proof")
         attributes = _parse_attributes(without_proof)
-        binding = self.gs2_header.encode("utf-8")
-        if self.plus:
-            binding += self.channel_binding
-        if attributes.get("c") != _b64(binding) or attributes.get("r") != self.nonce:
+        binding = _channel_binding(self.gs2_header, self.channel_binding if self.plus else b"")
+        if attributes.get("c") != binding or attributes.get("r") != self.nonce:
             raise SASLFailure("not-authorized", "channel binding or nonce mismatch")
-        auth_message = f"{self.client_first_bare},{self.server_first},{without_proof}".encode("utf-8")
+        auth_message = _auth_message(self.client_first_bare, self.server_first, without_proof)
         stored_key = base64.b64decode(self.record["stored_key"])
         signature = _hmac(self.hash_name, stored_key, auth_message)
         try:
@@ -183,7 +238,7 @@ class ScramExchange:
             raise SASLFailure("malformed-request", "bad proof encoding")
         if len(proof) != len(signature):
             raise SASLFailure("not-authorized")
-        client_key = bytes(a ^ b for a, b in zip(proof, signature))
+        client_key = _xor(proof, signature)
         valid = hmac.compare_digest(hashlib.new(self.hash_name, client_key).digest(), stored_key)
         if not (valid and self.username_known):
             raise SASLFailure("not-authorized")
@@ -191,13 +246,67 @@ class ScramExchange:
         return f"v={_b64(server_signature)}".encode("ascii")
 
 
+class ScramClient:
+    """One SCRAM authentication, client side, with no I/O: for the tests and the benchmark.
+
+    ``first()`` is the client-first-message; ``answer(server_first)`` the
+    client-final-message with the proof; ``check(server_final)`` raises
+    ``SASLFailure`` unless the server proved that it knows the password too.
+    A -PLUS mechanism binds to ``channel_binding``, the tls-exporter data.
+    ``salt_password`` replaces ``salted_password`` (a load generator caches it).
+    """
+
+    def __init__(self, mechanism, username, password, channel_binding=b"", nonce=None,
+                 salt_password=salted_password):
+        plus = mechanism.endswith("-PLUS")
+        self.hash_name = SCRAM_HASHES[mechanism.removesuffix("-PLUS")]
+        self.gs2_header = "p=tls-exporter,," if plus else "n,,"
+        self.channel_binding = channel_binding if plus else b""
+        self.password = password
+        self.salt_password = salt_password
+        self.nonce = nonce or _b64(os.urandom(18))
+        self.client_first_bare = f"n={_escape_username(saslprep(username))},r={self.nonce}"
+        self.server_signature = None
+
+    def first(self):
+        return (self.gs2_header + self.client_first_bare).encode("utf-8")
+
+    def answer(self, server_first):
+        text = server_first.decode("utf-8")
+        attributes = _parse_attributes(text)
+        if not (attributes.get("r", "").startswith(self.nonce) and "s" in attributes
+                and attributes.get("i", "").isdigit()):
+            raise SASLFailure("malformed-request", f"bad server-first-message {text!r}")
+        salted = self.salt_password(self.hash_name, self.password, base64.b64decode(attributes["s"]),
+                                    int(attributes["i"]))
+        client_key, stored_key, server_key = derived_keys(self.hash_name, salted)
+        without_proof = f"c={_channel_binding(self.gs2_header, self.channel_binding)},r={attributes['r']}"
+        auth_message = _auth_message(self.client_first_bare, text, without_proof)
+        proof = _xor(client_key, _hmac(self.hash_name, stored_key, auth_message))
+        self.server_signature = _b64(_hmac(self.hash_name, server_key, auth_message))
+        return f"{without_proof},p={_b64(proof)}".encode("utf-8")
+
+    def check(self, server_final):
+        attributes = _parse_attributes(server_final.decode("utf-8"))
+        if "e" in attributes:
+            raise SASLFailure("not-authorized", attributes["e"])
+        signature = attributes.get("v", "").encode("utf-8")
+        if self.server_signature is None or not hmac.compare_digest(signature, self.server_signature.encode()):
+            raise SASLFailure("not-authorized", "the server's signature does not match")
+
+
 class PlainExchange:
-    """PLAIN (RFC 4616), checked against the stored SCRAM record."""
+    """PLAIN (RFC 4616), checked against the stored SCRAM record.
+
+    ``lookup`` and ``decoy`` as for ``ScramExchange``: an unknown name costs
+    the same key derivation as a wrong password.
+    """
 
     mechanism = "PLAIN"
 
-    def __init__(self, lookup):
+    def __init__(self, lookup, *, decoy):
         self.lookup = lookup
+        self.decoy = decoy
         self.username = None
 
     @defer.inlineCallbacks
@@ -208,6 +317,7 @@ class PlainExchange:
             raise SASLFailure("malformed-request", "bad PLAIN message")
         self.username = saslprep(username)
         credentials = yield self.lookup(self.username)
-        if not credentials or not check_password(credentials, password):
+        matches = check_password(credentials or self.decoy(self.username), password)
+        if not (credentials and matches):
             raise SASLFailure("not-authorized")
         return b"", True

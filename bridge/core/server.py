@@ -1,44 +1,63 @@
-"""The server: the shared state every stream, feature and gateway is given.
+"""The server: the shared state of one process, and the contexts its modules are given.
 
-One ``Server`` per process holds the routing table, the session table, the
-hooks, storage, accounts and the clock.  Features receive a ``FeatureContext``
-that records what they register, so the core can undo all of it.
+One ``Server`` per process holds the routing table, the session table,
+storage, accounts, the clock and the hosts.  Nothing below it reaches into
+it directly: a feature module loaded on a host receives a ``FeatureContext``,
+a gateway a ``GatewayContext``, and each records what its module registered
+so that ``unload()`` undoes all of it.
+
+``stanza_from_session`` is the one way in for what a local user says,
+whatever carried it: an XMPP client's stream, a SIP phone's MESSAGE or
+PUBLISH, an SMS from the user's own number.  Block lists, archives and every
+``stanza/out`` handler therefore see all of them alike.
 """
 
 import datetime
+import os
+import weakref
 
+from twisted.internet import task
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from bridge.core.accounts import Accounts
 from bridge.core.attempts import FailedAttempts
-from bridge.core.delivery import Event, LocalHost, event_name, target_of
-from bridge.core.hooks import Hooks
+from bridge.core.delivery import ComponentHost, Event, LocalHost, event_name, target_of
+from bridge.core.hooks import HANDLE, Dispatch
 from bridge.core.roster import Rosters
 from bridge.core.router import RoutingTable
+from bridge.core.sasl import Decoys
 from bridge.core.sessions import SessionTable
 from bridge.core.stanza import parse_jid
 
 log = Logger()
 
 
+def _route_event(event):
+    event.server.router.route(event.stanza)
+
+
 class Server:
-    def __init__(self, config, storage, clock):
+    """``secret``: the server's secret (``bridge.core.datadir.server_secret``); without one, a
+    secret for this process only, as suits a server whose accounts do not outlive it (tests)."""
+
+    def __init__(self, config, storage, clock, secret=None):
         self.config = config
         self.storage = storage
         self.clock = clock
-        self.hooks = Hooks()
         self.router = RoutingTable()
         self.sessions = SessionTable()
-        self.features = {}  # name -> FeatureContext of each loaded feature module
         self.failed_logins = FailedAttempts(clock)  # wrong SASL answers per client address
         # XEP-0198 resumption id -> Session, while it may be resumed.
         self.resumable_sessions = {}
         self.accounts = Accounts(storage)
-        self.rosters = Rosters(storage, self.sessions, self.router)
-        self.hosts = {}
-        self.disco_features = {}
-        self.disco_identities = {}
-        self.disco_items = {}
+        # What SASL answers for names without an account, stable across restarts.
+        self.decoys = Decoys(secret or os.urandom(32))
+        self.rosters = Rosters(storage, self.sessions, self.router,
+                               config.quotas.max_roster_items_per_user)
+        self.hosts = {}  # the local hosts (accounts), by name
+        self.component_hosts = {}  # the hosts of gateways and services, by domain
         for name, host_config in config.hosts.items():
             host = LocalHost(self, name, host_config)
             self.hosts[name] = host
@@ -49,13 +68,32 @@ class Server:
         """The clock's time as an aware UTC datetime."""
         return datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
 
+    def host_of(self, jid):
+        """The LocalHost serving ``jid`` (by name or alias), or None."""
+        name = self.config.host_for(jid.host)
+        return self.hosts.get(name) if name else None
+
+    def list_service(self, jid, name, owner):
+        """Show ``jid`` in disco#items of every local host, until ``unlist_services(owner)``."""
+        for host in self.hosts.values():
+            host.disco.items.append((jid, name, owner))
+
+    def unlist_services(self, owner):
+        for host in self.hosts.values():
+            host.disco.items = [entry for entry in host.disco.items if entry[2] is not owner]
+
+    # -- the one way in --------------------------------------------------------
+
     def stanza_from_session(self, session, stanza):
-        """The one entry of a stanza sent by a local client: stamp, hook, route."""
+        """What a local user says: 'from' stamped from the session, then hooks, then the router."""
         stanza["from"] = session.full
+        host = self.hosts[session.jid.host]
+        hooks = host.hooks
         to_text = stanza.getAttribute("to")
         if to_text is None:
             if stanza.name == "presence":
-                self.hooks.fire("pre-presence/self", self._event(stanza, None, session))
+                event = Event(self, stanza, host, None, session.jid, origin=session)
+                Dispatch(event, ((hooks, "pre-presence/self"),)).run()
                 return
             stanza["to"] = session.bare
             to = session.jid.userhostJID()
@@ -64,26 +102,29 @@ class Server:
             if to is None:
                 self.router.bounce(stanza, "jid-malformed")
                 return
-        event = self._event(stanza, to, session)
-        if self.hooks.fire("stanza/out", event) or self.hooks.fire("pre-" + event_name(stanza, target_of(to)), event):
-            return
-        self.router.route(stanza)
+        event = Event(self, stanza, host, to, session.jid, origin=session)
+        stages = ((hooks, "stanza/out"), (hooks, "pre-" + event_name(stanza, target_of(to))))
+        Dispatch(event, stages, _route_event).run()
 
-    def _event(self, stanza, to, session):
-        host = self.hosts[session.jid.host]
-        return Event(self, stanza, host, to, session.jid, origin=session)
+    # -- sessions, whatever carries them -----------------------------------------
 
-    def host_of(self, jid):
-        """The LocalHost serving ``jid`` (by name or alias), or None."""
-        name = self.config.host_for(jid.host)
-        return self.hosts.get(name) if name else None
+    def bind(self, session):
+        """A new session of a local account: in the table, then ``session/bound`` on its host."""
+        self.sessions.add(session)
+        self.hosts[session.jid.host].hooks.fire("session/bound", session)
+
+    def unbind(self, session):
+        """A session is over: ``session/ended`` on its host (unavailable presence), then out of the table."""
+        self.hosts[session.jid.host].hooks.fire("session/ended", session)
+        self.sessions.remove(session)
 
 
 class FeatureContext:
-    """What a feature module may touch, with its registrations recorded."""
+    """What a feature module loaded on one host may touch, with its registrations recorded."""
 
-    def __init__(self, server, name):
+    def __init__(self, server, host, name):
         self.server = server
+        self.host = host
         self.name = name
         self.router = server.router
         self.sessions = server.sessions
@@ -92,28 +133,236 @@ class FeatureContext:
         self.rosters = server.rosters
         self.clock = server.clock
         self.config = server.config
+        self.feature = None
 
-    def hook(self, event, handler, priority=0):
-        self.server.hooks.add(event, handler, priority, owner=self.name)
+    @property
+    def has_accounts(self):
+        """True on a local host; False on the host of a gateway or service."""
+        return isinstance(self.host, LocalHost)
+
+    def hook(self, event, handler, priority=HANDLE):
+        self.host.hooks.add(event, handler, priority, owner=self)
 
     def fire(self, event, payload):
-        return self.server.hooks.fire(event, payload)
+        return self.host.hooks.fire(event, payload)
 
     def add_feature(self, namespace, where="host"):
-        """Announce ``namespace`` in disco#info of hosts ("host") or accounts ("account")."""
-        self.server.disco_features.setdefault(where, {})[namespace] = self.name
+        """Announce ``namespace`` in disco#info of the host ("host") or of its accounts ("account")."""
+        self.host.disco.features.append((where, namespace, self))
 
     def add_identity(self, category, kind, name, where="host"):
-        self.server.disco_identities.setdefault(where, []).append((category, kind, name, self.name))
+        self.host.disco.identities.append((where, category, kind, name, self))
 
     def route(self, stanza):
         self.server.router.route(stanza)
 
     def unload(self):
-        """Undo everything this feature registered."""
-        self.server.hooks.remove_owner(self.name)
-        for features in self.server.disco_features.values():
-            for namespace in [ns for ns, owner in features.items() if owner == self.name]:
-                del features[namespace]
-        for where, identities in self.server.disco_identities.items():
-            identities[:] = [entry for entry in identities if entry[3] != self.name]
+        """Undo everything this feature registered on its host."""
+        self.host.hooks.remove_owner(self)
+        self.host.disco.remove_owner(self)
+        if self.host.features.get(self.name) is self:
+            del self.host.features[self.name]
+
+
+def load_feature(server, host, name, module):
+    """Load one feature module on ``host``; its context, through which it can be unloaded.
+
+    The context keeps what the module's ``setup`` returned as ``feature``.
+    """
+    context = host.features[name] = FeatureContext(server, host, name)
+    context.feature = module.setup(context)
+    return context
+
+
+@implementer(IReactorTime)
+class TrackedClock:
+    """A clock whose pending calls are known, so that a context can cancel them all."""
+
+    def __init__(self, clock):
+        self._clock = clock
+        self._calls = weakref.WeakSet()
+
+    def seconds(self):
+        return self._clock.seconds()
+
+    def callLater(self, delay, function, *args, **kwargs):
+        call = self._clock.callLater(delay, function, *args, **kwargs)
+        self._calls.add(call)
+        return call
+
+    def getDelayedCalls(self):
+        return [call for call in self._calls if call.active()]
+
+    def cancel_all(self):
+        for call in self.getDelayedCalls():
+            call.cancel()
+
+
+class NamedStore:
+    """One named store of the storage interface, for a module that keeps documents under that name."""
+
+    def __init__(self, storage, name):
+        self.storage = storage
+        self.name = name
+
+    def get(self, host, user):
+        return self.storage.get(host, user, self.name)
+
+    def set(self, host, user, value):
+        return self.storage.set(host, user, self.name, value)
+
+    def users(self, host):
+        return self.storage.users(host, self.name)
+
+    def append(self, host, user, value):
+        return self.storage.append(host, user, self.name, value)
+
+    def items(self, host, user, limit=None):
+        return self.storage.items(host, user, self.name, limit)
+
+    def count(self, host, user):
+        return self.storage.count(host, user, self.name)
+
+    def remove(self, host, user, ids):
+        return self.storage.remove(host, user, self.name, ids)
+
+
+class GatewayContext:
+    """The only thing a gateway is given (the sibling of ``FeatureContext``).
+
+    Through it come: the gateway's own domain (``serve``), a ``ComponentHost``
+    with the ordinary feature modules loaded on it; its hooks, there and on
+    the local hosts; its disco entries; its timers (``clock``); its config
+    section; named storage; the one way in for what it says on a local
+    user's behalf.  ``unload()`` undoes every one of them.
+    """
+
+    def __init__(self, server, name, config, service_features=()):
+        """``service_features``: (name, module) of the feature modules every served domain gets."""
+        self._server = server
+        self.name = name
+        self.config = config
+        self.clock = TrackedClock(server.clock)
+        self.storage = server.storage
+        self.accounts = server.accounts
+        self.rosters = server.rosters
+        self.sessions = server.sessions
+        self.host = None
+        self._service_features = tuple(service_features)
+        self._hooked = set()  # the hosts whose hooks hold registrations of ours
+
+    def serve(self, domain, identity, translator=None):
+        """Own ``domain``: a component host routed here, listed in the local hosts' disco#items.
+
+        ``identity`` is its (category, type, name) in disco; ``translator`` what
+        XEP-0100 asks of it (see features/gateway.py), if anything.
+        """
+        server = self._server
+        self.host = ComponentHost(server, domain.lower(), translator)
+        server.component_hosts[self.host.name] = self.host
+        server.router.addRoute(self.host.name, self.host)
+        self.add_identity(*identity)
+        for feature, module in self._service_features:
+            load_feature(server, self.host, feature, module)
+        self.add_item(self.host.name, identity[2])
+        return self.host
+
+    @property
+    def domain(self):
+        return self.host.name if self.host is not None else None
+
+    # -- configuration of the server, as much as a gateway needs ------------------
+
+    def local_host(self, domain):
+        """The local host that ``domain`` names (itself or an alias, any case), or None."""
+        return self._server.config.host_for((domain or "").lower())
+
+    def local_domains(self):
+        """Every hosted domain and alias, lowercase."""
+        domains = set()
+        for name, host in self._server.config.hosts.items():
+            domains.add(name.lower())
+            domains.update(alias.lower() for alias in host.aliases)
+        return frozenset(domains)
+
+    def section(self, name):
+        """Another section of the configuration, for a gateway whose settings span several
+        (the SMS gateway's links are the ``[smsc.NAME]`` tables)."""
+        return getattr(self._server.config, name)
+
+    def host_names(self):
+        """The names of the local hosts, in the configuration's order."""
+        return list(self._server.config.hosts)
+
+    def host_config(self, name):
+        return self._server.config.hosts[name]
+
+    # -- registrations --------------------------------------------------------------
+
+    def hook(self, event, handler, priority=HANDLE):
+        """Handle ``event`` on the gateway's own domain."""
+        self._add_hook(self.host, event, handler, priority)
+
+    def hook_local(self, event, handler, priority=HANDLE):
+        """Handle ``event`` on every local host (the users' side)."""
+        for host in self._server.hosts.values():
+            self._add_hook(host, event, handler, priority)
+
+    def _add_hook(self, host, event, handler, priority):
+        host.hooks.add(event, handler, priority, owner=self)
+        self._hooked.add(host)
+
+    def add_identity(self, category, kind, name):
+        self.host.disco.identities.append(("host", category, kind, name, self))
+
+    def add_feature(self, namespace):
+        self.host.disco.features.append(("host", namespace, self))
+
+    def add_item(self, jid, name=None):
+        """List ``jid`` in disco#items of every local host."""
+        self._server.list_service(jid, name, self)
+
+    def store(self, name):
+        return NamedStore(self._server.storage, name)
+
+    # -- stanzas ------------------------------------------------------------------------
+
+    def route(self, stanza):
+        self._server.router.route(stanza)
+
+    def bounce(self, stanza, condition, text=None):
+        self._server.router.bounce(stanza, condition, text)
+
+    def submit(self, session, stanza):
+        """Say ``stanza`` as the local user of ``session`` (see ``Server.stanza_from_session``)."""
+        self._server.stanza_from_session(session, stanza)
+
+    def bind(self, session):
+        self._server.bind(session)
+
+    def unbind(self, session):
+        self._server.unbind(session)
+
+    # -- the end --------------------------------------------------------------------------
+
+    def unload(self):
+        """Undo every route, hook, disco entry and feature of the gateway, and cancel its timers."""
+        for host in self._hooked:
+            host.hooks.remove_owner(self)
+        self._hooked.clear()
+        self._server.unlist_services(self)
+        if self.host is not None:
+            for context in list(self.host.features.values()):
+                context.unload()
+            self.host.disco.remove_owner(self)
+            self._server.router.removeRoute(self.host.name, self.host)
+            self._server.component_hosts.pop(self.host.name, None)
+        self.clock.cancel_all()
+
+
+def looping_call(clock, interval, function, *args):
+    """A started ``LoopingCall`` of ``function`` every ``interval`` seconds on ``clock`` (first call after one interval)."""
+    call = task.LoopingCall(function, *args)
+    call.clock = clock
+    call.start(interval, now=False)
+    return call

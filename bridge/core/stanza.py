@@ -30,19 +30,34 @@ ERROR_TYPES = {
 }
 
 
-@functools.lru_cache(maxsize=65536)
+# RFC 7622 section 3: a localpart, domainpart or resourcepart of more than
+# 1023 bytes is malformed.  Whatever keeps JIDs (rosters, block lists,
+# subscription requests) counts on it to bound its bytes.
+MAX_JID_PART_BYTES = 1023
+
+
 def parse_jid(text):
-    """A JID, or None when ``text`` is missing or malformed.
+    """A JID, or None when ``text`` is missing or malformed (a part longer than RFC 7622 allows too).
 
     Cached: stringprep is the dearest step of routing, and the same
-    addresses recur on every stanza of a conversation.
+    addresses recur on every stanza of a conversation.  Text too long for
+    any JID is refused before the cache, which would otherwise keep it.
     """
-    if not text:
+    if not text or len(text) > 3 * MAX_JID_PART_BYTES + 2:
         return None
+    return _parse_jid(text)
+
+
+@functools.lru_cache(maxsize=65536)
+def _parse_jid(text):
     try:
-        return JID(text)
-    except (InvalidFormat, UnicodeError):
+        jid = JID(text)
+    except (InvalidFormat, UnicodeError, IndexError):
+        # IndexError: Twisted's nameprep on an empty label ("a..b").
         return None
+    if any(part and len(part.encode("utf-8")) > MAX_JID_PART_BYTES for part in (jid.user, jid.host, jid.resource)):
+        return None
+    return jid
 
 
 def make(kind, to=None, sender=None, type=None, id=None):
@@ -98,6 +113,14 @@ def first_child(stanza):
     for child in stanza.elements():
         return child
     return None
+
+
+def priority_of(presence):
+    """The <priority/> of a presence stanza, within -128..127 (RFC 6121 section 4.7.2.3); 0 when absent or bad."""
+    try:
+        return max(-128, min(127, int(str(presence.priority or "0").strip())))
+    except ValueError:
+        return 0
 
 
 def delay_element(stamp, sender):

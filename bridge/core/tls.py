@@ -6,6 +6,7 @@ list, so tightening the policy of one (the XMPP clients) never breaks another
 """
 
 import datetime
+import ipaddress
 import os
 
 from cryptography import x509
@@ -16,35 +17,53 @@ from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 from twisted.logger import Logger
 
+from bridge.core import datadir
+
 log = Logger()
 
 TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
-def generate_self_signed(cert_path, key_path, names, now=None):
-    """Write a self-signed certificate for ``names`` (the first is the subject)."""
+def build_certificate(key, names, issuer=None, now=None):
+    """A certificate of ``key`` for ``names``, the first of them also its subject.
+
+    Names are DNS names, or ``ipaddress`` addresses.  With no ``issuer``
+    (certificate, key) it is self-signed and may act as an authority, as the
+    tests' and the benchmark's certificate authorities do (``tests/pki.py``).
+    """
     now = now or datetime.datetime.now(datetime.timezone.utc)
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
-    certificate = (
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, str(names[0]))])
+    issuer_name, signing_key = (issuer[0].subject, issuer[1]) if issuer else (subject, key)
+    alternative_names = [x509.IPAddress(name) if isinstance(name, (ipaddress.IPv4Address, ipaddress.IPv6Address))
+                         else x509.DNSName(name) for name in names]
+    return (
         x509.CertificateBuilder()
         .subject_name(subject)
-        .issuer_name(subject)
+        .issuer_name(issuer_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=3650))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name) for name in names]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
+        .add_extension(x509.SubjectAlternativeName(alternative_names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
+        .sign(signing_key, hashes.SHA256())
     )
-    os.makedirs(os.path.dirname(os.path.abspath(key_path)), exist_ok=True)
-    descriptor = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+
+
+def write_pem(cert_path, key_path, certificate, key):
+    """Write a certificate and its key as PEM, the key 0600 in a 0700 folder."""
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    datadir.private_folder(os.path.dirname(os.path.abspath(key_path)))
+    datadir.write_private_file(key_path, pem)
     with open(cert_path, "wb") as handle:
         handle.write(certificate.public_bytes(serialization.Encoding.PEM))
+
+
+def generate_self_signed(cert_path, key_path, names, now=None):
+    """Write a self-signed certificate for ``names`` (the first is the subject)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    write_pem(cert_path, key_path, build_certificate(key, names, now=now), key)
 
 
 def certificate_paths(config, listener=None):

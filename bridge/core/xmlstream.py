@@ -17,6 +17,9 @@ from xml.parsers import expat
 
 from twisted.words.xish import domish
 
+# What expat says of a document whose root is still open when it is told the input has ended.
+_ROOT_STILL_OPEN = expat.errors.codes[expat.errors.XML_ERROR_NO_ELEMENTS]
+
 NS_STREAMS = "http://etherx.jabber.org/streams"
 NS_XML = "http://www.w3.org/XML/1998/namespace"
 # Deeper nesting than any real payload has would only serve to exhaust the
@@ -100,6 +103,22 @@ class StreamParser:
         start = self._mark if self._stanza_start is None else self._stanza_start
         if self._fed - start > self.stanza_size_limit_bytes:
             raise StreamError("policy-violation", "stanza too large")
+
+    def ends_between_stanzas(self):
+        """Whether everything fed so far is complete: nothing after the last stanza or header but whitespace.
+
+        It ends this parse (a partial tag shows only when expat is told the
+        input is over): ``reset`` must follow.
+        """
+        if self._depth > 1:
+            return False
+        try:
+            self._parser.Parse(b"", True)
+        except expat.ExpatError as error:
+            return error.code == _ROOT_STILL_OPEN
+        except StreamError:
+            return False
+        return False
 
     def _refuse(self, *args):
         raise StreamError("restricted-xml", "DTDs, entities, comments and processing instructions are not allowed")

@@ -1,7 +1,9 @@
-"""Service discovery (XEP-0030): info and items of hosts and accounts.
+"""Service discovery (XEP-0030): info and items of a host and of its accounts.
 
-The features listed are those the loaded modules registered through
-``ctx.add_feature``, so disco never announces something that is not there.
+What is listed comes from the modules loaded on the host, each having
+added its own identities, features and items (``ctx.add_feature``,
+``GatewayContext.add_item``), so disco never announces something that is
+not there and forgets what a module took with it when it was unloaded.
 """
 
 from bridge.core.stanza import error_reply, result_reply
@@ -12,7 +14,7 @@ NS_ITEMS = "http://jabber.org/protocol/disco#items"
 
 class Disco:
     def __init__(self, ctx):
-        self.server = ctx.server
+        self.entries = ctx.host.disco
 
     def _answer(self, event, namespace, where):
         query = event.stanza.query
@@ -22,15 +24,15 @@ class Disco:
         reply = result_reply(event.stanza)
         answer = reply.addElement((namespace, "query"))
         if namespace == NS_INFO:
-            for category, kind, name, _ in self.server.disco_identities.get(where, ()):
+            for category, kind, name in self.entries.identities_of(where):
                 identity = answer.addElement("identity")
                 identity["category"], identity["type"] = category, kind
                 if name:
                     identity["name"] = name
-            for feature in sorted({NS_INFO, NS_ITEMS, *self.server.disco_features.get(where, {})}):
+            for feature in sorted({NS_INFO, NS_ITEMS, *self.entries.features_of(where)}):
                 answer.addElement("feature")["var"] = feature
         elif where == "host":
-            for jid, name in sorted(self.server.disco_items.items()):
+            for jid, name, _ in sorted(self.entries.items, key=lambda entry: entry[0]):
                 item = answer.addElement("item")
                 item["jid"] = jid
                 if name:
@@ -53,10 +55,11 @@ class Disco:
 
 def setup(ctx):
     disco = Disco(ctx)
-    ctx.add_identity("server", "im", "bridge")
-    ctx.add_identity("account", "registered", None, where="account")
     ctx.hook(f"iq-get/host/{NS_INFO}:query", disco.host_info)
     ctx.hook(f"iq-get/host/{NS_ITEMS}:query", disco.host_items)
-    ctx.hook(f"iq-get/bare/{NS_INFO}:query", disco.account_info)
-    ctx.hook(f"iq-get/bare/{NS_ITEMS}:query", disco.account_items)
+    if ctx.has_accounts:
+        ctx.add_identity("server", "im", "bridge")
+        ctx.add_identity("account", "registered", None, where="account")
+        ctx.hook(f"iq-get/bare/{NS_INFO}:query", disco.account_info)
+        ctx.hook(f"iq-get/bare/{NS_ITEMS}:query", disco.account_items)
     return disco

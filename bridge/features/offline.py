@@ -1,16 +1,30 @@
 """Offline messages (XEP-0160) with XEP-0203 delay stamps.
 
-A chat or normal message for an account with no available resource is
-stored, and delivered in order when a session of the account next sends
-available presence with a non-negative priority.  After storing, the event
+A chat or normal message for an account with no available resource that no
+other ``message/offline`` handler took (the SIP gateway offers it to the
+user's phones first) is stored, and delivered in order when a session of
+the account next sends available presence with a non-negative priority.  The
+message is held until it is written, so whoever keeps a durable copy of it
+(the SIP gateway) lets go only once storage has it.  After storing, the event
 ``offline/stored`` fires with (host, user, stanza): the SMS and email
 gateways hang on it to reach a user who is away.
+
+Each account keeps at most ``max_offline_messages_per_user`` messages and
+``max_offline_bytes_per_user`` bytes of them (as stored, delay stamp
+included); past either, the sender gets ``resource-constraint``.  The bytes
+come from a total that storage keeps (``IStorage.size``), and one account's
+messages are checked and written one after the other, so that a burst of
+messages whose checks all run before the first is written cannot pass the
+quota together.
 """
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from bridge.core.hooks import FALLBACK, in_background
 from bridge.core.stanza import delay_element
+from bridge.core.storage import stored_bytes
+from bridge.core.storage.cache import KeyedLock
 from bridge.core.xmlstream import parse_element
 
 log = Logger()
@@ -22,22 +36,40 @@ NS_OFFLINE = "msgoffline"
 class OfflineStorage:
     def __init__(self, ctx):
         self.ctx = ctx
-        self.limit = ctx.config.offline.max_messages_per_user
+        self.max_messages = ctx.config.quotas.max_offline_messages_per_user
+        self.max_bytes = ctx.config.quotas.max_offline_bytes_per_user
+        self._writes = KeyedLock()  # one account's messages are checked and stored one at a time
+
+    def store(self, event):
+        held = event.hold()
+        d = self._writes.run((event.host.name, event.to.user), self._store, event)
+        d.addErrback(self._not_stored, event)
+        d.addBoth(lambda _: held.finish())
+        return True
 
     @defer.inlineCallbacks
-    def store(self, event):
+    def _store(self, event):
         host, user = event.host.name, event.to.user
         stanza = event.stanza
         if not (yield self.ctx.accounts.exists(host, user)):
             self.ctx.router.bounce(stanza, "service-unavailable")
             return
-        if (yield self.ctx.storage.count(host, user, STORE)) >= self.limit:
+        delay = stanza.addChild(delay_element(self.ctx.server.now(), host))
+        text = stanza.toXml()
+        count, size = yield defer.gatherResults([self.ctx.storage.count(host, user, STORE),
+                                                 self.ctx.storage.size(host, user, STORE)], consumeErrors=True)
+        if count >= self.max_messages or size + stored_bytes(text) > self.max_bytes:
+            stanza.children.remove(delay)
             self.ctx.router.bounce(stanza, "resource-constraint", "the recipient's offline storage is full")
             return
-        stanza.addChild(delay_element(self.ctx.server.now(), host))
-        yield self.ctx.storage.append(host, user, STORE, stanza.toXml())
+        yield self.ctx.storage.append(host, user, STORE, text)
         self.ctx.fire("offline/stored", (host, user, stanza))
 
+    def _not_stored(self, failure, event):
+        log.failure("offline message for {to} not stored", failure, to=event.to.userhost())
+        self.ctx.router.bounce(event.stanza, "internal-server-error", "the message could not be stored")
+
+    @in_background(handled=False)
     @defer.inlineCallbacks
     def deliver(self, session):
         if session.priority < 0:
@@ -53,7 +85,7 @@ class OfflineStorage:
 
 def setup(ctx):
     offline = OfflineStorage(ctx)
-    ctx.hook("message/offline", offline.store)
+    ctx.hook("message/offline", offline.store, priority=FALLBACK)
     ctx.hook("presence/initial", offline.deliver)
     ctx.add_feature(NS_OFFLINE)
     return offline

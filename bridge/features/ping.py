@@ -1,4 +1,4 @@
-"""XMPP Ping (XEP-0199): the server answers pings to itself and to its accounts.
+"""XMPP Ping (XEP-0199): a host answers pings to itself, and a local host to its accounts.
 
 Pinging idle clients, the other direction, is done by the client stream
 (``ping_interval_seconds``), which closes a connection that does not answer.
@@ -17,4 +17,5 @@ def answer(event):
 def setup(ctx):
     ctx.add_feature(NS_PING)
     ctx.hook(f"iq-get/host/{NS_PING}:ping", answer)
-    ctx.hook(f"iq-get/bare/{NS_PING}:ping", answer)
+    if ctx.has_accounts:
+        ctx.hook(f"iq-get/bare/{NS_PING}:ping", answer)

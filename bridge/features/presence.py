@@ -6,23 +6,57 @@ contacts and shows pending subscription requests; subscription stanzas move
 both rosters through none/to/from/both, pending states and pre-approval.
 A session that ends while available, a dropped socket included, is
 announced unavailable.
+
+Anyone can send an account subscription requests, so what they leave
+behind is bounded.  Of a pending request only what shows it again is kept
+(RFC 6121 section 3.1.3): the sender (the roster item's JID), and its nick
+(XEP-0172) and status text, cut together to
+``max_subscription_request_text_bytes``.  Past
+``max_pending_subscriptions_per_user`` pending requests, or on a full
+roster, a new request is refused with ``resource-constraint``: the requests
+already waiting stay, since pushing out the oldest would let a stranger
+erase requests the user has not seen yet, and the refused sender learns why
+and may ask again once the user has answered some.
 """
 
 from types import SimpleNamespace
 
 from twisted.internet import defer
+from twisted.logger import Logger
 
-from bridge.core.stanza import make, readdress
-from bridge.core.xmlstream import parse_element
+from bridge.core.hooks import in_background
+from bridge.core.stanza import make, priority_of, readdress
+from bridge.core.storage.cache import KeyedLock
+
+log = Logger()
 
 SUBSCRIPTION_TYPES = ("subscribe", "subscribed", "unsubscribe", "unsubscribed")
+NS_NICK = "http://jabber.org/protocol/nick"
+ROSTER_FULL = "the roster of {} is full"
 
 
-def priority_of(stanza):
-    try:
-        return max(-128, min(127, int(str(stanza.priority or "0").strip())))
-    except ValueError:
-        return 0
+def cut(text, limit):
+    """``text`` cut to at most ``limit`` bytes of UTF-8, on a character boundary."""
+    return text.encode("utf-8")[:limit].decode("utf-8", "ignore")
+
+
+def kept_request(stanza, limit):
+    """What is kept of a subscription request: its nick, then its status text, together within ``limit`` bytes."""
+    nick = next((str(element) for element in stanza.elements(NS_NICK, "nick")), "")
+    status = next((str(element) for element in stanza.elements() if element.name == "status" and not element.uri), "")
+    nick = cut(nick, limit)
+    status = cut(status, limit - len(nick.encode("utf-8")))
+    return {"status": status or None, "nick": nick or None}
+
+
+def request_stanza(user, contact, kept):
+    """The subscription request of ``contact`` to ``user`` as it is shown again."""
+    request = make("presence", to=user, sender=contact, type="subscribe")
+    if kept.get("status"):
+        request.addElement("status", content=kept["status"])
+    if kept.get("nick"):
+        request.addElement((NS_NICK, "nick"), content=kept["nick"])
+    return request
 
 
 class Presence:
@@ -30,6 +64,16 @@ class Presence:
         self.ctx = ctx
         self.rosters = ctx.rosters
         self.sessions = ctx.sessions
+        self.max_pending = ctx.config.quotas.max_pending_subscriptions_per_user
+        self.max_request_text = ctx.config.quotas.max_subscription_request_text_bytes
+        self._order = KeyedLock()
+
+    def _in_turn(self, bare, work, *args):
+        """Do ``work`` once what the presence of ``bare`` waits for is done, so that it keeps its order
+        while rosters are read and written (RFC 6121 section 3.1.5: the approval, then the presence)."""
+        d = self._order.run(bare, work, *args)
+        d.addErrback(lambda failure: log.failure("presence of {bare} not handled", failure, bare=bare))
+        return True
 
     def _send(self, stanza, to, sender):
         """Route a copy of ``stanza`` with new addresses."""
@@ -37,44 +81,47 @@ class Presence:
 
     # -- outbound: from a local session --------------------------------------
 
-    @defer.inlineCallbacks
     def broadcast(self, event):
+        """A session's own presence: kept at once, sent to the roster's subscribers in the background."""
         session, stanza = event.origin, event.stanza
         kind = stanza.getAttribute("type")
         if kind not in (None, "unavailable"):
-            return
-        roster = yield self.rosters.load(session.bare)
+            return True
+        directed = ()
         if kind is None:
             initial = not session.available
             session.presence = stanza
             session.priority = priority_of(stanza)
         else:
             if not session.available:
-                return
+                return True
             initial = False
             session.presence = None
-        targets = {item.jid for item in roster.items.values() if item.has_from}
-        if kind == "unavailable":
-            targets |= session.directed
-            session.directed = set()
-        for target in targets:
-            self._send(stanza, target, session.full)
-        for other in self.sessions.available(session.bare) + ([session] if kind == "unavailable" else []):
-            self._send(stanza, other.full, session.full)
-        if initial:
-            yield self._initial(session, roster)
+            directed, session.directed = session.directed, set()
+        return self._in_turn(session.bare, self._broadcast, session, stanza, initial, directed)
 
     @defer.inlineCallbacks
+    def _broadcast(self, session, stanza, initial, directed):
+        roster = yield self.rosters.load(session.bare)
+        targets = {item.jid for item in roster.items.values() if item.has_from} | set(directed)
+        for target in targets:
+            self._send(stanza, target, session.full)
+        unavailable = stanza.getAttribute("type") == "unavailable"
+        for other in self.sessions.available(session.bare) + ([session] if unavailable else []):
+            self._send(stanza, other.full, session.full)
+        if initial:
+            self._initial(session, roster)
+
     def _initial(self, session, roster):
         for item in roster.items.values():
             if item.has_to:
                 self.ctx.route(make("presence", to=item.jid, sender=session.bare, type="probe"))
-            if item.pending_in:
-                session.send(parse_element(item.pending_in))
+            if item.pending_in is not None:
+                session.send(request_stanza(session.bare, item.jid, item.pending_in))
         for other in self.sessions.available(session.bare):
             if other is not session:
                 self._send(other.presence, session.full, other.full)
-        yield self.ctx.fire("presence/initial", session)
+        self.ctx.fire("presence/initial", session)
 
     def session_ended(self, session):
         """A session gone while available (a dropped socket too) is announced unavailable."""
@@ -86,7 +133,8 @@ class Presence:
         stanza, session = event.stanza, event.origin
         kind = stanza.getAttribute("type")
         if kind in SUBSCRIPTION_TYPES:
-            return self._outbound_subscription(session.bare, event.to.userhost(), kind, stanza)
+            return self._in_turn(session.bare, self._outbound_subscription, session.bare, event.to.userhost(),
+                                 kind, stanza)
         if kind in (None, "unavailable"):
             self._track_directed(session, event.to.full(), kind)
             self.ctx.route(stanza)
@@ -95,6 +143,7 @@ class Presence:
             self.ctx.route(stanza)
         return True
 
+    @in_background()
     @defer.inlineCallbacks
     def _track_directed(self, session, target, kind):
         roster = yield self.rosters.load(session.bare)
@@ -115,6 +164,9 @@ class Presence:
         share = False
         if kind == "subscribe":
             item = roster.ensure(contact)
+            if item is None:
+                self.ctx.router.bounce(stanza, "resource-constraint", ROSTER_FULL.format(user))
+                return
             if item.hidden:
                 item.hidden = False
                 changed = True
@@ -122,7 +174,7 @@ class Presence:
                 item.ask = True
                 changed = True
         elif kind == "subscribed":
-            if item is not None and item.pending_in:
+            if item is not None and item.pending_in is not None:
                 item.pending_in = None
                 item.hidden = False
                 item.set_flags(from_=True)
@@ -132,6 +184,9 @@ class Presence:
                 route = False
             else:
                 item = roster.ensure(contact, hidden=True)
+                if item is None:
+                    self.ctx.router.bounce(stanza, "resource-constraint", ROSTER_FULL.format(user))
+                    return
                 item.approved = True
                 changed = True
                 route = False
@@ -141,7 +196,7 @@ class Presence:
                 item.ask = False
                 changed = True
         elif kind == "unsubscribed":
-            if item is not None and (item.has_from or item.pending_in or item.approved):
+            if item is not None and (item.has_from or item.pending_in is not None or item.approved):
                 was_from = item.has_from
                 item.set_flags(from_=False)
                 item.pending_in = None
@@ -170,18 +225,21 @@ class Presence:
         sender = event.sender
         if sender is None:
             return True
+        user = event.to.userhost()
         if kind in SUBSCRIPTION_TYPES:
-            return self._inbound_subscription(event, kind)
+            return self._in_turn(user, self._inbound_subscription, event, kind)
         if kind == "probe":
-            return self._probe(event)
+            return self._in_turn(user, self._probe, event)
+        return self._in_turn(user, self._deliver, event)
+
+    def _deliver(self, event):
         if event.to.resource:
             session = self.sessions.get(event.to.full())
             if session is not None:
-                session.send(stanza)
+                session.send(event.stanza)
         else:
             for session in self.sessions.available(event.to.userhost()):
-                session.send(stanza)
-        return True
+                session.send(event.stanza)
 
     @defer.inlineCallbacks
     def _probe(self, event):
@@ -220,9 +278,19 @@ class Presence:
                 self.ctx.route(make("presence", to=contact, sender=user, type="subscribed"))
                 self._share_presence(user, contact)
                 return
-            item = roster.ensure(contact, hidden=True)
-            item.pending_in = stanza.toXml()
-            yield self.rosters.save(user, roster)
+            if item is None or item.pending_in is None:
+                if sum(1 for other in roster.items.values() if other.pending_in is not None) >= self.max_pending:
+                    self.ctx.router.bounce(stanza, "resource-constraint",
+                                           f"too many subscription requests are waiting for {user}")
+                    return
+                item = roster.ensure(contact, hidden=True)
+                if item is None:
+                    self.ctx.router.bounce(stanza, "resource-constraint", ROSTER_FULL.format(user))
+                    return
+            kept = kept_request(stanza, self.max_request_text)
+            if item.pending_in != kept:  # the same request again is not written again
+                item.pending_in = kept
+                yield self.rosters.save(user, roster)
             deliver = True
         elif kind == "subscribed":
             if item is not None and item.ask:
@@ -231,7 +299,7 @@ class Presence:
                 yield self.rosters.update(user, roster, item)
                 deliver = True
         elif kind == "unsubscribe":
-            if item is not None and (item.has_from or item.pending_in):
+            if item is not None and (item.has_from or item.pending_in is not None):
                 item.set_flags(from_=False)
                 item.pending_in = None
                 yield self.rosters.update(user, roster, item)

@@ -1,21 +1,32 @@
 """Private XML storage (XEP-0049), which XEP-0048 bookmarks use.
 
 Each account keeps one XML fragment per (namespace, element name); only the
-owner reads or writes them.
+owner reads or writes them.  An account's fragments together take at most
+``max_private_bytes_per_user`` bytes of XML; a set that would grow them past
+it is refused with ``resource-constraint``.
 """
 
 from twisted.internet import defer
 
+from bridge.core.hooks import in_background
 from bridge.core.stanza import error_reply, result_reply
+from bridge.core.storage.cache import KeyedLock
 from bridge.core.xmlstream import parse_element
 
 NS_PRIVATE = "jabber:iq:private"
 STORE = "private"
 
 
+def xml_bytes(fragments):
+    """The bytes the stored fragments take as XML (UTF-8)."""
+    return sum(len(text.encode("utf-8")) for text in fragments.values())
+
+
 class PrivateStorage:
     def __init__(self, ctx):
         self.ctx = ctx
+        self.max_bytes = ctx.config.quotas.max_private_bytes_per_user
+        self._changes = KeyedLock()  # one account's fragments are changed one set at a time
 
     def _payload(self, event):
         if not event.from_owner():
@@ -26,6 +37,7 @@ class PrivateStorage:
             return None
         return children[0]
 
+    @in_background()
     @defer.inlineCallbacks
     def get(self, event):
         wanted = self._payload(event)
@@ -38,13 +50,23 @@ class PrivateStorage:
         query.addChild(parse_element(text) if text else wanted)
         event.reply(reply)
 
-    @defer.inlineCallbacks
+    @in_background()
     def set(self, event):
         payload = self._payload(event)
         if payload is None:
-            return
+            return None
+        return self._changes.run((event.host.name, event.to.user), self._set, event, payload)
+
+    @defer.inlineCallbacks
+    def _set(self, event, payload):
         stored = (yield self.ctx.storage.get(event.host.name, event.to.user, STORE)) or {}
+        before = xml_bytes(stored)
         stored[f"{payload.uri} {payload.name}"] = payload.toXml()
+        after = xml_bytes(stored)
+        if after > self.max_bytes and after > before:
+            event.reply(error_reply(event.stanza, "resource-constraint",
+                                    f"private storage is limited to {self.max_bytes} bytes per account"))
+            return
         yield self.ctx.storage.set(event.host.name, event.to.user, STORE, stored)
         event.reply(result_reply(event.stanza))
 

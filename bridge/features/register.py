@@ -9,6 +9,7 @@ from twisted.internet import defer
 from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep
 
 from bridge.core.accounts import AccountError
+from bridge.core.hooks import in_background
 from bridge.core.stanza import error_reply, result_reply
 
 NS_REGISTER = "jabber:iq:register"
@@ -66,6 +67,7 @@ class Registration:
             return
         stream.send(result_reply(iq))
 
+    @in_background()
     @defer.inlineCallbacks
     def manage(self, event):
         """Password change and account removal by a logged-in user."""
@@ -77,6 +79,8 @@ class Registration:
         if stanza.query.remove is not None:
             event.reply(result_reply(stanza))
             yield self.ctx.accounts.delete(event.host.name, user)
+            self.ctx.rosters.forget(event.sender.userhost())
+            self.ctx.fire("account/deleted", event.sender.userhost())
             for session in self.ctx.sessions.resources(event.sender.userhost()):
                 session.close("not-authorized", "the account was removed")
             return

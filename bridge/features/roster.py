@@ -1,7 +1,15 @@
-"""Roster management (RFC 6121 section 2): get with versioning, set, remove."""
+"""Roster management (RFC 6121 section 2): get with versioning, set, remove.
+
+A roster set that would add an item to a full roster
+(``max_roster_items_per_user``) is refused with ``resource-constraint``; an
+item whose name and groups together take more than
+``max_roster_item_text_bytes`` with ``not-acceptable``, the error RFC 6121
+section 2.3.3 gives for a name or group longer than the server allows.
+"""
 
 from twisted.internet import defer
 
+from bridge.core.hooks import in_background
 from bridge.core.roster import NS_ROSTER
 from bridge.core.stanza import error_reply, make, parse_jid, result_reply
 
@@ -9,7 +17,9 @@ from bridge.core.stanza import error_reply, make, parse_jid, result_reply
 class RosterService:
     def __init__(self, ctx):
         self.ctx = ctx
+        self.max_item_text = ctx.config.quotas.max_roster_item_text_bytes
 
+    @in_background()
     @defer.inlineCallbacks
     def get(self, event):
         if not event.from_owner():
@@ -29,6 +39,7 @@ class RosterService:
             query.addChild(item.to_element())
         event.reply(reply)
 
+    @in_background()
     @defer.inlineCallbacks
     def set(self, event):
         if not event.from_owner():
@@ -47,6 +58,11 @@ class RosterService:
         if len(set(groups)) != len(groups) or "" in groups:
             event.reply(error_reply(stanza, "bad-request", "duplicate or empty group"))
             return
+        name = element.getAttribute("name") or None
+        if sum(len(text.encode("utf-8")) for text in [name or "", *groups]) > self.max_item_text:
+            event.reply(error_reply(stanza, "not-acceptable", "the name and groups of an item may take "
+                                    f"{self.max_item_text} bytes together"))
+            return
         user, contact = event.to.userhost(), contact.userhost()
         roster = yield self.ctx.rosters.load(user)
         if element.getAttribute("subscription") == "remove":
@@ -56,13 +72,17 @@ class RosterService:
                 return
             if item.has_to or item.ask:
                 self.ctx.route(make("presence", to=contact, sender=user, type="unsubscribe"))
-            if item.has_from or item.pending_in:
+            if item.has_from or item.pending_in is not None:
                 self.ctx.route(make("presence", to=contact, sender=user, type="unsubscribed"))
             yield self.ctx.rosters.update(user, roster, item, removed=True)
         else:
             item = roster.ensure(contact)
+            if item is None:
+                event.reply(error_reply(stanza, "resource-constraint",
+                                        f"the roster is full ({roster.max_items} items)"))
+                return
             item.hidden = False
-            item.name = element.getAttribute("name") or None
+            item.name = name
             item.groups = groups
             yield self.ctx.rosters.update(user, roster, item)
         event.reply(result_reply(stanza))

@@ -4,6 +4,9 @@ Anyone may read an account's vCard; only the owner may change it.  Photos
 stay inside the vCard and travel over XMPP only, so they are never a
 browsable URL (a pain point of the field reports).  The SHA-1 of the photo
 is added to the owner's outgoing presence when the client left it out.
+A vCard of more than ``max_vcard_bytes`` bytes of XML is refused with
+``not-acceptable``; the default holds a real avatar photo, base64 and all,
+within the default client stanza size limit.
 """
 
 import base64
@@ -12,7 +15,8 @@ import hashlib
 
 from twisted.internet import defer
 
-from bridge.core.stanza import result_reply
+from bridge.core.hooks import AMEND, in_background
+from bridge.core.stanza import error_reply, result_reply
 from bridge.core.xmlstream import parse_element
 
 NS_VCARD = "vcard-temp"
@@ -35,8 +39,10 @@ def photo_hash(vcard):
 class VCards:
     def __init__(self, ctx):
         self.ctx = ctx
+        self.max_bytes = ctx.config.quotas.max_vcard_bytes
         self._hashes = {}
 
+    @in_background()
     @defer.inlineCallbacks
     def get(self, event):
         stored = yield self.ctx.storage.get(event.host.name, event.to.user, STORE)
@@ -47,17 +53,23 @@ class VCards:
             reply.addChild(parse_element(stored["xml"]))
         event.reply(reply)
 
+    @in_background()
     @defer.inlineCallbacks
     def set(self, event):
         if not event.from_owner():
             return
         vcard = event.stanza.vCard
+        text = vcard.toXml()
+        if len(text.encode("utf-8")) > self.max_bytes:
+            event.reply(error_reply(event.stanza, "not-acceptable",
+                                    f"a vCard may take at most {self.max_bytes} bytes"))
+            return
         digest = photo_hash(vcard)
-        yield self.ctx.storage.set(event.host.name, event.to.user, STORE,
-                                   {"xml": vcard.toXml(), "photo": digest})
+        yield self.ctx.storage.set(event.host.name, event.to.user, STORE, {"xml": text, "photo": digest})
         self._hashes[event.to.userhost()] = digest
         event.reply(result_reply(event.stanza))
 
+    @in_background(handled=False)
     @defer.inlineCallbacks
     def load_hash(self, session):
         """Cache the photo hash when a session binds, for its presence to carry."""
@@ -85,5 +97,5 @@ def setup(ctx):
     ctx.hook(f"iq-get/bare/{NS_VCARD}:vCard", vcards.get)
     ctx.hook(f"iq-set/bare/{NS_VCARD}:vCard", vcards.set)
     ctx.hook("session/bound", vcards.load_hash)
-    ctx.hook("pre-presence/self", vcards.stamp_presence, priority=10)
+    ctx.hook("pre-presence/self", vcards.stamp_presence, priority=AMEND)
     return vcards

@@ -10,12 +10,16 @@ layers:
 - ``negotiate``: the session creation request against the ``[http]`` bounds.
 - ``BoshSession``: the protocol, without I/O.  Time comes from
   ``server.clock``; each request is an *exchange* (``reply(data, status)``,
-  ``lost``, ``on_lost(callback)``, ``secure``, ``transport``, ``size``) that
-  the session answers once.  It keeps the request window (out-of-order rids,
-  the cache of recent responses), hold and wait, inactivity and pauses,
-  overactivity, keys and the stream restart.
+  ``lost``, ``on_lost(callback)``, ``secure``, ``local``, ``transport`` (the
+  TLS one, or None), ``size``) that the session answers once.  It keeps the
+  request window (out-of-order rids, the cache of recent responses), hold
+  and wait, inactivity and pauses, overactivity, keys and the stream
+  restart.  SASL in clear is allowed by ``[c2s] require_encryption`` only on
+  the requests of a local client (``local``): each request is judged alone.
 - ``BoshService``: the thin HTTP glue that ``bridge/gateways/http.py`` calls
-  with ``handle(request, responder)``.
+  with ``handle(request, responder)``.  It bounds the sessions, per client
+  address and in all, as the TCP listener bounds connections: one
+  keep-alive connection could otherwise create them back to back.
 """
 
 import hashlib
@@ -25,9 +29,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from xml.parsers import expat
 
+from twisted.application import service
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
+from bridge.core.streams.base import ConnectionsPerAddress
 from bridge.core.streams.c2s import NS_CLIENT, ClientStream
 from bridge.core.xmlstream import NS_STREAMS, NS_XML, StreamError, StreamParser
 
@@ -179,6 +185,7 @@ class SessionOptions:
     key: str
     secure: bool
     peer: str
+    address: str
     max_buffered_bytes: int
 
     @property
@@ -186,7 +193,7 @@ class SessionOptions:
         return self.hold == 0
 
 
-def negotiate(body, http, config, secure=False, peer="?"):
+def negotiate(body, http, config, secure=False, peer="?", address=None):
     """The ``SessionOptions`` of a creation request; raises ``BoshError``.
 
     ``http`` is the ``[http]`` table, ``config`` the whole configuration
@@ -223,7 +230,8 @@ def negotiate(body, http, config, secure=False, peer="?"):
         inactivity=inactivity, polling=polling, maxpause=int(http.bosh_max_pause_seconds),
         ver=min(client_ver, BOSH_VERSION) if client_ver else BOSH_VERSION, legacy=client_ver is None,
         content_type=content if content and _CONTENT.fullmatch(content) else CONTENT_TYPE,
-        key=body.getAttribute("newkey"), secure=secure, peer=peer, max_buffered_bytes=http.max_buffered_bytes)
+        key=body.getAttribute("newkey"), secure=secure, peer=peer, address=address,
+        max_buffered_bytes=http.max_buffered_bytes)
 
 
 def render_body(payloads, attributes=None):
@@ -296,6 +304,11 @@ class BoshFraming:
     def peer(self):
         return self.session.options.peer
 
+    @property
+    def may_authenticate_in_clear(self):
+        """Without TLS, a local client may still authenticate: nobody else sees its requests."""
+        return self.session.local
+
     def open(self, stream_id, host):
         self.session.stream_id = stream_id
         self.session.stream_from = host
@@ -311,6 +324,9 @@ class BoshFraming:
 
     def start_tls(self):
         raise RuntimeError("no STARTTLS over BOSH: TLS is HTTPS's business")
+
+    def answered(self):
+        """Nothing waits: a BOSH body's stanzas are bounded by the request size and the rid window."""
 
     def tls_transport(self):
         return self.session.tls_transport()
@@ -363,6 +379,7 @@ class BoshSession:
         self._request_tokens = float(self.request_burst)
         self._refilled = self.clock.seconds()
         self._transport = None
+        self.local = False  # the request being processed came from a local client
         self.framing = BoshFraming(self)
         self.stream = ClientStream(server, self.framing, server.config.c2s, secure=options.secure)
         self._stream_lost = False
@@ -374,7 +391,7 @@ class BoshSession:
         request = _Request(self.options.rid, body, exchange, creation=True)
         self._watch(request)
         self._refill()
-        self._transport = exchange.transport if exchange.secure else None
+        self._transport, self.local = exchange.transport, exchange.local
         self.last_rid = request.rid
         self.held.append(request)
         self._previous = (self.clock.seconds(), True)
@@ -490,7 +507,7 @@ class BoshSession:
         self._cancel_inactivity()
         self._pause = None
         self._byte_tokens -= request.exchange.size
-        self._transport = request.exchange.transport if request.exchange.secure else None
+        self._transport, self.local = request.exchange.transport, request.exchange.local
         self.stream.data_seen()
 
         def feed():
@@ -774,7 +791,8 @@ class _Exchange:
         self.request = request
         self.responder = responder
         self.secure = bool(request.secure)
-        self.transport = request.transport
+        self.local = bool(request.local)
+        self.transport = request.tls_transport
         self.size = len(request.body)
         self.content_type = CONTENT_TYPE
         self.answered = False
@@ -796,13 +814,14 @@ class _Exchange:
         self.responder.respond(status, headers, data)
 
 
-class BoshService:
+class BoshService(service.Service):
     """The BOSH endpoint: ``handle(request, responder)`` for each HTTP request of ``bosh_path``."""
 
     def __init__(self, server, http_config):
         self.server = server
         self.config = http_config
         self.sessions = {}
+        self.per_address = ConnectionsPerAddress(http_config.bosh_max_sessions_per_address)
 
     def handle(self, request, responder):
         exchange = _Exchange(request, responder)
@@ -853,21 +872,36 @@ class BoshService:
     def _create(self, request, body, exchange):
         try:
             options = negotiate(body, self.config, self.server.config, secure=bool(request.secure),
-                                peer=request.peer)
+                                peer=request.peer, address=request.address)
+            self._admit(options)
         except BoshError as error:
             exchange.reply(render_body([], {"type": "terminate", "condition": error.condition}))
             return
+        # 192 bits from the system's CSPRNG: the sid is all that names a session.
         sid = secrets.token_urlsafe(24)
         session = BoshSession(self.server, sid, options, on_end=self._forget)
         self.sessions[sid] = session
         exchange.content_type = options.content_type
         session.start(body, exchange)
 
+    def _admit(self, options):
+        """Count a new session against its address and the whole; ``BoshError('policy-violation')`` past either."""
+        if len(self.sessions) >= self.config.bosh_max_sessions:
+            log.info("refusing a BOSH session for {peer}: {count} sessions already", peer=options.peer,
+                     count=len(self.sessions))
+            raise BoshError("policy-violation", "too many BOSH sessions")
+        if not self.per_address.admit(options.address):
+            self.per_address.release(options.address)
+            log.info("refusing a BOSH session for {peer}: too many sessions from its address", peer=options.peer)
+            raise BoshError("policy-violation", "too many BOSH sessions from your address")
+
     def _forget(self, session):
         if self.sessions.get(session.sid) is session:
             del self.sessions[session.sid]
+            self.per_address.release(session.options.address)
 
-    def stop(self):
-        """End every session with system-shutdown: called when the server stops."""
+    def stopService(self):
+        """End every session with system-shutdown: the server stops."""
+        super().stopService()
         for session in list(self.sessions.values()):
             session.shutdown()

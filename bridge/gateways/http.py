@@ -22,12 +22,20 @@ that has not fully arrived in time, or an idle keep-alive connection, is
 closed), connections per address (the c2s limit).  Origins are checked and
 CORS headers added here, for the BOSH and WebSocket paths.  Time comes from
 ``server.clock`` only.
+
+Who is behind a request is decided here once (``TrustedProxies``): the
+client's address, whether its connection is TLS and whether it is local.
+Behind a proxy listed in ``trusted_proxies`` these come from its
+X-Forwarded-For and X-Forwarded-Proto; its connections are not counted per
+address, but each WebSocket it forwards counts against its client's address.
 """
 
 import email.utils
 import http
+import ipaddress
 import re
 from collections import deque
+from typing import NamedTuple
 
 import h11
 from twisted.internet.protocol import Factory, Protocol
@@ -48,25 +56,103 @@ _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _BAD_VALUE = re.compile(r"[\r\n\0]")
 # Headers whose value http.py decides, whatever a handler passes.
 _FRAMING_HEADERS = ("content-length", "transfer-encoding", "connection", "date")
+# Headers by which a proxy says that it forwards someone else's request.
+_FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-proto", "x-real-ip")
+# What a trusted proxy's X-Forwarded-Proto says of a client that used TLS (wss: Traefik's WebSockets).
+_TLS_SCHEMES = ("https", "wss")
+
+
+def _ip(text):
+    """The IP address in ``text`` (bare, or "[IPv6]" or "IPv4" with a port), or None.
+
+    An IPv4 address mapped into IPv6 (as a dual-stack listener sees it) is given as IPv4.
+    """
+    text = text.strip()
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return getattr(address, "ipv4_mapped", None) or address
+
+
+class ClientAddress(NamedTuple):
+    """Who is behind a request, as far as the listener can tell.
+
+    ``address``: the client's IP address, the key of per-address limits;
+    ``secure``: TLS all the way from the client to us or to our trusted proxy;
+    ``local``: a loopback (or UNIX socket) peer that forwards for nobody.
+    """
+
+    address: str
+    secure: bool
+    local: bool
+
+
+class TrustedProxies:
+    """The reverse proxies (``[http] trusted_proxies``) whose X-Forwarded-For and
+    X-Forwarded-Proto are believed; those headers from anyone else are ignored."""
+
+    def __init__(self, networks):
+        self.networks = [ipaddress.ip_network(network, strict=False) for network in networks]
+
+    def trusts(self, host):
+        """Whether the peer ``host`` (an address's text; None for a UNIX socket) is a trusted proxy."""
+        return self._trusted(_ip(host) if host else None)
+
+    def _trusted(self, address):
+        return address is not None and any(address in network for network in self.networks)
+
+    def client(self, host, headers, tls):
+        """The ``ClientAddress`` of a request (lowercase ``headers``) from the peer ``host``,
+        on a TLS connection or not."""
+        peer = _ip(host) if host else None
+        if not self._trusted(peer):
+            # A local peer that says it forwards (a proxy nobody listed) may speak for anyone.
+            local = (host is None or (peer is not None and peer.is_loopback)) and not any(
+                name in headers for name in _FORWARDING_HEADERS)
+            return ClientAddress(str(peer) if peer else host, tls, local)
+        # Each proxy appends the address it was reached from: read from the right, past trusted proxies only.
+        client = peer
+        for hop in reversed(headers.get("x-forwarded-for", "").split(",")):
+            hop = _ip(hop)
+            if hop is None:
+                break
+            client = hop
+            if not self._trusted(hop):
+                break
+        # The proxy's word on how the client reached it (in a list, the last entry is its own).
+        scheme = headers.get("x-forwarded-proto", "").rpartition(",")[2].strip().lower()
+        return ClientAddress(str(client), scheme in _TLS_SCHEMES, False)
 
 
 class HTTPRequest:
     """One complete request.
 
     ``headers`` maps lowercase names to values (repeated headers joined with
-    ", "); ``path`` is without the query, ``query`` without the "?";
-    ``transport`` is the connection's (TLS) transport, for channel binding.
+    ", "); ``path`` is without the query, ``query`` without the "?".
+    ``peer`` ("host:port", the port "?" behind a proxy), ``address``,
+    ``secure`` and ``local`` describe the client (``ClientAddress``);
+    ``transport`` is the connection's, ``tls_transport`` the TLS connection
+    with the client itself (for channel binding; None on plain HTTP and
+    behind a proxy).
     """
 
-    def __init__(self, method, path, query, headers, body, peer, secure, transport):
+    def __init__(self, method, path, query, headers, body, peer, client, transport, tls_transport):
         self.method = method
         self.path = path
         self.query = query
         self.headers = headers
         self.body = body
         self.peer = peer
-        self.secure = secure
+        self.address = client.address
+        self.secure = client.secure
+        self.local = client.local
         self.transport = transport
+        self.tls_transport = tls_transport
 
     def __repr__(self):
         return f"<HTTPRequest {self.method} {self.path} from {self.peer}>"
@@ -229,6 +315,9 @@ class HTTPChannel(Protocol):
         self.clock = factory.server.clock
         self.address_key = address_key
         self.peer = "?"
+        self.proxied = False  # the peer is a trusted proxy
+        self.counted = False  # counted against connections per address, as counted_address
+        self.counted_address = None
         self.pending = deque()
         self.parser = None
         self.websocket = None
@@ -248,7 +337,8 @@ class HTTPChannel(Protocol):
     def connectionMade(self):
         address = self.transport.getPeer()
         self.peer = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
-        if not self.factory.connections.admit(self.address_key):
+        self.proxied = self.factory.proxies.trusts(self.address_key)
+        if not self.proxied and not self._count(self.address_key):
             log.info("refusing HTTP connection from {peer}: too many connections from its address", peer=self.peer)
             self.finished = True
             headers, body = text_body("too many connections from your address")
@@ -258,12 +348,18 @@ class HTTPChannel(Protocol):
         self.parser = self._new_parser()
         self._update_timer()
 
+    def _count(self, address):
+        """Count this connection against ``address``'s limit (until it ends); False past the limit."""
+        self.counted, self.counted_address = True, address
+        return self.factory.connections.admit(address)
+
     def connectionLost(self, reason=None):
         if self.gone:
             return
         self.gone = True
         self._cancel_timer()
-        self.factory.connections.release(self.address_key)
+        if self.counted:
+            self.factory.connections.release(self.counted_address)
         pending, self.pending = list(self.pending), deque()
         for responder in pending:
             responder.connection_lost()
@@ -373,8 +469,11 @@ class HTTPChannel(Protocol):
         for name, value in head.headers:
             name, value = name.decode("latin-1"), value.decode("latin-1")
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        return HTTPRequest(head.method.decode("ascii"), path, query, headers, body, self.peer, self.factory.tls,
-                           self.transport)
+        client = self.factory.proxies.client(self.address_key, headers, self.factory.tls)
+        peer = f"{client.address}:?" if self.proxied else self.peer
+        tls_transport = self.transport if self.factory.tls and not self.proxied else None
+        return HTTPRequest(head.method.decode("ascii"), path, query, headers, body, peer, client, self.transport,
+                           tls_transport)
 
     def _is_websocket_upgrade(self, request):
         upgrade = request.headers.get("upgrade", "").lower()
@@ -483,10 +582,14 @@ class HTTPChannel(Protocol):
         request, leftover = self._upgrade
         self._upgrade = None
         cors = self.factory.cors
-        if cors.allows(request):
-            outcome = websocket.handshake(request)
-        else:
+        if not cors.allows(request):
             outcome = websocket.Refusal(403, *text_body(f"origin {request.headers.get('origin')} is not allowed"))
+        elif self.proxied and not self._count(request.address):
+            # A WebSocket is one client's connection, even when a proxy carries it.
+            log.info("refusing a WebSocket for {peer}: too many connections from its address", peer=request.peer)
+            outcome = websocket.Refusal(503, *text_body("too many connections from your address"))
+        else:
+            outcome = websocket.handshake(request)
         if isinstance(outcome, websocket.Refusal):
             responder = Responder(self, request, close_after=True)
             self.pending.append(responder)
@@ -499,7 +602,7 @@ class HTTPChannel(Protocol):
             self.transport.resumeProducing()
         self.transport.write(accept)
         self.websocket = websocket.WebSocketStream(self.factory.server, self.config, self.transport, connection,
-                                                   self.factory.tls, self.peer)
+                                                   request)
         self.websocket.start(leftover)
 
     # -- the request timer -----------------------------------------------------
@@ -549,6 +652,7 @@ class HTTPFactory(Factory):
         self.bosh = bosh
         self.tls = tls
         self.connections = ConnectionsPerAddress(server.config.c2s.max_connections_per_address)
+        self.proxies = TrustedProxies(config.trusted_proxies)
         self.cors = CORSPolicy(config)
         self.webclient = WebClient(server, config)
 

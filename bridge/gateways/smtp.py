@@ -8,9 +8,9 @@ Two producers feed one persisted outbox:
   ``digest_seconds`` after the first of them, everything in the queue becomes
   one email (a digest when there are several) and moves to the outbox.
 - **Conversation archive.**  When ``archive_recipients`` is set, every chat
-  message one local user sends another (seen on ``stanza/out``, after the
-  blocking module) is appended to the queue of its conversation (the pair of
-  bare JIDs).  ``archive_interval_seconds`` after the first message not yet
+  message one local user sends another (seen on ``stanza/out``, once the
+  block lists let it pass, whether a client or a SIP phone said it) is
+  appended to the queue of its conversation (the pair of bare JIDs).  ``archive_interval_seconds`` after the first message not yet
   mailed, the collected messages go to the outbox as one email with the
   ``X-Bridge-Sender``, ``X-Bridge-Recipients`` and ``X-Bridge-Conversation``
   headers.
@@ -30,19 +30,16 @@ import email.utils
 import io
 from email.message import EmailMessage
 
-from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.logger import Logger
 from twisted.mail import smtp
 
+from bridge.core.hooks import OBSERVE
 from bridge.core.notifications import NotificationPreferences
 
 log = Logger()
 
-OWNER = "smtp"
-# The blocking module hooks stanza/out at 100: blocked messages never reach the archive.
-ARCHIVE_PRIORITY = 10
 OUTBOX = "smtp-outbox"                # queue of (host "", user ""): {"to": [...], "mail": str, "kind": str}
 DIGEST = "smtp-digest"                # queue per (host, user): {"sender", "time", "text"}
 DIGEST_DUE = "smtp-digest-due"        # document per (host, user): {"due": epoch seconds}
@@ -171,20 +168,28 @@ def classify(failure):
     return Outcome.RETRY, str(error) or repr(error)
 
 
-class EmailGateway(service.Service):
+def attach(ctx, reactor, tls_context):
+    """The gateway of ``ctx.config`` (the [smtp] section), or None when it names no relay."""
+    if not ctx.config.relay:
+        return None
+    return EmailGateway(ctx, reactor)
+
+
+class EmailGateway:
     """Offline email and the conversation archive; one instance per server."""
 
-    def __init__(self, server, config, reactor):
-        self.server = server
-        self.config = config
+    def __init__(self, ctx, reactor):
+        self.ctx = ctx
+        self.config = ctx.config
         self.reactor = reactor
-        self.storage = server.storage
-        self.preferences = NotificationPreferences(server.storage, server.config)
-        domain = next(iter(server.config.hosts), "localhost")
-        self.helo = config.helo_name or domain
-        self.mailer = Mailer(config, reactor, domain)
-        self.relay_host, self.relay_port = config.relay_address()
-        self.password = config.read_password()
+        self.storage = ctx.storage
+        self.preferences = NotificationPreferences(ctx.storage, ctx.host_config)
+        domain = ctx.host_names()[0]
+        self.helo = self.config.helo_name or domain
+        self.mailer = Mailer(self.config, reactor, domain)
+        self.relay_host, self.relay_port = self.config.relay_address()
+        self.password = self.config.read_password()
+        self.running = False
         self._digest_timers = {}      # (host, user) -> DelayedCall
         self._archive_timers = {}     # conversation -> DelayedCall
         self._draining = None         # the Deferred of the outbox loop while it runs
@@ -192,31 +197,25 @@ class EmailGateway(service.Service):
         self._failures = 0
         self.delivered = 0            # counters, for logs and tests
         self.dropped = 0
-
-    # -- lifetime -----------------------------------------------------------
-
-    def register(self):
-        """Hook the server's events (owner "smtp", undone by ``unregister``)."""
-        hooks = self.server.hooks
-        hooks.add("offline/stored", self.offline_stored, owner=OWNER)
+        ctx.hook_local("offline/stored", self.offline_stored)
         if self.config.archive_recipients:
-            hooks.add("stanza/out", self.stanza_out, priority=ARCHIVE_PRIORITY, owner=OWNER)
+            ctx.hook_local("stanza/out", self.stanza_out, OBSERVE)
 
-    def unregister(self):
-        self.server.hooks.remove_owner(OWNER)
+    # -- lifetime (the Gateway shape of tap.py) -------------------------------
 
-    def startService(self):
-        super().startService()
-        self.register()
+    def listeners(self):
+        return []
+
+    def start(self):
+        self.running = True
         self.resume().addErrback(lambda failure: log.failure("email: resuming the queues failed", failure))
         log.info("email: relay {relay}, STARTTLS {starttls}, archive to {archive}", relay=self.config.relay,
                  starttls=self.config.starttls, archive=", ".join(self.config.archive_recipients) or "nobody")
 
-    def stopService(self):
+    def stop(self):
         """Stop the timers; a send under way is let finish (each step is bounded by
         ``timeout_seconds``) so that a mail the relay accepted leaves the queue."""
-        super().stopService()
-        self.unregister()
+        self.running = False
         for call in [*self._digest_timers.values(), *self._archive_timers.values(), self._retry_call]:
             if call is not None and call.active():
                 call.cancel()
@@ -233,7 +232,7 @@ class EmailGateway(service.Service):
     def resume(self):
         """After a start: the timers of pending digests and archives again, then the outbox."""
         now = self.reactor.seconds()
-        for host in self.server.config.hosts:
+        for host in self.ctx.host_names():
             for user in (yield self.storage.users(host, DIGEST_DUE)):
                 due = yield self.storage.get(host, user, DIGEST_DUE)
                 self._schedule_digest(host, user, max(0.0, due["due"] - now))
@@ -298,13 +297,14 @@ class EmailGateway(service.Service):
         stanza = event.stanza
         if stanza.name != "message" or stanza.getAttribute("type", "normal") not in ("chat", "normal"):
             return False
-        if event.to is None or event.to.user is None or self.server.host_of(event.to) is None:
+        host = self.ctx.local_host(event.to.host) if event.to is not None and event.to.user else None
+        if host is None:
             return False
         text = message_text(stanza)
         if text is None:
             return False
         sender = event.sender.userhost()
-        recipient = f"{event.to.user}@{self.server.host_of(event.to).name}"
+        recipient = f"{event.to.user}@{host}"
         if sender == recipient:
             return False
         self._collect_archive(sender, recipient, text).addErrback(
@@ -439,10 +439,3 @@ class EmailGateway(service.Service):
             return classify(failure)
 
         return result.addCallbacks(done, failed)
-
-
-def setup(server, reactor):
-    """The gateway for ``server``'s ``[smtp]`` section, or None when no relay is configured."""
-    if not server.config.smtp.relay:
-        return None
-    return EmailGateway(server, server.config.smtp, reactor)

@@ -10,19 +10,20 @@ elements drive a ``ClientStream`` exactly as ``TCPClientProtocol`` does.
 Output: one text message per element; stanzas carry xmlns='jabber:client'
 (RFC 7395 section 3.3.3), stream features and errors the ``stream:`` prefix
 with its declaration, which is what Strophe.js looks for.  There is no
-STARTTLS: a WebSocket is secure when its listener is TLS.
+STARTTLS: a WebSocket is secure when its listener is TLS, or when a trusted
+proxy says the client reached it over TLS.  Over plain HTTP, SASL waits for
+nothing on loopback only; elsewhere ``[c2s] require_encryption`` refuses it.
 
 Keepalive: a WebSocket ping every ``websocket_ping_interval_seconds``; no
-pong by the next one closes the stream.  Backpressure: the stream is the
-transport's push producer; while the transport's buffer is full, reading from
-the client stops, and a client that does not read while more than
+pong by the next one closes the stream.  Backpressure: the ``BoundedOutput``
+of the TCP streams; while the transport's buffer is full, reading from the
+client stops, and a client that does not read while more than
 ``max_buffered_bytes`` pile up is cut off with <policy-violation/>.
 """
 
 import re
 from typing import NamedTuple
 
-from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.words.xish import domish
 from wsproto import ConnectionType, WSConnection
@@ -31,9 +32,8 @@ from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Pin
                             TextMessage)
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
-from zope.interface import implementer
 
-from bridge.core.streams.base import InputRateLimit
+from bridge.core.streams.base import CLOSE_TIMEOUT_SECONDS, BoundedOutput, InputRateLimit, Reading
 from bridge.core.streams.c2s import NS_CLIENT, ClientStream
 from bridge.core.xmlstream import NS_STREAMS, StreamError, StreamParser
 
@@ -41,8 +41,6 @@ log = Logger()
 
 NS_FRAMING = "urn:ietf:params:xml:ns:xmpp-framing"
 SUBPROTOCOL = "xmpp"
-# After our close frame, how long the client has to answer with its own.
-CLOSE_TIMEOUT_SECONDS = 5.0
 SYNTHETIC_HEADER = f"<stream:stream xmlns='{NS_CLIENT}' xmlns:stream='{NS_STREAMS}'>".encode()
 _DECLARATIONS = re.compile(rb"<!\s*(DOCTYPE|ENTITY|ELEMENT|ATTLIST)", re.IGNORECASE)
 
@@ -93,19 +91,25 @@ def _qualified(element):
     return top
 
 
-@implementer(IPushProducer)
 class WebSocketStream:
-    """One RFC 7395 connection: the framing of its ``ClientStream``."""
+    """One RFC 7395 connection: the framing of its ``ClientStream``.
+
+    ``request``: the upgrade request (``bridge.gateways.http.HTTPRequest``),
+    which tells who the client is and how it is connected.
+    """
 
     can_start_tls = False
 
-    def __init__(self, server, config, transport, connection, secure, peer):
+    def __init__(self, server, config, transport, connection, request):
         self.server = server
         self.config = config
         self.transport = transport
         self.connection = connection
-        self.secure = secure
-        self.peer = peer
+        self.secure = request.secure
+        self.peer = request.peer
+        # Without TLS, a local client may still authenticate: nobody else sees its bytes.
+        self.may_authenticate_in_clear = request.local
+        self._tls_transport = request.tls_transport
         self.clock = server.clock
         self.stream = None
         self.parser = None
@@ -119,17 +123,14 @@ class WebSocketStream:
         self._ping_timer = None
         self._awaiting_pong = False
         self._close_timer = None
-        self._output_paused = False
-        self._unread = 0
-        self._overflowed = False
         self._aborted = False
-        self._registered = False
-        self.rate = InputRateLimit(self.clock, server.config.c2s, transport)
+        reading = Reading(transport)
+        self.rate = InputRateLimit(self.clock, server.config.c2s, reading.hold())
+        self.output = BoundedOutput(transport, config.max_buffered_bytes, self._overflowed, reading=reading.hold())
 
     def start(self, data=b""):
         """The 101 answer has been written; ``data``: bytes the client sent after its request."""
-        self.transport.registerProducer(self, True)
-        self._registered = True
+        self.output.register()
         c2s = self.server.config.c2s
         self.parser = StreamParser(lambda header: None, self._found.append, self._root_closed,
                                    c2s.stanza_size_limit_bytes, NS_CLIENT)
@@ -227,7 +228,7 @@ class WebSocketStream:
         if self.connection.state is ConnectionState.REMOTE_CLOSING:
             self._write(self.connection.send(event.response()))
         self.closing = True
-        self._unregister()
+        self.output.unregister()
         self.transport.loseConnection()
 
     # -- the framing interface of ClientStream -------------------------------------
@@ -257,7 +258,7 @@ class WebSocketStream:
         if self.connection.state is ConnectionState.OPEN:
             self._write(self.connection.send(CloseConnection(code=self._close_code)))
         self._cancel_ping()
-        if self._overflowed:
+        if self.output.over:
             self._abort()
             return
         self._close_timer = self.clock.callLater(CLOSE_TIMEOUT_SECONDS, self._abort)
@@ -269,8 +270,11 @@ class WebSocketStream:
     def start_tls(self):
         raise NotImplementedError("no STARTTLS over WebSocket")
 
+    def answered(self):
+        """Nothing waits: each message is handled as it arrives, and the output bound cuts a client off."""
+
     def tls_transport(self):
-        return self.transport if self.secure else None
+        return self._tls_transport
 
     # -- output ----------------------------------------------------------------
 
@@ -282,50 +286,20 @@ class WebSocketStream:
     def _write(self, data):
         if self.gone or not data:
             return
-        self.transport.write(data)
-        if not self._output_paused:
-            return
-        self._unread += len(data)
-        if self._unread > self.config.max_buffered_bytes and not self._overflowed:
-            self._overflowed = True
-            log.info("cutting off {peer}: {count} bytes it does not read", peer=self.peer, count=self._unread)
-            self.stream.stream_error("policy-violation", "the client does not read what it is sent")
-            self._abort()
+        self.output.write(data)
+
+    def _overflowed(self, count):
+        log.info("cutting off {peer}: {count} bytes it does not read", peer=self.peer, count=count)
+        self.stream.stream_error("policy-violation", "the client does not read what it is sent")
+        self._abort()
 
     def _abort(self):
         """Drop the connection without waiting for the client to read what is buffered."""
         self._close_timer = None
         if not (self.gone or self._aborted):
             self._aborted = True
-            self._unregister()
+            self.output.unregister()
             self.transport.abortConnection()
-
-    def _unregister(self):
-        """No longer the transport's producer: a TLS transport only closes once there is none."""
-        if self._registered:
-            self._registered = False
-            self.transport.unregisterProducer()
-
-    # IPushProducer: the transport says its buffer is full (pause) or drained (resume).
-
-    def pauseProducing(self):
-        if self._output_paused:
-            return
-        self._output_paused = True
-        self._unread = 0
-        if not (self.gone or self.closing):
-            self.transport.pauseProducing()
-
-    def resumeProducing(self):
-        if not self._output_paused:
-            return
-        self._output_paused = False
-        self._unread = 0
-        if not (self.gone or self.closing):
-            self.transport.resumeProducing()
-
-    def stopProducing(self):
-        pass
 
     # -- keepalive ---------------------------------------------------------------
 

@@ -11,7 +11,6 @@ gives.  That fixed port is why each server has a loopback address of its own
 """
 
 import dataclasses
-import datetime
 import os
 import random
 import re
@@ -19,11 +18,6 @@ import shutil
 import socket
 import subprocess
 import threading
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from bridge import config as bridge_config
 
@@ -34,103 +28,6 @@ S2S_PORT = 5269
 CONNECT_TIMEOUT = 5
 PROSODY = shutil.which("prosody")
 PROSODYCTL = shutil.which("prosodyctl")
-
-
-# -- certificates -------------------------------------------------------------
-
-def _write_key(key, path):
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-
-
-def _write_certificate(certificate, path):
-    with open(path, "wb") as handle:
-        handle.write(certificate.public_bytes(serialization.Encoding.PEM))
-
-
-def _name(common_name):
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _leaf_builder(subject, issuer, public_key, names, now):
-    return (x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(issuer)
-            .public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name) for name in names]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=True,
-                                         data_encipherment=False, key_agreement=True, key_cert_sign=False,
-                                         crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                                  ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False))
-
-
-class TestCA:
-    """A certificate authority made for one test run, and the certificates it signs.
-
-    Files go to ``directory``: ``ca.pem`` (the trust store of every server),
-    ``NAME.crt``/``NAME.key`` per leaf, named as Prosody's ``certificates``
-    folder expects them.
-    """
-
-    __test__ = False  # not a pytest test class
-
-    def __init__(self, directory):
-        self.directory = str(directory)
-        os.makedirs(self.directory, exist_ok=True)
-        self.now = datetime.datetime.now(datetime.timezone.utc)
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        self.name = _name("bridge federation test CA")
-        self.certificate = (
-            x509.CertificateBuilder()
-            .subject_name(self.name)
-            .issuer_name(self.name)
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(self.now - datetime.timedelta(hours=1))
-            .not_valid_after(self.now + datetime.timedelta(days=2))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False)
-            .sign(self.key, hashes.SHA256()))
-        self.ca_file = os.path.join(self.directory, "ca.pem")
-        _write_certificate(self.certificate, self.ca_file)
-
-    def _paths(self, directory, file_name):
-        directory = str(directory or self.directory)
-        os.makedirs(directory, exist_ok=True)
-        return os.path.join(directory, f"{file_name}.crt"), os.path.join(directory, f"{file_name}.key")
-
-    def issue(self, domain, directory=None, names=None):
-        """A certificate signed by this CA for ``names`` (default: ``[domain]``); (cert path, key path)."""
-        cert_path, key_path = self._paths(directory, domain)
-        key = ec.generate_private_key(ec.SECP256R1())
-        certificate = (_leaf_builder(_name(domain), self.name, key.public_key(), names or [domain], self.now)
-                       .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
-                                      critical=False)
-                       .sign(self.key, hashes.SHA256()))
-        _write_key(key, key_path)
-        _write_certificate(certificate, cert_path)
-        return cert_path, key_path
-
-    def self_signed(self, domain, directory=None):
-        """A certificate for ``domain`` that no CA signed (the 'wrong' certificate); (cert path, key path)."""
-        cert_path, key_path = self._paths(directory, domain)
-        key = ec.generate_private_key(ec.SECP256R1())
-        certificate = _leaf_builder(_name(domain), _name(domain), key.public_key(), [domain],
-                                    self.now).sign(key, hashes.SHA256())
-        _write_key(key, key_path)
-        _write_certificate(certificate, cert_path)
-        return cert_path, key_path
 
 
 # -- bridge -------------------------------------------------------------------

@@ -9,8 +9,6 @@ in asyncio queues, so that every wait in a test is a bounded wait on a queue.
 
 import asyncio
 import base64
-import hashlib
-import hmac
 import os
 import queue
 import re
@@ -26,6 +24,8 @@ import slixmpp
 from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
+
+from bridge.core.sasl import ScramClient
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 NS_STREAMS = "http://etherx.jabber.org/streams"
@@ -77,13 +77,14 @@ def server_env():
     return env
 
 
-def write_config(directory, c2s_options="", sip=SIP_OFF):
+def write_config(directory, c2s_options="", sip=SIP_OFF, tables=""):
     """A configuration file in ``directory`` (its data under ``directory/data``); its path.
 
-    ``c2s_options``: extra lines for the [c2s] table; ``sip``: the [sip] table.
+    ``c2s_options``: extra lines for the [c2s] table; ``sip``: the [sip] table;
+    ``tables``: further tables, at the end.
     """
     path = os.path.join(directory, "bridge.toml")
-    text = CONFIG_TEMPLATE.format(data_dir=os.path.join(directory, "data"), sip=sip)
+    text = CONFIG_TEMPLATE.format(data_dir=os.path.join(directory, "data"), sip=sip) + tables
     text = text.replace("[c2s]\n", "[c2s]\n" + c2s_options + "\n", 1)
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(text)
@@ -382,32 +383,24 @@ class RawClient:
         return self.bind(resource)
 
 
-def scram_login(client, user, password, mechanism="SCRAM-SHA-1", binding=None):
+def scram_login(client, user, password, mechanism="SCRAM-SHA-1", binding=b""):
     """A SCRAM exchange as a client (``binding``: tls-exporter data for the -PLUS mechanisms).
 
     ``client`` has ``send(text)`` and ``next()`` (an ElementTree element): a
-    RawClient or a WebSocket client.  Returns the server's last element.
+    RawClient or a WebSocket client.  Returns the server's last element; a
+    success must carry the server's signature (a wrong one raises ``SASLFailure``).
     """
-    hash_name = "sha256" if "SHA-256" in mechanism else "sha1"
-    gs2 = "p=tls-exporter,," if binding is not None else "n,,"
-    first_bare = f"n={user},r={base64.b64encode(os.urandom(12)).decode()}"
-    payload = base64.b64encode((gs2 + first_bare).encode()).decode()
-    client.send(f"<auth xmlns='{NS_SASL}' mechanism='{mechanism}'>{payload}</auth>")
+    scram = ScramClient(mechanism, user, password, channel_binding=binding)
+    client.send(f"<auth xmlns='{NS_SASL}' mechanism='{mechanism}'>{base64.b64encode(scram.first()).decode()}</auth>")
     challenge = client.next()
     if challenge.tag != f"{{{NS_SASL}}}challenge":
         return challenge
-    server_first = base64.b64decode(challenge.text).decode()
-    fields = dict(part.split("=", 1) for part in server_first.split(","))
-    salted = hashlib.pbkdf2_hmac(hash_name, password.encode(), base64.b64decode(fields["s"]), int(fields["i"]))
-    client_key = hmac.new(salted, b"Client Key", hash_name).digest()
-    channel = base64.b64encode(gs2.encode() + (binding or b"")).decode()
-    without_proof = f"c={channel},r={fields['r']}"
-    auth_message = f"{first_bare},{server_first},{without_proof}".encode()
-    signature = hmac.new(hashlib.new(hash_name, client_key).digest(), auth_message, hash_name).digest()
-    proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature))).decode()
-    final = base64.b64encode(f"{without_proof},p={proof}".encode()).decode()
-    client.send(f"<response xmlns='{NS_SASL}'>{final}</response>")
-    return client.next()
+    final = scram.answer(base64.b64decode(challenge.text))
+    client.send(f"<response xmlns='{NS_SASL}'>{base64.b64encode(final).decode()}</response>")
+    outcome = client.next()
+    if outcome.tag == f"{{{NS_SASL}}}success":
+        scram.check(base64.b64decode(outcome.text or ""))
+    return outcome
 
 
 def parse_stream_document(data):

@@ -16,7 +16,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from .federation import (CONNECT_TIMEOUT, S2S_PORT, ProsodyProcess, TestCA, logged, loopback_block,
+from tests.pki import CertificateAuthority, self_signed
+
+from .federation import (CONNECT_TIMEOUT, S2S_PORT, ProsodyProcess, logged, loopback_block,
                          prosody_available, start_bridge, wait_logged)
 from .harness import (NS_STREAMS, Clients, error_condition, next_item, parse_stream_document,
                       stream_error_conditions, subscription_of)
@@ -39,7 +41,7 @@ def accounts_for(*jids):
 
 @pytest.fixture(scope="module")
 def ca(tmp_path_factory):
-    return TestCA(tmp_path_factory.mktemp("federation-ca"))
+    return CertificateAuthority(tmp_path_factory.mktemp("federation-ca"))
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,7 @@ def servers(request, tmp_path, ca, net):
 
     class Servers:
         def bridge(self, domain, jids, dialback=True, s2s_options=""):
-            certificate, key = ca.issue(domain, tmp_path / f"certs-{domain}")
+            certificate, key = ca.issue(tmp_path / f"certs-{domain}", [domain])
             address = net.routes[domain].rpartition(":")[0]
             peers = {name: target for name, target in net.routes.items() if name != domain}
             process = start_bridge(tmp_path / f"bridge-{domain}", domain, address, accounts_for(*jids),
@@ -77,9 +79,9 @@ def servers(request, tmp_path, ca, net):
             # Prosody finds bridge a.test through its hosts file.
             hosts = {"a.test": net.a}
             if wrong_certificate:
-                certificate, key = ca.self_signed(domain, tmp_path / f"self-signed-{domain}")
+                certificate, key = self_signed(tmp_path / f"self-signed-{domain}", [domain])
             else:
-                certificate, key = ca.issue(domain, tmp_path / f"certs-{domain}")
+                certificate, key = ca.issue(tmp_path / f"certs-{domain}", [domain])
             process = ProsodyProcess(directory, domain, address, certificate, key, ca.ca_file, hosts,
                                      accounts_for(*jids), secure_auth=secure_auth)
             started.append(process)
@@ -257,12 +259,38 @@ def test_wrong_peer_certificate_without_dialback_is_refused(servers):
 
 
 @needs_prosody
+def test_wrong_peer_certificate_is_not_used_by_default(servers):
+    """Prosody (b.test) presents a self-signed certificate and allows dialback, bridge has dialback on
+    but b.test is not in dialback_fallback_domains: bridge does not use its link to b.test (alice's
+    message comes back as an error, the refusal naming the option is logged), while Prosody's own link
+    to bridge, authenticated by dialback, still carries bob's message to alice."""
+    bridge = servers.bridge("a.test", ["alice@a.test"], dialback=True)
+    prosody = servers.prosody("b.test", ["bob@b.test"], secure_auth=False, wrong_certificate=True)
+
+    async def scenario():
+        async with Clients(bridge) as clients:
+            alice = await clients.login("alice@a.test/pc")
+            bob = await clients.login("bob@b.test/phone", password_for("bob@b.test"), port=prosody.port)
+            alice.send_message(mto="bob@b.test", mbody="will you get this?", mtype="chat")
+            error = await next_item(alice.message_errors, timeout=TIMEOUT, what="bounce of the message to bob@b.test")
+            assert error_condition(error) in ("remote-server-not-found", "remote-server-timeout"), error
+            await check_chat(bob, alice, "only this way")
+
+    asyncio.run(scenario())
+    wait_logged(bridge, r"link a\.test -> b\.test failed: untrusted certificate.*dialback_fallback_domains",
+                what="the refusal")
+    assert not logged(bridge, r"link a\.test -> b\.test ready")
+
+
+@needs_prosody
 def test_wrong_peer_certificate_downgrades_to_dialback(servers):
     """Prosody (b.test) presents a self-signed certificate and allows dialback
-    (s2s_secure_auth = false), bridge has dialback on: bridge's link is authenticated by dialback
-    (logged 'link a.test -> b.test ready (dialback)') and alice's message reaches bob; bob's answer
-    comes back over Prosody's own link, which bridge authenticates by dialback too."""
-    bridge = servers.bridge("a.test", ["alice@a.test"], dialback=True)
+    (s2s_secure_auth = false), bridge has dialback on and b.test in dialback_fallback_domains: bridge's
+    link is authenticated by dialback (logged 'link a.test -> b.test ready (dialback)') and alice's
+    message reaches bob; bob's answer comes back over Prosody's own link, which bridge authenticates
+    by dialback too."""
+    bridge = servers.bridge("a.test", ["alice@a.test"], dialback=True,
+                            s2s_options='dialback_fallback_domains = ["b.test"]')
     prosody = servers.prosody("b.test", ["bob@b.test"], secure_auth=False, wrong_certificate=True)
 
     async def scenario():

@@ -2,19 +2,19 @@
 
 import base64
 import dataclasses
-import hashlib
-import hmac
 
+from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from bridge import config as configuration
-from bridge.core.server import Server
-from bridge.core.storage.sqlite import SQLiteStorage
+from bridge.core.sasl import ScramClient
+from bridge.core.server import GatewayContext, Server
+from bridge.core.storage.memory import MemoryStorage
 from bridge.core.streams.c2s import ClientFactory
 from bridge.core.xmlstream import NS_STREAMS, StreamParser, parse_element
-from bridge.tap import load_features
+from bridge.tap import SERVICE_FEATURES, feature_modules, load_features
 
 STREAM_OPEN = (f"<stream:stream xmlns='jabber:client' xmlns:stream='{NS_STREAMS}' "
                "to='{host}' version='1.0'>")
@@ -27,6 +27,11 @@ def make_config(hosts=None, **c2s):
     return configuration.parse(document, "test.toml")
 
 
+def gateway_context(server, name, section):
+    """The context tap.py gives a gateway, on a test server."""
+    return GatewayContext(server, name, section, feature_modules(SERVICE_FEATURES))
+
+
 def result_of(deferred):
     box = []
     deferred.addBoth(box.append)
@@ -36,13 +41,45 @@ def result_of(deferred):
     return box[0]
 
 
+class LateStorage:
+    """Storage that answers only when the test says so, as a database on another thread does.
+
+    While ``late`` is false every call answers at once; while it is true the
+    answers wait, in order, until ``answer()``.
+    """
+
+    def __init__(self):
+        self.storage = MemoryStorage()
+        self.late = False
+        self.waiting = []
+
+    def __getattr__(self, name):
+        method = getattr(self.storage, name)
+
+        def call(*args):
+            result = method(*args)
+            if not self.late:
+                return result
+            answer = defer.Deferred()
+            self.waiting.append((result, answer))
+            return answer
+
+        return call
+
+    def answer(self):
+        """Let the answers that wait now through (those of calls they lead to wait in turn)."""
+        waiting, self.waiting = self.waiting, []
+        for result, answer in waiting:
+            result.chainDeferred(answer)
+
+
 class Harness:
     """A server with every feature loaded, in memory."""
 
-    def __init__(self, config=None):
+    def __init__(self, config=None, storage=None):
         self.clock = Clock()
         self.config = config or make_config()
-        self.storage = SQLiteStorage(":memory:")
+        self.storage = storage or MemoryStorage()
         self.server = Server(self.config, self.storage, self.clock)
         load_features(self.server)
         self.factory = ClientFactory(self.server, self.config.c2s, None)
@@ -51,14 +88,46 @@ class Harness:
         user, host = jid.split("@")
         result_of(self.server.accounts.create(host, user, password))
 
-    def connect(self, address="127.0.0.1"):
-        return FakeClient(self, address)
+    def connect(self, address="127.0.0.1", factory=None, transport=None):
+        """A client connection: to ``factory`` (default: the client listener without TLS), over ``transport``."""
+        return FakeClient(self, address, factory, transport)
 
     def login(self, jid, password="secret"):
         """A connected, authenticated, bound client for ``user@host/resource``."""
         client = self.connect()
         client.login(jid, password)
         return client
+
+
+class BufferingTransport(StringTransport):
+    """A StringTransport with a send buffer, as Twisted's TCP transport has.
+
+    Past ``buffer_bytes`` written and not yet read (``clear``, which
+    ``WireClient.received`` calls), it pauses its streaming producer, and
+    reading resumes it; ``tls`` records the contexts of ``startTLS``.
+    """
+
+    def __init__(self, buffer_bytes=16384, **kwargs):
+        self.buffer_bytes = buffer_bytes
+        self.tls = []
+        self.producer_paused = False
+        super().__init__(**kwargs)
+
+    def write(self, data):
+        super().write(data)
+        if self.producer is not None and self.streaming and not self.producer_paused \
+                and len(self.value()) > self.buffer_bytes:
+            self.producer_paused = True
+            self.producer.pauseProducing()
+
+    def clear(self):
+        super().clear()
+        if self.producer is not None and self.producer_paused:
+            self.producer_paused = False
+            self.producer.resumeProducing()
+
+    def startTLS(self, context):
+        self.tls.append(context)
 
 
 class WireClient:
@@ -68,9 +137,10 @@ class WireClient:
     parse, as the server's own parser would.
     """
 
-    def __init__(self, protocol, content_namespace, address=("127.0.0.1", 40000)):
+    def __init__(self, protocol, content_namespace, address=("127.0.0.1", 40000), transport=None):
         self.protocol = protocol
-        self.transport = StringTransport(peerAddress=IPv4Address("TCP", *address))
+        self.transport = transport or StringTransport()
+        self.transport.peerAddr = IPv4Address("TCP", *address)
         self.elements = []
         self.backlog = []
         self.headers = []
@@ -110,10 +180,10 @@ class WireClient:
 class FakeClient(WireClient):
     """One client connection to the in-memory server."""
 
-    def __init__(self, harness, address):
+    def __init__(self, harness, address, factory=None, transport=None):
         self.harness = harness
-        protocol = harness.factory.buildProtocol(IPv4Address("TCP", address, 40000))
-        super().__init__(protocol, "jabber:client", (address, 40000))
+        protocol = (factory or harness.factory).buildProtocol(IPv4Address("TCP", address, 40000))
+        super().__init__(protocol, "jabber:client", (address, 40000), transport)
 
     def open_stream(self, host="localhost"):
         self.send(STREAM_OPEN.format(host=host))
@@ -153,30 +223,23 @@ class FakeClient(WireClient):
         return reply
 
 
-def _hmac(name, key, message):
-    return hmac.new(key, message, name).digest()
-
-
 def scram_login(client, user, password, mechanism="SCRAM-SHA-256", client_nonce="fyko+d2lbbFgONRv9qkxdawL"):
-    """Run a SCRAM exchange as a client would; returns the server's final element."""
-    name = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-1": "sha1"}[mechanism]
-    first_bare = f"n={user},r={client_nonce}"
-    payload = base64.b64encode(f"n,,{first_bare}".encode()).decode()
+    """Run a SCRAM exchange as a client would; returns the server's final element.
+
+    A success must carry the server's signature: a wrong one raises ``SASLFailure``.
+    """
+    scram = ScramClient(mechanism, user, password, nonce=client_nonce)
+    payload = base64.b64encode(scram.first()).decode()
     client.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mechanism}'>{payload}</auth>")
     challenge = client.received()[-1]
     if challenge.name != "challenge":
         return challenge
-    server_first = base64.b64decode(str(challenge)).decode()
-    fields = dict(part.split("=", 1) for part in server_first.split(","))
-    salted = hashlib.pbkdf2_hmac(name, password.encode(), base64.b64decode(fields["s"]), int(fields["i"]))
-    client_key = _hmac(name, salted, b"Client Key")
-    without_proof = f"c=biws,r={fields['r']}"
-    auth_message = f"{first_bare},{server_first},{without_proof}".encode()
-    signature = _hmac(name, hashlib.new(name, client_key).digest(), auth_message)
-    proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature))).decode()
-    final = base64.b64encode(f"{without_proof},p={proof}".encode()).decode()
+    final = base64.b64encode(scram.answer(base64.b64decode(str(challenge)))).decode()
     client.send(f"<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{final}</response>")
-    return client.received()[-1]
+    outcome = client.received()[-1]
+    if outcome.name == "success":
+        scram.check(base64.b64decode(str(outcome)))
+    return outcome
 
 
 def replace_config(config, **c2s):

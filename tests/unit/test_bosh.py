@@ -7,7 +7,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from bridge.core.xmlstream import NS_STREAMS, parse_element
 from bridge.gateways.bosh import NS_HTTPBIND, NS_XBOSH, BoshError, BoshService, BoshSession, parse_request
+from bridge.gateways.http import HTTPFactory
 from tests.unit.helpers import Harness, make_config, scram_login
+from tests.unit.test_http import HTTPClient
 
 NS_CLIENT = "jabber:client"
 NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
@@ -16,15 +18,18 @@ NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
 class FakeRequest:
     """What http.py hands the BOSH service."""
 
-    def __init__(self, body, method="POST", secure=False, peer="127.0.0.1:40000", transport=None):
+    def __init__(self, body, method="POST", secure=False, address="127.0.0.1", local=True):
         self.method = method
         self.path = "/http-bind"
         self.query = ""
         self.headers = {"content-type": "text/xml; charset=utf-8"}
         self.body = body.encode("utf-8") if isinstance(body, str) else body
-        self.peer = peer
+        self.peer = f"{address}:40000"
+        self.address = address
         self.secure = secure
-        self.transport = transport
+        self.local = local
+        self.transport = None
+        self.tls_transport = None
 
 
 class FakeResponder:
@@ -87,9 +92,11 @@ def body_text(attributes, payload=""):
 class BoshClient:
     """A BOSH client: numbered requests, and the payloads of the answers it has had."""
 
-    def __init__(self, service, rid=5000):
+    def __init__(self, service, rid=5000, address="127.0.0.1", local=True):
         self.service = service
         self.rid = rid
+        self.address = address
+        self.local = local
         self.sid = None
         self.responders = []
         self._read = set()
@@ -107,7 +114,7 @@ class BoshClient:
         attributes.update(attrs or {})
         responder = FakeResponder()
         self.service.handle(FakeRequest(raw if raw is not None else body_text(attributes, payload),
-                                        secure=secure), responder)
+                                        secure=secure, address=self.address, local=self.local), responder)
         self.responders.append(responder)
         self.settle()
         return responder
@@ -121,7 +128,8 @@ class BoshClient:
                       "xml:lang": "en", "xmpp:version": "1.0", "content": "text/xml; charset=utf-8"}
         attributes.update(attrs)
         responder = FakeResponder()
-        self.service.handle(FakeRequest(body_text(attributes), secure=secure), responder)
+        self.service.handle(FakeRequest(body_text(attributes), secure=secure, address=self.address,
+                                        local=self.local), responder)
         self.responders.append(responder)
         if responder.answered:
             self.sid = responder.body().getAttribute("sid")
@@ -507,6 +515,60 @@ class WindowTests(BoshTestCase):
         self.assertIn(client.sid, self.service.sessions)
 
 
+class EncryptionTests(BoshTestCase):
+    """[c2s] require_encryption over BOSH: SASL in clear for local clients only."""
+
+    c2s = {"require_encryption": True}
+
+    def mechanisms(self, responder):
+        [features] = responder.payloads()
+        return None if features.mechanisms is None else [str(m) for m in features.mechanisms.elements()]
+
+    def assertEncryptionRequired(self, client):
+        outcome = scram_login(client, "alice", "secret")
+        self.assertEqual((outcome.name, next(outcome.elements()).name), ("failure", "encryption-required"))
+
+    def test_no_sasl_in_clear_from_elsewhere(self):
+        """A plain-HTTP client that is not local is offered no mechanism, and its <auth/> gets
+        <encryption-required/>."""
+        client = self.client(address="192.0.2.7", local=False)
+        self.assertIsNone(self.mechanisms(client.create()))
+        self.assertEncryptionRequired(client)
+        self.assertEqual(len(self.harness.server.sessions), 0)
+
+    def test_local_client_in_clear(self):
+        """A local client (a browser on the server's machine) is offered SCRAM in clear and logs in."""
+        client = self.client()
+        self.assertEqual(self.mechanisms(client.create()), ["SCRAM-SHA-256", "SCRAM-SHA-1"])
+        self.assertEqual(self.client(rid=9000).login("alice@localhost/web"), "alice@localhost/web")
+
+    def test_secure_client(self):
+        """Over HTTPS (or a trusted proxy's word) any client is offered PLAIN as well."""
+        client = self.client(address="192.0.2.7", local=False)
+        self.assertIn("PLAIN", self.mechanisms(client.create(secure=True)))
+
+    def test_each_request_is_judged(self):
+        """A session begun by a local client does not let a request from elsewhere authenticate in clear."""
+        client = self.client()
+        client.create()
+        client.received()
+        client.local = False
+        self.assertEncryptionRequired(client)
+
+    def test_through_the_http_listener(self):
+        """The HTTP listener decides who is local: a peer off loopback gets no mechanism, 127.0.0.1 does."""
+        factory = HTTPFactory(self.harness.server, self.harness.config.http, self.service, False)
+        answers = []
+        for address in ("192.0.2.7", "127.0.0.1"):
+            client = HTTPClient(factory, address=address)
+            client.request("POST", "/http-bind", body_text({"rid": 100, "to": "localhost", "wait": "60",
+                                                            "hold": "1", "ver": "1.6", "xmpp:version": "1.0"}).encode())
+            [(status, _, body)] = client.responses()
+            features = next(parse_element(body.decode()).elements())
+            answers.append((status, features.name, features.mechanisms is None))
+        self.assertEqual(answers, [(200, "features", True), (200, "features", False)])
+
+
 class TimingTests(BoshTestCase):
     def test_inactivity_ends_the_session(self):
         """No request for 'inactivity' seconds: the session ends and the contact sees unavailable presence."""
@@ -620,6 +682,76 @@ class LimitTests(BoshTestCase):
         self.assertEqual(next(responder.payloads()[-1].elements()).name, "resource-constraint")
 
 
+class SessionCapTests(BoshTestCase):
+    """Sessions per client address and in all (XEP-0124 policy-violation past either)."""
+
+    http = {"bosh_max_sessions_per_address": 2, "bosh_max_sessions": 4}
+
+    def test_sessions_per_address(self):
+        """Past bosh_max_sessions_per_address an address gets policy-violation and no session; others
+        are not affected; a session that ends frees its place."""
+        first, second = self.client(address="192.0.2.7"), self.client(address="192.0.2.7")
+        first.create()
+        second.create()
+        refused = self.client(address="192.0.2.7")
+        self.assertTerminated(refused.create(), "policy-violation")
+        self.assertIsNone(refused.sid)
+        self.assertEqual(len(self.service.sessions), 2)
+        self.assertIsNotNone(self.client(address="192.0.2.8").create().body().getAttribute("sid"))
+        first.post(attrs={"type": "terminate"})
+        self.assertIsNotNone(self.client(address="192.0.2.7").create().body().getAttribute("sid"))
+
+    def test_sessions_in_all(self):
+        """Past bosh_max_sessions nobody gets a new session until one is gone (here: no login within
+        pre_auth_timeout_seconds, then the final answer kept for 'inactivity' seconds)."""
+        for number in range(4):
+            self.client(address=f"192.0.2.{number}").create()
+        self.assertTerminated(self.client(address="198.51.100.1").create(), "policy-violation")
+        self.clock.advance(30)
+        self.assertTerminated(self.client(address="198.51.100.1").create(), "policy-violation")
+        self.clock.advance(60)
+        self.assertEqual((self.service.sessions, self.service.per_address.counts), ({}, {}))
+        self.assertIsNotNone(self.client(address="198.51.100.1").create().body().getAttribute("sid"))
+
+    def test_shutdown_releases_every_count(self):
+        """Sessions ended by the server's stop leave no count behind."""
+        for number in range(3):
+            self.client(address="192.0.2.7" if number < 2 else "192.0.2.8").create()
+        self.service.stopService()
+        self.assertEqual((self.service.sessions, self.service.per_address.counts), ({}, {}))
+
+    def test_one_keep_alive_connection(self):
+        """Creation requests back to back on one HTTP connection are counted like any others."""
+        factory = HTTPFactory(self.harness.server, self.harness.config.http, self.service, False)
+        connection = HTTPClient(factory, address="192.0.2.7")
+        conditions = []
+        for rid in (100, 200, 300):
+            connection.request("POST", "/http-bind", body_text({"rid": rid, "to": "localhost", "wait": "60",
+                                                                "hold": "1", "ver": "1.6", "xmpp:version": "1.0"}
+                                                               ).encode())
+            [(_, _, body)] = connection.responses()
+            conditions.append(parse_element(body.decode()).getAttribute("condition"))
+        self.assertEqual(conditions, [None, None, "policy-violation"])
+        self.assertFalse(connection.transport.disconnecting)
+
+    def test_clients_behind_a_trusted_proxy_count_apart(self):
+        """Behind a trusted proxy each session counts against the client's address from X-Forwarded-For."""
+        http = dataclasses.replace(self.harness.config.http, trusted_proxies=["10.0.0.1"])
+        self.service = BoshService(self.harness.server, http)
+        factory = HTTPFactory(self.harness.server, http, self.service, False)
+        conditions = []
+        for client in ("198.51.100.1", "198.51.100.1", "198.51.100.2", "198.51.100.1"):
+            connection = HTTPClient(factory, address="10.0.0.1")
+            connection.request("POST", "/http-bind", body_text({"rid": 100, "to": "localhost", "wait": "60",
+                                                                "hold": "1", "ver": "1.6", "xmpp:version": "1.0"}
+                                                               ).encode(),
+                               headers=[("X-Forwarded-For", client)])
+            [(_, _, body)] = connection.responses()
+            conditions.append(parse_element(body.decode()).getAttribute("condition"))
+        self.assertEqual(conditions, [None, None, None, "policy-violation"])
+        self.assertEqual(self.service.per_address.counts, {"198.51.100.1": 2, "198.51.100.2": 1})
+
+
 class KeyTests(BoshTestCase):
     def keyed_client(self):
         keys = key_sequence("seed", 5)
@@ -718,6 +850,6 @@ class ParsingTests(BoshTestCase):
         alice = self.client()
         alice.login("alice@localhost/web")
         held = alice.post()
-        self.service.stop()
+        self.service.stopService()
         self.assertTerminated(held, "system-shutdown")
         self.assertEqual(self.service.sessions, {})

@@ -1,8 +1,12 @@
 """Client streams over an in-memory transport: features, SASL, binding, limits."""
 
+import base64
+
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.unit.helpers import Harness, make_config, scram_login
+from bridge.core.streams.c2s import MAX_REQUESTS_IN_WORK, ClientFactory
+
+from tests.unit.helpers import STREAM_OPEN, BufferingTransport, Harness, LateStorage, make_config, scram_login
 
 NS_STREAMS_ERR = "urn:ietf:params:xml:ns:xmpp-streams"
 
@@ -58,6 +62,24 @@ class StreamTests(SynchronousTestCase):
         scram_login(client, "alice", "wrong")
         self.assertTrue(client.transport.disconnecting)
 
+    def test_unknown_user_gets_a_stable_salt(self):
+        """SCRAM for a name without an account is challenged, on every connection, with the salt the
+        server's secret gives that name on this host, and fails as a wrong password does."""
+        salts = []
+        for attempt in range(2):
+            client = self.harness.connect()
+            client.open_stream()
+            payload = base64.b64encode(b"n,,n=mallory,r=abc").decode()
+            client.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{payload}</auth>")
+            challenge = client.received()[-1]
+            salts.append(dict(part.split("=", 1) for part in base64.b64decode(str(challenge)).decode().split(","))["s"])
+        expected = self.harness.server.decoys.credentials("localhost", "mallory")["SCRAM-SHA-256"]["salt"]
+        self.assertEqual(salts, [expected, expected])
+        client = self.harness.connect()
+        client.open_stream()
+        outcome = scram_login(client, "mallory", "guess")
+        self.assertEqual((outcome.name, next(outcome.elements()).name), ("failure", "not-authorized"))
+
     def test_guessing_from_one_address_is_cut_off(self):
         """After ten wrong passwords in a minute from one address, even the right one gets
         <temporary-auth-failure/> there, until the minute has passed; other addresses are not affected."""
@@ -73,6 +95,16 @@ class StreamTests(SynchronousTestCase):
         self.harness.connect("127.0.0.2").login("alice@localhost/elsewhere")
         self.harness.clock.advance(61)
         self.harness.login("alice@localhost/later")
+
+    def test_address_with_an_empty_label(self):
+        """A message to an address whose domain has an empty label ('a..b', on which Twisted's nameprep
+        raises IndexError) is answered jid-malformed; the stream goes on."""
+        client = self.harness.login("alice@localhost/a")
+        client.send("<message to='bob@bad..domain' id='m'><body>x</body></message>")
+        reply = client.received()[-1]
+        self.assertEqual((reply["id"], reply["type"], next(reply.error.elements()).name),
+                         ("m", "error", "jid-malformed"))
+        self.assertFalse(client.transport.disconnecting)
 
     def test_stanza_before_auth(self):
         """A message before authentication is not-authorized."""
@@ -191,3 +223,162 @@ class KeepaliveTests(SynchronousTestCase):
         harness.clock.advance(11)
         self.assertEqual(stream_error(quiet.received()), "connection-timeout")
         self.assertFalse(lively.transport.disconnecting)
+
+
+class BackpressureTests(SynchronousTestCase):
+    """Output to a client is bounded by what it reads (the transport's buffer is 16 KiB here)."""
+
+    PHOTO = "A" * 20000
+
+    def setUp(self):
+        self.harness = Harness(make_config(max_buffered_bytes=8192))
+        for user in ("alice", "bob"):
+            self.harness.add_user(f"{user}@localhost")
+        self.alice = self.harness.connect(transport=BufferingTransport(buffer_bytes=16384))
+        self.alice.login("alice@localhost/phone")
+        reply = self.alice.iq(f"<iq type='set' id='v'><vCard xmlns='vcard-temp'><PHOTO><BINVAL>{self.PHOTO}"
+                              "</BINVAL></PHOTO></vCard></iq>")
+        self.assertEqual(reply["type"], "result")
+        self.bob = self.harness.login("bob@localhost/desk")
+
+    def ask_for_vcards(self, count):
+        self.alice.send("".join(f"<iq type='get' id='v{n}' to='alice@localhost'><vCard xmlns='vcard-temp'/></iq>"
+                                for n in range(count)))
+
+    def test_client_that_never_reads(self):
+        """A client that asks for a large vCard again and again and never reads: once its transport is
+        full, reading from it stops and its requests wait unanswered; what others send it piles up to
+        max_buffered_bytes, then it is cut off with <policy-violation/>.  What was written stays bounded."""
+        transport = self.alice.transport
+        self.ask_for_vcards(50)
+        self.assertEqual(transport.producerState, "paused")
+        written = len(transport.value())
+        self.assertLess(written, 16384 + 2 * len(self.PHOTO))
+        self.ask_for_vcards(50)
+        self.assertEqual(len(transport.value()), written)
+        for number in range(100):
+            self.bob.send(f"<message to='alice@localhost/phone'><body>{'x' * 500} {number}</body></message>")
+            if transport.disconnected:
+                break
+        self.assertTrue(transport.disconnected)
+        self.assertLess(len(transport.value()), written + 8192 + 2000)
+        self.assertEqual(stream_error(self.alice.received()), "policy-violation")
+        self.alice.drop()
+        self.assertIsNone(self.harness.server.sessions.get("alice@localhost/phone"))
+        self.assertFalse(self.bob.transport.disconnecting)
+
+    def test_client_that_reads_gets_every_answer(self):
+        """A client that asks for fifty large vCards at once but reads gets every answer, in order, as
+        fast as it reads: far more than max_buffered_bytes in all, never more than one answer beyond
+        its transport's buffer at a time."""
+        self.ask_for_vcards(50)
+        answers = []
+        for _ in range(100):
+            self.assertLess(len(self.alice.transport.value()), 16384 + 2 * len(self.PHOTO))
+            answers += [e["id"] for e in self.alice.received() if e.name == "iq"]
+            if len(answers) == 50:
+                break
+        self.assertEqual(answers, [f"v{n}" for n in range(50)])
+        self.assertFalse(self.alice.transport.disconnecting)
+        self.assertEqual(self.alice.transport.producerState, "producing")
+
+    def test_rate_limit_and_waiting_elements_pause_reading_together(self):
+        """Reading stays paused while either the input rate or elements waiting for a full output ask for
+        it; a full output alone does not pause it (a TLS handshake fills it and needs reading)."""
+        harness = Harness(make_config(rate_limit_bytes_per_second=1000, rate_limit_burst_bytes=2000))
+        harness.add_user("alice@localhost")
+        client = harness.connect(transport=BufferingTransport())
+        client.login("alice@localhost/phone")
+        harness.clock.advance(5)
+        client.transport.producer.pauseProducing()
+        self.assertEqual(client.transport.producerState, "producing")
+        client.send("<iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>" + " " * 3000)
+        self.assertEqual(client.transport.producerState, "paused")
+        harness.clock.advance(5)
+        self.assertEqual(client.transport.producerState, "paused")
+        client.transport.producer.resumeProducing()
+        self.assertEqual(client.transport.producerState, "producing")
+        self.assertEqual(client.received()[-1]["id"], "p")
+
+
+class RequestsInWorkTests(SynchronousTestCase):
+    def test_reading_waits_while_requests_are_in_work(self):
+        """Storage answers later than a request: of 20 vCard gets in one read, the server takes
+        MAX_REQUESTS_IN_WORK and handles the rest only as answers go out, so a client cannot make it
+        start unbounded work; every request is answered in the end."""
+        storage = LateStorage()
+        harness = Harness(storage=storage)
+        harness.add_user("alice@localhost")
+        alice = harness.login("alice@localhost/a")
+        storage.late = True
+        alice.send("".join(f"<iq type='get' id='v{n}'><vCard xmlns='vcard-temp'/></iq>" for n in range(20)))
+        self.assertEqual(len(storage.waiting), MAX_REQUESTS_IN_WORK)
+        self.assertEqual(alice.transport.producerState, "paused")
+        storage.answer()
+        self.assertEqual(len(storage.waiting), 20 - MAX_REQUESTS_IN_WORK)
+        storage.answer()
+        answers = [e for e in alice.received() if e.name == "iq" and e.getAttribute("type") == "result"]
+        self.assertEqual(sorted(e["id"] for e in answers), sorted(f"v{n}" for n in range(20)))
+
+
+class StartTLSTests(SynchronousTestCase):
+    """STARTTLS on the client listener, with a transport that records the switch to TLS."""
+
+    STARTTLS = "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+    PLAIN = ("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>"
+             + base64.b64encode(b"\0alice\0secret").decode() + "</auth>")
+
+    def setUp(self):
+        self.harness = Harness(make_config(require_encryption=True))
+        self.harness.add_user("alice@localhost")
+        factory = ClientFactory(self.harness.server, self.harness.config.c2s, tls_context="the TLS context")
+        self.client = self.harness.connect(factory=factory, transport=BufferingTransport())
+        features = self.client.open_stream()[-1]
+        self.assertIsNotNone(features.starttls)
+        self.assertIsNone(features.mechanisms)
+
+    def test_starttls(self):
+        """<starttls/> alone is answered <proceed/> and the connection switches to TLS; the new stream
+        offers PLAIN."""
+        self.client.send(self.STARTTLS)
+        self.assertEqual([e.name for e in self.client.received()], ["proceed"])
+        self.assertEqual(self.client.transport.tls, ["the TLS context"])
+        features = self.client.open_stream()[-1]
+        self.assertIn("PLAIN", [str(m) for m in features.mechanisms.elements()])
+
+    def test_whitespace_after_starttls(self):
+        """Whitespace after <starttls/> in the same read means nothing and is allowed."""
+        self.client.send(self.STARTTLS + "\n  ")
+        self.assertEqual([e.name for e in self.client.received()], ["proceed"])
+        self.assertEqual(self.client.transport.tls, ["the TLS context"])
+
+    def test_plaintext_injected_after_starttls(self):
+        """Bytes after <starttls/> in the same read (here a new stream header and a PLAIN login, as a
+        man in the middle would append them) end the stream with <policy-violation/> before any TLS:
+        no <proceed/>, no switch, PLAIN neither offered nor accepted (the CVE-2011-0411 class)."""
+        self.client.send(self.STARTTLS + STREAM_OPEN.format(host="localhost") + self.PLAIN)
+        received = self.client.received()
+        self.assertEqual(stream_error(received), "policy-violation")
+        self.assertEqual([e.name for e in received], ["error"])
+        self.assertEqual(self.client.transport.tls, [])
+        self.assertTrue(self.client.transport.disconnecting)
+        self.assertIsNone(self.client.protocol.stream.username)
+
+    def test_partial_tag_after_starttls(self):
+        """Even an unfinished tag after <starttls/> in its read ends the stream."""
+        self.client.send(self.STARTTLS + "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mech")
+        self.assertEqual(stream_error(self.client.received()), "policy-violation")
+        self.assertEqual(self.client.transport.tls, [])
+
+    def test_pipelined_after_sasl_success(self):
+        """A new stream header sent with the SASL step that succeeds, before the client could see
+        <success/>, ends the stream: what follows a stream restart must come after our answer."""
+        harness = Harness(make_config())
+        harness.add_user("alice@localhost")
+        factory = ClientFactory(harness.server, harness.config.c2s, tls_context=None, direct_tls=True)
+        client = harness.connect(factory=factory)
+        client.open_stream()
+        client.send(self.PLAIN + STREAM_OPEN.format(host="localhost"))
+        received = client.received()
+        self.assertEqual([e.name for e in received], ["success", "error"])
+        self.assertEqual(stream_error(received), "policy-violation")

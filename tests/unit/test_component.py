@@ -8,7 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from bridge import config as configuration
 from bridge.core.streams.component import HANDSHAKE_TIMEOUT_SECONDS, ComponentFactory
 from bridge.core.xmlstream import NS_STREAMS
-from tests.unit.helpers import Harness, WireClient
+from tests.unit.helpers import BufferingTransport, Harness, WireClient
 
 SECRET = "s3cret-of-the-muc"
 NS_STREAM_ERRORS = "urn:ietf:params:xml:ns:xmpp-streams"
@@ -16,18 +16,18 @@ NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 NS_ITEMS = "http://jabber.org/protocol/disco#items"
 
 
-def component_config():
+def component_config(**listener):
     document = {"c2s": {"require_encryption": False}, "hosts": {"localhost": {}},
-                "components": {"muc.localhost": {"secret": SECRET}}}
+                "components": {"muc.localhost": {"secret": SECRET}}, "component_listener": listener}
     return configuration.parse(document, "test.toml")
 
 
 class FakeComponent(WireClient):
     """A component connection to the in-memory server."""
 
-    def __init__(self, factory):
+    def __init__(self, factory, transport=None):
         protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 41000))
-        super().__init__(protocol, "jabber:component:accept", ("127.0.0.1", 41000))
+        super().__init__(protocol, "jabber:component:accept", ("127.0.0.1", 41000), transport)
 
     def open(self, domain="muc.localhost"):
         self.send(f"<stream:stream xmlns='jabber:component:accept' xmlns:stream='{NS_STREAMS}' to='{domain}'>")
@@ -182,7 +182,7 @@ class RoutingTests(ComponentTestCase):
         domain is answered service-unavailable from the addressed JID."""
         component = self.connected()
         component.drop()
-        self.assertNotIn("muc.localhost", self.server.disco_items)
+        self.assertNotIn("muc.localhost", [jid for jid, _, _ in self.server.hosts["localhost"].disco.items])
         alice = self.harness.login("alice@localhost/desk")
         alice.send("<message to='room@muc.localhost' id='b1'><body>anyone?</body></message>")
         errors = [e for e in alice.received() if e.name == "message" and e.getAttribute("type") == "error"]
@@ -207,3 +207,26 @@ class RoutingTests(ComponentTestCase):
         alice = self.harness.login("alice@localhost/desk")
         alice.send("<message to='room@muc.localhost' id='again'><body>back?</body></message>")
         self.assertEqual([e["id"] for e in component.received() if e.name == "message"], ["again"])
+
+
+class BackpressureTests(SynchronousTestCase):
+    def test_component_that_never_reads_is_cut_off(self):
+        """A component that stops reading while stanzas for its domain keep coming is cut off with
+        <policy-violation/> past max_buffered_bytes; its domain answers service-unavailable again."""
+        harness = Harness(component_config(max_buffered_bytes=4096))
+        factory = ComponentFactory(harness.server)
+        factory.register_offline_routes()
+        harness.add_user("alice@localhost")
+        component = FakeComponent(factory, BufferingTransport(buffer_bytes=8192))
+        component.handshake()
+        alice = harness.login("alice@localhost/desk")
+        for number in range(100):
+            alice.send(f"<message to='room@muc.localhost' id='m{number}'><body>{'x' * 500}</body></message>")
+            if component.transport.disconnected:
+                break
+        self.assertTrue(component.transport.disconnected)
+        self.assertLess(len(component.transport.value()), 8192 + 4096 + 2000)
+        self.assertEqual(stream_error_of(component.received()), "policy-violation")
+        alice.send("<message to='room@muc.localhost' id='after'><body>x</body></message>")
+        bounce = [e for e in alice.received() if e.getAttribute("id") == "after"][0]
+        self.assertEqual(stanza_error_of(bounce), "service-unavailable")

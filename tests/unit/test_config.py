@@ -39,6 +39,13 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(problems, [f"{path}: c2s.port: unknown key", f"{path}: hosts.localhost.foo: unknown key",
                                     f"{path}: colour: unknown key"])
 
+    def test_moved_table_says_where(self):
+        """A table of an earlier version is refused with the name of its keys' new place."""
+        with self.assertRaises(configuration.ConfigError) as caught:
+            configuration.parse({"offline": {"max_messages_per_user": 10}}, "old.toml")
+        self.assertIn("old.toml: offline: this table is gone: max_messages_per_user is now [quotas] "
+                      "max_offline_messages_per_user", caught.exception.problems)
+
     def test_types_and_ranges(self):
         """Wrong types, values out of range and bad choices name the key and the reason."""
         _, problems = self.problems('[c2s]\nmax_sessions_per_user = "ten"\npre_auth_timeout_seconds = 0\n'
@@ -66,6 +73,17 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(config.host_for("b.test"), "b.test")
         self.assertIsNone(config.host_for("c.test"))
         self.assertEqual(config.data_dir, os.path.join(os.path.dirname(path), "d"))
+
+    def test_federation_domains_are_normalised(self):
+        """Domains of [s2s] allowed_domains, denied_domains and static_routes are kept in lower case
+        without a trailing dot, as JIDs compare them (RFC 7622); an empty one is an error."""
+        path = self.write('[s2s]\nallowed_domains = ["Friend.TEST", "other.test."]\ndenied_domains = ["EVIL.test"]\n'
+                          'static_routes = { "B.Test" = "127.0.0.3:5269" }\n')
+        s2s = configuration.load(path).s2s
+        self.assertEqual((s2s.allowed_domains, s2s.denied_domains), (["friend.test", "other.test"], ["evil.test"]))
+        self.assertEqual(s2s.static_routes, {"b.test": "127.0.0.3:5269"})
+        _, problems = self.problems('[s2s]\ndenied_domains = [""]\n')
+        self.assertIn("s2s.denied_domains: must hold domain names, not ''", problems[0])
 
     def test_bridgectl_check(self):
         """bridgectl check prints the same problems and fails."""

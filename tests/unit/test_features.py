@@ -5,7 +5,7 @@ import hashlib
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.unit.helpers import Harness, make_config
+from tests.unit.helpers import Harness, LateStorage, make_config, result_of
 from tests.unit.test_im import IMTestCase, of_kind
 
 
@@ -25,7 +25,7 @@ class DiscoTests(IMTestCase):
             self.assertIn(expected, features)
         identity = [i for i in reply.query.elements() if i.name == "identity"][0]
         self.assertEqual((identity["category"], identity["type"]), ("server", "im"))
-        self.harness.server.features["ping"].unload()
+        self.harness.server.hosts["localhost"].features["ping"].unload()
         again = alice.iq("<iq type='get' id='e' to='localhost'>"
                          "<query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
         self.assertNotIn("urn:xmpp:ping", {f.getAttribute("var") for f in again.query.elements()})
@@ -124,6 +124,55 @@ class BlockingTests(IMTestCase):
         self.assertEqual(condition(of_kind(carol.received(), "message", "error")[0]), "service-unavailable")
         alice = self.online("alice@localhost/a2")
         self.assertEqual(of_kind(alice.received(), "message"), [])
+
+
+class LateStorageBlockingTests(SynchronousTestCase):
+    """Block lists when storage answers later than the stanza arrives, as a database thread does."""
+
+    def setUp(self):
+        self.storage = LateStorage()
+        self.harness = Harness(storage=self.storage)
+        for user in ("alice", "bob", "carol"):
+            self.harness.add_user(f"{user}@localhost")
+        # carol's list, written before this server knew her: nothing of it is in memory.
+        result_of(self.storage.set("localhost", "carol", "blocklist", ["alice@localhost"]))
+
+    def online(self, jid):
+        client = self.harness.login(jid)
+        client.send("<presence/>")
+        client.received()
+        return client
+
+    def forget(self, user):
+        """Drop a block list from memory, so that it must be read again."""
+        self.harness.server.hosts["localhost"].features["blocking"].feature.lists.forget("localhost", user)
+
+    def test_inbound_waits_for_the_list_and_refuses(self):
+        """A message to carol, whose list is not in memory, waits for it: nothing reaches her before
+        storage answers, and then the list refuses it (the check never fails open)."""
+        alice = self.online("alice@localhost/a")
+        carol = self.online("carol@localhost/c")
+        self.forget("carol")
+        self.storage.late = True
+        alice.send("<message to='carol@localhost' type='chat' id='m1'><body>hi</body></message>")
+        self.assertEqual(of_kind(carol.received(), "message"), [])
+        self.assertEqual(of_kind(alice.received(), "message"), [])
+        self.storage.answer()
+        self.assertEqual(of_kind(carol.received(), "message"), [])
+        self.assertEqual(condition(of_kind(alice.received(), "message", "error")[0]), "service-unavailable")
+
+    def test_outbound_waits_for_the_list_and_lets_through(self):
+        """bob's messages, sent while his own list is being read, wait for it and are then delivered
+        in order."""
+        carol = self.online("carol@localhost/c")
+        bob = self.online("bob@localhost/b")
+        self.forget("bob")
+        self.storage.late = True
+        bob.send("<message to='carol@localhost' type='chat' id='one'><body>1</body></message>")
+        bob.send("<message to='carol@localhost' type='chat' id='two'><body>2</body></message>")
+        self.assertEqual(of_kind(carol.received(), "message"), [])
+        self.storage.answer()
+        self.assertEqual([m["id"] for m in of_kind(carol.received(), "message")], ["one", "two"])
 
 
 class RegistrationTests(SynchronousTestCase):

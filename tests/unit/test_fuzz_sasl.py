@@ -9,8 +9,6 @@ the user name, password and nonce; PLAIN succeeds only with the password.
 
 import base64
 import functools
-import hashlib
-import hmac
 
 from hypothesis import strategies as st
 from twisted.python.failure import Failure
@@ -24,12 +22,18 @@ NAMES = st.sampled_from(("alice", "Alice", "a,b=c", "ünï", "ｆｕｌｌ", "\u
                          "al ice")) | st.text(max_size=12)
 PASSWORDS = st.sampled_from(("secret", "pässwörd", "ｐａｓｓ", "a b", "")) | st.text(max_size=12)
 BINDING = b"exported keying material"
+DECOYS = sasl.Decoys(b"server secret")
 
 
 @functools.lru_cache(maxsize=64)
 def credentials(password):
     """SCRAM records for ``password`` (few iterations: the key derivation is not what is fuzzed)."""
     return sasl.make_credentials(password, iterations=16)
+
+
+def decoy(username):
+    """Made-up records for names without an account, as the server derives them."""
+    return DECOYS.credentials("localhost", username)
 
 
 def outcome(deferred):
@@ -67,7 +71,7 @@ def scram(value):
     mechanism, offered, password, data = value
     exchange = sasl.ScramExchange(mechanism, lambda name: credentials(password) if name == "alice" else None,
                                   BINDING if (mechanism.endswith("-PLUS") or offered) else None,
-                                  plus_offered=offered)
+                                  plus_offered=offered, decoy=decoy)
     first = data.draw(client_firsts(mechanism).map(str.encode) | st.binary(max_size=40))
     result = outcome(exchange.receive(first))
     if isinstance(result, sasl.SASLFailure):
@@ -93,29 +97,15 @@ def scram_client(value):
         sasl.saslprep(password)
     except sasl.SASLFailure:
         return  # names and passwords SASLprep refuses cannot have an account
-    hash_name = sasl.SCRAM_HASHES[mechanism.removesuffix("-PLUS")]
     records = credentials(password)
     exchange = sasl.ScramExchange(mechanism, lambda asked: records if asked == user else None, BINDING,
-                                  plus_offered=True)
-    flag = "p=tls-exporter" if mechanism.endswith("-PLUS") else "n"
-    first_bare = f"n={escape(name)},r={client_nonce}"
-    server_first, finished = outcome(exchange.receive(f"{flag},,{first_bare}".encode()))
+                                  plus_offered=True, decoy=decoy)
+    client = sasl.ScramClient(mechanism, name, password, BINDING, nonce=client_nonce)
+    server_first, finished = outcome(exchange.receive(client.first()))
     assert not finished
-    fields = dict(part.split("=", 1) for part in server_first.decode().split(","))
-    assert fields["r"].startswith(client_nonce)
-    salted = hashlib.pbkdf2_hmac(hash_name, sasl.saslprep(password).encode(), base64.b64decode(fields["s"]),
-                                 int(fields["i"]))
-    client_key = hmac.new(salted, b"Client Key", hash_name).digest()
-    gs2 = f"{flag},,".encode() + (BINDING if mechanism.endswith("-PLUS") else b"")
-    without_proof = f"c={base64.b64encode(gs2).decode()},r={fields['r']}"
-    auth_message = f"{first_bare},{server_first.decode()},{without_proof}".encode()
-    signature = hmac.new(hashlib.new(hash_name, client_key).digest(), auth_message, hash_name).digest()
-    proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature))).decode()
-    server_final, finished = outcome(exchange.receive(f"{without_proof},p={proof}".encode()))
+    server_final, finished = outcome(exchange.receive(client.answer(server_first)))
     assert finished and exchange.username == user
-    server_key = hmac.new(salted, b"Server Key", hash_name).digest()
-    expected = hmac.new(server_key, auth_message, hash_name).digest()
-    assert server_final.decode() == f"v={base64.b64encode(expected).decode()}"
+    client.check(server_final)
 
 
 @target("sasl-plain", st.tuples(PASSWORDS, st.one_of(
@@ -125,7 +115,8 @@ def scram_client(value):
 def plain(value):
     """PLAIN: success only for alice with her password, SASLFailure for anything else."""
     password, message = value
-    exchange = sasl.PlainExchange(lambda name: credentials(password) if name == "alice" else None)
+    exchange = sasl.PlainExchange(lambda name: credentials(password) if name == "alice" else None,
+                                  decoy=decoy)
     result = outcome(exchange.receive(message))
     if not isinstance(result, sasl.SASLFailure):
         _, user, offered = message.decode().split("\0")

@@ -20,7 +20,7 @@ from bridge.gateways.sip.gateway import SIPGateway
 from bridge.gateways.sip.transaction import TransactionLayer
 from bridge.gateways.sip.transport import UDPTransport
 from tests.unit.fuzzing import TARGETS, add_users, chunked, mutated, no_logged_failures, pieces, target
-from tests.unit.helpers import Harness
+from tests.unit.helpers import Harness, gateway_context
 from tests.unit.test_sip_message import MALFORMED, VALID, request
 from tests.unit.test_sip_messaging import PBX, SOURCE, FakeResolver, Outbound, make_config
 from tests.unit.test_sip_registrar import FakeUDP
@@ -349,15 +349,20 @@ def notify_in_dialog(subscribe, cseq, headers, body):
     return notify
 
 
+def sip_gateway(*users):
+    """(harness, context, gateway): a test server with ``users`` and the SIP gateway attached to it."""
+    harness = Harness(make_config())
+    add_users(harness, *users)
+    context = gateway_context(harness.server, "sip", harness.config.sip)
+    return harness, context, SIPGateway(context, resolver=FakeResolver())
+
+
 @target("sip-gateway", GATEWAY_OPERATIONS, examples=30)
 def gateway(operations):
     """Requests from phones and foreign domains, answers to what the gateway sends, XMPP stanzas and
     time: no logged failure, and everything the gateway sends parses."""
     with no_logged_failures():
-        harness = Harness(make_config())
-        add_users(harness, "alice", "bob")
-        sip = SIPGateway(harness.server, harness.config, harness.clock, resolver=FakeResolver())
-        sip.setup()
+        harness, context, sip = sip_gateway("alice", "bob")
         phones = FakeUDP()
         outbound = sip.add_transport(Outbound())
         alice = harness.login("alice@localhost/x")
@@ -387,6 +392,7 @@ def gateway(operations):
         harness.clock.advance(3600)
         alice.received()
         sip.stop()
+        context.unload()
         alice.drop()
 
 
@@ -461,10 +467,7 @@ class FoundByFuzzingTests(SynchronousTestCase):
         digits is answered 400; int() raised ValueError in the gateway."""
         for value in ("pending;expires=\u00b2", f"active;expires={LONG_NUMBER}", "active;retry-after=\u0663"):
             with no_logged_failures():
-                harness = Harness(make_config())
-                add_users(harness, "alice")
-                sip = SIPGateway(harness.server, harness.config, harness.clock, resolver=FakeResolver())
-                sip.setup()
+                harness, context, sip = sip_gateway("alice")
                 outbound = sip.add_transport(Outbound())
                 alice = harness.login("alice@localhost/x")
                 alice.send("<presence to='carol\\40pbx.example@sip.localhost' type='subscribe'/>")
@@ -472,4 +475,5 @@ class FoundByFuzzingTests(SynchronousTestCase):
                 notify = notify_in_dialog(subscribe, 1, [("Subscription-State", value)], b"")
                 sip.message_received(parse_datagram(notify.to_bytes()), outbound, PBX)
                 sip.stop()
+                context.unload()
             self.assertEqual(outbound.sent[-1][0].status, 400, value)

@@ -9,7 +9,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from bridge import config as configuration
-from bridge.gateways.http import HTTPFactory
+from bridge.gateways.http import ClientAddress, HTTPFactory, TrustedProxies
 from tests.unit.helpers import Harness
 
 LISTENER = IPv4Address("TCP", "127.0.0.1", 5280)
@@ -118,7 +118,9 @@ class KeepAliveTests(HTTPTestCase):
         self.assertEqual(request.headers["content-type"], "text/xml")
         self.assertEqual(request.headers["x-twice"], "a, b")
         self.assertEqual((request.body, request.peer, request.secure), (b"<body/>", "127.0.0.1:41234", False))
+        self.assertEqual((request.address, request.local), ("127.0.0.1", True))
         self.assertIs(request.transport, client.transport)
+        self.assertIsNone(request.tls_transport)
         self.assertFalse(responder.lost)
 
     def test_pipelined_answers_in_request_order(self):
@@ -287,6 +289,101 @@ class LimitTests(HTTPTestCase):
         third.drop()
         first.drop()
         self.assertFalse(self.connect().transport.disconnecting)
+
+
+class ClientAddressTests(SynchronousTestCase):
+    """Who is behind a request: only a listed proxy's X-Forwarded-* are believed."""
+
+    proxies = TrustedProxies(["10.0.0.0/8", "fd00::1"])
+
+    def check(self, cases):
+        for host, headers, tls, expected in cases:
+            self.assertEqual(self.proxies.client(host, headers, tls), ClientAddress(*expected), (host, headers, tls))
+
+    def test_direct_clients(self):
+        """A direct client is its peer address; it is local on loopback (IPv4, IPv6, mapped, UNIX socket)
+        unless it says it forwards for someone, and secure on the TLS listener only."""
+        self.check([
+            ("127.0.0.1", {}, False, ("127.0.0.1", False, True)),
+            ("127.8.9.10", {}, True, ("127.8.9.10", True, True)),
+            ("::1", {}, False, ("::1", False, True)),
+            ("::ffff:127.0.0.1", {}, False, ("127.0.0.1", False, True)),
+            (None, {}, False, (None, False, True)),
+            ("192.0.2.7", {}, False, ("192.0.2.7", False, False)),
+            ("::ffff:192.0.2.7", {}, True, ("192.0.2.7", True, False)),
+            ("127.0.0.1", {"x-forwarded-for": "192.0.2.7"}, False, ("127.0.0.1", False, False)),
+            ("127.0.0.1", {"x-real-ip": "192.0.2.7"}, False, ("127.0.0.1", False, False)),
+            ("127.0.0.1", {"forwarded": "for=192.0.2.7"}, False, ("127.0.0.1", False, False)),
+        ])
+
+    def test_headers_of_strangers_are_ignored(self):
+        """A peer not listed in trusted_proxies cannot claim TLS or another address."""
+        self.check([
+            ("192.0.2.7", {"x-forwarded-for": "10.1.1.1", "x-forwarded-proto": "https"}, False,
+             ("192.0.2.7", False, False)),
+            ("192.0.2.7", {"x-forwarded-proto": "http"}, True, ("192.0.2.7", True, False)),
+        ])
+
+    def test_trusted_proxy(self):
+        """A listed proxy's X-Forwarded-For is read from the right past trusted proxies only, and its
+        X-Forwarded-Proto (its own, last entry) alone makes the client secure; it is never local."""
+        self.check([
+            ("10.0.0.1", {"x-forwarded-for": "198.51.100.1", "x-forwarded-proto": "https"}, False,
+             ("198.51.100.1", True, False)),
+            ("10.0.0.1", {"x-forwarded-for": "203.0.113.66, 198.51.100.1, 10.2.2.2", "x-forwarded-proto": "wss"},
+             False, ("198.51.100.1", True, False)),
+            ("fd00::1", {"x-forwarded-for": "[2001:db8::5]:4711"}, False, ("2001:db8::5", False, False)),
+            ("10.0.0.1", {"x-forwarded-for": "198.51.100.1:4711", "x-forwarded-proto": "https, http"}, True,
+             ("198.51.100.1", False, False)),
+            ("10.0.0.1", {"x-forwarded-for": "198.51.100.1", "x-forwarded-proto": "http, https"}, False,
+             ("198.51.100.1", True, False)),
+            ("10.0.0.1", {"x-forwarded-for": "unknown"}, False, ("10.0.0.1", False, False)),
+            ("10.0.0.1", {}, True, ("10.0.0.1", False, False)),
+        ])
+
+    def test_bad_proxy_entries_are_configuration_errors(self):
+        """trusted_proxies takes addresses and networks; anything else names the key."""
+        config = configuration.parse({"http": {"trusted_proxies": ["10.0.0.0/8", "::1", "192.0.2.1/32"]}}, "t.toml")
+        self.assertEqual(config.http.trusted_proxies, ["10.0.0.0/8", "::1", "192.0.2.1/32"])
+        error = self.assertRaises(configuration.ConfigError, configuration.parse,
+                                  {"http": {"trusted_proxies": ["10.0.0.0/8", "proxy.example"]}}, "t.toml")
+        self.assertEqual(error.problems,
+                         ["t.toml: http.trusted_proxies: 'proxy.example' is not an IP address or network"])
+
+
+class ProxyTests(HTTPTestCase):
+    """The listener behind a reverse proxy."""
+
+    def test_request_through_a_trusted_proxy(self):
+        """Behind a listed proxy the handler sees the forwarded client and its TLS; channel binding is not
+        offered (the TLS the client did is not ours), even on the TLS listener."""
+        self.make(tls=True, trusted_proxies=["10.0.0.1"])
+        client = self.connect(address="10.0.0.1")
+        client.request("POST", "/http-bind", b"<body/>", headers=[("X-Forwarded-For", "198.51.100.1"),
+                                                                  ("X-Forwarded-Proto", "https")])
+        [(request, _)] = self.bosh.calls
+        self.assertEqual((request.peer, request.address, request.secure, request.local),
+                         ("198.51.100.1:?", "198.51.100.1", True, False))
+        self.assertIsNone(request.tls_transport)
+
+    def test_tls_listener_gives_the_transport_for_channel_binding(self):
+        """A direct client on the TLS listener: the request carries its TLS transport."""
+        self.make(tls=True)
+        client = self.connect(address="192.0.2.7")
+        client.request("POST", "/http-bind", b"<body/>")
+        [(request, _)] = self.bosh.calls
+        self.assertEqual((request.address, request.secure, request.local), ("192.0.2.7", True, False))
+        self.assertIs(request.tls_transport, client.transport)
+
+    def test_proxy_connections_are_not_counted_per_address(self):
+        """A trusted proxy carries many clients: its connections are not limited per address; others are."""
+        self.harness = Harness(configuration.parse({"c2s": {"max_connections_per_address": 2},
+                                                    "http": {"trusted_proxies": ["10.0.0.1"]}}, "t.toml"))
+        self.factory = HTTPFactory(self.harness.server, self.harness.config.http, StubBosh(), False)
+        proxied = [self.connect(address="10.0.0.1") for _ in range(5)]
+        self.assertFalse(any(client.transport.disconnecting for client in proxied))
+        direct = [self.connect(address="10.0.0.2") for _ in range(3)]
+        self.assertEqual([client.transport.disconnecting for client in direct], [False, False, True])
 
 
 ORIGIN = "https://chat.example"

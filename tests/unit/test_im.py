@@ -111,7 +111,7 @@ class OfflineTests(IMTestCase):
     def test_stored_and_delivered_in_order_with_delay(self):
         """Messages to an offline user are kept and delivered in order with a delay stamp."""
         stored = []
-        self.harness.server.hooks.add("offline/stored", stored.append)
+        self.harness.server.hosts["localhost"].hooks.add("offline/stored", stored.append)
         alice = self.online("alice@localhost/a")
         for n in range(3):
             alice.send(f"<message to='bob@localhost' type='chat' id='m{n}'><body>{n}</body></message>")

@@ -15,7 +15,7 @@ class PreferenceTests(SynchronousTestCase):
     def setUp(self):
         self.harness = Harness(make_config(hosts={"localhost": {"offline_notification": "email"}}))
         self.harness.add_user("bob@localhost")
-        self.preferences = NotificationPreferences(self.harness.storage, self.harness.config)
+        self.preferences = NotificationPreferences(self.harness.storage, self.harness.config.hosts.__getitem__)
 
     def test_host_policy_then_user_override(self):
         """Without a choice of their own a user follows the host; their choice (opt-out too) wins."""

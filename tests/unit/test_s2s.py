@@ -1,17 +1,16 @@
 """Server-to-server streams in memory: dialback, stanza acceptance, outgoing links and their failures."""
 
-import dataclasses
-
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.names import dns
 from twisted.names.error import DNSNameError
 from twisted.trial.unittest import SynchronousTestCase
 
+from bridge import config as configuration
 from bridge.core.streams.s2s import (IncomingServerStream, LinkFailed, OutgoingServerStream, RemoteDomains,
                                      dialback_key)
 from bridge.core.xmlstream import NS_STREAMS
-from tests.unit.helpers import Harness, WireClient, make_config
+from tests.unit.helpers import BufferingTransport, Harness, WireClient
 
 PEER_HEADER = (f"<stream:stream xmlns='jabber:server' xmlns:stream='{NS_STREAMS}' "
                "xmlns:db='jabber:server:dialback' from='remote.test' to='localhost' version='1.0'>")
@@ -45,10 +44,10 @@ class FakeResolver:
 
 
 def s2s_harness(**s2s):
+    """A server with federation: ``s2s`` options are loaded as from a file."""
     s2s.setdefault("require_encryption", False)
-    config = make_config()
-    config = dataclasses.replace(config, s2s=dataclasses.replace(config.s2s, **s2s))
-    harness = Harness(config)
+    harness = Harness(configuration.parse({"c2s": {"require_encryption": False}, "s2s": s2s,
+                                           "hosts": {"localhost": {}}}, "test.toml"))
     harness.reactor = MemoryReactorClock()
     harness.resolver = FakeResolver()
     harness.remote = RemoteDomains(harness.server, NoTLS(), harness.reactor, resolver=harness.resolver)
@@ -56,9 +55,15 @@ def s2s_harness(**s2s):
     return harness
 
 
-def server_peer(protocol):
+def server_peer(protocol, transport=None):
     """The far end of a server stream."""
-    return WireClient(protocol, "jabber:server", ("127.0.0.9", 5269))
+    return WireClient(protocol, "jabber:server", ("127.0.0.9", 5269), transport)
+
+
+READY_LINK = (b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'"
+              b" xmlns:db='jabber:server:dialback' id='p' version='1.0'><stream:features>"
+              b"<dialback xmlns='urn:xmpp:features:dialback'/><sm xmlns='urn:xmpp:sm:3'/>"
+              b"</stream:features><db:result type='valid' from='remote.test' to='localhost'/>")
 
 
 class DialbackKeyTests(SynchronousTestCase):
@@ -148,6 +153,22 @@ class IncomingTests(SynchronousTestCase):
         error = peer.received()[-1]
         self.assertEqual(next(error.elements()).name, "policy-violation")
 
+    def test_denied_domain_in_any_case(self):
+        """A domain denied in capitals is refused in lower case, at the header and for SASL EXTERNAL alike."""
+        harness = s2s_harness(denied_domains=["Remote.TEST"])
+        self.assertFalse(harness.remote.permitted("remote.test"))
+        self.assertFalse(harness.remote.permitted("REMOTE.test"))
+        peer = server_peer(IncomingServerStream(harness.server, harness.remote))
+        peer.send(PEER_HEADER)
+        self.assertEqual(next(peer.received()[-1].elements()).name, "policy-violation")
+
+    def test_allowed_domain_in_any_case(self):
+        """A domain allowed in capitals may federate, whatever the case its peers write it in."""
+        harness = s2s_harness(allowed_domains=["Remote.TEST"])
+        self.assertTrue(harness.remote.permitted("remote.test"))
+        self.assertTrue(harness.remote.permitted("Remote.Test"))
+        self.assertFalse(harness.remote.permitted("other.test"))
+
     def test_tls_required(self):
         """With encryption required, dialback before STARTTLS is refused."""
         harness = s2s_harness(require_encryption=True)
@@ -157,6 +178,160 @@ class IncomingTests(SynchronousTestCase):
         self.assertEqual([c.name for c in features.elements()], ["starttls"])
         peer.send("<db:result from='remote.test' to='localhost'>abc</db:result>")
         self.assertEqual(next(peer.received()[-1].elements()).name, "not-authorized")
+
+
+class DialbackLimitTests(SynchronousTestCase):
+    """What a peer can make bridge do before it is authenticated is bounded."""
+
+    def setUp(self):
+        self.harness = s2s_harness(dialback_max_pending_per_stream=2, dialback_max_pending=3,
+                                   pre_auth_timeout_seconds=30, max_connections_per_address=2)
+        self.checks = []
+
+        def connect(origin, target, verify=None):
+            # A verification that has not finished: the connection to the claimed domain is under way.
+            self.checks.append((origin, target, verify))
+            return defer.Deferred()
+
+        self.harness.remote.connect = connect
+
+    def peer(self, address="127.0.0.9"):
+        peer = WireClient(IncomingServerStream(self.harness.server, self.harness.remote), "jabber:server",
+                          (address, 5269))
+        peer.send(PEER_HEADER)
+        peer.received()
+        return peer
+
+    def results(self, peer, *domains):
+        for domain in domains:
+            peer.send(f"<db:result from='{domain}' to='localhost'>key</db:result>")
+        return [(e["to"], e["type"], e.error and next(e.error.elements()).name) for e in peer.received()
+                if e.name == "result"]
+
+    def test_pending_verifications_per_stream(self):
+        """Past dialback_max_pending_per_stream checks under way, a stream's <db:result/> is answered
+        type='error' <resource-constraint/> without a connection; a finished check frees its place."""
+        peer = self.peer()
+        self.assertEqual(self.results(peer, "one.test", "two.test", "three.test"),
+                         [("three.test", "error", "resource-constraint")])
+        self.assertEqual([target for _, target, _ in self.checks], ["one.test", "two.test"])
+        self.checks[0][2][3].callback(False)
+        self.assertEqual(self.results(peer, "four.test"), [("one.test", "invalid", None)])
+        self.assertEqual(len(self.checks), 3)
+
+    def test_pending_verifications_in_all(self):
+        """Past dialback_max_pending checks under way on all streams together, no new one is started."""
+        first, second = self.peer(), self.peer("127.0.0.10")
+        self.results(first, "one.test", "two.test")
+        self.assertEqual(self.results(second, "three.test", "four.test"),
+                         [("four.test", "error", "resource-constraint")])
+        self.assertEqual(len(self.checks), 3)
+
+    def test_no_check_for_our_own_or_malformed_domains(self):
+        """A <db:result/> claiming one of our own domains, or no valid domain, gets an error and no connection."""
+        peer = self.peer()
+        answers = self.results(peer, "localhost", "a@b.test", "bad..domain")
+        self.assertEqual([condition for _, kind, condition in answers], ["item-not-found"] * 3)
+        self.assertEqual(self.checks, [])
+
+    def test_pre_auth_timeout(self):
+        """An incoming stream not authenticated within pre_auth_timeout_seconds ends with <connection-timeout/>;
+        an authenticated one stays."""
+        silent = self.peer()
+        self.harness.remote.verify_dialback = lambda *args: defer.succeed(True)
+        authenticated = self.peer("127.0.0.10")
+        authenticated.send("<db:result from='remote.test' to='localhost'>key</db:result>")
+        authenticated.received()
+        self.harness.clock.advance(29)
+        self.assertFalse(silent.transport.disconnecting)
+        self.harness.clock.advance(2)
+        self.assertEqual(next(silent.received()[-1].elements()).name, "connection-timeout")
+        self.assertTrue(silent.transport.disconnecting)
+        self.assertFalse(authenticated.transport.disconnecting)
+
+    def test_connections_per_address(self):
+        """Past max_connections_per_address incoming streams from one address, the next is refused with
+        <policy-violation/>; a closed one frees its place, and other addresses are not affected."""
+        first = self.peer()
+        self.peer()
+        third = WireClient(IncomingServerStream(self.harness.server, self.harness.remote), "jabber:server",
+                           ("127.0.0.9", 5269))
+        self.assertEqual(next(third.received()[-1].elements()).name, "policy-violation")
+        self.assertTrue(third.transport.disconnecting)
+        self.assertFalse(self.peer("127.0.0.10").transport.disconnecting)
+        third.drop()
+        first.drop()
+        self.assertFalse(self.peer().transport.disconnecting)
+
+
+class StartTLSTests(SynchronousTestCase):
+    """STARTTLS on server links, with transports that record the switch to TLS."""
+
+    INJECTED = PEER_HEADER + "<db:result from='remote.test' to='localhost'>key</db:result>"
+
+    def setUp(self):
+        self.harness = s2s_harness(require_encryption=True)
+        self.checks = []
+        self.harness.remote.verify_dialback = lambda *args: self.checks.append(args) or defer.succeed(True)
+
+    def incoming(self):
+        peer = server_peer(IncomingServerStream(self.harness.server, self.harness.remote), BufferingTransport())
+        peer.send(PEER_HEADER)
+        self.assertEqual([c.name for c in peer.received()[-1].elements()], ["starttls"])
+        return peer
+
+    def test_incoming_starttls(self):
+        """<starttls/> alone is answered <proceed/> and the link switches to TLS."""
+        peer = self.incoming()
+        peer.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        self.assertEqual([e.name for e in peer.received()], ["proceed"])
+        self.assertEqual(len(peer.transport.tls), 1)
+
+    def test_incoming_plaintext_after_starttls(self):
+        """Bytes after <starttls/> in its read (a new header and a dialback request, which would be
+        taken as sent under TLS) end the stream with <policy-violation/>; TLS never starts and no
+        dialback check is made."""
+        peer = self.incoming()
+        peer.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>" + self.INJECTED)
+        received = peer.received()
+        self.assertEqual([e.name for e in received], ["error"])
+        self.assertEqual(next(received[0].elements()).name, "policy-violation")
+        self.assertEqual((peer.transport.tls, self.checks), ([], []))
+        self.assertTrue(peer.transport.disconnecting)
+
+    def outgoing(self):
+        self.harness.remote.tls = type("ClientTLS", (NoTLS,), {"client": lambda self, name: ("TLS to", name)})()
+        stream = OutgoingServerStream(self.harness.remote, "localhost", "remote.test")
+        peer = server_peer(stream, BufferingTransport())
+        stream.dataReceived(b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' "
+                            b"id='x' version='1.0'><stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+                            b"</stream:features>")
+        self.assertEqual(peer.received()[-1].name, "starttls")
+        return stream, peer
+
+    def test_outgoing_proceed(self):
+        """The peer's <proceed/> switches our link to TLS and a new stream header follows."""
+        stream, peer = self.outgoing()
+        stream.dataReceived(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        self.assertEqual(peer.transport.tls, [("TLS to", "remote.test")])
+        self.assertTrue(stream.secure)
+        self.assertIn(b"<stream:stream", peer.transport.value())
+
+    def test_outgoing_plaintext_after_proceed(self):
+        """Bytes after the peer's <proceed/> in its read (features, a dialback answer) end our stream with
+        <policy-violation/>; TLS never starts and the link fails."""
+        stream, peer = self.outgoing()
+        failures = []
+        stream.ready.addErrback(failures.append)
+        stream.dataReceived(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/><stream:features>"
+                            b"<dialback xmlns='urn:xmpp:features:dialback'/></stream:features>")
+        received = peer.received()
+        self.assertEqual(next(received[-1].elements()).name, "policy-violation")
+        self.assertEqual(peer.transport.tls, [])
+        self.assertFalse(stream.secure)
+        self.assertNotIn("result", [e.name for e in received])
+        stream.connectionLost(None)
+        self.assertIn("policy-violation", str(failures[0].value))
 
 
 class OutgoingTests(SynchronousTestCase):
@@ -176,6 +351,40 @@ class OutgoingTests(SynchronousTestCase):
         stream.ready.addCallback(ready.append)
         stream.dataReceived(b"<db:result from='remote.test' to='localhost' type='valid'/>")
         self.assertEqual(ready, [stream])
+
+    def certificate_fails(self, **s2s):
+        """An outgoing stream over TLS to a peer whose certificate does not verify and which offers
+        dialback; the elements it sends after the peer's features."""
+        harness = s2s_harness(require_encryption=True, **s2s)
+        harness.remote.tls = type("UntrustedTLS", (NoTLS,), {
+            "verify": lambda self, transport, domain: "untrusted certificate: self-signed"})()
+        stream = OutgoingServerStream(harness.remote, "localhost", "remote.test")
+        stream.secure = True  # direct TLS, done
+        peer = server_peer(stream)
+        peer.received()
+        failures = []
+        stream.ready.addErrback(failures.append)
+        stream.dataReceived(b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' "
+                            b"xmlns:db='jabber:server:dialback' id='peer-id' version='1.0'><stream:features>"
+                            b"<dialback xmlns='urn:xmpp:features:dialback'/></stream:features>")
+        return stream, peer.received(), failures
+
+    def test_no_dialback_fallback_by_default(self):
+        """A peer whose certificate does not verify is not used: the link fails, no dialback key is sent."""
+        stream, sent, failures = self.certificate_fails()
+        self.assertNotIn("result", [e.name for e in sent])
+        stream.connectionLost(None)
+        self.assertIn("untrusted certificate", str(failures[0].value))
+        self.assertIn("dialback_fallback_domains", str(failures[0].value))
+
+    def test_dialback_fallback_for_listed_domains(self):
+        """For a domain in dialback_fallback_domains (in any case), the link is authenticated by dialback
+        despite the certificate."""
+        stream, sent, failures = self.certificate_fails(dialback_fallback_domains=["Remote.Test"])
+        self.assertEqual([e.name for e in sent], ["result"])
+        stream.dataReceived(b"<db:result from='remote.test' to='localhost' type='valid'/>")
+        self.assertTrue(stream.ready.called)
+        self.assertEqual(failures, [])
 
     def test_no_tls_offered_when_required(self):
         """A peer that offers no STARTTLS fails the link when encryption is required."""
@@ -256,10 +465,7 @@ class ResendTests(SynchronousTestCase):
         def connect(origin, target):
             stream = OutgoingServerStream(self.harness.remote, origin, target)
             peer = server_peer(stream)
-            stream.dataReceived(b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'"
-                                b" xmlns:db='jabber:server:dialback' id='p' version='1.0'><stream:features>"
-                                b"<dialback xmlns='urn:xmpp:features:dialback'/><sm xmlns='urn:xmpp:sm:3'/>"
-                                b"</stream:features><db:result type='valid' from='remote.test' to='localhost'/>")
+            stream.dataReceived(READY_LINK)
             self.streams.append((stream, peer))
             return stream.ready
 
@@ -286,6 +492,55 @@ class ResendTests(SynchronousTestCase):
             self.streams[-1][0].connectionLost(None)
         errors = [e for e in self.alice.received() if e.getAttribute("type") == "error"]
         self.assertEqual([next(e.error.elements()).name for e in errors], ["remote-server-timeout"])
+
+
+class OutputTests(SynchronousTestCase):
+    """Links are bounded by what the peer reads, and kept open only by what it sends."""
+
+    def make(self, **s2s):
+        self.harness = s2s_harness(**s2s)
+        self.harness.add_user("alice@localhost")
+        self.alice = self.harness.login("alice@localhost/a")
+        self.peers = []
+
+        def connect(origin, target):
+            stream = OutgoingServerStream(self.harness.remote, origin, target)
+            self.peers.append(server_peer(stream, BufferingTransport(buffer_bytes=8192)))
+            stream.dataReceived(READY_LINK)
+            return stream.ready
+
+        self.harness.remote.connect = connect
+
+    def test_peer_that_never_reads_is_cut_off(self):
+        """A remote server that stops reading our stream is cut off with <policy-violation/> once
+        max_buffered_bytes more pile up; what was written stays bounded."""
+        self.make(max_buffered_bytes=4096)
+        for number in range(100):
+            self.alice.send(f"<message to='bob@remote.test' id='m{number}'><body>{'x' * 500}</body></message>")
+            if self.peers[0].transport.disconnected:
+                break
+        peer = self.peers[0]
+        self.assertTrue(peer.transport.disconnected)
+        self.assertLess(len(peer.transport.value()), 8192 + 4096 + 2000)
+        self.assertEqual(next(peer.received()[-1].elements()).name, "policy-violation")
+
+    def test_only_what_the_peer_sends_keeps_a_link_open(self):
+        """A link on which we keep writing but the peer sends nothing is closed after
+        idle_timeout_seconds; one on which the peer sends (a whitespace keepalive) stays open."""
+        self.make(idle_timeout_seconds=60)
+        self.harness.remote.start()
+        self.addCleanup(self.harness.remote.stop)
+        self.harness.remote.verify_dialback = lambda *args: defer.succeed(True)
+        incoming = server_peer(IncomingServerStream(self.harness.server, self.harness.remote))
+        incoming.send(PEER_HEADER)
+        incoming.send("<db:result from='remote.test' to='localhost'>key</db:result>")
+        for second in range(0, 90, 10):
+            self.alice.send(f"<message to='bob@remote.test' id='m{second}'><body>x</body></message>")
+            self.peers[0].received()
+            incoming.send(" ")
+            self.harness.clock.advance(10)
+        self.assertTrue(self.peers[0].transport.disconnecting)
+        self.assertFalse(incoming.transport.disconnecting)
 
 
 class AddressTests(SynchronousTestCase):

@@ -15,7 +15,7 @@ from bridge.gateways.sip.message import Request, make_response, parse_datagram
 from bridge.gateways.sip.messaging import STORE
 from bridge.gateways.sip.transaction import new_branch
 
-from .helpers import Harness, result_of
+from .helpers import Harness, gateway_context, result_of
 from .test_sip_registrar import FakeUDP, Phone, authorization
 
 SOURCE = ("192.0.2.7", 5062)
@@ -87,11 +87,12 @@ class MessagingTestCase(SynchronousTestCase):
         for jid in ("alice@localhost", "bob@localhost", "dave@localhost"):
             self.harness.add_user(jid, "secret")
         self.resolver = FakeResolver()
-        self.gateway = SIPGateway(self.server, self.harness.config, self.clock, resolver=self.resolver)
-        self.gateway.setup()
+        self.context = gateway_context(self.server, "sip", self.harness.config.sip)
+        self.gateway = SIPGateway(self.context, resolver=self.resolver)
         self.messaging = self.gateway.messaging
         self.transport = FakeUDP()
         self.outbound = self.gateway.add_transport(Outbound())
+        self.addCleanup(self.context.unload)
         self.addCleanup(self.gateway.stop)
 
     def exchange(self, request, transport=None):
@@ -137,7 +138,7 @@ class FromSIPTests(MessagingTestCase):
         response = self.authenticated()
         self.assertEqual(response.status, 202, response.reason)
         [message] = self.messages(bob)
-        self.assertEqual((message["from"], message["type"]), ("alice@localhost", "chat"))
+        self.assertEqual((message["from"], message["type"]), ("alice@localhost/sip", "chat"))
         self.assertEqual(str(message.body), "hello from SIP")
         self.assertEqual(str(message.thread), "msg-1@192.0.2.7")
         self.assertEqual(self.pending_documents(), [])
@@ -355,17 +356,30 @@ class ToForeignSIPTests(MessagingTestCase):
         """[sip] dns_server is HOST:PORT; the gateway then asks that server."""
         config = make_config(dns_server="127.0.0.1:5353")
         self.assertEqual(config.sip.dns_server, "127.0.0.1:5353")
-        gateway = SIPGateway(self.server, config, self.clock)
+        gateway = SIPGateway(gateway_context(self.server, "sip", config.sip))
         resolver = gateway.resolver
         servers = [r for r in getattr(resolver, "resolvers", []) if hasattr(r, "servers")]
         self.assertEqual(servers[0].servers, [("127.0.0.1", 5353)])
         with self.assertRaises(configuration.ConfigError):
             make_config(dns_server="127.0.0.1")
 
-    def test_errors_not_translated(self):
-        """An error stanza to a gateway JID is never sent out (loop guard)."""
+    def test_error_becomes_a_failure_notice(self):
+        """An XMPP error about a message carol sent becomes one failure notice to carol, marked
+        automatic; an error about a message that was itself automatic gives nothing (loop guard)."""
         self.server.router.route(parse_element(
-            f"<message to='{CAROL}' from='bob@localhost/pc' type='error'><error type='cancel'/></message>"))
+            f"<message to='{CAROL}' from='bob@localhost' type='error'><body>hi bob</body>"
+            "<error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error>"
+            "</message>"))
+        [(notice, address)] = self.outbound.sent
+        self.assertEqual((notice.method, str(notice.uri), address), ("MESSAGE", "sip:carol@pbx.example", PBX))
+        self.assertEqual(notice.headers.get("Auto-Submitted"), "auto-generated")
+        self.assertIn(b"not delivered (item not found)", notice.body)
+        self.outbound.sent.clear()
+        self.server.router.route(parse_element(
+            f"<message to='{CAROL}' from='bob@localhost' type='error'><body>x</body>"
+            "<auto-submitted xmlns='urn:x-bridge:auto-submitted'>auto-generated</auto-submitted>"
+            "<error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error>"
+            "</message>"))
         self.assertEqual(self.outbound.sent, [])
 
     def test_only_local_senders(self):
@@ -382,6 +396,21 @@ class ToPhonesTests(MessagingTestCase):
         response = phone.register(password="secret", user="dave", contacts=("<sip:dave@192.0.2.7:5062>",))
         self.assertEqual(response.status, 200)
         self.transport.sent.clear()
+
+    def test_registered_phones_are_a_session(self):
+        """While dave has a live registration his phones are the bound session dave@localhost/sip: a
+        message to that full JID goes to the phone, an IQ to it is refused, and when the registration
+        expires the session ends."""
+        self.assertIsNotNone(self.server.sessions.get("dave@localhost/sip"))
+        bob = self.online("bob@localhost/pc")
+        bob.send("<message to='dave@localhost/sip' type='chat'><body>to the phone</body></message>")
+        [(request, address)] = self.transport.sent
+        self.assertEqual((request.method, str(request.uri), address), ("MESSAGE", "sip:dave@192.0.2.7:5062", SOURCE))
+        reply = bob.iq("<iq type='get' id='v' to='dave@localhost/sip'><query xmlns='jabber:iq:version'/></iq>")
+        self.assertEqual(reply.error.firstChildElement().name, "service-unavailable")
+        self.gateway.start()
+        self.clock.advance(3601)
+        self.assertIsNone(self.server.sessions.get("dave@localhost/sip"))
 
     def test_message_to_phone(self):
         """bob writes to dave, who has no XMPP session but a SIP binding: a MESSAGE goes to the bound
@@ -458,18 +487,35 @@ class GatewayDomainTests(MessagingTestCase):
                        "<prompt>sip:@</prompt></query></iq>")
         self.assertEqual(reply["type"], "error")
 
-    def test_other_iq_unavailable(self):
-        """Any other IQ to the gateway's domain is answered service-unavailable."""
+    def test_ordinary_features_and_other_iqs(self):
+        """The gateway's domain answers version and ping through the ordinary feature modules; any
+        other IQ is answered service-unavailable."""
         bob = self.online("bob@localhost/pc")
-        reply = bob.iq("<iq type='get' id='v1' to='sip.localhost'><query xmlns='jabber:iq:version'/></iq>")
+        version = bob.iq("<iq type='get' id='v1' to='sip.localhost'><query xmlns='jabber:iq:version'/></iq>")
+        self.assertEqual((version["type"], [str(c) for c in version.query.elements() if c.name == "name"]),
+                         ("result", ["bridge"]))
+        ping = bob.iq("<iq type='get' id='p1' to='sip.localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        self.assertEqual(ping["type"], "result")
+        reply = bob.iq("<iq type='get' id='l1' to='sip.localhost'><query xmlns='jabber:iq:last'/></iq>")
         self.assertEqual(reply["type"], "error")
         self.assertEqual(reply.error.firstChildElement().name, "service-unavailable")
 
-    def test_stop_removes_route(self):
-        """stop() takes the route, the disco item and the hooks away."""
+    def test_unload_removes_route_hooks_and_timers(self):
+        """Unloading the gateway's context takes away its route, its disco item, its hooks on the local
+        hosts and its timers."""
+        phone = Phone(self, aor="sip:dave@localhost")
+        self.assertEqual(phone.register(password="secret", user="dave").status, 200)
+        self.gateway.start()
+        self.assertTrue(self.context.clock.getDelayedCalls())
         self.gateway.stop()
-        self.assertNotIn("sip.localhost", self.server.disco_items)
+        self.context.unload()
+        host = self.server.hosts["localhost"]
+        self.assertNotIn("sip.localhost", [jid for jid, _, _ in host.disco.items])
         self.assertFalse(self.server.router.is_local("sip.localhost"))
+        owners = (self.gateway.phones, self.gateway.simple, self.gateway.messaging, self.gateway.watch)
+        for event in ("message/offline", "pre-presence/self", "presence/bare", "session/ended"):
+            self.assertFalse([h for h in host.hooks.handlers(event) if getattr(h, "__self__", None) in owners], event)
+        self.assertEqual(self.context.clock.getDelayedCalls(), [])
 
 
 class SimplePlugTests(MessagingTestCase):

@@ -11,7 +11,7 @@ from bridge.gateways.sip.gateway import SIPGateway
 from bridge.gateways.sip.message import Request, parse_datagram
 from bridge.gateways.sip.transaction import new_branch
 
-from .helpers import Harness, result_of
+from .helpers import Harness, gateway_context, result_of
 
 SOURCE = ("192.0.2.7", 5062)
 
@@ -103,7 +103,7 @@ class RegistrarTestCase(SynchronousTestCase):
         self.harness.add_user("alice@localhost", "secret")
         self.harness.add_user("bob@localhost", "hunter2")
         self.harness.add_user("olivia@example.test", "olivia-pw")
-        self.gateway = SIPGateway(self.harness.server, self.harness.config, self.clock)
+        self.gateway = SIPGateway(gateway_context(self.harness.server, "sip", self.harness.config.sip))
         self.transport = FakeUDP()
 
     def exchange(self, request):
@@ -118,14 +118,15 @@ class RegistrarTestCase(SynchronousTestCase):
 
 
 class DigestTests(RegistrarTestCase):
-    def test_challenge_offers_sha256_then_md5(self):
-        """A REGISTER without credentials gets 401, realm = the host, SHA-256 first, qop=auth."""
+    def test_challenge_offers_md5_then_sha256(self):
+        """A REGISTER without credentials gets 401, realm = the host, MD5 first (the phones that answer
+        only the first challenge know it), SHA-256 second, qop=auth."""
         response = Phone(self).send(Phone(self).request())
         self.assertEqual(response.status, 401)
         values = response.headers.get_all("WWW-Authenticate")
         self.assertEqual(len(values), 2)
-        self.assertIn("algorithm=SHA-256", values[0])
-        self.assertIn("algorithm=MD5", values[1])
+        self.assertIn("algorithm=MD5", values[0])
+        self.assertIn("algorithm=SHA-256", values[1])
         for value in values:
             self.assertIn('realm="localhost"', value)
             self.assertIn('qop="auth"', value)
@@ -209,7 +210,7 @@ class DigestTests(RegistrarTestCase):
 
     def test_configured_realm(self):
         """realm names the host that answers for domains that are not hosts."""
-        self.gateway = SIPGateway(self.harness.server, make_config(realm="example.test"), self.clock)
+        self.gateway = SIPGateway(gateway_context(self.harness.server, "sip", make_config(realm="example.test").sip))
         phone = Phone(self, aor="sip:olivia@192.0.2.1")
         self.assertIn('realm="example.test"', phone.send(phone.request()).headers.get("WWW-Authenticate"))
 
@@ -288,7 +289,7 @@ class BindingTests(RegistrarTestCase):
 
     def test_too_many_contacts(self):
         """More contacts than max_contacts_per_user are refused, and none of them is bound."""
-        self.gateway = SIPGateway(self.harness.server, make_config(max_contacts_per_user=2), self.clock)
+        self.gateway = SIPGateway(gateway_context(self.harness.server, "sip", make_config(max_contacts_per_user=2).sip))
         contacts = [f"<sip:alice@192.0.2.{n}>" for n in (1, 2, 3)]
         self.assertEqual(Phone(self).register(contacts=contacts).status, 403)
         self.assertEqual(len(self.gateway.registrar.bindings), 0)
@@ -347,7 +348,7 @@ class SIPConfigTests(SynchronousTestCase):
         self.assertEqual(sip.dns_server, "")
         self.assertEqual((sip.udp_endpoints, sip.tcp_endpoints, sip.tls_endpoints),
                          (["udp:5060"], ["tcp:5060"], ["tcp:5061"]))
-        self.assertEqual(sip.digest_algorithms, ["SHA-256", "MD5"])
+        self.assertEqual(sip.digest_algorithms, ["MD5", "SHA-256"])
         self.assertEqual(sip.tls_min_version, "1.2")
 
     def test_udp_endpoints(self):
@@ -374,7 +375,7 @@ class SIPConfigTests(SynchronousTestCase):
 class AlgorithmOrderTests(RegistrarTestCase):
     def test_md5_only(self):
         """digest_algorithms = ["MD5"] offers one MD5 challenge, and SHA-256 answers are refused."""
-        self.gateway = SIPGateway(self.harness.server, make_config(digest_algorithms=["MD5"]), self.clock)
+        self.gateway = SIPGateway(gateway_context(self.harness.server, "sip", make_config(digest_algorithms=["MD5"]).sip))
         phone = Phone(self)
         [value] = phone.send(phone.request()).headers.get_all("WWW-Authenticate")
         self.assertIn("algorithm=MD5", value)

@@ -8,10 +8,9 @@ from bridge import config as configuration
 from bridge.gateways.sip.gateway import SIPGateway
 from bridge.gateways.sip.message import Request, make_response, parse_datagram
 from bridge.gateways.sip.presence import parse_pidf, parse_subscription_state
-from bridge.gateways.sip.simple import SimplePresence
 from bridge.gateways.sip.transaction import new_branch
 
-from .helpers import Harness, result_of
+from .helpers import Harness, gateway_context, result_of
 from .test_sip_registrar import FakeUDP, authorization
 
 SOURCE = ("192.0.2.7", 5062)
@@ -97,9 +96,8 @@ class SimpleTestCase(SynchronousTestCase):
         self.clock = self.harness.clock
         for user, password in PASSWORDS.items():
             self.harness.add_user(f"{user}@localhost", password)
-        self.gateway = SIPGateway(self.server, self.harness.config, self.clock, secret=b"s" * 32)
-        # What setup() does for SIMPLE (setup() also wires MESSAGE, not needed here).
-        self.simple = self.gateway.simple = SimplePresence(self.gateway)
+        self.gateway = SIPGateway(gateway_context(self.server, "sip", self.harness.config.sip), secret=b"s" * 32)
+        self.simple = self.gateway.simple
         self.transport = FakeUDP()
         self.seen = 0  # messages of transport.sent already looked at
 

@@ -333,12 +333,13 @@ class LoopGuardTests(SynchronousTestCase):
         self.assertTrue(is_automatic_stanza(xmpp("<message type='error'/>")))
 
     def test_failure_notice(self):
-        """A failed delivery is reported once, marked, from the recipient to the sender."""
+        """A failed delivery is reported, marked, from the original recipient to the sender."""
         request = sip_message()
         error = stanza_error(message_from_sip(request, MAP), "recipient-unavailable")
-        notice = failure_notice(request, error, call_id="n1", from_tag="t9")
+        notice = failure_notice(error, MAP, call_id="n1", from_tag="t9")
         self.assertEqual(str(notice.uri), "sip:carol@pbx.example")
         self.assertEqual(notice.headers.get("From"), "<sip:bob@localhost>;tag=t9")
+        self.assertEqual(notice.headers.get("To"), "<sip:carol@pbx.example>")
         self.assertEqual(notice.headers.get("Auto-Submitted"), "auto-generated")
         self.assertIn(b"recipient unavailable", notice.body)
 
@@ -346,10 +347,11 @@ class LoopGuardTests(SynchronousTestCase):
         """The bounce of a notice produces no notice: the loop ends at the second hop."""
         request = sip_message()
         error = stanza_error(message_from_sip(request, MAP), "recipient-unavailable")
-        notice = _with_via(failure_notice(request, error, call_id="n1", from_tag="t9"))
+        notice = _with_via(failure_notice(error, MAP, call_id="n1", from_tag="t9"))
         self.assertFalse(may_notify_failure(notice))
         bounced = message_from_sip(notice, MAP, id="n")
         self.assertFalse(may_notify_failure(bounced))
-        self.assertIsNone(failure_notice(notice, error, call_id="n2", from_tag="t"))
+        self.assertIsNone(failure_notice(stanza_error(bounced, "recipient-unavailable"), MAP, call_id="n2",
+                                         from_tag="t"))
         self.assertFalse(may_notify_failure(error))
         self.assertTrue(may_notify_failure(request))

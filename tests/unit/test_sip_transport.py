@@ -12,7 +12,7 @@ from bridge.gateways.sip.transport import (
     MAX_DATAGRAM_BYTES, SourcePolicy, StreamFactory, UDPServerEndpoint, UDPTransport,
 )
 
-from .helpers import Harness
+from .helpers import Harness, gateway_context
 from .test_sip_registrar import make_config
 
 PEER = ("192.0.2.7", 40123)
@@ -52,7 +52,7 @@ class Recorder:
 class UDPTests(SynchronousTestCase):
     def setUp(self):
         self.harness = Harness(make_config())
-        self.gateway = SIPGateway(self.harness.server, self.harness.config, self.harness.clock)
+        self.gateway = SIPGateway(gateway_context(self.harness.server, "sip", self.harness.config.sip))
         self.protocol = UDPTransport(self.gateway, self.gateway.limits)
         self.socket = FakeDatagramTransport()
         self.protocol.makeConnection(self.socket)
@@ -95,12 +95,14 @@ class UDPTests(SynchronousTestCase):
         self.assertEqual(len(self.socket.written), 2)
         self.assertEqual(self.gateway.transactions.server, {})
 
-    def test_not_yet_translated_methods_get_501(self):
-        """MESSAGE, SUBSCRIBE, PUBLISH, NOTIFY and unknown methods get 501 with Allow."""
-        for index, method in enumerate(("MESSAGE", "SUBSCRIBE", "PUBLISH", "NOTIFY", "FROBNICATE")):
+    def test_unknown_methods_get_501(self):
+        """A method the gateway does not know gets 501 with Allow, which lists every method it answers."""
+        for index, method in enumerate(("FROBNICATE", "REFER")):
             [(response, _)] = self.send(request_text(method, branch=f"z9hG4bK-m{index}", body="hi"))
             self.assertEqual(response.status, 501, method)
-            self.assertIn("INVITE", response.headers.get_all("Allow"))
+            allowed = {name.strip() for value in response.headers.get_all("Allow") for name in value.split(",")}
+            self.assertEqual(allowed, {"INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "MESSAGE",
+                                       "SUBSCRIBE", "NOTIFY", "PUBLISH"})
 
     def test_cancel_bye_scheme_and_require(self):
         """CANCEL without its INVITE: 481; BYE: 481; a tel: Request-URI: 416; Require: 420 + Unsupported."""
@@ -180,8 +182,7 @@ class UDPTests(SynchronousTestCase):
         self.assertTrue(self.gateway.via_for(self.protocol).startswith("SIP/2.0/UDP localhost:5060;branch=z9hG4bK"))
         for advertised, expected in (("203.0.113.5", "203.0.113.5:5060"), ("sip.example.com:5080",
                                                                             "sip.example.com:5080")):
-            gateway = SIPGateway(self.harness.server, make_config(advertised_address=advertised),
-                                 self.harness.clock)
+            gateway = SIPGateway(gateway_context(self.harness.server, "sip", make_config(advertised_address=advertised).sip))
             self.assertIn(f"UDP {expected};", gateway.via_for(self.protocol))
 
 
@@ -237,7 +238,7 @@ class StreamTests(SynchronousTestCase):
     def test_responses_over_the_connection(self):
         """The gateway answers on the connection the request came by (TCP is reliable)."""
         harness = Harness(make_config())
-        gateway = SIPGateway(harness.server, harness.config, harness.clock)
+        gateway = SIPGateway(gateway_context(harness.server, "sip", harness.config.sip))
         protocol = StreamFactory(gateway, gateway.limits, "TCP").buildProtocol(None)
         socket = StringTransport(peerAddress=IPv4Address("TCP", *PEER))
         protocol.makeConnection(socket)

@@ -11,7 +11,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from bridge.config import SMSConfig, SMSCConfig
-from bridge.core.storage.sqlite import SQLiteStorage
+from bridge.core.storage.memory import MemoryStorage
 from bridge.gateways.sms import pdu as pdus
 from bridge.gateways.sms.esme import SMSCLink
 from bridge.gateways.sms.queue import OutboundQueue
@@ -84,7 +84,7 @@ class Rig:
 
     def __init__(self, smsc=None, sms=None, **config):
         self.clock = Clock()
-        self.storage = SQLiteStorage(":memory:")
+        self.storage = MemoryStorage()
         self.finals = []
         self.mo = []
         self.queue = OutboundQueue(self.storage, "sms.localhost", self.clock, sms or SMSConfig(),

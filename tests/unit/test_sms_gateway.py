@@ -6,7 +6,7 @@ from bridge import config as configuration
 from bridge.core.notifications import NotificationPreferences
 from bridge.gateways.sms.gateway import SMSGateway, normalize_number
 
-from tests.unit.helpers import Harness, result_of
+from tests.unit.helpers import Harness, gateway_context, result_of
 from tests.unit.test_sms_esme import FakeSMSC
 
 SMSC = {"main": {"system_id": "bridge", "password": "pw", "source_addr": "1000", "window": 10,
@@ -25,13 +25,13 @@ class GatewayRig:
         self.server = self.harness.server
         self.clock = self.harness.clock
         self.smsc = FakeSMSC()
-        self.gateway = SMSGateway(self.server, self.server.config, lambda name, smsc: self.smsc.connect)
-        self.gateway.setup()
+        self.context = gateway_context(self.server, "sms", self.server.config.sms)
+        self.gateway = SMSGateway(self.context, lambda name, smsc: self.smsc.connect)
         result_of(self.gateway.start())
         self.smsc.bind()
         for jid in ("alice@localhost", "bob@localhost", "carol@localhost"):
             self.harness.add_user(jid)
-        self.preferences = NotificationPreferences(self.server.storage, self.server.config)
+        self.preferences = NotificationPreferences(self.server.storage, self.server.config.hosts.__getitem__)
         result_of(self.preferences.update("localhost", "bob", mobile="+1 555 123 4567"))
         self.alice = self.harness.login("alice@localhost/desk")
         self.alice.send("<presence/>")
@@ -77,7 +77,7 @@ class OfflineSMSTests(SynchronousTestCase):
                          (b"15551234567", b"Alice: are you coming?", 0))
 
     def test_receipt_and_mo_reply(self):
-        """The delivery receipt becomes a XEP-0184 receipt; Bob's SMS answer reaches Alice from bob@localhost."""
+        """The delivery receipt becomes a XEP-0184 receipt; Bob's SMS answer reaches Alice from bob@localhost/sms, the session of his mobile phone."""
         rig = GatewayRig()
         rig.write("bob@localhost", "are you coming?", "<request xmlns='urn:xmpp:receipts'/>", id="q1")
         (submit,) = rig.submits()
@@ -87,7 +87,7 @@ class OfflineSMSTests(SynchronousTestCase):
         self.assertEqual((received["from"], received.received["id"]), ("bob@localhost", "q1"))
         rig.mo("+15551234567", "yes, in 5")
         (answer,) = rig.alice.received()
-        self.assertEqual((answer["from"], answer["type"], str(answer.body)), ("bob@localhost", "chat", "yes, in 5"))
+        self.assertEqual((answer["from"], answer["type"], str(answer.body)), ("bob@localhost/sms", "chat", "yes, in 5"))
 
     def test_quiet_window_and_daily_cap(self):
         """One SMS per conversation per quiet window; the daily cap counts every sender."""
@@ -138,6 +138,25 @@ class OfflineSMSTests(SynchronousTestCase):
 
 
 class NumberRouteTests(SynchronousTestCase):
+    def test_the_sms_domain_is_served_by_the_ordinary_features(self):
+        """sms.localhost is listed in the host's disco#items; its disco#info shows gateway/sms and
+        XEP-0100, whose prompt turns a written number into its JID; a wrong number is not-acceptable."""
+        rig = GatewayRig()
+        items = rig.alice.iq("<iq type='get' id='i' to='localhost'>"
+                             "<query xmlns='http://jabber.org/protocol/disco#items'/></iq>")
+        self.assertIn("sms.localhost", [item["jid"] for item in items.query.elements()])
+        info = rig.alice.iq("<iq type='get' id='d' to='sms.localhost'>"
+                            "<query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+        [identity] = [e for e in info.query.elements() if e.name == "identity"]
+        self.assertEqual((identity["category"], identity["type"]), ("gateway", "sms"))
+        self.assertIn("jabber:iq:gateway", [e.getAttribute("var") for e in info.query.elements() if e.name == "feature"])
+        translated = rig.alice.iq("<iq type='set' id='g' to='sms.localhost'><query xmlns='jabber:iq:gateway'>"
+                                  "<prompt>+1 (555) 765-4321</prompt></query></iq>")
+        self.assertEqual([str(e) for e in translated.query.elements() if e.name == "jid"], ["+15557654321@sms.localhost"])
+        refused = rig.alice.iq("<iq type='set' id='h' to='sms.localhost'><query xmlns='jabber:iq:gateway'>"
+                               "<prompt>call me</prompt></query></iq>")
+        self.assertEqual(refused.error.firstChildElement().name, "not-acceptable")
+
     def test_message_to_a_number_and_the_reply(self):
         """Alice writes to +15557654321@sms.localhost; the reply comes back from that JID."""
         rig = GatewayRig()

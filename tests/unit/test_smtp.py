@@ -25,12 +25,12 @@ from zope.interface import implementer
 from bridge import config as configuration
 from bridge.core.notifications import NotificationPreferences
 from bridge.core.server import Server
-from bridge.core.storage.sqlite import SQLiteStorage
+from bridge.core.storage.memory import MemoryStorage
 from bridge.core.streams.c2s import ClientFactory
 from bridge.gateways import smtp as gateway_module
 from bridge.gateways.smtp import OUTBOX, EmailGateway
 from bridge.tap import load_features
-from tests.unit.helpers import FakeClient, result_of
+from tests.unit.helpers import FakeClient, gateway_context, result_of
 
 SMTP_DEFAULTS = {"relay": "relay.test:2525", "starttls": "off", "from_address": "im@example.com",
                  "digest_seconds": 60, "retry_initial_seconds": 10, "retry_max_seconds": 100}
@@ -131,7 +131,7 @@ class GatewayTestBase(SynchronousTestCase):
 
     def setUp(self):
         self.config = email_config(**self.smtp_options)
-        self.storage = SQLiteStorage(self.database_path())
+        self.storage = MemoryStorage()
         self.server_clock = Clock()
         self.server = Server(self.config, self.storage, self.server_clock)
         load_features(self.server)
@@ -139,19 +139,17 @@ class GatewayTestBase(SynchronousTestCase):
         for user in ("alice", "bob", "carol"):
             if not result_of(self.server.accounts.exists("localhost", user)):
                 result_of(self.server.accounts.create("localhost", user, "secret"))
-        self.preferences = NotificationPreferences(self.storage, self.config)
+        self.preferences = NotificationPreferences(self.storage, self.config.hosts.__getitem__)
         result_of(self.preferences.update("localhost", "bob", email="bob@example.org"))
         self.reactor = MemoryReactorClock()
         self.relay = FakeRelay(self.reactor)
         self.gateway = self.start_gateway()
 
-    def database_path(self):
-        return ":memory:"
-
     def start_gateway(self):
-        gateway = EmailGateway(self.server, self.config.smtp, self.reactor)
-        gateway.startService()
-        self.addCleanup(lambda: gateway.running and gateway.stopService())
+        self.context = gateway_context(self.server, "email", self.config.smtp)
+        gateway = EmailGateway(self.context, self.reactor)
+        gateway.start()
+        self.addCleanup(lambda: gateway.running and gateway.stop())
         return gateway
 
     def login(self, jid, available=True):
@@ -232,7 +230,8 @@ class OfflineEmailTests(GatewayTestBase):
     def test_other_offline_handlers_still_run(self):
         """The gateway never claims offline/stored, so the SMS gateway hooked after it still hears it."""
         seen = []
-        self.server.hooks.add("offline/stored", lambda payload: seen.append(payload[1]), priority=-10)
+        self.server.hosts["localhost"].hooks.add("offline/stored", lambda payload: seen.append(payload[1]),
+                                                 priority=-10)
         alice = self.login("alice@localhost/a")
         self.say(alice, "bob@localhost", "hello")
         self.assertEqual(seen, ["bob"])
@@ -352,19 +351,14 @@ class AuthenticationTests(GatewayTestBase):
 
 
 class RestartTests(GatewayTestBase):
-    def database_path(self):
-        return os.path.join(tempfile.mkdtemp(), "bridge.sqlite")
-
     def restart(self, advance_by=0):
-        """Stop everything, reopen the database file, build a new server and gateway."""
-        self.gateway.stopService()
-        path = self.storage.path
-        self.storage.close()
-        self.storage = SQLiteStorage(path)
+        """Stop everything and build a new server and gateway on the same storage."""
+        self.gateway.stop()
+        self.context.unload()
         self.server = Server(self.config, self.storage, self.server_clock)
         load_features(self.server)
         self.factory = ClientFactory(self.server, self.config.c2s, None)
-        self.preferences = NotificationPreferences(self.storage, self.config)
+        self.preferences = NotificationPreferences(self.storage, self.config.hosts.__getitem__)
         reactor = MemoryReactorClock()
         reactor.advance(self.reactor.seconds() + advance_by)
         self.reactor = reactor
@@ -483,5 +477,6 @@ class ConfigTests(SynchronousTestCase):
     def test_no_relay_no_gateway(self):
         """Without a relay, no gateway is built."""
         config = configuration.parse({}, "test.toml")
-        server = Server(config, SQLiteStorage(":memory:"), Clock())
-        self.assertIsNone(gateway_module.setup(server, MemoryReactorClock()))
+        server = Server(config, MemoryStorage(), Clock())
+        context = gateway_context(server, "email", config.smtp)
+        self.assertIsNone(gateway_module.attach(context, MemoryReactorClock(), None))

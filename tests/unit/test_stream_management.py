@@ -118,3 +118,25 @@ class StreamManagementTests(SynchronousTestCase):
         later = self.harness.login("alice@localhost/laptop")
         later.send("<presence/>")
         self.assertEqual([m["id"] for m in named(later.received(), "message")], [f"m{n}" for n in range(7)])
+
+
+class ResumptionOffTests(SynchronousTestCase):
+    def test_queue_limit_on_a_closing_stream(self):
+        """With resumption off, a stream that is closing (its connection not yet gone) holds at most
+        resumption_max_queue stanzas: past it the session ends and its messages go to offline storage,
+        and the sender's stream is not affected."""
+        harness = Harness(make_config(resumption_timeout_seconds=0, resumption_max_queue=2))
+        for user in ("alice", "bob"):
+            harness.add_user(f"{user}@localhost")
+        bob = harness.login("bob@localhost/desk")
+        alice = harness.login("alice@localhost/phone")
+        alice.send(f"<enable xmlns='{SM}'/>")
+        self.assertNotIn("id", named(alice.received(), "enabled")[0].attributes)
+        alice.send("</stream:stream>")
+        for n in range(4):
+            bob.send(f"<message to='alice@localhost/phone' type='chat' id='m{n}'><body>{n}</body></message>")
+        self.assertFalse(bob.transport.disconnecting)
+        self.assertIsNone(harness.server.sessions.get("alice@localhost/phone"))
+        later = harness.login("alice@localhost/laptop")
+        later.send("<presence/>")
+        self.assertEqual([m["id"] for m in named(later.received(), "message")], [f"m{n}" for n in range(4)])

@@ -24,8 +24,9 @@ class WebSocketClient(HTTPClient):
     It answers pings unless ``answer_pings`` is false and records the close frame it gets.
     """
 
-    def __init__(self, factory, origin=None, subprotocols=("xmpp",), host="localhost:5280", extra=()):
-        super().__init__(factory)
+    def __init__(self, factory, origin=None, subprotocols=("xmpp",), host="localhost:5280", extra=(),
+                 address="127.0.0.1"):
+        super().__init__(factory, address=address)
         self.ws = WSConnection(ConnectionType.CLIENT)
         self.answer_pings = True
         self.pings = 0
@@ -118,7 +119,7 @@ class HandshakeTests(WebSocketTestCase):
         client = self.connect()
         self.assertTrue(client.accepted)
         self.assertEqual(client.handshake[0].subprotocol, "xmpp")
-        self.assertEqual(client.transport.producer, client.channel.websocket)
+        self.assertIs(client.transport.producer, client.channel.websocket.output)
 
     def test_without_xmpp_subprotocol(self):
         """Without the 'xmpp' subprotocol the upgrade is refused with 400 and the connection closed."""
@@ -225,11 +226,45 @@ class StreamTests(WebSocketTestCase):
         _, features = client.received()
         self.assertIn("PLAIN", [str(mechanism) for mechanism in features.mechanisms.elements()])
 
-    def test_sasl_without_tls_despite_require_encryption(self):
-        """require_encryption does not lock out plain-HTTP WebSocket clients: SCRAM works (there is no STARTTLS)."""
+    def test_sasl_on_loopback_despite_require_encryption(self):
+        """require_encryption does not lock out a plain-HTTP WebSocket client on loopback (a browser on the
+        server's machine, where nobody else sees its bytes): SCRAM works (there is no STARTTLS)."""
         self.make(c2s={"require_encryption": True})
         client = self.connect()
         self.assertTrue(client.login("alice").startswith("alice@localhost/"))
+
+    def test_no_sasl_in_clear_from_elsewhere(self):
+        """With require_encryption, a plain-HTTP WebSocket client that is not on loopback is offered no
+        mechanism, and its <auth/> gets <encryption-required/> before any credential is looked at."""
+        self.make(c2s={"require_encryption": True})
+        client = self.connect(address="192.0.2.7")
+        client.send_text(OPEN)
+        _, features = client.received()
+        self.assertIsNone(features.mechanisms)
+        outcome = scram_login(client, "alice", "secret")
+        self.assertEqual((outcome.uri, outcome.name, next(outcome.elements()).name),
+                         (NS_SASL, "failure", "encryption-required"))
+        self.assertEqual(len(self.harness.server.sessions), 0)
+
+    def test_sasl_in_clear_when_encryption_is_not_required(self):
+        """require_encryption = false lets any plain-HTTP client log in, as the administrator chose."""
+        self.make(c2s={"require_encryption": False})
+        self.assertTrue(self.connect(address="192.0.2.7").login("alice").startswith("alice@localhost/"))
+
+    def test_tls_said_by_a_trusted_proxy(self):
+        """Behind a listed proxy that says X-Forwarded-Proto: https the stream is secure (PLAIN offered);
+        the same headers from a peer not listed change nothing."""
+        self.make(c2s={"require_encryption": True}, trusted_proxies=["10.0.0.1"])
+        headers = [("X-Forwarded-For", "198.51.100.1"), ("X-Forwarded-Proto", "https")]
+        proxied = self.connect(address="10.0.0.1", extra=headers)
+        proxied.send_text(OPEN)
+        _, features = proxied.received()
+        self.assertIn("PLAIN", [str(mechanism) for mechanism in features.mechanisms.elements()])
+        self.assertEqual(proxied.channel.websocket.peer, "198.51.100.1:?")
+        stranger = self.connect(address="192.0.2.7", extra=headers)
+        stranger.send_text(OPEN)
+        _, features = stranger.received()
+        self.assertIsNone(features.mechanisms)
 
     def test_login_and_messages_with_a_tcp_client(self):
         """Open, SCRAM, bind over WebSocket; a message to a TCP client and its answer, qualified by jabber:client."""
@@ -425,3 +460,37 @@ class BackpressureTests(WebSocketTestCase):
         self.assertEqual(client.transport.producerState, "producing")
         self.assertFalse(client.transport.disconnecting)
         self.assertEqual(len(client.received()), 20)
+
+
+class ConnectionLimitTests(WebSocketTestCase):
+    def test_websockets_count_per_address(self):
+        """WebSockets count against [c2s] max_connections_per_address: past it the next connection from
+        that address gets 503; a closed one frees its place."""
+        self.make(c2s={"max_connections_per_address": 2})
+        first, second = self.connect(address="192.0.2.7"), self.connect(address="192.0.2.7")
+        self.assertTrue(first.accepted and second.accepted)
+        third = HTTPClient(self.factory, address="192.0.2.7")
+        [(status, _, _)] = third.responses()
+        self.assertEqual(status, 503)
+        third.drop()
+        first.drop()
+        self.assertTrue(self.connect(address="192.0.2.7").accepted)
+
+    def test_websockets_through_a_proxy_count_per_client(self):
+        """A trusted proxy's WebSockets count against each forwarded client's address: a third from one
+        client gets 503 while another client behind the same proxy is accepted."""
+        self.make(c2s={"max_connections_per_address": 2}, trusted_proxies=["10.0.0.1"])
+
+        def through_proxy(client):
+            return self.connect(address="10.0.0.1", extra=[("X-Forwarded-For", client)])
+
+        first, second = through_proxy("198.51.100.1"), through_proxy("198.51.100.1")
+        self.assertTrue(first.accepted and second.accepted)
+        third = through_proxy("198.51.100.1")
+        self.assertFalse(third.accepted)
+        self.assertEqual(third.http_response[0], 503)
+        self.assertTrue(third.transport.disconnecting)
+        self.assertTrue(through_proxy("198.51.100.2").accepted)
+        third.drop()
+        first.drop()
+        self.assertTrue(through_proxy("198.51.100.1").accepted)

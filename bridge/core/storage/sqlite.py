@@ -1,21 +1,35 @@
 """SQLite implementation of ``IStorage``: the default, one file under data_dir.
 
-Queries are short and indexed, and WAL journaling keeps a commit cheap, so
-they run on the reactor thread and return already-fired Deferreds; a
-database reached over the network would use a thread pool or an async
-driver behind the same interface.
+The database is worked by one thread of its own, never the reactor's: a
+slow disk stalls no stream.  Calls queue up in the order they were made;
+the thread takes all that are waiting (up to ``BATCH_LIMIT``) and carries
+them out in one transaction, so one commit serves a burst of writes.  Each
+call's Deferred fires on the reactor thread after the commit that covers
+it: an answer (a 202 to a SIP phone, a receipt) sent from its callback is
+sent only once what it answers for is on disk.
+
+The file (and the journal files SQLite makes beside it, which take its
+permissions) is created 0600 in a folder created 0700: the accounts' SCRAM
+keys and SIP digest secrets are in it.
 """
 
 import json
 import os
+import queue
 import sqlite3
+import threading
 
 from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from bridge.core.storage import IStorage
 
+log = Logger()
+
 SCHEMA = """
+BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS keyval (
     host TEXT NOT NULL, user TEXT NOT NULL, store TEXT NOT NULL, value TEXT NOT NULL,
     PRIMARY KEY (host, user, store));
@@ -23,73 +37,204 @@ CREATE TABLE IF NOT EXISTS queue (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     host TEXT NOT NULL, user TEXT NOT NULL, store TEXT NOT NULL, value TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS queue_owner ON queue (host, user, store, id);
+CREATE TABLE IF NOT EXISTS queue_bytes (
+    host TEXT NOT NULL, user TEXT NOT NULL, store TEXT NOT NULL, bytes INTEGER NOT NULL,
+    PRIMARY KEY (host, user, store));
+INSERT INTO queue_bytes (host, user, store, bytes)
+    SELECT host, user, store, SUM(LENGTH(CAST(value AS BLOB))) FROM queue
+    WHERE NOT EXISTS (SELECT 1 FROM queue_bytes) GROUP BY host, user, store;
+CREATE TRIGGER IF NOT EXISTS queue_bytes_added AFTER INSERT ON queue BEGIN
+    INSERT INTO queue_bytes (host, user, store, bytes)
+        VALUES (NEW.host, NEW.user, NEW.store, LENGTH(CAST(NEW.value AS BLOB)))
+        ON CONFLICT (host, user, store) DO UPDATE SET bytes = bytes + excluded.bytes;
+END;
+CREATE TRIGGER IF NOT EXISTS queue_bytes_removed AFTER DELETE ON queue BEGIN
+    UPDATE queue_bytes SET bytes = bytes - LENGTH(CAST(OLD.value AS BLOB))
+        WHERE host = OLD.host AND user = OLD.user AND store = OLD.store;
+    DELETE FROM queue_bytes WHERE host = OLD.host AND user = OLD.user AND store = OLD.store AND bytes <= 0;
+END;
+COMMIT;
 """
+# queue_bytes holds the bytes of each queue (``IStorage.size``), kept by the
+# database in the statement that adds or removes an item, so that the two
+# never disagree.  It is empty only while every queue is: a database made
+# before it existed has it filled, once, when it is created.
+BATCH_LIMIT = 512
+_STOP = object()
+
+
+def connect(path):
+    """A connection to ``path`` with the schema in place, the file private to its owner."""
+    if path != ":memory:":
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        os.chmod(path, 0o600)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(SCHEMA)
+    return db
+
+
+# -- the operations, each run on the database thread -------------------------------
+
+def _get(db, host, user, store):
+    row = db.execute("SELECT value FROM keyval WHERE host=? AND user=? AND store=?", (host, user, store)).fetchone()
+    return None if row is None else json.loads(row[0])
+
+
+def _set(db, host, user, store, text):
+    if text is None:
+        db.execute("DELETE FROM keyval WHERE host=? AND user=? AND store=?", (host, user, store))
+    else:
+        db.execute("INSERT OR REPLACE INTO keyval (host, user, store, value) VALUES (?, ?, ?, ?)",
+                   (host, user, store, text))
+
+
+def _users(db, host, store):
+    rows = db.execute("SELECT user FROM keyval WHERE host=? AND store=? ORDER BY user", (host, store)).fetchall()
+    return [row[0] for row in rows]
+
+
+def _append(db, host, user, store, text):
+    return db.execute("INSERT INTO queue (host, user, store, value) VALUES (?, ?, ?, ?)",
+                      (host, user, store, text)).lastrowid
+
+
+def _items(db, host, user, store, limit):
+    rows = db.execute("SELECT id, value FROM queue WHERE host=? AND user=? AND store=? ORDER BY id LIMIT ?",
+                      (host, user, store, -1 if limit is None else limit)).fetchall()
+    return [(row[0], json.loads(row[1])) for row in rows]
+
+
+def _count(db, host, user, store):
+    return db.execute("SELECT COUNT(*) FROM queue WHERE host=? AND user=? AND store=?",
+                      (host, user, store)).fetchone()[0]
+
+
+def _size(db, host, user, store):
+    row = db.execute("SELECT bytes FROM queue_bytes WHERE host=? AND user=? AND store=?",
+                     (host, user, store)).fetchone()
+    return 0 if row is None else row[0]
+
+
+def _remove(db, host, user, store, ids):
+    db.executemany("DELETE FROM queue WHERE host=? AND user=? AND store=? AND id=?",
+                   [(host, user, store, item) for item in ids])
+
+
+def _delete_user(db, host, user):
+    db.execute("DELETE FROM keyval WHERE host=? AND user=?", (host, user))
+    db.execute("DELETE FROM queue WHERE host=? AND user=?", (host, user))
+
+
+def run_batch(db, batch):
+    """Carry out ``batch`` [(operation, args)] in one transaction: [(succeeded, result or Failure)].
+
+    An operation that fails fails alone (SQLite undoes just its statement);
+    a commit that fails fails them all.
+    """
+    outcomes = []
+    db.execute("BEGIN IMMEDIATE")
+    for operation, args in batch:
+        try:
+            outcomes.append((True, operation(db, *args)))
+        except Exception:
+            outcomes.append((False, Failure()))
+    try:
+        db.execute("COMMIT")
+    except Exception:
+        failure = Failure()
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        return [(False, failure)] * len(batch)
+    return outcomes
 
 
 @implementer(IStorage)
 class SQLiteStorage:
-    def __init__(self, path):
-        if path != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    def __init__(self, path, reactor):
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        self._reactor = reactor
+        self._calls = queue.SimpleQueue()
+        self._db = connect(path)  # opened here, so that a bad path stops the start at once
+        self._closed = None
+        self._thread = threading.Thread(target=self._work, name="bridge-sqlite", daemon=True)
+        self._thread.start()
+
+    def _call(self, operation, *args):
+        if self._closed is not None:
+            return defer.fail(RuntimeError("the storage is closed"))
+        d = defer.Deferred()
+        self._calls.put((operation, args, d))
+        return d
+
+    def _work(self):
+        """The database thread: batches of calls in, their outcomes to the reactor thread."""
+        while True:
+            first = self._calls.get()
+            if first is _STOP:
+                break
+            batch = [first]
+            while len(batch) < BATCH_LIMIT:
+                try:
+                    call = self._calls.get_nowait()
+                except queue.Empty:
+                    break
+                if call is _STOP:
+                    self._calls.put(_STOP)
+                    break
+                batch.append(call)
+            outcomes = run_batch(self._db, [(operation, args) for operation, args, _ in batch])
+            self._reactor.callFromThread(_answer, [call[2] for call in batch], outcomes)
+        self._db.close()
 
     def get(self, host, user, store):
-        row = self._db.execute(
-            "SELECT value FROM keyval WHERE host=? AND user=? AND store=?", (host, user, store)
-        ).fetchone()
-        return defer.succeed(None if row is None else json.loads(row[0]))
+        return self._call(_get, host, user, store)
 
     def set(self, host, user, store, value):
-        if value is None:
-            self._db.execute("DELETE FROM keyval WHERE host=? AND user=? AND store=?", (host, user, store))
-        else:
-            self._db.execute(
-                "INSERT OR REPLACE INTO keyval (host, user, store, value) VALUES (?, ?, ?, ?)",
-                (host, user, store, json.dumps(value)),
-            )
-        return defer.succeed(None)
+        return self._call(_set, host, user, store, None if value is None else json.dumps(value))
 
     def users(self, host, store):
-        rows = self._db.execute(
-            "SELECT user FROM keyval WHERE host=? AND store=? ORDER BY user", (host, store)
-        ).fetchall()
-        return defer.succeed([row[0] for row in rows])
+        return self._call(_users, host, store)
 
     def append(self, host, user, store, value):
-        cursor = self._db.execute(
-            "INSERT INTO queue (host, user, store, value) VALUES (?, ?, ?, ?)",
-            (host, user, store, json.dumps(value)),
-        )
-        return defer.succeed(cursor.lastrowid)
+        return self._call(_append, host, user, store, json.dumps(value))
 
     def items(self, host, user, store, limit=None):
-        rows = self._db.execute(
-            "SELECT id, value FROM queue WHERE host=? AND user=? AND store=? ORDER BY id LIMIT ?",
-            (host, user, store, -1 if limit is None else limit),
-        ).fetchall()
-        return defer.succeed([(row[0], json.loads(row[1])) for row in rows])
+        return self._call(_items, host, user, store, limit)
 
     def count(self, host, user, store):
-        row = self._db.execute(
-            "SELECT COUNT(*) FROM queue WHERE host=? AND user=? AND store=?", (host, user, store)
-        ).fetchone()
-        return defer.succeed(row[0])
+        return self._call(_count, host, user, store)
+
+    def size(self, host, user, store):
+        return self._call(_size, host, user, store)
 
     def remove(self, host, user, store, ids):
-        self._db.executemany(
-            "DELETE FROM queue WHERE host=? AND user=? AND store=? AND id=?",
-            [(host, user, store, item) for item in ids],
-        )
-        return defer.succeed(None)
+        return self._call(_remove, host, user, store, list(ids))
 
     def delete_user(self, host, user):
-        self._db.execute("DELETE FROM keyval WHERE host=? AND user=?", (host, user))
-        self._db.execute("DELETE FROM queue WHERE host=? AND user=?", (host, user))
-        return defer.succeed(None)
+        return self._call(_delete_user, host, user)
 
     def close(self):
-        self._db.close()
+        """Deferred: fires once every call made before is committed and the thread has ended."""
+        if self._closed is None:
+            self._closed = defer.Deferred()
+            self._calls.put(_STOP)
+            threading.Thread(target=self._await_thread, name="bridge-sqlite-close", daemon=True).start()
+        return self._closed
+
+    def _await_thread(self):
+        self._thread.join()
+        self._reactor.callFromThread(self._closed.callback, None)
+
+
+def _answer(deferreds, outcomes):
+    for d, (succeeded, result) in zip(deferreds, outcomes):
+        if succeeded:
+            d.callback(result)
+        else:
+            d.errback(result)

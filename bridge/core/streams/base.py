@@ -3,17 +3,39 @@
 Client, server-to-server and component streams differ in their negotiation,
 not in how bytes become elements and elements become bytes; that common part
 lives here once.
+
+Output is bounded (``BoundedOutput``, shared with the WebSocket framing): a
+stream is its transport's push producer, so Twisted says when the peer reads
+less than it is sent.  From then on the elements the peer sends wait
+unhandled, and reading from it stops while they wait (it cannot make us
+write more by asking); a peer that lets more than ``max_buffered_bytes``
+pile up is cut off with <policy-violation/>.  Reading is not paused for the
+output alone: a TLS transport says it is full while its handshake, which
+needs reading, is under way.  Only what the peer sends counts as activity.
+
+A stream restart (after STARTTLS or SASL) must be the last thing of its
+read: what came with it was sent before the peer could see our answer and,
+after <starttls/>, was sent in the clear though it would be read as if under
+TLS (the CVE-2011-0411 class).  Anything but whitespace there ends the
+stream with <policy-violation/>.
 """
 
+from collections import deque
+
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.words.xish import domish
+from zope.interface import implementer
 
 from bridge.core.xmlstream import NS_STREAMS, StreamError, StreamParser
 
 log = Logger()
 
 NS_STREAM_ERRORS = "urn:ietf:params:xml:ns:xmpp-streams"
+NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
+# After we close a stream, how long its peer has to read what is left before the connection is dropped.
+CLOSE_TIMEOUT_SECONDS = 5.0
 
 
 def stream_error_element(condition, text=None):
@@ -61,12 +83,118 @@ class ConnectionsPerAddress:
             self.counts.pop(key, None)
 
 
+class Reading:
+    """Reading from a transport, paused while any of its holds is paused.
+
+    Two things stop reading from a peer: its input rate and output it does
+    not read.  Each gets its own ``hold()``, an object with
+    ``pauseProducing`` and ``resumeProducing`` as a transport has, so that
+    one resuming never undoes the other's pause.
+    """
+
+    def __init__(self, transport):
+        self.transport = transport
+        self._paused = set()
+
+    def hold(self):
+        return _ReadingHold(self)
+
+    def _set(self, hold, paused):
+        was_paused = bool(self._paused)
+        if paused:
+            self._paused.add(hold)
+        else:
+            self._paused.discard(hold)
+        if was_paused != bool(self._paused):
+            if paused:
+                self.transport.pauseProducing()
+            else:
+                self.transport.resumeProducing()
+
+
+class _ReadingHold:
+    def __init__(self, reading):
+        self.reading = reading
+
+    def pauseProducing(self):
+        self.reading._set(self, True)
+
+    def resumeProducing(self):
+        self.reading._set(self, False)
+
+
+@implementer(IPushProducer)
+class BoundedOutput:
+    """What is written to one peer, bounded by what it reads.
+
+    It is its transport's push producer: Twisted calls ``pauseProducing``
+    when the transport's buffer is full (the peer reads less than it is
+    sent) and ``resumeProducing`` once it has drained.  While full, the
+    bytes written are counted; past ``limit_bytes``, ``overflowed(count)``
+    is called, once, and its owner cuts the peer off.  Reading from the peer
+    stops while full when ``reading`` (a hold of ``Reading``) is given;
+    ``drained()`` is called on resumption.  TCP streams and the WebSocket
+    framing each keep one.
+    """
+
+    def __init__(self, transport, limit_bytes, overflowed, reading=None, drained=None):
+        self.transport = transport
+        self.reading = reading
+        self.limit_bytes = limit_bytes
+        self.overflowed = overflowed
+        self.drained = drained
+        self.full = False
+        self.unread = 0
+        self.over = False
+        self.registered = False
+
+    def register(self):
+        self.transport.registerProducer(self, True)
+        self.registered = True
+
+    def unregister(self):
+        """No longer the producer: TCP and TLS transports only close once there is none."""
+        if self.registered:
+            self.registered = False
+            self.transport.unregisterProducer()
+
+    def write(self, data):
+        was_full = self.full
+        self.transport.write(data)
+        if not was_full:
+            return
+        self.unread += len(data)
+        if self.unread > self.limit_bytes and not self.over:
+            self.over = True
+            self.overflowed(self.unread)
+
+    def pauseProducing(self):
+        if not self.full:
+            self.full = True
+            self.unread = 0
+            if self.reading is not None:
+                self.reading.pauseProducing()
+
+    def resumeProducing(self):
+        if self.full:
+            self.full = False
+            self.unread = 0
+            if self.reading is not None:
+                self.reading.resumeProducing()
+            if self.drained is not None:
+                self.drained()
+
+    def stopProducing(self):
+        self.registered = False
+
+
 class InputRateLimit:
     """A token bucket over the bytes a peer sends: past the burst, reading
     from it pauses until its average falls back under the rate.
 
     ``limits`` carries ``rate_limit_bytes_per_second`` and
-    ``rate_limit_burst_bytes``; every stream transport (TCP, WebSocket) keeps one.
+    ``rate_limit_burst_bytes``; every stream transport (TCP, WebSocket, SIP)
+    keeps one.  ``transport``: what pauses, a transport or a hold of ``Reading``.
     """
 
     def __init__(self, clock, limits, transport):
@@ -101,7 +229,13 @@ class XMLStreamProtocol(Protocol):
 
     Subclasses set ``content_namespace`` and implement ``header_received``,
     ``element_received``, ``end_received`` and ``stream_error``.  ``limits``
-    carries ``stanza_size_limit_bytes`` and the rate-limit options.
+    carries ``stanza_size_limit_bytes``, ``max_buffered_bytes`` and the
+    rate-limit options.
+
+    A read is parsed whole before any of it is handled; its elements wait in
+    ``_parsed`` and are handled in order while the peer's output is not full
+    and the stream is not ``busy()`` (a client with many requests in work),
+    and the peer is not read while some wait.
     """
 
     content_namespace = None
@@ -112,57 +246,160 @@ class XMLStreamProtocol(Protocol):
         self.limits = limits
         self.closed = False
         self.rate = None
+        self.output = None
+        self._waiting = None
         self.last_activity = clock.seconds()
+        self._parsed = deque()
+        self._input_ended = False
+        self._handling = False
+        self._close_timer = None
+        self._aborted = False
 
     def connectionMade(self):
         # Stanzas are small and latency matters more than packet count.
         if hasattr(self.transport, "setTcpNoDelay"):
             self.transport.setTcpNoDelay(True)
-        self.rate = InputRateLimit(self.clock, self.limits, self.transport)
+        reading = Reading(self.transport)
+        self.rate = InputRateLimit(self.clock, self.limits, reading.hold())
+        self._waiting = reading.hold()
+        self.output = BoundedOutput(self.transport, self.limits.max_buffered_bytes, self._overflowed,
+                                    drained=self.handle_parsed)
+        self.output.register()
         address = self.transport.getPeer()
         self.peer = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
-        self.parser = StreamParser(self.header_received, self.element_received, self.end_received,
+        self.parser = StreamParser(lambda header: self._parsed.append((self.header_received, (header,))),
+                                   lambda element: self._parsed.append((self.element_received, (element,))),
+                                   lambda: self._parsed.append((self.end_received, ())),
                                    self.limits.stanza_size_limit_bytes, self.content_namespace)
 
+    # -- input -------------------------------------------------------------
+
     def dataReceived(self, data):
-        if self.closed:
+        if self.closed or self._input_ended:
             return
         self.last_activity = self.clock.seconds()
         self.rate.consumed(len(data))
         try:
             self.parser.feed(data)
         except StreamError as error:
-            self.stream_error(error.condition, error.text)
+            self._end_input(error.condition, error.text)
         except Exception:
             log.failure("unexpected failure on input from {peer}", peer=self.peer)
-            self.stream_error("internal-server-error")
+            self._end_input("internal-server-error")
+        self.handle_parsed()
+
+    def _end_input(self, condition, text=None):
+        """Nothing more is parsed; the stream error comes after what was parsed before it."""
+        self._input_ended = True
+        self._parsed.append((self.stream_error, (condition, text)))
+
+    def busy(self):
+        """True while the stream may take no more elements for now (see ``TCPClientProtocol``)."""
+        return False
+
+    def handle_parsed(self):
+        """Handle the parsed elements that wait, as far as output and ``busy()`` allow."""
+        if self._handling:
+            return
+        self._handling = True
+        try:
+            while self._parsed and not self.closed and not self.output.full and not self.busy():
+                handler, args = self._parsed.popleft()
+                try:
+                    handler(*args)
+                except Exception:
+                    log.failure("unexpected failure on input from {peer}", peer=self.peer)
+                    self.stream_error("internal-server-error")
+        finally:
+            self._handling = False
+        if self.closed:
+            self._parsed.clear()
+        if self._parsed:
+            self._waiting.pauseProducing()
+        else:
+            self._waiting.resumeProducing()
+
+    def restart_stream(self):
+        """A new stream follows on this connection (STARTTLS, SASL success): a new parser.
+
+        Nothing may follow the element that ended the old stream in its read
+        (whitespace aside); if something did, the stream ends with
+        <policy-violation/> and False is returned.
+        """
+        if self._parsed or not self.parser.ends_between_stanzas():
+            self._parsed.clear()
+            self._input_ended = True
+            self.stream_error("policy-violation", "nothing may follow a stream restart before the answer to it")
+            return False
+        self.parser.reset()
+        return True
+
+    def switch_to_tls(self, context, answer=None):
+        """STARTTLS: ``answer`` (<proceed/>, as the receiving side), then TLS with ``context``.
+
+        False, after a stream error, when something came after the request
+        in its read: those bytes were sent in the clear.
+        """
+        if not self.restart_stream():
+            return False
+        if answer is not None:
+            self.send(answer)
+        self.transport.startTLS(context)
+        return True
+
+    # -- output ------------------------------------------------------------
 
     def write_header(self, attributes, extra_namespaces=""):
-        self.transport.write(stream_header(self.content_namespace, attributes, extra_namespaces))
+        self.output.write(stream_header(self.content_namespace, attributes, extra_namespaces))
 
     def send(self, element):
         if self.closed:
             return
-        self.last_activity = self.clock.seconds()
         if element.uri == NS_STREAMS:
             # Serialise with the stream prefix the peer knows.
             text = element.toXml(prefixes={NS_STREAMS: "stream"}, prefixesInScope=["stream"])
         else:
             text = element.toXml()
-        self.transport.write(text.encode("utf-8"))
+        self.output.write(text.encode("utf-8"))
 
     def send_stream_error(self, condition, text=None):
         log.info("stream error {condition} for {peer}: {text}", condition=condition, peer=self.peer, text=text or "")
         self.send(stream_error_element(condition, text))
         self.close()
 
+    def _overflowed(self, count):
+        log.info("cutting off {peer}: {count} bytes it does not read", peer=self.peer, count=count)
+        self.stream_error("policy-violation", "the peer does not read what it is sent")
+        self._abort()
+
     def close(self):
-        if not self.closed:
-            self.transport.write(b"</stream:stream>")
-            self.closed = True
-            self.transport.loseConnection()
+        """Our end of the stream; the peer has CLOSE_TIMEOUT_SECONDS to read what is left."""
+        if self.closed:
+            return
+        self.closed = True
+        self.output.write(b"</stream:stream>")
+        self.output.unregister()
+        if self.output.full:
+            self._abort()
+            return
+        self.transport.loseConnection()
+        self._close_timer = self.clock.callLater(CLOSE_TIMEOUT_SECONDS, self._abort)
+
+    def _abort(self):
+        """Drop the connection without waiting for the peer to read what is buffered."""
+        if self._close_timer is not None and self._close_timer.active():
+            self._close_timer.cancel()
+        self._close_timer = None
+        if not self._aborted:
+            self._aborted = True
+            self.output.unregister()
+            self.transport.abortConnection()
 
     def connectionLost(self, reason):
         self.closed = True
+        self._parsed.clear()
         if self.rate is not None:
             self.rate.cancel()
+        if self._close_timer is not None and self._close_timer.active():
+            self._close_timer.cancel()
+        self._close_timer = None

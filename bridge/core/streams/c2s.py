@@ -4,7 +4,9 @@ stream management (XEP-0198) and keepalive pings.
 ``ClientStream`` holds the logic of one client stream and knows nothing of
 the framing: it is driven by ``stream_opened``, ``element_received`` and
 ``connection_lost``, and writes through a *framing* object (``open``,
-``send``, ``close``, ``reset``, ``start_tls``).  ``TCPClientProtocol`` is the
+``send``, ``close``, ``reset``, ``start_tls``, ``tls_transport``, and
+``answered``, told when the server has answered enough of the client's
+requests for it to take more).  ``TCPClientProtocol`` is the
 framing for TCP; the BOSH and WebSocket gateways supply theirs and reuse
 everything here.
 """
@@ -22,19 +24,21 @@ from bridge.core import sasl
 from bridge.core.sessions import Session
 from bridge.core.stanza import first_child, make
 from bridge.core.tls import channel_binding
-from bridge.core.streams.base import ConnectionsPerAddress, XMLStreamProtocol, stream_error_element
+from bridge.core.streams.base import NS_TLS, ConnectionsPerAddress, XMLStreamProtocol, stream_error_element
 from bridge.core.streams.sm import NS_SM, AckError, SessionState
 from bridge.core.xmlstream import NS_STREAMS
 
 log = Logger()
 
 NS_CLIENT = "jabber:client"
-NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
 NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
 NS_SESSION = "urn:ietf:params:xml:ns:xmpp-session"
 NS_PING = "urn:xmpp:ping"
 MAX_SASL_FAILURES = 3
+# Requests of one client to the server (IQ get or set to itself or its host) that may be in work at
+# once: storage answers later than the request, so reading must stop somewhere else than at the output.
+MAX_REQUESTS_IN_WORK = 16
 STANZAS = ("message", "presence", "iq")
 
 
@@ -62,6 +66,7 @@ class ClientStream:
         self._last_activity = clock.seconds()
         self._ping_timer = None
         self._ping_id = None
+        self._in_work = {}  # id -> how many of the client's requests to the server with it await an answer
 
     # -- input -------------------------------------------------------------
 
@@ -97,16 +102,16 @@ class ClientStream:
             if config.require_encryption:
                 starttls.addElement("required")
         if self.username is None:
-            if self.secure or not config.require_encryption or not self.framing.can_start_tls:
+            if self._may_authenticate():
                 mechanisms = features.addElement((NS_SASL, "mechanisms"))
                 for mechanism in self._mechanisms():
                     mechanisms.addElement("mechanism", content=mechanism)
-            self.server.hooks.fire("stream-features/pre-auth", (self, features))
+            self._hooks().fire("stream-features/pre-auth", (self, features))
         else:
             features.addElement((NS_BIND, "bind"))
             features.addElement((NS_SESSION, "session")).addElement("optional")
             features.addElement((NS_SM, "sm"))
-            self.server.hooks.fire("stream-features/post-auth", (self, features))
+            self._hooks().fire("stream-features/post-auth", (self, features))
         return features
 
     def _mechanisms(self):
@@ -150,7 +155,33 @@ class ClientStream:
             # RFC 3921 session establishment: a no-op that older clients (Strophe, Converse) still send.
             self.send(make("iq", to=self.session.full, sender=self.host, type="result", id=stanza.getAttribute("id")))
             return
+        if stanza.name == "iq" and stanza.getAttribute("type") in ("get", "set") and self._to_server(stanza):
+            key = stanza.getAttribute("id")
+            self._in_work[key] = self._in_work.get(key, 0) + 1
         self.server.stanza_from_session(self.session, stanza)
+
+    def _to_server(self, iq):
+        """True for a request the server answers: to the user's own account or to the host."""
+        to = iq.getAttribute("to")
+        return to is None or to in (self.host, self.session.bare, self.session.full)
+
+    @property
+    def busy(self):
+        """True while the client has as many requests in work as it may: its framing reads no more."""
+        return sum(self._in_work.values()) >= MAX_REQUESTS_IN_WORK
+
+    def _answered(self, stanza):
+        key = stanza.getAttribute("id")
+        count = self._in_work.get(key)
+        if count is None or stanza.getAttribute("type") not in ("result", "error"):
+            return
+        was_busy = self.busy
+        if count > 1:
+            self._in_work[key] = count - 1
+        else:
+            del self._in_work[key]
+        if was_busy:
+            self.framing.answered()
 
     # -- stream management (XEP-0198) ----------------------------------------
 
@@ -238,31 +269,44 @@ class ClientStream:
         if self.secure or not self.framing.can_start_tls:
             self.stream_error("policy-violation", "TLS is already in place")
             return
-        self.framing.send(domish.Element((NS_TLS, "proceed")))
-        self.framing.start_tls()
-        self.secure = True
-        self._restart()
+        # The framing answers <proceed/> and starts TLS, unless something came
+        # with <starttls/> (then the stream has ended with an error).
+        if self.framing.start_tls():
+            self.secure = True
+            self.stream_id = None
 
     def _restart(self):
         """After STARTTLS or SASL success the client opens a new stream."""
         self.stream_id = None
         self.framing.reset()
 
+    def _hooks(self):
+        """The events of the stream's host."""
+        return self.server.hosts[self.host].hooks
+
     def _unauthenticated_iq(self, iq):
         """IQs allowed before authentication (in-band registration)."""
         payload = first_child(iq)
-        if payload is None:
+        if payload is None or self.host is None:
             return False
-        return self.server.hooks.fire(f"unauthenticated-iq/{payload.uri}:{payload.name}", (self, iq))
+        return self._hooks().fire(f"unauthenticated-iq/{payload.uri}:{payload.name}", (self, iq))
+
+    def _may_authenticate(self):
+        """SASL on this stream now: over TLS, where encryption is not required, or where the framing
+        says a clear connection will do (no TLS to wait for; a browser on loopback)."""
+        return self.secure or not self.listener.require_encryption or self.framing.may_authenticate_in_clear
 
     def _lookup(self, username):
         return self.server.accounts.credentials(self.host, username)
+
+    def _decoy(self, username):
+        return self.server.decoys.credentials(self.host, username)
 
     def _sasl(self, element):
         if self.host is None or self.username is not None:
             self.stream_error("policy-violation", "SASL is not expected now")
             return
-        if self.listener.require_encryption and not self.secure and self.framing.can_start_tls:
+        if not self._may_authenticate():
             self._sasl_failure("encryption-required")
             return
         if element.name == "auth":
@@ -274,11 +318,11 @@ class ClientStream:
                 self._sasl_failure("invalid-mechanism")
                 return
             if mechanism == "PLAIN":
-                self.sasl_exchange = sasl.PlainExchange(self._lookup)
+                self.sasl_exchange = sasl.PlainExchange(self._lookup, decoy=self._decoy)
             else:
                 binding = channel_binding(self.framing.tls_transport())
                 self.sasl_exchange = sasl.ScramExchange(mechanism, self._lookup, binding,
-                                                        plus_offered=binding is not None)
+                                                        plus_offered=binding is not None, decoy=self._decoy)
             self._sasl_step(str(element).strip())
         elif element.name == "response" and self.sasl_exchange is not None:
             self._sasl_step(str(element).strip())
@@ -381,11 +425,10 @@ class ClientStream:
             return
         self.jid = jid
         self.session = Session(jid, self)
-        self.server.sessions.add(self.session)
         reply = make("iq", type="result", id=iq.getAttribute("id"))
         reply.addElement((NS_BIND, "bind")).addElement("jid", content=jid.full())
         self.framing.send(reply)
-        self.server.hooks.fire("session/bound", self.session)
+        self.server.bind(self.session)
 
     def _bind_error(self, iq, condition, kind):
         reply = make("iq", type="error", id=iq.getAttribute("id"))
@@ -402,13 +445,16 @@ class ClientStream:
 
     def send(self, stanza):
         """Deliver a routed stanza to this client (counted, and kept until acknowledged, under XEP-0198)."""
+        if stanza.name == "iq" and self._in_work:
+            self._answered(stanza)
         sm = self.session.sm if self.session is not None else None
         if sm is not None and stanza.name in STANZAS:
             sm.acks.sent(stanza)
             if self.closed:
-                # Waiting for resumption: kept, up to the configured queue.
-                if len(sm.acks.unacked) > self.listener.resumption_max_queue and sm.expiry.active():
-                    sm.expiry.cancel()
+                # Closing, or waiting for resumption: kept, up to the configured queue.
+                if len(sm.acks.unacked) > self.listener.resumption_max_queue:
+                    if sm.expiry is not None and sm.expiry.active():
+                        sm.expiry.cancel()
                     session, self.session = self.session, None
                     self.end_session(session)
                 return
@@ -477,8 +523,7 @@ class ClientStream:
         sm = session.sm
         if sm is not None and sm.resume_id:
             server.resumable_sessions.pop(sm.resume_id, None)
-        server.hooks.fire("session/ended", session)
-        server.sessions.remove(session)
+        server.unbind(session)
         if sm is not None:
             for stanza in sm.acks.take_unacked():
                 if stanza.name == "message" and stanza.getAttribute("type") != "error":
@@ -557,10 +602,23 @@ class TCPClientProtocol(XMLStreamProtocol):
         self.write_header({"id": stream_id, "from": host, "version": "1.0", "xml:lang": "en"})
 
     def reset(self):
-        self.parser.reset()
+        self.restart_stream()
+
+    def busy(self):
+        return self.stream.busy
+
+    def answered(self):
+        """Requests were answered: the elements that waited are handled, and reading goes on."""
+        self.handle_parsed()
 
     def start_tls(self):
-        self.transport.startTLS(self.tls_context)
+        """<proceed/> and TLS; False (the stream has ended) when bytes came with <starttls/>."""
+        return self.switch_to_tls(self.tls_context, domish.Element((NS_TLS, "proceed")))
+
+    @property
+    def may_authenticate_in_clear(self):
+        """A listener without a certificate cannot meet require_encryption: SASL goes ahead in clear."""
+        return not self.can_start_tls
 
     def tls_transport(self):
         return self.transport if (self.direct_tls or self.stream.secure) else None

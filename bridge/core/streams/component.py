@@ -206,7 +206,7 @@ class ComponentFactory(Factory):
         domain = stream.domain
         self.connected[domain] = stream
         self.router.addRoute(domain, stream)
-        self.server.disco_items[domain] = None
+        self.server.list_service(domain, None, stream)
 
     def component_disconnected(self, stream):
         domain = stream.domain
@@ -214,7 +214,7 @@ class ComponentFactory(Factory):
             return
         del self.connected[domain]
         self.router.removeRoute(domain, stream)
-        self.server.disco_items.pop(domain, None)
+        self.server.unlist_services(stream)
         offline = self.offline.get(domain)
         if offline is not None:
             self.router.addRoute(domain, offline)

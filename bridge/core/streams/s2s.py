@@ -3,12 +3,14 @@
 Incoming streams must do STARTTLS (unless the policy says otherwise), then
 authenticate the peer domain by SASL EXTERNAL with a certificate verified
 against the trust store and checked with service-identity (XEP-0178), or by
-server dialback (XEP-0220) when the policy allows it.  ``RemoteDomains`` is
-the routing table's default route: it keeps one outgoing link per (local
-domain, remote domain), queues stanzas while the link is set up and bounces
-them to their senders when it cannot be.  When the peer supports stream
-management (XEP-0198) each stanza is kept until acknowledged, so the ones a
-dying connection swallowed are sent again on a new one, or bounced.
+server dialback (XEP-0220) when the policy allows it.  Our own links need
+the peer's certificate to verify, except for ``dialback_fallback_domains``.
+``RemoteDomains`` is the routing table's default route: it keeps one
+outgoing link per (local domain, remote domain), queues stanzas while the
+link is set up and bounces them to their senders when it cannot be.  When
+the peer supports stream management (XEP-0198) each stanza is kept until
+acknowledged, so the ones a dying connection swallowed are sent again on a
+new one, or bounced.
 """
 
 import base64
@@ -27,10 +29,11 @@ from twisted.logger import Logger
 from twisted.words.xish import domish
 from zope.interface import implementer
 
+from bridge.config import normalise_domain
 from bridge.core import srv
 from bridge.core.stanza import parse_jid
-from bridge.core.streams.base import XMLStreamProtocol
-from bridge.core.streams.c2s import NS_SASL, NS_TLS
+from bridge.core.streams.base import NS_TLS, ConnectionsPerAddress, XMLStreamProtocol
+from bridge.core.streams.c2s import NS_SASL
 from bridge.core.streams.sm import NS_SM, AckError, Acknowledgements, HandledCount
 from bridge.core.tls import server_context
 from bridge.core.xmlstream import parse_element
@@ -137,10 +140,27 @@ class IncomingServerStream(XMLStreamProtocol):
         self.claimed = None
         self.authenticated = set()
         self.handled = None  # XEP-0198 count once the peer enabled it
+        self.checks_pending = 0  # dialback verifications under way for this stream
+        self.address_key = None
+        self._pre_auth_timer = None
 
     def connectionMade(self):
         super().connectionMade()
         self.remote.track(self)
+        self.address_key = getattr(self.transport.getPeer(), "host", None)
+        self._pre_auth_timer = self.clock.callLater(self.config.pre_auth_timeout_seconds, self._pre_auth_timeout)
+        if not self.remote.connections.admit(self.address_key):
+            self.stream_error("policy-violation", "too many connections from your address")
+
+    def _pre_auth_timeout(self):
+        self._pre_auth_timer = None
+        self.stream_error("connection-timeout", "no authentication in time")
+
+    def _authenticated(self, domain):
+        self.authenticated.add(domain)
+        if self._pre_auth_timer is not None and self._pre_auth_timer.active():
+            self._pre_auth_timer.cancel()
+        self._pre_auth_timer = None
 
     def header_received(self, header):
         self.stream_id = _stream_id()
@@ -171,10 +191,8 @@ class IncomingServerStream(XMLStreamProtocol):
 
     def element_received(self, element):
         if element.uri == NS_TLS and element.name == "starttls" and not self.secure:
-            self.send(domish.Element((NS_TLS, "proceed")))
-            self.transport.startTLS(self.remote.tls.options)
-            self.secure = True
-            self.parser.reset()
+            if self.switch_to_tls(self.remote.tls.options, domish.Element((NS_TLS, "proceed"))):
+                self.secure = True
         elif element.uri == NS_SASL and element.name == "auth":
             self._external(element)
         elif element.uri == NS_DIALBACK and element.name == "result":
@@ -223,34 +241,53 @@ class IncomingServerStream(XMLStreamProtocol):
             failure.addElement("not-authorized")
             self.send(failure)
             return
-        self.authenticated.add(domain.lower())
+        self._authenticated(domain.lower())
         self.send(domish.Element((NS_SASL, "success")))
-        self.parser.reset()
+        self.restart_stream()
 
     def _dialback_result(self, element):
-        originating = (element.getAttribute("from") or "").lower()
-        receiving = (element.getAttribute("to") or "").lower()
+        """A peer asks to be authenticated as a domain: each request costs a connection to that domain.
+
+        So nothing is checked for a domain that is not a plain, permitted
+        domain of someone else, and the checks under way are bounded per
+        stream and in all.
+        """
+        originating = normalise_domain(element.getAttribute("from") or "")
+        receiving = normalise_domain(element.getAttribute("to") or "")
         reply = domish.Element((NS_DIALBACK, "result"))
         reply["from"], reply["to"] = receiving, originating
         if not self.config.dialback or (self.config.require_encryption and not self.secure):
             self.stream_error("not-authorized", "dialback is not allowed here")
             return
-        if self.remote.local_domain(receiving) is None or not self.remote.permitted(originating):
-            reply["type"] = "error"
-            reply.addElement("error")["type"] = "cancel"
-            reply.error.addElement(("urn:ietf:params:xml:ns:xmpp-stanzas", "item-not-found"))
-            self.send(reply)
+        claimed = parse_jid(originating)
+        if (self.remote.local_domain(receiving) is None or claimed is None or claimed.user or claimed.resource
+                or self.remote.local_domain(originating) is not None or not self.remote.permitted(originating)):
+            self._dialback_error(reply, "cancel", "item-not-found")
+            return
+        if self.checks_pending >= self.config.dialback_max_pending_per_stream:
+            self._dialback_error(reply, "wait", "resource-constraint")
             return
         d = self.remote.verify_dialback(originating, receiving, self.stream_id, str(element).strip())
+        if d is None:
+            self._dialback_error(reply, "wait", "resource-constraint")
+            return
+        self.checks_pending += 1
 
         def verified(valid):
+            self.checks_pending -= 1
             reply["type"] = "valid" if valid else "invalid"
             if valid:
-                self.authenticated.add(originating)
+                self._authenticated(originating)
                 log.info("{domain} authenticated by dialback from {peer}", domain=originating, peer=self.peer)
             self.send(reply)
 
         d.addCallback(verified)
+
+    def _dialback_error(self, reply, kind, condition):
+        reply["type"] = "error"
+        reply.addElement("error")["type"] = kind
+        reply.error.addElement(("urn:ietf:params:xml:ns:xmpp-stanzas", condition))
+        self.send(reply)
 
     def _dialback_verify(self, element):
         """We are the authoritative server: is this key one we gave out?"""
@@ -283,11 +320,15 @@ class IncomingServerStream(XMLStreamProtocol):
     def stream_error(self, condition, text=None):
         if not self.closed:
             if self.stream_id is None:
-                self.write_header({"id": _stream_id(), "version": "1.0"}, DIALBACK_NAMESPACES)
+                self.stream_id = _stream_id()
+                self.write_header({"id": self.stream_id, "version": "1.0"}, DIALBACK_NAMESPACES)
             self.send_stream_error(condition, text)
 
     def connectionLost(self, reason):
         super().connectionLost(reason)
+        if self._pre_auth_timer is not None and self._pre_auth_timer.active():
+            self._pre_auth_timer.cancel()
+        self.remote.connections.release(self.address_key)
         self.remote.untrack(self)
 
 
@@ -341,14 +382,13 @@ class OutgoingServerStream(XMLStreamProtocol):
         if element.uri == NS_STREAMS and element.name == "features":
             self._features(element)
         elif element.uri == NS_TLS and element.name == "proceed":
-            self.transport.startTLS(self.remote.tls.client(self.target))
-            self.secure = True
-            self.parser.reset()
-            self._open()
+            if self.switch_to_tls(self.remote.tls.client(self.target)):
+                self.secure = True
+                self._open()
         elif element.uri == NS_SASL and element.name == "success":
-            self.parser.reset()
-            self._open()
-            self.authenticated = True
+            if self.restart_stream():
+                self._open()
+                self.authenticated = True
         elif element.uri == NS_SASL and element.name == "failure":
             self._dialback_or_fail(f"SASL EXTERNAL refused ({_condition(element)})")
         elif element.uri == NS_DIALBACK and element.name == "result":
@@ -414,6 +454,14 @@ class OutgoingServerStream(XMLStreamProtocol):
         if self.verify is not None:
             self._send_verify()
             return
+        if self.secure and certificate_problem:
+            # Dialback would prove who we are, never who receives what we send.
+            if normalise_domain(self.target) not in self.config.dialback_fallback_domains:
+                self._fail(f"{certificate_problem} (no dialback instead: {self.target} is not in "
+                           "dialback_fallback_domains)")
+                return
+            log.warn("link {origin} -> {target}: {problem}; dialback instead, as dialback_fallback_domains allows",
+                     origin=self.origin, target=self.target, problem=certificate_problem)
         mechanisms = [str(m) for m in features.mechanisms.elements()] if features.mechanisms else []
         if ("EXTERNAL" in mechanisms and self.config.certificate_authentication and not self.tried_external
                 and not certificate_problem):
@@ -569,6 +617,8 @@ class RemoteDomains:
         self.stopping = False
         self.resolver = resolver if resolver is not None else srv.make_resolver(self.config.dns_server)
         self._idle_check = None
+        self.connections = ConnectionsPerAddress(self.config.max_connections_per_address)  # incoming streams
+        self.checks_pending = 0  # dialback verifications under way, on all streams
 
     @defer.inlineCallbacks
     def start(self):
@@ -610,6 +660,8 @@ class RemoteDomains:
         return domain if domain and self.router.is_local(domain) else None
 
     def permitted(self, domain):
+        """Whether the policy lets ``domain`` federate (the lists are normalised at load)."""
+        domain = normalise_domain(domain)
         if domain in self.config.denied_domains:
             return False
         return not self.config.allowed_domains or domain in self.config.allowed_domains
@@ -694,8 +746,24 @@ class RemoteDomains:
         raise LinkFailed(reason or "no address")
 
     def verify_dialback(self, originating, receiving, stream_id, key):
-        """Ask the authoritative server of ``originating`` whether ``key`` is its own."""
+        """Ask the authoritative server of ``originating`` whether ``key`` is its own.
+
+        A Deferred firing with the answer, or None when ``dialback_max_pending``
+        checks are already under way.  A domain whose name does not resolve
+        gets no connection: the lookup fails first.
+        """
+        if self.checks_pending >= self.config.dialback_max_pending:
+            log.info("dialback check for {domain} refused: {count} under way", domain=originating,
+                     count=self.checks_pending)
+            return None
+        self.checks_pending += 1
         answer = defer.Deferred()
+
+        def finished(valid):
+            self.checks_pending -= 1
+            return valid
+
+        answer.addCallback(finished)
         attempt = self.connect(receiving, originating, verify=(receiving, stream_id, key, answer))
         attempt.addErrback(lambda failure: answer.called or answer.callback(False))
         return answer

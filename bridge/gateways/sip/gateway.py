@@ -1,8 +1,13 @@
-"""The SIP gateway's transaction user: what each SIP request gets (docs/sip.md).
+"""The SIP gateway: its listeners and its transaction user, attached through a gateway context.
 
-Transports (``transport.py``) hand parsed messages to ``SIPGateway``,
-which passes them to the ``TransactionLayer``; retransmissions are absorbed
-there, and each new server transaction reaches ``request_received`` once:
+``attach(ctx, reactor, tls_context)`` makes the gateway of the ``[sip]``
+section (docs/sip.md).  Its domain (``[sip] domain``) is a component host
+served by the ordinary disco, version, ping and XEP-0100 modules; what SIP
+users say on behalf of our users enters through the one way in
+(``phones.py``).  Transports (``transport.py``) hand parsed messages to
+``SIPGateway``, which passes them to the ``TransactionLayer``;
+retransmissions are absorbed there, and each new server transaction reaches
+``request_received`` once:
 
 * REGISTER: the registrar (digest against the accounts, bindings in memory);
 * OPTIONS: 200 with Allow, Accept and Supported;
@@ -10,9 +15,9 @@ there, and each new server transaction reaches ``request_received`` once:
   (voice is not part of this gateway), its ACK absorbed there; CANCEL: 200
   when it matches an INVITE transaction, else 481; BYE: 481, there are no
   dialogs;
-* MESSAGE: once ``setup()`` has run, ``messaging.Messaging`` (digest for our
-  users, allowed foreign domains, stored before 202, routed to XMPP); it
-  also owns the gateway's XMPP domain and sends MESSAGEs out;
+* MESSAGE: ``messaging.Messaging`` (digest for our users, allowed foreign
+  domains, stored before 202, said or routed to XMPP); it also sends
+  MESSAGEs out;
 * SUBSCRIBE, PUBLISH, NOTIFY: SIMPLE presence (``simple.py``); the NOTIFYs
   of our own subscriptions to foreign SIP users go on to ``watch.py``.
 
@@ -22,14 +27,19 @@ Before any of that a request whose Request-URI is neither sip nor sips gets
 
 import secrets
 
-from twisted.internet import task
+from twisted.internet import endpoints
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from bridge import __version__
-from bridge.config import parse_host_port
+from bridge.config import parse_host_port, parse_udp_endpoint
 from bridge.core import srv
-from bridge.gateways.sip.message import Limits, Response, make_response
+from bridge.core.server import looping_call
+from bridge.gateways.sip import transport as sip_transport
+from bridge.gateways.sip.addressing import AddressMap
+from bridge.gateways.sip.message import Limits, Response, make_response, parse_uri
 from bridge.gateways.sip.messaging import Messaging
+from bridge.gateways.sip.phones import Phones
 from bridge.gateways.sip.registrar import Registrar
 from bridge.gateways.sip.simple import SimplePresence
 from bridge.gateways.sip.transaction import ClientTransaction, TransactionLayer, Timers, new_branch
@@ -37,30 +47,58 @@ from bridge.gateways.sip.watch import ForeignWatch
 
 log = Logger()
 
-ALLOW = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER")
+ALLOW = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "MESSAGE", "SUBSCRIBE", "NOTIFY", "PUBLISH")
 ACCEPT = ("application/sdp",)
 PRUNE_INTERVAL_SECONDS = 60.0
 SIMPLE_METHODS = ("SUBSCRIBE", "NOTIFY", "PUBLISH")
+GATEWAY_NAME = "SIP gateway"
+
+
+class AddressPrompt:
+    """What XEP-0100 asks of the SIP gateway (``features/gateway.py``)."""
+
+    description = "Enter the SIP address of the contact (sip:user@domain, user@domain or a +number)."
+    prompt = "SIP address"
+
+    def __init__(self, addresses):
+        self.addresses = addresses
+
+    def jid_for(self, text):
+        return self.addresses.jid_for_prompt(text).full()
+
+
+def attach(ctx, reactor, tls_context):
+    """The gateway of ``ctx.config`` (the [sip] section), or None when it is off."""
+    if not ctx.config.enabled:
+        return None
+    return SIPGateway(ctx, reactor, tls_context)
 
 
 class SIPGateway:
     """The transaction user of the SIP listeners: one per server."""
 
-    def __init__(self, server, config, clock, timers=Timers(), secret=None, resolver=None):
-        self.server = server
-        self.config = config
-        self.sip = config.sip
-        self.clock = clock
+    def __init__(self, ctx, reactor=None, tls_context=None, timers=Timers(), secret=None, resolver=None):
+        self.ctx = ctx
+        self.sip = ctx.config
+        self.clock = ctx.clock
+        self.reactor = reactor
+        self.tls_context = tls_context
         self.limits = Limits(max_header_bytes=self.sip.max_header_bytes, max_body_bytes=self.sip.max_body_bytes)
-        self.transactions = TransactionLayer(clock, self, timers)
-        self.registrar = Registrar(server.accounts, config, clock, secret)
+        self.transactions = TransactionLayer(self.clock, self, timers)
+        self.registrar = Registrar(ctx, secret, changed=lambda host, user: self.phones.registered(host, user))
         self.agent = f"bridge/{__version__}"
-        self._pruning = None
-        self.simple = None  # simple.SimplePresence (SUBSCRIBE, NOTIFY, PUBLISH), set by setup()
-        self.messaging = None  # messaging.Messaging, set by setup()
-        self.watch = None  # watch.ForeignWatch (presence of foreign SIP users), set by setup()
         self.udp_transports = []  # for requests the gateway sends out (add_transport)
         self._resolver = resolver
+        self._pruning = None
+        self.policy = sip_transport.SourcePolicy(self.clock, self.sip)  # per-peer limits of every SIP transport
+        self._connector = sip_transport.StreamFactory(self, self.limits, "TCP", self.policy)
+        domain = self.sip.domain.lower()
+        self.addresses = AddressMap(ctx.local_domains(), domain)
+        ctx.serve(domain, ("gateway", "sip", GATEWAY_NAME), AddressPrompt(self.addresses))
+        self.phones = Phones(self)
+        self.messaging = Messaging(self)
+        self.simple = SimplePresence(self)
+        self.watch = ForeignWatch(self)
 
     @property
     def resolver(self):
@@ -73,33 +111,41 @@ class SIPGateway:
     def resolver(self, resolver):
         self._resolver = resolver
 
-    # -- lifetime (GatewayService) --------------------------------------------
+    # -- lifetime (the Gateway shape of tap.py) --------------------------------
 
-    def setup(self):
-        """Wire MESSAGE, SIMPLE presence and the gateway's XMPP domain (route, disco item, hooks)."""
-        self.messaging = Messaging(self)
-        self.messaging.setup()
-        self.simple = SimplePresence(self)
-        self.watch = ForeignWatch(self)
+    def listeners(self):
+        """(kind, description, endpoint, factory) of every SIP listener: UDP, TCP and TLS, one policy."""
+        sip, policy = self.sip, self.policy
+        found = []
+        for description in sip.udp_endpoints:
+            port, interface = parse_udp_endpoint(description)
+            endpoint = sip_transport.UDPServerEndpoint(self.reactor, port, interface)
+            found.append(("sip-udp", description, endpoint,
+                          lambda: self.add_transport(sip_transport.UDPTransport(self, self.limits, policy))))
+        streams = sip_transport.StreamFactory(self, self.limits, "TCP", policy)
+        for description in sip.tcp_endpoints:
+            found.append(("sip-tcp", description, endpoints.serverFromString(self.reactor, description), streams))
+        if sip.tls_endpoints:
+            secure = TLSMemoryBIOFactory(self.tls_context(sip), False,
+                                         sip_transport.StreamFactory(self, self.limits, "TLS", policy))
+            for description in sip.tls_endpoints:
+                found.append(("sip-tls", description, endpoints.serverFromString(self.reactor, description), secure))
+        return found
 
     def start(self):
-        self._pruning = task.LoopingCall(self.registrar.bindings.prune)
-        self._pruning.clock = self.clock
-        self._pruning.start(PRUNE_INTERVAL_SECONDS, now=False)
-        if self.messaging is not None:
-            return self.messaging.start()
-        return None
+        self._pruning = looping_call(self.clock, PRUNE_INTERVAL_SECONDS, self._prune)
+        return self.messaging.redeliver()
+
+    def _prune(self):
+        self.registrar.bindings.prune()
+        self.phones.prune()
 
     def stop(self):
         if self._pruning is not None and self._pruning.running:
             self._pruning.stop()
-        if self.messaging is not None:
-            self.messaging.stop()
-        if self.simple is not None:
-            self.simple.stop()
-        if self.watch is not None:
-            self.watch.stop()
-        return None
+        self.simple.stop()
+        self.watch.stop()
+        self.phones.stop()
 
     def add_transport(self, transport):
         """Remember a UDP transport (a listening socket) to send requests from; returns it."""
@@ -112,6 +158,39 @@ class SIPGateway:
             if getattr(transport, "transport", None) is not None:
                 return transport
         return None
+
+    def send_to_binding(self, request, binding, on_final):
+        """Send ``request`` to a bound contact through the flow it registered by.
+
+        A TCP flow that has closed since is replaced by a new connection to the
+        contact's address, as RFC 3261 section 18.1.1 has a client do (and as
+        Kamailio does); ``on_final`` then gets the response, or 503 when the
+        contact cannot be reached.
+        """
+        if binding.transport is not None:
+            try:
+                self.messaging.send(request, binding.transport, binding.source, on_final)
+            except Exception as problem:
+                log.info("SIP: {method} to {uri} not sent: {problem}", method=request.method, uri=binding.uri,
+                         problem=problem)
+                on_final(Response(503))
+            return
+        if binding.protocol != "TCP" or self.reactor is None:
+            on_final(Response(503, "Service Unavailable (the contact's connection is gone)"))
+            return
+        uri = parse_uri(binding.uri)
+        address = (uri.host.strip("[]"), uri.port or 5060)
+        endpoint = endpoints.HostnameEndpoint(self.reactor, address[0], address[1], timeout=10)
+
+        def connected(transport):
+            binding.transport, binding.source = transport, address
+            self.messaging.send(request, transport, address, on_final)
+
+        def failed(failure):
+            log.info("SIP: no TCP connection to {uri}: {reason}", uri=binding.uri, reason=failure.getErrorMessage())
+            on_final(Response(503, "Service Unavailable (contact unreachable)"))
+
+        endpoints.connectProtocol(endpoint, self._connector.buildProtocol(None)).addCallbacks(connected, failed)
 
     # -- addresses ----------------------------------------------------------------
 
@@ -156,26 +235,17 @@ class SIPGateway:
             if refusal is not None:
                 self._respond(transaction, refusal)
                 return
-        if method in SIMPLE_METHODS and self.simple is not None:
+        if method in SIMPLE_METHODS:
             return self.simple.handle(transaction, request)
-        if method == "MESSAGE" and self.messaging is not None:
+        if method == "MESSAGE":
             return self.messaging.handle(transaction, request)
         handler = getattr(self, f"_on_{method.lower()}", None) if method in ALLOW else None
         if handler is None:
             response = self._response(request, 501)
-            response.headers.add("Allow", ", ".join(self.allowed_methods()))
+            response.headers.add("Allow", ", ".join(ALLOW))
             self._respond(transaction, response)
             return
         handler(transaction, request)
-
-    def allowed_methods(self):
-        """The methods answered here: ALLOW, and MESSAGE and SIMPLE's once they are plugged in."""
-        methods = list(ALLOW)
-        if self.messaging is not None:
-            methods.append("MESSAGE")
-        if self.simple is not None:
-            methods.extend(SIMPLE_METHODS)
-        return methods
 
     def _check(self, request):
         """The response refusing ``request`` before its method is looked at, or None."""
@@ -190,7 +260,7 @@ class SIPGateway:
 
     def _on_options(self, transaction, request):
         response = self._response(request, 200)
-        response.headers.add("Allow", ", ".join(self.allowed_methods()))
+        response.headers.add("Allow", ", ".join(ALLOW))
         response.headers.add("Accept", ", ".join(ACCEPT))
         response.headers.add("Accept-Encoding", "identity")
         response.headers.add("Accept-Language", "en")
@@ -239,9 +309,7 @@ class SIPGateway:
             self._client_final(transaction, response)
 
     def _client_final(self, transaction, response):
-        if self.messaging is not None and self.messaging.final(transaction, response):
-            return
-        if self.simple is not None and self.simple.final(transaction, response):
+        if self.messaging.final(transaction, response) or self.simple.final(transaction, response):
             return
         log.debug("SIP {status} to our {method} not awaited", status=response.status,
                   method=transaction.request.method)
@@ -261,4 +329,4 @@ class SIPGateway:
             self._client_final(transaction, Response(503, "Service Unavailable (transport error)"))
 
 
-__all__ = ["SIPGateway", "ALLOW", "ACCEPT"]
+__all__ = ["SIPGateway", "attach", "ALLOW", "ACCEPT"]

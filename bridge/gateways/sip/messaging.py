@@ -1,7 +1,4 @@
-"""SIP MESSAGE <-> XMPP chat messages, and the gateway's XMPP domain (docs/sip.md).
-
-``Messaging`` is the gateway's instant messaging, plugged into
-``SIPGateway`` by ``setup()``:
+"""SIP MESSAGE <-> XMPP chat messages (docs/sip.md).
 
 * SIP to XMPP (``handle``): a MESSAGE whose From is one of our users must
   carry a digest answer for that user, exactly as a REGISTER does (401
@@ -11,36 +8,28 @@
   ``Refusal`` gives the answer: 400, 404, 415, 416); the recipient must be a
   user of ours (the gateway is no relay between SIP domains: 404).  The
   XMPP message is written to storage (store ``sip-in`` under the gateway's
-  domain) *before* 202 Accepted goes out, then routed with
-  ``server.router.route`` (a user with no session takes the normal offline
-  path) and deleted.  Documents left by a crash are routed again at start.
-* XMPP to SIP, foreign users: the route of ``[sip] domain`` takes a message
-  from a local user to ``carol\\40pbx.example@sip.localhost`` and sends a
-  MESSAGE to ``sip:carol@pbx.example`` through the static route of
+  domain) *before* anything else, then said: a local user's through the one
+  way in, as that user's phone session (``phones.py``), so that their block
+  list, the archives and every ``stanza/out`` handler apply, and the sender
+  is the account that authenticated; a foreign user's is routed.  What the
+  core refuses at once (a blocked contact) is answered with the status of
+  the translate tables; anything else gets 202.  The document is deleted
+  when the core is done with the message (``Settling``): delivered, stored
+  offline, or refused.  Documents left by a crash are said again at start.
+* XMPP to SIP, foreign users: the message events of the gateway's domain
+  take a message from a local user to ``carol\\40pbx.example@sip.localhost``
+  and send a MESSAGE to ``sip:carol@pbx.example`` through the static route of
   ``pbx.example``, else to what DNS gives (SRV ``_sip._udp``, then A;
   ``destination``), or straight to an IP-literal host.  A final error
   response, a timeout (408) or a transport error (503) becomes the XMPP
-  error of the translate tables (``error_for_response``) for the sender.
-* XMPP to SIP, our own users: ``message/offline`` is hooked above offline
-  storage.  A chat or normal message with a body, for a user who has no
-  available XMPP resource but has SIP bindings, is sent as MESSAGE to each
-  bound contact through the flow it registered by; the event is taken only
-  while that is in flight, and unless some contact answers 2xx the message
-  is given back to the ``message/offline`` handlers (offline storage), so a
-  non-2xx answer or a timeout never loses it.
-* The gateway's domain: IQs and presence become events named
-  ``sip-gateway/`` + the core's event name (``sip-gateway/iq-get/host/
-  http://jabber.org/protocol/disco#info:query``), fired on
-  ``server.hooks``; disco#info (identity gateway/sip), disco#items and
-  XEP-0100's ``jabber:iq:gateway`` are registered there; any other IQ get
-  or set is answered service-unavailable; presence goes to ``watch.ForeignWatch``
-  (XMPP users subscribing to foreign SIP presentities).
+  error of the translate tables (``error_for_response``) for the sender.  An
+  XMPP error about a message a foreign SIP user sent becomes a failure
+  notice to that user.
 
-Loop guard: errors are never translated nor answered; a message that no
-person wrote keeps its ``Auto-Submitted`` marker across (translate.py); a
+Loop guard: a message that no person wrote keeps its ``Auto-Submitted``
+marker across (translate.py), and no failure notice is sent about one; a
 foreign SIP user can only reach our users and an XMPP message only leaves
-when its sender is a local user, so nothing entering through the gateway
-can leave through it again towards SIP without a person in between.
+when its sender is a local user.
 """
 
 import ipaddress
@@ -53,36 +42,17 @@ from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep
 
 from bridge.config import parse_host_port
 from bridge.core import srv
-from bridge.core.delivery import Event, event_name, target_of
-from bridge.core.stanza import error_reply, parse_jid, result_reply
+from bridge.core.hooks import Settling
+from bridge.core.stanza import parse_jid
 from bridge.core.xmlstream import parse_element
 from bridge.gateways.sip import translate
-from bridge.gateways.sip.addressing import AddressError, AddressMap
-from bridge.gateways.sip.message import GrammarError, Response, parse_uri, unquote
+from bridge.gateways.sip.message import GrammarError, unquote
 from bridge.gateways.sip.transaction import client_key
 
 log = Logger()
 
-STORE = "sip-in"  # (gateway domain, key): {"stanza": XML}, a MESSAGE accepted and not yet routed
-EVENT_PREFIX = "sip-gateway/"
-OWNER = "sip"
+STORE = "sip-in"  # (gateway domain, key): {"stanza": XML, "host", "user"}, a MESSAGE accepted, not yet delivered
 DEFAULT_PORT = 5060
-NS_INFO = "http://jabber.org/protocol/disco#info"
-NS_ITEMS = "http://jabber.org/protocol/disco#items"
-NS_GATEWAY = "jabber:iq:gateway"
-OFFLINE_PRIORITY = 50  # above offline storage (0)
-GATEWAY_NAME = "SIP gateway"
-PROMPT = "SIP address"
-DESCRIPTION = "Enter the SIP address of the contact (sip:user@domain, user@domain or a +number)."
-
-
-def local_domains(config):
-    """Every hosted domain and alias (lowercase)."""
-    domains = set()
-    for name, host in config.hosts.items():
-        domains.add(name.lower())
-        domains.update(alias.lower() for alias in host.aliases)
-    return frozenset(domains)
 
 
 class NoRoute(Exception):
@@ -98,47 +68,24 @@ def _is_ip(host):
 
 
 class Messaging:
-    """The MESSAGE method and the gateway's XMPP domain, for one ``SIPGateway``."""
+    """The MESSAGE method, both ways, for one ``SIPGateway``."""
 
     def __init__(self, gateway):
         self.gateway = gateway
-        self.server = gateway.server
-        self.config = gateway.config
+        self.ctx = gateway.ctx
         self.sip = gateway.sip
         self.clock = gateway.clock
-        self.storage = gateway.server.storage
-        self.domain = self.sip.domain.lower()
-        self.addresses = AddressMap(local_domains(self.config), self.domain)
+        self.documents = self.ctx.store(STORE)
+        self.domain = self.ctx.domain
+        self.addresses = gateway.addresses
         self.allowed = frozenset(domain.lower() for domain in self.sip.allowed_domains)
         self.routes = {domain.lower(): parse_host_port(destination)
                        for domain, destination in self.sip.static_routes.items()}
         self.pending = {}  # client transaction key -> callable(response), for MESSAGEs we sent
-        self.accepted = 0  # MESSAGEs stored and not yet routed
+        self.accepted = 0  # MESSAGEs stored and not yet delivered
         self._serial = itertools.count()
-        self._routing = None  # the stored key of the message being routed, for the offline hook
-        self._giving_back = set()  # id() of stanzas handed back to offline storage
-
-    # -- lifetime -----------------------------------------------------------------
-
-    def setup(self):
-        """The route of the gateway's domain, its disco item, and the hooks (owner "sip")."""
-        hooks = self.server.hooks
-        self.server.router.addRoute(self.domain, self)
-        self.server.disco_items[self.domain] = GATEWAY_NAME
-        hooks.add("message/offline", self.offline, priority=OFFLINE_PRIORITY, owner=OWNER)
-        hooks.add(f"{EVENT_PREFIX}iq-get/host/{NS_INFO}:query", self.disco_info, owner=OWNER)
-        hooks.add(f"{EVENT_PREFIX}iq-get/host/{NS_ITEMS}:query", self.disco_items, owner=OWNER)
-        hooks.add(f"{EVENT_PREFIX}iq-get/host/{NS_GATEWAY}:query", self.gateway_prompt, owner=OWNER)
-        hooks.add(f"{EVENT_PREFIX}iq-set/host/{NS_GATEWAY}:query", self.gateway_translate, owner=OWNER)
-
-    def start(self):
-        """Route the messages a previous run accepted (202) but had not routed."""
-        return self.redeliver()
-
-    def stop(self):
-        self.server.hooks.remove_owner(OWNER)
-        self.server.router.removeRoute(self.domain, self)
-        self.server.disco_items.pop(self.domain, None)
+        self.ctx.hook("message/bare", self.message_out)
+        self.ctx.hook("message/full", self.message_out)
 
     # -- SIP -> XMPP --------------------------------------------------------------
 
@@ -156,7 +103,7 @@ class Messaging:
 
     @defer.inlineCallbacks
     def _inbound(self, transaction, request):
-        refusal = yield self.authorize(request)
+        sender, refusal = yield self.authorize(request, transaction.address)
         if refusal is not None:
             self.gateway._respond(transaction, refusal)
             return
@@ -171,7 +118,7 @@ class Messaging:
             self._answer(transaction, request, 200)  # nothing to deliver (an empty body)
             return
         recipient = parse_jid(message.getAttribute("to"))
-        if recipient is None or self.config.host_for(recipient.host) is None:
+        if recipient is None or self.ctx.local_host(recipient.host) is None:
             self._answer(transaction, request, 404, "Not Found (not a user of this server)")
             return
         if self.accepted >= self.sip.max_pending_messages:
@@ -179,142 +126,154 @@ class Messaging:
             return
         self.accepted += 1
         try:
-            key = yield self._store(message)
+            key = yield self._store(message, sender)
         except Exception:
             self.accepted -= 1
             raise
+        refusals = self._deliver(key, message, sender)
+        if refusals:
+            log.info("SIP MESSAGE refused by XMPP: {condition}", condition=translate.condition_of(refusals[0]))
+            response = translate.response_for_error(request, refusals[0], to_tag=secrets.token_hex(6))
+            self.gateway._respond(transaction, response)
+            return
         self._answer(transaction, request, translate.ACCEPTED)
-        self._route(key, message)
 
     @defer.inlineCallbacks
-    def authorize(self, request):
-        """None when the sender of ``request`` may send it, else the response refusing it.
+    def authorize(self, request, source):
+        """(sender, None) when the sender of ``request`` may send it, else (None, the response refusing it).
 
-        Our users prove who they are with digest, as for REGISTER (realm =
-        host, the From user must be the digest user); foreign senders must
-        belong to an allowed domain.
+        The sender is (host, user) of the local account that proved who it
+        is with digest, as for REGISTER (realm = host, the From user must be
+        the digest user), or None for a foreign sender of an allowed domain.
         """
         try:
-            sender = request.from_address.uri
+            from_uri = request.from_address.uri
         except GrammarError:
-            return self.gateway._response(request, 400, "Bad Request (bad From)")
-        if sender.scheme not in ("sip", "sips") or not sender.host:
-            return self.gateway._response(request, 403, "Forbidden (From is not a SIP address)")
-        sender_domain = sender.host.lower().strip("[]")
-        host = self.config.host_for(sender_domain)
+            return None, self.gateway._response(request, 400, "Bad Request (bad From)")
+        if from_uri.scheme not in ("sip", "sips") or not from_uri.host:
+            return None, self.gateway._response(request, 403, "Forbidden (From is not a SIP address)")
+        sender_domain = from_uri.host.lower().strip("[]")
+        host = self.ctx.local_host(sender_domain)
         if host is not None:
             try:
-                user = nodeprep.prepare(unquote(sender.user or ""))
+                user = nodeprep.prepare(unquote(from_uri.user or ""))
             except UnicodeError:
                 user = ""
             if not user:
-                return self.gateway._response(request, 403, "Forbidden (From names no user)")
-            outcome = yield self.gateway.registrar.authenticate(request, host, user, host)
-            return outcome
+                return None, self.gateway._response(request, 403, "Forbidden (From names no user)")
+            refusal = yield self.gateway.registrar.authenticate(request, host, user, host, source)
+            return ((host, user) if refusal is None else None), refusal
         if sender_domain == self.domain:
-            return self.gateway._response(request, 403, "Forbidden (From is the gateway's own domain)")
+            return None, self.gateway._response(request, 403, "Forbidden (From is the gateway's own domain)")
         if sender_domain not in self.allowed:
             log.info("SIP MESSAGE from {domain} refused: not an allowed domain", domain=sender_domain)
-            return self.gateway._response(request, 403, "Forbidden (domain not allowed)")
-        return None
+            return None, self.gateway._response(request, 403, "Forbidden (domain not allowed)")
+        return None, None
 
     @defer.inlineCallbacks
-    def _store(self, message):
+    def _store(self, message, sender):
         key = f"{int(self.clock.seconds() * 1000):015d}-{next(self._serial):08d}-{secrets.token_hex(3)}"
-        yield self.storage.set(self.domain, key, STORE, {"stanza": message.toXml()})
+        document = {"stanza": message.toXml()}
+        if sender is not None:
+            document["host"], document["user"] = sender
+        yield self.documents.set(self.domain, key, document)
         return key
 
-    def _forget(self, key):
-        d = defer.maybeDeferred(self.storage.set, self.domain, key, STORE, None)
-        d.addErrback(lambda failure: log.failure("SIP: stored message {key} not deleted", failure, key=key))
+    def _deliver(self, key, message, sender):
+        """Say or route a stored message; its document goes once the core is done with it.
 
-    def _route(self, key, message):
-        """Route a stored message; its document goes when it is routed (or held by the offline hook)."""
-        self._routing = key
+        Returns the errors the core answered with at once (a local sender's only).
+        """
+        settling = message.settling = Settling(lambda: self._delivered(key))
+        settling.enter()
         try:
-            self.server.router.route(message)
+            if sender is not None:
+                return self.gateway.phones.submit(sender[0], sender[1], message)
+            self.ctx.route(message)
+            return []
         finally:
-            key, self._routing = self._routing, None
-            self.accepted = max(0, self.accepted - 1)
-        if key is not None:
-            self._forget(key)
+            settling.leave()
+
+    def _delivered(self, key):
+        self.accepted = max(0, self.accepted - 1)
+        d = defer.maybeDeferred(self.documents.set, self.domain, key, None)
+        d.addErrback(lambda failure: log.failure("SIP: stored message {key} not deleted", failure, key=key))
 
     @defer.inlineCallbacks
     def redeliver(self):
-        keys = yield self.storage.users(self.domain, STORE)
+        """At start: say again the messages a previous run accepted but had not delivered."""
+        keys = yield self.documents.users(self.domain)
         for key in keys:
-            document = yield self.storage.get(self.domain, key, STORE)
+            document = yield self.documents.get(self.domain, key)
             if not document:
                 continue
             try:
                 message = parse_element(document["stanza"])
             except Exception:
                 log.failure("SIP: stored message {key} unreadable; dropped", key=key)
-                self._forget(key)
+                yield self.documents.set(self.domain, key, None)
                 continue
+            sender = (document["host"], document["user"]) if "user" in document else None
             self.accepted += 1
-            self._route(key, message)
+            self._deliver(key, message, sender)
         if keys:
-            log.info("SIP: {count} accepted message(s) of a previous run routed", count=len(keys))
+            log.info("SIP: {count} accepted message(s) of a previous run delivered", count=len(keys))
 
-    # -- the route of the gateway's domain ----------------------------------------
+    # -- XMPP -> SIP: the message events of the gateway's domain --------------------------
 
-    def deliver(self, stanza):
-        """A stanza to the gateway's domain: hooks first, then messages out to SIP."""
-        to = parse_jid(stanza.getAttribute("to"))
-        sender = parse_jid(stanza.getAttribute("from"))
-        event = Event(self.server, stanza, None, to, sender)
-        if self.server.hooks.fire(EVENT_PREFIX + event_name(stanza, target_of(to)), event):
-            return
-        if stanza.name == "message":
-            self.message_out(stanza)
-        elif stanza.name == "iq" and stanza.getAttribute("type") in ("get", "set"):
-            self.server.router.bounce(stanza, "service-unavailable")
-        elif stanza.name == "presence" and getattr(self.gateway, "watch", None) is not None:
-            self.gateway.watch.presence_out(stanza)  # foreign SIP presentities (watch.py)
-
-    def message_out(self, stanza):
+    def message_out(self, event):
         """A message to a foreign SIP user: sent as MESSAGE; errors come back to the sender."""
+        stanza = event.stanza
         if stanza.getAttribute("type") == "error":
-            log.debug("SIP: error to {to} not translated", to=stanza.getAttribute("to"))
-            return
-        sender = parse_jid(stanza.getAttribute("from"))
-        if sender is None or self.config.host_for(sender.host) is None:
-            self.server.router.bounce(stanza, "forbidden", "only local users may write to SIP users")
-            return
+            self._notice_out(stanza)
+            return True
+        sender = event.sender
+        if sender is None or self.ctx.local_host(sender.host) is None:
+            self.ctx.bounce(stanza, "forbidden", "only local users may write to SIP users")
+            return True
         try:
             request = translate.message_to_sip(stanza, self.addresses, self.new_call_id(), secrets.token_hex(6),
                                                max_body_bytes=self.sip.max_body_bytes)
         except translate.StanzaRefused as refused:
-            self.server.router.route(refused.reply(stanza))
-            return
-        if request is None:
-            return
+            self.ctx.route(refused.reply(stanza))
+            return True
+        if request is not None:
+            self.send_out(request, lambda response: self._outcome(stanza, response),
+                          lambda reason: self.ctx.bounce(stanza, "remote-server-not-found", reason))
+        return True
+
+    def _notice_out(self, error):
+        """An XMPP error about a message a foreign SIP user sent: a failure notice to that user."""
+        notice = translate.failure_notice(error, self.addresses, self.new_call_id(), secrets.token_hex(6))
+        if notice is not None:
+            self.send_out(notice, lambda response: None, lambda reason: None)
+
+    def send_out(self, request, on_final, on_no_route):
+        """Send ``request`` to its foreign domain; ``on_final(response)`` or ``on_no_route(reason)``."""
         transport = self.gateway.outbound_transport()
         if transport is None:
-            self.server.router.bounce(stanza, "service-unavailable", "no SIP UDP listener to send from")
+            on_no_route("no SIP UDP listener to send from")
             return
         d = self.destination(request.uri)
-        d.addCallbacks(
-            lambda destination: self.send(request, transport, destination,
-                                          lambda response: self._outcome(stanza, response)),
-            lambda failure: self._no_route(stanza, request, failure))
-        d.addErrback(lambda failure: log.failure("SIP: MESSAGE to {uri} not sent", failure, uri=str(request.uri)))
+        d.addCallbacks(lambda destination: self.send(request, transport, destination, on_final),
+                       self._no_route, errbackArgs=(request, on_no_route))
+        d.addErrback(lambda failure: log.failure("SIP: {method} to {uri} not sent", failure, method=request.method,
+                                                 uri=str(request.uri)))
 
-    def _no_route(self, stanza, request, failure):
+    def _no_route(self, failure, request, on_no_route):
         if failure.check(NoRoute):
             log.info("SIP: no route to {uri}: {reason}", uri=str(request.uri), reason=failure.value)
             reason = str(failure.value)
         else:
             log.failure("SIP: looking up {uri} failed", failure, uri=str(request.uri))
             reason = f"no route to the SIP domain {request.uri.host}"
-        self.server.router.bounce(stanza, "remote-server-not-found", reason)
+        on_no_route(reason)
 
     def _outcome(self, stanza, response):
         error = translate.error_for_response(stanza, response)
         if error is not None:
             log.info("SIP MESSAGE to {to} failed: {status}", to=stanza.getAttribute("to"), status=response.status)
-            self.server.router.route(error)
+            self.ctx.route(error)
 
     @defer.inlineCallbacks
     def destination(self, uri):
@@ -361,7 +320,7 @@ class Messaging:
     def new_call_id(self):
         return f"{secrets.token_hex(10)}@{self.domain}"
 
-    # -- sending MESSAGEs -----------------------------------------------------------
+    # -- client transactions --------------------------------------------------------------
 
     def send(self, request, transport, address, on_final):
         """Start a client transaction; ``on_final(response)`` gets its final response (408, 503 made up)."""
@@ -377,125 +336,8 @@ class Messaging:
         try:
             on_final(response)
         except Exception:
-            log.failure("SIP: handling the answer to a MESSAGE failed")
-        return True
-
-    # -- XMPP -> SIP for our own users with bindings ------------------------------
-
-    def offline(self, event):
-        """``message/offline``: a message for a user with SIP bindings goes to their phones first."""
-        stanza = event.stanza
-        if id(stanza) in self._giving_back or event.to is None or not event.to.user or event.host is None:
-            return False
-        if (stanza.getAttribute("type") or "normal") not in ("chat", "normal"):
-            return False
-        if not any(child.name == "body" for child in stanza.elements()):
-            return False
-        bindings = [binding for binding in self.gateway.registrar.bindings.current(event.host.name, event.to.user)
-                    if binding.transport is not None and binding.source is not None]
-        if not bindings:
-            return False
-        call_id, from_tag = self.new_call_id(), secrets.token_hex(6)
-        requests = []
-        for binding in bindings:
-            try:
-                request = translate.message_to_sip(stanza, self.addresses, call_id, from_tag,
-                                                   max_body_bytes=self.sip.max_body_bytes)
-                request.uri = parse_uri(binding.uri)
-            except (translate.StanzaRefused, GrammarError, AddressError) as problem:
-                log.info("SIP: message for {to} not sent to its phones: {problem}", to=event.to.userhost(),
-                         problem=problem)
-                return False
-            if request is None:
-                return False
-            requests.append((request, binding))
-        stored_key, self._routing = self._routing, None
-        done = defer.Deferred()
-        outcomes = []
-
-        def answered(response):
-            outcomes.append(response.status)
-            if len(outcomes) == len(requests):
-                done.callback(any(200 <= status < 300 for status in outcomes))
-
-        for request, binding in requests:
-            try:
-                self.send(request, binding.transport, binding.source, answered)
-            except Exception as problem:
-                log.info("SIP: MESSAGE to {uri} not sent: {problem}", uri=binding.uri, problem=problem)
-                answered(Response(503))
-        done.addCallback(self._after_phones, event, stored_key)
-        return done
-
-    def _after_phones(self, delivered, event, stored_key):
-        if delivered:
-            log.debug("SIP: message for {to} accepted by a phone", to=event.to.userhost())
-        else:
-            log.info("SIP: no phone of {to} accepted the message; offline storage takes it",
-                     to=event.to.userhost())
-            self.give_back(event)
-        if stored_key is not None:
-            self._forget(stored_key)
-
-    def give_back(self, event):
-        """Offer ``event`` to the other ``message/offline`` handlers, as the core would have."""
-        stanza = event.stanza
-        self._giving_back.add(id(stanza))
-        try:
-            taken = self.server.hooks.fire("message/offline", event)
-        finally:
-            self._giving_back.discard(id(stanza))
-        if not taken:
-            self.server.router.bounce(stanza, "service-unavailable")
-
-    # -- disco and XEP-0100 on the gateway's domain -------------------------------
-
-    def disco_info(self, event):
-        stanza = event.stanza
-        if stanza.query.getAttribute("node"):
-            event.reply(error_reply(stanza, "item-not-found"))
-            return True
-        reply = result_reply(stanza)
-        query = reply.addElement((NS_INFO, "query"))
-        identity = query.addElement("identity")
-        identity["category"], identity["type"], identity["name"] = "gateway", "sip", GATEWAY_NAME
-        for feature in (NS_INFO, NS_ITEMS, NS_GATEWAY):
-            query.addElement("feature")["var"] = feature
-        event.reply(reply)
-        return True
-
-    def disco_items(self, event):
-        reply = result_reply(event.stanza)
-        reply.addElement((NS_ITEMS, "query"))
-        event.reply(reply)
-        return True
-
-    def gateway_prompt(self, event):
-        reply = result_reply(event.stanza)
-        query = reply.addElement((NS_GATEWAY, "query"))
-        query.addElement("desc", content=DESCRIPTION)
-        query.addElement("prompt", content=PROMPT)
-        event.reply(reply)
-        return True
-
-    def gateway_translate(self, event):
-        stanza = event.stanza
-        prompt = next((str(child) for child in stanza.query.elements() if child.name == "prompt"), None)
-        if prompt is None:
-            event.reply(error_reply(stanza, "bad-request", "a <prompt/> is needed"))
-            return True
-        try:
-            jid = self.addresses.jid_for_prompt(prompt)
-        except AddressError as problem:
-            event.reply(error_reply(stanza, "not-acceptable", str(problem)))
-            return True
-        reply = result_reply(stanza)
-        query = reply.addElement((NS_GATEWAY, "query"))
-        query.addElement("jid", content=jid.full())
-        # XEP-0100 section 6.3: the legacy <prompt/> too, for older clients.
-        query.addElement("prompt", content=jid.full())
-        event.reply(reply)
+            log.failure("SIP: handling the answer to a {method} failed", method=transaction.request.method)
         return True
 
 
-__all__ = ["Messaging", "NoRoute", "STORE", "EVENT_PREFIX", "local_domains"]
+__all__ = ["Messaging", "NoRoute", "STORE"]

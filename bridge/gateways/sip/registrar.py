@@ -55,8 +55,9 @@ class Binding:
     call_id: str
     cseq: int
     expires_at: float
-    transport: object = None
+    transport: object = None  # the flow the REGISTER came by, None once a stream closed
     source: tuple = None
+    protocol: str = None  # that flow's transport name (UDP, TCP, TLS), kept after it closed
 
     def remaining(self, now):
         return max(0, int(round(self.expires_at - now)))
@@ -116,16 +117,18 @@ class Bindings:
 class Registrar:
     """Answers REGISTER requests; ``register(request, transport, source)`` gives a Deferred response."""
 
-    def __init__(self, accounts, config, clock, secret=None):
-        self.accounts = accounts
-        self.config = config
-        self.sip = config.sip
-        self.clock = clock
+    def __init__(self, ctx, secret=None, changed=lambda host, user: None):
+        """``changed(host, user)`` is told after every REGISTER that changed the bindings of ``user@host``."""
+        self.ctx = ctx
+        self.accounts = ctx.accounts
+        self.sip = ctx.config
+        self.clock = ctx.clock
         self.secret = secret or secrets.token_bytes(32)
-        self.bindings = Bindings(clock)
-        self.failures = FailedAttempts(clock)  # wrong digest answers per source address
+        self.bindings = Bindings(ctx.clock)
+        self.failures = FailedAttempts(ctx.clock)  # wrong digest answers per source address
+        self.changed = changed
         self._authenticators = {}
-        self.default_host = config.host_for(self.sip.realm.lower()) if self.sip.realm else next(iter(config.hosts))
+        self.default_host = ctx.local_host(self.sip.realm) if self.sip.realm else ctx.host_names()[0]
 
     def authenticator(self, realm):
         if realm not in self._authenticators:
@@ -136,7 +139,7 @@ class Registrar:
 
     def host_for(self, domain):
         """The host whose accounts answer for ``domain``: itself or its alias's host, else the realm's."""
-        return self.config.host_for(domain.lower().strip("[]")) or self.default_host
+        return self.ctx.local_host(domain.strip("[]")) or self.default_host
 
     # -- the request ----------------------------------------------------------
 
@@ -158,11 +161,14 @@ class Registrar:
             return self._response(request, 404)
         realm = host
         # 1. authentication
-        outcome = yield self.authenticate(request, host, user, realm)
+        outcome = yield self.authenticate(request, host, user, realm, source)
         if outcome is not None:
             return outcome
         # 2. the contacts
-        return self._update(request, host, user, transport, source)
+        response = self._update(request, host, user, transport, source)
+        if response.status == 200:
+            self.changed(host, user)
+        return response
 
     def _challenge(self, request, realm, stale=False):
         response = self._response(request, 401)
@@ -171,8 +177,11 @@ class Registrar:
         return response
 
     @defer.inlineCallbacks
-    def authenticate(self, request, host, user, realm):
-        """None when the request is authenticated for ``user@host``, else the response to send."""
+    def authenticate(self, request, host, user, realm, source):
+        """None when the request is authenticated for ``user@host``, else the response to send.
+
+        ``source`` is the (address, port) the request came from: wrong answers are counted against
+        the address, never against what the request says of itself (Via ``received``)."""
         credentials = None
         for value in request.headers.get_all("Authorization"):
             try:
@@ -184,8 +193,7 @@ class Registrar:
                 break
         if credentials is None:
             return self._challenge(request, realm)
-        via = request.top_via
-        source = via.received or via.host
+        source = source[0] if source else "?"
         if self.failures.blocked(source):
             log.info("SIP {method} from {source} refused unread: too many failed attempts", method=request.method,
                      source=source)
@@ -263,7 +271,7 @@ class Registrar:
                     contact = dataclasses.replace(address, params={
                         k: v for k, v in address.params.items() if k != "expires"})
                     changes[key] = Binding(str(address.uri), contact, call_id, cseq, now + expires,
-                                           transport, source)
+                                           transport, source, getattr(transport, "name", None))
         remaining = {k for k in table if changes.get(k, table[k]) is not None} | {
             k for k, b in changes.items() if b is not None}
         if len(remaining) > sip.max_contacts_per_user:

@@ -10,8 +10,8 @@ in memory, on the clock it is given:
   creates a dialog.  The roster decides, as for an XMPP contact: the
   presentity's roster item for the watcher's bare JID must have
   subscription ``from`` or ``both``.  Otherwise the subscription is pending
-  and ``<presence type='subscribe'/>`` from the watcher's JID is routed to
-  the presentity, whose client shows the request; the ``subscribed`` that
+  and ``<presence type='subscribe'/>`` is said by the watcher's phone session
+  (``phones.py``) to the presentity, whose client shows the request; the ``subscribed`` that
   approves it (or ``unsubscribed`` that refuses it) is seen on its way to
   the watcher (hook ``presence/bare``) and activates (or terminates) the
   SIP subscription.  The answer is 200 (active) or 202 (pending) with
@@ -20,12 +20,12 @@ in memory, on the clock it is given:
   Refresh and un-SUBSCRIBE (Expires: 0) come inside the dialog; expiry
   ends the subscription with a ``terminated;reason=timeout`` NOTIFY.
 * **Publications** (RFC 3903).  A PUBLISH with a PIDF body from a SIP user
-  for their own address becomes their XMPP presence, sent as from the
-  resource ``sip`` (``alice@localhost/sip``) through the router to every
-  roster contact with a ``from`` or ``both`` subscription and to the
-  user's own available resources; probes are answered with it too.  An
-  entity tag (SIP-ETag, SIP-If-Match) refreshes or modifies it; expiry or
-  Expires: 0 removes it, which is announced as unavailable presence.
+  for their own address becomes the presence of the user's phone session
+  (``alice@localhost/sip``), said through the one way in: the presence
+  module sends it to the roster's subscribers and the user's own resources,
+  and answers probes with it, as for any client.  An entity tag
+  (SIP-ETag, SIP-If-Match) refreshes or modifies it; expiry or Expires: 0
+  removes it, which is said as unavailable presence.
 * **NOTIFY received**: one of a dialog of ``watch.ForeignWatch`` (an XMPP
   user watching a foreign SIP presentity) is handed to it; any other is
   answered 481.
@@ -41,18 +41,15 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep
 
-from bridge.core.stanza import make
+from bridge.core.hooks import OBSERVE
+from bridge.core.stanza import make, priority_of
 from bridge.gateways.sip import presence as pidf
 from bridge.gateways.sip.message import GrammarError, Request, make_response
+from bridge.gateways.sip.phones import PRIORITY
 
 log = Logger()
 
 METHODS = ("SUBSCRIBE", "NOTIFY", "PUBLISH")
-SIP_RESOURCE = "sip"
-# pre-presence/self: after the vCard stamp (10), before the presence broadcast (0), which returns a
-# Deferred and so ends the event; this hook only looks and returns False.
-SELF_PRESENCE_PRIORITY = 5
-INBOUND_PRESENCE_PRIORITY = 10
 
 
 @dataclasses.dataclass(eq=False)
@@ -98,37 +95,28 @@ class Publication:
     timer: object = None
 
 
-def _priority(stanza):
-    try:
-        return max(-128, min(127, int(str(stanza.priority or "0").strip())))
-    except (ValueError, AttributeError):
-        return 0
-
-
 class SimplePresence:
     """SUBSCRIBE/NOTIFY/PUBLISH for ``Event: presence``: one per SIP gateway."""
 
-    def __init__(self, gateway, server=None, clock=None):
+    def __init__(self, gateway):
         self.gateway = gateway
-        self.server = server or gateway.server
-        self.clock = clock or gateway.clock
+        self.ctx = gateway.ctx
+        self.clock = gateway.clock
         self.registrar = gateway.registrar
-        sip = gateway.config.sip
+        self.phones = gateway.phones
+        sip = gateway.sip
         self.expiry = dict(default=sip.default_expires_seconds, minimum=sip.min_expires_seconds,
                            maximum=sip.max_expires_seconds)
         self.subscriptions = {}  # (Call-ID, remote tag, local tag) -> Subscription
         self.publications = {}  # entity tag -> Publication
         self._notifies = {}  # NOTIFY client transaction -> Subscription
-        self._announced = set()  # bare JIDs whose /sip resource was last announced available
         self._updates = 0
-        hooks = self.server.hooks
-        hooks.add("pre-presence/self", self._own_presence, SELF_PRESENCE_PRIORITY, owner=self)
-        hooks.add("session/ended", self._session_ended, owner=self)
-        hooks.add("presence/bare", self._inbound_presence, INBOUND_PRESENCE_PRIORITY, owner=self)
+        self.ctx.hook_local("pre-presence/self", self._own_presence, OBSERVE)
+        self.ctx.hook_local("session/ended", self._session_ended)
+        self.ctx.hook_local("presence/bare", self._inbound_presence, OBSERVE)
 
     def stop(self):
-        """Unhook and cancel every timer (subscriptions and publications are soft state)."""
-        self.server.hooks.remove_owner(self)
+        """Cancel every timer (subscriptions and publications are soft state)."""
         for item in list(self.subscriptions.values()) + list(self.publications.values()):
             if item.timer is not None and item.timer.active():
                 item.timer.cancel()
@@ -202,8 +190,8 @@ class SimplePresence:
             return None
 
     @defer.inlineCallbacks
-    def _authenticate(self, request):
-        """(the sender's bare JID, None) when digest authenticates the From user, else (None, response)."""
+    def _authenticate(self, request, source):
+        """((host, user), None) when digest authenticates the From user, else (None, response)."""
         try:
             sender = request.from_address
         except GrammarError:
@@ -212,10 +200,10 @@ class SimplePresence:
         if local is None:
             return None, self._response(request, 403, "Forbidden (From is not a local user)")
         host, user = local
-        refusal = yield self.registrar.authenticate(request, host, user, host)
+        refusal = yield self.registrar.authenticate(request, host, user, host, source)
         if refusal is not None:
             return None, refusal
-        return f"{user}@{host}", None
+        return (host, user), None
 
     @defer.inlineCallbacks
     def _account(self, uri):
@@ -224,7 +212,7 @@ class SimplePresence:
         if local is None:
             return None
         host, user = local
-        exists = yield self.server.accounts.exists(host, user)
+        exists = yield self.ctx.accounts.exists(host, user)
         return f"{user}@{host}" if exists else None
 
     # -- SUBSCRIBE (RFC 6665 4.2.1, RFC 3856) -----------------------------------
@@ -247,9 +235,10 @@ class SimplePresence:
             return self._response(request, 400, "Bad Request (bad From, To or Contact)")
         if not sender.tag:
             return self._response(request, 400, "Bad Request (From without a tag)")
-        watcher, refusal = yield self._authenticate(request)
+        account, refusal = yield self._authenticate(request, transaction.address)
         if refusal is not None:
             return refusal
+        watcher = "@".join(reversed(account))
         if to.tag:
             return (yield self._resubscribe(transaction, request, expires, watcher, contacts))
         if len(contacts) != 1:
@@ -267,8 +256,8 @@ class SimplePresence:
             transport=transaction.transport, address=transaction.address,
             remote_cseq=request.cseq.number, state="active" if authorised else "pending")
         if not authorised:
-            # As for an XMPP contact: the request is shown to the user, who decides.
-            self.server.router.route(make("presence", to=presentity, sender=watcher, type="subscribe"))
+            # As for an XMPP contact: the watcher asks, the user is shown the request and decides.
+            self.phones.submit(*account, make("presence", to=presentity, type="subscribe"))
         response = self._accepted(request, sub, expires)
         if expires == 0:  # a fetch (RFC 6665 4.4.3): one NOTIFY, no subscription
             return response, lambda: self._end(sub, "timeout")
@@ -309,7 +298,7 @@ class SimplePresence:
         """True when ``watcher`` may see ``presentity``'s presence: the roster's from/both, or oneself."""
         if presentity == watcher:
             return True
-        roster = yield self.server.rosters.load(presentity)
+        roster = yield self.ctx.rosters.load(presentity)
         item = roster.get(watcher)
         return item is not None and item.has_from
 
@@ -350,13 +339,13 @@ class SimplePresence:
         return f"<sip:{user}@{host}:{port}{params}>"
 
     def tuples_of(self, bare, changed=None, gone=None):
-        """[(tuple id, Availability)] of ``bare``'s resources and SIP publication, most relevant first.
+        """[(tuple id, Availability)] of ``bare``'s resources (its phone session among them), most relevant first.
 
         ``changed`` is (session, presence stanza or None) for a presence not yet stored in the
         session; ``gone`` a session that is ending.
         """
         entries = []
-        for session in self.server.sessions.resources(bare):
+        for session in self.ctx.sessions.resources(bare):
             if session is gone:
                 continue
             stanza = session.presence
@@ -369,10 +358,7 @@ class SimplePresence:
             except ValueError:
                 continue
             if state.available:
-                entries.append((-_priority(stanza), session.jid.resource or "", state))
-        publication = self.publication_of(bare)
-        if publication is not None and publication.availability.available:
-            entries.append((0, SIP_RESOURCE, publication.availability))
+                entries.append((-priority_of(stanza), session.jid.resource or "", state))
         entries.sort(key=lambda entry: entry[:2])
         if not entries:
             return [(pidf.tuple_id_for(None), pidf.Availability(False))]
@@ -495,19 +481,10 @@ class SimplePresence:
         return False
 
     def _inbound_presence(self, event):
-        """presence/bare: a user's answer to a SIP watcher, or a probe of a user who published."""
-        try:
-            kind = event.stanza.getAttribute("type")
-            if event.sender is None:
-                return False
-            sender, to = event.sender.userhost(), event.to.userhost()
-            if kind in ("subscribed", "unsubscribed"):
-                self._decided(sender, to, kind)
-            elif kind == "probe" and self.publication_of(to) is not None:
-                d = self._answer_probe(to, event.sender.full())
-                d.addErrback(lambda f: log.failure("SIP presence probe failed", f))
-        except Exception:
-            log.failure("SIP presence hook failed")
+        """presence/bare: a user's answer to a SIP watcher.  Never handles it."""
+        kind = event.stanza.getAttribute("type")
+        if event.sender is not None and kind in ("subscribed", "unsubscribed"):
+            self._decided(event.sender.userhost(), event.to.userhost(), kind)
         return False
 
     def _decided(self, presentity, watcher, kind):
@@ -521,22 +498,12 @@ class SimplePresence:
             elif kind == "unsubscribed":
                 self._end(sub, "rejected")
 
-    @defer.inlineCallbacks
-    def _answer_probe(self, bare, prober):
-        roster = yield self.server.rosters.load(bare)
-        item = roster.get(prober.split("/", 1)[0])
-        publication = self.publication_of(bare)
-        if item is not None and item.has_from and publication is not None:
-            self.server.router.route(pidf.presence_stanza(
-                publication.availability, f"{bare}/{SIP_RESOURCE}", prober))
-
     # -- NOTIFY received --------------------------------------------------------------
 
     def _notify_received(self, transaction, request):
         # Our own subscriptions (XMPP users watching foreign SIP presentities) are watch.py's.
-        watch = getattr(self.gateway, "watch", None)
-        if watch is not None and watch.owns(request):
-            return watch.notify_received(transaction, request)
+        if self.gateway.watch.owns(request):
+            return self.gateway.watch.notify_received(transaction, request)
         return self._response(request, 481)
 
     # -- PUBLISH (RFC 3903) -----------------------------------------------------------
@@ -564,9 +531,10 @@ class SimplePresence:
                 state = pidf.parse_pidf(request.body).availability
             except pidf.PresenceDocumentError as e:
                 return self._response(request, 400, f"Bad Request ({e})"[:200])
-        bare, refusal = yield self._authenticate(request)
+        account, refusal = yield self._authenticate(request, transaction.address)
         if refusal is not None:
             return refusal
+        bare = "@".join(reversed(account))
         target = yield self._account(request.uri)
         if target != bare:
             return self._response(request, 403, "Forbidden (only one's own presence may be published)")
@@ -587,7 +555,7 @@ class SimplePresence:
             if expires == 0:
                 response = self._response(request, 200)
                 response.headers.add("Expires", "0")
-                return response, lambda: self._announce(bare)
+                return response, lambda: self._announce(*account)
             publication.etag = secrets.token_hex(8)  # a new tag for each successful PUBLISH
             if state is not None:
                 publication.availability = state
@@ -601,37 +569,25 @@ class SimplePresence:
         response.headers.add("Expires", str(expires))
         log.info("SIP {user} published presence ({available})", user=bare,
                  available="available" if publication.availability.available else "unavailable")
-        return response, (lambda: self._announce(bare)) if state is not None or etag is None else None
+        return response, (lambda: self._announce(*account)) if state is not None or etag is None else None
 
     def _publication_expired(self, publication):
         publication.timer = None
         if self.publications.get(publication.etag) is publication:
             del self.publications[publication.etag]
-            self._announce(publication.bare)
+            self._announce(*reversed(publication.bare.split("@", 1)))
 
-    def _announce(self, bare):
-        """Send ``bare``'s SIP presence (resource ``sip``) to their XMPP contacts and SIP watchers."""
-        d = self._broadcast(bare)
-        d.addErrback(lambda f: log.failure("SIP presence of {user} not broadcast", f, user=bare))
-        self.presence_changed(bare)
-        return d
-
-    @defer.inlineCallbacks
-    def _broadcast(self, bare):
-        publication = self.publication_of(bare)
-        state = publication.availability if publication is not None else pidf.Availability(False)
-        if not state.available:
-            if bare not in self._announced:
-                return
-            self._announced.discard(bare)
-        else:
-            self._announced.add(bare)
-        sender = f"{bare}/{SIP_RESOURCE}"
-        roster = yield self.server.rosters.load(bare)
-        targets = sorted(item.jid for item in roster.items.values() if item.has_from)
-        targets += [session.full for session in self.server.sessions.available(bare)]
-        for target in targets:
-            self.server.router.route(pidf.presence_stanza(state, sender, target))
+    def _announce(self, host, user):
+        """Say the SIP presence of ``user@host`` as the presence of the user's phone session."""
+        publication = self.publication_of(f"{user}@{host}")
+        if publication is not None and publication.availability.available:
+            self.phones.bind(host, user)
+            stanza = pidf.presence_stanza(publication.availability, None)
+            stanza.addElement("priority", content=PRIORITY)
+            self.phones.submit(host, user, stanza)
+        elif (host, user) in self.phones.sessions:
+            self.phones.submit(host, user, make("presence", type="unavailable"))
+            self.phones.registered(host, user)
 
 
-__all__ = ["SimplePresence", "Subscription", "Publication", "METHODS", "SIP_RESOURCE"]
+__all__ = ["SimplePresence", "Subscription", "Publication", "METHODS"]

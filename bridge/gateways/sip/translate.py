@@ -33,7 +33,7 @@ import codecs
 import re
 from dataclasses import dataclass, field
 
-from bridge.core.stanza import ERROR_TYPES, NS_STANZAS, error_reply, make
+from bridge.core.stanza import ERROR_TYPES, NS_STANZAS, error_reply, make, parse_jid
 from bridge.core.xmlstream import NS_XML
 from bridge.gateways.sip.addressing import AddressError, as_uri
 from bridge.gateways.sip.message import (
@@ -453,25 +453,32 @@ def response_for_error(request, error_stanza, to_tag=None):
     return make_response(request, status_for_condition(condition_of(error_stanza)), to_tag=to_tag)
 
 
-def failure_notice(original, error_stanza, call_id, from_tag, cseq=1):
-    """A MESSAGE telling a SIP sender that an accepted message was not delivered.
+def failure_notice(error_stanza, addresses, call_id, from_tag, cseq=1):
+    """A MESSAGE telling a SIP sender that a message it sent, already answered 202, was not delivered.
 
-    For a MESSAGE already answered 202 whose XMPP delivery later failed.
-    The notice goes from the original recipient to the original sender,
-    marked ``Auto-Submitted: auto-generated``; None when ``original`` is
-    itself automatic (``may_notify_failure``).
+    ``error_stanza`` is the XMPP error that came back for it (from the
+    original recipient, to the sender's JID, carrying the original payload).
+    The notice goes from the original recipient to the sender's address
+    (for a local user, the caller sets the Request-URI of each phone), marked
+    ``Auto-Submitted: auto-generated``.  None when the original was itself
+    automatic, so that a notice about a notice is never sent, or when either
+    address has no SIP form.
     """
-    if not may_notify_failure(original):
+    if _stanza_mark(error_stanza) is not None:
+        return None
+    try:
+        sender = addresses.uri_for_jid(parse_jid(error_stanza.getAttribute("from") or "").userhostJID())
+        target = addresses.uri_for_jid(parse_jid(error_stanza.getAttribute("to") or "").userhostJID())
+    except (AddressError, AttributeError):
         return None
     condition = condition_of(error_stanza)
-    target = original.from_address.uri
     headers = Headers()
     headers.add("Max-Forwards", MAX_FORWARDS)
-    headers.add("From", f"<{original.to_address.uri}>;tag={from_tag}")
+    headers.add("From", f"<{sender}>;tag={from_tag}")
     headers.add("To", f"<{target}>")
     headers.add("Call-ID", call_id)
     headers.add("CSeq", f"{cseq} MESSAGE")
     headers.add("Content-Type", f"{TEXT_PLAIN};charset=UTF-8")
     headers.add(AUTO_SUBMITTED, "auto-generated")
     body = f"Your message was not delivered ({condition.replace('-', ' ')}).".encode("utf-8")
-    return Request("MESSAGE", as_uri(str(target)), headers, body)
+    return Request("MESSAGE", target, headers, body)

@@ -3,16 +3,16 @@
 ``ForeignWatch`` is the other half of SIMPLE: ``simple.py`` serves SIP
 watchers of our users; here our XMPP users watch SIP presentities of
 foreign domains, which they know as gateway JIDs
-(``carol\\40pbx.example@sip.localhost``).  ``Messaging.deliver`` (the route
-of the gateway's domain) hands it every presence stanza addressed there:
+(``carol\\40pbx.example@sip.localhost``).  The presence events of the
+gateway's domain bring it every presence stanza addressed there:
 
 * ``subscribe`` from a local user: SUBSCRIBE (``Event: presence``,
   ``Accept: application/pidf+xml``, ``Expires``) from ``sip:alice@localhost``
   to ``sip:carol@pbx.example``, through the route ``Messaging.destination``
   chooses, when the domain is in ``[sip] allowed_domains``; otherwise (or for
   an unmappable address) ``unsubscribed`` goes back at once.  A 200 gives
-  ``subscribed`` from the contact's bare JID, routed through
-  ``server.router.route`` so the core's roster machinery sees it (a 202 waits
+  ``subscribed`` from the contact's bare JID, routed so that the core's
+  roster machinery sees it (a 202 waits
   for a NOTIFY saying ``active``).  The subscription is refreshed before it
   expires, on the clock given.
 * each NOTIFY of the dialog (``SimplePresence`` passes NOTIFYs here) is
@@ -41,7 +41,7 @@ import secrets
 
 from twisted.logger import Logger
 
-from bridge.core.stanza import make, parse_jid
+from bridge.core.stanza import make
 from bridge.gateways.sip import presence as pidf
 from bridge.gateways.sip.addressing import AddressError
 from bridge.gateways.sip.message import GrammarError, Request, make_response
@@ -87,15 +87,17 @@ class Watching:
 class ForeignWatch:
     """Outgoing SUBSCRIBE for ``Event: presence``, and the NOTIFYs of those dialogs: one per gateway."""
 
-    def __init__(self, gateway, clock=None, expires=REQUESTED_EXPIRES):
+    def __init__(self, gateway, expires=REQUESTED_EXPIRES):
         self.gateway = gateway
-        self.server = gateway.server
-        self.clock = clock or gateway.clock
+        self.ctx = gateway.ctx
+        self.clock = gateway.clock
         self.messaging = gateway.messaging
         self.expires = expires
         self.watching = {}  # (watcher bare, contact bare) -> Watching
         self.dialogs = {}  # (Call-ID, our tag) -> Watching
         self.retrying = set()  # (watcher, contact) to subscribe again after a terminated NOTIFY
+        self.ctx.hook("presence/bare", self.presence_out)
+        self.ctx.hook("presence/full", self.presence_out)
 
     def stop(self):
         """Cancel every timer; the dialogs are soft state and are forgotten."""
@@ -107,12 +109,13 @@ class ForeignWatch:
 
     # -- XMPP side ------------------------------------------------------------------
 
-    def presence_out(self, stanza):
-        """A presence stanza to the gateway's domain (from ``Messaging.deliver``)."""
+    def presence_out(self, event):
+        """A presence stanza to a contact of the gateway's domain."""
+        stanza = event.stanza
         kind = stanza.getAttribute("type")
-        sender, to = parse_jid(stanza.getAttribute("from")), parse_jid(stanza.getAttribute("to"))
-        if sender is None or to is None or not to.user or self.server.config.host_for(sender.host) is None:
-            return  # only local users watch through the gateway
+        sender, to = event.sender, event.to
+        if sender is None or self.ctx.local_host(sender.host) is None:
+            return True  # only local users watch through the gateway
         watcher, contact = sender.userhost(), to.userhost()
         if kind == "subscribe":
             self.subscribe(watcher, contact)
@@ -122,6 +125,7 @@ class ForeignWatch:
             self.probe(watcher, contact, sender.full())
         # Available/unavailable presence, subscribed and unsubscribed: SIP users watch our users by
         # SUBSCRIBE to them directly (simple.py), so nothing is sent.
+        return True
 
     def subscribe(self, watcher, contact, announce=True):
         """Start watching ``contact`` for ``watcher`` (nothing new when a subscription exists)."""
@@ -193,7 +197,7 @@ class ForeignWatch:
             self._route(pidf.presence_stanza(sub.last, f"{contact}/{SIP_RESOURCE}", prober))
 
     def _route(self, stanza):
-        self.server.router.route(stanza)
+        self.ctx.route(stanza)
 
     # -- SUBSCRIBE out --------------------------------------------------------------
 

@@ -1,14 +1,19 @@
 """The SMS gateway: offline users reached by SMS, phone numbers as JIDs, replies by SMS.
 
+``attach(ctx, reactor, tls_context)`` makes the gateway of the ``[sms]``
+section and its ``[smsc.NAME]`` links.  Its domain is a component host
+served by the ordinary disco, version, ping and XEP-0100 modules.
+
 * ``offline/stored``: a message stored for an offline user whose channels
   include "sms" and who has a mobile number is sent as "Sender: body",
   within a per-user daily cap and one SMS per conversation per quiet
   window.  Headlines (alerts) to an account with no available resource go
   out the same way (hooked on ``message/bare``; the core drops them).
-* The route of ``[sms] domain``: a message from a local user to
+* The message events of ``[sms] domain``: a message from a local user to
   ``+15551234567@sms.localhost`` is sent to that number.
-* A mobile-originated SMS from the number of a user becomes a message from
-  that user's bare JID to the person who last reached them by SMS; from any
+* A mobile-originated SMS from the number of a user is said by that user
+  (resource ``sms``, through the one way in) to the person who last reached
+  them by SMS; from any
   other number, a message from ``+number@domain`` to the local user who last
   wrote to that number; from a number nobody wrote to, it is dropped and
   logged.  "STOP" from a user's number sets that
@@ -17,10 +22,14 @@
 
 import re
 
-from twisted.internet import defer
+from twisted.internet import defer, endpoints, ssl
 from twisted.logger import Logger
+from twisted.words.protocols.jabber.jid import JID
 
+from bridge.core.hooks import OBSERVE
 from bridge.core.notifications import STORE as NOTIFICATION_STORE, NotificationPreferences
+from bridge.core.sessions import Session
+from bridge.core.storage.cache import KeyedLock
 from bridge.core.stanza import error_reply, make, parse_jid
 from bridge.gateways.sms import pdu as pdus, text as texts
 from bridge.gateways.sms.esme import SMSCLink
@@ -34,6 +43,7 @@ LAST_SENDER_STORE = "sms-last-sender"  # (host, user): {"jid": who last reached 
 PEERS_STORE = "sms-peers"  # (domain, number): {"jid": the local user who last wrote to the number}
 MOBILES_STORE = "sms-mobiles"  # (domain, number): {"host", "user"} whose mobile the number is
 OPT_OUT_WORDS = ("STOP", "STOPALL", "UNSUBSCRIBE")
+RESOURCE = "sms"  # of a user's session when their own mobile phone speaks
 _NUMBER = re.compile(r"^\+[0-9]{3,20}$")
 
 
@@ -57,33 +67,81 @@ def body_of(stanza):
     return None
 
 
+class MobileLine:
+    """The stream of a user's mobile phone seen as a session: what comes back to it is only logged."""
+
+    def send(self, stanza):
+        log.info("SMS: {kind} for a mobile phone dropped", kind=stanza.name)
+
+    def stream_error(self, condition, text=None):
+        pass
+
+
 def wants_receipt(stanza):
     return any(child.name == "request" and child.uri == NS_RECEIPTS for child in stanza.elements())
 
 
+class NumberPrompt:
+    """What XEP-0100 asks of the SMS gateway (``features/gateway.py``)."""
+
+    description = "Enter the mobile number of the contact in international form (+15551234567)."
+    prompt = "Mobile number"
+
+    def __init__(self, domain):
+        self.domain = domain
+
+    def jid_for(self, text):
+        number = normalize_number(text)
+        if number is None:
+            raise ValueError(f"{text!r} is not a phone number in international form")
+        return f"{number}@{self.domain}"
+
+
+def smsc_connector(reactor):
+    """``connect(name, smsc_config)`` for SMSGateway: an endpoint's connect, TLS when configured."""
+
+    def connect(name, smsc):
+        endpoint = endpoints.HostnameEndpoint(reactor, smsc.host, smsc.port, timeout=30)
+        if smsc.tls:
+            trust = ssl.Certificate.loadPEM(open(smsc.ca_file, "rb").read()) if smsc.ca_file else None
+            endpoint = endpoints.wrapClientTLS(ssl.optionsForClientTLS(smsc.host, trustRoot=trust), endpoint)
+        return endpoint.connect
+
+    return connect
+
+
+def attach(ctx, reactor, tls_context):
+    """The gateway of ``ctx.config`` (the [sms] section), or None when it is off."""
+    if not ctx.config.enabled:
+        return None
+    return SMSGateway(ctx, smsc_connector(reactor))
+
+
 class SMSGateway:
-    def __init__(self, server, config, connect):
+    def __init__(self, ctx, connect):
         """``connect(name, smsc_config)``: a function ``factory -> Deferred`` for that SMSC."""
-        self.server = server
-        self.config = config.sms
+        self.ctx = ctx
+        self.config = ctx.config
         self.domain = self.config.domain.lower()
-        self.clock = server.clock
-        self.storage = server.storage
-        self.preferences = NotificationPreferences(server.storage, config)
-        self.queue = OutboundQueue(server.storage, self.domain, server.clock, self.config, self._final,
+        self.clock = ctx.clock
+        self.storage = ctx.storage
+        self.preferences = NotificationPreferences(ctx.storage, ctx.host_config)
+        self.queue = OutboundQueue(ctx.storage, self.domain, ctx.clock, self.config, self._final,
                                    self._mobile_originated)
-        self.links = [SMSCLink(name, smsc, server.clock, connect(name, smsc), self.queue)
-                      for name, smsc in sorted(config.smsc.items())]
+        self.links = [SMSCLink(name, smsc, ctx.clock, connect(name, smsc), self.queue)
+                      for name, smsc in sorted(ctx.section("smsc").items())]
         self.queue.links = self.links
         self._fragments = {}
+        self._limits = KeyedLock()  # the daily counts of one user, changed one SMS at a time
+        ctx.serve(self.domain, ("gateway", "sms", "SMS gateway"), NumberPrompt(self.domain))
+        ctx.hook("message/bare", self.to_number)
+        ctx.hook_local("offline/stored", self.offline_stored)
+        ctx.hook_local("message/bare", self.headline, OBSERVE)
 
-    # -- lifetime ------------------------------------------------------------
+    # -- lifetime (the Gateway shape of tap.py) -------------------------------------
 
-    def setup(self):
-        """Register the route and the hooks (owner "sms")."""
-        self.server.router.addRoute(self.domain, self)
-        self.server.hooks.add("offline/stored", self.offline_stored, owner="sms")
-        self.server.hooks.add("message/bare", self.headline, priority=100, owner="sms")
+    def listeners(self):
+        return []
 
     @defer.inlineCallbacks
     def start(self):
@@ -93,8 +151,6 @@ class SMSGateway:
 
     def stop(self):
         self.queue.stop()
-        self.server.hooks.remove_owner("sms")
-        self.server.router.removeRoute(self.domain, self)
         return defer.DeferredList([link.stop() for link in self.links])
 
     def _later(self, d, what):
@@ -112,7 +168,7 @@ class SMSGateway:
         stanza = event.stanza
         if stanza.getAttribute("type") != "headline" or event.to is None or not event.to.user:
             return False
-        if any(s.priority >= 0 for s in self.server.sessions.available(event.to.userhost())):
+        if any(s.priority >= 0 for s in self.ctx.sessions.available(event.to.userhost())):
             return False
         self._later(self.notify(event.host.name, event.to.user, stanza), "SMS alert")
         return False
@@ -130,7 +186,7 @@ class SMSGateway:
         if number is None:
             return None
         sender_bare = sender.userhost()
-        if not (yield self._within_limits(host, user, sender_bare)):
+        if not (yield self._limits.run((host, user), self._within_limits, host, user, sender_bare)):
             return None
         yield self.storage.set(host, user, LAST_SENDER_STORE, {"jid": sender_bare})
         yield self.storage.set(self.domain, number, MOBILES_STORE, {"host": host, "user": user})
@@ -161,29 +217,25 @@ class SMSGateway:
         yield self.storage.set(host, user, LIMITS_STORE, limits)
         return True
 
-    # -- the route of the SMS domain ---------------------------------------------
+    # -- the SMS domain ---------------------------------------------------------
 
-    def deliver(self, stanza):
-        """A stanza to ``+number@domain``: messages with a body from local users are sent as SMS."""
-        if stanza.name != "message":
-            if stanza.name == "iq" and stanza.getAttribute("type") in ("get", "set"):
-                self.server.router.bounce(stanza, "service-unavailable")
-            return
+    def to_number(self, event):
+        """A message to ``+number@domain``: one with a body from a local user is sent as SMS."""
+        stanza = event.stanza
         if stanza.getAttribute("type") in ("error", "groupchat"):
-            return
-        to = parse_jid(stanza.getAttribute("to"))
-        sender = parse_jid(stanza.getAttribute("from"))
-        number = normalize_number(to.user) if to is not None and to.user else None
-        if sender is None or self.server.config.host_for(sender.host) is None:
-            self.server.router.bounce(stanza, "forbidden", "only local users may send SMS")
-            return
+            return True
+        sender, to = event.sender, event.to
+        number = normalize_number(to.user)
+        if sender is None or self.ctx.local_host(sender.host) is None:
+            self.ctx.bounce(stanza, "forbidden", "only local users may send SMS")
+            return True
         if number is None:
-            self.server.router.bounce(stanza, "jid-malformed", "address a phone number: +15551234567@" + self.domain)
-            return
+            self.ctx.bounce(stanza, "jid-malformed", "address a phone number: +15551234567@" + self.domain)
+            return True
         body = body_of(stanza)
-        if body is None:
-            return
-        self._later(self._send_to_number(stanza, sender, number, body), "SMS to a number")
+        if body is not None:
+            self._later(self._send_to_number(stanza, sender, number, body), "SMS to a number")
+        return True
 
     @defer.inlineCallbacks
     def _send_to_number(self, stanza, sender, number, body):
@@ -202,17 +254,17 @@ class SMSGateway:
         if outcome == "delivered" and meta.get("receipt") and meta.get("id"):
             message = make("message", to=meta["to"], sender=meta["from"])
             message.addElement((NS_RECEIPTS, "received"))["id"] = meta["id"]
-            self.server.router.route(message)
+            self.ctx.route(message)
         elif outcome == "failed":
             text = f"SMS to {doc['number']} failed: {reason or 'not delivered'}"
             log.info("{text}", text=text)
             if self.config.failure_report == "error":
                 original = make("message", to=meta["from"], sender=meta["to"], id=meta.get("id"))
-                self.server.router.route(error_reply(original, "recipient-unavailable", text))
+                self.ctx.route(error_reply(original, "recipient-unavailable", text))
             elif self.config.failure_report == "notice":
                 notice = make("message", to=meta["to"], sender=self.domain, type="normal")
                 notice.addElement("body", content=text)
-                self.server.router.route(notice)
+                self.ctx.route(notice)
 
     # -- mobile-originated ---------------------------------------------------------
 
@@ -251,27 +303,28 @@ class SMSGateway:
             if not last:
                 log.info("SMS from {user}@{host}'s mobile, but nobody reached them by SMS", user=user, host=host)
                 return None
-            sender, to = f"{user}@{host}", last["jid"]
-        else:
-            peer = yield self.storage.get(self.domain, number, PEERS_STORE)
-            if not peer:
-                log.info("SMS from {number}, who no user wrote to: dropped", number=number)
-                return None
-            sender, to = f"{number}@{self.domain}", peer["jid"]
-        message = make("message", to=to, sender=sender, type="chat")
+            message = make("message", to=last["jid"], type="chat")
+            message.addElement("body", content=body)
+            self.ctx.submit(Session(JID(tuple=(user, host, RESOURCE)), MobileLine()), message)
+            return message
+        peer = yield self.storage.get(self.domain, number, PEERS_STORE)
+        if not peer:
+            log.info("SMS from {number}, who no user wrote to: dropped", number=number)
+            return None
+        message = make("message", to=peer["jid"], sender=f"{number}@{self.domain}", type="chat")
         message.addElement("body", content=body)
-        self.server.router.route(message)
+        self.ctx.route(message)
         return message
 
     @defer.inlineCallbacks
     def owner_of(self, number):
         """(host, user) whose mobile ``number`` is, or None."""
         known = yield self.storage.get(self.domain, number, MOBILES_STORE)
-        if known and known["host"] in self.server.config.hosts:
+        if known and known["host"] in self.ctx.host_names():
             mobile = yield self.preferences.mobile(known["host"], known["user"])
             if normalize_number(mobile) == number:
                 return known["host"], known["user"]
-        for host in self.server.config.hosts:
+        for host in self.ctx.host_names():
             for user in (yield self.storage.users(host, NOTIFICATION_STORE)):
                 preferences = yield self.preferences.get(host, user)
                 if normalize_number(preferences.get("mobile")) == number:

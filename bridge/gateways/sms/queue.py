@@ -25,6 +25,7 @@ import collections
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from bridge.core.storage.cache import KeyedLock
 from bridge.gateways.sms import pdu as pdus, text as texts
 
 log = Logger()
@@ -89,6 +90,8 @@ class OutboundQueue:
         self.pending = collections.deque()  # (key, part index)
         self.docs = {}  # key -> document, every unfinished message
         self._retry_timers = set()
+        self._serial = None  # the next message's serial, once read
+        self._counter = KeyedLock()
 
     # -- persistence ------------------------------------------------------
 
@@ -116,11 +119,19 @@ class OutboundQueue:
         self.wake()
 
     @defer.inlineCallbacks
+    def _next_serial(self):
+        """The serial of a new message, the counter read once and written at every step."""
+        if self._serial is None:
+            counter = (yield self.storage.get(self.domain, "", COUNTER_STORE)) or {"next": 1}
+            self._serial = counter["next"]
+        serial, self._serial = self._serial, self._serial + 1
+        yield self.storage.set(self.domain, "", COUNTER_STORE, {"next": self._serial})
+        return serial
+
+    @defer.inlineCallbacks
     def add(self, number, body, meta):
         """Accept ``body`` for ``number`` (persisted before this fires); the message's key."""
-        counter = (yield self.storage.get(self.domain, "", COUNTER_STORE)) or {"next": 1}
-        serial = counter["next"]
-        yield self.storage.set(self.domain, "", COUNTER_STORE, {"next": serial + 1})
+        serial = yield self._counter.run(COUNTER_STORE, self._next_serial)
         key = f"{serial:012d}"
         coding, esm_class, parts = texts.split(body, serial % 256, self.config.max_parts)
         doc = {"number": number, "receipts": self.config.request_receipts, "created": self.clock.seconds(),

@@ -14,7 +14,6 @@ the bridge from one of the tests.
 """
 
 import asyncio
-import datetime
 import functools
 import http.server
 import itertools
@@ -25,6 +24,8 @@ import shutil
 import socket
 import subprocess
 import threading
+
+from tests.pki import self_signed
 
 from .. import harness
 
@@ -131,6 +132,8 @@ endpoints = []
 endpoints = ["tcp:0:interface=127.0.0.1"]
 tls_endpoints = []
 allowed_origins = [{origin}]
+[sip]
+enabled = false
 [hosts.localhost]
 """
 
@@ -200,32 +203,6 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def self_signed_certificate(directory, name="localhost"):
-    """A throw-away certificate and key for ``name``; their paths."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(hours=1))
-                   .not_valid_after(now + datetime.timedelta(days=2))
-                   .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-                   .sign(key, hashes.SHA256()))
-    cert_path, key_path = os.path.join(directory, name + ".crt"), os.path.join(directory, name + ".key")
-    with open(cert_path, "wb") as handle:
-        handle.write(certificate.public_bytes(serialization.Encoding.PEM))
-    with open(key_path, "wb") as handle:
-        handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    os.chmod(key_path, 0o600)
-    return cert_path, key_path
-
-
 class ProsodyProcess(harness.ServerProcess):
     """Prosody's process, its log drained as the bridge's is; started when it listens for c2s and http."""
 
@@ -256,7 +233,7 @@ class ProsodyServer:
 
     def __init__(self, directory, origin, accounts):
         self.c2s_port, self.http_port = free_port(), free_port()
-        certificate, key = self_signed_certificate(directory)
+        certificate, key = self_signed(directory, ["localhost"])
         data = os.path.join(directory, "data")
         os.makedirs(data, exist_ok=True)
         self.config_path = os.path.join(directory, "prosody.cfg.lua")

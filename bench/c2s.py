@@ -1,0 +1,112 @@
+"""The c2s phase: idle sessions (memory), logins/s and one-to-one messages/s, each server in turn."""
+
+import os
+import subprocess
+
+from bench.loads import run_idle, run_loader, smoke
+from bench.servers import (BenchError, BridgeServer, EjabberdServer, ProsodyServer, proc_rss_kib, say,
+                           stop_quietly, tail)
+
+
+def run(args, tmp, names, results):
+    """Each server of ``names`` in turn; False when one of them failed.
+
+    Prosody and ejabberd get a certificate with the key type of bridge's
+    generated one (``--peer-key auto``), so that TLS costs the same.
+    """
+    ok = True
+    bridge_key = None
+    for name in names:
+        key = args.peer_key
+        if key == "auto":
+            key = "ec" if bridge_key and bridge_key.startswith("ec") else "rsa"
+        if name == "bridge":
+            server = BridgeServer(args, os.path.join(tmp, "bridge"), args.bridge_port)
+        elif name == "prosody":
+            server = ProsodyServer(args, os.path.join(tmp, "prosody"), args.prosody_port, key)
+        else:
+            server = EjabberdServer(args, os.path.join(tmp, "ejabberd"), args.ejabberd_port, key)
+        entry = results["servers"][name] = {}
+        try:
+            server.prepare(args.accounts)
+            bench_server(args, server, args.accounts, entry)
+            if name == "bridge":
+                bridge_key = server.info.get("certificate_key")
+        except (BenchError, OSError, subprocess.SubprocessError) as exc:
+            ok = False
+            entry["error"] = str(exc)
+            say("%s: FAILED: %s" % (name, exc))
+        finally:
+            stop_quietly(server)
+            entry["info"] = server.info
+            entry["server_log_tail"] = tail(server.out_path, 20)
+        entry["figures"] = figures(entry)
+    return ok
+
+
+def bench_server(args, server, accounts, out):
+    """Run the three loads, each on a freshly started server process.
+
+    A fresh process per load keeps one load's leftovers (e.g. 2000 sessions
+    just torn down, a grown heap) out of the next load's figures.  Results go
+    into `out` as they come, so a failure keeps what was measured before it.
+    """
+    phases = ["idle", "logins", "messages"]
+    for i, phase in enumerate(phases):
+        if i == 0 or not args.no_restart:
+            if i > 0:
+                server.stop()
+            server.start()
+            server.on_started()
+            out.setdefault("smoke", {})[phase] = smoke(args, server, accounts)
+        if phase == "idle":
+            out["idle"] = run_idle(args, server, args.sessions)
+            say("%s: idle: %s KiB per session (%d sessions)" % (
+                server.name, out["idle"]["rss_per_session_kib"],
+                out["idle"].get("sessions", 0)))
+        elif phase == "logins":
+            out["logins"] = run_loader(args, server, "logins", [
+                "--logins", args.logins,
+                "--login-accounts", min(accounts, args.login_accounts),
+                "--max-time", args.max_time], timeout=args.max_time + 120)
+        else:
+            out["messages"] = run_loader(args, server, "messages", [
+                "--pairs", args.pairs, "--window", args.window,
+                "--duration", args.duration, "--warmup", args.warmup,
+                "--max-time", args.max_time],
+                timeout=args.max_time + args.duration + args.warmup + 120)
+        out.setdefault("rss_after_load_kib", {})[phase] = proc_rss_kib(server.pid)
+    return out
+
+
+def figures(r):
+    """Headline figures from one server's results."""
+    f = {}
+    lg = r.get("logins") or {}
+    ms = r.get("messages") or {}
+    idle = r.get("idle") or {}
+    f["logins_per_s"] = lg.get("logins_per_s")
+    f["server_cpu_ms_per_login"] = lg.get("server_cpu_ms_per_login")
+    f["messages_per_s"] = ms.get("messages_per_s")
+    f["latency_p50_ms"] = ms.get("latency_p50_ms")
+    f["latency_p99_ms"] = ms.get("latency_p99_ms")
+    f["server_cpu_us_per_message"] = ms.get("server_cpu_us_per_message")
+    f["rss_per_idle_session_kib"] = idle.get("rss_per_session_kib")
+    if idle.get("rss_before_kib") is not None:
+        f["rss_baseline_mib"] = round(idle["rss_before_kib"] / 1024, 1)
+    if idle.get("rss_after_kib") is not None:
+        f["rss_with_idle_sessions_mib"] = round(idle["rss_after_kib"] / 1024, 1)
+    return f
+
+
+ROWS = [  # key, label, better
+    ("logins_per_s", "logins/s", "higher"),
+    ("server_cpu_ms_per_login", "server CPU ms per login", "lower"),
+    ("messages_per_s", "messages/s delivered", "higher"),
+    ("latency_p50_ms", "latency p50 ms", "lower"),
+    ("latency_p99_ms", "latency p99 ms", "lower"),
+    ("server_cpu_us_per_message", "server CPU us per message", "lower"),
+    ("rss_per_idle_session_kib", "RSS KiB per idle session", "lower"),
+    ("rss_baseline_mib", "RSS MiB before idle sessions", "lower"),
+    ("rss_with_idle_sessions_mib", "RSS MiB with idle sessions", "lower"),
+]

@@ -1,0 +1,90 @@
+"""SQLite storage on its database thread (core/storage/sqlite.py), on a real file and the real reactor:
+answers come later than the calls and in their order, a burst shares one transaction, one failing call
+fails alone, close waits for what was asked before, and the files are private to their owner."""
+
+import os
+import sqlite3
+import stat
+
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from bridge.core.storage import sqlite
+from bridge.core.storage.sqlite import SQLiteStorage, connect, run_batch
+
+
+class ThreadedStorageTests(TestCase):
+    def setUp(self):
+        self.folder = os.path.join(self.mktemp(), "data")
+        self.path = os.path.join(self.folder, "bridge.sqlite")
+        self.storage = SQLiteStorage(self.path, reactor)
+        self.addCleanup(self.storage.close)
+
+    @defer.inlineCallbacks
+    def test_answers_later_in_order(self):
+        """No answer within the call; the answers come in the order of the calls, a read seeing the
+        writes asked before it."""
+        order = []
+        written = self.storage.set("h", "u", "doc", {"n": 1})
+        self.assertNoResult(written)
+        written.addCallback(lambda _: order.append("set"))
+        appended = self.storage.append("h", "u", "q", "first")
+        appended.addCallback(lambda item: order.append(("append", item)))
+        read = self.storage.get("h", "u", "doc")
+        read.addCallback(lambda value: order.append(("get", value)))
+        items = yield self.storage.items("h", "u", "q")
+        self.assertEqual([value for _, value in items], ["first"])
+        self.assertEqual([entry if isinstance(entry, str) else entry[0] for entry in order], ["set", "append", "get"])
+        self.assertEqual(order[2][1], {"n": 1})
+
+    @defer.inlineCallbacks
+    def test_close_commits_what_was_asked_and_files_are_private(self):
+        """Calls made before close are committed before it fires; the database file and its journal
+        files are 0600 in a 0700 folder."""
+        yield self.storage.set("h", "u", "doc", {"secret": True})
+        names = os.listdir(self.folder)
+        self.assertIn("bridge.sqlite-wal", names)
+        for name in names:
+            self.assertEqual(stat.S_IMODE(os.stat(os.path.join(self.folder, name)).st_mode), 0o600, name)
+        for index in range(50):
+            self.storage.append("h", "u", "q", index)
+        yield self.storage.close()
+        self.assertEqual(stat.S_IMODE(os.stat(self.folder).st_mode), 0o700)
+        with sqlite3.connect(self.path) as db:
+            self.assertEqual(db.execute("SELECT COUNT(*) FROM queue").fetchone()[0], 50)
+        self.failureResultOf(self.storage.get("h", "u", "doc"), RuntimeError)
+
+
+class BatchTests(SynchronousTestCase):
+    def test_one_transaction_one_failure_alone(self):
+        """A batch runs in one transaction; an operation that raises fails alone, and the others'
+        results and writes stand."""
+        db = connect(":memory:")
+
+        def broken(db):
+            raise ValueError("no")
+
+        outcomes = run_batch(db, [(sqlite._set, ("h", "u", "doc", '"v"')), (broken, ()),
+                                  (sqlite._get, ("h", "u", "doc"))])
+        self.assertEqual([succeeded for succeeded, _ in outcomes], [True, False, True])
+        self.assertEqual(outcomes[2][1], "v")
+        self.assertIsInstance(outcomes[1][1].value, ValueError)
+        self.assertFalse(db.in_transaction)
+
+    def test_failed_commit_fails_every_call(self):
+        """When the commit fails, every call of the batch fails: none is answered as done."""
+
+        class Refusing:
+            """A connection whose COMMIT fails (a full disk)."""
+
+            def __init__(self, db):
+                self.db = db
+
+            def execute(self, statement, *args):
+                if statement == "COMMIT":
+                    raise sqlite3.OperationalError("database or disk is full")
+                return self.db.execute(statement, *args)
+
+        outcomes = run_batch(Refusing(connect(":memory:")), [(sqlite._append, ("h", "u", "q", '"x"')),
+                                                              (sqlite._count, ("h", "u", "q"))])
+        self.assertEqual([succeeded for succeeded, _ in outcomes], [False, False])
