@@ -110,8 +110,9 @@ def requests_to_server(stanza):
 
 
 def answers_by_id(elements):
-    return [element["id"] for element in elements
-            if element.name == "iq" and element.getAttribute("type") in ("result", "error") and element.hasAttribute("id")]
+    """The ids of the iq results and errors among ``elements``."""
+    return [element["id"] for element in elements if element.name == "iq"
+            and element.getAttribute("type") in ("result", "error") and element.hasAttribute("id")]
 
 
 @target("c2s-late-storage", st.lists(st.tuples(STORAGE_REQUESTS | elements(C2S, max_depth=3), st.booleans()),
