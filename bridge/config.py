@@ -9,6 +9,7 @@ once so an administrator fixes a file in one pass.
 
 import dataclasses
 import ipaddress
+import math
 import os
 import tomllib
 import typing
@@ -238,7 +239,7 @@ class SMTPConfig:
     def relay_address(self):
         """(host, port) of ``relay``; port 25 when it names none."""
         host, _, port = self.relay.rpartition(":")
-        if not host or not port.isdigit():
+        if not host or not (port.isascii() and port.isdigit()) or len(port) > 5:
             return self.relay, 25
         return host.strip("[]"), int(port)
 
@@ -310,7 +311,8 @@ def parse_udp_endpoint(text):
     means every IPv4 address.
     """
     parts = text.split(":", 2)
-    if len(parts) < 2 or parts[0] != "udp" or not parts[1].isdigit() or not 0 <= int(parts[1]) <= 65535:
+    if (len(parts) < 2 or parts[0] != "udp" or not (parts[1].isascii() and parts[1].isdigit())
+            or not 0 <= int(parts[1]) <= 65535):
         raise ValueError(f"{text!r} is not udp:PORT or udp:PORT:interface=ADDRESS")
     interface = ""
     if len(parts) == 3:
@@ -333,7 +335,7 @@ def parse_host_port(text):
         host, sep, port = text.partition(":")
         port = port if sep else None
     if not host.strip("[]") or any(c.isspace() for c in host) or (
-            port is not None and (not port.isdigit() or not 0 < int(port) <= 65535)):
+            port is not None and (not (port.isascii() and port.isdigit()) or not 0 < int(port) <= 65535)):
         raise problem
     return host, int(port) if port is not None else None
 
@@ -435,6 +437,9 @@ def _check_value(kind, value, meta):
         value = float(value)
     if kind is int and isinstance(value, bool) or not isinstance(value, kind):
         return f"must be {_type_name(kind)}, not {value!r}"
+    if kind is float and math.isnan(value):
+        # (nan would pass the range checks below: every comparison with it is false)
+        return f"must be a number, not {value!r}"
     if kind is list and not all(isinstance(item, str) for item in value):
         return f"must be {_type_name(kind)}, not {value!r}"
     if kind is dict and not all(isinstance(item, str) for item in value.values()):
@@ -584,8 +589,12 @@ def load(path=None):
             document = tomllib.load(handle)
     except OSError as error:
         raise ConfigError([f"{path}: cannot be read: {error.strerror}"])
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError([f"{path}: not valid TOML: {error}"])
+    except (ValueError, RecursionError) as error:
+        # tomllib raises TOMLDecodeError for most faults, but UnicodeDecodeError
+        # (not UTF-8), ValueError (an integer over Python's 4300 digits) and
+        # RecursionError (arrays or tables nested thousands deep) for some.
+        reason = "nested too deeply" if isinstance(error, RecursionError) else error
+        raise ConfigError([f"{path}: not valid TOML: {reason}"])
     return _resolve_paths(parse(document, path), os.path.dirname(os.path.abspath(path)))
 
 

@@ -6,8 +6,13 @@ internal entities (a "billion laughs" document exhausts memory), so this
 parser drives expat itself, refuses all four with ``restricted-xml``, and
 counts the bytes of each top-level stanza against a size limit.  It does no
 I/O: the stream protocols feed it and receive callbacks.
+
+RFC 6120 section 11.6 allows UTF-8 only.  The parser decodes the bytes itself
+and hands expat text, so that expat never picks another encoding from a byte
+order mark, from bytes that look like UTF-16, or from an XML declaration.
 """
 
+import codecs
 from xml.parsers import expat
 
 from twisted.words.xish import domish
@@ -65,8 +70,10 @@ class StreamParser:
         parser.EntityDeclHandler = self._refuse
         parser.CommentHandler = self._refuse
         parser.ProcessingInstructionHandler = self._refuse
+        parser.XmlDeclHandler = self._declaration
         parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
         self._parser = parser
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
         self._depth = 0
         self._current = None
         self._stanza_start = None
@@ -78,10 +85,21 @@ class StreamParser:
     def feed(self, data):
         """Parse ``data``; raises ``StreamError`` for anything a stream must not hold."""
         self._fed += len(data)
+        fault = None
         try:
-            self._parser.Parse(data, False)
+            text = self._decoder.decode(data)
+        except UnicodeDecodeError as error:
+            text, fault = error.object[:error.start].decode("utf-8"), "the stream is not UTF-8"
+        if "\x00" in text:
+            # Never XML; at the start of a document expat would take it for UTF-16.
+            text, fault = text[:text.index("\x00")], "a NUL character"
+        # What precedes a fault is parsed first, so that the first fault is the one reported.
+        try:
+            self._parser.Parse(text, False)
         except expat.ExpatError as error:
             raise StreamError("not-well-formed", str(error)) from None
+        if fault:
+            raise StreamError("not-well-formed", fault)
         start = self._mark if self._stanza_start is None else self._stanza_start
         if self._fed - start > self.stanza_size_limit_bytes:
             raise StreamError("policy-violation", "stanza too large")
@@ -104,6 +122,10 @@ class StreamParser:
 
     def _refuse(self, *args):
         raise StreamError("restricted-xml", "DTDs, entities, comments and processing instructions are not allowed")
+
+    def _declaration(self, version, encoding, standalone):
+        if encoding is not None and encoding.lower() != "utf-8":
+            raise StreamError("unsupported-encoding", f"the stream must be UTF-8, not {encoding}")
 
     def _start(self, name, attributes):
         uri, local = _split_name(name)

@@ -97,6 +97,10 @@ _VERSION = re.compile(r"^SIP/(\d+)\.(\d+)$", re.IGNORECASE)
 _STATUS = re.compile(r"^[1-6]\d\d$")
 _DIGITS = re.compile(r"\d+", re.ASCII)
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# The most digits a number in a header may have: every limit a number is
+# compared with fits, and no conversion fails (Python converts at most 4300
+# digits) or takes long.
+MAX_DIGITS = 18
 
 
 class SIPParseError(Exception):
@@ -138,6 +142,13 @@ class GrammarError(ValueError):
 
 def is_token(text):
     return bool(_TOKEN.match(text))
+
+
+def number(text):
+    """The value of 1 to ``MAX_DIGITS`` ASCII digits, or None for anything else (a malformed number)."""
+    if text is None or len(text) > MAX_DIGITS or not _DIGITS.fullmatch(text):
+        return None
+    return int(text)
 
 
 def canonical_name(name):
@@ -254,9 +265,10 @@ def _parse_hostport(text):
     _check_host(host)
     if port is None:
         return host, None
-    if not _DIGITS.fullmatch(port) or not 0 < int(port) <= 65535:
+    value = number(port)
+    if value is None or not 0 < value <= 65535:
         raise GrammarError(f"bad port {port!r}")
-    return host, int(port)
+    return host, value
 
 
 def _format_hostport(host, port):
@@ -349,7 +361,7 @@ class Address:
     @property
     def expires(self):
         value = self.params.get("expires")
-        return int(value) if value is not None and _DIGITS.fullmatch(value) else None
+        return number(value)
 
     @property
     def q(self):
@@ -398,7 +410,7 @@ def parse_address(text):
         params = sep + params
     params = parse_params(params)
     for name in ("expires",):
-        if name in params and (params[name] is None or not _DIGITS.fullmatch(params[name])):
+        if name in params and number(params[name]) is None:
             raise GrammarError(f"bad {name} parameter")
     if "q" in params and (params["q"] is None or not re.match(r"^(0(\.\d{0,3})?|1(\.0{0,3})?)$", params["q"])):
         raise GrammarError("bad q parameter")
@@ -431,7 +443,7 @@ class Via:
         if "rport" not in self.params:
             return None
         value = self.params["rport"]
-        return True if value is None else int(value)
+        return True if value is None else number(value)
 
     @property
     def sent_by(self):
@@ -452,11 +464,11 @@ def parse_via(text):
     host, port = _parse_hostport(sent_by)
     params = parse_params(params or "")
     if "rport" in params and params["rport"] is not None:
-        if not _DIGITS.fullmatch(params["rport"]) or not 0 < int(params["rport"]) <= 65535:
+        if not 0 < (number(params["rport"]) or 0) <= 65535:
             raise GrammarError("bad rport")
     if "branch" in params and not params["branch"]:
         raise GrammarError("empty branch")
-    if "ttl" in params and (params["ttl"] is None or not _DIGITS.fullmatch(params["ttl"]) or int(params["ttl"]) > 255):
+    if "ttl" in params and (number(params["ttl"] or "") is None or number(params["ttl"]) > 255):
         raise GrammarError("bad ttl")
     return Via(transport=transport.upper(), host=host, port=port, params=params)
 
@@ -472,12 +484,12 @@ class CSeq:
 
 def parse_cseq(text):
     parts = text.split()
-    if len(parts) != 2 or not _DIGITS.fullmatch(parts[0]) or not is_token(parts[1]):
+    value = number(parts[0]) if len(parts) == 2 else None
+    if value is None or not is_token(parts[1]):
         raise GrammarError(f"bad CSeq {text!r}")
-    number = int(parts[0])
-    if number > MAX_CSEQ:
+    if value > MAX_CSEQ:
         raise GrammarError("CSeq number too large")
-    return CSeq(number, parts[1])
+    return CSeq(value, parts[1])
 
 
 # --- the message model -----------------------------------------------------
@@ -767,9 +779,8 @@ def _parse_frame(head, body, stream, limits):
 
     respondable = _validate(message, problems)
 
-    length = message.headers.get("Content-Length")
-    if length is not None and _DIGITS.fullmatch(length):
-        length = int(length)
+    length = number(message.headers.get("Content-Length"))
+    if length is not None:
         if length > limits.max_body_bytes:
             problems.add(413, "body larger than the limit")
         elif not stream:
@@ -868,7 +879,7 @@ def _validate(message, problems):
                 problems.add(400, "CSeq method differs from the request method")
     for name, limit in (("Max-Forwards", 255), ("Expires", 2**32 - 1), ("Content-Length", None)):
         value = headers.get(name)
-        if value is not None and (not _DIGITS.fullmatch(value) or (limit is not None and int(value) > limit)):
+        if value is not None and (number(value) is None or (limit is not None and number(value) > limit)):
             problems.add(400, f"bad {name}")
     contacts = headers.get_all("Contact")
     for value in contacts:
@@ -1002,9 +1013,9 @@ class StreamFramer:
                 values.append(re.sub(rb"\r\n[ \t]+", b" ", match.group(2)).strip())
         if not values:
             self._fail(400, "no Content-Length on a stream", head)
-        if len(set(values)) > 1 or not _DIGITS.fullmatch(values[0].decode("latin-1")):
+        length = number(values[0].decode("latin-1"))
+        if len(set(values)) > 1 or length is None:
             self._fail(400, "bad Content-Length", head)
-        length = int(values[0])
         if length > self.limits.max_body_bytes:
             self._fail(413, "body larger than the limit", head)
         return length

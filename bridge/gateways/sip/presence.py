@@ -25,7 +25,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from bridge.core.stanza import make
 from bridge.core.xmlstream import NS_STREAMS, NS_XML, StreamError, StreamParser
-from bridge.gateways.sip.message import GrammarError, parse_params, unquote
+from bridge.gateways.sip.message import GrammarError, number, parse_params, unquote
 
 NS_PIDF = "urn:ietf:params:xml:ns:pidf"
 NS_DM = "urn:ietf:params:xml:ns:pidf:data-model"
@@ -332,9 +332,9 @@ def parse_subscription_state(value):
     for key in ("expires", "retry-after"):
         raw = params.get(key)
         if raw is not None:
-            if not raw.isdigit():
+            numbers[key] = number(raw)
+            if numbers[key] is None:
                 raise PresenceDocumentError(f"Subscription-State: bad {key} {raw!r}")
-            numbers[key] = int(raw)
     reason = params.get("reason")
     return SubscriptionState(name, numbers.get("expires"), unquote(reason).lower() if reason else None,
                              numbers.get("retry-after"), params)

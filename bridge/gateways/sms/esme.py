@@ -162,16 +162,17 @@ class ESMEProtocol(Protocol):
 
     def dataReceived(self, data):
         try:
-            frames = self.framer.feed(data)
-        except ValueError as error:
-            log.warn("SMSC {name}: {error}; closing", name=self.link.name, error=error)
-            self.send("generic_nack", 0, pdus.ESME_RINVCMDLEN)
-            self._closing()
-            return
+            frames, error = self.framer.feed(data), None
+        except pdus.FramingError as failure:
+            frames, error = failure.frames, failure
         for frame in frames:
             if self.state == "closed":
                 return
             self._frame_received(frame)
+        if error is not None:
+            log.warn("SMSC {name}: {error}; closing", name=self.link.name, error=error)
+            self.send("generic_nack", 0, pdus.ESME_RINVCMDLEN)
+            self._closing()
 
     def _frame_received(self, frame):
         try:

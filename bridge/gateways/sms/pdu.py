@@ -73,6 +73,19 @@ def decode(data):
                        f"malformed PDU 0x{command_id:08x}: {error!r}")
 
 
+class FramingError(ValueError):
+    """An impossible command_length: the stream cannot be cut any further.
+
+    ``frames`` are the whole PDUs that came before it in the same data, to be
+    handled before the link is closed, as they would be had they come in an
+    earlier read.
+    """
+
+    def __init__(self, text, frames):
+        super().__init__(text)
+        self.frames = frames
+
+
 class Framer:
     """Cuts a byte stream into PDUs by their big-endian command_length (which counts itself)."""
 
@@ -81,13 +94,13 @@ class Framer:
         self._buffer = bytearray()
 
     def feed(self, data):
-        """The whole PDUs now available; ValueError when a length is impossible."""
+        """The whole PDUs now available; FramingError when a length is impossible."""
         self._buffer += data
         found = []
         while len(self._buffer) >= 4:
             (length,) = struct.unpack_from(">L", self._buffer)
             if length < 16 or length > self.limit:
-                raise ValueError(f"impossible command_length {length}")
+                raise FramingError(f"impossible command_length {length}", found)
             if len(self._buffer) < length:
                 break
             found.append(bytes(self._buffer[:length]))

@@ -37,17 +37,25 @@ FINAL = ("delivered", "failed")
 # Receipt 'stat:' values and message_state TLV values to part states.
 RECEIPT_STATES = {"DELIVRD": "delivered", "EXPIRED": "failed", "DELETED": "failed", "UNDELIV": "failed",
                   "REJECTD": "failed", "UNKNOWN": "failed"}
+# A message_id is a C-octet string of at most 65 octets, its NUL included.
+MAX_MESSAGE_ID = 64
 MESSAGE_STATES = {2: "DELIVRD", 3: "EXPIRED", 4: "DELETED", 5: "UNDELIV", 6: "ACCEPTD", 7: "UNKNOWN",
                   8: "REJECTD"}
 
 
 def id_keys(message_id):
-    """Every form of an SMSC message id under which it is indexed and looked up."""
+    """Every form of an SMSC message id under which it is indexed and looked up.
+
+    Only an id of SMPP's length (at most 64 characters) is read as a number:
+    a longer one could make a decimal form longer than Python converts.
+    """
     raw = message_id.strip().lower()
     keys = {raw}
-    if raw and all(c in "0123456789abcdef" for c in raw):
+    if not raw or len(raw) > MAX_MESSAGE_ID:
+        return keys
+    if all(c in "0123456789abcdef" for c in raw):
         keys.add(str(int(raw, 16)))
-    if raw.isdigit():
+    if raw.isascii() and raw.isdigit():
         keys.add(format(int(raw), "x"))
     return keys
 
