@@ -239,6 +239,8 @@ def one_run(args, server, name, log_path, tmp):
             except subprocess.TimeoutExpired:
                 spy.kill()
             out["profile"] = profile_summary(os.path.join(tmp, "profile.txt"))
+            if args.save_dir:
+                shutil.copy(os.path.join(tmp, "profile.txt"), os.path.join(args.save_dir, "flood-profile.txt"))
         t_end = monitor.now()
         deadline = time.monotonic() + args.recovery
         while time.monotonic() < deadline and server.alive():
@@ -250,8 +252,8 @@ def one_run(args, server, name, log_path, tmp):
         out["marks"] = monitor.marks
         out["monitor_load"] = summary(monitor.between(0, t_end))
         out["monitor_all"] = summary(monitor.samples)
-        if args.csv_dir:
-            monitor.write_csv(os.path.join(args.csv_dir, "flood-%s-samples.csv" % name))
+        if args.save_dir:
+            monitor.write_csv(os.path.join(args.save_dir, "flood-%s-samples.csv" % name))
     finally:
         stop_quietly(server)
     with open(log_path, "rb") as f:
@@ -286,6 +288,7 @@ def print_report(results, args):
         ("server CPU us/message", ("load", "server_cpu_us_per_message")),
         ("loader CPU fraction", ("load", "loader_cpu_fraction")),
         ("server CPU % (mean, load)", ("monitor_load", "cpu_mean_pct")),
+        ("machine CPU %% (of %d00)" % (os.cpu_count() or 1), ("monitor_load", "machine_cpu_mean_pct")),
         ("RSS MiB at start", ("monitor_all", "rss_first_mib")),
         ("RSS MiB peak", ("monitor_all", "rss_peak_mib")),
         ("RSS MiB at the end", ("monitor_all", "rss_last_mib")),
@@ -329,7 +332,7 @@ def print_report(results, args):
         for kind, k in hs.get("kinds", {}).items():
             print("%-14s" % kind + "".join("%13s" % fmt(k.get(c)) for c in cols))
         for kind, k in hs.get("kinds", {}).items():
-            for key in ("ended_by_server", "connect_errors", "bosh_answers"):
+            for key in ("ended_by_server", "connect_errors", "bosh_answers", "errors"):
                 if k.get(key):
                     print("  %s %s: %s" % (kind, key.replace("_", " "), k[key]))
         sip = hs.get("sip")
@@ -354,7 +357,8 @@ def print_report(results, args):
     for name, run in (("quiet", q), ("hostile", h)):
         if run.get("samples"):
             print()
-            print("Server over time, %s run (every %d s): t s, RSS MiB, CPU %%, fds" % (name, args.curve_step))
+            print("Server over time, %s run (every %d s): t s, RSS MiB, CPU %%, fds, machine CPU %%"
+                  % (name, args.curve_step))
             print_curve(run["samples"], run.get("marks", []), args.curve_step)
     prof = h.get("profile")
     if prof and prof.get("samples"):
@@ -377,8 +381,8 @@ def print_curve(samples, marks, step):
         while pending and pending[0][0] <= s["t"]:
             notes.append(pending.pop(0)[1])
         rss = s["rss_kib"] / 1024 if s["rss_kib"] is not None else float("nan")
-        print("  %6.0f %8.1f %6s %6s  %s" % (s["t"], rss, report.fmt(s.get("cpu_pct")), s["fds"],
-                                              "; ".join(notes)))
+        print("  %6.0f %8.1f %6s %6s %6s  %s" % (s["t"], rss, report.fmt(s.get("cpu_pct")), s["fds"],
+                                                  report.fmt(s.get("machine_pct")), "; ".join(notes)))
 
 
 def main(argv=None):
@@ -411,6 +415,9 @@ def main(argv=None):
                    help="seconds of sampling after the load (hostile BOSH sessions expire after "
                         "60 s; default %(default)s)")
     p.add_argument("--runs", default="quiet,hostile", help="which runs, in order (default %(default)s)")
+    p.add_argument("--server-cpus", default="0",
+                   help="CPUs bridge runs on, the loaders and this script on the others "
+                        "(comma-separated numbers; '' for no pinning; default %(default)s)")
     p.add_argument("--default-rate-limit", action="store_true",
                    help="keep bridge's default c2s byte rate (20000/s) for the honest clients too")
     p.add_argument("--profile", action="store_true", help="py-spy record of the server, hostile run")
@@ -427,15 +434,15 @@ def main(argv=None):
     p.add_argument("--concurrency", type=int, default=20, help="honest logins at once")
     p.add_argument("--start-timeout", type=float, default=60.0)
     p.add_argument("--output", help="write every figure (and the samples) as JSON here")
-    p.add_argument("--csv-dir", help="write each run's samples (t, RSS, CPU, fds) as CSV files here")
+    p.add_argument("--save-dir", help="write each run's samples (t, RSS, CPU, fds) as CSV files, and "
+                                      "py-spy's collapsed stacks (--profile), here")
     p.add_argument("--curve-step", type=int, default=5,
                    help="print every N-th second of the samples (default %(default)s)")
     p.add_argument("--keep-tmp", action="store_true")
+    if p.parse_args(argv).quick:  # smaller defaults; options given still win
+        p.set_defaults(pairs=5, duration=5.0, warmup=2.0, recovery=10.0, slowloris=60, garbage=40,
+                       half_open_tls=50, bosh=50, ramp=2.0, sip_rate=50.0, sip_tail=5.0)
     args = p.parse_args(argv)
-    if args.quick:
-        args.pairs, args.duration, args.warmup, args.recovery = 5, 5.0, 2.0, 10.0
-        args.slowloris, args.garbage, args.half_open_tls, args.bosh = 60, 40, 50, 50
-        args.ramp, args.sip_rate, args.sip_tail = 2.0, 50.0, 5.0
     args.honest_sources = address_range(args.honest_sources_text)
     args.hostile_sources = address_range(args.hostile_sources_text)
     args.max_flood = args.ramp + args.max_time + args.duration + args.warmup + 120
@@ -445,6 +452,12 @@ def main(argv=None):
         if r not in ("quiet", "hostile"):
             p.error("unknown run %r" % r)
     raise_nofile()
+    server_cpus = {int(c) for c in args.server_cpus.split(",") if c.strip()}
+    if server_cpus:
+        others = set(range(os.cpu_count() or 1)) - server_cpus
+        if others:
+            os.sched_setaffinity(0, others)  # the loaders, started from here, inherit it
+        say("bridge on CPU %s, the loaders on CPU %s" % (sorted(server_cpus), sorted(others) or "any"))
     tmp = tempfile.mkdtemp(prefix="bridge-flood-")
     say("temporary directory %s" % tmp)
     tables = {}
@@ -453,6 +466,7 @@ def main(argv=None):
     server = BridgeServer(args, os.path.join(tmp, "bridge"), args.c2s_port, host=args.host,
                           direct_tls_port=args.tls_port, http_port=args.http_port,
                           sip_port=args.sip_port, raised_limits=False, tables=tables)
+    server.cpus = server_cpus
     results = {"meta": {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
@@ -475,9 +489,9 @@ def main(argv=None):
     finally:
         stop_quietly(server)
         results["meta"]["loadavg_at_end"] = os.getloadavg()
-        print_report(results, args)
         if args.output:
             report.write_json(results, args.output)
+        print_report(results, args)
         if args.keep_tmp:
             say("kept %s" % tmp)
         else:

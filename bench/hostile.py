@@ -192,8 +192,9 @@ class Flood:
                     by_server = await self.bosh(st, reader, writer, source, port)
                 else:
                     by_server, first = await self.stream(kind, index, st, reader, writer)
-            except (OSError, asyncio.IncompleteReadError, XmppError):
+            except (OSError, asyncio.IncompleteReadError, XmppError) as exc:
                 by_server = True
+                st.count(st.extra.setdefault("errors", {}), "%s: %s" % (type(exc).__name__, str(exc)[:80]))
             finally:
                 writer.transport.abort()
                 st.closed(time.monotonic() - t0, by_server and self.running(), first)

@@ -122,6 +122,7 @@ class Server:
         self.last_proc = None
         self.out_path = os.path.join(workdir, "server.out")
         self.info = {}
+        self.cpus = None  # CPUs the server may run on (None: any)
         os.makedirs(workdir, exist_ok=True)
 
     @property
@@ -144,7 +145,7 @@ class Server:
         self.proc = subprocess.Popen(
             cmd, cwd=self.dir, env=self.env(), stdin=subprocess.DEVNULL,
             stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=raise_nofile)
+            preexec_fn=self._preexec)
         try:
             for host, port in [(self.host, self.port)] + self.extra_ports:
                 wait_port(host, port, self.proc, self.args.start_timeout)
@@ -152,6 +153,11 @@ class Server:
             raise BenchError("%s: %s\n--- last output (%s) ---\n%s"
                              % (self.name, exc, self.out_path, tail(self.out_path)))
         say("%s: listening on %s:%d (pid %d)" % (self.name, self.host, self.port, self.pid))
+
+    def _preexec(self):
+        raise_nofile()
+        if self.cpus:
+            os.sched_setaffinity(0, self.cpus)
 
     def stop(self):
         proc, self.proc = self.proc, None
