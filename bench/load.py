@@ -90,6 +90,28 @@ def percentile(sorted_values, q):
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
 
 
+def address_range(text):
+    """Addresses from "A,B,C", "A-B" (the last byte counting up from A's to B's) or a mix."""
+    out = []
+    for part in (x.strip() for x in text.split(",")):
+        if not part:
+            continue
+        first, sep, last = part.partition("-")
+        if not sep:
+            out.append(first)
+            continue
+        prefix, lo = first.rsplit(".", 1)
+        hi = last.rsplit(".", 1)[-1]
+        out.extend("%s.%d" % (prefix, i) for i in range(int(lo), int(hi) + 1))
+    return out
+
+
+async def connect(host, port, source=None):
+    """An asyncio stream to host:port, from local address `source` when given."""
+    return await asyncio.open_connection(host, port, limit=READ_SIZE * 4,
+                                         local_addr=(source, 0) if source else None)
+
+
 def make_tls_context():
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     ctx.check_hostname = False
@@ -123,6 +145,7 @@ class Client:
         self.jid = None
         self.tls_info = None
         self.on_stanza = None  # callback used once the session runs
+        self.source = None  # local address to connect from (None: the system's choice)
 
     # ---- transport and parsing ---------------------------------------
     def _new_parser(self):
@@ -195,8 +218,7 @@ class Client:
 
     # ---- login ---------------------------------------------------------
     async def login(self):
-        self.reader, self.writer = await asyncio.open_connection(
-            self.host, self.port, limit=READ_SIZE * 4)
+        self.reader, self.writer = await connect(self.host, self.port, self.source)
         feats = await self.open_stream()
         if feats.find("{%s}starttls" % NS_TLS) is None:
             raise XmppError("server does not offer STARTTLS")
@@ -393,9 +415,10 @@ async def read_http_body(reader, headers):
 class HttpConn:
     """One keep-alive HTTP/1.1 connection, one request at a time on it."""
 
-    def __init__(self, host, port):
+    def __init__(self, host, port, source=None):
         self.host = host
         self.port = port
+        self.source = source
         self.reader = None
         self.writer = None
         self.busy = False
@@ -403,8 +426,7 @@ class HttpConn:
         self.last_used = 0.0
 
     async def connect(self):
-        self.reader, self.writer = await asyncio.open_connection(
-            self.host, self.port, limit=READ_SIZE * 4)
+        self.reader, self.writer = await connect(self.host, self.port, self.source)
         self.last_used = time.monotonic()
 
     async def post(self, path, host_header, body):
@@ -504,7 +526,7 @@ class BoshClient(Client):
                     continue
                 return c
         self.conns = [c for c in self.conns if not c.dead]
-        c = HttpConn(self.host, self.port)
+        c = HttpConn(self.host, self.port, self.source)
         self.conns.append(c)
         return c
 
@@ -758,8 +780,7 @@ class WsClient(Client):
         self.close_received = None
 
     async def login(self):
-        self.reader, self.writer = await asyncio.open_connection(
-            self.host, self.port, limit=READ_SIZE * 4)
+        self.reader, self.writer = await connect(self.host, self.port, self.source)
         await self._handshake()
         feats = await self.open_stream()
         await self._sasl_scram(feats)
@@ -931,11 +952,15 @@ class Runner:
             where = (a.host, a.port, a.domain, a.user_pattern.format(account_no),
                      a.password, resource)
         if a.transport == "bosh":
-            return BoshClient(*where, a.path, wait=a.bosh_wait, max_rate=a.bosh_max_rate,
-                              burst=a.bosh_burst, http_timeout=a.http_timeout)
-        if a.transport == "websocket":
-            return WsClient(*where, a.path)
-        return Client(*where, self.tls_ctx)
+            c = BoshClient(*where, a.path, wait=a.bosh_wait, max_rate=a.bosh_max_rate,
+                           burst=a.bosh_burst, http_timeout=a.http_timeout)
+        elif a.transport == "websocket":
+            c = WsClient(*where, a.path)
+        else:
+            c = Client(*where, self.tls_ctx)
+        if a.source_addresses:
+            c.source = a.source_addresses[account_no % len(a.source_addresses)]
+        return c
 
     @staticmethod
     def session_report(clients):
@@ -1063,6 +1088,7 @@ class Runner:
         clients, ok, failed, _ = await self.login_many(
             n, a.concurrency, deadline, keep=True, resource_prefix="msg",
             remote_from=a.pairs if a.federated else None)
+        login_times = sorted(self.login_times)
         if failed or ok < n:
             for c in clients:
                 c.abort()
@@ -1191,6 +1217,8 @@ class Runner:
                "sent_total": total_sent, "received_total": total_recv,
                "lost": total_sent - total_recv,
                "bad_from": state["bad_from"],
+               "login_time_p50_ms": ms(percentile(login_times, 0.5) * 1e9 if login_times else None),
+               "login_time_p99_ms": ms(percentile(login_times, 0.99) * 1e9 if login_times else None),
                "server_cpu_s": None if scpu is None else round(scpu, 3),
                "server_cpu_us_per_message": round(1e6 * scpu / measured, 2)
                if scpu is not None and measured else None,
@@ -1384,6 +1412,10 @@ def main(argv=None):
     p.add_argument("--close-timeout", type=float, default=2.0)
     p.add_argument("--max-time", type=float, default=600.0,
                    help="upper bound for the login part of any mode")
+    p.add_argument("--source-addresses", type=address_range, default=[],
+                   help="local (loopback) addresses to connect from, spread by account "
+                        "number: A,B,... or A-B (e.g. 127.0.3.10-127.0.3.19); default: the "
+                        "system's choice")
     args = p.parse_args(argv)
     recv = (args.recv_host, args.recv_port, args.recv_domain, args.recv_user_pattern,
             args.recv_password)

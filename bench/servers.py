@@ -122,6 +122,7 @@ class Server:
         self.last_proc = None
         self.out_path = os.path.join(workdir, "server.out")
         self.info = {}
+        self.cpus = None  # CPUs the server may run on (None: any)
         os.makedirs(workdir, exist_ok=True)
 
     @property
@@ -144,7 +145,7 @@ class Server:
         self.proc = subprocess.Popen(
             cmd, cwd=self.dir, env=self.env(), stdin=subprocess.DEVNULL,
             stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=raise_nofile)
+            preexec_fn=self._preexec)
         try:
             for host, port in [(self.host, self.port)] + self.extra_ports:
                 wait_port(host, port, self.proc, self.args.start_timeout)
@@ -152,6 +153,11 @@ class Server:
             raise BenchError("%s: %s\n--- last output (%s) ---\n%s"
                              % (self.name, exc, self.out_path, tail(self.out_path)))
         say("%s: listening on %s:%d (pid %d)" % (self.name, self.host, self.port, self.pid))
+
+    def _preexec(self):
+        raise_nofile()
+        if self.cpus:
+            os.sched_setaffinity(0, self.cpus)
 
     def stop(self):
         proc, self.proc = self.proc, None
@@ -360,16 +366,33 @@ def prosody_account_file(password, iterations=10000):
 
 
 class BridgeServer(Server):
+    """bridge (twistd) with a generated TOML config: c2s on `host`:`port` and whatever else the
+    phase asks for.
+
+    `raised_limits` (the loads of ``python -m bench``, whose clients all come
+    from one address) lifts the per-address and byte-rate limits; without it
+    bridge keeps its defaults (the flood and the soak).  `direct_tls_port`,
+    `http_port` and `sip_port` (UDP) add those listeners on `host`; `tables`
+    ({"section": {key: value}}, e.g. {"sms": {...}, "smsc.soak": {...}}) adds
+    or overrides keys last.
+    """
     name = "bridge"
 
     def __init__(self, args, workdir, port, host="127.0.0.1", domain=None, name=None,
-                 data_dir=None, s2s=None, http_port=None):
+                 data_dir=None, s2s=None, http_port=None, direct_tls_port=None, sip_port=None,
+                 raised_limits=True, tables=None):
         super().__init__(args, workdir, port, host, domain, name)
         # Browser transports phase: BOSH and WebSocket on a plain HTTP listener.
         self.http_port = http_port
         if http_port:
             self.extra_ports.append((host, http_port))
-        if data_dir is None and args.bridge_data_dir:
+        self.direct_tls_port = direct_tls_port
+        if direct_tls_port:
+            self.extra_ports.append((host, direct_tls_port))
+        self.sip_port = sip_port
+        self.raised_limits = raised_limits
+        self.tables = tables or {}
+        if data_dir is None and getattr(args, "bridge_data_dir", None):
             data_dir = args.bridge_data_dir
         self.data = os.path.abspath(data_dir) if data_dir else os.path.join(workdir, "data")
         # Federation: {"port", "cert", "key", "ca_file", "static_routes", "dialback"}
@@ -386,53 +409,66 @@ class BridgeServer(Server):
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
+    def endpoint(self, port):
+        return "tcp:%d:interface=%s" % (port, self.host)
+
+    def config_tables(self):
+        """The config as {"section": {key: value}} ("" holds the top-level keys)."""
+        raised = self.raised_limits
+        c2s = {"endpoints": [self.endpoint(self.port)],
+               "direct_tls_endpoints": [self.endpoint(self.direct_tls_port)]
+               if self.direct_tls_port else []}
+        if raised:
+            c2s.update(max_connections_per_address=1000000,
+                       rate_limit_bytes_per_second=1000000000)
+        tables = {"": {"data_dir": self.data}, "c2s": c2s}
+        s2s = self.s2s
+        if s2s:
+            tables["s2s"] = {
+                "endpoints": [self.endpoint(s2s["port"])], "direct_tls_endpoints": [],
+                "ca_file": s2s["ca_file"], "certificate": s2s["cert"], "private_key": s2s["key"],
+                "dialback": s2s.get("dialback", True), "static_routes": s2s["static_routes"],
+                # Like the c2s limits above: the link carries every pair's traffic.
+                "rate_limit_bytes_per_second": 1000000000, "rate_limit_burst_bytes": 1000000000}
+        else:
+            tables["s2s"] = {"endpoints": []}
+        # The default component listener (127.0.0.1:5347) may be taken by
+        # another bridge on this machine; a listen failure stops bridge.
+        tables["component_listener"] = {"endpoints": []}
+        if self.http_port:
+            # Plain HTTP on this bridge's address only.
+            tables["http"] = {"endpoints": [self.endpoint(self.http_port)], "tls_endpoints": []}
+            if raised:
+                # Every loader session comes from one address, as the c2s ones do.
+                tables["http"].update(bosh_max_sessions_per_address=1000000,
+                                      bosh_sessionless_requests_per_second_per_address=100000,
+                                      bosh_sessionless_requests_burst=100000)
+        else:
+            # Nor the HTTP (BOSH/WebSocket) listeners, on all interfaces
+            # (:5280, :5281) by default: two bridges at once would clash.
+            tables["http"] = {"endpoints": [], "tls_endpoints": []}
+        if self.sip_port:
+            # UDP only, on this bridge's address.
+            tables["sip"] = {"udp_endpoints": ["udp:%d:interface=%s" % (self.sip_port, self.host)],
+                             "tcp_endpoints": [], "tls_endpoints": []}
+        else:
+            # Nor the SIP gateway (5060/5061 on all interfaces by default).
+            tables["sip"] = {"enabled": False}
+        tables["hosts.%s" % json.dumps(self.domain)] = {"aliases": []}
+        for section, keys in self.tables.items():
+            tables.setdefault(section, {}).update(keys)
+        return tables
+
     def prepare(self, accounts):
         os.makedirs(self.data, exist_ok=True)
-        toml_str = lambda s: json.dumps(s)  # JSON strings are valid TOML basic strings
         with open(self.cfg, "w") as f:
             f.write("# generated by the bench (python -m bench)\n")
-            f.write("data_dir = %s\n\n" % toml_str(self.data))
-            f.write("[c2s]\n")
-            f.write("endpoints = [%s]\n" % toml_str(
-                "tcp:%d:interface=%s" % (self.port, self.host)))
-            f.write("direct_tls_endpoints = []\n")
-            f.write("max_connections_per_address = 1000000\n")
-            f.write("rate_limit_bytes_per_second = 1000000000\n\n")
-            s2s = self.s2s
-            if s2s:
-                f.write("[s2s]\n")
-                f.write("endpoints = [%s]\n" % toml_str(
-                    "tcp:%d:interface=%s" % (s2s["port"], self.host)))
-                f.write("direct_tls_endpoints = []\n")
-                f.write("ca_file = %s\n" % toml_str(s2s["ca_file"]))
-                f.write("certificate = %s\n" % toml_str(s2s["cert"]))
-                f.write("private_key = %s\n" % toml_str(s2s["key"]))
-                f.write("dialback = %s\n" % ("true" if s2s.get("dialback", True) else "false"))
-                f.write("static_routes = { %s }\n" % ", ".join(
-                    "%s = %s" % (toml_str(d), toml_str(r))
-                    for d, r in sorted(s2s["static_routes"].items())))
-                # Like the c2s limits above: the link carries every pair's traffic.
-                f.write("rate_limit_bytes_per_second = 1000000000\n")
-                f.write("rate_limit_burst_bytes = 1000000000\n\n")
-            else:
-                f.write("[s2s]\nendpoints = []\n\n")
-            # The default component listener (127.0.0.1:5347) may be taken by
-            # another bridge on this machine; a listen failure stops bridge.
-            f.write("[component_listener]\nendpoints = []\n\n")
-            if self.http_port:
-                # Browser transports: plain HTTP on this bridge's address only;
-                # every loader session comes from one address, as the c2s ones do.
-                f.write("[http]\nendpoints = [%s]\ntls_endpoints = []\n" % toml_str(
-                    "tcp:%d:interface=%s" % (self.http_port, self.host)))
-                f.write("bosh_max_sessions_per_address = 1000000\n\n")
-            else:
-                # Nor the HTTP (BOSH/WebSocket) listeners, on all interfaces
-                # (:5280, :5281) by default: two bridges at once would clash.
-                f.write("[http]\nendpoints = []\ntls_endpoints = []\n\n")
-            # Nor the SIP gateway (5060/5061 on all interfaces by default).
-            f.write("[sip]\nenabled = false\n\n")
-            f.write("[hosts.%s]\n" % toml_str(self.domain))
-            f.write("aliases = []\n")
+            for section, keys in self.config_tables().items():
+                if section:
+                    f.write("[%s]\n" % section)
+                for key, value in keys.items():
+                    f.write("%s = %s\n" % (key, toml_value(value)))
+                f.write("\n")
         with open(self.pwfile, "w") as f:
             f.write(self.args.password + "\n")
         os.chmod(self.pwfile, 0o600)
@@ -508,6 +544,20 @@ class BridgeServer(Server):
         # twistd of the virtualenv the bench runs in; PYTHONPATH puts this tree's bridge first.
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         return [twistd, "-n", "--pidfile=", "bridge", "--config", self.cfg]
+
+
+def toml_value(value):
+    """`value` (str, bool, number, list or dict of them) as TOML."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # JSON strings are valid TOML basic strings
+    if isinstance(value, dict):
+        return "{ %s }" % ", ".join("%s = %s" % (json.dumps(k), toml_value(v))
+                                    for k, v in sorted(value.items()))
+    return "[%s]" % ", ".join(toml_value(v) for v in value)
 
 
 def sha256(s):

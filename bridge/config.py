@@ -144,6 +144,8 @@ class HTTPConfig(ListenerTLS):
     bosh_polling_seconds: float = _option(2.0, low=0, high=60)
     bosh_max_sessions_per_address: int = _option(20, low=1)
     bosh_max_sessions: int = _option(10000, low=1)
+    bosh_sessionless_requests_per_second_per_address: float = _option(2.0, low=0.01, high=100000)
+    bosh_sessionless_requests_burst: int = _option(20, low=1, high=100000)
     websocket_ping_interval_seconds: float = _option(60.0, low=0, high=3600)
     websocket_max_message_bytes: int = _option(262144, low=1024, high=64 * 1024 * 1024)
     websocket_see_other_uri: str = _option("")

@@ -19,7 +19,13 @@ layers:
 - ``BoshService``: the thin HTTP glue that ``bridge/gateways/http.py`` calls
   with ``handle(request, responder)``.  It bounds the sessions, per client
   address and in all, as the TCP listener bounds connections: one
-  keep-alive connection could otherwise create them back to back.
+  keep-alive connection could otherwise create them back to back.  The
+  requests no live session takes (creations, unknown sids, unreadable
+  bodies) are paced per client address
+  (``bosh_sessionless_requests_per_second_per_address``, bursts of
+  ``bosh_sessionless_requests_burst``): past it each is answered in its
+  turn, so a client that asks again as soon as it is refused gets its
+  refusals at that rate, not at the rate the server can parse them.
 """
 
 import hashlib
@@ -33,7 +39,7 @@ from twisted.application import service
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
-from bridge.core.streams.base import ConnectionsPerAddress
+from bridge.core.streams.base import ConnectionsPerAddress, RatePerAddress
 from bridge.core.streams.c2s import NS_CLIENT, ClientStream
 from bridge.core.xmlstream import NS_STREAMS, NS_XML, StreamError, StreamParser
 
@@ -822,14 +828,36 @@ class BoshService(service.Service):
         self.config = http_config
         self.sessions = {}
         self.per_address = ConnectionsPerAddress(http_config.bosh_max_sessions_per_address)
+        self.sessionless = RatePerAddress(server.clock, http_config.bosh_sessionless_requests_per_second_per_address,
+                                          http_config.bosh_sessionless_requests_burst)
+        self._held = {}  # DelayedCall -> exchange of a sessionless request waiting for its turn
 
     def handle(self, request, responder):
         exchange = _Exchange(request, responder)
+        self._guarded(request, exchange, self._handle, request, exchange)
+
+    def _guarded(self, request, exchange, handler, *args):
         try:
-            self._handle(request, exchange)
+            handler(*args)
         except Exception:
             log.failure("internal error on a BOSH request from {peer}", peer=request.peer)
             exchange.reply(render_body([], {"type": "terminate", "condition": "internal-server-error"}))
+
+    def _in_turn(self, request, exchange, handler, *args):
+        """``handler(*args)`` for a request no session takes, once its address's pace allows it."""
+        wait = self.sessionless.delay(request.address)
+        if wait <= 0:
+            handler(*args)
+            return
+
+        def release():
+            del self._held[call]
+            if not exchange.lost:
+                self._guarded(request, exchange, handler, *args)
+
+        call = self.server.clock.callLater(wait, release)
+        self._held[call] = exchange
+        exchange.on_lost(lambda: self._held.pop(call, None) and call.cancel())
 
     def _handle(self, request, exchange):
         if request.method in ("GET", "HEAD"):
@@ -849,11 +877,12 @@ class BoshService(service.Service):
             return
         sid = body.getAttribute("sid")
         if sid is None:
-            self._create(request, body, exchange)
+            self._in_turn(request, exchange, self._create, request, body, exchange)
             return
         session = self.sessions.get(sid)
         if session is None:
-            exchange.reply(render_body([], {"type": "terminate", "condition": "item-not-found"}))
+            self._in_turn(request, exchange, exchange.reply,
+                          render_body([], {"type": "terminate", "condition": "item-not-found"}))
             return
         exchange.content_type = session.options.content_type
         session.receive(body, exchange)
@@ -866,6 +895,10 @@ class BoshService(service.Service):
             exchange.content_type = session.options.content_type
             session.refuse(parse_rid(attributes.get("rid")), error.condition, error.text, exchange)
             return
+        self._in_turn(request, exchange, self._refuse_unreadable, request, exchange, error)
+
+    @staticmethod
+    def _refuse_unreadable(request, exchange, error):
         log.info("unreadable BOSH request from {peer}: {error}", peer=request.peer, error=error)
         exchange.reply(render_body([], {"type": "terminate", "condition": error.condition}))
 
@@ -901,7 +934,11 @@ class BoshService(service.Service):
             self.per_address.release(session.options.address)
 
     def stopService(self):
-        """End every session with system-shutdown: the server stops."""
+        """End every session, and every request waiting for its turn, with system-shutdown: the server stops."""
         super().stopService()
+        held, self._held = self._held, {}
+        for call, exchange in held.items():
+            call.cancel()
+            exchange.reply(render_body([], {"type": "terminate", "condition": "system-shutdown"}))
         for session in list(self.sessions.values()):
             session.shutdown()

@@ -752,6 +752,94 @@ class SessionCapTests(BoshTestCase):
         self.assertEqual(self.service.per_address.counts, {"198.51.100.1": 2, "198.51.100.2": 1})
 
 
+class SessionlessPaceTests(BoshTestCase):
+    """Requests that no live session takes, paced per client address."""
+
+    http = {"bosh_max_sessions_per_address": 2, "bosh_sessionless_requests_per_second_per_address": 1.0,
+            "bosh_sessionless_requests_burst": 3}
+
+    def test_refused_creations_are_answered_at_the_pace(self):
+        """A client refused for too many sessions that asks again at once waits for each answer in
+        turn (one a second here) instead of being refused as fast as it asks; another address is not
+        slowed down."""
+        for _ in range(3):
+            self.client(address="192.0.2.7").create()
+        early = self.client(address="192.0.2.7").create()
+        self.assertFalse(early.answered)
+        later = self.client(address="192.0.2.7").create()
+        self.assertIsNotNone(self.client(address="192.0.2.8").create().body().getAttribute("sid"))
+        self.clock.advance(0.99)
+        self.assertFalse(early.answered)
+        self.clock.advance(0.01)
+        self.assertTerminated(early, "policy-violation")
+        self.assertFalse(later.answered)
+        self.clock.advance(1)
+        self.assertTerminated(later, "policy-violation")
+
+    def test_unknown_sids_and_unreadable_bodies_count_too(self):
+        """Requests for a sid that does not exist and bodies that cannot be read share the pace."""
+        client = self.client(address="192.0.2.7")
+        client.sid = "no-such-session"
+        for _ in range(2):
+            self.assertTerminated(client.post(), "item-not-found")
+        self.assertTerminated(client.post(raw="<body"), "bad-request")
+        held = [client.post(), client.post(raw="<body")]
+        self.assertEqual([r.answered for r in held], [False, False])
+        self.clock.advance(2)
+        self.assertTerminated(held[0], "item-not-found")
+        self.assertTerminated(held[1], "bad-request")
+
+    def test_live_sessions_are_not_paced(self):
+        """The requests of a live session are answered at once while its address's pace is spent."""
+        alice = self.client(address="192.0.2.7")
+        alice.login("alice@localhost/web")
+        for _ in range(3):
+            self.client(address="192.0.2.7").create()
+        bob = self.harness.login("bob@localhost/tcp")
+        alice.post(f"<message xmlns='{NS_CLIENT}' to='bob@localhost/tcp'><body>hi</body></message>")
+        self.assertEqual([str(m.body) for m in of_kind(bob.received(), "message")], ["hi"])
+
+    def test_a_waiting_request_whose_connection_closes_is_forgotten(self):
+        """A held request whose connection closed is never handled: no session is made for it."""
+        for _ in range(3):
+            self.client(address="192.0.2.9").create()
+        gone = self.client(address="192.0.2.9")
+        responder = gone.create()
+        responder.drop()
+        self.assertEqual(self.service._held, {})
+        self.clock.advance(10)
+        self.assertFalse(responder.answered)
+        self.assertEqual(self.service.per_address.counts, {"192.0.2.9": 2})
+
+    def test_shutdown_answers_waiting_requests(self):
+        """When the server stops, a request waiting for its turn gets system-shutdown."""
+        for _ in range(3):
+            self.client(address="192.0.2.7").create()
+        held = self.client(address="192.0.2.7").create()
+        self.service.stopService()
+        self.assertTerminated(held, "system-shutdown")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_back_to_back_on_one_keep_alive_connection(self):
+        """On one keep-alive HTTP connection, creation requests past the burst are answered one a
+        second, in order, and the connection stays open."""
+        factory = HTTPFactory(self.harness.server, self.harness.config.http, self.service, False)
+        connection = HTTPClient(factory, address="192.0.2.7")
+        creation = body_text({"rid": 100, "to": "localhost", "wait": "60", "hold": "1", "ver": "1.6",
+                              "xmpp:version": "1.0"}).encode()
+        answered = []
+        for _ in range(5):
+            connection.request("POST", "/http-bind", creation)
+            answered.append(len(connection.responses()))
+        self.assertEqual(answered, [1, 1, 1, 0, 0])
+        self.clock.advance(1)
+        self.assertEqual(len(connection.responses()), 1)
+        self.clock.advance(1)
+        [(_, _, body)] = connection.responses()
+        self.assertEqual(parse_element(body.decode()).getAttribute("condition"), "policy-violation")
+        self.assertFalse(connection.transport.disconnecting)
+
+
 class KeyTests(BoshTestCase):
     def keyed_client(self):
         keys = key_sequence("seed", 5)

@@ -83,6 +83,38 @@ class ConnectionsPerAddress:
             self.counts.pop(key, None)
 
 
+class RatePerAddress:
+    """Events counted per peer address against a token bucket each (``rate`` a second, ``burst`` at once).
+
+    ``delay(key)`` counts one event and answers how many seconds it must
+    wait for its turn: 0 within the rate, else the time until the address's
+    bucket has paid for it (events that keep coming queue up behind it).
+    The table forgets the addresses whose buckets are full again once it
+    tracks ``max_tracked``; past that, new addresses share one bucket.
+    """
+
+    def __init__(self, clock, rate, burst, max_tracked=10000):
+        self.clock = clock
+        self.rate = rate
+        self.burst = burst
+        self.max_tracked = max_tracked
+        self._buckets = {}  # key -> (tokens, time of the last refill)
+
+    def _tokens(self, key, now):
+        tokens, refilled = self._buckets.get(key, (self.burst, now))
+        return min(self.burst, tokens + (now - refilled) * self.rate)
+
+    def delay(self, key):
+        now = self.clock.seconds()
+        if key not in self._buckets and len(self._buckets) >= self.max_tracked:
+            self._buckets = {k: v for k, v in self._buckets.items() if self._tokens(k, now) < self.burst}
+            if len(self._buckets) >= self.max_tracked:
+                key = None
+        tokens = self._tokens(key, now) - 1
+        self._buckets[key] = (tokens, now)
+        return 0.0 if tokens >= 0 else -tokens / self.rate
+
+
 class Reading:
     """Reading from a transport, paused while any of its holds is paused.
 
