@@ -321,6 +321,18 @@ class RequestsInWorkTests(SynchronousTestCase):
         self.assertEqual(sorted(e["id"] for e in answers), sorted(f"v{n}" for n in range(20)))
 
 
+    def test_requests_to_its_own_resource_are_not_in_work(self):
+        """An IQ to the client's own full JID goes back to the client, not to the server: if the client
+        leaves such requests unanswered its reading must not stop, as the server's answers never come."""
+        harness = Harness()
+        harness.add_user("alice@localhost")
+        alice = harness.login("alice@localhost/a")
+        alice.send("".join(f"<iq type='get' id='self{n}' to='alice@localhost/a'><query xmlns='jabber:iq:version'/></iq>"
+                           for n in range(MAX_REQUESTS_IN_WORK)))
+        alice.send("<iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        self.assertEqual(alice.transport.producerState, "producing")
+        self.assertIn("p", [e.getAttribute("id") for e in alice.received() if e.getAttribute("type") == "result"])
+
 class StartTLSTests(SynchronousTestCase):
     """STARTTLS on the client listener, with a transport that records the switch to TLS."""
 

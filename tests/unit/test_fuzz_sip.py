@@ -17,7 +17,7 @@ from bridge.gateways.sip.message import (
     parse_datagram,
 )
 from bridge.gateways.sip.gateway import SIPGateway
-from bridge.gateways.sip.transaction import TransactionLayer
+from bridge.gateways.sip.transaction import StatelessResponder, TransactionLayer
 from bridge.gateways.sip.transport import UDPTransport
 from tests.unit.fuzzing import TARGETS, add_users, chunked, mutated, no_logged_failures, pieces, target
 from tests.unit.helpers import Harness, gateway_context
@@ -203,9 +203,14 @@ class AnsweringUser:
             self.waiting.append(transaction)
 
     def answer(self, status):
-        """Answer the oldest transaction; after a provisional answer it still waits for a final one."""
+        """Answer the oldest transaction; after a provisional answer it still waits for a final one.
+        An INVITE's stateless responder answers once, whatever the status."""
         if self.waiting:
             transaction = self.waiting[0]
+            if isinstance(transaction, StatelessResponder):
+                transaction.respond(make_response(transaction.request, status, to_tag="fuzz"))
+                self.waiting.pop(0)
+                return
             if transaction.state in ("trying", "proceeding"):
                 transaction.respond(make_response(transaction.request, status, to_tag="fuzz"))
             if status >= 200 or transaction.state not in ("trying", "proceeding"):

@@ -161,9 +161,10 @@ class ClientStream:
         self.server.stanza_from_session(self.session, stanza)
 
     def _to_server(self, iq):
-        """True for a request the server answers: to the user's own account or to the host."""
+        """True for a request the server answers: to the user's own account or to the host (one to
+        the session's own full JID goes back to the client, which may never answer it)."""
         to = iq.getAttribute("to")
-        return to is None or to in (self.host, self.session.bare, self.session.full)
+        return to is None or to in (self.host, self.session.bare)
 
     @property
     def busy(self):
