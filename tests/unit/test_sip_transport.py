@@ -341,27 +341,27 @@ class ReflectionTests(SynchronousTestCase):
         out = [len(data) for data, _ in self.socket.written]
         return sent_in, sum(out), len(out)
 
+    def assert_not_amplified(self, method):
+        """One spoofed request draws one answer, within the allowance; a thousand draw no more bytes
+        than they sent."""
+        sent_in, sent_out, datagrams = self.flood(method, 1)
+        self.assertEqual(datagrams, 1)
+        self.assertLessEqual(sent_out, sent_in + ExcessAllowance.BURST_BYTES)
+        self.setUp()
+        sent_in, sent_out, _ = self.flood(method, 1000)
+        self.assertLessEqual(sent_out, sent_in)
+
     def test_spoofed_invite_not_amplified(self):
         """A spoofed INVITE gets one 488 back (its smallest form, within the allowance) and nothing
         afterwards; a flood of them gets no more bytes than it sent.  Before the stateless answer each
         drew 10 retransmitted 488s, about 15 times its size."""
-        sent_in, sent_out, datagrams = self.flood("INVITE", 1)
-        self.assertEqual(datagrams, 1)
-        self.assertLessEqual(sent_out, sent_in + ExcessAllowance.BURST_BYTES)
-        self.setUp()
-        sent_in, sent_out, _ = self.flood("INVITE", 1000)
-        self.assertLessEqual(sent_out, sent_in)
+        self.assert_not_amplified("INVITE")
 
     def test_spoofed_register_flood_not_amplified(self):
         """A single spoofed REGISTER may draw a challenge a little longer than itself (one WWW-Authenticate,
         within the allowance); a flood of them in one victim's name gets in all no more bytes than it sent,
         where before each drew a 401 with two challenges (about twice its size)."""
-        sent_in, sent_out, datagrams = self.flood("REGISTER", 1)
-        self.assertEqual(datagrams, 1)
-        self.assertLessEqual(sent_out, sent_in + ExcessAllowance.BURST_BYTES)
-        self.setUp()
-        sent_in, sent_out, _ = self.flood("REGISTER", 1000)
-        self.assertLessEqual(sent_out, sent_in)
+        self.assert_not_amplified("REGISTER")
 
     def test_a_phone_still_authenticates(self):
         """The same short REGISTER from a phone gets its challenge: the allowance serves those who
