@@ -120,7 +120,9 @@ class Settling:
 
 
 def settling_of(stanza):
-    return getattr(stanza, "settling", None)
+    # The instance's own attribute only: domish's __getattr__ would answer
+    # with a child element of that name, which anyone may put in a stanza.
+    return stanza.__dict__.get("settling")
 
 
 class Dispatch:

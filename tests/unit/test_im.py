@@ -47,6 +47,16 @@ class MessageTests(IMTestCase):
         self.assertEqual([m["id"] for m in received], ["2"])
         self.assertEqual(received[0]["from"], "alice@localhost/a")
 
+    def test_a_child_named_like_core_state_is_only_payload(self):
+        """A <settling/> child (the name of the core's durable-copy tracker) is delivered as any other."""
+        bob = self.online("bob@localhost/desk")
+        alice = self.online("alice@localhost/a")
+        alice.send("<message to='bob@localhost/desk' type='chat' id='s'><body>hi</body><settling/></message>")
+        received = of_kind(bob.received(), "message")
+        self.assertEqual([m["id"] for m in received], ["s"])
+        self.assertEqual(of_kind(alice.received(), "stream:error"), [])
+        self.assertFalse(alice.protocol.closed)
+
     def test_headline_to_all_non_negative(self):
         """A headline to a bare JID reaches every resource with non-negative priority."""
         one = self.online("bob@localhost/one", priority=0)
