@@ -34,6 +34,10 @@ def main(argv=None):
     p.add_argument("--servers", default=",".join(SERVERS),
                    help="comma-separated subset of %s (default %%(default)s; ejabberd is "
                         "skipped, with a warning, when it is not installed)" % ",".join(SERVERS))
+    p.add_argument("--baseline", metavar="REVISION",
+                   help="also bench bridge as of this git revision of the repository (unpacked "
+                        "into the temporary directory), as server 'baseline', right after "
+                        "bridge: bridge/baseline is then the regression check")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 20 logins, 5 pairs for 2 s, 50 idle sessions")
     p.add_argument("--logins", type=int, default=500, help="logins to time (default %(default)s)")
@@ -54,6 +58,7 @@ def main(argv=None):
     p.add_argument("--user-pattern", default="bench{}")
     p.add_argument("--password", default="benchpass")
     p.add_argument("--bridge-port", type=int, default=25222)
+    p.add_argument("--baseline-port", type=int, default=45222)
     p.add_argument("--prosody-port", type=int, default=15222)
     p.add_argument("--ejabberd-port", type=int, default=35222)
     p.add_argument("--bridge-data-dir",
@@ -195,6 +200,8 @@ def main(argv=None):
         say("ejabberd not found: SKIPPING it (apt-get install -y ejabberd to include it)")
         server_names.remove("ejabberd")
     names = [] if args.federation_only or args.only_browser_transports else server_names
+    if args.baseline and names:
+        names.insert(names.index("bridge") + 1 if "bridge" in names else 0, "baseline")
     # ejabberd takes part in the c2s phase only.
     browser_names = [] if args.federation_only or args.no_browser_transports else \
         [n for n in server_names if n != "ejabberd"]

@@ -4,8 +4,8 @@ import os
 import subprocess
 
 from bench.loads import run_idle, run_loader, smoke
-from bench.servers import (BenchError, BridgeServer, EjabberdServer, ProsodyServer, proc_rss_kib, say,
-                           stop_quietly, tail)
+from bench.servers import (BenchError, BridgeServer, EjabberdServer, ProsodyServer, checkout,
+                           proc_rss_kib, say, stop_quietly, tail)
 
 
 def run(args, tmp, names, results):
@@ -22,11 +22,17 @@ def run(args, tmp, names, results):
             key = "ec" if bridge_key and bridge_key.startswith("ec") else "rsa"
         if name == "bridge":
             server = BridgeServer(args, os.path.join(tmp, "bridge"), args.bridge_port)
+        elif name == "baseline":
+            server = BridgeServer(args, os.path.join(tmp, "baseline"), args.baseline_port,
+                                  name="baseline", data_dir=os.path.join(tmp, "baseline", "data"),
+                                  source=checkout(args.baseline, os.path.join(tmp, "baseline-tree")))
         elif name == "prosody":
             server = ProsodyServer(args, os.path.join(tmp, "prosody"), args.prosody_port, key)
         else:
             server = EjabberdServer(args, os.path.join(tmp, "ejabberd"), args.ejabberd_port, key)
         entry = results["servers"][name] = {}
+        if name == "baseline":
+            entry["revision"] = args.baseline
         try:
             server.prepare(args.accounts)
             bench_server(args, server, args.accounts, entry)

@@ -380,8 +380,10 @@ class BridgeServer(Server):
 
     def __init__(self, args, workdir, port, host="127.0.0.1", domain=None, name=None,
                  data_dir=None, s2s=None, http_port=None, direct_tls_port=None, sip_port=None,
-                 raised_limits=True, tables=None):
+                 raised_limits=True, tables=None, source=REPO):
         super().__init__(args, workdir, port, host, domain, name)
+        # The tree whose bridge runs: this one, or a checkout of --baseline.
+        self.source = source
         # Browser transports phase: BOSH and WebSocket on a plain HTTP listener.
         self.http_port = http_port
         if http_port:
@@ -404,7 +406,7 @@ class BridgeServer(Server):
 
     def env(self):
         env = dict(os.environ)
-        env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"]
+        env["PYTHONPATH"] = self.source + (os.pathsep + env["PYTHONPATH"]
                                     if env.get("PYTHONPATH") else "")
         env["PYTHONUNBUFFERED"] = "1"
         return env
@@ -541,9 +543,20 @@ class BridgeServer(Server):
         return [self.out_path]
 
     def command(self):
-        # twistd of the virtualenv the bench runs in; PYTHONPATH puts this tree's bridge first.
+        # twistd of the virtualenv the bench runs in; PYTHONPATH puts self.source's bridge first.
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         return [twistd, "-n", "--pidfile=", "bridge", "--config", self.cfg]
+
+
+def checkout(revision, directory):
+    """The tree of `revision` of this repository, unpacked into `directory` (for --baseline)."""
+    os.makedirs(directory)
+    archive = subprocess.run(["git", "-C", REPO, "archive", "--format=tar", revision],
+                             capture_output=True, timeout=120)
+    if archive.returncode:
+        raise BenchError("git archive %s: %s" % (revision, archive.stderr.decode(errors="replace")))
+    subprocess.run(["tar", "-x", "-C", directory], input=archive.stdout, check=True, timeout=120)
+    return directory
 
 
 def toml_value(value):
