@@ -99,9 +99,8 @@ class Host:
         self.features = {}  # name -> the context of each feature module loaded on this host
         self.disco = DiscoEntries()
 
-    def event_for(self, stanza):
-        """The Event of a stanza routed to this host, and the name of the event it fires."""
-        to = parse_jid(stanza.getAttribute("to"))
+    def event_for(self, stanza, to):
+        """The Event of a stanza routed to this host (``to``: its parsed 'to'), and the name of the event it fires."""
         event = Event(self.server, stanza, self, to, parse_jid(stanza.getAttribute("from")))
         return event, event_name(stanza, target_of(to))
 
@@ -118,7 +117,7 @@ class ComponentHost(Host):
         self.translator = translator
 
     def deliver(self, stanza):
-        event, name = self.event_for(stanza)
+        event, name = self.event_for(stanza, parse_jid(stanza.getAttribute("to")))
         hooks = self.hooks
         Dispatch(event, ((hooks, "stanza/in"), (hooks, name)), self._unhandled).run()
 
@@ -159,8 +158,9 @@ class LocalHost(Host):
     def deliver(self, stanza):
         to = parse_jid(stanza.getAttribute("to"))
         if to.host != self.name:
-            stanza["to"] = JID(tuple=(to.user, self.name, to.resource)).full()
-        event, name = self.event_for(stanza)
+            to = JID(tuple=(to.user, self.name, to.resource))
+            stanza["to"] = to.full()
+        event, name = self.event_for(stanza, to)
         hooks = self.hooks
         Dispatch(event, ((hooks, "stanza/in"), (hooks, name)), self._rules).run()
 

@@ -140,9 +140,9 @@ class Dispatch:
         self.stages = stages
         self.default = default
         self.holds = 0
-        self.settling = settling_of(payload.stanza)
-        if self.settling is not None:
-            self.settling.enter()
+        self.settling = settling = settling_of(payload.stanza)
+        if settling is not None:
+            settling.enter()
         payload.dispatch = self
 
     def run(self, stage=0, index=0, handlers=None):
@@ -152,10 +152,12 @@ class Dispatch:
             hooks, event = stages[stage]
             if handlers is None:
                 handlers = hooks.handlers(event)
+            # Where a handler that holds the payload stands (see ``hold``).
+            self.stage, self.handlers = stage, handlers
             while index < len(handlers):
                 handler = handlers[index]
                 index += 1
-                self.stage, self.index, self.handlers = stage, index, handlers
+                self.index = index
                 holds = self.holds
                 handled = answer(handler, payload, event)
                 if self.holds != holds:

@@ -1,7 +1,5 @@
 """Building stanzas and their error replies (RFC 6120 section 8.3)."""
 
-import functools
-
 from twisted.words.protocols.jabber.jid import InvalidFormat, JID
 from twisted.words.xish import domish
 
@@ -36,20 +34,24 @@ ERROR_TYPES = {
 MAX_JID_PART_BYTES = 1023
 
 
+# The JIDs parsed lately, by their text (see ``parse_jid``).
+_parsed_jids = {}
+PARSED_JIDS_KEPT = 65536
+
+
 def parse_jid(text):
     """A JID, or None when ``text`` is missing or malformed (a part longer than RFC 7622 allows too).
 
-    Cached: stringprep is the dearest step of routing, and the same
-    addresses recur on every stanza of a conversation.  Text too long for
-    any JID is refused before the cache, which would otherwise keep it.
+    Well-formed ones are kept: stringprep is the dearest step of routing,
+    and the same addresses recur on every stanza of a conversation.  A plain
+    dict, because this runs several times per stanza; past
+    ``PARSED_JIDS_KEPT`` the oldest goes.
     """
+    jid = _parsed_jids.get(text)
+    if jid is not None:
+        return jid
     if not text or len(text) > 3 * MAX_JID_PART_BYTES + 2:
         return None
-    return _parse_jid(text)
-
-
-@functools.lru_cache(maxsize=65536)
-def _parse_jid(text):
     try:
         jid = JID(text)
     except (InvalidFormat, UnicodeError, IndexError):
@@ -57,6 +59,9 @@ def _parse_jid(text):
         return None
     if any(part and len(part.encode("utf-8")) > MAX_JID_PART_BYTES for part in (jid.user, jid.host, jid.resource)):
         return None
+    if len(_parsed_jids) >= PARSED_JIDS_KEPT:
+        del _parsed_jids[next(iter(_parsed_jids))]
+    _parsed_jids[text] = jid
     return jid
 
 

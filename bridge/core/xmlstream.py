@@ -181,3 +181,61 @@ def parse_element(text):
     parser = StreamParser(lambda _: None, found.append, lambda: None, len(text) * 4 + 1024)
     parser.feed(f"<s:stream xmlns:s='{NS_STREAMS}'>".encode() + text.encode())
     return found[0]
+
+
+def serialize(element):
+    """``element`` as XML text, the same text as ``element.toXml()``, in about half the time.
+
+    Every stanza sent is serialised once, and domish's serialiser (a prefix
+    stack for any namespace layout) is the dearest step of sending one.
+    Stanzas almost always use default namespaces only; those are written
+    here.  An element that declares or needs a prefix (other than for
+    xml:lang and the like) goes to domish.
+    """
+    parts = []
+    if _write_plain(element, "", parts.append):
+        return "".join(parts)
+    return element.toXml()
+
+
+def _escape(text):
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _escape_attribute(text):
+    return _escape(text).replace("'", "&apos;").replace('"', "&quot;")
+
+
+def _write_plain(element, current_default, write):
+    """Write ``element`` as domish would, if it needs no prefix; False (output incomplete) if it does."""
+    if isinstance(element, str):
+        write(element if isinstance(element, domish.SerializedXML) else _escape(element))
+        return True
+    if element.localPrefixes:
+        return False
+    default = element.defaultUri
+    if default is None:
+        default = current_default
+    uri = element.uri
+    if (default if uri is None else uri) != default or default == NS_XML:
+        return False
+    name = element.name
+    write("<" + name)
+    if default != current_default:
+        write(f" xmlns='{default}'")
+    for key, value in element.attributes.items():
+        if key.__class__ is tuple:
+            if key[0] != NS_XML:
+                return False
+            key = "xml:" + key[1]
+        write(f" {key}='{_escape_attribute(value)}'")
+    children = element.children
+    if not children:
+        write("/>")
+        return True
+    write(">")
+    for child in children:
+        if not _write_plain(child, default, write):
+            return False
+    write(f"</{name}>")
+    return True

@@ -25,7 +25,7 @@ from bridge.core.hooks import FALLBACK, in_background
 from bridge.core.stanza import delay_element
 from bridge.core.storage import stored_bytes
 from bridge.core.storage.cache import KeyedLock
-from bridge.core.xmlstream import parse_element
+from bridge.core.xmlstream import parse_element, serialize
 
 log = Logger()
 
@@ -55,7 +55,7 @@ class OfflineStorage:
             self.ctx.router.bounce(stanza, "service-unavailable")
             return
         delay = stanza.addChild(delay_element(self.ctx.server.now(), host))
-        text = stanza.toXml()
+        text = serialize(stanza)
         count, size = yield defer.gatherResults([self.ctx.storage.count(host, user, STORE),
                                                  self.ctx.storage.size(host, user, STORE)], consumeErrors=True)
         if count >= self.max_messages or size + stored_bytes(text) > self.max_bytes:

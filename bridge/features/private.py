@@ -11,7 +11,7 @@ from twisted.internet import defer
 from bridge.core.hooks import in_background
 from bridge.core.stanza import error_reply, result_reply
 from bridge.core.storage.cache import KeyedLock
-from bridge.core.xmlstream import parse_element
+from bridge.core.xmlstream import parse_element, serialize
 
 NS_PRIVATE = "jabber:iq:private"
 STORE = "private"
@@ -61,7 +61,7 @@ class PrivateStorage:
     def _set(self, event, payload):
         stored = (yield self.ctx.storage.get(event.host.name, event.to.user, STORE)) or {}
         before = xml_bytes(stored)
-        stored[f"{payload.uri} {payload.name}"] = payload.toXml()
+        stored[f"{payload.uri} {payload.name}"] = serialize(payload)
         after = xml_bytes(stored)
         if after > self.max_bytes and after > before:
             event.reply(error_reply(event.stanza, "resource-constraint",

@@ -17,7 +17,7 @@ from twisted.internet import defer
 
 from bridge.core.hooks import AMEND, in_background
 from bridge.core.stanza import error_reply, result_reply
-from bridge.core.xmlstream import parse_element
+from bridge.core.xmlstream import parse_element, serialize
 
 NS_VCARD = "vcard-temp"
 NS_UPDATE = "vcard-temp:x:update"
@@ -59,7 +59,7 @@ class VCards:
         if not event.from_owner():
             return
         vcard = event.stanza.vCard
-        text = vcard.toXml()
+        text = serialize(vcard)
         if len(text.encode("utf-8")) > self.max_bytes:
             event.reply(error_reply(event.stanza, "not-acceptable",
                                     f"a vCard may take at most {self.max_bytes} bytes"))

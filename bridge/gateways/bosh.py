@@ -41,7 +41,7 @@ from twisted.words.xish import domish
 
 from bridge.core.streams.base import ConnectionsPerAddress, RatePerAddress
 from bridge.core.streams.c2s import NS_CLIENT, ClientStream
-from bridge.core.xmlstream import NS_STREAMS, NS_XML, StreamError, StreamParser
+from bridge.core.xmlstream import NS_STREAMS, NS_XML, StreamError, StreamParser, serialize
 
 log = Logger()
 
@@ -264,7 +264,7 @@ def serialise(element):
     """
     if element.uri == NS_STREAMS:
         return element.toXml(prefixes={NS_STREAMS: "stream"}), True
-    text = element.toXml()
+    text = serialize(element)
     if element.uri is None:
         head = text[:text.index(">")]
         if " xmlns='" not in head:

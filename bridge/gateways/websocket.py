@@ -35,7 +35,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from bridge.core.streams.base import CLOSE_TIMEOUT_SECONDS, BoundedOutput, InputRateLimit, Reading
 from bridge.core.streams.c2s import NS_CLIENT, ClientStream
-from bridge.core.xmlstream import NS_STREAMS, StreamError, StreamParser
+from bridge.core.xmlstream import NS_STREAMS, StreamError, StreamParser, serialize
 
 log = Logger()
 
@@ -241,9 +241,9 @@ class WebSocketStream:
         if element.uri == NS_STREAMS:
             text = element.toXml(prefixes={NS_STREAMS: "stream"})
         elif element.uri is None:
-            text = _qualified(element).toXml()
+            text = serialize(_qualified(element))
         else:
-            text = element.toXml()
+            text = serialize(element)
         self._send_text(text)
 
     def close(self, see_other_uri=None):

@@ -4,6 +4,7 @@ XML, vCard and block list, each bounded in items and bytes, and refused past its
 from twisted.trial.unittest import SynchronousTestCase
 
 from bridge import config as configuration
+from bridge.core import stanza
 from bridge.core.storage import stored_bytes
 from bridge.core.xmlstream import parse_element
 from tests.unit.helpers import Harness, LateStorage, result_of
@@ -373,3 +374,16 @@ class JIDLengthTests(QuotaTestCase):
                            f"<item jid='s1@remote.example/{'é' * 512}'/></block></iq>")
         self.assertEqual(condition(refused), "jid-malformed")
         self.assertIsNone(self.stored("alice", "blocklist"))
+
+    def test_parsed_jids_kept_are_bounded(self):
+        """The JIDs kept from parsing stay under their bound, the oldest going first; a JID that
+        went is parsed again, the same."""
+        self.patch(stanza, "PARSED_JIDS_KEPT", 8)
+        self.patch(stanza, "_parsed_jids", {})
+        texts = [f"user{n}@remote.example/r" for n in range(20)]
+        parsed = [stanza.parse_jid(text) for text in texts]
+        self.assertEqual(list(stanza._parsed_jids), texts[-8:])
+        self.assertEqual(stanza.parse_jid(texts[0]), parsed[0])
+        self.assertEqual(len(stanza._parsed_jids), 8)
+        self.assertIsNone(stanza.parse_jid("a@b@c"))
+        self.assertNotIn("a@b@c", stanza._parsed_jids)

@@ -1,8 +1,9 @@
 """The restricted stream parser: refusals, size limit, byte-at-a-time parsing."""
 
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.words.xish import domish
 
-from bridge.core.xmlstream import NS_STREAMS, StreamError, StreamParser
+from bridge.core.xmlstream import NS_STREAMS, NS_XML, StreamError, StreamParser, parse_element, serialize
 
 HEADER = f"<stream:stream xmlns='jabber:client' xmlns:stream='{NS_STREAMS}' to='localhost' version='1.0'>"
 
@@ -160,3 +161,47 @@ class ParsingTests(SynchronousTestCase):
         recorder.parser.reset()
         recorder.parser.feed(HEADER.encode())
         self.assertEqual(len(recorder.opened), 2)
+
+
+class SerializeTests(SynchronousTestCase):
+    """serialize() writes what domish's toXml() writes, for default namespaces and prefixes alike."""
+
+    PARSED = [
+        "<message xmlns='jabber:client' to='b@x/y' type='chat' id='1'>"
+        "<body>hi &amp; &lt;there&gt; 'q' \"d\"</body></message>",
+        "<message xmlns='jabber:client' to='b@x' xml:lang='en'><body xml:lang='fr'>salut</body>"
+        "<x xmlns='jabber:x:oob'><url>http://a?b=1&amp;c=2</url></x>"
+        "<active xmlns='http://jabber.org/protocol/chatstates'/></message>",
+        "<iq xmlns='jabber:client' type='result' id='r'><query xmlns='jabber:iq:roster'>"
+        "<item jid='a@b' name='A &apos;n&quot; &lt;' subscription='both'><group>G</group></item></query></iq>",
+        "<presence xmlns='jabber:client'><x:y xmlns:x='urn:x'/></presence>",
+        "<message xmlns='jabber:client'><foo:bar xmlns:foo='urn:foo' foo:attr='1'/></message>",
+        "<message xmlns='jabber:client'><z xmlns='urn:z' xmlns:p='urn:p' p:a='1'><p:in/></z></message>",
+    ]
+
+    def built(self):
+        plain = domish.Element(("jabber:client", "message"))
+        plain["to"] = "a@b"
+        plain.addElement("body", content="x<y & z")
+        plain.addElement(("urn:q", "q")).addElement("inner")
+        no_namespace = domish.Element((None, "message"))
+        no_namespace.addElement("body", content="x")
+        nested = domish.Element(("urn:a", "a"))
+        child = nested.addElement(("urn:b", "b"))
+        child.addElement("c")
+        child.addChild(domish.Element((None, "d")))
+        raw = domish.Element(("jabber:client", "message"))
+        raw.addRawXml("<raw a='&amp;'/>")
+        prefixed = domish.Element(("jabber:client", "message"))
+        prefixed.addElement(("urn:x", "x"), defaultUri="urn:y")
+        xml_namespace = domish.Element(("jabber:client", "iq"))
+        xml_namespace.addElement((NS_XML, "q"))
+        return [plain, no_namespace, nested, raw, xml_namespace, prefixed]
+
+    def test_same_text_as_domish(self):
+        elements = [parse_element(text) for text in self.PARSED] + self.built()
+        for element in elements:
+            self.assertEqual(serialize(element), element.toXml())
+        # The cases above include both ways: the ones written here and the ones handed to domish.
+        self.assertIn("xmlns:xn0=", serialize(elements[-1]))
+        self.assertIn(" xml:lang='fr'", serialize(elements[1]))

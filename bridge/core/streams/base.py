@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from twisted.words.xish import domish
 from zope.interface import implementer
 
-from bridge.core.xmlstream import NS_STREAMS, StreamError, StreamParser
+from bridge.core.xmlstream import NS_STREAMS, StreamError, StreamParser, serialize
 
 log = Logger()
 
@@ -391,7 +391,7 @@ class XMLStreamProtocol(Protocol):
             # Serialise with the stream prefix the peer knows.
             text = element.toXml(prefixes={NS_STREAMS: "stream"}, prefixesInScope=["stream"])
         else:
-            text = element.toXml()
+            text = serialize(element)
         self.output.write(text.encode("utf-8"))
 
     def send_stream_error(self, condition, text=None):

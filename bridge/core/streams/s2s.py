@@ -36,7 +36,7 @@ from bridge.core.streams.base import NS_TLS, ConnectionsPerAddress, XMLStreamPro
 from bridge.core.streams.c2s import NS_SASL
 from bridge.core.streams.sm import NS_SM, AckError, Acknowledgements, HandledCount
 from bridge.core.tls import server_context
-from bridge.core.xmlstream import parse_element
+from bridge.core.xmlstream import parse_element, serialize
 
 log = Logger()
 
@@ -645,7 +645,7 @@ class RemoteDomains:
             link.queue = []
             for stanza in pending:
                 if stanza.name == "message":
-                    yield self.server.storage.append(link.origin, "", PENDING_STORE, stanza.toXml())
+                    yield self.server.storage.append(link.origin, "", PENDING_STORE, serialize(stanza))
         for stream in list(self.streams):
             stream.close()
 

@@ -50,7 +50,7 @@ from bridge.config import parse_host_port
 from bridge.core import srv
 from bridge.core.hooks import Settling
 from bridge.core.stanza import parse_jid
-from bridge.core.xmlstream import parse_element
+from bridge.core.xmlstream import parse_element, serialize
 from bridge.gateways.sip import translate
 from bridge.gateways.sip.addressing import local_user
 from bridge.gateways.sip.message import GrammarError
@@ -225,7 +225,7 @@ class Messaging:
     @defer.inlineCallbacks
     def _store(self, message, sender):
         key = f"{int(self.clock.seconds() * 1000):015d}-{next(self._serial):08d}-{secrets.token_hex(3)}"
-        document = {"stanza": message.toXml()}
+        document = {"stanza": serialize(message)}
         if sender is not None:
             document["host"], document["user"] = sender
         yield self.documents.set(self.domain, key, document)
