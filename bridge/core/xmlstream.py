@@ -133,8 +133,9 @@ class StreamParser:
             uri = None
         element = domish.Element((uri, local), defaultUri=uri)
         for key, value in attributes.items():
-            attr_uri, attr_local = _split_name(key)
-            element.attributes[(attr_uri, attr_local) if attr_uri else attr_local] = value
+            if " " in key:  # a namespaced attribute (xml:lang)
+                key = _split_name(key)
+            element.attributes[key] = value
         self._depth += 1
         if self._depth > MAX_DEPTH:
             raise StreamError("policy-violation", "elements nested too deep")

@@ -15,6 +15,8 @@ import collections
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
+_ABSENT = object()
+
 
 class DocumentCache:
     def __init__(self, storage, store, decode=lambda value: value, encode=lambda document: document,
@@ -30,10 +32,12 @@ class DocumentCache:
     def cached(self, host, user, default=None):
         """The document if it is in memory, else ``default``."""
         key = (host, user)
-        if key not in self._documents:
+        documents = self._documents
+        document = documents.get(key, _ABSENT)
+        if document is _ABSENT:
             return default
-        self._documents.move_to_end(key)
-        return self._documents[key]
+        documents.move_to_end(key)
+        return document
 
     def load(self, host, user):
         """Deferred: the document (decoded from None when there is none)."""

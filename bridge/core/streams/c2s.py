@@ -67,6 +67,7 @@ class ClientStream:
         self._ping_timer = None
         self._ping_id = None
         self._in_work = {}  # id -> how many of the client's requests to the server with it await an answer
+        self._in_work_total = 0  # the sum of those counts
 
     # -- input -------------------------------------------------------------
 
@@ -158,6 +159,7 @@ class ClientStream:
         if stanza.name == "iq" and stanza.getAttribute("type") in ("get", "set") and self._to_server(stanza):
             key = stanza.getAttribute("id")
             self._in_work[key] = self._in_work.get(key, 0) + 1
+            self._in_work_total += 1
         self.server.stanza_from_session(self.session, stanza)
 
     def _to_server(self, iq):
@@ -169,7 +171,7 @@ class ClientStream:
     @property
     def busy(self):
         """True while the client has as many requests in work as it may: its framing reads no more."""
-        return sum(self._in_work.values()) >= MAX_REQUESTS_IN_WORK
+        return self._in_work_total >= MAX_REQUESTS_IN_WORK
 
     def _answered(self, stanza):
         key = stanza.getAttribute("id")
@@ -177,6 +179,7 @@ class ClientStream:
         if count is None or stanza.getAttribute("type") not in ("result", "error"):
             return
         was_busy = self.busy
+        self._in_work_total -= 1
         if count > 1:
             self._in_work[key] = count - 1
         else:
