@@ -13,6 +13,7 @@ order mark, from bytes that look like UTF-16, or from an XML declaration.
 """
 
 import codecs
+import re
 from xml.parsers import expat
 
 from twisted.words.xish import domish
@@ -199,12 +200,22 @@ def serialize(element):
     return element.toXml()
 
 
+# Most text needs no escaping; one search for the characters that do is cheaper than the replacements.
+_TEXT_SPECIALS = re.compile("[&<>]")
+_ATTRIBUTE_SPECIALS = re.compile("[&<>'\"]")
+
+
 def _escape(text):
+    if _TEXT_SPECIALS.search(text) is None:
+        return text
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _escape_attribute(text):
-    return _escape(text).replace("'", "&apos;").replace('"', "&quot;")
+    if _ATTRIBUTE_SPECIALS.search(text) is None:
+        return text
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace(
+        "'", "&apos;").replace('"', "&quot;")
 
 
 def _write_plain(element, current_default, write):

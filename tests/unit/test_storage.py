@@ -78,3 +78,25 @@ class SQLiteSizeTests(SynchronousTestCase):
         self.addCleanup(again.close)
         [size] = self.run_ops(again, (sqlite._size, ("h", "u", "offline")))
         self.assertEqual(size, sum(map(stored_bytes, VALUES + ["more"])))
+
+    def test_reads_take_no_write_lock(self):
+        """A batch of reads answers while another process writes (bridgectl adding an account):
+        it takes no write lock, so it neither waits for one nor fails with "database is locked".  A
+        write that cannot have the lock fails as an outcome, not as an exception that would end
+        the database thread."""
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "bridge.sqlite")
+        db = sqlite.connect(path)
+        self.addCleanup(db.close)
+        self.run_ops(db, (sqlite._set, ("h", "u", "accounts", json.dumps({"k": 1}))))
+        writer = sqlite3.connect(path, isolation_level=None)
+        self.addCleanup(writer.close)
+        writer.execute("BEGIN IMMEDIATE")
+        self.addCleanup(writer.execute, "ROLLBACK")
+        db.execute("PRAGMA busy_timeout = 0")  # a lock it waited for would fail at once
+        self.assertEqual(self.run_ops(db, (sqlite._get, ("h", "u", "accounts")),
+                                      (sqlite._count, ("h", "u", "offline"))), [{"k": 1}, 0])
+        [(succeeded, failure)] = sqlite.run_batch(db, [(sqlite._set, ("h", "v", "accounts", "2"))])
+        self.assertFalse(succeeded)
+        self.assertIn("locked", str(failure.value))

@@ -129,13 +129,44 @@ def _delete_user(db, host, user):
     db.execute("DELETE FROM queue WHERE host=? AND user=?", (host, user))
 
 
+_READS = frozenset((_get, _users, _items, _count, _size))
+
+
 def run_batch(db, batch):
     """Carry out ``batch`` [(operation, args)] in one transaction: [(succeeded, result or Failure)].
 
     An operation that fails fails alone (SQLite undoes just its statement);
-    a commit that fails fails them all.
+    a transaction that cannot begin or commit fails them all.  A batch of reads alone (a login's
+    credentials) takes no write lock and commits nothing.
     """
+    if all(operation in _READS for operation, _ in batch):
+        return _run_each(db, batch)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error:
+        # The write lock stayed with another process (bridgectl) past the busy timeout.
+        return [(False, Failure())] * len(batch)
+    outcomes = _run_each(db, batch)
+    try:
+        db.execute("COMMIT")
+    except Exception:
+        failure = Failure()
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        return [(False, failure)] * len(batch)
+    return outcomes
+
+
+def _run_each(db, batch):
     outcomes = []
+    for operation, args in batch:
+        try:
+            outcomes.append((True, operation(db, *args)))
+        except Exception:
+            outcomes.append((False, Failure()))
+    return outcomes
     db.execute("BEGIN IMMEDIATE")
     for operation, args in batch:
         try:
