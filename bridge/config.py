@@ -93,6 +93,7 @@ class C2SConfig(ListenerTLS):
     resumption_timeout_seconds: float = _option(600.0, low=0, high=86400)
     resumption_max_queue: int = _option(500, low=1)
     max_buffered_bytes: int = _option(1048576, low=1024)
+    unauthenticated_share: float = _option(0.1, low=0.01, high=1.0)
 
 
 @dataclass(frozen=True)

@@ -107,12 +107,14 @@ class ServerService(service.MultiService):
 
     def startService(self):
         super().startService()
+        self.server.triage.start()
         self.remote.start().addErrback(lambda failure: log.failure("federation start failed", failure))
         log.info("bridge {version} serving {hosts} (configuration: {source})", version=__version__,
                  hosts=", ".join(self.server.hosts), source=self.server.config.source)
 
     def stopService(self):
         """Federation first, then every child (gateways, listeners), then storage, once all is written."""
+        self.server.triage.stop()
         d = self.remote.stop()
         d.addBoth(lambda _: super(ServerService, self).stopService())
         d.addBoth(lambda _: self.server.storage.close())

@@ -30,6 +30,7 @@ from bridge.core.router import RoutingTable
 from bridge.core.sasl import Decoys
 from bridge.core.sessions import SessionTable
 from bridge.core.stanza import parse_jid
+from bridge.core.triage import Triage
 
 log = Logger()
 
@@ -49,6 +50,8 @@ class Server:
         self.router = RoutingTable()
         self.sessions = SessionTable()
         self.failed_logins = FailedAttempts(clock)  # wrong SASL answers per client address
+        # Rations the work of peers that have not authenticated while the process is saturated.
+        self.triage = Triage(clock, config.c2s.unauthenticated_share)
         # XEP-0198 resumption id -> Session, while it may be resumed.
         self.resumable_sessions = {}
         self.accounts = Accounts(storage, sip_digest_algorithms(config))

@@ -885,6 +885,8 @@ class BoshService(service.Service):
                           render_body([], {"type": "terminate", "condition": "item-not-found"}))
             return
         exchange.content_type = session.options.content_type
+        if session.stream.username is not None:
+            exchange.responder.vouch()
         session.receive(body, exchange)
 
     def _unreadable(self, request, exchange, error):

@@ -41,7 +41,8 @@ import h11
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
-from bridge.core.streams.base import ConnectionsPerAddress
+from bridge.core.streams.base import ConnectionsPerAddress, Reading
+from bridge.core.triage import Gate
 from bridge.gateways import websocket
 from bridge.gateways.webclient import WebClient
 
@@ -181,6 +182,11 @@ class Responder:
         self.responded = True
         if not self.lost:
             self._channel.answer(self, status, list(headers), body)
+
+    def vouch(self):
+        """The request belongs to an authenticated session: triage lets this connection's reads in
+        from now on (see ``bridge/core/triage.py``)."""
+        self._channel.vouched = True
 
     def on_lost(self, callback):
         """``callback()`` when the connection closes before ``respond`` was called."""
@@ -329,6 +335,9 @@ class HTTPChannel(Protocol):
         self._upgrade = None  # (request, bytes after it), waiting for the answers before it
         self._reading = False
         self._reading_paused = False
+        self._pipelining = None  # the hold of reading that MAX_PIPELINED pauses
+        self._gate = None  # triage of what is read, until a request of an authenticated session came
+        self.vouched = False
         self._timer = None
         self._timer_phase = None
 
@@ -346,6 +355,9 @@ class HTTPChannel(Protocol):
             self.transport.loseConnection()
             return
         self.parser = self._new_parser()
+        reading = Reading(self.transport)
+        self._pipelining = reading.hold()
+        self._gate = Gate(self.factory.server.triage, reading.hold(), self._receive)
         self._update_timer()
 
     def _count(self, address):
@@ -379,6 +391,17 @@ class HTTPChannel(Protocol):
                 self.transport.loseConnection()
             else:
                 self._upgrade = (request, leftover + data)
+            return
+        if self.finished or self.gone:
+            return
+        if self.vouched:
+            self._receive(data)
+        else:
+            self._gate.receive(data)
+
+    def _receive(self, data):
+        if self.websocket is not None or self._upgrade is not None:
+            self.dataReceived(data)  # read with an upgrade that triage let in before it
             return
         if self.finished or self.gone:
             return
@@ -562,7 +585,7 @@ class HTTPChannel(Protocol):
             return
         if self._reading_paused and len(self.pending) < MAX_PIPELINED:
             self._reading_paused = False
-            self.transport.resumeProducing()
+            self._pipelining.resumeProducing()
             self._read_requests()
         self._update_timer()
 
@@ -574,7 +597,7 @@ class HTTPChannel(Protocol):
     def _pause_reading(self):
         if not self._reading_paused:
             self._reading_paused = True
-            self.transport.pauseProducing()
+            self._pipelining.pauseProducing()
 
     # -- WebSocket -------------------------------------------------------------
 
@@ -599,7 +622,7 @@ class HTTPChannel(Protocol):
         self._cancel_timer()
         if self._reading_paused:
             self._reading_paused = False
-            self.transport.resumeProducing()
+            self._pipelining.resumeProducing()
         self.transport.write(accept)
         self.websocket = websocket.WebSocketStream(self.factory.server, self.config, self.transport, connection,
                                                    request)

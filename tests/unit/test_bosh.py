@@ -38,7 +38,11 @@ class FakeResponder:
     def __init__(self):
         self.lost = False
         self.answers = []
+        self.vouched = False
         self._callbacks = []
+
+    def vouch(self):
+        self.vouched = True
 
     def respond(self, status, headers, body):
         assert not self.answers, "answered twice"

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.words.xish import domish
 from zope.interface import implementer
 
+from bridge.core.triage import Gate
 from bridge.core.xmlstream import NS_STREAMS, StreamError, StreamParser, serialize
 
 log = Logger()
@@ -272,6 +273,8 @@ class XMLStreamProtocol(Protocol):
 
     content_namespace = None
     peer = "?"
+    # The Triage rationing the reads of peers that have not authenticated (c2s), or None.
+    triage = None
 
     def __init__(self, clock, limits):
         self.clock = clock
@@ -284,6 +287,7 @@ class XMLStreamProtocol(Protocol):
         self._parsed = deque()
         self._input_ended = False
         self._handling = False
+        self._gate = None  # the triage of this peer's reads until it authenticates (with ``triage``)
         self._close_timer = None
         self._aborted = False
 
@@ -294,6 +298,8 @@ class XMLStreamProtocol(Protocol):
         reading = Reading(self.transport)
         self.rate = InputRateLimit(self.clock, self.limits, reading.hold())
         self._waiting = reading.hold()
+        if self.triage is not None:
+            self._gate = Gate(self.triage, reading.hold(), self._take)
         self.output = BoundedOutput(self.transport, self.limits.max_buffered_bytes, self._overflowed,
                                     drained=self.handle_parsed)
         self.output.register()
@@ -306,7 +312,17 @@ class XMLStreamProtocol(Protocol):
 
     # -- input -------------------------------------------------------------
 
+    def authenticated(self):
+        """Whether the peer has proven who it is: its reads are then never rationed by triage."""
+        return True
+
     def dataReceived(self, data):
+        if self._gate is None or self.authenticated():
+            self._take(data)
+        else:
+            self._gate.receive(data)
+
+    def _take(self, data):
         if self.closed or self._input_ended:
             return
         self.last_activity = self.clock.seconds()

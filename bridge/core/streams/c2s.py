@@ -573,16 +573,27 @@ class TCPClientProtocol(XMLStreamProtocol):
     def __init__(self, server, listener, tls_context, direct_tls):
         super().__init__(server.clock, listener)
         self.server = server
+        self.triage = server.triage
         self.listener = listener
         self.tls_context = tls_context
         self.direct_tls = direct_tls
 
     def connectionMade(self):
+        waits = not self.triage.allows()
+        self.triage.measure(self._made)
+        if waits and not self.closed:
+            # Not even the TLS handshake of a direct TLS connection until triage lets the peer in.
+            self._gate.wait()
+
+    def _made(self):
         super().connectionMade()
         self.can_start_tls = self.tls_context is not None and not self.direct_tls
         self.stream = ClientStream(self.server, self, self.listener, secure=self.direct_tls)
         if not self.factory.admit(self):
             self.stream.stream_error("policy-violation", "too many connections from your address")
+
+    def authenticated(self):
+        return self.stream.username is not None
 
     def dataReceived(self, data):
         self.stream.data_seen()

@@ -1,0 +1,117 @@
+"""Authenticated sessions first, when the process has no time to spare.
+
+A flood of peers that never authenticate (connections that send garbage and
+reconnect, BOSH session requests, spoofed SIP requests) is a closed loop:
+each asks again as soon as it is answered, so it takes whatever share of the
+reactor it is given, and the users' own sessions get the rest.  Triage gives
+that work a share of its own.
+
+The work done for a peer that has not authenticated (its reads, its
+requests) is timed.  While the process is saturated (it used at least
+``SATURATED`` of a CPU over the last window), such work may take at most
+``share`` of each window; past that, the peer waits, its reading paused,
+and is let in again at the next windows, in the order it came.  A process
+with time to spare lets everything in.  Authenticated sessions never wait
+here; what holds them is their own limits (byte rates, output bounds).
+"""
+
+import collections
+import time
+
+# Busier than this over a window, and unauthenticated work is rationed.
+SATURATED = 0.9
+WINDOW_SECONDS = 0.1
+
+
+class Triage:
+    """``share``: the fraction of each window that unauthenticated work may take while saturated.
+
+    ``cpu`` tells the process's CPU seconds, ``timer`` times one piece of
+    work; both are parameters for tests.
+    """
+
+    def __init__(self, clock, share, window=WINDOW_SECONDS, cpu=time.process_time, timer=time.perf_counter):
+        self.clock = clock
+        self.share = share
+        self.window = window
+        self.saturated = False
+        self.deferred = 0  # pieces of work that had to wait, since the start
+        self._cpu = cpu
+        self._timer = timer
+        self._spent = 0.0  # seconds taken by unauthenticated work in this window
+        self._waiting = collections.deque()  # what to call when the peer may go on
+        self._cpu_at = None
+        self._tick = None
+
+    def start(self):
+        self._cpu_at = self._cpu()
+        self._tick = self.clock.callLater(self.window, self._next_window)
+
+    def stop(self):
+        if self._tick is not None and self._tick.active():
+            self._tick.cancel()
+        self._tick = None
+
+    def allows(self):
+        """Whether unauthenticated work may run now."""
+        return not self.saturated or self._spent < self.share * self.window
+
+    def measure(self, work, *args):
+        """Run ``work(*args)`` as unauthenticated work: its time counts against the share."""
+        started = self._timer()
+        try:
+            return work(*args)
+        finally:
+            self._spent += self._timer() - started
+
+    def wait(self, resume):
+        """Call ``resume()`` when unauthenticated work may run again (a peer waits at most once)."""
+        self.deferred += 1
+        self._waiting.append(resume)
+
+    def _next_window(self):
+        cpu = self._cpu()
+        self.saturated = (cpu - self._cpu_at) >= SATURATED * self.window
+        self._cpu_at = cpu
+        self._spent = 0.0
+        while self._waiting and self.allows():
+            resume = self._waiting.popleft()
+            resume()
+        self._tick = self.clock.callLater(self.window, self._next_window)
+
+
+class Gate:
+    """The reads of one unauthenticated peer under triage.
+
+    ``receive(data)`` runs ``take(data)`` at once, timed, when triage allows;
+    otherwise the data is kept, reading paused through ``hold`` (an object
+    with ``pauseProducing``/``resumeProducing``), and taken when triage lets
+    the peer in.  ``take`` must ignore data once its connection has ended.
+    """
+
+    def __init__(self, triage, hold, take):
+        self.triage = triage
+        self.hold = hold
+        self.take = take
+        self._kept = None  # while waiting: the reads not taken yet
+
+    def receive(self, data):
+        if self._kept is not None or not self.triage.allows():
+            self.wait(data)
+        else:
+            self.triage.measure(self.take, data)
+
+    def wait(self, data=b""):
+        """Stop reading until triage lets the peer in (``data``, if any, is taken then)."""
+        if self._kept is None:
+            self._kept = []
+            self.hold.pauseProducing()
+            self.triage.wait(self._let_in)
+        if data:
+            self._kept.append(data)
+
+    def _let_in(self):
+        kept, self._kept = self._kept, None
+        self.hold.resumeProducing()
+        for data in kept:
+            self.triage.measure(self.take, data)

@@ -1,0 +1,149 @@
+"""Triage (core/triage.py): while the process is saturated, peers that have not authenticated
+wait their turn, and authenticated sessions do not."""
+
+import itertools
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from bridge.core.triage import WINDOW_SECONDS, Gate, Triage
+from bridge.gateways.bosh import BoshService
+from tests.unit.helpers import Harness, scram_login
+from tests.unit.test_bosh import BoshClient
+from tests.unit.test_http import HTTPTestCase, StubBosh
+
+COST = 0.02  # what each piece of measured work takes, by the fake timer: twice the share of a window
+SHARE = 0.1
+
+
+class ProcessCPU:
+    """The process's CPU seconds as the test says: ``busy()`` spends a whole window."""
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def __call__(self):
+        return self.seconds
+
+    def busy(self):
+        self.seconds += WINDOW_SECONDS
+
+
+class Hold:
+    def __init__(self):
+        self.paused = False
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+
+
+def saturated_triage(clock, cpu):
+    """A started Triage whose every measured piece of work costs COST, its process busy."""
+    triage = Triage(clock, SHARE, cpu=cpu, timer=itertools.count(0, COST).__next__)
+    triage.start()
+    cpu.busy()
+    clock.advance(WINDOW_SECONDS)
+    assert triage.saturated
+    return triage
+
+
+class TriageTests(SynchronousTestCase):
+    def setUp(self):
+        self.harness = Harness()
+        self.clock = self.harness.clock
+        self.cpu = ProcessCPU()
+
+    def test_time_to_spare_lets_everything_in(self):
+        """A process that is not saturated rations nothing, however much the work costs."""
+        triage = Triage(self.clock, SHARE, cpu=self.cpu, timer=itertools.count(0, COST).__next__)
+        triage.start()
+        self.clock.advance(WINDOW_SECONDS)
+        taken, hold = [], Hold()
+        gate = Gate(triage, hold, taken.append)
+        for n in range(20):
+            gate.receive(n)
+        self.assertEqual((taken, hold.paused, triage.saturated), (list(range(20)), False, False))
+
+    def test_saturated_work_waits_for_the_next_window_in_order(self):
+        """Past its share, a peer's reads are kept and its reading paused; the next windows let the
+        waiting peers in, first come first, as far as the share allows, and their reads go in order."""
+        triage = saturated_triage(self.clock, self.cpu)
+        first, second = [], []
+        first_hold, second_hold = Hold(), Hold()
+        first_gate, second_gate = Gate(triage, first_hold, first.append), Gate(triage, second_hold, second.append)
+        first_gate.receive("a1")  # within the share: taken, and the share is spent
+        first_gate.receive("a2")
+        second_gate.receive("b1")
+        first_gate.receive("a3")
+        self.assertEqual((first, second), (["a1"], []))
+        self.assertTrue(first_hold.paused and second_hold.paused)
+        self.cpu.busy()
+        self.clock.advance(WINDOW_SECONDS)
+        self.assertEqual((first, second), (["a1", "a2", "a3"], []))
+        self.assertEqual((first_hold.paused, second_hold.paused), (False, True))
+        self.cpu.busy()
+        self.clock.advance(WINDOW_SECONDS)
+        self.assertEqual(second, ["b1"])
+        self.assertFalse(second_hold.paused)
+        self.assertEqual(triage.deferred, 2)
+
+    def test_c2s_sessions_go_on_while_newcomers_wait(self):
+        """Saturated, with the share spent: a logged-in user's messages are delivered at once, while a
+        new connection's stream header waits for the next window."""
+        self.harness.add_user("alice@localhost")
+        self.harness.add_user("bob@localhost")
+        alice = self.harness.login("alice@localhost/a")
+        bob = self.harness.login("bob@localhost/b")
+        self.harness.server.triage = saturated_triage(self.clock, self.cpu)
+        newcomer = self.harness.connect(address="127.0.0.9")  # its connection costs the whole share
+        newcomer.send("<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' "
+                      "to='localhost' version='1.0'>")
+        self.assertEqual((newcomer.received(), newcomer.headers), ([], []))
+        for n in range(5):
+            alice.send(f"<message to='bob@localhost/b' id='m{n}'><body>hi</body></message>")
+        self.assertEqual([m["id"] for m in bob.received() if m.name == "message"], [f"m{n}" for n in range(5)])
+        self.cpu.busy()
+        self.clock.advance(WINDOW_SECONDS)
+        self.assertEqual([e.name for e in newcomer.received()], ["features"])
+        self.assertEqual(len(newcomer.headers), 1)
+
+
+class HTTPTriageTests(HTTPTestCase):
+    def test_requests_of_authenticated_sessions_go_on(self):
+        """Saturated: a connection that has carried a request of an authenticated session (vouched
+        for by BOSH) is read at once; another one's request waits for the next window."""
+        self.make(bosh=StubBosh(answer_now=True))
+        cpu = ProcessCPU()
+        self.harness.server.triage = saturated_triage(self.harness.clock, cpu)
+        trusted, stranger = self.connect(), self.connect(address="127.0.0.9")
+        trusted.channel.vouched = True  # as Responder.vouch() does for an authenticated BOSH session
+        stranger.request("POST", "/http-bind", b"<body rid='1'/>")
+        stranger.request("POST", "/http-bind", b"<body rid='2'/>")  # the share is spent
+        for n in range(3):
+            trusted.request("POST", "/http-bind", b"<body/>")
+        self.assertEqual(len(trusted.responses()), 3)
+        self.assertEqual(len(stranger.responses()), 1)
+        cpu.busy()
+        self.harness.clock.advance(WINDOW_SECONDS)
+        self.assertEqual(len(stranger.responses()), 1)
+
+    def test_bosh_vouches_for_authenticated_sessions_only(self):
+        """BOSH vouches for the connection of a request of a session that has authenticated, not for
+        the requests that create a session or come before SASL succeeds; vouch() marks the channel."""
+        service = BoshService(self.make().server, self.harness.config.http)
+        self.harness.add_user("alice@localhost")
+        client = BoshClient(service)
+        client.create()
+        client.received()
+        scram_login(client, "alice", "secret")
+        before = len(client.responders)
+        client.restart()
+        self.assertEqual([r.vouched for r in client.responders], [False] * before + [True])
+        http = self.connect()
+        http.request("POST", "/http-bind", b"<body/>")
+        [(_, responder)] = self.bosh.calls
+        self.assertFalse(http.channel.vouched)
+        responder.vouch()
+        self.assertTrue(http.channel.vouched)
