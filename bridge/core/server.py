@@ -246,6 +246,7 @@ class GatewayContext:
         self.name = name
         self.config = config
         self.clock = TrackedClock(server.clock)
+        self.triage = server.triage
         self.storage = server.storage
         self.accounts = server.accounts
         self.rosters = server.rosters

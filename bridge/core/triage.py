@@ -64,6 +64,13 @@ class Triage:
         finally:
             self._spent += self._timer() - started
 
+    def run(self, work, *args):
+        """``work(*args)`` as unauthenticated work: now if allowed, else when triage lets it in."""
+        if self.allows():
+            self.measure(work, *args)
+        else:
+            self.wait(lambda: self.measure(work, *args))
+
     def wait(self, resume):
         """Call ``resume()`` when unauthenticated work may run again (a peer waits at most once)."""
         self.deferred += 1

@@ -852,6 +852,10 @@ class BoshService(service.Service):
 
         def release():
             del self._held[call]
+            # Out of the connection's reads now: triage rations it here (no session, no login).
+            self.server.triage.run(answer)
+
+        def answer():
             if not exchange.lost:
                 self._guarded(request, exchange, handler, *args)
 

@@ -104,16 +104,21 @@ class BufferingTransport(StringTransport):
 
     Past ``buffer_bytes`` written and not yet read (``clear``, which
     ``WireClient.received`` calls), it pauses its streaming producer, and
-    reading resumes it; ``tls`` records the contexts of ``startTLS``.
+    reading resumes it; ``tls`` records the contexts of ``startTLS`` (and
+    ``written_before_tls`` what was written in the clear), ``writes`` counts
+    the calls of ``write``.
     """
 
     def __init__(self, buffer_bytes=16384, **kwargs):
         self.buffer_bytes = buffer_bytes
         self.tls = []
+        self.written_before_tls = None
+        self.writes = 0
         self.producer_paused = False
         super().__init__(**kwargs)
 
     def write(self, data):
+        self.writes += 1
         super().write(data)
         if self.producer is not None and self.streaming and not self.producer_paused \
                 and len(self.value()) > self.buffer_bytes:
@@ -128,6 +133,7 @@ class BufferingTransport(StringTransport):
 
     def startTLS(self, context):
         self.tls.append(context)
+        self.written_before_tls = self.value()
 
 
 class WireClient:

@@ -301,6 +301,27 @@ class BackpressureTests(SynchronousTestCase):
         self.assertEqual(client.received()[-1]["id"], "p")
 
 
+class OutputBatchTests(SynchronousTestCase):
+    def test_stanzas_of_one_read_go_out_together(self):
+        """Ten messages in one read to the same client reach its transport in one write (one TLS
+        record); sent one read each, in ten."""
+        harness = Harness()
+        for user in ("alice", "bob"):
+            harness.add_user(f"{user}@localhost")
+        alice = harness.login("alice@localhost/a")
+        bob = harness.connect(transport=BufferingTransport())
+        bob.login("bob@localhost/b")
+        bob.received()
+        writes = bob.transport.writes
+        alice.send("".join(f"<message to='bob@localhost/b' id='m{n}'><body>hi</body></message>" for n in range(10)))
+        self.assertEqual(bob.transport.writes - writes, 1)
+        self.assertEqual([m["id"] for m in bob.received()], [f"m{n}" for n in range(10)])
+        for n in range(10):
+            alice.send(f"<message to='bob@localhost/b' id='s{n}'><body>hi</body></message>")
+        self.assertEqual(bob.transport.writes - writes, 11)
+        self.assertEqual(len(bob.received()), 10)
+
+
 class RequestsInWorkTests(SynchronousTestCase):
     def test_reading_waits_while_requests_are_in_work(self):
         """Storage answers later than a request: of 20 vCard gets in one read, the server takes
@@ -353,6 +374,7 @@ class StartTLSTests(SynchronousTestCase):
         """<starttls/> alone is answered <proceed/> and the connection switches to TLS; the new stream
         offers PLAIN."""
         self.client.send(self.STARTTLS)
+        self.assertIn(b"<proceed", self.client.transport.written_before_tls)
         self.assertEqual([e.name for e in self.client.received()], ["proceed"])
         self.assertEqual(self.client.transport.tls, ["the TLS context"])
         features = self.client.open_stream()[-1]

@@ -7,9 +7,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from bridge.core.triage import WINDOW_SECONDS, Gate, Triage
 from bridge.gateways.bosh import BoshService
+from bridge.gateways.sip.message import parse_datagram
+from bridge.gateways.sip.transport import UDPTransport
 from tests.unit.helpers import Harness, scram_login
 from tests.unit.test_bosh import BoshClient
 from tests.unit.test_http import HTTPTestCase, StubBosh
+from tests.unit.test_sip_registrar import SOURCE, Phone, RegistrarTestCase
+from tests.unit.test_sip_transport import FakeDatagramTransport, request_text
 
 COST = 0.02  # what each piece of measured work takes, by the fake timer: twice the share of a window
 SHARE = 0.1
@@ -147,3 +151,24 @@ class HTTPTriageTests(HTTPTestCase):
         self.assertFalse(http.channel.vouched)
         responder.vouch()
         self.assertTrue(http.channel.vouched)
+
+
+class SIPTriageTests(RegistrarTestCase):
+    def test_sources_that_proved_nothing_are_dropped_while_saturated(self):
+        """Saturated, with the share spent: a phone whose address answered a digest challenge right
+        is still served over UDP; a datagram from an address that proved nothing is dropped (a phone
+        would retransmit it)."""
+        cpu = ProcessCPU()
+        self.gateway.policy.triage = saturated_triage(self.clock, cpu)
+        Phone(self).register()  # from SOURCE, through the gateway: its address is vouched for
+        udp = UDPTransport(self.gateway, policy=self.gateway.policy)
+        socket = FakeDatagramTransport()
+        udp.makeConnection(socket)
+        stranger = ("192.0.2.200", 5060)
+        udp.datagramReceived(request_text(branch="z9hG4bK-s1"), stranger)  # within the share: answered
+        udp.datagramReceived(request_text(branch="z9hG4bK-s2"), stranger)  # the share is spent: dropped
+        udp.datagramReceived(request_text(branch="z9hG4bK-p1"), SOURCE)
+        udp.datagramReceived(request_text(branch="z9hG4bK-p2"), SOURCE)
+        answered = [(address, parse_datagram(data).headers.get("Via")) for data, address in socket.written]
+        self.assertEqual([address for address, _ in answered], [stranger, SOURCE, SOURCE])
+        self.assertNotIn("z9hG4bK-s2", " ".join(via for _, via in answered))

@@ -156,6 +156,37 @@ class _ReadingHold:
         self.reading._set(self, False)
 
 
+class OutputBatch:
+    """While the elements of one read are handled, what they make us write goes out at its end.
+
+    One stanza routed to a peer is one write, and on a TLS transport one
+    record and a trip through the TLS library each; a read of several
+    stanzas for the same peer (a busy conversation) then costs one.  Output
+    written outside a batch (timers, storage answers) goes out at once.
+    """
+
+    def __init__(self):
+        self.depth = 0
+        self.outputs = []  # the BoundedOutputs holding bytes until the batch ends
+
+    def __enter__(self):
+        self.depth += 1
+
+    def __exit__(self, *failure):
+        self.depth -= 1
+        if self.depth == 0:
+            while self.outputs:  # a flush may write to others (a stream error's answers)
+                outputs, self.outputs = self.outputs, []
+                for output in outputs:
+                    output.flush()
+
+
+# The one batch of the process: the reactor handles one read at a time.
+OUTPUT_BATCH = OutputBatch()
+# What one output holds in a batch at most (the payload of one TLS record).
+BATCH_BYTES = 16384
+
+
 @implementer(IPushProducer)
 class BoundedOutput:
     """What is written to one peer, bounded by what it reads.
@@ -180,18 +211,42 @@ class BoundedOutput:
         self.unread = 0
         self.over = False
         self.registered = False
+        self._batched = []  # bytes written during OUTPUT_BATCH, not yet to the transport
+        self._batched_bytes = 0
 
     def register(self):
         self.transport.registerProducer(self, True)
         self.registered = True
 
     def unregister(self):
-        """No longer the producer: TCP and TLS transports only close once there is none."""
+        """No longer the producer (the connection closes): what a batch holds goes out first.
+
+        TCP and TLS transports only close once there is no producer.
+        """
+        self.flush()
         if self.registered:
             self.registered = False
             self.transport.unregisterProducer()
 
     def write(self, data):
+        if OUTPUT_BATCH.depth:
+            if not self._batched:
+                OUTPUT_BATCH.outputs.append(self)
+            self._batched.append(data)
+            self._batched_bytes += len(data)
+            if self._batched_bytes >= BATCH_BYTES:
+                # Past one TLS record's worth, out now: the transport tells when the peer is full.
+                self.flush()
+            return
+        self._write(data)
+
+    def flush(self):
+        """Write what the batch holds (before the transport changes: STARTTLS, close)."""
+        if self._batched:
+            data, self._batched, self._batched_bytes = b"".join(self._batched), [], 0
+            self._write(data)
+
+    def _write(self, data):
         was_full = self.full
         self.transport.write(data)
         if not was_full:
@@ -351,13 +406,8 @@ class XMLStreamProtocol(Protocol):
             return
         self._handling = True
         try:
-            while self._parsed and not self.closed and not self.output.full and not self.busy():
-                handler, args = self._parsed.popleft()
-                try:
-                    handler(*args)
-                except Exception:
-                    log.failure("unexpected failure on input from {peer}", peer=self.peer)
-                    self.stream_error("internal-server-error")
+            with OUTPUT_BATCH:
+                self._handle_parsed()
         finally:
             self._handling = False
         if self.closed:
@@ -366,6 +416,15 @@ class XMLStreamProtocol(Protocol):
             self._waiting.pauseProducing()
         else:
             self._waiting.resumeProducing()
+
+    def _handle_parsed(self):
+        while self._parsed and not self.closed and not self.output.full and not self.busy():
+            handler, args = self._parsed.popleft()
+            try:
+                handler(*args)
+            except Exception:
+                log.failure("unexpected failure on input from {peer}", peer=self.peer)
+                self.stream_error("internal-server-error")
 
     def restart_stream(self):
         """A new stream follows on this connection (STARTTLS, SASL success): a new parser.
@@ -392,6 +451,7 @@ class XMLStreamProtocol(Protocol):
             return False
         if answer is not None:
             self.send(answer)
+        self.output.flush()  # <proceed/> in the clear, before TLS starts
         self.transport.startTLS(context)
         return True
 

@@ -639,6 +639,12 @@ class TCPClientProtocol(XMLStreamProtocol):
         return self.transport if (self.direct_tls or self.stream.secure) else None
 
     def connectionLost(self, reason):
+        if self.authenticated():
+            self._lost(reason)
+        else:
+            self.triage.measure(self._lost, reason)
+
+    def _lost(self, reason):
         super().connectionLost(reason)
         self.factory.release(self)
         self.stream.connection_lost()

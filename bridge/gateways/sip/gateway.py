@@ -84,10 +84,12 @@ class SIPGateway:
         self.reactor = reactor
         self.tls_context = tls_context
         self.limits = Limits(max_header_bytes=self.sip.max_header_bytes, max_body_bytes=self.sip.max_body_bytes)
-        self.policy = sip_transport.SourcePolicy(self.clock, self.sip)  # per-peer limits of every SIP transport
+        # Per-peer limits of every SIP transport, and triage of the sources that have proven nothing.
+        self.policy = sip_transport.SourcePolicy(self.clock, self.sip, ctx.triage)
         self.transactions = TransactionLayer(self.clock, self, timers, self.sip.max_server_transactions,
                                              self.sip.max_server_transaction_bytes, self.policy.allowance)
-        self.registrar = Registrar(ctx, secret, changed=lambda host, user: self.phones.registered(host, user))
+        self.registrar = Registrar(ctx, secret, changed=lambda host, user: self.phones.registered(host, user),
+                                   vouch=self.policy.vouch)
         self.agent = f"bridge/{__version__}"
         self.udp_transports = []  # for requests the gateway sends out (add_transport)
         self._resolver = resolver

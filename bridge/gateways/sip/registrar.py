@@ -184,8 +184,9 @@ class ProvenAlgorithms:
 class Registrar:
     """Answers REGISTER requests; ``register(request, transport, source)`` gives a Deferred response."""
 
-    def __init__(self, ctx, secret=None, changed=lambda host, user: None):
-        """``changed(host, user)`` is told after every REGISTER that changed the bindings of ``user@host``."""
+    def __init__(self, ctx, secret=None, changed=lambda host, user: None, vouch=lambda address: None):
+        """``changed(host, user)`` is told after every REGISTER that changed the bindings of ``user@host``;
+        ``vouch(address)`` of every source address that answered a digest challenge right."""
         self.ctx = ctx
         self.accounts = ctx.accounts
         self.sip = ctx.config
@@ -196,6 +197,7 @@ class Registrar:
         self.proven = ProvenAlgorithms(ctx.clock, self.sip.digest_algorithms,
                                        max(self.sip.nonce_lifetime_seconds, self.sip.max_expires_seconds))
         self.changed = changed
+        self.vouch = vouch
         self._authenticators = {}
         self.default_host = ctx.local_host(self.sip.realm) if self.sip.realm else ctx.host_names()[0]
 
@@ -299,6 +301,7 @@ class Registrar:
         verdict = authenticator.check(credentials, request.method, stored)
         if verdict.outcome == digest.OK:
             request.verified = True
+            self.vouch(source[0])
             return None
         if verdict.outcome == digest.STALE:
             return self._challenge(request, realm, source, stale=True)

@@ -74,13 +74,29 @@ class SourcePolicy:
     """
 
     MAX_TRACKED_SOURCES = 10000
+    VOUCHED_SECONDS = 3600.0
 
-    def __init__(self, clock, config):
+    def __init__(self, clock, config, triage=None):
         self.clock = clock
         self.config = config
+        self.triage = triage  # rations the datagrams of sources not vouched for (core/triage.py)
         self.connections = ConnectionsPerAddress(config.max_connections_per_address)
         self.allowance = ExcessAllowance(clock)  # answers longer than the requests of unverified sources
         self._buckets = {}  # source host -> (tokens, time of the last refill)
+        self._vouched = {}  # source host -> until when: it answered a digest challenge right
+
+    def vouch(self, host):
+        """``host`` proved an account's secret: its datagrams are not rationed by triage for a while."""
+        now = self.clock.seconds()
+        if len(self._vouched) >= self.MAX_TRACKED_SOURCES and host not in self._vouched:
+            self._vouched = {h: until for h, until in self._vouched.items() if until > now}
+            if len(self._vouched) >= self.MAX_TRACKED_SOURCES:
+                del self._vouched[next(iter(self._vouched))]
+        self._vouched.pop(host, None)
+        self._vouched[host] = now + self.VOUCHED_SECONDS
+
+    def vouched(self, host):
+        return self._vouched.get(host, 0) > self.clock.seconds()
 
     def allow_datagram(self, host, size):
         """True when ``host`` may send ``size`` more bytes now."""
@@ -137,8 +153,20 @@ class UDPTransport(_Transport, protocol.DatagramProtocol):
 
     def datagramReceived(self, data, address):
         source = (address[0], address[1])
-        if self.policy is not None and not self.policy.allow_datagram(address[0], len(data)):
+        policy = self.policy
+        if policy is None:
+            self._receive(data, source)
+            return
+        if not policy.allow_datagram(address[0], len(data)):
             return  # over the per-source rate: dropped, as a congested network would
+        triage = policy.triage
+        if triage is None or policy.vouched(address[0]):
+            self._receive(data, source)
+        elif triage.allows():
+            triage.measure(self._receive, data, source)
+        # else: a saturated server drops what sources that proved nothing send; phones retransmit.
+
+    def _receive(self, data, source):
         try:
             message = parse_datagram(data, self.limits)
         except SIPParseError as error:
