@@ -18,9 +18,14 @@ here; what holds them is their own limits (byte rates, output bounds).
 import collections
 import time
 
+from twisted.logger import Logger
+
+log = Logger()
+
 # Busier than this over a window, and unauthenticated work is rationed.
 SATURATED = 0.9
 WINDOW_SECONDS = 0.1
+LOG_INTERVAL_SECONDS = 60.0
 
 
 class Triage:
@@ -42,6 +47,7 @@ class Triage:
         self._waiting = collections.deque()  # what to call when the peer may go on
         self._cpu_at = None
         self._tick = None
+        self._logged_at = float("-inf")
 
     def start(self):
         self._cpu_at = self._cpu()
@@ -78,7 +84,15 @@ class Triage:
 
     def _next_window(self):
         cpu = self._cpu()
-        self.saturated = (cpu - self._cpu_at) >= SATURATED * self.window
+        saturated = (cpu - self._cpu_at) >= SATURATED * self.window
+        now = self.clock.seconds()
+        if saturated and not self.saturated and now - self._logged_at >= LOG_INTERVAL_SECONDS:
+            # At most once a minute: the load may come and go ten times a second.
+            self._logged_at = now
+            log.info("saturated: peers that have not authenticated get {share:.0%} of the time "
+                     "({count} of their reads or requests have waited since the start)",
+                     share=self.share, count=self.deferred)
+        self.saturated = saturated
         self._cpu_at = cpu
         self._spent = 0.0
         while self._waiting and self.allows():

@@ -3,6 +3,7 @@ wait their turn, and authenticated sessions do not."""
 
 import itertools
 
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from bridge.core.triage import WINDOW_SECONDS, Gate, Triage
@@ -92,6 +93,25 @@ class TriageTests(SynchronousTestCase):
         self.assertEqual(second, ["b1"])
         self.assertFalse(second_hold.paused)
         self.assertEqual(triage.deferred, 2)
+
+    def test_saturation_is_logged_once_a_minute_at_most(self):
+        """Saturation that comes and goes every tenth of a second is logged once, then again a minute
+        later."""
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        triage = Triage(self.clock, SHARE, cpu=self.cpu)
+        triage.start()
+        for _ in range(300):  # 30 s, busy every other window
+            self.cpu.busy()
+            self.clock.advance(WINDOW_SECONDS)
+            self.clock.advance(WINDOW_SECONDS)
+        for _ in range(200):
+            self.cpu.busy()
+            self.clock.advance(WINDOW_SECONDS)
+            self.clock.advance(WINDOW_SECONDS)
+        logged = [e for e in events if "saturated" in str(e.get("log_format"))]
+        self.assertEqual(len(logged), 2)
 
     def test_c2s_sessions_go_on_while_newcomers_wait(self):
         """Saturated, with the share spent: a logged-in user's messages are delivered at once, while a
