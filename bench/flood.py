@@ -420,6 +420,8 @@ def main(argv=None):
                         "(comma-separated numbers; '' for no pinning; default %(default)s)")
     p.add_argument("--default-rate-limit", action="store_true",
                    help="keep bridge's default c2s byte rate (20000/s) for the honest clients too")
+    p.add_argument("--unauthenticated-share", type=float,
+                   help="bridge's [c2s] unauthenticated_share (triage; default: bridge's own)")
     p.add_argument("--profile", action="store_true", help="py-spy record of the server, hostile run")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 5 pairs for 5 s, 200 hostile workers, 10 s of recovery")
@@ -460,9 +462,11 @@ def main(argv=None):
         say("bridge on CPU %s, the loaders on CPU %s" % (sorted(server_cpus), sorted(others) or "any"))
     tmp = tempfile.mkdtemp(prefix="bridge-flood-")
     say("temporary directory %s" % tmp)
-    tables = {}
+    tables = {"c2s": {}}
     if not args.default_rate_limit:
-        tables["c2s"] = {"rate_limit_bytes_per_second": 1000000000}
+        tables["c2s"]["rate_limit_bytes_per_second"] = 1000000000
+    if args.unauthenticated_share is not None:
+        tables["c2s"]["unauthenticated_share"] = args.unauthenticated_share
     server = BridgeServer(args, os.path.join(tmp, "bridge"), args.c2s_port, host=args.host,
                           direct_tls_port=args.tls_port, http_port=args.http_port,
                           sip_port=args.sip_port, raised_limits=False, tables=tables)
