@@ -42,7 +42,6 @@ address and port) so that the server's log lines can be attributed to a kind.
 import argparse
 import asyncio
 import ipaddress
-import json
 import os
 import random
 import signal

@@ -136,8 +136,9 @@ def run_batch(db, batch):
     """Carry out ``batch`` [(operation, args)] in one transaction: [(succeeded, result or Failure)].
 
     An operation that fails fails alone (SQLite undoes just its statement);
-    a transaction that cannot begin or commit fails them all.  A batch of reads alone (a login's
-    credentials) takes no write lock and commits nothing.
+    a transaction that cannot begin or commit fails them all.  A batch of
+    reads alone (a login's credentials) takes no write lock and commits
+    nothing.
     """
     if all(operation in _READS for operation, _ in batch):
         return _run_each(db, batch)
@@ -166,22 +167,6 @@ def _run_each(db, batch):
             outcomes.append((True, operation(db, *args)))
         except Exception:
             outcomes.append((False, Failure()))
-    return outcomes
-    db.execute("BEGIN IMMEDIATE")
-    for operation, args in batch:
-        try:
-            outcomes.append((True, operation(db, *args)))
-        except Exception:
-            outcomes.append((False, Failure()))
-    try:
-        db.execute("COMMIT")
-    except Exception:
-        failure = Failure()
-        try:
-            db.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
-        return [(False, failure)] * len(batch)
     return outcomes
 
 
