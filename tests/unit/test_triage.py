@@ -192,3 +192,16 @@ class SIPTriageTests(RegistrarTestCase):
         answered = [(address, parse_datagram(data).headers.get("Via")) for data, address in socket.written]
         self.assertEqual([address for address, _ in answered], [stranger, SOURCE, SOURCE])
         self.assertNotIn("z9hG4bK-s2", " ".join(via for _, via in answered))
+
+    def test_vouched_addresses_are_bounded(self):
+        """The addresses vouched for are kept up to MAX_TRACKED_SOURCES: the expired go first, then
+        the oldest; the newest stays."""
+        policy = self.gateway.policy
+        self.patch(policy, "MAX_TRACKED_SOURCES", 3)
+        for n in range(3):
+            policy.vouch(f"192.0.2.{n}")
+        self.clock.advance(policy.VOUCHED_SECONDS + 1)  # those three expire
+        for n in range(3, 8):
+            policy.vouch(f"192.0.2.{n}")
+        self.assertEqual(len(policy._vouched), 3)
+        self.assertEqual([policy.vouched(f"192.0.2.{n}") for n in range(8)], [False] * 5 + [True] * 3)
