@@ -151,7 +151,7 @@ class Dispatch:
         while stage < len(stages):
             hooks, event = stages[stage]
             if handlers is None:
-                handlers = hooks._handlers.get(event, ())  # hooks.handlers(event), without the call
+                handlers = hooks.handlers(event)
             # Where a handler that holds the payload stands (see ``hold``).
             self.stage, self.handlers = stage, handlers
             while index < len(handlers):
