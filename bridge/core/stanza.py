@@ -34,9 +34,12 @@ ERROR_TYPES = {
 MAX_JID_PART_BYTES = 1023
 
 
-# The JIDs parsed lately, by their text (see ``parse_jid``).
+# The JIDs parsed lately, by their text (see ``parse_jid``): at most
+# PARSED_JIDS_KEPT texts of at most PARSED_JID_KEPT_CHARS characters each,
+# some 50 MB at worst.
 _parsed_jids = {}
 PARSED_JIDS_KEPT = 65536
+PARSED_JID_KEPT_CHARS = 256
 
 
 def parse_jid(text):
@@ -45,7 +48,9 @@ def parse_jid(text):
     Well-formed ones are kept: stringprep is the dearest step of routing,
     and the same addresses recur on every stanza of a conversation.  A plain
     dict, because this runs several times per stanza; past
-    ``PARSED_JIDS_KEPT`` the oldest goes.
+    ``PARSED_JIDS_KEPT`` the oldest goes.  Longer texts than any usual
+    address are parsed each time, so that what is kept stays bounded in
+    bytes too.
     """
     jid = _parsed_jids.get(text)
     if jid is not None:
@@ -59,9 +64,10 @@ def parse_jid(text):
         return None
     if any(part and len(part.encode("utf-8")) > MAX_JID_PART_BYTES for part in (jid.user, jid.host, jid.resource)):
         return None
-    if len(_parsed_jids) >= PARSED_JIDS_KEPT:
-        del _parsed_jids[next(iter(_parsed_jids))]
-    _parsed_jids[text] = jid
+    if len(text) <= PARSED_JID_KEPT_CHARS:
+        if len(_parsed_jids) >= PARSED_JIDS_KEPT:
+            del _parsed_jids[next(iter(_parsed_jids))]
+        _parsed_jids[text] = jid
     return jid
 
 

@@ -377,7 +377,7 @@ class JIDLengthTests(QuotaTestCase):
 
     def test_parsed_jids_kept_are_bounded(self):
         """The JIDs kept from parsing stay under their bound, the oldest going first; a JID that
-        went is parsed again, the same."""
+        went is parsed again, the same; a text longer than PARSED_JID_KEPT_CHARS is parsed, not kept."""
         self.patch(stanza, "PARSED_JIDS_KEPT", 8)
         self.patch(stanza, "_parsed_jids", {})
         texts = [f"user{n}@remote.example/r" for n in range(20)]
@@ -387,3 +387,6 @@ class JIDLengthTests(QuotaTestCase):
         self.assertEqual(len(stanza._parsed_jids), 8)
         self.assertIsNone(stanza.parse_jid("a@b@c"))
         self.assertNotIn("a@b@c", stanza._parsed_jids)
+        long_text = "l" * stanza.PARSED_JID_KEPT_CHARS + "@remote.example"
+        self.assertEqual(stanza.parse_jid(long_text).user, "l" * stanza.PARSED_JID_KEPT_CHARS)
+        self.assertNotIn(long_text, stanza._parsed_jids)
