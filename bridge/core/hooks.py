@@ -130,7 +130,9 @@ class Dispatch:
 
     ``stages`` is a sequence of (Hooks, event name); ``default(payload)``
     runs when no handler of any stage handled the payload.  The payload (an
-    ``Event``) carries its dispatch, so that a handler may hold it.
+    ``Event``) carries its dispatch, so that a handler may hold it, until
+    the dispatch ends: the link is cut then, so that a payload and its
+    dispatch are freed at once rather than left to the cycle collector.
     """
 
     __slots__ = ("payload", "stages", "default", "stage", "index", "handlers", "holds", "settling")
@@ -177,6 +179,8 @@ class Dispatch:
         return Held(self, self.stage, self.index, self.handlers)
 
     def ended(self):
+        if self.payload.dispatch is self:
+            self.payload.dispatch = None
         if self.settling is not None:
             self.settling.leave()
 

@@ -76,7 +76,11 @@ class StreamParser:
         self._parser = parser
         self._decoder = codecs.getincrementaldecoder("utf-8")()
         self._depth = 0
-        self._current = None
+        # The open elements of the stanza being parsed, innermost last.  A
+        # child is appended to its parent without a back reference (domish's
+        # addChild sets ``parent``): a parsed stanza then holds no reference
+        # cycle, and is freed as soon as it is delivered.
+        self._open = []
         self._stanza_start = None
         self._fed = 0
         # Byte index of the last event at stream level (header, end of a
@@ -149,28 +153,26 @@ class StreamParser:
         if self._depth == 2:
             self._stanza_start = self._parser.CurrentByteIndex
         else:
-            self._current.addChild(element)
-        self._current = element
+            self._open[-1].children.append(element)
+        self._open.append(element)
 
     def _end(self, name):
         self._depth -= 1
         if self._depth == 0:
             self.on_close()
             return
-        element = self._current
-        self._current = element.parent
+        element = self._open.pop()
         if self._depth == 1:
             self._mark = self._parser.CurrentByteIndex
             size = self._mark - self._stanza_start
             self._stanza_start = None
             if size > self.stanza_size_limit_bytes:
                 raise StreamError("policy-violation", "stanza too large")
-            element.parent = None
             self.on_element(element)
 
     def _text(self, data):
         if self._depth >= 2:
-            self._current.addContent(data)
+            self._open[-1].addContent(data)
         elif data.strip():
             raise StreamError("not-well-formed", "text between stanzas")
         else:

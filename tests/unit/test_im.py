@@ -1,5 +1,7 @@
 """Routing, delivery rules, roster, subscriptions, presence and offline storage (RFC 6121)."""
 
+import gc
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.unit.helpers import Harness
@@ -56,6 +58,19 @@ class MessageTests(IMTestCase):
         self.assertEqual([m["id"] for m in received], ["s"])
         self.assertEqual(of_kind(alice.received(), "stream:error"), [])
         self.assertFalse(alice.protocol.closed)
+
+    def test_delivery_leaves_no_garbage_cycles(self):
+        """A chat delivered leaves nothing for the cycle collector: each message it would find costs the
+        collector's walk over the whole heap once enough of them pile up."""
+        bob = self.online("bob@localhost/desk")
+        alice = self.online("alice@localhost/a")
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        for n in range(20):
+            alice.send(f"<message to='bob@localhost/desk' type='chat' id='c{n}'><body>hi {n}</body></message>")
+        self.assertEqual(len(of_kind(bob.received(), "message")), 20)
+        self.assertEqual(gc.collect(), 0)
 
     def test_headline_to_all_non_negative(self):
         """A headline to a bare JID reaches every resource with non-negative priority."""

@@ -1,5 +1,8 @@
 """The restricted stream parser: refusals, size limit, byte-at-a-time parsing."""
 
+import gc
+import weakref
+
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.words.xish import domish
 
@@ -153,6 +156,17 @@ class ParsingTests(SynchronousTestCase):
         self.assertEqual(message.x.uri, "urn:example")
         self.assertEqual(str(message.body), "caf\u00e9 & <tea>")
         self.assertEqual(message.getAttribute(("http://www.w3.org/XML/1998/namespace", "lang")), "en")
+
+    def test_parsed_stanza_holds_no_reference_cycle(self):
+        """A parsed stanza is freed by its last reference, not left for the cycle collector."""
+        recorder = self.parse([self.DOCUMENT.encode()])
+        message = recorder.elements.pop(0)
+        self.assertEqual([child.name for child in message.x.elements()], ["y"])
+        gc.disable()
+        self.addCleanup(gc.enable)
+        freed = weakref.ref(message)
+        del message
+        self.assertIsNone(freed())
 
     def test_reset_starts_a_new_stream(self):
         """After a reset (STARTTLS, SASL) a new header is accepted."""
