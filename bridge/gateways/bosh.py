@@ -41,7 +41,7 @@ from twisted.words.xish import domish
 
 from bridge.core.streams.base import ConnectionsPerAddress, RatePerAddress
 from bridge.core.streams.c2s import NS_CLIENT, ClientStream
-from bridge.core.xmlstream import NS_STREAMS, NS_XML, StreamError, StreamParser, serialize
+from bridge.core.xmlstream import NS_STREAMS, NS_XML, StreamError, parse_document, serialize
 
 log = Logger()
 
@@ -95,17 +95,11 @@ def parse_request(data, limit_bytes):
     declaration = _XML_DECLARATION.match(data)
     if declaration:
         data = data[declaration.end():]
-    found = []
-    ends = []
-    parser = StreamParser(lambda header: None, found.append, lambda: ends.append(True), limit_bytes + 1024,
-                            NS_CLIENT)
     try:
-        parser.feed(_ROOT_OPEN)
-        parser.feed(data)
-        parser.feed(_ROOT_CLOSE)
+        found, ended = parse_document([_ROOT_OPEN, data, _ROOT_CLOSE], limit_bytes + 1024, NS_CLIENT)
     except StreamError as error:
         raise BoshError("bad-request", error.text or error.condition) from None
-    if len(found) != 1 or not ends:
+    if len(found) != 1 or not ended:
         raise BoshError("bad-request", "a request holds exactly one <body/>")
     body = found[0]
     if (body.uri, body.name) != (NS_HTTPBIND, "body"):
@@ -830,7 +824,7 @@ class BoshService(service.Service):
         self.per_address = ConnectionsPerAddress(http_config.bosh_max_sessions_per_address)
         self.sessionless = RatePerAddress(server.clock, http_config.bosh_sessionless_requests_per_second_per_address,
                                           http_config.bosh_sessionless_requests_burst)
-        self._held = {}  # DelayedCall -> exchange of a sessionless request waiting for its turn
+        self._held = {}  # exchange of a sessionless request waiting for its turn -> its DelayedCall
 
     def handle(self, request, responder):
         exchange = _Exchange(request, responder)
@@ -850,8 +844,10 @@ class BoshService(service.Service):
             handler(*args)
             return
 
+        # Waiting calls are found by their exchange: a closure that named its
+        # own call would make a reference cycle of every request that waited.
         def release():
-            del self._held[call]
+            del self._held[exchange]
             # Out of the connection's reads now: triage rations it here (no session, no login).
             self.server.triage.run(answer)
 
@@ -859,9 +855,13 @@ class BoshService(service.Service):
             if not exchange.lost:
                 self._guarded(request, exchange, handler, *args)
 
-        call = self.server.clock.callLater(wait, release)
-        self._held[call] = exchange
-        exchange.on_lost(lambda: self._held.pop(call, None) and call.cancel())
+        def forget():
+            call = self._held.pop(exchange, None)
+            if call is not None:
+                call.cancel()
+
+        self._held[exchange] = self.server.clock.callLater(wait, release)
+        exchange.on_lost(forget)
 
     def _handle(self, request, exchange):
         if request.method in ("GET", "HEAD"):
@@ -943,7 +943,7 @@ class BoshService(service.Service):
         """End every session, and every request waiting for its turn, with system-shutdown: the server stops."""
         super().stopService()
         held, self._held = self._held, {}
-        for call, exchange in held.items():
+        for exchange, call in held.items():
             call.cancel()
             exchange.reply(render_body([], {"type": "terminate", "condition": "system-shutdown"}))
         for session in list(self.sessions.values()):

@@ -180,6 +180,7 @@ class Responder:
         if self.responded:
             raise RuntimeError(f"{self.request!r} was already answered")
         self.responded = True
+        self._lost_callbacks = []  # never called now; they often refer back to this responder
         if not self.lost:
             self._channel.answer(self, status, list(headers), body)
 
@@ -377,6 +378,7 @@ class HTTPChannel(Protocol):
             responder.connection_lost()
         if self.websocket is not None:
             self.websocket.connection_lost()
+        self._gate = None  # it calls back into this channel: freed with it, not by the cycle collector
 
     def dataReceived(self, data):
         if self.websocket is not None:

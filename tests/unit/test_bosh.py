@@ -1,6 +1,7 @@
 """BOSH (XEP-0124, XEP-0206) sessions, driven through fake HTTP requests and a fake clock."""
 
 import dataclasses
+import gc
 import hashlib
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -814,6 +815,31 @@ class SessionlessPaceTests(BoshTestCase):
         self.clock.advance(10)
         self.assertFalse(responder.answered)
         self.assertEqual(self.service.per_address.counts, {"192.0.2.9": 2})
+
+    def test_a_request_that_waited_leaves_no_reference_cycle(self):
+        """A creation request that waited for its turn is freed once answered, with its responder and
+        the call that released it: a flood of them would otherwise fill the heap that every full
+        collection walks."""
+        factory = HTTPFactory(self.harness.server, self.harness.config.http, self.service, False)
+        connection = HTTPClient(factory, address="192.0.2.7")
+        creation = body_text({"rid": 100, "to": "localhost", "wait": "60", "hold": "1", "ver": "1.6",
+                              "xmpp:version": "1.0"}).encode()
+        for _ in range(4):
+            connection.request("POST", "/http-bind", creation)
+        self.assertEqual(len(connection.responses()), 3)
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        self.clock.advance(1)
+        self.assertEqual(len(connection.responses()), 1)
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            gc.collect()
+            left = {type(thing).__name__ for thing in gc.garbage}
+        finally:
+            gc.set_debug(0)
+            del gc.garbage[:]
+        self.assertEqual(left & {"Responder", "_Exchange", "DelayedCall", "HTTPRequest"}, set())
 
     def test_shutdown_answers_waiting_requests(self):
         """When the server stops, a request waiting for its turn gets system-shutdown."""

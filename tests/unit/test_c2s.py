@@ -1,6 +1,8 @@
 """Client streams over an in-memory transport: features, SASL, binding, limits."""
 
 import base64
+import gc
+import weakref
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -173,6 +175,42 @@ class StreamTests(SynchronousTestCase):
         reply = client.received()[-1]
         self.assertEqual(reply["type"], "error")
         self.assertEqual(next(reply.error.elements()).name, "resource-constraint")
+
+
+class EndedConnectionTests(SynchronousTestCase):
+    """A connection that has ended is freed by its last reference, not by the cycle collector.
+
+    A flood of connections that are cut at once would otherwise fill the
+    heap that every full collection walks.
+    """
+
+    def setUp(self):
+        self.harness = Harness()
+        self.harness.add_user("alice@localhost")
+
+    def assert_freed(self, client):
+        client.drop()
+        client.transport.producer = None  # as Twisted's transport does when the connection is lost
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        protocol, stream = weakref.ref(client.protocol), weakref.ref(client.protocol.stream)
+        client.protocol = None
+        self.assertEqual((protocol(), stream()), (None, None))
+
+    def test_connection_cut_for_garbage(self):
+        """A connection ended by a stream error at its first bytes."""
+        client = self.harness.connect()
+        client.send("<?xml version='1.0'?>garbage<<<")
+        self.assertEqual([e.name for e in client.received()][-1], "error")
+        self.assert_freed(client)
+
+    def test_session_that_ended(self):
+        """A bound session whose socket went away."""
+        client = self.harness.login("alice@localhost/a")
+        client.send("<presence/>")
+        client.received()
+        self.assert_freed(client)
 
 
 class ConflictTests(SynchronousTestCase):

@@ -275,6 +275,15 @@ class BoundedOutput:
     def stopProducing(self):
         self.registered = False
 
+    def release(self):
+        """The connection has ended: forget the owner's callbacks (they refer back to it)."""
+        self.overflowed = _ignore
+        self.drained = None
+
+
+def _ignore(*args):
+    pass
+
 
 class InputRateLimit:
     """A token bucket over the bytes a peer sends: past the burst, reading
@@ -511,3 +520,10 @@ class XMLStreamProtocol(Protocol):
         if self._close_timer is not None and self._close_timer.active():
             self._close_timer.cancel()
         self._close_timer = None
+        # The parser, the output and the gate call back into this protocol,
+        # which refers to them: let go, so that the connection is freed with
+        # its last reference and not left for the cycle collector.
+        if self.output is not None:
+            self.parser.close()
+            self.output.release()
+        self._gate = None

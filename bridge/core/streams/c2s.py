@@ -42,6 +42,41 @@ MAX_REQUESTS_IN_WORK = 16
 STANZAS = ("message", "presence", "iq")
 
 
+class EndedFraming:
+    """The framing of a stream whose connection has ended: it sends nothing.
+
+    An answer may still reach the stream after the end (a storage read
+    during SASL, say); it goes nowhere.
+    """
+
+    can_start_tls = False
+    may_authenticate_in_clear = False
+
+    def __init__(self, peer):
+        self.peer = peer
+
+    def send(self, element):
+        pass
+
+    def open(self, stream_id, host):
+        pass
+
+    def close(self):
+        pass
+
+    def reset(self):
+        pass
+
+    def answered(self):
+        pass
+
+    def start_tls(self):
+        return False
+
+    def tls_transport(self):
+        return None
+
+
 class ClientStream:
     """The state of one client connection, from stream header to unbinding."""
 
@@ -498,18 +533,21 @@ class ClientStream:
         for timer in (self._pre_auth_timer, self._ping_timer, self._ack_request):
             if timer is not None and timer.active():
                 timer.cancel()
-        if self.session is None:
-            return
-        sm = self.session.sm
-        if sm is not None and sm.resumable and not self.ended_on_purpose:
-            # The session stays bound to this closed stream, which keeps what
-            # is sent to it, until a resumption takes it or the time runs out.
-            log.info("session {jid} waits {seconds}s for resumption", jid=self.session.full,
-                     seconds=self.listener.resumption_timeout_seconds)
-            sm.expiry = self.server.clock.callLater(self.listener.resumption_timeout_seconds, self._expire)
-            return
-        session, self.session = self.session, None
-        self.end_session(session)
+        if self.session is not None:
+            sm = self.session.sm
+            if sm is not None and sm.resumable and not self.ended_on_purpose:
+                # The session stays bound to this closed stream, which keeps what
+                # is sent to it, until a resumption takes it or the time runs out.
+                log.info("session {jid} waits {seconds}s for resumption", jid=self.session.full,
+                         seconds=self.listener.resumption_timeout_seconds)
+                sm.expiry = self.server.clock.callLater(self.listener.resumption_timeout_seconds, self._expire)
+                return
+            session, self.session = self.session, None
+            self.end_session(session)
+        # Nothing waits for this stream any more: let go of the framing, which
+        # refers back to it, so that the connection is freed with its last
+        # reference rather than by the cycle collector.
+        self.framing = EndedFraming(self.framing.peer)
 
     def _expire(self):
         session, self.session = self.session, None

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from xml.sax.saxutils import escape, quoteattr
 
 from bridge.core.stanza import make
-from bridge.core.xmlstream import NS_STREAMS, NS_XML, StreamError, StreamParser
+from bridge.core.xmlstream import NS_STREAMS, NS_XML, StreamError, parse_document
 from bridge.gateways.sip.message import GrammarError, number, parse_params, unquote
 
 NS_PIDF = "urn:ietf:params:xml:ns:pidf"
@@ -120,10 +120,9 @@ def parse_xml_body(body, charset=None, max_bytes=MAX_DOCUMENT_BYTES):
     except (LookupError, UnicodeDecodeError) as e:
         raise PresenceDocumentError(f"XML body cannot be decoded as {encoding}: {e}") from None
     text = _XML_DECL.sub("", text.lstrip("\ufeff"), count=1)
-    found = []
-    parser = StreamParser(lambda _: None, found.append, lambda: None, max_bytes + 1024)
     try:
-        parser.feed(f"<s:stream xmlns:s='{NS_STREAMS}'>".encode() + text.encode("utf-8"))
+        found, _ = parse_document([f"<s:stream xmlns:s='{NS_STREAMS}'>".encode() + text.encode("utf-8")],
+                                  max_bytes + 1024)
     except StreamError as e:
         raise PresenceDocumentError(f"XML body refused: {e}") from None
     if len(found) != 1:
