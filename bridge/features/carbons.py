@@ -122,10 +122,17 @@ def forwarded_copy(stanza):
 
 
 def carbon(direction, stanza, session):
-    """The <sent/> or <received/> copy of ``stanza`` for ``session``, from its account's bare JID."""
+    """The <sent/> or <received/> copy of ``stanza`` for ``session``, from its account's bare JID.
+
+    Built without domish's parent links, as the parser builds stanzas, so
+    that a copy leaves no reference cycle behind once sent.
+    """
     wrapper = make("message", to=session.full, sender=session.bare, type=stanza.getAttribute("type"))
-    forwarded = wrapper.addElement((NS_CARBONS, direction)).addElement((NS_FORWARD, "forwarded"))
-    forwarded.addChild(forwarded_copy(stanza))
+    wrapping = domish.Element((NS_CARBONS, direction))
+    forwarded = domish.Element((NS_FORWARD, "forwarded"))
+    wrapper.children.append(wrapping)
+    wrapping.children.append(forwarded)
+    forwarded.children.append(forwarded_copy(stanza))
     return wrapper
 
 

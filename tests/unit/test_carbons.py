@@ -1,5 +1,7 @@
 """Message Carbons (XEP-0280) with XEP-0334 hints, and what offline storage keeps (XEP-0160, XEP-0334)."""
 
+import gc
+
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.words.protocols.jabber.jid import JID
 
@@ -336,3 +338,20 @@ class OfflineNoiseTests(CarbonsTestCase):
         bob = self.online("bob@localhost/b")
         bob.send(f"<message to='carol@localhost' type='chat'><body>x</body>{CHATSTATE}</message>")
         self.assertEqual(self.offline_count(), 1)
+
+
+class GarbageTests(CarbonsTestCase):
+    def test_copies_leave_no_garbage_cycles(self):
+        """Carbon copies sent leave nothing for the cycle collector, as plain delivery does not."""
+        bob = self.online("bob@localhost/b")
+        sender = self.online("alice@localhost/a", carbons=True)
+        laptop = self.online("alice@localhost/laptop", carbons=True)
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        for n in range(10):
+            sender.send(f"<message to='bob@localhost/b' type='chat' id='s{n}'><body>hi</body></message>")
+            bob.send(f"<message to='alice@localhost/a' type='chat' id='r{n}'><body>hi</body></message>")
+        self.assertEqual(len(self.copies(laptop)), 20)
+        sender.received(), bob.received()
+        self.assertEqual(gc.collect(), 0)
