@@ -172,6 +172,19 @@ class SentTests(CarbonsTestCase):
         self.assertEqual(self.copies(laptop), [])
         self.assertEqual([m["id"] for m in messages(bob.received())], ["p", "n"])
 
+    def test_refused_message_is_not_copied(self):
+        """A message the block list refuses (to a blocked contact) is not copied as <sent/>."""
+        bob = self.online("bob@localhost/b")
+        sender = self.online("alice@localhost/a")
+        laptop = self.online("alice@localhost/laptop", carbons=True)
+        reply = sender.iq("<iq type='set' id='bl'><block xmlns='urn:xmpp:blocking'><item jid='bob@localhost'/>"
+                          "</block></iq>")
+        self.assertEqual(reply["type"], "result", reply.toXml())
+        laptop.received()
+        sender.send("<message to='bob@localhost/b' type='chat' id='blocked'><body>x</body></message>")
+        self.assertEqual(messages(bob.received()), [])
+        self.assertEqual(self.copies(laptop), [])
+
     def test_gateway_session_sending_is_copied(self):
         """What a gateway's session (a SIP phone, resource sip) says through the one way in is copied
         to the user's carbons-enabled XMPP resources, and a message delivered to that session is
