@@ -192,7 +192,7 @@ class LocalHost(Host):
         if target == "full":
             session = self.server.sessions.get(event.to.full())
             if session is not None:
-                session.send(stanza)
+                self.deliver_to_sessions(event, (session,))
                 return
             if kind in ("error", "headline"):
                 return
@@ -217,13 +217,23 @@ class LocalHost(Host):
             else:
                 top = max(s.priority for s in candidates)
                 chosen = [s for s in candidates if s.priority == top]
-            for session in chosen:
-                session.send(stanza)
+            self.deliver_to_sessions(event, chosen)
             return
         if kind == "headline":
             return
         offline = Event(self.server, stanza, self, event.to, event.sender, event.origin)
         Dispatch(offline, ((self.hooks, "message/offline"),), self._undeliverable).run()
+
+    def deliver_to_sessions(self, event, sessions):
+        """Send a message to the resources RFC 6121 chose, after ``message/delivering`` saw it.
+
+        Its handlers may amend the stanza and act on who gets it (carbons copy
+        it to the account's other resources); none can stop the delivery.
+        """
+        self.hooks.fire("message/delivering", (event, sessions))
+        stanza = event.stanza
+        for session in sessions:
+            session.send(stanza)
 
     def _undeliverable(self, event):
         self.server.router.bounce(event.stanza, "service-unavailable")

@@ -9,6 +9,16 @@ message is held until it is written, so whoever keeps a durable copy of it
 ``offline/stored`` fires with (host, user, stanza): the SMS and email
 gateways hang on it to reach a user who is away.
 
+Not everything is worth keeping (XEP-0160, XEP-0334): a message without a
+<body/> that carries only chat states (XEP-0085), receipts (XEP-0184) or
+chat markers (XEP-0333) is news of a conversation, stale by the time the
+user is back, and is dropped without a word (nor does it wake the SMS or
+email alerts), unless its sender asked for it to be kept with the
+XEP-0334 <store/> hint.  A message with the <no-store/> hint is never
+stored: its sender gets ``service-unavailable`` as RFC 6121 section 8.5.2
+gives for a message that is neither delivered nor stored, except when it
+is such news, which is dropped silently.
+
 Each account keeps at most ``max_offline_messages_per_user`` messages and
 ``max_offline_bytes_per_user`` bytes of them (as stored, delay stamp
 included); past either, the sender gets ``resource-constraint``.  The bytes
@@ -31,6 +41,25 @@ log = Logger()
 
 STORE = "offline"
 NS_OFFLINE = "msgoffline"
+NS_HINTS = "urn:xmpp:hints"
+# What a message carries that is only news of the conversation: chat states, receipts, markers.
+NEWS_NAMESPACES = frozenset(("http://jabber.org/protocol/chatstates", "urn:xmpp:receipts",
+                             "urn:xmpp:chat-markers:0"))
+# What may accompany that news and changes nothing: the thread, hints, stanza ids (XEP-0359).
+INCIDENTAL = frozenset(((None, "thread"), ("jabber:client", "thread"), (NS_HINTS, "no-copy"),
+                        (NS_HINTS, "no-permanent-store"), (NS_HINTS, "no-store"),
+                        ("urn:xmpp:sid:0", "origin-id"), ("urn:xmpp:carbons:2", "private")))
+
+
+def hints_of(stanza):
+    return {child.name for child in stanza.elements() if child.uri == NS_HINTS}
+
+
+def only_news(stanza):
+    """A message without a body whose payload is chat states, receipts or markers only."""
+    children = list(stanza.elements())
+    return (any(child.uri in NEWS_NAMESPACES for child in children)
+            and all(child.uri in NEWS_NAMESPACES or (child.uri, child.name) in INCIDENTAL for child in children))
 
 
 class OfflineStorage:
@@ -41,6 +70,14 @@ class OfflineStorage:
         self._writes = KeyedLock()  # one account's messages are checked and stored one at a time
 
     def store(self, event):
+        stanza = event.stanza
+        hints = hints_of(stanza)
+        if "store" not in hints:
+            if only_news(stanza):
+                return True
+            if "no-store" in hints:
+                self.ctx.router.bounce(stanza, "service-unavailable", "the message asked not to be stored")
+                return True
         held = event.hold()
         d = self._writes.run((event.host.name, event.to.user), self._store, event)
         d.addErrback(self._not_stored, event)
