@@ -206,7 +206,7 @@ class ClientStream:
             self._release_held()
 
     def _release_held(self):
-        """Back to active: what was held goes out, in order, before anything else."""
+        """Back to active (or ending): what was held goes out, in order, before anything else."""
         for stanza in self._take_held():
             self._deliver(stanza)
 
@@ -479,10 +479,12 @@ class ClientStream:
 
     def send(self, stanza):
         """Deliver a routed stanza to this client, unless it is inactive and the stanza may wait (XEP-0352)."""
-        if self.held is not None and not self.closed:
-            if self.held.hold(stanza):
+        held = self.held
+        if held is not None and not self.closed:
+            if held.hold(stanza):
                 return
-            self._release_held()
+            for waiting in held.take():
+                self._deliver(waiting)
         self._deliver(stanza)
 
     def _deliver(self, stanza):
