@@ -6,6 +6,7 @@ from bridge import config as configuration
 from bridge.core.streams.csi import HeldStanzas, collapse_key
 from bridge.core.xmlstream import parse_element
 from tests.unit.helpers import Harness, make_config, scram_login
+from tests.unit.test_websocket import WebSocketTestCase
 
 CSI = "urn:xmpp:csi:0"
 SM = "urn:xmpp:sm:3"
@@ -157,6 +158,21 @@ class ClientStateTests(SynchronousTestCase):
         client.send(INACTIVE)
         error = client.received()[-1]
         self.assertEqual((error.name, error.firstChildElement().name), ("error", "not-authorized"))
+
+
+class WebSocketTests(WebSocketTestCase):
+    def test_inactive_websocket_client(self):
+        """Over WebSocket (the same ClientStream as TCP and BOSH), an inactive client's presence waits
+        for a message with a body."""
+        self.make()
+        bob = self.harness.login("bob@localhost/tcp")
+        client = self.connect()
+        client.login("alice", resource="web")
+        client.send_text(f"<inactive xmlns='{CSI}'/>")
+        bob.send("<presence to='alice@localhost/web'><show>away</show></presence>")
+        self.assertEqual(client.received(), [])
+        bob.send("<message to='alice@localhost/web' type='chat'><body>hi</body></message>")
+        self.assertEqual([e.name for e in client.received()], ["presence", "message"])
 
 
 class BoundTests(SynchronousTestCase):
