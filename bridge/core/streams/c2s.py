@@ -539,8 +539,7 @@ class ClientStream:
         self.closed = True
         # What was held is written nowhere now: under XEP-0198 it joins the unacknowledged
         # stanzas (sent again on resumption, messages rerouted when the session ends).
-        for stanza in self._take_held():
-            self._deliver(stanza)
+        self._release_held()
         for timer in (self._pre_auth_timer, self._ping_timer, self._ack_request):
             if timer is not None and timer.active():
                 timer.cancel()
