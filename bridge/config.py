@@ -92,6 +92,8 @@ class C2SConfig(ListenerTLS):
     resource_conflict: str = _option("replace", choices=RESOURCE_CONFLICT_POLICIES)
     resumption_timeout_seconds: float = _option(600.0, low=0, high=86400)
     resumption_max_queue: int = _option(500, low=1)
+    csi_max_held_stanzas: int = _option(256, low=1, high=100000)
+    csi_max_held_bytes: int = _option(131072, low=1024, high=64 * 1024 * 1024)
     max_buffered_bytes: int = _option(1048576, low=1024)
     unauthenticated_share: float = _option(0.1, low=0.01, high=1.0)
 

@@ -514,9 +514,14 @@ async def close_stream(xmpp):
 
 
 async def login(jid, password, port, direct_tls=False, mechanisms=None, presence=True, roster=True,
-                timeout=TIMEOUT):
-    """A connected, bound client; it fetched its roster and sent presence unless told not to."""
+                timeout=TIMEOUT, plugins=None):
+    """A connected, bound client; it fetched its roster and sent presence unless told not to.
+
+    ``plugins``: {slixmpp plugin name: its configuration}, registered before connecting.
+    """
     client = Client(jid, password, mechanisms=mechanisms)
+    for name, plugin_config in (plugins or {}).items():
+        client.register_plugin(name, plugin_config)
     client.start(port, direct_tls=direct_tls)
     done, _ = await asyncio.wait([client.started, client.auth_failed], timeout=timeout,
                                  return_when=asyncio.FIRST_COMPLETED)

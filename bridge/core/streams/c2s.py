@@ -1,5 +1,6 @@
 """Client-to-server streams (RFC 6120): features, STARTTLS, SASL, binding,
-stream management (XEP-0198) and keepalive pings.
+stream management (XEP-0198), client state indication (XEP-0352) and
+keepalive pings.
 
 ``ClientStream`` holds the logic of one client stream and knows nothing of
 the framing: it is driven by ``stream_opened``, ``element_received`` and
@@ -25,6 +26,7 @@ from bridge.core.sessions import Session
 from bridge.core.stanza import first_child, make
 from bridge.core.tls import channel_binding
 from bridge.core.streams.base import NS_TLS, ConnectionsPerAddress, XMLStreamProtocol, stream_error_element
+from bridge.core.streams.csi import NS_CSI, HeldStanzas
 from bridge.core.streams.sm import NS_SM, AckError, SessionState
 from bridge.core.xmlstream import NS_STREAMS
 
@@ -103,6 +105,7 @@ class ClientStream:
         self._ping_id = None
         self._in_work = {}  # id -> how many of the client's requests to the server with it await an answer
         self._in_work_total = 0  # the sum of those counts
+        self.held = None  # XEP-0352: while the client says it is inactive, what waits for it
 
     # -- input -------------------------------------------------------------
 
@@ -147,6 +150,7 @@ class ClientStream:
             features.addElement((NS_BIND, "bind"))
             features.addElement((NS_SESSION, "session")).addElement("optional")
             features.addElement((NS_SM, "sm"))
+            features.addElement((NS_CSI, "csi"))
             self._hooks().fire("stream-features/post-auth", (self, features))
         return features
 
@@ -168,6 +172,8 @@ class ClientStream:
             self._sasl(element)
         elif element.uri == NS_SM:
             self._stream_management(element)
+        elif element.uri == NS_CSI and element.name in ("active", "inactive"):
+            self._client_state(element.name)
         elif element.name in STANZAS and element.uri is None:
             if self.session is not None:
                 self._stanza(element)
@@ -221,6 +227,27 @@ class ClientStream:
             del self._in_work[key]
         if was_busy:
             self.framing.answered()
+
+    # -- client state indication (XEP-0352) ----------------------------------
+
+    def _client_state(self, state):
+        """<active/> or <inactive/>: nonzas, neither routed nor counted by stream management."""
+        if self.username is None:
+            self.stream_error("not-authorized", "client state before authentication")
+        elif state == "inactive":
+            if self.held is None:
+                self.held = HeldStanzas(self.listener.csi_max_held_stanzas, self.listener.csi_max_held_bytes)
+        else:
+            self._release_held()
+
+    def _release_held(self):
+        """Back to active (or ending): what was held goes out, in order, before anything else."""
+        for stanza in self._take_held():
+            self._deliver(stanza)
+
+    def _take_held(self):
+        held, self.held = self.held, None
+        return held.take() if held is not None else []
 
     # -- stream management (XEP-0198) ----------------------------------------
 
@@ -280,6 +307,9 @@ class ClientStream:
             self._sm_failed("unexpected-request", session.sm.handled.h)
             return
         old = session.stream
+        # XEP-0352: the client state is the stream's and starts active again; what the old
+        # stream held is newer than anything it sent, so it follows the unacknowledged stanzas.
+        held = old._take_held()
         old.session = None
         if not old.closed:
             old.stream_error("conflict", "the session was resumed on another connection")
@@ -293,7 +323,7 @@ class ClientStream:
         resumed["previd"] = session.sm.resume_id
         resumed["h"] = str(session.sm.handled.h)
         self.framing.send(resumed)
-        for stanza in session.sm.acks.take_unacked():
+        for stanza in session.sm.acks.take_unacked() + held:
             self.send(stanza)
         log.info("session {jid} resumed from {peer}", jid=session.full, peer=self.framing.peer)
 
@@ -483,7 +513,17 @@ class ClientStream:
     # -- output and end ----------------------------------------------------
 
     def send(self, stanza):
-        """Deliver a routed stanza to this client (counted, and kept until acknowledged, under XEP-0198)."""
+        """Deliver a routed stanza to this client, unless it is inactive and the stanza may wait (XEP-0352)."""
+        held = self.held
+        if held is not None and not self.closed:
+            if held.hold(stanza):
+                return
+            for waiting in held.take():
+                self._deliver(waiting)
+        self._deliver(stanza)
+
+    def _deliver(self, stanza):
+        """Write a stanza to the client (counted, and kept until acknowledged, under XEP-0198)."""
         if stanza.name == "iq" and self._in_work:
             self._answered(stanza)
         sm = self.session.sm if self.session is not None else None
@@ -510,6 +550,7 @@ class ClientStream:
         if self.closed:
             return
         self.ended_on_purpose = True
+        self._release_held()
         log.info("stream error {condition} for {peer}: {text}", condition=condition, peer=self.framing.peer,
                  text=text or "")
         if self.stream_id is None:
@@ -520,6 +561,7 @@ class ClientStream:
 
     def close(self):
         if not self.closed:
+            self._release_held()
             self.closed = True
             self.framing.close()
 
@@ -530,6 +572,9 @@ class ClientStream:
 
     def connection_lost(self):
         self.closed = True
+        # What was held is written nowhere now: under XEP-0198 it joins the unacknowledged
+        # stanzas (sent again on resumption, messages rerouted when the session ends).
+        self._release_held()
         for timer in (self._pre_auth_timer, self._ping_timer, self._ack_request):
             if timer is not None and timer.active():
                 timer.cancel()
