@@ -358,15 +358,16 @@ class Blocking:
                 session.data["privacy-active"] = name
         event.reply(result_reply(event.stanza))
 
-    def _others_use(self, event, session, name):
-        """True when a session other than ``session`` applies list ``name`` (active, or by default)."""
+    def _others_use(self, event, session, name, by_default_only=False):
+        """True when a session other than ``session`` applies list ``name`` (as its active list, unless
+        ``by_default_only``, or as the default because it has none)."""
         privacy = self.lists.cached(event.to.host, event.to.user)
         for other in self.ctx.sessions.resources(event.to.userhost()):
             if other is session:
                 continue
             active = other.data.get("privacy-active")
             if active in privacy.lists:
-                if active == name:
+                if active == name and not by_default_only:
                     return True
             elif name == privacy.default:
                 return True
@@ -378,7 +379,7 @@ class Blocking:
             event.reply(error_reply(event.stanza, "item-not-found"))
             return None
         if name != privacy.default and privacy.default is not None \
-                and self._others_use(event, session, privacy.default):
+                and self._others_use(event, session, privacy.default, by_default_only=True):
             event.reply(error_reply(event.stanza, "conflict", "the default list is in use by another resource"))
             return None
         return privacy.with_default(name)
