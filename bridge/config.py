@@ -202,8 +202,8 @@ class StorageConfig:
 
 @dataclass(frozen=True)
 class QuotasConfig:
-    """What one account may keep on the server, whoever fills it: the account itself (roster, block
-    list, vCard, private XML) or anyone who can reach it (subscription requests, offline messages).
+    """What one account may keep on the server, whoever fills it: the account itself (roster, privacy
+    and block lists, vCard, private XML) or anyone who can reach it (subscription requests, offline messages).
 
     Bytes are bounded as well as items: directly, or by a count of items
     each of bounded size (a JID, whose parts ``parse_jid`` keeps within
@@ -221,6 +221,9 @@ class QuotasConfig:
     max_private_bytes_per_user: int = _option(1024 * 1024, low=1024)
     max_vcard_bytes: int = _option(192 * 1024, low=1024, high=64 * 1024 * 1024)
     max_blocked_items_per_user: int = _option(1000, low=1)
+    max_privacy_lists_per_user: int = _option(10, low=1, high=1000)
+    max_privacy_items_per_list: int = _option(1000, low=1, high=100000)
+    max_privacy_bytes_per_user: int = _option(1024 * 1024, low=4096, high=64 * 1024 * 1024)
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,18 @@ class Server:
         stages = ((hooks, "stanza/out"), (hooks, "pre-" + event_name(stanza, target_of(to))))
         Dispatch(event, stages, _route_event).run()
 
+    def presence_for_user(self, stanza):
+        """Presence the server sends on a local user's behalf (a broadcast, a probe's answer):
+        ``presence/out`` on the user's host, where privacy lists may refuse it, then the router."""
+        sender = parse_jid(stanza.getAttribute("from"))
+        host = self.hosts.get(sender.host) if sender is not None else None
+        if host is None:
+            self.router.route(stanza)
+            return
+        event = Event(self, stanza, host, parse_jid(stanza.getAttribute("to")), sender,
+                      origin=self.sessions.get(sender.full()))
+        Dispatch(event, ((host.hooks, "presence/out"),), _route_event).run()
+
     # -- sessions, whatever carries them -----------------------------------------
 
     def bind(self, session):
@@ -158,6 +170,10 @@ class FeatureContext:
 
     def route(self, stanza):
         self.server.router.route(stanza)
+
+    def send_presence(self, stanza):
+        """Send presence on behalf of the local user it is from (see ``Server.presence_for_user``)."""
+        self.server.presence_for_user(stanza)
 
     def unload(self):
         """Undo everything this feature registered on its host."""

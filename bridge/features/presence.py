@@ -76,8 +76,8 @@ class Presence:
         return True
 
     def _send(self, stanza, to, sender):
-        """Route a copy of ``stanza`` with new addresses."""
-        self.ctx.route(readdress(stanza, to, sender))
+        """Send a copy of ``stanza`` with new addresses, on behalf of ``sender`` (privacy lists apply)."""
+        self.ctx.send_presence(readdress(stanza, to, sender))
 
     # -- outbound: from a local session --------------------------------------
 
@@ -252,7 +252,7 @@ class Presence:
         for session in available:
             self._send(session.presence, event.sender.full(), session.full)
         if not available:
-            self.ctx.route(make("presence", to=event.sender.full(), sender=user, type="unavailable"))
+            self.ctx.send_presence(make("presence", to=event.sender.full(), sender=user, type="unavailable"))
 
     @defer.inlineCallbacks
     def _inbound_subscription(self, event, kind):

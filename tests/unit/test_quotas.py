@@ -5,6 +5,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from bridge import config as configuration
 from bridge.core import stanza
+from bridge.core.privacy import PrivacyLists
 from bridge.core.storage import stored_bytes
 from bridge.core.xmlstream import parse_element
 from tests.unit.helpers import Harness, LateStorage, result_of
@@ -69,6 +70,10 @@ class QuotaTestCase(SynchronousTestCase):
 
     def stored(self, user, store):
         return result_of(self.harness.storage.get("localhost", user, store))
+
+    def blocked(self, user):
+        """The block list as stored: the deny-all JID rules of the default privacy list."""
+        return sorted(PrivacyLists.from_json(self.stored(user, "blocklist")).blocked)
 
 
 class SubscriptionRequestTests(QuotaTestCase):
@@ -305,7 +310,7 @@ class BlockListQuotaTests(QuotaTestCase):
         self.block(alice, "s1@remote.example", "s2@remote.example")
         refused = self.block(alice, "s3@remote.example", "s4@remote.example")
         self.assertEqual(condition(refused), "resource-constraint")
-        self.assertEqual(self.stored("alice", "blocklist"), ["s1@remote.example", "s2@remote.example"])
+        self.assertEqual(self.blocked("alice"), ["s1@remote.example", "s2@remote.example"])
         self.assertEqual(self.block(alice, "s3@remote.example")["type"], "result")
         self.assertEqual(self.block(alice, "s1@remote.example")["type"], "result")
         self.assertEqual(condition(self.block(alice, "s4@remote.example")), "resource-constraint")
@@ -331,7 +336,7 @@ class LateBlockListTests(QuotaTestCase):
         self.answer_all()
         replies = {iq["id"]: iq for iq in of_kind(alice.received(), "iq")}
         self.harness.storage.late = False
-        self.assertEqual(self.stored("alice", "blocklist"),
+        self.assertEqual(self.blocked("alice"),
                          ["s1@remote.example", "s2@remote.example", "s3@remote.example"])
         self.assertEqual((replies["b0"]["type"], replies["b1"]["type"]), ("result", "result"))
         self.assertEqual(condition(replies["b2"]), "resource-constraint")
