@@ -11,14 +11,15 @@ read on one device is read on all); type normal with a <body/>; an error
 answering a message that was copied (see ``Answerable``); never groupchat,
 nor anything from or to a MUC room or occupant (a muc#user <x/>).  A
 <private/> element or a <no-copy/> hint keeps a message from being copied,
-and <private/> is removed before the message is delivered to a resource.
+and <private/> is removed before the message is delivered to a resource or
+stored offline.
 
 Copies go to sessions directly, never through the router: a message that
 comes through the router with a carbons <sent/> or <received/> element was
 not made by this server.  XEP-0280 section 11 makes a client trust only
 copies whose 'from' is its own bare JID, which only this server can write;
 the server goes further, removing such elements from what it delivers
-locally, and copies the message by the ordinary rules.
+locally or stores offline, and copies the message by the ordinary rules.
 
 Everything a user says enters through ``stanza/out`` and everything delivered
 to a resource passes ``message/delivering``, so a SIP phone's or a mobile's
@@ -38,14 +39,9 @@ NS_FORWARD = "urn:xmpp:forward:0"
 NS_HINTS = "urn:xmpp:hints"
 NS_MUC_USER = "http://jabber.org/protocol/muc#user"
 NS_CLIENT = "jabber:client"
-WRAPPERS = ("sent", "received")
 ENABLED = "carbons"  # key in Session.data while the session has carbons enabled
 # Messages copied lately, remembered so that an error answering one is copied too.
 ANSWERABLE_KEPT = 4096
-
-
-def has_child(stanza, uri, name):
-    return any(child.uri == uri and child.name == name for child in stanza.elements())
 
 
 def eligible(stanza):
@@ -136,14 +132,26 @@ def carbon(direction, stanza, session):
     return wrapper
 
 
-def remove_children(stanza, keep):
-    stanza.children = [child for child in stanza.children if isinstance(child, str) or keep(child)]
+def take_carbons_elements(stanza):
+    """Remove the carbons elements a message arrived with; whether <private/> was one of them.
+
+    A <sent/> or <received/> there was not made by this server (its copies
+    go to sessions directly), and <private/> is for this server only.
+    """
+    found = [child for child in stanza.children if not isinstance(child, str) and child.uri == NS_CARBONS]
+    if not found:
+        return False
+    stanza.children = [child for child in stanza.children if isinstance(child, str) or child.uri != NS_CARBONS]
+    return any(child.name == "private" for child in found)
 
 
 class Carbons:
     def __init__(self, ctx):
         self.ctx = ctx
         self.answerable = Answerable()
+        # Accounts with a carbons-enabled session, and how many: every message
+        # asks, so that accounts without carbons cost one dictionary lookup.
+        self.accounts = collections.Counter()
 
     # -- the protocol -----------------------------------------------------------
 
@@ -159,21 +167,26 @@ class Carbons:
         if session is None or session.bare != event.to.userhost():
             event.reply(error_reply(event.stanza, "not-allowed"))
             return True
-        if enabled:
+        if enabled and not session.data.get(ENABLED):
             session.data[ENABLED] = True
-        else:
-            session.data.pop(ENABLED, None)
+            self.accounts[session.bare] += 1
+        elif not enabled and session.data.get(ENABLED):
+            self.session_ended(session)
         event.reply(result_reply(event.stanza))
         return True
+
+    def session_ended(self, session):
+        """``session/ended`` (and <disable/>): the session no longer counts for its account."""
+        if session.data.pop(ENABLED, None):
+            self.accounts[session.bare] -= 1
+            if not self.accounts[session.bare]:
+                del self.accounts[session.bare]
+        return False
 
     # -- copies -------------------------------------------------------------------
 
     def _copy(self, direction, stanza, account, skip):
-        """Copy ``stanza`` as ``direction`` to the carbons-enabled resources of ``account`` but ``skip``.
-
-        Whether it may be copied is asked only when some resource would get
-        a copy, so that accounts without carbons cost nothing more.
-        """
+        """Copy ``stanza`` as ``direction`` to the carbons-enabled resources of ``account`` but ``skip``."""
         targets = [session for session in self.ctx.sessions.resources(account)
                    if session.data.get(ENABLED) and session.full not in skip]
         if not targets:
@@ -194,17 +207,10 @@ class Carbons:
         A message to the user's own account is left to the receiving side,
         which copies it to every resource that does not get it.
         """
-        stanza = event.stanza
-        if stanza.name != "message" or event.to.userhost() == event.origin.bare:
+        account = event.origin.bare
+        if account not in self.accounts or event.stanza.name != "message" or event.to.userhost() == account:
             return False
-        self._copy("sent", stanza, event.origin.bare, (event.origin.full,))
-        return False
-
-    def inbound(self, event):
-        """``message/bare``, ``message/full``: carbons wrappers this server did not make are removed."""
-        stanza = event.stanza
-        if any(child.uri == NS_CARBONS and child.name in WRAPPERS for child in stanza.elements()):
-            remove_children(stanza, lambda child: not (child.uri == NS_CARBONS and child.name in WRAPPERS))
+        self._copy("sent", event.stanza, account, (event.origin.full,))
         return False
 
     def received(self, payload):
@@ -216,13 +222,18 @@ class Carbons:
         """
         event, sessions = payload
         stanza = event.stanza
-        private = has_child(stanza, NS_CARBONS, "private")
-        if private:
-            remove_children(stanza, lambda child: not (child.uri == NS_CARBONS and child.name == "private"))
-        else:
+        if take_carbons_elements(stanza):
+            return False  # <private/>
+        account = event.to.userhost()
+        if account in self.accounts:
             skip = {session.full for session in sessions}
             skip.add(stanza.getAttribute("from"))
-            self._copy("received", stanza, event.to.userhost(), skip)
+            self._copy("received", stanza, account, skip)
+        return False
+
+    def stored(self, event):
+        """``message/offline``: what is kept for later leaves without carbons elements too."""
+        take_carbons_elements(event.stanza)
         return False
 
 
@@ -232,7 +243,7 @@ def setup(ctx):
     ctx.hook(f"iq-set/bare/{NS_CARBONS}:enable", carbons.enable)
     ctx.hook(f"iq-set/bare/{NS_CARBONS}:disable", carbons.disable)
     ctx.hook("stanza/out", carbons.sent, priority=OBSERVE)
-    ctx.hook("message/bare", carbons.inbound, priority=AMEND)
-    ctx.hook("message/full", carbons.inbound, priority=AMEND)
     ctx.hook("message/delivering", carbons.received, priority=OBSERVE)
+    ctx.hook("message/offline", carbons.stored, priority=AMEND)
+    ctx.hook("session/ended", carbons.session_ended)
     return carbons
