@@ -61,6 +61,8 @@ NS_DATA = "jabber:x:data"
 NS_CLIENT = "jabber:client"
 SUMMARY = "urn:xmpp:push:summary"
 STORE = "push"
+# Accounts whose registrations stay in memory (each at most max_push_bytes_per_user).
+CACHED_ACCOUNTS = 1000
 # Beside a <body/>, what makes a message worth waking a phone for: end-to-end encryption
 # (OMEMO, in its old and new namespaces; OpenPGP for XMPP; legacy OpenPGP) and a call proposal (XEP-0353).
 INTERESTING = frozenset((("eu.siacs.conversations.axolotl", "encrypted"), ("urn:xmpp:omemo:2", "encrypted"),
@@ -131,7 +133,7 @@ class Push:
         self.max_registrations = ctx.config.quotas.max_push_registrations_per_user
         self.max_bytes = ctx.config.quotas.max_push_bytes_per_user
         self.registrations = DocumentCache(ctx.storage, STORE, decode=lambda stored: stored or [],
-                                           encode=lambda document: document or None)
+                                           encode=lambda document: document or None, limit=CACHED_ACCOUNTS)
         self._changes = KeyedLock()  # one account's registrations are changed one request at a time
         self._windows = {}  # registration id -> Window, while pushes to it are held back
         self._awaited = {}  # IQ id -> Awaited

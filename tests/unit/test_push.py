@@ -1,5 +1,6 @@
 """Push Notifications (XEP-0357): registrations, when a push is sent, what it says, and its bounds."""
 
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from bridge import config as configuration
@@ -252,6 +253,23 @@ class AnswerTests(PushTestCase):
         self.harness.clock.advance(60)
         self.say()
         self.assertEqual(self.pushes(), [])
+
+    def test_errors_of_pushes_in_flight_are_logged_once(self):
+        """Two pushes in flight both answered with errors remove the registration once and log it once."""
+        logged = []
+        observer = lambda event: logged.append(event) if "disabled" in event.get("log_format", "") else None
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.held()
+        self.say()
+        self.say()
+        self.harness.clock.advance(10)
+        first, second = self.pushes()
+        for push in (first, second):
+            self.answer(push, ("auth", "not-authorized"))
+        self.assertEqual(self.registrations(), [])
+        self.assertEqual(len(logged), 1)
+        self.assertEqual(logged[0]["condition"], "not-authorized")
 
     def test_wait_error_and_timeout_keep_the_registration(self):
         """An error of type wait, or no answer at all, leaves the registration in place."""
