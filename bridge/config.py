@@ -224,6 +224,17 @@ class QuotasConfig:
     max_privacy_lists_per_user: int = _option(10, low=1, high=1000)
     max_privacy_items_per_list: int = _option(1000, low=1, high=100000)
     max_privacy_bytes_per_user: int = _option(1024 * 1024, low=4096, high=64 * 1024 * 1024)
+    max_push_registrations_per_user: int = _option(5, low=1, high=100)
+    max_push_bytes_per_user: int = _option(16384, low=1024, high=1024 * 1024)
+
+
+@dataclass(frozen=True)
+class PushConfig:
+    """Push notifications (XEP-0357): how often, and how much, a user's app servers are told."""
+
+    min_interval_seconds: float = _option(10.0, low=0, high=3600)
+    include_body: bool = _option(False)
+    reply_timeout_seconds: float = _option(60.0, low=1, high=3600)
 
 
 @dataclass(frozen=True)
@@ -406,6 +417,7 @@ class Config:
     components: dict = field(default_factory=dict)
     storage: StorageConfig = field(default_factory=StorageConfig)
     quotas: QuotasConfig = field(default_factory=QuotasConfig)
+    push: PushConfig = field(default_factory=PushConfig)
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
     hosts: dict = field(default_factory=lambda: {"localhost": HostConfig()})
     sms: SMSConfig = field(default_factory=SMSConfig)
@@ -428,7 +440,7 @@ class Config:
 
 
 _SECTIONS = {"tls": TLSConfig, "c2s": C2SConfig, "s2s": S2SConfig, "http": HTTPConfig, "storage": StorageConfig,
-             "quotas": QuotasConfig, "smtp": SMTPConfig, "component_listener": ComponentListenerConfig,
+             "quotas": QuotasConfig, "push": PushConfig, "smtp": SMTPConfig, "component_listener": ComponentListenerConfig,
              "sms": SMSConfig, "sip": SIPConfig}
 # Tables of named sub-tables: [hosts.NAME], [components.DOMAIN], [smsc.NAME].
 _NAMED = {"hosts": HostConfig, "components": ComponentConfig, "smsc": SMSCConfig}

@@ -65,3 +65,8 @@ class SessionState:
     @property
     def resumable(self):
         return self.resume_id is not None
+
+    @property
+    def awaiting_resumption(self):
+        """True while the connection is gone and the session is held, waiting for its client to resume it."""
+        return self.expiry is not None and self.expiry.active()
