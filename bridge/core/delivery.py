@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.words.protocols.jabber.jid import JID
 
 from bridge.core.hooks import Dispatch, Hooks
-from bridge.core.stanza import error_reply, first_child, parse_jid
+from bridge.core.stanza import error_reply, first_child, parse_jid, same_account
 
 log = Logger()
 
@@ -46,7 +46,7 @@ class Event:
         Rosters, block lists, private storage and vCard changes belong to
         their account alone.
         """
-        if self.sender is not None and self.sender.userhost() == self.to.userhost():
+        if self.sender is not None and same_account(self.sender, self.to):
             return True
         self.reply(error_reply(self.stanza, "forbidden"))
         return False

@@ -86,6 +86,8 @@ def answer(handler, payload, event):
     except Exception:
         log.failure("handler of {event} failed", event=event)
         return True
+    if result is True or result is False:
+        return result  # the usual answers, spared the Deferred check (costly: Deferred is generic)
     if isinstance(result, defer.Deferred):
         log.error("handler {handler!r} of {event} returned a Deferred; a handler answers at once",
                   handler=handler, event=event)

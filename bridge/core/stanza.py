@@ -42,6 +42,11 @@ PARSED_JIDS_KEPT = 65536
 PARSED_JID_KEPT_CHARS = 256
 
 
+def same_account(one, other):
+    """Whether two JIDs have the same bare JID, without building either's text."""
+    return one.user == other.user and one.host == other.host
+
+
 def parse_jid(text):
     """A JID, or None when ``text`` is missing or malformed (a part longer than RFC 7622 allows too).
 

@@ -39,7 +39,7 @@ from twisted.words.xish import domish
 from bridge.core.hooks import POLICY, in_background
 from bridge.core.privacy import (NS_PRIVACY, PrivacyLists, allowed, inbound_kind, outbound_kind,
                                  parse_rules)
-from bridge.core.stanza import error_reply, is_error_or_result, make, parse_jid, result_reply
+from bridge.core.stanza import error_reply, is_error_or_result, make, parse_jid, result_reply, same_account
 from bridge.core.storage.cache import DocumentCache, KeyedLock
 
 log = Logger()
@@ -114,7 +114,7 @@ class Blocking:
     def inbound(self, event):
         """Stanzas from an entity the recipient's list denies never reach the user."""
         sender, to = event.sender, event.to
-        if sender is None or to.user is None or sender.userhost() == to.userhost():
+        if sender is None or to.user is None or same_account(sender, to):
             return False
         return self._check(event, to, self._refuse_inbound)
 
@@ -135,7 +135,7 @@ class Blocking:
     def outbound(self, event):
         """Stanzas of the user to an entity the sending session's list denies are refused."""
         to, sender = event.to, event.sender
-        if to is None or sender is None or sender.user is None or to.userhost() == sender.userhost():
+        if to is None or sender is None or sender.user is None or same_account(to, sender):
             return False
         return self._check(event, sender, self._refuse_outbound)
 
