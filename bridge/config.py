@@ -192,6 +192,11 @@ class HostConfig:
     registration: bool = _option(False)
     sip_digest: bool = _option(True)
     offline_notification: str = _option("none", choices=("none", "sms", "email", "both"))
+    mam_retention_days: int = _option(-1, low=-1, high=36500)
+
+    def archive_retention_days(self, mam):
+        """Days this host's archives keep a message (0: forever): its own setting, else ``[mam] retention_days``."""
+        return mam.retention_days if self.mam_retention_days < 0 else self.mam_retention_days
 
 
 @dataclass(frozen=True)
@@ -224,6 +229,22 @@ class QuotasConfig:
     max_privacy_lists_per_user: int = _option(10, low=1, high=1000)
     max_privacy_items_per_list: int = _option(1000, low=1, high=100000)
     max_privacy_bytes_per_user: int = _option(1024 * 1024, low=4096, high=64 * 1024 * 1024)
+
+
+ARCHIVE_PREFERENCES = ("always", "roster", "never")
+
+
+@dataclass(frozen=True)
+class MAMConfig:
+    """The message archive (XEP-0313, docs/features.md): paging, preferences, retention."""
+
+    enabled: bool = _option(True)
+    default_page_size: int = _option(50, low=1, high=10000)
+    max_page_size: int = _option(250, low=1, high=10000)
+    default_preference: str = _option("always", choices=ARCHIVE_PREFERENCES)
+    max_preference_jids: int = _option(500, low=0, high=100000)
+    retention_days: int = _option(0, low=0, high=36500)
+    purge_interval_seconds: float = _option(3600.0, low=60, high=7 * 86400)
 
 
 @dataclass(frozen=True)
@@ -406,6 +427,7 @@ class Config:
     components: dict = field(default_factory=dict)
     storage: StorageConfig = field(default_factory=StorageConfig)
     quotas: QuotasConfig = field(default_factory=QuotasConfig)
+    mam: MAMConfig = field(default_factory=MAMConfig)
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
     hosts: dict = field(default_factory=lambda: {"localhost": HostConfig()})
     sms: SMSConfig = field(default_factory=SMSConfig)
@@ -428,7 +450,7 @@ class Config:
 
 
 _SECTIONS = {"tls": TLSConfig, "c2s": C2SConfig, "s2s": S2SConfig, "http": HTTPConfig, "storage": StorageConfig,
-             "quotas": QuotasConfig, "smtp": SMTPConfig, "component_listener": ComponentListenerConfig,
+             "quotas": QuotasConfig, "mam": MAMConfig, "smtp": SMTPConfig, "component_listener": ComponentListenerConfig,
              "sms": SMSConfig, "sip": SIPConfig}
 # Tables of named sub-tables: [hosts.NAME], [components.DOMAIN], [smsc.NAME].
 _NAMED = {"hosts": HostConfig, "components": ComponentConfig, "smsc": SMSCConfig}
@@ -535,6 +557,9 @@ def parse(document, where):
             problems.append(f"{where}: sms.domain: {sms.domain!r} is also a component")
         if not sections.get("smsc"):
             problems.append(f"{where}: sms: enabled, but no [smsc.NAME] table")
+    mam = sections.get("mam", base.mam)
+    if mam.default_page_size > mam.max_page_size:
+        problems.append(f"{where}: mam.default_page_size: must be at most max_page_size ({mam.max_page_size})")
     sip = sections.get("sip", base.sip)
     for description in sip.udp_endpoints:
         try:
