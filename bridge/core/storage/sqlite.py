@@ -196,7 +196,7 @@ def _archive_query(db, host, user, query):
     return ArchivePage([ArchiveRecord(*row[1:]) for row in rows], count, first_index, complete)
 
 
-def _archive_remove(db, host, user, before):
+def _archive_remove(db, host, user, before=None):
     if before is None:
         return db.execute("DELETE FROM archive WHERE host=? AND user=?", (host, user)).rowcount
     return db.execute("DELETE FROM archive WHERE host=? AND user=? AND ts<?", (host, user, before)).rowcount
