@@ -143,6 +143,7 @@ class ArchiveContract:
         earlier = self.page(limit=2, page_before="id1")
         self.assertEqual((self.ids(earlier), earlier.first_index, earlier.complete), (["id0"], 0, True))
         self.assertEqual(self.page(limit=2, page_before="id2").complete, True)
+        self.assertEqual(self.ids(self.page(limit=3, page_before="id2")), ["id0", "id1"])
 
     def test_filters(self):
         """with (bare, and with a resource), start and end (inclusive), after-id and before-id

@@ -123,7 +123,7 @@ def select(records, query):
     if query.backwards:
         bound = index_of(query.page_before) if query.page_before is not None else len(records)
         candidates = [index for index in matching if index < bound]
-        page = candidates[len(candidates) - query.limit:] if query.limit else []
+        page = candidates[max(0, len(candidates) - query.limit):] if query.limit else []
         complete = len(candidates) <= query.limit
     else:
         bound = index_of(query.page_after) if query.page_after is not None else -1
