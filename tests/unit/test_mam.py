@@ -1,12 +1,19 @@
 """Message Archive Management (XEP-0313) with RSM (XEP-0059) and stanza ids (XEP-0359), on the in-memory server."""
 
+import contextlib
+import io
+import json
+import os
+import shutil
+import tempfile
+
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.words.protocols.jabber.jid import JID
 
-from bridge import config as configuration
+from bridge import config as configuration, ctl
 from bridge.core.sessions import Session
 from bridge.core.stanza import make
-from bridge.core.storage import ArchiveQuery
+from bridge.core.storage import ArchiveQuery, ArchiveRecord, sqlite
 from tests.unit.helpers import Harness, LateStorage, gateway_context, result_of
 
 NS_MAM = "urn:xmpp:mam:2"
@@ -551,3 +558,58 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(stanza_ids(message), [])
         reply = alice.iq(f"<iq type='set' id='q'><query xmlns='{NS_MAM}'/></iq>")
         self.assertEqual(condition(reply), "service-unavailable")
+
+
+class BridgectlTests(SynchronousTestCase):
+    """bridgectl archive-export and archive-delete on an SQLite database, as an administrator runs them."""
+
+    def setUp(self):
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        self.directory = directory
+        self.config = os.path.join(directory, "bridge.toml")
+        with open(self.config, "w") as handle:
+            handle.write('data_dir = "data"\n[hosts.localhost]\n')
+        waiting = ctl.Waiting()
+        storage = sqlite.SQLiteStorage(os.path.join(directory, "data", "bridge.sqlite"), waiting)
+        for number in range(2500):
+            storage.archive_append("localhost", "alice", ArchiveRecord(
+                f"id{number}", number * 10**6, "bob@localhost", "phone" if number == 0 else "", "in",
+                f"<message id='m{number}'><body>{number}</body></message>"))
+        storage.archive_append("localhost", "bob", ArchiveRecord("b", 0, "alice@localhost", "", "out", "<message/>"))
+        waiting.result(storage.close())
+
+    def run_ctl(self, *args):
+        out = io.StringIO()
+        self.assertEqual(ctl.main(["--config", self.config, *args], out=out), 0)
+        return out.getvalue()
+
+    def test_export_pages_through_the_whole_archive(self):
+        """archive-export writes every record, oldest first, one JSON object a line, past several pages,
+        to standard output or to a file made 0600."""
+        lines = [json.loads(line) for line in self.run_ctl("archive-export", "alice@localhost").splitlines()]
+        self.assertEqual([line["id"] for line in lines], [f"id{n}" for n in range(2500)])
+        self.assertEqual(lines[0], {"id": "id0", "timestamp": "1970-01-01T00:00:00.000000Z",
+                                    "with": "bob@localhost/phone", "direction": "in",
+                                    "stanza": "<message id='m0'><body>0</body></message>"})
+        path = os.path.join(self.directory, "alice.jsonl")
+        self.assertIn("2500 messages", self.run_ctl("archive-export", "alice@localhost", "--output", path))
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+        with open(path) as handle:
+            self.assertEqual(len(handle.readlines()), 2500)
+
+    def test_delete_before_a_date_and_whole(self):
+        """archive-delete --before removes older messages only; without it the user's whole archive;
+        another user's archive stays; a malformed date is refused."""
+        self.assertIn("1000 messages deleted",
+                      self.run_ctl("archive-delete", "alice@localhost", "--before", "1970-01-01T00:16:40Z"))
+        lines = self.run_ctl("archive-export", "alice@localhost").splitlines()
+        self.assertEqual(json.loads(lines[0])["id"], "id1000")
+        self.assertIn("1500 messages deleted", self.run_ctl("archive-delete", "alice@localhost"))
+        self.assertEqual(self.run_ctl("archive-export", "alice@localhost"), "")
+        self.assertEqual(len(self.run_ctl("archive-export", "bob@localhost").splitlines()), 1)
+        with contextlib.redirect_stderr(io.StringIO()) as errors:
+            status = ctl.main(["--config", self.config, "archive-delete", "bob@localhost", "--before", "soon"],
+                              out=io.StringIO())
+        self.assertEqual(status, 1)
+        self.assertIn("not a XEP-0082", errors.getvalue())
