@@ -397,8 +397,9 @@ class Archive:
             fin["complete"] = "true"
         rsm = fin.addElement((NS_RSM, "set"))
         if records:
-            first = rsm.addElement("first", content=records[0].id)
-            first["index"] = str(page.first_index + (len(records) - 1 if flip else 0))
+            # No <first index/> (XEP-0059 leaves it optional): it costs a count per page, and
+            # clients (slixmpp) read it as a forward position and stop paging backwards early.
+            rsm.addElement("first", content=records[0].id)
             rsm.addElement("last", content=records[-1].id)
         rsm.addElement("count", content=str(page.count))
         event.reply(reply)

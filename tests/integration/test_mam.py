@@ -118,9 +118,8 @@ def test_preferences(mam_server):
             jorge = await clients.login("jorge@localhost/c", plugins=MAM_PLUGINS)
             await lucia.plugin["xep_0441"].set_preferences(default="never", always=["marta@localhost"],
                                                            timeout=TIMEOUT)
-            prefs = await lucia.plugin["xep_0441"].get_preferences(timeout=TIMEOUT)
-            assert prefs["mam_prefs"]["default"] == "never"
-            assert [str(jid) for jid in prefs["mam_prefs"]["always"]] == ["marta@localhost"]
+            default, always, never = await lucia.plugin["xep_0441"].get_preferences(timeout=TIMEOUT)
+            assert (default, [str(jid) for jid in always], list(never)) == ("never", ["marta@localhost"], [])
             jorge.send_message(mto="lucia@localhost", mbody="not kept", mtype="chat")
             marta.send_message(mto="lucia@localhost", mbody="kept", mtype="chat")
             from_jorge = await next_item(lucia.messages, lambda m: m["body"] == "not kept", what="jorge's message")

@@ -77,13 +77,11 @@ class ArchiveQuery:
 @dataclasses.dataclass(frozen=True)
 class ArchivePage:
     """An answer to an ``ArchiveQuery``: ``records`` oldest first; ``count`` the records
-    matching the filters; ``first_index`` the position of the first record among
-    them (None on an empty page); ``complete``: no matching record lies beyond
-    the page in the direction it was read."""
+    matching the filters; ``complete``: no matching record lies beyond the page in
+    the direction it was read."""
 
     records: list
     count: int
-    first_index: int
     complete: bool
 
 

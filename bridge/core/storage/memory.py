@@ -130,5 +130,4 @@ def select(records, query):
         candidates = [index for index in matching if index > bound]
         page = candidates[:query.limit]
         complete = len(candidates) <= query.limit
-    first_index = matching.index(page[0]) if page else None
-    return ArchivePage([records[index] for index in page], len(matching), first_index, complete)
+    return ArchivePage([records[index] for index in page], len(matching), complete)

@@ -189,11 +189,7 @@ def _archive_query(db, host, user, query):
     rows = rows[:query.limit]
     if query.backwards:
         rows.reverse()
-    first_index = None
-    if rows:
-        first_index = db.execute(f"SELECT COUNT(*) FROM archive WHERE {base} AND seq<?",
-                                 args + [rows[0][0]]).fetchone()[0]
-    return ArchivePage([ArchiveRecord(*row[1:]) for row in rows], count, first_index, complete)
+    return ArchivePage([ArchiveRecord(*row[1:]) for row in rows], count, complete)
 
 
 def _archive_remove(db, host, user, before=None):
