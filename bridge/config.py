@@ -192,6 +192,11 @@ class HostConfig:
     registration: bool = _option(False)
     sip_digest: bool = _option(True)
     offline_notification: str = _option("none", choices=("none", "sms", "email", "both"))
+    mam_retention_days: int = _option(-1, low=-1, high=36500)
+
+    def archive_retention_days(self, mam):
+        """Days this host's archives keep a message (0: forever): its own setting, else ``[mam] retention_days``."""
+        return mam.retention_days if self.mam_retention_days < 0 else self.mam_retention_days
 
 
 @dataclass(frozen=True)
@@ -235,6 +240,22 @@ class PushConfig:
     min_interval_seconds: float = _option(10.0, low=0, high=3600)
     include_body: bool = _option(False)
     reply_timeout_seconds: float = _option(60.0, low=1, high=3600)
+
+
+ARCHIVE_PREFERENCES = ("always", "roster", "never")
+
+
+@dataclass(frozen=True)
+class MAMConfig:
+    """The message archive (XEP-0313, docs/features.md): paging, preferences, retention."""
+
+    enabled: bool = _option(True)
+    default_page_size: int = _option(50, low=1, high=10000)
+    max_page_size: int = _option(250, low=1, high=10000)
+    default_preference: str = _option("always", choices=ARCHIVE_PREFERENCES)
+    max_preference_jids: int = _option(500, low=0, high=100000)
+    retention_days: int = _option(0, low=0, high=36500)
+    purge_interval_seconds: float = _option(3600.0, low=60, high=7 * 86400)
 
 
 @dataclass(frozen=True)
@@ -418,6 +439,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     quotas: QuotasConfig = field(default_factory=QuotasConfig)
     push: PushConfig = field(default_factory=PushConfig)
+    mam: MAMConfig = field(default_factory=MAMConfig)
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
     hosts: dict = field(default_factory=lambda: {"localhost": HostConfig()})
     sms: SMSConfig = field(default_factory=SMSConfig)
@@ -440,7 +462,7 @@ class Config:
 
 
 _SECTIONS = {"tls": TLSConfig, "c2s": C2SConfig, "s2s": S2SConfig, "http": HTTPConfig, "storage": StorageConfig,
-             "quotas": QuotasConfig, "push": PushConfig, "smtp": SMTPConfig, "component_listener": ComponentListenerConfig,
+             "quotas": QuotasConfig, "push": PushConfig, "mam": MAMConfig, "smtp": SMTPConfig, "component_listener": ComponentListenerConfig,
              "sms": SMSConfig, "sip": SIPConfig}
 # Tables of named sub-tables: [hosts.NAME], [components.DOMAIN], [smsc.NAME].
 _NAMED = {"hosts": HostConfig, "components": ComponentConfig, "smsc": SMSCConfig}
@@ -547,6 +569,9 @@ def parse(document, where):
             problems.append(f"{where}: sms.domain: {sms.domain!r} is also a component")
         if not sections.get("smsc"):
             problems.append(f"{where}: sms: enabled, but no [smsc.NAME] table")
+    mam = sections.get("mam", base.mam)
+    if mam.default_page_size > mam.max_page_size:
+        problems.append(f"{where}: mam.default_page_size: must be at most max_page_size ({mam.max_page_size})")
     sip = sections.get("sip", base.sip)
     for description in sip.udp_endpoints:
         try:

@@ -7,6 +7,8 @@ thread; the tool waits for each answer (``Waiting``) rather than run a reactor.
 
 import argparse
 import getpass
+import json
+import os
 import queue
 import sys
 
@@ -15,7 +17,8 @@ from twisted.words.protocols.jabber.jid import InvalidFormat, JID
 from bridge import config as configuration
 from bridge.core.accounts import Accounts, AccountError, sip_digest_algorithms
 from bridge.core.notifications import POLICIES, NotificationPreferences
-from bridge.core.storage import open_storage
+from bridge.core.storage import ArchiveQuery, open_storage
+from bridge.features.mam import QueryError, parse_stamp, stamp
 from bridge.gateways.sms.verification import Verification
 
 
@@ -99,6 +102,14 @@ def run(args, out):
         if args.command == "notify":
             _notify(storage, config, host, user, args, out, wait)
             return
+        if args.command == "archive-export":
+            _export(storage, host, user, args.output, out, wait)
+            return
+        if args.command == "archive-delete":
+            before = _moment(args.before) if args.before else None
+            removed = wait(storage.archive_remove(host, user, before))
+            print(f"archive-delete: {user}@{host}: {removed} messages deleted", file=out)
+            return
         if args.command == "adduser":
             wait(accounts.create(host, user, _password(args)))
         elif args.command == "passwd":
@@ -133,6 +144,45 @@ def _notify(storage, config, host, user, args, out, wait):
           f"mobile {mobile or '-'}{state}, email {current['email'] or '-'}", file=out)
 
 
+# Records read at a time while exporting an archive.
+EXPORT_PAGE = 1000
+
+
+def _moment(text):
+    try:
+        return parse_stamp(text)
+    except QueryError as error:
+        raise CommandError(error.text)
+
+
+def _export(storage, host, user, path, out, wait):
+    """One user's archive, oldest first, as JSON lines (docs/features.md), to ``path`` (created 0600) or ``out``."""
+    if path:
+        try:
+            handle = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8")
+        except OSError as error:
+            raise CommandError(f"{path}: {error.strerror}")
+    else:
+        handle = out
+    after, exported = None, 0
+    try:
+        while True:
+            page = wait(storage.archive_query(host, user, ArchiveQuery(page_after=after, limit=EXPORT_PAGE)))
+            for record in page.records:
+                party = record.with_jid + (f"/{record.with_resource}" if record.with_resource else "")
+                print(json.dumps({"id": record.id, "timestamp": stamp(record.timestamp), "with": party,
+                                  "direction": record.direction, "stanza": record.stanza}), file=handle)
+            exported += len(page.records)
+            if page.complete:
+                break
+            after = page.records[-1].id
+    finally:
+        if path:
+            handle.close()
+    if path:
+        print(f"archive-export: {user}@{host}: {exported} messages written to {path}", file=out)
+
+
 def parser():
     top = argparse.ArgumentParser(prog="bridgectl", description="Administer a bridge server.")
     top.add_argument("--config", "-c", help="TOML configuration file (default: embedded defaults)")
@@ -151,6 +201,12 @@ def parser():
     notify.add_argument("--mobile", help="mobile number in international form (+15551234567), unverified until "
                                          "the user verifies it (docs/sms.md); '' clears")
     notify.add_argument("--email", help="email address; '' clears")
+    export = commands.add_parser("archive-export", help="write a user's message archive as JSON lines")
+    export.add_argument("jid")
+    export.add_argument("--output", "-o", help="file to write (created 0600); default: standard output")
+    delete = commands.add_parser("archive-delete", help="delete a user's message archive")
+    delete.add_argument("jid")
+    delete.add_argument("--before", help="only messages older than this XEP-0082 time (2026-01-01T00:00:00Z)")
     return top
 
 

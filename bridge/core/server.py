@@ -146,7 +146,7 @@ class FeatureContext:
         self.storage = server.storage
         self.accounts = server.accounts
         self.rosters = server.rosters
-        self.clock = server.clock
+        self.clock = TrackedClock(server.clock)  # its timers end with the feature
         self.config = server.config
         self.feature = None
 
@@ -176,9 +176,10 @@ class FeatureContext:
         self.server.presence_for_user(stanza)
 
     def unload(self):
-        """Undo everything this feature registered on its host."""
+        """Undo everything this feature registered on its host, and cancel its timers."""
         self.host.hooks.remove_owner(self)
         self.host.disco.remove_owner(self)
+        self.clock.cancel_all()
         if self.host.features.get(self.name) is self:
             del self.host.features[self.name]
 

@@ -5,6 +5,7 @@ from twisted.words.xish import domish
 
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 NS_DELAY = "urn:xmpp:delay"
+NS_CLIENT = "jabber:client"
 
 ERROR_TYPES = {
     "bad-request": "modify",
@@ -155,3 +156,16 @@ def readdress(stanza, to, sender):
     copied.attributes["from"] = sender
     copied.children = list(stanza.children)
     return copied
+
+
+def forwarded_copy(stanza):
+    """``stanza`` as a jabber:client element for a XEP-0297 <forwarded/>, sharing its children.
+
+    The copy has its own attribute and child lists, so that what later
+    happens to the original (a delay stamp, a rewritten 'to') does not
+    change a copy already queued for sending.
+    """
+    copy = domish.Element((NS_CLIENT, stanza.name), defaultUri=NS_CLIENT)
+    copy.attributes = dict(stanza.attributes)
+    copy.children = list(stanza.children)
+    return copy

@@ -32,7 +32,7 @@ import hashlib
 from twisted.words.xish import domish
 
 from bridge.core.hooks import AMEND, OBSERVE
-from bridge.core.stanza import error_reply, make, result_reply
+from bridge.core.stanza import error_reply, forwarded_copy, make, result_reply
 
 NS_CARBONS = "urn:xmpp:carbons:2"
 NS_FORWARD = "urn:xmpp:forward:0"
@@ -102,19 +102,6 @@ class Answerable:
         if not stanza_id or withheld(error):
             return False
         return self._key(error.getAttribute("to"), error.getAttribute("from"), stanza_id) in self._seen
-
-
-def forwarded_copy(stanza):
-    """``stanza`` as a jabber:client element for a <forwarded/>, sharing its children.
-
-    The copy has its own attribute and child lists, so that what later
-    happens to the original (a delay stamp, a rewritten 'to') does not
-    change a copy already queued for sending.
-    """
-    copy = domish.Element((NS_CLIENT, stanza.name), defaultUri=NS_CLIENT)
-    copy.attributes = dict(stanza.attributes)
-    copy.children = list(stanza.children)
-    return copy
 
 
 def carbon(direction, stanza, session):

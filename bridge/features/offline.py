@@ -19,6 +19,11 @@ stored: its sender gets ``service-unavailable`` as RFC 6121 section 8.5.2
 gives for a message that is neither delivered nor stored, except when it
 is such news, which is dropped silently.
 
+A message the archive (XEP-0313) also holds carries the archive's stanza
+id; a session that syncs its history from the archive (a handler of
+``offline/flushing`` answers true for it) is sent only the stored messages
+the archive does not hold, and the rest are removed all the same.
+
 Each account keeps at most ``max_offline_messages_per_user`` messages and
 ``max_offline_bytes_per_user`` bytes of them (as stored, delay stamp
 included); past either, the sender gets ``resource-constraint``.  The bytes
@@ -45,10 +50,18 @@ NS_HINTS = "urn:xmpp:hints"
 # What a message carries that is only news of the conversation: chat states, receipts, markers.
 NEWS_NAMESPACES = frozenset(("http://jabber.org/protocol/chatstates", "urn:xmpp:receipts",
                              "urn:xmpp:chat-markers:0"))
+NS_SID = "urn:xmpp:sid:0"
 # What may accompany that news and changes nothing: the thread, hints, stanza ids (XEP-0359).
 INCIDENTAL = frozenset(((None, "thread"), ("jabber:client", "thread"), (NS_HINTS, "no-copy"),
                         (NS_HINTS, "no-permanent-store"), (NS_HINTS, "no-store"),
-                        ("urn:xmpp:sid:0", "origin-id"), ("urn:xmpp:carbons:2", "private")))
+                        (NS_SID, "origin-id"), (NS_SID, "stanza-id"), ("urn:xmpp:carbons:2", "private")))
+
+
+def archived_for(stanza, account):
+    """Whether the account's archive holds ``stanza``: it carries a stanza id by the account, which
+    only the server stamps (XEP-0359; what others claim is removed on the way in)."""
+    return any(child.uri == NS_SID and child.name == "stanza-id" and child.getAttribute("by") == account
+               for child in stanza.elements())
 
 
 def hints_of(stanza):
@@ -115,8 +128,12 @@ class OfflineStorage:
         stored = yield self.ctx.storage.items(host, user, STORE)
         if not stored:
             return
+        # A session that syncs its history from the archive (``offline/flushing``) is not sent it twice.
+        synced = self.ctx.fire("offline/flushing", session)
         for _, text in stored:
-            session.send(parse_element(text))
+            stanza = parse_element(text)
+            if not (synced and archived_for(stanza, session.bare)):
+                session.send(stanza)
         yield self.ctx.storage.remove(host, user, STORE, [item_id for item_id, _ in stored])
 
 

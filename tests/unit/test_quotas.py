@@ -205,7 +205,7 @@ class RosterQuotaTests(QuotaTestCase):
 class OfflineQuotaTests(QuotaTestCase):
     quotas = {"max_offline_bytes_per_user": 3000}
 
-    def message(self, number, size=800):
+    def message(self, number, size=700):
         return f"<message to='bob@localhost' type='chat' id='m{number}'><body>{'x' * size}</body></message>"
 
     def test_bytes_past_the_quota_are_refused(self):

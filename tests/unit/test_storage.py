@@ -1,4 +1,5 @@
-"""The byte totals of queues (``IStorage.size``), in memory and in SQLite, kept without reading the items."""
+"""Storage in memory and in SQLite: the byte totals of queues (``IStorage.size``), kept without reading
+the items, and the archive shape (XEP-0313), the same in both."""
 
 import json
 import os
@@ -8,7 +9,7 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from bridge.core.storage import sqlite, stored_bytes
+from bridge.core.storage import ArchiveItemNotFound, ArchiveQuery, ArchiveRecord, sqlite, stored_bytes
 from bridge.core.storage.memory import MemoryStorage
 from tests.unit.helpers import result_of
 
@@ -100,3 +101,123 @@ class SQLiteSizeTests(SynchronousTestCase):
         [(succeeded, failure)] = sqlite.run_batch(db, [(sqlite._set, ("h", "v", "accounts", "2"))])
         self.assertFalse(succeeded)
         self.assertIn("locked", str(failure.value))
+
+
+def record(number, with_jid="bob@localhost", resource="", direction="in"):
+    return ArchiveRecord(f"id{number}", 1000 * number, with_jid, resource, direction, f"<message id='m{number}'/>")
+
+
+class ArchiveContract:
+    """The archive shape (``IStorage.archive_*``), the same for every backend; ``call`` runs one operation."""
+
+    def fill(self, records):
+        for item in records:
+            self.call("archive_append", "h", "u", item)
+
+    def page(self, **query):
+        return self.call("archive_query", "h", "u", ArchiveQuery(**query))
+
+    def ids(self, page):
+        return [item.id for item in page.records]
+
+    def test_forward_pages_with_count_and_completeness(self):
+        """Pages read forward by RSM <after/>: oldest first, the count of all, and complete only on the
+        page that reaches the end."""
+        self.fill([record(n) for n in range(5)])
+        first = self.page(limit=2)
+        self.assertEqual((self.ids(first), first.count, first.complete), (["id0", "id1"], 5, False))
+        last = self.page(limit=2, page_after="id3")
+        self.assertEqual((self.ids(last), last.complete), (["id4"], True))
+        self.assertEqual(self.page(limit=2, page_after="id1").complete, False)
+        self.assertEqual(self.page(limit=3, page_after="id1").complete, True)
+        empty = self.page(limit=2, page_after="id4")
+        self.assertEqual((self.ids(empty), empty.count, empty.complete), ([], 5, True))
+
+    def test_backward_pages(self):
+        """<before/> empty is the last page, <before>id</before> the page before it; records stay oldest
+        first; complete on the page that reaches the start."""
+        self.fill([record(n) for n in range(5)])
+        last = self.page(limit=2, last_page=True)
+        self.assertEqual((self.ids(last), last.complete), (["id3", "id4"], False))
+        earlier = self.page(limit=2, page_before="id1")
+        self.assertEqual((self.ids(earlier), earlier.complete), (["id0"], True))
+        self.assertEqual(self.page(limit=2, page_before="id2").complete, True)
+        self.assertEqual(self.ids(self.page(limit=3, page_before="id2")), ["id0", "id1"])
+
+    def test_filters(self):
+        """with (bare, and with a resource), start and end (inclusive), after-id and before-id
+        (exclusive), ids; the count follows the filters."""
+        self.fill([record(0), record(1, "carol@localhost"), record(2, resource="phone"), record(3),
+                   record(4, "carol@localhost")])
+        self.assertEqual(self.ids(self.page(with_jid="bob@localhost")), ["id0", "id2", "id3"])
+        self.assertEqual(self.ids(self.page(with_jid="bob@localhost", with_resource="phone")), ["id2"])
+        self.assertEqual(self.ids(self.page(start=1000, end=3000)), ["id1", "id2", "id3"])
+        self.assertEqual(self.ids(self.page(after_id="id1", before_id="id4")), ["id2", "id3"])
+        page = self.page(ids=("id4", "id0"), limit=1)
+        self.assertEqual((self.ids(page), page.count, page.complete), (["id0"], 2, False))
+        page = self.page(with_jid="carol@localhost", limit=1, page_after="id1")
+        self.assertEqual((self.ids(page), page.count, page.complete), (["id4"], 2, True))
+
+    def test_unknown_ids_are_not_found(self):
+        """An id the query names that is not in this user's archive fails with ArchiveItemNotFound,
+        another user's record included."""
+        self.fill([record(0)])
+        self.call("archive_append", "h", "other", record(9))
+        for query in ({"after_id": "nope"}, {"before_id": "id9"}, {"ids": ("id0", "x")}, {"page_after": "x"},
+                      {"page_before": "id9"}):
+            self.assertRaises(ArchiveItemNotFound, self.page, **query)
+
+    def test_max_zero_counts(self):
+        """A page of 0 records still gives the count, and is complete only when nothing matches."""
+        self.fill([record(n) for n in range(3)])
+        page = self.page(limit=0)
+        self.assertEqual((self.ids(page), page.count, page.complete), ([], 3, False))
+
+    def test_remove_expire_and_delete_user(self):
+        """A user's archive goes whole or older than a time; retention removes every user's old records
+        of one host; deleting the user deletes the archive."""
+        self.fill([record(n) for n in range(4)])
+        self.call("archive_append", "h", "v", record(7))
+        self.call("archive_append", "other-host", "u", record(8))
+        self.assertEqual(self.call("archive_remove", "h", "u", 2000), 2)
+        self.assertEqual(self.ids(self.page()), ["id2", "id3"])
+        self.assertEqual(self.call("archive_expire", "h", 7000), 2)
+        self.assertEqual(self.ids(self.page()), [])
+        self.assertEqual(self.ids(self.call("archive_query", "h", "v", ArchiveQuery())), ["id7"])
+        self.call("delete_user", "h", "v")
+        self.assertEqual(self.call("archive_query", "h", "v", ArchiveQuery()).count, 0)
+        self.assertEqual(self.call("archive_remove", "other-host", "u"), 1)
+
+
+class MemoryArchiveTests(ArchiveContract, SynchronousTestCase):
+    def setUp(self):
+        self.storage = MemoryStorage()
+
+    def call(self, name, *args):
+        return result_of(getattr(self.storage, name)(*args))
+
+
+class SQLiteArchiveTests(ArchiveContract, SynchronousTestCase):
+    """The SQL operations, run on the test's thread as the database thread runs them, in batches."""
+
+    def setUp(self):
+        self.db = sqlite.connect(":memory:")
+        self.addCleanup(self.db.close)
+
+    def call(self, name, *args):
+        [(succeeded, result)] = sqlite.run_batch(self.db, [(getattr(sqlite, "_" + name), args)])
+        if not succeeded:
+            result.raiseException()
+        return result
+
+    def test_queries_use_the_indexes(self):
+        """A page of one user's archive, of one party, and an id lookup are read through indexes,
+        never by scanning the table."""
+        for sql, args in (("SELECT seq FROM archive WHERE host=? AND user=? ORDER BY seq DESC LIMIT 51", ("h", "u")),
+                          ("SELECT seq FROM archive WHERE host=? AND user=? AND with_jid=? ORDER BY seq LIMIT 51",
+                           ("h", "u", "b")),
+                          ("SELECT seq FROM archive WHERE id=? AND host=? AND user=?", ("x", "h", "u")),
+                          ("DELETE FROM archive WHERE host=? AND ts<?", ("h", 1))):
+            plan = " ".join(row[-1] for row in self.db.execute("EXPLAIN QUERY PLAN " + sql, args))
+            self.assertIn("INDEX", plan, sql)
+            self.assertNotIn("TEMP B-TREE", plan, sql)

@@ -1,9 +1,12 @@
 """Persistent storage behind one small asynchronous interface.
 
-Two shapes cover every feature, as in Prosody: a *key-value* store holds one
-JSON document per (host, user, store) (accounts, rosters, vCards, private
-XML, block lists), and a *queue* holds an ordered list of JSON documents per
-(host, user, store) (offline messages, outbound SMS).  Every call returns a
+Three shapes cover every feature, as in Prosody: a *key-value* store holds
+one JSON document per (host, user, store) (accounts, rosters, vCards,
+private XML, block lists); a *queue* holds an ordered list of JSON documents
+per (host, user, store) (offline messages, outbound SMS); an *archive* holds
+one user's messages (XEP-0313), each an ``ArchiveRecord``, in the order they
+were appended, queried by the other party, time and id in pages (XEP-0059).
+Every call returns a
 Deferred that fires later than the call, once the database has answered, so
 no caller may rely on an answer within the same call; calls are carried out
 in the order they were made.  SQLite (``sqlite.py``, the default) works on a
@@ -11,6 +14,7 @@ thread of its own; ``memory.py`` keeps everything in the process; a server
 database reached over the network implements the same interface.
 """
 
+import dataclasses
 import json
 
 from zope.interface import Interface
@@ -19,6 +23,70 @@ from zope.interface import Interface
 def stored_bytes(value):
     """The bytes ``value`` takes in storage: its JSON text (``json.dumps`` defaults) in UTF-8."""
     return len(json.dumps(value).encode("utf-8"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchiveRecord:
+    """One archived message of one user.
+
+    ``id``: its stanza id (XEP-0359), unique and chosen by the caller;
+    ``timestamp``: microseconds since the epoch (UTC); ``with_jid``: the other
+    party's bare JID, ``with_resource`` its resource ("" when none);
+    ``direction``: "in" (delivered to the user) or "out" (sent by the user);
+    ``stanza``: the message, serialised.
+    """
+
+    id: str
+    timestamp: int
+    with_jid: str
+    with_resource: str
+    direction: str
+    stanza: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchiveQuery:
+    """What to read of an archive: filters, then a page of at most ``limit`` records.
+
+    Filters (all optional, combined): ``with_jid`` (a bare JID) and
+    ``with_resource``; ``start`` and ``end`` (microseconds, inclusive);
+    ``after_id`` and ``before_id`` (records after / before the one with that
+    id, exclusive); ``ids`` (only these).  The page: the first ``limit``
+    matching records, or the first after the record ``page_after``, or the
+    last before the record ``page_before``, or the last (``last_page``).
+    """
+
+    with_jid: str = None
+    with_resource: str = None
+    start: int = None
+    end: int = None
+    after_id: str = None
+    before_id: str = None
+    ids: tuple = None
+    page_after: str = None
+    page_before: str = None
+    last_page: bool = False
+    limit: int = 50
+
+    @property
+    def backwards(self):
+        """Whether the page is counted from the end (RSM <before/>)."""
+        return self.last_page or self.page_before is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchivePage:
+    """An answer to an ``ArchiveQuery``: ``records`` oldest first; ``count`` the records
+    matching the filters; ``complete``: no matching record lies beyond the page in
+    the direction it was read."""
+
+    records: list
+    count: int
+    complete: bool
+
+
+class ArchiveItemNotFound(KeyError):
+    """An id named by a query (after_id, before_id, ids, page_after, page_before) is not in the archive."""
 
 
 class IStorage(Interface):
@@ -50,8 +118,26 @@ class IStorage(Interface):
     def remove(host, user, store, ids):
         """Deferred: delete the queue items with these ids."""
 
+    def archive_append(host, user, record):
+        """Deferred: add an ``ArchiveRecord`` at the end of the user's archive."""
+
+    def archive_query(host, user, query):
+        """Deferred: the ``ArchivePage`` that an ``ArchiveQuery`` selects.
+
+        Fails with ``ArchiveItemNotFound`` when the query names an id not in
+        this user's archive.  Exporting an archive is paging through it.
+        """
+
+    def archive_remove(host, user, before=None):
+        """Deferred: delete a user's archive, or its records older than ``before``
+        (microseconds); fires with the number deleted."""
+
+    def archive_expire(host, before):
+        """Deferred: delete the records of every user of ``host`` older than ``before``
+        (microseconds, the retention); fires with the number deleted."""
+
     def delete_user(host, user):
-        """Deferred: delete every document and queue item of one user."""
+        """Deferred: delete every document, queue item and archived message of one user."""
 
     def close():
         """Deferred: release the database once every call made before has been carried out."""

@@ -11,7 +11,7 @@ import json
 from twisted.internet import defer
 from zope.interface import implementer
 
-from bridge.core.storage import IStorage, stored_bytes
+from bridge.core.storage import ArchiveItemNotFound, ArchivePage, IStorage, stored_bytes
 
 
 @implementer(IStorage)
@@ -20,6 +20,7 @@ class MemoryStorage:
         self._documents = {}  # (host, user, store) -> JSON text
         self._queues = {}  # (host, user, store) -> {id: JSON text}, in id order
         self._sizes = {}  # (host, user, store) -> the stored_bytes of its queue's items together
+        self._archives = {}  # (host, user) -> [ArchiveRecord], oldest first
         self._ids = itertools.count(1)
 
     def get(self, host, user, store):
@@ -66,7 +67,32 @@ class MemoryStorage:
             self._sizes.pop(key, None)
         return defer.succeed(None)
 
+    def archive_append(self, host, user, record):
+        self._archives.setdefault((host, user), []).append(record)
+        return defer.succeed(None)
+
+    def archive_query(self, host, user, query):
+        try:
+            return defer.succeed(select(self._archives.get((host, user), []), query))
+        except ArchiveItemNotFound:
+            return defer.fail()
+
+    def archive_remove(self, host, user, before=None):
+        return defer.succeed(self._remove_records(host, user, before))
+
+    def archive_expire(self, host, before):
+        users = [user for (h, user) in self._archives if h == host]
+        return defer.succeed(sum(self._remove_records(host, user, before) for user in users))
+
+    def _remove_records(self, host, user, before):
+        records = self._archives.pop((host, user), [])
+        kept = [] if before is None else [record for record in records if record.timestamp >= before]
+        if kept:
+            self._archives[(host, user)] = kept
+        return len(records) - len(kept)
+
     def delete_user(self, host, user):
+        self._archives.pop((host, user), None)
         for table in (self._documents, self._queues, self._sizes):
             for key in [key for key in table if key[:2] == (host, user)]:
                 del table[key]
@@ -74,3 +100,34 @@ class MemoryStorage:
 
     def close(self):
         return defer.succeed(None)
+
+
+def select(records, query):
+    """The ``ArchivePage`` of ``records`` (oldest first) that ``query`` selects, as the SQLite backend reads it."""
+    position = {record.id: index for index, record in enumerate(records)}
+
+    def index_of(record_id):
+        if record_id not in position:
+            raise ArchiveItemNotFound(record_id)
+        return position[record_id]
+
+    low = index_of(query.after_id) if query.after_id is not None else -1
+    high = index_of(query.before_id) if query.before_id is not None else len(records)
+    wanted = None if query.ids is None else {index_of(record_id) for record_id in query.ids}
+    matching = [index for index, record in enumerate(records)
+                if low < index < high and (wanted is None or index in wanted)
+                and (query.with_jid is None or record.with_jid == query.with_jid)
+                and (query.with_resource is None or record.with_resource == query.with_resource)
+                and (query.start is None or record.timestamp >= query.start)
+                and (query.end is None or record.timestamp <= query.end)]
+    if query.backwards:
+        bound = index_of(query.page_before) if query.page_before is not None else len(records)
+        candidates = [index for index in matching if index < bound]
+        page = candidates[max(0, len(candidates) - query.limit):] if query.limit else []
+        complete = len(candidates) <= query.limit
+    else:
+        bound = index_of(query.page_after) if query.page_after is not None else -1
+        candidates = [index for index in matching if index > bound]
+        page = candidates[:query.limit]
+        complete = len(candidates) <= query.limit
+    return ArchivePage([records[index] for index in page], len(matching), complete)

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from bridge.core.storage import IStorage
+from bridge.core.storage import ArchiveItemNotFound, ArchivePage, ArchiveRecord, IStorage
 
 log = Logger()
 
@@ -53,8 +53,21 @@ CREATE TRIGGER IF NOT EXISTS queue_bytes_removed AFTER DELETE ON queue BEGIN
         WHERE host = OLD.host AND user = OLD.user AND store = OLD.store;
     DELETE FROM queue_bytes WHERE host = OLD.host AND user = OLD.user AND store = OLD.store AND bytes <= 0;
 END;
+CREATE TABLE IF NOT EXISTS archive (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    host TEXT NOT NULL, user TEXT NOT NULL, id TEXT NOT NULL, ts INTEGER NOT NULL,
+    with_jid TEXT NOT NULL, with_resource TEXT NOT NULL, direction TEXT NOT NULL, stanza TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS archive_owner ON archive (host, user, seq);
+CREATE INDEX IF NOT EXISTS archive_with ON archive (host, user, with_jid, seq);
+CREATE INDEX IF NOT EXISTS archive_time ON archive (host, user, ts);
+CREATE INDEX IF NOT EXISTS archive_age ON archive (host, ts);
+CREATE INDEX IF NOT EXISTS archive_id ON archive (id);
 COMMIT;
 """
+# The archive keeps the order of appends in ``seq``; a page is read along
+# archive_owner (or archive_with for one party), a time range along
+# archive_time, retention along archive_age, and the ids a query names
+# (XEP-0359 stanza ids) are found through archive_id.
 # queue_bytes holds the bytes of each queue (``IStorage.size``), kept by the
 # database in the statement that adds or removes an item, so that the two
 # never disagree.  It is empty only while every queue is: a database made
@@ -127,9 +140,69 @@ def _remove(db, host, user, store, ids):
 def _delete_user(db, host, user):
     db.execute("DELETE FROM keyval WHERE host=? AND user=?", (host, user))
     db.execute("DELETE FROM queue WHERE host=? AND user=?", (host, user))
+    db.execute("DELETE FROM archive WHERE host=? AND user=?", (host, user))
 
 
-_READS = frozenset((_get, _users, _items, _count, _size))
+def _archive_append(db, host, user, record):
+    db.execute("INSERT INTO archive (host, user, id, ts, with_jid, with_resource, direction, stanza) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+               (host, user, record.id, record.timestamp, record.with_jid, record.with_resource, record.direction,
+                record.stanza))
+
+
+def _archive_seq(db, host, user, record_id):
+    row = db.execute("SELECT seq FROM archive WHERE id=? AND host=? AND user=?", (record_id, host, user)).fetchone()
+    if row is None:
+        raise ArchiveItemNotFound(record_id)
+    return row[0]
+
+
+def _archive_query(db, host, user, query):
+    """The filters as SQL, then the page read along the sequence, one record past it to tell if it is complete."""
+    where, args = ["host=?", "user=?"], [host, user]
+    for column, operator, value in (("with_jid", "=", query.with_jid), ("with_resource", "=", query.with_resource),
+                                    ("ts", ">=", query.start), ("ts", "<=", query.end)):
+        if value is not None:
+            where.append(f"{column}{operator}?")
+            args.append(value)
+    for operator, record_id in ((">", query.after_id), ("<", query.before_id)):
+        if record_id is not None:
+            where.append(f"seq{operator}?")
+            args.append(_archive_seq(db, host, user, record_id))
+    if query.ids is not None:
+        seqs = [_archive_seq(db, host, user, record_id) for record_id in query.ids]
+        where.append(f"seq IN ({','.join('?' * len(seqs))})")
+        args.extend(seqs)
+    base = " AND ".join(where)
+    count = db.execute(f"SELECT COUNT(*) FROM archive WHERE {base}", args).fetchone()[0]
+    page, page_args = base, list(args)
+    if query.page_after is not None:
+        page += " AND seq>?"
+        page_args.append(_archive_seq(db, host, user, query.page_after))
+    elif query.page_before is not None:
+        page += " AND seq<?"
+        page_args.append(_archive_seq(db, host, user, query.page_before))
+    order = "DESC" if query.backwards else "ASC"
+    rows = db.execute(f"SELECT seq, id, ts, with_jid, with_resource, direction, stanza FROM archive "
+                      f"WHERE {page} ORDER BY seq {order} LIMIT ?", page_args + [query.limit + 1]).fetchall()
+    complete = len(rows) <= query.limit
+    rows = rows[:query.limit]
+    if query.backwards:
+        rows.reverse()
+    return ArchivePage([ArchiveRecord(*row[1:]) for row in rows], count, complete)
+
+
+def _archive_remove(db, host, user, before=None):
+    if before is None:
+        return db.execute("DELETE FROM archive WHERE host=? AND user=?", (host, user)).rowcount
+    return db.execute("DELETE FROM archive WHERE host=? AND user=? AND ts<?", (host, user, before)).rowcount
+
+
+def _archive_expire(db, host, before):
+    return db.execute("DELETE FROM archive WHERE host=? AND ts<?", (host, before)).rowcount
+
+
+_READS = frozenset((_get, _users, _items, _count, _size, _archive_query))
 
 
 def run_batch(db, batch):
@@ -234,6 +307,18 @@ class SQLiteStorage:
 
     def delete_user(self, host, user):
         return self._call(_delete_user, host, user)
+
+    def archive_append(self, host, user, record):
+        return self._call(_archive_append, host, user, record)
+
+    def archive_query(self, host, user, query):
+        return self._call(_archive_query, host, user, query)
+
+    def archive_remove(self, host, user, before=None):
+        return self._call(_archive_remove, host, user, before)
+
+    def archive_expire(self, host, before):
+        return self._call(_archive_expire, host, before)
 
     def close(self):
         """Deferred: fires once every call made before is committed and the thread has ended."""

@@ -1,0 +1,543 @@
+"""Message Archive Management (XEP-0313, urn:xmpp:mam:2 and #extended), paged by XEP-0059, ids by XEP-0359.
+
+Every chat message a local user sends or receives is kept in the user's
+archive, whatever carried it: what the user says passes ``stanza/out`` (after
+the block list), what is delivered to the user passes ``message/delivering``
+or, with no resource available, ``message/offline``; a SIP phone's or a
+mobile's session speaks and is spoken to through the same events.
+
+What is archived (as Prosody and ejabberd do by default): messages of type
+chat or normal with a <body/>, or with a receipt or chat marker (so that
+read state follows the user to every device), or an encrypted payload
+(OMEMO, OpenPGP), a reaction or a retraction; never chat states alone,
+groupchat, headline or errors.  The XEP-0334 hints <no-store/> and
+<no-permanent-store/> keep a message out, <store/> lets any chat or normal
+message in.  The user's preferences (<prefs/>) decide per contact.
+
+A message delivered to the user is stamped with
+<stanza-id xmlns='urn:xmpp:sid:0' by='user@host' id='...'/> before any
+resource (or carbons copy, or offline storage) sees it: the id is made here,
+random and unguessable, so stamping waits for no database; it is the id of
+the record in the archive.  A stanza-id claiming to be by the account that
+arrives from anyone else is removed, so that a client can trust the ones it
+sees.
+
+Offline storage and the archive together: a session that queries the
+archive before its initial presence is taken to sync its history by MAM.
+When its presence then flushes offline storage, the messages the archive
+holds (those stamped with a stanza-id by the account) are removed without
+being sent; only those the archive does not hold are delivered (event
+``offline/flushing``, answered here).
+"""
+
+import datetime
+import secrets
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.words.xish import domish
+
+from bridge.core.hooks import AMEND, OBSERVE
+from bridge.core.server import looping_call
+from bridge.core.stanza import NS_DELAY, error_reply, forwarded_copy, make, parse_jid, result_reply
+from bridge.core.storage import ArchiveItemNotFound, ArchiveQuery, ArchiveRecord
+from bridge.core.storage.cache import DocumentCache
+from bridge.core.xmlstream import parse_element, serialize
+
+log = Logger()
+
+NS_MAM = "urn:xmpp:mam:2"
+NS_MAM_EXTENDED = "urn:xmpp:mam:2#extended"
+NS_SID = "urn:xmpp:sid:0"
+NS_RSM = "http://jabber.org/protocol/rsm"
+NS_DATA = "jabber:x:data"
+NS_FORWARD = "urn:xmpp:forward:0"
+NS_HINTS = "urn:xmpp:hints"
+NS_CLIENT = "jabber:client"
+PREFS_STORE = "mam-prefs"
+SYNCED = "mam-synced"  # key in Session.data: the session queried the archive before its initial presence
+# Payloads worth archiving without a body: receipts and chat markers (read state on every device),
+# encrypted messages (OMEMO old and new, OpenPGP for XMPP, legacy OpenPGP), reactions, retractions.
+CONTENT_NAMESPACES = frozenset(("urn:xmpp:receipts", "urn:xmpp:chat-markers:0", "eu.siacs.conversations.axolotl",
+                                "urn:xmpp:omemo:2", "urn:xmpp:openpgp:0", "jabber:x:encrypted",
+                                "urn:xmpp:reactions:0", "urn:xmpp:message-retract:1"))
+PREFERENCES = ("always", "roster", "never")
+# The query form: field -> (type, label), in the order disco of the form lists them.
+FORM_FIELDS = {
+    "with": ("jid-single", "the other party (a bare JID: any of its resources)"),
+    "start": ("text-single", "messages at or after this time (XEP-0082)"),
+    "end": ("text-single", "messages at or before this time (XEP-0082)"),
+    "after-id": ("text-single", "messages after the one with this id"),
+    "before-id": ("text-single", "messages before the one with this id"),
+    "ids": ("text-multi", "only the messages with these ids"),
+}
+_MISSING = object()
+
+
+class QueryError(Exception):
+    def __init__(self, condition, text):
+        super().__init__(text)
+        self.condition = condition
+        self.text = text
+
+
+def archivable(stanza):
+    """Whether a message is one the archive keeps (see the module's docstring)."""
+    if (stanza.getAttribute("type") or "normal") not in ("chat", "normal"):
+        return False
+    worth = False
+    for child in stanza.elements():
+        if child.uri == NS_HINTS:
+            if child.name in ("no-store", "no-permanent-store"):
+                return False
+            if child.name == "store":
+                worth = True
+        elif (child.name == "body" and child.uri in (None, NS_CLIENT)) or child.uri in CONTENT_NAMESPACES:
+            worth = True
+    return worth
+
+
+def remove_claimed_ids(stanza, account):
+    """Remove the stanza-ids that say they are by ``account`` (a bare JID): only the server stamps those."""
+    claimed = [child for child in stanza.elements()
+               if child.uri == NS_SID and child.name == "stanza-id" and _is_account(child.getAttribute("by"), account)]
+    if claimed:
+        stanza.children = [child for child in stanza.children if not any(child is c for c in claimed)]
+
+
+def _is_account(text, account):
+    jid = parse_jid(text)
+    return jid is not None and jid.resource is None and jid.userhost() == account
+
+
+def stamp(micros):
+    """A XEP-0082 UTC time, to the microsecond, of a count of microseconds since the epoch."""
+    moment = datetime.datetime.fromtimestamp(micros / 1e6, datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_stamp(text):
+    """Microseconds since the epoch of a XEP-0082 date and time, which must name its zone."""
+    try:
+        moment = datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise QueryError("bad-request", f"{text!r} is not a XEP-0082 date and time")
+    if moment.tzinfo is None:
+        raise QueryError("bad-request", f"{text!r} names no time zone")
+    return round(moment.timestamp() * 1e6)
+
+
+def new_id():
+    """A record id: 96 random bits, so that nobody can guess one or find another's."""
+    return secrets.token_urlsafe(12)
+
+
+def _child(element, uri, name):
+    for child in element.elements():
+        if child.uri == uri and child.name == name:
+            return child
+    return None
+
+
+def parse_query(query, config):
+    """(ArchiveQuery, flip) of a <query/>; QueryError for what is malformed."""
+    form, rsm, flip = None, None, False
+    for child in query.elements():
+        if (child.uri, child.name) == (NS_DATA, "x"):
+            form = child
+        elif (child.uri, child.name) == (NS_RSM, "set"):
+            rsm = child
+        elif (child.uri, child.name) == (NS_MAM, "flip-page"):
+            flip = True
+    filters = parse_form(form, config) if form is not None else {}
+    return ArchiveQuery(**filters, **parse_rsm(rsm, config)), flip
+
+
+def parse_form(form, config):
+    if form.getAttribute("type") not in ("submit", None):
+        raise QueryError("bad-request", "the query form must be of type submit")
+    filters, seen = {}, set()
+    for field in form.elements(NS_DATA, "field"):
+        var = field.getAttribute("var")
+        values = [str(value).strip() for value in field.elements(NS_DATA, "value")]
+        if var is None or var in seen:
+            raise QueryError("bad-request", "a field without a name, or named twice")
+        seen.add(var)
+        if var == "ids":
+            if not values or not all(values) or len(values) > config.max_page_size:
+                raise QueryError("bad-request", f"ids: between 1 and {config.max_page_size} ids")
+            filters["ids"] = tuple(values)
+            continue
+        if len(values) != 1 or not values[0]:
+            raise QueryError("bad-request", f"field {var!r} takes one value")
+        value = values[0]
+        if var == "FORM_TYPE":
+            if value != NS_MAM:
+                raise QueryError("bad-request", f"the form type is not {NS_MAM}")
+        elif var == "with":
+            jid = parse_jid(value)
+            if jid is None:
+                raise QueryError("bad-request", f"with: {value!r} is not a JID")
+            filters["with_jid"] = jid.userhost() if jid.user else jid.host
+            if jid.resource is not None:
+                filters["with_resource"] = jid.resource
+        elif var in ("start", "end"):
+            filters[var] = parse_stamp(value)
+        elif var in ("after-id", "before-id"):
+            filters[var.replace("-", "_")] = value
+        elif var == "include-groupchat":
+            # XEP-0313 section 4.1.3: the archive holds no groupchat, so either answer is the same.
+            if value not in ("true", "false", "1", "0"):
+                raise QueryError("bad-request", "include-groupchat takes a boolean")
+        else:
+            raise QueryError("bad-request", f"unknown field {var!r}")
+    return filters
+
+
+def parse_rsm(rsm, config):
+    """The page a XEP-0059 <set/> asks for; a <max/> over the server's maximum is cut to it."""
+    page = {"limit": config.default_page_size}
+    if rsm is None:
+        return page
+    for child in rsm.elements():
+        text = str(child).strip()
+        if child.name == "max":
+            if not (text.isascii() and text.isdigit()):
+                raise QueryError("bad-request", "<max/> must be a non-negative integer")
+            page["limit"] = min(int(text), config.max_page_size)
+        elif child.name == "after":
+            if not text:
+                raise QueryError("bad-request", "<after/> must name an id")
+            page["page_after"] = text
+        elif child.name == "before":
+            if text:
+                page["page_before"] = text
+            else:
+                page["last_page"] = True
+        elif child.name == "index":
+            raise QueryError("feature-not-implemented", "paging by <index/> is not supported; use <after/>")
+    if "page_after" in page and ("page_before" in page or "last_page" in page):
+        raise QueryError("bad-request", "<after/> and <before/> together")
+    return page
+
+
+def decode_prefs(stored):
+    stored = stored or {}
+    return {"default": stored.get("default"), "always": list(stored.get("always", ())),
+            "never": list(stored.get("never", ()))}
+
+
+class Archive:
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.config = ctx.config.mam
+        self.host = ctx.host.name
+        self.prefs = DocumentCache(ctx.storage, PREFS_STORE, decode=decode_prefs)
+
+    def now(self):
+        return round(self.ctx.clock.seconds() * 1e6)
+
+    # -- preferences: who is archived ---------------------------------------------------
+
+    def decision(self, user, contact):
+        """Whether a message with ``contact`` (a JID) goes to ``user``'s archive, or None while the
+        preferences (or, for "roster", the roster) are not in memory.  A JID listed bare in <always/>
+        or <never/> stands for all its resources."""
+        prefs = self.prefs.cached(self.host, user, _MISSING)
+        if prefs is _MISSING:
+            return None
+        names = (contact.userhost(), contact.full())
+        if any(name in prefs["never"] for name in names):
+            return False
+        if any(name in prefs["always"] for name in names):
+            return True
+        default = prefs["default"] or self.config.default_preference
+        if default != "roster":
+            return default == "always"
+        roster = self.ctx.rosters.documents.cached(self.host, user, _MISSING)
+        if roster is _MISSING:
+            return None
+        return roster.get(contact.userhost()) is not None
+
+    @defer.inlineCallbacks
+    def decide(self, user, contact):
+        """Deferred: ``decision``, reading what it needs first."""
+        yield self.prefs.load(self.host, user)
+        verdict = self.decision(user, contact)
+        if verdict is None:
+            yield self.ctx.rosters.load(f"{user}@{self.host}")
+            verdict = self.decision(user, contact)
+        return verdict
+
+    def preload(self, session):
+        """``session/bound``: a user with a session has its preferences in memory for what it is sent."""
+        self.prefs.load(self.host, session.jid.user).addErrback(
+            lambda failure: log.failure("archive preferences of {user} not read", failure, user=session.bare))
+        return False
+
+    def forget(self, bare):
+        """``account/deleted``: storage deleted the archive and preferences; forget the cached ones."""
+        self.prefs.forget(self.host, bare.split("@", 1)[0])
+        return False
+
+    # -- archiving -------------------------------------------------------------------------
+
+    def _record(self, user, stanza, contact, direction, record_id, verdict):
+        """Archive ``stanza`` as it is now, once the preferences allow it (``verdict`` None: ask them)."""
+        record = ArchiveRecord(record_id, self.now(), contact.userhost(), contact.resource or "", direction,
+                               serialize(stanza))
+        if verdict is None:
+            d = self.decide(user, contact)
+            d.addCallback(lambda allowed: self._append(user, record) if allowed else None)
+        else:
+            d = self._append(user, record)
+        d.addErrback(lambda failure: log.failure("message of {user} not archived", failure, user=user))
+
+    def _append(self, user, record):
+        return self.ctx.storage.archive_append(self.host, user, record)
+
+    def sent(self, event):
+        """``stanza/out``: a message the user sends, to anyone but the user's own account."""
+        stanza = event.stanza
+        if stanza.name != "message":
+            return False
+        account = event.origin.bare
+        remove_claimed_ids(stanza, account)
+        if not archivable(stanza) or event.to.userhost() == account:
+            return False
+        user = event.origin.jid.user
+        verdict = self.decision(user, event.to)
+        if verdict is not False:
+            self._record(user, stanza, event.to, "out", new_id(), verdict)
+        return False
+
+    def inbound(self, event):
+        """``message/bare``, ``message/full``: stanza-ids by the account that the server did not stamp go."""
+        remove_claimed_ids(event.stanza, event.to.userhost())
+        return False
+
+    def delivering(self, payload):
+        """``message/delivering``: stamp the archive's id on a message for the user's resources, and archive it."""
+        event, _ = payload
+        self._received(event, None)
+        return False
+
+    def _received(self, event, verdict):
+        stanza = event.stanza
+        if event.sender is None or not archivable(stanza):
+            return
+        user = event.to.user
+        if verdict is None:
+            verdict = self.decision(user, event.sender)
+        if verdict is False:
+            return
+        record_id = new_id()
+        marker = domish.Element((NS_SID, "stanza-id"))
+        marker["by"], marker["id"] = event.to.userhost(), record_id
+        stanza.children.append(marker)
+        self._record(user, stanza, event.sender, "in", record_id, verdict)
+
+    def offline(self, event):
+        """``message/offline``: archived (and stamped) before the phones or offline storage take it,
+        once it is known that the account exists and the preferences allow it."""
+        stanza = event.stanza
+        if event.sender is None or not archivable(stanza):
+            return False
+        held = event.hold()
+        user = event.to.user
+        checks = self.ctx.accounts.exists(self.host, user)
+        checks.addCallback(lambda exists: exists and self.decide(user, event.sender))
+        checks.addCallback(lambda allowed: allowed and self._received(event, True))
+        checks.addErrback(lambda failure: log.failure("offline message for {to} not archived", failure,
+                                                      to=event.to.userhost()))
+        checks.addBoth(lambda _: held.resume())
+        return True
+
+    def flushing(self, session):
+        """``offline/flushing``: true when the session syncs by the archive (it queried it before its
+        initial presence), so that offline storage sends it only what the archive does not hold."""
+        return bool(session.data.get(SYNCED))
+
+    def purge(self):
+        """The retention of this host: records older than it are deleted."""
+        days = self.ctx.host.config.archive_retention_days(self.config)
+        d = self.ctx.storage.archive_expire(self.host, self.now() - days * 86400 * 10**6)
+        d.addErrback(lambda failure: log.failure("archive retention of {host} failed", failure, host=self.host))
+        return d
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    def query(self, event):
+        """A query of the user's own archive: result messages to the querying resource, then <fin/>."""
+        if not event.from_owner():
+            return True
+        stanza = event.stanza
+        try:
+            query, flip = parse_query(stanza.query, self.config)
+        except QueryError as error:
+            event.reply(error_reply(stanza, error.condition, error.text))
+            return True
+        session = self.ctx.sessions.get(event.sender.full())
+        if session is not None and session.presence is None:
+            session.data[SYNCED] = True
+        d = self.ctx.storage.archive_query(self.host, event.to.user, query)
+        d.addCallback(self._answer, event, session, stanza.query.getAttribute("queryid"), flip)
+        d.addErrback(self._failed, event)
+        return True
+
+    def _answer(self, page, event, session, queryid, flip):
+        records = page.records[::-1] if flip else page.records
+        account = event.to.userhost()
+        if session is not None:
+            for record in records:
+                session.send(result_message(session.full, account, queryid, record))
+        reply = result_reply(event.stanza)
+        fin = reply.addElement((NS_MAM, "fin"))
+        if page.complete:
+            fin["complete"] = "true"
+        rsm = fin.addElement((NS_RSM, "set"))
+        if records:
+            # No <first index/> (XEP-0059 leaves it optional): it costs a count per page, and
+            # clients (slixmpp) read it as a forward position and stop paging backwards early.
+            rsm.addElement("first", content=records[0].id)
+            rsm.addElement("last", content=records[-1].id)
+        rsm.addElement("count", content=str(page.count))
+        event.reply(reply)
+
+    def _failed(self, failure, event):
+        if failure.check(ArchiveItemNotFound):
+            event.reply(error_reply(event.stanza, "item-not-found", f"no message {failure.value.args[0]!r} in the archive"))
+            return
+        log.failure("archive query of {user} failed", failure, user=event.to.userhost())
+        event.reply(error_reply(event.stanza, "internal-server-error"))
+
+    def form(self, event):
+        """The fields a query may use (XEP-0313 section 4.1.5)."""
+        if not event.from_owner():
+            return True
+        reply = result_reply(event.stanza)
+        form = reply.addElement((NS_MAM, "query")).addElement((NS_DATA, "x"))
+        form["type"] = "form"
+        form_type = form.addElement("field")
+        form_type["var"], form_type["type"] = "FORM_TYPE", "hidden"
+        form_type.addElement("value", content=NS_MAM)
+        for var, (kind, label) in FORM_FIELDS.items():
+            field = form.addElement("field")
+            field["var"], field["type"], field["label"] = var, kind, label
+        event.reply(reply)
+        return True
+
+    def metadata(self, event):
+        """The first and the last record of the archive (urn:xmpp:mam:2#extended)."""
+        if not event.from_owner():
+            return True
+        user = event.to.user
+        ends = defer.gatherResults([self.ctx.storage.archive_query(self.host, user, ArchiveQuery(limit=1)),
+                                    self.ctx.storage.archive_query(self.host, user,
+                                                                   ArchiveQuery(limit=1, last_page=True))],
+                                   consumeErrors=True)
+
+        def answer(pages):
+            reply = result_reply(event.stanza)
+            metadata = reply.addElement((NS_MAM, "metadata"))
+            for name, page in zip(("start", "end"), pages):
+                if page.records:
+                    end = metadata.addElement(name)
+                    end["id"], end["timestamp"] = page.records[0].id, stamp(page.records[0].timestamp)
+            event.reply(reply)
+
+        ends.addCallback(answer)
+        ends.addErrback(self._failed, event)
+        return True
+
+    # -- preferences: the protocol ----------------------------------------------------------------
+
+    def get_prefs(self, event):
+        if not event.from_owner():
+            return True
+        d = self.prefs.load(self.host, event.to.user)
+        d.addCallback(lambda prefs: event.reply(self._prefs_reply(event.stanza, prefs)))
+        d.addErrback(self._failed, event)
+        return True
+
+    def set_prefs(self, event):
+        if not event.from_owner():
+            return True
+        element = event.stanza.prefs
+        default = element.getAttribute("default")
+        if default not in PREFERENCES:
+            event.reply(error_reply(event.stanza, "bad-request", f"default must be one of {', '.join(PREFERENCES)}"))
+            return True
+        prefs = {"default": default, "always": [], "never": []}
+        for name in ("always", "never"):
+            listed = _child(element, NS_MAM, name)
+            for item in listed.elements(NS_MAM, "jid") if listed is not None else ():
+                jid = parse_jid(str(item).strip())
+                if jid is None:
+                    event.reply(error_reply(event.stanza, "jid-malformed", f"{str(item)!r} is not a JID"))
+                    return True
+                if jid.full() not in prefs[name]:
+                    prefs[name].append(jid.full())
+        if len(prefs["always"]) + len(prefs["never"]) > self.config.max_preference_jids:
+            event.reply(error_reply(event.stanza, "not-acceptable",
+                                    f"at most {self.config.max_preference_jids} JIDs in the preferences"))
+            return True
+        d = self.prefs.save(self.host, event.to.user, prefs)
+        d.addCallback(lambda _: event.reply(self._prefs_reply(event.stanza, prefs)))
+        d.addErrback(self._failed, event)
+        return True
+
+    def _prefs_reply(self, iq, prefs):
+        reply = result_reply(iq)
+        element = reply.addElement((NS_MAM, "prefs"))
+        element["default"] = prefs["default"] or self.config.default_preference
+        for name in ("always", "never"):
+            listed = element.addElement(name)
+            for jid in prefs[name]:
+                listed.addElement("jid", content=jid)
+        return reply
+
+
+def result_message(to, account, queryid, record):
+    """One archived message as a query result: <result/> wrapping <forwarded/> with its <delay/>.
+
+    Built without domish's parent links, as carbons' copies are, so that it
+    leaves no reference cycle once sent.
+    """
+    message = make("message", to=to, sender=account)
+    result = domish.Element((NS_MAM, "result"))
+    result["id"] = record.id
+    if queryid is not None:
+        result["queryid"] = queryid
+    forwarded = domish.Element((NS_FORWARD, "forwarded"))
+    delay = domish.Element((NS_DELAY, "delay"))
+    delay["stamp"] = stamp(record.timestamp)
+    message.children.append(result)
+    result.children.append(forwarded)
+    forwarded.children.extend((delay, forwarded_copy(parse_element(record.stanza))))
+    return message
+
+
+def setup(ctx):
+    config = ctx.config.mam
+    if not config.enabled or not ctx.has_accounts:
+        return None
+    archive = Archive(ctx)
+    for namespace in (NS_MAM, NS_MAM_EXTENDED, NS_SID):
+        ctx.add_feature(namespace, where="account")
+    ctx.hook("stanza/out", archive.sent, priority=AMEND)
+    ctx.hook("message/bare", archive.inbound, priority=AMEND)
+    ctx.hook("message/full", archive.inbound, priority=AMEND)
+    ctx.hook("message/delivering", archive.delivering, priority=AMEND)
+    ctx.hook("message/offline", archive.offline, priority=OBSERVE)
+    ctx.hook("offline/flushing", archive.flushing)
+    ctx.hook("session/bound", archive.preload)
+    ctx.hook("account/deleted", archive.forget)
+    ctx.hook(f"iq-set/bare/{NS_MAM}:query", archive.query)
+    ctx.hook(f"iq-get/bare/{NS_MAM}:query", archive.form)
+    ctx.hook(f"iq-get/bare/{NS_MAM}:metadata", archive.metadata)
+    ctx.hook(f"iq-get/bare/{NS_MAM}:prefs", archive.get_prefs)
+    ctx.hook(f"iq-set/bare/{NS_MAM}:prefs", archive.set_prefs)
+    if ctx.host.config.archive_retention_days(config):
+        looping_call(ctx.clock, config.purge_interval_seconds, archive.purge)
+    return archive
