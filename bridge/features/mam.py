@@ -30,8 +30,9 @@ being sent; only those the archive does not hold are delivered (event
 ``offline/flushing``, answered here).
 """
 
+import base64
 import datetime
-import secrets
+import os
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -81,28 +82,38 @@ class QueryError(Exception):
         self.text = text
 
 
-def archivable(stanza):
-    """Whether a message is one the archive keeps (see the module's docstring)."""
+def archivable(stanza, account):
+    """Whether a message is one the archive keeps (see the module's docstring), once the stanza-ids
+    that claim to be by ``account`` (a bare JID; only the server stamps those) are removed.
+
+    One pass over the children: every message a local user sends or receives comes here.
+    """
     if (stanza.getAttribute("type") or "normal") not in ("chat", "normal"):
+        _remove_claimed_ids(stanza, account)
         return False
-    worth = False
-    for child in stanza.elements():
-        if child.uri == NS_HINTS:
+    worth = kept_out = claimed = False
+    for child in stanza.children:
+        if type(child) is str:
+            continue
+        uri = child.uri
+        if uri == NS_HINTS:
             if child.name in ("no-store", "no-permanent-store"):
-                return False
-            if child.name == "store":
+                kept_out = True
+            elif child.name == "store":
                 worth = True
-        elif (child.name == "body" and child.uri in (None, NS_CLIENT)) or child.uri in CONTENT_NAMESPACES:
+        elif uri == NS_SID:
+            claimed = claimed or child.name == "stanza-id"
+        elif (child.name == "body" and uri in (None, NS_CLIENT)) or uri in CONTENT_NAMESPACES:
             worth = True
-    return worth
-
-
-def remove_claimed_ids(stanza, account):
-    """Remove the stanza-ids that say they are by ``account`` (a bare JID): only the server stamps those."""
-    claimed = [child for child in stanza.elements()
-               if child.uri == NS_SID and child.name == "stanza-id" and _is_account(child.getAttribute("by"), account)]
     if claimed:
-        stanza.children = [child for child in stanza.children if not any(child is c for c in claimed)]
+        _remove_claimed_ids(stanza, account)
+    return worth and not kept_out
+
+
+def _remove_claimed_ids(stanza, account):
+    stanza.children = [child for child in stanza.children
+                       if type(child) is str or child.uri != NS_SID or child.name != "stanza-id"
+                       or not _is_account(child.getAttribute("by"), account)]
 
 
 def _is_account(text, account):
@@ -127,9 +138,27 @@ def parse_stamp(text):
     return round(moment.timestamp() * 1e6)
 
 
-def new_id():
-    """A record id: 96 random bits, so that nobody can guess one or find another's."""
-    return secrets.token_urlsafe(12)
+def new_id(micros):
+    """A record id: its time in hex, so that the storage's index of ids grows at its end, then 48
+    random bits, so that nobody can guess one."""
+    return f"{micros:014x}{_RANDOM.text()}"
+
+
+class RandomTexts:
+    """URL-safe texts of 48 random bits from the system's generator, read 1,024 at a time: two are
+    needed for every message archived, and a read is a system call."""
+
+    def __init__(self):
+        self._texts = []
+
+    def text(self):
+        if not self._texts:
+            data = base64.urlsafe_b64encode(os.urandom(6 * 1024)).decode("ascii")
+            self._texts = [data[start:start + 8] for start in range(0, len(data), 8)]
+        return self._texts.pop()
+
+
+_RANDOM = RandomTexts()
 
 
 def _child(element, uri, name):
@@ -233,6 +262,7 @@ class Archive:
         self.config = ctx.config.mam
         self.host = ctx.host.name
         self.prefs = DocumentCache(ctx.storage, PREFS_STORE, decode=decode_prefs)
+        self._serialised = (None, None)  # the last message serialised, and its text (see ``_text``)
 
     def now(self):
         return round(self.ctx.clock.seconds() * 1e6)
@@ -246,11 +276,12 @@ class Archive:
         prefs = self.prefs.cached(self.host, user, _MISSING)
         if prefs is _MISSING:
             return None
-        names = (contact.userhost(), contact.full())
-        if any(name in prefs["never"] for name in names):
-            return False
-        if any(name in prefs["always"] for name in names):
-            return True
+        if prefs["never"] or prefs["always"]:
+            names = (contact.userhost(), contact.full())
+            if any(name in prefs["never"] for name in names):
+                return False
+            if any(name in prefs["always"] for name in names):
+                return True
         default = prefs["default"] or self.config.default_preference
         if default != "roster":
             return default == "always"
@@ -282,16 +313,29 @@ class Archive:
 
     # -- archiving -------------------------------------------------------------------------
 
-    def _record(self, user, stanza, contact, direction, record_id, verdict):
+    def _record(self, user, stanza, contact, direction, micros, record_id, verdict):
         """Archive ``stanza`` as it is now, once the preferences allow it (``verdict`` None: ask them)."""
-        record = ArchiveRecord(record_id, self.now(), contact.userhost(), contact.resource or "", direction,
-                               serialize(stanza))
+        record = ArchiveRecord(record_id, micros, contact.userhost(), contact.resource or "", direction,
+                               self._text(stanza))
         if verdict is None:
             d = self.decide(user, contact)
             d.addCallback(lambda allowed: self._append(user, record) if allowed else None)
         else:
             d = self._append(user, record)
-        d.addErrback(lambda failure: log.failure("message of {user} not archived", failure, user=user))
+        d.addErrback(self._not_archived, user)
+
+    @staticmethod
+    def _not_archived(failure, user):
+        log.failure("message of {user} not archived", failure, user=user)
+
+    def _text(self, stanza):
+        """The message serialised once for both ends: a message between two local users is archived by
+        its sender, then, a moment later, by its recipient as the same text (before its stanza-id)."""
+        last, text = self._serialised
+        if stanza is not last:
+            text = serialize(stanza)
+            self._serialised = (stanza, text)
+        return text
 
     def _append(self, user, record):
         return self.ctx.storage.archive_append(self.host, user, record)
@@ -302,18 +346,13 @@ class Archive:
         if stanza.name != "message":
             return False
         account = event.origin.bare
-        remove_claimed_ids(stanza, account)
-        if not archivable(stanza) or event.to.userhost() == account:
+        if not archivable(stanza, account) or event.to.userhost() == account:
             return False
         user = event.origin.jid.user
         verdict = self.decision(user, event.to)
         if verdict is not False:
-            self._record(user, stanza, event.to, "out", new_id(), verdict)
-        return False
-
-    def inbound(self, event):
-        """``message/bare``, ``message/full``: stanza-ids by the account that the server did not stamp go."""
-        remove_claimed_ids(event.stanza, event.to.userhost())
+            micros = self.now()
+            self._record(user, stanza, event.to, "out", micros, new_id(micros), verdict)
         return False
 
     def delivering(self, payload):
@@ -324,24 +363,25 @@ class Archive:
 
     def _received(self, event, verdict):
         stanza = event.stanza
-        if event.sender is None or not archivable(stanza):
+        if not archivable(stanza, event.to.userhost()) or event.sender is None:
             return
         user = event.to.user
         if verdict is None:
             verdict = self.decision(user, event.sender)
         if verdict is False:
             return
-        record_id = new_id()
+        micros = self.now()
+        record_id = new_id(micros)
+        self._record(user, stanza, event.sender, "in", micros, record_id, verdict)
         marker = domish.Element((NS_SID, "stanza-id"))
         marker["by"], marker["id"] = event.to.userhost(), record_id
         stanza.children.append(marker)
-        self._record(user, stanza, event.sender, "in", record_id, verdict)
 
     def offline(self, event):
         """``message/offline``: archived (and stamped) before the phones or offline storage take it,
         once it is known that the account exists and the preferences allow it."""
         stanza = event.stanza
-        if event.sender is None or not archivable(stanza):
+        if not archivable(stanza, event.to.userhost()) or event.sender is None:
             return False
         held = event.hold()
         user = event.to.user
@@ -526,8 +566,6 @@ def setup(ctx):
     for namespace in (NS_MAM, NS_MAM_EXTENDED, NS_SID):
         ctx.add_feature(namespace, where="account")
     ctx.hook("stanza/out", archive.sent, priority=AMEND)
-    ctx.hook("message/bare", archive.inbound, priority=AMEND)
-    ctx.hook("message/full", archive.inbound, priority=AMEND)
     ctx.hook("message/delivering", archive.delivering, priority=AMEND)
     ctx.hook("message/offline", archive.offline, priority=OBSERVE)
     ctx.hook("offline/flushing", archive.flushing)

@@ -573,7 +573,7 @@ class BridgectlTests(SynchronousTestCase):
         storage = sqlite.SQLiteStorage(os.path.join(directory, "data", "bridge.sqlite"), waiting)
         for number in range(2500):
             storage.archive_append("localhost", "alice", ArchiveRecord(
-                f"id{number}", number * 10**6, "bob@localhost", "phone" if number == 0 else "", "in",
+                f"id{number}", (number + 1) * 10**6, "bob@localhost", "phone" if number == 0 else "", "in",
                 f"<message id='m{number}'><body>{number}</body></message>"))
         storage.archive_append("localhost", "bob", ArchiveRecord("b", 0, "alice@localhost", "", "out", "<message/>"))
         waiting.result(storage.close())
@@ -588,7 +588,7 @@ class BridgectlTests(SynchronousTestCase):
         to standard output or to a file made 0600."""
         lines = [json.loads(line) for line in self.run_ctl("archive-export", "alice@localhost").splitlines()]
         self.assertEqual([line["id"] for line in lines], [f"id{n}" for n in range(2500)])
-        self.assertEqual(lines[0], {"id": "id0", "timestamp": "1970-01-01T00:00:00.000000Z",
+        self.assertEqual(lines[0], {"id": "id0", "timestamp": "1970-01-01T00:00:01.000000Z",
                                     "with": "bob@localhost/phone", "direction": "in",
                                     "stanza": "<message id='m0'><body>0</body></message>"})
         path = os.path.join(self.directory, "alice.jsonl")
@@ -601,7 +601,7 @@ class BridgectlTests(SynchronousTestCase):
         """archive-delete --before removes older messages only; without it the user's whole archive;
         another user's archive stays; a malformed date is refused."""
         self.assertIn("1000 messages deleted",
-                      self.run_ctl("archive-delete", "alice@localhost", "--before", "1970-01-01T00:16:40Z"))
+                      self.run_ctl("archive-delete", "alice@localhost", "--before", "1970-01-01T00:16:41Z"))
         lines = self.run_ctl("archive-export", "alice@localhost").splitlines()
         self.assertEqual(json.loads(lines[0])["id"], "id1000")
         self.assertIn("1500 messages deleted", self.run_ctl("archive-delete", "alice@localhost"))

@@ -16,6 +16,7 @@ database reached over the network implements the same interface.
 
 import dataclasses
 import json
+import typing
 
 from zope.interface import Interface
 
@@ -25,9 +26,9 @@ def stored_bytes(value):
     return len(json.dumps(value).encode("utf-8"))
 
 
-@dataclasses.dataclass(frozen=True)
-class ArchiveRecord:
-    """One archived message of one user.
+class ArchiveRecord(typing.NamedTuple):
+    """One archived message of one user (a named tuple, cheap to make: one is made for each message
+    archived by each of its parties).
 
     ``id``: its stanza id (XEP-0359), unique and chosen by the caller;
     ``timestamp``: microseconds since the epoch (UTC); ``with_jid``: the other
@@ -119,7 +120,12 @@ class IStorage(Interface):
         """Deferred: delete the queue items with these ids."""
 
     def archive_append(host, user, record):
-        """Deferred: add an ``ArchiveRecord`` at the end of the user's archive."""
+        """Deferred: add an ``ArchiveRecord`` at the end of the user's archive.
+
+        Its time orders the archive: a record whose time is not later than
+        that of every record stored before it (two in one microsecond, a
+        clock set back) is kept one microsecond after the latest.
+        """
 
     def archive_query(host, user, query):
         """Deferred: the ``ArchivePage`` that an ``ArchiveQuery`` selects.

@@ -21,6 +21,7 @@ class MemoryStorage:
         self._queues = {}  # (host, user, store) -> {id: JSON text}, in id order
         self._sizes = {}  # (host, user, store) -> the stored_bytes of its queue's items together
         self._archives = {}  # (host, user) -> [ArchiveRecord], oldest first
+        self._archive_time = 0  # the latest time of a record (see ``IStorage.archive_append``)
         self._ids = itertools.count(1)
 
     def get(self, host, user, store):
@@ -68,6 +69,9 @@ class MemoryStorage:
         return defer.succeed(None)
 
     def archive_append(self, host, user, record):
+        self._archive_time = max(record.timestamp, self._archive_time + 1)
+        if record.timestamp != self._archive_time:
+            record = record._replace(timestamp=self._archive_time)
         self._archives.setdefault((host, user), []).append(record)
         return defer.succeed(None)
 
