@@ -457,6 +457,10 @@ class BridgeServer(Server):
             # Nor the SIP gateway (5060/5061 on all interfaces by default).
             tables["sip"] = {"enabled": False}
         tables["hosts.%s" % json.dumps(self.domain)] = {"aliases": []}
+        if os.path.exists(os.path.join(self.source, "bridge", "features", "mam.py")):
+            # Prosody and ejabberd run without their archives here, and so does bridge (a tree
+            # from before the archive has no [mam]); what the archive costs: bench/mam_cost.py.
+            tables["mam"] = {"enabled": False}
         for section, keys in self.tables.items():
             tables.setdefault(section, {}).update(keys)
         return tables
