@@ -278,7 +278,8 @@ def test_converse_loads_its_history_by_mam_after_a_reload(browser, pages, xmpp_s
     Converse with no stored history), logs in through its form again and opens the chat with the
     slixmpp user.  The four messages are displayed in the order they were sent, two as Converse's
     own and two as the contact's, and Converse reports each as taken from a MAM result (XEP-0313):
-    the server's archive is the only place they can come from."""
+    the server's archive is the only place they can come from.  (Converse's defaults ask for one
+    page, the newest archived_messages_page_size = 50 messages, when a chat opens.)"""
     directory, log = browser
     converse_jid = USERS[f"history-{transport}"]
     peer_jid = USERS[f"history-peer-{transport}"]
