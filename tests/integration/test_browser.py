@@ -28,6 +28,10 @@ USERS = {
     "peer-websocket": "peer-ws@localhost/slixmpp",
     "converse-bosh": "conv-bosh@localhost",
     "peer-bosh": "peer-bosh@localhost/slixmpp",
+    "history-websocket": "hist-ws@localhost",
+    "history-peer-websocket": "hist-peer-ws@localhost/slixmpp",
+    "history-bosh": "hist-bosh@localhost",
+    "history-peer-bosh": "hist-peer-bosh@localhost/slixmpp",
 }
 PASSWORDS = {support.bare(jid): support.bare(jid).split("@")[0] + "-browser-secret" for jid in USERS.values()}
 
@@ -79,6 +83,32 @@ async def run_with_screenshots(driver, directory, targets, scenario):
         for target in targets:
             await driver.screenshot(target, str(directory / f"{target}.png"))
         raise
+
+
+async def converse_login(driver, jid):
+    """Log in through the login form of the Converse page named "converse"; the bound full JID."""
+    await driver.request("fill", target="converse", selector="converse-login-form input[name=jid]", text=jid)
+    await driver.request("fill", target="converse", selector="converse-login-form input[name=password]",
+                         text=PASSWORDS[jid])
+    await driver.request("click", target="converse",
+                         selector="converse-login-form button[type=submit]:not(.login-anon)")
+    full_jid = await driver.call("converse", "waitConnected", int(support.TIMEOUT * 1000))
+    assert support.bare(full_jid) == jid, f"Converse bound {full_jid}"
+    return full_jid
+
+
+async def converse_send(driver, peer, text):
+    """Type ``text`` in Converse's open chat with ``peer`` and send it with Enter."""
+    textarea = f'converse-chat[jid="{peer}"] textarea.chat-textarea'
+    await driver.request("fill", target="converse", selector=textarea, text=text)
+    await driver.request("press", target="converse", selector=textarea, key="Enter")
+
+
+async def converse_shown(driver, peer, text):
+    """Wait until a message containing ``text`` is displayed in Converse's chat with ``peer``; its text."""
+    return await driver.request("waitVisible", target="converse",
+                                selector=f'converse-chat[jid="{peer}"] .chat-msg__text',
+                                text=text, timeout=int(support.TIMEOUT * 1000))
 
 
 def test_strophe_over_bosh_and_websocket_and_slixmpp_exchange_presence_and_messages(browser, pages, xmpp_server):
@@ -221,28 +251,16 @@ def test_converse_logs_in_and_chats_with_slixmpp(browser, pages, xmpp_server, tr
                 try:
                     await peer.login()
                     await driver.open("converse", pages.url("converse.html?" + urlencode({transport: service})))
-                    await driver.request("fill", target="converse", selector="converse-login-form input[name=jid]",
-                                         text=converse_jid)
-                    await driver.request("fill", target="converse",
-                                         selector="converse-login-form input[name=password]",
-                                         text=PASSWORDS[converse_jid])
-                    await driver.request("click", target="converse",
-                                         selector="converse-login-form button[type=submit]:not(.login-anon)")
-                    full_jid = await driver.call("converse", "waitConnected", int(support.TIMEOUT * 1000))
-                    assert support.bare(full_jid) == converse_jid, f"Converse bound {full_jid}"
+                    full_jid = await converse_login(driver, converse_jid)
 
                     await driver.call("converse", "openChat", peer.bare)
                     typed = f"typed in Converse over {transport}"
-                    textarea = f'converse-chat[jid="{peer.bare}"] textarea.chat-textarea'
-                    await driver.request("fill", target="converse", selector=textarea, text=typed)
-                    await driver.request("press", target="converse", selector=textarea, key="Enter")
+                    await converse_send(driver, peer.bare, typed)
                     await peer.wait_all([{"kind": "message", "from": full_jid, "body": typed}])
 
                     answer = f"slixmpp answers Converse over {transport}"
                     await peer.message(to=converse_jid, body=answer)
-                    shown = await driver.request("waitVisible", target="converse",
-                                                 selector=f'converse-chat[jid="{peer.bare}"] .chat-msg__text',
-                                                 text=answer, timeout=int(support.TIMEOUT * 1000))
+                    shown = await converse_shown(driver, peer.bare, answer)
                     assert answer in shown
                 finally:
                     await peer.disconnect()
@@ -250,3 +268,57 @@ def test_converse_logs_in_and_chats_with_slixmpp(browser, pages, xmpp_server, tr
             await run_with_screenshots(driver, directory, ["converse"], scene())
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+@pytest.mark.parametrize("transport", ["websocket", "bosh"])
+def test_converse_loads_its_history_by_mam_after_a_reload(browser, pages, xmpp_server, transport):
+    """Converse.js and a slixmpp user exchange four messages (two typed in Converse, two sent by
+    slixmpp, alternately); then Converse's page is loaded again with nothing kept in the browser
+    (its tab closed, its origin's IndexedDB, localStorage and caches deleted, a new tab: so a new
+    Converse with no stored history), logs in through its form again and opens the chat with the
+    slixmpp user.  The four messages are displayed in the order they were sent, two as Converse's
+    own and two as the contact's, and Converse reports each as taken from a MAM result (XEP-0313):
+    the server's archive is the only place they can come from.  (Converse's defaults ask for one
+    page, the newest archived_messages_page_size = 50 messages, when a chat opens.)"""
+    directory, log = browser
+    converse_jid = USERS[f"history-{transport}"]
+    peer_jid = USERS[f"history-peer-{transport}"]
+    service = xmpp_server.websocket_url if transport == "websocket" else xmpp_server.bosh_url
+    conversation = [("me", f"first from Converse over {transport}"), ("them", f"first from slixmpp over {transport}"),
+                    ("me", f"second from Converse over {transport}"), ("them", f"second from slixmpp over {transport}")]
+
+    async def scenario():
+        async with Driver(str(directory), log) as driver:
+            peer = SlixAgent("peer", peer_jid, PASSWORDS[support.bare(peer_jid)], xmpp_server.c2s_port)
+
+            async def scene():
+                try:
+                    await peer.login()
+                    await driver.open("converse", pages.url("converse.html?" + urlencode({transport: service})))
+                    full_jid = await converse_login(driver, converse_jid)
+                    await driver.call("converse", "openChat", peer.bare)
+                    for sender, body in conversation:
+                        if sender == "me":
+                            await converse_send(driver, peer.bare, body)
+                            await peer.wait_all([{"kind": "message", "from": full_jid, "body": body}])
+                        else:
+                            await peer.message(to=converse_jid, body=body)
+                            await converse_shown(driver, peer.bare, body)
+
+                    await driver.reopen("converse")
+                    await converse_login(driver, converse_jid)
+                    await driver.call("converse", "openChat", peer.bare)
+                    for _, body in conversation:
+                        await converse_shown(driver, peer.bare, body)
+                    shown = await driver.request("texts", target="converse",
+                                                 selector=f'converse-chat[jid="{peer.bare}"] .chat-msg__text')
+                    assert [text.strip() for text in shown] == [body for _, body in conversation], shown
+                    messages = await driver.call("converse", "messages", peer.bare)
+                    assert [(message["sender"], message["body"]) for message in messages] == conversation, messages
+                    assert all(message["archived"] for message in messages), messages
+                finally:
+                    await peer.disconnect()
+
+            await run_with_screenshots(driver, directory, ["converse"], scene())
+
+    asyncio.run(asyncio.wait_for(scenario(), 90))

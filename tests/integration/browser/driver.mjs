@@ -100,6 +100,26 @@ const operations = {
     return tab.url();
   },
 
+  // Load a target's page again with nothing kept in the browser: {target}.
+  // The tab is closed (its page unloads and closes its connections), all its
+  // origin stored (IndexedDB, localStorage, caches, cookies) is deleted, and
+  // the same URL opens under the same name in a new tab, whose sessionStorage
+  // is new and empty.
+  async reopen({ target }) {
+    const old = page(target);
+    const url = old.url();
+    const ctx = await browser();
+    const tab = await ctx.newPage();
+    await old.close();
+    const cdp = await ctx.newCDPSession(tab);
+    await cdp.send("Storage.clearDataForOrigin", { origin: new URL(url).origin, storageTypes: "all" });
+    await cdp.detach();
+    watchPage(target, tab);
+    pages.set(target, tab);
+    await tab.goto(url, { waitUntil: "load", timeout: 15000 });
+    return tab.url();
+  },
+
   // Call a method of a target's agent: {target, method, args}.
   async call({ target, method, args }) {
     return await page(target).evaluate(

@@ -134,6 +134,8 @@ tls_endpoints = []
 allowed_origins = [{origin}]
 [sip]
 enabled = false
+[mam]
+enabled = true
 [hosts.localhost]
 """
 
@@ -175,7 +177,7 @@ c2s_direct_tls_ports = {{ }}
 http_ports = {{ {http_port} }}
 http_interfaces = {{ "127.0.0.1" }}
 https_ports = {{ }}
-modules_enabled = {{ "roster", "saslauth", "tls", "disco", "ping", "posix", "blocklist", "bosh", "websocket" }}
+modules_enabled = {{ "roster", "saslauth", "tls", "disco", "ping", "posix", "blocklist", "bosh", "websocket", "mam" }}
 modules_disabled = {{ "s2s", "offline" }}
 consider_bosh_secure = true
 consider_websocket_secure = true
@@ -361,6 +363,15 @@ class Driver:
     async def open(self, name, url, ready="window.agent"):
         """Open ``url`` in a new tab named ``name``; waits for ``ready`` to be true in it."""
         await self.request("open", name=name, url=url)
+        await self.wait_ready(name, ready)
+
+    async def reopen(self, name, ready="window.agent"):
+        """Load the page of tab ``name`` again in a new tab, with nothing its origin stored in the
+        browser kept (driver.mjs's reopen); waits for ``ready`` to be true in it."""
+        await self.request("reopen", target=name)
+        await self.wait_ready(name, ready)
+
+    async def wait_ready(self, name, ready):
         await self.request("evaluate", target=name, expression=(
             "new Promise((resolve, reject) => { const start = Date.now(); const check = () => {"
             f" if ({ready}) resolve(true);"

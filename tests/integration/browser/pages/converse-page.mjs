@@ -85,6 +85,15 @@ window.agent = {
     await api.chats.open(jid, {}, true);
     return true;
   },
+  // The messages with a body in the chat with a JID, in Converse's order (by
+  // time); `archived` is true for one Converse took from a MAM query's result.
+  async messages(jid) {
+    const chat = await api.chats.get(jid);
+    return (chat?.messages.models ?? [])
+      .filter((message) => message.get("body"))
+      .map((message) => ({ body: message.get("body"), sender: message.get("sender"),
+                           archived: Boolean(message.get("is_archived")) }));
+  },
   state() {
     return state;
   },
