@@ -9,7 +9,7 @@ printed with the failure.
 
 import pytest
 
-from .harness import ServerProcess, add_users, write_config
+from .harness import SIP_OFF, ServerProcess, add_users, write_config
 
 USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "kim",
          "mallory", "niaj", "olivia", "pat", "quinn", "sam", "sue", "trent", "uma", "victor", "walter", "xavier", "yvonne")
@@ -31,15 +31,17 @@ def start_server(tmp_path_factory):
     """A factory: a started server with the given accounts; all are stopped at the end of the session."""
     started = []
 
-    def start(name, jids):
+    def start(name, jids, sip=SIP_OFF, tables="", wait_for=("c2s", "c2s-direct-tls")):
+        """``sip``, ``tables``: as ``write_config`` takes them; ``wait_for``: the listeners to wait for."""
         directory = tmp_path_factory.mktemp(name)
-        config_path = write_config(str(directory))
+        config_path = write_config(str(directory), sip=sip, tables=tables)
         accounts = accounts_for(jids)
         add_users(config_path, accounts)
         process = ServerProcess(config_path, accounts)
         started.append(process)
         RUNNING.append(process)
-        process.start()
+        process.start(wait_for=wait_for)
+        process.sip_ports = {kind: port for kind, port in process.ports.items() if kind.startswith("sip-")}
         return process
 
     yield start

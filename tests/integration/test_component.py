@@ -5,9 +5,7 @@ import asyncio
 import pytest
 import slixmpp
 
-from .conftest import RUNNING, accounts_for
-from .harness import (TIMEOUT, Clients, ServerProcess, add_users, close_stream, error_condition, next_item,
-                      write_config)
+from .harness import TIMEOUT, Clients, close_stream, error_condition, next_item
 
 DOMAIN = "comp.localhost"
 SECRET = "integration-component-secret"
@@ -20,22 +18,10 @@ secret = "{SECRET}"
 
 
 @pytest.fixture(scope="module")
-def component_server(tmp_path_factory):
+def component_server(start_server):
     """A server with the component comp.localhost configured, its component listener on a free port."""
-    directory = str(tmp_path_factory.mktemp("component"))
-    config_path = write_config(directory)
-    with open(config_path, "a", encoding="utf-8") as handle:
-        handle.write(COMPONENTS)
-    accounts = accounts_for(["alice@localhost", "bob@localhost"])
-    add_users(config_path, accounts)
-    process = ServerProcess(config_path, accounts)
-    RUNNING.append(process)
-    try:
-        process.start(wait_for=("c2s", "c2s-direct-tls", "component"))
-        yield process
-    finally:
-        process.stop()
-        RUNNING.remove(process)
+    return start_server("component", ["alice@localhost", "bob@localhost"], tables=COMPONENTS,
+                        wait_for=("c2s", "c2s-direct-tls", "component"))
 
 
 class EchoComponent(slixmpp.ComponentXMPP):

@@ -11,8 +11,7 @@ import sys
 
 import pytest
 
-from .conftest import accounts_for
-from .harness import TIMEOUT, Clients, ServerProcess, add_users, barrier, next_item, server_env, write_config
+from .harness import TIMEOUT, Clients, barrier, next_item, server_env
 from .test_sip import SIP_SECTION, free_port, sipp
 
 NS_MAM = "urn:xmpp:mam:2"
@@ -23,17 +22,9 @@ MAM_PLUGINS = {"xep_0030": {}, "xep_0059": {}, "xep_0313": {}, "xep_0441": {}}
 
 
 @pytest.fixture(scope="module")
-def mam_server(tmp_path_factory):
+def mam_server(start_server):
     """bridge with the SIP gateway on loopback ports, and the archive on its defaults."""
-    directory = tmp_path_factory.mktemp("mam")
-    config_path = write_config(str(directory), sip=SIP_SECTION)
-    accounts = accounts_for(USERS)
-    add_users(config_path, accounts)
-    process = ServerProcess(config_path, accounts)
-    process.start(wait_for=("c2s", "sip-udp", "sip-tcp", "sip-tls"))
-    process.sip_ports = {kind: port for kind, port in process.ports.items() if kind.startswith("sip-")}
-    yield process
-    process.stop()
+    return start_server("mam", USERS, sip=SIP_SECTION, wait_for=("c2s", "sip-udp", "sip-tcp", "sip-tls"))
 
 
 async def archive(client, **options):

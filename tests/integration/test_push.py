@@ -12,8 +12,7 @@ import slixmpp
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from .conftest import RUNNING, accounts_for
-from .harness import TIMEOUT, Clients, ServerProcess, add_users, befriend, close_stream, next_item, write_config
+from .harness import TIMEOUT, Clients, befriend, close_stream, next_item
 
 APP = "push.localhost"
 SECRET = "integration-push-secret"
@@ -28,22 +27,10 @@ OPTIONS = (f"<x xmlns='{NS_DATA}' type='submit'>"
 
 
 @pytest.fixture(scope="module")
-def push_server(tmp_path_factory):
+def push_server(start_server):
     """A server with the app server's component domain configured."""
-    directory = str(tmp_path_factory.mktemp("push"))
-    config_path = write_config(directory)
-    with open(config_path, "a", encoding="utf-8") as handle:
-        handle.write(f'[components."{APP}"]\nsecret = "{SECRET}"\n')
-    accounts = accounts_for(USERS)
-    add_users(config_path, accounts)
-    process = ServerProcess(config_path, accounts)
-    RUNNING.append(process)
-    try:
-        process.start(wait_for=("c2s", "c2s-direct-tls", "component"))
-        yield process
-    finally:
-        process.stop()
-        RUNNING.remove(process)
+    return start_server("push", USERS, tables=f'[components."{APP}"]\nsecret = "{SECRET}"\n',
+                        wait_for=("c2s", "c2s-direct-tls", "component"))
 
 
 class AppServer(slixmpp.ComponentXMPP):

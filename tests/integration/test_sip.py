@@ -13,8 +13,7 @@ import asyncio
 
 import pytest
 
-from .conftest import accounts_for
-from .harness import Clients, ServerProcess, add_users, next_item, write_config
+from .harness import Clients, next_item
 
 SIPP = shutil.which("sipp")
 SCENARIOS = os.path.join(os.path.dirname(__file__), "sipp")
@@ -34,17 +33,9 @@ advertised_address = "127.0.0.1"
 
 
 @pytest.fixture(scope="module")
-def bridge(tmp_path_factory):
-    """bridge with the SIP gateway on kernel-chosen loopback ports (in ``ports`` by listener kind)."""
-    directory = tmp_path_factory.mktemp("sip")
-    config_path = write_config(str(directory), sip=SIP_SECTION)
-    accounts = accounts_for(USERS)
-    add_users(config_path, accounts)
-    process = ServerProcess(config_path, accounts)
-    process.start(wait_for=("c2s", "sip-udp", "sip-tcp", "sip-tls"))
-    process.sip_ports = {kind: port for kind, port in process.ports.items() if kind.startswith("sip-")}
-    yield process
-    process.stop()
+def bridge(start_server):
+    """bridge with the SIP gateway on kernel-chosen loopback ports (in ``sip_ports`` by listener kind)."""
+    return start_server("sip", USERS, sip=SIP_SECTION, wait_for=("c2s", "sip-udp", "sip-tcp", "sip-tls"))
 
 
 def free_port(kind=socket.SOCK_DGRAM):

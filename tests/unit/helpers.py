@@ -250,3 +250,16 @@ def scram_login(client, user, password, mechanism="SCRAM-SHA-256", client_nonce=
 
 def replace_config(config, **c2s):
     return dataclasses.replace(config, c2s=dataclasses.replace(config.c2s, **c2s))
+
+
+class GatewayLine:
+    """The stream of a gateway's session (a SIP phone's): what the core sends to it."""
+
+    def __init__(self):
+        self.sent = []
+
+    def send(self, stanza):
+        self.sent.append(stanza)
+
+    def stream_error(self, condition, text=None):
+        pass

@@ -8,7 +8,7 @@ from twisted.words.protocols.jabber.jid import JID
 from bridge.core.sessions import Session
 from bridge.core.stanza import make
 from bridge.features.carbons import Answerable
-from tests.unit.helpers import Harness, gateway_context, result_of
+from tests.unit.helpers import GatewayLine, Harness, gateway_context, result_of
 
 NS_CARBONS = "urn:xmpp:carbons:2"
 NS_FORWARD = "urn:xmpp:forward:0"
@@ -29,19 +29,6 @@ def wrapped(message):
             forwarded = next(child.elements(NS_FORWARD, "forwarded"))
             return child.name, next(forwarded.elements())
     return None
-
-
-class Line:
-    """The stream of a gateway's session (a SIP phone's): what the core sends to it."""
-
-    def __init__(self):
-        self.sent = []
-
-    def send(self, stanza):
-        self.sent.append(stanza)
-
-    def stream_error(self, condition, text=None):
-        pass
 
 
 class CarbonsTestCase(SynchronousTestCase):
@@ -190,7 +177,7 @@ class SentTests(CarbonsTestCase):
         to the user's carbons-enabled XMPP resources, and a message delivered to that session is
         copied as <received/>."""
         ctx = gateway_context(self.harness.server, "sip", None)
-        line = Line()
+        line = GatewayLine()
         phone = Session(JID("alice@localhost/sip"), line)
         ctx.bind(phone)
         bob = self.online("bob@localhost/b")

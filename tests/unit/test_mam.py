@@ -14,7 +14,7 @@ from bridge import config as configuration, ctl
 from bridge.core.sessions import Session
 from bridge.core.stanza import make
 from bridge.core.storage import ArchiveQuery, ArchiveRecord, sqlite
-from tests.unit.helpers import Harness, LateStorage, gateway_context, result_of
+from tests.unit.helpers import GatewayLine, Harness, LateStorage, gateway_context, result_of
 
 NS_MAM = "urn:xmpp:mam:2"
 NS_SID = "urn:xmpp:sid:0"
@@ -210,7 +210,7 @@ class ArchivingTests(ArchiveTestCase):
         """What a gateway's session (a SIP phone, resource sip) says is in the user's archive, and so is
         what is delivered to it."""
         ctx = gateway_context(self.harness.server, "sip", None)
-        line = Line()
+        line = GatewayLine()
         phone = Session(JID("alice@localhost/sip"), line)
         ctx.bind(phone)
         phone.presence = make("presence")
@@ -259,19 +259,6 @@ class LateStorageTests(ArchiveTestCase):
             self.harness.storage.answer()
         self.harness.storage.late = False
         self.assertIn(stanza_id, [r.id for r in self.archive("bob")])
-
-
-class Line:
-    """The stream of a gateway's session: what the core sends to it."""
-
-    def __init__(self):
-        self.sent = []
-
-    def send(self, stanza):
-        self.sent.append(stanza)
-
-    def stream_error(self, condition, text=None):
-        pass
 
 
 class QueryTests(ArchiveTestCase):
@@ -350,7 +337,7 @@ class QueryTests(ArchiveTestCase):
             form(("start", "2026-01-01T00:00:00")),
             form(("with", "@@")),
             form(("after-id", ["a", "b"])),
-            f"<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>urn:xmpp:mam:1</value></field></x>",
+            "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>urn:xmpp:mam:1</value></field></x>",
             "<x xmlns='jabber:x:data' type='submit'><field><value>x</value></field></x>",
             rsm(max="-1"),
             rsm(max="many"),
