@@ -570,6 +570,34 @@ def error_condition(stanza):
     return ""
 
 
+class Component(slixmpp.ComponentXMPP):
+    """A slixmpp XEP-0114 component for a test: ``start(port)`` waits for its session, ``close()`` for its end."""
+
+    def __init__(self, domain, secret):
+        super().__init__(domain, secret)
+        loop = asyncio.get_running_loop()
+        self.started = loop.create_future()
+        self.ended = loop.create_future()
+        self.add_event_handler("session_start", lambda _: self._settle(self.started))
+        self.add_event_handler("disconnected", lambda _: self._settle(self.ended))
+
+    @staticmethod
+    def _settle(future):
+        if not future.done():
+            future.set_result(True)
+
+    async def start(self, port):
+        self.connect(host="127.0.0.1", port=port)
+        await asyncio.wait_for(asyncio.shield(self.started), TIMEOUT)
+
+    async def close(self):
+        if self.transport is None:
+            self.cancel_connection_attempt()
+            return
+        await close_stream(self)
+        await asyncio.wait_for(asyncio.shield(self.ended), TIMEOUT)
+
+
 class Clients:
     """An async context that logs clients in and closes all of them at its end."""
 

@@ -3,9 +3,8 @@
 import asyncio
 
 import pytest
-import slixmpp
 
-from .harness import TIMEOUT, Clients, close_stream, error_condition, next_item
+from .harness import TIMEOUT, Clients, Component, error_condition, next_item
 
 DOMAIN = "comp.localhost"
 SECRET = "integration-component-secret"
@@ -24,40 +23,19 @@ def component_server(start_server):
                         wait_for=("c2s", "c2s-direct-tls", "component"))
 
 
-class EchoComponent(slixmpp.ComponentXMPP):
+class EchoComponent(Component):
     """Answers every chat or normal message with the same body, prefixed with "echo: "."""
 
     def __init__(self, secret=SECRET):
         super().__init__(DOMAIN, secret)
-        loop = asyncio.get_running_loop()
-        self.started = loop.create_future()
-        self.ended = loop.create_future()
         self.received = asyncio.Queue()
-        self.add_event_handler("session_start", lambda _: self._settle(self.started))
-        self.add_event_handler("disconnected", lambda _: self._settle(self.ended))
         self.add_event_handler("message", self._message)
-
-    @staticmethod
-    def _settle(future):
-        if not future.done():
-            future.set_result(True)
 
     def _message(self, message):
         if message["type"] in ("chat", "normal"):
             self.received.put_nowait(message)
             self.send_message(mto=message["from"], mfrom=message["to"], mbody=f"echo: {message['body']}",
                               mtype="chat")
-
-    async def start(self, port):
-        self.connect(host="127.0.0.1", port=port)
-        await asyncio.wait_for(asyncio.shield(self.started), TIMEOUT)
-
-    async def close(self):
-        if self.transport is None:
-            self.cancel_connection_attempt()
-            return
-        await close_stream(self)
-        await asyncio.wait_for(asyncio.shield(self.ended), TIMEOUT)
 
 
 async def disco_items(client):

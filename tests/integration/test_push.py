@@ -8,11 +8,10 @@ slixmpp 1.x has no XEP-0357 plugin, so the clients send <enable/> as raw XML.
 import asyncio
 
 import pytest
-import slixmpp
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from .harness import TIMEOUT, Clients, befriend, close_stream, next_item
+from .harness import TIMEOUT, Clients, Component, befriend, next_item
 
 APP = "push.localhost"
 SECRET = "integration-push-secret"
@@ -33,39 +32,18 @@ def push_server(start_server):
                         wait_for=("c2s", "c2s-direct-tls", "component"))
 
 
-class AppServer(slixmpp.ComponentXMPP):
+class AppServer(Component):
     """A push app server: each pubsub publish it receives lands in ``published`` and is answered with a result."""
 
     def __init__(self):
         super().__init__(APP, SECRET)
-        loop = asyncio.get_running_loop()
-        self.started = loop.create_future()
-        self.ended = loop.create_future()
         self.published = asyncio.Queue()
-        self.add_event_handler("session_start", lambda _: self._settle(self.started))
-        self.add_event_handler("disconnected", lambda _: self._settle(self.ended))
         self.register_handler(Callback("push publish", MatchXPath(f"{{{NS_COMPONENT}}}iq/{{{NS_PUBSUB}}}pubsub"),
                                        self._publish))
-
-    @staticmethod
-    def _settle(future):
-        if not future.done():
-            future.set_result(True)
 
     def _publish(self, iq):
         self.published.put_nowait(iq)
         iq.reply().send()
-
-    async def start(self, port):
-        self.connect(host="127.0.0.1", port=port)
-        await asyncio.wait_for(asyncio.shield(self.started), TIMEOUT)
-
-    async def close(self):
-        if self.transport is None:
-            self.cancel_connection_attempt()
-            return
-        await close_stream(self)
-        await asyncio.wait_for(asyncio.shield(self.ended), TIMEOUT)
 
 
 def fields(form):
