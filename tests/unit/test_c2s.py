@@ -205,6 +205,25 @@ class EndedConnectionTests(SynchronousTestCase):
         self.assertEqual([e.name for e in client.received()][-1], "error")
         self.assert_freed(client)
 
+    def test_an_answer_after_the_end_goes_nowhere(self):
+        """A SASL exchange whose credentials are read after the connection ended (storage answers late)
+        ends quietly: nothing is written, nothing fails."""
+        storage = LateStorage()
+        harness = Harness(storage=storage)
+        harness.add_user("alice@localhost")
+        client = harness.connect()
+        client.open_stream()
+        storage.late = True
+        plain = base64.b64encode(b"\0alice\0secret").decode()
+        client.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{plain}</auth>")
+        client.drop()
+        client.transport.clear()
+        storage.late = False
+        storage.answer()
+        self.assertEqual(client.transport.value(), b"")
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertIsNone(harness.server.sessions.get("alice@localhost/a"))
+
     def test_session_that_ended(self):
         """A bound session whose socket went away."""
         client = self.harness.login("alice@localhost/a")

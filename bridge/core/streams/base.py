@@ -442,6 +442,8 @@ class XMLStreamProtocol(Protocol):
         (whitespace aside); if something did, the stream ends with
         <policy-violation/> and False is returned.
         """
+        if self.closed:
+            return False  # (an answer that came after the connection ended: its parser is let go)
         if self._parsed or not self.parser.ends_between_stanzas():
             self._parsed.clear()
             self._input_ended = True
