@@ -88,9 +88,6 @@ def archivable(stanza, account):
 
     One pass over the children: every message a local user sends or receives comes here.
     """
-    if (stanza.getAttribute("type") or "normal") not in ("chat", "normal"):
-        _remove_claimed_ids(stanza, account)
-        return False
     worth = kept_out = claimed = False
     for child in stanza.children:
         if type(child) is str:
@@ -107,7 +104,7 @@ def archivable(stanza, account):
             worth = True
     if claimed:
         _remove_claimed_ids(stanza, account)
-    return worth and not kept_out
+    return worth and not kept_out and (stanza.getAttribute("type") or "normal") in ("chat", "normal")
 
 
 def _remove_claimed_ids(stanza, account):
