@@ -68,6 +68,10 @@ class Waiting:
     def callFromThread(self, function, *args):
         self._answers.put((function, args))
 
+    def callLater(self, delay, function, *args):
+        """What the storage would run at the end of a reactor turn runs when the tool next waits."""
+        self._answers.put((function, args))
+
     def result(self, deferred):
         """The result of ``deferred``, waiting for the storage's answers until it has fired."""
         box = []

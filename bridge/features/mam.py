@@ -316,14 +316,10 @@ class Archive:
                                self._text(stanza))
         if verdict is None:
             d = self.decide(user, contact)
-            d.addCallback(lambda allowed: self._append(user, record) if allowed else None)
+            d.addCallback(lambda allowed: allowed and self.ctx.storage.archive_append(self.host, user, record))
+            d.addErrback(lambda failure: log.failure("message of {user} not archived", failure, user=user))
         else:
-            d = self._append(user, record)
-        d.addErrback(self._not_archived, user)
-
-    @staticmethod
-    def _not_archived(failure, user):
-        log.failure("message of {user} not archived", failure, user=user)
+            self.ctx.storage.archive_append(self.host, user, record)
 
     def _text(self, stanza):
         """The message serialised once for both ends: a message between two local users is archived by
@@ -333,9 +329,6 @@ class Archive:
             text = serialize(stanza)
             self._serialised = (stanza, text)
         return text
-
-    def _append(self, user, record):
-        return self.ctx.storage.archive_append(self.host, user, record)
 
     def sent(self, event):
         """``stanza/out``: a message the user sends, to anyone but the user's own account."""
@@ -370,9 +363,8 @@ class Archive:
         micros = self.now()
         record_id = new_id(micros)
         self._record(user, stanza, event.sender, "in", micros, record_id, verdict)
-        marker = domish.Element((NS_SID, "stanza-id"))
-        marker["by"], marker["id"] = event.to.userhost(), record_id
-        stanza.children.append(marker)
+        stanza.children.append(domish.Element((NS_SID, "stanza-id"), attribs={"by": event.to.userhost(),
+                                                                              "id": record_id}))
 
     def offline(self, event):
         """``message/offline``: archived (and stamped) before the phones or offline storage take it,

@@ -9,7 +9,7 @@ import stat
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from bridge.core.storage import sqlite
+from bridge.core.storage import ArchiveQuery, ArchiveRecord, sqlite
 from bridge.core.storage.sqlite import SQLiteStorage, connect, run_batch
 
 
@@ -53,6 +53,23 @@ class ThreadedStorageTests(TestCase):
         with sqlite3.connect(self.path) as db:
             self.assertEqual(db.execute("SELECT COUNT(*) FROM queue").fetchone()[0], 50)
         self.failureResultOf(self.storage.get("h", "u", "doc"), RuntimeError)
+
+    @defer.inlineCallbacks
+    def test_a_turns_archive_appends_go_as_one_call_before_later_calls(self):
+        """The archive records of one reactor turn reach the database thread as one call, at the end of
+        the turn or before any call made after them (a query sees them); close writes those left."""
+        handed_over = []
+        queue_call = self.storage._queue
+        self.storage._queue = lambda operation, *args: handed_over.append(operation) or queue_call(operation, *args)
+        for number in range(3):
+            self.storage.archive_append("h", "u", ArchiveRecord(f"id{number}", number, "b@h", "", "in", "<m/>"))
+        page = yield self.storage.archive_query("h", "u", ArchiveQuery())
+        self.assertEqual([record.id for record in page.records], ["id0", "id1", "id2"])
+        self.assertEqual(handed_over, [sqlite._archive_insert, sqlite._archive_query])
+        self.storage.archive_append("h", "u", ArchiveRecord("id3", 3, "b@h", "", "in", "<m/>"))
+        yield self.storage.close()
+        with sqlite3.connect(self.path) as db:
+            self.assertEqual(db.execute("SELECT COUNT(*) FROM archive").fetchone()[0], 4)
 
 
 class BatchTests(SynchronousTestCase):

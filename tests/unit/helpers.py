@@ -42,10 +42,10 @@ def result_of(deferred):
 
 
 class LateStorage:
-    """Storage that answers only when the test says so, as a database on another thread does.
+    """Storage that carries out calls only when the test says so, as a database on another thread does.
 
-    While ``late`` is false every call answers at once; while it is true the
-    answers wait, in order, until ``answer()``.
+    While ``late`` is false every call is carried out at once; while it is
+    true the calls wait, in order, until ``answer()``.
     """
 
     def __init__(self):
@@ -57,20 +57,23 @@ class LateStorage:
         method = getattr(self.storage, name)
 
         def call(*args):
-            result = method(*args)
             if not self.late:
-                return result
+                return method(*args)
             answer = defer.Deferred()
-            self.waiting.append((result, answer))
+            self.waiting.append((method, args, answer))
             return answer
 
         return call
 
     def answer(self):
-        """Let the answers that wait now through (those of calls they lead to wait in turn)."""
+        """Carry out the calls that wait now (those they lead to wait in turn)."""
         waiting, self.waiting = self.waiting, []
-        for result, answer in waiting:
-            result.chainDeferred(answer)
+        for method, args, answer in waiting:
+            result = method(*args)
+            if isinstance(result, defer.Deferred):
+                result.chainDeferred(answer)
+            else:
+                answer.callback(result)
 
 
 class Harness:

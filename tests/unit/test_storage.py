@@ -112,7 +112,7 @@ class ArchiveContract:
 
     def fill(self, records):
         for item in records:
-            self.call("archive_append", "h", "u", item)
+            self.append("h", "u", item)
 
     def page(self, **query):
         return self.call("archive_query", "h", "u", ArchiveQuery(**query))
@@ -169,7 +169,7 @@ class ArchiveContract:
         """An id the query names that is not in this user's archive fails with ArchiveItemNotFound,
         another user's record included."""
         self.fill([record(0)])
-        self.call("archive_append", "h", "other", record(9))
+        self.append("h", "other", record(9))
         for query in ({"after_id": "nope"}, {"before_id": "id9"}, {"ids": ("id0", "x")}, {"page_after": "x"},
                       {"page_before": "id9"}):
             self.assertRaises(ArchiveItemNotFound, self.page, **query)
@@ -184,8 +184,8 @@ class ArchiveContract:
         """A user's archive goes whole or older than a time; retention removes every user's old records
         of one host; deleting the user deletes the archive."""
         self.fill([record(n) for n in range(4)])
-        self.call("archive_append", "h", "v", record(7))
-        self.call("archive_append", "other-host", "u", record(8))
+        self.append("h", "v", record(7))
+        self.append("other-host", "u", record(8))
         self.assertEqual(self.call("archive_remove", "h", "u", 2000), 2)
         self.assertEqual(self.ids(self.page()), ["id2", "id3"])
         self.assertEqual(self.call("archive_expire", "h", 7000), 2)
@@ -203,6 +203,9 @@ class MemoryArchiveTests(ArchiveContract, SynchronousTestCase):
     def call(self, name, *args):
         return result_of(getattr(self.storage, name)(*args))
 
+    def append(self, host, user, item):
+        self.storage.archive_append(host, user, item)
+
 
 class SQLiteArchiveTests(ArchiveContract, SynchronousTestCase):
     """The SQL operations, run on the test's thread as the database thread runs them, in batches."""
@@ -217,24 +220,23 @@ class SQLiteArchiveTests(ArchiveContract, SynchronousTestCase):
             result.raiseException()
         return result
 
-    def test_appends_in_one_batch_are_written_together(self):
-        """Archive appends next to one another in a batch go in as one insert (past the rows of one
-        statement too), each answered, in their order, beside the other operations of the batch."""
+    def append(self, host, user, item):
+        self.call("archive_insert", [(host, user, item)])
+
+    def test_a_turns_appends_are_written_together(self):
+        """The records of one turn go in past the rows of one statement, in their order."""
         count = sqlite.ARCHIVE_ROWS_PER_STATEMENT + 5
-        batch = [(sqlite._archive_append, ("h", "u", record(n))) for n in range(count)]
-        batch.insert(3, (sqlite._set, ("h", "u", "doc", '{"k": 1}')))
-        outcomes = sqlite.run_batch(self.db, batch)
-        self.assertEqual(outcomes, [(True, None)] * (count + 1))
+        self.call("archive_insert", [("h", "u", record(n)) for n in range(count)])
         self.assertEqual(self.ids(self.page(limit=count + 1)), [f"id{n}" for n in range(count)])
-        self.assertEqual(self.call("get", "h", "u", "doc"), {"k": 1})
 
     def test_a_failed_group_of_appends_writes_none(self):
-        """When one row of a group cannot be written, none of the group is, and each of its calls fails."""
+        """When one row of a turn's records cannot be written, none of them is, and the call fails."""
         count = sqlite.ARCHIVE_ROWS_PER_STATEMENT + 5  # the refused row in the group's second statement
         self.db.execute(f"CREATE TRIGGER refuse BEFORE INSERT ON archive WHEN NEW.id = 'id{count - 2}' "
                         "BEGIN SELECT RAISE(ABORT, 'refused'); END")
-        outcomes = sqlite.run_batch(self.db, [(sqlite._archive_append, ("h", "u", record(n))) for n in range(count)])
-        self.assertEqual([succeeded for succeeded, _ in outcomes], [False] * count)
+        [(succeeded, _)] = sqlite.run_batch(self.db, [(sqlite._archive_insert,
+                                                       ([("h", "u", record(n)) for n in range(count)],))])
+        self.assertFalse(succeeded)
         self.assertEqual(self.page(limit=10).count, 0)
 
     def test_queries_use_the_indexes(self):

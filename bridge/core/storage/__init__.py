@@ -6,10 +6,9 @@ private XML, block lists); a *queue* holds an ordered list of JSON documents
 per (host, user, store) (offline messages, outbound SMS); an *archive* holds
 one user's messages (XEP-0313), each an ``ArchiveRecord``, in the order they
 were appended, queried by the other party, time and id in pages (XEP-0059).
-Every call returns a
-Deferred that fires later than the call, once the database has answered, so
-no caller may rely on an answer within the same call; calls are carried out
-in the order they were made.  SQLite (``sqlite.py``, the default) works on a
+Every call but ``archive_append`` returns a Deferred that fires later than
+the call, once the database has answered, so no caller may rely on an answer
+within the same call; calls are carried out in the order they were made.  SQLite (``sqlite.py``, the default) works on a
 thread of its own; ``memory.py`` keeps everything in the process; a server
 database reached over the network implements the same interface.
 """
@@ -120,11 +119,15 @@ class IStorage(Interface):
         """Deferred: delete the queue items with these ids."""
 
     def archive_append(host, user, record):
-        """Deferred: add an ``ArchiveRecord`` at the end of the user's archive.
+        """Add an ``ArchiveRecord`` at the end of the user's archive; no answer.
 
-        Its time orders the archive: a record whose time is not later than
-        that of every record stored before it (two in one microsecond, a
-        clock set back) is kept one microsecond after the latest.
+        Two are appended for every message between local users, so an append
+        costs no Deferred: the records of one reactor turn are written
+        together, before any later call, and a failure is logged (the message
+        was delivered all the same).  Its time orders the archive: a record
+        whose time is not later than that of every record stored before it
+        (two in one microsecond, a clock set back) is kept one microsecond
+        after the latest.
         """
 
     def archive_query(host, user, query):

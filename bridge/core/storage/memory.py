@@ -73,7 +73,6 @@ class MemoryStorage:
         if record.timestamp != self._archive_time:
             record = record._replace(timestamp=self._archive_time)
         self._archives.setdefault((host, user), []).append(record)
-        return defer.succeed(None)
 
     def archive_query(self, host, user, query):
         try:

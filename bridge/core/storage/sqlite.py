@@ -144,24 +144,21 @@ def _delete_user(db, host, user):
     db.execute("DELETE FROM archive WHERE host=? AND user=?", (host, user))
 
 
-def _archive_append(db, host, user, record):
-    _archive_insert(db, [(host, user, record)])
-
-
 # Rows in one INSERT statement: 8 parameters each, well under SQLite's limit.
 ARCHIVE_ROWS_PER_STATEMENT = 100
 
 
 def _archive_insert(db, appended):
-    """Several (host, user, record) in one statement per ``ARCHIVE_ROWS_PER_STATEMENT``, each at a time
-    later than the latest stored (see ``IStorage.archive_append``)."""
+    """The (host, user, record) appended in one reactor turn, in one statement per
+    ``ARCHIVE_ROWS_PER_STATEMENT``, each at a time later than the latest stored (see
+    ``IStorage.archive_append``): all of them or none."""
     last = db.execute("SELECT COALESCE(MAX(seq), 0) FROM archive").fetchone()[0]
     rows = []
     for host, user, record in appended:
         last = max(record.timestamp, last + 1)
         rows.append((last, host, user, record.id, record.with_jid, record.with_resource, record.direction,
                      record.stanza))
-    db.execute("SAVEPOINT archive_insert")  # all of them or none, as their callers are told
+    db.execute("SAVEPOINT archive_insert")
     try:
         for start in range(0, len(rows), ARCHIVE_ROWS_PER_STATEMENT):
             chunk = rows[start:start + ARCHIVE_ROWS_PER_STATEMENT]
@@ -260,30 +257,12 @@ def run_batch(db, batch):
 
 def _run_each(db, batch):
     outcomes = []
-    index = 0
-    while index < len(batch):
-        operation, args = batch[index]
-        if operation is _archive_append:
-            # The archive appends that follow one another go in together: a message archived by its
-            # sender and its recipient, a busy turn's worth.
-            end = index + 1
-            while end < len(batch) and batch[end][0] is _archive_append:
-                end += 1
-            outcomes.extend(_run_one(db, _archive_insert, ([args for _, args in batch[index:end]],),
-                                     end - index))
-            index = end
-            continue
-        outcomes.extend(_run_one(db, operation, args, 1))
-        index += 1
+    for operation, args in batch:
+        try:
+            outcomes.append((True, operation(db, *args)))
+        except Exception:
+            outcomes.append((False, Failure()))
     return outcomes
-
-
-def _run_one(db, operation, args, count):
-    """The outcome of ``operation(db, *args)`` for the ``count`` calls it carries out."""
-    try:
-        return [(True, operation(db, *args))] * count
-    except Exception:
-        return [(False, Failure())] * count
 
 
 @implementer(IStorage)
@@ -294,10 +273,16 @@ class SQLiteStorage:
         self._calls = queue.SimpleQueue()
         self._db = connect(path)  # opened here, so that a bad path stops the start at once
         self._closed = None
+        self._archive_rows = []  # (host, user, record) appended in this reactor turn
         self._thread = threading.Thread(target=self._work, name="bridge-sqlite", daemon=True)
         self._thread.start()
 
     def _call(self, operation, *args):
+        if self._archive_rows:
+            self._hand_over_archive()  # the calls are carried out in the order they were made
+        return self._queue(operation, *args)
+
+    def _queue(self, operation, *args):
         if self._closed is not None:
             return defer.fail(RuntimeError("the storage is closed"))
         d = defer.Deferred()
@@ -352,7 +337,16 @@ class SQLiteStorage:
         return self._call(_delete_user, host, user)
 
     def archive_append(self, host, user, record):
-        return self._call(_archive_append, host, user, record)
+        if not self._archive_rows:
+            self._reactor.callLater(0, self._hand_over_archive)
+        self._archive_rows.append((host, user, record))
+
+    def _hand_over_archive(self):
+        """The records appended in this reactor turn go to the database thread as one call."""
+        rows, self._archive_rows = self._archive_rows, []
+        if rows:
+            self._queue(_archive_insert, rows).addErrback(
+                lambda failure: log.failure("{count} archived messages not stored", failure, count=len(rows)))
 
     def archive_query(self, host, user, query):
         return self._call(_archive_query, host, user, query)
@@ -366,6 +360,7 @@ class SQLiteStorage:
     def close(self):
         """Deferred: fires once every call made before is committed and the thread has ended."""
         if self._closed is None:
+            self._hand_over_archive()
             self._closed = defer.Deferred()
             self._calls.put(_STOP)
             threading.Thread(target=self._await_thread, name="bridge-sqlite-close", daemon=True).start()
