@@ -3,13 +3,15 @@ answers come later than the calls and in their order, a burst shares one transac
 fails alone, close waits for what was asked before, and the files are private to their owner."""
 
 import os
+import signal
 import sqlite3
 import stat
 
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from bridge.core.storage import ArchiveQuery, ArchiveRecord, sqlite
+from bridge.core.storage import ArchiveQuery, ArchiveRecord, archive_writer, sqlite
+from bridge.core.storage.archive_writer import ArchiveWriter
 from bridge.core.storage.sqlite import SQLiteStorage, connect, run_batch
 
 
@@ -70,6 +72,50 @@ class ThreadedStorageTests(TestCase):
         yield self.storage.close()
         with sqlite3.connect(self.path) as db:
             self.assertEqual(db.execute("SELECT COUNT(*) FROM archive").fetchone()[0], 4)
+
+
+class ArchiveWriterProcessTests(TestCase):
+    """The archive's writer as a real process beside the database thread, on a real file."""
+
+    def setUp(self):
+        self.path = os.path.join(self.mktemp(), "data", "bridge.sqlite")
+        self.writer = ArchiveWriter(reactor, self.path)
+        self.storage = SQLiteStorage(self.path, reactor, self.writer)
+        self.addCleanup(self.storage.close)
+        self.patch(archive_writer, "RESTART_DELAY_SECONDS", 0.05)
+
+    def append(self, *numbers):
+        for number in numbers:
+            self.storage.archive_append("h", "u", ArchiveRecord(f"id{number}", number, "b@h", "", "in", "<m/>"))
+
+    @defer.inlineCallbacks
+    def ids(self):
+        page = yield self.storage.archive_query("h", "u", ArchiveQuery(limit=100))
+        return [record.id for record in page.records]
+
+    @defer.inlineCallbacks
+    def test_records_survive_signals_and_a_killed_writer(self):
+        """A query sees the records appended before it; the writer ignores SIGINT and SIGTERM; when it
+        is killed, another is started and stores what was not answered; close commits the rest and
+        ends the writer."""
+        self.append(0, 1, 2)
+        self.assertEqual((yield self.ids()), ["id0", "id1", "id2"])
+        first = self.writer.transport.pid
+        os.kill(first, signal.SIGINT)
+        os.kill(first, signal.SIGTERM)
+        self.append(3)
+        self.assertEqual((yield self.ids()), ["id0", "id1", "id2", "id3"])
+        self.assertEqual(self.writer.transport.pid, first)
+        os.kill(first, signal.SIGKILL)
+        self.append(4, 5)
+        self.assertEqual((yield self.ids()), [f"id{n}" for n in range(6)])
+        self.assertNotEqual(self.writer.transport.pid, first)
+        self.append(6)
+        yield self.storage.close()
+        self.assertIsNone(self.writer.transport)
+        with sqlite3.connect(self.path) as db:
+            self.assertEqual(db.execute("SELECT COUNT(*) FROM archive").fetchone()[0], 7)
+        self.flushLoggedErrors()
 
 
 class BatchTests(SynchronousTestCase):

@@ -213,6 +213,7 @@ class SQLiteArchiveTests(ArchiveContract, SynchronousTestCase):
     def setUp(self):
         self.db = sqlite.connect(":memory:")
         self.addCleanup(self.db.close)
+        self.last = 0
 
     def call(self, name, *args):
         [(succeeded, result)] = sqlite.run_batch(self.db, [(getattr(sqlite, "_" + name), args)])
@@ -221,12 +222,22 @@ class SQLiteArchiveTests(ArchiveContract, SynchronousTestCase):
         return result
 
     def append(self, host, user, item):
-        self.call("archive_insert", [(host, user, item)])
+        self.call("archive_insert", self.values([(host, user, item)]))
+
+    def values(self, appended):
+        """The row values of ``appended`` [(host, user, record)], numbered as ``SQLiteStorage`` does."""
+        values = []
+        for host, user, item in appended:
+            self.last = sqlite.archive_row(values, self.last, host, user, item)
+        return values
 
     def test_a_turns_appends_are_written_together(self):
-        """The records of one turn go in past the rows of one statement, in their order."""
+        """The records of one turn go in past the rows of one statement, in their order; a row already
+        stored (a frame that the archive writer committed, sent again) is kept once."""
         count = sqlite.ARCHIVE_ROWS_PER_STATEMENT + 5
-        self.call("archive_insert", [("h", "u", record(n)) for n in range(count)])
+        values = self.values([("h", "u", record(n)) for n in range(count)])
+        self.call("archive_insert", values)
+        self.call("archive_insert", values)
         self.assertEqual(self.ids(self.page(limit=count + 1)), [f"id{n}" for n in range(count)])
 
     def test_a_failed_group_of_appends_writes_none(self):
@@ -234,8 +245,8 @@ class SQLiteArchiveTests(ArchiveContract, SynchronousTestCase):
         count = sqlite.ARCHIVE_ROWS_PER_STATEMENT + 5  # the refused row in the group's second statement
         self.db.execute(f"CREATE TRIGGER refuse BEFORE INSERT ON archive WHEN NEW.id = 'id{count - 2}' "
                         "BEGIN SELECT RAISE(ABORT, 'refused'); END")
-        [(succeeded, _)] = sqlite.run_batch(self.db, [(sqlite._archive_insert,
-                                                       ([("h", "u", record(n)) for n in range(count)],))])
+        values = self.values([("h", "u", record(n)) for n in range(count)])
+        [(succeeded, _)] = sqlite.run_batch(self.db, [(sqlite._archive_insert, (values,))])
         self.assertFalse(succeeded)
         self.assertEqual(self.page(limit=10).count, 0)
 

@@ -158,6 +158,12 @@ def open_storage(config, reactor):
         from bridge.core.storage.memory import MemoryStorage
 
         return MemoryStorage()
+    from twisted.internet.interfaces import IReactorProcess
+
+    from bridge.core.storage.archive_writer import ArchiveWriter
     from bridge.core.storage.sqlite import SQLiteStorage
 
-    return SQLiteStorage(config.data_path(config.storage.path), reactor)
+    path = config.data_path(config.storage.path)
+    # A reactor that runs processes (a server's) gets the archive's writer; bridgectl's does not.
+    writer = ArchiveWriter(reactor, path) if IReactorProcess.providedBy(reactor) else None
+    return SQLiteStorage(path, reactor, writer)

@@ -144,27 +144,33 @@ def _delete_user(db, host, user):
     db.execute("DELETE FROM archive WHERE host=? AND user=?", (host, user))
 
 
-# Rows in one INSERT statement: 8 parameters each, well under SQLite's limit.
+# The columns of an archived record, in the order of the values a turn's rows are handed over in.
+ARCHIVE_ROW = ("seq", "host", "user", "id", "with_jid", "with_resource", "direction", "stanza")
+ARCHIVE_COLUMNS = len(ARCHIVE_ROW)
+_ARCHIVE_PLACES = "(" + ", ".join("?" * ARCHIVE_COLUMNS) + ")"
+# Rows in one INSERT statement: well under SQLite's limit of parameters.
 ARCHIVE_ROWS_PER_STATEMENT = 100
 
 
-def _archive_insert(db, appended):
-    """The (host, user, record) appended in one reactor turn, in one statement per
-    ``ARCHIVE_ROWS_PER_STATEMENT``, each at a time later than the latest stored (see
-    ``IStorage.archive_append``): all of them or none."""
-    last = db.execute("SELECT COALESCE(MAX(seq), 0) FROM archive").fetchone()[0]
-    rows = []
-    for host, user, record in appended:
-        last = max(record.timestamp, last + 1)
-        rows.append((last, host, user, record.id, record.with_jid, record.with_resource, record.direction,
-                     record.stanza))
+def archive_row(values, last, host, user, record):
+    """Add the row values of ``record`` to ``values``, at a time later than ``last`` (see
+    ``IStorage.archive_append``); its time."""
+    seq = max(record.timestamp, last + 1)
+    values += (seq, host, user, record.id, record.with_jid, record.with_resource, record.direction, record.stanza)
+    return seq
+
+
+def _archive_insert(db, values):
+    """The row values of a turn's records (``SQLiteStorage.archive_append``), in one statement per
+    ``ARCHIVE_ROWS_PER_STATEMENT``: all of them or none.  A row already stored (the same ``seq``: a
+    frame the archive writer committed, then was sent again) is stored once."""
     db.execute("SAVEPOINT archive_insert")
+    step = ARCHIVE_ROWS_PER_STATEMENT * ARCHIVE_COLUMNS
     try:
-        for start in range(0, len(rows), ARCHIVE_ROWS_PER_STATEMENT):
-            chunk = rows[start:start + ARCHIVE_ROWS_PER_STATEMENT]
-            db.execute("INSERT INTO archive (seq, host, user, id, with_jid, with_resource, direction, stanza) "
-                       "VALUES " + ",".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk)),
-                       [value for row in chunk for value in row])
+        for start in range(0, len(values), step):
+            chunk = values[start:start + step]
+            db.execute(f"INSERT OR IGNORE INTO archive ({', '.join(ARCHIVE_ROW)}) VALUES "
+                       + ",".join([_ARCHIVE_PLACES] * (len(chunk) // ARCHIVE_COLUMNS)), chunk)
     except Exception:
         db.execute("ROLLBACK TO archive_insert")
         raise
@@ -267,20 +273,36 @@ def _run_each(db, batch):
 
 @implementer(IStorage)
 class SQLiteStorage:
-    def __init__(self, path, reactor):
+    """``archive_writer``: an ``ArchiveWriter`` that inserts the archive's records from a process of its
+    own; without one, the database thread does."""
+
+    def __init__(self, path, reactor, archive_writer=None):
         self.path = path
         self._reactor = reactor
         self._calls = queue.SimpleQueue()
         self._db = connect(path)  # opened here, so that a bad path stops the start at once
         self._closed = None
-        self._archive_rows = []  # (host, user, record) appended in this reactor turn
+        self._archive_values = []  # the row values of the records appended in this reactor turn
+        # This process is the archive's only writer: it numbers the records.
+        self._archive_last = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM archive").fetchone()[0]
+        self._writer = archive_writer
         self._thread = threading.Thread(target=self._work, name="bridge-sqlite", daemon=True)
         self._thread.start()
 
     def _call(self, operation, *args):
-        if self._archive_rows:
+        if self._archive_values:
             self._hand_over_archive()  # the calls are carried out in the order they were made
         return self._queue(operation, *args)
+
+    def _call_after_archive(self, operation, *args):
+        """A call that reads or deletes archived records: once those appended before it are stored."""
+        if self._writer is None:
+            return self._call(operation, *args)
+        if self._archive_values:
+            self._hand_over_archive()
+        d = self._writer.settled()
+        d.addCallback(lambda _: self._queue(operation, *args))
+        return d
 
     def _queue(self, operation, *args):
         if self._closed is not None:
@@ -334,41 +356,50 @@ class SQLiteStorage:
         return self._call(_remove, host, user, store, list(ids))
 
     def delete_user(self, host, user):
-        return self._call(_delete_user, host, user)
+        return self._call_after_archive(_delete_user, host, user)
 
     def archive_append(self, host, user, record):
-        if not self._archive_rows:
+        if not self._archive_values:
             self._reactor.callLater(0, self._hand_over_archive)
-        self._archive_rows.append((host, user, record))
+        self._archive_last = archive_row(self._archive_values, self._archive_last, host, user, record)
 
     def _hand_over_archive(self):
-        """The records appended in this reactor turn go to the database thread as one call."""
-        rows, self._archive_rows = self._archive_rows, []
-        if rows:
-            self._queue(_archive_insert, rows).addErrback(
-                lambda failure: log.failure("{count} archived messages not stored", failure, count=len(rows)))
+        """The records appended in this reactor turn go to the writer, or to the database thread, at once."""
+        values, self._archive_values = self._archive_values, []
+        if not values:
+            return
+        if self._writer is not None:
+            self._writer.write(values)
+        else:
+            self._queue(_archive_insert, values).addErrback(
+                lambda failure: log.failure("{count} archived messages not stored", failure,
+                                            count=len(values) // ARCHIVE_COLUMNS))
 
     def archive_query(self, host, user, query):
-        return self._call(_archive_query, host, user, query)
+        return self._call_after_archive(_archive_query, host, user, query)
 
     def archive_remove(self, host, user, before=None):
-        return self._call(_archive_remove, host, user, before)
+        return self._call_after_archive(_archive_remove, host, user, before)
 
     def archive_expire(self, host, before):
-        return self._call(_archive_expire, host, before)
+        return self._call_after_archive(_archive_expire, host, before)
 
     def close(self):
-        """Deferred: fires once every call made before is committed and the thread has ended."""
+        """Deferred: fires once every call made before is committed, the thread and the writer ended."""
         if self._closed is None:
             self._hand_over_archive()
-            self._closed = defer.Deferred()
+            writer_ended = defer.succeed(None) if self._writer is None else self._writer.close()
+            thread_ended = defer.Deferred()
+            self._closed = defer.gatherResults([writer_ended, thread_ended])
+            self._closed.addCallback(lambda _: None)
             self._calls.put(_STOP)
-            threading.Thread(target=self._await_thread, name="bridge-sqlite-close", daemon=True).start()
+            threading.Thread(target=self._await_thread, args=(thread_ended,), name="bridge-sqlite-close",
+                             daemon=True).start()
         return self._closed
 
-    def _await_thread(self):
+    def _await_thread(self, ended):
         self._thread.join()
-        self._reactor.callFromThread(self._closed.callback, None)
+        self._reactor.callFromThread(ended.callback, None)
 
 
 def _answer(deferreds, outcomes):

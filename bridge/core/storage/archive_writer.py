@@ -1,0 +1,174 @@
+"""The archive's writer: a process of its own that inserts the archive's records into the SQLite file.
+
+Two records are written for every message between local users.  Inserted by
+the database thread of the server's process, they cost the reactor more
+than their share: each call into SQLite hands the interpreter lock to the
+other thread and back, and a reactor thread woken on the other core runs
+slower (docs/performance.md, "The message archive", has the figures).  A
+process of its own has its own lock, and the second core.
+
+The server hands each reactor turn's records over as one frame on the
+writer's standard input (a 4-byte length, then the row values, marshalled);
+the writer commits every frame it has read in one transaction, then answers
+with one byte per frame, in order (``1``: stored, ``0``: refused, with the
+reason on its standard error).  Frames not answered yet are kept, and sent
+again to a new writer if this one ends; the rows' times (``seq``) come from
+the server, so a frame committed twice is stored once.  The writer ignores
+SIGINT and SIGTERM (a terminal's Ctrl-C and a service manager reach every
+process of the group): it ends when the server closes its input, once what
+it has read is committed.
+"""
+
+import collections
+import marshal
+import os
+import signal
+import struct
+import sys
+
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+
+from bridge.core.storage.sqlite import ARCHIVE_COLUMNS, _archive_insert, connect, run_batch
+
+log = Logger()
+
+_HEADER = struct.Struct(">I")
+# Bytes of frames not yet answered past which a turn's records are dropped (and said so), rather than
+# held without bound while the writer cannot keep up or cannot start.
+MAX_BACKLOG_BYTES = 64 * 1024 * 1024
+RESTART_DELAY_SECONDS = 1.0
+
+
+class ArchiveWriter(protocol.ProcessProtocol):
+    """The server's side: frames out, answers in, a new writer when one ends."""
+
+    def __init__(self, reactor, path):
+        self._reactor = reactor
+        self._path = path
+        self._frames = collections.deque()  # (number, frame, rows) handed over, not answered yet
+        self._backlog = 0  # their bytes
+        self._handed = self._answered = 0  # frames numbered from 1
+        self._waiters = []  # (number, Deferred): fires once that frame is answered
+        self._started = False
+        self._dropping = False
+        self._closed = None
+
+    def write(self, values):
+        """Hand over one turn's row values (see ``sqlite._archive_insert``)."""
+        rows = len(values) // ARCHIVE_COLUMNS
+        if self._backlog > MAX_BACKLOG_BYTES:
+            if not self._dropping:
+                log.error("the archive writer is {backlog} bytes behind: archived messages are dropped until it "
+                          "catches up", backlog=self._backlog)
+                self._dropping = True
+            return
+        body = marshal.dumps(values)
+        frame = _HEADER.pack(len(body)) + body
+        self._handed += 1
+        self._frames.append((self._handed, frame, rows))
+        self._backlog += len(frame)
+        if not self._started:
+            self._start()
+        elif self.transport is not None:
+            self.transport.write(frame)
+
+    def settled(self):
+        """Deferred: fires once every frame handed over so far is answered (stored or refused)."""
+        if self._answered >= self._handed:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._waiters.append((self._handed, d))
+        return d
+
+    def close(self):
+        """Deferred: fires once the writer has answered every frame and ended."""
+        if self._closed is None:
+            self._closed = defer.Deferred()
+            if self.transport is not None:
+                self.transport.closeStdin()
+            elif not self._frames:
+                self._closed.callback(None)
+            # else: a writer starts (or restarts) for the frames left, and ends once they are answered.
+        return self._closed
+
+    def _start(self):
+        self._started = True
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (package_root, os.environ.get("PYTHONPATH")))))
+        self._reactor.spawnProcess(self, sys.executable, [sys.executable, "-m", __name__, self._path], env=env)
+
+    def connectionMade(self):
+        for _, frame, _ in self._frames:
+            self.transport.write(frame)
+        if self._closed is not None:
+            self.transport.closeStdin()
+
+    def outReceived(self, data):
+        for answer in data:
+            number, frame, rows = self._frames.popleft()
+            self._backlog -= len(frame)
+            self._answered = number
+            if answer != ord("1"):
+                log.error("{rows} archived messages not stored (the archive writer refused them)", rows=rows)
+        if self._dropping and self._backlog <= MAX_BACKLOG_BYTES // 2:
+            log.info("the archive writer caught up: messages are archived again")
+            self._dropping = False
+        while self._waiters and self._waiters[0][0] <= self._answered:
+            self._waiters.pop(0)[1].callback(None)
+
+    def errReceived(self, data):
+        log.error("archive writer: {text}", text=data.decode("utf-8", "replace").rstrip())
+
+    def processEnded(self, reason):
+        self.transport = None
+        if self._closed is not None and not self._frames:
+            self._closed.callback(None)
+            return
+        log.error("the archive writer ended ({reason}); another starts in {delay} s, and is sent the "
+                  "{count} frames not answered", reason=reason.value, delay=RESTART_DELAY_SECONDS,
+                  count=len(self._frames))
+        self._reactor.callLater(RESTART_DELAY_SECONDS, self._start)
+
+
+def _frames_in(buffer):
+    """The complete frames at the start of ``buffer`` (a bytearray), removed from it."""
+    frames = []
+    start = 0
+    while len(buffer) - start >= _HEADER.size:
+        (length,) = _HEADER.unpack_from(buffer, start)
+        end = start + _HEADER.size + length
+        if len(buffer) < end:
+            break
+        frames.append(marshal.loads(buffer[start + _HEADER.size:end]))
+        start = end
+    del buffer[:start]
+    return frames
+
+
+def main(path):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    db = connect(path)
+    buffer = bytearray()
+    while True:
+        data = os.read(0, 1 << 20)
+        if not data:
+            break
+        buffer += data
+        frames = _frames_in(buffer)
+        if not frames:
+            continue
+        outcomes = run_batch(db, [(_archive_insert, (values,)) for values in frames])
+        for values, (succeeded, result) in zip(frames, outcomes):
+            if not succeeded:
+                sys.stderr.write(f"{len(values) // ARCHIVE_COLUMNS} rows refused: {result.value}\n")
+        sys.stderr.flush()
+        answers = bytes(ord("1") if succeeded else ord("0") for succeeded, _ in outcomes)
+        while answers:
+            answers = answers[os.write(1, answers):]
+    db.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
