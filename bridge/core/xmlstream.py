@@ -239,7 +239,7 @@ def _escape(text):
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _escape_attribute(text):
+def escape_attribute(text):
     if _ATTRIBUTE_SPECIALS.search(text) is None:
         return text
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace(
@@ -268,7 +268,7 @@ def _write_plain(element, current_default, write):
             if key[0] != NS_XML:
                 return False
             key = "xml:" + key[1]
-        write(f" {key}='{_escape_attribute(value)}'")
+        write(f" {key}='{escape_attribute(value)}'")
     children = element.children
     if not children:
         write("/>")

@@ -14,6 +14,7 @@ from bridge import config as configuration, ctl
 from bridge.core.sessions import Session
 from bridge.core.stanza import make
 from bridge.core.storage import ArchiveQuery, ArchiveRecord, sqlite
+from bridge.core.xmlstream import parse_element, serialize
 from tests.unit.helpers import GatewayLine, Harness, LateStorage, gateway_context, result_of
 
 NS_MAM = "urn:xmpp:mam:2"
@@ -32,7 +33,9 @@ def condition(stanza):
 
 
 def stanza_ids(message):
-    return [(c["by"], c["id"]) for c in message.elements() if c.uri == NS_SID and c.name == "stanza-id"]
+    """The (by, id) of the stanza-ids of ``message`` as it is written (the server's stamp is raw XML)."""
+    written = parse_element(serialize(message))
+    return [(c["by"], c["id"]) for c in written.elements() if c.uri == NS_SID and c.name == "stanza-id"]
 
 
 def form(*fields):
