@@ -125,6 +125,7 @@ class ServerProcess:
         self.ports = {}  # listener kind ("c2s", "s2s", "component"...) -> port
 
     def start(self, wait_for=("c2s", "c2s-direct-tls"), timeout=SERVER_START_TIMEOUT):
+        self._new_lines = queue.Queue()  # a process started again reads its own lines, not the end of the last
         self.process = subprocess.Popen(self.command, env=server_env(), stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, cwd=os.path.dirname(self.config_path))
         self._reader = threading.Thread(target=self._drain, daemon=True)

@@ -189,3 +189,35 @@ def test_bridgectl_exports_and_deletes_an_archive(mam_server, tmp_path):
             return await archive(marta)
 
     assert asyncio.run(read_again()) == []
+
+
+def test_the_archive_survives_a_restart_and_its_writer_ends_with_the_server(start_server):
+    """Messages archived by the writer process are in the archive after the server stops (SIGTERM) and
+    starts again; the writer ended with the server."""
+    server = start_server("mam-restart", ("ana@localhost", "luis@localhost"))
+    data = os.path.join(os.path.dirname(server.config_path), "data")
+
+    def writers():
+        found = subprocess.run(["pgrep", "-f", f"archive_writer {data}"], capture_output=True, text=True)
+        return found.stdout.split()
+
+    async def send():
+        async with Clients(server) as clients:
+            ana = await clients.login("ana@localhost/a", plugins=MAM_PLUGINS)
+            luis = await clients.login("luis@localhost/l", plugins=MAM_PLUGINS)
+            for number in range(20):
+                ana.send_message(mto="luis@localhost", mbody=f"before the restart {number}", mtype="chat")
+            await next_item(luis.messages, lambda m: m["body"] == "before the restart 19", what="the last message")
+            await barrier(ana)
+
+    async def read():
+        async with Clients(server) as clients:
+            luis = await clients.login("luis@localhost/l", plugins=MAM_PLUGINS)
+            return bodies(await archive(luis))
+
+    asyncio.run(send())
+    assert len(writers()) == 1
+    server.stop()
+    assert writers() == []
+    server.start()
+    assert asyncio.run(read()) == [f"before the restart {number}" for number in range(20)]
