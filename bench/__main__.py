@@ -9,6 +9,10 @@ from a test CA) and the browser transports phase (BOSH and WebSocket, bridge
 and Prosody).  Prints the tables with bridge's ratio to each other server
 and writes every figure as JSON to --output.  Every server binds its own
 loopback address only and is stopped at the end, even on error.
+
+With --archive, only the messages load instead, with the message archive off
+and on: bridge alternately, --archive-rounds times each, then Prosody and
+ejabberd with mod_mam and without (bench/archive.py).
 """
 
 import argparse
@@ -20,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 
-from bench import browser, c2s, report
+from bench import archive, browser, c2s, report
 from bench import federation as federation_phase
 from bench.load import raise_nofile
 from bench.servers import BenchError, ejabberd_libs, ejabberd_version, say
@@ -53,6 +57,13 @@ def main(argv=None):
     p.add_argument("--warmup", type=float, default=2.0, help="message warm-up in s")
     p.add_argument("--sessions", type=int, default=2000,
                    help="idle authenticated sessions for the memory figure (default %(default)s)")
+    p.add_argument("--archive", action="store_true",
+                   help="only the messages load, with the message archive off and on: bridge "
+                        "([mam] enabled false/true) alternately --archive-rounds times, Prosody "
+                        "and ejabberd (mod_mam) once each way; no other load or phase")
+    p.add_argument("--archive-rounds", type=int, default=3,
+                   help="runs of bridge with its archive off, and as many on (default "
+                        "%(default)s; the medians are compared)")
     p.add_argument("--output", help="write all results as JSON to this file")
     p.add_argument("--domain", default="localhost")
     p.add_argument("--user-pattern", default="bench{}")
@@ -172,6 +183,10 @@ def main(argv=None):
             p.error("unknown browser transport %r" % t)
     if args.only_browser_transports and (args.federation_only or args.no_browser_transports):
         p.error("--only-browser-transports excludes --federation-only and --no-browser-transports")
+    if args.archive and (args.federation_only or args.only_browser_transports or args.baseline):
+        p.error("--archive excludes --federation-only, --only-browser-transports and --baseline")
+    if args.archive_rounds < 1:
+        p.error("--archive-rounds must be at least 1")
     if args.quick:
         args.logins, args.pairs, args.duration, args.warmup = 20, 5, 2.0, 1.0
         args.sessions = 50
@@ -185,7 +200,7 @@ def main(argv=None):
         p.error("--fed-addresses needs three addresses")
     if args.federation_only and args.no_federation:
         p.error("--federation-only and --no-federation exclude each other")
-    federation = not args.no_federation and not args.only_browser_transports
+    federation = not (args.no_federation or args.only_browser_transports or args.archive)
     args.fed_prosody = federation and not args.fed_no_prosody
     if args.fed_prosody and not shutil.which("prosody"):
         say("prosody not found: the federation phase runs bridge -> bridge only")
@@ -199,15 +214,18 @@ def main(argv=None):
         skipped["ejabberd"] = "not installed (apt-get install -y ejabberd)"
         say("ejabberd not found: SKIPPING it (apt-get install -y ejabberd to include it)")
         server_names.remove("ejabberd")
-    names = [] if args.federation_only or args.only_browser_transports else server_names
+    names = [] if args.federation_only or args.only_browser_transports or args.archive \
+        else server_names
     if args.baseline and names:
         names.insert(names.index("bridge") + 1 if "bridge" in names else 0, "baseline")
     # ejabberd takes part in the c2s phase only.
-    browser_names = [] if args.federation_only or args.no_browser_transports else \
-        [n for n in server_names if n != "ejabberd"]
-    if "prosody" in names + browser_names and not shutil.which("prosody"):
+    browser_names = [] if args.federation_only or args.no_browser_transports or args.archive \
+        else [n for n in server_names if n != "ejabberd"]
+    archive_names = server_names if args.archive else []
+    if "prosody" in names + browser_names + archive_names and not shutil.which("prosody"):
         p.error("prosody not found: apt-get install -y prosody (or --servers without prosody)")
-    args.accounts = max(args.sessions, 2 * args.pairs, 20)
+    # The archive comparison has no idle sessions.
+    args.accounts = max(0 if args.archive else args.sessions, 2 * args.pairs, 20)
     raise_nofile()
 
     tmp = tempfile.mkdtemp(prefix="bridge-bench-")
@@ -220,7 +238,7 @@ def main(argv=None):
             "logins", "concurrency", "login_accounts", "pairs", "window", "duration",
             "warmup", "sessions", "accounts", "quick", "fed_pairs", "fed_duration",
             "browser_sessions", "browser_pairs", "browser_duration", "browser_transports",
-            "bosh_max_rate", "bosh_burst", "bosh_window")},
+            "bosh_max_rate", "bosh_burst", "bosh_window", "archive", "archive_rounds")},
     }, "servers": {}}
     if shutil.which("prosody"):
         try:
@@ -234,6 +252,8 @@ def main(argv=None):
     failed = False
     try:
         failed = not c2s.run(args, tmp, names, results)
+        if archive_names:
+            failed = not archive.run(args, tmp, archive_names, results) or failed
         if federation:
             fed = results["federation"] = {}
             try:
@@ -258,7 +278,10 @@ def main(argv=None):
                                        for t in args.browser_transports):
                     failed = True
     finally:
-        report.print_c2s(results, args, names)
+        if args.archive:
+            report.print_archive(results, args)
+        else:
+            report.print_c2s(results, args, names)
         if "federation" in results:
             report.print_federation(results, args)
         if "browser_transports" in results:

@@ -8,56 +8,75 @@ from bench.servers import (BenchError, BridgeServer, EjabberdServer, ProsodyServ
                            proc_rss_kib, say, stop_quietly, tail)
 
 
-def run(args, tmp, names, results):
-    """Each server of ``names`` in turn; False when one of them failed.
+PHASES = ("idle", "logins", "messages")
 
-    Prosody and ejabberd get a certificate with the key type of bridge's
-    generated one (``--peer-key auto``), so that TLS costs the same.
-    """
+
+def run(args, tmp, names, results):
+    """Each server of ``names`` in turn; False when one of them failed."""
     ok = True
     bridge_key = None
     for name in names:
-        key = args.peer_key
-        if key == "auto":
-            key = "ec" if bridge_key and bridge_key.startswith("ec") else "rsa"
-        if name == "bridge":
-            server = BridgeServer(args, os.path.join(tmp, "bridge"), args.bridge_port)
-        elif name == "baseline":
-            server = BridgeServer(args, os.path.join(tmp, "baseline"), args.baseline_port,
-                                  name="baseline", data_dir=os.path.join(tmp, "baseline", "data"),
-                                  source=checkout(args.baseline, os.path.join(tmp, "baseline-tree")))
-        elif name == "prosody":
-            server = ProsodyServer(args, os.path.join(tmp, "prosody"), args.prosody_port, key)
-        else:
-            server = EjabberdServer(args, os.path.join(tmp, "ejabberd"), args.ejabberd_port, key)
+        server = make_server(args, tmp, name, peer_key(args, bridge_key))
         entry = results["servers"][name] = {}
         if name == "baseline":
             entry["revision"] = args.baseline
-        try:
-            server.prepare(args.accounts)
-            bench_server(args, server, args.accounts, entry)
-            if name == "bridge":
-                bridge_key = server.info.get("certificate_key")
-        except (BenchError, OSError, subprocess.SubprocessError) as exc:
-            ok = False
-            entry["error"] = str(exc)
-            say("%s: FAILED: %s" % (name, exc))
-        finally:
-            stop_quietly(server)
-            entry["info"] = server.info
-            entry["server_log_tail"] = tail(server.out_path, 20)
-        entry["figures"] = figures(entry)
+        ok = bench_one(args, server, entry) and ok
+        if name == "bridge":
+            bridge_key = server.info.get("certificate_key")
     return ok
 
 
-def bench_server(args, server, accounts, out):
-    """Run the three loads, each on a freshly started server process.
+def peer_key(args, bridge_key):
+    """The key type of Prosody's and ejabberd's certificates: ``--peer-key``, or with auto
+    that of bridge's generated one (`bridge_key`), so that TLS costs the same."""
+    if args.peer_key != "auto":
+        return args.peer_key
+    return "ec" if bridge_key and bridge_key.startswith("ec") else "rsa"
+
+
+def make_server(args, tmp, name, key, label=None, archive=False, data_dir=None):
+    """Server `name` (bridge, baseline, prosody or ejabberd) working in ``tmp/label``, with its
+    message archive on when `archive`; `data_dir` is bridge's."""
+    label = label or name
+    workdir = os.path.join(tmp, label)
+    if name == "bridge":
+        return BridgeServer(args, workdir, args.bridge_port, name=label, data_dir=data_dir,
+                            archive=archive)
+    if name == "baseline":
+        return BridgeServer(args, workdir, args.baseline_port, name=label,
+                            data_dir=os.path.join(workdir, "data"),
+                            source=checkout(args.baseline, os.path.join(tmp, "baseline-tree")))
+    if name == "prosody":
+        return ProsodyServer(args, workdir, args.prosody_port, key, name=label, archive=archive)
+    return EjabberdServer(args, workdir, args.ejabberd_port, key, name=label, archive=archive)
+
+
+def bench_one(args, server, entry, phases=PHASES):
+    """Prepare `server`, run `phases` on it and stop it, also on error; results, errors and
+    figures go into `entry`.  False when it failed."""
+    ok = True
+    try:
+        server.prepare(args.accounts)
+        bench_server(args, server, args.accounts, entry, phases)
+    except (BenchError, OSError, subprocess.SubprocessError) as exc:
+        ok = False
+        entry["error"] = str(exc)
+        say("%s: FAILED: %s" % (server.name, exc))
+    finally:
+        stop_quietly(server)
+        entry["info"] = server.info
+        entry["server_log_tail"] = tail(server.out_path, 20)
+    entry["figures"] = figures(entry)
+    return ok
+
+
+def bench_server(args, server, accounts, out, phases=PHASES):
+    """Run the loads of `phases`, each on a freshly started server process.
 
     A fresh process per load keeps one load's leftovers (e.g. 2000 sessions
     just torn down, a grown heap) out of the next load's figures.  Results go
     into `out` as they come, so a failure keeps what was measured before it.
     """
-    phases = ["idle", "logins", "messages"]
     for i, phase in enumerate(phases):
         if i == 0 or not args.no_restart:
             if i > 0:

@@ -2,7 +2,7 @@
 
 import json
 
-from bench import browser, c2s, federation
+from bench import archive, browser, c2s, federation
 
 
 def fmt(v):
@@ -13,23 +13,30 @@ def fmt(v):
     return str(v)
 
 
-def table(figs, names, rows):
-    """The figures of ``names`` side by side, then bridge's ratio to each other server.
+def table(figs, names, rows, reference="bridge", versus=None):
+    """The figures of ``names`` side by side, then `reference`'s ratio to each server of `versus`
+    (by default every other one).
 
-    Returns the text and {other server: {figure: bridge / other}}.
+    Returns the text and {other server: {figure: reference / other}}.
     """
-    others = [n for n in names if n != "bridge"] if "bridge" in names else []
-    head = "%-30s" % "figure" + "".join("%12s" % n for n in names)
-    head += "".join("%17s" % ("bridge/" + n) for n in others) + ("  better" if others else "")
+    if versus is None:
+        versus = [n for n in names if n != reference] if reference in names else []
+    others = [n for n in versus if n in names]
+    width = {n: max(12, len(n) + 2) for n in names}
+    heads = {n: "%s/%s" % (reference, n) for n in others}
+    head = "%-30s" % "figure" + "".join("%*s" % (width[n], n) for n in names)
+    head += "".join("%*s" % (max(17, len(h) + 2), h) for h in heads.values())
+    head += "  better" if others else ""
     lines = [head, "-" * len(head)]
     ratios = {n: {} for n in others}
     for key, label, better in rows:
-        row = "%-30s" % label + "".join("%12s" % fmt(figs.get(n, {}).get(key)) for n in names)
+        row = "%-30s" % label + "".join("%*s" % (width[n], fmt(figs.get(n, {}).get(key)))
+                                        for n in names)
         for n in others:
-            b, o = figs["bridge"].get(key), figs[n].get(key)
+            b, o = figs[reference].get(key), figs[n].get(key)
             ratio = round(b / o, 3) if isinstance(b, (int, float)) and isinstance(o, (int, float)) and o else None
             ratios[n][key] = ratio
-            row += "%17s" % fmt(ratio)
+            row += "%*s" % (max(17, len(heads[n]) + 2), fmt(ratio))
         lines.append(row + ("  " + better if others else ""))
     return "\n".join(lines), ratios
 
@@ -72,8 +79,62 @@ def print_c2s(results, args, names):
                 print("  %s: %s: %s" % (n, mode, w))
         if e.get("error"):
             print("  %s: error: %s" % (n, e["error"].splitlines()[0]))
+    print_skipped(results)
+
+
+def print_skipped(results):
     for n, why in results["meta"]["skipped"].items():
         print("  %s: SKIPPED, %s" % (n, why))
+
+
+def print_archive(results, args):
+    """The archive comparison: the configurations side by side (bridge's figures are medians over
+    its rounds), bridge-on's ratios with the goals, then every run with what its archive holds."""
+    out = results.get("archive") or {}
+    figs = out.get("figures") or {}
+    names = [n for n in ("bridge-off", "bridge-on", "prosody-on", "prosody-off", "ejabberd-on",
+                         "ejabberd-off") if n in figs]
+    text, ratios = table(figs, names, archive.ROWS, reference="bridge-on",
+                         versus=archive.VERSUS)
+    out["ratios_bridge_on_over"] = ratios
+    print()
+    print("Archive: messages, %d pairs, window %d, %.0f s after %.0f s of warm-up; bridge %d "
+          "rounds (medians), peers once%s" % (args.pairs, args.window, args.duration, args.warmup,
+                                             args.archive_rounds, " --quick" if args.quick else ""))
+    if names:
+        print(text)
+        print()
+    for other, goal in archive.GOALS.items():
+        r = (ratios.get(other) or {}).get("messages_per_s")
+        if r is not None:
+            print("bridge-on/%s messages/s: %s, goal >= %s: %s"
+                  % (other, fmt(r), fmt(goal), "met" if r >= goal else "NOT met"))
+    if out.get("round_ratios"):
+        print("bridge-on/bridge-off messages/s per round: %s"
+              % " ".join(fmt(r) for r in out["round_ratios"]))
+    print()
+    head = "%-14s%12s%10s%10s%12s%10s%10s%10s" % (
+        "run", "messages/s", "p50 ms", "p99 ms", "CPU us/msg", "sent", "archived", "per msg")
+    print(head)
+    print("-" * len(head))
+    for e in out.get("runs") or []:
+        f = e.get("figures") or {}
+        sent = (e.get("messages") or {}).get("sent_total")
+        items = e.get("archived_items")
+        label = archive.run_label(e)
+        print("%-14s%12s%10s%10s%12s%10s%10s%10s" % (
+            label, fmt(f.get("messages_per_s")), fmt(f.get("latency_p50_ms")),
+            fmt(f.get("latency_p99_ms")), fmt(f.get("server_cpu_us_per_message")), fmt(sent),
+            fmt(items), fmt(round(items / sent, 2) if sent and items is not None else None)))
+    for e in out.get("runs") or []:
+        label = archive.run_label(e)
+        for w in load_warnings(e.get("messages") or {}) + e.get("warnings", []):
+            print("  %s: %s" % (label, w))
+        if e.get("error"):
+            print("  %s: error: %s" % (label, e["error"].splitlines()[0]))
+    if out.get("error"):
+        print("  archive: error: %s" % out["error"].splitlines()[0])
+    print_skipped(results)
 
 
 def write_json(results, path):
