@@ -12,6 +12,7 @@ import os
 import queue
 import sys
 
+from twisted.internet import task
 from twisted.words.protocols.jabber.jid import InvalidFormat, JID
 
 from bridge import config as configuration
@@ -64,13 +65,15 @@ class Waiting:
 
     def __init__(self):
         self._answers = queue.SimpleQueue()
+        self._never = task.Clock()
 
     def callFromThread(self, function, *args):
         self._answers.put((function, args))
 
     def callLater(self, delay, function, *args):
-        """What the storage would run at the end of a reactor turn runs when the tool next waits."""
-        self._answers.put((function, args))
+        """A timer that never fires: the tool has no turns, and what the storage gathers for a moment
+        it hands over at its next call or at close."""
+        return self._never.callLater(delay, function, *args)
 
     def result(self, deferred):
         """The result of ``deferred``, waiting for the storage's answers until it has fired."""

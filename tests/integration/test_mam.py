@@ -215,9 +215,11 @@ def test_the_archive_survives_a_restart_and_its_writer_ends_with_the_server(star
             luis = await clients.login("luis@localhost/l", plugins=MAM_PLUGINS)
             return bodies(await archive(luis))
 
+    expected = [f"before the restart {number}" for number in range(20)]
     asyncio.run(send())
+    assert asyncio.run(read()) == expected  # answered once the writer has stored them
     assert len(writers()) == 1
     server.stop()
     assert writers() == []
     server.start()
-    assert asyncio.run(read()) == [f"before the restart {number}" for number in range(20)]
+    assert asyncio.run(read()) == expected

@@ -7,7 +7,7 @@ import signal
 import sqlite3
 import stat
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from bridge.core.storage import ArchiveQuery, ArchiveRecord, archive_writer, sqlite
@@ -57,21 +57,30 @@ class ThreadedStorageTests(TestCase):
         self.failureResultOf(self.storage.get("h", "u", "doc"), RuntimeError)
 
     @defer.inlineCallbacks
-    def test_a_turns_archive_appends_go_as_one_call_before_later_calls(self):
-        """The archive records of one reactor turn reach the database thread as one call, at the end of
-        the turn or before any call made after them (a query sees them); close writes those left."""
+    def test_archive_appends_go_together_before_later_calls(self):
+        """Archive records appended together reach the database thread as one call, once
+        ARCHIVE_HANDOVER_SECONDS have passed or before any call made after them (a query sees them);
+        close writes those left."""
         handed_over = []
         queue_call = self.storage._queue
         self.storage._queue = lambda operation, *args: handed_over.append(operation) or queue_call(operation, *args)
-        for number in range(3):
-            self.storage.archive_append("h", "u", ArchiveRecord(f"id{number}", number, "b@h", "", "in", "<m/>"))
+
+        def append(*numbers):
+            for number in numbers:
+                self.storage.archive_append("h", "u", ArchiveRecord(f"id{number}", number, "b@h", "", "in", "<m/>"))
+
+        append(0, 1)
+        self.assertEqual(handed_over, [])
+        yield task.deferLater(reactor, sqlite.ARCHIVE_HANDOVER_SECONDS * 2, lambda: None)
+        self.assertEqual(handed_over, [sqlite._archive_insert])
+        append(2, 3)
         page = yield self.storage.archive_query("h", "u", ArchiveQuery())
-        self.assertEqual([record.id for record in page.records], ["id0", "id1", "id2"])
-        self.assertEqual(handed_over, [sqlite._archive_insert, sqlite._archive_query])
-        self.storage.archive_append("h", "u", ArchiveRecord("id3", 3, "b@h", "", "in", "<m/>"))
+        self.assertEqual([record.id for record in page.records], ["id0", "id1", "id2", "id3"])
+        self.assertEqual(handed_over, [sqlite._archive_insert] * 2 + [sqlite._archive_query])
+        append(4)
         yield self.storage.close()
         with sqlite3.connect(self.path) as db:
-            self.assertEqual(db.execute("SELECT COUNT(*) FROM archive").fetchone()[0], 4)
+            self.assertEqual(db.execute("SELECT COUNT(*) FROM archive").fetchone()[0], 5)
 
 
 class ArchiveWriterProcessTests(TestCase):

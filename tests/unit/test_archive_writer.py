@@ -53,7 +53,7 @@ class ArchiveWriterTests(SynchronousTestCase):
 
     def test_starts_with_the_first_frame_and_sends_each_in_order(self):
         """No process before there is something to write; then one, running this module on the file,
-        sent each turn's values as one frame, in order."""
+        sent each hand-over's values as one frame, in order."""
         self.assertEqual(self.reactor.spawned, [])
         self.writer.write(row(1))
         self.writer.write(row(2) + row(3))
@@ -101,7 +101,7 @@ class ArchiveWriterTests(SynchronousTestCase):
         self.successResultOf(self.writer.settled())
 
     def test_the_backlog_is_bounded(self):
-        """While the frames not answered pass the bound, a turn's records are dropped (not held); once
+        """While the frames not answered pass the bound, a hand-over's records are dropped (not held); once
         the writer has caught up, they are sent again."""
         self.patch(archive_writer, "MAX_BACKLOG_BYTES", 1000)
         big = row(1)[:-1] + ["x" * 600]

@@ -241,7 +241,7 @@ class SQLiteArchiveTests(ArchiveContract, SynchronousTestCase):
         self.assertEqual(self.ids(self.page(limit=count + 1)), [f"id{n}" for n in range(count)])
 
     def test_a_failed_group_of_appends_writes_none(self):
-        """When one row of a turn's records cannot be written, none of them is, and the call fails."""
+        """When one row of a hand-over's records cannot be written, none of them is, and the call fails."""
         count = sqlite.ARCHIVE_ROWS_PER_STATEMENT + 5  # the refused row in the group's second statement
         self.db.execute(f"CREATE TRIGGER refuse BEFORE INSERT ON archive WHEN NEW.id = 'id{count - 2}' "
                         "BEGIN SELECT RAISE(ABORT, 'refused'); END")

@@ -122,9 +122,10 @@ class IStorage(Interface):
         """Add an ``ArchiveRecord`` at the end of the user's archive; no answer.
 
         Two are appended for every message between local users, so an append
-        costs no Deferred: the records of one reactor turn are written
-        together, before any later call, and a failure is logged (the message
-        was delivered all the same).  Its time orders the archive: a record
+        costs no Deferred: a backend may gather appends for a moment and
+        write them together (SQLite: ``ARCHIVE_HANDOVER_SECONDS``), always
+        before any call made after them, and logs a failure (the message was
+        delivered all the same).  Its time orders the archive: a record
         whose time is not later than that of every record stored before it
         (two in one microsecond, a clock set back) is kept one microsecond
         after the latest.

@@ -7,8 +7,8 @@ other thread and back, and a reactor thread woken on the other core runs
 slower (docs/performance.md, "The message archive", has the figures).  A
 process of its own has its own lock, and the second core.
 
-The server hands each reactor turn's records over as one frame on the
-writer's standard input (a 4-byte length, then the row values, marshalled);
+The server hands the records over every few milliseconds
+(``sqlite.ARCHIVE_HANDOVER_SECONDS``), as one frame on the writer's standard input (a 4-byte length, then the row values, marshalled);
 the writer commits every frame it has read in one transaction, then answers
 with one byte per frame, in order (``1``: stored, ``0``: refused, with the
 reason on its standard error).  Frames not answered yet are kept, and sent
@@ -34,7 +34,7 @@ from bridge.core.storage.sqlite import ARCHIVE_COLUMNS, _archive_insert, connect
 log = Logger()
 
 _HEADER = struct.Struct(">I")
-# Bytes of frames not yet answered past which a turn's records are dropped (and said so), rather than
+# Bytes of frames not yet answered past which a hand-over's records are dropped (and said so), rather than
 # held without bound while the writer cannot keep up or cannot start.
 MAX_BACKLOG_BYTES = 64 * 1024 * 1024
 RESTART_DELAY_SECONDS = 1.0
@@ -55,7 +55,7 @@ class ArchiveWriter(protocol.ProcessProtocol):
         self._closed = None
 
     def write(self, values):
-        """Hand over one turn's row values (see ``sqlite._archive_insert``)."""
+        """Hand over the row values of a few milliseconds' records (see ``sqlite._archive_insert``)."""
         rows = len(values) // ARCHIVE_COLUMNS
         if self._backlog > MAX_BACKLOG_BYTES:
             if not self._dropping:
