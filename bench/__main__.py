@@ -64,6 +64,9 @@ def main(argv=None):
     p.add_argument("--archive-rounds", type=int, default=3,
                    help="runs of bridge with its archive off, and as many on (default "
                         "%(default)s; the medians are compared)")
+    p.add_argument("--archive-idle", action="store_true",
+                   help="with --archive: also the memory of --sessions idle sessions, before the "
+                        "messages load, in every run")
     p.add_argument("--output", help="write all results as JSON to this file")
     p.add_argument("--domain", default="localhost")
     p.add_argument("--user-pattern", default="bench{}")
@@ -224,8 +227,9 @@ def main(argv=None):
     archive_names = server_names if args.archive else []
     if "prosody" in names + browser_names + archive_names and not shutil.which("prosody"):
         p.error("prosody not found: apt-get install -y prosody (or --servers without prosody)")
-    # The archive comparison has no idle sessions.
-    args.accounts = max(0 if args.archive else args.sessions, 2 * args.pairs, 20)
+    # The archive comparison has no idle sessions unless asked for.
+    idle = not args.archive or args.archive_idle
+    args.accounts = max(args.sessions if idle else 0, 2 * args.pairs, 20)
     raise_nofile()
 
     tmp = tempfile.mkdtemp(prefix="bridge-bench-")
@@ -238,7 +242,7 @@ def main(argv=None):
             "logins", "concurrency", "login_accounts", "pairs", "window", "duration",
             "warmup", "sessions", "accounts", "quick", "fed_pairs", "fed_duration",
             "browser_sessions", "browser_pairs", "browser_duration", "browser_transports",
-            "bosh_max_rate", "bosh_burst", "bosh_window", "archive", "archive_rounds")},
+            "bosh_max_rate", "bosh_burst", "bosh_window", "archive", "archive_rounds", "archive_idle")},
     }, "servers": {}}
     if shutil.which("prosody"):
         try:

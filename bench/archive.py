@@ -23,12 +23,14 @@ from bench.servers import BenchError, say
 # against Prosody with mod_mam.
 GOALS = {"bridge-off": 0.7, "prosody-on": 3.0}
 VERSUS = ("bridge-off", "prosody-on", "ejabberd-on")
-FIGURES = ("messages_per_s", "latency_p50_ms", "latency_p99_ms", "server_cpu_us_per_message")
+FIGURES = ("messages_per_s", "latency_p50_ms", "latency_p99_ms", "server_cpu_us_per_message",
+           "rss_per_idle_session_kib")
 ROWS = [  # key, label, better
     ("messages_per_s", "messages/s delivered", "higher"),
     ("latency_p50_ms", "latency p50 ms", "lower"),
     ("latency_p99_ms", "latency p99 ms", "lower"),
     ("server_cpu_us_per_message", "server CPU us per message", "lower"),
+    ("rss_per_idle_session_kib", "KiB per idle session (--archive-idle)", "lower"),
 ]
 
 
@@ -78,7 +80,8 @@ def run(args, tmp, names, results):
         server = make_server(args, tmp, name, peer_key(args, bridge_key), label=label,
                              archive=archive, data_dir=data_dir)
         out["runs"].append(entry)
-        ok = bench_one(args, server, entry, phases=("messages",)) and ok
+        phases = ("idle", "messages") if args.archive_idle else ("messages",)
+        ok = bench_one(args, server, entry, phases=phases) and ok
         if name == "bridge":
             bridge_key = bridge_key or server.info.get("certificate_key")
         try:

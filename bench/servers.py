@@ -171,6 +171,12 @@ class Server:
         self.last_proc = proc
         note = ""
         if proc.poll() is None:
+            helpers = helper_usage(proc.pid)
+            if helpers:
+                # Not in the figures, which count the server's process: bridge's archive writer.
+                self.info.setdefault("helper_processes", []).append(helpers)
+                say("%s: helper processes (not in its figures): %s" % (self.name, "; ".join(
+                    "%s: %.2f s CPU, %d KiB RSS" % (h["command"], h["cpu_s"], h["rss_kib"]) for h in helpers)))
             try:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=15)
@@ -796,6 +802,29 @@ class EjabberdServer(Server):
                 return int(line.split()[1])
         raise BenchError("%s: reading the archive table failed (exit %s): %s"
                          % (self.name, r.returncode, (r.stdout + r.stderr).strip()[-500:]))
+
+
+def helper_usage(pid):
+    """The CPU (user and system, seconds since it started) and memory of each child process of `pid`."""
+    helpers = []
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            children = [int(child) for child in f.read().split()]
+    except OSError:
+        return helpers
+    ticks = os.sysconf("SC_CLK_TCK")
+    for child in children:
+        try:
+            with open("/proc/%d/stat" % child) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open("/proc/%d/cmdline" % child, "rb") as f:
+                command = f.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+        except OSError:
+            continue
+        helpers.append({"pid": child, "command": command[-80:],
+                        "cpu_s": round((int(fields[11]) + int(fields[12])) / ticks, 2),
+                        "rss_kib": int(fields[21]) * os.sysconf("SC_PAGE_SIZE") // 1024})
+    return helpers
 
 
 def stop_quietly(server):

@@ -247,8 +247,14 @@ def parse_rsm(rsm, config):
     return page
 
 
+# The preferences of every user who never set any: one shared document, never changed in place (a user's
+# new preferences are a new document), so that an idle session costs no copy of it.
+NO_PREFERENCES = {"default": None, "always": (), "never": ()}
+
+
 def decode_prefs(stored):
-    stored = stored or {}
+    if not stored:
+        return NO_PREFERENCES
     return {"default": stored.get("default"), "always": list(stored.get("always", ())),
             "never": list(stored.get("never", ()))}
 

@@ -448,6 +448,19 @@ class PreferenceTests(ArchiveTestCase):
         bob.send("<message to='alice@localhost' type='chat'><body>x</body></message>")
         self.assertEqual(self.archive("alice"), [])
 
+    def test_users_without_preferences_share_one_document(self):
+        """A session whose user never set preferences keeps no copy of the defaults in memory; a user who
+        sets some gets a document of their own, and the others keep the shared one."""
+        alice = self.online("alice@localhost/a")
+        self.online("bob@localhost/b")
+        self.online("carol@localhost/c")
+        prefs = self.harness.server.hosts["localhost"].features["mam"].feature.prefs
+        self.assertIs(prefs.cached("localhost", "alice"), prefs.cached("localhost", "bob"))
+        self.prefs(alice, f"<prefs xmlns='{NS_MAM}' default='never'/>")
+        self.assertEqual(prefs.cached("localhost", "alice")["default"], "never")
+        self.assertIs(prefs.cached("localhost", "bob"), prefs.cached("localhost", "carol"))
+        self.assertIsNone(prefs.cached("localhost", "bob")["default"])
+
     def test_bad_preferences(self):
         """A default not among always/roster/never is bad-request, a malformed JID jid-malformed, more
         JIDs than max_preference_jids not-acceptable; nothing changes."""
