@@ -198,7 +198,7 @@ def test_the_archive_survives_a_restart_and_its_writer_ends_with_the_server(star
     data = os.path.join(os.path.dirname(server.config_path), "data")
 
     def writers():
-        found = subprocess.run(["pgrep", "-f", f"archive_writer {data}"], capture_output=True, text=True)
+        found = subprocess.run(["pgrep", "-f", f"archive_writer_main {data}"], capture_output=True, text=True)
         return found.stdout.split()
 
     async def send():

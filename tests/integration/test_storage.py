@@ -10,9 +10,10 @@ import stat
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from bridge.core.storage import ArchiveQuery, ArchiveRecord, archive_writer, sqlite
+from bridge.core.storage import ArchiveQuery, ArchiveRecord, archive_writer, sqlite, sqlite_ops
 from bridge.core.storage.archive_writer import ArchiveWriter
-from bridge.core.storage.sqlite import SQLiteStorage, connect, run_batch
+from bridge.core.storage.sqlite import SQLiteStorage
+from bridge.core.storage.sqlite_ops import connect, run_batch
 
 
 class ThreadedStorageTests(TestCase):
@@ -72,11 +73,11 @@ class ThreadedStorageTests(TestCase):
         append(0, 1)
         self.assertEqual(handed_over, [])
         yield task.deferLater(reactor, sqlite.ARCHIVE_HANDOVER_SECONDS * 2, lambda: None)
-        self.assertEqual(handed_over, [sqlite._archive_insert])
+        self.assertEqual(handed_over, [sqlite_ops._archive_insert])
         append(2, 3)
         page = yield self.storage.archive_query("h", "u", ArchiveQuery())
         self.assertEqual([record.id for record in page.records], ["id0", "id1", "id2", "id3"])
-        self.assertEqual(handed_over, [sqlite._archive_insert] * 2 + [sqlite._archive_query])
+        self.assertEqual(handed_over, [sqlite_ops._archive_insert] * 2 + [sqlite_ops._archive_query])
         append(4)
         yield self.storage.close()
         with sqlite3.connect(self.path) as db:
@@ -136,11 +137,11 @@ class BatchTests(SynchronousTestCase):
         def broken(db):
             raise ValueError("no")
 
-        outcomes = run_batch(db, [(sqlite._set, ("h", "u", "doc", '"v"')), (broken, ()),
-                                  (sqlite._get, ("h", "u", "doc"))])
+        outcomes = run_batch(db, [(sqlite_ops._set, ("h", "u", "doc", '"v"')), (broken, ()),
+                                  (sqlite_ops._get, ("h", "u", "doc"))])
         self.assertEqual([succeeded for succeeded, _ in outcomes], [True, False, True])
         self.assertEqual(outcomes[2][1], "v")
-        self.assertIsInstance(outcomes[1][1].value, ValueError)
+        self.assertIsInstance(outcomes[1][1], ValueError)
         self.assertFalse(db.in_transaction)
 
     def test_failed_commit_fails_every_call(self):
@@ -157,6 +158,6 @@ class BatchTests(SynchronousTestCase):
                     raise sqlite3.OperationalError("database or disk is full")
                 return self.db.execute(statement, *args)
 
-        outcomes = run_batch(Refusing(connect(":memory:")), [(sqlite._append, ("h", "u", "q", '"x"')),
-                                                              (sqlite._count, ("h", "u", "q"))])
+        outcomes = run_batch(Refusing(connect(":memory:")), [(sqlite_ops._append, ("h", "u", "q", '"x"')),
+                                                              (sqlite_ops._count, ("h", "u", "q"))])
         self.assertEqual([succeeded for succeeded, _ in outcomes], [False, False])

@@ -1,4 +1,4 @@
-"""The archive writer's protocol (core/storage/archive_writer.py), on a fake process: frames out in
+"""The archive writer's protocol (core/storage/archive_writer.py and archive_writer_main.py), on a fake process: frames out in
 order, answers in, a new writer sent what was not answered, a bounded backlog, and a clean close."""
 
 import marshal
@@ -9,8 +9,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from bridge.core.storage import archive_writer
-from bridge.core.storage.archive_writer import ArchiveWriter, _frames_in
-from bridge.core.storage.sqlite import ARCHIVE_COLUMNS
+from bridge.core.storage.archive_writer import ArchiveWriter
+from bridge.core.storage.archive_writer_main import frames_in
+from bridge.core.storage.sqlite_ops import ARCHIVE_COLUMNS
 
 
 class FakeProcess:
@@ -58,8 +59,8 @@ class ArchiveWriterTests(SynchronousTestCase):
         self.writer.write(row(1))
         self.writer.write(row(2) + row(3))
         [(args, process)] = self.reactor.spawned
-        self.assertEqual(args[1:], ["-m", archive_writer.__name__, "/data/bridge.sqlite"])
-        self.assertEqual(_frames_in(bytearray(process.written)), [row(1), row(2) + row(3)])
+        self.assertEqual(args[1:], ["-m", "bridge.core.storage.archive_writer_main", "/data/bridge.sqlite"])
+        self.assertEqual(frames_in(bytearray(process.written)), [row(1), row(2) + row(3)])
 
     def test_settled_fires_once_the_frames_before_it_are_answered(self):
         """``settled`` waits for the frames handed over before it, not for those after."""
@@ -96,7 +97,7 @@ class ArchiveWriterTests(SynchronousTestCase):
         self.assertEqual(len(self.reactor.spawned), 1)
         self.reactor.advance(archive_writer.RESTART_DELAY_SECONDS)
         self.assertEqual(len(self.reactor.spawned), 2)
-        self.assertEqual(_frames_in(bytearray(self.process().written)), [row(2), row(3), row(4)])
+        self.assertEqual(frames_in(bytearray(self.process().written)), [row(2), row(3), row(4)])
         self.writer.outReceived(b"111")
         self.successResultOf(self.writer.settled())
 
@@ -108,10 +109,10 @@ class ArchiveWriterTests(SynchronousTestCase):
         self.writer.write(big)
         self.writer.write(big)
         self.writer.write(row(3))  # past the bound: dropped
-        self.assertEqual(len(_frames_in(bytearray(self.process().written))), 2)
+        self.assertEqual(len(frames_in(bytearray(self.process().written))), 2)
         self.writer.outReceived(b"11")
         self.writer.write(row(4))
-        self.assertEqual([values[0] for values in _frames_in(bytearray(self.process().written))], [1, 1, 4])
+        self.assertEqual([values[0] for values in frames_in(bytearray(self.process().written))], [1, 1, 4])
 
     def test_close_ends_the_input_and_waits_for_the_writer(self):
         """Closing ends the writer's input; it fires once the writer has ended."""
@@ -137,9 +138,9 @@ class FramesTests(SynchronousTestCase):
         body = marshal.dumps(values)
         frame = len(body).to_bytes(4, "big") + body
         buffer = bytearray(frame + frame[:5])
-        self.assertEqual(_frames_in(buffer), [values])
+        self.assertEqual(frames_in(buffer), [values])
         self.assertEqual(bytes(buffer), frame[:5])
         buffer += frame[5:]
-        self.assertEqual(_frames_in(buffer), [values])
+        self.assertEqual(frames_in(buffer), [values])
         self.assertEqual(buffer, bytearray())
         self.assertEqual(len(values), ARCHIVE_COLUMNS)

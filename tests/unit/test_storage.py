@@ -9,7 +9,7 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from bridge.core.storage import ArchiveItemNotFound, ArchiveQuery, ArchiveRecord, sqlite, stored_bytes
+from bridge.core.storage import ArchiveItemNotFound, ArchiveQuery, ArchiveRecord, sqlite_ops, stored_bytes
 from bridge.core.storage.memory import MemoryStorage
 from tests.unit.helpers import result_of
 
@@ -36,23 +36,23 @@ class SQLiteSizeTests(SynchronousTestCase):
     """The SQL operations, run on the test's thread as the database thread runs them."""
 
     def run_ops(self, db, *operations):
-        outcomes = sqlite.run_batch(db, operations)
+        outcomes = sqlite_ops.run_batch(db, operations)
         for succeeded, result in outcomes:
             if not succeeded:
-                result.raiseException()
+                raise result
         return [result for _, result in outcomes]
 
     def test_size_follows_appends_removals_and_deletion(self):
         """The database keeps size() equal to the sum of stored_bytes of a queue's items."""
-        db = sqlite.connect(":memory:")
-        ids = self.run_ops(db, *[(sqlite._append, ("h", "u", "offline", json.dumps(value))) for value in VALUES])
-        self.run_ops(db, (sqlite._append, ("h", "u", "other", json.dumps("x"))))
-        [size] = self.run_ops(db, (sqlite._size, ("h", "u", "offline")))
+        db = sqlite_ops.connect(":memory:")
+        ids = self.run_ops(db, *[(sqlite_ops._append, ("h", "u", "offline", json.dumps(value))) for value in VALUES])
+        self.run_ops(db, (sqlite_ops._append, ("h", "u", "other", json.dumps("x"))))
+        [size] = self.run_ops(db, (sqlite_ops._size, ("h", "u", "offline")))
         self.assertEqual(size, sum(map(stored_bytes, VALUES)))
-        _, size = self.run_ops(db, (sqlite._remove, ("h", "u", "offline", ids[1:2])),
-                               (sqlite._size, ("h", "u", "offline")))
+        _, size = self.run_ops(db, (sqlite_ops._remove, ("h", "u", "offline", ids[1:2])),
+                               (sqlite_ops._size, ("h", "u", "offline")))
         self.assertEqual(size, stored_bytes(VALUES[0]) + stored_bytes(VALUES[2]))
-        self.run_ops(db, (sqlite._delete_user, ("h", "u")))
+        self.run_ops(db, (sqlite_ops._delete_user, ("h", "u")))
         self.assertEqual(db.execute("SELECT COUNT(*) FROM queue_bytes").fetchone()[0], 0)
 
     def test_a_database_made_before_the_totals_gets_them(self):
@@ -68,16 +68,16 @@ class SQLiteSizeTests(SynchronousTestCase):
             old.execute("INSERT INTO queue (host, user, store, value) VALUES ('h', 'u', 'offline', ?)",
                         (json.dumps(value),))
         old.close()
-        db = sqlite.connect(path)
-        [size] = self.run_ops(db, (sqlite._size, ("h", "u", "offline")))
+        db = sqlite_ops.connect(path)
+        [size] = self.run_ops(db, (sqlite_ops._size, ("h", "u", "offline")))
         self.assertEqual(size, sum(map(stored_bytes, VALUES)))
-        _, size = self.run_ops(db, (sqlite._append, ("h", "u", "offline", json.dumps("more"))),
-                               (sqlite._size, ("h", "u", "offline")))
+        _, size = self.run_ops(db, (sqlite_ops._append, ("h", "u", "offline", json.dumps("more"))),
+                               (sqlite_ops._size, ("h", "u", "offline")))
         self.assertEqual(size, sum(map(stored_bytes, VALUES + ["more"])))
         db.close()
-        again = sqlite.connect(path)
+        again = sqlite_ops.connect(path)
         self.addCleanup(again.close)
-        [size] = self.run_ops(again, (sqlite._size, ("h", "u", "offline")))
+        [size] = self.run_ops(again, (sqlite_ops._size, ("h", "u", "offline")))
         self.assertEqual(size, sum(map(stored_bytes, VALUES + ["more"])))
 
     def test_reads_take_no_write_lock(self):
@@ -88,19 +88,19 @@ class SQLiteSizeTests(SynchronousTestCase):
         directory = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, directory)
         path = os.path.join(directory, "bridge.sqlite")
-        db = sqlite.connect(path)
+        db = sqlite_ops.connect(path)
         self.addCleanup(db.close)
-        self.run_ops(db, (sqlite._set, ("h", "u", "accounts", json.dumps({"k": 1}))))
+        self.run_ops(db, (sqlite_ops._set, ("h", "u", "accounts", json.dumps({"k": 1}))))
         writer = sqlite3.connect(path, isolation_level=None)
         self.addCleanup(writer.close)
         writer.execute("BEGIN IMMEDIATE")
         self.addCleanup(writer.execute, "ROLLBACK")
         db.execute("PRAGMA busy_timeout = 0")  # a lock it waited for would fail at once
-        self.assertEqual(self.run_ops(db, (sqlite._get, ("h", "u", "accounts")),
-                                      (sqlite._count, ("h", "u", "offline"))), [{"k": 1}, 0])
-        [(succeeded, failure)] = sqlite.run_batch(db, [(sqlite._set, ("h", "v", "accounts", "2"))])
+        self.assertEqual(self.run_ops(db, (sqlite_ops._get, ("h", "u", "accounts")),
+                                      (sqlite_ops._count, ("h", "u", "offline"))), [{"k": 1}, 0])
+        [(succeeded, failure)] = sqlite_ops.run_batch(db, [(sqlite_ops._set, ("h", "v", "accounts", "2"))])
         self.assertFalse(succeeded)
-        self.assertIn("locked", str(failure.value))
+        self.assertIn("locked", str(failure))
 
 
 def record(number, with_jid="bob@localhost", resource="", direction="in"):
@@ -211,14 +211,14 @@ class SQLiteArchiveTests(ArchiveContract, SynchronousTestCase):
     """The SQL operations, run on the test's thread as the database thread runs them, in batches."""
 
     def setUp(self):
-        self.db = sqlite.connect(":memory:")
+        self.db = sqlite_ops.connect(":memory:")
         self.addCleanup(self.db.close)
         self.last = 0
 
     def call(self, name, *args):
-        [(succeeded, result)] = sqlite.run_batch(self.db, [(getattr(sqlite, "_" + name), args)])
+        [(succeeded, result)] = sqlite_ops.run_batch(self.db, [(getattr(sqlite_ops, "_" + name), args)])
         if not succeeded:
-            result.raiseException()
+            raise result
         return result
 
     def append(self, host, user, item):
@@ -228,13 +228,13 @@ class SQLiteArchiveTests(ArchiveContract, SynchronousTestCase):
         """The row values of ``appended`` [(host, user, record)], numbered as ``SQLiteStorage`` does."""
         values = []
         for host, user, item in appended:
-            self.last = sqlite.archive_row(values, self.last, host, user, item)
+            self.last = sqlite_ops.archive_row(values, self.last, host, user, item)
         return values
 
     def test_a_turns_appends_are_written_together(self):
         """The records of one turn go in past the rows of one statement, in their order; a row already
         stored (a frame that the archive writer committed, sent again) is kept once."""
-        count = sqlite.ARCHIVE_ROWS_PER_STATEMENT + 5
+        count = sqlite_ops.ARCHIVE_ROWS_PER_STATEMENT + 5
         values = self.values([("h", "u", record(n)) for n in range(count)])
         self.call("archive_insert", values)
         self.call("archive_insert", values)
@@ -242,11 +242,11 @@ class SQLiteArchiveTests(ArchiveContract, SynchronousTestCase):
 
     def test_a_failed_group_of_appends_writes_none(self):
         """When one row of a hand-over's records cannot be written, none of them is, and the call fails."""
-        count = sqlite.ARCHIVE_ROWS_PER_STATEMENT + 5  # the refused row in the group's second statement
+        count = sqlite_ops.ARCHIVE_ROWS_PER_STATEMENT + 5  # the refused row in the group's second statement
         self.db.execute(f"CREATE TRIGGER refuse BEFORE INSERT ON archive WHEN NEW.id = 'id{count - 2}' "
                         "BEGIN SELECT RAISE(ABORT, 'refused'); END")
         values = self.values([("h", "u", record(n)) for n in range(count)])
-        [(succeeded, _)] = sqlite.run_batch(self.db, [(sqlite._archive_insert, (values,))])
+        [(succeeded, _)] = sqlite_ops.run_batch(self.db, [(sqlite_ops._archive_insert, (values,))])
         self.assertFalse(succeeded)
         self.assertEqual(self.page(limit=10).count, 0)
 

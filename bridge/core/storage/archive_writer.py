@@ -7,7 +7,8 @@ other thread and back, and a reactor thread woken on the other core runs
 slower (docs/performance.md, "The message archive", has the figures).  A
 process of its own has its own lock, and the second core.
 
-The server hands the records over every few milliseconds
+The writer is ``python -m bridge.core.storage.archive_writer_main``, which
+imports no Twisted and stays small.  The server hands the records over every few milliseconds
 (``sqlite.ARCHIVE_HANDOVER_SECONDS``), as one frame on the writer's standard input (a 4-byte length, then the row values, marshalled);
 the writer commits every frame it has read in one transaction, then answers
 with one byte per frame, in order (``1``: stored, ``0``: refused, with the
@@ -20,20 +21,17 @@ it has read is committed.
 """
 
 import collections
-import marshal
 import os
-import signal
-import struct
 import sys
 
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
-from bridge.core.storage.sqlite import ARCHIVE_COLUMNS, _archive_insert, connect, run_batch
+from bridge.core.storage import archive_writer_main
+from bridge.core.storage.sqlite_ops import ARCHIVE_COLUMNS
 
 log = Logger()
 
-_HEADER = struct.Struct(">I")
 # Bytes of frames not yet answered past which a hand-over's records are dropped (and said so), rather than
 # held without bound while the writer cannot keep up or cannot start.
 MAX_BACKLOG_BYTES = 64 * 1024 * 1024
@@ -63,8 +61,7 @@ class ArchiveWriter(protocol.ProcessProtocol):
                           "catches up", backlog=self._backlog)
                 self._dropping = True
             return
-        body = marshal.dumps(values)
-        frame = _HEADER.pack(len(body)) + body
+        frame = archive_writer_main.frame(values)
         self._handed += 1
         self._frames.append((self._handed, frame, rows))
         self._backlog += len(frame)
@@ -96,7 +93,8 @@ class ArchiveWriter(protocol.ProcessProtocol):
         self._started = True
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (package_root, os.environ.get("PYTHONPATH")))))
-        self._reactor.spawnProcess(self, sys.executable, [sys.executable, "-m", __name__, self._path], env=env)
+        self._reactor.spawnProcess(self, sys.executable, [sys.executable, "-m", archive_writer_main.__name__, self._path],
+                                   env=env)
 
     def connectionMade(self):
         for _, frame, _ in self._frames:
@@ -129,46 +127,3 @@ class ArchiveWriter(protocol.ProcessProtocol):
                   "{count} frames not answered", reason=reason.value, delay=RESTART_DELAY_SECONDS,
                   count=len(self._frames))
         self._reactor.callLater(RESTART_DELAY_SECONDS, self._start)
-
-
-def _frames_in(buffer):
-    """The complete frames at the start of ``buffer`` (a bytearray), removed from it."""
-    frames = []
-    start = 0
-    while len(buffer) - start >= _HEADER.size:
-        (length,) = _HEADER.unpack_from(buffer, start)
-        end = start + _HEADER.size + length
-        if len(buffer) < end:
-            break
-        frames.append(marshal.loads(buffer[start + _HEADER.size:end]))
-        start = end
-    del buffer[:start]
-    return frames
-
-
-def main(path):
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    db = connect(path)
-    buffer = bytearray()
-    while True:
-        data = os.read(0, 1 << 20)
-        if not data:
-            break
-        buffer += data
-        frames = _frames_in(buffer)
-        if not frames:
-            continue
-        outcomes = run_batch(db, [(_archive_insert, (values,)) for values in frames])
-        for values, (succeeded, result) in zip(frames, outcomes):
-            if not succeeded:
-                sys.stderr.write(f"{len(values) // ARCHIVE_COLUMNS} rows refused: {result.value}\n")
-        sys.stderr.flush()
-        answers = bytes(ord("1") if succeeded else ord("0") for succeeded, _ in outcomes)
-        while answers:
-            answers = answers[os.write(1, answers):]
-    db.close()
-
-
-if __name__ == "__main__":
-    main(sys.argv[1])
