@@ -265,7 +265,8 @@ class Archive:
         self.config = ctx.config.mam
         self.host = ctx.host.name
         self.prefs = DocumentCache(ctx.storage, PREFS_STORE, decode=decode_prefs)
-        self._serialised = (None, None)  # the last message serialised, and its text (see ``_text``)
+        # The last message serialised: it, its children and their count, its attributes, its text (``_text``).
+        self._serialised = (None, None, 0, None, None)
 
     def now(self):
         return round(self.ctx.clock.seconds() * 1e6)
@@ -329,11 +330,15 @@ class Archive:
 
     def _text(self, stanza):
         """The message serialised once for both ends: a message between two local users is archived by
-        its sender, then, a moment later, by its recipient as the same text (before its stanza-id)."""
-        last, text = self._serialised
-        if stanza is not last:
+        its sender, then, a moment later, by its recipient as the same text (before its stanza-id),
+        unless it changed in between: the stanza-ids claiming to be by the recipient were removed, or
+        another feature filtered it (features that change a message replace its list of children or
+        change its attributes; none edits a child in place)."""
+        last, children, count, attributes, text = self._serialised
+        if stanza is not last or stanza.children is not children or len(children) != count \
+                or stanza.attributes != attributes:
             text = serialize(stanza)
-            self._serialised = (stanza, text)
+            self._serialised = (stanza, stanza.children, len(stanza.children), dict(stanza.attributes), text)
         return text
 
     def sent(self, event):
