@@ -18,6 +18,7 @@ keys and SIP digest secrets are in it.
 """
 
 import json
+import os
 import queue
 import threading
 
@@ -55,8 +56,8 @@ class SQLiteStorage:
         # This process is the archive's only writer: it numbers the records.
         self._archive_last = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM archive").fetchone()[0]
         self._writer = archive_writer
-        self._thread = threading.Thread(target=self._work, name="bridge-sqlite", daemon=True)
-        self._thread.start()
+        self._pid = None  # the process whose thread works the database (see ``_start_thread``)
+        self._thread = None
 
     def _call(self, operation, *args):
         if self._archive_values:
@@ -76,9 +77,21 @@ class SQLiteStorage:
     def _queue(self, operation, *args):
         if self._closed is not None:
             return defer.fail(RuntimeError("the storage is closed"))
+        if self._pid != os.getpid():
+            self._start_thread()
         d = defer.Deferred()
         self._calls.put((operation, args, d))
         return d
+
+    def _start_thread(self):
+        """The database thread of this process, started by its first call.  twistd builds the service,
+        then forks to become a daemon (without -n): a thread does not follow a fork, and an SQLite
+        connection must not be used across one, so a forked process opens a connection of its own."""
+        if self._pid is not None:
+            self._db = sql.connect(self.path)
+        self._pid = os.getpid()
+        self._thread = threading.Thread(target=self._work, name="bridge-sqlite", daemon=True)
+        self._thread.start()
 
     def _work(self):
         """The database thread: batches of calls in, their outcomes to the reactor thread."""
@@ -164,6 +177,8 @@ class SQLiteStorage:
             thread_ended = defer.Deferred()
             self._closed = defer.gatherResults([writer_ended, thread_ended])
             self._closed.addCallback(lambda _: None)
+            if self._pid != os.getpid():
+                self._start_thread()  # to close the database it opened
             self._calls.put(_STOP)
             threading.Thread(target=self._await_thread, args=(thread_ended,), name="bridge-sqlite-close",
                              daemon=True).start()
