@@ -125,6 +125,19 @@ class ArchiveWriterTests(SynchronousTestCase):
         self.successResultOf(closed)
         self.assertEqual(len(self.reactor.spawned), 1)
 
+    def test_a_writer_that_ends_while_closing_is_not_replaced(self):
+        """Closing does not wait for writer after writer: if the writer ends with frames not answered
+        while the server closes, the loss is said, close fires, and no other writer starts."""
+        events = []
+        self.patch(archive_writer, "log", Logger(observer=events.append))
+        self.writer.write(row(1) + row(2))
+        closed = self.writer.close()
+        self.writer.processEnded(Failure(Exception("killed")))
+        self.successResultOf(closed)
+        self.assertEqual([event.get("rows") for event in events], [2])
+        self.reactor.advance(archive_writer.RESTART_DELAY_SECONDS)
+        self.assertEqual(len(self.reactor.spawned), 1)
+
     def test_close_with_no_writer_fires_at_once(self):
         """A storage that archived nothing never started a writer, and closes at once."""
         self.successResultOf(self.writer.close())

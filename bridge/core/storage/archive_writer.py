@@ -4,20 +4,24 @@ Two records are written for every message between local users.  Inserted by
 the database thread of the server's process, they cost the reactor more
 than their share: each call into SQLite hands the interpreter lock to the
 other thread and back, and a reactor thread woken on the other core runs
-slower (docs/performance.md, "The message archive", has the figures).  A
+slower (docs/decisions.md and docs/performance.md have the figures).  A
 process of its own has its own lock, and the second core.
 
 The writer is ``python -m bridge.core.storage.archive_writer_main``, which
-imports no Twisted and stays small.  The server hands the records over every few milliseconds
-(``sqlite.ARCHIVE_HANDOVER_SECONDS``), as one frame on the writer's standard input (a 4-byte length, then the row values, marshalled);
-the writer commits every frame it has read in one transaction, then answers
+imports no Twisted and stays small.  The server hands the records over
+every few milliseconds (``sqlite.ARCHIVE_HANDOVER_SECONDS``), as one frame
+on the writer's standard input (a 4-byte length, then the row values,
+marshalled); the writer commits every frame it has read in one
+transaction, then answers
 with one byte per frame, in order (``1``: stored, ``0``: refused, with the
 reason on its standard error).  Frames not answered yet are kept, and sent
 again to a new writer if this one ends; the rows' times (``seq``) come from
 the server, so a frame committed twice is stored once.  The writer ignores
 SIGINT and SIGTERM (a terminal's Ctrl-C and a service manager reach every
 process of the group): it ends when the server closes its input, once what
-it has read is committed.
+it has read is committed.  A writer that ends while the server closes is
+not replaced: what it did not answer is said to be lost, and the server
+stops.
 """
 
 import collections
@@ -55,11 +59,11 @@ class ArchiveWriter(protocol.ProcessProtocol):
     def write(self, values):
         """Hand over the row values of a few milliseconds' records (see ``sqlite._archive_insert``)."""
         rows = len(values) // ARCHIVE_COLUMNS
-        if self._backlog > MAX_BACKLOG_BYTES:
-            if not self._dropping:
-                log.error("the archive writer is {backlog} bytes behind: archived messages are dropped until it "
-                          "catches up", backlog=self._backlog)
-                self._dropping = True
+        if self._backlog > MAX_BACKLOG_BYTES and not self._dropping:
+            log.error("the archive writer is {backlog} bytes behind: archived messages are dropped until it "
+                      "catches up", backlog=self._backlog)
+            self._dropping = True
+        if self._dropping:
             return
         frame = archive_writer_main.frame(values)
         self._handed += 1
@@ -92,9 +96,9 @@ class ArchiveWriter(protocol.ProcessProtocol):
     def _start(self):
         self._started = True
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (package_root, os.environ.get("PYTHONPATH")))))
+        path = os.pathsep.join(filter(None, (package_root, os.environ.get("PYTHONPATH"))))
         self._reactor.spawnProcess(self, sys.executable, [sys.executable, "-m", archive_writer_main.__name__, self._path],
-                                   env=env)
+                                   env=dict(os.environ, PYTHONPATH=path))
 
     def connectionMade(self):
         for _, frame, _ in self._frames:
@@ -120,7 +124,10 @@ class ArchiveWriter(protocol.ProcessProtocol):
 
     def processEnded(self, reason):
         self.transport = None
-        if self._closed is not None and not self._frames:
+        if self._closed is not None:
+            if self._frames:
+                log.error("the archive writer ended ({reason}) while the server closed: {rows} archived messages "
+                          "may be lost", reason=reason.value, rows=sum(rows for _, _, rows in self._frames))
             self._closed.callback(None)
             return
         log.error("the archive writer ended ({reason}); another starts in {delay} s, and is sent the "
