@@ -46,6 +46,12 @@ def _password(args):
             password = configuration.read_first_line(args.password_file)
         except OSError as error:
             raise CommandError(f"{args.password_file}: {error.strerror}")
+    elif not sys.stdin.isatty():
+        # Piped in (echo pw | bridgectl adduser ...), as a script does: its first line.
+        line = sys.stdin.readline()
+        if not line:
+            raise CommandError("no password on standard input: pipe one line, or give --password-file")
+        password = line.rstrip("\r\n")
     else:
         password = getpass.getpass("Password: ")
         if getpass.getpass("Again: ") != password:

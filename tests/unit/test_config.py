@@ -4,6 +4,7 @@ import contextlib
 import io
 import os
 import shutil
+import sys
 import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -111,6 +112,25 @@ class ConfigTests(SynchronousTestCase):
         self.assertIn("may not contain %", errors.getvalue())
         self.assertEqual(ctl.main(["--config", path, "listusers"], out=out), 0)
         self.assertNotIn("dmin", out.getvalue())
+
+    def test_bridgectl_adduser_reads_a_piped_password(self):
+        """A password piped in (echo pw | bridgectl adduser) is its first line; nothing piped is a clear
+        error, not a traceback."""
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "bridge.toml")
+        with open(path, "w") as handle:
+            handle.write('data_dir = "data"\n[hosts.localhost]\n')
+        out, errors = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdin", io.StringIO("piped secret\nignored\n"))
+        self.assertEqual(ctl.main(["--config", path, "adduser", "ana@localhost"], out=out), 0)
+        self.patch(sys, "stdin", io.StringIO(""))
+        with contextlib.redirect_stderr(errors):
+            self.assertEqual(ctl.main(["--config", path, "adduser", "eva@localhost"], out=out), 1)
+        self.assertIn("no password on standard input", errors.getvalue())
+        self.assertEqual(ctl.main(["--config", path, "listusers"], out=out), 0)
+        self.assertIn("ana@localhost", out.getvalue())
+        self.assertNotIn("eva", out.getvalue())
 
     def test_sample_configuration_is_valid(self):
         """conf/bridge.toml, the documented sample, loads without error."""
