@@ -11,6 +11,7 @@ import dataclasses
 import ipaddress
 import math
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -40,13 +41,15 @@ def normalise_domain(name):
     return name.strip().lower().rstrip(".")
 
 
-def _option(default, *, low=None, high=None, choices=None, path=False, domains=False):
+def _option(default, *, low=None, high=None, choices=None, path=False, domains=False, endpoints=False):
     """A dataclass field whose metadata carries the checks made at load time.
 
     ``path``: a file name, resolved against the configuration file's folder.
     ``domains``: a list of domain names, or a table keyed by them, kept normalised.
+    ``endpoints``: a list of listening endpoints (``check_listening_endpoint``).
     """
-    metadata = {"low": low, "high": high, "choices": choices, "path": path, "domains": domains}
+    metadata = {"low": low, "high": high, "choices": choices, "path": path, "domains": domains,
+                "endpoints": endpoints}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -78,8 +81,8 @@ class ListenerTLS:
 class C2SConfig(ListenerTLS):
     """Client-to-server listeners and the limits applied to each connection."""
 
-    endpoints: list = _option(["tcp:5222"])
-    direct_tls_endpoints: list = _option(["tcp:5223"])
+    endpoints: list = _option(["tcp:5222"], endpoints=True)
+    direct_tls_endpoints: list = _option(["tcp:5223"], endpoints=True)
     require_encryption: bool = _option(True)
     stanza_size_limit_bytes: int = _option(262144, low=1024, high=64 * 1024 * 1024)
     rate_limit_bytes_per_second: int = _option(20000, low=100)
@@ -102,8 +105,8 @@ class C2SConfig(ListenerTLS):
 class S2SConfig(ListenerTLS):
     """Server-to-server listeners, and the policy for every link to another server."""
 
-    endpoints: list = _option(["tcp:5269"])
-    direct_tls_endpoints: list = _option([])
+    endpoints: list = _option(["tcp:5269"], endpoints=True)
+    direct_tls_endpoints: list = _option([], endpoints=True)
     require_encryption: bool = _option(True)
     certificate_authentication: bool = _option(True)
     dialback: bool = _option(True)
@@ -130,8 +133,8 @@ class S2SConfig(ListenerTLS):
 class HTTPConfig(ListenerTLS):
     """The HTTP listener of browser clients: BOSH, WebSocket and the web chat page."""
 
-    endpoints: list = _option(["tcp:5280"])
-    tls_endpoints: list = _option(["tcp:5281"])
+    endpoints: list = _option(["tcp:5280"], endpoints=True)
+    tls_endpoints: list = _option(["tcp:5281"], endpoints=True)
     bosh_path: str = _option("/http-bind")
     websocket_path: str = _option("/xmpp-websocket")
     allowed_origins: list = _option([])
@@ -161,7 +164,7 @@ class HTTPConfig(ListenerTLS):
 class ComponentListenerConfig:
     """The XEP-0114 listener that external components connect to."""
 
-    endpoints: list = _option(["tcp:5347:interface=127.0.0.1"])
+    endpoints: list = _option(["tcp:5347:interface=127.0.0.1"], endpoints=True)
     stanza_size_limit_bytes: int = _option(1048576, low=1024, high=64 * 1024 * 1024)
     rate_limit_bytes_per_second: int = _option(10000000, low=100)
     rate_limit_burst_bytes: int = _option(20000000, low=1024)
@@ -343,6 +346,42 @@ class SMSCConfig:
         return read_first_line(self.password_file) if self.password_file else self.password
 
 
+_UNESCAPED_COLON = re.compile(r"(?<!\\):")
+# The options each kind of listening endpoint takes (Twisted's endpoint strings; TLS is not among them:
+# a listener list says whether its sockets speak TLS, with its section's certificate and policy).
+_ENDPOINT_OPTIONS = {"tcp": {"port", "interface", "backlog"}, "tcp6": {"port", "interface", "backlog"},
+                     "unix": {"address", "mode", "backlog", "lockfile"}}
+
+
+def check_listening_endpoint(text):
+    """ValueError unless ``text`` is ``tcp:PORT``, ``tcp6:PORT`` (options ``interface=``, ``backlog=``) or
+    ``unix:PATH``, with a PORT of 0 to 65535: what would otherwise fail only when the listener starts."""
+    kind, _, rest = text.partition(":")
+    if kind not in _ENDPOINT_OPTIONS:
+        raise ValueError(f"{text!r}: unknown endpoint type {kind!r} (tcp, tcp6 or unix; TLS is chosen by the "
+                         "list the endpoint is in)")
+    parts = _UNESCAPED_COLON.split(rest) if rest else []
+    positional = [part for part in parts if "=" not in part]
+    options = dict(part.split("=", 1) for part in parts if "=" in part)
+    first = "port" if kind != "unix" else "address"
+    if positional:
+        if first in options or len(positional) > 1:
+            raise ValueError(f"{text!r}: {kind}:{first.upper()} with options NAME=VALUE")
+        options[first] = positional[0]
+    unknown = set(options) - _ENDPOINT_OPTIONS[kind]
+    if unknown:
+        raise ValueError(f"{text!r}: unknown option {sorted(unknown)[0]!r} of a {kind} endpoint")
+    if not options.get(first):
+        raise ValueError(f"{text!r}: no {first}")
+    numbers = ("port", "backlog") if kind != "unix" else ("backlog",)
+    for name in numbers:
+        value = options.get(name)
+        if value is not None and not (value.isascii() and value.isdigit()):
+            raise ValueError(f"{text!r}: {name} must be a number, not {value!r}")
+    if kind != "unix" and int(options["port"]) > 65535:
+        raise ValueError(f"{text!r}: port must be at most 65535")
+
+
 def parse_udp_endpoint(text):
     """``udp:PORT`` or ``udp:PORT:interface=ADDRESS`` as (port, interface); ValueError if malformed.
 
@@ -402,8 +441,8 @@ class SIPConfig(ListenerTLS):
 
     enabled: bool = _option(True)
     udp_endpoints: list = _option(["udp:5060"])
-    tcp_endpoints: list = _option(["tcp:5060"])
-    tls_endpoints: list = _option(["tcp:5061"])
+    tcp_endpoints: list = _option(["tcp:5060"], endpoints=True)
+    tls_endpoints: list = _option(["tcp:5061"], endpoints=True)
     realm: str = _option("")
     advertised_address: str = _option("")
     max_header_bytes: int = _option(16384, low=1024, high=1024 * 1024)
@@ -488,6 +527,12 @@ def _check_value(kind, value, meta):
         return f"must be {_type_name(kind)}, not {value!r}"
     if meta.get("domains") and not all(normalise_domain(name) for name in value):
         return f"must hold domain names, not {next(name for name in value if not normalise_domain(name))!r}"
+    if meta.get("endpoints"):
+        for description in value:
+            try:
+                check_listening_endpoint(description)
+            except ValueError as error:
+                return str(error)
     if meta.get("choices") and value not in meta["choices"]:
         return f"must be one of {', '.join(meta['choices'])}, not {value!r}"
     if meta.get("low") is not None and value < meta["low"]:
@@ -606,12 +651,14 @@ def parse(document, where):
             parse_host_port(destination)
         except ValueError as error:
             problems.append(f"{where}: sip.static_routes.{foreign}: {error}")
-    if sip.dns_server:
-        try:
-            if parse_host_port(sip.dns_server)[1] is None:
-                raise ValueError(f"must be HOST:PORT, not {sip.dns_server!r}")
-        except ValueError as error:
-            problems.append(f"{where}: sip.dns_server: {error}")
+    for name in ("s2s", "sip"):
+        dns_server = sections.get(name, getattr(base, name)).dns_server
+        if dns_server:
+            try:
+                if parse_host_port(dns_server)[1] is None:
+                    raise ValueError(f"must be HOST:PORT, not {dns_server!r}")
+            except ValueError as error:
+                problems.append(f"{where}: {name}.dns_server: {error}")
     for proxy in sections.get("http", base.http).trusted_proxies:
         try:
             ipaddress.ip_network(proxy, strict=False)
@@ -640,7 +687,29 @@ def load(path=None):
         # RecursionError (arrays or tables nested thousands deep) for some.
         reason = "nested too deeply" if isinstance(error, RecursionError) else error
         raise ConfigError([f"{path}: not valid TOML: {reason}"])
-    return _resolve_paths(parse(document, path), os.path.dirname(os.path.abspath(path)))
+    config = _resolve_paths(parse(document, path), os.path.dirname(os.path.abspath(path)))
+    problems = _missing_files(config, path)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _missing_files(config, where):
+    """The certificates, keys and CA files named but not readable: found here rather than when the
+    listener that uses one starts."""
+    problems = []
+    named = [("tls", config.tls)] + [(name, getattr(config, name)) for name in ("c2s", "s2s", "http", "sip")]
+    for name, section in named:
+        if bool(section.certificate) != bool(section.private_key):
+            problems.append(f"{where}: {name}: certificate and private_key go together")
+        files = [("certificate", section.certificate), ("private_key", section.private_key)]
+        if name == "s2s":
+            files.append(("ca_file", section.ca_file))
+        for key, file_name in files:
+            if file_name and not os.access(file_name, os.R_OK):
+                reason = "not readable" if os.path.exists(file_name) else "no such file"
+                problems.append(f"{where}: {name}.{key}: {file_name}: {reason}")
+    return problems
 
 
 def _resolve_paths(value, base):

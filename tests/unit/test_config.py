@@ -88,6 +88,31 @@ class ConfigTests(SynchronousTestCase):
         _, problems = self.problems('[s2s]\ndenied_domains = [""]\n')
         self.assertIn("s2s.denied_domains: must hold domain names, not ''", problems[0])
 
+    def test_what_fails_at_start_fails_the_check(self):
+        """Listening endpoints that cannot listen (a port past 65535, an unknown type or option, TLS in
+        the string), a DNS server without a port, certificates and keys not there or not in pairs: each
+        is a problem naming its key, found by bridgectl check rather than when the listener starts."""
+        cases = {
+            "[c2s]\nendpoints = ['tcp:99999']\n": "c2s.endpoints: 'tcp:99999': port must be at most 65535",
+            "[c2s]\nendpoints = ['bogus:5222']\n": "c2s.endpoints: 'bogus:5222': unknown endpoint type 'bogus'",
+            "[http]\ntls_endpoints = ['ssl:5281']\n": "http.tls_endpoints: 'ssl:5281': unknown endpoint type 'ssl'",
+            "[sip]\ntcp_endpoints = ['tcp:5060:interfac=x']\n": "unknown option 'interfac' of a tcp endpoint",
+            "[component_listener]\nendpoints = ['tcp:']\n": "component_listener.endpoints: 'tcp:': no port",
+            "[s2s]\ndns_server = '127.0.0.1'\n": "s2s.dns_server: must be HOST:PORT, not '127.0.0.1'",
+        }
+        for text, expected in cases.items():
+            _, problems = self.problems(text)
+            self.assertTrue(any(expected in problem for problem in problems), (expected, problems))
+        good = ("[c2s]\nendpoints = ['tcp:port=5222:interface=127.0.0.1', 'tcp6:5222:interface=\\\\:\\\\:1', "
+                "'unix:/run/bridge.sock:mode=660']\n[s2s]\ndns_server = '[::1]:53'\n")
+        self.assertEqual(len(configuration.load(self.write(good)).c2s.endpoints), 3)
+        path = self.write("[c2s]\ncertificate = 'missing.crt'\nprivate_key = 'missing.key'\n[tls]\ncertificate = 'x'\n")
+        with self.assertRaises(configuration.ConfigError) as raised:
+            configuration.load(path)
+        problems = raised.exception.problems
+        self.assertIn(f"{path}: c2s.certificate: {os.path.dirname(path)}/missing.crt: no such file", problems)
+        self.assertIn(f"{path}: tls: certificate and private_key go together", problems)
+
     def test_bridgectl_check(self):
         """bridgectl check prints the same problems and fails."""
         path = self.write("[c2s]\nbogus = 1\n")
