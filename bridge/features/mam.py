@@ -43,7 +43,7 @@ from bridge.core.server import looping_call
 from bridge.core.stanza import NS_DELAY, error_reply, forwarded_copy, make, parse_jid, result_reply
 from bridge.core.storage import ArchiveItemNotFound, ArchiveQuery, ArchiveRecord
 from bridge.core.storage.cache import DocumentCache
-from bridge.core.xmlstream import escape_attribute, parse_element, serialize
+from bridge.core.xmlstream import escape_attribute, known_as, parse_element, serialize
 
 log = Logger()
 
@@ -318,15 +318,17 @@ class Archive:
     # -- archiving -------------------------------------------------------------------------
 
     def _record(self, user, stanza, contact, direction, micros, record_id, verdict):
-        """Archive ``stanza`` as it is now, once the preferences allow it (``verdict`` None: ask them)."""
-        record = ArchiveRecord(record_id, micros, contact.userhost(), contact.resource or "", direction,
-                               self._text(stanza))
+        """Archive ``stanza`` as it is now, once the preferences allow it (``verdict`` None: ask them);
+        the text archived."""
+        text = self._text(stanza)
+        record = ArchiveRecord(record_id, micros, contact.userhost(), contact.resource or "", direction, text)
         if verdict is None:
             d = self.decide(user, contact)
             d.addCallback(lambda allowed: allowed and self.ctx.storage.archive_append(self.host, user, record))
             d.addErrback(lambda failure: log.failure("message of {user} not archived", failure, user=user))
         else:
             self.ctx.storage.archive_append(self.host, user, record)
+        return text
 
     def _text(self, stanza):
         """The message serialised once for both ends: a message between two local users is archived by
@@ -373,10 +375,15 @@ class Archive:
             return
         micros = self.now()
         record_id = new_id(micros)
-        self._record(user, stanza, event.sender, "in", micros, record_id, verdict)
+        text = self._record(user, stanza, event.sender, "in", micros, record_id, verdict)
         # As text: the stamp is written with the message, never looked into in between, and an element
         # would cost every message more than the rest of the archiving does.
-        stanza.addRawXml(f"<stanza-id xmlns='{NS_SID}' by='{escape_attribute(event.to.userhost())}' id='{record_id}'/>")
+        stamp = f"<stanza-id xmlns='{NS_SID}' by='{escape_attribute(event.to.userhost())}' id='{record_id}'/>"
+        stanza.addRawXml(stamp)
+        close = f"</{stanza.name}>"
+        if text.endswith(close):
+            # Delivered as archived, with the stamp: serialised once for the archive and the delivery.
+            known_as(stanza, text[:-len(close)] + stamp + close)
 
     def offline(self, event):
         """``message/offline``: archived (and stamped) before the phones or offline storage take it,

@@ -6,7 +6,7 @@ import weakref
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.words.xish import domish
 
-from bridge.core.xmlstream import NS_STREAMS, NS_XML, StreamError, StreamParser, parse_element, serialize
+from bridge.core.xmlstream import NS_STREAMS, NS_XML, StreamError, StreamParser, known_as, parse_element, serialize
 
 HEADER = f"<stream:stream xmlns='jabber:client' xmlns:stream='{NS_STREAMS}' to='localhost' version='1.0'>"
 
@@ -219,3 +219,18 @@ class SerializeTests(SynchronousTestCase):
         # The cases above include both ways: the ones written here and the ones handed to domish.
         self.assertIn("xmlns:xn0=", serialize(elements[-1]))
         self.assertIn(" xml:lang='fr'", serialize(elements[1]))
+
+
+class KnownTextTests(SynchronousTestCase):
+    def test_known_text_lasts_while_the_element_is_unchanged(self):
+        """A text given by known_as is what serialize answers until the element's attributes change,
+        a child is added, or its children are replaced; then it is serialised afresh."""
+        message = parse_element("<message xmlns='jabber:client' to='b@h'><body>x</body></message>")
+        changes = [lambda: message.__setitem__("to", "c@h"), lambda: message.addElement("thread", content="t"),
+                   lambda: setattr(message, "children", list(message.children))]
+        for change in changes:
+            known_as(message, "<known/>")
+            self.assertEqual(serialize(message), "<known/>")
+            change()
+            self.assertEqual(serialize(message), message.toXml())
+
