@@ -262,6 +262,16 @@ class MAMConfig:
 
 
 @dataclass(frozen=True)
+class PEPConfig:
+    """Personal eventing (XEP-0163, docs/features.md): what one account may keep in its nodes."""
+
+    max_nodes_per_user: int = _option(100, low=1, high=10000)
+    max_items_per_node: int = _option(100, low=1, high=10000)
+    max_item_bytes: int = _option(192 * 1024, low=1024, high=64 * 1024 * 1024)
+    max_bytes_per_user: int = _option(2 * 1024 * 1024, low=1024, high=1024 * 1024 * 1024)
+
+
+@dataclass(frozen=True)
 class SMTPConfig:
     """Email: offline notification and the conversation archive, sent through one relay."""
 
@@ -479,6 +489,7 @@ class Config:
     quotas: QuotasConfig = field(default_factory=QuotasConfig)
     push: PushConfig = field(default_factory=PushConfig)
     mam: MAMConfig = field(default_factory=MAMConfig)
+    pep: PEPConfig = field(default_factory=PEPConfig)
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
     hosts: dict = field(default_factory=lambda: {"localhost": HostConfig()})
     sms: SMSConfig = field(default_factory=SMSConfig)
@@ -501,7 +512,7 @@ class Config:
 
 
 _SECTIONS = {"tls": TLSConfig, "c2s": C2SConfig, "s2s": S2SConfig, "http": HTTPConfig, "storage": StorageConfig,
-             "quotas": QuotasConfig, "push": PushConfig, "mam": MAMConfig, "smtp": SMTPConfig, "component_listener": ComponentListenerConfig,
+             "quotas": QuotasConfig, "push": PushConfig, "mam": MAMConfig, "pep": PEPConfig, "smtp": SMTPConfig, "component_listener": ComponentListenerConfig,
              "sms": SMSConfig, "sip": SIPConfig}
 # Tables of named sub-tables: [hosts.NAME], [components.DOMAIN], [smsc.NAME].
 _NAMED = {"hosts": HostConfig, "components": ComponentConfig, "smsc": SMSCConfig}
@@ -617,6 +628,9 @@ def parse(document, where):
     mam = sections.get("mam", base.mam)
     if mam.default_page_size > mam.max_page_size:
         problems.append(f"{where}: mam.default_page_size: must be at most max_page_size ({mam.max_page_size})")
+    pep = sections.get("pep", base.pep)
+    if pep.max_item_bytes > pep.max_bytes_per_user:
+        problems.append(f"{where}: pep.max_item_bytes: must be at most max_bytes_per_user ({pep.max_bytes_per_user})")
     sip = sections.get("sip", base.sip)
     for description in sip.udp_endpoints:
         try:
