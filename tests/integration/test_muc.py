@@ -1,6 +1,6 @@
-"""Multi-user chat (XEP-0045) driven by slixmpp's own xep_0045 plugin against the real server: joining,
-history on join, the subject, members-only and password rooms, a ban, and a persistent room that
-outlives a restart of the server."""
+"""Multi-user chat (XEP-0045) driven by slixmpp's own xep_0045 and xep_0313 plugins against the real server:
+joining, history on join, the subject, members-only and password rooms, a ban, and a persistent room (and
+its MAM archive) that outlives a restart of the server."""
 
 import asyncio
 
@@ -11,7 +11,7 @@ from .harness import TIMEOUT, Clients, barrier, next_item
 
 SERVICE = "conference.localhost"
 USERS = ("nora@localhost", "otto@localhost", "pia@localhost")
-MUC_PLUGINS = {"xep_0030": {}, "xep_0045": {}, "xep_0004": {}}
+MUC_PLUGINS = {"xep_0030": {}, "xep_0045": {}, "xep_0004": {}, "xep_0059": {}, "xep_0313": {}}
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +105,9 @@ def test_members_only_password_and_ban(muc_server):
 
 
 def test_persistent_room_survives_a_restart(start_server):
-    """A persistent room keeps its configuration, its members, its subject and its history over a
-    restart of the server: after it, pia (a member) joins and gets them; otto (no member) is refused."""
+    """A persistent room keeps its configuration, its members, its subject, its history and its archive
+    over a restart of the server: after it, pia (a member) joins and gets them, and finds the message in
+    the room's archive (XEP-0313 on the room JID); otto (no member) is refused."""
     server = start_server("muc-restart", USERS)
     room = f"archive@{SERVICE}"
 
@@ -129,7 +130,10 @@ def test_persistent_room_survives_a_restart(start_server):
             assert [str(m["body"]) for m in history] == ["written before the restart"]
             assert subject["subject"] == "What stays"
             info = await pia.plugin["xep_0030"].get_info(jid=room, timeout=TIMEOUT)
-            assert {"muc_persistent", "muc_membersonly"} <= set(info["disco_info"]["features"])
+            assert {"muc_persistent", "muc_membersonly", "urn:xmpp:mam:2"} <= set(info["disco_info"]["features"])
+            found = [message async for message in pia.plugin["xep_0313"].iterate(jid=room)]
+            assert [str(m["mam_result"]["forwarded"]["stanza"]["body"]) for m in found] == \
+                ["written before the restart"]
             assert await refused(otto, room, "Otto") == "registration-required"
 
     asyncio.run(before())

@@ -700,3 +700,59 @@ class ConfigTests(SynchronousTestCase):
         context = gateway_context(harness.server, "muc", harness.config.muc)
         self.assertIsNone(service.attach(context, harness.clock, None))
         self.assertNotIn("conference.localhost", harness.server.component_hosts)
+
+
+class ArchiveTests(MUCTestCase):
+    NS_MAM = "urn:xmpp:mam:2"
+
+    def query(self, user, payload=""):
+        client = self.clients.get(user) or self.online(user)
+        reply = client.iq(f"<iq type='set' id='q' to='{ROOM}'><query xmlns='{self.NS_MAM}' queryid='x'>"
+                          f"{payload}</query></iq>")
+        results = [m for m in client.backlog if m.name == "message"]
+        client.backlog = []
+        return reply, results
+
+    def test_persistent_room_is_an_archive(self):
+        """A persistent room archives its messages: joiners get 170, disco shows urn:xmpp:mam:2, and a query
+        to the room returns the messages (from room/nick) under the ids of their stanza-ids."""
+        self.join("alice")
+        self.configure("alice", persistentroom="1")
+        self.say("alice", "one")
+        [sent] = [s for s in self.got("alice") if s.body is not None]
+        self.say("alice", "two")
+        got = self.join("bob")
+        self.assertIn(170, codes([s for s in got if s.name == "presence"][-1]))
+        reply, results = self.query("bob")
+        self.assertEqual(reply["type"], "result", reply.toXml())
+        forwarded = [next(r.elements(self.NS_MAM, "result")) for r in results]
+        self.assertEqual([str(f.forwarded.message.body) for f in forwarded], ["one", "two"])
+        self.assertEqual(forwarded[0].forwarded.message["from"], f"{ROOM}/Alice")
+        self.assertEqual(forwarded[0]["id"], next(sent.elements("urn:xmpp:sid:0", "stanza-id"))["id"])
+        self.assertEqual(results[0]["from"], ROOM)
+        reply, results = self.query("bob", f"<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'>"
+                                           f"<value>{self.NS_MAM}</value></field><field var='with'>"
+                                           f"<value>{ROOM}/Bob</value></field></x>")
+        self.assertEqual(results, [])
+
+    def test_members_only_archive_is_for_members(self):
+        """The archive of a members-only room answers its members and refuses others (forbidden); a
+        temporary room has no archive (service-unavailable)."""
+        self.join("alice")
+        self.configure("alice", persistentroom="1", membersonly="1")
+        self.assertEqual(condition(self.query("carol")[0]), "forbidden")
+        self.admin("alice", "<item jid='carol@localhost' affiliation='member'/>")
+        self.assertEqual(self.query("carol")[0]["type"], "result")
+        self.configure("alice", persistentroom="0")
+        self.assertEqual(condition(self.query("carol")[0]), "service-unavailable")
+
+    def test_destroyed_room_takes_its_archive(self):
+        """Destroying a persistent room removes its archive."""
+        self.join("alice")
+        self.configure("alice", persistentroom="1")
+        self.say("alice", "gone soon")
+        self.clients["alice"].iq(f"<iq type='set' id='x' to='{ROOM}'><query xmlns='{NS_OWNER}'><destroy/>"
+                                 "</query></iq>")
+        from bridge.core.storage import ArchiveQuery
+        page = result_of(self.storage.archive_query("conference.localhost", "room", ArchiveQuery()))
+        self.assertEqual(page.records, [])

@@ -14,8 +14,9 @@ identity, the public rooms as disco items, and these events:
   declines; ``message/full``: private messages between occupants.
 * IQs on the room: disco#info (muc_ features, muc#roominfo), disco#items,
   muc#owner (configuration form, instant room, destroy), muc#admin
-  (affiliations and roles: kick, ban, voice); on ``room/nick``: XEP-0410
-  self-ping.
+  (affiliations and roles: kick, ban, voice), XEP-0313 queries of a
+  persistent room's archive (the room is the archive's owner); on
+  ``room/nick``: XEP-0410 self-ping.
 
 Persistent rooms (configuration, affiliations, subject) are documents of
 the ``muc-rooms`` store keyed (service domain, room), their history a queue
@@ -27,14 +28,15 @@ import base64
 import datetime
 import hashlib
 import hmac
-import os
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
+from bridge.core.storage import ArchiveItemNotFound, ArchiveRecord
 from bridge.core.stanza import delay_element, error_reply, make, parse_jid, readdress, result_reply
 from bridge.core.xmlstream import parse_element, serialize
+from bridge.features.mam import NS_MAM, QueryError, fin_reply, new_id, parse_query, result_message
 from bridge.gateways.muc.forms import FormError, RoomConfig, apply_form, config_form, room_info_form
 from bridge.gateways.muc.room import AFFILIATIONS, RANK, HistoryEntry, Occupant, Room
 
@@ -86,6 +88,7 @@ class MUCService:
         self.rooms = {}  # service domain -> {room node: Room}
         self.rooms_store = ctx.store(ROOMS_STORE)
         self.history_store = ctx.store(HISTORY_STORE)
+        self.mam = ctx.section("mam")
         self.admins = frozenset(jid.lower() for jid in self.config.admins)
         self._occupant_key = ctx.derive_key("muc occupant-id")
         self._waiting = None  # while the stored rooms are read: [(handler, event)]
@@ -105,7 +108,8 @@ class MUCService:
                 (f"iq-set/bare/{NS_OWNER}:query", self.on_owner_set),
                 (f"iq-get/bare/{NS_ADMIN}:query", self.on_admin_get),
                 (f"iq-set/bare/{NS_ADMIN}:query", self.on_admin_set),
-                (f"iq-get/full/{NS_PING}:ping", self.on_self_ping)):
+                (f"iq-get/full/{NS_PING}:ping", self.on_self_ping),
+                (f"iq-set/bare/{NS_MAM}:query", self.on_archive_query)):
             ctx.hook(event, self._when_loaded(handler))
 
     # -- lifetime (the Gateway shape of tap.py) -------------------------------------
@@ -165,6 +169,10 @@ class MUCService:
     def _room_of(self, event):
         return self.rooms.get(event.to.host, {}).get(event.to.user)
 
+    def archived(self, room):
+        """Persistent rooms are MAM archives (XEP-0313 on the room JID) while [mam] is on."""
+        return room.config.persistent and self.mam.enabled
+
     def _history_length(self, room):
         return min(room.config.history_length, self.config.max_history_length)
 
@@ -202,8 +210,10 @@ class MUCService:
                     room.domain, room.node, {"time": entry.time, "xml": entry.xml})
 
     def _unstore(self, room):
-        """A room destroyed or made temporary: its document and stored history go."""
+        """A room destroyed or made temporary: its document, stored history and archive go."""
         self.rooms_store.set(room.domain, room.node, None)
+        self.ctx.storage.archive_remove(room.domain, room.node).addErrback(
+            lambda failure: log.failure("MUC: archive of {jid} not removed", failure, jid=room.jid))
         items = self.history_store.items(room.domain, room.node)
         items.addCallback(lambda found: self.history_store.remove(room.domain, room.node,
                                                                   [key for key, _ in found]))
@@ -341,6 +351,8 @@ class MUCService:
             codes.append(100)
         if created:
             codes.append(201)
+        if self.archived(room):
+            codes.append(170)
         self.broadcast_presence(room, occupant, self_codes=codes)
         self.send_history(room, occupant, _child(muc, NS_MUC, "history") if muc is not None else None)
         subject = make("message", to=occupant.jid, sender=f"{room.jid}/{room.subject_by}" if room.subject_by
@@ -459,10 +471,15 @@ class MUCService:
             if child.uri not in (NS_OCCUPANT_ID, NS_SID, NS_USER):
                 message.addChild(child)
         message.addElement((NS_OCCUPANT_ID, "occupant-id"))["id"] = occupant.occupant_id
+        micros = int(self.clock.seconds() * 1e6)
+        record_id = new_id(micros)
         stanza_id = message.addElement((NS_SID, "stanza-id"))
-        stanza_id["by"], stanza_id["id"] = room.jid, base64.urlsafe_b64encode(os.urandom(12)).decode("ascii")
+        stanza_id["by"], stanza_id["id"] = room.jid, record_id
         if store and self._history_length(room) > 0:
             self.keep(room, message)
+        if store and self.archived(room):
+            self.ctx.storage.archive_append(room.domain, room.node, ArchiveRecord(
+                record_id, micros, room.jid, occupant.nick, "in", serialize(message)))
         for viewer in list(room.occupants.values()):
             self.ctx.route(readdress(message, viewer.jid, sender))
 
@@ -591,7 +608,10 @@ class MUCService:
         identity = query.addElement("identity")
         identity["category"], identity["type"] = "conference", "text"
         identity["name"] = room.config.name or room.node
-        for feature in sorted({NS_DISCO_INFO, NS_DISCO_ITEMS, NS_OCCUPANT_ID, NS_PING, *room.features()}):
+        features = {NS_DISCO_INFO, NS_DISCO_ITEMS, NS_OCCUPANT_ID, NS_PING, *room.features()}
+        if self.archived(room):
+            features.add(NS_MAM)
+        for feature in sorted(features):
             query.addElement("feature")["var"] = feature
         query.addChild(room_info_form(room.config, len(room.occupants)))
         self.ctx.route(reply)
@@ -603,6 +623,42 @@ class MUCService:
             reply = result_reply(event.stanza)
             reply.addElement((NS_DISCO_ITEMS, "query"))
             self.ctx.route(reply)
+        return True
+
+    def on_archive_query(self, event):
+        """XEP-0313 on the room JID: its occupants, or its members when it is members-only, page its archive."""
+        stanza, sender = event.stanza, event.sender
+        room = self._visible_room(event)
+        if room is None:
+            return True
+        affiliation = self.affiliation(room, sender.userhost())
+        allowed = sender.full() in room.by_jid or affiliation in ("owner", "admin", "member") or (
+            not room.config.members_only and affiliation != "outcast")
+        if not allowed or not self.archived(room):
+            self._error(stanza, "forbidden" if self.archived(room) else "service-unavailable")
+            return True
+        try:
+            query, flip = parse_query(stanza.query, self.mam)
+        except QueryError as error:
+            self._error(stanza, error.condition, error.text)
+            return True
+        queryid = stanza.query.getAttribute("queryid")
+        d = self.ctx.storage.archive_query(room.domain, room.node, query)
+
+        def answer(page):
+            records = page.records[::-1] if flip else page.records
+            for record in records:
+                self.ctx.route(result_message(sender.full(), room.jid, queryid, record))
+            self.ctx.route(fin_reply(stanza, page, records))
+
+        def failed(failure):
+            if failure.check(ArchiveItemNotFound):
+                self._error(stanza, "item-not-found", "no such message in the room's archive")
+            else:
+                log.failure("MUC: archive query of {jid} failed", failure, jid=room.jid)
+                self._error(stanza, "internal-server-error")
+
+        d.addCallbacks(answer, failed)
         return True
 
     def _owner(self, event):
