@@ -16,6 +16,8 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 
+from bridge.core.stanza import parse_jid
+
 TLS_VERSIONS = ("1.2", "1.3")
 RESOURCE_CONFLICT_POLICIES = ("replace", "refuse", "rename")
 SIP_DIGEST_ALGORITHMS = ("SHA-256", "MD5")
@@ -328,6 +330,26 @@ class SMSConfig:
     mo_fragment_bytes_total: int = _option(1048576, low=256, high=1024 * 1024 * 1024)
 
 
+MUC_CREATION = ("anyone", "local", "admins")
+
+
+@dataclass(frozen=True)
+class MUCConfig:
+    """The multi-user chat service (XEP-0045, docs/muc.md) on ``<subdomain>.<host>`` of every local host."""
+
+    enabled: bool = _option(True)
+    subdomain: str = _option("conference")
+    creation: str = _option("local", choices=MUC_CREATION)
+    admins: list = _option([])
+    max_rooms_per_service: int = _option(1000, low=1, high=1000000)
+    max_rooms_created_per_user: int = _option(10, low=0, high=100000)
+    max_occupants_per_room: int = _option(200, low=1, high=100000)
+    max_affiliations_per_room: int = _option(1000, low=1, high=1000000)
+    default_history_length: int = _option(20, low=0, high=10000)
+    max_history_length: int = _option(100, low=0, high=10000)
+    max_history_bytes_per_room: int = _option(262144, low=1024, high=64 * 1024 * 1024)
+
+
 @dataclass(frozen=True)
 class SMSCConfig:
     """One SMSC the gateway binds to as an ESME (bind_transceiver)."""
@@ -494,6 +516,7 @@ class Config:
     hosts: dict = field(default_factory=lambda: {"localhost": HostConfig()})
     sms: SMSConfig = field(default_factory=SMSConfig)
     sip: SIPConfig = field(default_factory=SIPConfig)
+    muc: MUCConfig = field(default_factory=MUCConfig)
     smsc: dict = field(default_factory=dict)
     source: str = "(embedded defaults)"
 
@@ -512,8 +535,8 @@ class Config:
 
 
 _SECTIONS = {"tls": TLSConfig, "c2s": C2SConfig, "s2s": S2SConfig, "http": HTTPConfig, "storage": StorageConfig,
-             "quotas": QuotasConfig, "push": PushConfig, "mam": MAMConfig, "pep": PEPConfig, "smtp": SMTPConfig, "component_listener": ComponentListenerConfig,
-             "sms": SMSConfig, "sip": SIPConfig}
+             "quotas": QuotasConfig, "push": PushConfig, "mam": MAMConfig, "pep": PEPConfig, "smtp": SMTPConfig,
+             "component_listener": ComponentListenerConfig, "sms": SMSConfig, "sip": SIPConfig, "muc": MUCConfig}
 # Tables of named sub-tables: [hosts.NAME], [components.DOMAIN], [smsc.NAME].
 _NAMED = {"hosts": HostConfig, "components": ComponentConfig, "smsc": SMSCConfig}
 
@@ -625,6 +648,27 @@ def parse(document, where):
             problems.append(f"{where}: sms.domain: {sms.domain!r} is also a component")
         if not sections.get("smsc"):
             problems.append(f"{where}: sms: enabled, but no [smsc.NAME] table")
+    muc = sections.get("muc", base.muc)
+    if muc.enabled:
+        subdomain = muc.subdomain.lower()
+        if not subdomain or "." in subdomain or parse_jid(subdomain + ".example") is None:
+            problems.append(f"{where}: muc.subdomain: must be one DNS label (e.g. conference), not {muc.subdomain!r}")
+        for host in sections.get("hosts", base.hosts):
+            domain = f"{subdomain}.{host}"
+            if domain in names or domain in sections.get("hosts", base.hosts):
+                problems.append(f"{where}: muc.subdomain: {domain!r} is also a host")
+            elif domain in sections.get("components", {}):
+                problems.append(f"{where}: muc.subdomain: {domain!r} is also a component")
+            elif domain in (sms.domain.lower() if sms.enabled else None,
+                            sections.get("sip", base.sip).domain.lower() if sections.get("sip", base.sip).enabled else None):
+                problems.append(f"{where}: muc.subdomain: {domain!r} is also a gateway's domain")
+    for admin in muc.admins:
+        jid = parse_jid(admin)
+        if jid is None or jid.resource is not None or jid.user is None:
+            problems.append(f"{where}: muc.admins: {admin!r} is not a bare JID (user@host)")
+    if muc.default_history_length > muc.max_history_length:
+        problems.append(f"{where}: muc.default_history_length: must be at most max_history_length "
+                        f"({muc.max_history_length})")
     mam = sections.get("mam", base.mam)
     if mam.default_page_size > mam.max_page_size:
         problems.append(f"{where}: mam.default_page_size: must be at most max_page_size ({mam.max_page_size})")

@@ -33,6 +33,7 @@ GATEWAYS = (
     ("sip", "sip", "bridge.gateways.sip.gateway"),
     ("sms", "sms", "bridge.gateways.sms.gateway"),
     ("email", "smtp", "bridge.gateways.smtp"),
+    ("muc", "muc", "bridge.gateways.muc.service"),
 )
 
 
@@ -222,7 +223,7 @@ def build(config, reactor):
                                           http.tls_ciphers, alpn=(b"http/1.1",))
         listen("https", http.tls_endpoints,
                TLSMemoryBIOFactory(http_context, False, HTTPFactory(server, http, bosh, tls=True)))
-    # SIP, SMS and email (docs/sip.md, docs/sms.md, docs/email.md).
+    # SIP, SMS, email and the MUC service (docs/sip.md, docs/sms.md, docs/email.md, docs/muc.md).
     attach_gateways(server, reactor, top, listen_on)
     return top
 

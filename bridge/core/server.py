@@ -13,6 +13,8 @@ PUBLISH, an SMS from the user's own number.  Block lists, archives and every
 """
 
 import datetime
+import hashlib
+import hmac
 import os
 import weakref
 
@@ -56,7 +58,8 @@ class Server:
         self.resumable_sessions = {}
         self.accounts = Accounts(storage, sip_digest_algorithms(config))
         # What SASL answers for names without an account, stable across restarts.
-        self.decoys = Decoys(secret or os.urandom(32))
+        self.secret = secret or os.urandom(32)
+        self.decoys = Decoys(self.secret)
         self.rosters = Rosters(storage, self.sessions, self.router,
                                config.quotas.max_roster_items_per_user)
         self.hosts = {}  # the local hosts (accounts), by name
@@ -76,10 +79,12 @@ class Server:
         name = self.config.host_for(jid.host)
         return self.hosts.get(name) if name else None
 
-    def list_service(self, jid, name, owner):
-        """Show ``jid`` in disco#items of every local host, until ``unlist_services(owner)``."""
-        for host in self.hosts.values():
-            host.disco.items.append((jid, name, owner))
+    def list_service(self, jid, name, owner, on=None):
+        """Show ``jid`` in disco#items of every local host (or of the one named ``on``), until
+        ``unlist_services(owner)``."""
+        for host_name, host in self.hosts.items():
+            if on is None or host_name == on:
+                host.disco.items.append((jid, name, owner))
 
     def unlist_services(self, owner):
         for host in self.hosts.values():
@@ -268,25 +273,32 @@ class GatewayContext:
         self.accounts = server.accounts
         self.rosters = server.rosters
         self.sessions = server.sessions
-        self.host = None
+        self.host = None  # the first domain served
+        self.served = []  # every domain served, as component hosts
         self._service_features = tuple(service_features)
         self._hooked = set()  # the hosts whose hooks hold registrations of ours
 
-    def serve(self, domain, identity, translator=None):
-        """Own ``domain``: a component host routed here, listed in the local hosts' disco#items.
+    def serve(self, domain, identity, translator=None, listed_on=None):
+        """Own ``domain``: a component host routed here, listed in the local hosts' disco#items
+        (only in that of the local host ``listed_on``, when given).
 
         ``identity`` is its (category, type, name) in disco; ``translator`` what
-        XEP-0100 asks of it (see features/gateway.py), if anything.
+        XEP-0100 asks of it (see features/gateway.py), if anything.  A service
+        may serve several domains (the MUC service one per local host): call
+        ``serve`` for each before ``hook``, which then registers on them all.
         """
         server = self._server
-        self.host = ComponentHost(server, domain.lower(), translator)
-        server.component_hosts[self.host.name] = self.host
-        server.router.addRoute(self.host.name, self.host)
-        self.add_identity(*identity)
+        host = ComponentHost(server, domain.lower(), translator)
+        if self.host is None:
+            self.host = host
+        self.served.append(host)
+        server.component_hosts[host.name] = host
+        server.router.addRoute(host.name, host)
+        host.disco.identities.append(("host", *identity, self))
         for feature, module in self._service_features:
-            load_feature(server, self.host, feature, module)
-        self.add_item(self.host.name, identity[2])
-        return self.host
+            load_feature(server, host, feature, module)
+        server.list_service(host.name, identity[2], self, listed_on)
+        return host
 
     @property
     def domain(self):
@@ -321,8 +333,9 @@ class GatewayContext:
     # -- registrations --------------------------------------------------------------
 
     def hook(self, event, handler, priority=HANDLE):
-        """Handle ``event`` on the gateway's own domain."""
-        self._add_hook(self.host, event, handler, priority)
+        """Handle ``event`` on the gateway's own domain (on each, when it serves several)."""
+        for host in self.served:
+            self._add_hook(host, event, handler, priority)
 
     def hook_local(self, event, handler, priority=HANDLE):
         """Handle ``event`` on every local host (the users' side)."""
@@ -337,7 +350,23 @@ class GatewayContext:
         self.host.disco.identities.append(("host", category, kind, name, self))
 
     def add_feature(self, namespace):
-        self.host.disco.features.append(("host", namespace, self))
+        """Announce ``namespace`` in disco#info of every domain served."""
+        for host in self.served:
+            host.disco.features.append(("host", namespace, self))
+
+    def add_domain_item(self, domain, jid, name=None):
+        """List ``jid`` in disco#items of the served ``domain`` (a room of a MUC service), until
+        ``remove_domain_item`` or ``unload``."""
+        self._server.component_hosts[domain].disco.items.append((jid, name, self))
+
+    def remove_domain_item(self, domain, jid):
+        host = self._server.component_hosts[domain]
+        host.disco.items = [entry for entry in host.disco.items if entry[0] != jid or entry[2] is not self]
+
+    def derive_key(self, label):
+        """A key for ``label`` derived from the server's secret (HMAC-SHA256): stable across restarts,
+        and telling nothing of the secret or of the keys of other labels."""
+        return hmac.new(self._server.secret, label.encode("utf-8"), hashlib.sha256).digest()
 
     def add_item(self, jid, name=None):
         """List ``jid`` in disco#items of every local host."""
@@ -372,12 +401,12 @@ class GatewayContext:
             host.hooks.remove_owner(self)
         self._hooked.clear()
         self._server.unlist_services(self)
-        if self.host is not None:
-            for context in list(self.host.features.values()):
+        for host in self.served:
+            for context in list(host.features.values()):
                 context.unload()
-            self.host.disco.remove_owner(self)
-            self._server.router.removeRoute(self.host.name, self.host)
-            self._server.component_hosts.pop(self.host.name, None)
+            host.disco.remove_owner(self)
+            self._server.router.removeRoute(host.name, host)
+            self._server.component_hosts.pop(host.name, None)
         self.clock.cancel_all()
 
 

@@ -439,18 +439,7 @@ class Archive:
         if session is not None:
             for record in records:
                 session.send(result_message(session.full, account, queryid, record))
-        reply = result_reply(event.stanza)
-        fin = reply.addElement((NS_MAM, "fin"))
-        if page.complete:
-            fin["complete"] = "true"
-        rsm = fin.addElement((NS_RSM, "set"))
-        if records:
-            # No <first index/> (XEP-0059 leaves it optional): it costs a count per page, and
-            # clients (slixmpp) read it as a forward position and stop paging backwards early.
-            rsm.addElement("first", content=records[0].id)
-            rsm.addElement("last", content=records[-1].id)
-        rsm.addElement("count", content=str(page.count))
-        event.reply(reply)
+        event.reply(fin_reply(event.stanza, page, records))
 
     def _failed(self, failure, event):
         if failure.check(ArchiveItemNotFound):
@@ -544,6 +533,22 @@ class Archive:
             for jid in prefs[name]:
                 listed.addElement("jid", content=jid)
         return reply
+
+
+def fin_reply(iq, page, records):
+    """The result of a query whose ``records`` (of ``page``, in the order sent) were sent: <fin/> with its RSM <set/>."""
+    reply = result_reply(iq)
+    fin = reply.addElement((NS_MAM, "fin"))
+    if page.complete:
+        fin["complete"] = "true"
+    rsm = fin.addElement((NS_RSM, "set"))
+    if records:
+        # No <first index/> (XEP-0059 leaves it optional): it costs a count per page, and
+        # clients (slixmpp) read it as a forward position and stop paging backwards early.
+        rsm.addElement("first", content=records[0].id)
+        rsm.addElement("last", content=records[-1].id)
+    rsm.addElement("count", content=str(page.count))
+    return reply
 
 
 def result_message(to, account, queryid, record):

@@ -1,0 +1,1 @@
+"""Multi-user chat (XEP-0045) on ``conference.<host>`` of every local host: rooms, their forms and the service."""

@@ -1,0 +1,909 @@
+"""The multi-user chat service (XEP-0045) on ``<subdomain>.<host>`` of every local host.
+
+``attach(ctx, reactor, tls_context)`` serves one component host per local
+host through the ``GatewayContext`` (``ctx.serve`` for each domain), with
+the ordinary disco, version and ping modules on it; the service adds its
+identity, the public rooms as disco items, and these events:
+
+* ``presence/full`` to ``room@service/nick``: join (the room is created on
+  first join, locked until its owner configures it or accepts the instant
+  room, status 201), nick change (303), presence update, leave; a temporary
+  room ends with its last occupant.
+* ``message/bare``: groupchat to every occupant (with XEP-0421 occupant ids
+  and a XEP-0359 stanza id), subject changes, mediated invitations and
+  declines; ``message/full``: private messages between occupants.
+* IQs on the room: disco#info (muc_ features, muc#roominfo), disco#items,
+  muc#owner (configuration form, instant room, destroy), muc#admin
+  (affiliations and roles: kick, ban, voice), XEP-0313 queries of a
+  persistent room's archive (the room is the archive's owner); on
+  ``room/nick``: XEP-0410 self-ping.
+
+Persistent rooms (configuration, affiliations, subject) are documents of
+the ``muc-rooms`` store keyed (service domain, room), their history a queue
+of ``muc-history``; both are read at start.  Temporary rooms keep their
+history in memory only.  Everything grows within the ``[muc]`` bounds.
+"""
+
+import base64
+import datetime
+import hashlib
+import hmac
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.words.xish import domish
+
+from bridge.core.storage import ArchiveItemNotFound, ArchiveRecord
+from bridge.core.stanza import delay_element, error_reply, make, parse_jid, readdress, result_reply
+from bridge.core.xmlstream import parse_element, serialize
+from bridge.features.mam import NS_MAM, QueryError, fin_reply, new_id, parse_query, result_message
+from bridge.gateways.muc.forms import FormError, RoomConfig, apply_form, config_form, room_info_form
+from bridge.gateways.muc.room import AFFILIATIONS, RANK, HistoryEntry, Occupant, Room
+
+log = Logger()
+
+NS_MUC = "http://jabber.org/protocol/muc"
+NS_USER = NS_MUC + "#user"
+NS_ADMIN = NS_MUC + "#admin"
+NS_OWNER = NS_MUC + "#owner"
+NS_OCCUPANT_ID = "urn:xmpp:occupant-id:0"
+NS_SID = "urn:xmpp:sid:0"
+NS_PING = "urn:xmpp:ping"
+NS_DATA = "jabber:x:data"
+NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
+NS_DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
+ROOMS_STORE = "muc-rooms"  # (service domain, room): Room.to_document()
+HISTORY_STORE = "muc-history"  # (service domain, room): queue of {"time", "xml"}
+MAX_ITEMS_PER_ADMIN_IQ = 100
+MAX_REASON_CHARS = 1024
+MAX_WAITING_WHILE_LOADING = 1000  # stanzas that arrive before the stored rooms are read
+
+
+def attach(ctx, reactor, tls_context):
+    """The service of ``ctx.config`` (the [muc] section), or None when it is off."""
+    if not ctx.config.enabled:
+        return None
+    return MUCService(ctx)
+
+
+def _child(stanza, uri, name):
+    return next(stanza.elements(uri, name), None)
+
+
+def _status(x, *codes):
+    for code in codes:
+        x.addElement("status")["code"] = str(code)
+
+
+def _reason_of(item):
+    reason = _child(item, item.uri, "reason")
+    return str(reason)[:MAX_REASON_CHARS] if reason is not None else None
+
+
+class MUCService:
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.config = ctx.config
+        self.clock = ctx.clock
+        self.rooms = {}  # service domain -> {room node: Room}
+        self.rooms_store = ctx.store(ROOMS_STORE)
+        self.history_store = ctx.store(HISTORY_STORE)
+        self.mam = ctx.section("mam")
+        self.admins = frozenset(jid.lower() for jid in self.config.admins)
+        self._occupant_key = ctx.derive_key("muc occupant-id")
+        self._waiting = None  # while the stored rooms are read: [(handler, event)]
+        for host in ctx.host_names():
+            domain = f"{self.config.subdomain}.{host}".lower()
+            ctx.serve(domain, ("conference", "text", "Chatrooms"), listed_on=host)
+            self.rooms[domain] = {}
+        ctx.add_feature(NS_MUC)
+        for event, handler in (
+                ("presence/full", self.on_presence),
+                ("presence/bare", self.on_bare_presence),
+                ("message/bare", self.on_room_message),
+                ("message/full", self.on_private_message),
+                (f"iq-get/bare/{NS_DISCO_INFO}:query", self.on_room_info),
+                (f"iq-get/bare/{NS_DISCO_ITEMS}:query", self.on_room_items),
+                (f"iq-get/bare/{NS_OWNER}:query", self.on_owner_get),
+                (f"iq-set/bare/{NS_OWNER}:query", self.on_owner_set),
+                (f"iq-get/bare/{NS_ADMIN}:query", self.on_admin_get),
+                (f"iq-set/bare/{NS_ADMIN}:query", self.on_admin_set),
+                (f"iq-get/full/{NS_PING}:ping", self.on_self_ping),
+                (f"iq-set/bare/{NS_MAM}:query", self.on_archive_query)):
+            ctx.hook(event, self._when_loaded(handler))
+
+    # -- lifetime (the Gateway shape of tap.py) -------------------------------------
+
+    def listeners(self):
+        return []
+
+    def start(self):
+        """Read the persistent rooms and their history; stanzas that come meanwhile wait."""
+        self._waiting = []
+        loading = defer.gatherResults([self._load(domain) for domain in self.rooms], consumeErrors=True)
+        loading.addErrback(lambda failure: log.failure("MUC: the stored rooms could not be read", failure))
+        loading.addBoth(self._loaded)
+        return loading
+
+    def stop(self):
+        return None
+
+    @defer.inlineCallbacks
+    def _load(self, domain):
+        for node in (yield self.rooms_store.users(domain)):
+            document = yield self.rooms_store.get(domain, node)
+            if not document:
+                continue
+            room = Room.from_document(domain, node, document, self.config.max_history_bytes_per_room)
+            for key, item in (yield self.history_store.items(domain, node)):
+                dropped = room.history.add(_stored_entry(item, key), self._history_length(room))
+                self._forget_entries(room, dropped)
+            self.rooms[domain][node] = room
+            self._list(room)
+        log.info("MUC {domain}: {count} persistent rooms", domain=domain, count=len(self.rooms[domain]))
+
+    def _loaded(self, _):
+        waiting, self._waiting = self._waiting, None
+        for handler, event in waiting or ():
+            handler(event)
+
+    def _when_loaded(self, handler):
+        def run(event):
+            if self._waiting is None:
+                return handler(event)
+            if len(self._waiting) >= MAX_WAITING_WHILE_LOADING:
+                self._error(event.stanza, "service-unavailable", "the service is starting")
+                return True
+            self._waiting.append((handler, event))
+            return True
+
+        run.__qualname__ = handler.__qualname__
+        return run
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _error(self, stanza, condition, text=None):
+        if stanza.getAttribute("type") != "error":
+            self.ctx.route(error_reply(stanza, condition, text))
+
+    def _room_of(self, event):
+        return self.rooms.get(event.to.host, {}).get(event.to.user)
+
+    def archived(self, room):
+        """Persistent rooms are MAM archives (XEP-0313 on the room JID) while [mam] is on."""
+        return room.config.persistent and self.mam.enabled
+
+    def _history_length(self, room):
+        return min(room.config.history_length, self.config.max_history_length)
+
+    def affiliation(self, room, bare):
+        """A room's affiliation of ``bare``; the service's admins own every room."""
+        return "owner" if bare in self.admins else room.affiliation(bare)
+
+    def occupant_id(self, room, bare):
+        """XEP-0421: the same for a real bare JID in a room across restarts, and telling nothing of it."""
+        digest = hmac.new(self._occupant_key, f"{room.jid}\0{bare}".encode("utf-8"), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest[:18]).decode("ascii")
+
+    def _list(self, room):
+        """Public, configured rooms in the service's disco#items."""
+        self.ctx.remove_domain_item(room.domain, room.jid)
+        if room.config.public and not room.locked:
+            self.ctx.add_domain_item(room.domain, room.jid, room.config.name or room.node)
+
+    def _save(self, room):
+        if room.config.persistent and not room.locked:
+            self.rooms_store.set(room.domain, room.node, room.to_document()).addErrback(
+                lambda failure: log.failure("MUC: room {jid} not saved", failure, jid=room.jid))
+
+    def _forget_entries(self, room, entries):
+        for entry in entries:
+            if entry.stored is not None:
+                entry.stored.addCallback(lambda key: self.history_store.remove(room.domain, room.node, [key]))
+                entry.stored.addErrback(lambda failure: log.failure("MUC: history not trimmed", failure))
+
+    def _store_history(self, room):
+        """A room that became persistent: its history so far goes to storage too."""
+        for entry in room.history.entries:
+            if entry.stored is None:
+                entry.stored = self.history_store.append(
+                    room.domain, room.node, {"time": entry.time, "xml": entry.xml})
+
+    def _unstore(self, room):
+        """A room destroyed or made temporary: its document, stored history and archive go."""
+        self.rooms_store.set(room.domain, room.node, None)
+        self.ctx.storage.archive_remove(room.domain, room.node).addErrback(
+            lambda failure: log.failure("MUC: archive of {jid} not removed", failure, jid=room.jid))
+        items = self.history_store.items(room.domain, room.node)
+        items.addCallback(lambda found: self.history_store.remove(room.domain, room.node,
+                                                                  [key for key, _ in found]))
+        items.addErrback(lambda failure: log.failure("MUC: history of {jid} not removed", failure, jid=room.jid))
+        for entry in room.history.entries:
+            entry.stored = None
+
+    def _end_room(self, room):
+        del self.rooms[room.domain][room.node]
+        self.ctx.remove_domain_item(room.domain, room.jid)
+        if room.config.persistent:
+            self._unstore(room)
+
+    # -- presence ----------------------------------------------------------------------
+
+    def presence_of(self, room, occupant, viewer, codes=(), unavailable=False, nick=None, extra=None):
+        """``occupant``'s presence in ``room`` as ``viewer`` (an Occupant) is sent it."""
+        presence = make("presence", to=viewer.jid, sender=f"{room.jid}/{occupant.nick}",
+                        type="unavailable" if unavailable else None)
+        for child in occupant.presence:
+            presence.addChild(child)
+        x = presence.addElement((NS_USER, "x"))
+        item = x.addElement("item")
+        item["affiliation"] = self.affiliation(room, occupant.bare)
+        item["role"] = "none" if unavailable and nick is None else occupant.role
+        if room.config.whois == "anyone" or viewer.role == "moderator":
+            item["jid"] = occupant.jid
+        if nick is not None:
+            item["nick"] = nick
+        if extra is not None:
+            x.addChild(extra)
+        if viewer is occupant:
+            _status(x, 110)
+        _status(x, *codes)
+        presence.addElement((NS_OCCUPANT_ID, "occupant-id"))["id"] = occupant.occupant_id
+        return presence
+
+    def broadcast_presence(self, room, occupant, self_codes=(), codes=(), **options):
+        """``occupant``'s presence to every occupant, its own last (with ``self_codes``)."""
+        for viewer in list(room.occupants.values()):
+            if viewer is not occupant:
+                self.ctx.route(self.presence_of(room, occupant, viewer, codes, **options))
+        self.ctx.route(self.presence_of(room, occupant, occupant, (*codes, *self_codes), **options))
+
+    def on_bare_presence(self, event):
+        """Presence to a room without a nickname (XEP-0045 section 7.2.1)."""
+        if event.stanza.getAttribute("type") in (None, "available"):
+            self._error(event.stanza, "jid-malformed", "join the room as room@service/nickname")
+        return True
+
+    def on_presence(self, event):
+        stanza = event.stanza
+        sender = event.sender
+        kind = stanza.getAttribute("type")
+        if sender is None or sender.resource is None or kind in ("subscribe", "subscribed", "unsubscribe",
+                                                                 "unsubscribed", "probe"):
+            return True
+        domain_rooms = self.rooms.get(event.to.host)
+        if domain_rooms is None:
+            return True
+        room = domain_rooms.get(event.to.user)
+        occupant = room.by_jid.get(sender.full()) if room is not None else None
+        if kind == "error":
+            if occupant is not None:
+                self.remove_occupant(room, occupant, codes=(333,))
+            return True
+        if kind == "unavailable":
+            if occupant is not None:
+                occupant.presence = _shown_children(stanza)
+                self.remove_occupant(room, occupant)
+            return True
+        if kind is not None:
+            self._error(stanza, "bad-request")
+            return True
+        if occupant is None:
+            self.join(event, room)
+        elif occupant.nick != event.to.resource:
+            self.change_nick(event, room, occupant)
+        else:
+            occupant.presence = _shown_children(stanza)
+            self.broadcast_presence(room, occupant)
+        return True
+
+    def may_create(self, domain, sender):
+        """None, or the (condition, text) that refuses ``sender`` a new room."""
+        bare = sender.userhost()
+        creation = self.config.creation
+        if creation == "admins" and bare not in self.admins:
+            return "not-allowed", "only the service's administrators create rooms"
+        if creation == "local" and self.ctx.local_host(sender.host) is None:
+            return "not-allowed", "only users of this server create rooms"
+        if len(self.rooms[domain]) >= self.config.max_rooms_per_service:
+            return "resource-constraint", "the service holds as many rooms as it may"
+        if bare not in self.admins:
+            created = sum(1 for rooms in self.rooms.values() for room in rooms.values() if room.creator == bare)
+            if created >= self.config.max_rooms_created_per_user:
+                return "policy-violation", f"you have created {created} rooms, the most allowed"
+        return None
+
+    def create(self, domain, node, creator):
+        config = RoomConfig(max_users=self.config.max_occupants_per_room,
+                            history_length=self.config.default_history_length)
+        room = Room(domain, node, config, creator, self.config.max_history_bytes_per_room)
+        room.affiliations[creator] = "owner"
+        room.locked = True
+        self.rooms[domain][node] = room
+        return room
+
+    def join(self, event, room):
+        stanza, sender, nick = event.stanza, event.sender, event.to.resource
+        bare = sender.userhost()
+        muc = _child(stanza, NS_MUC, "x")
+        created = room is None
+        if created:
+            refusal = self.may_create(event.to.host, sender)
+            if refusal is not None:
+                self._error(stanza, *refusal)
+                return
+            room = self.create(event.to.host, event.to.user, bare)
+        affiliation = self.affiliation(room, bare)
+        if room.locked and affiliation != "owner":
+            self._error(stanza, "item-not-found", "the room is being created")
+            return
+        refusal = self._admission(room, affiliation, bare, nick, muc)
+        if refusal is not None:
+            self._error(stanza, *refusal)
+            return
+        occupant = Occupant(nick, sender.full(), room.default_role(affiliation), self.occupant_id(room, bare))
+        occupant.presence = _shown_children(stanza)
+        for other in room.occupants.values():
+            self.ctx.route(self.presence_of(room, other, occupant))
+        room.add(occupant)
+        codes = []
+        if room.config.whois == "anyone":
+            codes.append(100)
+        if created:
+            codes.append(201)
+        if self.archived(room):
+            codes.append(170)
+        self.broadcast_presence(room, occupant, self_codes=codes)
+        self.send_history(room, occupant, _child(muc, NS_MUC, "history") if muc is not None else None)
+        subject = make("message", to=occupant.jid, sender=f"{room.jid}/{room.subject_by}" if room.subject_by
+                       else room.jid, type="groupchat")
+        subject.addElement("subject", content=room.subject)
+        self.ctx.route(subject)
+
+    def _admission(self, room, affiliation, bare, nick, muc):
+        """None, or the (condition, text) that keeps ``bare`` out (XEP-0045 section 7.2)."""
+        if affiliation == "outcast":
+            return "forbidden", "you are banned from this room"
+        if room.config.members_only and affiliation == "none":
+            return "registration-required", "this room is for its members"
+        holder = room.nick_holder(nick)
+        if holder is not None:
+            return "conflict", "that nickname is in use"
+        if room.config.password and affiliation not in ("owner", "admin"):
+            given = _child(muc, NS_MUC, "password") if muc is not None else None
+            if given is None or str(given) != room.config.password:
+                return "not-authorized", "a password is needed"
+        if len(room.occupants) >= min(room.config.max_users, self.config.max_occupants_per_room) \
+                and affiliation not in ("owner", "admin"):
+            return "service-unavailable", "the room is full"
+        return None
+
+    def send_history(self, room, occupant, request):
+        """The messages a newcomer asked for by <history/>, within the room's history length."""
+        limits = {}
+        if request is not None:
+            for name, attribute in (("maxstanzas", "max_stanzas"), ("maxchars", "max_chars"),
+                                    ("seconds", "seconds")):
+                value = request.getAttribute(name)
+                if value is not None and value.isascii() and value.isdigit():
+                    limits[attribute] = int(value)
+            since = _parse_stamp(request.getAttribute("since"))
+            if since is not None:
+                limits["since"] = since
+        for entry in room.history.select(self.clock.seconds(), **limits):
+            message = parse_element(entry.xml)
+            message["to"] = occupant.jid
+            stamp = datetime.datetime.fromtimestamp(entry.time, datetime.timezone.utc)
+            message.addChild(delay_element(stamp, room.jid))
+            self.ctx.route(message)
+
+    def change_nick(self, event, room, occupant):
+        new = event.to.resource
+        if room.nick_holder(new) is not None:
+            self._error(event.stanza, "conflict", "that nickname is in use")
+            return
+        self.broadcast_presence(room, occupant, codes=(303,), unavailable=True, nick=new)
+        room.rename(occupant, new)
+        occupant.presence = _shown_children(event.stanza)
+        self.broadcast_presence(room, occupant)
+
+    def remove_occupant(self, room, occupant, codes=(), actor=None, reason=None):
+        """``occupant`` leaves (or is made to leave, ``codes`` saying why); a temporary room left empty ends."""
+        for viewer in list(room.occupants.values()):
+            presence = self.presence_of(room, occupant, viewer, codes, unavailable=True)
+            if actor is not None or reason is not None:
+                item = _child(_child(presence, NS_USER, "x"), NS_USER, "item")
+                if actor is not None:
+                    item.addElement("actor")["nick"] = actor
+                if reason is not None:
+                    item.addElement("reason", content=reason)
+            self.ctx.route(presence)
+        room.remove(occupant)
+        if not room.occupants and (not room.config.persistent or room.locked):
+            self._end_room(room)
+
+    # -- messages ------------------------------------------------------------------------
+
+    def on_room_message(self, event):
+        stanza, sender = event.stanza, event.sender
+        room = self._room_of(event)
+        kind = stanza.getAttribute("type")
+        if kind == "error" or sender is None:
+            if room is not None and sender is not None and sender.full() in room.by_jid:
+                self.remove_occupant(room, room.by_jid[sender.full()], codes=(333,))
+            return True
+        if room is None:
+            self._error(stanza, "item-not-found")
+            return True
+        occupant = room.by_jid.get(sender.full())
+        user_x = _child(stanza, NS_USER, "x")
+        if kind != "groupchat" and user_x is not None:
+            self.invitation(room, occupant, sender, stanza, user_x)
+            return True
+        if occupant is None:
+            self._error(stanza, "not-acceptable", "only occupants may send messages to the room")
+            return True
+        if kind != "groupchat":
+            self._error(stanza, "bad-request", "send groupchat messages to the room")
+            return True
+        if occupant.role == "visitor":
+            self._error(stanza, "forbidden", "visitors have no voice in this room")
+            return True
+        subject = _child(stanza, stanza.uri, "subject") or _child(stanza, None, "subject")
+        body = _child(stanza, stanza.uri, "body") or _child(stanza, None, "body")
+        if subject is not None and body is None:
+            if occupant.role != "moderator" and not room.config.change_subject:
+                self._error(stanza, "forbidden", "only moderators change the subject")
+                return True
+            text = str(subject)
+            if len(text.encode("utf-8")) > self.config.max_history_bytes_per_room // 4:
+                self._error(stanza, "not-acceptable", "the subject is too long")
+                return True
+            room.subject, room.subject_by = text, occupant.nick
+            self._save(room)
+        self.broadcast_message(room, occupant, stanza, store=body is not None and subject is None)
+        return True
+
+    def broadcast_message(self, room, occupant, stanza, store):
+        sender = f"{room.jid}/{occupant.nick}"
+        message = make("message", sender=sender, type="groupchat", id=stanza.getAttribute("id"))
+        for child in stanza.elements():
+            if child.uri not in (NS_OCCUPANT_ID, NS_SID, NS_USER):
+                message.addChild(child)
+        message.addElement((NS_OCCUPANT_ID, "occupant-id"))["id"] = occupant.occupant_id
+        micros = int(self.clock.seconds() * 1e6)
+        record_id = new_id(micros)
+        stanza_id = message.addElement((NS_SID, "stanza-id"))
+        stanza_id["by"], stanza_id["id"] = room.jid, record_id
+        if store and self._history_length(room) > 0:
+            self.keep(room, message)
+        if store and self.archived(room):
+            self.ctx.storage.archive_append(room.domain, room.node, ArchiveRecord(
+                record_id, micros, room.jid, occupant.nick, "in", serialize(message)))
+        for viewer in list(room.occupants.values()):
+            self.ctx.route(readdress(message, viewer.jid, sender))
+
+    def keep(self, room, message):
+        entry = HistoryEntry(self.clock.seconds(), serialize(message))
+        if entry.size > room.history.max_bytes:
+            return
+        if room.config.persistent:
+            entry.stored = self.history_store.append(room.domain, room.node, {"time": entry.time, "xml": entry.xml})
+        self._forget_entries(room, room.history.add(entry, self._history_length(room)))
+
+    def invitation(self, room, occupant, sender, stanza, user_x):
+        """A mediated invitation (XEP-0045 section 7.8.2) or its decline."""
+        decline = _child(user_x, NS_USER, "decline")
+        if decline is not None:
+            to = parse_jid(decline.getAttribute("to") or "")
+            if to is None:
+                self._error(stanza, "jid-malformed")
+                return
+            message = make("message", to=to.userhost(), sender=room.jid)
+            forwarded = message.addElement((NS_USER, "x")).addElement("decline")
+            forwarded["from"] = sender.userhost()
+            reason = _reason_of(decline)
+            if reason:
+                forwarded.addElement("reason", content=reason)
+            self.ctx.route(message)
+            return
+        invite = _child(user_x, NS_USER, "invite")
+        if invite is None:
+            self._error(stanza, "bad-request")
+            return
+        if occupant is None:
+            self._error(stanza, "not-acceptable", "only occupants may invite")
+            return
+        affiliation = self.affiliation(room, sender.userhost())
+        if not room.config.allow_invites and affiliation not in ("owner", "admin"):
+            self._error(stanza, "forbidden", "only the room's admins invite here")
+            return
+        invitee = parse_jid(invite.getAttribute("to") or "")
+        if invitee is None:
+            self._error(stanza, "jid-malformed")
+            return
+        invitee_bare = invitee.userhost()
+        if room.config.members_only and affiliation in ("owner", "admin") \
+                and room.affiliation(invitee_bare) == "none":
+            if len(room.affiliations) >= self.config.max_affiliations_per_room:
+                self._error(stanza, "resource-constraint", "the room has as many affiliations as it may")
+                return
+            room.affiliations[invitee_bare] = "member"
+            self._save(room)
+        message = make("message", to=invitee.full(), sender=room.jid)
+        x = message.addElement((NS_USER, "x"))
+        forwarded = x.addElement("invite")
+        forwarded["from"] = sender.userhost()
+        reason = _reason_of(invite)
+        if reason:
+            forwarded.addElement("reason", content=reason)
+        if room.config.password:
+            x.addElement("password", content=room.config.password)
+        self.ctx.route(message)
+
+    def on_private_message(self, event):
+        """A message to ``room/nick``: a private message between occupants."""
+        stanza, sender = event.stanza, event.sender
+        room = self._room_of(event)
+        if sender is None:
+            return True
+        occupant = room.by_jid.get(sender.full()) if room is not None else None
+        if stanza.getAttribute("type") == "error":
+            if occupant is not None:
+                self.remove_occupant(room, occupant, codes=(333,))
+            return True
+        if occupant is None:
+            self._error(stanza, "not-acceptable", "only occupants may send private messages")
+            return True
+        if stanza.getAttribute("type") == "groupchat":
+            self._error(stanza, "bad-request", "a private message is not of type groupchat")
+            return True
+        policy = room.config.allow_pm
+        if policy == "none" or (policy == "moderators" and occupant.role != "moderator") or (
+                policy == "participants" and occupant.role == "visitor"):
+            self._error(stanza, "forbidden", "private messages are not allowed here")
+            return True
+        target = room.occupants.get(event.to.resource)
+        if target is None:
+            self._error(stanza, "item-not-found", "nobody has that nickname here")
+            return True
+        sent = readdress(stanza, target.jid, f"{room.jid}/{occupant.nick}")
+        sent.children = [child for child in sent.children
+                         if not isinstance(child, domish.Element) or child.uri not in (NS_USER, NS_OCCUPANT_ID)]
+        sent.addElement((NS_USER, "x"))
+        sent.addElement((NS_OCCUPANT_ID, "occupant-id"))["id"] = occupant.occupant_id
+        self.ctx.route(sent)
+        return True
+
+    # -- IQs --------------------------------------------------------------------------------
+
+    def on_self_ping(self, event):
+        """XEP-0410: an occupant asks whether it is still in the room under that nick."""
+        room = self._room_of(event)
+        occupant = room.by_jid.get(event.sender.full()) if room is not None and event.sender else None
+        if occupant is None or occupant.nick != event.to.resource:
+            self._error(event.stanza, "not-acceptable", "you are not in the room under that nickname")
+        else:
+            self.ctx.route(result_reply(event.stanza))
+        return True
+
+    def _visible_room(self, event):
+        """The room an IQ is about, or None after answering item-not-found (a locked room is the owner's)."""
+        room = self._room_of(event)
+        if room is None or (room.locked and (event.sender is None or
+                                             self.affiliation(room, event.sender.userhost()) != "owner")):
+            self._error(event.stanza, "item-not-found")
+            return None
+        return room
+
+    def on_room_info(self, event):
+        room = self._visible_room(event)
+        if room is None:
+            return True
+        if event.stanza.query.getAttribute("node"):
+            self._error(event.stanza, "item-not-found")
+            return True
+        reply = result_reply(event.stanza)
+        query = reply.addElement((NS_DISCO_INFO, "query"))
+        identity = query.addElement("identity")
+        identity["category"], identity["type"] = "conference", "text"
+        identity["name"] = room.config.name or room.node
+        features = {NS_DISCO_INFO, NS_DISCO_ITEMS, NS_OCCUPANT_ID, NS_PING, *room.features()}
+        if self.archived(room):
+            features.add(NS_MAM)
+        for feature in sorted(features):
+            query.addElement("feature")["var"] = feature
+        query.addChild(room_info_form(room.config, len(room.occupants)))
+        self.ctx.route(reply)
+        return True
+
+    def on_room_items(self, event):
+        room = self._visible_room(event)
+        if room is not None:
+            reply = result_reply(event.stanza)
+            reply.addElement((NS_DISCO_ITEMS, "query"))
+            self.ctx.route(reply)
+        return True
+
+    def on_archive_query(self, event):
+        """XEP-0313 on the room JID: its occupants, or its members when it is members-only, page its archive."""
+        stanza, sender = event.stanza, event.sender
+        room = self._visible_room(event)
+        if room is None:
+            return True
+        affiliation = self.affiliation(room, sender.userhost())
+        allowed = sender.full() in room.by_jid or affiliation in ("owner", "admin", "member") or (
+            not room.config.members_only and affiliation != "outcast")
+        if not allowed or not self.archived(room):
+            self._error(stanza, "forbidden" if self.archived(room) else "service-unavailable")
+            return True
+        try:
+            query, flip = parse_query(stanza.query, self.mam)
+        except QueryError as error:
+            self._error(stanza, error.condition, error.text)
+            return True
+        queryid = stanza.query.getAttribute("queryid")
+        d = self.ctx.storage.archive_query(room.domain, room.node, query)
+
+        def answer(page):
+            records = page.records[::-1] if flip else page.records
+            for record in records:
+                self.ctx.route(result_message(sender.full(), room.jid, queryid, record))
+            self.ctx.route(fin_reply(stanza, page, records))
+
+        def failed(failure):
+            if failure.check(ArchiveItemNotFound):
+                self._error(stanza, "item-not-found", "no such message in the room's archive")
+            else:
+                log.failure("MUC: archive query of {jid} failed", failure, jid=room.jid)
+                self._error(stanza, "internal-server-error")
+
+        d.addCallbacks(answer, failed)
+        return True
+
+    def _owner(self, event):
+        """The room of an owner's IQ, or None after answering the error."""
+        room = self._room_of(event)
+        if room is None:
+            self._error(event.stanza, "item-not-found")
+            return None
+        if event.sender is None or self.affiliation(room, event.sender.userhost()) != "owner":
+            self._error(event.stanza, "forbidden", "only the room's owners may do this")
+            return None
+        return room
+
+    def on_owner_get(self, event):
+        room = self._owner(event)
+        if room is not None:
+            reply = result_reply(event.stanza)
+            reply.addElement((NS_OWNER, "query")).addChild(
+                config_form(room.config, self.config.max_occupants_per_room, self.config.max_history_length))
+            self.ctx.route(reply)
+        return True
+
+    def on_owner_set(self, event):
+        room = self._owner(event)
+        if room is None:
+            return True
+        query = event.stanza.query
+        destroy = _child(query, NS_OWNER, "destroy")
+        form = _child(query, NS_DATA, "x")
+        if destroy is not None:
+            self.destroy(room, destroy)
+        elif form is not None and form.getAttribute("type") == "cancel":
+            if room.locked:
+                self.destroy(room, None)
+        elif form is not None and form.getAttribute("type") == "submit":
+            try:
+                config = apply_form(room.config, form, self.config.max_occupants_per_room,
+                                    self.config.max_history_length)
+            except FormError as error:
+                self._error(event.stanza, "not-acceptable", str(error))
+                return True
+            self.configure(room, config)
+        else:
+            self._error(event.stanza, "bad-request")
+            return True
+        self.ctx.route(result_reply(event.stanza))
+        return True
+
+    def configure(self, room, config):
+        was_locked, was_persistent, old_whois = room.locked, room.config.persistent, room.config.whois
+        room.config = config
+        room.locked = False
+        self._forget_entries(room, room.history.trim(self._history_length(room)))
+        if config.persistent:
+            self._store_history(room)
+            self._save(room)
+        elif was_persistent:
+            self._unstore(room)
+        self._list(room)
+        if not was_locked:
+            codes = [104]
+            if old_whois != config.whois:
+                codes.append(172 if config.whois == "anyone" else 173)
+            for viewer in room.occupants.values():
+                notice = make("message", to=viewer.jid, sender=room.jid, type="groupchat")
+                _status(notice.addElement((NS_USER, "x")), *codes)
+                self.ctx.route(notice)
+        if not room.occupants and not config.persistent:
+            self._end_room(room)
+
+    def destroy(self, room, destroy):
+        """The room ends: every occupant is told (with the owner's reason and alternative room)."""
+        for occupant in list(room.occupants.values()):
+            presence = make("presence", to=occupant.jid, sender=f"{room.jid}/{occupant.nick}", type="unavailable")
+            x = presence.addElement((NS_USER, "x"))
+            item = x.addElement("item")
+            item["affiliation"], item["role"] = "none", "none"
+            told = x.addElement("destroy")
+            if destroy is not None:
+                alternative = parse_jid(destroy.getAttribute("jid") or "")
+                if alternative is not None:
+                    told["jid"] = alternative.full()
+                reason = _reason_of(destroy)
+                if reason:
+                    told.addElement("reason", content=reason)
+            self.ctx.route(presence)
+        room.occupants.clear()
+        room.by_jid.clear()
+        self._end_room(room)
+
+    def on_admin_get(self, event):
+        room = self._room_of(event)
+        if room is None:
+            self._error(event.stanza, "item-not-found")
+            return True
+        items = list(event.stanza.query.elements(NS_ADMIN, "item"))
+        actor_bare = event.sender.userhost() if event.sender is not None else ""
+        actor = room.by_jid.get(event.sender.full()) if event.sender is not None else None
+        if len(items) != 1:
+            self._error(event.stanza, "bad-request", "ask for one affiliation or one role")
+            return True
+        wanted_affiliation, wanted_role = items[0].getAttribute("affiliation"), items[0].getAttribute("role")
+        reply = result_reply(event.stanza)
+        query = reply.addElement((NS_ADMIN, "query"))
+        if wanted_affiliation in AFFILIATIONS and wanted_affiliation != "none":
+            if self.affiliation(room, actor_bare) not in ("owner", "admin"):
+                self._error(event.stanza, "forbidden")
+                return True
+            for bare, affiliation in sorted(room.affiliations.items()):
+                if affiliation == wanted_affiliation:
+                    item = query.addElement("item")
+                    item["jid"], item["affiliation"] = bare, affiliation
+        elif wanted_role in ("moderator", "participant", "visitor"):
+            if actor is None or actor.role != "moderator":
+                self._error(event.stanza, "forbidden")
+                return True
+            for occupant in room.occupants.values():
+                if occupant.role == wanted_role:
+                    item = query.addElement("item")
+                    item["nick"], item["role"], item["jid"] = occupant.nick, occupant.role, occupant.jid
+                    item["affiliation"] = self.affiliation(room, occupant.bare)
+        else:
+            self._error(event.stanza, "bad-request")
+            return True
+        self.ctx.route(reply)
+        return True
+
+    def on_admin_set(self, event):
+        """Roles by nick (kick, voice, moderator) and affiliations by JID (ban, member, admin, owner)."""
+        stanza = event.stanza
+        room = self._room_of(event)
+        if room is None or event.sender is None:
+            self._error(stanza, "item-not-found")
+            return True
+        items = list(stanza.query.elements(NS_ADMIN, "item"))
+        if not items or len(items) > MAX_ITEMS_PER_ADMIN_IQ:
+            self._error(stanza, "bad-request", f"from 1 to {MAX_ITEMS_PER_ADMIN_IQ} items")
+            return True
+        actor_bare = event.sender.userhost()
+        actor = room.by_jid.get(event.sender.full())
+        actor_affiliation = self.affiliation(room, actor_bare)
+        changes = []
+        for item in items:
+            checked = self._check_admin_item(room, item, actor, actor_affiliation)
+            if checked[0] == "error":
+                self._error(stanza, *checked[1:])
+                return True
+            changes.append(checked)
+        affiliations = dict(room.affiliations)
+        for change in changes:
+            if change[0] == "affiliation":
+                _, bare, value, _ = change
+                if value == "none":
+                    affiliations.pop(bare, None)
+                else:
+                    affiliations[bare] = value
+        if not [bare for bare, value in affiliations.items() if value == "owner"]:
+            self._error(stanza, "conflict", "a room keeps at least one owner")
+            return True
+        if len(affiliations) > self.config.max_affiliations_per_room:
+            self._error(stanza, "not-acceptable", "the room would hold more affiliations than it may")
+            return True
+        actor_nick = actor.nick if actor is not None else None
+        for change in changes:
+            if change[0] == "role":
+                self._apply_role(room, *change[1:], actor_nick)
+            else:
+                self._apply_affiliation(room, *change[1:], actor_nick)
+        self._save(room)
+        self.ctx.route(result_reply(stanza))
+        return True
+
+    def _check_admin_item(self, room, item, actor, actor_affiliation):
+        """("role", occupant, role, reason), ("affiliation", bare, value, reason) or ("error", condition, text)."""
+        reason = _reason_of(item)
+        role, affiliation = item.getAttribute("role"), item.getAttribute("affiliation")
+        if role is not None and affiliation is None:
+            if actor is None or actor.role != "moderator":
+                return "error", "forbidden", "only moderators change roles"
+            target = room.occupants.get(item.getAttribute("nick") or "")
+            if target is None:
+                return "error", "item-not-found", "nobody has that nickname here"
+            if role not in ("moderator", "participant", "visitor", "none"):
+                return "error", "bad-request", f"no role {role!r}"
+            target_affiliation = self.affiliation(room, target.bare)
+            if target_affiliation in ("owner", "admin") and RANK[target_affiliation] >= RANK[actor_affiliation]:
+                return "error", "not-allowed", "that occupant's affiliation is above yours"
+            if role == "moderator" and actor_affiliation not in ("owner", "admin"):
+                return "error", "forbidden", "only admins make moderators"
+            return "role", target, role, reason
+        if affiliation is not None and role is None:
+            jid = parse_jid(item.getAttribute("jid") or "")
+            if jid is None or affiliation not in AFFILIATIONS:
+                return "error", "bad-request", "an affiliation item needs a jid and a known affiliation"
+            bare = jid.userhost()
+            if actor_affiliation not in ("owner", "admin"):
+                return "error", "forbidden", "only admins and owners change affiliations"
+            current = room.affiliation(bare)
+            if actor_affiliation != "owner" and (affiliation in ("owner", "admin") or current in ("owner", "admin")):
+                return "error", "not-allowed", "only owners grant or take owner and admin"
+            return "affiliation", bare, affiliation, reason
+        return "error", "bad-request", "an item changes a role (with nick) or an affiliation (with jid)"
+
+    def _apply_role(self, room, occupant, role, reason, actor_nick):
+        if occupant.nick not in room.occupants:
+            return
+        if role == "none":
+            self.remove_occupant(room, occupant, codes=(307,), actor=actor_nick, reason=reason)
+            return
+        occupant.role = role
+        self.broadcast_presence(room, occupant)
+
+    def _apply_affiliation(self, room, bare, affiliation, reason, actor_nick):
+        if affiliation == "none":
+            room.affiliations.pop(bare, None)
+        else:
+            room.affiliations[bare] = affiliation
+        for occupant in [o for o in room.occupants.values() if o.bare == bare]:
+            if affiliation == "outcast":
+                self.remove_occupant(room, occupant, codes=(301,), actor=actor_nick, reason=reason)
+            elif room.config.members_only and affiliation == "none":
+                self.remove_occupant(room, occupant, codes=(321,), actor=actor_nick, reason=reason)
+            else:
+                occupant.role = room.default_role(self.affiliation(room, bare))
+                self.broadcast_presence(room, occupant)
+
+
+def _shown_children(presence):
+    """What other occupants see of a presence: show, status, priority, caps (not its MUC payloads)."""
+    return [child for child in presence.elements()
+            if child.uri not in (NS_MUC, NS_USER, NS_OCCUPANT_ID)]
+
+
+def _stored_entry(item, key):
+    return HistoryEntry(item["time"], item["xml"], defer.succeed(key))
+
+
+def _parse_stamp(text):
+    """Seconds since the epoch of a XEP-0082 date-time, or None."""
+    if not text:
+        return None
+    try:
+        stamp = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=datetime.timezone.utc)
+    return stamp.timestamp()
