@@ -19,7 +19,7 @@ from bridge import config as configuration
 from bridge.core.accounts import Accounts, AccountError, sip_digest_algorithms
 from bridge.core.notifications import POLICIES, NotificationPreferences
 from bridge.core.storage import ArchiveQuery, open_storage
-from bridge.features.mam import QueryError, parse_stamp, stamp
+from bridge.core.mam_query import QueryError, parse_stamp, stamp
 from bridge.gateways.sms.verification import Verification
 
 

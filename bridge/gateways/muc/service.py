@@ -36,7 +36,7 @@ from twisted.words.xish import domish
 from bridge.core.storage import ArchiveItemNotFound, ArchiveRecord
 from bridge.core.stanza import delay_element, error_reply, make, parse_jid, readdress, result_reply
 from bridge.core.xmlstream import parse_element, serialize
-from bridge.features.mam import NS_MAM, QueryError, fin_reply, new_id, parse_query, result_message
+from bridge.core.mam_query import NS_MAM, QueryError, fin_reply, new_id, parse_query, result_message
 from bridge.gateways.muc.forms import FormError, RoomConfig, apply_form, config_form, room_info_form
 from bridge.gateways.muc.room import AFFILIATIONS, RANK, HistoryEntry, Occupant, Room
 
