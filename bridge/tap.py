@@ -116,6 +116,7 @@ class ServerService(service.MultiService):
     def stopService(self):
         """Federation first, then every child (gateways, listeners), then storage, once all is written."""
         self.server.triage.stop()
+        self.server.log_budget.stop()
         d = self.remote.stop()
         d.addBoth(lambda _: super(ServerService, self).stopService())
         d.addBoth(lambda _: self.server.storage.close())

@@ -27,6 +27,7 @@ from bridge.core.accounts import Accounts, sip_digest_algorithms
 from bridge.core.attempts import FailedAttempts
 from bridge.core.delivery import ComponentHost, Event, LocalHost, event_name, target_of
 from bridge.core.hooks import HANDLE, Dispatch
+from bridge.core.logbudget import LogBudget
 from bridge.core.roster import Rosters
 from bridge.core.router import RoutingTable
 from bridge.core.sasl import Decoys
@@ -54,6 +55,7 @@ class Server:
         self.failed_logins = FailedAttempts(clock)  # wrong SASL answers per client address
         # Rations the work of peers that have not authenticated while the process is saturated.
         self.triage = Triage(clock, config.c2s.unauthenticated_share)
+        self.log_budget = LogBudget(clock)  # the lines that peers' refusals and stream errors may log
         # XEP-0198 resumption id -> Session, while it may be resumed.
         self.resumable_sessions = {}
         self.accounts = Accounts(storage, sip_digest_algorithms(config))

@@ -39,6 +39,7 @@ from twisted.application import service
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
+from bridge.core.logbudget import LogBudget
 from bridge.core.streams.base import ConnectionsPerAddress, RatePerAddress
 from bridge.core.streams.c2s import NS_CLIENT, ClientStream
 from bridge.core.xmlstream import NS_STREAMS, NS_XML, StreamError, parse_document, serialize
@@ -825,6 +826,7 @@ class BoshService(service.Service):
         self.sessionless = RatePerAddress(server.clock, http_config.bosh_sessionless_requests_per_second_per_address,
                                           http_config.bosh_sessionless_requests_burst)
         self._held = {}  # exchange of a sessionless request waiting for its turn -> its DelayedCall
+        self.log_budget = LogBudget(server.clock)  # the refusals logged (core/logbudget.py)
 
     def handle(self, request, responder):
         exchange = _Exchange(request, responder)
@@ -926,12 +928,14 @@ class BoshService(service.Service):
     def _admit(self, options):
         """Count a new session against its address and the whole; ``BoshError('policy-violation')`` past either."""
         if len(self.sessions) >= self.config.bosh_max_sessions:
-            log.info("refusing a BOSH session for {peer}: {count} sessions already", peer=options.peer,
-                     count=len(self.sessions))
+            if self.log_budget.allows("BOSH refusals"):
+                log.info("refusing a BOSH session for {peer}: {count} sessions already", peer=options.peer,
+                         count=len(self.sessions))
             raise BoshError("policy-violation", "too many BOSH sessions")
         if not self.per_address.admit(options.address):
             self.per_address.release(options.address)
-            log.info("refusing a BOSH session for {peer}: too many sessions from its address", peer=options.peer)
+            if self.log_budget.allows("BOSH refusals"):
+                log.info("refusing a BOSH session for {peer}: too many sessions from its address", peer=options.peer)
             raise BoshError("policy-violation", "too many BOSH sessions from your address")
 
     def _forget(self, session):
@@ -942,6 +946,7 @@ class BoshService(service.Service):
     def stopService(self):
         """End every session, and every request waiting for its turn, with system-shutdown: the server stops."""
         super().stopService()
+        self.log_budget.stop()
         held, self._held = self._held, {}
         for exchange, call in held.items():
             call.cancel()

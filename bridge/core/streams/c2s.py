@@ -551,8 +551,9 @@ class ClientStream:
             return
         self.ended_on_purpose = True
         self._release_held()
-        log.info("stream error {condition} for {peer}: {text}", condition=condition, peer=self.framing.peer,
-                 text=text or "")
+        if self.server.log_budget.allows("stream errors"):
+            log.info("stream error {condition} for {peer}: {text}", condition=condition, peer=self.framing.peer,
+                     text=text or "")
         if self.stream_id is None:
             # RFC 6120 section 4.9.1.1: an error before our header still opens the stream.
             self._open(self.host)
