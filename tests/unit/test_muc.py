@@ -756,3 +756,76 @@ class ArchiveTests(MUCTestCase):
         from bridge.core.storage import ArchiveQuery
         page = result_of(self.storage.archive_query("conference.localhost", "room", ArchiveQuery()))
         self.assertEqual(page.records, [])
+
+
+class ModerationTests(MUCTestCase):
+    NS_MAM = ArchiveTests.NS_MAM
+    query = ArchiveTests.query
+    NS_MODERATE = "urn:xmpp:message-moderate:1"
+    NS_RETRACT = "urn:xmpp:message-retract:1"
+
+    def moderate(self, user, record_id, reason="spam"):
+        return self.clients[user].iq(f"<iq type='set' id='mod' to='{ROOM}'><moderate xmlns='{self.NS_MODERATE}' "
+                                     f"id='{record_id}'><retract xmlns='{self.NS_RETRACT}'/><reason>{reason}</reason>"
+                                     "</moderate></iq>")
+
+    def sent_id(self, user):
+        [sent] = [s for s in self.got(user) if s.body is not None]
+        return next(sent.elements("urn:xmpp:sid:0", "stanza-id"))["id"]
+
+    def test_moderator_retracts_an_archived_message(self):
+        """A moderator's retraction by stanza id reaches every occupant from the room (retract with the
+        moderator's occupant JID and occupant id, and the reason); the archive keeps a tombstone in the
+        message's place, without its body; the history no longer sends it to newcomers."""
+        self.join("alice")
+        self.configure("alice", persistentroom="1")
+        self.join("bob")
+        self.got("alice")
+        self.say("bob", "buy now")
+        record_id = self.sent_id("bob")
+        self.say("bob", "sorry")
+        self.got("alice"), self.got("bob")
+        reply = self.moderate("alice", record_id)
+        self.assertEqual(reply["type"], "result", reply.toXml())
+        for user in ("alice", "bob"):
+            [retraction] = [s for s in self.got(user) if s.name == "message"]
+            self.assertEqual(retraction["from"], ROOM)
+            retract = next(retraction.elements(self.NS_RETRACT, "retract"))
+            moderated = next(retract.elements(self.NS_MODERATE, "moderated"))
+            self.assertEqual((retract["id"], moderated["by"], str(retract.reason)),
+                             (record_id, f"{ROOM}/Alice", "spam"))
+            self.assertEqual(occupant_id(moderated), self.service.occupant_id(self.service.rooms[
+                "conference.localhost"]["room"], "alice@localhost"))
+        reply, results = self.query("bob")
+        messages = [next(r.elements(self.NS_MAM, "result")).forwarded.message for r in results]
+        self.assertEqual([m.body is None for m in messages], [True, False])
+        retracted = next(messages[0].elements(self.NS_RETRACT, "retracted"))
+        self.assertEqual((messages[0]["from"], str(retracted.reason)), (f"{ROOM}/Bob", "spam"))
+        self.assertEqual(self.bodies(self.join("carol")), ["sorry"])
+
+    def test_retraction_in_a_temporary_room_uses_the_history(self):
+        """Without an archive, a message of the room's history is retracted and leaves the history."""
+        self.join("alice")
+        self.say("alice", "oops")
+        record_id = self.sent_id("alice")
+        self.assertEqual(self.moderate("alice", record_id)["type"], "result")
+        self.assertEqual(self.bodies(self.join("bob")), [])
+
+    def test_only_moderators_retract_known_messages(self):
+        """A participant gets forbidden, a non-occupant forbidden, an unknown id item-not-found; nothing is
+        broadcast then, and the disco of the room shows the feature."""
+        self.join("alice")
+        self.configure("alice", persistentroom="1")
+        self.join("bob")
+        self.say("alice", "mine")
+        record_id = self.sent_id("alice")
+        self.got("bob")
+        self.assertEqual(condition(self.moderate("bob", record_id)), "forbidden")
+        self.online("carol")
+        self.assertEqual(condition(self.moderate("carol", record_id)), "forbidden")
+        self.assertEqual(condition(self.moderate("alice", "no-such-id")), "item-not-found")
+        self.assertEqual(self.got("bob"), [])
+        info = self.clients["bob"].iq(f"<iq type='get' id='d' to='{ROOM}'><query "
+                                      "xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+        features = [f["var"] for f in info.query.elements("http://jabber.org/protocol/disco#info", "feature")]
+        self.assertIn(self.NS_MODERATE, features)

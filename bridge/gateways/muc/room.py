@@ -51,6 +51,14 @@ class History:
         self.bytes += entry.size
         return self.trim(max_count)
 
+    def remove(self, entries):
+        """Forget ``entries`` (a moderated message); the entries removed."""
+        removed = [entry for entry in entries if entry in self.entries]
+        for entry in removed:
+            self.entries.remove(entry)
+            self.bytes -= entry.size
+        return removed
+
     def trim(self, max_count):
         dropped = []
         while self.entries and (len(self.entries) > max_count or self.bytes > self.max_bytes):
