@@ -829,3 +829,63 @@ class ModerationTests(MUCTestCase):
                                       "xmlns='http://jabber.org/protocol/disco#info'/></iq>")
         features = [f["var"] for f in info.query.elements("http://jabber.org/protocol/disco#info", "feature")]
         self.assertIn(self.NS_MODERATE, features)
+
+
+class VoiceRequestTests(MUCTestCase):
+    NS_REQUEST = "http://jabber.org/protocol/muc#request"
+
+    def request(self, user, extra=""):
+        self.clients[user].send(f"<message to='{ROOM}'><x xmlns='jabber:x:data' type='submit'>"
+                                f"<field var='FORM_TYPE'><value>{self.NS_REQUEST}</value></field>"
+                                f"<field var='muc#role'><value>participant</value></field>{extra}</x></message>")
+
+    def answer(self, user, nick, allow):
+        self.request(user, f"<field var='muc#roomnick'><value>{nick}</value></field>"
+                           f"<field var='muc#request_allow'><value>{allow}</value></field>")
+
+    def fields(self, message):
+        form = next(message.elements("jabber:x:data", "x"))
+        return {f["var"]: str(f.value) for f in form.elements("jabber:x:data", "field")}
+
+    def setUp(self):
+        super().setUp()
+        self.join("alice")
+        self.configure("alice", moderatedroom="1")
+        self.join("bob")
+        self.got("alice")
+
+    def test_moderator_grants_a_visitors_request(self):
+        """A visitor's request reaches each moderator from the room as a muc#request form (nick, real JID,
+        allow false); the moderator's answer with allow true makes the visitor a participant, who speaks."""
+        self.request("bob")
+        [request] = self.got("alice")
+        self.assertEqual(request["from"], ROOM)
+        self.assertEqual(self.fields(request), {"FORM_TYPE": self.NS_REQUEST, "muc#role": "participant",
+                                                "muc#jid": "bob@localhost/r", "muc#roomnick": "Bob",
+                                                "muc#request_allow": "false"})
+        self.answer("alice", "Bob", "true")
+        [granted] = [s for s in self.got("bob") if s.name == "presence"]
+        self.assertEqual((item_of(granted)["role"], codes(granted)), ("participant", {110}))
+        self.say("bob", "thanks")
+        self.assertEqual(self.bodies(self.got("alice")), ["thanks"])
+
+    def test_denied_requests_and_wrong_senders(self):
+        """A denial leaves the visitor without voice; a visitor may not answer requests (forbidden); a
+        second request within the interval is refused (resource-constraint); a participant's request gets
+        bad-request; an answer about an absent nick item-not-found."""
+        self.request("bob")
+        self.got("alice")
+        self.answer("alice", "Bob", "false")
+        self.assertEqual(self.got("bob"), [])
+        self.answer("bob", "Bob", "true")
+        self.assertEqual(condition(self.got("bob")[0]), "forbidden")
+        self.request("bob")
+        self.assertEqual(condition(self.got("bob")[0]), "resource-constraint")
+        self.assertEqual(self.got("alice"), [])
+        self.harness.clock.advance(service.VOICE_REQUEST_INTERVAL_SECONDS)
+        self.request("bob")
+        self.assertEqual(len(self.got("alice")), 1)
+        self.answer("alice", "Nobody", "true")
+        self.assertEqual(condition(self.got("alice")[0]), "item-not-found")
+        self.request("alice")
+        self.assertEqual(condition(self.got("alice")[0]), "bad-request")

@@ -38,7 +38,8 @@ from bridge.core.storage import ArchiveItemNotFound, ArchiveQuery, ArchiveRecord
 from bridge.core.stanza import delay_element, error_reply, make, parse_jid, readdress, result_reply
 from bridge.core.xmlstream import parse_element, serialize
 from bridge.core.mam_query import NS_MAM, QueryError, fin_reply, new_id, parse_query, result_message
-from bridge.gateways.muc.forms import FormError, RoomConfig, apply_form, config_form, room_info_form
+from bridge.gateways.muc.forms import (NS_REQUEST, FormError, RoomConfig, apply_form, config_form, form_type,
+                                      room_info_form, voice_decision, voice_request_form)
 from bridge.gateways.muc.room import AFFILIATIONS, RANK, HistoryEntry, Occupant, Room
 
 log = Logger()
@@ -61,6 +62,7 @@ ROOMS_STORE = "muc-rooms"  # (service domain, room): Room.to_document()
 HISTORY_STORE = "muc-history"  # (service domain, room): queue of {"time", "xml"}
 MAX_ITEMS_PER_ADMIN_IQ = 100
 MAX_REASON_CHARS = 1024
+VOICE_REQUEST_INTERVAL_SECONDS = 60  # a visitor's voice requests reach the moderators at most this often
 MAX_WAITING_WHILE_LOADING = 1000  # stanzas that arrive before the stored rooms are read
 
 
@@ -446,6 +448,10 @@ class MUCService:
         if kind != "groupchat" and user_x is not None:
             self.invitation(room, occupant, sender, stanza, user_x)
             return True
+        form = _child(stanza, NS_DATA, "x")
+        if kind != "groupchat" and form is not None and form_type(form) == NS_REQUEST:
+            self.voice_request(room, occupant, stanza, form)
+            return True
         if occupant is None:
             self._error(stanza, "not-acceptable", "only occupants may send messages to the room")
             return True
@@ -496,6 +502,41 @@ class MUCService:
         if room.config.persistent:
             entry.stored = self.history_store.append(room.domain, room.node, {"time": entry.time, "xml": entry.xml})
         self._forget_entries(room, room.history.add(entry, self._history_length(room)))
+
+    def voice_request(self, room, occupant, stanza, form):
+        """XEP-0045 sections 7.13 and 8.6: a visitor asks for voice and the moderators are sent the
+        muc#request form; a moderator's submitted form with muc#request_allow true gives it voice."""
+        if occupant is None:
+            self._error(stanza, "not-acceptable", "only occupants ask for voice")
+            return
+        try:
+            decision = voice_decision(form)
+        except FormError as error:
+            self._error(stanza, "bad-request", str(error))
+            return
+        if decision is not None:
+            nick, allowed = decision
+            if occupant.role != "moderator":
+                self._error(stanza, "forbidden", "only moderators answer voice requests")
+                return
+            target = room.occupants.get(nick)
+            if target is None:
+                self._error(stanza, "item-not-found", "nobody has that nickname here")
+            elif allowed and target.role == "visitor":
+                self._apply_role(room, target, "participant", None, occupant.nick)
+            return
+        if occupant.role != "visitor":
+            self._error(stanza, "bad-request", "you have voice already")
+            return
+        now = self.clock.seconds()
+        if occupant.voice_requested is not None and now - occupant.voice_requested < VOICE_REQUEST_INTERVAL_SECONDS:
+            self._error(stanza, "resource-constraint", "your last voice request is recent")
+            return
+        occupant.voice_requested = now
+        for moderator in [o for o in room.occupants.values() if o.role == "moderator"]:
+            message = make("message", to=moderator.jid, sender=room.jid)
+            message.addChild(voice_request_form(occupant.nick, occupant.jid))
+            self.ctx.route(message)
 
     def invitation(self, room, occupant, sender, stanza, user_x):
         """A mediated invitation (XEP-0045 section 7.8.2) or its decline."""
