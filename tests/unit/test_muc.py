@@ -42,6 +42,7 @@ def form(**fields):
 
 class MUCTestCase(SynchronousTestCase):
     muc = {}
+    mam = {}
     users = ("alice", "bob", "carol", "dave")
 
     def setUp(self):
@@ -50,7 +51,7 @@ class MUCTestCase(SynchronousTestCase):
 
     def start_server(self):
         document = {"c2s": {"require_encryption": False}, "hosts": {"localhost": {}, "example.net": {}},
-                    "muc": self.muc}
+                    "muc": self.muc, "mam": self.mam}
         self.harness = Harness(configuration.parse(document, "test.toml"), self.storage)
         for user in self.users:
             self.harness.add_user(f"{user}@localhost")
@@ -63,7 +64,7 @@ class MUCTestCase(SynchronousTestCase):
         self.context.unload()
         secret = self.harness.server.secret
         document = {"c2s": {"require_encryption": False}, "hosts": {"localhost": {}, "example.net": {}},
-                    "muc": self.muc}
+                    "muc": self.muc, "mam": self.mam}
         from bridge.core.server import Server
         from bridge.tap import load_features
         self.harness.server = Server(configuration.parse(document, "test.toml"), self.storage, self.harness.clock,
@@ -889,3 +890,23 @@ class VoiceRequestTests(MUCTestCase):
         self.assertEqual(condition(self.got("alice")[0]), "item-not-found")
         self.request("alice")
         self.assertEqual(condition(self.got("alice")[0]), "bad-request")
+
+
+class RetentionTests(MUCTestCase):
+    mam = {"retention_days": 2, "purge_interval_seconds": 3600}
+
+    def test_room_archives_keep_messages_for_the_retention(self):
+        """The service's own purge, every purge interval, deletes room messages older than [mam]
+        retention_days and keeps newer ones."""
+        from bridge.core.storage import ArchiveQuery
+        self.join("alice")
+        self.configure("alice", persistentroom="1")
+        self.say("alice", "old")
+        self.harness.clock.advance(1.5 * 86400)
+        self.say("alice", "new")
+        self.harness.clock.advance(0.5 * 86400 - 7200)
+        stored = result_of(self.storage.archive_query("conference.localhost", "room", ArchiveQuery()))
+        self.assertEqual(len(stored.records), 2)
+        self.harness.clock.advance(3 * 3600)
+        stored = result_of(self.storage.archive_query("conference.localhost", "room", ArchiveQuery()))
+        self.assertEqual(["new" in record.stanza for record in stored.records], [True])

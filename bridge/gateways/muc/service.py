@@ -34,6 +34,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
+from bridge.core.server import looping_call
 from bridge.core.storage import ArchiveItemNotFound, ArchiveQuery, ArchiveRecord
 from bridge.core.stanza import delay_element, error_reply, make, parse_jid, readdress, result_reply
 from bridge.core.xmlstream import parse_element, serialize
@@ -93,6 +94,7 @@ class MUCService:
         self.config = ctx.config
         self.clock = ctx.clock
         self.rooms = {}  # service domain -> {room node: Room}
+        self.hosts = {}  # service domain -> the local host it serves
         self.rooms_store = ctx.store(ROOMS_STORE)
         self.history_store = ctx.store(HISTORY_STORE)
         self.mam = ctx.section("mam")
@@ -103,6 +105,7 @@ class MUCService:
             domain = f"{self.config.subdomain}.{host}".lower()
             ctx.serve(domain, ("conference", "text", "Chatrooms"), listed_on=host)
             self.rooms[domain] = {}
+            self.hosts[domain] = host
         ctx.add_feature(NS_MUC)
         for event, handler in (
                 ("presence/full", self.on_presence),
@@ -119,6 +122,8 @@ class MUCService:
                 (f"iq-set/bare/{NS_MODERATE}:moderate", self.on_moderate),
                 (f"iq-set/bare/{NS_MAM}:query", self.on_archive_query)):
             ctx.hook(event, self._when_loaded(handler))
+        if self.mam.enabled and any(self._retention_days(domain) for domain in self.hosts):
+            looping_call(self.clock, self.mam.purge_interval_seconds, self.purge)
 
     # -- lifetime (the Gateway shape of tap.py) -------------------------------------
 
@@ -167,6 +172,19 @@ class MUCService:
 
         run.__qualname__ = handler.__qualname__
         return run
+
+    def _retention_days(self, domain):
+        return self.ctx.host_config(self.hosts[domain]).archive_retention_days(self.mam)
+
+    def purge(self):
+        """The retention of each host's archives applies to its rooms' archives too."""
+        now = int(self.clock.seconds() * 1e6)
+        for domain in self.hosts:
+            days = self._retention_days(domain)
+            if days:
+                self.ctx.storage.archive_expire(domain, now - days * 86400 * 10**6).addErrback(
+                    lambda failure, domain=domain: log.failure("MUC: archive retention of {domain} failed",
+                                                               failure, domain=domain))
 
     # -- helpers ---------------------------------------------------------------------
 
