@@ -140,3 +140,38 @@ def test_persistent_room_survives_a_restart(start_server):
     server.stop()
     server.start()
     asyncio.run(after())
+
+
+def test_moderator_retracts_a_message(muc_server):
+    """XEP-0425 with slixmpp's xep_0425 plugin: otto (a participant) may not retract nora's message
+    (forbidden); nora (the owner, a moderator) retracts otto's by its stanza id; otto's client gets the
+    moderated retraction, and the room's archive holds a tombstone without the body in its place."""
+    from slixmpp.exceptions import IqError
+
+    plugins = {**MUC_PLUGINS, "xep_0425": {}}
+
+    async def scenario():
+        async with Clients(muc_server) as clients:
+            nora = await clients.login("nora@localhost/i", plugins=plugins)
+            otto = await clients.login("otto@localhost/j", plugins=plugins)
+            room = f"forum@{SERVICE}"
+            await create(nora, room, "Nora", persistentroom=True)
+            await otto.plugin["xep_0045"].join_muc_wait(room, "Otto", timeout=TIMEOUT)
+            moderated = asyncio.Queue()
+            otto.add_event_handler("moderated_message", moderated.put_nowait)
+            otto.send_message(mto=room, mbody="buy cheap pills", mtype="groupchat")
+            heard = await next_item(nora.messages, lambda m: m["body"] == "buy cheap pills", what="otto's spam")
+            stanza_id = heard.xml.find("{urn:xmpp:sid:0}stanza-id").get("id")
+            with pytest.raises(IqError) as raised:
+                await otto.plugin["xep_0425"].moderate(heard["from"], stanza_id, timeout=TIMEOUT)
+            assert raised.value.condition == "forbidden"
+            await nora.plugin["xep_0425"].moderate(heard["from"], stanza_id, "spam", timeout=TIMEOUT)
+            retraction = await next_item(moderated, lambda m: True, what="the retraction")
+            assert retraction["retract"]["id"] == stanza_id
+            assert str(retraction["retract"]["moderated"]["by"]) == f"{room}/Nora"
+            found = [message async for message in nora.plugin["xep_0313"].iterate(jid=room)]
+            [tombstone] = [m["mam_result"]["forwarded"]["stanza"] for m in found]
+            assert tombstone["body"] == ""
+            assert tombstone.xml.find("{urn:xmpp:message-retract:1}retracted") is not None
+
+    asyncio.run(scenario())

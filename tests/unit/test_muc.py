@@ -42,6 +42,7 @@ def form(**fields):
 
 class MUCTestCase(SynchronousTestCase):
     muc = {}
+    mam = {}
     users = ("alice", "bob", "carol", "dave")
 
     def setUp(self):
@@ -50,7 +51,7 @@ class MUCTestCase(SynchronousTestCase):
 
     def start_server(self):
         document = {"c2s": {"require_encryption": False}, "hosts": {"localhost": {}, "example.net": {}},
-                    "muc": self.muc}
+                    "muc": self.muc, "mam": self.mam}
         self.harness = Harness(configuration.parse(document, "test.toml"), self.storage)
         for user in self.users:
             self.harness.add_user(f"{user}@localhost")
@@ -63,7 +64,7 @@ class MUCTestCase(SynchronousTestCase):
         self.context.unload()
         secret = self.harness.server.secret
         document = {"c2s": {"require_encryption": False}, "hosts": {"localhost": {}, "example.net": {}},
-                    "muc": self.muc}
+                    "muc": self.muc, "mam": self.mam}
         from bridge.core.server import Server
         from bridge.tap import load_features
         self.harness.server = Server(configuration.parse(document, "test.toml"), self.storage, self.harness.clock,
@@ -756,3 +757,156 @@ class ArchiveTests(MUCTestCase):
         from bridge.core.storage import ArchiveQuery
         page = result_of(self.storage.archive_query("conference.localhost", "room", ArchiveQuery()))
         self.assertEqual(page.records, [])
+
+
+class ModerationTests(MUCTestCase):
+    NS_MAM = ArchiveTests.NS_MAM
+    query = ArchiveTests.query
+    NS_MODERATE = "urn:xmpp:message-moderate:1"
+    NS_RETRACT = "urn:xmpp:message-retract:1"
+
+    def moderate(self, user, record_id, reason="spam"):
+        return self.clients[user].iq(f"<iq type='set' id='mod' to='{ROOM}'><moderate xmlns='{self.NS_MODERATE}' "
+                                     f"id='{record_id}'><retract xmlns='{self.NS_RETRACT}'/><reason>{reason}</reason>"
+                                     "</moderate></iq>")
+
+    def sent_id(self, user):
+        [sent] = [s for s in self.got(user) if s.body is not None]
+        return next(sent.elements("urn:xmpp:sid:0", "stanza-id"))["id"]
+
+    def test_moderator_retracts_an_archived_message(self):
+        """A moderator's retraction by stanza id reaches every occupant from the room (retract with the
+        moderator's occupant JID and occupant id, and the reason); the archive keeps a tombstone in the
+        message's place, without its body; the history no longer sends it to newcomers."""
+        self.join("alice")
+        self.configure("alice", persistentroom="1")
+        self.join("bob")
+        self.got("alice")
+        self.say("bob", "buy now")
+        record_id = self.sent_id("bob")
+        self.say("bob", "sorry")
+        self.got("alice"), self.got("bob")
+        reply = self.moderate("alice", record_id)
+        self.assertEqual(reply["type"], "result", reply.toXml())
+        for user in ("alice", "bob"):
+            [retraction] = [s for s in self.got(user) if s.name == "message"]
+            self.assertEqual(retraction["from"], ROOM)
+            retract = next(retraction.elements(self.NS_RETRACT, "retract"))
+            moderated = next(retract.elements(self.NS_MODERATE, "moderated"))
+            self.assertEqual((retract["id"], moderated["by"], str(retract.reason)),
+                             (record_id, f"{ROOM}/Alice", "spam"))
+            self.assertEqual(occupant_id(moderated), self.service.occupant_id(self.service.rooms[
+                "conference.localhost"]["room"], "alice@localhost"))
+        reply, results = self.query("bob")
+        messages = [next(r.elements(self.NS_MAM, "result")).forwarded.message for r in results]
+        self.assertEqual([m.body is None for m in messages], [True, False])
+        retracted = next(messages[0].elements(self.NS_RETRACT, "retracted"))
+        self.assertEqual((messages[0]["from"], str(retracted.reason)), (f"{ROOM}/Bob", "spam"))
+        self.assertEqual(self.bodies(self.join("carol")), ["sorry"])
+
+    def test_retraction_in_a_temporary_room_uses_the_history(self):
+        """Without an archive, a message of the room's history is retracted and leaves the history."""
+        self.join("alice")
+        self.say("alice", "oops")
+        record_id = self.sent_id("alice")
+        self.assertEqual(self.moderate("alice", record_id)["type"], "result")
+        self.assertEqual(self.bodies(self.join("bob")), [])
+
+    def test_only_moderators_retract_known_messages(self):
+        """A participant gets forbidden, a non-occupant forbidden, an unknown id item-not-found; nothing is
+        broadcast then, and the disco of the room shows the feature."""
+        self.join("alice")
+        self.configure("alice", persistentroom="1")
+        self.join("bob")
+        self.say("alice", "mine")
+        record_id = self.sent_id("alice")
+        self.got("bob")
+        self.assertEqual(condition(self.moderate("bob", record_id)), "forbidden")
+        self.online("carol")
+        self.assertEqual(condition(self.moderate("carol", record_id)), "forbidden")
+        self.assertEqual(condition(self.moderate("alice", "no-such-id")), "item-not-found")
+        self.assertEqual(self.got("bob"), [])
+        info = self.clients["bob"].iq(f"<iq type='get' id='d' to='{ROOM}'><query "
+                                      "xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+        features = [f["var"] for f in info.query.elements("http://jabber.org/protocol/disco#info", "feature")]
+        self.assertIn(self.NS_MODERATE, features)
+
+
+class VoiceRequestTests(MUCTestCase):
+    NS_REQUEST = "http://jabber.org/protocol/muc#request"
+
+    def request(self, user, extra=""):
+        self.clients[user].send(f"<message to='{ROOM}'><x xmlns='jabber:x:data' type='submit'>"
+                                f"<field var='FORM_TYPE'><value>{self.NS_REQUEST}</value></field>"
+                                f"<field var='muc#role'><value>participant</value></field>{extra}</x></message>")
+
+    def answer(self, user, nick, allow):
+        self.request(user, f"<field var='muc#roomnick'><value>{nick}</value></field>"
+                           f"<field var='muc#request_allow'><value>{allow}</value></field>")
+
+    def fields(self, message):
+        form = next(message.elements("jabber:x:data", "x"))
+        return {f["var"]: str(f.value) for f in form.elements("jabber:x:data", "field")}
+
+    def setUp(self):
+        super().setUp()
+        self.join("alice")
+        self.configure("alice", moderatedroom="1")
+        self.join("bob")
+        self.got("alice")
+
+    def test_moderator_grants_a_visitors_request(self):
+        """A visitor's request reaches each moderator from the room as a muc#request form (nick, real JID,
+        allow false); the moderator's answer with allow true makes the visitor a participant, who speaks."""
+        self.request("bob")
+        [request] = self.got("alice")
+        self.assertEqual(request["from"], ROOM)
+        self.assertEqual(self.fields(request), {"FORM_TYPE": self.NS_REQUEST, "muc#role": "participant",
+                                                "muc#jid": "bob@localhost/r", "muc#roomnick": "Bob",
+                                                "muc#request_allow": "false"})
+        self.answer("alice", "Bob", "true")
+        [granted] = [s for s in self.got("bob") if s.name == "presence"]
+        self.assertEqual((item_of(granted)["role"], codes(granted)), ("participant", {110}))
+        self.say("bob", "thanks")
+        self.assertEqual(self.bodies(self.got("alice")), ["thanks"])
+
+    def test_denied_requests_and_wrong_senders(self):
+        """A denial leaves the visitor without voice; a visitor may not answer requests (forbidden); a
+        second request within the interval is refused (resource-constraint); a participant's request gets
+        bad-request; an answer about an absent nick item-not-found."""
+        self.request("bob")
+        self.got("alice")
+        self.answer("alice", "Bob", "false")
+        self.assertEqual(self.got("bob"), [])
+        self.answer("bob", "Bob", "true")
+        self.assertEqual(condition(self.got("bob")[0]), "forbidden")
+        self.request("bob")
+        self.assertEqual(condition(self.got("bob")[0]), "resource-constraint")
+        self.assertEqual(self.got("alice"), [])
+        self.harness.clock.advance(service.VOICE_REQUEST_INTERVAL_SECONDS)
+        self.request("bob")
+        self.assertEqual(len(self.got("alice")), 1)
+        self.answer("alice", "Nobody", "true")
+        self.assertEqual(condition(self.got("alice")[0]), "item-not-found")
+        self.request("alice")
+        self.assertEqual(condition(self.got("alice")[0]), "bad-request")
+
+
+class RetentionTests(MUCTestCase):
+    mam = {"retention_days": 2, "purge_interval_seconds": 3600}
+
+    def test_room_archives_keep_messages_for_the_retention(self):
+        """The service's own purge, every purge interval, deletes room messages older than [mam]
+        retention_days and keeps newer ones."""
+        from bridge.core.storage import ArchiveQuery
+        self.join("alice")
+        self.configure("alice", persistentroom="1")
+        self.say("alice", "old")
+        self.harness.clock.advance(1.5 * 86400)
+        self.say("alice", "new")
+        self.harness.clock.advance(0.5 * 86400 - 7200)
+        stored = result_of(self.storage.archive_query("conference.localhost", "room", ArchiveQuery()))
+        self.assertEqual(len(stored.records), 2)
+        self.harness.clock.advance(3 * 3600)
+        stored = result_of(self.storage.archive_query("conference.localhost", "room", ArchiveQuery()))
+        self.assertEqual(["new" in record.stanza for record in stored.records], [True])

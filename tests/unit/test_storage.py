@@ -174,6 +174,20 @@ class ArchiveContract:
                       {"page_before": "id9"}):
             self.assertRaises(ArchiveItemNotFound, self.page, **query)
 
+    def test_replace_keeps_the_place(self):
+        """A replaced record keeps its id, time and place with the new stanza; an id not in this user's
+        archive fails with ArchiveItemNotFound and changes nothing."""
+        self.fill([record(n) for n in range(3)])
+        self.append("h", "other", record(9))
+        self.call("archive_replace", "h", "u", "id1", "<message>gone</message>")
+        page = self.page()
+        self.assertEqual([(item.id, item.timestamp, item.stanza) for item in page.records][1],
+                         ("id1", 1000, "<message>gone</message>"))
+        self.assertEqual(page.records[0].stanza, record(0).stanza)
+        for user, record_id in (("u", "nope"), ("u", "id9")):
+            self.assertRaises(ArchiveItemNotFound, self.call, "archive_replace", "h", user, record_id, "<x/>")
+        self.assertNotEqual(self.call("archive_query", "h", "other", ArchiveQuery()).records[0].stanza, "<x/>")
+
     def test_max_zero_counts(self):
         """A page of 0 records still gives the count, and is complete only when nothing matches."""
         self.fill([record(n) for n in range(3)])

@@ -138,6 +138,11 @@ class IStorage(Interface):
         this user's archive.  Exporting an archive is paging through it.
         """
 
+    def archive_replace(host, user, record_id, stanza):
+        """Deferred: the record ``record_id`` of a user's archive keeps its place but holds ``stanza``
+        (serialised) from now on (a moderated message's tombstone); fails with ``ArchiveItemNotFound``
+        when that archive has no such record."""
+
     def archive_remove(host, user, before=None):
         """Deferred: delete a user's archive, or its records older than ``before``
         (microseconds); fires with the number deleted."""

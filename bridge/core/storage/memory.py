@@ -80,6 +80,14 @@ class MemoryStorage:
         except ArchiveItemNotFound:
             return defer.fail()
 
+    def archive_replace(self, host, user, record_id, stanza):
+        records = self._archives.get((host, user), [])
+        for index, record in enumerate(records):
+            if record.id == record_id:
+                records[index] = record._replace(stanza=stanza)
+                return defer.succeed(None)
+        return defer.fail(ArchiveItemNotFound(record_id))
+
     def archive_remove(self, host, user, before=None):
         return defer.succeed(self._remove_records(host, user, before))
 

@@ -163,6 +163,9 @@ class SQLiteStorage:
     def archive_query(self, host, user, query):
         return self._call_after_archive(sql._archive_query, host, user, query)
 
+    def archive_replace(self, host, user, record_id, stanza):
+        return self._call_after_archive(sql._archive_replace, host, user, record_id, stanza)
+
     def archive_remove(self, host, user, before=None):
         return self._call_after_archive(sql._archive_remove, host, user, before)
 

@@ -203,6 +203,13 @@ def _archive_query(db, host, user, query):
     return ArchivePage([ArchiveRecord(*row) for row in rows], count, complete)
 
 
+def _archive_replace(db, host, user, record_id, stanza):
+    changed = db.execute("UPDATE archive SET stanza=? WHERE id=? AND host=? AND user=?",
+                         (stanza, record_id, host, user)).rowcount
+    if not changed:
+        raise ArchiveItemNotFound(record_id)
+
+
 def _archive_remove(db, host, user, before=None):
     if before is None:
         return db.execute("DELETE FROM archive WHERE host=? AND user=?", (host, user)).rowcount

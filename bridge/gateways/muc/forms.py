@@ -13,6 +13,7 @@ from twisted.words.xish import domish
 NS_DATA = "jabber:x:data"
 NS_ROOMCONFIG = "http://jabber.org/protocol/muc#roomconfig"
 NS_ROOMINFO = "http://jabber.org/protocol/muc#roominfo"
+NS_REQUEST = "http://jabber.org/protocol/muc#request"
 MAX_TEXT_BYTES = 1024  # a room's name, description or password
 WHOIS = ("moderators", "anyone")
 ALLOW_PM = ("anyone", "participants", "moderators", "none")
@@ -162,6 +163,37 @@ def apply_form(config, form, max_users_cap, max_history_length):
     elif protected and not changed.password:
         raise FormError("a password-protected room needs muc#roomconfig_roomsecret")
     return changed
+
+
+def form_type(form):
+    """The FORM_TYPE of a data form, or None."""
+    values = submitted_values(form).get("FORM_TYPE")
+    return values[0] if values else None
+
+
+def voice_request_form(nick, jid):
+    """The muc#request form a visitor's voice request reaches the moderators in (XEP-0045 section 8.6)."""
+    form = domish.Element((NS_DATA, "x"))
+    form["type"] = "form"
+    form.addElement("title", content="Voice request")
+    _field(form, "FORM_TYPE", "hidden", [NS_REQUEST])
+    _field(form, "muc#role", "list-single", ["participant"], "Requested role")
+    _field(form, "muc#jid", "jid-single", [jid], "User ID")
+    _field(form, "muc#roomnick", "text-single", [nick], "Room nickname")
+    _field(form, "muc#request_allow", "boolean", ["false"], "Grant voice to this person?")
+    return form
+
+
+def voice_decision(form):
+    """(nick, allowed) of a moderator's answer to a voice request, or None when ``form`` is the request
+    itself; ``FormError`` when it is neither."""
+    values = submitted_values(form)
+    if "muc#request_allow" not in values:
+        return None
+    nick, allow = values.get("muc#roomnick", []), values["muc#request_allow"]
+    if len(nick) != 1 or len(allow) != 1:
+        raise FormError("an answer to a voice request names one nickname and one decision")
+    return nick[0], _boolean("muc#request_allow", allow[0])
 
 
 def room_info_form(config, occupants):

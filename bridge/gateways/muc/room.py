@@ -16,7 +16,7 @@ RANK = {"owner": 4, "admin": 3, "member": 2, "none": 1, "outcast": 0}
 class Occupant:
     """One real full JID in a room under a nickname."""
 
-    __slots__ = ("nick", "jid", "bare", "role", "presence", "occupant_id")
+    __slots__ = ("nick", "jid", "bare", "role", "presence", "occupant_id", "voice_requested")
 
     def __init__(self, nick, jid, role, occupant_id):
         self.nick = nick
@@ -25,6 +25,7 @@ class Occupant:
         self.role = role
         self.presence = []  # the children of its last presence that occupants are shown (show, status...)
         self.occupant_id = occupant_id
+        self.voice_requested = None  # when it last asked moderators for voice (seconds), or None
 
 
 class HistoryEntry:
@@ -50,6 +51,14 @@ class History:
         self.entries.append(entry)
         self.bytes += entry.size
         return self.trim(max_count)
+
+    def remove(self, entries):
+        """Forget ``entries`` (a moderated message); the entries removed."""
+        removed = [entry for entry in entries if entry in self.entries]
+        for entry in removed:
+            self.entries.remove(entry)
+            self.bytes -= entry.size
+        return removed
 
     def trim(self, max_count):
         dropped = []

@@ -15,7 +15,8 @@ identity, the public rooms as disco items, and these events:
 * IQs on the room: disco#info (muc_ features, muc#roominfo), disco#items,
   muc#owner (configuration form, instant room, destroy), muc#admin
   (affiliations and roles: kick, ban, voice), XEP-0313 queries of a
-  persistent room's archive (the room is the archive's owner); on
+  persistent room's archive (the room is the archive's owner), XEP-0425
+  moderation (a moderator retracts a message by its stanza id); on
   ``room/nick``: XEP-0410 self-ping.
 
 Persistent rooms (configuration, affiliations, subject) are documents of
@@ -33,11 +34,13 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
-from bridge.core.storage import ArchiveItemNotFound, ArchiveRecord
+from bridge.core.server import looping_call
+from bridge.core.storage import ArchiveItemNotFound, ArchiveQuery, ArchiveRecord
 from bridge.core.stanza import delay_element, error_reply, make, parse_jid, readdress, result_reply
 from bridge.core.xmlstream import parse_element, serialize
 from bridge.core.mam_query import NS_MAM, QueryError, fin_reply, new_id, parse_query, result_message
-from bridge.gateways.muc.forms import FormError, RoomConfig, apply_form, config_form, room_info_form
+from bridge.gateways.muc.forms import (NS_REQUEST, FormError, RoomConfig, apply_form, config_form, form_type,
+                                      room_info_form, voice_decision, voice_request_form)
 from bridge.gateways.muc.room import AFFILIATIONS, RANK, HistoryEntry, Occupant, Room
 
 log = Logger()
@@ -49,6 +52,10 @@ NS_OWNER = NS_MUC + "#owner"
 NS_OCCUPANT_ID = "urn:xmpp:occupant-id:0"
 NS_SID = "urn:xmpp:sid:0"
 NS_PING = "urn:xmpp:ping"
+NS_MODERATE = "urn:xmpp:message-moderate:1"
+NS_RETRACT = "urn:xmpp:message-retract:1"
+NS_FALLBACK = "urn:xmpp:fallback:0"
+NS_HINTS = "urn:xmpp:hints"
 NS_DATA = "jabber:x:data"
 NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
 NS_DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
@@ -56,6 +63,7 @@ ROOMS_STORE = "muc-rooms"  # (service domain, room): Room.to_document()
 HISTORY_STORE = "muc-history"  # (service domain, room): queue of {"time", "xml"}
 MAX_ITEMS_PER_ADMIN_IQ = 100
 MAX_REASON_CHARS = 1024
+VOICE_REQUEST_INTERVAL_SECONDS = 60  # a visitor's voice requests reach the moderators at most this often
 MAX_WAITING_WHILE_LOADING = 1000  # stanzas that arrive before the stored rooms are read
 
 
@@ -86,6 +94,7 @@ class MUCService:
         self.config = ctx.config
         self.clock = ctx.clock
         self.rooms = {}  # service domain -> {room node: Room}
+        self.hosts = {}  # service domain -> the local host it serves
         self.rooms_store = ctx.store(ROOMS_STORE)
         self.history_store = ctx.store(HISTORY_STORE)
         self.mam = ctx.section("mam")
@@ -96,6 +105,7 @@ class MUCService:
             domain = f"{self.config.subdomain}.{host}".lower()
             ctx.serve(domain, ("conference", "text", "Chatrooms"), listed_on=host)
             self.rooms[domain] = {}
+            self.hosts[domain] = host
         ctx.add_feature(NS_MUC)
         for event, handler in (
                 ("presence/full", self.on_presence),
@@ -109,8 +119,11 @@ class MUCService:
                 (f"iq-get/bare/{NS_ADMIN}:query", self.on_admin_get),
                 (f"iq-set/bare/{NS_ADMIN}:query", self.on_admin_set),
                 (f"iq-get/full/{NS_PING}:ping", self.on_self_ping),
+                (f"iq-set/bare/{NS_MODERATE}:moderate", self.on_moderate),
                 (f"iq-set/bare/{NS_MAM}:query", self.on_archive_query)):
             ctx.hook(event, self._when_loaded(handler))
+        if self.mam.enabled and any(self._retention_days(domain) for domain in self.hosts):
+            looping_call(self.clock, self.mam.purge_interval_seconds, self.purge)
 
     # -- lifetime (the Gateway shape of tap.py) -------------------------------------
 
@@ -159,6 +172,19 @@ class MUCService:
 
         run.__qualname__ = handler.__qualname__
         return run
+
+    def _retention_days(self, domain):
+        return self.ctx.host_config(self.hosts[domain]).archive_retention_days(self.mam)
+
+    def purge(self):
+        """The retention of each host's archives applies to its rooms' archives too."""
+        now = int(self.clock.seconds() * 1e6)
+        for domain in self.hosts:
+            days = self._retention_days(domain)
+            if days:
+                self.ctx.storage.archive_expire(domain, now - days * 86400 * 10**6).addErrback(
+                    lambda failure, domain=domain: log.failure("MUC: archive retention of {domain} failed",
+                                                               failure, domain=domain))
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -440,6 +466,10 @@ class MUCService:
         if kind != "groupchat" and user_x is not None:
             self.invitation(room, occupant, sender, stanza, user_x)
             return True
+        form = _child(stanza, NS_DATA, "x")
+        if kind != "groupchat" and form is not None and form_type(form) == NS_REQUEST:
+            self.voice_request(room, occupant, stanza, form)
+            return True
         if occupant is None:
             self._error(stanza, "not-acceptable", "only occupants may send messages to the room")
             return True
@@ -490,6 +520,41 @@ class MUCService:
         if room.config.persistent:
             entry.stored = self.history_store.append(room.domain, room.node, {"time": entry.time, "xml": entry.xml})
         self._forget_entries(room, room.history.add(entry, self._history_length(room)))
+
+    def voice_request(self, room, occupant, stanza, form):
+        """XEP-0045 sections 7.13 and 8.6: a visitor asks for voice and the moderators are sent the
+        muc#request form; a moderator's submitted form with muc#request_allow true gives it voice."""
+        if occupant is None:
+            self._error(stanza, "not-acceptable", "only occupants ask for voice")
+            return
+        try:
+            decision = voice_decision(form)
+        except FormError as error:
+            self._error(stanza, "bad-request", str(error))
+            return
+        if decision is not None:
+            nick, allowed = decision
+            if occupant.role != "moderator":
+                self._error(stanza, "forbidden", "only moderators answer voice requests")
+                return
+            target = room.occupants.get(nick)
+            if target is None:
+                self._error(stanza, "item-not-found", "nobody has that nickname here")
+            elif allowed and target.role == "visitor":
+                self._apply_role(room, target, "participant", None, occupant.nick)
+            return
+        if occupant.role != "visitor":
+            self._error(stanza, "bad-request", "you have voice already")
+            return
+        now = self.clock.seconds()
+        if occupant.voice_requested is not None and now - occupant.voice_requested < VOICE_REQUEST_INTERVAL_SECONDS:
+            self._error(stanza, "resource-constraint", "your last voice request is recent")
+            return
+        occupant.voice_requested = now
+        for moderator in [o for o in room.occupants.values() if o.role == "moderator"]:
+            message = make("message", to=moderator.jid, sender=room.jid)
+            message.addChild(voice_request_form(occupant.nick, occupant.jid))
+            self.ctx.route(message)
 
     def invitation(self, room, occupant, sender, stanza, user_x):
         """A mediated invitation (XEP-0045 section 7.8.2) or its decline."""
@@ -608,7 +673,8 @@ class MUCService:
         identity = query.addElement("identity")
         identity["category"], identity["type"] = "conference", "text"
         identity["name"] = room.config.name or room.node
-        features = {NS_DISCO_INFO, NS_DISCO_ITEMS, NS_OCCUPANT_ID, NS_PING, *room.features()}
+        features = {NS_DISCO_INFO, NS_DISCO_ITEMS, NS_OCCUPANT_ID, NS_PING, NS_MODERATE, NS_RETRACT,
+                    *room.features()}
         if self.archived(room):
             features.add(NS_MAM)
         for feature in sorted(features):
@@ -660,6 +726,66 @@ class MUCService:
 
         d.addCallbacks(answer, failed)
         return True
+
+    def on_moderate(self, event):
+        """XEP-0425: a moderator retracts a room message by its stanza id; occupants are sent the
+        retraction, the history forgets the message and the archive keeps a tombstone in its place."""
+        stanza = event.stanza
+        room = self._visible_room(event)
+        if room is None:
+            return True
+        moderator = room.by_jid.get(event.sender.full()) if event.sender is not None else None
+        if moderator is None or moderator.role != "moderator":
+            self._error(stanza, "forbidden", "only moderators retract messages")
+            return True
+        moderate = stanza.moderate
+        record_id = moderate.getAttribute("id")
+        if not record_id or _child(moderate, NS_RETRACT, "retract") is None:
+            self._error(stanza, "bad-request", "moderate a message by its stanza id, with <retract/>")
+            return True
+        reason = _reason_of(moderate)
+        in_history = [entry for entry in room.history.entries if _stanza_id_of(entry.xml) == record_id]
+        found = defer.succeed(None)
+        if self.archived(room):
+            found = self.ctx.storage.archive_query(room.domain, room.node, ArchiveQuery(ids=(record_id,), limit=1))
+            found.addCallback(lambda page: page.records[0] if page.records else None)
+            found.addErrback(_none_when_not_found)
+
+        def retract(record):
+            if record is None and not in_history:
+                self._error(stanza, "item-not-found", "the room has no message with that id")
+                return None
+            if record is not None:
+                tombstone = _tombstone(record.stanza, _moderated(room, moderator), reason, self.clock.seconds())
+                replaced = self.ctx.storage.archive_replace(room.domain, room.node, record_id, tombstone)
+                replaced.addErrback(lambda failure: log.failure("MUC: tombstone not stored in {jid}", failure,
+                                                                jid=room.jid))
+            self._forget_entries(room, room.history.remove(in_history))
+            self.broadcast_retraction(room, record_id, _moderated(room, moderator), reason)
+            self.ctx.route(result_reply(stanza))
+            return None
+
+        def failed(failure):
+            log.failure("MUC: moderation in {jid} failed", failure, jid=room.jid)
+            self._error(stanza, "internal-server-error")
+
+        found.addCallback(retract).addErrback(failed)
+        return True
+
+    def broadcast_retraction(self, room, record_id, moderated, reason):
+        """Every occupant is told that the message ``record_id`` is retracted (XEP-0424 with XEP-0425)."""
+        message = make("message", sender=room.jid, type="groupchat", id=new_id(int(self.clock.seconds() * 1e6)))
+        retract = message.addElement((NS_RETRACT, "retract"))
+        retract["id"] = record_id
+        retract.addChild(moderated)
+        if reason:
+            retract.addElement("reason", content=reason)
+        fallback = message.addElement((NS_FALLBACK, "fallback"))
+        fallback["for"] = NS_RETRACT
+        message.addElement("body", content="A moderator retracted a message, which your client cannot show.")
+        message.addElement((NS_HINTS, "store"))
+        for viewer in list(room.occupants.values()):
+            self.ctx.route(readdress(message, viewer.jid, room.jid))
 
     def _owner(self, event):
         """The room of an owner's IQ, or None after answering the error."""
@@ -890,6 +1016,41 @@ def _shown_children(presence):
     """What other occupants see of a presence: show, status, priority, caps (not its MUC payloads)."""
     return [child for child in presence.elements()
             if child.uri not in (NS_MUC, NS_USER, NS_OCCUPANT_ID)]
+
+
+def _none_when_not_found(failure):
+    failure.trap(ArchiveItemNotFound)
+    return None
+
+
+def _moderated(room, moderator):
+    """The <moderated/> of a retraction and of its tombstone: who retracted the message."""
+    moderated = domish.Element((NS_MODERATE, "moderated"))
+    moderated["by"] = f"{room.jid}/{moderator.nick}"
+    moderated.addElement((NS_OCCUPANT_ID, "occupant-id"))["id"] = moderator.occupant_id
+    return moderated
+
+
+def _tombstone(text, moderated, reason, now):
+    """What the archive keeps of a retracted message: its addresses and ids, and who retracted it when."""
+    original = parse_element(text)
+    tombstone = make("message", sender=original.getAttribute("from"), type="groupchat",
+                     id=original.getAttribute("id"))
+    for child in original.elements():
+        if child.uri in (NS_OCCUPANT_ID, NS_SID):
+            tombstone.addChild(child)
+    retracted = tombstone.addElement((NS_RETRACT, "retracted"))
+    retracted["stamp"] = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    retracted.addChild(moderated)
+    if reason:
+        retracted.addElement("reason", content=reason)
+    return serialize(tombstone)
+
+
+def _stanza_id_of(text):
+    """The room's stanza id of a message kept in the history (serialised), or None."""
+    found = next(parse_element(text).elements(NS_SID, "stanza-id"), None)
+    return found.getAttribute("id") if found is not None else None
 
 
 def _stored_entry(item, key):
