@@ -175,7 +175,7 @@ class UploadService:
             return
         for name in names:
             token, dot, suffix = name.partition(".")
-            if suffix == "part":
+            if suffix == "part" and token not in self.uploading:
                 os.unlink(self._path(name))  # a PUT cut off by a stop
             elif suffix == "json" and TOKEN.match(token):
                 meta = self._meta(token)

@@ -191,6 +191,17 @@ class TransferTests(UploadTestCase):
         self.assertEqual(os.listdir(os.path.join(self.folder, "upload")), [])
         self.assertEqual(self.service.uploading, {})
 
+    def test_expiry_spares_uploads_in_progress(self):
+        """The expiry loop leaves the partial file of an upload in progress alone; the upload completes."""
+        put, get = self.urls(self.slot())
+        client = HTTPClient(self.http)
+        client.send(f"PUT {put} HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\nContent-Length: 10\r\n\r\n"
+                    "abc")
+        self.service.expire()
+        client.send("defghij")
+        self.assertEqual(client.responses()[0][0], 201)
+        self.assertEqual(self.get(get)[2], b"abcdefghij")
+
     def test_unknown_and_traversal_paths(self):
         """Unknown tokens, wrong names, `..` and encoded separators are 404 and never leave the folder."""
         secret = os.path.join(self.folder, "secret")
