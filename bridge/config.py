@@ -351,6 +351,20 @@ class MUCConfig:
 
 
 @dataclass(frozen=True)
+class UploadConfig:
+    """HTTP File Upload (XEP-0363, docs/web.md) on ``<subdomain>.<host>``: files under data_dir/upload."""
+
+    enabled: bool = _option(True)
+    subdomain: str = _option("upload")
+    # The scheme, host and port of the URLs handed out; empty: the first HTTPS (else HTTP) listener, by host name.
+    public_url: str = _option("")
+    max_file_bytes: int = _option(100 * 1024 * 1024, low=1, high=1024 ** 4)
+    quota_bytes_per_user: int = _option(1024 * 1024 * 1024, low=1, high=1024 ** 5)
+    expire_after_days: int = _option(30, low=0, high=36500)
+    slot_lifetime_seconds: int = _option(300, low=10, high=86400)
+
+
+@dataclass(frozen=True)
 class SMSCConfig:
     """One SMSC the gateway binds to as an ESME (bind_transceiver)."""
 
@@ -517,6 +531,7 @@ class Config:
     sms: SMSConfig = field(default_factory=SMSConfig)
     sip: SIPConfig = field(default_factory=SIPConfig)
     muc: MUCConfig = field(default_factory=MUCConfig)
+    upload: UploadConfig = field(default_factory=UploadConfig)
     smsc: dict = field(default_factory=dict)
     source: str = "(embedded defaults)"
 
@@ -536,7 +551,8 @@ class Config:
 
 _SECTIONS = {"tls": TLSConfig, "c2s": C2SConfig, "s2s": S2SConfig, "http": HTTPConfig, "storage": StorageConfig,
              "quotas": QuotasConfig, "push": PushConfig, "mam": MAMConfig, "pep": PEPConfig, "smtp": SMTPConfig,
-             "component_listener": ComponentListenerConfig, "sms": SMSConfig, "sip": SIPConfig, "muc": MUCConfig}
+             "component_listener": ComponentListenerConfig, "sms": SMSConfig, "sip": SIPConfig, "muc": MUCConfig,
+             "upload": UploadConfig}
 # Tables of named sub-tables: [hosts.NAME], [components.DOMAIN], [smsc.NAME].
 _NAMED = {"hosts": HostConfig, "components": ComponentConfig, "smsc": SMSCConfig}
 
@@ -669,6 +685,19 @@ def parse(document, where):
     if muc.default_history_length > muc.max_history_length:
         problems.append(f"{where}: muc.default_history_length: must be at most max_history_length "
                         f"({muc.max_history_length})")
+    upload = sections.get("upload", base.upload)
+    if upload.enabled:
+        subdomain = upload.subdomain.lower()
+        if not subdomain or "." in subdomain or parse_jid(subdomain + ".example") is None:
+            problems.append(f"{where}: upload.subdomain: must be one DNS label (e.g. upload), not {upload.subdomain!r}")
+        elif muc.enabled and subdomain == muc.subdomain.lower():
+            problems.append(f"{where}: upload.subdomain: {upload.subdomain!r} is also the MUC service's")
+        for host in sections.get("hosts", base.hosts):
+            if f"{subdomain}.{host}" in sections.get("hosts", base.hosts):
+                problems.append(f"{where}: upload.subdomain: {subdomain}.{host!r} is also a host")
+        if upload.public_url and not re.match(r"^https?://[^/?#\s]+$", upload.public_url):
+            problems.append(f"{where}: upload.public_url: must be scheme://host[:port] without a path, "
+                            f"not {upload.public_url!r}")
     mam = sections.get("mam", base.mam)
     if mam.default_page_size > mam.max_page_size:
         problems.append(f"{where}: mam.default_page_size: must be at most max_page_size ({mam.max_page_size})")

@@ -34,6 +34,7 @@ GATEWAYS = (
     ("sms", "sms", "bridge.gateways.sms.gateway"),
     ("email", "smtp", "bridge.gateways.smtp"),
     ("muc", "muc", "bridge.gateways.muc.service"),
+    ("upload", "upload", "bridge.gateways.upload"),
 )
 
 
@@ -195,11 +196,13 @@ def build(config, reactor):
     top = ServerService(server, remote)
 
     def listen_on(kind, description, endpoint, factory):
-        ListenerService(kind, description, endpoint, factory).setServiceParent(top)
+        listener = ListenerService(kind, description, endpoint, factory)
+        listener.setServiceParent(top)
+        return listener
 
     def listen(kind, descriptions, factory):
-        for description in descriptions:
-            listen_on(kind, description, endpoints.serverFromString(reactor, description), factory)
+        return [listen_on(kind, description, endpoints.serverFromString(reactor, description), factory)
+                for description in descriptions]
 
     c2s = config.c2s
     cert, key = tls.certificate_paths(config, c2s)
@@ -218,13 +221,16 @@ def build(config, reactor):
     http = config.http
     bosh = BoshService(server, http)
     bosh.setServiceParent(top)
-    listen("http", http.endpoints, HTTPFactory(server, http, bosh, tls=False))
+    for listener in listen("http", http.endpoints, HTTPFactory(server, http, bosh, tls=False)):
+        server.http_listeners.append((False, listener))
     if http.tls_endpoints:
         http_context = tls.server_context(*tls.certificate_paths(config, http), http.tls_min_version,
                                           http.tls_ciphers, alpn=(b"http/1.1",))
-        listen("https", http.tls_endpoints,
-               TLSMemoryBIOFactory(http_context, False, HTTPFactory(server, http, bosh, tls=True)))
-    # SIP, SMS, email and the MUC service (docs/sip.md, docs/sms.md, docs/email.md, docs/muc.md).
+        for listener in listen("https", http.tls_endpoints,
+                               TLSMemoryBIOFactory(http_context, False, HTTPFactory(server, http, bosh, tls=True))):
+            server.http_listeners.append((True, listener))
+    # SIP, SMS, email, the MUC and upload services (docs/sip.md, docs/sms.md, docs/email.md, docs/muc.md,
+    # docs/web.md).
     attach_gateways(server, reactor, top, listen_on)
     return top
 

@@ -70,6 +70,7 @@ class DiscoEntries:
         self.identities = []  # (where, category, type, name, owner)
         self.features = []  # (where, namespace, owner)
         self.items = []  # (jid, name, owner)
+        self.forms = []  # (where, XEP-0128 data form element, owner)
 
     def identities_of(self, where):
         return [(category, kind, name) for at, category, kind, name, _ in self.identities if at == where]
@@ -77,10 +78,14 @@ class DiscoEntries:
     def features_of(self, where):
         return {namespace for at, namespace, _ in self.features if at == where}
 
+    def forms_of(self, where):
+        return [form for at, form, _ in self.forms if at == where]
+
     def remove_owner(self, owner):
         self.identities = [entry for entry in self.identities if entry[-1] is not owner]
         self.features = [entry for entry in self.features if entry[-1] is not owner]
         self.items = [entry for entry in self.items if entry[-1] is not owner]
+        self.forms = [entry for entry in self.forms if entry[-1] is not owner]
 
 
 def unhandled_iq(event):

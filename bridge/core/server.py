@@ -66,6 +66,9 @@ class Server:
                                config.quotas.max_roster_items_per_user)
         self.hosts = {}  # the local hosts (accounts), by name
         self.component_hosts = {}  # the hosts of gateways and services, by domain
+        # Paths of the HTTP listener that a gateway serves: prefix -> handler (see gateways/http.py).
+        self.http_routes = {}
+        self.http_listeners = []  # (tls, ListenerService) of the HTTP listener, to learn its ports
         for name, host_config in config.hosts.items():
             host = LocalHost(self, name, host_config)
             self.hosts[name] = host
@@ -279,6 +282,7 @@ class GatewayContext:
         self.served = []  # every domain served, as component hosts
         self._service_features = tuple(service_features)
         self._hooked = set()  # the hosts whose hooks hold registrations of ours
+        self._http_prefixes = []
 
     def serve(self, domain, identity, translator=None, listed_on=None):
         """Own ``domain``: a component host routed here, listed in the local hosts' disco#items
@@ -365,6 +369,20 @@ class GatewayContext:
         host = self._server.component_hosts[domain]
         host.disco.items = [entry for entry in host.disco.items if entry[0] != jid or entry[2] is not self]
 
+    def add_form(self, form):
+        """Add the data form ``form`` (XEP-0128) to disco#info of every domain served."""
+        for host in self.served:
+            host.disco.forms.append(("host", form, self))
+
+    def serve_http(self, prefix, handler):
+        """Answer the HTTP listener's requests under ``prefix`` (see ``bridge.gateways.http``)."""
+        self._server.http_routes[prefix] = handler
+        self._http_prefixes.append(prefix)
+
+    def http_listeners(self):
+        """(tls, port or None) of each HTTP listener, as far as it listens yet."""
+        return [(secure, listener.port) for secure, listener in self._server.http_listeners]
+
     def derive_key(self, label):
         """A key for ``label`` derived from the server's secret (HMAC-SHA256): stable across restarts,
         and telling nothing of the secret or of the keys of other labels."""
@@ -409,6 +427,9 @@ class GatewayContext:
             host.disco.remove_owner(self)
             self._server.router.removeRoute(host.name, host)
             self._server.component_hosts.pop(host.name, None)
+        for prefix in self._http_prefixes:
+            self._server.http_routes.pop(prefix, None)
+        self._http_prefixes.clear()
         self.clock.cancel_all()
 
 

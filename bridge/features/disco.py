@@ -31,6 +31,8 @@ class Disco:
                     identity["name"] = name
             for feature in sorted({NS_INFO, NS_ITEMS, *self.entries.features_of(where)}):
                 answer.addElement("feature")["var"] = feature
+            for form in self.entries.forms_of(where):
+                answer.addChild(form)
         elif where == "host":
             for jid, name, _ in sorted(self.entries.items, key=lambda entry: entry[0]):
                 item = answer.addElement("item")

@@ -9,7 +9,11 @@ are written in request order from a per-connection queue of ``Responder``s.
 
 Dispatch is by path: a WebSocket upgrade on ``websocket_path`` becomes an RFC
 7395 stream (``bridge.gateways.websocket``), ``bosh_path`` goes to the BOSH
-handler, everything else to the web client (``bridge.gateways.webclient``).
+handler, a prefix a gateway serves (``GatewayContext.serve_http``: the uploads
+of ``bridge.gateways.upload``) to that gateway, everything else to the web
+client (``bridge.gateways.webclient``).  A gateway's ``open_body`` may take a
+request's body as it arrives (a sink with ``limit``, ``write``, ``abort``),
+in place of ``max_request_bytes`` in memory; it is then ``request.body``.
 The BOSH handler sees only ``HTTPRequest`` and ``Responder``::
 
     bosh.handle(request, responder)
@@ -333,6 +337,7 @@ class HTTPChannel(Protocol):
         self._head = None
         self._body = []
         self._body_size = 0
+        self._sink = None  # where the body of a request for a streaming route goes (an upload)
         self._upgrade = None  # (request, bytes after it), waiting for the answers before it
         self._reading = False
         self._reading_paused = False
@@ -379,6 +384,7 @@ class HTTPChannel(Protocol):
         if self.websocket is not None:
             self.websocket.connection_lost()
         self._gate = None  # it calls back into this channel: freed with it, not by the cycle collector
+        self._abort_sink()
 
     def dataReceived(self, data):
         if self.websocket is not None:
@@ -449,23 +455,59 @@ class HTTPChannel(Protocol):
     def _request_head(self, head):
         self._head = head
         self._body, self._body_size = [], 0
+        limit = self.config.max_request_bytes
+        sink = self._open_sink(head)
+        if isinstance(sink, tuple):
+            self._refuse(*sink)
+            return
+        if sink is not None:
+            self._sink, limit = sink, sink.limit
+            self.vouched = True  # a signed URL: the uploader was authenticated when it got it
         length = dict(head.headers).get(b"content-length")
-        if length is not None and int(length) > self.config.max_request_bytes:
-            self._refuse(413, f"a request body may have at most {self.config.max_request_bytes} bytes")
+        if length is not None and int(length) > limit:
+            self._refuse(413, f"a request body may have at most {limit} bytes")
             return
         if self.parser.they_are_waiting_for_100_continue and not self.pending:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def _request_data(self, data):
         self._body_size += len(data)
-        if self._body_size > self.config.max_request_bytes:
-            self._refuse(413, f"a request body may have at most {self.config.max_request_bytes} bytes")
+        limit = self._sink.limit if self._sink is not None else self.config.max_request_bytes
+        if self._body_size > limit:
+            self._refuse(413, f"a request body may have at most {limit} bytes")
             return
-        self._body.append(data)
+        if self._sink is not None:
+            self._sink.write(data)
+        else:
+            self._body.append(data)
+
+    def _open_sink(self, head):
+        """The sink of a streaming route for this request's body, (status, text) refusing it, or None."""
+        target = head.target.decode("latin-1")
+        path, _, query = target.partition("?")
+        route = self._route(path)
+        if route is None:
+            return None
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in head.headers}
+        return route.open_body(head.method.decode("ascii"), path, query, headers)
+
+    def _route(self, path):
+        """The gateway's handler that serves ``path`` (``GatewayContext.serve_http``), or None."""
+        for prefix, handler in self.factory.server.http_routes.items():
+            if path.startswith(prefix):
+                return handler
+        return None
+
+    def _abort_sink(self):
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            sink.abort()
 
     def _request_end(self):
         head, self._head = self._head, None
         body, self._body = b"".join(self._body), []
+        if self._sink is not None:
+            body, self._sink = self._sink, None
         request = self._make_request(head, body)
         # DONE: keep-alive; MIGHT_SWITCH_PROTOCOL: an Upgrade header; MUST_CLOSE: the client closes.
         keep_alive = self.parser.their_state in (h11.DONE, h11.MIGHT_SWITCH_PROTOCOL)
@@ -509,6 +551,7 @@ class HTTPChannel(Protocol):
         """Answer ``status`` after the answers already due, then close; read nothing more."""
         self.finished = True
         self._head = None
+        self._abort_sink()
         responder = Responder(self, None, close_after=True)
         self.pending.append(responder)
         headers, body = text_body(text)
@@ -537,6 +580,8 @@ class HTTPChannel(Protocol):
                 responder.respond(426, headers + [("Upgrade", "websocket")], body)
                 return
             handler = self.factory.bosh
+        elif self._route(request.path) is not None:
+            handler = self._route(request.path)
         elif request.method == "OPTIONS":
             responder.respond(204, [("Allow", "GET, HEAD, OPTIONS")], b"")
             return
@@ -636,7 +681,11 @@ class HTTPChannel(Protocol):
         """Idle (no request, nothing pending) or reading a request: either must end in time."""
         phase = None
         if not (self.gone or self.finished or self.websocket is not None):
-            if self._head is not None or self.parser.trailing_data[0]:
+            if self._sink is not None:
+                # A long upload: the time limit is on the pause between its chunks.
+                self._cancel_timer()
+                phase = "request"
+            elif self._head is not None or self.parser.trailing_data[0]:
                 phase = "request"
             elif not self.pending:
                 phase = "idle"
