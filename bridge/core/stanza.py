@@ -6,6 +6,7 @@ from twisted.words.xish import domish
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 NS_DELAY = "urn:xmpp:delay"
 NS_CLIENT = "jabber:client"
+NS_DATA = "jabber:x:data"
 
 ERROR_TYPES = {
     "bad-request": "modify",
@@ -156,6 +157,22 @@ def readdress(stanza, to, sender):
     copied.attributes["from"] = sender
     copied.children = list(stanza.children)
     return copied
+
+
+def simple_form(kind, form_type, fields):
+    """A XEP-0004 form of ``kind`` ("result", "submit"): a hidden FORM_TYPE, then each (var, value) of
+    ``fields`` with one value, those whose value is None left out."""
+    form = domish.Element((NS_DATA, "x"))
+    form["type"] = kind
+    for var, value in (("FORM_TYPE", form_type), *fields):
+        if value is None:
+            continue
+        field = form.addElement("field")
+        field["var"] = var
+        if var == "FORM_TYPE":
+            field["type"] = "hidden"
+        field.addElement("value", content=value)
+    return form
 
 
 def forwarded_copy(stanza):

@@ -45,10 +45,9 @@ import weakref
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.words.xish import domish
 
 from bridge.core.hooks import OBSERVE, in_background
-from bridge.core.stanza import NS_STANZAS, error_reply, first_child, make, parse_jid, result_reply
+from bridge.core.stanza import NS_DATA, NS_STANZAS, error_reply, first_child, make, parse_jid, result_reply, simple_form
 from bridge.core.storage import stored_bytes
 from bridge.core.storage.cache import DocumentCache, KeyedLock
 from bridge.core.xmlstream import parse_element, serialize
@@ -57,7 +56,6 @@ log = Logger()
 
 NS_PUSH = "urn:xmpp:push:0"
 NS_PUBSUB = "http://jabber.org/protocol/pubsub"
-NS_DATA = "jabber:x:data"
 NS_CLIENT = "jabber:client"
 SUMMARY = "urn:xmpp:push:summary"
 STORE = "push"
@@ -89,18 +87,8 @@ def body_of(stanza):
 
 def summary_form(count, sender, body):
     """The urn:xmpp:push:summary form of a push."""
-    form = domish.Element((NS_DATA, "x"))
-    form["type"] = "submit"
-    for var, value in (("FORM_TYPE", SUMMARY), ("message-count", str(count)), ("last-message-sender", sender),
-                       ("last-message-body", body)):
-        if value is None:
-            continue
-        field = form.addElement("field")
-        field["var"] = var
-        if var == "FORM_TYPE":
-            field["type"] = "hidden"
-        field.addElement("value", content=value)
-    return form
+    return simple_form("submit", SUMMARY, (("message-count", str(count)), ("last-message-sender", sender),
+                                           ("last-message-body", body)))
 
 
 class Window:

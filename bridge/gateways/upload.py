@@ -28,13 +28,12 @@ from twisted.logger import Logger
 from twisted.words.xish import domish
 
 from bridge.core.server import looping_call
-from bridge.core.stanza import error_reply, result_reply
+from bridge.core.stanza import error_reply, result_reply, simple_form
 from bridge.gateways.http import text_body
 
 log = Logger()
 
 NS_UPLOAD = "urn:xmpp:http:upload:0"
-NS_DATA = "jabber:x:data"
 PREFIX = "/upload/"
 FOLDER = "upload"
 TOKEN = re.compile(r"^[A-Za-z0-9_-]{22,64}$")
@@ -128,15 +127,7 @@ class UploadService:
         ctx.serve_http(PREFIX, self)
 
     def _limits_form(self):
-        form = domish.Element((NS_DATA, "x"))
-        form["type"] = "result"
-        for var, value in (("FORM_TYPE", NS_UPLOAD), ("max-file-size", str(self.config.max_file_bytes))):
-            field = form.addElement("field")
-            field["var"] = var
-            if var == "FORM_TYPE":
-                field["type"] = "hidden"
-            field.addElement("value", content=value)
-        return form
+        return simple_form("result", NS_UPLOAD, (("max-file-size", str(self.config.max_file_bytes)),))
 
     # -- lifetime (the Gateway shape of tap.py) -------------------------------------
 
