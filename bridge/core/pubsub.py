@@ -47,16 +47,6 @@ class PubsubError(Exception):
         return error_reply(stanza, self.condition, self.text, extra)
 
 
-def form_fields(form):
-    """{var: [values]} of a submitted data form, FORM_TYPE included."""
-    fields = {}
-    for field in form.elements(NS_DATA, "field"):
-        var = field.getAttribute("var")
-        if var:
-            fields[var] = [str(value) for value in field.elements(NS_DATA, "value")]
-    return fields
-
-
 def _boolean(values):
     if len(values) == 1 and values[0] in ("1", "true"):
         return True

@@ -175,6 +175,16 @@ def simple_form(kind, form_type, fields):
     return form
 
 
+def form_values(form):
+    """{var: [values]} of a submitted XEP-0004 form, FORM_TYPE included."""
+    values = {}
+    for field in form.elements(NS_DATA, "field"):
+        var = field.getAttribute("var")
+        if var:
+            values[var] = [str(value) for value in field.elements(NS_DATA, "value")]
+    return values
+
+
 def forwarded_copy(stanza):
     """``stanza`` as a jabber:client element for a XEP-0297 <forwarded/>, sharing its children.
 

@@ -31,7 +31,7 @@ from bridge.core import caps as entity_caps
 from bridge.core import pubsub
 from bridge.core.hooks import OBSERVE, in_background
 from bridge.core.pubsub import NS_EVENT, NS_OWNER, NS_PUBSUB, PubsubError
-from bridge.core.stanza import make, parse_jid, result_reply
+from bridge.core.stanza import form_values, make, parse_jid, result_reply
 from bridge.core.storage.cache import DocumentCache, KeyedLock
 from bridge.core.xmlstream import parse_element, serialize
 
@@ -362,7 +362,7 @@ class Pep:
                               f"an item may take at most {self.limits.max_item_bytes} bytes")
         options = {}
         for form in self._forms(event.stanza, "publish-options"):
-            options = pubsub.options_from_form(pubsub.form_fields(form), self.limits.max_items_per_node)
+            options = pubsub.options_from_form(form_values(form), self.limits.max_items_per_node)
         document = yield self._load(event)
         node = document["nodes"].get(name)
         if node is None:
@@ -496,7 +496,7 @@ class Pep:
         if form["type"] == "cancel":
             self._reply(event)
             return
-        options = pubsub.options_from_form(pubsub.form_fields(form), self.limits.max_items_per_node)
+        options = pubsub.options_from_form(form_values(form), self.limits.max_items_per_node)
         node["config"].update(options)
         del node["items"][:max(0, len(node["items"]) - node["config"]["max_items"])]
         if not node["config"]["persist_items"]:

@@ -10,7 +10,8 @@ import dataclasses
 
 from twisted.words.xish import domish
 
-NS_DATA = "jabber:x:data"
+from bridge.core.stanza import NS_DATA, form_values
+
 NS_ROOMCONFIG = "http://jabber.org/protocol/muc#roomconfig"
 NS_ROOMINFO = "http://jabber.org/protocol/muc#roominfo"
 NS_REQUEST = "http://jabber.org/protocol/muc#request"
@@ -115,19 +116,9 @@ def _integer(var, text, low, high):
     return int(text)
 
 
-def submitted_values(form):
-    """{var: [values]} of a submitted form."""
-    values = {}
-    for field in form.elements(NS_DATA, "field"):
-        var = field.getAttribute("var")
-        if var:
-            values[var] = [str(value) for value in field.elements(NS_DATA, "value")]
-    return values
-
-
 def apply_form(config, form, max_users_cap, max_history_length):
     """A new RoomConfig: ``config`` changed by the submitted ``form``; raises FormError."""
-    values = submitted_values(form)
+    values = form_values(form)
     form_type = values.get("FORM_TYPE")
     if form_type is not None and form_type != [NS_ROOMCONFIG]:
         raise FormError("FORM_TYPE must be " + NS_ROOMCONFIG)
@@ -167,7 +158,7 @@ def apply_form(config, form, max_users_cap, max_history_length):
 
 def form_type(form):
     """The FORM_TYPE of a data form, or None."""
-    values = submitted_values(form).get("FORM_TYPE")
+    values = form_values(form).get("FORM_TYPE")
     return values[0] if values else None
 
 
@@ -187,7 +178,7 @@ def voice_request_form(nick, jid):
 def voice_decision(form):
     """(nick, allowed) of a moderator's answer to a voice request, or None when ``form`` is the request
     itself; ``FormError`` when it is neither."""
-    values = submitted_values(form)
+    values = form_values(form)
     if "muc#request_allow" not in values:
         return None
     nick, allow = values.get("muc#roomnick", []), values["muc#request_allow"]
