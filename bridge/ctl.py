@@ -1,8 +1,11 @@
-"""bridgectl: account administration and configuration checks.
+"""bridgectl: account administration, configuration checks, and commands to the running server.
 
 Works on the same configuration and storage as the server; with SQLite in
 WAL mode it may run while the server does.  Storage answers from its own
 thread; the tool waits for each answer (``Waiting``) rather than run a reactor.
+``status``, ``sessions``, ``kick``, ``announce`` and ``reload`` go to the
+running server over its control socket (bridge.core.control), and so does
+``deluser`` when a server runs, which then ends the account's sessions.
 """
 
 import argparse
@@ -10,6 +13,7 @@ import getpass
 import json
 import os
 import queue
+import socket
 import sys
 
 from twisted.internet import task
@@ -17,6 +21,7 @@ from twisted.words.protocols.jabber.jid import InvalidFormat, JID
 
 from bridge import config as configuration
 from bridge.core.accounts import Accounts, AccountError, sip_digest_algorithms
+from bridge.core.control import MAX_REQUEST_BYTES, SOCKET_NAME, encode
 from bridge.core.notifications import POLICIES, NotificationPreferences
 from bridge.core.storage import ArchiveQuery, open_storage
 from bridge.core.mam_query import QueryError, parse_stamp, stamp
@@ -93,11 +98,91 @@ class Waiting:
         return box[0]
 
 
+# How long bridgectl waits for the running server's answer.
+CONTROL_TIMEOUT_SECONDS = 60
+# Commands that only the running server can carry out.
+SERVER_COMMANDS = ("status", "sessions", "kick", "announce", "reload")
+
+
+def ask_server(config, request):
+    """The running server's answer (a dict) to ``request`` over its control socket; None when none runs."""
+    path = config.data_path(SOCKET_NAME)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        connection.settimeout(CONTROL_TIMEOUT_SECONDS)
+        try:
+            connection.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            return None
+        except OSError as error:
+            raise CommandError(f"cannot reach the server at {path}: {error.strerror or error}")
+        request = encode(request)
+        if len(request) > MAX_REQUEST_BYTES:
+            raise CommandError(f"the request is longer than the {MAX_REQUEST_BYTES} bytes the server reads")
+        try:
+            connection.sendall(request)
+            answer = connection.makefile("rb").readline()
+        except OSError as error:
+            raise CommandError(f"no answer from the server at {path}: {error.strerror or error}")
+    if not answer.endswith(b"\n"):
+        raise CommandError(f"the server at {path} closed the connection without an answer")
+    return json.loads(answer)
+
+
+def _server_command(config, args, out):
+    request = {"command": args.command}
+    for name in ("jid", "host", "message", "filter"):
+        if getattr(args, name, None) is not None:
+            request[name] = getattr(args, name)
+    answer = ask_server(config, request)
+    if answer is None:
+        raise CommandError(f"the server is not running (no control socket at {config.data_path(SOCKET_NAME)})")
+    if not answer["ok"]:
+        raise CommandError(f"{args.command}: {answer['error']}")
+    _show(args.command, args, answer, out)
+
+
+def _show(command, args, answer, out):
+    """The server's answer to ``command``, for a reader."""
+    if command == "status":
+        memory = answer["resident_bytes"]
+        print(f"uptime: {answer['uptime_seconds']:.0f} s", file=out)
+        print(f"memory (RSS): {memory / 1048576:.1f} MiB" if memory is not None else "memory (RSS): unknown", file=out)
+        total = sum(sum(kinds.values()) for kinds in answer["sessions"].values())
+        print(f"sessions: {total}", file=out)
+        for host, kinds in sorted(answer["sessions"].items()):
+            print(f"  {host}: " + ", ".join(f"{kind} {count}" for kind, count in sorted(kinds.items())), file=out)
+        print("queues: " + ", ".join(f"{name} {size}" for name, size in sorted(answer["queues"].items())), file=out)
+    elif command == "sessions":
+        for session in answer["sessions"]:
+            print(f"{session['jid']}\t{session['kind']}\t{session['address'] or '-'}\t{session['since']}", file=out)
+    elif command in ("kick", "deluser"):
+        print(f"{command}: {args.jid}: done, {answer['ended']} sessions ended", file=out)
+    elif command == "announce":
+        print(f"announce: {args.host}: sent to {answer['sent']} sessions", file=out)
+    elif command == "reload":
+        print(f"reload: {len(answer['live'])} changes applied" + "".join(f"\n  {key}" for key in answer["live"]),
+              file=out)
+        if answer["restart"]:
+            print(f"reload: {len(answer['restart'])} changes need a restart (the running values stay)"
+                  + "".join(f"\n  {key}" for key in answer["restart"]), file=out)
+
+
 def run(args, out):
     config = configuration.load(args.config)
     if args.command == "check":
         print(f"{config.source}: configuration is valid; hosts: {', '.join(config.hosts)}", file=out)
         return
+    if args.command in SERVER_COMMANDS:
+        _server_command(config, args, out)
+        return
+    if args.command == "deluser":
+        host, user = _account(config, args.jid)
+        answer = ask_server(config, {"command": "deluser", "jid": f"{user}@{host}"})
+        if answer is not None:
+            if not answer["ok"]:
+                raise CommandError(answer["error"])
+            _show("deluser", args, answer, out)
+            return
     waiting = Waiting()
     wait = waiting.result
     storage = open_storage(config, waiting)
@@ -204,9 +289,17 @@ def parser():
         command = commands.add_parser(name, help=text)
         command.add_argument("jid")
         command.add_argument("--password-file", help="read the password from the first line of this file")
-    commands.add_parser("deluser", help="delete an account and all its data").add_argument("jid")
+    commands.add_parser("deluser", help="delete an account and all its data, ending its sessions").add_argument("jid")
     commands.add_parser("listusers", help="list accounts").add_argument("host", nargs="?")
     commands.add_parser("check", help="validate the configuration")
+    commands.add_parser("status", help="the running server: uptime, sessions, memory, queues")
+    commands.add_parser("sessions", help="the running server's sessions").add_argument(
+        "filter", nargs="?", metavar="HOST|JID", help="only those of this host, account or resource")
+    commands.add_parser("kick", help="end an account's sessions (or one resource's)").add_argument("jid")
+    announce = commands.add_parser("announce", help="send a headline message to every online user of a host")
+    announce.add_argument("host")
+    announce.add_argument("message")
+    commands.add_parser("reload", help="make the running server read its configuration file again")
     notify = commands.add_parser("notify", help="show or set how an offline user hears of messages")
     notify.add_argument("jid")
     notify.add_argument("--policy", choices=("default", *POLICIES),

@@ -5,6 +5,9 @@ receives the clock and the endpoints it needs.
 """
 
 import importlib
+import os
+import signal
+import threading
 
 from twisted.application import service
 from twisted.internet import defer, endpoints
@@ -14,6 +17,8 @@ from twisted.python import usage
 
 from bridge import __version__, config as configuration
 from bridge.core import datadir, storage as storage_module, tls
+from bridge.core.control import SOCKET_NAME, ControlCommands, ControlFactory
+from bridge.core.reload import ContextHolder, Reloader
 from bridge.core.server import GatewayContext, Server, load_feature
 from bridge.core.streams.c2s import ClientFactory
 from bridge.core.streams.component import ComponentFactory
@@ -80,7 +85,9 @@ class ListenerService(service.Service):
     def _started(self, port):
         self.port = port
         address = port.getHost()
-        log.info("listening {kind} on {host}:{port}", kind=self.kind, host=address.host, port=address.port)
+        # TCP, or a UNIX socket's path
+        where = f"{address.host}:{address.port}" if hasattr(address, "port") else os.fsdecode(address.name)
+        log.info("listening {kind} on {where}", kind=self.kind, where=where)
 
     def _failed(self, failure):
         self._failure = failure
@@ -100,22 +107,39 @@ class ListenerService(service.Service):
 
 
 class ServerService(service.MultiService):
-    """The server's lifetime: storage opened at build, closed at shutdown."""
+    """The server's lifetime: storage opened at build, closed at shutdown.
 
-    def __init__(self, server, remote):
+    SIGHUP reloads the configuration (``reloader``).  Neither twistd nor the
+    reactor handles that signal, so without a handler it ends the process at
+    once, with no shutdown and every session dropped.
+    """
+
+    def __init__(self, server, remote, reloader, reactor):
         super().__init__()
         self.server = server
         self.remote = remote
+        self.reloader = reloader
+        self.reactor = reactor
+        self._previous_hangup = None
 
     def startService(self):
         super().startService()
+        if threading.current_thread() is threading.main_thread():
+            self._previous_hangup = signal.signal(signal.SIGHUP, self._hangup)
         self.server.triage.start()
         self.remote.start().addErrback(lambda failure: log.failure("federation start failed", failure))
         log.info("bridge {version} serving {hosts} (configuration: {source})", version=__version__,
                  hosts=", ".join(self.server.hosts), source=self.server.config.source)
 
+    def _hangup(self, number, frame):
+        # A signal handler may run between any two bytecodes: the reload waits for the reactor's next turn.
+        self.reactor.callFromThread(self.reloader.reload)
+
     def stopService(self):
         """Federation first, then every child (gateways, listeners), then storage, once all is written."""
+        if self._previous_hangup is not None:
+            signal.signal(signal.SIGHUP, self._previous_hangup)
+            self._previous_hangup = None
         self.server.triage.stop()
         self.server.log_budget.stop()
         d = self.remote.stop()
@@ -163,17 +187,18 @@ def load_features(server):
             load_feature(server, host, name, module)
 
 
-def attach_gateways(server, reactor, top, listen_on):
-    """Attach every gateway its configuration section turns on, as children of ``top``."""
-    config = server.config
+def attach_gateways(server, reactor, top, listen_on, tls_holder):
+    """Attach every gateway its configuration section turns on, as children of ``top``.
+
+    A gateway's TLS context follows its section in the configuration of the moment (``tls_holder``).
+    """
     service_features = feature_modules(SERVICE_FEATURES)
 
-    def tls_context(section):
-        return tls.server_context(*tls.certificate_paths(config, section), section.tls_min_version,
-                                  section.tls_ciphers)
-
     for name, section, module_name in GATEWAYS:
-        context = GatewayContext(server, name, getattr(config, section), service_features)
+        def tls_context(_, section=section):
+            return tls_holder(lambda config: listener_context(config, getattr(config, section)))
+
+        context = GatewayContext(server, name, getattr(server.config, section), service_features)
         gateway = importlib.import_module(module_name).attach(context, reactor, tls_context)
         if gateway is None:
             continue
@@ -182,18 +207,40 @@ def attach_gateways(server, reactor, top, listen_on):
             listen_on(kind, description, endpoint, factory)
 
 
-def build(config, reactor):
-    """The service tree for ``config``, on ``reactor``."""
+def listener_context(config, section, alpn=()):
+    """The TLS context of a listener section: its certificate (or the shared one) and its policy."""
+    return tls.server_context(*tls.certificate_paths(config, section), section.tls_min_version, section.tls_ciphers,
+                              alpn=alpn)
+
+
+def peer_tls(config):
+    s2s = config.s2s
+    return PeerTLS(*tls.certificate_paths(config, s2s), s2s.tls_min_version, s2s.tls_ciphers, s2s.ca_file)
+
+
+def build(config, reactor, config_path=None):
+    """The service tree for ``config`` (read from ``config_path``, which a reload reads again), on ``reactor``."""
     datadir.private_folder(config.data_dir)
     secret = datadir.server_secret(config.data_path("server.secret"))
     store = storage_module.open_storage(config, reactor)
     server = Server(config, store, reactor, secret=secret)
     load_features(server)
-    s2s = config.s2s
-    peer_tls = PeerTLS(*tls.certificate_paths(config, s2s), s2s.tls_min_version, s2s.tls_ciphers, s2s.ca_file)
-    remote = RemoteDomains(server, peer_tls, reactor)
+    reloader = Reloader(server, config_path)
+
+    def tls_holder(make):
+        """A TLS context made by ``make(config)``, made again from the new configuration at each reload."""
+        holder = ContextHolder(make(config))
+
+        def prepare(new):
+            context = make(new)
+            return lambda: setattr(holder, "current", context)
+
+        reloader.add_step(prepare)
+        return holder
+
+    remote = RemoteDomains(server, peer_tls(config), reactor)
     server.router.default_route = remote
-    top = ServerService(server, remote)
+    top = ServerService(server, remote, reloader, reactor)
 
     def listen_on(kind, description, endpoint, factory):
         listener = ListenerService(kind, description, endpoint, factory)
@@ -205,14 +252,14 @@ def build(config, reactor):
                 for description in descriptions]
 
     c2s = config.c2s
-    cert, key = tls.certificate_paths(config, c2s)
-    context = tls.server_context(cert, key, c2s.tls_min_version, c2s.tls_ciphers, alpn=(b"xmpp-client",))
-    listen("c2s", c2s.endpoints, ClientFactory(server, c2s, context))
-    listen("c2s-direct-tls", c2s.direct_tls_endpoints,
-           TLSMemoryBIOFactory(context, False, ClientFactory(server, c2s, context, direct_tls=True)))
-    listen("s2s", s2s.endpoints, IncomingServerFactory(server, remote))
-    listen("s2s-direct-tls", s2s.direct_tls_endpoints,
-           TLSMemoryBIOFactory(peer_tls.options, False, IncomingServerFactory(server, remote, direct_tls=True)))
+    context = tls_holder(lambda new: listener_context(new, new.c2s, alpn=(b"xmpp-client",)))
+    clients = [ClientFactory(server, c2s, context), ClientFactory(server, c2s, context, direct_tls=True)]
+    listen("c2s", c2s.endpoints, clients[0])
+    listen("c2s-direct-tls", c2s.direct_tls_endpoints, TLSMemoryBIOFactory(context, False, clients[1]))
+    s2s_direct = ContextHolder(remote.tls.options)
+    listen("s2s", config.s2s.endpoints, IncomingServerFactory(server, remote))
+    listen("s2s-direct-tls", config.s2s.direct_tls_endpoints,
+           TLSMemoryBIOFactory(s2s_direct, False, IncomingServerFactory(server, remote, direct_tls=True)))
     components = ComponentFactory(server)
     # Configured components answer service-unavailable until they connect.
     components.register_offline_routes()
@@ -221,21 +268,66 @@ def build(config, reactor):
     http = config.http
     bosh = BoshService(server, http)
     bosh.setServiceParent(top)
-    for listener in listen("http", http.endpoints, HTTPFactory(server, http, bosh, tls=False)):
+    web = [HTTPFactory(server, http, bosh, tls=False)]
+    for listener in listen("http", http.endpoints, web[0]):
         server.http_listeners.append((False, listener))
     if http.tls_endpoints:
-        http_context = tls.server_context(*tls.certificate_paths(config, http), http.tls_min_version,
-                                          http.tls_ciphers, alpn=(b"http/1.1",))
-        for listener in listen("https", http.tls_endpoints,
-                               TLSMemoryBIOFactory(http_context, False, HTTPFactory(server, http, bosh, tls=True))):
+        web.append(HTTPFactory(server, http, bosh, tls=True))
+        http_context = tls_holder(lambda new: listener_context(new, new.http, alpn=(b"http/1.1",)))
+        for listener in listen("https", http.tls_endpoints, TLSMemoryBIOFactory(http_context, False, web[1])):
             server.http_listeners.append((True, listener))
     # SIP, SMS, email, the MUC and upload services (docs/sip.md, docs/sms.md, docs/email.md, docs/muc.md,
     # docs/web.md).
-    attach_gateways(server, reactor, top, listen_on)
+    attach_gateways(server, reactor, top, listen_on, tls_holder)
+
+    def prepare_peers(new):
+        peers = peer_tls(new)
+
+        def commit():
+            remote.tls = peers
+            s2s_direct.current = peers.options
+
+        return commit
+
+    reloader.add_step(prepare_peers)
+    reloader.add_step(lambda new: lambda: apply_settings(server, new, remote, clients, web, bosh, components))
+    commands = ControlCommands(server, reloader.reload, lambda: queue_sizes(server, remote, bosh), reactor.seconds())
+    control_path = config.data_path(SOCKET_NAME)
+    listen_on("control", control_path, endpoints.UNIXServerEndpoint(reactor, control_path, mode=0o600, wantPID=True),
+              ControlFactory(commands))
     return top
+
+
+def apply_settings(server, config, remote, clients, web, bosh, components):
+    """Put a reloaded configuration's settings in force where they were copied at start: connection
+    limits of new connections, host settings and aliases, the configured components."""
+    for factory in clients:
+        factory.listener = config.c2s
+        factory.connections.limit = config.c2s.max_connections_per_address
+    remote.config = config.s2s
+    remote.connections.limit = config.s2s.max_connections_per_address
+    for factory in web:
+        factory.reconfigure(config)
+    bosh.config = config.http
+    bosh.per_address.limit = config.http.bosh_max_sessions_per_address
+    for name, host in server.hosts.items():
+        old_names, host.config = {name, *host.config.aliases}, config.hosts[name]
+        for alias in old_names - {name, *host.config.aliases}:
+            server.router.removeRoute(alias, host)
+        for alias in host.config.aliases:
+            server.router.addRoute(alias, host)
+    components.reconfigure(config.components)
+
+
+def queue_sizes(server, remote, bosh):
+    """What waits in the server's queues, by name, for ``bridgectl status``."""
+    return {"s2s_links": len(remote.links),
+            "s2s_queued_stanzas": sum(len(link.queue) for link in remote.links.values()),
+            "bosh_sessions": len(bosh.sessions),
+            "resumable_sessions": len(server.resumable_sessions)}
 
 
 def makeService(options):
     from twisted.internet import reactor
 
-    return build(options["parsed"], reactor)
+    return build(options["parsed"], reactor, options["config"])

@@ -135,6 +135,7 @@ class Server:
 
     def bind(self, session):
         """A new session of a local account: in the table, then ``session/bound`` on its host."""
+        session.since = self.clock.seconds()
         self.sessions.add(session)
         self.hosts[session.jid.host].hooks.fire("session/bound", session)
 
@@ -157,8 +158,12 @@ class FeatureContext:
         self.accounts = server.accounts
         self.rosters = server.rosters
         self.clock = TrackedClock(server.clock)  # its timers end with the feature
-        self.config = server.config
         self.feature = None
+
+    @property
+    def config(self):
+        """The server's configuration of the moment (a reload replaces it)."""
+        return self.server.config
 
     @property
     def has_accounts(self):

@@ -21,6 +21,7 @@ class Session:
         self.directed = set()
         self.data = {}
         self.sm = None  # XEP-0198 state, once the client enabled it
+        self.since = None  # the clock's time when it was bound
 
     @property
     def available(self):
@@ -41,6 +42,9 @@ class SessionTable:
 
     def __len__(self):
         return len(self._by_full)
+
+    def __iter__(self):
+        return iter(list(self._by_full.values()))
 
     def add(self, session):
         self._by_full[session.full] = session

@@ -730,5 +730,12 @@ class HTTPFactory(Factory):
         self.cors = CORSPolicy(config)
         self.webclient = WebClient(server, config)
 
+    def reconfigure(self, config):
+        """A reload: new connections take the new ``[http]`` limits and CORS policy, and the
+        ``[c2s]`` limit of connections per address."""
+        self.config = config.http
+        self.connections.limit = config.c2s.max_connections_per_address
+        self.cors = CORSPolicy(config.http)
+
     def buildProtocol(self, address):
         return HTTPChannel(self, getattr(address, "host", None))

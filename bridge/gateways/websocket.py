@@ -99,6 +99,7 @@ class WebSocketStream:
     """
 
     can_start_tls = False
+    kind = "websocket"  # what carries the session, as bridgectl shows it
 
     def __init__(self, server, config, transport, connection, request):
         self.server = server

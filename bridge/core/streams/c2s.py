@@ -546,8 +546,10 @@ class ClientStream:
             self.framing.send(stanza)
 
     def stream_error(self, condition, text=None):
-        """Send a stream error and close the stream (RFC 6120 section 4.9)."""
+        """Send a stream error and close the stream (RFC 6120 section 4.9).  On a stream already gone, the
+        session it keeps for a resumption ends: the server ended it (bridgectl kick or deluser)."""
         if self.closed:
+            self._end_held_session()
             return
         self.ended_on_purpose = True
         self._release_held()
@@ -594,6 +596,12 @@ class ClientStream:
         # refers back to it, so that the connection is freed with its last
         # reference rather than by the cycle collector.
         self.framing = EndedFraming(self.framing.peer)
+
+    def _end_held_session(self):
+        sm = self.session.sm if self.session is not None else None
+        if sm is not None and sm.awaiting_resumption:
+            sm.expiry.cancel()
+            self._expire()
 
     def _expire(self):
         session, self.session = self.session, None
@@ -653,6 +661,7 @@ class TCPClientProtocol(XMLStreamProtocol):
 
     content_namespace = NS_CLIENT
     can_start_tls = True
+    kind = "tcp"  # what carries the session, as bridgectl shows it
 
     def __init__(self, server, listener, tls_context, direct_tls):
         super().__init__(server.clock, listener)

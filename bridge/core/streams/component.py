@@ -197,6 +197,18 @@ class ComponentFactory(Factory):
             if domain not in self.connected:
                 self.router.addRoute(domain, route)
 
+    def reconfigure(self, components):
+        """A reload's ``[components.DOMAIN]`` tables: a new domain is routed (offline until it connects), a
+        removed one's route goes, and its stream ends.  A changed secret applies at the next handshake."""
+        for domain in set(self.offline) - set(components):
+            self.router.removeRoute(domain, self.offline.pop(domain))
+            stream = self.connected.get(domain)
+            if stream is not None:
+                stream.stream_error("not-authorized", "this component was removed from the configuration")
+        for domain in set(components) - set(self.offline):
+            self.offline[domain] = OfflineComponent(self.router, domain)
+        self.register_offline_routes()
+
     def buildProtocol(self, address):
         protocol = ComponentStream(self.server, self)
         protocol.factory = self

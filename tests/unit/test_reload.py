@@ -1,0 +1,147 @@
+"""Reloading the configuration (bridge.core.reload): what applies live, what waits for a restart, refusals."""
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from bridge import config as configuration
+from bridge.core.reload import ContextHolder, Reloader, plan
+from bridge.core.server import Server
+from bridge.core.storage.memory import MemoryStorage
+from twisted.internet.task import Clock
+
+BASE = {"hosts": {"localhost": {}, "example.test": {"aliases": ["alias.test"]}},
+        "components": {"bot.localhost": {"secret": "s"}}}
+
+
+def config_of(**tables):
+    """A configuration from BASE with ``tables`` merged in, one level deep."""
+    document = {name: dict(table) for name, table in BASE.items()}
+    for name, table in tables.items():
+        document[name] = {**document.get(name, {}), **table} if isinstance(table, dict) else table
+    return configuration.parse(document, "test.toml")
+
+
+class PlanTests(SynchronousTestCase):
+    def test_nothing_changed(self):
+        """The same file gives no change at all."""
+        result = plan(config_of(), config_of())
+        self.assertEqual((result.live, result.restart), ([], []))
+        self.assertEqual(result.config, config_of())
+
+    def test_live_changes(self):
+        """Limits, TLS policies and certificates, host settings and aliases, components apply live."""
+        new = config_of(c2s={"max_connections_per_address": 3, "tls_min_version": "1.3"},
+                        s2s={"denied_domains": ["evil.example"]},
+                        http={"bosh_max_sessions": 5},
+                        tls={"certificate": "/etc/new.crt", "private_key": "/etc/new.key"},
+                        sip={"tls_ciphers": "ECDHE+AESGCM"},
+                        hosts={"localhost": {"registration": True}, "example.test": {"aliases": ["other.test"]}},
+                        components={"bot.localhost": {"secret": "t"}, "new.localhost": {"secret": "u"}})
+        result = plan(config_of(), new)
+        self.assertEqual(sorted(result.live), sorted([
+            "c2s.max_connections_per_address", "c2s.tls_min_version", "s2s.denied_domains", "http.bosh_max_sessions",
+            "tls.certificate", "tls.private_key", "sip.tls_ciphers", "hosts.localhost.registration",
+            "hosts.example.test.aliases", "components"]))
+        self.assertEqual(result.restart, [])
+        self.assertEqual(result.config, new)
+
+    def test_restart_changes_keep_their_running_value(self):
+        """Listening addresses, the data folder, a host added and the sections read at start are reported
+        as needing a restart, and the planned configuration keeps their old values beside the live ones."""
+        old = config_of()
+        new = config_of(data_dir="/srv/elsewhere",
+                        c2s={"endpoints": ["tcp:6222"], "max_connections_per_address": 3},
+                        storage={"path": "other.sqlite"},
+                        sip={"max_contacts_per_user": 3, "tls_min_version": "1.3"},
+                        quotas={"max_vcard_bytes": 4096},
+                        hosts={"new.test": {}})
+        result = plan(old, new)
+        self.assertEqual(sorted(result.restart), sorted([
+            "data_dir", "c2s.endpoints", "storage.path", "sip.max_contacts_per_user", "quotas.max_vcard_bytes",
+            "hosts (new.test added or removed)"]))
+        self.assertEqual(sorted(result.live), ["c2s.max_connections_per_address", "sip.tls_min_version"])
+        applied = result.config
+        self.assertEqual((applied.data_dir, applied.c2s.endpoints, applied.storage, applied.quotas),
+                         (old.data_dir, old.c2s.endpoints, old.storage, old.quotas))
+        self.assertEqual(set(applied.hosts), set(old.hosts))
+        self.assertEqual(applied.c2s.max_connections_per_address, 3)
+        self.assertEqual((applied.sip.max_contacts_per_user, applied.sip.tls_min_version), (10, "1.3"))
+
+    def test_a_host_setting_that_needs_a_restart(self):
+        """sip_digest of a host is read at start; registration beside it applies live."""
+        result = plan(config_of(), config_of(hosts={"localhost": {"sip_digest": False, "registration": True}}))
+        self.assertEqual((result.live, result.restart),
+                         (["hosts.localhost.registration"], ["hosts.localhost.sip_digest"]))
+        self.assertTrue(result.config.hosts["localhost"].sip_digest)
+
+
+class Context:
+    def __init__(self, name):
+        self.name = name
+
+    def getContext(self):
+        return self.name
+
+
+class ReloaderTests(SynchronousTestCase):
+    def setUp(self):
+        self.server = Server(config_of(), MemoryStorage(), Clock())
+        self.next = config_of(c2s={"max_connections_per_address": 3})
+        self.reloader = Reloader(self.server, "bridge.toml", load=self.load)
+        self.committed = []
+
+    def load(self, path):
+        if isinstance(self.next, Exception):
+            raise self.next
+        return self.next
+
+    def test_applies_the_new_configuration(self):
+        """A good file: every step builds from the planned configuration, then all put it in force."""
+        self.reloader.add_step(lambda new: lambda: self.committed.append(new.c2s.max_connections_per_address))
+        answer = self.reloader.reload()
+        self.assertEqual(answer, {"ok": True, "live": ["c2s.max_connections_per_address"], "restart": []})
+        self.assertEqual(self.server.config.c2s.max_connections_per_address, 3)
+        self.assertEqual(self.committed, [3])
+
+    def test_a_file_that_does_not_load_changes_nothing(self):
+        """A configuration error is refused with its reasons (file and key), and the running one stays."""
+        self.next = configuration.ConfigError(["bridge.toml: c2s.max_connections_per_address: must be at least 1"])
+        self.reloader.add_step(lambda new: lambda: self.committed.append(new))
+        running = self.server.config
+        answer = self.reloader.reload()
+        self.assertEqual(answer, {"ok": False,
+                                  "error": "bridge.toml: c2s.max_connections_per_address: must be at least 1"})
+        self.assertIs(self.server.config, running)
+        self.assertEqual(self.committed, [])
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+    def test_a_certificate_that_does_not_load_changes_nothing(self):
+        """When one step cannot build (a broken certificate), no step puts anything in force."""
+        self.reloader.add_step(lambda new: lambda: self.committed.append("first"))
+
+        def broken(new):
+            raise OSError(2, "No such file or directory")
+
+        self.reloader.add_step(broken)
+        running = self.server.config
+        answer = self.reloader.reload()
+        self.assertFalse(answer["ok"])
+        self.assertIn("the TLS certificates cannot be used", answer["error"])
+        self.assertIs(self.server.config, running)
+        self.assertEqual(self.committed, [])
+
+    def test_features_see_the_reloaded_configuration(self):
+        """A feature's context reads the server's configuration of the moment, not the one it was loaded with."""
+        from bridge.core.server import FeatureContext
+
+        context = FeatureContext(self.server, self.server.hosts["localhost"], "test")
+        self.reloader.reload()
+        self.assertEqual(context.config.c2s.max_connections_per_address, 3)
+
+
+class ContextHolderTests(SynchronousTestCase):
+    def test_new_handshakes_use_the_current_context(self):
+        """The holder answers the context it holds now: a swap changes what the next handshake gets."""
+        holder = ContextHolder(Context("old"))
+        self.assertEqual(holder.getContext(), "old")
+        holder.current = Context("new")
+        self.assertEqual(holder.getContext(), "new")
