@@ -54,10 +54,15 @@ class Options(usage.Options):
 
 
 class ListenerService(service.Service):
-    """Listens on one endpoint and logs the address it got (port 0 included)."""
+    """Listens on one endpoint and logs the address it got (port 0 included).
 
-    def __init__(self, kind, description, endpoint, factory):
+    A listener that cannot listen stops the start, unless it is not ``required``
+    (the control socket): then the server runs on, and the log says why it is missing.
+    """
+
+    def __init__(self, kind, description, endpoint, factory, required=True):
         self.kind = kind
+        self.required = required
         self.description = description
         self.endpoint = endpoint
         self.factory = factory
@@ -90,6 +95,10 @@ class ListenerService(service.Service):
         log.info("listening {kind} on {where}", kind=self.kind, where=where)
 
     def _failed(self, failure):
+        if not self.required:
+            log.error("cannot listen {kind} on {description}: {reason}", kind=self.kind, description=self.description,
+                      reason=failure.getErrorMessage())
+            return
         self._failure = failure
         log.failure("cannot listen {kind} on {description}", failure, kind=self.kind,
                     description=self.description)
@@ -225,7 +234,7 @@ def build(config, reactor, config_path=None):
     store = storage_module.open_storage(config, reactor)
     server = Server(config, store, reactor, secret=secret)
     load_features(server)
-    reloader = Reloader(server, config_path)
+    reloader = Reloader(server, os.path.abspath(config_path) if config_path else None)
 
     def tls_holder(make):
         """A TLS context made by ``make(config)``, made again from the new configuration at each reload."""
@@ -242,8 +251,8 @@ def build(config, reactor, config_path=None):
     server.router.default_route = remote
     top = ServerService(server, remote, reloader, reactor)
 
-    def listen_on(kind, description, endpoint, factory):
-        listener = ListenerService(kind, description, endpoint, factory)
+    def listen_on(kind, description, endpoint, factory, required=True):
+        listener = ListenerService(kind, description, endpoint, factory, required)
         listener.setServiceParent(top)
         return listener
 
@@ -292,9 +301,11 @@ def build(config, reactor, config_path=None):
     reloader.add_step(prepare_peers)
     reloader.add_step(lambda new: lambda: apply_settings(server, new, remote, clients, web, bosh, components))
     commands = ControlCommands(server, reloader.reload, lambda: queue_sizes(server, remote, bosh), reactor.seconds())
+    # The server serves its users without it (a data_dir path too long for a UNIX socket, say): bridgectl then
+    # says that it cannot reach the server, and the log why.
     control_path = config.data_path(SOCKET_NAME)
     listen_on("control", control_path, endpoints.UNIXServerEndpoint(reactor, control_path, mode=0o600, wantPID=True),
-              ControlFactory(commands))
+              ControlFactory(commands), required=False)
     return top
 
 

@@ -16,7 +16,7 @@ reading, the checks and the swaps, with the steps that ``bridge.tap`` gives it.
 import dataclasses
 from typing import NamedTuple
 
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -142,7 +142,7 @@ class Reloader:
         result = plan(self.server.config, new)
         try:
             commits = [prepare(result.config) for prepare in self._steps]
-        except (OSError, ValueError, SSL.Error) as error:
+        except (OSError, ValueError, SSL.Error, crypto.Error) as error:
             return self._refused(f"{source}: the TLS certificates cannot be used: {error}")
         self.server.config = result.config
         for commit in commits:

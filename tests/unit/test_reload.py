@@ -1,12 +1,13 @@
 """Reloading the configuration (bridge.core.reload): what applies live, what waits for a restart, refusals."""
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from bridge import config as configuration
+from bridge.core import tls
 from bridge.core.reload import ContextHolder, Reloader, plan
 from bridge.core.server import Server
 from bridge.core.storage.memory import MemoryStorage
-from twisted.internet.task import Clock
 
 BASE = {"hosts": {"localhost": {}, "example.test": {"aliases": ["alias.test"]}},
         "components": {"bot.localhost": {"secret": "s"}}}
@@ -127,6 +128,18 @@ class ReloaderTests(SynchronousTestCase):
         self.assertFalse(answer["ok"])
         self.assertIn("the TLS certificates cannot be used", answer["error"])
         self.assertIs(self.server.config, running)
+        self.assertEqual(self.committed, [])
+
+    def test_a_file_that_is_no_certificate_changes_nothing(self):
+        """A certificate or key file that holds no PEM (a renewal cut short) refuses the reload."""
+        broken = self.mktemp()
+        with open(broken, "w", encoding="ascii") as handle:
+            handle.write("not a certificate")
+        self.reloader.add_step(lambda new: lambda: self.committed.append("first"))
+        self.reloader.add_step(lambda new: tls.server_context(broken, broken))
+        answer = self.reloader.reload()
+        self.assertFalse(answer["ok"])
+        self.assertIn("the TLS certificates cannot be used", answer["error"])
         self.assertEqual(self.committed, [])
 
     def test_features_see_the_reloaded_configuration(self):
