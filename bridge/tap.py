@@ -161,7 +161,8 @@ class GatewayService(service.Service):
     """A gateway's lifetime, the one shape every gateway attaches by.
 
     A Gateway has ``start()`` and ``stop()`` (each may return a Deferred)
-    and ``listeners()``.  It starts with the server; at shutdown it stops
+    and ``listeners()``; one whose settings a reload can change has ``prepare_reload(section)``
+    (a step of ``bridge.core.reload.Reloader``).  It starts with the server; at shutdown it stops
     (SMSCs unbound, queues left as they are) and then its context undoes
     everything it registered, before storage closes.
     """
@@ -196,10 +197,11 @@ def load_features(server):
             load_feature(server, host, name, module)
 
 
-def attach_gateways(server, reactor, top, listen_on, tls_holder):
+def attach_gateways(server, reactor, top, listen_on, tls_holder, reloader):
     """Attach every gateway its configuration section turns on, as children of ``top``.
 
-    A gateway's TLS context follows its section in the configuration of the moment (``tls_holder``).
+    A gateway's TLS context follows its section in the configuration of the moment (``tls_holder``), and
+    so do its settings when it can take them while it runs (``prepare_reload``).
     """
     service_features = feature_modules(SERVICE_FEATURES)
 
@@ -212,6 +214,9 @@ def attach_gateways(server, reactor, top, listen_on, tls_holder):
         if gateway is None:
             continue
         GatewayService(name, gateway, context).setServiceParent(top)
+        if hasattr(gateway, "prepare_reload"):
+            reloader.add_step(lambda new, gateway=gateway, section=section: gateway.prepare_reload(
+                getattr(new, section)))
         for kind, description, endpoint, factory in gateway.listeners():
             listen_on(kind, description, endpoint, factory)
 
@@ -287,7 +292,7 @@ def build(config, reactor, config_path=None):
             server.http_listeners.append((True, listener))
     # SIP, SMS, email, the MUC and upload services (docs/sip.md, docs/sms.md, docs/email.md, docs/muc.md,
     # docs/web.md).
-    attach_gateways(server, reactor, top, listen_on, tls_holder)
+    attach_gateways(server, reactor, top, listen_on, tls_holder, reloader)
 
     def prepare_peers(new):
         peers = peer_tls(new)

@@ -37,10 +37,13 @@ STARTUP_ONLY = {
     "http": {"endpoints", "tls_endpoints", "web_client_dir", "trusted_proxies", "bosh_path", "websocket_path",
              "bosh_sessionless_requests_per_second_per_address", "bosh_sessionless_requests_burst"},
     "component_listener": {"endpoints"},
-    "storage": ALL, "quotas": ALL, "push": ALL, "mam": ALL, "pep": ALL, "smtp": ALL, "sms": ALL, "sip": ALL,
+    "storage": ALL, "quotas": ALL, "push": ALL, "mam": ALL, "pep": ALL, "sms": ALL, "sip": ALL,
     "muc": ALL, "upload": ALL, "smsc": ALL,
+    "smtp": {"archive_recipients"},
     "hosts": {"sip_digest"},
 }
+# Keys whose emptiness turns a service off: set to set applies live, empty to set (or back) needs a restart.
+SWITCHES = {("smtp", "relay")}
 
 
 class Plan(NamedTuple):
@@ -52,7 +55,9 @@ class Plan(NamedTuple):
     restart: list
 
 
-def _startup_only(section, key):
+def _startup_only(section, key, before=None, after=None):
+    if (section, key) in SWITCHES and not (before and after):
+        return True
     keys = STARTUP_ONLY.get(section, set())
     if keys is ALL:
         return key not in TLS_KEYS
@@ -66,7 +71,7 @@ def _merge_section(section, path, old, new, live, restart):
         key = option.name
         if getattr(old, key) == getattr(new, key):
             continue
-        if _startup_only(section, key):
+        if _startup_only(section, key, getattr(old, key), getattr(new, key)):
             restart.append(path + key)
             kept[key] = getattr(old, key)
         else:
@@ -143,7 +148,7 @@ class Reloader:
         try:
             commits = [prepare(result.config) for prepare in self._steps]
         except (OSError, ValueError, SSL.Error, crypto.Error) as error:
-            return self._refused(f"{source}: the TLS certificates cannot be used: {error}")
+            return self._refused(f"{source}: cannot be applied: {error}")
         self.server.config = result.config
         for commit in commits:
             commit()

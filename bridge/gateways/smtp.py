@@ -184,11 +184,7 @@ class EmailGateway:
         self.reactor = reactor
         self.storage = ctx.storage
         self.preferences = NotificationPreferences(ctx.storage, ctx.host_config)
-        domain = ctx.host_names()[0]
-        self.helo = self.config.helo_name or domain
-        self.mailer = Mailer(self.config, reactor, domain)
-        self.relay_host, self.relay_port = self.config.relay_address()
-        self.password = self.config.read_password()
+        self._configure(self.config, self.config.read_password())
         self.running = False
         self._digest_timers = {}      # (host, user) -> DelayedCall
         self._archive_timers = {}     # conversation -> DelayedCall
@@ -200,6 +196,20 @@ class EmailGateway:
         ctx.hook_local("offline/stored", self.offline_stored)
         if self.config.archive_recipients:
             ctx.hook_local("stanza/out", self.stanza_out, OBSERVE)
+
+    def _configure(self, config, password):
+        domain = self.ctx.host_names()[0]
+        self.ctx.config = self.config = config
+        self.helo = config.helo_name or domain
+        self.mailer = Mailer(config, self.reactor, domain)
+        self.relay_host, self.relay_port = config.relay_address()
+        self.password = password
+
+    def prepare_reload(self, config):
+        """A reloaded [smtp] section (bridge.core.reload): its password file is read now, so that one
+        that cannot be read refuses the reload; the function returned puts it in force for the next mail."""
+        password = config.read_password()
+        return lambda: self._configure(config, password)
 
     # -- lifetime (the Gateway shape of tap.py) -------------------------------
 

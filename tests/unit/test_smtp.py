@@ -359,6 +359,28 @@ class AuthenticationTests(GatewayTestBase):
         self.assertEqual(len(self.outbox()), 1)
 
 
+class ReloadTests(GatewayTestBase):
+    def test_a_reload_changes_the_relay_and_sender_of_the_next_mail(self):
+        """A reloaded [smtp] section (bridgectl reload) applies to the next mail: its relay, its sender."""
+        changed = email_config(relay="other.test:2526", from_address="ops@example.com").smtp
+        self.gateway.prepare_reload(changed)()
+        alice = self.login("alice@localhost/a")
+        self.say(alice, "bob@localhost", "hello")
+        self.reactor.advance(60)
+        self.assertEqual(self.reactor.tcpClients[0][:2], ("other.test", 2526))
+        self.relay.answer()
+        self.assertEqual([mail_from for mail_from, _, _ in self.relay.received], ["ops@example.com"])
+        self.assertIs(self.context.config, changed)
+
+    def test_a_password_file_that_cannot_be_read_refuses_the_reload(self):
+        """The password file is read when the reload is prepared: one that is gone raises there, before
+        anything changed."""
+        missing = email_config(password_file=os.path.join(tempfile.mkdtemp(), "gone")).smtp
+        with self.assertRaises(OSError):
+            self.gateway.prepare_reload(missing)
+        self.assertEqual((self.gateway.relay_host, self.gateway.mailer.from_address), ("relay.test", "im@example.com"))
+
+
 class RestartTests(GatewayTestBase):
     def restart(self, advance_by=0):
         """Stop everything and build a new server and gateway on the same storage."""
