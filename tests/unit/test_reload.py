@@ -1,6 +1,12 @@
 """Reloading the configuration (bridge.core.reload): what applies live, what waits for a restart, refusals."""
 
+import os
+import shutil
+import tempfile
+
+from OpenSSL import SSL, crypto
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from bridge import config as configuration
@@ -8,6 +14,8 @@ from bridge.core import tls
 from bridge.core.reload import ContextHolder, Reloader, plan
 from bridge.core.server import Server
 from bridge.core.storage.memory import MemoryStorage
+from bridge.tap import build
+from tests import pki
 
 BASE = {"hosts": {"localhost": {}, "example.test": {"aliases": ["alias.test"]}},
         "components": {"bot.localhost": {"secret": "s"}}}
@@ -167,3 +175,67 @@ class ContextHolderTests(SynchronousTestCase):
         self.assertEqual(holder.getContext(), "old")
         holder.current = Context("new")
         self.assertEqual(holder.getContext(), "new")
+
+
+class BuiltServerTests(SynchronousTestCase):
+    """A reload of the service tree bridge.tap builds, on a memory reactor, from a file rewritten in between."""
+
+    def setUp(self):
+        self.root = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.root)
+        self.cert, self.key = pki.self_signed(self.root, ["localhost"], file_name="site")
+        self.path = self.write()
+        self.top = build(configuration.load(self.path), MemoryReactorClock(), self.path)
+        self.server = self.top.server
+        self.addCleanup(self.server.storage.close)
+
+    def write(self, c2s="", hosts='[hosts.localhost]\naliases = ["old.test"]\n', extra=""):
+        path = os.path.join(self.root, "bridge.toml")
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(f'data_dir = "data"\n[storage]\nbackend = "memory"\n[sip]\nenabled = false\n'
+                         f'[tls]\ncertificate = "{self.cert}"\nprivate_key = "{self.key}"\n'
+                         f'[c2s]\n{c2s}\n{hosts}{extra}')
+        return path
+
+    def client_factories(self):
+        return [listener.factory for listener in self.top if getattr(listener, "kind", None) == "c2s"]
+
+    def served_certificate(self):
+        """The certificate a new TLS connection of the c2s listener is given now, as DER."""
+        connection = SSL.Connection(self.client_factories()[0].tls_context.getContext())
+        return crypto.dump_certificate(crypto.FILETYPE_ASN1, connection.get_certificate())
+
+    def test_reload_applies_limits_aliases_components_and_certificates(self):
+        """After the files change, a reload routes the new alias and no longer the old one, gives new client
+        connections the new limits, routes a new component, and new handshakes get the renewed certificate."""
+        before = self.served_certificate()
+        pki.self_signed(self.root, ["localhost"], file_name="site")
+        self.write(c2s="max_connections_per_address = 3", hosts='[hosts.localhost]\naliases = ["new.test"]\n',
+                   extra='[components."bot.localhost"]\nsecret = "s"\n')
+        answer = self.top.reloader.reload()
+        self.assertTrue(answer["ok"], answer)
+        router = self.server.router
+        self.assertIs(router.lookup("new.test"), self.server.hosts["localhost"])
+        self.assertIsNot(router.lookup("old.test"), self.server.hosts["localhost"])
+        self.assertEqual(self.server.config.host_for("new.test"), "localhost")
+        factory = self.client_factories()[0]
+        self.assertEqual((factory.listener.max_connections_per_address, factory.connections.limit), (3, 3))
+        self.assertTrue(router.is_local("bot.localhost"))
+        after = self.served_certificate()
+        self.assertNotEqual(after, before)
+        with open(self.cert, "rb") as handle:
+            self.assertEqual(after, crypto.dump_certificate(crypto.FILETYPE_ASN1,
+                                                            crypto.load_certificate(crypto.FILETYPE_PEM, handle.read())))
+
+    def test_a_missing_certificate_changes_nothing(self):
+        """A file naming a certificate that is not there is refused, naming file and key; the aliases and
+        the certificate in force stay."""
+        before = self.served_certificate()
+        os.unlink(self.cert)
+        self.write(hosts='[hosts.localhost]\naliases = ["new.test"]\n')
+        answer = self.top.reloader.reload()
+        self.assertFalse(answer["ok"])
+        self.assertIn(f"{self.path}: tls.certificate: {self.cert}: no such file", answer["error"])
+        self.assertIs(self.server.router.lookup("old.test"), self.server.hosts["localhost"])
+        self.assertIsNot(self.server.router.lookup("new.test"), self.server.hosts["localhost"])
+        self.assertEqual(self.served_certificate(), before)
