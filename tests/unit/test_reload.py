@@ -149,7 +149,9 @@ class ReloaderTests(SynchronousTestCase):
 
     def test_a_file_that_is_no_certificate_changes_nothing(self):
         """A certificate or key file that holds no PEM (a renewal cut short) refuses the reload."""
-        broken = self.mktemp()
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
+        broken = os.path.join(folder, "site.crt")
         with open(broken, "w", encoding="ascii") as handle:
             handle.write("not a certificate")
         self.reloader.add_step(lambda new: lambda: self.committed.append("first"))
