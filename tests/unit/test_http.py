@@ -6,6 +6,7 @@ import tempfile
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from bridge import config as configuration
@@ -493,12 +494,22 @@ class WebClientTests(HTTPTestCase):
         return response
 
     def test_page_without_converse(self):
-        """With the folder missing, the page gives the npm command that installs Converse.js."""
+        """With the folder missing, the page says so but shows anonymous visitors no path of the server:
+        the folder and the npm command that installs Converse.js go to the log, once."""
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         self.make(web_client_dir="/nonexistent/web/node_modules/converse.js/dist")
         status, headers, body = self.get("/")
+        self.get("/")
         self.assertEqual(status, 200)
         self.assertTrue(headers["content-type"].startswith("text/html"))
-        self.assertIn(b"npm install --prefix /nonexistent/web --no-audit --no-fund converse.js@14", body)
+        self.assertIn(b"not installed", body)
+        self.assertNotIn(b"/nonexistent", body)
+        self.assertNotIn(b"npm install", body)
+        logged = [formatEvent(event) for event in events if "web client is not installed" in formatEvent(event)]
+        self.assertEqual(len(logged), 1)
+        self.assertIn("npm install --prefix /nonexistent/web --no-audit --no-fund converse.js@14", logged[0])
 
     def test_page_with_converse(self):
         """The page loads Converse.js and points it at this listener, found from the Host header."""
