@@ -513,6 +513,15 @@ class SIPConfig(ListenerTLS):
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus metrics (docs/operations.md): a listener of their own, off by default, answering only
+    the addresses listed."""
+
+    endpoints: list = _option([], endpoints=True)
+    allowed_addresses: list = _option(["127.0.0.0/8", "::1/128"])
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: str = _option("data", path=True)
     tls: TLSConfig = field(default_factory=TLSConfig)
@@ -532,6 +541,7 @@ class Config:
     sip: SIPConfig = field(default_factory=SIPConfig)
     muc: MUCConfig = field(default_factory=MUCConfig)
     upload: UploadConfig = field(default_factory=UploadConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     smsc: dict = field(default_factory=dict)
     source: str = "(embedded defaults)"
 
@@ -553,6 +563,7 @@ _SECTIONS = {"tls": TLSConfig, "c2s": C2SConfig, "s2s": S2SConfig, "http": HTTPC
              "quotas": QuotasConfig, "push": PushConfig, "mam": MAMConfig, "pep": PEPConfig, "smtp": SMTPConfig,
              "component_listener": ComponentListenerConfig, "sms": SMSConfig, "sip": SIPConfig, "muc": MUCConfig,
              "upload": UploadConfig}
+_SECTIONS["metrics"] = MetricsConfig
 # Tables of named sub-tables: [hosts.NAME], [components.DOMAIN], [smsc.NAME].
 _NAMED = {"hosts": HostConfig, "components": ComponentConfig, "smsc": SMSCConfig}
 
@@ -751,6 +762,11 @@ def parse(document, where):
             ipaddress.ip_network(proxy, strict=False)
         except ValueError:
             problems.append(f"{where}: http.trusted_proxies: {proxy!r} is not an IP address or network")
+    for network in sections.get("metrics", base.metrics).allowed_addresses:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            problems.append(f"{where}: metrics.allowed_addresses: {network!r} is not an IP address or network")
     for name, smsc in sections.get("smsc", {}).items():
         if smsc.reconnect_max_seconds < smsc.reconnect_min_seconds:
             problems.append(f"{where}: smsc.{name}.reconnect_max_seconds: must be at least reconnect_min_seconds")

@@ -5,6 +5,7 @@ receives the clock and the endpoints it needs.
 """
 
 import importlib
+import importlib.util
 
 from twisted.application import service
 from twisted.internet import defer, endpoints
@@ -46,6 +47,9 @@ class Options(usage.Options):
             self["parsed"] = configuration.load(self["config"])
         except configuration.ConfigError as error:
             raise usage.UsageError("invalid configuration:\n" + str(error))
+        if self["parsed"].metrics.endpoints and importlib.util.find_spec("prometheus_client") is None:
+            raise usage.UsageError("[metrics] endpoints are set, but prometheus-client is not installed: "
+                                   "pip install 'bridge[metrics]'")
 
 
 class ListenerService(service.Service):
@@ -229,6 +233,11 @@ def build(config, reactor):
         for listener in listen("https", http.tls_endpoints,
                                TLSMemoryBIOFactory(http_context, False, HTTPFactory(server, http, bosh, tls=True))):
             server.http_listeners.append((True, listener))
+    # Prometheus metrics, on a listener of their own (docs/operations.md).
+    if config.metrics.endpoints:
+        from bridge.metrics import metrics_site  # prometheus-client, the "metrics" extra: imported when used
+
+        listen("metrics", config.metrics.endpoints, metrics_site(server, remote))
     # SIP, SMS, email, the MUC and upload services (docs/sip.md, docs/sms.md, docs/email.md, docs/muc.md,
     # docs/web.md).
     attach_gateways(server, reactor, top, listen_on)

@@ -42,6 +42,10 @@ class SessionTable:
     def __len__(self):
         return len(self._by_full)
 
+    def __iter__(self):
+        """Every bound session."""
+        return iter(list(self._by_full.values()))
+
     def add(self, session):
         self._by_full[session.full] = session
         self._by_bare.setdefault(session.bare, {})[session.jid.resource] = session

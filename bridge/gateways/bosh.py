@@ -297,6 +297,7 @@ class BoshFraming:
     """What ``ClientStream`` writes through: the session's side of the stream."""
 
     can_start_tls = False
+    transport_name = "bosh"  # the label of its sessions in metrics
 
     def __init__(self, session):
         self.session = session

@@ -67,7 +67,7 @@ _FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-proto", "x-r
 _TLS_SCHEMES = ("https", "wss")
 
 
-def _ip(text):
+def parse_address(text):
     """The IP address in ``text`` (bare, or "[IPv6]" or "IPv4" with a port), or None.
 
     An IPv4 address mapped into IPv6 (as a dual-stack listener sees it) is given as IPv4.
@@ -106,7 +106,7 @@ class TrustedProxies:
 
     def trusts(self, host):
         """Whether the peer ``host`` (an address's text; None for a UNIX socket) is a trusted proxy."""
-        return self._trusted(_ip(host) if host else None)
+        return self._trusted(parse_address(host) if host else None)
 
     def _trusted(self, address):
         return address is not None and any(address in network for network in self.networks)
@@ -114,7 +114,7 @@ class TrustedProxies:
     def client(self, host, headers, tls):
         """The ``ClientAddress`` of a request (lowercase ``headers``) from the peer ``host``,
         on a TLS connection or not."""
-        peer = _ip(host) if host else None
+        peer = parse_address(host) if host else None
         if not self._trusted(peer):
             # A local peer that says it forwards (a proxy nobody listed) may speak for anyone.
             local = (host is None or (peer is not None and peer.is_loopback)) and not any(
@@ -123,7 +123,7 @@ class TrustedProxies:
         # Each proxy appends the address it was reached from: read from the right, past trusted proxies only.
         client = peer
         for hop in reversed(headers.get("x-forwarded-for", "").split(",")):
-            hop = _ip(hop)
+            hop = parse_address(hop)
             if hop is None:
                 break
             client = hop

@@ -98,6 +98,8 @@ class WebSocketStream:
     which tells who the client is and how it is connected.
     """
 
+    transport_name = "websocket"  # the label of its sessions in metrics
+
     can_start_tls = False
 
     def __init__(self, server, config, transport, connection, request):

@@ -200,6 +200,7 @@ class IncomingServerStream(XMLStreamProtocol):
         elif element.uri == NS_DIALBACK and element.name == "verify":
             self._dialback_verify(element)
         elif element.uri is None and element.name in STANZAS:
+            self.server.counters.stanzas_in["s2s"][element.name] += 1
             self._stanza(element)
         elif element.uri == NS_SM:
             self._stream_management(element)
@@ -421,6 +422,9 @@ class OutgoingServerStream(XMLStreamProtocol):
 
     def send_stanza(self, stanza):
         """Send a routed stanza, kept until acknowledged when stream management is on."""
+        counts = self.remote.server.counters.stanzas_out["s2s"]
+        if stanza.name in counts:
+            counts[stanza.name] += 1
         self.send(stanza)
         if self.acks is not None:
             self.acks.sent(stanza)

@@ -90,6 +90,7 @@ class SIPGateway:
                                              self.sip.max_server_transaction_bytes, self.policy.allowance)
         self.registrar = Registrar(ctx, secret, changed=lambda host, user: self.phones.registered(host, user),
                                    vouch=self.policy.vouch)
+        ctx.level("sip_registrations", "SIP contacts registered (bindings)", lambda: len(self.registrar.bindings))
         self.agent = f"bridge/{__version__}"
         self.udp_transports = []  # for requests the gateway sends out (add_transport)
         self._resolver = resolver

@@ -40,6 +40,8 @@ PRIORITY = "-1"
 class PhoneLine:
     """The stream of a phone session: what the core sends to the user's phones."""
 
+    transport_name = "sip"  # the label of its sessions in metrics
+
     def __init__(self, phones, host, user):
         self.phones = phones
         self.host = host
