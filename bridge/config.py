@@ -775,10 +775,43 @@ def parse(document, where):
     return dataclasses.replace(base, **sections, source=where)
 
 
-def load(path=None):
-    """Read ``path`` (a TOML file); with None, the embedded defaults."""
+# Folders for configuration only: a relative data_dir in a file there has no sensible base.
+SYSTEM_CONFIG_FOLDERS = ("/etc", "/usr/local/etc")
+
+
+def data_dir_base(config_folder, environ):
+    """The folder a relative ``data_dir`` is resolved against (docs/operations.md), or None when there is
+    none: systemd's state directory (``$STATE_DIRECTORY``, from ``StateDirectory=``) when set; else the
+    configuration file's folder, unless that is a system configuration folder such as /etc/bridge
+    (the database and keys are not configuration); without a file, the working directory."""
+    state = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if state:
+        return state
+    if config_folder is None:
+        return os.getcwd()
+    if any(config_folder == root or config_folder.startswith(root + os.sep) for root in SYSTEM_CONFIG_FOLDERS):
+        return None
+    return config_folder
+
+
+def _with_data_dir(config, config_folder, environ, where):
+    """``config`` with a relative ``data_dir`` made absolute by ``data_dir_base``; ConfigError without a base."""
+    if os.path.isabs(config.data_dir):
+        return config
+    base = data_dir_base(config_folder, environ)
+    if base is None:
+        raise ConfigError([f"{where}: data_dir: {config.data_dir!r} is relative, and {config_folder} holds "
+                           "configuration, not data: give an absolute path (e.g. /var/lib/bridge), or run "
+                           "the server with systemd's StateDirectory= (STATE_DIRECTORY)"])
+    return dataclasses.replace(config, data_dir=os.path.join(base, config.data_dir))
+
+
+def load(path=None, environ=None):
+    """Read ``path`` (a TOML file); with None, the embedded defaults.  ``environ``: the process's
+    environment (``os.environ``), where ``STATE_DIRECTORY`` may give the base of a relative data_dir."""
+    environ = os.environ if environ is None else environ
     if path is None:
-        return Config()
+        return _with_data_dir(Config(), None, environ, "(embedded defaults)")
     try:
         with open(path, "rb") as handle:
             document = tomllib.load(handle)
@@ -790,7 +823,8 @@ def load(path=None):
         # RecursionError (arrays or tables nested thousands deep) for some.
         reason = "nested too deeply" if isinstance(error, RecursionError) else error
         raise ConfigError([f"{path}: not valid TOML: {reason}"])
-    config = _resolve_paths(parse(document, path), os.path.dirname(os.path.abspath(path)))
+    folder = os.path.dirname(os.path.abspath(path))
+    config = _resolve_paths(_with_data_dir(parse(document, path), folder, environ, path), folder)
     problems = _missing_files(config, path)
     if problems:
         raise ConfigError(problems)
