@@ -8,13 +8,14 @@ import importlib
 import importlib.util
 
 from twisted.application import service
-from twisted.internet import defer, endpoints
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
 from bridge import __version__, config as configuration
 from bridge.core import datadir, storage as storage_module, tls
+from bridge.core.listening import listening_endpoint
 from bridge.core.server import GatewayContext, Server, load_feature
 from bridge.core.streams.c2s import ClientFactory
 from bridge.core.streams.component import ComponentFactory
@@ -205,7 +206,7 @@ def build(config, reactor):
         return listener
 
     def listen(kind, descriptions, factory):
-        return [listen_on(kind, description, endpoints.serverFromString(reactor, description), factory)
+        return [listen_on(kind, description, listening_endpoint(reactor, description), factory)
                 for description in descriptions]
 
     c2s = config.c2s

@@ -34,6 +34,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from bridge import __version__
 from bridge.config import parse_host_port, parse_udp_endpoint
 from bridge.core import srv
+from bridge.core.listening import listening_endpoint
 from bridge.core.server import looping_call
 from bridge.gateways.sip import transport as sip_transport
 from bridge.gateways.sip.addressing import AddressMap
@@ -128,12 +129,12 @@ class SIPGateway:
                           lambda: self.add_transport(sip_transport.UDPTransport(self, self.limits, policy))))
         streams = sip_transport.StreamFactory(self, self.limits, "TCP", policy)
         for description in sip.tcp_endpoints:
-            found.append(("sip-tcp", description, endpoints.serverFromString(self.reactor, description), streams))
+            found.append(("sip-tcp", description, listening_endpoint(self.reactor, description), streams))
         if sip.tls_endpoints:
             secure = TLSMemoryBIOFactory(self.tls_context(sip), False,
                                          sip_transport.StreamFactory(self, self.limits, "TLS", policy))
             for description in sip.tls_endpoints:
-                found.append(("sip-tls", description, endpoints.serverFromString(self.reactor, description), secure))
+                found.append(("sip-tls", description, listening_endpoint(self.reactor, description), secure))
         return found
 
     def start(self):
