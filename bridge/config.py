@@ -160,6 +160,7 @@ class HTTPConfig(ListenerTLS):
     max_buffered_bytes: int = _option(1048576, low=1024)
     web_client_dir: str = _option("web/node_modules/converse.js/dist", path=True)
     trusted_proxies: list = _option([])
+    trusted_proxy_header: str = _option("x-forwarded-for", choices=("x-forwarded-for", "forwarded"))
 
 
 @dataclass(frozen=True)
