@@ -59,10 +59,12 @@ def _option(default, *, low=None, high=None, choices=None, path=False, domains=F
 
 @dataclass(frozen=True)
 class TLSConfig:
-    """The certificate shared by every listener unless a listener names its own."""
+    """The certificate shared by every listener unless a listener names its own, and the certificates
+    chosen by SNI (``certificates_dir``, Let's Encrypt's layout: ``<name>/fullchain.pem``, ``privkey.pem``)."""
 
     certificate: str = _option("", path=True)
     private_key: str = _option("", path=True)
+    certificates_dir: str = _option("", path=True)
 
 
 @dataclass(frozen=True)
@@ -836,6 +838,10 @@ def _missing_files(config, where):
     """The certificates, keys and CA files named but not readable: found here rather than when the
     listener that uses one starts."""
     problems = []
+    folder = config.tls.certificates_dir
+    if folder and not (os.path.isdir(folder) and os.access(folder, os.R_OK | os.X_OK)):
+        reason = "not a readable folder" if os.path.exists(folder) else "no such folder"
+        problems.append(f"{where}: tls.certificates_dir: {folder}: {reason}")
     named = [("tls", config.tls)] + [(name, getattr(config, name)) for name in ("c2s", "s2s", "http", "sip")]
     for name, section in named:
         if bool(section.certificate) != bool(section.private_key):

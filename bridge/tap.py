@@ -168,14 +168,14 @@ def load_features(server):
             load_feature(server, host, name, module)
 
 
-def attach_gateways(server, reactor, top, listen_on):
+def attach_gateways(server, reactor, top, listen_on, certificates):
     """Attach every gateway its configuration section turns on, as children of ``top``."""
     config = server.config
     service_features = feature_modules(SERVICE_FEATURES)
 
     def tls_context(section):
         return tls.server_context(*tls.certificate_paths(config, section), section.tls_min_version,
-                                  section.tls_ciphers)
+                                  section.tls_ciphers, certificates=certificates)
 
     for name, section, module_name in GATEWAYS:
         context = GatewayContext(server, name, getattr(config, section), service_features)
@@ -194,8 +194,11 @@ def build(config, reactor):
     store = storage_module.open_storage(config, reactor)
     server = Server(config, store, reactor, secret=secret)
     load_features(server)
+    # Certificates by host name, chosen by SNI on every TLS listener (docs/configuration.md).
+    certificates = tls.HostCertificates(config.tls.certificates_dir) if config.tls.certificates_dir else None
     s2s = config.s2s
-    peer_tls = PeerTLS(*tls.certificate_paths(config, s2s), s2s.tls_min_version, s2s.tls_ciphers, s2s.ca_file)
+    peer_tls = PeerTLS(*tls.certificate_paths(config, s2s), s2s.tls_min_version, s2s.tls_ciphers, s2s.ca_file,
+                       certificates)
     remote = RemoteDomains(server, peer_tls, reactor)
     server.router.default_route = remote
     top = ServerService(server, remote)
@@ -211,7 +214,8 @@ def build(config, reactor):
 
     c2s = config.c2s
     cert, key = tls.certificate_paths(config, c2s)
-    context = tls.server_context(cert, key, c2s.tls_min_version, c2s.tls_ciphers, alpn=(b"xmpp-client",))
+    context = tls.server_context(cert, key, c2s.tls_min_version, c2s.tls_ciphers, alpn=(b"xmpp-client",),
+                                 certificates=certificates)
     listen("c2s", c2s.endpoints, ClientFactory(server, c2s, context))
     listen("c2s-direct-tls", c2s.direct_tls_endpoints,
            TLSMemoryBIOFactory(context, False, ClientFactory(server, c2s, context, direct_tls=True)))
@@ -230,7 +234,7 @@ def build(config, reactor):
         server.http_listeners.append((False, listener))
     if http.tls_endpoints:
         http_context = tls.server_context(*tls.certificate_paths(config, http), http.tls_min_version,
-                                          http.tls_ciphers, alpn=(b"http/1.1",))
+                                          http.tls_ciphers, alpn=(b"http/1.1",), certificates=certificates)
         for listener in listen("https", http.tls_endpoints,
                                TLSMemoryBIOFactory(http_context, False, HTTPFactory(server, http, bosh, tls=True))):
             server.http_listeners.append((True, listener))
@@ -241,7 +245,7 @@ def build(config, reactor):
         listen("metrics", config.metrics.endpoints, metrics_site(server, remote))
     # SIP, SMS, email, the MUC and upload services (docs/sip.md, docs/sms.md, docs/email.md, docs/muc.md,
     # docs/web.md).
-    attach_gateways(server, reactor, top, listen_on)
+    attach_gateways(server, reactor, top, listen_on, certificates)
     return top
 
 

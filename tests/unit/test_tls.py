@@ -51,3 +51,79 @@ class BuilderTests(SynchronousTestCase):
         self.assertFalse(verifies(other.ca_file, leaf))
         self.assertFalse(verifies(authority.ca_file, alone))
         self.assertEqual(stat.S_IMODE(os.stat(key).st_mode), 0o600)
+
+
+def handshake(server_context, server_name=None, alpn=()):
+    """A TLS handshake in memory between a client naming ``server_name`` (SNI) and ``server_context``;
+    the (first DNS name of the certificate the client got, the protocol ALPN chose)."""
+    from OpenSSL import SSL
+
+    client_context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    client_context.set_verify(SSL.VERIFY_NONE, lambda *args: True)
+    if alpn:
+        client_context.set_alpn_protos(list(alpn))
+    client = SSL.Connection(client_context, None)
+    if server_name:
+        client.set_tlsext_host_name(server_name.encode("ascii"))
+    client.set_connect_state()
+    server = SSL.Connection(server_context.getContext(), None)
+    server.set_accept_state()
+    for _ in range(10):
+        for side in (client, server):
+            try:
+                side.do_handshake()
+            except SSL.WantReadError:
+                pass
+        for source, sink in ((client, server), (server, client)):
+            try:
+                sink.bio_write(source.bio_read(65536))
+            except SSL.WantReadError:
+                pass
+    certificate = client.get_peer_certificate().to_cryptography()
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return names.get_values_for_type(x509.DNSName)[0], client.get_alpn_proto_negotiated()
+
+
+class SNITests(SynchronousTestCase):
+    """Certificates by host name (``[tls] certificates_dir``, Let's Encrypt's layout) chosen by SNI."""
+
+    def setUp(self):
+        self.directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.directory)
+        self.live = os.path.join(self.directory, "live")
+        for name in ("a.test", "b.test"):
+            os.makedirs(os.path.join(self.live, name))
+            tls.generate_self_signed(os.path.join(self.live, name, "fullchain.pem"),
+                                     os.path.join(self.live, name, "privkey.pem"), [name])
+        os.makedirs(os.path.join(self.live, "broken.test"))  # no files: left out
+        self.default = [os.path.join(self.directory, name) for name in ("default.crt", "default.key")]
+        tls.generate_self_signed(*self.default, ["default.test"])
+
+    def test_certificate_by_server_name(self):
+        """A client naming a host gets its certificate (a service's name, its host's); one naming an unknown
+        host, or none, gets the listener's; the listener's ALPN is kept on every certificate."""
+        certificates = tls.HostCertificates(self.live)
+        self.assertEqual(sorted(certificates.pairs), ["a.test", "b.test"])
+        context = tls.server_context(*self.default, alpn=(b"xmpp-client",), certificates=certificates)
+        self.assertEqual(handshake(context, "a.test"), ("a.test", b""))
+        self.assertEqual(handshake(context, "B.TEST", alpn=(b"xmpp-client",)), ("b.test", b"xmpp-client"))
+        self.assertEqual(handshake(context, "conference.a.test")[0], "a.test")
+        self.assertEqual(handshake(context, "c.test")[0], "default.test")
+        self.assertEqual(handshake(context)[0], "default.test")
+
+    def test_without_folder_the_listener_certificate(self):
+        """Without certificates by name every client gets the listener's certificate."""
+        context = tls.server_context(*self.default)
+        self.assertEqual(handshake(context, "a.test")[0], "default.test")
+
+    def test_folder_must_exist(self):
+        """A certificates_dir that is not a folder is a configuration error naming the key."""
+        from bridge import config as configuration
+
+        path = os.path.join(self.directory, "bridge.toml")
+        with open(path, "w") as handle:
+            handle.write('[tls]\ncertificates_dir = "missing"\n')
+        with self.assertRaises(configuration.ConfigError) as caught:
+            configuration.load(path)
+        self.assertIn(f"{path}: tls.certificates_dir: {self.directory}/missing: no such folder",
+                      str(caught.exception))

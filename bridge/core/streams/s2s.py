@@ -65,8 +65,10 @@ class PeerTLS:
     certificate is valid for a domain is decided afterwards by ``verify``.
     """
 
-    def __init__(self, cert_path, key_path, min_version, ciphers, ca_file):
-        self.options = server_context(cert_path, key_path, min_version, ciphers, alpn=(b"xmpp-server",))
+    def __init__(self, cert_path, key_path, min_version, ciphers, ca_file, certificates=None):
+        """``certificates``: a ``HostCertificates`` whose certificates incoming links choose by SNI."""
+        self.options = server_context(cert_path, key_path, min_version, ciphers, alpn=(b"xmpp-server",),
+                                      certificates=certificates)
         self.options.getContext().set_verify(SSL.VERIFY_PEER, lambda *args: True)
         self.store = crypto.X509Store()
         if ca_file:
