@@ -45,7 +45,7 @@ class ServerCollector:
             log.failure("reading the level {name} for metrics failed", failure, name=name)
             return None
 
-        reads = [defer.maybeDeferred(read).addErrback(failed, name) for name, (_, _, read, _) in readers]
+        reads = [defer.maybeDeferred(read).addErrback(failed, name) for name, (_, read, _) in readers]
 
         def keep(values):
             self.levels = {name: (entry[0], value) for (name, entry), value in zip(readers, values)

@@ -39,17 +39,16 @@ class Counters:
 class Levels:
     """Readers of the levels (queue depths, registrations, links) that modules own.
 
-    ``add(name, documentation, read, owner)``: ``read()`` gives a number, a
-    Deferred of one, or a dict of {label value: number} (the label being
-    ``label``); ``remove_owner(owner)`` forgets every reader an owner added,
-    when its module unloads.
+    ``add(name, documentation, read, owner)``: ``read()`` gives a number or
+    a Deferred of one; ``remove_owner(owner)`` forgets every reader an owner
+    added, when its module unloads.
     """
 
     def __init__(self):
-        self.readers = {}  # name -> (documentation, label or None, read, owner)
+        self.readers = {}  # name -> (documentation, read, owner)
 
-    def add(self, name, documentation, read, owner=None, label=None):
-        self.readers[name] = (documentation, label, read, owner)
+    def add(self, name, documentation, read, owner):
+        self.readers[name] = (documentation, read, owner)
 
     def remove_owner(self, owner):
-        self.readers = {name: entry for name, entry in self.readers.items() if entry[3] is not owner}
+        self.readers = {name: entry for name, entry in self.readers.items() if entry[2] is not owner}
