@@ -53,13 +53,17 @@ class BuilderTests(SynchronousTestCase):
         self.assertEqual(stat.S_IMODE(os.stat(key).st_mode), 0o600)
 
 
-def handshake(server_context, server_name=None, alpn=()):
+def handshake(server_context, server_name=None, alpn=(), client_certificate=None, seen=None):
     """A TLS handshake in memory between a client naming ``server_name`` (SNI) and ``server_context``;
-    the (first DNS name of the certificate the client got, the protocol ALPN chose)."""
+    the (first DNS name of the certificate the client got, the protocol ALPN chose).  ``client_certificate``:
+    (certificate, key) paths the client offers; the server's view of it is appended to ``seen``."""
     from OpenSSL import SSL
 
     client_context = SSL.Context(SSL.TLS_CLIENT_METHOD)
     client_context.set_verify(SSL.VERIFY_NONE, lambda *args: True)
+    if client_certificate:
+        client_context.use_certificate_file(client_certificate[0])
+        client_context.use_privatekey_file(client_certificate[1])
     if alpn:
         client_context.set_alpn_protos(list(alpn))
     client = SSL.Connection(client_context, None)
@@ -79,6 +83,8 @@ def handshake(server_context, server_name=None, alpn=()):
                 sink.bio_write(source.bio_read(65536))
             except SSL.WantReadError:
                 pass
+    if seen is not None:
+        seen.append(server.get_peer_certificate())
     certificate = client.get_peer_certificate().to_cryptography()
     names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     return names.get_values_for_type(x509.DNSName)[0], client.get_alpn_proto_negotiated()
@@ -110,6 +116,19 @@ class SNITests(SynchronousTestCase):
         self.assertEqual(handshake(context, "conference.a.test")[0], "a.test")
         self.assertEqual(handshake(context, "c.test")[0], "default.test")
         self.assertEqual(handshake(context)[0], "default.test")
+
+    def test_server_links_keep_asking_for_certificates(self):
+        """On the s2s listener a peer naming a host gets that host's certificate, and its own certificate
+        is still asked for and seen (SASL EXTERNAL needs it) after the switch."""
+        from bridge.core.streams.s2s import PeerTLS
+
+        peer = [os.path.join(self.directory, name) for name in ("peer.crt", "peer.key")]
+        tls.generate_self_signed(*peer, ["peer.example"])
+        peer_tls = PeerTLS(*self.default, "1.2", None, "", tls.HostCertificates(self.live))
+        seen = []
+        self.assertEqual(handshake(peer_tls.options, "b.test", client_certificate=peer, seen=seen)[0], "b.test")
+        [certificate] = seen
+        self.assertEqual(certificate.get_subject().CN, "peer.example")
 
     def test_without_folder_the_listener_certificate(self):
         """Without certificates by name every client gets the listener's certificate."""
