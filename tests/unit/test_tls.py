@@ -130,6 +130,32 @@ class SNITests(SynchronousTestCase):
         [certificate] = seen
         self.assertEqual(certificate.get_subject().CN, "peer.example")
 
+    def test_outgoing_link_presents_its_domain_certificate(self):
+        """A link from a local domain with a certificate of its own presents it (as a client); one from a
+        domain without, the s2s certificate."""
+        from OpenSSL import SSL
+
+        from bridge.core.streams.s2s import PeerTLS
+
+        peer_tls = PeerTLS(*self.default, "1.2", None, "", tls.HostCertificates(self.live))
+        remote = PeerTLS(*self.default, "1.2", None, "")
+        for origin, expected in (("b.test", "b.test"), ("upload.a.test", "a.test"), ("other.test", "default.test")):
+            client = peer_tls.client("remote.test", origin).clientConnectionForTLS(None)
+            server = SSL.Connection(remote.options.getContext(), None)
+            server.set_accept_state()
+            for _ in range(10):
+                for side in (client, server):
+                    try:
+                        side.do_handshake()
+                    except SSL.WantReadError:
+                        pass
+                for source, sink in ((client, server), (server, client)):
+                    try:
+                        sink.bio_write(source.bio_read(65536))
+                    except SSL.WantReadError:
+                        pass
+            self.assertEqual(server.get_peer_certificate().get_subject().CN, expected, origin)
+
     def test_without_folder_the_listener_certificate(self):
         """Without certificates by name every client gets the listener's certificate."""
         context = tls.server_context(*self.default)
