@@ -383,7 +383,9 @@ class HTTPChannel(Protocol):
         self.peer = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
         self.proxied = self.factory.proxies.trusts(self.address_key)
         if not self.proxied and not self._count(self.address_key):
-            log.info("refusing HTTP connection from {peer}: too many connections from its address", peer=self.peer)
+            if self.factory.server.log_budget.allows("HTTP refusals"):
+                log.info("refusing HTTP connection from {peer}: too many connections from its address",
+                         peer=self.peer)
             self.finished = True
             headers, body = text_body("too many connections from your address")
             self.transport.write(format_response(503, headers, body, self._date(), close=True))
@@ -685,7 +687,8 @@ class HTTPChannel(Protocol):
             outcome = websocket.Refusal(403, *text_body(f"origin {request.headers.get('origin')} is not allowed"))
         elif self.proxied and not self._count(request.address):
             # A WebSocket is one client's connection, even when a proxy carries it.
-            log.info("refusing a WebSocket for {peer}: too many connections from its address", peer=request.peer)
+            if self.factory.server.log_budget.allows("HTTP refusals"):
+                log.info("refusing a WebSocket for {peer}: too many connections from its address", peer=request.peer)
             outcome = websocket.Refusal(503, *text_body("too many connections from your address"))
         else:
             outcome = websocket.handshake(request)

@@ -7,8 +7,10 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from bridge import config as configuration
+from bridge.gateways.http import HTTPFactory
 from bridge.metrics import metrics_site
 from tests.unit.helpers import Harness, gateway_context, make_config
+from tests.unit.test_http import HTTPClient, StubBosh
 
 
 class NoFederation:
@@ -88,6 +90,14 @@ class CounterTests(MetricsTestCase):
         client.send("<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' "
                     "to='unknown.invalid' version='1.0'>")
         self.assertEqual(scrape(self.site)[("bridge_refusals_total", (("kind", "stream errors"),))], 1)
+
+    def test_http_refusals(self):
+        """HTTP connections refused past the connections per address are counted."""
+        config = self.harness.config
+        factory = HTTPFactory(self.harness.server, config.http, StubBosh(), False)
+        for _ in range(config.c2s.max_connections_per_address + 2):
+            HTTPClient(factory, address="192.0.2.7")
+        self.assertEqual(scrape(self.site)[("bridge_refusals_total", (("kind", "HTTP refusals"),))], 2)
 
     def test_process_metrics(self):
         """The process's resident memory and open file descriptors come from prometheus-client's collector."""
