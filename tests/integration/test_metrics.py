@@ -3,7 +3,6 @@
 import http.client
 import socket
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from .harness import RawClient, ServerProcess, add_users, write_config
