@@ -59,10 +59,12 @@ def _option(default, *, low=None, high=None, choices=None, path=False, domains=F
 
 @dataclass(frozen=True)
 class TLSConfig:
-    """The certificate shared by every listener unless a listener names its own."""
+    """The certificate shared by every listener unless a listener names its own, and the certificates
+    chosen by SNI (``certificates_dir``, Let's Encrypt's layout: ``<name>/fullchain.pem``, ``privkey.pem``)."""
 
     certificate: str = _option("", path=True)
     private_key: str = _option("", path=True)
+    certificates_dir: str = _option("", path=True)
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,7 @@ class HTTPConfig(ListenerTLS):
     max_buffered_bytes: int = _option(1048576, low=1024)
     web_client_dir: str = _option("web/node_modules/converse.js/dist", path=True)
     trusted_proxies: list = _option([])
+    trusted_proxy_header: str = _option("x-forwarded-for", choices=("x-forwarded-for", "forwarded"))
 
 
 @dataclass(frozen=True)
@@ -513,6 +516,15 @@ class SIPConfig(ListenerTLS):
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus metrics (docs/operations.md): a listener of their own, off by default, answering only
+    the addresses listed."""
+
+    endpoints: list = _option([], endpoints=True)
+    allowed_addresses: list = _option(["127.0.0.0/8", "::1/128"])
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: str = _option("data", path=True)
     tls: TLSConfig = field(default_factory=TLSConfig)
@@ -532,6 +544,7 @@ class Config:
     sip: SIPConfig = field(default_factory=SIPConfig)
     muc: MUCConfig = field(default_factory=MUCConfig)
     upload: UploadConfig = field(default_factory=UploadConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     smsc: dict = field(default_factory=dict)
     source: str = "(embedded defaults)"
 
@@ -553,6 +566,7 @@ _SECTIONS = {"tls": TLSConfig, "c2s": C2SConfig, "s2s": S2SConfig, "http": HTTPC
              "quotas": QuotasConfig, "push": PushConfig, "mam": MAMConfig, "pep": PEPConfig, "smtp": SMTPConfig,
              "component_listener": ComponentListenerConfig, "sms": SMSConfig, "sip": SIPConfig, "muc": MUCConfig,
              "upload": UploadConfig}
+_SECTIONS["metrics"] = MetricsConfig
 # Tables of named sub-tables: [hosts.NAME], [components.DOMAIN], [smsc.NAME].
 _NAMED = {"hosts": HostConfig, "components": ComponentConfig, "smsc": SMSCConfig}
 
@@ -751,6 +765,11 @@ def parse(document, where):
             ipaddress.ip_network(proxy, strict=False)
         except ValueError:
             problems.append(f"{where}: http.trusted_proxies: {proxy!r} is not an IP address or network")
+    for network in sections.get("metrics", base.metrics).allowed_addresses:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            problems.append(f"{where}: metrics.allowed_addresses: {network!r} is not an IP address or network")
     for name, smsc in sections.get("smsc", {}).items():
         if smsc.reconnect_max_seconds < smsc.reconnect_min_seconds:
             problems.append(f"{where}: smsc.{name}.reconnect_max_seconds: must be at least reconnect_min_seconds")
@@ -759,10 +778,43 @@ def parse(document, where):
     return dataclasses.replace(base, **sections, source=where)
 
 
-def load(path=None):
-    """Read ``path`` (a TOML file); with None, the embedded defaults."""
+# Folders for configuration only: a relative data_dir in a file there has no sensible base.
+SYSTEM_CONFIG_FOLDERS = ("/etc", "/usr/local/etc")
+
+
+def data_dir_base(config_folder, environ):
+    """The folder a relative ``data_dir`` is resolved against (docs/operations.md), or None when there is
+    none: systemd's state directory (``$STATE_DIRECTORY``, from ``StateDirectory=``) when set; else the
+    configuration file's folder, unless that is a system configuration folder such as /etc/bridge
+    (the database and keys are not configuration); without a file, the working directory."""
+    state = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if state:
+        return state
+    if config_folder is None:
+        return os.getcwd()
+    if any(config_folder == root or config_folder.startswith(root + os.sep) for root in SYSTEM_CONFIG_FOLDERS):
+        return None
+    return config_folder
+
+
+def _with_data_dir(config, config_folder, environ, where):
+    """``config`` with a relative ``data_dir`` made absolute by ``data_dir_base``; ConfigError without a base."""
+    if os.path.isabs(config.data_dir):
+        return config
+    base = data_dir_base(config_folder, environ)
+    if base is None:
+        raise ConfigError([f"{where}: data_dir: {config.data_dir!r} is relative, and {config_folder} holds "
+                           "configuration, not data: give an absolute path (e.g. /var/lib/bridge), or run "
+                           "the server with systemd's StateDirectory= (STATE_DIRECTORY)"])
+    return dataclasses.replace(config, data_dir=os.path.join(base, config.data_dir))
+
+
+def load(path=None, environ=None):
+    """Read ``path`` (a TOML file); with None, the embedded defaults.  ``environ``: the process's
+    environment (``os.environ``), where ``STATE_DIRECTORY`` may give the base of a relative data_dir."""
+    environ = os.environ if environ is None else environ
     if path is None:
-        return Config()
+        return _with_data_dir(Config(), None, environ, "(embedded defaults)")
     try:
         with open(path, "rb") as handle:
             document = tomllib.load(handle)
@@ -774,7 +826,8 @@ def load(path=None):
         # RecursionError (arrays or tables nested thousands deep) for some.
         reason = "nested too deeply" if isinstance(error, RecursionError) else error
         raise ConfigError([f"{path}: not valid TOML: {reason}"])
-    config = _resolve_paths(parse(document, path), os.path.dirname(os.path.abspath(path)))
+    folder = os.path.dirname(os.path.abspath(path))
+    config = _resolve_paths(_with_data_dir(parse(document, path), folder, environ, path), folder)
     problems = _missing_files(config, path)
     if problems:
         raise ConfigError(problems)
@@ -785,6 +838,10 @@ def _missing_files(config, where):
     """The certificates, keys and CA files named but not readable: found here rather than when the
     listener that uses one starts."""
     problems = []
+    folder = config.tls.certificates_dir
+    if folder and not (os.path.isdir(folder) and os.access(folder, os.R_OK | os.X_OK)):
+        reason = "not a readable folder" if os.path.exists(folder) else "no such folder"
+        problems.append(f"{where}: tls.certificates_dir: {folder}: {reason}")
     named = [("tls", config.tls)] + [(name, getattr(config, name)) for name in ("c2s", "s2s", "http", "sip")]
     for name, section in named:
         if bool(section.certificate) != bool(section.private_key):

@@ -5,6 +5,7 @@ receives the clock and the endpoints it needs.
 """
 
 import importlib
+import importlib.util
 import os
 import signal
 import threading
@@ -17,6 +18,7 @@ from twisted.python import usage
 
 from bridge import __version__, config as configuration
 from bridge.core import datadir, storage as storage_module, tls
+from bridge.core.listening import listening_endpoint
 from bridge.core.control import SOCKET_NAME, ControlCommands, ControlFactory
 from bridge.core.reload import ContextHolder, Reloader
 from bridge.core.server import GatewayContext, Server, load_feature
@@ -51,6 +53,9 @@ class Options(usage.Options):
             self["parsed"] = configuration.load(self["config"])
         except configuration.ConfigError as error:
             raise usage.UsageError("invalid configuration:\n" + str(error))
+        if self["parsed"].metrics.endpoints and importlib.util.find_spec("prometheus_client") is None:
+            raise usage.UsageError("[metrics] endpoints are set, but prometheus-client is not installed: "
+                                   "pip install 'bridge[metrics]'")
 
 
 class ListenerService(service.Service):
@@ -221,15 +226,22 @@ def attach_gateways(server, reactor, top, listen_on, tls_holder, reloader):
             listen_on(kind, description, endpoint, factory)
 
 
+def host_certificates(config):
+    """Certificates by host name, chosen by SNI on every TLS listener (docs/configuration.md), or None."""
+    return tls.HostCertificates(config.tls.certificates_dir) if config.tls.certificates_dir else None
+
+
 def listener_context(config, section, alpn=()):
-    """The TLS context of a listener section: its certificate (or the shared one) and its policy."""
+    """The TLS context of a listener section: its certificate (or the shared one, or the one SNI names) and its
+    policy."""
     return tls.server_context(*tls.certificate_paths(config, section), section.tls_min_version, section.tls_ciphers,
-                              alpn=alpn)
+                              alpn=alpn, certificates=host_certificates(config))
 
 
 def peer_tls(config):
     s2s = config.s2s
-    return PeerTLS(*tls.certificate_paths(config, s2s), s2s.tls_min_version, s2s.tls_ciphers, s2s.ca_file)
+    return PeerTLS(*tls.certificate_paths(config, s2s), s2s.tls_min_version, s2s.tls_ciphers, s2s.ca_file,
+                   host_certificates(config))
 
 
 def build(config, reactor, config_path=None):
@@ -262,7 +274,7 @@ def build(config, reactor, config_path=None):
         return listener
 
     def listen(kind, descriptions, factory):
-        return [listen_on(kind, description, endpoints.serverFromString(reactor, description), factory)
+        return [listen_on(kind, description, listening_endpoint(reactor, description), factory)
                 for description in descriptions]
 
     c2s = config.c2s
@@ -290,6 +302,11 @@ def build(config, reactor, config_path=None):
         http_context = tls_holder(lambda new: listener_context(new, new.http, alpn=(b"http/1.1",)))
         for listener in listen("https", http.tls_endpoints, TLSMemoryBIOFactory(http_context, False, web[1])):
             server.http_listeners.append((True, listener))
+    # Prometheus metrics, on a listener of their own (docs/operations.md).
+    if config.metrics.endpoints:
+        from bridge.metrics import metrics_site  # prometheus-client, the "metrics" extra: imported when used
+
+        listen("metrics", config.metrics.endpoints, metrics_site(server, remote))
     # SIP, SMS, email, the MUC and upload services (docs/sip.md, docs/sms.md, docs/email.md, docs/muc.md,
     # docs/web.md).
     attach_gateways(server, reactor, top, listen_on, tls_holder, reloader)

@@ -20,12 +20,14 @@ class LogBudget:
     def __init__(self, clock):
         self._clock = clock
         self._counts = {}  # kind -> lines asked for in this interval (the kinds are a few fixed names)
+        self.totals = {}  # kind -> lines asked for since the start: the refusals and stream errors, for metrics
         self._timer = None
 
     def allows(self, kind):
         """Whether a line of ``kind`` may be logged now: False once the kind's share of the interval is used."""
         count = self._counts.get(kind, 0) + 1
         self._counts[kind] = count
+        self.totals[kind] = self.totals.get(kind, 0) + 1
         if self._timer is None:
             self._timer = self._clock.callLater(INTERVAL_SECONDS, self._interval_ended)
         return count <= LINES_PER_INTERVAL

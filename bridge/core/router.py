@@ -9,6 +9,7 @@ federation module sets.  A stanza that no route takes is answered with
 
 from twisted.logger import Logger
 
+from bridge.core.counters import stanza_table
 from bridge.core.stanza import error_reply, is_error_or_result, parse_jid
 
 log = Logger()
@@ -18,6 +19,9 @@ class RoutingTable:
     def __init__(self):
         self._routes = {}
         self.default_route = None
+        # Stanzas handed to a route, and error replies made for those no route took, by stanza name.
+        self.routed = stanza_table()
+        self.bounced = stanza_table()
 
     def addRoute(self, domain, route):
         """Make ``route`` receive the stanzas addressed to ``domain``."""
@@ -44,6 +48,8 @@ class RoutingTable:
         if route is None:
             self.bounce(stanza, "remote-server-not-found")
             return
+        if stanza.name in self.routed:
+            self.routed[stanza.name] += 1
         route.deliver(stanza)
 
     def bounce(self, stanza, condition, text=None):
@@ -52,6 +58,8 @@ class RoutingTable:
             log.debug("dropped {name} to {to}: {condition}", name=stanza.name, to=stanza.getAttribute("to"),
                       condition=condition)
             return
+        if stanza.name in self.bounced:
+            self.bounced[stanza.name] += 1
         reply = error_reply(stanza, condition, text)
         if not reply.hasAttribute("from"):
             del reply["from"]

@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from bridge.core.accounts import Accounts, sip_digest_algorithms
 from bridge.core.attempts import FailedAttempts
+from bridge.core.counters import Counters, Levels
 from bridge.core.delivery import ComponentHost, Event, LocalHost, event_name, target_of
 from bridge.core.hooks import HANDLE, Dispatch
 from bridge.core.logbudget import LogBudget
@@ -52,6 +53,8 @@ class Server:
         self.clock = clock
         self.router = RoutingTable()
         self.sessions = SessionTable()
+        self.counters = Counters()  # what the hot paths count, for the metrics listener
+        self.levels = Levels()  # the queue depths and tables that modules own, read when scraped
         self.failed_logins = FailedAttempts(clock)  # wrong SASL answers per client address
         # Rations the work of peers that have not authenticated while the process is saturated.
         self.triage = Triage(clock, config.c2s.unauthenticated_share)
@@ -269,7 +272,8 @@ class GatewayContext:
     with the ordinary feature modules loaded on it; its hooks, there and on
     the local hosts; its disco entries; its timers (``clock``); its config
     section; named storage; the one way in for what it says on a local
-    user's behalf.  ``unload()`` undoes every one of them.
+    user's behalf; the levels it reports to the metrics listener (``level``).
+    ``unload()`` undoes every one of them.
     """
 
     def __init__(self, server, name, config, service_features=()):
@@ -288,6 +292,11 @@ class GatewayContext:
         self._service_features = tuple(service_features)
         self._hooked = set()  # the hosts whose hooks hold registrations of ours
         self._http_prefixes = []
+
+    def level(self, name, documentation, read):
+        """Report a level (a queue's depth, a table's size) as the metric ``bridge_<name>``: ``read()``
+        gives a number or a Deferred of one, and is called only when metrics are scraped."""
+        self._server.levels.add(name, documentation, read, owner=self)
 
     def serve(self, domain, identity, translator=None, listed_on=None):
         """Own ``domain``: a component host routed here, listed in the local hosts' disco#items
@@ -435,6 +444,7 @@ class GatewayContext:
         for prefix in self._http_prefixes:
             self._server.http_routes.pop(prefix, None)
         self._http_prefixes.clear()
+        self._server.levels.remove_owner(self)
         self.clock.cancel_all()
 
 

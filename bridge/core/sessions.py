@@ -44,6 +44,7 @@ class SessionTable:
         return len(self._by_full)
 
     def __iter__(self):
+        """Every bound session."""
         return iter(list(self._by_full.values()))
 
     def add(self, session):

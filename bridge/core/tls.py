@@ -3,6 +3,12 @@
 Each listener gets its own context from its own minimum version and cipher
 list, so tightening the policy of one (the XMPP clients) never breaks another
 (a SIP registrar), a lesson of the field reports.
+
+Several hosts need not share one certificate that names them all: with
+``[tls] certificates_dir`` (``HostCertificates``), a client that names a
+host by SNI gets that host's certificate, under the listener's own policy;
+one that names no host, or one without a certificate there, gets the
+listener's.
 """
 
 import datetime
@@ -83,32 +89,83 @@ def certificate_paths(config, listener=None):
     return cert_path, key_path
 
 
-def server_context(cert_path, key_path, min_version="1.2", ciphers=None, alpn=()):
+class HostCertificates:
+    """Certificates by host name, from a folder in Let's Encrypt's layout: ``<folder>/<name>/fullchain.pem``
+    and ``privkey.pem`` (``/etc/letsencrypt/live``).  Read once, when made; a subfolder without both files
+    is left out, with a line in the log."""
+
+    CHAIN = "fullchain.pem"
+    KEY = "privkey.pem"
+
+    def __init__(self, folder):
+        self.pairs = {}  # host name -> (chain path, key path)
+        for name in sorted(os.listdir(folder)):
+            subfolder = os.path.join(folder, name)
+            if not os.path.isdir(subfolder):
+                continue
+            chain, key = os.path.join(subfolder, self.CHAIN), os.path.join(subfolder, self.KEY)
+            if os.path.isfile(chain) and os.path.isfile(key):
+                self.pairs[name.lower().rstrip(".")] = (chain, key)
+            else:
+                log.warn("{folder}: no {chain} and {key} in it, left out of the certificates by host name",
+                         folder=subfolder, chain=self.CHAIN, key=self.KEY)
+
+    def name_for(self, server_name):
+        """The name of the certificate for ``server_name``: its own, else its parent domain's (Let's Encrypt
+        names a certificate for a host and its services, such as conference.example.org, after the host);
+        None when neither is there."""
+        name = server_name.lower().rstrip(".")
+        if name in self.pairs:
+            return name
+        parent = name.partition(".")[2]
+        return parent if parent in self.pairs else None
+
+
+def server_context(cert_path, key_path, min_version="1.2", ciphers=None, alpn=(), certificates=None):
     """A Twisted TLS context factory for a server listener.
 
     ``alpn``: the protocol names this listener speaks (RFC 7301).  A client
     that offers others, or none of these, still gets its handshake: Twisted's
     own ALPN callback would abort it with an internal-error alert (Prosody
-    offers ``xmpp-server`` on every link it opens).
+    offers ``xmpp-server`` on every link it opens).  ``certificates``: a
+    ``HostCertificates``, whose certificates are chosen by SNI.
     """
     with open(cert_path, "rb") as handle:
         chain = handle.read()
     with open(key_path, "rb") as handle:
         key = crypto.load_privatekey(crypto.FILETYPE_PEM, handle.read())
-    certificates = [crypto.load_certificate(crypto.FILETYPE_PEM, block)
-                    for block in _pem_blocks(chain)]
+    chain_certificates = [crypto.load_certificate(crypto.FILETYPE_PEM, block)
+                          for block in _pem_blocks(chain)]
     options = {}
     if ciphers:
         options["acceptableCiphers"] = ssl.AcceptableCiphers.fromOpenSSLCipherString(ciphers)
     context_factory = ssl.CertificateOptions(
         privateKey=key,
-        certificate=certificates[0],
-        extraCertChain=certificates[1:],
+        certificate=chain_certificates[0],
+        extraCertChain=chain_certificates[1:],
         raiseMinimumTo=TLS_VERSIONS[min_version],
         **options,
     )
     context_factory.getContext().set_alpn_select_callback(_alpn_selector(alpn))
+    if certificates is not None and certificates.pairs:
+        contexts = {name: server_context(chain, key, min_version, ciphers, alpn).getContext()
+                    for name, (chain, key) in certificates.pairs.items()}
+        context_factory.getContext().set_tlsext_servername_callback(_certificate_selector(certificates, contexts))
     return context_factory
+
+
+def _certificate_selector(certificates, contexts):
+    """The SNI callback: the context of the host the client names, if there is one for it."""
+
+    def select(connection):
+        server_name = connection.get_servername()
+        if not server_name:
+            return
+        name = certificates.name_for(server_name.decode("ascii", "replace"))
+        if name is not None:
+            connection.set_context(contexts[name])
+
+    return select
 
 
 def _alpn_selector(spoken):

@@ -113,6 +113,7 @@ class OfflineStorage:
             self.ctx.router.bounce(stanza, "resource-constraint", "the recipient's offline storage is full")
             return
         yield self.ctx.storage.append(host, user, STORE, text)
+        self.ctx.server.counters.offline_stored += 1
         self.ctx.fire("offline/stored", (host, user, stanza))
 
     def _not_stored(self, failure, event):
@@ -135,6 +136,7 @@ class OfflineStorage:
             if not (synced and archived_for(stanza, session.bare)):
                 session.send(stanza)
         yield self.ctx.storage.remove(host, user, STORE, [item_id for item_id, _ in stored])
+        self.ctx.server.counters.offline_delivered += len(stored)
 
 
 def setup(ctx):

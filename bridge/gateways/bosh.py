@@ -297,7 +297,7 @@ class BoshFraming:
     """What ``ClientStream`` writes through: the session's side of the stream."""
 
     can_start_tls = False
-    kind = "bosh"  # what carries the session, as bridgectl shows it
+    kind = "bosh"  # what carries the session, as bridgectl and the metrics show it
 
     def __init__(self, session):
         self.session = session

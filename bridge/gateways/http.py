@@ -30,8 +30,11 @@ CORS headers added here, for the BOSH and WebSocket paths.  Time comes from
 Who is behind a request is decided here once (``TrustedProxies``): the
 client's address, whether its connection is TLS and whether it is local.
 Behind a proxy listed in ``trusted_proxies`` these come from its
-X-Forwarded-For and X-Forwarded-Proto; its connections are not counted per
-address, but each WebSocket it forwards counts against its client's address.
+X-Forwarded-For and X-Forwarded-Proto, or from its RFC 7239 Forwarded
+(``trusted_proxy_header``: the one header the proxies write, since a proxy
+passes the other on as the client sent it); its connections are not counted
+per address, but each WebSocket it forwards counts against its client's
+address.
 """
 
 import email.utils
@@ -67,7 +70,7 @@ _FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-proto", "x-r
 _TLS_SCHEMES = ("https", "wss")
 
 
-def _ip(text):
+def parse_address(text):
     """The IP address in ``text`` (bare, or "[IPv6]" or "IPv4" with a port), or None.
 
     An IPv4 address mapped into IPv6 (as a dual-stack listener sees it) is given as IPv4.
@@ -97,16 +100,36 @@ class ClientAddress(NamedTuple):
     local: bool
 
 
-class TrustedProxies:
-    """The reverse proxies (``[http] trusted_proxies``) whose X-Forwarded-For and
-    X-Forwarded-Proto are believed; those headers from anyone else are ignored."""
+def forwarded_hops(value):
+    """The (for, proto) of each element of an RFC 7239 Forwarded header, in order ("" when absent).
 
-    def __init__(self, networks):
+    Quoted values are unquoted; a comma inside quotes splits the element, which
+    only ever garbles what the client itself wrote, left of the proxy's own
+    element (read from the right, the first hop that is no trusted proxy ends
+    the reading).
+    """
+    hops = []
+    for element in value.split(","):
+        pairs = {}
+        for pair in element.split(";"):
+            name, separator, text = pair.partition("=")
+            if separator:
+                pairs[name.strip().lower()] = text.strip().strip('"')
+        hops.append((pairs.get("for", ""), pairs.get("proto", "")))
+    return hops
+
+
+class TrustedProxies:
+    """The reverse proxies (``[http] trusted_proxies``) whose forwarding headers are believed: X-Forwarded-For
+    and X-Forwarded-Proto, or Forwarded (``header``); those headers from anyone else are ignored."""
+
+    def __init__(self, networks, header="x-forwarded-for"):
         self.networks = [ipaddress.ip_network(network, strict=False) for network in networks]
+        self.header = header
 
     def trusts(self, host):
         """Whether the peer ``host`` (an address's text; None for a UNIX socket) is a trusted proxy."""
-        return self._trusted(_ip(host) if host else None)
+        return self._trusted(parse_address(host) if host else None)
 
     def _trusted(self, address):
         return address is not None and any(address in network for network in self.networks)
@@ -114,23 +137,29 @@ class TrustedProxies:
     def client(self, host, headers, tls):
         """The ``ClientAddress`` of a request (lowercase ``headers``) from the peer ``host``,
         on a TLS connection or not."""
-        peer = _ip(host) if host else None
+        peer = parse_address(host) if host else None
         if not self._trusted(peer):
             # A local peer that says it forwards (a proxy nobody listed) may speak for anyone.
             local = (host is None or (peer is not None and peer.is_loopback)) and not any(
                 name in headers for name in _FORWARDING_HEADERS)
             return ClientAddress(str(peer) if peer else host, tls, local)
+        if self.header == "forwarded":
+            hops = forwarded_hops(headers.get("forwarded", ""))
+            addresses = [address for address, _ in hops]
+            scheme = hops[-1][1].strip().lower()
+        else:
+            addresses = headers.get("x-forwarded-for", "").split(",")
+            # The proxy's word on how the client reached it (in a list, the last entry is its own).
+            scheme = headers.get("x-forwarded-proto", "").rpartition(",")[2].strip().lower()
         # Each proxy appends the address it was reached from: read from the right, past trusted proxies only.
         client = peer
-        for hop in reversed(headers.get("x-forwarded-for", "").split(",")):
-            hop = _ip(hop)
+        for hop in reversed(addresses):
+            hop = parse_address(hop)
             if hop is None:
                 break
             client = hop
             if not self._trusted(hop):
                 break
-        # The proxy's word on how the client reached it (in a list, the last entry is its own).
-        scheme = headers.get("x-forwarded-proto", "").rpartition(",")[2].strip().lower()
         return ClientAddress(str(client), scheme in _TLS_SCHEMES, False)
 
 
@@ -354,7 +383,9 @@ class HTTPChannel(Protocol):
         self.peer = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
         self.proxied = self.factory.proxies.trusts(self.address_key)
         if not self.proxied and not self._count(self.address_key):
-            log.info("refusing HTTP connection from {peer}: too many connections from its address", peer=self.peer)
+            if self.factory.server.log_budget.allows("HTTP refusals"):
+                log.info("refusing HTTP connection from {peer}: too many connections from its address",
+                         peer=self.peer)
             self.finished = True
             headers, body = text_body("too many connections from your address")
             self.transport.write(format_response(503, headers, body, self._date(), close=True))
@@ -656,7 +687,8 @@ class HTTPChannel(Protocol):
             outcome = websocket.Refusal(403, *text_body(f"origin {request.headers.get('origin')} is not allowed"))
         elif self.proxied and not self._count(request.address):
             # A WebSocket is one client's connection, even when a proxy carries it.
-            log.info("refusing a WebSocket for {peer}: too many connections from its address", peer=request.peer)
+            if self.factory.server.log_budget.allows("HTTP refusals"):
+                log.info("refusing a WebSocket for {peer}: too many connections from its address", peer=request.peer)
             outcome = websocket.Refusal(503, *text_body("too many connections from your address"))
         else:
             outcome = websocket.handshake(request)
@@ -726,7 +758,7 @@ class HTTPFactory(Factory):
         self.bosh = bosh
         self.tls = tls
         self.connections = ConnectionsPerAddress(server.config.c2s.max_connections_per_address)
-        self.proxies = TrustedProxies(config.trusted_proxies)
+        self.proxies = TrustedProxies(config.trusted_proxies, config.trusted_proxy_header)
         self.cors = CORSPolicy(config)
         self.webclient = WebClient(server, config)
 

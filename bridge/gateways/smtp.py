@@ -190,6 +190,8 @@ class EmailGateway:
         self._archive_timers = {}     # conversation -> DelayedCall
         self._draining = None         # the Deferred of the outbox loop while it runs
         self._retry_call = None
+        ctx.level("email_outbox_messages", "mails waiting for the relay",
+                  lambda: self.storage.count(GLOBAL, GLOBAL, OUTBOX))
         self._failures = 0
         self.delivered = 0            # counters, for logs and tests
         self.dropped = 0

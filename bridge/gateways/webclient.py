@@ -4,8 +4,10 @@
 listener's BOSH and WebSocket paths (the URLs are made from the request's
 Host header) with the first configured host as the default domain.  The files
 of Converse.js's ``dist`` folder (``web_client_dir``, installed with npm) are
-served under ``/converse/``; when the folder is missing the page says how to
-install it.  Nothing outside that folder is ever served.
+served under ``/converse/``.  When the folder is missing the page says only
+that the client is not installed: where it was looked for and the command
+that installs it go to the log, once, since the server's paths are no
+business of anonymous visitors.  Nothing outside that folder is ever served.
 """
 
 import html
@@ -64,6 +66,7 @@ class WebClient:
         self.root = os.path.realpath(config.web_client_dir) if config.web_client_dir else ""
         self.default_domain = next(iter(server.config.hosts))
         self.registration = server.config.hosts[self.default_domain].registration
+        self._absence_logged = False
 
     def installed(self):
         return bool(self.root) and os.path.isfile(os.path.join(self.root, "converse.min.js"))
@@ -107,12 +110,19 @@ class WebClient:
             }
             body = PAGE.format(title=html.escape(self.default_domain), prefix=PREFIX, settings=_script_json(settings))
         else:
-            body = MISSING.format(title=html.escape(self.default_domain),
-                                  folder=html.escape(self.config.web_client_dir),
-                                  command=html.escape(self.install_command()), bosh=html.escape(bosh_url),
+            self._log_absence()
+            body = MISSING.format(title=html.escape(self.default_domain), bosh=html.escape(bosh_url),
                                   websocket=html.escape(websocket_url))
         headers = [("Content-Type", "text/html; charset=utf-8"), ("Cache-Control", "no-cache")] + _COMMON
         responder.respond(200, headers, body.encode("utf-8"))
+
+    def _log_absence(self):
+        """Tell the administrator, once, where Converse.js was looked for and how to install it."""
+        if self._absence_logged:
+            return
+        self._absence_logged = True
+        log.warn("the web client is not installed: {folder} has no converse.min.js; install it with: {command}",
+                 folder=self.config.web_client_dir, command=self.install_command())
 
     def install_command(self):
         """The npm command that fills ``web_client_dir`` (relative to the working directory when inside it)."""
@@ -194,10 +204,9 @@ MISSING = """<!DOCTYPE html>
 </head>
 <body>
 <h1>The web client is not installed</h1>
-<p>This page runs <a href="https://conversejs.org/">Converse.js</a>, which is not in
-<code>{folder}</code>.  Install it on the server, from the folder the server was started in, with:</p>
-<pre>{command}</pre>
-<p>then reload this page.  Meanwhile any XMPP client can connect here over
+<p>This page runs <a href="https://conversejs.org/">Converse.js</a>, which is not installed
+on this server.  Its administrator finds the command that installs it in the server's log.</p>
+<p>Meanwhile any XMPP client can connect here over
 BOSH (<code>{bosh}</code>) or WebSocket (<code>{websocket}</code>).</p>
 </body>
 </html>

@@ -99,7 +99,7 @@ class WebSocketStream:
     """
 
     can_start_tls = False
-    kind = "websocket"  # what carries the session, as bridgectl shows it
+    kind = "websocket"  # what carries the session, as bridgectl and the metrics show it
 
     def __init__(self, server, config, transport, connection, request):
         self.server = server

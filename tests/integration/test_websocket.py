@@ -226,13 +226,16 @@ def test_xmppjs_over_wss_on_the_tls_listener(web_server, node_command):
 
 
 def test_web_page_and_refusals(web_server):
-    """GET / answers the web client page (here: how to install Converse.js), and the WebSocket path
-    refuses a plain GET with 426 and an upgrade without the 'xmpp' subprotocol with 400."""
+    """GET / answers the web client page (here: that Converse.js is not installed, with no path of the
+    server), and the WebSocket path refuses a plain GET with 426 and an upgrade without the 'xmpp'
+    subprotocol with 400."""
     port = listener_port(web_server, "http")
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=TIMEOUT) as answer:
         assert answer.status == 200
         assert answer.headers["Content-Type"].startswith("text/html")
-        assert b"converse.js" in answer.read()
+        page = answer.read()
+        assert b"Converse.js" in page and b"not installed" in page
+        assert os.path.dirname(web_server.config_path).encode() not in page
     for headers, status in (({}, 426), ({"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
                                          "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}, 400)):
         request = urllib.request.Request(f"http://127.0.0.1:{port}/xmpp-websocket", headers=headers)

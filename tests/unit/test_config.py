@@ -162,3 +162,45 @@ class ConfigTests(SynchronousTestCase):
         sample = os.path.join(os.path.dirname(__file__), "..", "..", "conf", "bridge.toml")
         config = configuration.load(sample)
         self.assertIn("localhost", config.hosts)
+
+
+class DataDirBaseTests(SynchronousTestCase):
+    """Where a relative data_dir goes: never into a system configuration folder such as /etc/bridge."""
+
+    def test_state_directory_first(self):
+        """systemd's $STATE_DIRECTORY (its first entry) is the base, wherever the file is."""
+        environ = {"STATE_DIRECTORY": "/var/lib/bridge:/var/lib/other"}
+        self.assertEqual(configuration.data_dir_base("/etc/bridge", environ), "/var/lib/bridge")
+        self.assertEqual(configuration.data_dir_base("/home/ana/bridge/conf", environ), "/var/lib/bridge")
+        self.assertEqual(configuration.data_dir_base(None, environ), "/var/lib/bridge")
+
+    def test_system_configuration_folder_has_no_base(self):
+        """Without a state directory, a file under /etc or /usr/local/etc gives no base; any other file's
+        folder is the base, and without a file the working directory is."""
+        for folder in ("/etc", "/etc/bridge", "/usr/local/etc/bridge"):
+            self.assertIsNone(configuration.data_dir_base(folder, {}), folder)
+        self.assertEqual(configuration.data_dir_base("/etcetera/bridge", {}), "/etcetera/bridge")
+        self.assertEqual(configuration.data_dir_base("/srv/bridge/conf", {}), "/srv/bridge/conf")
+        self.assertEqual(configuration.data_dir_base(None, {}), os.getcwd())
+
+    def test_load_resolves_against_state_directory(self):
+        """A file's relative data_dir goes under $STATE_DIRECTORY; its certificate paths stay by the file."""
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "bridge.toml")
+        with open(path, "w") as handle:
+            handle.write('data_dir = "data"\n[http]\nweb_client_dir = "web"\n')
+        config = configuration.load(path, environ={"STATE_DIRECTORY": "/var/lib/bridge"})
+        self.assertEqual(config.data_dir, "/var/lib/bridge/data")
+        self.assertEqual(config.http.web_client_dir, os.path.join(directory, "web"))
+        self.assertEqual(configuration.load(path, environ={}).data_dir, os.path.join(directory, "data"))
+
+    def test_relative_data_dir_in_etc_is_refused(self):
+        """A relative data_dir in a file in /etc, with no state directory, is an error naming file and key
+        (rather than a database and a private key in /etc/bridge/data)."""
+        config = configuration.Config(data_dir="data")
+        with self.assertRaises(configuration.ConfigError) as caught:
+            configuration._with_data_dir(config, "/etc/bridge", {}, "/etc/bridge/bridge.toml")
+        self.assertIn("/etc/bridge/bridge.toml: data_dir: 'data' is relative", str(caught.exception))
+        absolute = configuration.Config(data_dir="/var/lib/bridge")
+        self.assertEqual(configuration._with_data_dir(absolute, "/etc/bridge", {}, "x").data_dir, "/var/lib/bridge")

@@ -6,6 +6,7 @@ import tempfile
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from bridge import config as configuration
@@ -341,6 +342,30 @@ class ClientAddressTests(SynchronousTestCase):
             ("10.0.0.1", {}, True, ("10.0.0.1", False, False)),
         ])
 
+    def test_trusted_proxy_forwarded_header(self):
+        """With trusted_proxy_header = "forwarded", a listed proxy's RFC 7239 Forwarded (for=, the last
+        element's proto=) is read from the right past trusted proxies, and X-Forwarded-* are ignored."""
+        proxies = TrustedProxies(["10.0.0.0/8", "fd00::1"], "forwarded")
+        cases = [
+            ("10.0.0.1", {"forwarded": "for=198.51.100.1;proto=https"}, False, ("198.51.100.1", True, False)),
+            ("10.0.0.1", {"forwarded": 'for=203.0.113.66, for="198.51.100.1:4711";proto=http, '
+                                       'For=10.2.2.2;Proto=HTTPS'}, False, ("198.51.100.1", True, False)),
+            ("fd00::1", {"forwarded": 'for="[2001:db8::5]:4711";by=10.0.0.1'}, True, ("2001:db8::5", False, False)),
+            ("10.0.0.1", {"forwarded": "for=unknown;proto=https"}, False, ("10.0.0.1", True, False)),
+            ("10.0.0.1", {"forwarded": 'for="_hidden, for=192.0.2.99", for=198.51.100.1'}, False,
+             ("198.51.100.1", False, False)),
+            ("10.0.0.1", {"x-forwarded-for": "198.51.100.1", "x-forwarded-proto": "https"}, False,
+             ("10.0.0.1", False, False)),
+            ("192.0.2.7", {"forwarded": "for=10.1.1.1;proto=https"}, False, ("192.0.2.7", False, False)),
+        ]
+        for host, headers, tls, expected in cases:
+            self.assertEqual(proxies.client(host, headers, tls), ClientAddress(*expected), (host, headers))
+
+    def test_x_forwarded_for_mode_ignores_forwarded(self):
+        """By default a listed proxy's Forwarded header (which it may pass on as the client wrote it) is
+        not read."""
+        self.check([("10.0.0.1", {"forwarded": "for=192.0.2.99;proto=https"}, False, ("10.0.0.1", False, False))])
+
     def test_bad_proxy_entries_are_configuration_errors(self):
         """trusted_proxies takes addresses and networks; anything else names the key."""
         config = configuration.parse({"http": {"trusted_proxies": ["10.0.0.0/8", "::1", "192.0.2.1/32"]}}, "t.toml")
@@ -349,6 +374,10 @@ class ClientAddressTests(SynchronousTestCase):
                                   {"http": {"trusted_proxies": ["10.0.0.0/8", "proxy.example"]}}, "t.toml")
         self.assertEqual(error.problems,
                          ["t.toml: http.trusted_proxies: 'proxy.example' is not an IP address or network"])
+        error = self.assertRaises(configuration.ConfigError, configuration.parse,
+                                  {"http": {"trusted_proxy_header": "x-real-ip"}}, "t.toml")
+        self.assertIn("t.toml: http.trusted_proxy_header: must be one of x-forwarded-for, forwarded",
+                      error.problems[0])
 
 
 class ProxyTests(HTTPTestCase):
@@ -365,6 +394,14 @@ class ProxyTests(HTTPTestCase):
         self.assertEqual((request.peer, request.address, request.secure, request.local),
                          ("198.51.100.1:?", "198.51.100.1", True, False))
         self.assertIsNone(request.tls_transport)
+
+    def test_forwarded_header_through_the_listener(self):
+        """``trusted_proxy_header = "forwarded"`` reaches the listener: the handler sees Forwarded's client."""
+        self.make(trusted_proxies=["10.0.0.1"], trusted_proxy_header="forwarded")
+        client = self.connect(address="10.0.0.1")
+        client.request("POST", "/http-bind", b"<body/>", headers=[("Forwarded", 'for="[2001:db8::7]";proto=https')])
+        [(request, _)] = self.bosh.calls
+        self.assertEqual((request.peer, request.address, request.secure), ("2001:db8::7:?", "2001:db8::7", True))
 
     def test_tls_listener_gives_the_transport_for_channel_binding(self):
         """A direct client on the TLS listener: the request carries its TLS transport."""
@@ -493,12 +530,22 @@ class WebClientTests(HTTPTestCase):
         return response
 
     def test_page_without_converse(self):
-        """With the folder missing, the page gives the npm command that installs Converse.js."""
+        """With the folder missing, the page says so but shows anonymous visitors no path of the server:
+        the folder and the npm command that installs Converse.js go to the log, once."""
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         self.make(web_client_dir="/nonexistent/web/node_modules/converse.js/dist")
         status, headers, body = self.get("/")
+        self.get("/")
         self.assertEqual(status, 200)
         self.assertTrue(headers["content-type"].startswith("text/html"))
-        self.assertIn(b"npm install --prefix /nonexistent/web --no-audit --no-fund converse.js@14", body)
+        self.assertIn(b"not installed", body)
+        self.assertNotIn(b"/nonexistent", body)
+        self.assertNotIn(b"npm install", body)
+        logged = [formatEvent(event) for event in events if "web client is not installed" in formatEvent(event)]
+        self.assertEqual(len(logged), 1)
+        self.assertIn("npm install --prefix /nonexistent/web --no-audit --no-fund converse.js@14", logged[0])
 
     def test_page_with_converse(self):
         """The page loads Converse.js and points it at this listener, found from the Host header."""

@@ -24,7 +24,7 @@ class NoTLS:
     def verify(self, transport, domain):
         return "no TLS"
 
-    def client(self, hostname):
+    def client(self, hostname, origin):
         raise AssertionError("no TLS in these tests")
 
 
@@ -300,7 +300,7 @@ class StartTLSTests(SynchronousTestCase):
         self.assertTrue(peer.transport.disconnecting)
 
     def outgoing(self):
-        self.harness.remote.tls = type("ClientTLS", (NoTLS,), {"client": lambda self, name: ("TLS to", name)})()
+        self.harness.remote.tls = type("ClientTLS", (NoTLS,), {"client": lambda self, name, origin: ("TLS to", name)})()
         stream = OutgoingServerStream(self.harness.remote, "localhost", "remote.test")
         peer = server_peer(stream, BufferingTransport())
         stream.dataReceived(b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' "

@@ -74,6 +74,11 @@ class ArchiveWriter(protocol.ProcessProtocol):
         elif self.transport is not None:
             self.transport.write(frame)
 
+    @property
+    def backlog_bytes(self):
+        """The bytes of the frames handed over and not yet answered."""
+        return self._backlog
+
     def settled(self):
         """Deferred: fires once every frame handed over so far is answered (stored or refused)."""
         if self._answered >= self._handed:

@@ -59,6 +59,11 @@ class SQLiteStorage:
         self._pid = None  # the process whose thread works the database (see ``_start_thread``)
         self._thread = None
 
+    @property
+    def archive_backlog_bytes(self):
+        """Bytes of archived records handed to the archive writer and not yet stored (0 without a writer)."""
+        return self._writer.backlog_bytes if self._writer is not None else 0
+
     def _call(self, operation, *args):
         if self._archive_values:
             self._hand_over_archive()  # the calls are carried out in the order they were made

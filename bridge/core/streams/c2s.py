@@ -106,6 +106,8 @@ class ClientStream:
         self._in_work = {}  # id -> how many of the client's requests to the server with it await an answer
         self._in_work_total = 0  # the sum of those counts
         self.held = None  # XEP-0352: while the client says it is inactive, what waits for it
+        self._stanzas_in = server.counters.stanzas_in["c2s"]
+        self._stanzas_out = server.counters.stanzas_out["c2s"]
 
     # -- input -------------------------------------------------------------
 
@@ -175,6 +177,7 @@ class ClientStream:
         elif element.uri == NS_CSI and element.name in ("active", "inactive"):
             self._client_state(element.name)
         elif element.name in STANZAS and element.uri is None:
+            self._stanzas_in[element.name] += 1
             if self.session is not None:
                 self._stanza(element)
             elif self.username is not None and element.name == "iq":
@@ -447,6 +450,7 @@ class ClientStream:
         failure.addElement(condition)
         self.framing.send(failure)
         self.sasl_failures += 1
+        self.server.counters.authentication_failures += 1
         if self.sasl_failures >= MAX_SASL_FAILURES:
             self.stream_error("policy-violation", "too many failed authentications")
 
@@ -543,6 +547,8 @@ class ClientStream:
             if self._ack_request is None and not self.closed:
                 self._ack_request = self.server.clock.callLater(0, self._request_ack)
         if not self.closed:
+            if stanza.name in self._stanzas_out:
+                self._stanzas_out[stanza.name] += 1
             self.framing.send(stanza)
 
     def stream_error(self, condition, text=None):
@@ -661,7 +667,7 @@ class TCPClientProtocol(XMLStreamProtocol):
 
     content_namespace = NS_CLIENT
     can_start_tls = True
-    kind = "tcp"  # what carries the session, as bridgectl shows it
+    kind = "tcp"  # what carries the session, as bridgectl and the metrics show it
 
     def __init__(self, server, listener, tls_context, direct_tls):
         super().__init__(server.clock, listener)

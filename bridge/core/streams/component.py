@@ -93,6 +93,7 @@ class ComponentStream(XMLStreamProtocol):
             else:
                 self.stream_error("not-authorized", "the handshake comes first")
         elif element.uri is None and element.name in STANZAS:
+            self.server.counters.stanzas_in["component"][element.name] += 1
             self._stanza(element)
         else:
             self.stream_error("unsupported-stanza-type", f"<{element.name}/> in {element.uri}")
@@ -140,6 +141,9 @@ class ComponentStream(XMLStreamProtocol):
         if self.closed:
             self.server.router.bounce(stanza, "service-unavailable", f"{self.domain} is not connected")
             return
+        counts = self.server.counters.stanzas_out["component"]
+        if stanza.name in counts:
+            counts[stanza.name] += 1
         self.send(stanza)
 
     def stream_error(self, condition, text=None):

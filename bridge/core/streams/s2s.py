@@ -57,6 +57,11 @@ def dialback_key(secret, receiving, originating, stream_id):
     return hmac.new(key, f"{receiving} {originating} {stream_id}".encode("utf-8"), hashlib.sha256).hexdigest()
 
 
+def _accept_any(*args):
+    """The handshake takes any peer certificate: ``PeerTLS.verify`` judges it afterwards."""
+    return True
+
+
 class PeerTLS:
     """TLS for links between servers: our certificate, and checks of the peer's.
 
@@ -65,9 +70,17 @@ class PeerTLS:
     certificate is valid for a domain is decided afterwards by ``verify``.
     """
 
-    def __init__(self, cert_path, key_path, min_version, ciphers, ca_file):
-        self.options = server_context(cert_path, key_path, min_version, ciphers, alpn=(b"xmpp-server",))
-        self.options.getContext().set_verify(SSL.VERIFY_PEER, lambda *args: True)
+    def __init__(self, cert_path, key_path, min_version, ciphers, ca_file, certificates=None):
+        """``certificates``: a ``HostCertificates``: incoming links choose one by SNI, and a link from a
+        local domain presents that domain's (for the peer's SASL EXTERNAL)."""
+        self.options = server_context(cert_path, key_path, min_version, ciphers, alpn=(b"xmpp-server",),
+                                      certificates=certificates)
+        self.options.getContext().set_verify(SSL.VERIFY_PEER, _accept_any)
+        self.certificates = certificates
+        self.own = {}  # certificate name -> the context of links from the domains it is for
+        for name, (chain, key) in (certificates.pairs.items() if certificates is not None else ()):
+            self.own[name] = server_context(chain, key, min_version, ciphers, alpn=(b"xmpp-server",)).getContext()
+            self.own[name].set_verify(SSL.VERIFY_PEER, _accept_any)
         self.store = crypto.X509Store()
         if ca_file:
             self.store.load_locations(ca_file)
@@ -76,8 +89,10 @@ class PeerTLS:
             if system.cafile or system.capath:
                 self.store.load_locations(system.cafile, system.capath)
 
-    def client(self, hostname):
-        return _ClientConnectionCreator(self.options.getContext(), hostname)
+    def client(self, hostname, origin):
+        """The TLS of a link from the local domain ``origin`` to ``hostname``: with ``origin``'s certificate."""
+        name = self.certificates.name_for(origin) if self.certificates is not None else None
+        return _ClientConnectionCreator(self.own.get(name) or self.options.getContext(), hostname)
 
     def verify(self, transport, domain):
         """None when the peer's certificate chains to a trusted root and names ``domain``; else why not."""
@@ -200,6 +215,7 @@ class IncomingServerStream(XMLStreamProtocol):
         elif element.uri == NS_DIALBACK and element.name == "verify":
             self._dialback_verify(element)
         elif element.uri is None and element.name in STANZAS:
+            self.server.counters.stanzas_in["s2s"][element.name] += 1
             self._stanza(element)
         elif element.uri == NS_SM:
             self._stream_management(element)
@@ -382,7 +398,7 @@ class OutgoingServerStream(XMLStreamProtocol):
         if element.uri == NS_STREAMS and element.name == "features":
             self._features(element)
         elif element.uri == NS_TLS and element.name == "proceed":
-            if self.switch_to_tls(self.remote.tls.client(self.target)):
+            if self.switch_to_tls(self.remote.tls.client(self.target, self.origin)):
                 self.secure = True
                 self._open()
         elif element.uri == NS_SASL and element.name == "success":
@@ -421,6 +437,9 @@ class OutgoingServerStream(XMLStreamProtocol):
 
     def send_stanza(self, stanza):
         """Send a routed stanza, kept until acknowledged when stream management is on."""
+        counts = self.remote.server.counters.stanzas_out["s2s"]
+        if stanza.name in counts:
+            counts[stanza.name] += 1
         self.send(stanza)
         if self.acks is not None:
             self.acks.sent(stanza)
@@ -728,7 +747,7 @@ class RemoteDomains:
             endpoint = endpoints.HostnameEndpoint(self.reactor, host, port,
                                                   timeout=self.config.connect_timeout_seconds)
             if direct_tls:
-                endpoint = endpoints.wrapClientTLS(self.tls.client(target), endpoint)
+                endpoint = endpoints.wrapClientTLS(self.tls.client(target, origin), endpoint)
                 stream.secure = True
             try:
                 yield endpoints.connectProtocol(endpoint, stream)

@@ -34,6 +34,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from bridge import __version__
 from bridge.config import parse_host_port, parse_udp_endpoint
 from bridge.core import srv
+from bridge.core.listening import listening_endpoint
 from bridge.core.server import looping_call
 from bridge.gateways.sip import transport as sip_transport
 from bridge.gateways.sip.addressing import AddressMap
@@ -90,6 +91,7 @@ class SIPGateway:
                                              self.sip.max_server_transaction_bytes, self.policy.allowance)
         self.registrar = Registrar(ctx, secret, changed=lambda host, user: self.phones.registered(host, user),
                                    vouch=self.policy.vouch)
+        ctx.level("sip_registrations", "SIP contacts registered (bindings)", lambda: len(self.registrar.bindings))
         self.agent = f"bridge/{__version__}"
         self.udp_transports = []  # for requests the gateway sends out (add_transport)
         self._resolver = resolver
@@ -127,12 +129,12 @@ class SIPGateway:
                           lambda: self.add_transport(sip_transport.UDPTransport(self, self.limits, policy))))
         streams = sip_transport.StreamFactory(self, self.limits, "TCP", policy)
         for description in sip.tcp_endpoints:
-            found.append(("sip-tcp", description, endpoints.serverFromString(self.reactor, description), streams))
+            found.append(("sip-tcp", description, listening_endpoint(self.reactor, description), streams))
         if sip.tls_endpoints:
             secure = TLSMemoryBIOFactory(self.tls_context(sip), False,
                                          sip_transport.StreamFactory(self, self.limits, "TLS", policy))
             for description in sip.tls_endpoints:
-                found.append(("sip-tls", description, endpoints.serverFromString(self.reactor, description), secure))
+                found.append(("sip-tls", description, listening_endpoint(self.reactor, description), secure))
         return found
 
     def start(self):

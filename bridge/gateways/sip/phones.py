@@ -40,7 +40,7 @@ PRIORITY = "-1"
 class PhoneLine:
     """The stream of a phone session: what the core sends to the user's phones."""
 
-    kind = "sip"  # what carries the session, as bridgectl shows it
+    kind = "sip"  # what carries the session, as bridgectl and the metrics show it
 
     def __init__(self, phones, host, user):
         self.phones = phones

@@ -140,6 +140,7 @@ class SMSGateway:
         self.links = [SMSCLink(name, smsc, ctx.clock, connect(name, smsc), self.queue)
                       for name, smsc in sorted(ctx.section("smsc").items())]
         self.queue.links = self.links
+        ctx.level("sms_queue_messages", "SMS not yet sent or given up", lambda: len(self.queue.docs))
         self.fragments = Reassembly(ctx.clock, self.config)
         self._limits = KeyedLock()  # the daily counts of one user, changed one SMS at a time
         self.sending = SendingLimits(ctx.storage, ctx.clock, self.config)
