@@ -29,6 +29,7 @@ from twisted.words.xish import domish
 
 from bridge.core import caps as entity_caps
 from bridge.core import pubsub
+from bridge.core.account_data import Changed
 from bridge.core.hooks import OBSERVE, in_background
 from bridge.core.pubsub import NS_EVENT, NS_OWNER, NS_PUBSUB, PubsubError
 from bridge.core.stanza import form_values, make, parse_jid, result_reply
@@ -379,12 +380,7 @@ class Pep:
         publisher = event.sender.userhost()
         if node["config"]["persist_items"]:
             pubsub.publish_item(kept, item_id, payload_xml, publisher, node["config"]["max_items"])
-        others = sum(pubsub.item_bytes(other["items"]) for other_name, other in document["nodes"].items()
-                     if other_name != name)
-        total = others + pubsub.item_bytes(kept)
-        if total > self.limits.max_bytes_per_user and total > others + pubsub.item_bytes(node["items"]):
-            raise PubsubError("policy-violation", text=f"an account's items may take at most "
-                                                       f"{self.limits.max_bytes_per_user} bytes")
+        self._check_bytes(document, name, node, kept)
         node["items"] = kept
         document["nodes"][name] = node
         yield self._save(event, document)
@@ -392,9 +388,65 @@ class Pep:
         published["node"] = name
         published.addElement("item")["id"] = item_id
         self._reply(event, NS_PUBSUB, published)
+        self._changed(event.to.userhost(), document, name)
         roster = yield self.ctx.rosters.load(event.to.userhost())
         self._notify(event.to.userhost(), name, node, roster,
                      items_element(NS_EVENT, name, [[item_id, payload_xml, publisher]]))
+
+    def _check_bytes(self, document, name, node, kept):
+        """PubsubError when ``kept`` as the items of ``name`` puts the account over its bytes (unless it shrinks)."""
+        others = sum(pubsub.item_bytes(other["items"]) for other_name, other in document["nodes"].items()
+                     if other_name != name)
+        total = others + pubsub.item_bytes(kept)
+        if total > self.limits.max_bytes_per_user and total > others + pubsub.item_bytes(node["items"]):
+            raise PubsubError("policy-violation", text=f"an account's items may take at most "
+                                                       f"{self.limits.max_bytes_per_user} bytes")
+
+    def _changed(self, owner, document, name):
+        """``pep/changed``: a client changed node ``name`` (see ``bridge.core.account_data``)."""
+        def read(other):
+            node = document["nodes"].get(other)
+            return [item[:2] for item in node["items"]] if node is not None else []
+
+        self.ctx.fire("pep/changed", Changed(owner, name, read(name), read=read))
+
+    def take_write(self, request):
+        """``pep/write``: a conversion sets a node's items (see ``bridge.core.account_data``)."""
+        self._changes.run(request.owner, self._write, request).chainDeferred(request.done)
+        return True
+
+    @defer.inlineCallbacks
+    def _write(self, request):
+        owner, name = request.owner, request.name
+        user, host = owner.split("@", 1)
+        document = yield self.documents.load(host, user)
+        node = document["nodes"].get(name)
+        if node is None:
+            if len(document["nodes"]) >= self.limits.max_nodes_per_user:
+                raise PubsubError("policy-violation", "max-nodes-exceeded", "the account has too many nodes")
+            config = pubsub.default_config(1)
+            config.update(request.options)
+            node = {"config": config, "items": [], "subscribers": []}
+        wanted = [[item_id, serialize(payload), owner] for item_id, payload in request.value]
+        wanted = wanted[-node["config"]["max_items"]:] if node["config"]["persist_items"] else []
+        if any(len(item[1].encode("utf-8")) > self.limits.max_item_bytes for item in wanted):
+            raise PubsubError("not-acceptable", "payload-too-big", "an item is over the size limit")
+        self._check_bytes(document, name, node, wanted)
+        before = {item[0]: item[1] for item in node["items"]}
+        published = [item for item in wanted if before.get(item[0]) != item[1]]
+        retracted = set(before) - {item[0] for item in wanted}
+        node["items"] = wanted
+        document["nodes"][name] = node
+        yield self.documents.save(host, user, document)
+        roster = yield self.ctx.rosters.load(owner)
+        if published:
+            self._notify(owner, name, node, roster, items_element(NS_EVENT, name, published))
+        if retracted:
+            gone = domish.Element((NS_EVENT, "items"))
+            gone["node"] = name
+            for item_id in sorted(retracted):
+                gone.addElement("retract")["id"] = item_id
+            self._notify(owner, name, node, roster, gone)
 
     @staticmethod
     def _forms(stanza, container):
@@ -414,6 +466,7 @@ class Pep:
         node["items"] = [item for item in node["items"] if item[0] not in ids]
         yield self._save(event, document)
         self._reply(event)
+        self._changed(event.to.userhost(), document, child["node"])
         if child.getAttribute("notify") in ("1", "true"):
             gone = domish.Element((NS_EVENT, "items"))
             gone["node"] = child["node"]
@@ -513,6 +566,7 @@ class Pep:
         del document["nodes"][child["node"]]
         yield self._save(event, document)
         self._reply(event)
+        self._changed(event.to.userhost(), document, child["node"])
         for target in targets:
             deleted = domish.Element((NS_EVENT, "delete"))
             deleted["node"] = child["node"]
@@ -525,6 +579,7 @@ class Pep:
         node["items"] = []
         yield self._save(event, document)
         self._reply(event)
+        self._changed(event.to.userhost(), document, child["node"])
         roster = yield self.ctx.rosters.load(event.to.userhost())
         purged = domish.Element((NS_EVENT, "purge"))
         purged["node"] = child["node"]
@@ -549,4 +604,5 @@ def setup(ctx):
     ctx.hook("pre-presence/self", pep.own_presence, priority=OBSERVE)
     ctx.hook("session/ended", pep.session_ended)
     ctx.hook("account/deleted", pep.forget)
+    ctx.hook("pep/write", pep.take_write)
     return pep
