@@ -8,7 +8,10 @@ keeps the data fires ``<store>/changed`` with a ``Changed`` after a client
 changed it, and takes a ``Write`` on ``<store>/write``; a conversion
 module (``features/avatars.py``, ``features/bookmarks.py``) listens to
 one side and writes to the other.  A write never fires ``changed``, so a
-conversion never feeds itself.
+conversion never feeds itself.  A conversion adds its work to the change's
+``pending``; the client's request is answered once it is done (``settled``),
+so a client that reads the other store after the answer finds the change
+there.  No feature waits for it while it holds its lock of the account.
 
 The events, on each local host:
 
@@ -37,6 +40,11 @@ class Changed:
         self.value = value
         self.previous = previous
         self.read = read
+        self.pending = []  # the conversions' Deferreds
+
+    def settled(self):
+        """A Deferred that fires (with None) once every conversion of the change is done or failed."""
+        return defer.DeferredList(self.pending, consumeErrors=True).addCallback(lambda _: None)
 
 
 class Write:

@@ -98,7 +98,7 @@ class AvatarConversion:
         if d is not None:
             d.addCallback(lambda _: account_data.ask(self.ctx, "pep/write", change.owner, NS_METADATA,
                                                        metadata_items))
-            self._log(d, change.owner)
+            self._wait_for(d, change)
         return False
 
     def pep_changed(self, change):
@@ -109,12 +109,13 @@ class AvatarConversion:
         if photo is not False:
             d = account_data.ask(self.ctx, "vcard/write", change.owner, "vCard", photo)
             if d is not None:
-                self._log(d, change.owner)
+                self._wait_for(d, change)
         return False
 
     @staticmethod
-    def _log(d, owner):
-        d.addErrback(lambda failure: log.failure("avatar of {owner} not converted", failure, owner=owner))
+    def _wait_for(d, change):
+        d.addErrback(lambda failure: log.failure("avatar of {owner} not converted", failure, owner=change.owner))
+        change.pending.append(d)
 
 
 def setup(ctx):

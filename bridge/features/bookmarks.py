@@ -83,7 +83,7 @@ class BookmarkConversion:
             return False
         d = account_data.ask(self.ctx, "pep/write", change.owner, NS_BOOKMARKS, pep_items(change.value),
                                self.options)
-        self._log(d, change.owner)
+        self._wait_for(d, change)
         return False
 
     def pep_changed(self, change):
@@ -94,13 +94,15 @@ class BookmarkConversion:
         if d is not None:
             d.addCallback(lambda previous: account_data.ask(self.ctx, "private/write", change.owner, FRAGMENT,
                                                               legacy_storage(change.value, previous)))
-        self._log(d, change.owner)
+        self._wait_for(d, change)
         return False
 
     @staticmethod
-    def _log(d, owner):
+    def _wait_for(d, change):
         if d is not None:
-            d.addErrback(lambda failure: log.failure("bookmarks of {owner} not converted", failure, owner=owner))
+            d.addErrback(lambda failure: log.failure("bookmarks of {owner} not converted", failure,
+                                                     owner=change.owner))
+            change.pending.append(d)
 
 
 def setup(ctx):

@@ -387,8 +387,8 @@ class Pep:
         published = domish.Element((NS_PUBSUB, "publish"))
         published["node"] = name
         published.addElement("item")["id"] = item_id
-        self._reply(event, NS_PUBSUB, published)
-        self._changed(event.to.userhost(), document, name)
+        self._changed(event.to.userhost(), document, name).addCallback(
+            lambda _: self._reply(event, NS_PUBSUB, published))
         roster = yield self.ctx.rosters.load(event.to.userhost())
         self._notify(event.to.userhost(), name, node, roster,
                      items_element(NS_EVENT, name, [[item_id, payload_xml, publisher]]))
@@ -403,12 +403,15 @@ class Pep:
                                                        f"{self.limits.max_bytes_per_user} bytes")
 
     def _changed(self, owner, document, name):
-        """``pep/changed``: a client changed node ``name`` (see ``bridge.core.account_data``)."""
+        """``pep/changed``: a client changed node ``name``; a Deferred that fires once the conversions
+        are done, when the client may be answered (see ``bridge.core.account_data``)."""
         def read(other):
             node = document["nodes"].get(other)
             return [item[:2] for item in node["items"]] if node is not None else []
 
-        self.ctx.fire("pep/changed", Changed(owner, name, read(name), read=read))
+        change = Changed(owner, name, read(name), read=read)
+        self.ctx.fire("pep/changed", change)
+        return change.settled()
 
     def take_write(self, request):
         """``pep/write``: a conversion sets a node's items (see ``bridge.core.account_data``)."""
@@ -465,8 +468,7 @@ class Pep:
             raise PubsubError("item-not-found", text="no such item")
         node["items"] = [item for item in node["items"] if item[0] not in ids]
         yield self._save(event, document)
-        self._reply(event)
-        self._changed(event.to.userhost(), document, child["node"])
+        self._changed(event.to.userhost(), document, child["node"]).addCallback(lambda _: self._reply(event))
         if child.getAttribute("notify") in ("1", "true"):
             gone = domish.Element((NS_EVENT, "items"))
             gone["node"] = child["node"]
@@ -565,8 +567,7 @@ class Pep:
         targets = self._targets(event.to.userhost(), child["node"], node, roster)
         del document["nodes"][child["node"]]
         yield self._save(event, document)
-        self._reply(event)
-        self._changed(event.to.userhost(), document, child["node"])
+        self._changed(event.to.userhost(), document, child["node"]).addCallback(lambda _: self._reply(event))
         for target in targets:
             deleted = domish.Element((NS_EVENT, "delete"))
             deleted["node"] = child["node"]
@@ -578,8 +579,7 @@ class Pep:
         node = self._node(document, child)
         node["items"] = []
         yield self._save(event, document)
-        self._reply(event)
-        self._changed(event.to.userhost(), document, child["node"])
+        self._changed(event.to.userhost(), document, child["node"]).addCallback(lambda _: self._reply(event))
         roster = yield self.ctx.rosters.load(event.to.userhost())
         purged = domish.Element((NS_EVENT, "purge"))
         purged["node"] = child["node"]

@@ -69,8 +69,9 @@ class PrivateStorage:
             event.reply(error_reply(event.stanza, "resource-constraint",
                                     f"private storage is limited to {self.max_bytes} bytes per account"))
             return
-        event.reply(result_reply(event.stanza))
-        self.ctx.fire("private/changed", Changed(event.to.userhost(), f"{payload.uri} {payload.name}", payload))
+        change = Changed(event.to.userhost(), f"{payload.uri} {payload.name}", payload)
+        self.ctx.fire("private/changed", change)
+        change.settled().addCallback(lambda _: event.reply(result_reply(event.stanza)))
 
     @defer.inlineCallbacks
     def _store(self, host, user, payload):

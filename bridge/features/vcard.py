@@ -83,8 +83,9 @@ class VCards:
         digest = photo_hash(vcard)
         yield self.ctx.storage.set(event.host.name, event.to.user, STORE, {"xml": text, "photo": digest})
         self._hashes[owner] = digest
-        event.reply(result_reply(event.stanza))
-        self.ctx.fire("vcard/changed", Changed(owner, "vCard", vcard, previous=stored["photo"] if stored else ""))
+        change = Changed(owner, "vCard", vcard, previous=stored["photo"] if stored else "")
+        self.ctx.fire("vcard/changed", change)
+        change.settled().addCallback(lambda _: event.reply(result_reply(event.stanza)))
 
     def take_write(self, request):
         """``vcard/write``: a conversion puts another photo (or none) in the stored vCard."""
