@@ -31,10 +31,10 @@ from bridge.core import caps as entity_caps
 from bridge.core import pubsub
 from bridge.core.account_data import Changed
 from bridge.core.hooks import OBSERVE, in_background
-from bridge.core.pubsub import NS_EVENT, NS_OWNER, NS_PUBSUB, PubsubError
+from bridge.core.pubsub import NS_EVENT, NS_OWNER, NS_PUBSUB, PubsubError, event_message, items_element
 from bridge.core.stanza import form_values, make, parse_jid, result_reply
 from bridge.core.storage.cache import DocumentCache, KeyedLock
-from bridge.core.xmlstream import parse_element, serialize
+from bridge.core.xmlstream import serialize
 
 STORE = "pep"
 FEATURES = ("publish", "auto-create", "publish-options", "access-presence", "access-open", "access-roster",
@@ -61,32 +61,6 @@ def decode(stored):
 
 def encode(document):
     return document if document["nodes"] else None
-
-
-def event_message(owner, to, node, *children):
-    """A notification: <message type='headline'> with a pubsub#event <items/> (or delete, purge) element."""
-    message = make("message", to=to, sender=owner, type="headline")
-    event = message.addElement((NS_EVENT, "event"))
-    for child in children:
-        event.addChild(child)
-    return message
-
-
-def items_element(uri, node, items):
-    element = domish.Element((uri, "items"))
-    element["node"] = node
-    for item_id, payload_xml, _publisher in items:
-        item = element.addElement("item")
-        item["id"] = item_id
-        item.addChild(parse_element(payload_xml))
-    return element
-
-
-def only_child(element, uri, name):
-    children = list(element.elements())
-    if len(children) == 1 and children[0].uri == uri and children[0].name == name:
-        return children[0]
-    return None
 
 
 class Pep:
@@ -221,7 +195,7 @@ class Pep:
             if name not in nodes or not node["items"] or config["send_last_published_item"] != "on_sub_and_presence":
                 continue
             if pubsub.access_error(config, is_owner, roster.get(full.split("/", 1)[0])) is None:
-                self.ctx.route(event_message(owner, full, name, items_element(NS_EVENT, name, node["items"][-1:])))
+                self.ctx.route(event_message(owner, full, items_element(NS_EVENT, name, node["items"][-1:])))
 
     def _targets(self, owner, name, node, roster):
         """Who is notified of a change of ``owner``'s node: the resources that want it and may see it,
@@ -247,7 +221,7 @@ class Pep:
 
     def _notify(self, owner, name, node, roster, child):
         for target in self._targets(owner, name, node, roster):
-            self.ctx.route(event_message(owner, target, name, child))
+            self.ctx.route(event_message(owner, target, child))
 
     # -- requests -------------------------------------------------------------------
 
@@ -529,7 +503,7 @@ class Pep:
         reply["subscription"] = "subscribed"
         self._reply(event, NS_PUBSUB, reply)
         if node["items"] and node["config"]["send_last_published_item"] != "never":
-            self.ctx.route(event_message(event.to.userhost(), subscriber, child["node"],
+            self.ctx.route(event_message(event.to.userhost(), subscriber,
                                          items_element(NS_EVENT, child["node"], node["items"][-1:])))
 
     @defer.inlineCallbacks
@@ -571,7 +545,7 @@ class Pep:
         for target in targets:
             deleted = domish.Element((NS_EVENT, "delete"))
             deleted["node"] = child["node"]
-            self.ctx.route(event_message(event.to.userhost(), target, child["node"], deleted))
+            self.ctx.route(event_message(event.to.userhost(), target, deleted))
 
     @defer.inlineCallbacks
     def _purge(self, event, child):
