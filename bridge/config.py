@@ -351,6 +351,23 @@ class MUCConfig:
 
 
 @dataclass(frozen=True)
+class PubsubConfig:
+    """The publish-subscribe service (XEP-0060, docs/features.md) on ``<subdomain>.<host>`` of every local host."""
+
+    enabled: bool = _option(True)
+    subdomain: str = _option("pubsub")
+    creation: str = _option("local", choices=MUC_CREATION)
+    admins: list = _option([])
+    max_nodes_per_service: int = _option(1000, low=1, high=1000000)
+    max_nodes_created_per_user: int = _option(10, low=0, high=100000)
+    max_items_per_node: int = _option(100, low=1, high=10000)
+    max_item_bytes: int = _option(65536, low=1024, high=64 * 1024 * 1024)
+    max_bytes_per_node: int = _option(1048576, low=1024, high=1024 * 1024 * 1024)
+    max_subscriptions_per_node: int = _option(1000, low=1, high=1000000)
+    max_affiliations_per_node: int = _option(1000, low=1, high=1000000)
+
+
+@dataclass(frozen=True)
 class UploadConfig:
     """HTTP File Upload (XEP-0363, docs/web.md) on ``<subdomain>.<host>``: files under data_dir/upload."""
 
@@ -532,6 +549,7 @@ class Config:
     sip: SIPConfig = field(default_factory=SIPConfig)
     muc: MUCConfig = field(default_factory=MUCConfig)
     upload: UploadConfig = field(default_factory=UploadConfig)
+    pubsub: PubsubConfig = field(default_factory=PubsubConfig)
     smsc: dict = field(default_factory=dict)
     source: str = "(embedded defaults)"
 
@@ -552,7 +570,7 @@ class Config:
 _SECTIONS = {"tls": TLSConfig, "c2s": C2SConfig, "s2s": S2SConfig, "http": HTTPConfig, "storage": StorageConfig,
              "quotas": QuotasConfig, "push": PushConfig, "mam": MAMConfig, "pep": PEPConfig, "smtp": SMTPConfig,
              "component_listener": ComponentListenerConfig, "sms": SMSConfig, "sip": SIPConfig, "muc": MUCConfig,
-             "upload": UploadConfig}
+             "upload": UploadConfig, "pubsub": PubsubConfig}
 # Tables of named sub-tables: [hosts.NAME], [components.DOMAIN], [smsc.NAME].
 _NAMED = {"hosts": HostConfig, "components": ComponentConfig, "smsc": SMSCConfig}
 
@@ -698,6 +716,26 @@ def parse(document, where):
         if upload.public_url and not re.match(r"^https?://[^/?#\s]+$", upload.public_url):
             problems.append(f"{where}: upload.public_url: must be scheme://host[:port] without a path, "
                             f"not {upload.public_url!r}")
+    pubsub = sections.get("pubsub", base.pubsub)
+    if pubsub.enabled:
+        subdomain = pubsub.subdomain.lower()
+        taken = {"the MUC service's": muc.subdomain.lower() if muc.enabled else None,
+                 "the upload service's": upload.subdomain.lower() if upload.enabled else None}
+        if not subdomain or "." in subdomain or parse_jid(subdomain + ".example") is None:
+            problems.append(f"{where}: pubsub.subdomain: must be one DNS label (e.g. pubsub), not {pubsub.subdomain!r}")
+        for owner, other in taken.items():
+            if subdomain == other:
+                problems.append(f"{where}: pubsub.subdomain: {pubsub.subdomain!r} is also {owner}")
+        for host in sections.get("hosts", base.hosts):
+            if f"{subdomain}.{host}" in names or f"{subdomain}.{host}" in sections.get("components", {}):
+                problems.append(f"{where}: pubsub.subdomain: {subdomain}.{host!r} is also a host or a component")
+    for admin in pubsub.admins:
+        jid = parse_jid(admin)
+        if jid is None or jid.resource is not None or jid.user is None:
+            problems.append(f"{where}: pubsub.admins: {admin!r} is not a bare JID (user@host)")
+    if pubsub.max_item_bytes > pubsub.max_bytes_per_node:
+        problems.append(f"{where}: pubsub.max_item_bytes: must be at most max_bytes_per_node "
+                        f"({pubsub.max_bytes_per_node})")
     mam = sections.get("mam", base.mam)
     if mam.default_page_size > mam.max_page_size:
         problems.append(f"{where}: mam.default_page_size: must be at most max_page_size ({mam.max_page_size})")

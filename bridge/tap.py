@@ -35,6 +35,7 @@ GATEWAYS = (
     ("email", "smtp", "bridge.gateways.smtp"),
     ("muc", "muc", "bridge.gateways.muc.service"),
     ("upload", "upload", "bridge.gateways.upload"),
+    ("pubsub", "pubsub", "bridge.gateways.pubsub"),
 )
 
 
