@@ -11,7 +11,8 @@ Dispatch is by path: a WebSocket upgrade on ``websocket_path`` becomes an RFC
 7395 stream (``bridge.gateways.websocket``), ``bosh_path`` goes to the BOSH
 handler, a prefix a gateway serves (``GatewayContext.serve_http``: the uploads
 of ``bridge.gateways.upload``) to that gateway, everything else to the web
-client (``bridge.gateways.webclient``).  A gateway's ``open_body`` may take a
+client (``bridge.gateways.webclient``), but for the XEP-0156 host-meta documents
+(``bridge.gateways.hostmeta``).  A gateway's ``open_body`` may take a
 request's body as it arrives (a sink with ``limit``, ``write``, ``abort``),
 in place of ``max_request_bytes`` in memory; it is then ``request.body``.
 The BOSH handler sees only ``HTTPRequest`` and ``Responder``::
@@ -48,6 +49,7 @@ from twisted.logger import Logger
 from bridge.core.streams.base import ConnectionsPerAddress, Reading
 from bridge.core.triage import Gate
 from bridge.gateways import websocket
+from bridge.gateways.hostmeta import PATHS as HOST_META_PATHS, HostMeta
 from bridge.gateways.webclient import WebClient
 
 log = Logger()
@@ -582,6 +584,8 @@ class HTTPChannel(Protocol):
             handler = self.factory.bosh
         elif self._route(request.path) is not None:
             handler = self._route(request.path)
+        elif request.path in HOST_META_PATHS and request.method != "OPTIONS":
+            handler = self.factory.host_meta
         elif request.method == "OPTIONS":
             responder.respond(204, [("Allow", "GET, HEAD, OPTIONS")], b"")
             return
@@ -729,6 +733,7 @@ class HTTPFactory(Factory):
         self.proxies = TrustedProxies(config.trusted_proxies)
         self.cors = CORSPolicy(config)
         self.webclient = WebClient(server, config)
+        self.host_meta = HostMeta(server, config)
 
     def buildProtocol(self, address):
         return HTTPChannel(self, getattr(address, "host", None))
