@@ -86,11 +86,16 @@ def _choice(values, choices, name):
     return values[0]
 
 
-def options_from_form(fields, max_items_limit):
-    """The configuration values a form names (other fields are ignored), checked; PubsubError if one is bad."""
+def options_from_form(fields, max_items_limit, service=False):
+    """The configuration values a form names (other fields are ignored), checked; PubsubError if one is bad.
+
+    ``service``: a pubsub service's node, which also has a publish model and a title (PEP's have neither).
+    """
     options = {}
     for var, values in fields.items():
         name = var.removeprefix("pubsub#")
+        if name in ("publish_model", "title") and not service:
+            continue
         if name == "persist_items":
             options[name] = _boolean(values)
         elif name == "max_items":

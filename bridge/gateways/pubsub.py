@@ -198,7 +198,7 @@ class PubsubService:
                                   f"you have created {created} nodes, the most allowed")
 
     def _options(self, form):
-        options = pubsub.options_from_form(form_values(form), self.config.max_items_per_node)
+        options = pubsub.options_from_form(form_values(form), self.config.max_items_per_node, service=True)
         if options.get("access_model", "open") not in ACCESS_MODELS:
             raise PubsubError("not-acceptable", "unsupported-access-model",
                               f"pubsub#access_model is one of {', '.join(ACCESS_MODELS)} here")
