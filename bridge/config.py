@@ -354,6 +354,58 @@ class MUCConfig:
 
 
 @dataclass(frozen=True)
+class PubsubConfig:
+    """The publish-subscribe service (XEP-0060, docs/features.md) on ``<subdomain>.<host>`` of every local host."""
+
+    enabled: bool = _option(True)
+    subdomain: str = _option("pubsub")
+    creation: str = _option("local", choices=MUC_CREATION)
+    admins: list = _option([])
+    max_nodes_per_service: int = _option(1000, low=1, high=1000000)
+    max_nodes_created_per_user: int = _option(10, low=0, high=100000)
+    max_items_per_node: int = _option(100, low=1, high=10000)
+    max_item_bytes: int = _option(65536, low=1024, high=64 * 1024 * 1024)
+    max_bytes_per_node: int = _option(1048576, low=1024, high=1024 * 1024 * 1024)
+    max_subscriptions_per_node: int = _option(1000, low=1, high=1000000)
+    max_affiliations_per_node: int = _option(1000, low=1, high=1000000)
+
+
+EXTERNAL_SERVICE_TYPES = ("stun", "stuns", "turn", "turns")
+
+
+def parse_service_uri(text):
+    """A STUN or TURN URI (RFC 7064, RFC 7065: ``turn:HOST[:PORT][?transport=udp|tcp]``) as
+    (type, host, port, transport or None); ValueError if malformed.  The port defaults to 3478 (5349 for
+    stuns and turns)."""
+    kind, sep, rest = text.partition(":")
+    address, _, query = rest.partition("?")
+    transport = None
+    if query:
+        name, _, transport = query.partition("=")
+        if name != "transport" or transport not in ("udp", "tcp"):
+            raise ValueError(f"{text!r}: the only parameter is transport=udp or transport=tcp")
+    if kind not in EXTERNAL_SERVICE_TYPES or not sep:
+        raise ValueError(f"{text!r} is not stun:, stuns:, turn: or turns:HOST[:PORT]")
+    host, port = parse_host_port(address)
+    if kind.endswith("s") and transport == "udp":
+        raise ValueError(f"{text!r}: {kind} runs over TLS, so over TCP")
+    return kind, host.strip("[]"), port or (5349 if kind.endswith("s") else 3478), transport
+
+
+@dataclass(frozen=True)
+class ExternalServicesConfig:
+    """External service discovery (XEP-0215, docs/features.md): the STUN and TURN servers clients are told
+    of, and the TURN credentials (coturn's REST API scheme: a secret shared with the TURN server)."""
+
+    services: list = _option([])
+    turn_secret_file: str = _option("", path=True)
+    credential_lifetime_seconds: int = _option(86400, low=60, high=7 * 86400)
+
+    def read_secret(self):
+        return read_first_line(self.turn_secret_file) if self.turn_secret_file else ""
+
+
+@dataclass(frozen=True)
 class UploadConfig:
     """HTTP File Upload (XEP-0363, docs/web.md) on ``<subdomain>.<host>``: files under data_dir/upload."""
 
@@ -545,6 +597,8 @@ class Config:
     muc: MUCConfig = field(default_factory=MUCConfig)
     upload: UploadConfig = field(default_factory=UploadConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    pubsub: PubsubConfig = field(default_factory=PubsubConfig)
+    external_services: ExternalServicesConfig = field(default_factory=ExternalServicesConfig)
     smsc: dict = field(default_factory=dict)
     source: str = "(embedded defaults)"
 
@@ -565,8 +619,8 @@ class Config:
 _SECTIONS = {"tls": TLSConfig, "c2s": C2SConfig, "s2s": S2SConfig, "http": HTTPConfig, "storage": StorageConfig,
              "quotas": QuotasConfig, "push": PushConfig, "mam": MAMConfig, "pep": PEPConfig, "smtp": SMTPConfig,
              "component_listener": ComponentListenerConfig, "sms": SMSConfig, "sip": SIPConfig, "muc": MUCConfig,
-             "upload": UploadConfig}
-_SECTIONS["metrics"] = MetricsConfig
+             "upload": UploadConfig, "pubsub": PubsubConfig, "external_services": ExternalServicesConfig,
+             "metrics": MetricsConfig}
 # Tables of named sub-tables: [hosts.NAME], [components.DOMAIN], [smsc.NAME].
 _NAMED = {"hosts": HostConfig, "components": ComponentConfig, "smsc": SMSCConfig}
 
@@ -712,6 +766,36 @@ def parse(document, where):
         if upload.public_url and not re.match(r"^https?://[^/?#\s]+$", upload.public_url):
             problems.append(f"{where}: upload.public_url: must be scheme://host[:port] without a path, "
                             f"not {upload.public_url!r}")
+    pubsub = sections.get("pubsub", base.pubsub)
+    if pubsub.enabled:
+        subdomain = pubsub.subdomain.lower()
+        taken = {"the MUC service's": muc.subdomain.lower() if muc.enabled else None,
+                 "the upload service's": upload.subdomain.lower() if upload.enabled else None}
+        if not subdomain or "." in subdomain or parse_jid(subdomain + ".example") is None:
+            problems.append(f"{where}: pubsub.subdomain: must be one DNS label (e.g. pubsub), not {pubsub.subdomain!r}")
+        for owner, other in taken.items():
+            if subdomain == other:
+                problems.append(f"{where}: pubsub.subdomain: {pubsub.subdomain!r} is also {owner}")
+        for host in sections.get("hosts", base.hosts):
+            if f"{subdomain}.{host}" in names or f"{subdomain}.{host}" in sections.get("components", {}):
+                problems.append(f"{where}: pubsub.subdomain: {subdomain}.{host!r} is also a host or a component")
+    for admin in pubsub.admins:
+        jid = parse_jid(admin)
+        if jid is None or jid.resource is not None or jid.user is None:
+            problems.append(f"{where}: pubsub.admins: {admin!r} is not a bare JID (user@host)")
+    if pubsub.max_item_bytes > pubsub.max_bytes_per_node:
+        problems.append(f"{where}: pubsub.max_item_bytes: must be at most max_bytes_per_node "
+                        f"({pubsub.max_bytes_per_node})")
+    external = sections.get("external_services", base.external_services)
+    turn = False
+    for uri in external.services:
+        try:
+            turn = parse_service_uri(uri)[0].startswith("turn") or turn
+        except ValueError as error:
+            problems.append(f"{where}: external_services.services: {error}")
+    if turn and not external.turn_secret_file:
+        problems.append(f"{where}: external_services.turn_secret_file: TURN services need the secret shared "
+                        "with the TURN server (its static-auth-secret)")
     mam = sections.get("mam", base.mam)
     if mam.default_page_size > mam.max_page_size:
         problems.append(f"{where}: mam.default_page_size: must be at most max_page_size ({mam.max_page_size})")
@@ -835,8 +919,8 @@ def load(path=None, environ=None):
 
 
 def _missing_files(config, where):
-    """The certificates, keys and CA files named but not readable: found here rather than when the
-    listener that uses one starts."""
+    """The certificates, keys and CA files named but not readable, and a TURN secret's file open to others
+    or empty: found here rather than when the listener or feature that uses one starts."""
     problems = []
     folder = config.tls.certificates_dir
     if folder and not (os.path.isdir(folder) and os.access(folder, os.R_OK | os.X_OK)):
@@ -853,6 +937,19 @@ def _missing_files(config, where):
             if file_name and not os.access(file_name, os.R_OK):
                 reason = "not readable" if os.path.exists(file_name) else "no such file"
                 problems.append(f"{where}: {name}.{key}: {file_name}: {reason}")
+    secret_file = config.external_services.turn_secret_file
+    if secret_file:
+        try:
+            mode = os.stat(secret_file).st_mode
+            secret = config.external_services.read_secret()
+        except OSError as error:
+            problems.append(f"{where}: external_services.turn_secret_file: {secret_file}: {error.strerror}")
+        else:
+            if mode & 0o077:
+                problems.append(f"{where}: external_services.turn_secret_file: {secret_file}: readable by others "
+                                f"(mode {mode & 0o777:o}); a secret's file is 0600")
+            elif not secret:
+                problems.append(f"{where}: external_services.turn_secret_file: {secret_file}: empty")
     return problems
 
 

@@ -32,7 +32,7 @@ log = Logger()
 
 # The feature modules every local host loads, and those every gateway's or service's domain loads.
 FEATURES = ("presence", "roster", "offline", "disco", "ping", "version", "vcard", "private", "blocking",
-            "register", "carbons", "push", "mam", "pep")
+            "register", "carbons", "push", "mam", "pep", "avatars", "bookmarks", "extdisco")
 SERVICE_FEATURES = ("disco", "ping", "version", "gateway")
 # Protocol gateways: (name, the configuration section it is given, its module).  Each module's
 # ``attach(ctx, reactor, tls_context)`` returns a Gateway, or None when the section leaves it off.
@@ -42,6 +42,7 @@ GATEWAYS = (
     ("email", "smtp", "bridge.gateways.smtp"),
     ("muc", "muc", "bridge.gateways.muc.service"),
     ("upload", "upload", "bridge.gateways.upload"),
+    ("pubsub", "pubsub", "bridge.gateways.pubsub"),
 )
 
 

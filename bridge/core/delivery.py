@@ -71,6 +71,9 @@ class DiscoEntries:
         self.features = []  # (where, namespace, owner)
         self.items = []  # (jid, name, owner)
         self.forms = []  # (where, XEP-0128 data form element, owner)
+        # (answer, owner): answer(domain, namespace, node, sender) gives the children of a query about
+        # ``node`` of the domain (None: not a node of its own), or with node None what it adds to the domain's.
+        self.node_sources = []
 
     def identities_of(self, where):
         return [(category, kind, name) for at, category, kind, name, _ in self.identities if at == where]
@@ -86,6 +89,7 @@ class DiscoEntries:
         self.features = [entry for entry in self.features if entry[-1] is not owner]
         self.items = [entry for entry in self.items if entry[-1] is not owner]
         self.forms = [entry for entry in self.forms if entry[-1] is not owner]
+        self.node_sources = [entry for entry in self.node_sources if entry[-1] is not owner]
 
 
 def unhandled_iq(event):

@@ -13,7 +13,8 @@ of this.
 
 from twisted.words.xish import domish
 
-from bridge.core.stanza import error_reply
+from bridge.core.stanza import error_reply, make
+from bridge.core.xmlstream import parse_element
 
 NS_PUBSUB = "http://jabber.org/protocol/pubsub"
 NS_OWNER = NS_PUBSUB + "#owner"
@@ -24,7 +25,9 @@ FORM_NODE_CONFIG = NS_PUBSUB + "#node_config"
 FORM_PUBLISH_OPTIONS = NS_PUBSUB + "#publish-options"
 
 ACCESS_MODELS = ("presence", "open", "roster", "whitelist")
+PUBLISH_MODELS = ("publishers", "subscribers", "open")
 SEND_LAST = ("never", "on_sub", "on_sub_and_presence")
+MAX_TITLE_CHARS = 256
 
 
 def default_config(max_items):
@@ -70,6 +73,12 @@ def _max_items(values, limit):
     return number
 
 
+def _title(values):
+    if len(values) > 1 or (values and len(values[0]) > MAX_TITLE_CHARS):
+        raise PubsubError("not-acceptable", text=f"pubsub#title is one text of at most {MAX_TITLE_CHARS} characters")
+    return values[0] if values else ""
+
+
 def _choice(values, choices, name):
     if len(values) != 1 or values[0] not in choices:
         condition = "unsupported-access-model" if name == "access_model" else None
@@ -77,11 +86,16 @@ def _choice(values, choices, name):
     return values[0]
 
 
-def options_from_form(fields, max_items_limit):
-    """The configuration values a form names (other fields are ignored), checked; PubsubError if one is bad."""
+def options_from_form(fields, max_items_limit, service=False):
+    """The configuration values a form names (other fields are ignored), checked; PubsubError if one is bad.
+
+    ``service``: a pubsub service's node, which also has a publish model and a title (PEP's have neither).
+    """
     options = {}
     for var, values in fields.items():
         name = var.removeprefix("pubsub#")
+        if name in ("publish_model", "title") and not service:
+            continue
         if name == "persist_items":
             options[name] = _boolean(values)
         elif name == "max_items":
@@ -92,6 +106,10 @@ def options_from_form(fields, max_items_limit):
             options[name] = _choice(values, SEND_LAST, name)
         elif name == "roster_groups_allowed":
             options[name] = sorted(set(values))
+        elif name == "publish_model":
+            options[name] = _choice(values, PUBLISH_MODELS, name)
+        elif name == "title":
+            options[name] = _title(values)
     return options
 
 
@@ -121,6 +139,11 @@ def config_form(config):
     field("pubsub#access_model", "list-single", [config["access_model"]], ACCESS_MODELS)
     field("pubsub#roster_groups_allowed", "list-multi", config["roster_groups_allowed"])
     field("pubsub#send_last_published_item", "list-single", [config["send_last_published_item"]], SEND_LAST)
+    # The fields of a pubsub service's nodes (PEP has neither).
+    if "publish_model" in config:
+        field("pubsub#publish_model", "list-single", [config["publish_model"]], PUBLISH_MODELS)
+    if "title" in config:
+        field("pubsub#title", "text-single", [config["title"]])
     return form
 
 
@@ -158,3 +181,23 @@ def publish_item(items, item_id, payload_xml, publisher, max_items):
 def item_bytes(items):
     """The bytes a node's items take (their payloads' XML, UTF-8)."""
     return sum(len(item[1].encode("utf-8")) for item in items)
+
+
+def event_message(sender, to, *children):
+    """A notification: <message type='headline'> with a pubsub#event <items/> (or delete, purge) element."""
+    message = make("message", to=to, sender=sender, type="headline")
+    event = message.addElement((NS_EVENT, "event"))
+    for child in children:
+        event.addChild(child)
+    return message
+
+
+def items_element(uri, node, items):
+    """<items node=.../> in ``uri`` holding ``items`` ([id, payload XML, publisher])."""
+    element = domish.Element((uri, "items"))
+    element["node"] = node
+    for item_id, payload_xml, _publisher in items:
+        item = element.addElement("item")
+        item["id"] = item_id
+        item.addChild(parse_element(payload_xml))
+    return element

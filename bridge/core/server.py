@@ -383,6 +383,11 @@ class GatewayContext:
         host = self._server.component_hosts[domain]
         host.disco.items = [entry for entry in host.disco.items if entry[0] != jid or entry[2] is not self]
 
+    def add_node_source(self, answer):
+        """Answer disco queries about the nodes of every domain served (see ``DiscoEntries.node_sources``)."""
+        for host in self.served:
+            host.disco.node_sources.append((answer, self))
+
     def add_form(self, form):
         """Add the data form ``form`` (XEP-0128) to disco#info of every domain served."""
         for host in self.served:

@@ -15,12 +15,13 @@ NS_ITEMS = "http://jabber.org/protocol/disco#items"
 class Disco:
     def __init__(self, ctx):
         self.entries = ctx.host.disco
+        self.domain = ctx.host.name
 
     def _answer(self, event, namespace, where):
         query = event.stanza.query
-        if query.getAttribute("node"):
-            event.reply(error_reply(event.stanza, "item-not-found"))
-            return True
+        node = query.getAttribute("node")
+        if node:
+            return self._answer_node(event, namespace, where, node)
         reply = result_reply(event.stanza)
         answer = reply.addElement((namespace, "query"))
         if namespace == NS_INFO:
@@ -39,7 +40,25 @@ class Disco:
                 item["jid"] = jid
                 if name:
                     item["name"] = name
+            for source, _ in self.entries.node_sources:
+                for child in source(self.domain, namespace, None, event.sender) or ():
+                    answer.addChild(child)
         event.reply(reply)
+        return True
+
+    def _answer_node(self, event, namespace, where, node):
+        """A query about a node: answered by the module whose node it is (a pubsub service's)."""
+        for source, _ in self.entries.node_sources if where == "host" else ():
+            children = source(self.domain, namespace, node, event.sender)
+            if children is not None:
+                reply = result_reply(event.stanza)
+                answer = reply.addElement((namespace, "query"))
+                answer["node"] = node
+                for child in children:
+                    answer.addChild(child)
+                event.reply(reply)
+                return True
+        event.reply(error_reply(event.stanza, "item-not-found"))
         return True
 
     def host_info(self, event):

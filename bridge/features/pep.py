@@ -29,11 +29,12 @@ from twisted.words.xish import domish
 
 from bridge.core import caps as entity_caps
 from bridge.core import pubsub
+from bridge.core.account_data import Changed
 from bridge.core.hooks import OBSERVE, in_background
-from bridge.core.pubsub import NS_EVENT, NS_OWNER, NS_PUBSUB, PubsubError
+from bridge.core.pubsub import NS_EVENT, NS_OWNER, NS_PUBSUB, PubsubError, event_message, items_element
 from bridge.core.stanza import form_values, make, parse_jid, result_reply
 from bridge.core.storage.cache import DocumentCache, KeyedLock
-from bridge.core.xmlstream import parse_element, serialize
+from bridge.core.xmlstream import serialize
 
 STORE = "pep"
 FEATURES = ("publish", "auto-create", "publish-options", "access-presence", "access-open", "access-roster",
@@ -60,32 +61,6 @@ def decode(stored):
 
 def encode(document):
     return document if document["nodes"] else None
-
-
-def event_message(owner, to, node, *children):
-    """A notification: <message type='headline'> with a pubsub#event <items/> (or delete, purge) element."""
-    message = make("message", to=to, sender=owner, type="headline")
-    event = message.addElement((NS_EVENT, "event"))
-    for child in children:
-        event.addChild(child)
-    return message
-
-
-def items_element(uri, node, items):
-    element = domish.Element((uri, "items"))
-    element["node"] = node
-    for item_id, payload_xml, _publisher in items:
-        item = element.addElement("item")
-        item["id"] = item_id
-        item.addChild(parse_element(payload_xml))
-    return element
-
-
-def only_child(element, uri, name):
-    children = list(element.elements())
-    if len(children) == 1 and children[0].uri == uri and children[0].name == name:
-        return children[0]
-    return None
 
 
 class Pep:
@@ -220,7 +195,7 @@ class Pep:
             if name not in nodes or not node["items"] or config["send_last_published_item"] != "on_sub_and_presence":
                 continue
             if pubsub.access_error(config, is_owner, roster.get(full.split("/", 1)[0])) is None:
-                self.ctx.route(event_message(owner, full, name, items_element(NS_EVENT, name, node["items"][-1:])))
+                self.ctx.route(event_message(owner, full, items_element(NS_EVENT, name, node["items"][-1:])))
 
     def _targets(self, owner, name, node, roster):
         """Who is notified of a change of ``owner``'s node: the resources that want it and may see it,
@@ -246,7 +221,7 @@ class Pep:
 
     def _notify(self, owner, name, node, roster, child):
         for target in self._targets(owner, name, node, roster):
-            self.ctx.route(event_message(owner, target, name, child))
+            self.ctx.route(event_message(owner, target, child))
 
     # -- requests -------------------------------------------------------------------
 
@@ -379,22 +354,76 @@ class Pep:
         publisher = event.sender.userhost()
         if node["config"]["persist_items"]:
             pubsub.publish_item(kept, item_id, payload_xml, publisher, node["config"]["max_items"])
-        others = sum(pubsub.item_bytes(other["items"]) for other_name, other in document["nodes"].items()
-                     if other_name != name)
-        total = others + pubsub.item_bytes(kept)
-        if total > self.limits.max_bytes_per_user and total > others + pubsub.item_bytes(node["items"]):
-            raise PubsubError("policy-violation", text=f"an account's items may take at most "
-                                                       f"{self.limits.max_bytes_per_user} bytes")
+        self._check_bytes(document, name, node, kept)
         node["items"] = kept
         document["nodes"][name] = node
         yield self._save(event, document)
         published = domish.Element((NS_PUBSUB, "publish"))
         published["node"] = name
         published.addElement("item")["id"] = item_id
-        self._reply(event, NS_PUBSUB, published)
+        self._changed(event.to.userhost(), document, name).addCallback(
+            lambda _: self._reply(event, NS_PUBSUB, published))
         roster = yield self.ctx.rosters.load(event.to.userhost())
         self._notify(event.to.userhost(), name, node, roster,
                      items_element(NS_EVENT, name, [[item_id, payload_xml, publisher]]))
+
+    def _check_bytes(self, document, name, node, kept):
+        """PubsubError when ``kept`` as the items of ``name`` puts the account over its bytes (unless it shrinks)."""
+        others = sum(pubsub.item_bytes(other["items"]) for other_name, other in document["nodes"].items()
+                     if other_name != name)
+        total = others + pubsub.item_bytes(kept)
+        if total > self.limits.max_bytes_per_user and total > others + pubsub.item_bytes(node["items"]):
+            raise PubsubError("policy-violation", text=f"an account's items may take at most "
+                                                       f"{self.limits.max_bytes_per_user} bytes")
+
+    def _changed(self, owner, document, name):
+        """``pep/changed``: a client changed node ``name``; a Deferred that fires once the conversions
+        are done, when the client may be answered (see ``bridge.core.account_data``)."""
+        def read(other):
+            node = document["nodes"].get(other)
+            return [item[:2] for item in node["items"]] if node is not None else []
+
+        change = Changed(owner, name, read(name), read=read)
+        self.ctx.fire("pep/changed", change)
+        return change.settled()
+
+    def take_write(self, request):
+        """``pep/write``: a conversion sets a node's items (see ``bridge.core.account_data``)."""
+        self._changes.run(request.owner, self._write, request).chainDeferred(request.done)
+        return True
+
+    @defer.inlineCallbacks
+    def _write(self, request):
+        owner, name = request.owner, request.name
+        user, host = owner.split("@", 1)
+        document = yield self.documents.load(host, user)
+        node = document["nodes"].get(name)
+        if node is None:
+            if len(document["nodes"]) >= self.limits.max_nodes_per_user:
+                raise PubsubError("policy-violation", "max-nodes-exceeded", "the account has too many nodes")
+            config = pubsub.default_config(1)
+            config.update(request.options)
+            node = {"config": config, "items": [], "subscribers": []}
+        wanted = [[item_id, serialize(payload), owner] for item_id, payload in request.value]
+        wanted = wanted[-node["config"]["max_items"]:] if node["config"]["persist_items"] else []
+        if any(len(item[1].encode("utf-8")) > self.limits.max_item_bytes for item in wanted):
+            raise PubsubError("not-acceptable", "payload-too-big", "an item is over the size limit")
+        self._check_bytes(document, name, node, wanted)
+        before = {item[0]: item[1] for item in node["items"]}
+        published = [item for item in wanted if before.get(item[0]) != item[1]]
+        retracted = set(before) - {item[0] for item in wanted}
+        node["items"] = wanted
+        document["nodes"][name] = node
+        yield self.documents.save(host, user, document)
+        roster = yield self.ctx.rosters.load(owner)
+        if published:
+            self._notify(owner, name, node, roster, items_element(NS_EVENT, name, published))
+        if retracted:
+            gone = domish.Element((NS_EVENT, "items"))
+            gone["node"] = name
+            for item_id in sorted(retracted):
+                gone.addElement("retract")["id"] = item_id
+            self._notify(owner, name, node, roster, gone)
 
     @staticmethod
     def _forms(stanza, container):
@@ -413,7 +442,7 @@ class Pep:
             raise PubsubError("item-not-found", text="no such item")
         node["items"] = [item for item in node["items"] if item[0] not in ids]
         yield self._save(event, document)
-        self._reply(event)
+        self._changed(event.to.userhost(), document, child["node"]).addCallback(lambda _: self._reply(event))
         if child.getAttribute("notify") in ("1", "true"):
             gone = domish.Element((NS_EVENT, "items"))
             gone["node"] = child["node"]
@@ -474,7 +503,7 @@ class Pep:
         reply["subscription"] = "subscribed"
         self._reply(event, NS_PUBSUB, reply)
         if node["items"] and node["config"]["send_last_published_item"] != "never":
-            self.ctx.route(event_message(event.to.userhost(), subscriber, child["node"],
+            self.ctx.route(event_message(event.to.userhost(), subscriber,
                                          items_element(NS_EVENT, child["node"], node["items"][-1:])))
 
     @defer.inlineCallbacks
@@ -512,11 +541,11 @@ class Pep:
         targets = self._targets(event.to.userhost(), child["node"], node, roster)
         del document["nodes"][child["node"]]
         yield self._save(event, document)
-        self._reply(event)
+        self._changed(event.to.userhost(), document, child["node"]).addCallback(lambda _: self._reply(event))
         for target in targets:
             deleted = domish.Element((NS_EVENT, "delete"))
             deleted["node"] = child["node"]
-            self.ctx.route(event_message(event.to.userhost(), target, child["node"], deleted))
+            self.ctx.route(event_message(event.to.userhost(), target, deleted))
 
     @defer.inlineCallbacks
     def _purge(self, event, child):
@@ -524,7 +553,7 @@ class Pep:
         node = self._node(document, child)
         node["items"] = []
         yield self._save(event, document)
-        self._reply(event)
+        self._changed(event.to.userhost(), document, child["node"]).addCallback(lambda _: self._reply(event))
         roster = yield self.ctx.rosters.load(event.to.userhost())
         purged = domish.Element((NS_EVENT, "purge"))
         purged["node"] = child["node"]
@@ -549,4 +578,5 @@ def setup(ctx):
     ctx.hook("pre-presence/self", pep.own_presence, priority=OBSERVE)
     ctx.hook("session/ended", pep.session_ended)
     ctx.hook("account/deleted", pep.forget)
+    ctx.hook("pep/write", pep.take_write)
     return pep

@@ -4,10 +4,15 @@ Each account keeps one XML fragment per (namespace, element name); only the
 owner reads or writes them.  An account's fragments together take at most
 ``max_private_bytes_per_user`` bytes of XML; a set that would grow them past
 it is refused with ``resource-constraint``.
+
+A client's set is told on ``private/changed``; ``private/write`` stores a
+fragment for a conversion (``features/bookmarks.py``, from PEP), within the
+same bound (``bridge.core.account_data``).
 """
 
 from twisted.internet import defer
 
+from bridge.core.account_data import Changed
 from bridge.core.hooks import in_background
 from bridge.core.stanza import error_reply, result_reply
 from bridge.core.storage.cache import KeyedLock
@@ -59,16 +64,46 @@ class PrivateStorage:
 
     @defer.inlineCallbacks
     def _set(self, event, payload):
-        stored = (yield self.ctx.storage.get(event.host.name, event.to.user, STORE)) or {}
+        stored = yield self._store(event.host.name, event.to.user, payload)
+        if not stored:
+            event.reply(error_reply(event.stanza, "resource-constraint",
+                                    f"private storage is limited to {self.max_bytes} bytes per account"))
+            return
+        change = Changed(event.to.userhost(), f"{payload.uri} {payload.name}", payload)
+        self.ctx.fire("private/changed", change)
+        change.settled().addCallback(lambda _: event.reply(result_reply(event.stanza)))
+
+    @defer.inlineCallbacks
+    def _store(self, host, user, payload):
+        """Keep ``payload`` in place of the fragment of its name; False when that would pass the bound."""
+        stored = (yield self.ctx.storage.get(host, user, STORE)) or {}
         before = xml_bytes(stored)
         stored[f"{payload.uri} {payload.name}"] = serialize(payload)
         after = xml_bytes(stored)
         if after > self.max_bytes and after > before:
-            event.reply(error_reply(event.stanza, "resource-constraint",
-                                    f"private storage is limited to {self.max_bytes} bytes per account"))
-            return
-        yield self.ctx.storage.set(event.host.name, event.to.user, STORE, stored)
-        event.reply(result_reply(event.stanza))
+            return False
+        yield self.ctx.storage.set(host, user, STORE, stored)
+        return True
+
+    def take_write(self, request):
+        """``private/write``: a conversion stores a fragment (see ``bridge.core.account_data``)."""
+        user, host = request.owner.split("@", 1)
+        d = self._changes.run((host, user), self._store, host, user, request.value)
+        d.addCallback(self._written, request)
+        d.chainDeferred(request.done)
+        return True
+
+    def _written(self, stored, request):
+        if not stored:
+            raise ValueError(f"private storage of {request.owner} would pass {self.max_bytes} bytes")
+
+    def read(self, request):
+        """``private/read``: the stored fragment named ``request.name`` (or None), for a conversion."""
+        user, host = request.owner.split("@", 1)
+        d = self.ctx.storage.get(host, user, STORE)
+        d.addCallback(lambda stored: parse_element(stored[request.name]) if stored and request.name in stored else None)
+        d.chainDeferred(request.done)
+        return True
 
 
 def setup(ctx):
@@ -76,4 +111,6 @@ def setup(ctx):
     ctx.add_feature(NS_PRIVATE)
     ctx.hook(f"iq-get/bare/{NS_PRIVATE}:query", storage.get)
     ctx.hook(f"iq-set/bare/{NS_PRIVATE}:query", storage.set)
+    ctx.hook("private/write", storage.take_write)
+    ctx.hook("private/read", storage.read)
     return storage

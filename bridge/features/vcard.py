@@ -7,6 +7,11 @@ is added to the owner's outgoing presence when the client left it out.
 A vCard of more than ``max_vcard_bytes`` bytes of XML is refused with
 ``not-acceptable``; the default holds a real avatar photo, base64 and all,
 within the default client stanza size limit.
+
+A client's new vCard is told on ``vcard/changed``; ``vcard/write`` puts
+another photo in the stored vCard (``features/avatars.py``, from PEP), after
+which the owner's available resources announce the new hash again
+(``bridge.core.account_data``).
 """
 
 import base64
@@ -15,8 +20,12 @@ import hashlib
 
 from twisted.internet import defer
 
+from twisted.words.xish import domish
+
+from bridge.core.account_data import Changed
 from bridge.core.hooks import AMEND, in_background
 from bridge.core.stanza import error_reply, result_reply
+from bridge.core.storage.cache import KeyedLock
 from bridge.core.xmlstream import parse_element, serialize
 
 NS_VCARD = "vcard-temp"
@@ -41,6 +50,7 @@ class VCards:
         self.ctx = ctx
         self.max_bytes = ctx.config.quotas.max_vcard_bytes
         self._hashes = {}
+        self._changes = KeyedLock()  # a client's set and a conversion's write, one at a time per account
 
     @in_background()
     @defer.inlineCallbacks
@@ -64,10 +74,55 @@ class VCards:
             event.reply(error_reply(event.stanza, "not-acceptable",
                                     f"a vCard may take at most {self.max_bytes} bytes"))
             return
+        yield self._changes.run(event.to.userhost(), self._set, event, vcard, text)
+
+    @defer.inlineCallbacks
+    def _set(self, event, vcard, text):
+        owner = event.to.userhost()
+        stored = yield self.ctx.storage.get(event.host.name, event.to.user, STORE)
         digest = photo_hash(vcard)
         yield self.ctx.storage.set(event.host.name, event.to.user, STORE, {"xml": text, "photo": digest})
-        self._hashes[event.to.userhost()] = digest
-        event.reply(result_reply(event.stanza))
+        self._hashes[owner] = digest
+        change = Changed(owner, "vCard", vcard, previous=stored["photo"] if stored else "")
+        self.ctx.fire("vcard/changed", change)
+        change.settled().addCallback(lambda _: event.reply(result_reply(event.stanza)))
+
+    def take_write(self, request):
+        """``vcard/write``: a conversion puts another photo (or none) in the stored vCard."""
+        self._changes.run(request.owner, self._write, request).chainDeferred(request.done)
+        return True
+
+    @defer.inlineCallbacks
+    def _write(self, request):
+        user, host = request.owner.split("@", 1)
+        stored = yield self.ctx.storage.get(host, user, STORE)
+        vcard = parse_element(stored["xml"]) if stored else domish.Element((NS_VCARD, "vCard"))
+        vcard.children = [child for child in vcard.children
+                          if not (isinstance(child, domish.Element) and child.name == "PHOTO")]
+        if request.value is not None:
+            kind, data = request.value
+            photo = vcard.addElement("PHOTO")
+            photo.addElement("TYPE", content=kind)
+            photo.addElement("BINVAL", content=base64.b64encode(data).decode("ascii"))
+        text = serialize(vcard)
+        if len(text.encode("utf-8")) > self.max_bytes:
+            raise ValueError(f"the vCard would take more than {self.max_bytes} bytes")
+        digest = photo_hash(vcard)
+        yield self.ctx.storage.set(host, user, STORE, {"xml": text, "photo": digest})
+        changed = self._hashes.get(request.owner) != digest
+        self._hashes[request.owner] = digest
+        if changed:
+            self._announce(request.owner)
+
+    def _announce(self, owner):
+        """Each available resource of ``owner`` says its presence again, with the new photo hash."""
+        for session in self.ctx.sessions.available(owner):
+            presence = domish.Element((None, "presence"))
+            presence.attributes = {key: value for key, value in session.presence.attributes.items()
+                                   if key not in ("to", "from")}
+            presence.children = [child for child in session.presence.children
+                                 if not (isinstance(child, domish.Element) and child.uri == NS_UPDATE)]
+            self.ctx.server.stanza_from_session(session, presence)
 
     @in_background(handled=False)
     @defer.inlineCallbacks
@@ -82,9 +137,14 @@ class VCards:
         stanza = event.stanza
         if stanza.getAttribute("type") is not None:
             return False
-        if any(True for _ in stanza.elements(NS_UPDATE, "x")):
-            return False
         digest = self._hashes.get(event.origin.bare)
+        for update in stanza.elements(NS_UPDATE, "x"):
+            # A client's hash is replaced by the stored photo's, which a conversion may have changed
+            # (XEP-0398 section 4); an <x/> without <photo/> (not ready yet) is left as it is.
+            for photo in update.elements(NS_UPDATE, "photo"):
+                if digest is not None:
+                    photo.children = [digest] if digest else []
+            return False
         if digest:
             update = stanza.addElement((NS_UPDATE, "x"))
             update.addElement("photo", content=digest)
@@ -98,4 +158,5 @@ def setup(ctx):
     ctx.hook(f"iq-set/bare/{NS_VCARD}:vCard", vcards.set)
     ctx.hook("session/bound", vcards.load_hash)
     ctx.hook("pre-presence/self", vcards.stamp_presence, priority=AMEND)
+    ctx.hook("vcard/write", vcards.take_write)
     return vcards

@@ -11,7 +11,8 @@ Dispatch is by path: a WebSocket upgrade on ``websocket_path`` becomes an RFC
 7395 stream (``bridge.gateways.websocket``), ``bosh_path`` goes to the BOSH
 handler, a prefix a gateway serves (``GatewayContext.serve_http``: the uploads
 of ``bridge.gateways.upload``) to that gateway, everything else to the web
-client (``bridge.gateways.webclient``).  A gateway's ``open_body`` may take a
+client (``bridge.gateways.webclient``), but for the XEP-0156 host-meta documents
+(``bridge.gateways.hostmeta``).  A gateway's ``open_body`` may take a
 request's body as it arrives (a sink with ``limit``, ``write``, ``abort``),
 in place of ``max_request_bytes`` in memory; it is then ``request.body``.
 The BOSH handler sees only ``HTTPRequest`` and ``Responder``::
@@ -44,19 +45,24 @@ import re
 from collections import deque
 from typing import NamedTuple
 
+from zope.interface import implementer
+
 import h11
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from bridge.core.streams.base import ConnectionsPerAddress, Reading
 from bridge.core.triage import Gate
 from bridge.gateways import websocket
+from bridge.gateways.hostmeta import PATHS as HOST_META_PATHS, HostMeta
 from bridge.gateways.webclient import WebClient
 
 log = Logger()
 
 # Requests read ahead of their answers on one connection; past it, reading pauses.
 MAX_PIPELINED = 16
+FILE_CHUNK_BYTES = 65536  # what a FileBody reads at a time, as fast as the connection takes it
 # The request line and headers; h11 answers 431 past it.
 MAX_HEAD_BYTES = 65536
 CORS_METHODS = "GET, POST, OPTIONS"
@@ -206,7 +212,8 @@ class Responder:
         self.cors = []
         self.lost = False
         self.responded = False
-        self.data = None  # the serialised answer, once respond() was called
+        self.data = None  # the serialised answer (its head only, for a FileBody), once respond() was called
+        self.file_body = None  # a FileBody sent after ``data``
         self._lost_callbacks = []
 
     def respond(self, status, headers, body):
@@ -216,6 +223,8 @@ class Responder:
         self._lost_callbacks = []  # never called now; they often refer back to this responder
         if not self.lost:
             self._channel.answer(self, status, list(headers), body)
+        elif isinstance(body, FileBody):
+            body.close()
 
     def vouch(self):
         """The request belongs to an authenticated session: triage lets this connection's reads in
@@ -263,9 +272,59 @@ def format_response(status, headers, body, date, close=False, head=False):
     if close:
         lines.append("Connection: close")
     data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    if not (bodiless or head):
+    if not (bodiless or head or isinstance(body, FileBody)):
         data += body
     return data
+
+
+class FileBody:
+    """A response body sent from an open file, ``length`` bytes from ``offset``, as fast as the client
+    reads: never held in memory whole (an upload's GET).  The channel closes the file when done."""
+
+    def __init__(self, file, offset, length):
+        self.file = file
+        self.offset = offset
+        self.length = length
+
+    def __len__(self):
+        return self.length
+
+    def close(self):
+        self.file.close()
+
+
+@implementer(IPushProducer)
+class _FileStream:
+    """Writes a FileBody to the channel's transport, paused while the transport's buffer is full."""
+
+    def __init__(self, channel, body):
+        self.channel = channel
+        self.body = body
+        self.left = body.length
+        self.paused = False
+        body.file.seek(body.offset)
+
+    def resumeProducing(self):
+        self.paused = False
+        while not self.paused and self.left > 0 and self.channel.stream is self:
+            chunk = self.body.file.read(min(FILE_CHUNK_BYTES, self.left))
+            if not chunk:  # the file shrank under us: the promised length cannot be kept
+                self.stopProducing()
+                self.channel.transport.loseConnection()
+                return
+            self.left -= len(chunk)
+            self.channel.transport.write(chunk)
+        if self.left == 0 and self.channel.stream is self:
+            self.channel.stream_done()
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def stopProducing(self):
+        self.paused = True
+        self.body.close()
+        if self.channel.stream is self:
+            self.channel.stream = None
 
 
 def text_body(text):
@@ -367,6 +426,7 @@ class HTTPChannel(Protocol):
         self._body = []
         self._body_size = 0
         self._sink = None  # where the body of a request for a streaming route goes (an upload)
+        self.stream = None  # the _FileStream of the answer being written, while it is
         self._upgrade = None  # (request, bytes after it), waiting for the answers before it
         self._reading = False
         self._reading_paused = False
@@ -414,6 +474,8 @@ class HTTPChannel(Protocol):
             responder.connection_lost()
         if self.websocket is not None:
             self.websocket.connection_lost()
+        if self.stream is not None:
+            self.stream.stopProducing()
         self._gate = None  # it calls back into this channel: freed with it, not by the cycle collector
         self._abort_sink()
 
@@ -613,6 +675,8 @@ class HTTPChannel(Protocol):
             handler = self.factory.bosh
         elif self._route(request.path) is not None:
             handler = self._route(request.path)
+        elif request.path in HOST_META_PATHS and request.method != "OPTIONS":
+            handler = self.factory.host_meta
         elif request.method == "OPTIONS":
             responder.respond(204, [("Allow", "GET, HEAD, OPTIONS")], b"")
             return
@@ -639,22 +703,32 @@ class HTTPChannel(Protocol):
             log.failure("cannot send the answer to {request!r}", request=request)
             error_headers, error_body = text_body("internal server error")
             data = format_response(500, error_headers, error_body, self._date(), close, head)
+            status = 500
+        if isinstance(body, FileBody):
+            if head or status not in (200, 206) or self.gone:
+                body.close()
+            else:
+                responder.file_body = body
         responder.close_after = close
         responder.data = data
         self._flush()
 
     def _flush(self):
+        if self.stream is not None:
+            return  # the answer at the front is still being written from its file
         while self.pending and self.pending[0].data is not None:
-            responder = self.pending.popleft()
             if self.gone:
                 return
+            responder = self.pending[0]
             self.transport.write(responder.data)
+            if responder.file_body is not None:
+                self.stream = _FileStream(self, responder.file_body)
+                self.transport.registerProducer(self.stream, True)
+                self.stream.resumeProducing()  # stream_done() goes on from here once the file is written
+                return
+            self.pending.popleft()
             if responder.close_after:
-                self.finished = True
-                self._upgrade = None
-                self._lose_pending()
-                self.transport.loseConnection()
-                self._update_timer()
+                self._close_after_answer()
                 return
         if self.gone:
             return
@@ -665,6 +739,24 @@ class HTTPChannel(Protocol):
             self._reading_paused = False
             self._pipelining.resumeProducing()
             self._read_requests()
+        self._update_timer()
+
+    def stream_done(self):
+        """The file of the answer at the front is written: on to the next answer."""
+        self.stream.body.close()
+        self.stream = None
+        self.transport.unregisterProducer()
+        responder = self.pending.popleft()
+        if responder.close_after:
+            self._close_after_answer()
+            return
+        self._flush()
+
+    def _close_after_answer(self):
+        self.finished = True
+        self._upgrade = None
+        self._lose_pending()
+        self.transport.loseConnection()
         self._update_timer()
 
     def _lose_pending(self):
@@ -761,6 +853,7 @@ class HTTPFactory(Factory):
         self.proxies = TrustedProxies(config.trusted_proxies, config.trusted_proxy_header)
         self.cors = CORSPolicy(config)
         self.webclient = WebClient(server, config)
+        self.host_meta = HostMeta(server, config)
 
     def reconfigure(self, config):
         """A reload: new connections take the new ``[http]`` limits and CORS policy, and the

@@ -9,7 +9,8 @@ Files live flat under ``data_dir/upload``: ``<token>`` (the bytes) and
 ``<token>.json`` (owner, size, type, creation time).  The client's file name
 is only part of the URL, never of a path on disk, and a token is checked
 against ``TOKEN`` before it names a file.  A PUT streams into
-``<token>.part`` and is renamed when complete.
+``<token>.part`` and is renamed when complete; a GET (whole or a range) is
+sent from the file as the client reads it (``FileBody``), never held whole.
 
 Limits (``[upload]``): a maximum file size, a quota per user (counted on
 disk plus uploads in progress), expiry after some days.  An account's files
@@ -29,7 +30,7 @@ from twisted.words.xish import domish
 
 from bridge.core.server import looping_call
 from bridge.core.stanza import error_reply, result_reply, simple_form
-from bridge.gateways.http import text_body
+from bridge.gateways.http import FileBody, text_body
 
 log = Logger()
 
@@ -316,9 +317,11 @@ class UploadService:
                               b"range not satisfiable\n")
             return
         first, last = wanted if wanted is not None else (0, size - 1)
-        with open(self._path(parts[0]), "rb") as file:
-            file.seek(first)
-            body = file.read(last - first + 1)
+        try:
+            body = FileBody(open(self._path(parts[0]), "rb"), first, last - first + 1)
+        except FileNotFoundError:  # expired or deleted since its metadata was read
+            responder.respond(404, *text_body("not found"))
+            return
         if wanted is None:
             responder.respond(200, headers, body)
         else:

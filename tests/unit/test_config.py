@@ -163,6 +163,17 @@ class ConfigTests(SynchronousTestCase):
         config = configuration.load(sample)
         self.assertIn("localhost", config.hosts)
 
+    def test_pubsub_section_is_checked(self):
+        """[pubsub]: a subdomain taken by the MUC service, an admin that is not a bare JID and an item larger
+        than a node's bytes are each named."""
+        with self.assertRaises(configuration.ConfigError) as caught:
+            configuration.parse({"pubsub": {"subdomain": "conference", "admins": ["pubsub.localhost"],
+                                            "max_item_bytes": 4096, "max_bytes_per_node": 2048}}, "ps.toml")
+        self.assertEqual(caught.exception.problems, [
+            "ps.toml: pubsub.subdomain: 'conference' is also the MUC service's",
+            "ps.toml: pubsub.admins: 'pubsub.localhost' is not a bare JID (user@host)",
+            "ps.toml: pubsub.max_item_bytes: must be at most max_bytes_per_node (2048)"])
+
 
 class DataDirBaseTests(SynchronousTestCase):
     """Where a relative data_dir goes: never into a system configuration folder such as /etc/bridge."""

@@ -10,7 +10,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from bridge import config as configuration
-from bridge.gateways.http import ClientAddress, HTTPFactory, TrustedProxies
+from bridge.gateways.http import ClientAddress, FileBody, HTTPFactory, TrustedProxies
 from tests.unit.helpers import Harness
 
 LISTENER = IPv4Address("TCP", "127.0.0.1", 5280)
@@ -616,3 +616,90 @@ class WebClientTests(HTTPTestCase):
         self.make()
         status, headers, _ = self.get("/xmpp-websocket")
         self.assertEqual((status, headers["upgrade"]), (426, "websocket"))
+
+
+class ThrottlingTransport(StringTransport):
+    """A transport whose buffer is 'full' past ``limit`` bytes: it pauses its streaming producer then."""
+
+    def __init__(self, limit, **kwargs):
+        super().__init__(**kwargs)
+        self.limit = limit
+
+    def write(self, data):
+        super().write(data)
+        if self.producer is not None and len(self.value()) >= self.limit:
+            self.producer.pauseProducing()
+
+
+class FileServer:
+    """A gateway route answering every GET with ``FileBody`` over a file of ``size`` bytes (the last
+    one opened is kept to check it is closed)."""
+
+    def __init__(self, directory, size):
+        self.path = os.path.join(directory, "file")
+        with open(self.path, "wb") as handle:
+            handle.write(bytes(range(256)) * (size // 256))
+        self.opened = None
+
+    def open_body(self, method, path, query, headers):
+        return None  # bodies are read as usual
+
+    def handle(self, request, responder):
+
+        self.opened = open(self.path, "rb")
+        responder.respond(200, [("Content-Type", "application/octet-stream")],
+                          FileBody(self.opened, 10, os.path.getsize(self.path) - 10))
+
+
+class FileBodyTests(HTTPTestCase):
+    size = 1024 * 1024
+
+    def setUp(self):
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        self.make()
+        self.files = FileServer(directory, self.size)
+        self.harness.server.http_routes["/files/"] = self.files
+
+    def connect_throttled(self, limit):
+        peer = IPv4Address("TCP", "127.0.0.1", 40001)
+        client = HTTPClient.__new__(HTTPClient)
+        client.channel = self.factory.buildProtocol(peer)
+        client.transport = ThrottlingTransport(limit, hostAddress=LISTENER, peerAddress=peer)
+        client.channel.makeConnection(client.transport)
+        return client
+
+    def test_file_is_sent_as_the_client_reads_and_the_next_answer_waits(self):
+        """A FileBody is written a chunk at a time while the transport takes it: paused at a full buffer, the
+        rest follows on resume, then a pipelined request's answer; the bytes are the file's from the offset,
+        and the file is closed at the end."""
+        client = self.connect_throttled(limit=200 * 1024)
+        client.request("GET", "/files/a")
+        client.request("GET", "/nope")  # answered by the web client (404), after the file
+        written = len(client.transport.value())
+        self.assertLess(written, 300 * 1024)
+        producer = client.transport.producer
+        while client.transport.producer is not None:
+            client.transport.limit = len(client.transport.value()) + 200 * 1024
+            producer.resumeProducing()
+        responses = client.responses()
+        self.assertEqual([status for status, _, _ in responses], [200, 404])
+        status, headers, body = responses[0]
+        self.assertEqual(int(headers["content-length"]), self.size - 10)
+        with open(self.files.path, "rb") as handle:
+            self.assertEqual(body, handle.read()[10:])
+        self.assertTrue(self.files.opened.closed)
+
+    def test_head_and_lost_connections_close_the_file(self):
+        """A HEAD answer with a FileBody sends only the head (its length) and closes the file; a connection
+        lost in the middle of a file closes it too."""
+        client = self.connect()
+        client.request("HEAD", "/files/a")
+        [(status, headers, body)] = client.responses()
+        self.assertEqual((status, headers["content-length"], body), (200, str(self.size - 10), b""))
+        self.assertTrue(self.files.opened.closed)
+        client = self.connect_throttled(limit=100 * 1024)
+        client.request("GET", "/files/a")
+        self.assertFalse(self.files.opened.closed)
+        client.drop()
+        self.assertTrue(self.files.opened.closed)
