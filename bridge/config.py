@@ -399,6 +399,21 @@ _ENDPOINT_OPTIONS = {"tcp": {"port", "interface", "backlog"}, "tcp6": {"port", "
                      "unix": {"address", "mode", "backlog", "lockfile"}}
 
 
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Several nodes as one service, with the session table in Redis (docs/scaling.md).  Off: one process."""
+
+    enabled: bool = _option(False)
+    node_name: str = _option("")
+    redis_address: str = _option("127.0.0.1:6379")
+    password_file: str = _option("", path=True)
+    lease_seconds: float = _option(10.0, low=1, high=300)
+    stream_max_entries: int = _option(100000, low=100, high=100000000)
+
+    def read_password(self):
+        return read_first_line(self.password_file) if self.password_file else ""
+
+
 def check_listening_endpoint(text):
     """ValueError unless ``text`` is ``tcp:PORT``, ``tcp6:PORT`` (options ``interface=``, ``backlog=``) or
     ``unix:PATH``, with a PORT of 0 to 65535: what would otherwise fail only when the listener starts."""
@@ -533,6 +548,7 @@ class Config:
     muc: MUCConfig = field(default_factory=MUCConfig)
     upload: UploadConfig = field(default_factory=UploadConfig)
     smsc: dict = field(default_factory=dict)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     source: str = "(embedded defaults)"
 
     def data_path(self, name):
@@ -553,6 +569,7 @@ _SECTIONS = {"tls": TLSConfig, "c2s": C2SConfig, "s2s": S2SConfig, "http": HTTPC
              "quotas": QuotasConfig, "push": PushConfig, "mam": MAMConfig, "pep": PEPConfig, "smtp": SMTPConfig,
              "component_listener": ComponentListenerConfig, "sms": SMSConfig, "sip": SIPConfig, "muc": MUCConfig,
              "upload": UploadConfig}
+_SECTIONS["cluster"] = ClusterConfig
 # Tables of named sub-tables: [hosts.NAME], [components.DOMAIN], [smsc.NAME].
 _NAMED = {"hosts": HostConfig, "components": ComponentConfig, "smsc": SMSCConfig}
 
@@ -754,9 +771,24 @@ def parse(document, where):
     for name, smsc in sections.get("smsc", {}).items():
         if smsc.reconnect_max_seconds < smsc.reconnect_min_seconds:
             problems.append(f"{where}: smsc.{name}.reconnect_max_seconds: must be at least reconnect_min_seconds")
+    problems.extend(_cluster_problems(sections.get("cluster", base.cluster), where))
     if problems:
         raise ConfigError(problems)
     return dataclasses.replace(base, **sections, source=where)
+
+
+def _cluster_problems(cluster, where):
+    if not cluster.enabled:
+        return []
+    problems = []
+    if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", cluster.node_name):
+        problems.append(f"{where}: cluster.node_name: must be 1 to 64 letters, digits, '_', '.' or '-' "
+                        f"(unique in the cluster), not {cluster.node_name!r}")
+    try:
+        parse_host_port(cluster.redis_address)
+    except ValueError as error:
+        problems.append(f"{where}: cluster.redis_address: {error}")
+    return problems
 
 
 def load(path=None):
@@ -796,6 +828,16 @@ def _missing_files(config, where):
             if file_name and not os.access(file_name, os.R_OK):
                 reason = "not readable" if os.path.exists(file_name) else "no such file"
                 problems.append(f"{where}: {name}.{key}: {file_name}: {reason}")
+    cluster = config.cluster
+    if cluster.enabled and cluster.password_file:
+        try:
+            mode = os.stat(cluster.password_file).st_mode
+        except OSError as error:
+            problems.append(f"{where}: cluster.password_file: {cluster.password_file}: {error.strerror}")
+        else:
+            if mode & 0o077:
+                problems.append(f"{where}: cluster.password_file: {cluster.password_file}: must not be readable "
+                                f"by group or others (chmod 600)")
     return problems
 
 

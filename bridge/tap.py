@@ -182,6 +182,33 @@ def attach_gateways(server, reactor, top, listen_on):
             listen_on(kind, description, endpoint, factory)
 
 
+class ClusterService(service.Service):
+    """The node's membership of a cluster ([cluster], docs/scaling.md): joins at start, leaves at shutdown."""
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+
+    def startService(self):
+        super().startService()
+        self.cluster.start()
+
+    def stopService(self):
+        super().stopService()
+        return self.cluster.stop()
+
+
+def join_cluster(server, reactor, top):
+    """Make this process a node of the cluster that [cluster] names (redis-py is imported only then)."""
+    from bridge.core.cluster import Cluster
+    from bridge.core.redislink import RedisLink
+
+    section = server.config.cluster
+    server.cluster = Cluster(server, RedisLink(section, reactor), reactor, section)
+    ClusterService(server.cluster).setServiceParent(top)
+    log.info("cluster: node {node}, session table in Redis at {address}", node=section.node_name,
+             address=section.redis_address)
+
+
 def build(config, reactor):
     """The service tree for ``config``, on ``reactor``."""
     datadir.private_folder(config.data_dir)
@@ -194,6 +221,8 @@ def build(config, reactor):
     remote = RemoteDomains(server, peer_tls, reactor)
     server.router.default_route = remote
     top = ServerService(server, remote)
+    if config.cluster.enabled:
+        join_cluster(server, reactor, top)
 
     def listen_on(kind, description, endpoint, factory):
         listener = ListenerService(kind, description, endpoint, factory)

@@ -1,0 +1,128 @@
+"""Several bridge nodes on one Redis (docs/scaling.md): users on different nodes, a node killed, Redis lost."""
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+from .conftest import RUNNING, accounts_for
+from .harness import (NS_BIND, NS_CLIENT, NS_STANZAS, REDIS_SERVER, Clients, RawClient, RedisProcess, child,
+                      error_condition, next_item, start_nodes)
+
+pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed (Debian package "
+                                                             "redis-server; .ci/install-test-peers installs it)")
+pytest.importorskip("redis", reason="redis-py is not installed (pip install -e '.[cluster]')")
+
+ACCOUNTS = accounts_for(["alice@localhost", "bob@localhost"])
+LEASE_SECONDS = 2
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """A redis-server of its own and two nodes, each of which has seen the other; all stopped at the end."""
+    redis_server = RedisProcess(str(tmp_path)).start()
+    nodes = []
+    try:
+        nodes = start_nodes(str(tmp_path), redis_server, 2, ACCOUNTS, lease_seconds=LEASE_SECONDS)
+        RUNNING.extend(nodes)
+        for node, other in ((nodes[0], "node2"), (nodes[1], "node1")):
+            node.wait_for_line(lambda line: f"cluster: node {other} is a member" in line, 30,
+                               what=f"{other} seen by its peer")
+        yield redis_server, nodes
+    finally:
+        for node in nodes:
+            node.stop()
+            RUNNING.remove(node)
+        redis_server.stop()
+
+
+def test_messages_and_presence_cross_nodes(cluster):
+    """bob on node2 writes to alice's bare JID and she gets it on node1; her reply to his full JID
+    reaches node2; alice's second resource on node2 and her first on node1 see each other's presence;
+    bob's directed presence to alice reaches both her resources, one on each node."""
+    _, (node1, node2) = cluster
+
+    async def scenario():
+        async with Clients(node1) as clients:
+            alice_one = await clients.login("alice@localhost/one", port=node1.port)
+            bob = await clients.login("bob@localhost/home", port=node2.port)
+            bob.send_message(mto="alice@localhost", mbody="across", mtype="chat")
+            message = await next_item(alice_one.messages, what="bob's message on node1")
+            assert (message["from"], message["body"]) == ("bob@localhost/home", "across")
+            alice_one.send_message(mto="bob@localhost/home", mbody="back", mtype="chat")
+            message = await next_item(bob.messages, what="alice's reply on node2")
+            assert (message["from"], message["body"]) == ("alice@localhost/one", "back")
+
+            alice_two = await clients.login("alice@localhost/two", port=node2.port)
+            await next_item(alice_one.presences, lambda p: p["from"] == "alice@localhost/two"
+                            and p["type"] == "available", what="presence of alice/two (node2) on node1")
+            await next_item(alice_two.presences, lambda p: p["from"] == "alice@localhost/one"
+                            and p["type"] == "available", what="presence of alice/one (node1) on node2")
+
+            bob.send_presence(pto="alice@localhost", pstatus="directed")
+            for client in (alice_one, alice_two):
+                found = await next_item(client.presences, lambda p: p["from"] == "bob@localhost/home",
+                                        what=f"bob's directed presence at {client.boundjid}")
+                assert found["status"] == "directed"
+
+    asyncio.run(scenario())
+
+
+def test_killed_node_leaves_the_table(cluster):
+    """bob's node is killed with SIGKILL: once its lease expires, node1 drops its sessions, so an IQ
+    to bob's old full JID is answered service-unavailable by node1 instead of going to a dead node;
+    bob logs in again on node1 and alice's message reaches him there."""
+    _, (node1, node2) = cluster
+
+    async def scenario():
+        async with Clients(node1) as clients:
+            alice = await clients.login("alice@localhost/one", port=node1.port)
+            bob = await clients.login("bob@localhost/home", port=node2.port, plugins={"xep_0199": {}})
+            reply = await alice.query("get", "bob@localhost/home", "<ping xmlns='urn:xmpp:ping'/>")
+            assert reply["type"] == "result", f"ping through node2 failed: {reply}"
+
+            os.kill(node2.process.pid, signal.SIGKILL)
+            node2.process.wait()
+            bob.abort()
+            await asyncio.to_thread(node1.wait_for_line, lambda line: "node node2 lost its lease" in line,
+                                    LEASE_SECONDS * 5, "node2's lease expiry seen by node1")
+
+            reply = await alice.query("get", "bob@localhost/home", "<ping xmlns='urn:xmpp:ping'/>")
+            assert reply["type"] == "error" and error_condition(reply) == "service-unavailable", reply
+
+            bob_again = await clients.login("bob@localhost/home", port=node1.port)
+            alice.send_message(mto="bob@localhost", mbody="welcome back", mtype="chat")
+            message = await next_item(bob_again.messages, lambda m: m["body"] == "welcome back",
+                                      what="alice's message on node1")
+            assert message["from"] == "alice@localhost/one"
+
+    asyncio.run(scenario())
+
+
+def test_node_without_redis_gives_up_its_sessions(cluster):
+    """Redis is killed: the node refuses new sessions (bind answers resource-constraint) and, once its
+    lease has lapsed, ends its sessions with system-shutdown rather than route from a stale table."""
+    redis_server, (node1, _) = cluster
+
+    async def scenario():
+        async with Clients(node1) as clients:
+            alice = await clients.login("alice@localhost/one", port=node1.port)
+            os.kill(redis_server.process.pid, signal.SIGKILL)
+            redis_server.process.wait()
+            error = await next_item(alice.stream_errors, timeout=LEASE_SECONDS * 10,
+                                    what="the stream error of a node without lease")
+            assert child(error, "{urn:ietf:params:xml:ns:xmpp-streams}system-shutdown") is not None, error
+
+    asyncio.run(scenario())
+    raw = RawClient(node1.port)
+    try:
+        raw.secure()
+        assert raw.authenticate_plain("bob", ACCOUNTS["bob@localhost"]).tag.endswith("success")
+        raw.open()
+        raw.send(f"<iq type='set' id='b'><bind xmlns='{NS_BIND}'><resource>r</resource></bind></iq>")
+        reply = raw.expect(f"{{{NS_CLIENT}}}iq")
+        assert reply.get("type") == "error", raw.dump()
+        assert reply.find(f"{{{NS_CLIENT}}}error/{{{NS_STANZAS}}}resource-constraint") is not None, raw.dump()
+    finally:
+        raw.close()
