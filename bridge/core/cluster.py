@@ -368,7 +368,11 @@ class Cluster:
             if envelope.kind == "session" and envelope.node not in self._peers:
                 continue  # a node joining: its hash, loaded once this node sees it, holds this change
             self.received += 1
-            getattr(self, "_received_" + envelope.kind)(envelope)
+            try:
+                getattr(self, "_received_" + envelope.kind)(envelope)
+            except Exception:
+                log.failure("cluster: a {kind} from node {node} for {jid} failed", kind=envelope.kind,
+                            node=envelope.node, jid=envelope.jid)
 
     def _drop(self, reason, error):
         self.dropped[reason] += 1

@@ -21,9 +21,12 @@ import threading
 
 import redis
 from twisted.internet import defer, threads
+from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from bridge.config import parse_host_port
+
+log = Logger()
 
 PREFIX = "bridge:"
 GROUP = "bridge"
@@ -204,7 +207,10 @@ class RedisLink:
                 continue
             fields = [entry for _, entry in entries if entry]
             if fields:
-                threads.blockingCallFromThread(self.reactor, on_entries, fields)
+                try:
+                    threads.blockingCallFromThread(self.reactor, on_entries, fields)
+                except Exception:
+                    log.failure("cluster: entries of the inbox of {node} not handled", node=self.node)
             try:
                 self.reader.xack(stream, GROUP, *[entry_id for entry_id, _ in entries])
             except (redis.RedisError, OSError):

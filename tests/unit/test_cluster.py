@@ -251,6 +251,21 @@ class ClusterTests(SynchronousTestCase):
         self.assertEqual(client.received(), [])
         self.assertEqual(dict(self.cluster.dropped), {"malformed": 2, "foreign": 1, "record": 1})
 
+    def test_failure_on_one_entry_spares_the_next(self):
+        """An entry whose delivery raises is logged; the entries after it are still delivered."""
+        broken = self.harness.login("alice@localhost/one")
+        working = self.harness.login("alice@localhost/two")
+        broken.received(), working.received()
+
+        def fail(stanza):
+            raise RuntimeError("stream gone wrong")
+
+        self.server.sessions.get("alice@localhost/one").send = fail
+        self.link.on_entries([self.entry("stanza", jid, f"<message to='{jid}'><body>x</body></message>")
+                              for jid in ("alice@localhost/one", "alice@localhost/two")])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual([stanza.name for stanza in working.received()], ["message"])
+
     def test_session_changes_apply_in_order_after_the_snapshot(self):
         """A change older than the snapshot is skipped; a newer one updates or removes the session."""
         self.link.on_entries([self.entry("session", "bob@localhost/far", record(priority=-5), seq=4)])
