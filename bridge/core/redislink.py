@@ -100,11 +100,11 @@ class RedisLink:
     # -- lifetime ----------------------------------------------------------------------
 
     def start(self, on_entries):
-        """Start the threads; ``on_entries(list of field dicts)`` is called in the reactor thread."""
+        """Start the writer thread; ``on_entries(list of field dicts)`` will be called in the reactor
+        thread with what arrives, once the node has joined (and its inbox exists)."""
         self.pool.start()
         self._reading = threading.Thread(target=self._read_loop, args=(on_entries,), name="redis-reader",
                                          daemon=True)
-        self._reading.start()
 
     def stop(self):
         """Leave the cluster cleanly when Redis answers (the lease and the node's keys go), then stop."""
@@ -136,6 +136,8 @@ class RedisLink:
             pipe.sadd(PREFIX + "nodes", self.node)
             pipe.execute()
         self.incarnation = incarnation
+        if self._reading.ident is None:  # the first join: the inbox exists from now on
+            self._reading.start()
         return True
 
     def renew(self):

@@ -7,24 +7,23 @@ import signal
 import pytest
 
 from .conftest import RUNNING, accounts_for
-from .harness import (NS_BIND, NS_CLIENT, NS_STANZAS, REDIS_SERVER, Clients, RawClient, RedisProcess, child,
-                      error_condition, next_item, start_nodes)
+from .harness import (NS_BIND, NS_CLIENT, NS_STANZAS, REDIS_SERVER, TIMEOUT, Clients, RawClient, RedisProcess,
+                      befriend, child, error_condition, next_item, start_nodes)
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed (Debian package "
                                                              "redis-server; .ci/install-test-peers installs it)")
 pytest.importorskip("redis", reason="redis-py is not installed (pip install -e '.[cluster]')")
 
-ACCOUNTS = accounts_for(["alice@localhost", "bob@localhost"])
+ACCOUNTS = accounts_for(["alice@localhost", "bob@localhost", "carol@localhost", "dave@localhost"])
 LEASE_SECONDS = 2
 
 
-@pytest.fixture
-def cluster(tmp_path):
+def started_cluster(directory):
     """A redis-server of its own and two nodes, each of which has seen the other; all stopped at the end."""
-    redis_server = RedisProcess(str(tmp_path)).start()
+    redis_server = RedisProcess(directory).start()
     nodes = []
     try:
-        nodes = start_nodes(str(tmp_path), redis_server, 2, ACCOUNTS, lease_seconds=LEASE_SECONDS)
+        nodes = start_nodes(directory, redis_server, 2, ACCOUNTS, lease_seconds=LEASE_SECONDS)
         RUNNING.extend(nodes)
         for node, other in ((nodes[0], "node2"), (nodes[1], "node1")):
             node.wait_for_line(lambda line: f"cluster: node {other} is a member" in line, 30,
@@ -37,16 +36,44 @@ def cluster(tmp_path):
         redis_server.stop()
 
 
-def test_messages_and_presence_cross_nodes(cluster):
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory):
+    """Two nodes for the tests that leave them running (each test with accounts of its own)."""
+    yield from started_cluster(str(tmp_path_factory.mktemp("cluster")))
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """Two nodes and a Redis for one test that kills one of them."""
+    yield from started_cluster(str(tmp_path))
+
+
+async def seen_by(sender, receiver, attempts=20):
+    """``sender`` sends directed presence to ``receiver`` until one arrives: the receiver's node has
+    then applied every session change the sender's node made before (one ordered inbox).  (A
+    presence sent before the sender's node learnt of the receiver's session is dropped: hence again.)"""
+    for attempt in range(attempts):
+        sender.send_presence(pto=receiver.boundjid.full, pstatus=f"barrier {attempt}")
+        try:
+            await next_item(receiver.presences, lambda p: p["from"] == sender.boundjid.full
+                            and p["status"].startswith("barrier"), timeout=TIMEOUT / attempts)
+            return
+        except AssertionError:
+            continue
+    raise AssertionError(f"no directed presence of {sender.boundjid} reached {receiver.boundjid}")
+
+
+def test_messages_and_presence_cross_nodes(shared_cluster):
     """bob on node2 writes to alice's bare JID and she gets it on node1; her reply to his full JID
     reaches node2; alice's second resource on node2 and her first on node1 see each other's presence;
     bob's directed presence to alice reaches both her resources, one on each node."""
-    _, (node1, node2) = cluster
+    _, (node1, node2) = shared_cluster
 
     async def scenario():
         async with Clients(node1) as clients:
-            alice_one = await clients.login("alice@localhost/one", port=node1.port)
             bob = await clients.login("bob@localhost/home", port=node2.port)
+            alice_one = await clients.login("alice@localhost/one", port=node1.port)
+            await seen_by(alice_one, bob)
             bob.send_message(mto="alice@localhost", mbody="across", mtype="chat")
             message = await next_item(alice_one.messages, what="bob's message on node1")
             assert (message["from"], message["body"]) == ("bob@localhost/home", "across")
@@ -69,6 +96,31 @@ def test_messages_and_presence_cross_nodes(cluster):
     asyncio.run(scenario())
 
 
+def test_presence_to_roster_contacts_on_another_node(shared_cluster):
+    """carol and dave become contacts while both are on node1 (each node has its own storage here,
+    so their rosters are node1's); dave then moves to node2, and carol's new presence, broadcast by
+    node1 from her roster, reaches him there; when she goes offline he sees it too."""
+    _, (node1, node2) = shared_cluster
+
+    async def scenario():
+        async with Clients(node1) as clients:
+            carol = await clients.login("carol@localhost/home", port=node1.port)
+            dave = await clients.login("dave@localhost/first", port=node1.port)
+            await befriend(carol, dave)
+            await dave.close()
+            dave = await clients.login("dave@localhost/moved", port=node2.port)
+            await seen_by(dave, carol)
+            carol.send_presence(pstatus="busy", pshow="dnd")
+            found = await next_item(dave.presences, lambda p: p["from"] == "carol@localhost/home"
+                                    and p["status"] == "busy", what="carol's new presence on node2")
+            assert found["show"] == "dnd"
+            await carol.close()
+            await next_item(dave.presences, lambda p: p["from"] == "carol@localhost/home"
+                            and p["type"] == "unavailable", what="carol's unavailable presence on node2")
+
+    asyncio.run(scenario())
+
+
 def test_killed_node_leaves_the_table(cluster):
     """bob's node is killed with SIGKILL: once its lease expires, node1 drops its sessions, so an IQ
     to bob's old full JID is answered service-unavailable by node1 instead of going to a dead node;
@@ -79,6 +131,7 @@ def test_killed_node_leaves_the_table(cluster):
         async with Clients(node1) as clients:
             alice = await clients.login("alice@localhost/one", port=node1.port)
             bob = await clients.login("bob@localhost/home", port=node2.port, plugins={"xep_0199": {}})
+            await seen_by(bob, alice)
             reply = await alice.query("get", "bob@localhost/home", "<ping xmlns='urn:xmpp:ping'/>")
             assert reply["type"] == "result", f"ping through node2 failed: {reply}"
 
