@@ -301,12 +301,12 @@ class Cluster:
             known = self._peers.get(node)
             if incarnation is None:
                 log.info("cluster: node {node} lost its lease; dropping its sessions", node=node)
-                self._drop_node(node)
+                self._announce_gone(self._drop_node(node), members)
                 loads.append(self.link.remove_node(node))
             elif known is None or known["incarnation"] != incarnation:
                 log.info("cluster: node {node} is a member (incarnation {incarnation})", node=node,
                          incarnation=incarnation)
-                self._drop_node(node)
+                self._announce_gone(self._drop_node(node), members)
                 self._peers[node] = {"incarnation": incarnation, "seq": -1, "sessions": {}}
                 loads.append(self.link.load_sessions(node).addCallback(self._loaded, node, incarnation))
         for node in set(self._peers) - set(members):
@@ -324,11 +324,25 @@ class Cluster:
         peer["seq"] = max(peer["seq"], seq)
 
     def _drop_node(self, node):
+        """Take a node's sessions out of the table; the sessions taken."""
         peer = self._peers.pop(node, None)
         if peer is None:
-            return
+            return []
         for remote in peer["sessions"].values():
             self.server.sessions.remove(remote)
+        return list(peer["sessions"].values())
+
+    def _announce_gone(self, sessions, members):
+        """A dead node cannot say that its users went offline: the first live node by name does it for
+        it (one node, so contacts hear it once), as its own sessions' ends are announced:
+        ``session/ended`` on their host, where the presence feature broadcasts unavailable presence."""
+        alive = sorted(node for node, incarnation in members.items() if incarnation is not None)
+        if not alive or alive[0] != self.node:
+            return
+        for session in sessions:
+            host = self.server.hosts.get(session.jid.host)
+            if host is not None:
+                host.hooks.fire("session/ended", session)
 
     def _apply_record(self, node, peer, full, record):
         jid = parse_jid(full)

@@ -123,13 +123,17 @@ def test_presence_to_roster_contacts_on_another_node(shared_cluster):
 
 def test_killed_node_leaves_the_table(cluster):
     """bob's node is killed with SIGKILL: once its lease expires, node1 drops its sessions, so an IQ
-    to bob's old full JID is answered service-unavailable by node1 instead of going to a dead node;
-    bob logs in again on node1 and alice's message reaches him there."""
+    to bob's old full JID is answered service-unavailable by node1 instead of going to a dead node,
+    and alice's first resource hears that her second one, on the dead node, is unavailable; bob
+    logs in again on node1 and alice's message reaches him there."""
     _, (node1, node2) = cluster
 
     async def scenario():
         async with Clients(node1) as clients:
             alice = await clients.login("alice@localhost/one", port=node1.port)
+            alice_two = await clients.login("alice@localhost/two", port=node2.port)
+            await next_item(alice.presences, lambda p: p["from"] == "alice@localhost/two"
+                            and p["type"] == "available", what="presence of alice/two (node2) on node1")
             bob = await clients.login("bob@localhost/home", port=node2.port, plugins={"xep_0199": {}})
             await seen_by(bob, alice)
             reply = await alice.query("get", "bob@localhost/home", "<ping xmlns='urn:xmpp:ping'/>")
@@ -138,8 +142,11 @@ def test_killed_node_leaves_the_table(cluster):
             os.kill(node2.process.pid, signal.SIGKILL)
             node2.process.wait()
             bob.abort()
+            alice_two.abort()
             await asyncio.to_thread(node1.wait_for_line, lambda line: "node node2 lost its lease" in line,
                                     LEASE_SECONDS * 5, "node2's lease expiry seen by node1")
+            await next_item(alice.presences, lambda p: p["from"] == "alice@localhost/two"
+                            and p["type"] == "unavailable", what="alice/two announced gone by node1")
 
             reply = await alice.query("get", "bob@localhost/home", "<ping xmlns='urn:xmpp:ping'/>")
             assert reply["type"] == "error" and error_condition(reply) == "service-unavailable", reply

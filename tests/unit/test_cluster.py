@@ -282,6 +282,26 @@ class ClusterTests(SynchronousTestCase):
         self.assertIsNone(self.server.sessions.get("bob@localhost/far"))
         self.assertEqual(self.link.removed, ["node2"])
 
+    def dead_node2_seen_by(self, members):
+        """bob's local resource, available, and what it receives once node2 (holding bob/far) is dead."""
+        client = self.harness.login("bob@localhost/here")
+        client.send("<presence/>")
+        client.received()
+        self.link.members_answer = members
+        self.clock.advance(3)
+        return [stanza for stanza in client.received() if stanza.name == "presence"]
+
+    def test_first_survivor_announces_a_dead_nodes_users(self):
+        """The first live node by name sends the unavailable presence that the dead node cannot:
+        bob's resource here hears that bob/far is gone."""
+        (presence,) = self.dead_node2_seen_by({"node1": "i1", "node2": None, "node3": "i3"})
+        self.assertEqual((presence["from"], presence["type"]), ("bob@localhost/far", "unavailable"))
+
+    def test_other_survivors_stay_quiet(self):
+        """A survivor that is not the first live node by name leaves the announcement to that node
+        (so that contacts hear it once)."""
+        self.assertEqual(self.dead_node2_seen_by({"node0": "i0", "node1": "i1", "node2": None}), [])
+
     def test_restarted_node_is_reloaded(self):
         """A new incarnation of node2 replaces what the table held of the old one."""
         self.link.members_answer = {"node1": "i1", "node2": "i3"}
