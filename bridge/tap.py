@@ -5,6 +5,7 @@ receives the clock and the endpoints it needs.
 """
 
 import importlib
+import importlib.util
 
 from twisted.application import service
 from twisted.internet import defer, endpoints
@@ -46,6 +47,9 @@ class Options(usage.Options):
             self["parsed"] = configuration.load(self["config"])
         except configuration.ConfigError as error:
             raise usage.UsageError("invalid configuration:\n" + str(error))
+        if self["parsed"].cluster.enabled and importlib.util.find_spec("redis") is None:
+            raise usage.UsageError(f"{self['parsed'].source}: cluster.enabled: needs redis-py "
+                                   "(pip install 'bridge[cluster]')")
 
 
 class ListenerService(service.Service):

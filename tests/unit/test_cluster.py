@@ -1,11 +1,13 @@
 """The cluster's protocol-free parts on a fake clock and a fake Redis link: leases, the messages
 between nodes, the mirrored session table and what a node does without Redis or lease."""
 
+import importlib.util
 import json
 import os
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.words.protocols.jabber.jid import JID
 
@@ -13,6 +15,7 @@ from bridge import config as configuration
 from bridge.core.cluster import (Cluster, Envelope, Lease, MalformedEnvelope, RemoteSession, decode_envelope,
                                  decode_record, encode_record, parse_stanza)
 from bridge.core.xmlstream import parse_element
+from bridge.tap import Options
 
 from tests.unit.helpers import Harness
 
@@ -399,3 +402,16 @@ class ConfigTests(SynchronousTestCase):
         self.assertIn("cluster.password_file", str(caught.exception))
         os.chmod(secret, 0o600)
         self.assertEqual(configuration.load(path).cluster.read_password(), "secret")
+
+    def test_missing_redis_client_is_a_usage_error(self):
+        """[cluster] on without redis-py installed stops twistd with an error naming the key and the fix."""
+        folder = self.mktemp()
+        os.makedirs(folder)
+        path = os.path.join(folder, "bridge.toml")
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write('[cluster]\nenabled = true\nnode_name = "n1"\n')
+        real_find_spec = importlib.util.find_spec
+        self.patch(importlib.util, "find_spec", lambda name: None if name == "redis" else real_find_spec(name))
+        with self.assertRaises(usage.UsageError) as caught:
+            Options().parseOptions(["--config", path])
+        self.assertIn("cluster.enabled: needs redis-py", str(caught.exception))
