@@ -226,6 +226,8 @@ class Cluster:
         self._timer.start(self._renew_interval, now=True)
 
     def stop(self):
+        """Leave the cluster: the node's lease and keys go, and it sends nothing more."""
+        self._member = False
         if self._timer.running:
             self._timer.stop()
         self.server.sessions.observer = None
@@ -310,7 +312,9 @@ class Cluster:
                 self._peers[node] = {"incarnation": incarnation, "seq": -1, "sessions": {}}
                 loads.append(self.link.load_sessions(node).addCallback(self._loaded, node, incarnation))
         for node in set(self._peers) - set(members):
-            self._drop_node(node)
+            # It left, or another survivor removed it after its lease lapsed.
+            log.info("cluster: node {node} left the cluster; dropping its sessions", node=node)
+            self._announce_gone(self._drop_node(node), members)
         return defer.gatherResults(loads, consumeErrors=True) if loads else None
 
     def _loaded(self, snapshot, node, incarnation):

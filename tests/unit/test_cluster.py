@@ -300,6 +300,12 @@ class ClusterTests(SynchronousTestCase):
         (presence,) = self.dead_node2_seen_by({"node1": "i1", "node2": None, "node3": "i3"})
         self.assertEqual((presence["from"], presence["type"]), ("bob@localhost/far", "unavailable"))
 
+    def test_first_survivor_announces_a_node_another_removed(self):
+        """When another survivor removed node2 first (it is no longer a member at all), the first
+        live node by name still announces its users gone."""
+        (presence,) = self.dead_node2_seen_by({"node1": "i1", "node3": "i3"})
+        self.assertEqual((presence["from"], presence["type"]), ("bob@localhost/far", "unavailable"))
+
     def test_other_survivors_stay_quiet(self):
         """A survivor that is not the first live node by name leaves the announcement to that node
         (so that contacts hear it once)."""
