@@ -207,11 +207,13 @@ class Cluster:
         self.lease = Lease(clock, config.lease_seconds)
         self.max_body_bytes = server.config.c2s.stanza_size_limit_bytes
         self.dropped = Counter()  # reason -> inter-node messages dropped
-        self.forwarded = 0
-        self.received = 0
+        self.forwarded = 0  # stanzas handed to other nodes
+        self.received = 0  # inbox entries taken (stanzas, session changes, kicks)
         self._member = False
         self._seq = 0
-        self._peers = {}  # node -> {"incarnation", "seq", "sessions": {full: RemoteSession}}
+        # node -> {"incarnation", "seq" (None while its hash loads), "sessions": {full: RemoteSession},
+        #          "pending": the changes that arrived while its hash loads}
+        self._peers = {}
         self._timer = task.LoopingCall(self._tick)
         self._timer.clock = clock
         self._renew_interval = config.lease_seconds / 3
@@ -242,7 +244,7 @@ class Cluster:
         self._ticking = True
         sent_at = self.clock.seconds()
         d = self.link.renew() if self._member else self.link.join(self._local_records(), self._seq)
-        d.addCallbacks(self._renewal_answered, self._renewal_failed, callbackArgs=(sent_at,))
+        d.addCallbacks(self._renewal_answered, self._link_failed, callbackArgs=(sent_at,))
         d.addCallback(lambda _: self._check_lease())
         d.addCallback(lambda _: self.link.members() if self._member else None)
         d.addCallback(self._update_peers)
@@ -265,9 +267,6 @@ class Cluster:
             log.info("cluster: Redis answers again; node {node} accepts sessions", node=self.node)
         self._said_unreachable = False
         self.lease.renewed(sent_at)
-
-    def _renewal_failed(self, failure):
-        self._link_failed(failure)
 
     def _link_failed(self, failure):
         """A Redis call failed: said once, until Redis answers again."""
@@ -309,8 +308,10 @@ class Cluster:
                 log.info("cluster: node {node} is a member (incarnation {incarnation})", node=node,
                          incarnation=incarnation)
                 self._announce_gone(self._drop_node(node), members)
-                self._peers[node] = {"incarnation": incarnation, "seq": -1, "sessions": {}}
-                loads.append(self.link.load_sessions(node).addCallback(self._loaded, node, incarnation))
+                self._peers[node] = {"incarnation": incarnation, "seq": None, "sessions": {}, "pending": []}
+                loads.append(self.link.load_sessions(node).addCallbacks(
+                    self._loaded, self._load_failed, callbackArgs=(node, incarnation),
+                    errbackArgs=(node, incarnation)))
         for node in set(self._peers) - set(members):
             # It left, or another survivor removed it after its lease lapsed.
             log.info("cluster: node {node} left the cluster; dropping its sessions", node=node)
@@ -318,14 +319,25 @@ class Cluster:
         return defer.gatherResults(loads, consumeErrors=True) if loads else None
 
     def _loaded(self, snapshot, node, incarnation):
-        """``snapshot``: (seq, {full: record}) of a node's hash."""
+        """``snapshot``: (seq, {full: record}) of a node's hash; then the changes that arrived meanwhile
+        and are newer than it."""
         peer = self._peers.get(node)
         if peer is None or peer["incarnation"] != incarnation:
             return
         seq, records = snapshot
         for full, record in records.items():
             self._apply_record(node, peer, full, record)
-        peer["seq"] = max(peer["seq"], seq)
+        peer["seq"] = seq
+        pending, peer["pending"] = peer["pending"], []
+        for envelope in pending:
+            self._received_session(envelope)
+
+    def _load_failed(self, failure, node, incarnation):
+        """The next round loads the node's hash again."""
+        peer = self._peers.get(node)
+        if peer is not None and peer["incarnation"] == incarnation:
+            self._drop_node(node)
+        return failure
 
     def _drop_node(self, node):
         """Take a node's sessions out of the table; the sessions taken."""
@@ -351,7 +363,7 @@ class Cluster:
     def _apply_record(self, node, peer, full, record):
         jid = parse_jid(full)
         if jid is None or jid.resource is None or jid.user is None:
-            self.dropped["record"] += 1
+            self._drop("record", MalformedEnvelope(f"not a full JID: {full!r}"))
             return
         existing = peer["sessions"].pop(full, None)
         if existing is not None:
@@ -414,6 +426,10 @@ class Cluster:
 
     def _received_session(self, envelope):
         peer = self._peers[envelope.node]
+        if peer["seq"] is None:
+            # (As many as arrive within one Redis call, whose socket timeout bounds the load.)
+            peer["pending"].append(envelope)
+            return
         if envelope.seq <= peer["seq"]:
             return  # already in the snapshot this node loaded
         peer["seq"] = envelope.seq

@@ -30,6 +30,7 @@ class FakeLink:
         self.lease_in_redis = True
         self.members_answer = {}
         self.snapshots = {}
+        self.late_snapshots = {}  # node -> a Deferred the test fires
         self.joins = []
         self.published = []
         self.sent = []
@@ -59,6 +60,8 @@ class FakeLink:
         return self._answer(1)
 
     def load_sessions(self, node):
+        if node in self.late_snapshots:
+            return self.late_snapshots[node]
         return self._answer(self.snapshots.get(node, (0, {})))
 
     def publish(self, fields):
@@ -277,6 +280,20 @@ class ClusterTests(SynchronousTestCase):
         self.assertEqual(self.server.sessions.get("bob@localhost/far").priority, -5)
         self.link.on_entries([self.entry("session", "bob@localhost/far", "", seq=6)])
         self.assertIsNone(self.server.sessions.get("bob@localhost/far"))
+
+    def test_changes_during_a_snapshot_load_apply_after_it(self):
+        """A node's hash read before its latest change, but answered after that change arrived, does
+        not bring back what the change removed: changes that arrive while the hash loads wait for it,
+        and only those newer than it apply."""
+        self.link.late_snapshots["node3"] = snapshot = defer.Deferred()
+        self.link.members_answer = {"node1": "i1", "node2": "i2", "node3": "i3"}
+        self.clock.advance(3)
+        self.link.on_entries([self.entry("session", "alice@localhost/a", record(), seq=7, node="node3"),
+                              self.entry("session", "alice@localhost/b", "", seq=8, node="node3")])
+        self.assertIsNone(self.server.sessions.get("alice@localhost/a"))
+        snapshot.callback((7, {"alice@localhost/a": record(), "alice@localhost/b": record()}))
+        self.assertIsNotNone(self.server.sessions.get("alice@localhost/a"))
+        self.assertIsNone(self.server.sessions.get("alice@localhost/b"))
 
     def test_dead_node_sessions_are_dropped(self):
         """When node2's lease is gone, its sessions leave the table and the node is removed from Redis."""
