@@ -4,6 +4,8 @@ between nodes, the mirrored session table and what a node does without Redis or 
 import importlib.util
 import json
 import os
+import shutil
+import tempfile
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
@@ -411,8 +413,8 @@ class ConfigTests(SynchronousTestCase):
 
     def test_password_file_must_be_private(self):
         """A Redis password file that group or others can read is refused; a 0600 one is accepted."""
-        folder = self.mktemp()
-        os.makedirs(folder)
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
         secret = os.path.join(folder, "redis.password")
         with open(secret, "w", encoding="utf-8") as handle:
             handle.write("secret\n")
@@ -428,8 +430,8 @@ class ConfigTests(SynchronousTestCase):
 
     def test_missing_redis_client_is_a_usage_error(self):
         """[cluster] on without redis-py installed stops twistd with an error naming the key and the fix."""
-        folder = self.mktemp()
-        os.makedirs(folder)
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
         path = os.path.join(folder, "bridge.toml")
         with open(path, "w", encoding="utf-8") as handle:
             handle.write('[cluster]\nenabled = true\nnode_name = "n1"\n')
