@@ -2,7 +2,9 @@
 
 redis-py is blocking, so every call runs in a thread pool of ONE thread: a
 node's writes reach Redis in the order it made them (its session records
-before the stanzas that follow them).  A second thread blocks on the node's
+before the stanzas that follow them).  The session changes and stanzas that
+wait while the thread is busy go together in one pipeline.  A second thread
+blocks on the node's
 stream (XREADGROUP) and hands what arrives to the reactor, then acknowledges
 it (XACK).  docs/decisions.md says why redis-py rather than txredisapi.
 
@@ -22,6 +24,7 @@ import threading
 import redis
 from twisted.internet import defer, threads
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from bridge.config import parse_host_port
@@ -89,6 +92,8 @@ class RedisLink:
         self._remove = self.client.register_script(REMOVE)
         self.pool = ThreadPool(minthreads=1, maxthreads=1, name="redis")
         self._stopping = threading.Event()
+        self._outbox = []  # (write, its arguments, its Deferred), waiting for the writer
+        self._writing = False
         self._reading = None
 
     def key(self, kind, node=None):
@@ -173,20 +178,55 @@ class RedisLink:
 
     def publish(self, fields):
         """A change of one of this node's sessions (an Envelope of kind "session")."""
-        return self._call(lambda: self._publish(
-            keys=[self.key("sessions"), PREFIX + "nodes"],
-            args=[PREFIX, self.node, fields["jid"], fields["body"], fields["seq"], self.max_entries, fields["v"]]))
+        return self._queue(self._publish_in, fields)
+
+    def _publish_in(self, pipe, fields):
+        self._publish(keys=[self.key("sessions"), PREFIX + "nodes"],
+                      args=[PREFIX, self.node, fields["jid"], fields["body"], fields["seq"], self.max_entries,
+                            fields["v"]],
+                      client=pipe)
 
     def send(self, node, fields):
-        """Append ``fields`` to the inbox of ``node``; fails when the node has no inbox."""
-        return self._call(self._send, node, fields)
+        """Append ``fields`` to the inbox of ``node``; fails (LookupError) when the node has no inbox."""
+        return self._queue(self._send_in, node, fields)
 
-    def _send(self, node, fields):
-        added = self.client.xadd(self.key("stream", node), fields, maxlen=self.max_entries, approximate=True,
-                                 nomkstream=True)
-        if added is None:
-            raise LookupError(f"node {node} has no inbox")
-        return added
+    def _send_in(self, pipe, node, fields):
+        pipe.xadd(self.key("stream", node), fields, maxlen=self.max_entries, approximate=True, nomkstream=True)
+
+    def _queue(self, write, *args):
+        """Queue a write.  The writer sends what waits in one pipeline, in the order it was queued, so
+        that a busy node makes one round trip per batch rather than one per stanza."""
+        written = defer.Deferred()
+        self._outbox.append((write, args, written))
+        if not self._writing:
+            self._write_waiting()
+        return written
+
+    def _write_waiting(self):
+        batch, self._outbox = self._outbox, []
+        self._writing = True
+        d = self._call(self._write_batch, [(write, args) for write, args, _ in batch])
+        d.addBoth(self._written, batch)
+
+    def _write_batch(self, writes):
+        """In the writer thread: one pipeline (not a transaction); each write's reply or exception."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for write, args in writes:
+                write(pipe, *args)
+            return pipe.execute(raise_on_error=False)
+
+    def _written(self, replies, batch):
+        self._writing = False
+        for index, (write, args, written) in enumerate(batch):
+            reply = replies if isinstance(replies, Failure) else replies[index]
+            if isinstance(reply, (Failure, Exception)):
+                written.errback(reply)
+            elif reply is None and write == self._send_in:  # NOMKSTREAM: the node has no inbox
+                written.errback(LookupError(f"node {args[0]} has no inbox"))
+            else:
+                written.callback(reply)
+        if self._outbox:
+            self._write_waiting()
 
     def _read_loop(self, on_entries):
         """Read this node's inbox until stopped: first what was delivered but never acknowledged
