@@ -16,6 +16,7 @@ from twisted.words.protocols.jabber.jid import JID
 from bridge import config as configuration
 from bridge.core.cluster import (Cluster, Envelope, Lease, MalformedEnvelope, RemoteSession, decode_envelope,
                                  decode_record, encode_record, parse_stanza)
+from bridge.core.redislink import RedisLink
 from bridge.core.xmlstream import parse_element
 from bridge.tap import Options
 
@@ -440,3 +441,44 @@ class ConfigTests(SynchronousTestCase):
         with self.assertRaises(usage.UsageError) as caught:
             Options().parseOptions(["--config", path])
         self.assertIn("cluster.enabled: needs redis-py", str(caught.exception))
+
+
+class WriteBatchTests(SynchronousTestCase):
+    """RedisLink's queue of writes, with the writer thread replaced by Deferreds the test fires."""
+
+    def setUp(self):
+        self.link = RedisLink(configuration.ClusterConfig(enabled=True, node_name="node1"), reactor=None)
+        self.batches = []
+
+        def call(function, writes):
+            self.batches.append(([write.__name__ for write, _ in writes], defer.Deferred()))
+            return self.batches[-1][1]
+
+        self.link._call = call
+
+    def test_writes_wait_for_the_writer_and_go_together_in_order(self):
+        """The first write goes at once; those queued meanwhile go in the next batch, in order, and
+        each caller gets its own reply: a missing inbox (no reply) and an error fail only their write."""
+        first = self.link.send("node2", {"v": "1"})
+        second = self.link.publish({"v": "1", "jid": "a@b/c", "body": "", "seq": "1"})
+        third = self.link.send("node3", {"v": "1"})
+        fourth = self.link.send("node2", {"v": "1"})
+        self.assertEqual([names for names, _ in self.batches], [["_send_in"]])
+        self.batches[0][1].callback(["1-0"])
+        self.assertEqual(self.successResultOf(first), "1-0")
+        self.assertEqual([names for names, _ in self.batches][1], ["_publish_in", "_send_in", "_send_in"])
+        self.batches[1][1].callback([1, None, ConnectionError("broken")])
+        self.assertEqual(self.successResultOf(second), 1)
+        self.failureResultOf(third, LookupError)
+        self.failureResultOf(fourth, ConnectionError)
+        self.assertEqual(len(self.batches), 2)
+
+    def test_failed_batch_fails_each_write(self):
+        """When the pipeline itself fails (Redis away), every write of the batch fails with it."""
+        first = self.link.send("node2", {"v": "1"})
+        self.batches[0][1].errback(ConnectionError("Redis away"))
+        self.failureResultOf(first, ConnectionError)
+        second = self.link.send("node2", {"v": "1"})
+        self.assertEqual(len(self.batches), 2)
+        self.batches[1][1].callback(["2-0"])
+        self.assertEqual(self.successResultOf(second), "2-0")
