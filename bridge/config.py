@@ -454,6 +454,21 @@ _ENDPOINT_OPTIONS = {"tcp": {"port", "interface", "backlog"}, "tcp6": {"port", "
                      "unix": {"address", "mode", "backlog", "lockfile"}}
 
 
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Several nodes as one service, with the session table in Redis (docs/scaling.md).  Off: one process."""
+
+    enabled: bool = _option(False)
+    node_name: str = _option("")
+    redis_address: str = _option("127.0.0.1:6379")
+    password_file: str = _option("", path=True)
+    lease_seconds: float = _option(10.0, low=1, high=300)
+    stream_max_entries: int = _option(100000, low=100, high=100000000)
+
+    def read_password(self):
+        return read_first_line(self.password_file) if self.password_file else ""
+
+
 def check_listening_endpoint(text):
     """ValueError unless ``text`` is ``tcp:PORT``, ``tcp6:PORT`` (options ``interface=``, ``backlog=``) or
     ``unix:PATH``, with a PORT of 0 to 65535: what would otherwise fail only when the listener starts."""
@@ -600,6 +615,7 @@ class Config:
     pubsub: PubsubConfig = field(default_factory=PubsubConfig)
     external_services: ExternalServicesConfig = field(default_factory=ExternalServicesConfig)
     smsc: dict = field(default_factory=dict)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     source: str = "(embedded defaults)"
 
     def data_path(self, name):
@@ -620,7 +636,7 @@ _SECTIONS = {"tls": TLSConfig, "c2s": C2SConfig, "s2s": S2SConfig, "http": HTTPC
              "quotas": QuotasConfig, "push": PushConfig, "mam": MAMConfig, "pep": PEPConfig, "smtp": SMTPConfig,
              "component_listener": ComponentListenerConfig, "sms": SMSConfig, "sip": SIPConfig, "muc": MUCConfig,
              "upload": UploadConfig, "pubsub": PubsubConfig, "external_services": ExternalServicesConfig,
-             "metrics": MetricsConfig}
+             "metrics": MetricsConfig, "cluster": ClusterConfig}
 # Tables of named sub-tables: [hosts.NAME], [components.DOMAIN], [smsc.NAME].
 _NAMED = {"hosts": HostConfig, "components": ComponentConfig, "smsc": SMSCConfig}
 
@@ -857,9 +873,24 @@ def parse(document, where):
     for name, smsc in sections.get("smsc", {}).items():
         if smsc.reconnect_max_seconds < smsc.reconnect_min_seconds:
             problems.append(f"{where}: smsc.{name}.reconnect_max_seconds: must be at least reconnect_min_seconds")
+    problems.extend(_cluster_problems(sections.get("cluster", base.cluster), where))
     if problems:
         raise ConfigError(problems)
     return dataclasses.replace(base, **sections, source=where)
+
+
+def _cluster_problems(cluster, where):
+    if not cluster.enabled:
+        return []
+    problems = []
+    if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", cluster.node_name):
+        problems.append(f"{where}: cluster.node_name: must be 1 to 64 letters, digits, '_', '.' or '-' "
+                        f"(unique in the cluster), not {cluster.node_name!r}")
+    try:
+        parse_host_port(cluster.redis_address)
+    except ValueError as error:
+        problems.append(f"{where}: cluster.redis_address: {error}")
+    return problems
 
 
 # Folders for configuration only: a relative data_dir in a file there has no sensible base.
@@ -918,6 +949,21 @@ def load(path=None, environ=None):
     return config
 
 
+def _secret_file_problems(where, key, path, read=None):
+    """What is wrong with the file of a secret: missing, open to group or others (it must be 0600), or
+    empty when ``read`` (which reads the secret) says so."""
+    try:
+        mode = os.stat(path).st_mode
+        secret = read() if read is not None else True
+    except OSError as error:
+        return [f"{where}: {key}: {path}: {error.strerror}"]
+    if mode & 0o077:
+        return [f"{where}: {key}: {path}: readable by others (mode {mode & 0o777:o}); a secret's file is 0600"]
+    if not secret:
+        return [f"{where}: {key}: {path}: empty"]
+    return []
+
+
 def _missing_files(config, where):
     """The certificates, keys and CA files named but not readable, and a TURN secret's file open to others
     or empty: found here rather than when the listener or feature that uses one starts."""
@@ -937,19 +983,12 @@ def _missing_files(config, where):
             if file_name and not os.access(file_name, os.R_OK):
                 reason = "not readable" if os.path.exists(file_name) else "no such file"
                 problems.append(f"{where}: {name}.{key}: {file_name}: {reason}")
-    secret_file = config.external_services.turn_secret_file
-    if secret_file:
-        try:
-            mode = os.stat(secret_file).st_mode
-            secret = config.external_services.read_secret()
-        except OSError as error:
-            problems.append(f"{where}: external_services.turn_secret_file: {secret_file}: {error.strerror}")
-        else:
-            if mode & 0o077:
-                problems.append(f"{where}: external_services.turn_secret_file: {secret_file}: readable by others "
-                                f"(mode {mode & 0o777:o}); a secret's file is 0600")
-            elif not secret:
-                problems.append(f"{where}: external_services.turn_secret_file: {secret_file}: empty")
+    services = config.external_services
+    if services.turn_secret_file:
+        problems += _secret_file_problems(where, "external_services.turn_secret_file", services.turn_secret_file,
+                                          services.read_secret)
+    if config.cluster.enabled and config.cluster.password_file:
+        problems += _secret_file_problems(where, "cluster.password_file", config.cluster.password_file)
     return problems
 
 

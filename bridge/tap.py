@@ -57,6 +57,9 @@ class Options(usage.Options):
         if self["parsed"].metrics.endpoints and importlib.util.find_spec("prometheus_client") is None:
             raise usage.UsageError("[metrics] endpoints are set, but prometheus-client is not installed: "
                                    "pip install 'bridge[metrics]'")
+        if self["parsed"].cluster.enabled and importlib.util.find_spec("redis") is None:
+            raise usage.UsageError(f"{self['parsed'].source}: cluster.enabled: needs redis-py "
+                                   "(pip install 'bridge[cluster]')")
 
 
 class ListenerService(service.Service):
@@ -227,6 +230,33 @@ def attach_gateways(server, reactor, top, listen_on, tls_holder, reloader):
             listen_on(kind, description, endpoint, factory)
 
 
+class ClusterService(service.Service):
+    """The node's membership of a cluster ([cluster], docs/scaling.md): joins at start, leaves at shutdown."""
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+
+    def startService(self):
+        super().startService()
+        self.cluster.start()
+
+    def stopService(self):
+        super().stopService()
+        return self.cluster.stop()
+
+
+def join_cluster(server, reactor, top):
+    """Make this process a node of the cluster that [cluster] names (redis-py is imported only then)."""
+    from bridge.core.cluster import Cluster
+    from bridge.core.redislink import RedisLink
+
+    section = server.config.cluster
+    server.cluster = Cluster(server, RedisLink(section, reactor), reactor, section)
+    ClusterService(server.cluster).setServiceParent(top)
+    log.info("cluster: node {node}, session table in Redis at {address}", node=section.node_name,
+             address=section.redis_address)
+
+
 def host_certificates(config):
     """Certificates by host name, chosen by SNI on every TLS listener (docs/configuration.md), or None."""
     return tls.HostCertificates(config.tls.certificates_dir) if config.tls.certificates_dir else None
@@ -268,6 +298,8 @@ def build(config, reactor, config_path=None):
     remote = RemoteDomains(server, peer_tls(config), reactor)
     server.router.default_route = remote
     top = ServerService(server, remote, reloader, reactor)
+    if config.cluster.enabled:
+        join_cluster(server, reactor, top)
 
     def listen_on(kind, description, endpoint, factory, required=True):
         listener = ListenerService(kind, description, endpoint, factory, required)

@@ -61,6 +61,7 @@ class Server:
         self.log_budget = LogBudget(clock)  # the lines that peers' refusals and stream errors may log
         # XEP-0198 resumption id -> Session, while it may be resumed.
         self.resumable_sessions = {}
+        self.cluster = None  # bridge.core.cluster.Cluster, when [cluster] makes this process one node of several
         self.accounts = Accounts(storage, sip_digest_algorithms(config))
         # What SASL answers for names without an account, stable across restarts.
         self.secret = secret or os.urandom(32)

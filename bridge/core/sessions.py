@@ -8,7 +8,9 @@ state that nodes of a cluster would share.
 
 
 class Session:
-    """One bound resource."""
+    """One bound resource of this process (``RemoteSession`` in bridge.core.cluster: one of another node)."""
+
+    local = True
 
     def __init__(self, jid, stream):
         self.jid = jid
@@ -36,9 +38,13 @@ class Session:
 
 
 class SessionTable:
+    """``observer``: None, or the cluster (bridge.core.cluster), told when a local session is added,
+    changes its presence or priority, or is removed, so that other nodes see it."""
+
     def __init__(self):
         self._by_full = {}
         self._by_bare = {}
+        self.observer = None
 
     def __len__(self):
         return len(self._by_full)
@@ -50,6 +56,13 @@ class SessionTable:
     def add(self, session):
         self._by_full[session.full] = session
         self._by_bare.setdefault(session.bare, {})[session.jid.resource] = session
+        if self.observer is not None and session.local:
+            self.observer.session_changed(session)
+
+    def changed(self, session):
+        """The session's presence or priority changed."""
+        if self.observer is not None and session.local and self._by_full.get(session.full) is session:
+            self.observer.session_changed(session)
 
     def remove(self, session):
         if self._by_full.get(session.full) is not session:
@@ -59,9 +72,14 @@ class SessionTable:
         del resources[session.jid.resource]
         if not resources:
             del self._by_bare[session.bare]
+        if self.observer is not None and session.local:
+            self.observer.session_removed(session)
 
     def get(self, full):
         return self._by_full.get(full)
+
+    def all(self):
+        return list(self._by_full.values())
 
     def resources(self, bare):
         """Every session of an account."""

@@ -98,6 +98,7 @@ class Presence:
             initial = False
             session.presence = None
             directed, session.directed = session.directed, set()
+        self.sessions.changed(session)
         return self._in_turn(session.bare, self._broadcast, session, stanza, initial, directed)
 
     @defer.inlineCallbacks

@@ -12,6 +12,7 @@ import base64
 import os
 import queue
 import re
+import shutil
 import socket
 import ssl
 import subprocess
@@ -679,3 +680,77 @@ async def collect(source, wanted, timeout=TIMEOUT):
         missing = ", ".join(name for name in wanted if name not in found)
         raise AssertionError(f"not received within {timeout}s: {missing}; received:\n{shown}") from None
     return found
+
+
+# -- several nodes on one Redis (docs/scaling.md) ------------------------------------
+
+REDIS_SERVER = shutil.which("redis-server") or ("/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server")
+                                                  else None)
+
+
+def free_port():
+    """A loopback TCP port free now (for programs that cannot listen on port 0 and report it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class RedisProcess:
+    """A redis-server of the tests' own: loopback, a free port, a temporary folder, nothing saved,
+    and a password kept in a 0600 file (``password_file``)."""
+
+    def __init__(self, directory):
+        self.directory = directory
+        self.port = None
+        self.process = None
+        self.password_file = os.path.join(directory, "redis.password")
+        self.password = base64.b32encode(os.urandom(10)).decode("ascii")
+
+    def start(self, timeout=SERVER_START_TIMEOUT):
+        descriptor = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(self.password + "\n")
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", self.directory,
+             "--save", "", "--appendonly", "no", "--requirepass", self.password],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        for raw in self.process.stdout:
+            if b"Ready to accept connections" in raw:
+                break
+            if time.monotonic() > deadline:
+                break
+        else:
+            raise AssertionError(f"redis-server exited with status {self.process.wait()}")
+        threading.Thread(target=self.process.stdout.read, daemon=True).start()
+        return self
+
+    def stop(self):
+        stop_process(self.process)
+
+
+def cluster_table(redis_server, node_name, lease_seconds=2):
+    """The [cluster] table of one node on ``redis_server``."""
+    return (f'[cluster]\nenabled = true\nnode_name = "{node_name}"\nredis_address = "127.0.0.1:{redis_server.port}"\n'
+            f'password_file = "{redis_server.password_file}"\nlease_seconds = {lease_seconds}\n')
+
+
+def start_nodes(directory, redis_server, count, accounts, lease_seconds=2):
+    """``count`` bridge nodes of one cluster, each with its own data folder and the same accounts; the
+    processes, started (a test stops them)."""
+    nodes = []
+    try:
+        for index in range(count):
+            node_directory = os.path.join(directory, f"node{index + 1}")
+            os.makedirs(node_directory)
+            config_path = write_config(node_directory,
+                                       tables=cluster_table(redis_server, f"node{index + 1}", lease_seconds))
+            add_users(config_path, accounts)
+            nodes.append(ServerProcess(config_path, accounts))
+            nodes[-1].start()
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        raise
+    return nodes

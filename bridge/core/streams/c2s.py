@@ -478,6 +478,11 @@ class ClientStream:
         requested = (str(payload.resource).strip() if payload.resource else "") or None
         bare = f"{self.username}@{self.host}"
         policy = self.listener.resource_conflict
+        cluster = self.server.cluster
+        if cluster is not None and not cluster.accepting():
+            # Without Redis or a lease, this node's view of the cluster may be stale (docs/scaling.md).
+            self._bind_error(iq, "resource-constraint", "wait")
+            return
         try:
             jid = JID(f"{bare}/{requested or self._random_resource()}")
         except Exception:

@@ -1,0 +1,477 @@
+"""Several nodes as one service: the shared session table and node-to-node stanzas (docs/scaling.md).
+
+Each node publishes its own sessions (full JID, priority, last presence) to
+Redis and mirrors the other nodes' sessions in its ``SessionTable`` as
+``RemoteSession`` entries, so that every feature that looks up a JID or an
+account's resources sees the whole cluster.  A ``RemoteSession``'s ``send``
+hands the stanza to the node that holds the session.
+
+A node holds a lease (a Redis key with an expiry) and renews it on a timer.
+Survivors drop the sessions of a node whose lease is gone; a node that could
+not renew its lease within its lifetime gives up its own sessions, so that
+two nodes never both serve one session from stale tables.
+
+This module does no I/O: the Redis side is ``bridge.core.redislink``, passed
+in as ``link``; the clock is passed in too.
+"""
+
+import json
+import re
+from collections import Counter
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from bridge.core.stanza import parse_jid
+from bridge.core.xmlstream import StreamError, parse_document, serialize
+
+log = Logger()
+
+PROTOCOL_VERSION = "1"
+KINDS = ("stanza", "session", "kick")
+NODE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+PRIORITY_RANGE = (-128, 127)
+
+
+class MalformedEnvelope(ValueError):
+    """A message on the inter-node channel that is not ours or not whole; its reason is the text."""
+
+
+class Envelope:
+    """One message between nodes.
+
+    ``kind``: "stanza" (``body``: a stanza for the session ``jid``),
+    "session" (``body``: the session's record, or "" once it ended; ``seq``
+    orders one node's changes) or "kick" (close the session ``jid``: a
+    newer one took its resource).
+    """
+
+    __slots__ = ("kind", "node", "jid", "seq", "body")
+
+    def __init__(self, kind, node, jid, body="", seq=0):
+        self.kind = kind
+        self.node = node
+        self.jid = jid
+        self.body = body
+        self.seq = seq
+
+    def fields(self):
+        """The stream entry's fields."""
+        return {"v": PROTOCOL_VERSION, "kind": self.kind, "node": self.node, "jid": self.jid,
+                "seq": str(self.seq), "body": self.body}
+
+
+def decode_envelope(fields, max_body_bytes):
+    """An ``Envelope`` from a stream entry's fields (bytes or text); ``MalformedEnvelope`` if it is not one."""
+    try:
+        text = {(key.decode() if isinstance(key, bytes) else key): (value.decode() if isinstance(value, bytes)
+                                                                   else value)
+                for key, value in fields.items()}
+    except UnicodeDecodeError:
+        raise MalformedEnvelope("not UTF-8") from None
+    if text.get("v") != PROTOCOL_VERSION:
+        raise MalformedEnvelope(f"protocol version {text.get('v')!r}")
+    kind = text.get("kind")
+    if kind not in KINDS:
+        raise MalformedEnvelope(f"kind {kind!r}")
+    node = text.get("node", "")
+    if not NODE_NAME.match(node):
+        raise MalformedEnvelope(f"node name {node!r}")
+    jid = parse_jid(text.get("jid", ""))
+    if jid is None or jid.user is None or jid.resource is None:
+        raise MalformedEnvelope(f"not a full JID: {text.get('jid')!r}")
+    seq = text.get("seq", "")
+    if not (seq.isascii() and seq.isdigit()) or len(seq) > 20:
+        raise MalformedEnvelope(f"sequence number {seq!r}")
+    body = text.get("body", "")
+    if len(body.encode()) > max_body_bytes:
+        raise MalformedEnvelope(f"body over {max_body_bytes} bytes")
+    if kind == "stanza" and not body:
+        raise MalformedEnvelope("stanza without a body")
+    return Envelope(kind, node, jid.full(), body, int(seq))
+
+
+def parse_stanza(text, max_bytes):
+    """The one stanza ``text`` holds; ``MalformedEnvelope`` if it is anything else."""
+    try:
+        found, _ = parse_document([b"<s:stream xmlns:s='http://etherx.jabber.org/streams'>", text.encode()],
+                                  max_bytes)
+    except StreamError as error:
+        raise MalformedEnvelope(f"stanza: {error}") from None
+    if len(found) != 1 or found[0].name not in ("message", "presence", "iq"):
+        raise MalformedEnvelope("not one message, presence or iq")
+    return found[0]
+
+
+def encode_record(session):
+    """What the table shows of a local session: its priority and last presence."""
+    presence = serialize(session.presence) if session.presence is not None else None
+    return json.dumps({"priority": session.priority, "presence": presence}, separators=(",", ":"))
+
+
+def decode_record(text, max_bytes):
+    """(priority, presence element or None) of a record; ``MalformedEnvelope`` if it is not one."""
+    try:
+        record = json.loads(text)
+    except ValueError:
+        raise MalformedEnvelope("record is not JSON") from None
+    if not isinstance(record, dict) or set(record) != {"priority", "presence"}:
+        raise MalformedEnvelope("record keys")
+    priority, presence = record["priority"], record["presence"]
+    if isinstance(priority, bool) or not isinstance(priority, int) or not (
+            PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]):
+        raise MalformedEnvelope(f"priority {priority!r}")
+    if presence is None:
+        return priority, None
+    if not isinstance(presence, str):
+        raise MalformedEnvelope("presence is not text")
+    element = parse_stanza(presence, max_bytes)
+    if element.name != "presence":
+        raise MalformedEnvelope("presence record holds another stanza")
+    return priority, element
+
+
+class Lease:
+    """This node's view of its lease: held until its lifetime, counted from when the renewal was
+    sent, has passed.  Redis counts from when it received it, so the node always lets go first."""
+
+    def __init__(self, clock, lifetime_seconds):
+        self.clock = clock
+        self.lifetime_seconds = lifetime_seconds
+        self.expires_at = None
+        self.reachable = False
+
+    def renewed(self, sent_at):
+        self.expires_at = sent_at + self.lifetime_seconds
+        self.reachable = True
+
+    def unreachable(self):
+        """A renewal failed: no new sessions, though the lease may still run for a while."""
+        self.reachable = False
+
+    def lost(self):
+        """Redis says the lease is gone (it expired, or survivors removed this node)."""
+        self.expires_at = None
+
+    def held(self):
+        return self.expires_at is not None and self.clock.seconds() < self.expires_at
+
+    def accepting(self):
+        """Whether new sessions may be bound here: the lease is held and Redis answers."""
+        return self.reachable and self.held()
+
+
+class RemoteSession:
+    """A session held by another node, as this node's session table shows it."""
+
+    local = False
+
+    def __init__(self, cluster, node, jid, priority, presence):
+        self.cluster = cluster
+        self.node = node
+        self.jid = jid
+        self.full = jid.full()
+        self.bare = jid.userhost()
+        self.priority = priority
+        self.presence = presence
+        # What features keep on local sessions; not shared between nodes (docs/scaling.md).
+        self.interested = False
+        self.directed = set()
+        self.data = {}
+        self.sm = None
+
+    @property
+    def available(self):
+        return self.presence is not None
+
+    def send(self, stanza):
+        self.cluster.forward(self, stanza)
+
+    def close(self, condition, text=None):
+        """Ask the owning node to end the session (a newer one took its resource)."""
+        self.cluster.kick(self)
+
+
+class Cluster:
+    """This node's part in the cluster: its lease, its published sessions and its mirror of the others'.
+
+    ``link`` (``bridge.core.redislink.RedisLink``) does the Redis calls, each
+    returning a Deferred; ``config`` is the [cluster] section.
+    """
+
+    def __init__(self, server, link, clock, config):
+        self.server = server
+        self.link = link
+        self.clock = clock
+        self.node = config.node_name
+        self.lease = Lease(clock, config.lease_seconds)
+        self.max_body_bytes = server.config.c2s.stanza_size_limit_bytes
+        self.dropped = Counter()  # reason -> inter-node messages dropped
+        self.forwarded = 0  # stanzas handed to other nodes
+        self.received = 0  # inbox entries taken (stanzas, session changes, kicks)
+        self._member = False
+        self._seq = 0
+        # node -> {"incarnation", "seq" (None while its hash loads), "sessions": {full: RemoteSession},
+        #          "pending": the changes that arrived while its hash loads}
+        self._peers = {}
+        self._timer = task.LoopingCall(self._tick)
+        self._timer.clock = clock
+        self._renew_interval = config.lease_seconds / 3
+        self._ticking = False
+        self._said_unreachable = False
+
+    # -- lifetime ------------------------------------------------------------------
+
+    def start(self):
+        self.server.sessions.observer = self
+        self.link.start(self.received_entries)
+        self._timer.start(self._renew_interval, now=True)
+
+    def stop(self):
+        """Leave the cluster: the node's lease and keys go, and it sends nothing more."""
+        self._member = False
+        if self._timer.running:
+            self._timer.stop()
+        self.server.sessions.observer = None
+        return self.link.stop()
+
+    def accepting(self):
+        return self._member and self.lease.accepting()
+
+    def _tick(self):
+        if self._ticking:
+            return  # the last round's calls are still out (Redis slow or away)
+        self._ticking = True
+        sent_at = self.clock.seconds()
+        d = self.link.renew() if self._member else self.link.join(self._local_records(), self._seq)
+        d.addCallbacks(self._renewal_answered, self._link_failed, callbackArgs=(sent_at,))
+        d.addCallback(lambda _: self._check_lease())
+        d.addCallback(lambda _: self.link.members() if self._member else None)
+        d.addCallback(self._update_peers)
+        d.addErrback(self._link_failed)
+        d.addBoth(self._tick_done)
+
+    def _tick_done(self, _):
+        self._ticking = False
+
+    def _renewal_answered(self, held, sent_at):
+        if not held:
+            log.warn("cluster: the lease of node {node} expired in Redis; giving up its sessions", node=self.node)
+            self.lease.lost()
+            self._member = False
+            return
+        if not self._member:
+            self._member = True
+            log.info("cluster: node {node} joined; accepting sessions", node=self.node)
+        elif self._said_unreachable:
+            log.info("cluster: Redis answers again; node {node} accepts sessions", node=self.node)
+        self._said_unreachable = False
+        self.lease.renewed(sent_at)
+
+    def _link_failed(self, failure):
+        """A Redis call failed: said once, until Redis answers again."""
+        if not self._said_unreachable:
+            self._said_unreachable = True
+            log.error("cluster: Redis unreachable ({error}); node {node} accepts no new sessions",
+                      error=failure.getErrorMessage(), node=self.node)
+        self.lease.unreachable()
+
+    def _check_lease(self):
+        """Split-brain prevention: without a lease, this node serves no session."""
+        if self.lease.held():
+            return
+        if self._member:
+            log.warn("cluster: the lease of node {node} lapsed; giving up its sessions", node=self.node)
+            self._member = False
+        local = [session for session in self.server.sessions.all() if session.local]
+        for session in local:
+            session.close("system-shutdown", "this node lost its cluster lease")
+        for node in list(self._peers):
+            self._drop_node(node)
+
+    # -- the other nodes ---------------------------------------------------------------
+
+    def _update_peers(self, members):
+        """``members``: {node: incarnation, or None when its lease is gone}."""
+        if members is None:
+            return None
+        loads = []
+        for node, incarnation in members.items():
+            if node == self.node:
+                continue
+            known = self._peers.get(node)
+            if incarnation is None:
+                log.info("cluster: node {node} lost its lease; dropping its sessions", node=node)
+                self._announce_gone(self._drop_node(node), members)
+                loads.append(self.link.remove_node(node))
+            elif known is None or known["incarnation"] != incarnation:
+                log.info("cluster: node {node} is a member (incarnation {incarnation})", node=node,
+                         incarnation=incarnation)
+                self._announce_gone(self._drop_node(node), members)
+                self._peers[node] = {"incarnation": incarnation, "seq": None, "sessions": {}, "pending": []}
+                loads.append(self.link.load_sessions(node).addCallbacks(
+                    self._loaded, self._load_failed, callbackArgs=(node, incarnation),
+                    errbackArgs=(node, incarnation)))
+        for node in set(self._peers) - set(members):
+            # It left, or another survivor removed it after its lease lapsed.
+            log.info("cluster: node {node} left the cluster; dropping its sessions", node=node)
+            self._announce_gone(self._drop_node(node), members)
+        return defer.gatherResults(loads, consumeErrors=True) if loads else None
+
+    def _loaded(self, snapshot, node, incarnation):
+        """``snapshot``: (seq, {full: record}) of a node's hash; then the changes that arrived meanwhile
+        and are newer than it."""
+        peer = self._peers.get(node)
+        if peer is None or peer["incarnation"] != incarnation:
+            return
+        seq, records = snapshot
+        for full, record in records.items():
+            self._apply_record(node, peer, full, record)
+        peer["seq"] = seq
+        pending, peer["pending"] = peer["pending"], []
+        for envelope in pending:
+            self._received_session(envelope)
+
+    def _load_failed(self, failure, node, incarnation):
+        """The next round loads the node's hash again."""
+        peer = self._peers.get(node)
+        if peer is not None and peer["incarnation"] == incarnation:
+            self._drop_node(node)
+        return failure
+
+    def _drop_node(self, node):
+        """Take a node's sessions out of the table; the sessions taken."""
+        peer = self._peers.pop(node, None)
+        if peer is None:
+            return []
+        for remote in peer["sessions"].values():
+            self.server.sessions.remove(remote)
+        return list(peer["sessions"].values())
+
+    def _announce_gone(self, sessions, members):
+        """A dead node cannot say that its users went offline: the first live node by name does it for
+        it (one node, so contacts hear it once), as its own sessions' ends are announced:
+        ``session/ended`` on their host, where the presence feature broadcasts unavailable presence."""
+        alive = sorted(node for node, incarnation in members.items() if incarnation is not None)
+        if not alive or alive[0] != self.node:
+            return
+        for session in sessions:
+            host = self.server.hosts.get(session.jid.host)
+            if host is not None:
+                host.hooks.fire("session/ended", session)
+
+    def _apply_record(self, node, peer, full, record):
+        jid = parse_jid(full)
+        if jid is None or jid.resource is None or jid.user is None:
+            self._drop("record", MalformedEnvelope(f"not a full JID: {full!r}"))
+            return
+        existing = peer["sessions"].pop(full, None)
+        if existing is not None:
+            self.server.sessions.remove(existing)
+        if not record:
+            return
+        try:
+            priority, presence = decode_record(record, self.max_body_bytes)
+        except MalformedEnvelope as error:
+            self._drop("record", error)
+            return
+        current = self.server.sessions.get(full)
+        if current is not None and current.local:
+            return  # this node's own session of that resource wins until the other is kicked
+        remote = RemoteSession(self, node, jid, priority, presence)
+        peer["sessions"][full] = remote
+        self.server.sessions.add(remote)
+
+    # -- what arrives --------------------------------------------------------------------
+
+    def received_entries(self, entries):
+        """Stream entries (field dicts) that arrived for this node, in order."""
+        for fields in entries:
+            try:
+                envelope = decode_envelope(fields, self.max_body_bytes)
+            except MalformedEnvelope as error:
+                self._drop("malformed", error)
+                continue
+            if envelope.node == self.node:
+                self._drop("foreign", MalformedEnvelope("claims to come from this node"))
+                continue
+            if envelope.kind == "session" and envelope.node not in self._peers:
+                continue  # a node joining: its hash, loaded once this node sees it, holds this change
+            self.received += 1
+            try:
+                getattr(self, "_received_" + envelope.kind)(envelope)
+            except Exception:
+                log.failure("cluster: a {kind} from node {node} for {jid} failed", kind=envelope.kind,
+                            node=envelope.node, jid=envelope.jid)
+
+    def _drop(self, reason, error):
+        self.dropped[reason] += 1
+        if self.server.log_budget.allows("cluster-dropped"):
+            log.warn("cluster: dropped an inter-node message ({reason}): {error}", reason=reason, error=str(error))
+
+    def _received_stanza(self, envelope):
+        try:
+            stanza = parse_stanza(envelope.body, self.max_body_bytes)
+        except MalformedEnvelope as error:
+            self._drop("malformed", error)
+            return
+        session = self.server.sessions.get(envelope.jid)
+        if session is not None and session.local:
+            session.send(stanza)
+        elif session is None:
+            # The session ended before the stanza arrived: the rules for a gone resource apply here.
+            self.server.router.route(stanza)
+        else:
+            self._drop("stale", MalformedEnvelope(f"{envelope.jid} is on node {session.node}, not here"))
+
+    def _received_session(self, envelope):
+        peer = self._peers[envelope.node]
+        if peer["seq"] is None:
+            # (As many as arrive within one Redis call, whose socket timeout bounds the load.)
+            peer["pending"].append(envelope)
+            return
+        if envelope.seq <= peer["seq"]:
+            return  # already in the snapshot this node loaded
+        peer["seq"] = envelope.seq
+        self._apply_record(envelope.node, peer, envelope.jid, envelope.body)
+
+    def _received_kick(self, envelope):
+        session = self.server.sessions.get(envelope.jid)
+        if session is not None and session.local:
+            session.close("conflict", "replaced by a new session on another node")
+
+    # -- what leaves ---------------------------------------------------------------------
+
+    def forward(self, remote, stanza):
+        """Send ``stanza`` to the node holding ``remote``."""
+        if not self._member:
+            self._drop("no-lease", MalformedEnvelope(f"stanza for {remote.full} while not a member"))
+            return
+        self.forwarded += 1
+        envelope = Envelope("stanza", self.node, remote.full, serialize(stanza))
+        self.link.send(remote.node, envelope.fields()).addErrback(self._send_failed, remote)
+
+    def kick(self, remote):
+        envelope = Envelope("kick", self.node, remote.full)
+        self.link.send(remote.node, envelope.fields()).addErrback(self._send_failed, remote)
+
+    def _send_failed(self, failure, remote):
+        self._drop("send-failed", MalformedEnvelope(f"to node {remote.node}: {failure.getErrorMessage()}"))
+
+    def _local_records(self):
+        return {session.full: encode_record(session) for session in self.server.sessions.all() if session.local}
+
+    # SessionTable's observer: a local session was added or changed, or removed.
+
+    def session_changed(self, session):
+        self._publish(session.full, encode_record(session))
+
+    def session_removed(self, session):
+        self._publish(session.full, "")
+
+    def _publish(self, full, record):
+        if not self._member:
+            return  # joining publishes every local session at once
+        self._seq += 1
+        envelope = Envelope("session", self.node, full, record, self._seq)
+        self.link.publish(envelope.fields()).addErrback(self._link_failed)

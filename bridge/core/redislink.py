@@ -1,0 +1,259 @@
+"""The Redis side of a cluster node (bridge.core.cluster): redis-py, off the reactor thread.
+
+redis-py is blocking, so every call runs in a thread pool of ONE thread: a
+node's writes reach Redis in the order it made them (its session records
+before the stanzas that follow them).  The session changes and stanzas that
+wait while the thread is busy go together in one pipeline.  A second thread
+blocks on the node's
+stream (XREADGROUP) and hands what arrives to the reactor, then acknowledges
+it (XACK).  docs/decisions.md says why redis-py rather than txredisapi.
+
+Keys, under ``bridge:``:
+
+* ``nodes``: the set of member node names;
+* ``lease:NODE``: the node's incarnation (random), with an expiry;
+* ``sessions:NODE``: a hash, full JID -> record (JSON), and "" -> the
+  sequence number of the node's last change;
+* ``stream:NODE``: the node's inbox, a stream with the consumer group
+  ``bridge``, capped near ``stream_max_entries``.
+"""
+
+import os
+import threading
+
+import redis
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from bridge.config import parse_host_port
+
+log = Logger()
+
+PREFIX = "bridge:"
+GROUP = "bridge"
+READ_BLOCK_MILLISECONDS = 1000
+SOCKET_TIMEOUT_SECONDS = 5.0
+BATCH = 100
+
+# A node's session change: its hash, then a copy into the inbox of every other member, at once, so that
+# a node joining between the two can neither miss the change nor see it twice (it loads the hash after
+# it entered the set, and skips changes whose sequence number its snapshot already holds).
+PUBLISH = """
+local hash, members = KEYS[1], KEYS[2]
+local prefix, me, full, record, seq, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+if record == '' then redis.call('HDEL', hash, full) else redis.call('HSET', hash, full, record) end
+redis.call('HSET', hash, '', seq)
+for _, node in ipairs(redis.call('SMEMBERS', members)) do
+  if node ~= me then
+    redis.call('XADD', prefix .. 'stream:' .. node, 'NOMKSTREAM', 'MAXLEN', '~', maxlen, '*',
+               'v', ARGV[7], 'kind', 'session', 'node', me, 'jid', full, 'seq', seq, 'body', record)
+  end
+end
+return 1
+"""
+
+# Renew the lease only while it is still this incarnation's.
+RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# A survivor removes a node whose lease is gone (several survivors may race: it is idempotent).
+REMOVE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[3], KEYS[4])
+return 1
+"""
+
+
+class RedisLink:
+    """``config``: the [cluster] section; ``reactor``: for the threads and to hand entries back."""
+
+    def __init__(self, config, reactor):
+        host, port = parse_host_port(config.redis_address)
+        password = config.read_password() or None
+        self.reactor = reactor
+        self.node = config.node_name
+        self.lease_milliseconds = int(config.lease_seconds * 1000)
+        self.max_entries = config.stream_max_entries
+        self.incarnation = None
+        common = {"host": host.strip("[]"), "port": port or 6379, "password": password,
+                  "socket_connect_timeout": SOCKET_TIMEOUT_SECONDS}
+        self.client = redis.Redis(socket_timeout=SOCKET_TIMEOUT_SECONDS, **common)
+        self.reader = redis.Redis(socket_timeout=SOCKET_TIMEOUT_SECONDS + READ_BLOCK_MILLISECONDS / 1000,
+                                  **common)
+        self._publish = self.client.register_script(PUBLISH)
+        self._renew = self.client.register_script(RENEW)
+        self._remove = self.client.register_script(REMOVE)
+        self.pool = ThreadPool(minthreads=1, maxthreads=1, name="redis")
+        self._stopping = threading.Event()
+        self._outbox = []  # (write, its arguments, its Deferred), waiting for the writer
+        self._writing = False
+        self._reading = None
+
+    def key(self, kind, node=None):
+        return f"{PREFIX}{kind}:{node or self.node}"
+
+    def _call(self, function, *args):
+        return threads.deferToThreadPool(self.reactor, self.pool, function, *args)
+
+    # -- lifetime ----------------------------------------------------------------------
+
+    def start(self, on_entries):
+        """Start the writer thread; ``on_entries(list of field dicts)`` will be called in the reactor
+        thread with what arrives, once the node has joined (and its inbox exists)."""
+        self.pool.start()
+        self._reading = threading.Thread(target=self._read_loop, args=(on_entries,), name="redis-reader",
+                                         daemon=True)
+
+    def stop(self):
+        """Leave the cluster cleanly when Redis answers (the lease and the node's keys go), then stop."""
+        self._stopping.set()
+        d = self._call(self._leave) if self.incarnation else defer.succeed(None)
+        d.addErrback(lambda _: None)
+        d.addBoth(lambda _: self.pool.stop())
+        return d
+
+    def _leave(self):
+        with self.client.pipeline() as pipe:
+            pipe.srem(PREFIX + "nodes", self.node)
+            pipe.delete(self.key("lease"), self.key("sessions"), self.key("stream"))
+            pipe.execute()
+
+    # -- membership ----------------------------------------------------------------------
+
+    def join(self, records, seq):
+        """Become a member with a new incarnation: a fresh inbox, the hash of ``records`` and the lease."""
+        incarnation = os.urandom(8).hex()
+        return self._call(self._join, incarnation, records, seq)
+
+    def _join(self, incarnation, records, seq):
+        with self.client.pipeline() as pipe:  # MULTI/EXEC
+            pipe.delete(self.key("stream"), self.key("sessions"))
+            pipe.xgroup_create(self.key("stream"), GROUP, id="$", mkstream=True)
+            pipe.hset(self.key("sessions"), mapping={"": seq, **records})
+            pipe.set(self.key("lease"), incarnation, px=self.lease_milliseconds)
+            pipe.sadd(PREFIX + "nodes", self.node)
+            pipe.execute()
+        self.incarnation = incarnation
+        if self._reading.ident is None:  # the first join: the inbox exists from now on
+            self._reading.start()
+        return True
+
+    def renew(self):
+        """True when the lease was renewed; False when Redis no longer holds it."""
+        return self._call(lambda: bool(self._renew(keys=[self.key("lease")],
+                                                   args=[self.incarnation, self.lease_milliseconds])))
+
+    def members(self):
+        """{node: its incarnation, or None when its lease is gone}."""
+        return self._call(self._members)
+
+    def _members(self):
+        nodes = sorted(name.decode() for name in self.client.smembers(PREFIX + "nodes"))
+        leases = self.client.mget([self.key("lease", node) for node in nodes]) if nodes else []
+        return {node: lease.decode() if lease is not None else None for node, lease in zip(nodes, leases)}
+
+    def remove_node(self, node):
+        return self._call(lambda: self._remove(
+            keys=[self.key("lease", node), PREFIX + "nodes", self.key("sessions", node), self.key("stream", node)],
+            args=[node]))
+
+    def load_sessions(self, node):
+        """(sequence number, {full JID: record}) of a node's hash."""
+        return self._call(self._load_sessions, node)
+
+    def _load_sessions(self, node):
+        raw = self.client.hgetall(self.key("sessions", node))
+        records = {key.decode(): value.decode() for key, value in raw.items()}
+        seq = records.pop("", "0")
+        return int(seq) if seq.isdigit() else 0, records
+
+    # -- messages ------------------------------------------------------------------------
+
+    def publish(self, fields):
+        """A change of one of this node's sessions (an Envelope of kind "session")."""
+        return self._queue(self._publish_in, fields)
+
+    def _publish_in(self, pipe, fields):
+        self._publish(keys=[self.key("sessions"), PREFIX + "nodes"],
+                      args=[PREFIX, self.node, fields["jid"], fields["body"], fields["seq"], self.max_entries,
+                            fields["v"]],
+                      client=pipe)
+
+    def send(self, node, fields):
+        """Append ``fields`` to the inbox of ``node``; fails (LookupError) when the node has no inbox."""
+        return self._queue(self._send_in, node, fields)
+
+    def _send_in(self, pipe, node, fields):
+        pipe.xadd(self.key("stream", node), fields, maxlen=self.max_entries, approximate=True, nomkstream=True)
+
+    def _queue(self, write, *args):
+        """Queue a write.  The writer sends what waits in one pipeline, in the order it was queued, so
+        that a busy node makes one round trip per batch rather than one per stanza."""
+        written = defer.Deferred()
+        self._outbox.append((write, args, written))
+        if not self._writing:
+            self._write_waiting()
+        return written
+
+    def _write_waiting(self):
+        batch, self._outbox = self._outbox, []
+        self._writing = True
+        d = self._call(self._write_batch, [(write, args) for write, args, _ in batch])
+        d.addBoth(self._written, batch)
+
+    def _write_batch(self, writes):
+        """In the writer thread: one pipeline (not a transaction); each write's reply or exception."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for write, args in writes:
+                write(pipe, *args)
+            return pipe.execute(raise_on_error=False)
+
+    def _written(self, replies, batch):
+        self._writing = False
+        for index, (write, args, written) in enumerate(batch):
+            reply = replies if isinstance(replies, Failure) else replies[index]
+            if isinstance(reply, (Failure, Exception)):
+                written.errback(reply)
+            elif reply is None and write == self._send_in:  # NOMKSTREAM: the node has no inbox
+                written.errback(LookupError(f"node {args[0]} has no inbox"))
+            else:
+                written.callback(reply)
+        if self._outbox:
+            self._write_waiting()
+
+    def _read_loop(self, on_entries):
+        """Read this node's inbox until stopped: first what was delivered but never acknowledged
+        (after a broken connection), then what is new."""
+        stream = self.key("stream")
+        start = "0"
+        while not self._stopping.is_set():
+            try:
+                answer = self.reader.xreadgroup(GROUP, self.node, {stream: start}, count=BATCH,
+                                                block=READ_BLOCK_MILLISECONDS)
+            except (redis.RedisError, OSError):
+                start = "0"
+                self._stopping.wait(READ_BLOCK_MILLISECONDS / 1000)
+                continue
+            entries = answer[0][1] if answer else []
+            if start == "0" and not entries:
+                start = ">"
+                continue
+            if not entries:
+                continue
+            fields = [entry for _, entry in entries if entry]
+            if fields:
+                try:
+                    threads.blockingCallFromThread(self.reactor, on_entries, fields)
+                except Exception:
+                    log.failure("cluster: entries of the inbox of {node} not handled", node=self.node)
+            try:
+                self.reader.xack(stream, GROUP, *[entry_id for entry_id, _ in entries])
+            except (redis.RedisError, OSError):
+                start = "0"
