@@ -16,6 +16,7 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 
+from bridge.core.directory import parse_uri as parse_ldap_uri
 from bridge.core.stanza import parse_jid
 
 TLS_VERSIONS = ("1.2", "1.3")
@@ -191,9 +192,12 @@ class HostConfig:
     ``sip_digest``: its accounts keep the HA1 secrets SIP digest needs
     (bridge.core.accounts), written when a password is set, while the SIP
     gateway is on.
+    ``ldap``: the name of the ``[ldap.NAME]`` directory its users live in
+    (docs/directory.md); empty: bridge's own accounts.
     """
 
     aliases: list = _option([])
+    ldap: str = _option("")
     registration: bool = _option(False)
     sip_digest: bool = _option(True)
     offline_notification: str = _option("none", choices=("none", "sms", "email", "both"))
@@ -392,6 +396,32 @@ class SMSCConfig:
         return read_first_line(self.password_file) if self.password_file else self.password
 
 
+@dataclass(frozen=True)
+class LDAPConfig:
+    """One LDAP directory that hosts may keep their users in (docs/directory.md)."""
+
+    uris: list = _option([])
+    ca_file: str = _option("", path=True)
+    bind_dn: str = _option("")
+    bind_password_file: str = _option("", path=True)
+    base_dn: str = _option("")
+    user_filter: str = _option("(objectClass=inetOrgPerson)")
+    uid_attribute: str = _option("uid")
+    name_attribute: str = _option("cn")
+    mail_attribute: str = _option("mail")
+    mobile_attribute: str = _option("mobile")
+    photo_attribute: str = _option("jpegPhoto")
+    changed_attribute: str = _option("modifyTimestamp")
+    max_photo_bytes: int = _option(65536, low=0, high=1048576)
+    pool_size: int = _option(4, low=1, high=64)
+    timeout_seconds: float = _option(5.0, low=0.1, high=300)
+    retry_seconds: float = _option(30.0, low=1, high=3600)
+    health_check_seconds: float = _option(30.0, low=1, high=3600)
+
+    def read_bind_password(self):
+        return read_first_line(self.bind_password_file)
+
+
 _UNESCAPED_COLON = re.compile(r"(?<!\\):")
 # The options each kind of listening endpoint takes (Twisted's endpoint strings; TLS is not among them:
 # a listener list says whether its sockets speak TLS, with its section's certificate and policy).
@@ -533,6 +563,7 @@ class Config:
     muc: MUCConfig = field(default_factory=MUCConfig)
     upload: UploadConfig = field(default_factory=UploadConfig)
     smsc: dict = field(default_factory=dict)
+    ldap: dict = field(default_factory=dict)
     source: str = "(embedded defaults)"
 
     def data_path(self, name):
@@ -554,7 +585,7 @@ _SECTIONS = {"tls": TLSConfig, "c2s": C2SConfig, "s2s": S2SConfig, "http": HTTPC
              "component_listener": ComponentListenerConfig, "sms": SMSConfig, "sip": SIPConfig, "muc": MUCConfig,
              "upload": UploadConfig}
 # Tables of named sub-tables: [hosts.NAME], [components.DOMAIN], [smsc.NAME].
-_NAMED = {"hosts": HostConfig, "components": ComponentConfig, "smsc": SMSCConfig}
+_NAMED = {"hosts": HostConfig, "components": ComponentConfig, "smsc": SMSCConfig, "ldap": LDAPConfig}
 
 
 def _type_name(kind):
@@ -754,9 +785,33 @@ def parse(document, where):
     for name, smsc in sections.get("smsc", {}).items():
         if smsc.reconnect_max_seconds < smsc.reconnect_min_seconds:
             problems.append(f"{where}: smsc.{name}.reconnect_max_seconds: must be at least reconnect_min_seconds")
+    _check_directories(sections, base, where, problems)
     if problems:
         raise ConfigError(problems)
     return dataclasses.replace(base, **sections, source=where)
+
+
+def _check_directories(sections, base, where, problems):
+    """[ldap.NAME] tables complete, with URIs that parse and filters in parentheses; every host's
+    ``ldap`` naming one of them."""
+    directories = sections.get("ldap", {})
+    for name, directory in directories.items():
+        if not directory.uris:
+            problems.append(f"{where}: ldap.{name}.uris: must name at least one ldap:// or ldaps:// server")
+        for uri in directory.uris:
+            try:
+                parse_ldap_uri(uri)
+            except ValueError as error:
+                problems.append(f"{where}: ldap.{name}.uris: {error}")
+        for key in ("bind_dn", "bind_password_file", "base_dn"):
+            if not getattr(directory, key):
+                problems.append(f"{where}: ldap.{name}.{key}: must not be empty")
+        if not (directory.user_filter.startswith("(") and directory.user_filter.endswith(")")):
+            problems.append(f"{where}: ldap.{name}.user_filter: must be an LDAP filter in parentheses, "
+                            f"not {directory.user_filter!r}")
+    for host_name, host in sections.get("hosts", base.hosts).items():
+        if host.ldap and host.ldap.lower() not in directories:
+            problems.append(f"{where}: hosts.{host_name}.ldap: no [ldap.{host.ldap}] table")
 
 
 def load(path=None):
@@ -786,6 +841,15 @@ def _missing_files(config, where):
     listener that uses one starts."""
     problems = []
     named = [("tls", config.tls)] + [(name, getattr(config, name)) for name in ("c2s", "s2s", "http", "sip")]
+    for name, directory in config.ldap.items():
+        for key in ("ca_file", "bind_password_file"):
+            file_name = getattr(directory, key)
+            if file_name and not os.access(file_name, os.R_OK):
+                reason = "not readable" if os.path.exists(file_name) else "no such file"
+                problems.append(f"{where}: ldap.{name}.{key}: {file_name}: {reason}")
+            elif key == "bind_password_file" and os.stat(file_name).st_mode & 0o077:
+                problems.append(f"{where}: ldap.{name}.bind_password_file: {file_name}: holds a secret, "
+                                "so others than its owner may not read it (chmod 600)")
     for name, section in named:
         if bool(section.certificate) != bool(section.private_key):
             problems.append(f"{where}: {name}: certificate and private_key go together")

@@ -187,13 +187,20 @@ def build(config, reactor):
     datadir.private_folder(config.data_dir)
     secret = datadir.server_secret(config.data_path("server.secret"))
     store = storage_module.open_storage(config, reactor)
-    server = Server(config, store, reactor, secret=secret)
+    directories = {}
+    if config.ldap:
+        from bridge.core import ldap  # ldaptor is needed only where a directory is configured
+
+        directories, directory_service = ldap.directory_accounts(config, store, reactor)
+    server = Server(config, store, reactor, secret=secret, directories=directories)
     load_features(server)
     s2s = config.s2s
     peer_tls = PeerTLS(*tls.certificate_paths(config, s2s), s2s.tls_min_version, s2s.tls_ciphers, s2s.ca_file)
     remote = RemoteDomains(server, peer_tls, reactor)
     server.router.default_route = remote
     top = ServerService(server, remote)
+    if directories:
+        directory_service.setServiceParent(top)
 
     def listen_on(kind, description, endpoint, factory):
         listener = ListenerService(kind, description, endpoint, factory)

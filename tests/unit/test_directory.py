@@ -1,0 +1,328 @@
+"""The LDAP directory without a server: filter escaping, the attribute map, failover and the pool on
+a fake clock, and the accounts of a directory host (docs/directory.md)."""
+
+import hashlib
+
+from ldaptor import inmemory, ldapfilter
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from bridge.core import sasl
+from bridge.core.accounts import DIRECTORY_STORE, AccountError, Accounts, DirectoryAccounts
+from bridge.core.directory import (AttributeMap, DirectoryUnavailable, ServerList, equality_filter,
+                                   escape_filter_value, map_entry, parse_uri, restrict, substring_filter)
+from bridge.core.ldap import DirectoryClient, InvalidCredentials, ServerFailed
+from bridge.core.storage.memory import MemoryStorage
+
+from tests.unit.helpers import result_of
+
+USER_FILTER = "(objectClass=inetOrgPerson)"
+# Attempts to widen a search or a login through the value put into the filter.
+INJECTIONS = ["*", "*)(uid=*", "alice)(|(uid=*", "*)(|(objectClass=*", "alice\\", "alice\x00", "(uid=alice)",
+              "al*ce", "*)(&"]
+
+
+class FilterTests(SynchronousTestCase):
+    def test_specials_are_escaped(self):
+        """\\ * ( ) and NUL become \\5c \\2a \\28 \\29 \\00 (RFC 4515 section 3); other text, non-ASCII
+        included, stays as it is."""
+        self.assertEqual(escape_filter_value("*)(uid=*"), "\\2a\\29\\28uid=\\2a")
+        self.assertEqual(escape_filter_value("a\\b\x00"), "a\\5cb\\00")
+        self.assertEqual(escape_filter_value("Zoë"), "Zoë")
+        self.assertEqual(substring_filter("cn", "a*b"), "(cn=*a\\2ab*)")
+
+    def test_injection_is_one_literal_value(self):
+        """Whatever a name holds, the filter parses as the base filter AND one equality whose value is
+        the name itself, so no name can add a condition or a wildcard."""
+        for name in INJECTIONS:
+            parsed = ldapfilter.parseFilter(restrict(USER_FILTER, equality_filter("uid", name)))
+            self.assertEqual(len(parsed.data), 2, name)
+            self.assertEqual(parsed.data[1].assertionValue.value, name, name)
+
+    def test_uris(self):
+        """ldaps:// speaks TLS from the start (port 636 by default), ldap:// starts with StartTLS (389);
+        other schemes and paths are refused."""
+        self.assertEqual(parse_uri("ldaps://dir.example"), (True, "dir.example", 636))
+        self.assertEqual(parse_uri("ldap://127.0.0.1:3890"), (False, "127.0.0.1", 3890))
+        for bad in ("http://dir.example", "ldap://", "ldap://dir.example/dc=example", "ldapi:///run/slapd"):
+            self.assertRaises(ValueError, parse_uri, bad)
+
+
+class MapEntryTests(SynchronousTestCase):
+    def test_mapped_attributes(self):
+        """The configured attribute names are read, whatever their case in the answer."""
+        mapping = AttributeMap(uid="sAMAccountName", mobile="telephoneNumber")
+        entry = map_entry("cn=A", {"samaccountname": [b"alice"], "CN": [b"Alice A"], "telephoneNumber": [b"+4912"],
+                                   "mail": [b"a@example.org"], "jpegPhoto": [b"\xff\xd8jpeg"],
+                                   "modifyTimestamp": [b"20261207000000Z"]}, mapping, 100)
+        self.assertEqual((entry.dn, entry.uid, entry.name, entry.mobile, entry.mail, entry.photo, entry.changed),
+                         ("cn=A", "alice", "Alice A", "+4912", "a@example.org", b"\xff\xd8jpeg", "20261207000000Z"))
+
+    def test_bad_values_are_bounded(self):
+        """A cn that is not UTF-8 is read with U+FFFD, a 5 MB photo and an oversized mail are left out,
+        and an entry without uid is no user."""
+        entry = map_entry("cn=A", {"uid": [b"alice"], "cn": [b"Al\xffce"], "jpegPhoto": [b"x" * 5_000_000],
+                                   "mail": [b"m" * 5000]}, AttributeMap(), 65536)
+        self.assertEqual((entry.name, entry.photo, entry.mail), ("Al\ufffdce", None, None))
+        self.assertIsNone(map_entry("cn=A", {"cn": [b"Alice"]}, AttributeMap(), 100))
+
+
+class ServerListTests(SynchronousTestCase):
+    def test_failover_and_return(self):
+        """A failed server is skipped for retry_seconds, then preferred again; success marks it up at once."""
+        clock = Clock()
+        servers = ServerList(["ldap://a", "ldap://b"], clock, 30)
+        self.assertEqual(servers.preferred(), "ldap://a")
+        servers.failed("ldap://a")
+        self.assertEqual(servers.preferred(), "ldap://b")
+        servers.failed("ldap://b")
+        self.assertIsNone(servers.preferred())
+        clock.advance(30)
+        self.assertEqual(servers.candidates(), ["ldap://a", "ldap://b"])
+        servers.failed("ldap://a")
+        servers.succeeded("ldap://a")
+        self.assertEqual(servers.preferred(), "ldap://a")
+
+
+class FakeServer:
+    """A directory server: ``state`` is "up", "down" (refuses) or "silent" (never answers)."""
+
+    def __init__(self, entries=None):
+        self.state = "up"
+        self.entries = entries or {}  # dn -> (password, {attribute: [values]})
+        self.connections = []
+        self.binds = []
+
+
+class FakeConnection:
+    def __init__(self, server):
+        self.server = server
+        self.closed = False
+
+    def _answer(self, value):
+        if self.server.state == "down" or self.closed:
+            return defer.fail(ServerFailed("lost"))
+        if self.server.state == "silent":
+            return defer.Deferred()
+        return defer.succeed(value)
+
+    def bind(self, dn, password):
+        self.server.binds.append(dn)
+        known = self.server.entries.get(dn)
+        if self.server.state == "up" and (known is None or known[0] != password):
+            return defer.fail(InvalidCredentials())
+        return self._answer(None)
+
+    def search(self, base, filter_text, attributes, size_limit):
+        parsed = ldapfilter.parseFilter(filter_text)
+        found = [(dn, attributes) for dn, (_, attributes) in self.server.entries.items()
+                 if inmemory.ReadOnlyInMemoryLDAPEntry(dn, attributes).match(parsed)]
+        return self._answer(found[:size_limit])
+
+    def close(self):
+        self.closed = True
+
+
+SERVICE = "cn=bridge,dc=example"
+ALICE = "uid=alice,ou=people,dc=example"
+
+
+def directory_entries(alice_password="right"):
+    return {SERVICE: ("service-secret", {"cn": [b"bridge"]}),
+            ALICE: (alice_password, {"uid": [b"alice"], "objectClass": [b"inetOrgPerson"], "cn": [b"Alice"],
+                                     "modifyTimestamp": [b"1"]})}
+
+
+class ClientTests(SynchronousTestCase):
+    """``DirectoryClient`` over fake servers: pool, failover, timeouts, health checks."""
+
+    def setUp(self):
+        self.clock = Clock()
+        entries = directory_entries()
+        self.fakes = {"ldaps://a": FakeServer(entries), "ldaps://b": FakeServer(entries)}
+        self.connects = []
+        self.client = self.make_client()
+
+    def connect(self, uri):
+        self.connects.append(uri)
+        server = self.fakes[uri]
+        if server.state == "down":
+            return defer.fail(ServerFailed("refused"))
+        connection = FakeConnection(server)
+        server.connections.append(connection)
+        return defer.succeed(connection)
+
+    def make_client(self, pool_size=2):
+        return DirectoryClient(ServerList(list(self.fakes), self.clock, 30), self.connect, self.clock,
+                               bind_dn=SERVICE, bind_password="service-secret", base_dn="dc=example",
+                               pool_size=pool_size, timeout_seconds=5, health_check_seconds=10)
+
+    def search(self, client=None):
+        return (client or self.client).search(restrict(USER_FILTER, equality_filter("uid", "alice")), ["uid"], 2)
+
+    def test_pooled_connection_is_reused(self):
+        """Searches run on one connection bound as the service, opened once."""
+        for attempt in range(3):
+            self.assertEqual([dn for dn, _ in result_of(self.search())], [ALICE])
+        self.assertEqual(self.connects, ["ldaps://a"])
+        self.assertEqual(self.fakes["ldaps://a"].binds, [SERVICE])
+
+    def test_pool_is_bounded(self):
+        """With pool_size 1, a second search waits for the first one's connection, then uses it."""
+        client = self.make_client(pool_size=1)
+        self.fakes["ldaps://a"].state = "silent"
+        first = self.search(client)
+        self.fakes["ldaps://a"].state = "up"
+        waiting = self.search(client)
+        self.assertNoResult(waiting)
+        self.assertEqual(len(self.connects), 1)
+        self.clock.advance(5)  # the service bind of the first times out: the first search moves to b
+        self.assertEqual([dn for dn, _ in result_of(first)], [ALICE])
+        self.assertEqual([dn for dn, _ in result_of(waiting)], [ALICE])
+
+    def test_failover_when_refused(self):
+        """A server that refuses connections is marked down and the next one answers."""
+        self.fakes["ldaps://a"].state = "down"
+        self.assertEqual(len(result_of(self.search())), 1)
+        self.assertEqual(self.connects, ["ldaps://a", "ldaps://b"])
+        result_of(self.search())
+        self.assertEqual(self.connects, ["ldaps://a", "ldaps://b"], "a is not tried again while down")
+
+    def test_failover_when_lost_mid_session(self):
+        """A pooled connection that fails during a search is closed, its server marked down, and the
+        search answered by the next server."""
+        result_of(self.search())
+        self.fakes["ldaps://a"].state = "down"
+        self.assertEqual(len(result_of(self.search())), 1)
+        self.assertTrue(self.fakes["ldaps://a"].connections[0].closed)
+        self.assertEqual(self.connects[-1], "ldaps://b")
+
+    def test_silent_server_times_out(self):
+        """A server that does not answer within timeout_seconds counts as failed."""
+        self.fakes["ldaps://a"].state = "silent"
+        found = self.search()
+        self.assertNoResult(found)
+        self.clock.advance(5)
+        self.assertEqual(len(result_of(found)), 1)
+        self.assertEqual(self.connects, ["ldaps://a", "ldaps://b"])
+
+    def test_all_down_is_unavailable(self):
+        """With every server down, the answer is DirectoryUnavailable, for searches and password checks."""
+        for server in self.fakes.values():
+            server.state = "down"
+        self.failureResultOf(self.search(), DirectoryUnavailable)
+        self.failureResultOf(self.client.check_password(ALICE, "right"), DirectoryUnavailable)
+
+    def test_health_check_brings_the_first_server_back(self):
+        """After a failover, the health check finds the first server back and the pool returns to it."""
+        self.fakes["ldaps://a"].state = "down"
+        self.client.start()
+        self.addCleanup(self.client.stop)
+        result_of(self.search())
+        self.fakes["ldaps://a"].state = "up"
+        self.clock.advance(10)
+        result_of(self.search())
+        self.assertEqual(self.connects[-1], "ldaps://a")
+        self.assertTrue(self.fakes["ldaps://b"].connections[0].closed)
+
+    def test_user_bind_on_its_own_connection(self):
+        """A password is checked on a new connection bound as the user and closed at once; a wrong one
+        is False; an empty one is refused without a bind (it would be an unauthenticated bind)."""
+        self.assertTrue(result_of(self.client.check_password(ALICE, "right")))
+        self.assertFalse(result_of(self.client.check_password(ALICE, "wrong")))
+        self.assertFalse(result_of(self.client.check_password(ALICE, "")))
+        self.assertEqual(self.fakes["ldaps://a"].binds, [ALICE, ALICE])
+        self.assertTrue(all(connection.closed for connection in self.fakes["ldaps://a"].connections))
+
+
+class FakeClient:
+    """A ``DirectoryClient`` stand-in over a ``FakeServer``'s entries, matched with ldaptor's filters."""
+
+    def __init__(self, server):
+        self.server = server
+        self.filters = []
+
+    def search(self, filter_text, attributes, size_limit):
+        self.filters.append(filter_text)
+        if self.server.state != "up":
+            return defer.fail(DirectoryUnavailable("down"))
+        return FakeConnection(self.server).search("", filter_text, attributes, size_limit)
+
+    def check_password(self, dn, password):
+        if self.server.state != "up":
+            return defer.fail(DirectoryUnavailable("down"))
+        return defer.succeed(self.server.entries[dn][0] == password)
+
+
+def decoy(user):
+    return sasl.Decoys(b"s" * 32).credentials("example.org", user)
+
+
+class DirectoryAccountsTests(SynchronousTestCase):
+    def setUp(self):
+        self.server = FakeServer(directory_entries())
+        self.storage = MemoryStorage()
+        directory = DirectoryAccounts("example.org", FakeClient(self.server), self.storage, AttributeMap(),
+                                      USER_FILTER, 65536, lambda host: ("MD5",))
+        self.accounts = Accounts(self.storage, lambda host: (), {"example.org": directory})
+
+    def plain(self, user, password):
+        return result_of(self.accounts.check_password("example.org", user, password, decoy))
+
+    def test_injected_names_match_nobody(self):
+        """A login name built to widen the filter finds no entry, so no password binds for it."""
+        for name in INJECTIONS:
+            self.assertFalse(self.plain(name, "right"), name)
+            self.assertFalse(result_of(self.accounts.exists("example.org", name)), name)
+        self.assertTrue(self.plain("alice", "right"))
+
+    def test_plain_login_keeps_scram_and_digest(self):
+        """Before a PLAIN login a directory user has no SCRAM record; after it, records of that password
+        for SCRAM and the SIP HA1 of the realm."""
+        self.assertIsNone(result_of(self.accounts.credentials("example.org", "alice")))
+        self.assertTrue(self.plain("alice", "right"))
+        records = result_of(self.accounts.credentials("example.org", "alice"))
+        self.assertTrue(sasl.check_password(records, "right"))
+        self.assertEqual(result_of(self.accounts.digest_ha1("example.org", "alice", "example.org", "MD5")),
+                         hashlib.md5(b"alice:example.org:right").hexdigest())
+
+    def test_changed_entry_drops_the_records(self):
+        """When the entry's change attribute moves (a password set by the administrator), the kept
+        records are no longer offered."""
+        self.plain("alice", "right")
+        self.server.entries[ALICE][1]["modifyTimestamp"] = [b"2"]
+        self.assertIsNone(result_of(self.accounts.credentials("example.org", "alice")))
+        self.assertIsNone(result_of(self.storage.get("example.org", "alice", DIRECTORY_STORE)))
+
+    def test_old_password_refused_drops_the_records(self):
+        """A PLAIN login whose password made the kept records, and that the directory now refuses, drops
+        them; a wrong guess does not, and a new password replaces them."""
+        self.plain("alice", "right")
+        self.assertFalse(self.plain("alice", "guess"))
+        self.assertIsNotNone(result_of(self.storage.get("example.org", "alice", DIRECTORY_STORE)))
+        self.server.entries[ALICE] = ("new", self.server.entries[ALICE][1])
+        self.assertFalse(self.plain("alice", "right"))
+        self.assertIsNone(result_of(self.storage.get("example.org", "alice", DIRECTORY_STORE)))
+        self.assertTrue(self.plain("alice", "new"))
+        self.assertTrue(sasl.check_password(result_of(self.accounts.credentials("example.org", "alice")), "new"))
+
+    def test_unreachable_directory_is_no_answer(self):
+        """With the directory down, PLAIN, SCRAM records and digest fail with DirectoryUnavailable;
+        existence falls back on a past login."""
+        self.plain("alice", "right")
+        self.server.state = "down"
+        self.failureResultOf(self.accounts.check_password("example.org", "alice", "right", decoy),
+                             DirectoryUnavailable)
+        self.failureResultOf(self.accounts.credentials("example.org", "alice"), DirectoryUnavailable)
+        self.failureResultOf(self.accounts.digest_ha1("example.org", "alice", "example.org", "MD5"),
+                             DirectoryUnavailable)
+        self.assertTrue(result_of(self.accounts.exists("example.org", "alice")))
+        self.assertFalse(result_of(self.accounts.exists("example.org", "bob")))
+
+    def test_no_local_changes(self):
+        """Accounts of a directory host cannot be created, changed or deleted in bridge."""
+        for change in (self.accounts.create("example.org", "carol", "pw"),
+                       self.accounts.set_password("example.org", "alice", "pw"),
+                       self.accounts.delete("example.org", "alice")):
+            self.failureResultOf(change, AccountError)
