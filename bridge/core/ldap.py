@@ -42,6 +42,11 @@ class InvalidCredentials(Exception):
     """The server refused a bind's DN and password (result code 49)."""
 
 
+def _text(name):
+    """An attribute name as ldaptor gives it (bytes) as text."""
+    return name.decode("utf-8", errors="replace") if isinstance(name, bytes) else name
+
+
 class LDAPConnection:
     """One ldaptor connection, with the two operations bridge needs and errors sorted into
     ``ServerFailed``, ``InvalidCredentials`` and ldaptor's result errors."""
@@ -68,7 +73,7 @@ class LDAPConnection:
         entry = ldapsyntax.LDAPEntry(self.protocol, base)
         d = self._sorted(defer.maybeDeferred(entry.search, filterText=filter_text, attributes=attributes,
                                              sizeLimit=size_limit, sizeLimitIsNonFatal=True))
-        return d.addCallback(lambda entries: [(found.dn.getText(), {name: list(values) for name, values in
+        return d.addCallback(lambda entries: [(found.dn.getText(), {_text(name): list(values) for name, values in
                                                                      found.items()}) for found in entries])
 
     def close(self):

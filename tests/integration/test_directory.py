@@ -1,0 +1,116 @@
+"""A host whose users live in OpenLDAP: directory passwords, SCRAM after the first PLAIN login,
+filter injection, and two slapd servers of which one, then both, stop (docs/directory.md)."""
+
+import asyncio
+import ipaddress
+import os
+
+import pytest
+
+from tests.pki import CertificateAuthority
+
+from . import slapd
+from .harness import NS_SASL, RawClient, login, scram_login
+
+pytestmark = pytest.mark.skipif(slapd.missing() is not None, reason=f"no slapd: {slapd.missing()}")
+
+HOST = "corp.test"
+USERS = {"alice": ("Alice Liddell", "alice-ldap-pw", "+491701234567"),
+         "bob": ("Bob Builder", "bob-ldap-pw", "+491707654321")}
+
+
+@pytest.fixture
+def directory(tmp_path, start_server):
+    """Two slapd with the same entries (the first preferred), and a server whose host corp.test
+    uses them; both slapd are removed at the end."""
+    authority = CertificateAuthority(tmp_path)
+    certificate, key = authority.issue(tmp_path, [ipaddress.ip_address("127.0.0.1")], file_name="slapd")
+    servers = []
+    for name in ("first", "second"):
+        server = slapd.Slapd(tmp_path / name, slapd.users_ldif(USERS), certificate, key, authority.ca_file)
+        servers.append(server)
+        server.start()
+    password_file = tmp_path / "bind.password"
+    password_file.write_text(slapd.SERVICE_PASSWORD + "\n")
+    os.chmod(password_file, 0o600)
+    uris = ", ".join(f'"{server.uri}"' for server in servers)
+    tables = (f'[hosts."{HOST}"]\nldap = "corp"\n[ldap.corp]\nuris = [{uris}]\nca_file = "{authority.ca_file}"\n'
+              f'bind_dn = "{slapd.SERVICE_DN}"\nbind_password_file = "{password_file}"\n'
+              f'base_dn = "ou=people,{slapd.SUFFIX}"\ntimeout_seconds = 5\n')
+    bridge = start_server("directory", [], tables=tables)
+    yield bridge, servers
+    for server in servers:
+        server.remove()
+
+
+def plain(bridge, user, password):
+    """A PLAIN login on a new connection over STARTTLS; the client and the name of the outcome."""
+    raw = RawClient(bridge.port, server_hostname=HOST)
+    raw.secure(HOST)
+    outcome = raw.authenticate_plain(user, password)
+    return raw, outcome.tag.split("}")[1] if outcome.tag.endswith("success") else outcome[0].tag.split("}")[1]
+
+
+def test_directory_password_then_scram(directory):
+    """A slixmpp client logs in with its directory password (PLAIN over TLS); from then on SCRAM works
+    with the records kept at that login; a wrong password is not-authorized."""
+    bridge, _ = directory
+
+    async def scenario():
+        client = await login(f"alice@{HOST}/plain", USERS["alice"][1], bridge.port, mechanisms=["PLAIN"],
+                             presence=False, roster=False)
+        assert client.mechanism == "PLAIN"
+        await client.close()
+        client = await login(f"alice@{HOST}/scram", USERS["alice"][1], bridge.port,
+                             mechanisms=["SCRAM-SHA-256"], presence=False, roster=False)
+        assert client.mechanism == "SCRAM-SHA-256"
+        assert client.boundjid.full == f"alice@{HOST}/scram"
+        await client.close()
+
+    asyncio.run(scenario())
+    raw, outcome = plain(bridge, "bob", "not-" + USERS["bob"][1])
+    raw.close()
+    assert outcome == "not-authorized"
+
+
+def test_scram_before_any_plain_login_fails(directory):
+    """Before a user's first PLAIN login there are no SCRAM records to check against: SCRAM fails."""
+    bridge, _ = directory
+    raw = RawClient(bridge.port, server_hostname=HOST)
+    try:
+        raw.secure(HOST)
+        outcome = scram_login(raw, "bob", USERS["bob"][1], mechanism="SCRAM-SHA-256")
+        assert outcome.tag == f"{{{NS_SASL}}}failure", raw.dump()
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize("name", ["*", "*)(uid=*", "alice)(|(uid=*", "*)(|(objectClass=*", "al*"])
+def test_filter_injection_in_login_names(directory, name):
+    """A login name that would widen the search filter finds nobody, even with a real user's password."""
+    bridge, _ = directory
+    raw, outcome = plain(bridge, name, USERS["alice"][1])
+    raw.close()
+    assert outcome == "not-authorized"
+
+
+def test_failover_and_unreachable_directory(directory):
+    """With the first slapd stopped the second answers logins; with both stopped a login answers
+    temporary-auth-failure and the session already up stays up."""
+    bridge, servers = directory
+    session = RawClient(bridge.port, server_hostname=HOST)
+    try:
+        session.login("alice", USERS["alice"][1], host=HOST, resource="live")
+        servers[0].stop()
+        raw, outcome = plain(bridge, "bob", USERS["bob"][1])
+        raw.close()
+        assert outcome == "success"
+        servers[1].stop()
+        raw, outcome = plain(bridge, "bob", USERS["bob"][1])
+        raw.close()
+        assert outcome == "temporary-auth-failure"
+        session.send(f"<iq type='get' id='still-up' to='{HOST}'><ping xmlns='urn:xmpp:ping'/></iq>")
+        reply = session.expect("{jabber:client}iq")
+        assert (reply.get("id"), reply.get("type")) == ("still-up", "result"), session.dump()
+    finally:
+        session.close()
