@@ -1,6 +1,7 @@
 """The LDAP directory without a server: filter escaping, the attribute map, failover and the pool on
 a fake clock, and the accounts of a directory host (docs/directory.md)."""
 
+import base64
 import hashlib
 
 from ldaptor import inmemory, ldapfilter
@@ -10,12 +11,15 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from bridge.core import sasl
 from bridge.core.accounts import DIRECTORY_STORE, AccountError, Accounts, DirectoryAccounts
+from bridge.core.attempts import FailedAttempts
 from bridge.core.directory import (AttributeMap, DirectoryUnavailable, ServerList, equality_filter,
                                    escape_filter_value, map_entry, parse_uri, restrict, substring_filter)
 from bridge.core.ldap import DirectoryClient, InvalidCredentials, ServerFailed
 from bridge.core.storage.memory import MemoryStorage
 
-from tests.unit.helpers import result_of
+from bridge.core.streams.c2s import ClientFactory
+
+from tests.unit.helpers import BufferingTransport, Harness, make_config, result_of, scram_login
 
 USER_FILTER = "(objectClass=inetOrgPerson)"
 # Attempts to widen a search or a login through the value put into the filter.
@@ -326,3 +330,51 @@ class DirectoryAccountsTests(SynchronousTestCase):
                        self.accounts.set_password("example.org", "alice", "pw"),
                        self.accounts.delete("example.org", "alice")):
             self.failureResultOf(change, AccountError)
+
+
+class ClientStreamTests(SynchronousTestCase):
+    """SASL on a client stream of a directory host, over a transport that has switched to TLS."""
+
+    def setUp(self):
+        self.directory_server = FakeServer(directory_entries())
+        self.storage = MemoryStorage()
+        directory = DirectoryAccounts("localhost", FakeClient(self.directory_server), self.storage, AttributeMap(),
+                                      USER_FILTER, 65536, lambda host: ())
+        self.harness = Harness(make_config(require_encryption=True), self.storage, {"localhost": directory})
+        self.factory = ClientFactory(self.harness.server, self.harness.config.c2s, tls_context="TLS")
+
+    def secure_client(self):
+        client = self.harness.connect(factory=self.factory, transport=BufferingTransport())
+        client.open_stream()
+        client.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        client.received()
+        client.open_stream()
+        return client
+
+    def plain(self, user, password):
+        client = self.secure_client()
+        token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+        client.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>")
+        outcome = client.received()[-1]
+        return outcome.name if outcome.name == "success" else next(outcome.elements()).name
+
+    def test_plain_then_scram(self):
+        """The directory password logs in with PLAIN; SCRAM then succeeds with the records kept."""
+        self.assertEqual(scram_login(self.secure_client(), "alice", "right").name, "failure")
+        self.assertEqual(self.plain("alice", "right"), "success")
+        self.assertEqual(scram_login(self.secure_client(), "alice", "right").name, "success")
+
+    def test_wrong_password_counts_unreachable_does_not(self):
+        """Wrong directory passwords are not-authorized and counted against the address; an unreachable
+        directory is temporary-auth-failure, for PLAIN and SCRAM, and is not counted."""
+        self.plain("alice", "right")
+        for attempt in range(FailedAttempts.LIMIT - 1):
+            self.assertEqual(self.plain("alice", "wrong"), "not-authorized")
+        self.directory_server.state = "down"
+        self.assertEqual(self.plain("alice", "right"), "temporary-auth-failure")
+        outcome = scram_login(self.secure_client(), "alice", "right")
+        self.assertEqual((outcome.name, next(outcome.elements()).name), ("failure", "temporary-auth-failure"))
+        self.directory_server.state = "up"
+        self.assertEqual(self.plain("alice", "right"), "success")
+        self.plain("alice", "wrong")
+        self.assertEqual(self.plain("alice", "right"), "temporary-auth-failure", "the limit is reached")
