@@ -3,12 +3,14 @@ a fake clock, and the accounts of a directory host (docs/directory.md)."""
 
 import base64
 import hashlib
+import os
 
 from ldaptor import inmemory, ldapfilter
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from bridge import config as configuration
 from bridge.core import sasl
 from bridge.core.accounts import DIRECTORY_STORE, AccountError, Accounts, DirectoryAccounts
 from bridge.core.attempts import FailedAttempts
@@ -378,3 +380,54 @@ class ClientStreamTests(SynchronousTestCase):
         self.assertEqual(self.plain("alice", "right"), "success")
         self.plain("alice", "wrong")
         self.assertEqual(self.plain("alice", "right"), "temporary-auth-failure", "the limit is reached")
+
+
+class ConfigTests(SynchronousTestCase):
+    """[ldap.NAME] tables and the hosts that name them, checked at load."""
+
+    def load(self, table, mode=0o600):
+        directory = self.mktemp()
+        os.makedirs(directory)
+        password_file = os.path.join(directory, "ldap.password")
+        with open(password_file, "w") as handle:
+            handle.write("secret\n")
+        os.chmod(password_file, mode)
+        path = os.path.join(directory, "bridge.toml")
+        with open(path, "w") as handle:
+            handle.write('[hosts."corp.test"]\nldap = "Corp"\n[ldap.corp]\n' + table)
+        return path, configuration.load(path)
+
+    def problems(self, table, mode=0o600):
+        error = self.assertRaises(configuration.ConfigError, self.load, table, mode)
+        return error.problems
+
+    def test_complete_table(self):
+        """A table with servers, service DN, password file and base loads; the host names it."""
+        _, config = self.load('uris = ["ldaps://a.example", "ldap://b.example:3890"]\nbind_dn = "cn=b"\n'
+                              'bind_password_file = "ldap.password"\nbase_dn = "dc=example"\n')
+        self.assertEqual(config.hosts["corp.test"].ldap, "Corp")
+        self.assertEqual(config.ldap["corp"].read_bind_password(), "secret")
+        self.assertEqual(config.ldap["corp"].pool_size, 4)
+
+    def test_incomplete_or_wrong(self):
+        """Missing servers, DN and base, a URI of another scheme and a filter without parentheses are
+        each named with their key."""
+        problems = self.problems('uris = ["http://a.example"]\nbind_password_file = "ldap.password"\n'
+                                 'user_filter = "objectClass=person"\n')
+        text = "\n".join(problems)
+        for key in ("ldap.corp.uris: must be ldap://", "ldap.corp.bind_dn: must not be empty",
+                    "ldap.corp.base_dn: must not be empty", "ldap.corp.user_filter: must be an LDAP filter"):
+            self.assertIn(key, text)
+
+    def test_password_file_readable_by_others(self):
+        """A bind password file that others than its owner may read is refused."""
+        problems = self.problems('uris = ["ldaps://a.example"]\nbind_dn = "cn=b"\n'
+                                 'bind_password_file = "ldap.password"\nbase_dn = "dc=example"\n', mode=0o644)
+        self.assertIn("ldap.corp.bind_password_file", problems[0])
+        self.assertIn("chmod 600", problems[0])
+
+    def test_host_naming_no_table(self):
+        """A host that names a directory without a table is an error naming the host's key."""
+        error = self.assertRaises(configuration.ConfigError, configuration.parse,
+                                  {"hosts": {"corp.test": {"ldap": "missing"}}}, "t.toml")
+        self.assertEqual(error.problems, ["t.toml: hosts.corp.test.ldap: no [ldap.missing] table"])
