@@ -812,6 +812,9 @@ def _check_directories(sections, base, where, problems):
     for host_name, host in sections.get("hosts", base.hosts).items():
         if host.ldap and host.ldap.lower() not in directories:
             problems.append(f"{where}: hosts.{host_name}.ldap: no [ldap.{host.ldap}] table")
+        if host.ldap and host.registration:
+            problems.append(f"{where}: hosts.{host_name}.registration: must be false on a host whose users "
+                            "live in a directory")
 
 
 def load(path=None):

@@ -170,10 +170,6 @@ class DirectoryAccounts:
         except DirectoryUnavailable:
             return bool((yield self._cached(user)))
 
-    def users(self):
-        """The users whose records are kept (the directory itself is not listed)."""
-        return self.storage.users(self.host, DIRECTORY_STORE)
-
 
 class Accounts:
     def __init__(self, storage, digest_algorithms, directories=None):
@@ -214,8 +210,12 @@ class Accounts:
             return self.directories[host].exists(user)
         return self.storage.get(host, user, STORE).addCallback(lambda records: records is not None)
 
+    def in_directory(self, host):
+        """Whether ``host``'s users live in a directory (their accounts are managed there)."""
+        return host in self.directories
+
     def _check_local(self, host):
-        if host in self.directories:
+        if self.in_directory(host):
             raise AccountError(f"the accounts of {host} are kept in its LDAP directory")
 
     def create(self, host, user, password):
@@ -249,7 +249,3 @@ class Accounts:
             raise AccountError(f"{user}@{host} does not exist")
         yield self.storage.delete_user(host, user)
 
-    def users(self, host):
-        if host in self.directories:
-            return self.directories[host].users()
-        return self.storage.users(host, STORE)

@@ -2,7 +2,9 @@
 a fake clock, and the accounts of a directory host (docs/directory.md)."""
 
 import base64
+import contextlib
 import hashlib
+import io
 import os
 
 from ldaptor import inmemory, ldapfilter
@@ -11,6 +13,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from bridge import config as configuration
+from bridge import ctl
 from bridge.core import sasl
 from bridge.core.accounts import DIRECTORY_STORE, AccountError, Accounts, DirectoryAccounts
 from bridge.core.attempts import FailedAttempts
@@ -366,6 +369,21 @@ class ClientStreamTests(SynchronousTestCase):
         self.assertEqual(self.plain("alice", "right"), "success")
         self.assertEqual(scram_login(self.secure_client(), "alice", "right").name, "success")
 
+    def test_no_account_changes_from_the_client(self):
+        """A directory user's password change or account removal (XEP-0077) is not-allowed."""
+        self.plain("alice", "right")
+        client = self.harness.connect(factory=self.factory, transport=BufferingTransport())
+        client.open_stream()
+        client.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        client.received()
+        client.login("alice@localhost/r", "right")
+        for change in ("<username>alice</username><password>new</password>", "<remove/>"):
+            reply = client.iq(f"<iq type='set' id='c' to='localhost'><query xmlns='jabber:iq:register'>{change}"
+                              "</query></iq>")
+            self.assertEqual((reply["type"], reply.error.firstChildElement().name), ("error", "not-allowed"))
+        self.assertTrue(result_of(self.harness.server.accounts.check_password("localhost", "alice", "right",
+                                                                              decoy)))
+
     def test_wrong_password_counts_unreachable_does_not(self):
         """Wrong directory passwords are not-authorized and counted against the address; an unreachable
         directory is temporary-auth-failure, for PLAIN and SCRAM, and is not counted."""
@@ -425,6 +443,27 @@ class ConfigTests(SynchronousTestCase):
                                  'bind_password_file = "ldap.password"\nbase_dn = "dc=example"\n', mode=0o644)
         self.assertIn("ldap.corp.bind_password_file", problems[0])
         self.assertIn("chmod 600", problems[0])
+
+    def test_no_registration_on_a_directory_host(self):
+        """In-band registration cannot be on where accounts live in the directory."""
+        error = self.assertRaises(configuration.ConfigError, configuration.parse,
+                                  {"hosts": {"corp.test": {"ldap": "c", "registration": True}},
+                                   "ldap": {"c": {"uris": ["ldaps://a"], "bind_dn": "cn=b", "base_dn": "dc=x",
+                                                  "bind_password_file": "p"}}}, "t.toml")
+        self.assertEqual(error.problems, ["t.toml: hosts.corp.test.registration: must be false on a host whose "
+                                          "users live in a directory"])
+
+    def test_bridgectl_on_a_directory_host(self):
+        """bridgectl refuses to add, change or delete a directory host's accounts, saying where they are."""
+        path, _ = self.load('uris = ["ldaps://a.example"]\nbind_dn = "cn=b"\n'
+                                 'bind_password_file = "ldap.password"\nbase_dn = "dc=example"\n')
+        password_file = os.path.join(os.path.dirname(path), "ldap.password")
+        for command in (["adduser", "ann@corp.test", "--password-file", password_file],
+                        ["passwd", "ann@corp.test", "--password-file", password_file], ["deluser", "ann@corp.test"]):
+            errors = io.StringIO()
+            with contextlib.redirect_stderr(errors):
+                self.assertEqual(ctl.main(["--config", path, *command], out=io.StringIO()), 1)
+            self.assertIn("kept in its LDAP directory", errors.getvalue())
 
     def test_host_naming_no_table(self):
         """A host that names a directory without a table is an error naming the host's key."""
