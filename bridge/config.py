@@ -413,6 +413,7 @@ class LDAPConfig:
     photo_attribute: str = _option("jpegPhoto")
     changed_attribute: str = _option("modifyTimestamp")
     max_photo_bytes: int = _option(65536, low=0, high=1048576)
+    max_search_results: int = _option(50, low=1, high=1000)
     pool_size: int = _option(4, low=1, high=64)
     timeout_seconds: float = _option(5.0, low=0.1, high=300)
     retry_seconds: float = _option(30.0, low=1, high=3600)

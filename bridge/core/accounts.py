@@ -25,7 +25,7 @@ import hashlib
 from twisted.internet import defer
 
 from bridge.core import sasl
-from bridge.core.directory import DirectoryUnavailable, equality_filter, map_entry, restrict
+from bridge.core.directory import AttributeMap, DirectoryUnavailable, equality_filter, map_entry, restrict, substring_filter
 from bridge.core.storage.cache import KeyedLock
 
 STORE = "accounts"
@@ -106,23 +106,40 @@ class DirectoryAccounts:
     answers, never with a yes or a no.
     """
 
-    def __init__(self, host, client, storage, attribute_map, user_filter, max_photo_bytes, digest_algorithms):
+    def __init__(self, host, client, storage, config, digest_algorithms):
+        """``config``: the directory's ``LDAPConfig``."""
         self.host = host
         self.client = client
         self.storage = storage
-        self.attribute_map = attribute_map
-        self.user_filter = user_filter
-        self.max_photo_bytes = max_photo_bytes
+        self.attribute_map = AttributeMap(uid=config.uid_attribute, name=config.name_attribute,
+                                          mail=config.mail_attribute, mobile=config.mobile_attribute,
+                                          photo=config.photo_attribute, changed=config.changed_attribute)
+        self.user_filter = config.user_filter
+        self.max_photo_bytes = config.max_photo_bytes
+        self.max_search_results = config.max_search_results
         self.digest_algorithms = digest_algorithms
 
     @defer.inlineCallbacks
-    def find(self, user):
-        """Deferred: the user's ``DirectoryEntry``, or None (no entry, or more than one)."""
+    def find(self, user, photo=False):
+        """Deferred: the user's ``DirectoryEntry``, with the photo if ``photo``, or None (no entry, or
+        more than one)."""
         found = yield self.client.search(restrict(self.user_filter, equality_filter(self.attribute_map.uid, user)),
-                                         self.attribute_map.names(), 2)
+                                         self.attribute_map.names(photo), 2)
         entries = [entry for entry in (map_entry(dn, attributes, self.attribute_map, self.max_photo_bytes)
                                        for dn, attributes in found) if entry is not None]
         return entries[0] if len(entries) == 1 else None
+
+    @defer.inlineCallbacks
+    def search(self, criteria, limit):
+        """Deferred: at most ``limit`` ``DirectoryEntry`` whose attributes contain every value of
+        ``criteria`` ({"uid" | "name" | "mail": text}, empty values ignored), sorted by uid."""
+        conditions = [substring_filter(getattr(self.attribute_map, key), value)
+                      for key, value in sorted(criteria.items()) if value]
+        if not conditions:
+            return []
+        found = yield self.client.search(restrict(self.user_filter, *conditions), self.attribute_map.names(), limit)
+        entries = (map_entry(dn, attributes, self.attribute_map, self.max_photo_bytes) for dn, attributes in found)
+        return sorted((entry for entry in entries if entry is not None), key=lambda entry: entry.uid)[:limit]
 
     def _cached(self, user):
         return self.storage.get(self.host, user, DIRECTORY_STORE)
@@ -210,12 +227,12 @@ class Accounts:
             return self.directories[host].exists(user)
         return self.storage.get(host, user, STORE).addCallback(lambda records: records is not None)
 
-    def in_directory(self, host):
-        """Whether ``host``'s users live in a directory (their accounts are managed there)."""
-        return host in self.directories
+    def directory(self, host):
+        """The ``DirectoryAccounts`` of ``host``, or None: its users are bridge's own accounts."""
+        return self.directories.get(host)
 
     def _check_local(self, host):
-        if self.in_directory(host):
+        if host in self.directories:
             raise AccountError(f"the accounts of {host} are kept in its LDAP directory")
 
     def create(self, host, user, password):

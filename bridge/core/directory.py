@@ -76,9 +76,9 @@ class AttributeMap:
     photo: str = "jpegPhoto"
     changed: str = "modifyTimestamp"
 
-    def names(self):
-        """The attributes to ask for in a search."""
-        return [self.uid, self.name, self.mail, self.mobile, self.photo, self.changed]
+    def names(self, photo=False):
+        """The attributes to ask for in a search; the photo only when it is wanted (it may be large)."""
+        return [self.uid, self.name, self.mail, self.mobile, self.changed] + ([self.photo] if photo else [])
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from twisted.internet import defer, endpoints, ssl, task
 from twisted.logger import Logger
 
 from bridge.core.accounts import DirectoryAccounts, sip_digest_algorithms
-from bridge.core.directory import AttributeMap, DirectoryUnavailable, ServerList, parse_uri
+from bridge.core.directory import DirectoryUnavailable, ServerList, parse_uri
 
 log = Logger()
 
@@ -340,9 +340,5 @@ def directory_accounts(config, storage, reactor):
                 bind_dn=section.bind_dn, bind_password=section.read_bind_password(), base_dn=section.base_dn,
                 pool_size=section.pool_size, timeout_seconds=section.timeout_seconds,
                 health_check_seconds=section.health_check_seconds)
-        attribute_map = AttributeMap(uid=section.uid_attribute, name=section.name_attribute,
-                                     mail=section.mail_attribute, mobile=section.mobile_attribute,
-                                     photo=section.photo_attribute, changed=section.changed_attribute)
-        directories[host] = DirectoryAccounts(host, clients[name], storage, attribute_map, section.user_filter,
-                                              section.max_photo_bytes, sip_digest_algorithms(config))
+        directories[host] = DirectoryAccounts(host, clients[name], storage, section, sip_digest_algorithms(config))
     return directories, DirectoryService(list(clients.values()))

@@ -7,6 +7,11 @@ is added to the owner's outgoing presence when the client left it out.
 A vCard of more than ``max_vcard_bytes`` bytes of XML is refused with
 ``not-acceptable``; the default holds a real avatar photo, base64 and all,
 within the default client stanza size limit.
+
+On a host whose users live in an LDAP directory (docs/directory.md) the
+vCard is read from the user's entry (name, login name, mail, mobile, photo)
+and cannot be changed over XMPP.  Its photo goes only to logged-in users of
+the host; anyone else gets the vCard without it.
 """
 
 import base64
@@ -14,7 +19,9 @@ import binascii
 import hashlib
 
 from twisted.internet import defer
+from twisted.words.xish import domish
 
+from bridge.core.directory import DirectoryUnavailable
 from bridge.core.hooks import AMEND, in_background
 from bridge.core.stanza import error_reply, result_reply
 from bridge.core.xmlstream import parse_element, serialize
@@ -36,15 +43,54 @@ def photo_hash(vcard):
     return ""
 
 
+def directory_vcard(entry):
+    """The vCard of a ``DirectoryEntry`` (None: an empty one); its photo only if the entry has one."""
+    vcard = domish.Element((NS_VCARD, "vCard"))
+    if entry is None:
+        return vcard
+    if entry.name:
+        vcard.addElement("FN", content=entry.name)
+    vcard.addElement("NICKNAME", content=entry.uid)
+    if entry.mail:
+        email = vcard.addElement("EMAIL")
+        email.addElement("INTERNET")
+        email.addElement("USERID", content=entry.mail)
+    if entry.mobile:
+        tel = vcard.addElement("TEL")
+        tel.addElement("CELL")
+        tel.addElement("NUMBER", content=entry.mobile)
+    if entry.photo:
+        photo = vcard.addElement("PHOTO")
+        photo.addElement("TYPE", content="image/jpeg")
+        photo.addElement("BINVAL", content=base64.b64encode(entry.photo).decode("ascii"))
+    return vcard
+
+
+def _from_user_of(event):
+    """True when a logged-in user of the addressed host sent the stanza."""
+    return event.sender is not None and bool(event.sender.user) and event.sender.host == event.host.name
+
+
 class VCards:
     def __init__(self, ctx):
         self.ctx = ctx
         self.max_bytes = ctx.config.quotas.max_vcard_bytes
         self._hashes = {}
+        self.directory = ctx.accounts.directory(ctx.host.name) if ctx.has_accounts else None
 
     @in_background()
     @defer.inlineCallbacks
     def get(self, event):
+        if self.directory is not None:
+            try:
+                entry = yield self.directory.find(event.to.user, photo=_from_user_of(event))
+            except DirectoryUnavailable:
+                event.reply(error_reply(event.stanza, "remote-server-timeout", "the directory does not answer"))
+                return
+            reply = result_reply(event.stanza)
+            reply.addChild(directory_vcard(entry))
+            event.reply(reply)
+            return
         stored = yield self.ctx.storage.get(event.host.name, event.to.user, STORE)
         reply = result_reply(event.stanza)
         if stored is None:
@@ -57,6 +103,9 @@ class VCards:
     @defer.inlineCallbacks
     def set(self, event):
         if not event.from_owner():
+            return
+        if self.directory is not None:
+            event.reply(error_reply(event.stanza, "not-allowed", "the vCards of this host come from its directory"))
             return
         vcard = event.stanza.vCard
         text = serialize(vcard)
@@ -73,9 +122,17 @@ class VCards:
     @defer.inlineCallbacks
     def load_hash(self, session):
         """Cache the photo hash when a session binds, for its presence to carry."""
-        if session.bare not in self._hashes:
-            stored = yield self.ctx.storage.get(session.jid.host, session.jid.user, STORE)
-            self._hashes[session.bare] = stored["photo"] if stored else ""
+        if session.bare in self._hashes:
+            return
+        if self.directory is not None:
+            try:
+                entry = yield self.directory.find(session.jid.user, photo=True)
+            except DirectoryUnavailable:
+                return  # the next session tries again
+            self._hashes[session.bare] = hashlib.sha1(entry.photo).hexdigest() if entry and entry.photo else ""
+            return
+        stored = yield self.ctx.storage.get(session.jid.host, session.jid.user, STORE)
+        self._hashes[session.bare] = stored["photo"] if stored else ""
 
     def stamp_presence(self, event):
         """Add <x xmlns='vcard-temp:x:update'/> to available presence that lacks it."""

@@ -183,7 +183,7 @@ class EmailGateway:
         self.config = ctx.config
         self.reactor = reactor
         self.storage = ctx.storage
-        self.preferences = NotificationPreferences(ctx.storage, ctx.host_config)
+        self.preferences = NotificationPreferences(ctx.storage, ctx.host_config, ctx.accounts.directory)
         domain = ctx.host_names()[0]
         self.helo = self.config.helo_name or domain
         self.mailer = Mailer(self.config, reactor, domain)

@@ -3,13 +3,16 @@ a fake clock, and the accounts of a directory host (docs/directory.md)."""
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import io
 import os
+import types
 
 from ldaptor import inmemory, ldapfilter
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.words.protocols.jabber.jid import JID
 from twisted.trial.unittest import SynchronousTestCase
 
 from bridge import config as configuration
@@ -20,9 +23,13 @@ from bridge.core.attempts import FailedAttempts
 from bridge.core.directory import (AttributeMap, DirectoryUnavailable, ServerList, equality_filter,
                                    escape_filter_value, map_entry, parse_uri, restrict, substring_filter)
 from bridge.core.ldap import DirectoryClient, InvalidCredentials, ServerFailed
+from bridge.core.notifications import NotificationPreferences
+from bridge.core.stanza import form_values
 from bridge.core.storage.memory import MemoryStorage
 
 from bridge.core.streams.c2s import ClientFactory
+from bridge.core.xmlstream import parse_element
+from bridge.gateways.sms.verification import Verification
 
 from tests.unit.helpers import BufferingTransport, Harness, make_config, result_of, scram_login
 
@@ -125,8 +132,10 @@ class FakeConnection:
 
     def search(self, base, filter_text, attributes, size_limit):
         parsed = ldapfilter.parseFilter(filter_text)
-        found = [(dn, attributes) for dn, (_, attributes) in self.server.entries.items()
-                 if inmemory.ReadOnlyInMemoryLDAPEntry(dn, attributes).match(parsed)]
+        wanted = {name.lower() for name in attributes}
+        found = [(dn, {name: values for name, values in entry.items() if name.lower() in wanted})
+                 for dn, (_, entry) in self.server.entries.items()
+                 if inmemory.ReadOnlyInMemoryLDAPEntry(dn, entry).match(parsed)]
         return self._answer(found[:size_limit])
 
     def close(self):
@@ -137,10 +146,18 @@ SERVICE = "cn=bridge,dc=example"
 ALICE = "uid=alice,ou=people,dc=example"
 
 
+BOB = "uid=bob,ou=people,dc=example"
+PHOTO = b"\xff\xd8\xff\xe0bob's face\xff\xd9"
+
+
 def directory_entries(alice_password="right"):
-    return {SERVICE: ("service-secret", {"cn": [b"bridge"]}),
-            ALICE: (alice_password, {"uid": [b"alice"], "objectClass": [b"inetOrgPerson"], "cn": [b"Alice"],
-                                     "modifyTimestamp": [b"1"]})}
+    """The service account, alice and bob (text values as str, which ldaptor's substring match needs)."""
+    return {SERVICE: ("service-secret", {"cn": ["bridge"]}),
+            ALICE: (alice_password, {"uid": ["alice"], "objectClass": ["inetOrgPerson"], "cn": ["Alice Liddell"],
+                                     "mail": ["alice@example.org"], "modifyTimestamp": ["1"]}),
+            BOB: ("bob-pw", {"uid": ["bob"], "objectClass": ["inetOrgPerson"], "cn": ["Bob Builder"],
+                             "mail": ["bob@example.org"], "mobile": ["+49 170 1234567"], "jpegPhoto": [PHOTO],
+                             "modifyTimestamp": ["1"]})}
 
 
 class ClientTests(SynchronousTestCase):
@@ -272,8 +289,8 @@ class DirectoryAccountsTests(SynchronousTestCase):
     def setUp(self):
         self.server = FakeServer(directory_entries())
         self.storage = MemoryStorage()
-        directory = DirectoryAccounts("example.org", FakeClient(self.server), self.storage, AttributeMap(),
-                                      USER_FILTER, 65536, lambda host: ("MD5",))
+        directory = DirectoryAccounts("example.org", FakeClient(self.server), self.storage,
+                                      configuration.LDAPConfig(), lambda host: ("MD5",))
         self.accounts = Accounts(self.storage, lambda host: (), {"example.org": directory})
 
     def plain(self, user, password):
@@ -343,8 +360,8 @@ class ClientStreamTests(SynchronousTestCase):
     def setUp(self):
         self.directory_server = FakeServer(directory_entries())
         self.storage = MemoryStorage()
-        directory = DirectoryAccounts("localhost", FakeClient(self.directory_server), self.storage, AttributeMap(),
-                                      USER_FILTER, 65536, lambda host: ())
+        directory = DirectoryAccounts("localhost", FakeClient(self.directory_server), self.storage,
+                                      configuration.LDAPConfig(), lambda host: ())
         self.harness = Harness(make_config(require_encryption=True), self.storage, {"localhost": directory})
         self.factory = ClientFactory(self.harness.server, self.harness.config.c2s, tls_context="TLS")
 
@@ -470,3 +487,99 @@ class ConfigTests(SynchronousTestCase):
         error = self.assertRaises(configuration.ConfigError, configuration.parse,
                                   {"hosts": {"corp.test": {"ldap": "missing"}}}, "t.toml")
         self.assertEqual(error.problems, ["t.toml: hosts.corp.test.ldap: no [ldap.missing] table"])
+
+
+class DirectoryFeatureTests(SynchronousTestCase):
+    """Search (XEP-0055), vCards (XEP-0054) and notification addresses on a directory host."""
+
+    def setUp(self):
+        self.directory_server = FakeServer(directory_entries())
+        self.storage = MemoryStorage()
+        self.directory = DirectoryAccounts("localhost", FakeClient(self.directory_server), self.storage,
+                                           dataclasses.replace(configuration.LDAPConfig(), max_search_results=1),
+                                           lambda host: ())
+        self.harness = Harness(make_config(), self.storage, {"localhost": self.directory})
+        # alice's first login (PLAIN) keeps the SCRAM records the in-memory clients log in with.
+        self.assertTrue(result_of(self.harness.server.accounts.check_password("localhost", "alice", "right", decoy)))
+        self.alice = self.harness.login("alice@localhost/desk", password="right")
+
+    def search(self, fields, client=None):
+        values = "".join(f"<field var='{var}'><value>{value}</value></field>" for var, value in fields.items())
+        return (client or self.alice).iq(
+            "<iq type='set' id='s' to='localhost'><query xmlns='jabber:iq:search'><x xmlns='jabber:x:data' "
+            f"type='submit'><field var='FORM_TYPE'><value>jabber:iq:search</value></field>{values}</x></query></iq>")
+
+    @staticmethod
+    def items(reply):
+        form = next(reply.query.elements("jabber:x:data", "x"))
+        return [form_values(item) for item in form.elements("jabber:x:data", "item")]
+
+    def foreign_event(self, stanza):
+        """What a handler receives for ``stanza`` from a user of another server, and its replies."""
+        replies = []
+        event = types.SimpleNamespace(sender=JID("eve@remote.example/x"), to=JID("bob@localhost"),
+                                      host=self.harness.server.hosts["localhost"],
+                                      stanza=parse_element(stanza), reply=replies.append)
+        return event, replies
+
+    def test_search_form(self):
+        """The search form offers login name, name and mail, with its FORM_TYPE."""
+        reply = self.alice.iq("<iq type='get' id='f' to='localhost'><query xmlns='jabber:iq:search'/></iq>")
+        form = next(reply.query.elements("jabber:x:data", "x"))
+        self.assertEqual(list(form_values(form)), ["FORM_TYPE", "user", "name", "mail"])
+
+    def test_search_by_name_uid_and_mail(self):
+        """A part of a name, a login name or a mail finds the user, as a JID of the host with the
+        attributes; the number of results is bounded; a wildcard is a literal character."""
+        self.assertEqual(self.items(self.search({"name": "builder"})),
+                         [{"jid": ["bob@localhost"], "user": ["bob"], "name": ["Bob Builder"],
+                           "mail": ["bob@example.org"]}])
+        self.assertEqual([item["jid"] for item in self.items(self.search({"user": "alic"}))], [["alice@localhost"]])
+        self.assertEqual(len(self.items(self.search({"mail": "example.org"}))), 1, "max_search_results is 1")
+        for injection in ("*", "*)(uid=*", "b*b"):
+            self.assertEqual(self.items(self.search({"name": injection})), [], injection)
+
+    def test_search_refusals(self):
+        """An empty form is bad-request; an overlong value not-acceptable; a user of another server is
+        forbidden; an unreachable directory is remote-server-timeout."""
+        self.assertEqual(self.search({"name": ""}).error.firstChildElement().name, "bad-request")
+        self.assertEqual(self.search({"name": "x" * 300}).error.firstChildElement().name, "not-acceptable")
+        search = self.harness.server.hosts["localhost"].features["search"].feature
+        event, replies = self.foreign_event("<iq type='get' id='f' to='localhost' from='eve@remote.example/x'>"
+                                            "<query xmlns='jabber:iq:search'/></iq>")
+        search.form(event)
+        self.assertEqual(replies[0].error.firstChildElement().name, "forbidden")
+        self.directory_server.state = "down"
+        self.assertEqual(self.search({"name": "bob"}).error.firstChildElement().name, "remote-server-timeout")
+
+    def test_vcard_from_the_directory(self):
+        """A user of the host reads another's vCard from the directory, photo included; a user of another
+        server gets it without the photo; nobody can change it."""
+        vcard = self.alice.iq("<iq type='get' id='v' to='bob@localhost'><vCard xmlns='vcard-temp'/></iq>").vCard
+        self.assertEqual((str(vcard.FN), str(vcard.NICKNAME), str(vcard.TEL.NUMBER), str(vcard.EMAIL.USERID)),
+                         ("Bob Builder", "bob", "+49 170 1234567", "bob@example.org"))
+        self.assertEqual(base64.b64decode(str(vcard.PHOTO.BINVAL)), PHOTO)
+        vcards = self.harness.server.hosts["localhost"].features["vcard"].feature
+        event, replies = self.foreign_event("<iq type='get' id='v' to='bob@localhost' from='eve@remote.example/x'>"
+                                            "<vCard xmlns='vcard-temp'/></iq>")
+        vcards.get(event)
+        self.assertEqual(str(replies[0].vCard.FN), "Bob Builder")
+        self.assertIsNone(replies[0].vCard.PHOTO)
+        reply = self.alice.iq("<iq type='set' id='w'><vCard xmlns='vcard-temp'><FN>Mallory</FN></vCard></iq>")
+        self.assertEqual(reply.error.firstChildElement().name, "not-allowed")
+
+    def test_notification_addresses(self):
+        """Without numbers or addresses of their own, the directory's mobile and mail are a user's, and the
+        directory's number counts as verified; the user's own setting wins; with the directory down there
+        is none."""
+        preferences = NotificationPreferences(self.storage, self.harness.config.hosts.__getitem__,
+                                              self.harness.server.accounts.directory)
+        verification = Verification(self.storage, self.harness.clock, self.harness.config.sms, preferences)
+        self.assertEqual(result_of(preferences.mobile("localhost", "bob")), "+49 170 1234567")
+        self.assertEqual(result_of(preferences.email("localhost", "bob")), "bob@example.org")
+        self.assertEqual(result_of(verification.verified_number("localhost", "bob")), "+491701234567")
+        result_of(preferences.update("localhost", "bob", email="bob@home.example", mobile="+15551234567"))
+        self.assertEqual(result_of(preferences.email("localhost", "bob")), "bob@home.example")
+        self.assertIsNone(result_of(verification.verified_number("localhost", "bob")), "not verified by a code")
+        self.directory_server.state = "down"
+        self.assertIsNone(result_of(preferences.email("localhost", "alice")))
