@@ -2,6 +2,7 @@
 filter injection, and two slapd servers of which one, then both, stop (docs/directory.md)."""
 
 import asyncio
+import base64
 import ipaddress
 import os
 
@@ -15,6 +16,10 @@ from .harness import NS_SASL, RawClient, login, scram_login
 pytestmark = pytest.mark.skipif(slapd.missing() is not None, reason=f"no slapd: {slapd.missing()}")
 
 HOST = "corp.test"
+NS_DATA = "jabber:x:data"
+SEARCH = ("<query xmlns='jabber:iq:search'><x xmlns='jabber:x:data' type='submit'>"
+          "<field var='FORM_TYPE'><value>jabber:iq:search</value></field>"
+          "<field var='{field}'><value>{value}</value></field></x></query>")
 USERS = {"alice": ("Alice Liddell", "alice-ldap-pw", "+491701234567"),
          "bob": ("Bob Builder", "bob-ldap-pw", "+491707654321")}
 
@@ -53,7 +58,8 @@ def plain(bridge, user, password):
 
 def test_directory_password_then_scram(directory):
     """A slixmpp client logs in with its directory password (PLAIN over TLS); from then on SCRAM works
-    with the records kept at that login; a wrong password is not-authorized."""
+    with the records kept at that login; it finds bob by name (XEP-0055) and reads his vCard with the
+    photo from the directory; a wrong password is not-authorized."""
     bridge, _ = directory
 
     async def scenario():
@@ -65,6 +71,15 @@ def test_directory_password_then_scram(directory):
                              mechanisms=["SCRAM-SHA-256"], presence=False, roster=False)
         assert client.mechanism == "SCRAM-SHA-256"
         assert client.boundjid.full == f"alice@{HOST}/scram"
+        reply = await client.query("set", HOST, SEARCH.format(field="name", value="builder"))
+        assert reply["type"] == "result", reply
+        jids = [value.text for value in reply.xml.iter(f"{{{NS_DATA}}}value")
+                if value.text and value.text.endswith("@" + HOST)]
+        assert jids == [f"bob@{HOST}"], reply
+        reply = await client.query("get", f"bob@{HOST}", "<vCard xmlns='vcard-temp'/>")
+        photo = reply.xml.find(".//{vcard-temp}BINVAL")
+        assert photo is not None and base64.b64decode(photo.text) == slapd.PHOTO, reply
+        assert reply.xml.find(".//{vcard-temp}FN").text == "Bob Builder"
         await client.close()
 
     asyncio.run(scenario())
