@@ -414,6 +414,12 @@ class LDAPConfig:
     changed_attribute: str = _option("modifyTimestamp")
     max_photo_bytes: int = _option(65536, low=0, high=1048576)
     max_search_results: int = _option(50, low=1, high=1000)
+    group_base_dn: str = _option("")
+    group_filter: str = _option("(objectClass=groupOfNames)")
+    group_name_attribute: str = _option("cn")
+    group_member_attribute: str = _option("member")
+    group_refresh_seconds: float = _option(300.0, low=10, high=86400)
+    max_group_members: int = _option(500, low=2, high=10000)
     pool_size: int = _option(4, low=1, high=64)
     timeout_seconds: float = _option(5.0, low=0.1, high=300)
     retry_seconds: float = _option(30.0, low=1, high=3600)
@@ -807,9 +813,10 @@ def _check_directories(sections, base, where, problems):
         for key in ("bind_dn", "bind_password_file", "base_dn"):
             if not getattr(directory, key):
                 problems.append(f"{where}: ldap.{name}.{key}: must not be empty")
-        if not (directory.user_filter.startswith("(") and directory.user_filter.endswith(")")):
-            problems.append(f"{where}: ldap.{name}.user_filter: must be an LDAP filter in parentheses, "
-                            f"not {directory.user_filter!r}")
+        for key in ("user_filter", "group_filter"):
+            text = getattr(directory, key)
+            if not (text.startswith("(") and text.endswith(")")):
+                problems.append(f"{where}: ldap.{name}.{key}: must be an LDAP filter in parentheses, not {text!r}")
     for host_name, host in sections.get("hosts", base.hosts).items():
         if host.ldap and host.ldap.lower() not in directories:
             problems.append(f"{where}: hosts.{host_name}.ldap: no [ldap.{host.ldap}] table")

@@ -25,7 +25,7 @@ log = Logger()
 
 # The feature modules every local host loads, and those every gateway's or service's domain loads.
 FEATURES = ("presence", "roster", "offline", "disco", "ping", "version", "vcard", "private", "blocking",
-            "register", "carbons", "push", "mam", "pep", "search")
+            "register", "carbons", "push", "mam", "pep", "search", "shared_groups")
 SERVICE_FEATURES = ("disco", "ping", "version", "gateway")
 # Protocol gateways: (name, the configuration section it is given, its module).  Each module's
 # ``attach(ctx, reactor, tls_context)`` returns a Gateway, or None when the section leaves it off.

@@ -23,12 +23,18 @@ first PLAIN login on, until the entry changes in the directory.
 import hashlib
 
 from twisted.internet import defer
+from twisted.logger import Logger
 
 from bridge.core import sasl
-from bridge.core.directory import AttributeMap, DirectoryUnavailable, equality_filter, map_entry, restrict, substring_filter
+from bridge.core.directory import (AttributeMap, DirectoryUnavailable, equality_filter, map_entry, restrict,
+                                  substring_filter, text_value)
 from bridge.core.storage.cache import KeyedLock
 
+log = Logger()
+
 STORE = "accounts"
+# The most directory groups read for shared rosters.
+MAX_GROUPS = 1000
 # The records derived at a directory user's last successful PLAIN login:
 # {"dn": the entry's DN, "changed": its change attribute then, "records": make_records(...)}.
 DIRECTORY_STORE = "directory-credentials"
@@ -117,6 +123,12 @@ class DirectoryAccounts:
         self.user_filter = config.user_filter
         self.max_photo_bytes = config.max_photo_bytes
         self.max_search_results = config.max_search_results
+        self.group_base_dn = config.group_base_dn
+        self.group_filter = config.group_filter
+        self.group_name_attribute = config.group_name_attribute
+        self.group_member_attribute = config.group_member_attribute
+        self.max_group_members = config.max_group_members
+        self.group_refresh_seconds = config.group_refresh_seconds
         self.digest_algorithms = digest_algorithms
 
     @defer.inlineCallbacks
@@ -140,6 +152,37 @@ class DirectoryAccounts:
         found = yield self.client.search(restrict(self.user_filter, *conditions), self.attribute_map.names(), limit)
         entries = (map_entry(dn, attributes, self.attribute_map, self.max_photo_bytes) for dn, attributes in found)
         return sorted((entry for entry in entries if entry is not None), key=lambda entry: entry.uid)[:limit]
+
+    @defer.inlineCallbacks
+    def groups(self):
+        """Deferred {group name: sorted uids of its members that are users} of the groups under
+        ``group_base_dn`` (at most ``MAX_GROUPS``); a group of more than ``max_group_members``
+        members is left out, since each member's roster would hold every other."""
+        if not self.group_base_dn:
+            return {}
+        member_attribute = self.group_member_attribute.lower()
+        found = yield self.client.search(self.group_filter, [self.group_name_attribute, self.group_member_attribute],
+                                         MAX_GROUPS, base=self.group_base_dn)
+        uids = {}  # member DN -> uid (None: not a user), read once per call
+        groups = {}
+        for dn, attributes in found:
+            values = {name.lower(): values for name, values in attributes.items()}
+            name = text_value(values.get(self.group_name_attribute.lower(), []))
+            members = [text_value([member]) for member in values.get(member_attribute, [])]
+            if not name or len(members) > self.max_group_members:
+                if name:
+                    log.warn("directory group {name} has more than {limit} members: not shared", name=name,
+                             limit=self.max_group_members)
+                continue
+            for member in members:
+                if member and member not in uids:
+                    entries = yield self.client.search(self.user_filter, [self.attribute_map.uid], 1, base=member,
+                                                       whole_subtree=False)
+                    uids[member] = next((entry.uid for entry in (
+                        map_entry(found_dn, found_attributes, self.attribute_map, 0)
+                        for found_dn, found_attributes in entries) if entry is not None), None)
+            groups[name] = sorted({uids[member] for member in members if member and uids[member]})
+        return groups
 
     def _cached(self, user):
         return self.storage.get(self.host, user, DIRECTORY_STORE)

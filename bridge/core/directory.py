@@ -55,7 +55,7 @@ def restrict(base_filter, *conditions):
     return f"(&{base_filter}{''.join(conditions)})"
 
 
-def _text(values):
+def text_value(values):
     """The first value that fits ``MAX_TEXT_VALUE_BYTES``, decoded (bytes that are not UTF-8
     become U+FFFD), or None."""
     for value in values:
@@ -103,14 +103,14 @@ def map_entry(dn, attributes, attribute_map, max_photo_bytes):
     def values(name):
         return by_name.get(name.lower(), [])
 
-    uid = _text(values(attribute_map.uid))
+    uid = text_value(values(attribute_map.uid))
     if not uid:
         return None
     photos = [value for value in values(attribute_map.photo) if isinstance(value, bytes)]
     photo = photos[0] if photos and len(photos[0]) <= max_photo_bytes else None
-    return DirectoryEntry(dn=dn, uid=uid, name=_text(values(attribute_map.name)),
-                          mail=_text(values(attribute_map.mail)), mobile=_text(values(attribute_map.mobile)),
-                          photo=photo, changed=_text(values(attribute_map.changed)))
+    return DirectoryEntry(dn=dn, uid=uid, name=text_value(values(attribute_map.name)),
+                          mail=text_value(values(attribute_map.mail)), mobile=text_value(values(attribute_map.mobile)),
+                          photo=photo, changed=text_value(values(attribute_map.changed)))
 
 
 class ServerList:

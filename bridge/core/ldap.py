@@ -68,11 +68,19 @@ class LDAPConnection:
     def bind(self, dn, password):
         return self._sorted(defer.maybeDeferred(self.protocol.bind, dn, password))
 
-    def search(self, base, filter_text, attributes, size_limit):
-        """Deferred: [(dn, {attribute: [values]})] of the entries under ``base`` that match."""
+    def search(self, base, filter_text, attributes, size_limit, whole_subtree=True):
+        """Deferred: [(dn, {attribute: [values]})] of the entries under ``base`` (or ``base`` itself
+        alone) that match; none when ``base`` does not exist."""
         entry = ldapsyntax.LDAPEntry(self.protocol, base)
+        scope = pureldap.LDAP_SCOPE_wholeSubtree if whole_subtree else pureldap.LDAP_SCOPE_baseObject
         d = self._sorted(defer.maybeDeferred(entry.search, filterText=filter_text, attributes=attributes,
-                                             sizeLimit=size_limit, sizeLimitIsNonFatal=True))
+                                             sizeLimit=size_limit, sizeLimitIsNonFatal=True, scope=scope))
+
+        def no_such_entry(failure):
+            failure.trap(ldaperrors.LDAPNoSuchObject)
+            return []
+
+        d.addErrback(no_such_entry)
         return d.addCallback(lambda entries: [(found.dn.getText(), {_text(name): list(values) for name, values in
                                                                      found.items()}) for found in entries])
 
@@ -264,13 +272,15 @@ class DirectoryClient:
             self._acquire().chainDeferred(self._waiters.popleft())
 
     @defer.inlineCallbacks
-    def search(self, filter_text, attributes, size_limit):
-        """Deferred [(dn, {attribute: [values]})] under the base DN, on a pooled connection; a
-        server that fails is marked down and the search runs again on the next."""
+    def search(self, filter_text, attributes, size_limit, base=None, whole_subtree=True):
+        """Deferred [(dn, {attribute: [values]})] under ``base`` (the base DN when None), or of
+        ``base`` alone, on a pooled connection; a server that fails is marked down and the search
+        runs again on the next."""
         for _ in range(len(self.servers.uris) + 1):
             uri, connection = yield self._acquire()
             try:
-                found = yield self._timed(connection.search(self.base_dn, filter_text, attributes, size_limit))
+                found = yield self._timed(connection.search(base or self.base_dn, filter_text, attributes,
+                                                            size_limit, whole_subtree))
             except ServerFailed as error:
                 self._release(uri, connection, healthy=False)
                 log.warn("directory server {uri} failed: {why}", uri=uri, why=error)

@@ -11,7 +11,7 @@ import pytest
 from tests.pki import CertificateAuthority
 
 from . import slapd
-from .harness import NS_SASL, RawClient, login, scram_login
+from .harness import NS_SASL, RawClient, login, next_item, scram_login
 
 pytestmark = pytest.mark.skipif(slapd.missing() is not None, reason=f"no slapd: {slapd.missing()}")
 
@@ -41,7 +41,7 @@ def directory(tmp_path, start_server):
     uris = ", ".join(f'"{server.uri}"' for server in servers)
     tables = (f'[hosts."{HOST}"]\nldap = "corp"\n[ldap.corp]\nuris = [{uris}]\nca_file = "{authority.ca_file}"\n'
               f'bind_dn = "{slapd.SERVICE_DN}"\nbind_password_file = "{password_file}"\n'
-              f'base_dn = "ou=people,{slapd.SUFFIX}"\ntimeout_seconds = 5\n')
+              f'base_dn = "ou=people,{slapd.SUFFIX}"\ngroup_base_dn = "{slapd.SUFFIX}"\ntimeout_seconds = 5\n')
     bridge = start_server("directory", [], tables=tables)
     yield bridge, servers
     for server in servers:
@@ -86,6 +86,25 @@ def test_directory_password_then_scram(directory):
     raw, outcome = plain(bridge, "bob", "not-" + USERS["bob"][1])
     raw.close()
     assert outcome == "not-authorized"
+
+
+def test_group_members_see_each_other(directory):
+    """Members of the directory group staff find each other in their rosters under the group's name,
+    and alice sees bob's presence when he comes online."""
+    bridge, _ = directory
+
+    async def scenario():
+        alice = await login(f"alice@{HOST}/desk", USERS["alice"][1], bridge.port, mechanisms=["PLAIN"])
+        item = alice.client_roster[f"bob@{HOST}"]
+        assert (item["subscription"], item["groups"]) == ("both", ["staff"]), alice.client_roster
+        bob = await login(f"bob@{HOST}/phone", USERS["bob"][1], bridge.port, mechanisms=["PLAIN"])
+        presence = await next_item(alice.presences, lambda stanza: stanza["from"].full == f"bob@{HOST}/phone",
+                                   what="bob's presence")
+        assert presence["type"] == "available"
+        await bob.close()
+        await alice.close()
+
+    asyncio.run(scenario())
 
 
 def test_scram_before_any_plain_login_fails(directory):

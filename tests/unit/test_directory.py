@@ -130,12 +130,13 @@ class FakeConnection:
             return defer.fail(InvalidCredentials())
         return self._answer(None)
 
-    def search(self, base, filter_text, attributes, size_limit):
+    def search(self, base, filter_text, attributes, size_limit, whole_subtree=True):
         parsed = ldapfilter.parseFilter(filter_text)
         wanted = {name.lower() for name in attributes}
         found = [(dn, {name: values for name, values in entry.items() if name.lower() in wanted})
                  for dn, (_, entry) in self.server.entries.items()
-                 if inmemory.ReadOnlyInMemoryLDAPEntry(dn, entry).match(parsed)]
+                 if (dn.lower().endswith(base.lower()) if whole_subtree else dn.lower() == base.lower())
+                 and inmemory.ReadOnlyInMemoryLDAPEntry(dn, entry).match(parsed)]
         return self._answer(found[:size_limit])
 
     def close(self):
@@ -269,11 +270,11 @@ class FakeClient:
         self.server = server
         self.filters = []
 
-    def search(self, filter_text, attributes, size_limit):
+    def search(self, filter_text, attributes, size_limit, base=None, whole_subtree=True):
         self.filters.append(filter_text)
         if self.server.state != "up":
             return defer.fail(DirectoryUnavailable("down"))
-        return FakeConnection(self.server).search("", filter_text, attributes, size_limit)
+        return FakeConnection(self.server).search(base or "", filter_text, attributes, size_limit, whole_subtree)
 
     def check_password(self, dn, password):
         if self.server.state != "up":
@@ -583,3 +584,64 @@ class DirectoryFeatureTests(SynchronousTestCase):
         self.assertIsNone(result_of(verification.verified_number("localhost", "bob")), "not verified by a code")
         self.directory_server.state = "down"
         self.assertIsNone(result_of(preferences.email("localhost", "alice")))
+
+
+class SharedGroupsTests(SynchronousTestCase):
+    """Directory groups as shared rosters, refreshed on the clock."""
+
+    GROUPS = "ou=groups,dc=example"
+
+    def setUp(self):
+        self.directory_server = FakeServer(directory_entries())
+        entries = self.directory_server.entries
+        entries[f"cn=staff,{self.GROUPS}"] = (None, {"objectClass": ["groupOfNames"], "cn": ["staff"],
+                                                     "member": [ALICE, BOB, "uid=ghost,ou=people,dc=example"]})
+        entries[f"cn=crowd,{self.GROUPS}"] = (None, {"objectClass": ["groupOfNames"], "cn": ["crowd"],
+                                                     "member": [ALICE, BOB, SERVICE, "uid=x,dc=example"]})
+        self.storage = MemoryStorage()
+        config = dataclasses.replace(configuration.LDAPConfig(), group_base_dn=self.GROUPS, max_group_members=3)
+        directory = DirectoryAccounts("localhost", FakeClient(self.directory_server), self.storage, config,
+                                      lambda host: ())
+        self.harness = Harness(make_config(), self.storage, {"localhost": directory})
+        for user, password in (("alice", "right"), ("bob", "bob-pw")):
+            self.assertTrue(result_of(self.harness.server.accounts.check_password("localhost", user, password,
+                                                                                  decoy)))
+
+    def roster(self, bare):
+        roster = result_of(self.harness.server.rosters.load(bare))
+        return {jid: (item.subscription, item.groups) for jid, item in roster.items.items()}
+
+    def test_members_share_rosters_and_presence(self):
+        """Members of a group have each other (not a member that is no user) with subscription both under
+        the group's name; a group over max_group_members is not shared; a member's presence reaches the other."""
+        self.assertEqual(self.roster("alice@localhost"), {"bob@localhost": ("both", ["staff"])})
+        self.assertEqual(self.roster("bob@localhost"), {"alice@localhost": ("both", ["staff"])})
+        alice = self.harness.login("alice@localhost/desk", password="right")
+        alice.send("<presence/>")
+        alice.received()
+        bob = self.harness.login("bob@localhost/phone", password="bob-pw")
+        bob.send("<presence/>")
+        self.assertIn("bob@localhost/phone", [stanza.getAttribute("from") for stanza in alice.received()
+                                              if stanza.name == "presence"])
+
+    def test_leaving_a_group_removes_the_shared_item(self):
+        """When a member leaves the group, the next refresh removes the shared items on both sides and
+        pushes the removal to a logged-in user; items of the user's own making stay."""
+        alice = self.harness.login("alice@localhost/desk", password="right")
+        alice.iq("<iq type='get' id='r'><query xmlns='jabber:iq:roster'/></iq>")
+        alice.iq("<iq type='set' id='own'><query xmlns='jabber:iq:roster'><item jid='carol@elsewhere.example'/>"
+                 "</query></iq>")
+        alice.received()
+        self.directory_server.entries[f"cn=staff,{self.GROUPS}"][1]["member"] = [ALICE]
+        self.harness.clock.advance(300)
+        self.assertEqual(self.roster("alice@localhost"), {"carol@elsewhere.example": ("none", [])})
+        self.assertEqual(self.roster("bob@localhost"), {})
+        pushes = [stanza for stanza in alice.received() if stanza.name == "iq" and stanza.getAttribute("type") == "set"]
+        self.assertEqual([(item["jid"], item["subscription"]) for push in pushes for item in push.query.elements()],
+                         [("bob@localhost", "remove")])
+
+    def test_unreachable_directory_changes_nothing(self):
+        """While the directory does not answer, a refresh leaves the shared items as they are."""
+        self.directory_server.state = "down"
+        self.harness.clock.advance(300)
+        self.assertEqual(self.roster("alice@localhost"), {"bob@localhost": ("both", ["staff"])})
