@@ -5,6 +5,9 @@ import asyncio
 import base64
 import ipaddress
 import os
+import shutil
+import socket
+import subprocess
 
 import pytest
 
@@ -16,6 +19,15 @@ from .harness import NS_SASL, RawClient, login, next_item, scram_login
 pytestmark = pytest.mark.skipif(slapd.missing() is not None, reason=f"no slapd: {slapd.missing()}")
 
 HOST = "corp.test"
+SIPP = shutil.which("sipp")
+SIP_SECTION = """
+[sip]
+enabled = true
+udp_endpoints = ["udp:0:interface=127.0.0.1"]
+tcp_endpoints = ["tcp:0:interface=127.0.0.1"]
+tls_endpoints = ["tcp:0:interface=127.0.0.1"]
+advertised_address = "127.0.0.1"
+"""
 NS_DATA = "jabber:x:data"
 SEARCH = ("<query xmlns='jabber:iq:search'><x xmlns='jabber:x:data' type='submit'>"
           "<field var='FORM_TYPE'><value>jabber:iq:search</value></field>"
@@ -42,7 +54,8 @@ def directory(tmp_path, start_server):
     tables = (f'[hosts."{HOST}"]\nldap = "corp"\n[ldap.corp]\nuris = [{uris}]\nca_file = "{authority.ca_file}"\n'
               f'bind_dn = "{slapd.SERVICE_DN}"\nbind_password_file = "{password_file}"\n'
               f'base_dn = "ou=people,{slapd.SUFFIX}"\ngroup_base_dn = "{slapd.SUFFIX}"\ntimeout_seconds = 5\n')
-    bridge = start_server("directory", [], tables=tables)
+    bridge = start_server("directory", [], sip=SIP_SECTION, tables=tables,
+                          wait_for=("c2s", "c2s-direct-tls", "sip-udp"))
     yield bridge, servers
     for server in servers:
         server.remove()
@@ -105,6 +118,27 @@ def test_group_members_see_each_other(directory):
         await alice.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.skipif(SIPP is None, reason="sipp is missing (Debian package sip-tester)")
+def test_phone_registers_after_the_first_login(directory, tmp_path):
+    """After alice's first XMPP login with her directory password, sipp registers her phone with the
+    same password (SIP digest against the HA1 kept at that login)."""
+    bridge, _ = directory
+    raw, outcome = plain(bridge, "alice", USERS["alice"][1])
+    raw.close()
+    assert outcome == "success"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        local_port = probe.getsockname()[1]
+    scenario = os.path.join(os.path.dirname(__file__), "sipp", "register_domain.xml")
+    done = subprocess.run([SIPP, f"127.0.0.1:{bridge.sip_ports['sip-udp']}", "-sf", scenario, "-m", "1",
+                           "-i", "127.0.0.1", "-p", str(local_port), "-t", "u1", "-s", "alice", "-au", "alice",
+                           "-ap", USERS["alice"][1], "-auth_uri", HOST, "-key", "domain", HOST, "-nostdin",
+                           "-timeout", "20s", "-timeout_error", "-trace_err", "-error_file",
+                           str(tmp_path / "sipp.errors")], capture_output=True, text=True, timeout=60,
+                          cwd=str(tmp_path))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr + bridge.tail(30)
 
 
 def test_scram_before_any_plain_login_fails(directory):
