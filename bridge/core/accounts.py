@@ -133,13 +133,16 @@ class DirectoryAccounts:
 
     @defer.inlineCallbacks
     def find(self, user, photo=False):
-        """Deferred: the user's ``DirectoryEntry``, with the photo if ``photo``, or None (no entry, or
-        more than one)."""
+        """Deferred: the user's ``DirectoryEntry``, with the photo if ``photo``, or None (no entry, more
+        than one, or one whose uid is not the name but for case: the server's matching rule may
+        ignore spaces or more, and the name becomes the user's JID)."""
         found = yield self.client.search(restrict(self.user_filter, equality_filter(self.attribute_map.uid, user)),
                                          self.attribute_map.names(photo), 2)
         entries = [entry for entry in (map_entry(dn, attributes, self.attribute_map, self.max_photo_bytes)
                                        for dn, attributes in found) if entry is not None]
-        return entries[0] if len(entries) == 1 else None
+        if len(entries) != 1 or entries[0].uid.casefold() != user.casefold():
+            return None
+        return entries[0]
 
     @defer.inlineCallbacks
     def search(self, criteria, limit):

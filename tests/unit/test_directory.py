@@ -7,6 +7,8 @@ import dataclasses
 import hashlib
 import io
 import os
+import shutil
+import tempfile
 import types
 
 from ldaptor import inmemory, ldapfilter
@@ -304,6 +306,15 @@ class DirectoryAccountsTests(SynchronousTestCase):
             self.assertFalse(result_of(self.accounts.exists("example.org", name)), name)
         self.assertTrue(self.plain("alice", "right"))
 
+    def test_uid_must_be_the_name(self):
+        """An entry the server matched by its own rules (here a uid with a trailing space, which
+        caseIgnoreMatch ignores) is no user unless its uid is the name, case aside."""
+        directory = self.accounts.directory("example.org")
+        for uid, found in (("alice ", False), ("Alice", True)):
+            self.patch(directory.client, "search",
+                       lambda *args, uid=uid, **kwargs: defer.succeed([(ALICE, {"uid": [uid]})]))
+            self.assertEqual(result_of(directory.find("alice")) is not None, found, uid)
+
     def test_plain_login_keeps_scram_and_digest(self):
         """Before a PLAIN login a directory user has no SCRAM record; after it, records of that password
         for SCRAM and the SIP HA1 of the realm."""
@@ -422,8 +433,8 @@ class ConfigTests(SynchronousTestCase):
     """[ldap.NAME] tables and the hosts that name them, checked at load."""
 
     def load(self, table, mode=0o600):
-        directory = self.mktemp()
-        os.makedirs(directory)
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
         password_file = os.path.join(directory, "ldap.password")
         with open(password_file, "w") as handle:
             handle.write("secret\n")
