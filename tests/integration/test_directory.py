@@ -36,10 +36,9 @@ USERS = {"alice": ("Alice Liddell", "alice-ldap-pw", "+491701234567"),
          "bob": ("Bob Builder", "bob-ldap-pw", "+491707654321")}
 
 
-@pytest.fixture
-def directory(tmp_path, start_server):
-    """Two slapd with the same entries (the first preferred), and a server whose host corp.test
-    uses them; both slapd are removed at the end."""
+def start_directory(tmp_path, start_server, trusted_ca=None):
+    """Two slapd with the same entries (the first preferred) with certificates of a test authority,
+    and a server whose host corp.test uses them, trusting ``trusted_ca`` (default: that authority)."""
     authority = CertificateAuthority(tmp_path)
     certificate, key = authority.issue(tmp_path, [ipaddress.ip_address("127.0.0.1")], file_name="slapd")
     servers = []
@@ -51,14 +50,27 @@ def directory(tmp_path, start_server):
     password_file.write_text(slapd.SERVICE_PASSWORD + "\n")
     os.chmod(password_file, 0o600)
     uris = ", ".join(f'"{server.uri}"' for server in servers)
-    tables = (f'[hosts."{HOST}"]\nldap = "corp"\n[ldap.corp]\nuris = [{uris}]\nca_file = "{authority.ca_file}"\n'
+    tables = (f'[hosts."{HOST}"]\nldap = "corp"\n[ldap.corp]\nuris = [{uris}]\n'
+              f'ca_file = "{trusted_ca or authority.ca_file}"\n'
               f'bind_dn = "{slapd.SERVICE_DN}"\nbind_password_file = "{password_file}"\n'
               f'base_dn = "ou=people,{slapd.SUFFIX}"\ngroup_base_dn = "{slapd.SUFFIX}"\ntimeout_seconds = 5\n')
     bridge = start_server("directory", [], sip=SIP_SECTION, tables=tables,
                           wait_for=("c2s", "c2s-direct-tls", "sip-udp"))
-    yield bridge, servers
+    return bridge, servers
+
+
+def stop_directory(bridge, servers):
+    bridge.stop()
     for server in servers:
         server.remove()
+
+
+@pytest.fixture
+def directory(tmp_path, start_server):
+    """``start_directory``: the server and its two slapd, all stopped at the end."""
+    bridge, servers = start_directory(tmp_path, start_server)
+    yield bridge, servers
+    stop_directory(bridge, servers)
 
 
 def plain(bridge, user, password):
@@ -182,3 +194,17 @@ def test_failover_and_unreachable_directory(directory):
         assert (reply.get("id"), reply.get("type")) == ("still-up", "result"), session.dump()
     finally:
         session.close()
+
+
+def test_certificate_of_another_authority_is_refused(tmp_path, start_server):
+    """A slapd whose certificate the configured ca_file did not sign is never used: logins answer
+    temporary-auth-failure, and the password is never sent to it."""
+    other = CertificateAuthority(tmp_path / "other", name="other.bridge.test")
+    bridge, servers = start_directory(tmp_path, start_server, trusted_ca=other.ca_file)
+    try:
+        raw, outcome = plain(bridge, "alice", USERS["alice"][1])
+        raw.close()
+        assert outcome == "temporary-auth-failure"
+        assert any("certificate verify failed" in line for line in bridge.lines), bridge.tail(30)
+    finally:
+        stop_directory(bridge, servers)
