@@ -420,6 +420,8 @@ class LDAPConfig:
     group_member_attribute: str = _option("member")
     group_refresh_seconds: float = _option(300.0, low=10, high=86400)
     max_group_members: int = _option(500, low=2, high=10000)
+    admins_group: str = _option("")
+    room_creators_group: str = _option("")
     pool_size: int = _option(4, low=1, high=64)
     timeout_seconds: float = _option(5.0, low=0.1, high=300)
     retry_seconds: float = _option(30.0, low=1, high=3600)
@@ -813,6 +815,9 @@ def _check_directories(sections, base, where, problems):
         for key in ("bind_dn", "bind_password_file", "base_dn"):
             if not getattr(directory, key):
                 problems.append(f"{where}: ldap.{name}.{key}: must not be empty")
+        for key in ("admins_group", "room_creators_group"):
+            if getattr(directory, key) and not directory.group_base_dn:
+                problems.append(f"{where}: ldap.{name}.{key}: needs group_base_dn, where the groups are read")
         for key in ("user_filter", "group_filter"):
             text = getattr(directory, key)
             if not (text.startswith("(") and text.endswith(")")):

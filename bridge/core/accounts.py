@@ -129,6 +129,9 @@ class DirectoryAccounts:
         self.group_member_attribute = config.group_member_attribute
         self.max_group_members = config.max_group_members
         self.group_refresh_seconds = config.group_refresh_seconds
+        # Site policy: the groups whose members are the MUC service's admins or may create rooms.
+        self.policy_groups = {"admins": config.admins_group, "room_creators": config.room_creators_group}
+        self._members = {}  # group name -> frozenset of member uids (casefolded), as last read
         self.digest_algorithms = digest_algorithms
 
     @defer.inlineCallbacks
@@ -185,7 +188,16 @@ class DirectoryAccounts:
                         map_entry(found_dn, found_attributes, self.attribute_map, 0)
                         for found_dn, found_attributes in entries) if entry is not None), None)
             groups[name] = sorted({uids[member] for member in members if member and uids[member]})
+        self._members = {name: frozenset(uid.casefold() for uid in uids) for name, uids in groups.items()}
         return groups
+
+    def in_policy_group(self, role, user):
+        """Whether ``user`` was, at the last reading of the groups, a member of the group that
+        ``role`` ("admins", "room_creators") names; None when no group is named for it."""
+        group = self.policy_groups[role]
+        if not group:
+            return None
+        return user.casefold() in self._members.get(group, ())
 
     def _cached(self, user):
         return self.storage.get(self.host, user, DIRECTORY_STORE)

@@ -5,7 +5,8 @@ with ``group_base_dn`` set (docs/directory.md).  Every
 ``group_refresh_seconds`` the groups are read, and each member's roster gets
 every other member of its groups as an item with subscription "both", under
 the groups' names, so that presence flows between them through the ordinary
-roster rules.  The items the refresh added are remembered per user
+roster rules.  The groups of site policy (``admins_group``,
+``room_creators_group``) are read by the same refresh and not shared.  The items the refresh added are remembered per user
 (``STORE``); when someone leaves a group, the items that only the group gave
 are removed, while items a user made themselves are never touched.  A roster
 that is full (``max_roster_items_per_user``) takes no more shared items.
@@ -60,8 +61,10 @@ class SharedGroups:
         except DirectoryUnavailable:
             log.warn("shared groups of {host} not refreshed: the directory does not answer", host=self.host)
             return
+        policy = set(self.directory.policy_groups.values())
         wanted = {}
-        for uid, others in shared_contacts(groups).items():
+        for uid, others in shared_contacts({name: members for name, members in groups.items()
+                                            if name not in policy}).items():
             node = _node(uid)
             if node:
                 wanted[node] = {f"{other_node}@{self.host}": names for other_node, names in

@@ -31,9 +31,10 @@ from bridge.core.storage.memory import MemoryStorage
 
 from bridge.core.streams.c2s import ClientFactory
 from bridge.core.xmlstream import parse_element
+from bridge.gateways.muc import service as muc_service
 from bridge.gateways.sms.verification import Verification
 
-from tests.unit.helpers import BufferingTransport, Harness, make_config, result_of, scram_login
+from tests.unit.helpers import BufferingTransport, Harness, gateway_context, make_config, result_of, scram_login
 
 USER_FILTER = "(objectClass=inetOrgPerson)"
 # Attempts to widen a search or a login through the value put into the filter.
@@ -656,3 +657,48 @@ class SharedGroupsTests(SynchronousTestCase):
         self.directory_server.state = "down"
         self.harness.clock.advance(300)
         self.assertEqual(self.roster("alice@localhost"), {"bob@localhost": ("both", ["staff"])})
+
+
+class SitePolicyTests(SynchronousTestCase):
+    """Groups of the directory as site policy: the MUC service's admins and who may create rooms."""
+
+    GROUPS = "ou=groups,dc=example"
+
+    def setUp(self):
+        self.directory_server = FakeServer(directory_entries())
+        entries = self.directory_server.entries
+        entries["uid=carol,ou=people,dc=example"] = ("carol-pw", {"uid": ["carol"], "objectClass": ["inetOrgPerson"],
+                                                                  "cn": ["Carol"], "modifyTimestamp": ["1"]})
+        entries[f"cn=creators,{self.GROUPS}"] = (None, {"objectClass": ["groupOfNames"], "cn": ["creators"],
+                                                        "member": [ALICE]})
+        entries[f"cn=admins,{self.GROUPS}"] = (None, {"objectClass": ["groupOfNames"], "cn": ["admins"],
+                                                      "member": [BOB]})
+        self.storage = MemoryStorage()
+        config = dataclasses.replace(configuration.LDAPConfig(), group_base_dn=self.GROUPS, admins_group="admins",
+                                     room_creators_group="creators")
+        directory = DirectoryAccounts("localhost", FakeClient(self.directory_server), self.storage, config,
+                                      lambda host: ())
+        self.harness = Harness(make_config(), self.storage, {"localhost": directory})
+        self.service = muc_service.attach(gateway_context(self.harness.server, "muc", self.harness.config.muc),
+                                          self.harness.clock, None)
+        self.service.start()
+        for user, password in (("alice", "right"), ("bob", "bob-pw"), ("carol", "carol-pw")):
+            self.assertTrue(result_of(self.harness.server.accounts.check_password("localhost", user, password,
+                                                                                  decoy)))
+
+    def join(self, user, password, room):
+        client = self.harness.login(f"{user}@localhost/r", password=password)
+        client.send(f"<presence to='{room}@conference.localhost/{user}'><x xmlns='http://jabber.org/protocol/muc'/>"
+                    "</presence>")
+        return client.received()[-1]
+
+    def test_creators_and_admins_from_groups(self):
+        """A member of room_creators_group creates a room, a user of neither group is not-allowed, a member
+        of admins_group creates rooms and owns every room; policy groups are not shared as rosters."""
+        self.assertIsNone(self.join("alice", "right", "plans").error)
+        self.assertEqual(self.join("carol", "carol-pw", "mine").error.firstChildElement().name, "not-allowed")
+        self.assertIsNone(self.join("bob", "bob-pw", "ops").error)
+        room = self.service.rooms["conference.localhost"]["plans"]
+        self.assertEqual((self.service.affiliation(room, "bob@localhost"),
+                          self.service.affiliation(room, "carol@localhost")), ("owner", "none"))
+        self.assertEqual(result_of(self.harness.server.rosters.load("alice@localhost")).items, {})
