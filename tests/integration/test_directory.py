@@ -16,6 +16,10 @@ from tests.pki import CertificateAuthority
 from . import slapd
 from .harness import NS_SASL, RawClient, login, next_item, scram_login
 
+from .test_sms import NODE, SMSC, SMSC_DIR
+
+SMSC_MISSING = NODE is None or not os.path.isdir(os.path.join(SMSC_DIR, "node_modules", "smpp"))
+
 pytestmark = pytest.mark.skipif(slapd.missing() is not None, reason=f"no slapd: {slapd.missing()}")
 
 HOST = "corp.test"
@@ -36,9 +40,10 @@ USERS = {"alice": ("Alice Liddell", "alice-ldap-pw", "+491701234567"),
          "bob": ("Bob Builder", "bob-ldap-pw", "+491707654321")}
 
 
-def start_directory(tmp_path, start_server, trusted_ca=None):
+def start_directory(tmp_path, start_server, trusted_ca=None, host_options="", tables=""):
     """Two slapd with the same entries (the first preferred) with certificates of a test authority,
-    and a server whose host corp.test uses them, trusting ``trusted_ca`` (default: that authority)."""
+    and a server whose host corp.test uses them, trusting ``trusted_ca`` (default: that authority).
+    ``host_options``: more lines for [hosts."corp.test"]; ``tables``: more tables."""
     authority = CertificateAuthority(tmp_path)
     certificate, key = authority.issue(tmp_path, [ipaddress.ip_address("127.0.0.1")], file_name="slapd")
     servers = []
@@ -50,10 +55,11 @@ def start_directory(tmp_path, start_server, trusted_ca=None):
     password_file.write_text(slapd.SERVICE_PASSWORD + "\n")
     os.chmod(password_file, 0o600)
     uris = ", ".join(f'"{server.uri}"' for server in servers)
-    tables = (f'[hosts."{HOST}"]\nldap = "corp"\n[ldap.corp]\nuris = [{uris}]\n'
+    tables = (f'[hosts."{HOST}"]\nldap = "corp"\n{host_options}[ldap.corp]\nuris = [{uris}]\n'
               f'ca_file = "{trusted_ca or authority.ca_file}"\n'
               f'bind_dn = "{slapd.SERVICE_DN}"\nbind_password_file = "{password_file}"\n'
-              f'base_dn = "ou=people,{slapd.SUFFIX}"\ngroup_base_dn = "{slapd.SUFFIX}"\ntimeout_seconds = 5\n')
+              f'base_dn = "ou=people,{slapd.SUFFIX}"\ngroup_base_dn = "{slapd.SUFFIX}"\ntimeout_seconds = 5\n'
+              + tables)
     bridge = start_server("directory", [], sip=SIP_SECTION, tables=tables,
                           wait_for=("c2s", "c2s-direct-tls", "sip-udp"))
     return bridge, servers
@@ -207,4 +213,30 @@ def test_certificate_of_another_authority_is_refused(tmp_path, start_server):
         assert outcome == "temporary-auth-failure"
         assert any("certificate verify failed" in line for line in bridge.lines), bridge.tail(30)
     finally:
+        stop_directory(bridge, servers)
+
+
+@pytest.mark.skipif(SMSC_MISSING, reason="node or the smpp package (.ci/install-test-peers) is missing")
+def test_sms_to_the_number_in_the_directory(tmp_path, start_server):
+    """bob has set no number; alice writes to him while he is offline, and the test SMSC receives the
+    SMS at the mobile number of his directory entry."""
+    smsc = SMSC()
+    bridge, servers = start_directory(
+        tmp_path, start_server, host_options='offline_notification = "sms"\n',
+        tables=('[sms]\nenabled = true\ndomain = "sms.localhost"\nquiet_window_minutes = 0\n'
+                f'[smsc.test]\nport = {smsc.port}\nsystem_id = "bridge"\npassword = "pw"\nsource_addr = "1000"\n'))
+    try:
+        smsc.wait(lambda event: event["event"] == "bind")
+
+        async def scenario():
+            alice = await login(f"alice@{HOST}/desk", USERS["alice"][1], bridge.port, mechanisms=["PLAIN"])
+            alice.send_message(mto=f"bob@{HOST}", mbody="lunch at noon?", mtype="chat")
+            sms = await asyncio.to_thread(smsc.wait, lambda event: event["event"] == "submit_sm")
+            assert sms["destination_addr"] == USERS["bob"][2].lstrip("+"), sms
+            assert sms["message"] == "Alice: lunch at noon?", sms
+            await alice.close()
+
+        asyncio.run(scenario())
+    finally:
+        smsc.stop()
         stop_directory(bridge, servers)
