@@ -11,7 +11,11 @@ login is checked against; then ``bench/load.py`` runs its logins mode
 host in turn, twice, alternating.  Every directory SCRAM login asks slapd for
 the entry (whether it changed since the records were kept).  Printed: logins
 per second and the server's CPU milliseconds per login for each host, and
-the directory's rate as a share of SQLite's.  Figures, not a test.
+the directory's rate as a share of SQLite's.  Then one directory user sends
+``--searches`` XEP-0055 searches by a part of a name, one after another, in a
+directory of ``--entries`` users (slapd's default indexes only: a substring
+match on cn scans); printed: p50 and p99 of the answer time as the client
+sees it.  Figures, not a test.
 """
 
 import argparse
@@ -21,7 +25,9 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
+from bench.load import percentile
 from bench.loads import parse_result
 from tests.integration import slapd
 from tests.integration.harness import REPO, RawClient, ServerProcess, add_users, write_config
@@ -31,12 +37,13 @@ HOST = "corp.test"
 PASSWORD = "benchpass"
 
 
-def start(workdir, accounts):
-    """slapd with the directory users and bridge with both hosts; (bridge, slapd)."""
+def start(workdir, accounts, entries):
+    """slapd with ``entries`` directory users and bridge with both hosts (``accounts`` SQLite
+    users); (bridge, slapd)."""
     authority = CertificateAuthority(workdir)
     certificate, key = authority.issue(workdir, [ipaddress.ip_address("127.0.0.1")], file_name="slapd")
     users = {f"bench{number}": (f"Bench User{number}", PASSWORD, f"+4917000{number:05d}")
-             for number in range(1, accounts + 1)}
+             for number in range(1, max(accounts, entries) + 1)}
     directory = slapd.Slapd(os.path.join(workdir, "slapd"), slapd.users_ldif(users), certificate, key,
                             authority.ca_file)
     directory.start()
@@ -50,7 +57,7 @@ def start(workdir, accounts):
     # Every loader connection comes from 127.0.0.1, as in bench/servers.py's raised limits.
     config_path = write_config(workdir, "max_connections_per_address = 1000000\n"
                                         "rate_limit_bytes_per_second = 1000000000", tables=tables)
-    add_users(config_path, {f"{user}@localhost": PASSWORD for user in users})
+    add_users(config_path, {f"bench{number}@localhost": PASSWORD for number in range(1, accounts + 1)})
     bridge = ServerProcess(config_path)
     bridge.start()
     return bridge, directory
@@ -67,6 +74,28 @@ def first_logins(bridge, accounts):
                 raise SystemExit(f"bench{number}@{HOST}: the first PLAIN login failed:\n{client.dump()}")
         finally:
             client.close()
+
+
+def searches(bridge, args):
+    """Latencies (ms) of ``args.searches`` XEP-0055 searches by a part of a name, one after another,
+    on one logged-in directory user's stream."""
+    client = RawClient(bridge.port, server_hostname=HOST)
+    try:
+        client.login("bench1", PASSWORD, host=HOST, resource="search")
+        latencies = []
+        for number in range(args.searches):
+            part = f"User{(number * 7919) % args.entries + 1}"
+            started = time.perf_counter()
+            client.send(f"<iq type='set' id='s{number}' to='{HOST}'><query xmlns='jabber:iq:search'>"
+                        "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>jabber:iq:search"
+                        f"</value></field><field var='name'><value>{part}</value></field></x></query></iq>")
+            reply = client.expect("{jabber:client}iq")
+            latencies.append((time.perf_counter() - started) * 1000)
+            if reply.get("type") != "result":
+                raise SystemExit(f"search {number} failed:\n{client.dump()}")
+        return sorted(latencies)
+    finally:
+        client.close()
 
 
 def logins(bridge, domain, args):
@@ -87,18 +116,22 @@ def main(argv=None):
     parser.add_argument("--logins", type=int, default=1000, help="logins per measurement (default %(default)s)")
     parser.add_argument("--concurrency", type=int, default=20, help="logins at once (default %(default)s)")
     parser.add_argument("--rounds", type=int, default=2, help="measurements per host (default %(default)s)")
+    parser.add_argument("--entries", type=int, default=10000,
+                        help="users in the directory, for the searches (default %(default)s)")
+    parser.add_argument("--searches", type=int, default=500, help="searches measured (default %(default)s)")
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args(argv)
     if slapd.missing():
         raise SystemExit(slapd.missing())
     with tempfile.TemporaryDirectory() as workdir:
-        bridge, directory = start(workdir, args.accounts)
+        bridge, directory = start(workdir, args.accounts, args.entries)
         try:
             first_logins(bridge, args.accounts)
             runs = {"sqlite": [], "ldap": []}
             for _ in range(args.rounds):
                 runs["sqlite"].append(logins(bridge, "localhost", args))
                 runs["ldap"].append(logins(bridge, HOST, args))
+            latencies = searches(bridge, args)
         finally:
             bridge.stop()
             directory.remove()
@@ -111,9 +144,13 @@ def main(argv=None):
     print(f"directory / SQLite: {share:.2f} (best of {args.rounds} rounds each, every round: "
           f"{[result['logins_per_s'] for result in runs['sqlite']]} and "
           f"{[result['logins_per_s'] for result in runs['ldap']]})")
+    search = {"p50_ms": round(percentile(latencies, 0.5), 2), "p99_ms": round(percentile(latencies, 0.99), 2)}
+    print(f"search by a part of a name among {args.entries} entries, {args.searches} searches: "
+          f"p50 {search['p50_ms']} ms, p99 {search['p99_ms']} ms")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump({"runs": runs, "share": round(share, 3), "arguments": vars(args)}, handle, indent=2)
+            json.dump({"runs": runs, "share": round(share, 3), "search": search, "arguments": vars(args)}, handle,
+                      indent=2)
 
 
 if __name__ == "__main__":

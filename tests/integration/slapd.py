@@ -68,7 +68,8 @@ class Slapd:
                 f"TLSCACertificateFile {ca_file}\nTLSCertificateFile {certificate}\n"
                 f"TLSCertificateKeyFile {key}\n"
                 f"database mdb\nsuffix \"{SUFFIX}\"\nrootdn \"cn=admin,{SUFFIX}\"\nrootpw admin-secret\n"
-                f"directory {database}\nmaxsize 10485760\n"
+                f"directory {database}\nmaxsize 104857600\n"
+                "index objectClass eq\nindex uid,mail eq,sub\nindex cn eq,sub\nindex member eq\n"
                 "access to attrs=userPassword by anonymous auth by self write by * none\n"
                 "access to * by * read\n")
         ldif_path = os.path.join(self.directory, "data.ldif")
