@@ -20,8 +20,8 @@ StartTLS (RFC 4513 section 3) before anything else is sent.
 import collections
 import functools
 
-from ldaptor.protocols import pureldap
 from ldaptor import ldapfilter
+from ldaptor.protocols import pureldap
 from ldaptor.protocols.ldap import ldapclient, ldaperrors, ldapsyntax
 from twisted.application import service
 from twisted.internet import defer, endpoints, ssl, task
@@ -101,25 +101,25 @@ class LDAPConnection:
             self.protocol.transport.abortConnection()
 
 
-def tls_options(host, ca_file):
-    """Client TLS options that verify ``host``'s certificate against ``ca_file`` (or the system's
-    authorities), TLS 1.2 at least."""
-    if ca_file:
-        with open(ca_file, "rb") as handle:
-            trust = ssl.Certificate.loadPEM(handle.read())
-    else:
-        trust = ssl.platformTrust()
-    return ssl.optionsForClientTLS(host, trustRoot=trust, extraCertificateOptions={
-        "raiseMinimumTo": ssl.TLSVersion.TLSv1_2})
+def trust_root(ca_file):
+    """The authority in ``ca_file`` (PEM), or the system's authorities when it is empty."""
+    if not ca_file:
+        return ssl.platformTrust()
+    with open(ca_file, "rb") as handle:
+        return ssl.Certificate.loadPEM(handle.read())
 
 
 def connector(reactor, ca_file, timeout_seconds):
-    """``connect(uri)``: a Deferred ``LDAPConnection`` to ``uri``, encrypted and verified."""
+    """``connect(uri)``: a Deferred ``LDAPConnection`` to ``uri``, encrypted with TLS 1.2 at least
+    and the server's certificate verified for the URI's host against ``ca_file``."""
+    trust = trust_root(ca_file)
+
     @defer.inlineCallbacks
     def connect(uri):
         tls_from_start, host, port = parse_uri(uri)
         endpoint = endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout_seconds)
-        options = tls_options(host, ca_file)
+        options = ssl.optionsForClientTLS(host, trustRoot=trust,
+                                          extraCertificateOptions={"raiseMinimumTo": ssl.TLSVersion.TLSv1_2})
         if tls_from_start:
             endpoint = endpoints.wrapClientTLS(options, endpoint)
         protocol = yield endpoints.connectProtocol(endpoint, ldapclient.LDAPClient())
