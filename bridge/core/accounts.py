@@ -188,7 +188,7 @@ class DirectoryAccounts:
                         map_entry(found_dn, found_attributes, self.attribute_map, 0)
                         for found_dn, found_attributes in entries) if entry is not None), None)
             groups[name] = sorted({uids[member] for member in members if member and uids[member]})
-        self._members = {name: frozenset(uid.casefold() for uid in uids) for name, uids in groups.items()}
+        self._members = {name: frozenset(uid.casefold() for uid in group) for name, group in groups.items()}
         return groups
 
     def in_policy_group(self, role, user):
