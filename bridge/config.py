@@ -16,6 +16,7 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 
+from bridge.core.directory import parse_uri as parse_ldap_uri
 from bridge.core.stanza import parse_jid
 
 TLS_VERSIONS = ("1.2", "1.3")
@@ -194,9 +195,12 @@ class HostConfig:
     ``sip_digest``: its accounts keep the HA1 secrets SIP digest needs
     (bridge.core.accounts), written when a password is set, while the SIP
     gateway is on.
+    ``ldap``: the name of the ``[ldap.NAME]`` directory its users live in
+    (docs/directory.md); empty: bridge's own accounts.
     """
 
     aliases: list = _option([])
+    ldap: str = _option("")
     registration: bool = _option(False)
     sip_digest: bool = _option(True)
     offline_notification: str = _option("none", choices=("none", "sms", "email", "both"))
@@ -447,6 +451,41 @@ class SMSCConfig:
         return read_first_line(self.password_file) if self.password_file else self.password
 
 
+@dataclass(frozen=True)
+class LDAPConfig:
+    """One LDAP directory that hosts may keep their users in (docs/directory.md)."""
+
+    uris: list = _option([])
+    ca_file: str = _option("", path=True)
+    bind_dn: str = _option("")
+    bind_password_file: str = _option("", path=True)
+    base_dn: str = _option("")
+    user_filter: str = _option("(objectClass=inetOrgPerson)")
+    uid_attribute: str = _option("uid")
+    name_attribute: str = _option("cn")
+    mail_attribute: str = _option("mail")
+    mobile_attribute: str = _option("mobile")
+    photo_attribute: str = _option("jpegPhoto")
+    changed_attribute: str = _option("modifyTimestamp")
+    max_photo_bytes: int = _option(65536, low=0, high=1048576)
+    max_search_results: int = _option(50, low=1, high=1000)
+    group_base_dn: str = _option("")
+    group_filter: str = _option("(objectClass=groupOfNames)")
+    group_name_attribute: str = _option("cn")
+    group_member_attribute: str = _option("member")
+    group_refresh_seconds: float = _option(300.0, low=10, high=86400)
+    max_group_members: int = _option(500, low=2, high=10000)
+    admins_group: str = _option("")
+    room_creators_group: str = _option("")
+    pool_size: int = _option(4, low=1, high=64)
+    timeout_seconds: float = _option(5.0, low=0.1, high=300)
+    retry_seconds: float = _option(30.0, low=1, high=3600)
+    health_check_seconds: float = _option(30.0, low=1, high=3600)
+
+    def read_bind_password(self):
+        return read_first_line(self.bind_password_file)
+
+
 _UNESCAPED_COLON = re.compile(r"(?<!\\):")
 # The options each kind of listening endpoint takes (Twisted's endpoint strings; TLS is not among them:
 # a listener list says whether its sockets speak TLS, with its section's certificate and policy).
@@ -616,6 +655,7 @@ class Config:
     external_services: ExternalServicesConfig = field(default_factory=ExternalServicesConfig)
     smsc: dict = field(default_factory=dict)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    ldap: dict = field(default_factory=dict)
     source: str = "(embedded defaults)"
 
     def data_path(self, name):
@@ -638,7 +678,7 @@ _SECTIONS = {"tls": TLSConfig, "c2s": C2SConfig, "s2s": S2SConfig, "http": HTTPC
              "upload": UploadConfig, "pubsub": PubsubConfig, "external_services": ExternalServicesConfig,
              "metrics": MetricsConfig, "cluster": ClusterConfig}
 # Tables of named sub-tables: [hosts.NAME], [components.DOMAIN], [smsc.NAME].
-_NAMED = {"hosts": HostConfig, "components": ComponentConfig, "smsc": SMSCConfig}
+_NAMED = {"hosts": HostConfig, "components": ComponentConfig, "smsc": SMSCConfig, "ldap": LDAPConfig}
 
 
 def _type_name(kind):
@@ -874,9 +914,40 @@ def parse(document, where):
         if smsc.reconnect_max_seconds < smsc.reconnect_min_seconds:
             problems.append(f"{where}: smsc.{name}.reconnect_max_seconds: must be at least reconnect_min_seconds")
     problems.extend(_cluster_problems(sections.get("cluster", base.cluster), where))
+    _check_directories(sections, base, where, problems)
     if problems:
         raise ConfigError(problems)
     return dataclasses.replace(base, **sections, source=where)
+
+
+def _check_directories(sections, base, where, problems):
+    """[ldap.NAME] tables complete, with URIs that parse and filters in parentheses; every host's
+    ``ldap`` naming one of them."""
+    directories = sections.get("ldap", {})
+    for name, directory in directories.items():
+        if not directory.uris:
+            problems.append(f"{where}: ldap.{name}.uris: must name at least one ldap:// or ldaps:// server")
+        for uri in directory.uris:
+            try:
+                parse_ldap_uri(uri)
+            except ValueError as error:
+                problems.append(f"{where}: ldap.{name}.uris: {error}")
+        for key in ("bind_dn", "bind_password_file", "base_dn"):
+            if not getattr(directory, key):
+                problems.append(f"{where}: ldap.{name}.{key}: must not be empty")
+        for key in ("admins_group", "room_creators_group"):
+            if getattr(directory, key) and not directory.group_base_dn:
+                problems.append(f"{where}: ldap.{name}.{key}: needs group_base_dn, where the groups are read")
+        for key in ("user_filter", "group_filter"):
+            text = getattr(directory, key)
+            if not (text.startswith("(") and text.endswith(")")):
+                problems.append(f"{where}: ldap.{name}.{key}: must be an LDAP filter in parentheses, not {text!r}")
+    for host_name, host in sections.get("hosts", base.hosts).items():
+        if host.ldap and host.ldap.lower() not in directories:
+            problems.append(f"{where}: hosts.{host_name}.ldap: no [ldap.{host.ldap}] table")
+        if host.ldap and host.registration:
+            problems.append(f"{where}: hosts.{host_name}.registration: must be false on a host whose users "
+                            "live in a directory")
 
 
 def _cluster_problems(cluster, where):
@@ -958,7 +1029,8 @@ def _secret_file_problems(where, key, path, read=None):
     except OSError as error:
         return [f"{where}: {key}: {path}: {error.strerror}"]
     if mode & 0o077:
-        return [f"{where}: {key}: {path}: readable by others (mode {mode & 0o777:o}); a secret's file is 0600"]
+        return [f"{where}: {key}: {path}: readable by others (mode {mode & 0o777:o}); a secret's file is 0600 "
+                "(chmod 600)"]
     if not secret:
         return [f"{where}: {key}: {path}: empty"]
     return []
@@ -973,6 +1045,13 @@ def _missing_files(config, where):
         reason = "not a readable folder" if os.path.exists(folder) else "no such folder"
         problems.append(f"{where}: tls.certificates_dir: {folder}: {reason}")
     named = [("tls", config.tls)] + [(name, getattr(config, name)) for name in ("c2s", "s2s", "http", "sip")]
+    for name, directory in config.ldap.items():
+        if directory.ca_file and not os.access(directory.ca_file, os.R_OK):
+            reason = "not readable" if os.path.exists(directory.ca_file) else "no such file"
+            problems.append(f"{where}: ldap.{name}.ca_file: {directory.ca_file}: {reason}")
+        if directory.bind_password_file:
+            problems += _secret_file_problems(where, f"ldap.{name}.bind_password_file", directory.bind_password_file,
+                                              directory.read_bind_password)
     for name, section in named:
         if bool(section.certificate) != bool(section.private_key):
             problems.append(f"{where}: {name}: certificate and private_key go together")

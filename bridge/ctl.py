@@ -20,7 +20,7 @@ from twisted.internet import task
 from twisted.words.protocols.jabber.jid import InvalidFormat, JID
 
 from bridge import config as configuration
-from bridge.core.accounts import Accounts, AccountError, sip_digest_algorithms
+from bridge.core.accounts import DIRECTORY_STORE, STORE, Accounts, AccountError, sip_digest_algorithms
 from bridge.core.control import MAX_REQUEST_BYTES, SOCKET_NAME, encode
 from bridge.core.notifications import POLICIES, NotificationPreferences
 from bridge.core.storage import ArchiveQuery, open_storage
@@ -193,7 +193,8 @@ def run(args, out):
             for host in hosts:
                 if host not in config.hosts:
                     raise CommandError(f"{host!r} is not a host of this server")
-                for user in wait(accounts.users(host)):
+                store = DIRECTORY_STORE if config.hosts[host].ldap else STORE
+                for user in wait(storage.users(host, store)):
                     print(f"{user}@{host}", file=out)
             return
         host, user = _account(config, args.jid)
@@ -208,6 +209,8 @@ def run(args, out):
             removed = wait(storage.archive_remove(host, user, before))
             print(f"archive-delete: {user}@{host}: {removed} messages deleted", file=out)
             return
+        if config.hosts[host].ldap:
+            raise CommandError(f"the accounts of {host} are kept in its LDAP directory [ldap.{config.hosts[host].ldap}]")
         if args.command == "adduser":
             wait(accounts.create(host, user, _password(args)))
         elif args.command == "passwd":

@@ -32,7 +32,8 @@ log = Logger()
 
 # The feature modules every local host loads, and those every gateway's or service's domain loads.
 FEATURES = ("presence", "roster", "offline", "disco", "ping", "version", "vcard", "private", "blocking",
-            "register", "carbons", "push", "mam", "pep", "avatars", "bookmarks", "extdisco")
+            "register", "carbons", "push", "mam", "pep", "avatars", "bookmarks", "extdisco", "search",
+            "shared_groups")
 SERVICE_FEATURES = ("disco", "ping", "version", "gateway")
 # Protocol gateways: (name, the configuration section it is given, its module).  Each module's
 # ``attach(ctx, reactor, tls_context)`` returns a Gateway, or None when the section leaves it off.
@@ -280,7 +281,12 @@ def build(config, reactor, config_path=None):
     datadir.private_folder(config.data_dir)
     secret = datadir.server_secret(config.data_path("server.secret"))
     store = storage_module.open_storage(config, reactor)
-    server = Server(config, store, reactor, secret=secret)
+    directories = {}
+    if config.ldap:
+        from bridge.core import ldap  # ldaptor is needed only where a directory is configured
+
+        directories, directory_service = ldap.directory_accounts(config, store, reactor)
+    server = Server(config, store, reactor, secret=secret, directories=directories)
     load_features(server)
     reloader = Reloader(server, os.path.abspath(config_path) if config_path else None)
 
@@ -300,6 +306,8 @@ def build(config, reactor, config_path=None):
     top = ServerService(server, remote, reloader, reactor)
     if config.cluster.enabled:
         join_cluster(server, reactor, top)
+    if directories:
+        directory_service.setServiceParent(top)
 
     def listen_on(kind, description, endpoint, factory, required=True):
         listener = ListenerService(kind, description, endpoint, factory, required)

@@ -40,9 +40,9 @@ STARTUP_ONLY = {
     "component_listener": {"endpoints"},
     "storage": ALL, "quotas": ALL, "push": ALL, "mam": ALL, "pep": ALL, "sms": ALL, "sip": ALL,
     "muc": ALL, "upload": ALL, "smsc": ALL, "pubsub": ALL, "external_services": ALL, "metrics": ALL,
-    "cluster": ALL,
+    "cluster": ALL, "ldap": ALL,
     "smtp": {"archive_recipients"},
-    "hosts": {"sip_digest"},
+    "hosts": {"sip_digest", "ldap"},
 }
 # Keys whose emptiness turns a service off: set to set applies live, empty to set (or back) needs a restart.
 SWITCHES = {("smtp", "relay")}

@@ -99,6 +99,14 @@ def check_password(credentials, password):
     return hmac.compare_digest(stored_key, base64.b64decode(record["stored_key"]))
 
 
+def password_matches(credentials, password, decoy_credentials):
+    """True when there are ``credentials`` and ``password`` matches them.  Without credentials the
+    key is derived all the same, against ``decoy_credentials`` (``Decoys``), so that an unknown
+    name costs what a wrong password costs."""
+    matches = check_password(credentials or decoy_credentials, password)
+    return bool(credentials) and matches
+
+
 class Decoys:
     """Made-up credentials for user names that have no account, the same at every try.
 
@@ -296,17 +304,14 @@ class ScramClient:
 
 
 class PlainExchange:
-    """PLAIN (RFC 4616), checked against the stored SCRAM record.
-
-    ``lookup`` and ``decoy`` as for ``ScramExchange``: an unknown name costs
-    the same key derivation as a wrong password.
-    """
+    """PLAIN (RFC 4616): ``check(username, password)`` (or a Deferred of it) says whether the
+    password is the user's (``Accounts.check_password``: the stored SCRAM record, or a bind to
+    the host's directory).  A failure of ``check`` other than ``SASLFailure`` is the caller's."""
 
     mechanism = "PLAIN"
 
-    def __init__(self, lookup, *, decoy):
-        self.lookup = lookup
-        self.decoy = decoy
+    def __init__(self, check):
+        self.check = check
         self.username = None
 
     @defer.inlineCallbacks
@@ -316,8 +321,6 @@ class PlainExchange:
         except (UnicodeDecodeError, ValueError):
             raise SASLFailure("malformed-request", "bad PLAIN message")
         self.username = saslprep(username)
-        credentials = yield self.lookup(self.username)
-        matches = check_password(credentials or self.decoy(self.username), password)
-        if not (credentials and matches):
+        if not (yield self.check(self.username, password)):
             raise SASLFailure("not-authorized")
         return b"", True

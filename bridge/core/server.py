@@ -45,9 +45,10 @@ def _route_event(event):
 
 class Server:
     """``secret``: the server's secret (``bridge.core.datadir.server_secret``); without one, a
-    secret for this process only, as suits a server whose accounts do not outlive it (tests)."""
+    secret for this process only, as suits a server whose accounts do not outlive it (tests).
+    ``directories``: {host: ``DirectoryAccounts``} of the hosts whose users live in LDAP."""
 
-    def __init__(self, config, storage, clock, secret=None):
+    def __init__(self, config, storage, clock, secret=None, directories=None):
         self.config = config
         self.storage = storage
         self.clock = clock
@@ -62,7 +63,7 @@ class Server:
         # XEP-0198 resumption id -> Session, while it may be resumed.
         self.resumable_sessions = {}
         self.cluster = None  # bridge.core.cluster.Cluster, when [cluster] makes this process one node of several
-        self.accounts = Accounts(storage, sip_digest_algorithms(config))
+        self.accounts = Accounts(storage, sip_digest_algorithms(config), directories)
         # What SASL answers for names without an account, stable across restarts.
         self.secret = secret or os.urandom(32)
         self.decoys = Decoys(self.secret)

@@ -79,6 +79,9 @@ class Registration:
         if user is None or event.sender.host != event.host.name:
             event.reply(error_reply(stanza, "forbidden"))
             return
+        if self.ctx.accounts.directory(event.host.name) is not None:
+            event.reply(error_reply(stanza, "not-allowed", "accounts of this host are managed in its directory"))
+            return
         if stanza.query.remove is not None:
             event.reply(result_reply(stanza))
             yield self.ctx.accounts.delete(event.host.name, user)

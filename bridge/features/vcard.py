@@ -12,6 +12,11 @@ A client's new vCard is told on ``vcard/changed``; ``vcard/write`` puts
 another photo in the stored vCard (``features/avatars.py``, from PEP), after
 which the owner's available resources announce the new hash again
 (``bridge.core.account_data``).
+
+On a host whose users live in an LDAP directory (docs/directory.md) the
+vCard is read from the user's entry (name, login name, mail, mobile, photo)
+and cannot be changed over XMPP.  Its photo goes only to logged-in users of
+the host; anyone else gets the vCard without it.
 """
 
 import base64
@@ -19,10 +24,10 @@ import binascii
 import hashlib
 
 from twisted.internet import defer
-
 from twisted.words.xish import domish
 
 from bridge.core.account_data import Changed
+from bridge.core.directory import DirectoryUnavailable
 from bridge.core.hooks import AMEND, in_background
 from bridge.core.stanza import error_reply, result_reply
 from bridge.core.storage.cache import KeyedLock
@@ -45,16 +50,55 @@ def photo_hash(vcard):
     return ""
 
 
+def directory_vcard(entry):
+    """The vCard of a ``DirectoryEntry`` (None: an empty one); its photo only if the entry has one."""
+    vcard = domish.Element((NS_VCARD, "vCard"))
+    if entry is None:
+        return vcard
+    if entry.name:
+        vcard.addElement("FN", content=entry.name)
+    vcard.addElement("NICKNAME", content=entry.uid)
+    if entry.mail:
+        email = vcard.addElement("EMAIL")
+        email.addElement("INTERNET")
+        email.addElement("USERID", content=entry.mail)
+    if entry.mobile:
+        tel = vcard.addElement("TEL")
+        tel.addElement("CELL")
+        tel.addElement("NUMBER", content=entry.mobile)
+    if entry.photo:
+        photo = vcard.addElement("PHOTO")
+        photo.addElement("TYPE", content="image/jpeg")
+        photo.addElement("BINVAL", content=base64.b64encode(entry.photo).decode("ascii"))
+    return vcard
+
+
+def _from_user_of(event):
+    """True when a logged-in user of the addressed host sent the stanza."""
+    return event.sender is not None and bool(event.sender.user) and event.sender.host == event.host.name
+
+
 class VCards:
     def __init__(self, ctx):
         self.ctx = ctx
         self.max_bytes = ctx.config.quotas.max_vcard_bytes
         self._hashes = {}
         self._changes = KeyedLock()  # a client's set and a conversion's write, one at a time per account
+        self.directory = ctx.accounts.directory(ctx.host.name) if ctx.has_accounts else None
 
     @in_background()
     @defer.inlineCallbacks
     def get(self, event):
+        if self.directory is not None:
+            try:
+                entry = yield self.directory.find(event.to.user, photo=_from_user_of(event))
+            except DirectoryUnavailable:
+                event.reply(error_reply(event.stanza, "remote-server-timeout", "the directory does not answer"))
+                return
+            reply = result_reply(event.stanza)
+            reply.addChild(directory_vcard(entry))
+            event.reply(reply)
+            return
         stored = yield self.ctx.storage.get(event.host.name, event.to.user, STORE)
         reply = result_reply(event.stanza)
         if stored is None:
@@ -67,6 +111,9 @@ class VCards:
     @defer.inlineCallbacks
     def set(self, event):
         if not event.from_owner():
+            return
+        if self.directory is not None:
+            event.reply(error_reply(event.stanza, "not-allowed", "the vCards of this host come from its directory"))
             return
         vcard = event.stanza.vCard
         text = serialize(vcard)
@@ -88,7 +135,11 @@ class VCards:
         change.settled().addCallback(lambda _: event.reply(result_reply(event.stanza)))
 
     def take_write(self, request):
-        """``vcard/write``: a conversion puts another photo (or none) in the stored vCard."""
+        """``vcard/write``: a conversion puts another photo (or none) in the stored vCard; on a directory host
+        the directory's photo stays the vCard's."""
+        if self.directory is not None:
+            request.done.callback(None)
+            return True
         self._changes.run(request.owner, self._write, request).chainDeferred(request.done)
         return True
 
@@ -128,9 +179,17 @@ class VCards:
     @defer.inlineCallbacks
     def load_hash(self, session):
         """Cache the photo hash when a session binds, for its presence to carry."""
-        if session.bare not in self._hashes:
-            stored = yield self.ctx.storage.get(session.jid.host, session.jid.user, STORE)
-            self._hashes[session.bare] = stored["photo"] if stored else ""
+        if session.bare in self._hashes:
+            return
+        if self.directory is not None:
+            try:
+                entry = yield self.directory.find(session.jid.user, photo=True)
+            except DirectoryUnavailable:
+                return  # the next session tries again
+            self._hashes[session.bare] = hashlib.sha1(entry.photo).hexdigest() if entry and entry.photo else ""
+            return
+        stored = yield self.ctx.storage.get(session.jid.host, session.jid.user, STORE)
+        self._hashes[session.bare] = stored["photo"] if stored else ""
 
     def stamp_presence(self, event):
         """Add <x xmlns='vcard-temp:x:update'/> to available presence that lacks it."""

@@ -183,7 +183,7 @@ class EmailGateway:
         self.config = ctx.config
         self.reactor = reactor
         self.storage = ctx.storage
-        self.preferences = NotificationPreferences(ctx.storage, ctx.host_config)
+        self.preferences = NotificationPreferences(ctx.storage, ctx.host_config, ctx.accounts.directory)
         self._configure(self.config, self.config.read_password())
         self.running = False
         self._digest_timers = {}      # (host, user) -> DelayedCall

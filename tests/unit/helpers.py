@@ -79,11 +79,12 @@ class LateStorage:
 class Harness:
     """A server with every feature loaded, in memory."""
 
-    def __init__(self, config=None, storage=None):
+    def __init__(self, config=None, storage=None, directories=None):
+        """``directories``: {host: ``DirectoryAccounts``} of hosts whose users live in a directory."""
         self.clock = Clock()
         self.config = config or make_config()
         self.storage = storage or MemoryStorage()
-        self.server = Server(self.config, self.storage, self.clock)
+        self.server = Server(self.config, self.storage, self.clock, directories=directories)
         load_features(self.server)
         self.factory = ClientFactory(self.server, self.config.c2s, None)
 

@@ -118,4 +118,4 @@ class ExternalServicesConfigTests(SynchronousTestCase):
         problems = self.load({"services": ["turn:turn.example.org"], "turn_secret_file": path})
         self.assertEqual(len(problems), 1, problems)
         self.assertTrue(problems[0].endswith(f"bridge.toml: external_services.turn_secret_file: {path}: readable "
-                                             "by others (mode 644); a secret's file is 0600"), problems)
+                                             "by others (mode 644); a secret's file is 0600 (chmod 600)"), problems)

@@ -115,8 +115,8 @@ def scram_client(value):
 def plain(value):
     """PLAIN: success only for alice with her password, SASLFailure for anything else."""
     password, message = value
-    exchange = sasl.PlainExchange(lambda name: credentials(password) if name == "alice" else None,
-                                  decoy=decoy)
+    exchange = sasl.PlainExchange(lambda name, offered: sasl.password_matches(
+        credentials(password) if name == "alice" else None, offered, decoy(name)))
     result = outcome(exchange.receive(message))
     if not isinstance(result, sasl.SASLFailure):
         _, user, offered = message.decode().split("\0")

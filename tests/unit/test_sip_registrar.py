@@ -2,10 +2,12 @@
 
 import hashlib
 
+from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
 from bridge import config as configuration
 from bridge.core.accounts import DIGEST, STORE, InvalidName, make_records
+from bridge.core.directory import DirectoryUnavailable
 from bridge.gateways.sip import digest
 from bridge.gateways.sip.gateway import SIPGateway
 from bridge.gateways.sip.registrar import ProvenAlgorithms
@@ -284,6 +286,16 @@ class DigestTests(RegistrarTestCase):
         self.assertEqual(Phone(self).register().status, 403)
         result_of(self.harness.server.accounts.set_password("localhost", "alice", "secret"))
         self.assertEqual(Phone(self, call_id="again").register().status, 200)
+
+
+    def test_unreachable_directory_is_503(self):
+        """When the host's directory does not answer, a REGISTER with credentials gets 503 and is not
+        counted as a wrong password."""
+        self.patch(self.harness.server.accounts, "digest_ha1",
+                   lambda *args: defer.fail(DirectoryUnavailable("down")))
+        response = Phone(self).register()
+        self.assertEqual(response.status, 503)
+        self.assertEqual(len(self.gateway.registrar.failures), 0)
 
 
 class BindingTests(RegistrarTestCase):

@@ -22,6 +22,7 @@ from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
 from bridge.core import sasl
+from bridge.core.directory import DirectoryUnavailable
 from bridge.core.sessions import Session
 from bridge.core.stanza import first_child, make
 from bridge.core.tls import channel_binding
@@ -42,6 +43,13 @@ MAX_SASL_FAILURES = 3
 # once: storage answers later than the request, so reading must stop somewhere else than at the output.
 MAX_REQUESTS_IN_WORK = 16
 STANZAS = ("message", "presence", "iq")
+
+
+def _directory_unavailable(failure):
+    """A host's directory that does not answer: temporary-auth-failure (RFC 6120 6.5.12), not a verdict."""
+    failure.trap(DirectoryUnavailable)
+    log.warn("authentication deferred: {why}", why=failure.value)
+    raise sasl.SASLFailure("temporary-auth-failure")
 
 
 class EndedFraming:
@@ -369,7 +377,11 @@ class ClientStream:
         return self.secure or not self.listener.require_encryption or self.framing.may_authenticate_in_clear
 
     def _lookup(self, username):
-        return self.server.accounts.credentials(self.host, username)
+        return self.server.accounts.credentials(self.host, username).addErrback(_directory_unavailable)
+
+    def _check_password(self, username, password):
+        return self.server.accounts.check_password(self.host, username, password, self._decoy).addErrback(
+            _directory_unavailable)
 
     def _decoy(self, username):
         return self.server.decoys.credentials(self.host, username)
@@ -390,7 +402,7 @@ class ClientStream:
                 self._sasl_failure("invalid-mechanism")
                 return
             if mechanism == "PLAIN":
-                self.sasl_exchange = sasl.PlainExchange(self._lookup, decoy=self._decoy)
+                self.sasl_exchange = sasl.PlainExchange(self._check_password)
             else:
                 binding = channel_binding(self.framing.tls_transport())
                 self.sasl_exchange = sasl.ScramExchange(mechanism, self._lookup, binding,

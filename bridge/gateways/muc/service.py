@@ -202,9 +202,18 @@ class MUCService:
     def _history_length(self, room):
         return min(room.config.history_length, self.config.max_history_length)
 
+    def is_admin(self, bare):
+        """One of the service's admins: named in [muc] admins, or a member of the admins_group of
+        the directory of the user's host (docs/directory.md)."""
+        if bare in self.admins:
+            return True
+        user, _, host = bare.partition("@")
+        directory = self.ctx.accounts.directory(host)
+        return bool(directory is not None and directory.in_policy_group("admins", user))
+
     def affiliation(self, room, bare):
         """A room's affiliation of ``bare``; the service's admins own every room."""
-        return "owner" if bare in self.admins else room.affiliation(bare)
+        return "owner" if self.is_admin(bare) else room.affiliation(bare)
 
     def occupant_id(self, room, bare):
         """XEP-0421: the same for a real bare JID in a room across restarts, and telling nothing of it."""
@@ -327,13 +336,17 @@ class MUCService:
         """None, or the (condition, text) that refuses ``sender`` a new room."""
         bare = sender.userhost()
         creation = self.config.creation
-        if creation == "admins" and bare not in self.admins:
+        admin = self.is_admin(bare)
+        if creation == "admins" and not admin:
             return "not-allowed", "only the service's administrators create rooms"
+        directory = self.ctx.accounts.directory(sender.host)
+        if not admin and directory is not None and directory.in_policy_group("room_creators", sender.user or "") is False:
+            return "not-allowed", "only the members of the directory's room creators group create rooms"
         if creation == "local" and self.ctx.local_host(sender.host) is None:
             return "not-allowed", "only users of this server create rooms"
         if len(self.rooms[domain]) >= self.config.max_rooms_per_service:
             return "resource-constraint", "the service holds as many rooms as it may"
-        if bare not in self.admins:
+        if not admin:
             created = sum(1 for rooms in self.rooms.values() for room in rooms.values() if room.creator == bare)
             if created >= self.config.max_rooms_created_per_user:
                 return "policy-violation", f"you have created {created} rooms, the most allowed"

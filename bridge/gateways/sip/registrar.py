@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep
 
 from bridge.core.attempts import FailedAttempts
+from bridge.core.directory import DirectoryUnavailable
 from bridge.gateways.sip import digest
 from bridge.gateways.sip.addressing import local_user
 from bridge.gateways.sip.message import GrammarError, make_response, parse_uri
@@ -288,7 +289,12 @@ class Registrar:
         if known and source:
             self.proven.answered(source, digest.base_algorithm(algorithm))
         if username == user and known:
-            stored = yield self.accounts.digest_ha1(host, user, realm, algorithm)
+            try:
+                stored = yield self.accounts.digest_ha1(host, user, realm, algorithm)
+            except DirectoryUnavailable:
+                log.warn("SIP {method} for {user}@{host}: the directory does not answer", method=request.method,
+                         user=user, host=host)
+                return self._response(request, 503, "Service Unavailable (the directory does not answer)")
         if stored is None:
             # Unknown user, no digest secret yet, or another user's address: compute anyway
             # against a value that never matches, so timing reveals nothing.

@@ -134,7 +134,7 @@ class SMSGateway:
         self.domain = self.config.domain.lower()
         self.clock = ctx.clock
         self.storage = ctx.storage
-        self.preferences = NotificationPreferences(ctx.storage, ctx.host_config)
+        self.preferences = NotificationPreferences(ctx.storage, ctx.host_config, ctx.accounts.directory)
         self.queue = OutboundQueue(ctx.storage, self.domain, ctx.clock, self.config, self._final,
                                    self._mobile_originated)
         self.links = [SMSCLink(name, smsc, ctx.clock, connect(name, smsc), self.queue)

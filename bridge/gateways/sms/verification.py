@@ -35,12 +35,15 @@ class Verification:
 
     @defer.inlineCallbacks
     def verified_number(self, host, user):
-        """The user's mobile number when it is verified, else None."""
+        """The user's mobile number when it is verified (by a code, or set by the host's directory),
+        else None."""
         number = normalize_number((yield self.preferences.mobile(host, user)))
         if number is None:
             return None
         document = yield self.storage.get(host, user, STORE)
-        return number if document and document.get("number") == number else None
+        if document and document.get("number") == number:
+            return number
+        return number if normalize_number((yield self.preferences.assigned_mobile(host, user))) == number else None
 
     def issue(self, host, user, number, send):
         """A new code for ``number``, within the codes a user may ask for a day.
