@@ -53,6 +53,10 @@ class StreamParser:
     and takes the default namespace of whichever stream it leaves by.
     """
 
+    __slots__ = ("on_open", "on_element", "on_close", "content_namespace", "stanza_size_limit_bytes", "dormancy",
+                 "_parser", "_declarations", "_resume_tag", "_offset", "_decoder", "_depth", "_open",
+                 "_stanza_start", "_fed", "_mark")
+
     def __init__(self, on_open, on_element, on_close, stanza_size_limit_bytes, content_namespace=None,
                  dormancy=None):
         self.on_open = on_open

@@ -125,35 +125,40 @@ class Reading:
     one resuming never undoes the other's pause.
     """
 
+    __slots__ = ("transport", "_paused")
+
     def __init__(self, transport):
         self.transport = transport
-        self._paused = set()
+        self._paused = 0  # how many holds are paused
 
     def hold(self):
         return _ReadingHold(self)
 
-    def _set(self, hold, paused):
-        was_paused = bool(self._paused)
-        if paused:
-            self._paused.add(hold)
-        else:
-            self._paused.discard(hold)
-        if was_paused != bool(self._paused):
-            if paused:
+    def _count(self, change):
+        self._paused += change
+        if self._paused == (1 if change > 0 else 0):
+            if change > 0:
                 self.transport.pauseProducing()
             else:
                 self.transport.resumeProducing()
 
 
 class _ReadingHold:
+    __slots__ = ("reading", "paused")
+
     def __init__(self, reading):
         self.reading = reading
+        self.paused = False
 
     def pauseProducing(self):
-        self.reading._set(self, True)
+        if not self.paused:
+            self.paused = True
+            self.reading._count(1)
 
     def resumeProducing(self):
-        self.reading._set(self, False)
+        if self.paused:
+            self.paused = False
+            self.reading._count(-1)
 
 
 class OutputBatch:
@@ -396,10 +401,13 @@ class XMLStreamProtocol(Protocol):
         return True
 
     def dataReceived(self, data):
-        if self._gate is None or self.authenticated():
-            self._take(data)
-        else:
-            self._gate.receive(data)
+        if self._gate is not None:
+            if not self.authenticated():
+                self._gate.receive(data)
+                return
+            # Nothing waits in the gate once the peer has authenticated (what it kept was taken first).
+            self._gate = None
+        self._take(data)
 
     def _take(self, data):
         if self.closed or self._input_ended:
