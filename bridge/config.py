@@ -206,8 +206,33 @@ class HostConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
-    backend: str = _option("sqlite", choices=("sqlite", "memory"))
+    """Where the server keeps its data (docs/configuration.md): SQLite (``path``, under data_dir), memory,
+    or a PostgreSQL server (docs/scaling.md).
+
+    The PostgreSQL connection string (libpq's, hosts tried in order:
+    ``host=a,b target_session_attrs=read-write`` names a standby) comes from
+    ``postgresql_dsn`` (which must not hold a password) or from
+    ``postgresql_dsn_file``, its first line; a password from
+    ``postgresql_password_file``.  Both files must be private to their
+    owner (0600).
+    """
+
+    backend: str = _option("sqlite", choices=("sqlite", "memory", "postgresql"))
     path: str = _option("bridge.sqlite")
+    postgresql_dsn: str = _option("")
+    postgresql_dsn_file: str = _option("", path=True)
+    postgresql_password_file: str = _option("", path=True)
+    postgresql_connect_timeout_seconds: float = _option(5.0, low=2, high=120)
+    postgresql_retry_interval_seconds: float = _option(1.0, low=0.05, high=60)
+    postgresql_max_queued_bytes: int = _option(16 * 1024 * 1024, low=64 * 1024, high=1024 * 1024 * 1024)
+
+    def postgresql_conninfo(self):
+        """The connection string, its password merged in; raises ``ConfigError`` naming the key and file."""
+        problems = []
+        conninfo = _postgresql_conninfo(self, "the configuration", problems)
+        if problems:
+            raise ConfigError(problems)
+        return conninfo
 
 
 @dataclass(frozen=True)
@@ -781,10 +806,59 @@ def load(path=None):
     return config
 
 
+def _private_file(path, key, where, problems):
+    """The first line of a file of secrets, which must be private to its owner; None after a problem."""
+    try:
+        mode = os.stat(path).st_mode
+        text = read_first_line(path)
+    except OSError as error:
+        problems.append(f"{where}: {key}: {path}: {error.strerror}")
+        return None
+    if mode & 0o077:
+        problems.append(f"{where}: {key}: {path}: readable by others (mode {mode & 0o777:o}): make it 0600")
+        return None
+    return text
+
+
+def _postgresql_conninfo(section, where, problems):
+    """The libpq connection string of ``[storage]``, its password merged in (problems appended)."""
+    try:
+        from psycopg import conninfo
+    except ImportError:
+        problems.append(f"{where}: storage.backend: postgresql needs psycopg (pip install 'bridge[postgresql]')")
+        return None
+    if bool(section.postgresql_dsn) == bool(section.postgresql_dsn_file):
+        problems.append(f"{where}: storage: backend postgresql needs one of postgresql_dsn and postgresql_dsn_file")
+        return None
+    key = "storage.postgresql_dsn_file" if section.postgresql_dsn_file else "storage.postgresql_dsn"
+    text = (_private_file(section.postgresql_dsn_file, key, where, problems) if section.postgresql_dsn_file
+            else section.postgresql_dsn)
+    if text is None:
+        return None
+    try:
+        parts = conninfo.conninfo_to_dict(text)
+    except Exception as error:  # psycopg.ProgrammingError: libpq's words for what is wrong
+        problems.append(f"{where}: {key}: not a PostgreSQL connection string: {str(error).strip()}")
+        return None
+    if "password" in parts and not section.postgresql_dsn_file:
+        problems.append(f"{where}: {key}: must not hold a password: use postgresql_password_file, "
+                        "or postgresql_dsn_file (0600)")
+        return None
+    if section.postgresql_password_file:
+        password = _private_file(section.postgresql_password_file, "storage.postgresql_password_file", where,
+                                 problems)
+        if password is None:
+            return None
+        parts["password"] = password
+    return conninfo.make_conninfo(**parts)
+
+
 def _missing_files(config, where):
     """The certificates, keys and CA files named but not readable: found here rather than when the
     listener that uses one starts."""
     problems = []
+    if config.storage.backend == "postgresql":
+        _postgresql_conninfo(config.storage, where, problems)
     named = [("tls", config.tls)] + [(name, getattr(config, name)) for name in ("c2s", "s2s", "http", "sip")]
     for name, section in named:
         if bool(section.certificate) != bool(section.private_key):

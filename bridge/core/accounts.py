@@ -19,6 +19,7 @@ import hashlib
 from twisted.internet import defer
 
 from bridge.core import sasl
+from bridge.core.storage import StorageUnavailable
 from bridge.core.storage.cache import KeyedLock
 
 STORE = "accounts"
@@ -85,7 +86,11 @@ class Accounts:
         self._changes = KeyedLock()  # two creations of one name: the second finds the first
 
     def credentials(self, host, user):
-        """Deferred: the stored SASL records, or None for no such account."""
+        """Deferred: the stored SASL records, or None for no such account; fails with ``StorageUnavailable``
+        at once while the database is away, so that a login is refused (temporary-auth-failure) rather
+        than wait for it."""
+        if not self.storage.available:
+            return defer.fail(StorageUnavailable("the account database cannot be reached"))
         return self.storage.get(host, user, STORE)
 
     @defer.inlineCallbacks
