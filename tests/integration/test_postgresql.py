@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from twisted.internet import defer, reactor, task, threads
@@ -17,8 +18,8 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from bridge import ctl
 from bridge.core.accounts import Accounts
 from bridge.core.storage import StorageUnavailable, sqlite_ops, stored_bytes
-from tests.integration.harness import (SIP_OFF, ServerProcess, add_users, next_item, server_env, Clients, barrier,
-                                       write_config)
+from tests.integration.harness import (SIP_OFF, Clients, RawClient, ServerProcess, add_users, barrier, next_item,
+                                       server_env, write_config)
 from tests.integration.postgresql import PostgreSQLServer, skip_reason
 from tests.unit.test_storage import VALUES, ArchiveContract
 
@@ -271,8 +272,6 @@ def test_offline_messages_survive_a_database_restart(database, tmp_path):
 
 
 async def _restart_scenario(server, database):
-    from slixmpp.exceptions import IqError  # noqa: F401
-
     count = 60
     async with Clients(server) as clients:
         romeo = await clients.login("romeo@localhost/pc")
@@ -283,31 +282,41 @@ async def _restart_scenario(server, database):
         for n in range(count // 3, 2 * count // 3):
             romeo.send_message(mto="juliet@localhost", mbody=f"m{n}", mtype="chat")
         await barrier(romeo)
+        await asyncio.to_thread(server.wait_for_line, lambda line: "the database cannot be reached" in line, 30,
+                                "the storage noticing the database is away")
         refused = await _login_failure(server, "juliet", "juliet-secret")
         assert refused == "temporary-auth-failure", refused
         await asyncio.to_thread(database.start)
+        await asyncio.to_thread(server.wait_for_line, lambda line: "the database answers again" in line, 30,
+                                "the storage noticing the database is back")
         for n in range(2 * count // 3, count):
             romeo.send_message(mto="juliet@localhost", mbody=f"m{n}", mtype="chat")
         await barrier(romeo)
+        await asyncio.to_thread(_stored, database, count)
+        assert romeo.message_errors.empty(), romeo.message_errors.get_nowait()
         juliet = await clients.login("juliet@localhost/phone")
         received = [await next_item(juliet.messages, what=f"offline message {n}") for n in range(count)]
         assert [message["body"] for message in received] == [f"m{n}" for n in range(count)]
 
 
+def _stored(database, count, timeout=30):
+    """Wait until ``count`` offline messages are in the database: the server stores them after it has
+    answered the sender's ping, and a message stored after the recipient's login waits for the next one."""
+    with psycopg.connect(database.dsn, autocommit=True) as conn:
+        deadline = time.monotonic() + timeout
+        while conn.execute("SELECT COUNT(*) FROM queue WHERE store = 'offline'").fetchone()[0] < count:
+            assert time.monotonic() < deadline, f"fewer than {count} offline messages stored after {timeout}s"
+            conn.execute("SELECT pg_sleep(0.05)")
+
+
 async def _login_failure(server, user, password):
     """The SASL failure condition a PLAIN login gets now (None when it succeeds)."""
-    from tests.integration.harness import RawClient
 
     def attempt():
         client = RawClient(server.port)
         try:
-            client.open()
-            client.expect("features")
-            import base64
-
-            token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
-            client.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>")
-            answer = client.next()
+            client.secure()
+            answer = client.authenticate_plain(user, password)
             return None if answer.tag.endswith("success") else answer[0].tag.split("}")[1]
         finally:
             client.close()
