@@ -21,7 +21,7 @@ from bridge.core.storage import StorageUnavailable, sqlite_ops, stored_bytes
 from tests.integration.harness import (SIP_OFF, Clients, RawClient, ServerProcess, add_users, barrier, next_item,
                                        server_env, write_config)
 from tests.integration.postgresql import PostgreSQLServer, skip_reason
-from tests.unit.test_storage import VALUES, ArchiveContract
+from tests.unit.test_storage import VALUES, ArchiveContract, record
 
 SKIP = skip_reason()
 if SKIP is None:
@@ -82,16 +82,11 @@ class PostgreSQLArchiveTests(ServerPerClass, ArchiveContract, SynchronousTestCas
     def test_a_time_another_node_took_is_kept_after_it(self):
         """A record whose time another writer (a node) already gave a record of the same archive is
         stored after that archive's latest, not dropped."""
-        self.fill([self.record(1)])
+        self.fill([record(1)])
         values = []
-        sqlite_ops.archive_row(values, 0, "h", "u", self.record(1)._replace(id="other"))
+        sqlite_ops.archive_row(values, 0, "h", "u", record(1)._replace(id="other"))
         self.call("archive_insert", values)
         self.assertEqual([(item.id, item.timestamp) for item in self.page().records], [("id1", 1000), ("other", 1001)])
-
-    def record(self, number):
-        from tests.unit.test_storage import record
-
-        return record(number)
 
     def test_queue_totals_and_one_failure_alone(self):
         """size() follows appends and removals, as on SQLite; a call that fails in a batch fails alone and

@@ -78,12 +78,12 @@ class PostgreSQLStorage:
         self._writer = uuid.uuid4().hex  # this storage's name in batch_commits
         self._serial = 0
         self._waiting = collections.deque()  # calls not yet carried out, in order
-        self._queued_bytes = 0  # the size of the writes among them
+        self._queued_bytes = 0  # the size of the calls waiting or under way
         self._running = False
-        self._lost = None  # (serial, number of writes) of a batch lost with the database, to ask about
+        self._lost = None  # (serial, number of calls) of a batch lost with the database, to ask about
         self._retry = None  # the timer of the next try while the database is away
         self.available = True
-        self._refused = 0  # calls refused while the database is away, for the log
+        self._refused = 0  # calls refused for want of room since the database last answered, for the log
         self._archive_values = []
         self._archive_last = 0
         self._handover = None
@@ -271,12 +271,15 @@ class PostgreSQLStorage:
 
     def _back(self):
         if not self.available:
-            log.info("the database answers again ({refused} calls were refused meanwhile)", refused=self._refused)
+            log.info("the database answers again; {count} calls wait", count=len(self._waiting))
         self.available = True
-        self._refused = 0
 
     def _done(self):
         self._running = False
+        if self._refused and not self._waiting:
+            log.info("storage calls are accepted again ({refused} were refused for want of room)",
+                     refused=self._refused)
+            self._refused = 0
         self._next()
         self._closing()
 
