@@ -168,15 +168,10 @@ class OutageTests(TestCase):
     def setUp(self):
         if SKIP:
             raise SkipTest(SKIP)
-        self.servers = []
-
-    def tearDown(self):
-        for server in self.servers:
-            server.remove()
 
     def start_server(self, server):
-        self.servers.append(server)
-        return server.init().start().create_database() if not os.path.exists(server.data) else server.start()
+        self.addCleanup(server.remove)  # after the storage closes (cleanups run last first)
+        return server.init().start().create_database()
 
     def storage(self, dsn):
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -209,7 +204,7 @@ class OutageTests(TestCase):
         and the standby is promoted, the waiting writes go to the standby, beside those replicated."""
         primary = self.start_server(PostgreSQLServer())
         standby = PostgreSQLServer()
-        self.servers.append(standby)
+        self.addCleanup(standby.remove)
         with psycopg.connect(primary.dsn, autocommit=True) as conn:
             postgresql_ops.migrate(conn)
         standby.base_backup_of(primary).start()
