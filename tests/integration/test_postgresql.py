@@ -7,8 +7,10 @@ import asyncio
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -134,8 +136,8 @@ class MigrationTests(ServerPerClass, SynchronousTestCase):
 class CopyTests(ServerPerClass, SynchronousTestCase):
     def setUp(self):
         self.empty()
-        self.folder = self.mktemp()
-        os.makedirs(self.folder)
+        self.folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.folder)
         self.config = os.path.join(self.folder, "bridge.toml")
         with open(self.config, "w") as handle:
             handle.write(f"data_dir = 'data'\n[storage]\nbackend = 'postgresql'\npostgresql_dsn = '{self.server.dsn}'\n")
