@@ -1,4 +1,5 @@
-"""bridgectl: account administration, configuration checks, and commands to the running server.
+"""bridgectl: account administration, configuration checks, commands to the running server, and the
+PostgreSQL schema.
 
 Works on the same configuration and storage as the server; with SQLite in
 WAL mode it may run while the server does.  Storage answers from its own
@@ -172,6 +173,9 @@ def run(args, out):
     if args.command == "check":
         print(f"{config.source}: configuration is valid; hosts: {', '.join(config.hosts)}", file=out)
         return
+    if args.command in ("migrate", "copy-sqlite-to-postgresql"):
+        _postgresql_command(config, args, out)
+        return
     if args.command in SERVER_COMMANDS:
         _server_command(config, args, out)
         return
@@ -245,6 +249,42 @@ def _notify(storage, config, host, user, args, out, wait):
           f"mobile {mobile or '-'}{state}, email {current['email'] or '-'}", file=out)
 
 
+def _postgresql_command(config, args, out):
+    """``migrate``: bring the PostgreSQL schema to this version; ``copy-sqlite-to-postgresql``: copy the
+    SQLite database into it (docs/scaling.md)."""
+    if config.storage.backend != "postgresql":
+        raise CommandError(f"{args.command}: {config.source}: [storage] backend is {config.storage.backend!r}, "
+                           "not 'postgresql' (the SQLite schema is brought up to date when the file is opened)")
+    import sqlite3
+
+    import psycopg
+
+    from bridge.core.storage import postgresql_ops, sqlite_ops
+
+    try:
+        with psycopg.connect(config.storage.postgresql_conninfo(), autocommit=True,
+                             connect_timeout=max(2, round(config.storage.postgresql_connect_timeout_seconds))) as conn:
+            if args.command == "migrate":
+                before, after = postgresql_ops.migrate(conn)
+                print(f"migrate: schema version {before} -> {after}" if before != after
+                      else f"migrate: schema version {after}, nothing to do", file=out)
+                return
+            path = args.sqlite or config.data_path(config.storage.path)
+            if not os.path.isfile(path):
+                raise CommandError(f"{path}: no such SQLite database")
+            source = sqlite_ops.connect(path)
+            try:
+                copied = postgresql_ops.copy_from_sqlite(source, conn)
+            finally:
+                source.close()
+    except postgresql_ops.SchemaError as error:
+        raise CommandError(str(error))
+    except (psycopg.Error, sqlite3.Error) as error:
+        raise CommandError(f"{args.command}: {str(error).strip()}")
+    print(f"copy-sqlite-to-postgresql: {path}: " + ", ".join(f"{rows} {table} rows" for table, rows in copied.items()),
+          file=out)
+
+
 # Records read at a time while exporting an archive.
 EXPORT_PAGE = 1000
 
@@ -303,6 +343,10 @@ def parser():
     announce.add_argument("host")
     announce.add_argument("message")
     commands.add_parser("reload", help="make the running server read its configuration file again")
+    commands.add_parser("migrate", help="bring the PostgreSQL database's schema to this version")
+    copy = commands.add_parser("copy-sqlite-to-postgresql",
+                               help="copy a SQLite database into the configured, migrated and empty PostgreSQL one")
+    copy.add_argument("--sqlite", help="the SQLite file (default: [storage] path under data_dir)")
     notify = commands.add_parser("notify", help="show or set how an offline user hears of messages")
     notify.add_argument("jid")
     notify.add_argument("--policy", choices=("default", *POLICIES),

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from bridge.core import sasl
 from bridge.core.directory import (AttributeMap, DirectoryUnavailable, equality_filter, map_entry, restrict,
                                   substring_filter, text_value)
+from bridge.core.storage import StorageUnavailable
 from bridge.core.storage.cache import KeyedLock
 
 log = Logger()
@@ -257,10 +258,14 @@ class Accounts:
         self._changes = KeyedLock()  # two creations of one name: the second finds the first
 
     def credentials(self, host, user):
-        """Deferred: the SASL records, or None for no such account (``DirectoryUnavailable``: a
-        directory host's directory does not answer)."""
+        """Deferred: the SASL records, or None for no such account.  A directory host's fail with
+        ``DirectoryUnavailable`` when its directory does not answer; the others with ``StorageUnavailable``
+        at once while the database is away, so that a login is refused (temporary-auth-failure) rather
+        than wait for it."""
         if host in self.directories:
             return self.directories[host].credentials(user)
+        if not self.storage.available:
+            return defer.fail(StorageUnavailable("the account database cannot be reached"))
         return self.storage.get(host, user, STORE)
 
     @defer.inlineCallbacks
@@ -269,7 +274,7 @@ class Accounts:
         unknown name is checked against (``sasl.Decoys``), at the cost of a wrong password."""
         if host in self.directories:
             return (yield self.directories[host].check_password(user, password))
-        credentials = yield self.storage.get(host, user, STORE)
+        credentials = yield self.credentials(host, user)
         return sasl.password_matches(credentials, password, None if credentials else decoy(user))
 
     @defer.inlineCallbacks
