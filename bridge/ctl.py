@@ -6,7 +6,8 @@ thread; the tool waits for each answer (``Waiting``) rather than run a reactor.
 ``status``, ``sessions``, ``kick``, ``announce`` and ``reload`` go to the
 running server over its control socket (bridge.core.control), and so does
 ``deluser`` when a server runs, which then ends the account's sessions.
-``export`` and ``import`` write and read XEP-0227 files (bridge.core.backup).
+``export`` and ``import`` write and read XEP-0227 files (bridge.core.backup);
+``import-prosody`` reads a Prosody data folder (bridge.core.prosody).
 """
 
 import argparse
@@ -21,7 +22,7 @@ from twisted.internet import task
 from twisted.words.protocols.jabber.jid import InvalidFormat, JID
 
 from bridge import config as configuration
-from bridge.core import backup
+from bridge.core import backup, prosody
 from bridge.core.accounts import DIRECTORY_STORE, STORE, Accounts, AccountError, sip_digest_algorithms
 from bridge.core.control import MAX_REQUEST_BYTES, SOCKET_NAME, encode
 from bridge.core.notifications import POLICIES, NotificationPreferences
@@ -178,8 +179,8 @@ def run(args, out):
     if args.command in SERVER_COMMANDS:
         _server_command(config, args, out)
         return
-    if args.command == "import" and ask_server(config, {"command": "status"}) is not None:
-        raise CommandError("import: the server is running; stop it first (it keeps rosters and block lists "
+    if args.command in ("import", "import-prosody") and ask_server(config, {"command": "status"}) is not None:
+        raise CommandError(f"{args.command}: the server is running; stop it first (it keeps rosters and block lists "
                            "in memory)")
     if args.command == "deluser":
         host, user = _account(config, args.jid)
@@ -208,6 +209,9 @@ def run(args, out):
             return
         if args.command == "import":
             _restore(storage, config, args, out, wait)
+            return
+        if args.command == "import-prosody":
+            _import_prosody(storage, config, args, out, wait)
             return
         host, user = _account(config, args.jid)
         if args.command == "notify":
@@ -284,6 +288,16 @@ def _restore(storage, config, args, out, wait):
     except backup.BackupError as error:
         raise CommandError(f"{args.file}: {error}")
     _report(wait(backup.import_document(storage, root, config)), out)
+
+
+def _import_prosody(storage, config, args, out, wait):
+    """The accounts of a Prosody data folder (bridge.core.prosody), imported as from a XEP-0227 file."""
+    try:
+        root, unreadable = prosody.read_data_folder(args.folder)
+    except prosody.LuaError as error:
+        raise CommandError(f"import-prosody: {error}")
+    imported, skipped, refused = wait(backup.import_document(storage, root, config))
+    _report((imported, skipped, unreadable + refused), out)
 
 
 def _report(outcome, out):
@@ -370,6 +384,8 @@ def parser():
     backup_command.add_argument("file", help="the file to write (created 0600)")
     backup_command.add_argument("--host", help="only this host's accounts")
     commands.add_parser("import", help="read accounts from a XEP-0227 file (the server stopped)").add_argument("file")
+    commands.add_parser("import-prosody", help="import the accounts of a Prosody data folder (the server stopped)"
+                        ).add_argument("folder", help="Prosody's data_path (/var/lib/prosody)")
     delete = commands.add_parser("archive-delete", help="delete a user's message archive")
     delete.add_argument("jid")
     delete.add_argument("--before", help="only messages older than this XEP-0082 time (2026-01-01T00:00:00Z)")

@@ -277,7 +277,13 @@ class Accounts:
         if host in self.directories:
             return (yield self.directories[host].check_password(user, password))
         credentials = usable((yield self.storage.get(host, user, STORE)))
-        return sasl.password_matches(credentials, password, None if credentials else decoy(user))
+        matches = sasl.password_matches(credentials, password, None if credentials else decoy(user))
+        if matches and any(mechanism not in credentials for mechanism in sasl.SCRAM_HASHES):
+            # An account imported with the keys of one SCRAM hash only (Prosody's SCRAM-SHA-1): the
+            # password at hand completes them, so that the next SCRAM login may use any hash.
+            yield self.set_password(host, user, password)
+            log.info("the SCRAM keys of {user}@{host} were completed at a PLAIN login", user=user, host=host)
+        return matches
 
     @defer.inlineCallbacks
     def digest_ha1(self, host, user, realm, algorithm):
