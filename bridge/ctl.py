@@ -284,7 +284,7 @@ def _restore(storage, config, args, out, wait):
     except OSError as error:
         raise CommandError(f"{args.file}: {error.strerror}")
     try:
-        root = backup.read_document(data)
+        root = backup.read_document(data, os.path.dirname(os.path.abspath(args.file)))
     except backup.BackupError as error:
         raise CommandError(f"{args.file}: {error}")
     _report(wait(backup.import_document(storage, root, config)), out)

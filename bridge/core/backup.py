@@ -22,6 +22,7 @@ refused with the reason, not half written.
 import base64
 import binascii
 import hashlib
+import os
 
 from twisted.internet import defer
 from twisted.words.xish import domish
@@ -42,10 +43,13 @@ NS_ROSTER = "jabber:iq:roster"
 NS_PRIVATE = "jabber:iq:private"
 NS_VCARD = "vcard-temp"
 NS_CLIENT = "jabber:client"
+NS_XINCLUDE = "http://www.w3.org/2001/XInclude"
 # The stores of the features whose data is carried (their names in storage).
 VCARD, PRIVATE, OFFLINE, BLOCKLIST = "vcard", "private", "offline", "blocklist"
 # The largest file read by an import.
 MAX_IMPORT_BYTES = 1024 * 1024 * 1024
+# How deep included files may include others (XEP-0227 splits a server into hosts, a host into users).
+MAX_INCLUDE_DEPTH = 3
 # The highest SCRAM iteration count accepted from a file (a login costs that many HMACs).
 MAX_ITERATIONS = 1000000
 
@@ -138,10 +142,8 @@ def _parse(text):
     return found[0]
 
 
-def read_document(data):
-    """The <server-data/> element of a file's bytes; BackupError when it is not one."""
-    if len(data) > MAX_IMPORT_BYTES:
-        raise BackupError(f"the file is larger than {MAX_IMPORT_BYTES} bytes")
+def _element_of(data):
+    """The one element of a file's bytes (after an XML declaration); BackupError when it is not one."""
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     text = data.lstrip()
@@ -152,9 +154,64 @@ def read_document(data):
         found, _ = parse_document([f"<s:stream xmlns:s='{NS_STREAMS}'>".encode() + text], len(text) + 1024)
     except Exception as error:
         raise BackupError(f"not a well-formed XML document: {error}")
-    if len(found) != 1 or found[0].uri != NS_PIE or found[0].name != "server-data":
-        raise BackupError(f"the root element is not <server-data xmlns='{NS_PIE}'/>")
+    if len(found) != 1:
+        raise BackupError("not one XML element")
     return found[0]
+
+
+class _Includes:
+    """XEP-0227's XInclude: ``<xi:include href='...'/>`` with a relative path under the main file's folder,
+    no ``parse`` and no ``xpointer``, replaced by the element of that file; at most ``MAX_INCLUDE_DEPTH``
+    deep and ``MAX_IMPORT_BYTES`` in all."""
+
+    def __init__(self, folder, size):
+        self.folder = os.path.realpath(folder) if folder else None
+        self.total = size
+
+    def resolve(self, element, depth=0):
+        for index, child in enumerate(element.children):
+            if not isinstance(child, domish.Element):
+                continue
+            if child.uri == NS_XINCLUDE and child.name == "include":
+                element.children[index] = self.resolve(self.read(child, depth), depth + 1)
+            else:
+                self.resolve(child, depth)
+        return element
+
+    def read(self, include, depth):
+        href = include.getAttribute("href") or ""
+        if self.folder is None:
+            raise BackupError("an <xi:include/> in a document not read from a file")
+        if depth >= MAX_INCLUDE_DEPTH:
+            raise BackupError(f"<xi:include/> nested deeper than {MAX_INCLUDE_DEPTH}")
+        if include.hasAttribute("parse") or include.hasAttribute("xpointer") or not href or ":" in href:
+            raise BackupError(f"<xi:include href={href!r}/>: only a relative path, without parse or xpointer")
+        path = os.path.realpath(os.path.join(self.folder, href))
+        if os.path.commonpath([path, self.folder]) != self.folder:
+            raise BackupError(f"<xi:include href={href!r}/> is outside the folder of the file")
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read(MAX_IMPORT_BYTES - self.total + 1)
+        except OSError as error:
+            raise BackupError(f"<xi:include href={href!r}/>: {error.strerror}")
+        self.total += len(data)
+        if self.total > MAX_IMPORT_BYTES:
+            raise BackupError(f"the file and its includes are larger than {MAX_IMPORT_BYTES} bytes")
+        try:
+            return _element_of(data)
+        except BackupError as error:
+            raise BackupError(f"{href}: {error}")
+
+
+def read_document(data, folder=None):
+    """The <server-data/> element of a file's bytes, its XIncludes read from ``folder`` (the file's);
+    BackupError when it is not one."""
+    if len(data) > MAX_IMPORT_BYTES:
+        raise BackupError(f"the file is larger than {MAX_IMPORT_BYTES} bytes")
+    root = _Includes(folder, len(data)).resolve(_element_of(data))
+    if root.uri != NS_PIE or root.name != "server-data":
+        raise BackupError(f"the root element is not <server-data xmlns='{NS_PIE}'/>")
+    return root
 
 
 def _b64(text, what):

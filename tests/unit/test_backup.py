@@ -1,5 +1,9 @@
 """Backup and restore as XEP-0227 files (bridge.core.backup)."""
 
+import os
+import shutil
+import tempfile
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from bridge.core import backup, sasl
@@ -86,6 +90,50 @@ def document(user):
 SCRAM = ("<scram-credentials xmlns='urn:xmpp:pie:0#scram' mechanism='SCRAM-SHA-1'><iter-count>{count}</iter-count>"
          "<salt>c2FsdA==</salt><server-key>{key}</server-key><stored-key>{key}</stored-key></scram-credentials>")
 KEY = "AAAAAAAAAAAAAAAAAAAAAAAAAAA="  # 20 bytes
+
+
+class IncludeTests(SynchronousTestCase):
+    """XEP-0227 section 6: a server split into host and user files with XInclude."""
+
+    def write(self, folder, name, text):
+        path = os.path.join(folder, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+
+    def folder(self):
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
+        return folder
+
+    def test_split_files_are_read(self):
+        """The main file includes a host file, which includes a user file; the user is imported."""
+        folder = self.folder()
+        xi = "xmlns:xi='http://www.w3.org/2001/XInclude'"
+        self.write(folder, "localhost.xml", f"<host xmlns='urn:xmpp:pie:0' {xi} jid='localhost'>"
+                                            "<xi:include href='localhost/a.xml'/></host>")
+        self.write(folder, "localhost/a.xml", "<?xml version='1.0'?><user xmlns='urn:xmpp:pie:0' name='a'>"
+                   + SCRAM.format(count=4096, key=KEY) + "</user>")
+        main = f"<server-data xmlns='urn:xmpp:pie:0' {xi}><xi:include href='localhost.xml'/></server-data>"
+        root = backup.read_document(main.encode(), folder)
+        imported, _, refused = result_of(backup.import_document(MemoryStorage(), root, make_config()))
+        self.assertEqual((imported, refused), ([("a@localhost", "")], []))
+
+    def test_includes_stay_in_the_folder(self):
+        """An include outside the file's folder, with a URI scheme, an xpointer, a missing file, or one that
+        includes itself is refused with the reason."""
+        folder = self.folder()
+        xi = "xmlns:xi='http://www.w3.org/2001/XInclude'"
+        self.write(folder, "loop.xml", f"<host xmlns='urn:xmpp:pie:0' {xi}><xi:include href='loop.xml'/></host>")
+        cases = [("href='../secret.xml'", "outside the folder"), ("href='/etc/passwd'", "outside the folder"),
+                 ("href='file:///etc/passwd'", "only a relative path"),
+                 ("href='loop.xml' xpointer='x'", "only a relative path"),
+                 ("href='missing.xml'", "No such file"), ("href='loop.xml'", "nested deeper")]
+        for attributes, reason in cases:
+            main = f"<server-data xmlns='urn:xmpp:pie:0' {xi}><xi:include {attributes}/></server-data>"
+            with self.assertRaises(backup.BackupError, msg=attributes) as caught:
+                backup.read_document(main.encode(), folder)
+            self.assertIn(reason, str(caught.exception), attributes)
 
 
 class BadInputTests(SynchronousTestCase):
