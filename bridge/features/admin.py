@@ -352,8 +352,6 @@ class Administration:
 
 
 def setup(ctx):
-    if not ctx.has_accounts:
-        return None
     administration = Administration(ctx)
     ctx.add_feature(NS_COMMANDS)
     ctx.add_node_source(administration.disco)
