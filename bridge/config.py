@@ -197,9 +197,13 @@ class HostConfig:
     gateway is on.
     ``ldap``: the name of the ``[ldap.NAME]`` directory its users live in
     (docs/directory.md); empty: bridge's own accounts.
+    ``admins``: the bare JIDs that administer the host (XEP-0133 commands,
+    docs/operations.md) and, with ``[muc] admins`` and ``[pubsub] admins``,
+    the MUC and pubsub services.
     """
 
     aliases: list = _option([])
+    admins: list = _option([])
     ldap: str = _option("")
     registration: bool = _option(False)
     sip_digest: bool = _option(True)
@@ -696,6 +700,12 @@ class Config:
                 return name
         return None
 
+    def is_host_admin(self, bare, host=None):
+        """Whether the bare JID ``bare`` (lowercase) is in ``[hosts.NAME] admins`` of ``host``, or of any
+        host when ``host`` is None."""
+        hosts = [self.hosts[host]] if host is not None else self.hosts.values()
+        return any(bare in (admin.lower() for admin in config.admins) for config in hosts)
+
 
 _SECTIONS = {"tls": TLSConfig, "c2s": C2SConfig, "s2s": S2SConfig, "http": HTTPConfig, "storage": StorageConfig,
              "quotas": QuotasConfig, "push": PushConfig, "mam": MAMConfig, "pep": PEPConfig, "smtp": SMTPConfig,
@@ -802,6 +812,10 @@ def parse(document, where):
             if alias.lower() in names:
                 problems.append(f"{where}: hosts.{name}.aliases: {alias!r} already names host {names[alias.lower()]!r}")
             names[alias.lower()] = name
+        for admin in host.admins:
+            jid = parse_jid(admin)
+            if jid is None or jid.resource is not None or jid.user is None:
+                problems.append(f"{where}: hosts.{name}.admins: {admin!r} is not a bare JID (user@host)")
     sms = sections.get("sms", base.sms)
     if sms.enabled:
         domain = sms.domain.lower()

@@ -105,9 +105,14 @@ def make_credentials(password, iterations=DEFAULT_ITERATIONS):
 
 
 def check_password(credentials, password):
-    """True when ``password`` matches the stored SCRAM-SHA-256 record."""
-    record = credentials["SCRAM-SHA-256"]
-    stored_key, _ = scram_keys("sha256", password, base64.b64decode(record["salt"]), record["iterations"])
+    """True when ``password`` matches the strongest stored SCRAM record (SCRAM-SHA-256, else SCRAM-SHA-1:
+    an account imported from a server that kept only that one)."""
+    mechanism = next((name for name in SCRAM_HASHES if name in credentials), None)
+    if mechanism is None:
+        return False
+    record = credentials[mechanism]
+    stored_key, _ = scram_keys(SCRAM_HASHES[mechanism], password, base64.b64decode(record["salt"]),
+                               record["iterations"])
     return hmac.compare_digest(stored_key, base64.b64decode(record["stored_key"]))
 
 
