@@ -17,6 +17,7 @@ from slixmpp.plugins import register_plugin  # noqa: E402
 USERS = ("oma@localhost", "omar@localhost")
 NS_TWOMEMO_DEVICES = "urn:xmpp:omemo:2:devices"
 NS_TWOMEMO_BUNDLES = "urn:xmpp:omemo:2:bundles"
+NS_OLDMEMO_DEVICES = "eu.siacs.conversations.axolotl.devicelist"
 PLUGINS = {name: {} for name in ("xep_0004", "xep_0030", "xep_0060", "xep_0163", "xep_0280", "xep_0334",
                                  "xep_0384")}
 
@@ -66,7 +67,8 @@ def omemo_server(start_server):
 
 
 def test_encrypted_message_between_two_omemo_clients(omemo_server):
-    """Both clients' device lists and bundles land in their PEP nodes (each readable by the other); oma's
+    """Both clients' device lists (OMEMO 2 and the older eu.siacs node) and bundles land in their PEP nodes,
+    each readable by the other; oma's
     message to omar carries no plaintext body on the wire, and omar's keys decrypt it to the text oma wrote."""
     secret = "the meeting moved to room 4"
 
@@ -83,6 +85,9 @@ def test_encrypted_message_between_two_omemo_clients(omemo_server):
             bundles = await oma.plugin["xep_0060"].get_items(JID("omar@localhost"), NS_TWOMEMO_BUNDLES,
                                                              timeout=TIMEOUT)
             assert str(own_ids[1]) in [item["id"] for item in bundles["pubsub"]["items"]]
+            legacy = await omar.plugin["xep_0060"].get_items(JID("oma@localhost"), NS_OLDMEMO_DEVICES,
+                                                             timeout=TIMEOUT)
+            assert f"id=\"{own_ids[0]}\"" in str(legacy), legacy
 
             message = oma.make_message(mto=JID("omar@localhost"), mbody=secret, mtype="chat")
             encrypted, errors = await oma.plugin["xep_0384"].encrypt_message(message, JID("omar@localhost"))
