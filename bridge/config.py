@@ -868,7 +868,8 @@ def parse(document, where):
                  "the upload service's": upload.subdomain.lower() if upload.enabled else None,
                  "the pubsub service's": pubsub.subdomain.lower() if pubsub.enabled else None}
         if not subdomain or "." in subdomain or parse_jid(subdomain + ".example") is None:
-            problems.append(f"{where}: proxy65.subdomain: must be one DNS label (e.g. proxy), not {proxy65.subdomain!r}")
+            problems.append(f"{where}: proxy65.subdomain: must be one DNS label (e.g. proxy), "
+                            f"not {proxy65.subdomain!r}")
         for owner, other in taken.items():
             if subdomain == other:
                 problems.append(f"{where}: proxy65.subdomain: {proxy65.subdomain!r} is also {owner}")
