@@ -439,6 +439,23 @@ class ExternalServicesConfig:
 
 
 @dataclass(frozen=True)
+class Proxy65Config:
+    """The SOCKS5 bytestreams proxy (XEP-0065, docs/features.md) on ``<subdomain>.<host>``, off by default."""
+
+    enabled: bool = _option(False)
+    subdomain: str = _option("proxy")
+    endpoints: list = _option(["tcp:7777"], endpoints=True)
+    # The host name or address clients connect to; empty: the listener's address, else the local host's name.
+    public_host: str = _option("")
+    max_pending_connections_per_address: int = _option(10, low=1, high=10000)
+    max_pending_connections: int = _option(1000, low=2, high=1000000)
+    pending_timeout_seconds: float = _option(60.0, low=1, high=3600)
+    max_active_streams: int = _option(1000, low=1, high=1000000)
+    # Each direction of a stream; 0: no limit.
+    max_bytes_per_second_per_stream: int = _option(0, low=0, high=10 ** 10)
+
+
+@dataclass(frozen=True)
 class UploadConfig:
     """HTTP File Upload (XEP-0363, docs/web.md) on ``<subdomain>.<host>``: files under data_dir/upload."""
 
@@ -682,6 +699,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     pubsub: PubsubConfig = field(default_factory=PubsubConfig)
     external_services: ExternalServicesConfig = field(default_factory=ExternalServicesConfig)
+    proxy65: Proxy65Config = field(default_factory=Proxy65Config)
     smsc: dict = field(default_factory=dict)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     ldap: dict = field(default_factory=dict)
@@ -711,7 +729,8 @@ _SECTIONS = {"tls": TLSConfig, "c2s": C2SConfig, "s2s": S2SConfig, "http": HTTPC
              "quotas": QuotasConfig, "push": PushConfig, "mam": MAMConfig, "pep": PEPConfig, "smtp": SMTPConfig,
              "component_listener": ComponentListenerConfig, "sms": SMSConfig, "sip": SIPConfig, "muc": MUCConfig,
              "upload": UploadConfig, "pubsub": PubsubConfig, "external_services": ExternalServicesConfig,
-             "metrics": MetricsConfig, "cluster": ClusterConfig}
+             "metrics": MetricsConfig, "cluster": ClusterConfig,
+             "proxy65": Proxy65Config}
 # Tables of named sub-tables: [hosts.NAME], [components.DOMAIN], [smsc.NAME].
 _NAMED = {"hosts": HostConfig, "components": ComponentConfig, "smsc": SMSCConfig, "ldap": LDAPConfig}
 
@@ -881,6 +900,23 @@ def parse(document, where):
     if pubsub.max_item_bytes > pubsub.max_bytes_per_node:
         problems.append(f"{where}: pubsub.max_item_bytes: must be at most max_bytes_per_node "
                         f"({pubsub.max_bytes_per_node})")
+    proxy65 = sections.get("proxy65", base.proxy65)
+    if proxy65.enabled:
+        subdomain = proxy65.subdomain.lower()
+        taken = {"the MUC service's": muc.subdomain.lower() if muc.enabled else None,
+                 "the upload service's": upload.subdomain.lower() if upload.enabled else None,
+                 "the pubsub service's": pubsub.subdomain.lower() if pubsub.enabled else None}
+        if not subdomain or "." in subdomain or parse_jid(subdomain + ".example") is None:
+            problems.append(f"{where}: proxy65.subdomain: must be one DNS label (e.g. proxy), "
+                            f"not {proxy65.subdomain!r}")
+        for owner, other in taken.items():
+            if subdomain == other:
+                problems.append(f"{where}: proxy65.subdomain: {proxy65.subdomain!r} is also {owner}")
+        for host in sections.get("hosts", base.hosts):
+            if f"{subdomain}.{host}" in names or f"{subdomain}.{host}" in sections.get("components", {}):
+                problems.append(f"{where}: proxy65.subdomain: {subdomain}.{host!r} is also a host or a component")
+        if not proxy65.endpoints:
+            problems.append(f"{where}: proxy65.endpoints: the proxy needs a listener when it is enabled")
     external = sections.get("external_services", base.external_services)
     turn = False
     for uri in external.services:

@@ -45,6 +45,7 @@ GATEWAYS = (
     ("muc", "muc", "bridge.gateways.muc.service"),
     ("upload", "upload", "bridge.gateways.upload"),
     ("pubsub", "pubsub", "bridge.gateways.pubsub"),
+    ("proxy65", "proxy65", "bridge.gateways.proxy65"),
 )
 
 

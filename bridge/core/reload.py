@@ -40,7 +40,7 @@ STARTUP_ONLY = {
     "component_listener": {"endpoints"},
     "storage": ALL, "quotas": ALL, "push": ALL, "mam": ALL, "pep": ALL, "sms": ALL, "sip": ALL,
     "muc": ALL, "upload": ALL, "smsc": ALL, "pubsub": ALL, "external_services": ALL, "metrics": ALL,
-    "cluster": ALL, "ldap": ALL,
+    "cluster": ALL, "ldap": ALL, "proxy65": ALL,
     "smtp": {"archive_recipients"},
     "hosts": {"sip_digest", "ldap"},
 }

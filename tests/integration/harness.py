@@ -110,7 +110,7 @@ class ServerProcess:
     """One server process; its output is drained into ``lines`` by a thread."""
 
     LISTENING = re.compile(r"listening (c2s|c2s-direct-tls|s2s|s2s-direct-tls|component|http|https"
-                           r"|sip-udp|sip-tcp|sip-tls|metrics) on 127\.0\.0\.1:(\d+)")
+                           r"|sip-udp|sip-tcp|sip-tls|metrics|proxy65) on 127\.0\.0\.1:(\d+)")
 
     def __init__(self, config_path, accounts=None, command=None):
         self.config_path = config_path

@@ -9,11 +9,16 @@ BROWSER_TEST_SERVER=prosody runs the same tests against Prosody as a reference.
 """
 
 import asyncio
+import base64
 import os
-from urllib.parse import urlencode
+import struct
+import urllib.request
+import zlib
+from urllib.parse import urlencode, urlsplit
 
 import pytest
 
+from . import harness
 from .browser import support
 from .browser.support import Driver, JSAgent, SlixAgent
 
@@ -32,6 +37,8 @@ USERS = {
     "history-peer-websocket": "hist-peer-ws@localhost/slixmpp",
     "history-bosh": "hist-bosh@localhost",
     "history-peer-bosh": "hist-peer-bosh@localhost/slixmpp",
+    "files-converse": "conv-files@localhost",
+    "files-peer": "peer-files@localhost/slixmpp",
 }
 PASSWORDS = {support.bare(jid): support.bare(jid).split("@")[0] + "-browser-secret" for jid in USERS.values()}
 
@@ -322,3 +329,70 @@ def test_converse_loads_its_history_by_mam_after_a_reload(browser, pages, xmpp_s
             await run_with_screenshots(driver, directory, ["converse"], scene())
 
     asyncio.run(asyncio.wait_for(scenario(), 90))
+
+
+def png(width, height, rgb):
+    """A PNG of one colour (an avatar Chromium can draw)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_converse_shows_a_pep_avatar_and_sends_a_file_by_http_upload(browser, pages, xmpp_server):
+    """A slixmpp user publishes an avatar by PEP (XEP-0084); Converse.js, opening a chat with that user,
+    draws that very picture (the server keeps the vCard's PHOTO in step with PEP, XEP-0398, and Converse
+    reads the vCard).  Then a file chosen in Converse's file input goes up by HTTP upload (XEP-0363: slot
+    from upload.localhost, PUT from the browser across origins) and reaches the slixmpp user as a message
+    whose body is the GET URL, which serves the same bytes."""
+    directory, log = browser
+    if xmpp_server.name != "bridge":
+        pytest.skip("the Prosody reference runs no PEP avatar sync nor upload service")
+    converse_jid = USERS["files-converse"]
+    peer_jid = USERS["files-peer"]
+    picture = png(8, 8, (200, 40, 90))
+    document = b"%PDF-1.4 a document sent from Converse\n" + os.urandom(4096)
+
+    async def scenario():
+        async with Driver(str(directory), log) as driver:
+            peer = await harness.login(peer_jid, PASSWORDS[support.bare(peer_jid)], xmpp_server.c2s_port,
+                                       plugins={"xep_0030": {}, "xep_0060": {}, "xep_0084": {}})
+
+            async def scene():
+                try:
+                    avatar = peer.plugin["xep_0084"]
+                    await avatar.publish_avatar(picture, timeout=support.TIMEOUT)
+                    await avatar.publish_avatar_metadata(
+                        {"id": avatar.generate_id(picture), "type": "image/png", "bytes": len(picture)},
+                        timeout=support.TIMEOUT)
+                    await driver.open("converse", pages.url("converse.html?" + urlencode(
+                        {"websocket": xmpp_server.websocket_url})))
+                    full_jid = await converse_login(driver, converse_jid)
+                    await driver.call("converse", "openChat", peer.boundjid.bare)
+                    drawn = base64.b64encode(picture).decode("ascii")
+                    await driver.request("waitAttached", target="converse",
+                                         selector=f'converse-chat[jid="{peer.boundjid.bare}"] svg.avatar '
+                                                  f'image[href="data:image/png;base64,{drawn}"]',
+                                         timeout=int(support.TIMEOUT * 1000))
+
+                    await driver.request("chooseFile", target="converse",
+                                         selector=f'converse-chat[jid="{peer.boundjid.bare}"] input.fileupload',
+                                         name="report.pdf", mimeType="application/pdf",
+                                         base64=base64.b64encode(document).decode("ascii"))
+                    message = await harness.next_item(
+                        peer.messages, lambda m: str(m["from"]) == full_jid and m["body"].startswith("http"),
+                        timeout=support.TIMEOUT, what="the upload's URL from Converse")
+                    received.append(message["body"])
+                finally:
+                    await peer.close()
+
+            await run_with_screenshots(driver, directory, ["converse"], scene())
+
+    received = []
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    url = received[0]
+    assert urlsplit(url).path.startswith("/upload/") and url.endswith("/report.pdf"), url
+    with urllib.request.urlopen(url, timeout=support.TIMEOUT) as response:
+        assert (response.headers["Content-Type"], response.read()) == ("application/pdf", document)

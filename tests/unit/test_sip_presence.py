@@ -4,7 +4,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from bridge.core.xmlstream import parse_element
 from bridge.gateways.sip.presence import (
-    Availability, IntervalTooBrief, PresenceDocumentError, accepts_pidf, availability_from_stanza,
+    ACTIVITY_TO_XEP0108, MAX_PEP_TEXT_CHARS, NS_ACTIVITY, Availability, IntervalTooBrief, PresenceDocumentError,
+    accepts_pidf, activity_payload, availability_from_stanza, mood_payload,
     build_pidf, is_presence_event, negotiate_expires, parse_pidf, parse_subscription_state,
     presence_stanza, presence_type_for_state, state_for_presence_type, subscription_state,
     tuple_id_for,
@@ -273,3 +274,60 @@ class SubscriptionTests(SynchronousTestCase):
         with self.assertRaises(IntervalTooBrief) as caught:
             negotiate_expires(5)
         self.assertEqual(caught.exception.minimum, 60)
+
+
+def with_mood(*moods):
+    return '<dm:person id="m1"><rpid:mood>' + "".join(f"<rpid:{m}/>" for m in moods) + "</rpid:mood></dm:person>"
+
+
+class PEPPayloadTests(SynchronousTestCase):
+    # (name, body, expected <activity/>, expected <mood/>), compared as XML
+    CASES = [
+        ("meeting with a note", pidf(tup("open"), person("meeting", note="Budget review")),
+         "<activity xmlns='http://jabber.org/protocol/activity'><working><in_a_meeting/></working>"
+         "<text>Budget review</text></activity>",
+         "<mood xmlns='http://jabber.org/protocol/mood'/>"),
+        ("general only", pidf(tup("open"), person("travel")),
+         "<activity xmlns='http://jabber.org/protocol/activity'><traveling/></activity>",
+         "<mood xmlns='http://jabber.org/protocol/mood'/>"),
+        ("busy has no XEP-0108 value; the next activity counts", pidf(tup("open"), person("busy", "on-the-phone")),
+         "<activity xmlns='http://jabber.org/protocol/activity'><talking><on_the_phone/></talking></activity>",
+         "<mood xmlns='http://jabber.org/protocol/mood'/>"),
+        ("busy alone", pidf(tup("open", "call me later"), person("busy")),
+         "<activity xmlns='http://jabber.org/protocol/activity'/>",
+         "<mood xmlns='http://jabber.org/protocol/mood'/>"),
+        ("mood with the tuple's note", pidf(tup("open", "sunny day"), with_mood("unknown", "happy")),
+         "<activity xmlns='http://jabber.org/protocol/activity'/>",
+         "<mood xmlns='http://jabber.org/protocol/mood'><happy/><text>sunny day</text></mood>"),
+        ("an unknown mood", pidf(tup("open"), with_mood("ecstatic")),
+         "<activity xmlns='http://jabber.org/protocol/activity'/>",
+         "<mood xmlns='http://jabber.org/protocol/mood'/>"),
+        ("closed withdraws both", pidf(tup("closed"), person("sleeping"), with_mood("sleepy")),
+         "<activity xmlns='http://jabber.org/protocol/activity'/>",
+         "<mood xmlns='http://jabber.org/protocol/mood'/>"),
+    ]
+
+    def test_rpid_to_activity_and_mood(self):
+        """RPID activities map to XEP-0108 (general and specific) by the first one known, RPID moods to
+        XEP-0107 by the first one XEP-0107 has, each with the note as its text; none known, or an
+        unavailable person, gives the empty payload that withdraws it."""
+        for name, body, activity, mood in self.CASES:
+            document = parse_pidf(body)
+            self.assertEqual(activity_payload(document).toXml(), parse_element(activity).toXml(), name)
+            self.assertEqual(mood_payload(document).toXml(), parse_element(mood).toXml(), name)
+
+    def test_every_mapped_activity_is_an_rpid_activity(self):
+        """The table's keys are RFC 4480 activities the parser reads, and each maps to a general category
+        of XEP-0108."""
+        generals = {"doing_chores", "drinking", "eating", "exercising", "grooming", "having_appointment",
+                    "inactive", "relaxing", "talking", "traveling", "undefined", "working"}
+        for rpid, (general, _) in ACTIVITY_TO_XEP0108.items():
+            document = parse_pidf(pidf(tup("open"), person(rpid)))
+            self.assertEqual(document.activities, (rpid,))
+            self.assertIn(general, generals)
+            self.assertTrue(activity_payload(document).children)
+
+    def test_long_note_is_cut(self):
+        """The payload's text is at most MAX_PEP_TEXT_CHARS characters."""
+        document = parse_pidf(pidf(tup("open"), person("meeting", note="x" * 5000)))
+        self.assertEqual(len(str(next(activity_payload(document).elements(NS_ACTIVITY, "text")))), MAX_PEP_TEXT_CHARS)

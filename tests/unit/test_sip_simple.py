@@ -368,3 +368,58 @@ class PublishTests(SimpleTestCase):
         presences = [s for s in bob.received() if s.name == "presence" and s["from"] == "alice@localhost/sip"]
         self.assertEqual(len(presences), 1)
         self.assertEqual(str(presences[0].show), "dnd")
+
+
+PIDF_RICH = b"""<?xml version="1.0" encoding="UTF-8"?>
+<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model"
+  xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid" entity="sip:alice@localhost">
+ <tuple id="phone"><status><basic>open</basic></status><note>Budget review</note></tuple>
+ <dm:person id="p1"><rpid:activities><rpid:meeting/></rpid:activities><rpid:mood><rpid:stressed/></rpid:mood>
+ </dm:person>
+</presence>
+"""
+NS_PUBSUB = "http://jabber.org/protocol/pubsub"
+
+
+class PublishToPEPTests(SimpleTestCase):
+    def pep_item(self, client, node):
+        """The payload of the item 'current' of alice's PEP ``node``: its children as (name, [names of
+        their children]) and its text ([] and None when it is empty)."""
+        reply = client.iq(f"<iq type='get' id='pep' to='alice@localhost'><pubsub xmlns='{NS_PUBSUB}'>"
+                          f"<items node='{node}'/></pubsub></iq>")
+        self.assertEqual(reply["type"], "result", reply.toXml())
+        [item] = list(reply.pubsub.items.elements(NS_PUBSUB, "item"))
+        payload = next(item.elements())
+        texts = [str(child) for child in payload.elements() if child.name == "text"]
+        return ([(child.name, [inner.name for inner in child.elements()]) for child in payload.elements()
+                 if child.name != "text"], texts[0] if texts else None)
+
+    def test_activity_and_mood_follow_the_publication(self):
+        """A PUBLISH whose person is in a meeting and stressed, with a note, puts working/in_a_meeting and
+        stressed (each with the note) in alice's PEP, where bob, her contact, reads them; a PUBLISH without
+        them withdraws them (empty payloads); a refresh without a body publishes nothing again."""
+        self.set_subscription("alice@localhost", "bob@localhost", "both")
+        self.set_subscription("bob@localhost", "alice@localhost", "both")
+        bob = self.xmpp("bob@localhost/laptop")
+        ua = UA(self, "alice", "pub-pep")
+        etag = ua.publish(body=PIDF_RICH).headers.get("SIP-ETag")
+        activity = self.pep_item(bob, "http://jabber.org/protocol/activity")
+        self.assertEqual(activity, ([("working", ["in_a_meeting"])], "Budget review"))
+        self.assertEqual(self.pep_item(bob, "http://jabber.org/protocol/mood"), ([("stressed", [])], "Budget review"))
+        published = dict(self.simple.rich_published)
+        etag = ua.publish(body=b"", etag=etag).headers.get("SIP-ETag")
+        self.assertEqual(self.simple.rich_published, published)
+        ua.publish(body=PIDF_DND, etag=etag)
+        self.assertEqual(self.pep_item(bob, "http://jabber.org/protocol/activity"), ([], None))
+        self.assertEqual(self.pep_item(bob, "http://jabber.org/protocol/mood"), ([], None))
+        self.assertEqual(self.simple.rich_published, {})
+
+    def test_expiry_withdraws_them(self):
+        """When the publication expires, the activity and mood it put in PEP are withdrawn."""
+        alice = self.xmpp("alice@localhost/desk")
+        UA(self, "alice", "pub-pep-2").publish(body=PIDF_RICH, expires=120)
+        activity = self.pep_item(alice, "http://jabber.org/protocol/activity")
+        self.assertEqual(activity[0], [("working", ["in_a_meeting"])])
+        self.clock.advance(121)
+        self.assertEqual(self.pep_item(alice, "http://jabber.org/protocol/activity"), ([], None))
+        self.assertEqual(self.pep_item(alice, "http://jabber.org/protocol/mood"), ([], None))

@@ -13,6 +13,10 @@ processing instructions, a size limit and a depth limit.  Building a PIDF
 body needs no clock: the caller supplies the tuple id (``tuple_id_for``
 derives a stable one from a resource).
 
+RPID activities and moods also become the user's PEP activity (XEP-0108)
+and mood (XEP-0107), the note their text: ``ACTIVITY_TO_XEP0108`` is
+bridge's table, XEP-0107's moods include all of RFC 4480's.
+
 The subscription helpers translate between roster subscriptions (RFC 6121)
 and the Subscription-State, Event and Accept headers of SUBSCRIBE and
 NOTIFY (RFC 6665, RFC 3856).
@@ -22,6 +26,8 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from xml.sax.saxutils import escape, quoteattr
+
+from twisted.words.xish import domish
 
 from bridge.core.stanza import make
 from bridge.core.xmlstream import NS_STREAMS, NS_XML, StreamError, parse_document
@@ -60,6 +66,43 @@ ACTIVITY_TO_SHOW = {
 # When several activities are given, the strongest wins.
 _SHOW_RANK = {"dnd": 3, "xa": 2, "away": 1}
 
+NS_ACTIVITY = "http://jabber.org/protocol/activity"
+NS_MOOD = "http://jabber.org/protocol/mood"
+# RPID activity -> XEP-0108 (general, specific or None).  Not listed (busy, unknown, other,
+# looking-for-work, performance): no activity; busy is <show>dnd</show> already.
+ACTIVITY_TO_XEP0108 = {
+    "appointment": ("having_appointment", None),
+    "away": ("inactive", None),
+    "breakfast": ("eating", "having_breakfast"),
+    "dinner": ("eating", "having_dinner"),
+    "holiday": ("inactive", "scheduled_holiday"),
+    "in-transit": ("traveling", None),
+    "meal": ("eating", None),
+    "meeting": ("working", "in_a_meeting"),
+    "on-the-phone": ("talking", "on_the_phone"),
+    "permanent-absence": ("inactive", None),
+    "playing": ("relaxing", "gaming"),
+    "presentation": ("working", None),
+    "shopping": ("relaxing", "shopping"),
+    "sleeping": ("inactive", "sleeping"),
+    "spectator": ("relaxing", None),
+    "steering": ("traveling", "driving"),
+    "travel": ("traveling", None),
+    "tv": ("relaxing", "watching_tv"),
+    "vacation": ("inactive", "on_vacation"),
+    "working": ("working", None),
+    "worship": ("inactive", "praying"),
+}
+# The moods of RFC 4480 section 3.2 (its "unknown" and "other" aside): each is one of XEP-0107's too.
+MOODS = frozenset((
+    "afraid amazed angry annoyed anxious ashamed bored brave calm cold confused contented cranky curious "
+    "depressed disappointed disgusted distracted embarrassed excited flirtatious frustrated grumpy guilty "
+    "happy hot humbled humiliated hungry hurt impressed in_awe in_love indignant interested invincible "
+    "jealous lonely mean moody nervous neutral offended playful proud relieved remorseful restless sad "
+    "sarcastic serious shocked shy sick sleepy stressed surprised thirsty worried").split())
+# A note longer than this is cut in the PEP payloads (the presence status keeps it whole).
+MAX_PEP_TEXT_CHARS = 1024
+
 _XML_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9._-]*$")
 _XML_DECL = re.compile(r"^<\?xml\s[^?]*\?>")
 _DECL_ENCODING = re.compile(r"""encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
@@ -88,6 +131,7 @@ class PresenceDocument:
     availability: Availability
     tuples: tuple = ()  # (id, basic "open"/"closed"/None, note)
     activities: tuple = ()  # RPID activity names (other as "other:<text>")
+    moods: tuple = ()  # RPID mood names (other as "other:<text>")
 
 
 # --- XML bodies --------------------------------------------------------------
@@ -141,9 +185,9 @@ def _text(element):
 
 # --- PIDF -> Availability ---------------------------------------------------
 
-def _activities(element):
+def _activities(element, container="activities"):
     names = []
-    for activities in _descendants(element, NS_RPID, "activities"):
+    for activities in _descendants(element, NS_RPID, container):
         for child in activities.elements():
             if child.uri != NS_RPID or child.name == "note":
                 continue
@@ -222,7 +266,47 @@ def parse_pidf(body, charset=None):
         entity=entity,
         availability=Availability(available, show, status, lang),
         tuples=tuple((i, b, n) for i, b, n, _ in tuples),
-        activities=tuple(activities))
+        activities=tuple(activities),
+        moods=tuple(_activities(root, "mood")))
+
+
+# --- PIDF -> PEP activity and mood --------------------------------------------
+
+def _with_text(element, text):
+    if text:
+        element.addElement("text", content=clean_text(text)[:MAX_PEP_TEXT_CHARS])
+    return element
+
+
+def activity_payload(document):
+    """The XEP-0108 <activity/> for the first RPID activity it knows, the note as its text; an empty
+    <activity/> (no activity) when none is known, the person is unavailable or ``document`` is None."""
+    activity = domish.Element((NS_ACTIVITY, "activity"))
+    if document is None:
+        return activity
+    state = document.availability
+    known = [ACTIVITY_TO_XEP0108[name] for name in document.activities if name in ACTIVITY_TO_XEP0108]
+    if not state.available or not known:
+        return activity
+    general, specific = known[0]
+    category = activity.addElement(general)
+    if specific:
+        category.addElement(specific)
+    return _with_text(activity, state.status)
+
+
+def mood_payload(document):
+    """The XEP-0107 <mood/> for the first RPID mood, the note as its text; an empty <mood/> when
+    there is none, the person is unavailable or ``document`` is None."""
+    mood = domish.Element((NS_MOOD, "mood"))
+    if document is None:
+        return mood
+    state = document.availability
+    known = [name for name in document.moods if name in MOODS]
+    if not state.available or not known:
+        return mood
+    mood.addElement(known[0])
+    return _with_text(mood, state.status)
 
 
 # --- Availability -> PIDF ---------------------------------------------------

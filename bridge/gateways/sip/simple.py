@@ -25,7 +25,10 @@ in memory, on the clock it is given:
   module sends it to the roster's subscribers and the user's own resources,
   and answers probes with it, as for any client.  An entity tag
   (SIP-ETag, SIP-If-Match) refreshes or modifies it; expiry or Expires: 0
-  removes it, which is said as unavailable presence.
+  removes it, which is said as unavailable presence.  RPID activities and
+  moods in it become the user's PEP activity (XEP-0108) and mood
+  (XEP-0107), published by the phone session when they change and
+  withdrawn (an empty payload) when they go or the publication ends.
 * **NOTIFY received**: one of a dialog of ``watch.ForeignWatch`` (an XMPP
   user watching a foreign SIP presentity) is handed to it; any other is
   answered 481.
@@ -41,6 +44,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from bridge.core.hooks import OBSERVE
+from bridge.core.pubsub import NS_PUBSUB
 from bridge.core.stanza import make, priority_of
 from bridge.gateways.sip import presence as pidf
 from bridge.gateways.sip.addressing import local_user
@@ -90,6 +94,7 @@ class Publication:
     etag: str
     bare: str
     availability: object  # presence.Availability
+    rich: tuple  # the XEP-0108 <activity/> and XEP-0107 <mood/> of the document
     expires_at: float
     updated: int
     timer: object = None
@@ -111,6 +116,9 @@ class SimplePresence:
         self.publications = {}  # entity tag -> Publication
         self._notifies = {}  # NOTIFY client transaction -> Subscription
         self._updates = 0
+        # (host, user) -> the XML of the activity and mood last published to their PEP (not empty ones)
+        self.rich_published = {}
+        self._rich_ids = 0
         self.ctx.hook_local("pre-presence/self", self._own_presence, OBSERVE)
         self.ctx.hook_local("session/ended", self._session_ended)
         self.ctx.hook_local("presence/bare", self._inbound_presence, OBSERVE)
@@ -516,7 +524,7 @@ class SimplePresence:
         expires, refusal = self._expires(request)
         if refusal is not None:
             return refusal
-        state = None
+        state = rich = None
         if request.body:
             content_type = (request.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
             if content_type != pidf.PIDF_CONTENT_TYPE:
@@ -524,9 +532,10 @@ class SimplePresence:
                 response.headers.add("Accept", pidf.PIDF_CONTENT_TYPE)
                 return response
             try:
-                state = pidf.parse_pidf(request.body).availability
+                document = pidf.parse_pidf(request.body)
             except pidf.PresenceDocumentError as e:
                 return self._response(request, 400, f"Bad Request ({e})"[:200])
+            state, rich = document.availability, (pidf.activity_payload(document), pidf.mood_payload(document))
         account, refusal = yield self._authenticate(request, transaction.address)
         if refusal is not None:
             return refusal
@@ -540,7 +549,7 @@ class SimplePresence:
                 return self._response(request, 400, "Bad Request (an initial PUBLISH needs a body)")
             if expires == 0:
                 return self._response(request, 400, "Bad Request (an initial PUBLISH with Expires: 0)")
-            publication = Publication(secrets.token_hex(8), bare, state, 0.0, 0)
+            publication = Publication(secrets.token_hex(8), bare, state, rich, 0.0, 0)
         else:
             publication = self.publications.get(etag.strip())
             if publication is None or publication.bare != bare:
@@ -554,7 +563,7 @@ class SimplePresence:
                 return response, lambda: self._announce(*account)
             publication.etag = secrets.token_hex(8)  # a new tag for each successful PUBLISH
             if state is not None:
-                publication.availability = state
+                publication.availability, publication.rich = state, rich
         self._updates += 1
         publication.updated = self._updates
         publication.expires_at = self.clock.seconds() + expires
@@ -584,6 +593,31 @@ class SimplePresence:
         elif (host, user) in self.phones.sessions:
             self.phones.submit(host, user, make("presence", type="unavailable"))
             self.phones.registered(host, user)
+        self._publish_rich(host, user, publication.rich if publication is not None else None)
+
+    def _publish_rich(self, host, user, rich):
+        """Publish the activity and mood of ``rich`` that differ from those last published (``None``:
+        withdraw them) to the user's PEP, as the phone session."""
+        empty = ("", "")
+        wanted = tuple(payload.toXml() if payload.children else "" for payload in rich) if rich else empty
+        before = self.rich_published.get((host, user), empty)
+        payloads = rich or (pidf.activity_payload(None), pidf.mood_payload(None))
+        for payload, old, new in zip(payloads, before, wanted):
+            if old != new:
+                self._rich_ids += 1
+                iq = make("iq", type="set", id=f"sip-pep-{self._rich_ids}")
+                publish = iq.addElement((NS_PUBSUB, "pubsub")).addElement("publish")
+                publish["node"] = payload.uri
+                item = publish.addElement("item")
+                item["id"] = "current"
+                item.addChild(payload)
+                for refusal in self.phones.submit(host, user, iq):
+                    log.warn("SIP {user}@{host}: PEP {node} refused: {error}", user=user, host=host,
+                             node=payload.uri, error=refusal.toXml())
+        if wanted == empty:
+            self.rich_published.pop((host, user), None)
+        else:
+            self.rich_published[(host, user)] = wanted
 
 
 __all__ = ["SimplePresence", "Subscription", "Publication", "METHODS"]

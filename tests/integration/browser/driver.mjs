@@ -168,6 +168,21 @@ const operations = {
     return await locator.innerText();
   },
 
+  // Wait until an element matching a selector is in the page, shown or not
+  // (an SVG <image> has no text to return): {target, selector, timeout}.
+  async waitAttached({ target, selector, timeout }) {
+    await page(target).locator(selector).first().waitFor({ state: "attached", timeout: timeout ?? 10000 });
+    return true;
+  },
+
+  // Choose a file in a file input, as a person picking it would (its change
+  // event fires): {target, selector, name, mimeType, base64}.
+  async chooseFile({ target, selector, name, mimeType, base64 }) {
+    await page(target).locator(selector).first().setInputFiles(
+      { name, mimeType, buffer: Buffer.from(base64, "base64") }, { timeout: 10000 });
+    return true;
+  },
+
   // The visible texts of the elements matching a selector: {target, selector}.
   async texts({ target, selector }) {
     return await page(target).locator(selector).allInnerTexts();
