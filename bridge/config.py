@@ -574,6 +574,19 @@ def parse_host_port(text):
     return host, int(port) if port is not None else None
 
 
+def parse_s2s_route(text):
+    """An ``[s2s] static_routes`` value, ``HOST:PORT`` or ``tls:HOST:PORT`` (direct TLS), as
+    (host, port, direct TLS); ValueError if malformed."""
+    direct_tls = text.startswith("tls:")
+    try:
+        host, port = parse_host_port(text.removeprefix("tls:"))
+    except ValueError:
+        port = None
+    if port is None:
+        raise ValueError(f"must be HOST:PORT or tls:HOST:PORT (IPv6 in brackets), not {text!r}")
+    return host.strip("[]"), port, direct_tls
+
+
 @dataclass(frozen=True)
 class SIPConfig(ListenerTLS):
     """The SIP/SIMPLE gateway (docs/sip.md): listeners, registrar and message limits.
@@ -892,14 +905,22 @@ def parse(document, where):
             parse_host_port(destination)
         except ValueError as error:
             problems.append(f"{where}: sip.static_routes.{foreign}: {error}")
+    for foreign, destination in sections.get("s2s", base.s2s).static_routes.items():
+        try:
+            parse_s2s_route(destination)
+        except ValueError as error:
+            problems.append(f"{where}: s2s.static_routes.{foreign}: {error}")
     for name in ("s2s", "sip"):
         dns_server = sections.get(name, getattr(base, name)).dns_server
         if dns_server:
             try:
-                if parse_host_port(dns_server)[1] is None:
+                host, port = parse_host_port(dns_server)
+                if port is None:
                     raise ValueError(f"must be HOST:PORT, not {dns_server!r}")
+                ipaddress.ip_address(host.strip("[]"))
             except ValueError as error:
-                problems.append(f"{where}: {name}.dns_server: {error}")
+                reason = str(error) if port is None else f"must be an IP address and a port, not {dns_server!r}"
+                problems.append(f"{where}: {name}.dns_server: {reason}")
     for proxy in sections.get("http", base.http).trusted_proxies:
         try:
             ipaddress.ip_network(proxy, strict=False)
