@@ -104,6 +104,7 @@ class C2SConfig(ListenerTLS):
     csi_max_held_bytes: int = _option(131072, low=1024, high=64 * 1024 * 1024)
     max_buffered_bytes: int = _option(1048576, low=1024)
     unauthenticated_share: float = _option(0.1, low=0.01, high=1.0)
+    proxy_protocol_trusted_proxies: list = _option([])
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ class S2SConfig(ListenerTLS):
     max_connections_per_address: int = _option(20, low=1)
     dialback_max_pending_per_stream: int = _option(5, low=1, high=1000)
     dialback_max_pending: int = _option(100, low=1, high=100000)
+    proxy_protocol_trusted_proxies: list = _option([])
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,7 @@ class HTTPConfig(ListenerTLS):
     web_client_dir: str = _option("web/node_modules/converse.js/dist", path=True)
     trusted_proxies: list = _option([])
     trusted_proxy_header: str = _option("x-forwarded-for", choices=("x-forwarded-for", "forwarded"))
+    proxy_protocol_trusted_proxies: list = _option([])
 
 
 @dataclass(frozen=True)
@@ -926,6 +929,13 @@ def parse(document, where):
             ipaddress.ip_network(proxy, strict=False)
         except ValueError:
             problems.append(f"{where}: http.trusted_proxies: {proxy!r} is not an IP address or network")
+    for name in ("c2s", "s2s", "http"):
+        for proxy in sections.get(name, getattr(base, name)).proxy_protocol_trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                problems.append(f"{where}: {name}.proxy_protocol_trusted_proxies: {proxy!r} is not an IP address "
+                                "or network")
     for network in sections.get("metrics", base.metrics).allowed_addresses:
         try:
             ipaddress.ip_network(network, strict=False)
