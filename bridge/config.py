@@ -1000,7 +1000,7 @@ SYSTEM_CONFIG_FOLDERS = ("/etc", "/usr/local/etc")
 
 
 def data_dir_base(config_folder, environ):
-    """The folder a relative ``data_dir`` is resolved against (docs/operations.md), or None when there is
+    """The folder a relative ``data_dir`` is resolved against (docs/deploy.md), or None when there is
     none: systemd's state directory (``$STATE_DIRECTORY``, from ``StateDirectory=``) when set; else the
     configuration file's folder, unless that is a system configuration folder such as /etc/bridge
     (the database and keys are not configuration); without a file, the working directory."""
