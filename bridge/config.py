@@ -920,10 +920,13 @@ def parse(document, where):
                 host, port = parse_host_port(dns_server)
                 if port is None:
                     raise ValueError(f"must be HOST:PORT, not {dns_server!r}")
-                ipaddress.ip_address(host.strip("[]"))
             except ValueError as error:
-                reason = str(error) if port is None else f"must be an IP address and a port, not {dns_server!r}"
-                problems.append(f"{where}: {name}.dns_server: {reason}")
+                problems.append(f"{where}: {name}.dns_server: {error}")
+                continue
+            try:
+                ipaddress.ip_address(host.strip("[]"))
+            except ValueError:
+                problems.append(f"{where}: {name}.dns_server: must be an IP address and a port, not {dns_server!r}")
     for proxy in sections.get("http", base.http).trusted_proxies:
         try:
             ipaddress.ip_network(proxy, strict=False)
