@@ -23,6 +23,7 @@ from bridge.core.control import SOCKET_NAME, ControlCommands, ControlFactory
 from bridge.core.proxyprotocol import ProxyHeaderFactory
 from bridge.core.reload import ContextHolder, Reloader
 from bridge.core.server import GatewayContext, Server, load_feature
+from bridge.core.storage.timed import TimedStorage
 from bridge.core.streams.c2s import ClientFactory
 from bridge.core.streams.component import ComponentFactory
 from bridge.core.streams.s2s import IncomingServerFactory, PeerTLS, RemoteDomains
@@ -281,7 +282,7 @@ def build(config, reactor, config_path=None):
     """The service tree for ``config`` (read from ``config_path``, which a reload reads again), on ``reactor``."""
     datadir.private_folder(config.data_dir)
     secret = datadir.server_secret(config.data_path("server.secret"))
-    store = storage_module.open_storage(config, reactor)
+    store = TimedStorage(storage_module.open_storage(config, reactor))  # timed for the metrics listener
     directories = {}
     if config.ldap:
         from bridge.core import ldap  # ldaptor is needed only where a directory is configured
