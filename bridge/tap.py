@@ -320,7 +320,7 @@ def build(config, reactor, config_path=None):
         """Listen on each of ``descriptions``; ``section``'s proxy_protocol_trusted_proxies, if any, send a
         PROXY header first (bridge/core/proxyprotocol.py), read before anything else, TLS included."""
         if section is not None and section.proxy_protocol_trusted_proxies:
-            factory = ProxyHeaderFactory(factory, section.proxy_protocol_trusted_proxies, reactor)
+            factory = ProxyHeaderFactory(factory, section.proxy_protocol_trusted_proxies, reactor, server.log_budget)
         return [listen_on(kind, description, listening_endpoint(reactor, description), factory)
                 for description in descriptions]
 

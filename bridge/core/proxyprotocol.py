@@ -39,7 +39,9 @@ V2_MAX_PAYLOAD_BYTES = 520
 MAX_HEADER_BYTES = V2_FIXED_BYTES + V2_MAX_PAYLOAD_BYTES
 # How long a trusted proxy has to send its header after connecting (it sends it at once).
 HEADER_TIMEOUT_SECONDS = 10
-_V2_ADDRESSES = {0x11: (4, IPv4Address), 0x21: (16, IPv6Address)}  # TCP over IPv4, over IPv6
+_V2_ADDRESS_BYTES = {0x11: 4, 0x21: 16}  # TCP over IPv4, over IPv6
+# The kind of the lines (and of the refusals metric) of the connections closed here.
+REFUSALS = "PROXY refusals"
 
 
 class ProxyHeaderError(ValueError):
@@ -82,8 +84,15 @@ def _parse_v1(data):
         raise ProxyHeaderError(f"bad address or port in {data[:end]!r}")
     if address.version != (4 if family == b"TCP4" else 6):
         raise ProxyHeaderError(f"{family.decode()} with the address {address}")
+    return _client(address, ports[0]), end + 2
+
+
+def _client(address, port):
+    """The Twisted address of the client ``address`` (an ``ipaddress`` one), an IPv4 address mapped into IPv6
+    given as IPv4, as the listeners' own peers are counted (``bridge.gateways.http.parse_address``)."""
+    address = getattr(address, "ipv4_mapped", None) or address
     kind = IPv4Address if address.version == 4 else IPv6Address
-    return kind("TCP", str(address), ports[0]), end + 2
+    return kind("TCP", str(address), port)
 
 
 def _port(text):
@@ -104,15 +113,14 @@ def _parse_v2(data):
     if len(data) < V2_FIXED_BYTES + length:
         return None
     total = V2_FIXED_BYTES + length
-    if version_command & 0x0F == 0 or family not in _V2_ADDRESSES:
+    if version_command & 0x0F == 0 or family not in _V2_ADDRESS_BYTES:
         return None, total  # LOCAL, or a family this server does not listen on
-    size, kind = _V2_ADDRESSES[family]
+    size = _V2_ADDRESS_BYTES[family]
     if length < 2 * size + 4:
         raise ProxyHeaderError(f"version 2 header too short for its addresses ({length} bytes)")
     payload = data[V2_FIXED_BYTES:total]
-    address = ipaddress.ip_address(payload[:size])
     (port,) = struct.unpack("!H", payload[2 * size:2 * size + 2])
-    return kind("TCP", str(address), port), total
+    return _client(ipaddress.ip_address(payload[:size]), port), total
 
 
 class ProxyHeaderReader(ProtocolWrapper):
@@ -127,6 +135,7 @@ class ProxyHeaderReader(ProtocolWrapper):
         self._buffer = b""
         self._timer = None
         self._watching = False
+        self._refused = False  # closed here: what still arrives is dropped
 
     def logPrefix(self):
         return self.__class__.__name__ if self.wrappedProtocol is None else super().logPrefix()
@@ -146,7 +155,7 @@ class ProxyHeaderReader(ProtocolWrapper):
         return self.client
 
     def dataReceived(self, data):
-        if self.disconnecting:
+        if self._refused:
             return
         if self._watching:
             self._watch(data)
@@ -188,7 +197,7 @@ class ProxyHeaderReader(ProtocolWrapper):
     def _start(self):
         self.wrappedProtocol = self.factory.wrappedFactory.buildProtocol(self.client)
         if self.wrappedProtocol is None:
-            self.disconnecting = 1
+            self._refused = True
             self.transport.loseConnection()
             return
         self.wrappedProtocol.makeConnection(self)
@@ -197,8 +206,9 @@ class ProxyHeaderReader(ProtocolWrapper):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        log.info("closing the connection from {peer}: {reason}", peer=_describe(self.peer), reason=reason)
-        self.disconnecting = 1
+        if self.factory.log_budget.allows(REFUSALS):
+            log.info("closing the connection from {peer}: {reason}", peer=_describe(self.peer), reason=reason)
+        self._refused = True
         self.transport.abortConnection()
 
     def connectionLost(self, reason):
@@ -217,15 +227,17 @@ def _describe(address):
 
 class ProxyHeaderFactory(WrappingFactory):
     """Wraps a listener's factory: connections from ``trusted`` networks (a list of addresses and
-    networks, as ``[http] trusted_proxies``) begin with a PROXY header; ``clock`` times it."""
+    networks, as ``[http] trusted_proxies``) begin with a PROXY header; ``clock`` times it; the server's
+    ``log_budget`` bounds the lines of the connections closed (kind ``REFUSALS``)."""
 
     protocol = ProxyHeaderReader
     noisy = False
 
-    def __init__(self, wrapped_factory, trusted, clock):
+    def __init__(self, wrapped_factory, trusted, clock, log_budget):
         super().__init__(wrapped_factory)
         self.proxies = TrustedProxies(trusted)
         self.clock = clock
+        self.log_budget = log_budget
 
     def buildProtocol(self, address):
         return self.protocol(self, address)

@@ -70,13 +70,15 @@ class ChecksTests(SynchronousTestCase):
         cert, key = pki.self_signed(self.folder, ["example.org"])
         with open(key, "w") as handle:
             handle.write("not a key\n")
-        _, found = self.findings(f'[http]\nweb_client_dir = ""\ncertificate = "{cert}"\nprivate_key = "{key}"\n[hosts."example.org"]\n')
+        _, found = self.findings(f'[http]\nweb_client_dir = ""\ncertificate = "{cert}"\nprivate_key = "{key}"\n'
+                                 '[hosts."example.org"]\n')
         self.assertEqual(len(found), 1)
         self.assertTrue(found[0].startswith("error: "))
         self.assertIn(f"http.certificate: {key}: not an unencrypted PEM private key", found[0])
         with open(cert, "w") as handle:
             handle.write("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
-        _, found = self.findings(f'[http]\nweb_client_dir = ""\ncertificate = "{cert}"\nprivate_key = "{key}"\n[hosts."example.org"]\n')
+        _, found = self.findings(f'[http]\nweb_client_dir = ""\ncertificate = "{cert}"\nprivate_key = "{key}"\n'
+                                 '[hosts."example.org"]\n')
         self.assertIn(f"http.certificate: {cert}: not a PEM certificate", found[0])
 
     def _ending_in(self, days):

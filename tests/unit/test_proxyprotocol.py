@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from bridge import config as configuration
 from bridge.core import proxyprotocol
+from bridge.core.logbudget import LogBudget
 from bridge.core.proxyprotocol import ProxyHeaderError, ProxyHeaderFactory, parse_header
 
 
@@ -30,6 +31,13 @@ class ParserTests(SynchronousTestCase):
         self.assertEqual(parse_header(line + b"<stream"), (IPv4Address("TCP", "192.0.2.9", 40000), len(line)))
         line = b"PROXY TCP6 2001:db8::9 ::1 40000 5222\r\n"
         self.assertEqual(parse_header(line), (IPv6Address("TCP", "2001:db8::9", 40000), len(line)))
+
+    def test_mapped_ipv4_is_ipv4(self):
+        """An IPv4 address mapped into IPv6 is given as IPv4, in either version, as the listeners count peers."""
+        self.assertEqual(parse_header(b"PROXY TCP6 ::ffff:192.0.2.9 ::1 40000 5222\r\n")[0],
+                         IPv4Address("TCP", "192.0.2.9", 40000))
+        self.assertEqual(parse_header(v2(family=0x21, source="::ffff:192.0.2.9", destination="::1"))[0],
+                         IPv4Address("TCP", "192.0.2.9", 40000))
 
     def test_v1_unknown_keeps_the_peer(self):
         """PROXY UNKNOWN gives no address: the connection counts as the proxy's."""
@@ -100,7 +108,8 @@ class ReaderTests(SynchronousTestCase):
     def connect(self, peer="127.0.0.1"):
         self.clock = Clock()
         self.inner = RecordingFactory()
-        factory = ProxyHeaderFactory(self.inner, ["127.0.0.0/8"], self.clock)
+        self.budget = LogBudget(self.clock)
+        factory = ProxyHeaderFactory(self.inner, ["127.0.0.0/8"], self.clock, self.budget)
         address = IPv4Address("TCP", peer, 50000)
         self.transport = StringTransport(peerAddress=address)
         protocol = factory.buildProtocol(address)
@@ -180,6 +189,7 @@ class ReaderTests(SynchronousTestCase):
                 protocol.dataReceived(bytes([byte]))
             self.assertTrue(self.transport.disconnecting)
             self.assertEqual(inner.received, b"")
+            self.assertEqual(self.budget.totals, {proxyprotocol.REFUSALS: 1})
 
     def test_untrusted_plain_traffic_passes(self):
         """Any other first bytes from an untrusted peer reach the protocol, built at once for the peer's own
