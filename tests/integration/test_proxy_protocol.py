@@ -20,7 +20,8 @@ def v2_header(source, port):
 
 def test_v1_and_v2_headers_give_the_client_address(tmp_path):
     """With one connection per address, a client behind the proxy (v1 header) is listed with its own
-    address; a second connection of that address (v2 header) is refused, one of another address is served;
+    address; a second connection of that address (v2 header) is refused and logged with that address, one of
+    another address is served;
     on the direct TLS listener the header before the handshake gives the address too."""
     config_path = write_config(str(tmp_path), c2s_options='proxy_protocol_trusted_proxies = ["127.0.0.1"]\n'
                                                           "max_connections_per_address = 1")
@@ -43,6 +44,8 @@ def test_v1_and_v2_headers_give_the_client_address(tmp_path):
                   f"xmlns:stream='{NS_STREAMS}' to='localhost' version='1.0'>")
         error = same.expect(f"{{{NS_STREAMS}}}error")
         assert error.find(f"{{{NS_STREAM_ERRORS}}}policy-violation") is not None, same.dump()
+        server.wait_for_line(lambda line: "stream error policy-violation for 192.0.2.9:40001" in line, 10,
+                             what="the refusal logged with the client's address")
 
         other = RawClient(server.port)
         clients.append(other)
