@@ -104,6 +104,7 @@ class C2SConfig(ListenerTLS):
     csi_max_held_bytes: int = _option(131072, low=1024, high=64 * 1024 * 1024)
     max_buffered_bytes: int = _option(1048576, low=1024)
     unauthenticated_share: float = _option(0.1, low=0.01, high=1.0)
+    proxy_protocol_trusted_proxies: list = _option([])
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ class S2SConfig(ListenerTLS):
     max_connections_per_address: int = _option(20, low=1)
     dialback_max_pending_per_stream: int = _option(5, low=1, high=1000)
     dialback_max_pending: int = _option(100, low=1, high=100000)
+    proxy_protocol_trusted_proxies: list = _option([])
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,7 @@ class HTTPConfig(ListenerTLS):
     web_client_dir: str = _option("web/node_modules/converse.js/dist", path=True)
     trusted_proxies: list = _option([])
     trusted_proxy_header: str = _option("x-forwarded-for", choices=("x-forwarded-for", "forwarded"))
+    proxy_protocol_trusted_proxies: list = _option([])
 
 
 @dataclass(frozen=True)
@@ -620,6 +623,19 @@ def parse_host_port(text):
     return host, int(port) if port is not None else None
 
 
+def parse_s2s_route(text):
+    """An ``[s2s] static_routes`` value, ``HOST:PORT`` or ``tls:HOST:PORT`` (direct TLS), as
+    (host, port, direct TLS); ValueError if malformed."""
+    direct_tls = text.startswith("tls:")
+    try:
+        host, port = parse_host_port(text.removeprefix("tls:"))
+    except ValueError:
+        port = None
+    if port is None:
+        raise ValueError(f"must be HOST:PORT or tls:HOST:PORT (IPv6 in brackets), not {text!r}")
+    return host.strip("[]"), port, direct_tls
+
+
 @dataclass(frozen=True)
 class SIPConfig(ListenerTLS):
     """The SIP/SIMPLE gateway (docs/sip.md): listeners, registrar and message limits.
@@ -967,19 +983,37 @@ def parse(document, where):
             parse_host_port(destination)
         except ValueError as error:
             problems.append(f"{where}: sip.static_routes.{foreign}: {error}")
+    for foreign, destination in sections.get("s2s", base.s2s).static_routes.items():
+        try:
+            parse_s2s_route(destination)
+        except ValueError as error:
+            problems.append(f"{where}: s2s.static_routes.{foreign}: {error}")
     for name in ("s2s", "sip"):
         dns_server = sections.get(name, getattr(base, name)).dns_server
         if dns_server:
             try:
-                if parse_host_port(dns_server)[1] is None:
+                host, port = parse_host_port(dns_server)
+                if port is None:
                     raise ValueError(f"must be HOST:PORT, not {dns_server!r}")
             except ValueError as error:
                 problems.append(f"{where}: {name}.dns_server: {error}")
+                continue
+            try:
+                ipaddress.ip_address(host.strip("[]"))
+            except ValueError:
+                problems.append(f"{where}: {name}.dns_server: must be an IP address and a port, not {dns_server!r}")
     for proxy in sections.get("http", base.http).trusted_proxies:
         try:
             ipaddress.ip_network(proxy, strict=False)
         except ValueError:
             problems.append(f"{where}: http.trusted_proxies: {proxy!r} is not an IP address or network")
+    for name in ("c2s", "s2s", "http"):
+        for proxy in sections.get(name, getattr(base, name)).proxy_protocol_trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                problems.append(f"{where}: {name}.proxy_protocol_trusted_proxies: {proxy!r} is not an IP address "
+                                "or network")
     for network in sections.get("metrics", base.metrics).allowed_addresses:
         try:
             ipaddress.ip_network(network, strict=False)
@@ -1044,7 +1078,7 @@ SYSTEM_CONFIG_FOLDERS = ("/etc", "/usr/local/etc")
 
 
 def data_dir_base(config_folder, environ):
-    """The folder a relative ``data_dir`` is resolved against (docs/operations.md), or None when there is
+    """The folder a relative ``data_dir`` is resolved against (docs/deploy.md), or None when there is
     none: systemd's state directory (``$STATE_DIRECTORY``, from ``StateDirectory=``) when set; else the
     configuration file's folder, unless that is a system configuration folder such as /etc/bridge
     (the database and keys are not configuration); without a file, the working directory."""

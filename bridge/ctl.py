@@ -22,6 +22,7 @@ import sys
 from twisted.internet import task
 from twisted.words.protocols.jabber.jid import InvalidFormat, JID
 
+from bridge import checks
 from bridge import config as configuration
 from bridge.core import backup, prosody
 from bridge.core.accounts import DIRECTORY_STORE, STORE, Accounts, AccountError, sip_digest_algorithms
@@ -175,7 +176,7 @@ def _show(command, args, answer, out):
 def run(args, out):
     config = configuration.load(args.config)
     if args.command == "check":
-        print(f"{config.source}: configuration is valid; hosts: {', '.join(config.hosts)}", file=out)
+        _check(config, out)
         return
     if args.command in ("migrate", "copy-sqlite-to-postgresql"):
         _postgresql_command(config, args, out)
@@ -240,6 +241,18 @@ def run(args, out):
         print(f"{args.command}: {user}@{host}: done", file=out)
     finally:
         wait(storage.close())
+
+
+def _check(config, out):
+    """Print what ``checks.check`` finds; CommandError (exit 1) when an error is among it, warnings alone pass."""
+    findings = checks.check(config)
+    for finding in findings:
+        print(finding, file=out)
+    errors = sum(finding.severity == "error" for finding in findings)
+    if errors:
+        raise CommandError(f"check: {errors} errors, {len(findings) - errors} warnings in {config.source}")
+    warnings = f", {len(findings)} warnings" if findings else ""
+    print(f"{config.source}: configuration is valid{warnings}; hosts: {', '.join(config.hosts)}", file=out)
 
 
 def _notify(storage, config, host, user, args, out, wait):

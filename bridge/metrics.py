@@ -17,7 +17,8 @@ worth nothing to a stranger, but the load they show is.
 import ipaddress
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server as web_server
@@ -82,6 +83,12 @@ class ServerCollector:
             for stanza, count in table.items():
                 family.add_metric([stanza], count)
             yield family
+        yield histogram("bridge_route_seconds", "Time a stanza takes through the routing table: to the write on a "
+                        "local session's stream, or into a queue", [], [((), router.route_seconds)])
+        timings = getattr(server.storage, "operation_seconds", None)
+        if timings is not None:
+            yield histogram("bridge_storage_seconds", "Storage operations, from the call to the answer, by operation",
+                            ["operation"], [((name,), timing) for name, timing in sorted(timings.items())])
         refusals = CounterMetricFamily("bridge_refusals", "Connections refused and streams ended with an error, "
                                        "by kind", labels=["kind"])
         for kind, count in sorted(server.log_budget.totals.items()):
@@ -94,6 +101,20 @@ class ServerCollector:
                                   value=counters.offline_stored)
         yield CounterMetricFamily("bridge_offline_messages_delivered", "Stored messages given to their users",
                                   value=counters.offline_delivered)
+        transactions = CounterMetricFamily("bridge_sip_transactions", "SIP transactions finished, by side, method "
+                                           "and the class of the final response (or timeout)",
+                                           labels=["side", "method", "outcome"])
+        for labels, count in counters.sip_transactions.items():
+            if count:
+                transactions.add_metric(list(labels), count)
+        yield transactions
+        for name, table, documentation in (
+                ("bridge_sms_submits", counters.sms_submits, "SMS parts handed to an SMSC, by result"),
+                ("bridge_sms_receipts", counters.sms_receipts, "SMS delivery receipts, by result")):
+            family = CounterMetricFamily(name, documentation, labels=["result"])
+            for result, count in table.items():
+                family.add_metric([result], count)
+            yield family
         links = sum(1 for link in self.remote.links.values() if link.stream is not None and not link.stream.closed)
         yield GaugeMetricFamily("bridge_s2s_outgoing_links", "Streams to remote servers that are up", value=links)
         yield GaugeMetricFamily("bridge_s2s_incoming_streams", "Streams from remote servers",
@@ -104,6 +125,15 @@ class ServerCollector:
                                     "writer and not yet stored", value=backlog)
         for name, (documentation, value) in sorted(self.levels.items()):
             yield GaugeMetricFamily(f"bridge_{name}", documentation, value=value)
+
+
+def histogram(name, documentation, labels, series):
+    """A histogram family of ``series``: [(label values, ``Histogram``)]."""
+    family = HistogramMetricFamily(name, documentation, labels=labels)
+    for values, timing in series:
+        buckets = [(floatToGoString(bound), count) for bound, count in timing.cumulative()]
+        family.add_metric(list(values), buckets, timing.total)
+    return family
 
 
 class MetricsPage(resource.Resource):

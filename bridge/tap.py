@@ -20,8 +20,10 @@ from bridge import __version__, config as configuration
 from bridge.core import datadir, storage as storage_module, tls
 from bridge.core.listening import listening_endpoint
 from bridge.core.control import SOCKET_NAME, ControlCommands, ControlFactory
+from bridge.core.proxyprotocol import ProxyHeaderFactory
 from bridge.core.reload import ContextHolder, Reloader
 from bridge.core.server import GatewayContext, Server, load_feature, looping_call
+from bridge.core.storage.timed import TimedStorage
 from bridge.core.streams.c2s import ClientFactory
 from bridge.core.streams.component import ComponentFactory
 from bridge.core.streams.s2s import IncomingServerFactory, PeerTLS, RemoteDomains
@@ -284,7 +286,7 @@ def build(config, reactor, config_path=None):
     """The service tree for ``config`` (read from ``config_path``, which a reload reads again), on ``reactor``."""
     datadir.private_folder(config.data_dir)
     secret = datadir.server_secret(config.data_path("server.secret"))
-    store = storage_module.open_storage(config, reactor)
+    store = TimedStorage(storage_module.open_storage(config, reactor))  # timed for the metrics listener
     directories = {}
     if config.ldap:
         from bridge.core import ldap  # ldaptor is needed only where a directory is configured
@@ -320,19 +322,24 @@ def build(config, reactor, config_path=None):
         listener.setServiceParent(top)
         return listener
 
-    def listen(kind, descriptions, factory):
+    def listen(kind, descriptions, factory, section=None):
+        """Listen on each of ``descriptions``; ``section``'s proxy_protocol_trusted_proxies, if any, send a
+        PROXY header first (bridge/core/proxyprotocol.py), read before anything else, TLS included."""
+        if section is not None and section.proxy_protocol_trusted_proxies:
+            factory = ProxyHeaderFactory(factory, section.proxy_protocol_trusted_proxies, reactor, server.log_budget)
         return [listen_on(kind, description, listening_endpoint(reactor, description), factory)
                 for description in descriptions]
 
     c2s = config.c2s
     context = tls_holder(lambda new: listener_context(new, new.c2s, alpn=(b"xmpp-client",)))
     clients = [ClientFactory(server, c2s, context), ClientFactory(server, c2s, context, direct_tls=True)]
-    listen("c2s", c2s.endpoints, clients[0])
-    listen("c2s-direct-tls", c2s.direct_tls_endpoints, TLSMemoryBIOFactory(context, False, clients[1]))
+    listen("c2s", c2s.endpoints, clients[0], c2s)
+    listen("c2s-direct-tls", c2s.direct_tls_endpoints, TLSMemoryBIOFactory(context, False, clients[1]), c2s)
     s2s_direct = ContextHolder(remote.tls.options)
-    listen("s2s", config.s2s.endpoints, IncomingServerFactory(server, remote))
+    listen("s2s", config.s2s.endpoints, IncomingServerFactory(server, remote), config.s2s)
     listen("s2s-direct-tls", config.s2s.direct_tls_endpoints,
-           TLSMemoryBIOFactory(s2s_direct, False, IncomingServerFactory(server, remote, direct_tls=True)))
+           TLSMemoryBIOFactory(s2s_direct, False, IncomingServerFactory(server, remote, direct_tls=True)),
+           config.s2s)
     components = ComponentFactory(server)
     # Configured components answer service-unavailable until they connect.
     components.register_offline_routes()
@@ -342,12 +349,13 @@ def build(config, reactor, config_path=None):
     bosh = BoshService(server, http)
     bosh.setServiceParent(top)
     web = [HTTPFactory(server, http, bosh, tls=False)]
-    for listener in listen("http", http.endpoints, web[0]):
+    for listener in listen("http", http.endpoints, web[0], http):
         server.http_listeners.append((False, listener))
     if http.tls_endpoints:
         web.append(HTTPFactory(server, http, bosh, tls=True))
         http_context = tls_holder(lambda new: listener_context(new, new.http, alpn=(b"http/1.1",)))
-        for listener in listen("https", http.tls_endpoints, TLSMemoryBIOFactory(http_context, False, web[1])):
+        for listener in listen("https", http.tls_endpoints, TLSMemoryBIOFactory(http_context, False, web[1]),
+                               http):
             server.http_listeners.append((True, listener))
     # Prometheus metrics, on a listener of their own (docs/operations.md).
     if config.metrics.endpoints:

@@ -32,9 +32,10 @@ ALL = "all"  # every key of a section
 # section except its TLS keys.
 STARTUP_ONLY = {
     "": {"data_dir"},
-    "c2s": {"endpoints", "direct_tls_endpoints", "unauthenticated_share"},
-    "s2s": {"endpoints", "direct_tls_endpoints", "dns_server"},
+    "c2s": {"endpoints", "direct_tls_endpoints", "unauthenticated_share", "proxy_protocol_trusted_proxies"},
+    "s2s": {"endpoints", "direct_tls_endpoints", "dns_server", "proxy_protocol_trusted_proxies"},
     "http": {"endpoints", "tls_endpoints", "web_client_dir", "trusted_proxies", "trusted_proxy_header", "bosh_path",
+             "proxy_protocol_trusted_proxies",
              "websocket_path",
              "bosh_sessionless_requests_per_second_per_address", "bosh_sessionless_requests_burst"},
     "component_listener": {"endpoints"},

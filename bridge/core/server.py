@@ -340,7 +340,8 @@ class GatewayContext:
     with the ordinary feature modules loaded on it; its hooks, there and on
     the local hosts; its disco entries; its timers (``clock``); its config
     section; named storage; the one way in for what it says on a local
-    user's behalf; the levels it reports to the metrics listener (``level``).
+    user's behalf; the levels it reports to the metrics listener (``level``)
+    and the counters it adds to (``counters``).
     ``unload()`` undoes every one of them.
     """
 
@@ -351,6 +352,7 @@ class GatewayContext:
         self.config = config
         self.clock = TrackedClock(server.clock)
         self.triage = server.triage
+        self.counters = server.counters  # the server's ``Counters``, where a gateway counts its events
         self.storage = server.storage
         self.accounts = server.accounts
         self.rosters = server.rosters

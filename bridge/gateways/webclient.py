@@ -57,6 +57,11 @@ def _script_json(value):
     return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
+def client_installed(folder):
+    """Whether ``folder`` (``web_client_dir``) holds Converse.js."""
+    return os.path.isfile(os.path.join(folder, "converse.min.js"))
+
+
 class WebClient:
     """Answers every request of the HTTP listener that is neither BOSH nor WebSocket."""
 
@@ -69,7 +74,7 @@ class WebClient:
         self._absence_logged = False
 
     def installed(self):
-        return bool(self.root) and os.path.isfile(os.path.join(self.root, "converse.min.js"))
+        return bool(self.root) and client_installed(self.root)
 
     def handle(self, request, responder):
         if request.method not in ("GET", "HEAD"):

@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from twisted.words.xish import domish
 from zope.interface import implementer
 
-from bridge.config import normalise_domain
+from bridge.config import normalise_domain, parse_s2s_route
 from bridge.core import srv
 from bridge.core.stanza import parse_jid
 from bridge.core.streams.base import NS_TLS, ConnectionsPerAddress, XMLStreamProtocol
@@ -727,9 +727,7 @@ class RemoteDomains:
         """
         static = self.config.static_routes.get(domain)
         if static:
-            direct_tls = static.startswith("tls:")
-            host, _, port = static.removeprefix("tls:").rpartition(":")
-            return [(host, int(port), direct_tls)]
+            return [parse_s2s_route(static)]
         found = yield srv.services(self.resolver, [f"_xmpps-server._tcp.{domain}", f"_xmpp-server._tcp.{domain}"])
         if found is None:
             return []

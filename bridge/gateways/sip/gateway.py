@@ -88,7 +88,8 @@ class SIPGateway:
         # Per-peer limits of every SIP transport, and triage of the sources that have proven nothing.
         self.policy = sip_transport.SourcePolicy(self.clock, self.sip, ctx.triage)
         self.transactions = TransactionLayer(self.clock, self, timers, self.sip.max_server_transactions,
-                                             self.sip.max_server_transaction_bytes, self.policy.allowance)
+                                             self.sip.max_server_transaction_bytes, self.policy.allowance,
+                                             ctx.counters.sip_transactions)
         self.registrar = Registrar(ctx, secret, changed=lambda host, user: self.phones.registered(host, user),
                                    vouch=self.policy.vouch)
         ctx.level("sip_registrations", "SIP contacts registered (bindings)", lambda: len(self.registrar.bindings))

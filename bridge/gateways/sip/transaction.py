@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 from twisted.logger import Logger
 
+from bridge.core.counters import sip_method, sip_transaction_table
 from bridge.gateways.sip.message import (
     CSeq, GrammarError, Request, fit_response, make_response, parse_address,
 )
@@ -288,11 +289,14 @@ class ClientTransaction(_Transaction):
 
     def _timed_out(self):
         if self.state in ("calling", "trying", "proceeding"):
+            self.layer.count("client", self.request.method, "timeout")
             self.terminate()
             self.layer.user.transaction_timed_out(self)
 
     def receive_response(self, response):
         status = response.status
+        if status >= 200 and self.state in ("calling", "trying", "proceeding"):
+            self.layer.count("client", self.request.method, status)
         if self.invite:
             self._receive_invite_response(response, status)
         else:
@@ -370,6 +374,7 @@ class ServerTransaction(_Transaction):
         if self.state not in ("trying", "proceeding"):
             raise ValueError(f"cannot respond in state {self.state}")
         self.last_response = response
+        self.layer.count("server", self.request.method, response.status)
         if not self._send(response):
             return
         if response.status < 200:
@@ -394,6 +399,7 @@ class StatelessResponder:
         self.address = response_address(request, transport, address)
 
     def respond(self, response):
+        self.layer.count("server", self.request.method, response.status)
         response = _bounded(response, self.request, self.transport, self.address, self.layer.allowance)
         if response is not None:
             try:
@@ -408,12 +414,16 @@ class TransactionLayer:
     ``max_transactions`` and ``max_transaction_bytes`` bound the server
     transactions (None: no bound): how many, and the bytes of the requests
     they hold.  ``allowance`` is the ``ExcessAllowance`` of the answers to
-    unverified sources (one of its own when not given).
+    unverified sources (one of its own when not given).  ``counts``: the
+    table (``sip_transaction_table``) where finished transactions are
+    counted (one of its own when not given).
     """
 
     def __init__(self, clock, user, timers=Timers(), max_transactions=None, max_transaction_bytes=None,
-                 allowance=None):
+                 allowance=None, counts=None):
         self.clock = clock
+        # Finished transactions by (side, method, outcome): the server's ``Counters.sip_transactions``.
+        self.counts = counts if counts is not None else sip_transaction_table()
         self.user = user
         self.timers = timers
         self.max_transactions = max_transactions
@@ -483,6 +493,14 @@ class TransactionLayer:
                      count=len(self.server), size=self.server_bytes)
         self._full = full
         return not full
+
+    def count(self, side, method, outcome):
+        """One more transaction of ``method`` finished on ``side`` with ``outcome`` (a status, or "timeout")."""
+        if not isinstance(outcome, str):
+            if outcome < 200:
+                return
+            outcome = f"{min(outcome // 100, 6)}xx"
+        self.counts[(side, sip_method(method), outcome)] += 1
 
     def _forget(self, transaction):
         table = self.client if isinstance(transaction, ClientTransaction) else self.server

@@ -136,7 +136,7 @@ class SMSGateway:
         self.storage = ctx.storage
         self.preferences = NotificationPreferences(ctx.storage, ctx.host_config, ctx.accounts.directory)
         self.queue = OutboundQueue(ctx.storage, self.domain, ctx.clock, self.config, self._final,
-                                   self._mobile_originated)
+                                   self._mobile_originated, ctx.counters)
         self.links = [SMSCLink(name, smsc, ctx.clock, connect(name, smsc), self.queue)
                       for name, smsc in sorted(ctx.section("smsc").items())]
         self.queue.links = self.links

@@ -25,6 +25,7 @@ import collections
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from bridge.core.counters import Counters
 from bridge.core.storage.cache import KeyedLock
 from bridge.gateways.sms import pdu as pdus, text as texts
 
@@ -79,8 +80,10 @@ class Job:
 class OutboundQueue:
     """The dispatcher of the SMSC links; ``on_final(doc, outcome, reason)`` hears of finished messages."""
 
-    def __init__(self, storage, domain, clock, config, on_final, on_mo=None):
+    def __init__(self, storage, domain, clock, config, on_final, on_mo=None, counters=None):
         self.storage = storage
+        # Where submits and receipts are counted: the server's ``Counters`` (one of its own when not given).
+        self.counters = counters if counters is not None else Counters()
         self.domain = domain
         self.clock = clock
         self.config = config
@@ -163,6 +166,7 @@ class OutboundQueue:
         return None
 
     def submitted(self, link, job, message_id):
+        self.counters.sms_submits["accepted"] += 1
         doc = self.docs.get(job.key)
         if doc is None:
             return
@@ -177,6 +181,7 @@ class OutboundQueue:
 
     def retry(self, link, job):
         """The part was not accepted yet (throttled, link lost): it goes back to the front."""
+        self.counters.sms_submits["retried"] += 1
         doc = self.docs.get(job.key)
         if doc is None or doc["parts"][job.index]["state"] != "sending":
             return
@@ -193,6 +198,7 @@ class OutboundQueue:
         part = doc["parts"][job.index]
         part["attempts"] += 1
         if status in pdus.TRANSIENT and part["attempts"] < self.config.max_attempts:
+            self.counters.sms_submits["retried"] += 1
             part["state"] = "retrying"
             self._save(job.key)
             log.info("SMS {key} part {index}: status 0x{status:02x}, retrying", key=job.key, index=job.index,
@@ -200,6 +206,7 @@ class OutboundQueue:
             timer = self.clock.callLater(self.config.retry_seconds, self._requeue, job.key, job.index)
             self._retry_timers.add(timer)
             return
+        self.counters.sms_submits["rejected"] += 1
         part["state"] = "failed"
         part["error"] = f"SMSC status 0x{status:02x}"
         self._save(job.key)
@@ -240,8 +247,10 @@ class OutboundQueue:
 
     @defer.inlineCallbacks
     def receipt(self, link, received):
+        receipts = self.counters.sms_receipts
         message_id, stat = parse_receipt(received)
         if message_id is None:
+            receipts["unmatched"] += 1
             log.info("SMSC {name}: a receipt without an id", name=link.name)
             return
         entry = None
@@ -250,9 +259,11 @@ class OutboundQueue:
             if entry is not None:
                 break
         if entry is None or entry["key"] not in self.docs:
+            receipts["unmatched"] += 1
             log.info("SMSC {name}: receipt for unknown message id {id}", name=link.name, id=message_id)
             return
         state = RECEIPT_STATES.get(stat)
+        receipts[state or "not final"] += 1
         if state is None:
             return  # ENROUTE, ACCEPTD: not final
         key = entry["key"]
