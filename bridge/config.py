@@ -22,6 +22,8 @@ from bridge.core.stanza import parse_jid
 TLS_VERSIONS = ("1.2", "1.3")
 RESOURCE_CONFLICT_POLICIES = ("replace", "refuse", "rename")
 SIP_DIGEST_ALGORITHMS = ("SHA-256", "MD5")
+PRESENCE_ACCESS = ("roster", "domain", "everyone")
+ALERT_SENDERS = ("admins", "listed", "everyone")
 DEFAULT_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!MD5:!DSS"
 
 
@@ -205,6 +207,13 @@ class HostConfig:
     sip_digest: bool = _option(True)
     offline_notification: str = _option("none", choices=("none", "sms", "email", "both"))
     mam_retention_days: int = _option(-1, low=-1, high=36500)
+    # Site policy (bridge/core/sitepolicy.py, docs/operations.md "Site policies").
+    admins: list = _option([])
+    presence_access: str = _option("roster", choices=PRESENCE_ACCESS)
+    alerts: str = _option("everyone", choices=ALERT_SENDERS)
+    alert_senders: list = _option([])
+    max_private_bytes_per_user: int = _option(-1, low=-1)
+    max_vcard_bytes: int = _option(-1, low=-1, high=64 * 1024 * 1024)
 
     def archive_retention_days(self, mam):
         """Days this host's archives keep a message (0: forever): its own setting, else ``[mam] retention_days``."""
@@ -914,6 +923,7 @@ def parse(document, where):
         if smsc.reconnect_max_seconds < smsc.reconnect_min_seconds:
             problems.append(f"{where}: smsc.{name}.reconnect_max_seconds: must be at least reconnect_min_seconds")
     problems.extend(_cluster_problems(sections.get("cluster", base.cluster), where))
+    problems.extend(_site_policy_problems(sections.get("hosts", base.hosts), where))
     _check_directories(sections, base, where, problems)
     if problems:
         raise ConfigError(problems)
@@ -948,6 +958,18 @@ def _check_directories(sections, base, where, problems):
         if host.ldap and host.registration:
             problems.append(f"{where}: hosts.{host_name}.registration: must be false on a host whose users "
                             "live in a directory")
+
+
+def _site_policy_problems(hosts, where):
+    """The site policy's lists of a host hold bare JIDs (``admins``, ``alert_senders``)."""
+    problems = []
+    for host_name, host in hosts.items():
+        for key in ("admins", "alert_senders"):
+            for text in getattr(host, key):
+                jid = parse_jid(text)
+                if jid is None or not jid.user or jid.resource:
+                    problems.append(f"{where}: hosts.{host_name}.{key}: {text!r} is not a bare JID (user@host)")
+    return problems
 
 
 def _cluster_problems(cluster, where):

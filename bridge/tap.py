@@ -33,7 +33,7 @@ log = Logger()
 # The feature modules every local host loads, and those every gateway's or service's domain loads.
 FEATURES = ("presence", "roster", "offline", "disco", "ping", "version", "vcard", "private", "blocking",
             "register", "carbons", "push", "mam", "pep", "avatars", "bookmarks", "extdisco", "search",
-            "shared_groups")
+            "shared_groups", "alerts")
 SERVICE_FEATURES = ("disco", "ping", "version", "gateway")
 # Protocol gateways: (name, the configuration section it is given, its module).  Each module's
 # ``attach(ctx, reactor, tls_context)`` returns a Gateway, or None when the section leaves it off.

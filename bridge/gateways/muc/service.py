@@ -34,6 +34,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
+from bridge.core import sitepolicy
 from bridge.core.server import looping_call
 from bridge.core.storage import ArchiveItemNotFound, ArchiveQuery, ArchiveRecord
 from bridge.core.stanza import delay_element, error_reply, make, parse_jid, readdress, result_reply
@@ -203,11 +204,15 @@ class MUCService:
         return min(room.config.history_length, self.config.max_history_length)
 
     def is_admin(self, bare):
-        """One of the service's admins: named in [muc] admins, or a member of the admins_group of
-        the directory of the user's host (docs/directory.md)."""
+        """One of the service's admins: named in [muc] admins, in the ``admins`` of the user's host (site
+        policy, bridge/core/sitepolicy.py), or a member of the admins_group of the directory of the user's
+        host (docs/directory.md)."""
         if bare in self.admins:
             return True
         user, _, host = bare.partition("@")
+        name = self.ctx.local_host(host)
+        if name is not None and sitepolicy.is_admin(self.ctx.host_config(name), bare):
+            return True
         directory = self.ctx.accounts.directory(host)
         return bool(directory is not None and directory.in_policy_group("admins", user))
 
