@@ -640,6 +640,23 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class APIConfig:
+    """The HTTP API for calendars and ticket systems (docs/operations.md, "HTTP API"): presence lookup and
+    alerts, on the HTTP listener under ``path``, off by default, for a bearer token kept in a 0600 file."""
+
+    enabled: bool = _option(False)
+    path: str = _option("/api/")
+    token_file: str = _option("", path=True)
+    hosts: list = _option([], domains=True)
+    max_request_bytes: int = _option(65536, low=256, high=16 * 1024 * 1024)
+    max_recipients: int = _option(1000, low=1, high=100000)
+    max_alert_text_bytes: int = _option(4096, low=16, high=65536)
+
+    def read_token(self):
+        return read_first_line(self.token_file) if self.token_file else ""
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: str = _option("data", path=True)
     tls: TLSConfig = field(default_factory=TLSConfig)
@@ -665,6 +682,7 @@ class Config:
     smsc: dict = field(default_factory=dict)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     ldap: dict = field(default_factory=dict)
+    api: APIConfig = field(default_factory=APIConfig)
     source: str = "(embedded defaults)"
 
     def data_path(self, name):
@@ -686,6 +704,7 @@ _SECTIONS = {"tls": TLSConfig, "c2s": C2SConfig, "s2s": S2SConfig, "http": HTTPC
              "component_listener": ComponentListenerConfig, "sms": SMSConfig, "sip": SIPConfig, "muc": MUCConfig,
              "upload": UploadConfig, "pubsub": PubsubConfig, "external_services": ExternalServicesConfig,
              "metrics": MetricsConfig, "cluster": ClusterConfig}
+_SECTIONS["api"] = APIConfig
 # Tables of named sub-tables: [hosts.NAME], [components.DOMAIN], [smsc.NAME].
 _NAMED = {"hosts": HostConfig, "components": ComponentConfig, "smsc": SMSCConfig, "ldap": LDAPConfig}
 
@@ -924,6 +943,7 @@ def parse(document, where):
             problems.append(f"{where}: smsc.{name}.reconnect_max_seconds: must be at least reconnect_min_seconds")
     problems.extend(_cluster_problems(sections.get("cluster", base.cluster), where))
     problems.extend(_site_policy_problems(sections.get("hosts", base.hosts), where))
+    problems.extend(_api_problems(sections.get("api", base.api), sections.get("hosts", base.hosts), where))
     _check_directories(sections, base, where, problems)
     if problems:
         raise ConfigError(problems)
@@ -969,6 +989,17 @@ def _site_policy_problems(hosts, where):
                 jid = parse_jid(text)
                 if jid is None or not jid.user or jid.resource:
                     problems.append(f"{where}: hosts.{host_name}.{key}: {text!r} is not a bare JID (user@host)")
+    return problems
+
+
+def _api_problems(api, hosts, where):
+    """The API's path is a folder of its own, and its hosts are hosted."""
+    problems = []
+    if not (api.path.startswith("/") and api.path.endswith("/") and len(api.path) > 1):
+        problems.append(f"{where}: api.path: must begin and end with '/' and not be '/', not {api.path!r}")
+    for name in api.hosts:
+        if name not in hosts:
+            problems.append(f"{where}: api.hosts: {name!r} is not a [hosts.NAME] table")
     return problems
 
 
@@ -1088,6 +1119,11 @@ def _missing_files(config, where):
     if services.turn_secret_file:
         problems += _secret_file_problems(where, "external_services.turn_secret_file", services.turn_secret_file,
                                           services.read_secret)
+    if config.api.enabled:
+        if not config.api.token_file:
+            problems.append(f"{where}: api.token_file: must name the file of the API's bearer token")
+        else:
+            problems += _secret_file_problems(where, "api.token_file", config.api.token_file, config.api.read_token)
     if config.cluster.enabled and config.cluster.password_file:
         problems += _secret_file_problems(where, "cluster.password_file", config.cluster.password_file)
     return problems

@@ -44,6 +44,7 @@ GATEWAYS = (
     ("muc", "muc", "bridge.gateways.muc.service"),
     ("upload", "upload", "bridge.gateways.upload"),
     ("pubsub", "pubsub", "bridge.gateways.pubsub"),
+    ("api", "api", "bridge.gateways.api"),
 )
 
 
