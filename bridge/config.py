@@ -17,6 +17,7 @@ import typing
 from dataclasses import dataclass, field
 
 from bridge.core.directory import parse_uri as parse_ldap_uri
+from bridge.core.loglevels import LEVELS as LOG_LEVELS, SUBSYSTEMS as LOG_SUBSYSTEMS, namespaces_of as namespaces_of_log
 from bridge.core.stanza import parse_jid
 
 TLS_VERSIONS = ("1.2", "1.3")
@@ -640,6 +641,15 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class LogConfig:
+    """Log levels (docs/operations.md, "Log levels"): ``level`` for all of bridge, ``levels`` per subsystem
+    (bridge/core/loglevels.py: a subsystem's name, or a dotted ``bridge.`` namespace) to a level."""
+
+    level: str = _option("info", choices=LOG_LEVELS)
+    levels: dict = _option({})
+
+
+@dataclass(frozen=True)
 class APIConfig:
     """The HTTP API for calendars and ticket systems (docs/operations.md, "HTTP API"): presence lookup and
     alerts, on the HTTP listener under ``path``, off by default, for a bearer token kept in a 0600 file."""
@@ -683,6 +693,7 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     ldap: dict = field(default_factory=dict)
     api: APIConfig = field(default_factory=APIConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     source: str = "(embedded defaults)"
 
     def data_path(self, name):
@@ -705,6 +716,7 @@ _SECTIONS = {"tls": TLSConfig, "c2s": C2SConfig, "s2s": S2SConfig, "http": HTTPC
              "upload": UploadConfig, "pubsub": PubsubConfig, "external_services": ExternalServicesConfig,
              "metrics": MetricsConfig, "cluster": ClusterConfig}
 _SECTIONS["api"] = APIConfig
+_SECTIONS["log"] = LogConfig
 # Tables of named sub-tables: [hosts.NAME], [components.DOMAIN], [smsc.NAME].
 _NAMED = {"hosts": HostConfig, "components": ComponentConfig, "smsc": SMSCConfig, "ldap": LDAPConfig}
 
@@ -943,6 +955,7 @@ def parse(document, where):
             problems.append(f"{where}: smsc.{name}.reconnect_max_seconds: must be at least reconnect_min_seconds")
     problems.extend(_cluster_problems(sections.get("cluster", base.cluster), where))
     problems.extend(_site_policy_problems(sections.get("hosts", base.hosts), where))
+    problems.extend(_log_problems(sections.get("log", base.log), where))
     problems.extend(_api_problems(sections.get("api", base.api), sections.get("hosts", base.hosts), where))
     _check_directories(sections, base, where, problems)
     if problems:
@@ -989,6 +1002,18 @@ def _site_policy_problems(hosts, where):
                 jid = parse_jid(text)
                 if jid is None or not jid.user or jid.resource:
                     problems.append(f"{where}: hosts.{host_name}.{key}: {text!r} is not a bare JID (user@host)")
+    return problems
+
+
+def _log_problems(config, where):
+    """Each of ``[log] levels`` names a subsystem (or a ``bridge.`` namespace) and a level."""
+    problems = []
+    for name, level in config.levels.items():
+        if namespaces_of_log(name) is None:
+            problems.append(f"{where}: log.levels.{name}: not a subsystem ({', '.join(LOG_SUBSYSTEMS)}) "
+                            "nor a namespace beginning with 'bridge.'")
+        if level not in LOG_LEVELS:
+            problems.append(f"{where}: log.levels.{name}: must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
     return problems
 
 

@@ -19,6 +19,7 @@ from twisted.python import usage
 from bridge import __version__, config as configuration
 from bridge.core import datadir, storage as storage_module, tls
 from bridge.core.listening import listening_endpoint
+from bridge.core.loglevels import LevelFilter
 from bridge.core.control import SOCKET_NAME, ControlCommands, ControlFactory
 from bridge.core.reload import ContextHolder, Reloader
 from bridge.core.server import GatewayContext, Server, load_feature
@@ -352,6 +353,10 @@ def build(config, reactor, config_path=None):
     # SIP, SMS, email, the MUC and upload services (docs/sip.md, docs/sms.md, docs/email.md, docs/muc.md,
     # docs/web.md).
     attach_gateways(server, reactor, top, listen_on, tls_holder, reloader)
+    # Every module is imported by now: their loggers go through the levels of [log].
+    levels = LevelFilter(config.log)
+    levels.install()
+    reloader.add_step(levels.prepare_reload)
 
     def prepare_peers(new):
         peers = peer_tls(new)
