@@ -149,9 +149,12 @@ class Presence:
 
     def _seen_by_policy(self, bare):
         """Available sessions of others whose hosts' site policy lets ``bare`` see them."""
+        hosts = self.ctx.server.hosts
+        if all(host.config.presence_access == "roster" for host in hosts.values()):
+            return []  # the default: no session table to walk at each login
         seen = []
         for other in self._available_others(bare):
-            host = self.ctx.server.hosts.get(other.jid.host)
+            host = hosts.get(other.jid.host)
             if host is not None and sitepolicy.sees_presence(host.config, host.name, bare):
                 seen.append(other)
         return seen
