@@ -6,6 +6,7 @@ import shutil
 import tempfile
 from types import SimpleNamespace
 
+from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
 from bridge import config as configuration
@@ -156,6 +157,27 @@ class AlertTests(APITestCase):
         self.assertEqual(self.alert({"group": "staff", "host": "localhost", "body": "x"})[0], 404)
         self.assertEqual(self.call("GET", "/api/v1/alerts")[0], 405)
         self.assertEqual(self.messages(alice), [])
+
+
+class GroupDirectory:
+    """A directory of localhost that answers only for its groups (members are bridge's own accounts here)."""
+
+    def __init__(self, groups):
+        self._groups = groups
+
+    def groups(self):
+        return defer.succeed(self._groups)
+
+
+class GroupAlertTests(APITestCase):
+    def test_alert_to_a_directory_group(self):
+        """An alert for a group of the host's directory reaches each member that is a valid JID's local part."""
+        directory = GroupDirectory({"staff": ["alice", "Bob", "no body"], "other": ["zed"]})
+        self.patch(self.harness.server.accounts, "directory", lambda host: directory if host == "localhost" else None)
+        status, _, document = self.alert({"group": "staff", "host": "localhost", "body": "fire drill at 11"})
+        self.assertEqual((status, document), (202, {"sent": 2, "online": 0}))
+        self.assertEqual(self.alert({"group": "nobody", "host": "localhost", "body": "x"})[0], 404)
+        self.assertEqual(self.alert({"group": "staff", "host": "other.test", "body": "x"})[0], 404)
 
 
 class ConfigTests(SynchronousTestCase):
