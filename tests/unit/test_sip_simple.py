@@ -309,6 +309,17 @@ class DomainSiteTests(SimpleTestCase):
         self.assertEqual(parse_pidf(notify.body).availability.status, "Writing")
 
 
+    def test_sip_only_user_seen_by_xmpp_colleague(self):
+        """In a "domain" site the presence a SIP-only user publishes is shown to an XMPP colleague who
+        never subscribed, when the colleague logs in."""
+        self.assertEqual(UA(self, "bob", "pub-domain").publish().status, 200)
+        alice = self.harness.login("alice@localhost/desk", PASSWORDS["alice"])
+        alice.send("<presence/>")
+        shown = [p for p in alice.received() if p.name == "presence" and p["from"] == "bob@localhost/sip"]
+        self.assertEqual(len(shown), 1)
+        self.assertEqual(str(shown[0].show), "dnd")
+
+
 class PublishTests(SimpleTestCase):
     def test_publish_is_presence_seen_by_roster_contacts(self):
         """PUBLISH from alice's phone: 200 with SIP-ETag; bob (from/both in alice's roster) receives
