@@ -25,6 +25,7 @@ RESOURCE_CONFLICT_POLICIES = ("replace", "refuse", "rename")
 SIP_DIGEST_ALGORITHMS = ("SHA-256", "MD5")
 PRESENCE_ACCESS = ("roster", "domain", "everyone")
 ALERT_SENDERS = ("admins", "listed", "everyone")
+MIN_API_TOKEN_CHARS = 32
 DEFAULT_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!MD5:!DSS"
 
 
@@ -1148,7 +1149,11 @@ def _missing_files(config, where):
         if not config.api.token_file:
             problems.append(f"{where}: api.token_file: must name the file of the API's bearer token")
         else:
-            problems += _secret_file_problems(where, "api.token_file", config.api.token_file, config.api.read_token)
+            found = _secret_file_problems(where, "api.token_file", config.api.token_file, config.api.read_token)
+            if not found and len(config.api.read_token()) < MIN_API_TOKEN_CHARS:
+                found = [f"{where}: api.token_file: {config.api.token_file}: the token must have at least "
+                         f"{MIN_API_TOKEN_CHARS} characters (e.g. openssl rand -hex 32)"]
+            problems += found
     if config.cluster.enabled and config.cluster.password_file:
         problems += _secret_file_problems(where, "cluster.password_file", config.cluster.password_file)
     return problems

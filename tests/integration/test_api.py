@@ -10,7 +10,7 @@ import pytest
 
 from .harness import Clients, next_item
 
-TOKEN = "integration-token-0123456789"
+TOKEN = "integration-token-0123456789abcdef0123456789"
 USER = "carla@localhost"
 
 

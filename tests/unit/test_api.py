@@ -13,7 +13,7 @@ from bridge import config as configuration
 from bridge.gateways import api
 from tests.unit.helpers import Harness, gateway_context
 
-TOKEN = "s3cret-token-of-the-calendar"
+TOKEN = "s3cret-token-of-the-calendar-0123456789abcdef"
 
 
 class Responder:
@@ -75,7 +75,8 @@ class TokenTests(APITestCase):
         self.assertIs(self.harness.server.http_routes["/api/"], self.api)
 
     def test_config_needs_a_token_file(self):
-        """An enabled API without token_file, or with a token file others may read, is a configuration error."""
+        """An enabled API without token_file, with a token file others may read or with a short token is a
+        configuration error."""
         with self.assertRaises(configuration.ConfigError) as caught:
             configuration.load(temporary_file(self, '[api]\nenabled = true\n'))
         self.assertIn("api.token_file: must name", str(caught.exception))
@@ -83,6 +84,10 @@ class TokenTests(APITestCase):
         with self.assertRaises(configuration.ConfigError) as caught:
             configuration.load(temporary_file(self, f'[api]\nenabled = true\ntoken_file = "{token_file}"\n'))
         self.assertIn("readable by others", str(caught.exception))
+        short = temporary_file(self, "abc123")
+        with self.assertRaises(configuration.ConfigError) as caught:
+            configuration.load(temporary_file(self, f'[api]\nenabled = true\ntoken_file = "{short}"\n'))
+        self.assertIn("at least 32 characters", str(caught.exception))
 
 
 class PresenceTests(APITestCase):
