@@ -90,6 +90,21 @@ class TokenTests(APITestCase):
         self.assertIn("at least 32 characters", str(caught.exception))
 
 
+class ReloadTests(APITestCase):
+    def test_reload_rotates_the_token_and_keeps_the_path(self):
+        """A reload rereads the token file: the old token is refused once the step is committed; the
+        path served stays the one of the start."""
+        new_token = "a-new-token-after-rotation-0123456789abcdef"
+        document = {"hosts": {"localhost": {}, "other.test": {}},
+                    "api": {"enabled": True, "path": "/other/", "token_file": temporary_file(self, new_token)}}
+        commit = self.api.prepare_reload(configuration.parse(document, "test.toml").api)
+        self.assertEqual(self.call("GET", "/api/v1/presence/alice@localhost")[0], 200)
+        commit()
+        self.assertEqual(self.call("GET", "/api/v1/presence/alice@localhost")[0], 401)
+        self.assertEqual(self.call("GET", "/api/v1/presence/alice@localhost", token=new_token)[0], 200)
+        self.assertEqual(self.api.config.path, "/api/")
+
+
 class PresenceTests(APITestCase):
     def test_offline_user(self):
         """A user with no session is unavailable, with no resources."""
