@@ -16,12 +16,17 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 
+from bridge.core import sitepolicy
 from bridge.core.directory import parse_uri as parse_ldap_uri
+from bridge.core.loglevels import LEVELS as LOG_LEVELS, SUBSYSTEMS as LOG_SUBSYSTEMS, namespaces_of as namespaces_of_log
 from bridge.core.stanza import parse_jid
 
 TLS_VERSIONS = ("1.2", "1.3")
 RESOURCE_CONFLICT_POLICIES = ("replace", "refuse", "rename")
 SIP_DIGEST_ALGORITHMS = ("SHA-256", "MD5")
+PRESENCE_ACCESS = ("roster", "domain", "everyone")
+ALERT_SENDERS = ("admins", "listed", "everyone")
+MIN_API_TOKEN_CHARS = 32
 DEFAULT_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!MD5:!DSS"
 
 
@@ -212,6 +217,12 @@ class HostConfig:
     sip_digest: bool = _option(True)
     offline_notification: str = _option("none", choices=("none", "sms", "email", "both"))
     mam_retention_days: int = _option(-1, low=-1, high=36500)
+    # Site policy (bridge/core/sitepolicy.py, docs/operations.md "Site policies").
+    presence_access: str = _option("roster", choices=PRESENCE_ACCESS)
+    alerts: str = _option("everyone", choices=ALERT_SENDERS)
+    alert_senders: list = _option([])
+    max_private_bytes_per_user: int = _option(-1, low=-1)
+    max_vcard_bytes: int = _option(-1, low=-1, high=64 * 1024 * 1024)
 
     def archive_retention_days(self, mam):
         """Days this host's archives keep a message (0: forever): its own setting, else ``[mam] retention_days``."""
@@ -693,6 +704,32 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class LogConfig:
+    """Log levels (docs/operations.md, "Log levels"): ``level`` for all of bridge, ``levels`` per subsystem
+    (bridge/core/loglevels.py: a subsystem's name, or a dotted ``bridge.`` namespace) to a level."""
+
+    level: str = _option("info", choices=LOG_LEVELS)
+    levels: dict = _option({})
+
+
+@dataclass(frozen=True)
+class APIConfig:
+    """The HTTP API for calendars and ticket systems (docs/operations.md, "HTTP API"): presence lookup and
+    alerts, on the HTTP listener under ``path``, off by default, for a bearer token kept in a 0600 file."""
+
+    enabled: bool = _option(False)
+    path: str = _option("/api/")
+    token_file: str = _option("", path=True)
+    hosts: list = _option([], domains=True)
+    max_request_bytes: int = _option(65536, low=256, high=16 * 1024 * 1024)
+    max_recipients: int = _option(1000, low=1, high=100000)
+    max_alert_text_bytes: int = _option(4096, low=16, high=65536)
+
+    def read_token(self):
+        return read_first_line(self.token_file) if self.token_file else ""
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: str = _option("data", path=True)
     tls: TLSConfig = field(default_factory=TLSConfig)
@@ -719,6 +756,8 @@ class Config:
     smsc: dict = field(default_factory=dict)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     ldap: dict = field(default_factory=dict)
+    api: APIConfig = field(default_factory=APIConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     source: str = "(embedded defaults)"
 
     def data_path(self, name):
@@ -738,7 +777,7 @@ class Config:
         """Whether the bare JID ``bare`` (lowercase) is in ``[hosts.NAME] admins`` of ``host``, or of any
         host when ``host`` is None."""
         hosts = [self.hosts[host]] if host is not None else self.hosts.values()
-        return any(bare in (admin.lower() for admin in config.admins) for config in hosts)
+        return any(sitepolicy.is_admin(config, bare) for config in hosts)
 
 
 _SECTIONS = {"tls": TLSConfig, "c2s": C2SConfig, "s2s": S2SConfig, "http": HTTPConfig, "storage": StorageConfig,
@@ -746,7 +785,7 @@ _SECTIONS = {"tls": TLSConfig, "c2s": C2SConfig, "s2s": S2SConfig, "http": HTTPC
              "component_listener": ComponentListenerConfig, "sms": SMSConfig, "sip": SIPConfig, "muc": MUCConfig,
              "upload": UploadConfig, "pubsub": PubsubConfig, "external_services": ExternalServicesConfig,
              "metrics": MetricsConfig, "cluster": ClusterConfig,
-             "proxy65": Proxy65Config}
+             "proxy65": Proxy65Config, "api": APIConfig, "log": LogConfig}
 # Tables of named sub-tables: [hosts.NAME], [components.DOMAIN], [smsc.NAME].
 _NAMED = {"hosts": HostConfig, "components": ComponentConfig, "smsc": SMSCConfig, "ldap": LDAPConfig}
 
@@ -1023,6 +1062,9 @@ def parse(document, where):
         if smsc.reconnect_max_seconds < smsc.reconnect_min_seconds:
             problems.append(f"{where}: smsc.{name}.reconnect_max_seconds: must be at least reconnect_min_seconds")
     problems.extend(_cluster_problems(sections.get("cluster", base.cluster), where))
+    problems.extend(_site_policy_problems(sections.get("hosts", base.hosts), where))
+    problems.extend(_log_problems(sections.get("log", base.log), where))
+    problems.extend(_api_problems(sections.get("api", base.api), sections.get("hosts", base.hosts), where))
     _check_directories(sections, base, where, problems)
     if problems:
         raise ConfigError(problems)
@@ -1057,6 +1099,41 @@ def _check_directories(sections, base, where, problems):
         if host.ldap and host.registration:
             problems.append(f"{where}: hosts.{host_name}.registration: must be false on a host whose users "
                             "live in a directory")
+
+
+def _site_policy_problems(hosts, where):
+    """The site policy's lists of a host hold bare JIDs (``admins``, ``alert_senders``)."""
+    problems = []
+    for host_name, host in hosts.items():
+        for key in ("admins", "alert_senders"):
+            for text in getattr(host, key):
+                jid = parse_jid(text)
+                if jid is None or not jid.user or jid.resource:
+                    problems.append(f"{where}: hosts.{host_name}.{key}: {text!r} is not a bare JID (user@host)")
+    return problems
+
+
+def _log_problems(config, where):
+    """Each of ``[log] levels`` names a subsystem (or a ``bridge.`` namespace) and a level."""
+    problems = []
+    for name, level in config.levels.items():
+        if namespaces_of_log(name) is None:
+            problems.append(f"{where}: log.levels.{name}: not a subsystem ({', '.join(LOG_SUBSYSTEMS)}) "
+                            "nor a namespace beginning with 'bridge.'")
+        if level not in LOG_LEVELS:
+            problems.append(f"{where}: log.levels.{name}: must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
+    return problems
+
+
+def _api_problems(api, hosts, where):
+    """The API's path is a folder of its own, and its hosts are hosted."""
+    problems = []
+    if not (api.path.startswith("/") and api.path.endswith("/") and len(api.path) > 1):
+        problems.append(f"{where}: api.path: must begin and end with '/' and not be '/', not {api.path!r}")
+    for name in api.hosts:
+        if name not in hosts:
+            problems.append(f"{where}: api.hosts: {name!r} is not a [hosts.NAME] table")
+    return problems
 
 
 def _cluster_problems(cluster, where):
@@ -1211,6 +1288,14 @@ def _missing_files(config, where):
     services = config.external_services
     if services.turn_secret_file:
         _secret_file(where, "external_services.turn_secret_file", services.turn_secret_file, problems)
+    if config.api.enabled:
+        if not config.api.token_file:
+            problems.append(f"{where}: api.token_file: must name the file of the API's bearer token")
+        else:
+            token = _secret_file(where, "api.token_file", config.api.token_file, problems)
+            if token is not None and len(token) < MIN_API_TOKEN_CHARS:
+                problems.append(f"{where}: api.token_file: {config.api.token_file}: the token must have at least "
+                             f"{MIN_API_TOKEN_CHARS} characters (e.g. openssl rand -hex 32)")
     if config.cluster.enabled and config.cluster.password_file:
         _secret_file(where, "cluster.password_file", config.cluster.password_file, problems)
     return problems

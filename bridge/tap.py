@@ -19,6 +19,7 @@ from twisted.python import usage
 from bridge import __version__, config as configuration
 from bridge.core import datadir, storage as storage_module, tls
 from bridge.core.listening import listening_endpoint
+from bridge.core.loglevels import LevelFilter
 from bridge.core.control import SOCKET_NAME, ControlCommands, ControlFactory
 from bridge.core.proxyprotocol import ProxyHeaderFactory
 from bridge.core.reload import ContextHolder, Reloader
@@ -36,7 +37,7 @@ log = Logger()
 # The feature modules every local host loads, and those every gateway's or service's domain loads.
 FEATURES = ("presence", "roster", "offline", "disco", "ping", "version", "vcard", "private", "blocking",
             "register", "carbons", "push", "mam", "pep", "avatars", "bookmarks", "extdisco", "search",
-            "shared_groups", "admin")
+            "shared_groups", "admin", "alerts")
 SERVICE_FEATURES = ("disco", "ping", "version", "gateway")
 # Protocol gateways: (name, the configuration section it is given, its module).  Each module's
 # ``attach(ctx, reactor, tls_context)`` returns a Gateway, or None when the section leaves it off.
@@ -48,6 +49,7 @@ GATEWAYS = (
     ("upload", "upload", "bridge.gateways.upload"),
     ("pubsub", "pubsub", "bridge.gateways.pubsub"),
     ("proxy65", "proxy65", "bridge.gateways.proxy65"),
+    ("api", "api", "bridge.gateways.api"),
 )
 
 
@@ -365,6 +367,10 @@ def build(config, reactor, config_path=None):
     # SIP, SMS, email, the MUC and upload services (docs/sip.md, docs/sms.md, docs/email.md, docs/muc.md,
     # docs/web.md).
     attach_gateways(server, reactor, top, listen_on, tls_holder, reloader)
+    # Every module is imported by now: their loggers go through the levels of [log].
+    levels = LevelFilter(config.log)
+    levels.install()
+    reloader.add_step(levels.prepare_reload)
 
     def prepare_peers(new):
         peers = peer_tls(new)

@@ -17,6 +17,11 @@ roster, a new request is refused with ``resource-constraint``: the requests
 already waiting stay, since pushing out the oldest would let a stranger
 erase requests the user has not seen yet, and the refused sender learns why
 and may ask again once the user has answered some.
+
+A host's site policy (``presence_access``, bridge/core/sitepolicy.py) may
+let users see each other's presence without a subscription: then a
+session's presence also goes to the available users the policy lets see
+it, a new session is shown theirs, and their probes are answered.
 """
 
 from types import SimpleNamespace
@@ -24,6 +29,7 @@ from types import SimpleNamespace
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from bridge.core import sitepolicy
 from bridge.core.hooks import in_background
 from bridge.core.sessions import NO_DIRECTED
 from bridge.core.stanza import make, priority_of, readdress
@@ -106,6 +112,7 @@ class Presence:
     def _broadcast(self, session, stanza, initial, directed):
         roster = yield self.rosters.load(session.bare)
         targets = {item.jid for item in roster.items.values() if item.has_from} | set(directed)
+        targets |= self._watchers_by_policy(session.bare)
         for target in targets:
             self._send(stanza, target, session.full)
         unavailable = stanza.getAttribute("type") == "unavailable"
@@ -123,7 +130,35 @@ class Presence:
         for other in self.sessions.available(session.bare):
             if other is not session:
                 self._send(other.presence, session.full, other.full)
+        probed = {item.jid for item in roster.items.values() if item.has_to}
+        for other in self._seen_by_policy(session.bare):
+            if other.bare not in probed:
+                self._send(other.presence, session.full, other.full)
         self.ctx.fire("presence/initial", session)
+
+    def _available_others(self, bare):
+        """Available sessions of accounts other than ``bare``."""
+        return [other for other in self.sessions if other.available and other.bare != bare]
+
+    def _watchers_by_policy(self, bare):
+        """Accounts with an available session that the host's site policy lets see ``bare``'s presence."""
+        host = self.ctx.host
+        if host.config.presence_access == "roster":
+            return set()
+        return {other.bare for other in self._available_others(bare)
+                if sitepolicy.sees_presence(host.config, host.name, other.bare)}
+
+    def _seen_by_policy(self, bare):
+        """Available sessions of others whose hosts' site policy lets ``bare`` see them."""
+        hosts = self.ctx.server.hosts
+        if all(host.config.presence_access == "roster" for host in hosts.values()):
+            return []  # the default: no session table to walk at each login
+        seen = []
+        for other in self._available_others(bare):
+            host = hosts.get(other.jid.host)
+            if host is not None and sitepolicy.sees_presence(host.config, host.name, bare):
+                seen.append(other)
+        return seen
 
     def session_ended(self, session):
         """A session gone while available (a dropped socket too) is announced unavailable."""
@@ -250,7 +285,8 @@ class Presence:
         user = event.to.userhost()
         roster = yield self.rosters.load(user)
         item = roster.get(event.sender.userhost())
-        if item is None or not item.has_from:
+        host = self.ctx.host
+        if (item is None or not item.has_from) and not sitepolicy.sees_presence(host.config, host.name, event.sender):
             return
         available = self.sessions.available(user)
         for session in available:

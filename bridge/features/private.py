@@ -3,7 +3,9 @@
 Each account keeps one XML fragment per (namespace, element name); only the
 owner reads or writes them.  An account's fragments together take at most
 ``max_private_bytes_per_user`` bytes of XML; a set that would grow them past
-it is refused with ``resource-constraint``.
+it is refused with ``resource-constraint``.  A host's site policy may set
+its own bound, or none at all (``[hosts.NAME] max_private_bytes_per_user``,
+bridge/core/sitepolicy.py): then a set is refused with ``not-allowed``.
 
 A client's set is told on ``private/changed``; ``private/write`` stores a
 fragment for a conversion (``features/bookmarks.py``, from PEP), within the
@@ -12,6 +14,7 @@ same bound (``bridge.core.account_data``).
 
 from twisted.internet import defer
 
+from bridge.core import sitepolicy
 from bridge.core.account_data import Changed
 from bridge.core.hooks import in_background
 from bridge.core.stanza import error_reply, result_reply
@@ -30,8 +33,13 @@ def xml_bytes(fragments):
 class PrivateStorage:
     def __init__(self, ctx):
         self.ctx = ctx
-        self.max_bytes = ctx.config.quotas.max_private_bytes_per_user
         self._changes = KeyedLock()  # one account's fragments are changed one set at a time
+
+    def max_bytes(self, host):
+        """The bytes of private XML an account of ``host`` may keep (0: none)."""
+        config = self.ctx.config
+        return sitepolicy.storage_bound(config.hosts[host].max_private_bytes_per_user,
+                                        config.quotas.max_private_bytes_per_user)
 
     def _payload(self, event):
         if not event.from_owner():
@@ -60,14 +68,18 @@ class PrivateStorage:
         payload = self._payload(event)
         if payload is None:
             return None
+        if not self.max_bytes(event.host.name):
+            event.reply(error_reply(event.stanza, "not-allowed", "private storage is off on this host"))
+            return None
         return self._changes.run((event.host.name, event.to.user), self._set, event, payload)
 
     @defer.inlineCallbacks
     def _set(self, event, payload):
         stored = yield self._store(event.host.name, event.to.user, payload)
         if not stored:
+            limit = self.max_bytes(event.host.name)
             event.reply(error_reply(event.stanza, "resource-constraint",
-                                    f"private storage is limited to {self.max_bytes} bytes per account"))
+                                    f"private storage is limited to {limit} bytes per account"))
             return
         change = Changed(event.to.userhost(), f"{payload.uri} {payload.name}", payload)
         self.ctx.fire("private/changed", change)
@@ -80,7 +92,7 @@ class PrivateStorage:
         before = xml_bytes(stored)
         stored[f"{payload.uri} {payload.name}"] = serialize(payload)
         after = xml_bytes(stored)
-        if after > self.max_bytes and after > before:
+        if after > self.max_bytes(host) and after > before:
             return False
         yield self.ctx.storage.set(host, user, STORE, stored)
         return True
@@ -95,7 +107,8 @@ class PrivateStorage:
 
     def _written(self, stored, request):
         if not stored:
-            raise ValueError(f"private storage of {request.owner} would pass {self.max_bytes} bytes")
+            raise ValueError(f"private storage of {request.owner} would pass "
+                             f"{self.max_bytes(request.owner.split('@', 1)[1])} bytes")
 
     def read(self, request):
         """``private/read``: the stored fragment named ``request.name`` (or None), for a conversion."""

@@ -6,7 +6,9 @@ browsable URL (a pain point of the field reports).  The SHA-1 of the photo
 is added to the owner's outgoing presence when the client left it out.
 A vCard of more than ``max_vcard_bytes`` bytes of XML is refused with
 ``not-acceptable``; the default holds a real avatar photo, base64 and all,
-within the default client stanza size limit.
+within the default client stanza size limit.  A host's site policy may set
+its own bound, or none at all (``[hosts.NAME] max_vcard_bytes``,
+bridge/core/sitepolicy.py): then a set is refused with ``not-allowed``.
 
 A client's new vCard is told on ``vcard/changed``; ``vcard/write`` puts
 another photo in the stored vCard (``features/avatars.py``, from PEP), after
@@ -26,6 +28,7 @@ import hashlib
 from twisted.internet import defer
 from twisted.words.xish import domish
 
+from bridge.core import sitepolicy
 from bridge.core.account_data import Changed
 from bridge.core.directory import DirectoryUnavailable
 from bridge.core.hooks import AMEND, in_background
@@ -81,10 +84,13 @@ def _from_user_of(event):
 class VCards:
     def __init__(self, ctx):
         self.ctx = ctx
-        self.max_bytes = ctx.config.quotas.max_vcard_bytes
         self._hashes = {}
         self._changes = KeyedLock()  # a client's set and a conversion's write, one at a time per account
         self.directory = ctx.accounts.directory(ctx.host.name) if ctx.has_accounts else None
+
+    def max_bytes(self):
+        """The bytes of XML a vCard of this host may take (0: none kept)."""
+        return sitepolicy.storage_bound(self.ctx.host.config.max_vcard_bytes, self.ctx.config.quotas.max_vcard_bytes)
 
     @in_background()
     @defer.inlineCallbacks
@@ -117,9 +123,12 @@ class VCards:
             return
         vcard = event.stanza.vCard
         text = serialize(vcard)
-        if len(text.encode("utf-8")) > self.max_bytes:
-            event.reply(error_reply(event.stanza, "not-acceptable",
-                                    f"a vCard may take at most {self.max_bytes} bytes"))
+        max_bytes = self.max_bytes()
+        if not max_bytes:
+            event.reply(error_reply(event.stanza, "not-allowed", "vCards are not kept on this host"))
+            return
+        if len(text.encode("utf-8")) > max_bytes:
+            event.reply(error_reply(event.stanza, "not-acceptable", f"a vCard may take at most {max_bytes} bytes"))
             return
         yield self._changes.run(event.to.userhost(), self._set, event, vcard, text)
 
@@ -156,8 +165,8 @@ class VCards:
             photo.addElement("TYPE", content=kind)
             photo.addElement("BINVAL", content=base64.b64encode(data).decode("ascii"))
         text = serialize(vcard)
-        if len(text.encode("utf-8")) > self.max_bytes:
-            raise ValueError(f"the vCard would take more than {self.max_bytes} bytes")
+        if len(text.encode("utf-8")) > self.max_bytes():
+            raise ValueError(f"the vCard would take more than {self.max_bytes()} bytes")
         digest = photo_hash(vcard)
         yield self.ctx.storage.set(host, user, STORE, {"xml": text, "photo": digest})
         changed = self._hashes.get(request.owner) != digest

@@ -6,7 +6,10 @@ Two producers feed one persisted outbox:
   notification channels include "email" and who has an address, the
   message's sender, time and text are appended to that user's digest queue.
   ``digest_seconds`` after the first of them, everything in the queue becomes
-  one email (a digest when there are several) and moves to the outbox.
+  one email (a digest when there are several) and moves to the outbox.  A
+  headline (an alert, RFC 6121 section 5.2.2), which is not stored, joins
+  the same queue when the user has no available resource, as the SMS
+  gateway texts it.
 - **Conversation archive.**  When ``archive_recipients`` is set, every chat
   message one local user sends another (seen on ``stanza/out``, once the
   block lists let it pass, whether a client or a SIP phone said it) is
@@ -196,6 +199,7 @@ class EmailGateway:
         self.delivered = 0            # counters, for logs and tests
         self.dropped = 0
         ctx.hook_local("offline/stored", self.offline_stored)
+        ctx.hook_local("message/bare", self.headline, OBSERVE)
         if self.config.archive_recipients:
             ctx.hook_local("stanza/out", self.stanza_out, OBSERVE)
 
@@ -261,6 +265,15 @@ class EmailGateway:
         self._collect_offline(host, user, stanza).addErrback(
             lambda failure: log.failure("email: queuing for {user}@{host} failed", failure, user=user, host=host))
         return False
+
+    def headline(self, event):
+        """An alert for a user with no available resource is mailed as a stored message is; never claims it."""
+        stanza = event.stanza
+        if stanza.getAttribute("type") != "headline" or event.to is None or not event.to.user:
+            return False
+        if any(s.priority >= 0 for s in self.ctx.sessions.available(event.to.userhost())):
+            return False
+        return self.offline_stored((event.host.name, event.to.user, stanza))
 
     @defer.inlineCallbacks
     def _collect_offline(self, host, user, stanza):

@@ -473,3 +473,37 @@ class StartTLSTests(SynchronousTestCase):
         received = client.received()
         self.assertEqual([e.name for e in received], ["success", "error"])
         self.assertEqual(stream_error(received), "policy-violation")
+
+
+class LoginLogTests(SynchronousTestCase):
+    """What a login says in the log: who, from where, over what."""
+
+    def setUp(self):
+        from twisted.logger import Logger, formatEvent
+        from bridge.core.streams import c2s
+        self.lines = []
+        self.patch(c2s, "log", Logger(observer=lambda event: self.lines.append(formatEvent(event))))
+        self.harness = Harness()
+        self.harness.add_user("alice@localhost")
+
+    def fail_login(self, user):
+        client = self.harness.connect()
+        client.open_stream()
+        return scram_login(client, user, "wrong").name
+
+    def test_failed_login_names_the_jid_once(self):
+        """A client that sends its whole JID as user name is logged as alice@localhost, not
+        alice@localhost@localhost; a bare user name gets the stream's host once."""
+        self.assertEqual(self.fail_login("alice@localhost"), "failure")
+        self.assertEqual(self.fail_login("bob"), "failure")
+        failed = [line for line in self.lines if line.startswith("authentication failed")]
+        self.assertEqual(len(failed), 2)
+        self.assertTrue(failed[0].startswith("authentication failed for alice@localhost from 127.0.0.1:40000"),
+                        failed[0])
+        self.assertTrue(failed[1].startswith("authentication failed for bob@localhost from "), failed[1])
+        self.assertNotIn("@localhost@", " ".join(self.lines))
+
+    def test_successful_login_logged_with_address_and_transport(self):
+        """A successful login is logged with the JID, the client's address and the transport."""
+        self.harness.login("alice@localhost/desk")
+        self.assertIn("alice@localhost logged in from 127.0.0.1:40000 over tcp", self.lines)

@@ -156,7 +156,19 @@ class KeyedLockTests(SynchronousTestCase):
         self.assertEqual(steps, ["a1", "b1", "a2"])
         second.callback("done")
         self.assertEqual(self.successResultOf(a2), "done")
-        self.assertEqual(lock._tails, {})
+        self.assertEqual(lock._waiting, {})
+
+    def test_a_long_queue_of_steps_that_finish_at_once(self):
+        """Thousands of steps queued behind one that waits all run, in order, when it ends, though each
+        finishes at once: no RecursionError (a login shown the presence of hundreds of colleagues)."""
+        lock, steps = KeyedLock(), []
+        held = defer.Deferred()
+        lock.run("a", lambda: held)
+        results = [lock.run("a", lambda n=n: steps.append(n)) for n in range(3000)]
+        held.callback(None)
+        self.assertEqual(steps, list(range(3000)))
+        self.assertEqual([self.successResultOf(result) for result in results[-2:]], [None, None])
+        self.assertEqual(lock._waiting, {})
 
 
 class DocumentCacheTests(SynchronousTestCase):

@@ -49,8 +49,10 @@ class MUCTestCase(SynchronousTestCase):
         self.storage = LateStorage()
         self.start_server()
 
+    localhost = {}
+
     def start_server(self):
-        document = {"c2s": {"require_encryption": False}, "hosts": {"localhost": {}, "example.net": {}},
+        document = {"c2s": {"require_encryption": False}, "hosts": {"localhost": self.localhost, "example.net": {}},
                     "muc": self.muc, "mam": self.mam}
         self.harness = Harness(configuration.parse(document, "test.toml"), self.storage)
         for user in self.users:
@@ -269,6 +271,16 @@ class AdminsOnlyTests(MUCTestCase):
         self.assertEqual(condition(self.join("alice")[0]), "not-allowed")
         got = self.join("carol", create_instant=False)
         self.assertIn(201, codes(got[0]))
+
+
+class HostAdminsTests(MUCTestCase):
+    muc = {"creation": "admins"}
+    localhost = {"admins": ["dave@localhost"]}
+
+    def test_host_admins_create_rooms(self):
+        """The site policy's admins of a host are the MUC service's admins for creation = admins."""
+        self.assertEqual(condition(self.join("alice")[0]), "not-allowed")
+        self.assertIn(201, codes(self.join("dave", create_instant=False)[0]))
 
 
 class ConfigurationTests(MUCTestCase):

@@ -25,9 +25,9 @@ PIDF_DND = b"""<?xml version="1.0" encoding="UTF-8"?>
 """
 
 
-def make_config():
+def make_config(**host):
     document = {"c2s": {"require_encryption": False}, "sip": {"enabled": True, "digest_algorithms": ["MD5"]},
-                "hosts": {"localhost": {}}}
+                "hosts": {"localhost": host}}
     return configuration.parse(document, "test.toml")
 
 
@@ -90,8 +90,10 @@ class UA:
 
 
 class SimpleTestCase(SynchronousTestCase):
+    host_settings = {}
+
     def setUp(self):
-        self.harness = Harness(make_config())
+        self.harness = Harness(make_config(**self.host_settings))
         self.server = self.harness.server
         self.clock = self.harness.clock
         for user, password in PASSWORDS.items():
@@ -292,6 +294,30 @@ class SubscribeTests(SimpleTestCase):
         response = self.exchange(UA(self, "bob", "n-1").request(
             "NOTIFY", "sip:alice@localhost", headers=[("Event", "presence"), ("Subscription-State", "active")]))
         self.assertEqual(response.status, 481)
+
+
+class DomainSiteTests(SimpleTestCase):
+    host_settings = {"presence_access": "domain"}
+
+    def test_colleague_watches_without_subscription(self):
+        """In a "domain" site a SIP colleague's SUBSCRIBE is active at once (200) with nothing in the roster."""
+        self.xmpp("alice@localhost/desk", "<presence><status>Writing</status></presence>")
+        response = UA(self, "bob", "sub-domain").subscribe()
+        self.assertEqual(response.status, 200)
+        [notify] = self.notifies()
+        self.assertEqual(self.state(notify).state, "active")
+        self.assertEqual(parse_pidf(notify.body).availability.status, "Writing")
+
+
+    def test_sip_only_user_seen_by_xmpp_colleague(self):
+        """In a "domain" site the presence a SIP-only user publishes is shown to an XMPP colleague who
+        never subscribed, when the colleague logs in."""
+        self.assertEqual(UA(self, "bob", "pub-domain").publish().status, 200)
+        alice = self.harness.login("alice@localhost/desk", PASSWORDS["alice"])
+        alice.send("<presence/>")
+        shown = [p for p in alice.received() if p.name == "presence" and p["from"] == "bob@localhost/sip"]
+        self.assertEqual(len(shown), 1)
+        self.assertEqual(str(shown[0].show), "dnd")
 
 
 class PublishTests(SimpleTestCase):

@@ -236,6 +236,19 @@ class OfflineEmailTests(GatewayTestBase):
         self.assertEqual(self.relay.answer(), 0)
         self.assertEqual(self.outbox(), [])
 
+    def test_alert_to_an_offline_user_is_mailed(self):
+        """A headline (an alert, not stored) to a user with no available resource is mailed as a stored
+        message is; one to a user who is online is not."""
+        alice = self.login("alice@localhost/a")
+        self.say(alice, "bob@localhost", "meeting moved to 3pm", kind="headline")
+        self.reactor.advance(60)
+        self.assertEqual(self.relay.answer(), 1)
+        self.assertIn("meeting moved to 3pm", self.relay.mails()[0].get_content())
+        self.login("bob@localhost/b")
+        self.say(alice, "bob@localhost", "you are here", kind="headline")
+        self.reactor.advance(600)
+        self.assertEqual(self.relay.answer(), 0)
+
     def test_other_offline_handlers_still_run(self):
         """The gateway never claims offline/stored, so the SMS gateway hooked after it still hears it."""
         seen = []

@@ -86,33 +86,44 @@ class KeyedLock:
     ``run(key, function, *args)`` calls ``function`` (which returns a Deferred)
     once every earlier ``run`` with the same key has finished, so that two
     changes of one document never both read the old version.  Keys with
-    nothing waiting take no memory.
+    nothing waiting take no memory.  Steps that finish at once (a cached
+    document) run in a loop, not as callbacks nested in each other's: a
+    queue of hundreds (a login shown the presence of every colleague) must
+    not reach Python's recursion limit.
     """
 
     def __init__(self):
-        self._tails = {}  # key -> Deferred of the last run queued for it
+        self._waiting = {}  # key -> deque of (function, args, result) queued behind the step running
 
     def run(self, key, function, *args):
-        previous = self._tails.get(key)
         result = defer.Deferred()
-        done = defer.Deferred()
-        self._tails[key] = done
-
-        def start(_):
-            d = defer.maybeDeferred(function, *args)
-            d.addBoth(finish)
-
-        def finish(outcome):
-            if self._tails.get(key) is done:
-                del self._tails[key]
-            if isinstance(outcome, Failure):
-                result.errback(outcome)
-            else:
-                result.callback(outcome)
-            done.callback(None)
-
-        if previous is None:
-            start(None)
+        if key in self._waiting:
+            self._waiting[key].append((function, args, result))
         else:
-            previous.addCallback(start)
+            self._waiting[key] = collections.deque()
+            self._run_from(key, (function, args, result))
         return result
+
+    def _run_from(self, key, step):
+        while step is not None:
+            function, args, result = step
+            outcome = []
+            d = defer.maybeDeferred(function, *args)
+            d.addBoth(outcome.append)
+            if not outcome:  # it waits: the queue goes on when it ends
+                d.addCallback(lambda _, result=result, outcome=outcome:
+                              self._run_from(key, self._settle(key, result, outcome[0])))
+                return
+            step = self._settle(key, result, outcome[0])
+
+    def _settle(self, key, result, outcome):
+        """Give a finished step's outcome to its caller; the next step of ``key``, or None (the key is free)."""
+        queue = self._waiting[key]
+        step = queue.popleft() if queue else None
+        if step is None:
+            del self._waiting[key]
+        if isinstance(outcome, Failure):
+            result.errback(outcome)
+        else:
+            result.callback(outcome)
+        return step

@@ -45,6 +45,13 @@ MAX_REQUESTS_IN_WORK = 16
 STANZAS = ("message", "presence", "iq")
 
 
+def attempted_jid(username, host):
+    """The JID a login tried, named once: a client that sends a whole JID as its user name
+    (``alice@example.com``) is not logged as ``alice@example.com@example.com``."""
+    name = username if username is not None else "(no user name)"
+    return name if "@" in name else f"{name}@{host}"
+
+
 def _directory_unavailable(failure):
     """A host's directory that does not answer: temporary-auth-failure (RFC 6120 6.5.12), not a verdict."""
     failure.trap(DirectoryUnavailable)
@@ -439,6 +446,8 @@ class ClientStream:
             if encoded:
                 success.addContent(encoded)
             self._authenticated(exchange.username)
+            log.info("{jid} logged in from {peer} over {transport}", jid=f"{exchange.username}@{self.host}",
+                     peer=self.framing.peer, transport=self._transport_name())
             self.framing.send(success)
             self._restart()
 
@@ -448,10 +457,16 @@ class ClientStream:
             self._sasl_failure(failure.value.condition)
             if failure.value.condition == "not-authorized":
                 self.server.failed_logins.failed(self._peer_host())
-                log.info("authentication failed for {user}@{host} from {peer}", user=exchange.username,
-                         host=self.host, peer=self.framing.peer)
+                log.info("authentication failed for {jid} from {peer} over {transport}",
+                         jid=attempted_jid(exchange.username, self.host), peer=self.framing.peer,
+                         transport=self._transport_name())
 
         d.addCallbacks(answered, failed).addErrback(self._internal_error)
+
+    def _transport_name(self):
+        """What carries the stream, as the logs name it: tcp, bosh or websocket, and whether over TLS."""
+        kind = getattr(self.framing, "kind", "tcp")
+        return f"{kind}+tls" if self.framing.tls_transport() is not None else kind
 
     def _peer_host(self):
         """The client's address without its port (how failed logins are counted)."""

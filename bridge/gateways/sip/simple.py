@@ -9,8 +9,10 @@ in memory, on the clock it is given:
   registrar's authenticator, the account's HA1), to a local XMPP account
   creates a dialog.  The roster decides, as for an XMPP contact: the
   presentity's roster item for the watcher's bare JID must have
-  subscription ``from`` or ``both``.  Otherwise the subscription is pending
-  and ``<presence type='subscribe'/>`` is said by the watcher's phone session
+  subscription ``from`` or ``both``, unless the host's site policy
+  (``presence_access`` "domain" or "everyone") lets the watcher see it
+  anyway, so a SIP-only user is seen by colleagues.  Otherwise the
+  subscription is pending and ``<presence type='subscribe'/>`` is said by the watcher's phone session
   (``phones.py``) to the presentity, whose client shows the request; the ``subscribed`` that
   approves it (or ``unsubscribed`` that refuses it) is seen on its way to
   the watcher (hook ``presence/bare``) and activates (or terminates) the
@@ -43,6 +45,7 @@ import secrets
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from bridge.core import sitepolicy
 from bridge.core.hooks import OBSERVE
 from bridge.core.pubsub import NS_PUBSUB
 from bridge.core.stanza import make, priority_of
@@ -299,8 +302,12 @@ class SimplePresence:
 
     @defer.inlineCallbacks
     def _authorised(self, presentity, watcher):
-        """True when ``watcher`` may see ``presentity``'s presence: the roster's from/both, or oneself."""
+        """True when ``watcher`` may see ``presentity``'s presence: the roster's from/both, oneself, or the
+        site policy of the presentity's host (``presence_access``, bridge/core/sitepolicy.py)."""
         if presentity == watcher:
+            return True
+        host = self.ctx.local_host(presentity.split("@", 1)[1])
+        if host is not None and sitepolicy.sees_presence(self.ctx.host_config(host), host, watcher):
             return True
         roster = yield self.ctx.rosters.load(presentity)
         item = roster.get(watcher)
