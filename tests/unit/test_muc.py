@@ -910,3 +910,170 @@ class RetentionTests(MUCTestCase):
         self.harness.clock.advance(3 * 3600)
         stored = result_of(self.storage.archive_query("conference.localhost", "room", ArchiveQuery()))
         self.assertEqual(["new" in record.stanza for record in stored.records], [True])
+
+
+def register_form(nick):
+    return ("<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'>"
+            "<value>http://jabber.org/protocol/muc#register</value></field>"
+            f"<field var='muc#register_roomnick'><value>{nick}</value></field></x>")
+
+
+class RegistrationTests(MUCTestCase):
+    def register(self, user, nick, room=ROOM):
+        client = self.clients.get(user) or self.online(user)
+        return client.iq(f"<iq type='set' id='reg' to='{room}'><query xmlns='jabber:iq:register'>"
+                         f"{register_form(nick)}</query></iq>")
+
+    def reserved(self, user):
+        return self.clients[user].iq(f"<iq type='get' id='rn' to='{ROOM}'><query "
+                                     "xmlns='http://jabber.org/protocol/disco#info' node='x-roomuser-item'/></iq>")
+
+    def test_registration_form_then_registered(self):
+        """Before registering, a user is sent the muc#register form with a nickname field; after, the room
+        answers <registered/> with the nickname, and the user has become a member."""
+        self.join("alice")
+        form = self.online("bob").iq(f"<iq type='get' id='g' to='{ROOM}'><query xmlns='jabber:iq:register'/></iq>")
+        fields = {f["var"] for f in form.query.x.elements() if f.name == "field"}
+        self.assertIn("muc#register_roomnick", fields)
+        self.assertEqual(self.register("bob", "Bobby")["type"], "result")
+        again = self.clients["bob"].iq(f"<iq type='get' id='g2' to='{ROOM}'><query xmlns='jabber:iq:register'/></iq>")
+        self.assertIsNotNone(again.query.registered)
+        self.assertEqual(str(again.query.username), "Bobby")
+        self.assertEqual(self.service.rooms["conference.localhost"]["room"].affiliation("bob@localhost"), "member")
+
+    def test_registered_nick_is_reserved_for_its_user(self):
+        """A registered nickname is refused to others with conflict, on joining and on a nick change; its
+        owner enters with it."""
+        self.join("alice")
+        self.register("bob", "Bobby")
+        [refused] = self.join("carol", nick="Bobby")
+        self.assertEqual(condition(refused), "conflict")
+        self.join("carol")
+        self.clients["carol"].send(f"<presence to='{ROOM}/Bobby'/>")
+        [refused] = self.got("carol")
+        self.assertEqual(condition(refused), "conflict")
+        got = self.join("bob", nick="Bobby")
+        self.assertIn(110, codes([s for s in got if s.name == "presence"][-1]))
+
+    def test_nick_registered_by_another_is_a_conflict(self):
+        """Registering a nickname another user registered, or one in use by an occupant, is a conflict;
+        a banned user is forbidden."""
+        self.join("alice")
+        self.register("bob", "Bobby")
+        self.assertEqual(condition(self.register("carol", "Bobby")), "conflict")
+        self.assertEqual(condition(self.register("carol", "Alice")), "conflict")
+        self.admin("alice", "<item affiliation='outcast' jid='dave@localhost'/>")
+        self.assertEqual(condition(self.register("dave", "Dave")), "forbidden")
+
+    def test_members_only_room_registers_members_only(self):
+        """In a members-only room a non-member gets registration-required; a member registers."""
+        self.join("alice")
+        self.configure("alice", membersonly="1")
+        self.assertEqual(condition(self.register("bob", "Bobby")), "registration-required")
+        self.admin("alice", "<item affiliation='member' jid='bob@localhost'/>")
+        self.assertEqual(self.register("bob", "Bobby")["type"], "result")
+
+    def test_reserved_nick_discovery(self):
+        """disco#info on node x-roomuser-item names the asker's registered nickname, and nothing before."""
+        self.join("alice")
+        self.online("bob")
+        self.assertIsNone(self.reserved("bob").query.identity)
+        self.register("bob", "Bobby")
+        self.assertEqual(self.reserved("bob").query.identity["name"], "Bobby")
+
+    def test_removal_and_lost_membership_free_the_nick(self):
+        """<remove/> gives a registered nickname up; so does losing the affiliation."""
+        self.join("alice")
+        self.register("bob", "Bobby")
+        self.clients["bob"].iq(f"<iq type='set' id='rm' to='{ROOM}'><query xmlns='jabber:iq:register'>"
+                               "<remove/></query></iq>")
+        self.assertEqual(self.register("carol", "Bobby")["type"], "result")
+        self.admin("alice", "<item affiliation='none' jid='carol@localhost'/>")
+        self.assertEqual(self.register("dave", "Bobby")["type"], "result")
+
+    def test_malformed_registrations(self):
+        """A form without a nickname is bad-request; a nickname that cannot be a JID resource is
+        jid-malformed."""
+        self.join("alice")
+        self.online("bob")
+        empty = self.clients["bob"].iq(f"<iq type='set' id='e' to='{ROOM}'><query xmlns='jabber:iq:register'>"
+                                       "<x xmlns='jabber:x:data' type='submit'/></query></iq>")
+        self.assertEqual(condition(empty), "bad-request")
+        self.assertEqual(condition(self.register("bob", "x" * 1100)), "jid-malformed")
+
+    def test_registered_nick_survives_a_restart(self):
+        """A persistent room keeps its registered nicknames over a restart."""
+        self.join("alice")
+        self.configure("alice", persistentroom="1")
+        self.register("bob", "Bobby")
+        self.restart()
+        [refused] = self.join("carol", nick="Bobby")
+        self.assertEqual(condition(refused), "conflict")
+
+
+class SessionTests(MUCTestCase):
+    def second(self, user, nick=None):
+        """Another resource of ``user`` joins under its nick; the client and what it got."""
+        client = self.harness.login(f"{user}@localhost/other")
+        client.send("<presence/>")
+        client.received()
+        client.send(f"<presence to='{ROOM}/{nick or user.title()}'><x xmlns='{NS_MUC}'/></presence>")
+        return client, client.received()
+
+    def test_second_resource_joins_as_the_same_occupant(self):
+        """A second resource of the same bare JID under the same nick enters (110), others are not told of a
+        new occupant, and a room message reaches both resources."""
+        self.join("alice")
+        self.join("bob")
+        self.got("alice")
+        other, got = self.second("bob")
+        self.assertIn(110, codes([s for s in got if s.name == "presence"][-1]))
+        self.assertEqual(self.got("alice"), [])
+        self.assertEqual(len(self.service.rooms["conference.localhost"]["room"].occupants), 2)
+        self.say("alice", "hello")
+        self.assertEqual(self.bodies(self.got("bob")), ["hello"])
+        self.assertEqual(self.bodies(other.received()), ["hello"])
+
+    def test_another_user_still_gets_conflict(self):
+        """A different bare JID asking for an occupied nick still gets conflict."""
+        self.join("alice")
+        [refused] = self.join("bob", nick="Alice")
+        self.assertEqual(condition(refused), "conflict")
+
+    def test_private_messages_reach_every_resource(self):
+        """A private message to the occupant reaches all of its resources."""
+        self.join("alice")
+        self.join("bob")
+        other, _ = self.second("bob")
+        self.got("bob")
+        self.clients["alice"].send(f"<message type='chat' to='{ROOM}/Bob'><body>psst</body></message>")
+        self.assertEqual(self.bodies(self.got("bob")), ["psst"])
+        self.assertEqual(self.bodies(other.received()), ["psst"])
+
+    def test_one_resource_leaving_keeps_the_occupant(self):
+        """One resource leaving gets its own unavailable presence, the others stay; the last one leaving
+        removes the occupant, which the room sees."""
+        self.join("alice")
+        self.join("bob")
+        other, _ = self.second("bob")
+        self.got("alice")
+        other.send(f"<presence type='unavailable' to='{ROOM}/Bob'/>")
+        [gone] = other.received()
+        self.assertEqual((gone["type"], codes(gone)), ("unavailable", {110}))
+        self.assertEqual(self.got("alice"), [])
+        self.say("alice", "still there?")
+        self.assertEqual(self.bodies(self.got("bob")), ["still there?"])
+        self.assertEqual(self.bodies(other.received()), [])
+        self.clients["bob"].send(f"<presence type='unavailable' to='{ROOM}/Bob'/>")
+        [left] = [s for s in self.got("alice") if s.name == "presence"]
+        self.assertEqual((left["from"], left["type"]), (f"{ROOM}/Bob", "unavailable"))
+
+    def test_kick_removes_every_resource(self):
+        """Kicking an occupant tells each of its resources (307) and takes them all out."""
+        self.join("alice")
+        self.join("bob")
+        other, _ = self.second("bob")
+        self.admin("alice", "<item nick='Bob' role='none'/>")
+        self.assertIn(307, codes([s for s in other.received() if s.name == "presence"][-1]))
+        self.assertIn(307, codes([s for s in self.got("bob") if s.name == "presence"][-1]))
+        self.assertEqual(self.service.rooms["conference.localhost"]["room"].by_jid.keys(), {"alice@localhost/r"})
