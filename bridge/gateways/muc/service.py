@@ -36,12 +36,14 @@ from twisted.words.xish import domish
 
 from bridge.core.server import looping_call
 from bridge.core.storage import ArchiveItemNotFound, ArchiveQuery, ArchiveRecord
-from bridge.core.stanza import delay_element, error_reply, make, parse_jid, readdress, result_reply
+from bridge.core.stanza import (delay_element, error_reply, first_child, make, parse_jid, readdress,
+                                result_reply)
 from bridge.core.xmlstream import parse_element, serialize
 from bridge.core.mam_query import NS_MAM, QueryError, fin_reply, new_id, parse_query, result_message
 from bridge.gateways.muc.forms import (NS_REQUEST, FormError, RoomConfig, apply_form, config_form, form_type,
                                       register_form, registered_nick, room_info_form, voice_decision,
                                       voice_request_form)
+from bridge.gateways.muc.iqs import Forwarded, ForwardedIQs
 from bridge.gateways.muc.room import AFFILIATIONS, RANK, HistoryEntry, Occupant, Room
 
 log = Logger()
@@ -69,6 +71,8 @@ MAX_REASON_CHARS = 1024
 VOICE_REQUEST_INTERVAL_SECONDS = 60  # a visitor's voice requests reach the moderators at most this often
 MAX_WAITING_WHILE_LOADING = 1000  # stanzas that arrive before the stored rooms are read
 MAX_SESSIONS_PER_OCCUPANT = 10  # resources of one bare JID under one nickname
+MAX_FORWARDED_IQS_PER_ASKER = 10  # IQs to occupants one real JID may have awaiting answers
+NS_VCARD = "vcard-temp"  # an IQ to an occupant of this namespace goes to its bare JID (XEP-0054 lives there)
 
 
 def attach(ctx, reactor, tls_context):
@@ -105,6 +109,9 @@ class MUCService:
         self.admins = frozenset(jid.lower() for jid in self.config.admins)
         self._occupant_key = ctx.derive_key("muc occupant-id")
         self._waiting = None  # while the stored rooms are read: [(handler, event)]
+        self.forwarded = ForwardedIQs(self.clock, self.config.max_forwarded_iqs, MAX_FORWARDED_IQS_PER_ASKER,
+                                      self.config.forwarded_iq_timeout_seconds, self._forwarded_timeout)
+        self._forward_when_loaded = self._when_loaded(self.forward_iq)
         for host in ctx.host_names():
             domain = f"{self.config.subdomain}.{host}".lower()
             ctx.serve(domain, ("conference", "text", "Chatrooms"), listed_on=host)
@@ -122,12 +129,14 @@ class MUCService:
                 (f"iq-set/bare/{NS_OWNER}:query", self.on_owner_set),
                 (f"iq-get/bare/{NS_ADMIN}:query", self.on_admin_get),
                 (f"iq-set/bare/{NS_ADMIN}:query", self.on_admin_set),
-                (f"iq-get/full/{NS_PING}:ping", self.on_self_ping),
+                ("iq-result/full", self.on_forwarded_answer),
+                ("iq-error/full", self.on_forwarded_answer),
                 (f"iq-set/bare/{NS_MODERATE}:moderate", self.on_moderate),
                 (f"iq-get/bare/{NS_IQ_REGISTER}:query", self.on_register_get),
                 (f"iq-set/bare/{NS_IQ_REGISTER}:query", self.on_register_set),
                 (f"iq-set/bare/{NS_MAM}:query", self.on_archive_query)):
             ctx.hook(event, self._when_loaded(handler))
+        ctx.hook("stanza/in", self.on_occupant_iq)
         if self.mam.enabled and any(self._retention_days(domain) for domain in self.hosts):
             looping_call(self.clock, self.mam.purge_interval_seconds, self.purge)
 
@@ -699,15 +708,58 @@ class MUCService:
 
     # -- IQs --------------------------------------------------------------------------------
 
-    def on_self_ping(self, event):
-        """XEP-0410: an occupant asks whether it is still in the room under that nick."""
+    def on_occupant_iq(self, event):
+        """An IQ get or set to ``room/nick``, whatever its payload (the events of IQs are named after it)."""
+        stanza = event.stanza
+        if stanza.name != "iq" or stanza.getAttribute("type") not in ("get", "set") or event.to.resource is None \
+                or event.to.user is None:
+            return False
+        return self._forward_when_loaded(event)
+
+    def forward_iq(self, event):
+        """An occupant's IQ to another occupant goes to its real JID under an id of the room's (vCard
+        requests to its bare JID); XEP-0410: a ping to one's own occupant JID is answered here."""
+        stanza, sender = event.stanza, event.sender
         room = self._room_of(event)
-        occupant = room.by_jid.get(event.sender.full()) if room is not None and event.sender else None
-        if occupant is None or occupant.nick != event.to.resource:
-            self._error(event.stanza, "not-acceptable", "you are not in the room under that nickname")
-        else:
-            self.ctx.route(result_reply(event.stanza))
+        asker = room.by_jid.get(sender.full()) if room is not None and sender is not None else None
+        if asker is None:
+            self._error(stanza, "not-acceptable", "only occupants send IQs to occupants")
+            return True
+        target = room.occupants.get(event.to.resource)
+        payload = first_child(stanza)
+        if target is asker and payload is not None and (payload.uri, payload.name) == (NS_PING, "ping"):
+            self.ctx.route(result_reply(stanza))
+            return True
+        if target is None:
+            self._error(stanza, "item-not-found", "nobody has that nickname here")
+            return True
+        answerer = target.bare if payload is not None and payload.uri == NS_VCARD else target.jid
+        room_id = self.forwarded.add(Forwarded(sender.full(), stanza.getAttribute("id"), event.to.full(), answerer))
+        if room_id is None:
+            self._error(stanza, "resource-constraint", "too many IQs await answers")
+            return True
+        forwarded = readdress(stanza, answerer, f"{room.jid}/{asker.nick}")
+        forwarded["id"] = room_id
+        self.ctx.route(forwarded)
         return True
+
+    def on_forwarded_answer(self, event):
+        """The answer to a forwarded IQ goes back to its asker, from the occupant JID it asked, under its id;
+        an answer from anyone but the JID the IQ went to is dropped."""
+        stanza, sender = event.stanza, event.sender
+        forwarded = self.forwarded.take(stanza.getAttribute("id") or "", sender.full() if sender else None)
+        if forwarded is not None:
+            answer = readdress(stanza, forwarded.asker, forwarded.occupant_jid)
+            if forwarded.asker_id is None:
+                del answer.attributes["id"]
+            else:
+                answer["id"] = forwarded.asker_id
+            self.ctx.route(answer)
+        return True
+
+    def _forwarded_timeout(self, forwarded):
+        asked = make("iq", to=forwarded.occupant_jid, sender=forwarded.asker, type="get", id=forwarded.asker_id)
+        self._error(asked, "remote-server-timeout", "the occupant did not answer")
 
     def _visible_room(self, event):
         """The room an IQ is about, or None after answering item-not-found (a locked room is the owner's)."""
