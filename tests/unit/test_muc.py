@@ -1219,3 +1219,17 @@ class ForwardedIQTableTests(SynchronousTestCase):
         self.assertIsNotNone(table.add(Forwarded("c@x/r", "1", "r@c/B", "b@x/r")))
         self.assertIsNone(table.take(ids[0], "c@x/r"))
         self.assertEqual(table.take(ids[0], "b@x/r").asker_id, "0")
+
+
+class RegisteredNickJoinTests(MUCTestCase):
+    register = RegistrationTests.register
+
+    def test_registered_user_enters_under_its_nick(self):
+        """A user who registered a nickname and joins under another enters under the registered one, told
+        so by status 210; its other resources join the same occupant."""
+        self.join("alice")
+        self.register("bob", "Bobby")
+        got = self.join("bob", nick="Robert")
+        [own] = [s for s in got if s.name == "presence" and 110 in codes(s)]
+        self.assertEqual((own["from"], codes(own)), (f"{ROOM}/Bobby", {110, 210}))
+        self.assertEqual(self.got("alice")[0]["from"], f"{ROOM}/Bobby")

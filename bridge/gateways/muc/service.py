@@ -387,6 +387,10 @@ class MUCService:
         if room.locked and affiliation != "owner":
             self._error(stanza, "item-not-found", "the room is being created")
             return
+        registered = room.nicks.get(bare)
+        rewritten = registered is not None and registered != nick
+        if rewritten:
+            nick = registered  # a user who registered a nickname enters under it (status 210)
         present = room.occupants.get(nick)
         same_user = present is not None and present.bare == bare
         refusal = self._admission(room, affiliation, bare, nick, muc, same_user)
@@ -397,7 +401,7 @@ class MUCService:
         if same_user:
             # Another resource of the occupant's bare JID: the same occupant, seen by nobody else again.
             room.add_session(present, session)
-            self.welcome(room, present, session, muc, created)
+            self.welcome(room, present, session, muc, created, rewritten)
             return
         occupant = Occupant(nick, session, room.default_role(affiliation), self.occupant_id(room, bare))
         occupant.presence = _shown_children(stanza)
@@ -405,9 +409,9 @@ class MUCService:
         for viewer in list(room.occupants.values()):
             if viewer is not occupant:
                 self.send(viewer, self.presence_of(room, occupant, viewer))
-        self.welcome(room, occupant, session, muc, created)
+        self.welcome(room, occupant, session, muc, created, rewritten)
 
-    def welcome(self, room, occupant, session, muc, created):
+    def welcome(self, room, occupant, session, muc, created, rewritten):
         """What one newly joined resource is sent: every occupant's presence (its own last, with its
         status codes), the history it asked for, then the subject."""
         for other in list(room.occupants.values()):
@@ -418,6 +422,8 @@ class MUCService:
             codes.append(100)
         if created:
             codes.append(201)
+        if rewritten:
+            codes.append(210)
         if self.archived(room):
             codes.append(170)
         self.send_to(session, self.presence_of(room, occupant, occupant, codes))
