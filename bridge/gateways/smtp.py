@@ -198,6 +198,7 @@ class EmailGateway:
         self.delivered = 0            # counters, for logs and tests
         self.dropped = 0
         ctx.hook_local("offline/stored", self.offline_stored)
+        ctx.hook_local("muc/mention", self.offline_stored)  # a room message naming a member who is away
         if self.config.archive_recipients:
             ctx.hook_local("stanza/out", self.stanza_out, OBSERVE)
 

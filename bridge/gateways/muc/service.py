@@ -29,6 +29,7 @@ import base64
 import datetime
 import hashlib
 import hmac
+import re
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -73,6 +74,8 @@ MAX_WAITING_WHILE_LOADING = 1000  # stanzas that arrive before the stored rooms 
 MAX_SESSIONS_PER_OCCUPANT = 10  # resources of one bare JID under one nickname
 MAX_FORWARDED_IQS_PER_ASKER = 10  # IQs to occupants one real JID may have awaiting answers
 NS_VCARD = "vcard-temp"  # an IQ to an occupant of this namespace goes to its bare JID (XEP-0054 lives there)
+MENTION_EVENT = "muc/mention"  # fired on a member's host: (host, user, message), as offline/stored is
+WORDS = re.compile(r"\w+")
 
 
 def attach(ctx, reactor, tls_context):
@@ -584,6 +587,32 @@ class MUCService:
         for viewer in list(room.occupants.values()):
             for jid in viewer.jids:
                 self.ctx.route(readdress(message, jid, sender))
+        body = _child(stanza, stanza.uri, "body") or _child(stanza, None, "body")
+        if store and body is not None:
+            self.notify_mentions(room, occupant, str(body))
+
+    def notify_mentions(self, room, speaker, text):
+        """Members of the room who are away (users of this server with no session of priority 0 or more,
+        not in the room) and whose nickname ``text`` names are told through the notification path of
+        their host (``muc/mention``: the SMS and email gateways, with their caps and quiet windows)."""
+        words = {word.casefold() for word in WORDS.findall(text)}
+        folded = text.casefold()
+        present = {occupant.bare for occupant in room.occupants.values()}
+        for bare, affiliation in list(room.affiliations.items()):
+            if affiliation == "outcast" or bare in present:
+                continue
+            user, _, domain = bare.partition("@")
+            host = self.ctx.local_host(domain)
+            if host is None or not user:
+                continue
+            nick = room.nicks.get(bare, user).casefold()
+            if not (nick in words or (not WORDS.fullmatch(nick) and _names(folded, nick))):
+                continue
+            if any(session.priority >= 0 for session in self.ctx.sessions.available(bare)):
+                continue
+            notice = make("message", to=bare, sender=f"{room.jid}/{speaker.nick}", type="groupchat")
+            notice.addElement("body", content=f"{speaker.nick}: {text}")
+            self.ctx.fire_local(host, MENTION_EVENT, (host, user, notice))
 
     def keep(self, room, message):
         entry = HistoryEntry(self.clock.seconds(), serialize(message))
@@ -1212,6 +1241,11 @@ class MUCService:
             else:
                 occupant.role = room.default_role(self.affiliation(room, bare))
                 self.broadcast_presence(room, occupant)
+
+
+def _names(text, nick):
+    """Whether ``text`` holds ``nick`` (of several words or signs) between word boundaries."""
+    return re.search(r"(?<!\w)" + re.escape(nick) + r"(?!\w)", text) is not None
 
 
 def _shown_children(presence):
