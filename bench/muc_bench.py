@@ -30,6 +30,7 @@ limits module).  Results go to --output as JSON.
 import argparse
 import asyncio
 import datetime
+import json
 import os
 import platform
 import shutil
@@ -46,7 +47,8 @@ sys.path.insert(0, REPO)
 from bench import report  # noqa: E402
 from bench.load import (NS_CLIENT, T_BODY, T_IQ, T_MESSAGE, Client, make_tls_context, percentile,  # noqa: E402
                         raise_nofile, server_cpu, xml_escape)
-from bench.servers import BenchError, BridgeServer, ProsodyServer, lua, say, stop_quietly, tail  # noqa: E402
+from bench.servers import (BenchError, BridgeServer, EjabberdServer, ProsodyServer, ejabberd_libs,  # noqa: E402
+                           lua, say, stop_quietly, tail)
 
 NS_MUC = "http://jabber.org/protocol/muc"
 NS_USER = NS_MUC + "#user"
@@ -95,6 +97,20 @@ class MUCProsody(ProsodyServer):
             "Component %s \"muc\"" % lua(self.args.service),
             "    restrict_room_creation = false",
             "    max_history_messages = 20",
+        ]
+
+
+class MUCEjabberd(EjabberdServer):
+    """ejabberd with mod_muc on the service domain: anyone creates rooms, room size as bridge's."""
+
+    def config_lines(self, api_port=None):
+        return super().config_lines(api_port) + [
+            "  mod_muc:",
+            "    host: %s" % json.dumps(self.args.service),
+            "    access_create: all",
+            "    max_users: %d" % (max(self.args.occupants, self.args.join_occupants) + 10),
+            "    max_users_presence: %d" % (max(self.args.occupants, self.args.join_occupants) + 10),
+            "    history_size: 20",
         ]
 
 
@@ -282,6 +298,8 @@ def make_server(args, name, tmp):
     if name == "bridge":
         return MUCBridge(args, workdir, port, tables={"muc": {
             "max_occupants_per_room": max(args.occupants, args.join_occupants) + 10}})
+    if name == "ejabberd":
+        return MUCEjabberd(args, workdir, port, "ec")
     return MUCProsody(args, workdir, port, "ec")
 
 
@@ -298,7 +316,8 @@ def run_phase(args, server, phase):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--servers", default="bridge,prosody", help="comma-separated subset of bridge,prosody")
+    p.add_argument("--servers", default="bridge,prosody,ejabberd",
+                   help="comma-separated subset of bridge,prosody,ejabberd (default %(default)s)")
     p.add_argument("--occupants", type=int, default=100)
     p.add_argument("--talkers", type=int, default=10)
     p.add_argument("--window", type=int, default=5, help="messages in flight per talker (default %(default)s)")
@@ -313,7 +332,8 @@ def main(argv=None):
     p.add_argument("--user-pattern", default="mucbench{}")
     p.add_argument("--password", default="benchpass")
     p.add_argument("--prosody-accounts", choices=("direct", "prosodyctl"), default="direct")
-    p.add_argument("--ctl-jobs", type=int, default=8, help="prosodyctl processes in parallel (prosodyctl accounts)")
+    p.add_argument("--ctl-jobs", type=int, default=8,
+                   help="prosodyctl processes or ejabberd registrations in parallel (default %(default)s)")
     p.add_argument("--start-timeout", type=float, default=60.0)
     p.add_argument("--settle", type=float, default=1.0)
     p.add_argument("--output", help="write every figure as JSON here")
@@ -331,8 +351,9 @@ def main(argv=None):
     failed = False
     try:
         for name in [s.strip() for s in args.servers.split(",") if s.strip()]:
-            if name == "prosody" and shutil.which("prosody") is None:
-                say("prosody not found: SKIPPING it")
+            if (name == "prosody" and shutil.which("prosody") is None) or (
+                    name == "ejabberd" and ejabberd_libs() is None):
+                say("%s not found: SKIPPING it" % name)
                 continue
             server = make_server(args, name, tmp)
             entry = results["servers"][name] = {}

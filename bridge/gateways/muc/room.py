@@ -176,7 +176,8 @@ class Room:
     def to_document(self):
         """What a persistent room keeps over a restart."""
         return {"config": self.config.to_document(), "affiliations": dict(self.affiliations),
-                "nicks": dict(self.nicks), "subject": self.subject, "subject_by": self.subject_by, "creator": self.creator}
+                "nicks": dict(self.nicks), "subject": self.subject, "subject_by": self.subject_by,
+                "creator": self.creator}
 
     @classmethod
     def from_document(cls, domain, node, document, max_history_bytes):
