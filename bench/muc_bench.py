@@ -111,6 +111,9 @@ class MUCEjabberd(EjabberdServer):
             "    max_users: %d" % (max(self.args.occupants, self.args.join_occupants) + 10),
             "    max_users_presence: %d" % (max(self.args.occupants, self.args.join_occupants) + 10),
             "    history_size: 20",
+            # A new room's own cap (200 by default) must not refuse the room of 1,000.
+            "    default_room_options:",
+            "      max_users: %d" % (max(self.args.occupants, self.args.join_occupants) + 10),
         ]
 
 
