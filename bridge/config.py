@@ -398,6 +398,8 @@ class MUCConfig:
     default_history_length: int = _option(20, low=0, high=10000)
     max_history_length: int = _option(100, low=0, high=10000)
     max_history_bytes_per_room: int = _option(262144, low=1024, high=64 * 1024 * 1024)
+    max_forwarded_iqs: int = _option(1000, low=1, high=1000000)
+    forwarded_iq_timeout_seconds: int = _option(60, low=1, high=3600)
 
 
 @dataclass(frozen=True)

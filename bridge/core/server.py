@@ -440,6 +440,10 @@ class GatewayContext:
         host.hooks.add(event, handler, priority, owner=self)
         self._hooked.add(host)
 
+    def fire_local(self, host, event, payload):
+        """Fire ``event`` on the local host ``host`` (what a service tells the features of a user's host)."""
+        return self._server.hosts[host].hooks.fire(event, payload)
+
     def add_identity(self, category, kind, name):
         self.host.disco.identities.append(("host", category, kind, name, self))
 

@@ -4,12 +4,26 @@ What is listed comes from the modules loaded on the host, each having
 added its own identities, features and items (``ctx.add_feature``,
 ``GatewayContext.add_item``), so disco never announces something that is
 not there and forgets what a module took with it when it was unloaded.
+
+A host's items (the rooms of a chat service can be thousands) are paged by
+XEP-0059 in the order of their JIDs: ``<after/>`` and ``<before/>`` name a
+JID, a page holds at most ``MAX_ITEMS_PER_PAGE`` items, and a request
+without ``<set/>`` gets the first page, with a ``<set/>`` telling the count,
+when there are more.
 """
 
+import bisect
+import types
+
+from twisted.words.xish import domish
+
+from bridge.core.mam_query import NS_RSM, QueryError, parse_rsm
 from bridge.core.stanza import error_reply, result_reply
 
 NS_INFO = "http://jabber.org/protocol/disco#info"
 NS_ITEMS = "http://jabber.org/protocol/disco#items"
+MAX_ITEMS_PER_PAGE = 500
+ITEM_PAGES = types.SimpleNamespace(default_page_size=100, max_page_size=MAX_ITEMS_PER_PAGE)
 
 
 class Disco:
@@ -35,7 +49,13 @@ class Disco:
             for form in self.entries.forms_of(where):
                 answer.addChild(form)
         elif where == "host":
-            for jid, name, _ in sorted(self.entries.items, key=lambda entry: entry[0]):
+            items = sorted((jid, name) for jid, name, _ in self.entries.items)
+            try:
+                page, first_index = item_page(items, next(query.elements(NS_RSM, "set"), None))
+            except QueryError as error:
+                event.reply(error_reply(event.stanza, error.condition, error.text))
+                return True
+            for jid, name in page:
                 item = answer.addElement("item")
                 item["jid"] = jid
                 if name:
@@ -43,6 +63,8 @@ class Disco:
             for source, _ in self.entries.node_sources:
                 for child in source(self.domain, namespace, None, event.sender) or ():
                     answer.addChild(child)
+            if first_index is not None:
+                answer.addChild(rsm_set(page, first_index, len(items)))
         event.reply(reply)
         return True
 
@@ -72,6 +94,35 @@ class Disco:
 
     def account_items(self, event):
         return self._answer(event, NS_ITEMS, "account")
+
+
+def item_page(items, rsm):
+    """(the page of ``items`` (sorted by JID) that the XEP-0059 ``rsm`` asks for, the index of its first
+    item), the index None when every item fits and none was asked for; ``QueryError`` for a bad <set/>."""
+    if rsm is None:
+        if len(items) <= MAX_ITEMS_PER_PAGE:
+            return items, None
+        return items[:MAX_ITEMS_PER_PAGE], 0
+    wanted = parse_rsm(rsm, ITEM_PAGES)
+    limit = wanted["limit"]
+    jids = [jid for jid, _ in items]
+    if "page_before" in wanted or wanted.get("last_page"):
+        end = bisect.bisect_left(jids, wanted["page_before"]) if "page_before" in wanted else len(items)
+        start = max(0, end - limit)
+        return items[start:end], start
+    start = bisect.bisect_right(jids, wanted["page_after"]) if "page_after" in wanted else 0
+    return items[start:start + limit], start
+
+
+def rsm_set(page, first_index, count):
+    """The XEP-0059 <set/> that ends a page: its first (with its index) and last JIDs, and the count."""
+    rsm = domish.Element((NS_RSM, "set"))
+    if page:
+        first = rsm.addElement("first", content=page[0][0])
+        first["index"] = str(first_index)
+        rsm.addElement("last", content=page[-1][0])
+    rsm.addElement("count", content=str(count))
+    return rsm
 
 
 def setup(ctx):

@@ -200,6 +200,7 @@ class EmailGateway:
         self.dropped = 0
         ctx.hook_local("offline/stored", self.offline_stored)
         ctx.hook_local("message/bare", self.headline, OBSERVE)
+        ctx.hook_local("muc/mention", self.offline_stored)  # a room message naming a member who is away
         if self.config.archive_recipients:
             ctx.hook_local("stanza/out", self.stanza_out, OBSERVE)
 

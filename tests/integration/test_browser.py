@@ -396,3 +396,53 @@ def test_converse_shows_a_pep_avatar_and_sends_a_file_by_http_upload(browser, pa
     assert urlsplit(url).path.startswith("/upload/") and url.endswith("/report.pdf"), url
     with urllib.request.urlopen(url, timeout=support.TIMEOUT) as response:
         assert (response.headers["Content-Type"], response.read()) == ("application/pdf", document)
+
+
+@pytest.mark.skipif(os.environ.get("BROWSER_TEST_SERVER", "bridge") != "bridge",
+                    reason="the reference Prosody of these tests serves no chat rooms")
+def test_converse_talks_in_a_room_with_slixmpp(browser, pages, xmpp_server):
+    """A slixmpp user creates a chat room (XEP-0045) and Converse.js in Chromium, over WebSocket, enters
+    it under a nickname; a message typed in Converse's room view reaches the slixmpp occupant as
+    groupchat from Converse's occupant JID, and the slixmpp occupant's message is displayed in
+    Converse's room view."""
+    from .test_muc import create
+
+    directory, log = browser
+    converse_jid = USERS["converse-websocket"]
+    peer_jid = USERS["peer-websocket"]
+    room = "browsers@conference.localhost"
+
+    async def scenario():
+        async with Driver(str(directory), log) as driver:
+            peer = SlixAgent("peer", peer_jid, PASSWORDS[support.bare(peer_jid)], xmpp_server.c2s_port)
+
+            async def scene():
+                try:
+                    await peer.login()
+                    for plugin in ("xep_0030", "xep_0004", "xep_0045"):
+                        peer.client.register_plugin(plugin)
+                    await create(peer.client, room, "Slix")
+                    await driver.open("converse", pages.url("converse.html?" + urlencode(
+                        {"websocket": xmpp_server.websocket_url})))
+                    await converse_login(driver, converse_jid)
+                    await driver.call("converse", "openRoom", room, "Conv", int(support.TIMEOUT * 1000))
+
+                    typed = "typed in Converse's room view"
+                    textarea = f'converse-muc[jid="{room}"] textarea.chat-textarea'
+                    await driver.request("fill", target="converse", selector=textarea, text=typed)
+                    await driver.request("press", target="converse", selector=textarea, key="Enter")
+                    await peer.wait_all([{"kind": "message", "from": f"{room}/Conv", "type": "groupchat",
+                                          "body": typed}])
+
+                    answer = "slixmpp answers in the room"
+                    peer.client.send_message(mto=room, mbody=answer, mtype="groupchat")
+                    shown = await driver.request("waitVisible", target="converse",
+                                                 selector=f'converse-muc[jid="{room}"] .chat-msg__text',
+                                                 text=answer, timeout=int(support.TIMEOUT * 1000))
+                    assert answer in shown
+                finally:
+                    await peer.disconnect()
+
+            await run_with_screenshots(driver, directory, ["converse"], scene())
+
+    asyncio.run(asyncio.wait_for(scenario(), 90))

@@ -320,3 +320,37 @@ def test_xmpp_presence_change_seen_as_notify(bridge, tmp_path):
     assert status == 0, output + bridge.tail(40)
     assert re.search(r"first notify active;expires=\d+ <basic>open</basic>", logged), logged
     assert "second notify" in logged and "<rpid:away/> <note>out for lunch</note>" in logged, logged
+
+
+def test_phone_posts_to_a_room_and_receives_its_messages(bridge, tmp_path):
+    """bob creates a chat room on slixmpp; sipp registers alice and sends MESSAGE to the room's SIP
+    address (202): alice joins as the occupant 'alice' and bob reads her text from room/alice; bob
+    answers in the room (same thread), and the room's message reaches alice's binding as MESSAGE from
+    the room's address with bob's nick as display name, which sipp answers 200."""
+    from .test_muc import MUC_PLUGINS, create
+
+    room = "phones@conference.localhost"
+    port = free_port()
+    status, output, _ = sipp(bridge, tmp_path, "message_register", local_port=port)
+    assert status == 0, output + bridge.tail(30)
+
+    async def scenario():
+        async with Clients(bridge) as clients:
+            bob = await clients.login("bob@localhost/room", plugins=MUC_PLUGINS)
+            await create(bob, room, "Bob")
+            run = asyncio.ensure_future(asyncio.to_thread(sipp, bridge, tmp_path, "room_post",
+                                                          auth_uri=room, local_port=port,
+                                                          keys=[("room", "phones")]))
+            heard = await next_item(bob.messages, lambda m: m["body"].strip() == "hello room, from sipp", timeout=20,
+                                    what="alice's MESSAGE in the room")
+            assert str(heard["from"]) == f"{room}/alice"
+            assert heard["type"] == "groupchat"
+            answer = bob.make_message(mto=room, mbody="hello alice, from the room", mtype="groupchat")
+            answer["thread"] = heard["thread"]
+            answer.send()
+            return await run
+
+    status, output, logged = asyncio.run(scenario())
+    assert status == 0, output + bridge.tail(40)
+    assert 'room message from="Bob" <sip:phones@conference.localhost> body=hello alice, from the room' in logged, \
+        logged

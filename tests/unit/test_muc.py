@@ -922,3 +922,326 @@ class RetentionTests(MUCTestCase):
         self.harness.clock.advance(3 * 3600)
         stored = result_of(self.storage.archive_query("conference.localhost", "room", ArchiveQuery()))
         self.assertEqual(["new" in record.stanza for record in stored.records], [True])
+
+
+def register_form(nick):
+    return ("<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'>"
+            "<value>http://jabber.org/protocol/muc#register</value></field>"
+            f"<field var='muc#register_roomnick'><value>{nick}</value></field></x>")
+
+
+class RegistrationTests(MUCTestCase):
+    def register(self, user, nick, room=ROOM):
+        client = self.clients.get(user) or self.online(user)
+        return client.iq(f"<iq type='set' id='reg' to='{room}'><query xmlns='jabber:iq:register'>"
+                         f"{register_form(nick)}</query></iq>")
+
+    def reserved(self, user):
+        return self.clients[user].iq(f"<iq type='get' id='rn' to='{ROOM}'><query "
+                                     "xmlns='http://jabber.org/protocol/disco#info' node='x-roomuser-item'/></iq>")
+
+    def test_registration_form_then_registered(self):
+        """Before registering, a user is sent the muc#register form with a nickname field; after, the room
+        answers <registered/> with the nickname, and the user has become a member."""
+        self.join("alice")
+        form = self.online("bob").iq(f"<iq type='get' id='g' to='{ROOM}'><query xmlns='jabber:iq:register'/></iq>")
+        fields = {f["var"] for f in form.query.x.elements() if f.name == "field"}
+        self.assertIn("muc#register_roomnick", fields)
+        self.assertEqual(self.register("bob", "Bobby")["type"], "result")
+        again = self.clients["bob"].iq(f"<iq type='get' id='g2' to='{ROOM}'><query xmlns='jabber:iq:register'/></iq>")
+        self.assertIsNotNone(again.query.registered)
+        self.assertEqual(str(again.query.username), "Bobby")
+        self.assertEqual(self.service.rooms["conference.localhost"]["room"].affiliation("bob@localhost"), "member")
+
+    def test_registered_nick_is_reserved_for_its_user(self):
+        """A registered nickname is refused to others with conflict, on joining and on a nick change; its
+        owner enters with it."""
+        self.join("alice")
+        self.register("bob", "Bobby")
+        [refused] = self.join("carol", nick="Bobby")
+        self.assertEqual(condition(refused), "conflict")
+        self.join("carol")
+        self.clients["carol"].send(f"<presence to='{ROOM}/Bobby'/>")
+        [refused] = self.got("carol")
+        self.assertEqual(condition(refused), "conflict")
+        got = self.join("bob", nick="Bobby")
+        self.assertIn(110, codes([s for s in got if s.name == "presence"][-1]))
+
+    def test_nick_registered_by_another_is_a_conflict(self):
+        """Registering a nickname another user registered, or one in use by an occupant, is a conflict;
+        a banned user is forbidden."""
+        self.join("alice")
+        self.register("bob", "Bobby")
+        self.assertEqual(condition(self.register("carol", "Bobby")), "conflict")
+        self.assertEqual(condition(self.register("carol", "Alice")), "conflict")
+        self.admin("alice", "<item affiliation='outcast' jid='dave@localhost'/>")
+        self.assertEqual(condition(self.register("dave", "Dave")), "forbidden")
+
+    def test_members_only_room_registers_members_only(self):
+        """In a members-only room a non-member gets registration-required; a member registers."""
+        self.join("alice")
+        self.configure("alice", membersonly="1")
+        self.assertEqual(condition(self.register("bob", "Bobby")), "registration-required")
+        self.admin("alice", "<item affiliation='member' jid='bob@localhost'/>")
+        self.assertEqual(self.register("bob", "Bobby")["type"], "result")
+
+    def test_reserved_nick_discovery(self):
+        """disco#info on node x-roomuser-item names the asker's registered nickname, and nothing before."""
+        self.join("alice")
+        self.online("bob")
+        self.assertIsNone(self.reserved("bob").query.identity)
+        self.register("bob", "Bobby")
+        self.assertEqual(self.reserved("bob").query.identity["name"], "Bobby")
+
+    def test_removal_and_lost_membership_free_the_nick(self):
+        """<remove/> gives a registered nickname up; so does losing the affiliation."""
+        self.join("alice")
+        self.register("bob", "Bobby")
+        self.clients["bob"].iq(f"<iq type='set' id='rm' to='{ROOM}'><query xmlns='jabber:iq:register'>"
+                               "<remove/></query></iq>")
+        self.assertEqual(self.register("carol", "Bobby")["type"], "result")
+        self.admin("alice", "<item affiliation='none' jid='carol@localhost'/>")
+        self.assertEqual(self.register("dave", "Bobby")["type"], "result")
+
+    def test_malformed_registrations(self):
+        """A form without a nickname is bad-request; a nickname that cannot be a JID resource is
+        jid-malformed."""
+        self.join("alice")
+        self.online("bob")
+        empty = self.clients["bob"].iq(f"<iq type='set' id='e' to='{ROOM}'><query xmlns='jabber:iq:register'>"
+                                       "<x xmlns='jabber:x:data' type='submit'/></query></iq>")
+        self.assertEqual(condition(empty), "bad-request")
+        self.assertEqual(condition(self.register("bob", "x" * 1100)), "jid-malformed")
+
+    def test_registered_nick_survives_a_restart(self):
+        """A persistent room keeps its registered nicknames over a restart."""
+        self.join("alice")
+        self.configure("alice", persistentroom="1")
+        self.register("bob", "Bobby")
+        self.restart()
+        [refused] = self.join("carol", nick="Bobby")
+        self.assertEqual(condition(refused), "conflict")
+
+
+class SessionTests(MUCTestCase):
+    def second(self, user, nick=None):
+        """Another resource of ``user`` joins under its nick; the client and what it got."""
+        client = self.harness.login(f"{user}@localhost/other")
+        client.send("<presence/>")
+        client.received()
+        client.send(f"<presence to='{ROOM}/{nick or user.title()}'><x xmlns='{NS_MUC}'/></presence>")
+        return client, client.received()
+
+    def test_second_resource_joins_as_the_same_occupant(self):
+        """A second resource of the same bare JID under the same nick enters (110), others are not told of a
+        new occupant, and a room message reaches both resources."""
+        self.join("alice")
+        self.join("bob")
+        self.got("alice")
+        other, got = self.second("bob")
+        self.assertIn(110, codes([s for s in got if s.name == "presence"][-1]))
+        self.assertEqual(self.got("alice"), [])
+        self.assertEqual(len(self.service.rooms["conference.localhost"]["room"].occupants), 2)
+        self.say("alice", "hello")
+        self.assertEqual(self.bodies(self.got("bob")), ["hello"])
+        self.assertEqual(self.bodies(other.received()), ["hello"])
+
+    def test_another_user_still_gets_conflict(self):
+        """A different bare JID asking for an occupied nick still gets conflict."""
+        self.join("alice")
+        [refused] = self.join("bob", nick="Alice")
+        self.assertEqual(condition(refused), "conflict")
+
+    def test_private_messages_reach_every_resource(self):
+        """A private message to the occupant reaches all of its resources."""
+        self.join("alice")
+        self.join("bob")
+        other, _ = self.second("bob")
+        self.got("bob")
+        self.clients["alice"].send(f"<message type='chat' to='{ROOM}/Bob'><body>psst</body></message>")
+        self.assertEqual(self.bodies(self.got("bob")), ["psst"])
+        self.assertEqual(self.bodies(other.received()), ["psst"])
+
+    def test_one_resource_leaving_keeps_the_occupant(self):
+        """One resource leaving gets its own unavailable presence, the others stay; the last one leaving
+        removes the occupant, which the room sees."""
+        self.join("alice")
+        self.join("bob")
+        other, _ = self.second("bob")
+        self.got("alice")
+        other.send(f"<presence type='unavailable' to='{ROOM}/Bob'/>")
+        [gone] = other.received()
+        self.assertEqual((gone["type"], codes(gone)), ("unavailable", {110}))
+        self.assertEqual(self.got("alice"), [])
+        self.say("alice", "still there?")
+        self.assertEqual(self.bodies(self.got("bob")), ["still there?"])
+        self.assertEqual(self.bodies(other.received()), [])
+        self.clients["bob"].send(f"<presence type='unavailable' to='{ROOM}/Bob'/>")
+        [left] = [s for s in self.got("alice") if s.name == "presence"]
+        self.assertEqual((left["from"], left["type"]), (f"{ROOM}/Bob", "unavailable"))
+
+    def test_kick_removes_every_resource(self):
+        """Kicking an occupant tells each of its resources (307) and takes them all out."""
+        self.join("alice")
+        self.join("bob")
+        other, _ = self.second("bob")
+        self.admin("alice", "<item nick='Bob' role='none'/>")
+        self.assertIn(307, codes([s for s in other.received() if s.name == "presence"][-1]))
+        self.assertIn(307, codes([s for s in self.got("bob") if s.name == "presence"][-1]))
+        self.assertEqual(self.service.rooms["conference.localhost"]["room"].by_jid.keys(), {"alice@localhost/r"})
+
+
+class DiscoPagingTests(MUCTestCase):
+    muc = {"max_rooms_created_per_user": 20}
+
+    def items(self, rsm=""):
+        return self.clients["alice"].iq("<iq type='get' id='t' to='conference.localhost'>"
+                                        f"<query xmlns='http://jabber.org/protocol/disco#items'>{rsm}</query></iq>")
+
+    def test_service_items_are_paged_by_rsm(self):
+        """XEP-0059 on the service's disco#items: <max/> pages in JID order, <after/> continues after the
+        last JID of a page, <before/> with no JID gives the last page, and each page tells the count."""
+        rooms = [f"r{number}@conference.localhost" for number in range(7)]
+        for room in rooms:
+            self.join("alice", room=room)
+        NS_RSM = "http://jabber.org/protocol/rsm"
+        seen = []
+        after = ""
+        while True:
+            page = self.items(f"<set xmlns='{NS_RSM}'><max>3</max>{after}</set>")
+            jids = [item["jid"] for item in page.query.elements(page.query.uri, "item")]
+            rsm = next(page.query.elements(NS_RSM, "set"))
+            self.assertEqual(str(rsm.count), "7")
+            if not jids:
+                break
+            self.assertLessEqual(len(jids), 3)
+            self.assertEqual(str(rsm.last), jids[-1])
+            seen += jids
+            after = f"<after>{jids[-1]}</after>"
+        self.assertEqual(seen, sorted(rooms))
+        last = self.items(f"<set xmlns='{NS_RSM}'><max>2</max><before/></set>")
+        self.assertEqual([item["jid"] for item in last.query.elements(last.query.uri, "item")], sorted(rooms)[-2:])
+        self.assertEqual(next(last.query.elements(NS_RSM, "set")).first["index"], "5")
+        unpaged = self.items()
+        self.assertEqual(len(list(unpaged.query.elements(unpaged.query.uri, "item"))), 7)
+        self.assertIsNone(next(unpaged.query.elements(NS_RSM, "set"), None))
+        bad = self.items(f"<set xmlns='{NS_RSM}'><max>many</max></set>")
+        self.assertEqual(condition(bad), "bad-request")
+
+
+class ItemPageTests(SynchronousTestCase):
+    def test_pages_of_a_long_list(self):
+        """Without <set/>, a list longer than a page is cut to the first page and told its count; <max/>
+        over the largest page is cut to it."""
+        from bridge.features import disco
+        from bridge.core.xmlstream import parse_element
+        items = [(f"room{number:04d}@conference.localhost", "") for number in range(disco.MAX_ITEMS_PER_PAGE + 5)]
+        page, index = disco.item_page(items, None)
+        self.assertEqual((len(page), index), (disco.MAX_ITEMS_PER_PAGE, 0))
+        self.assertEqual(disco.item_page(items[:3], None), (items[:3], None))
+        rsm = parse_element("<set xmlns='http://jabber.org/protocol/rsm'><max>100000</max></set>")
+        self.assertEqual(len(disco.item_page(items, rsm)[0]), disco.MAX_ITEMS_PER_PAGE)
+        before = parse_element(f"<set xmlns='http://jabber.org/protocol/rsm'><max>10</max>"
+                               f"<before>{items[4][0]}</before></set>")
+        self.assertEqual(disco.item_page(items, before), (items[:4], 0))
+
+
+class ForwardedIQTests(MUCTestCase):
+    muc = {"max_forwarded_iqs": 3, "forwarded_iq_timeout_seconds": 30}
+
+    def setUp(self):
+        super().setUp()
+        self.join("alice")
+        self.join("bob")
+        self.got("alice")
+
+    def ask(self, iq_id="v1", payload="<query xmlns='jabber:iq:version'/>", to="Bob"):
+        self.clients["alice"].send(f"<iq type='get' id='{iq_id}' to='{ROOM}/{to}'>{payload}</iq>")
+
+    def test_iq_goes_to_the_real_jid_and_the_answer_back(self):
+        """An occupant's IQ to another occupant reaches its real JID from the asker's occupant JID under
+        an id of the room's; the answer comes back from the target's occupant JID under the asker's id."""
+        self.ask()
+        [forwarded] = self.got("bob")
+        self.assertEqual((forwarded["from"], forwarded["to"]), (f"{ROOM}/Alice", "bob@localhost/r"))
+        self.assertNotEqual(forwarded["id"], "v1")
+        self.clients["bob"].send(f"<iq type='result' id='{forwarded['id']}' to='{ROOM}/Alice'>"
+                                 "<query xmlns='jabber:iq:version'><name>x</name></query></iq>")
+        [answer] = self.got("alice")
+        self.assertEqual((answer["type"], answer["id"], answer["from"]), ("result", "v1", f"{ROOM}/Bob"))
+        self.assertEqual(str(next(answer.query.elements("jabber:iq:version", "name"))), "x")
+        self.assertEqual(self.service.forwarded.pending, {})
+
+    def test_answers_from_others_or_unknown_ids_are_dropped(self):
+        """Only the JID an IQ went to answers it: carol, who guessed or saw the id, reaches nobody, and an
+        answer under an unknown id goes nowhere."""
+        self.ask()
+        [forwarded] = self.got("bob")
+        self.join("carol")
+        self.got("alice")
+        self.clients["carol"].send(f"<iq type='result' id='{forwarded['id']}' to='{ROOM}/Alice'/>")
+        self.clients["bob"].send(f"<iq type='result' id='nosuch' to='{ROOM}/Alice'/>")
+        self.assertEqual(self.got("alice"), [])
+        self.assertEqual(len(self.service.forwarded.pending), 1)
+
+    def test_vcard_requests_go_to_the_bare_jid(self):
+        """A vCard request to an occupant is answered by its account (the bare JID), back to the asker."""
+        self.ask(iq_id="vc", payload="<vCard xmlns='vcard-temp'/>")
+        [answer] = self.got("alice")
+        self.assertEqual((answer["id"], answer["from"]), ("vc", f"{ROOM}/Bob"))
+        self.assertEqual(self.got("bob"), [])
+
+    def test_table_is_bounded_and_entries_expire(self):
+        """Past max_forwarded_iqs pending, an IQ gets resource-constraint; an IQ not answered in
+        forwarded_iq_timeout_seconds gets remote-server-timeout and leaves the table."""
+        for number in range(3):
+            self.ask(iq_id=f"q{number}")
+        self.ask(iq_id="q3")
+        [refused] = self.got("alice")
+        self.assertEqual((refused["id"], condition(refused)), ("q3", "resource-constraint"))
+        self.harness.clock.advance(30)
+        timeouts = self.got("alice")
+        self.assertEqual(sorted(s["id"] for s in timeouts), ["q0", "q1", "q2"])
+        self.assertEqual({condition(s) for s in timeouts}, {"remote-server-timeout"})
+        self.assertEqual((self.service.forwarded.pending, self.service.forwarded.per_asker), ({}, {}))
+
+    def test_non_occupants_and_absent_nicks(self):
+        """A non-occupant's IQ to an occupant is not-acceptable; an IQ to an absent nick item-not-found."""
+        self.ask(to="Nobody")
+        self.assertEqual(condition(self.got("alice")[0]), "item-not-found")
+        reply = self.online("carol").iq(f"<iq type='get' id='x' to='{ROOM}/Bob'><ping xmlns='urn:xmpp:ping'/></iq>")
+        self.assertEqual(condition(reply), "not-acceptable")
+        self.assertEqual(self.got("bob"), [])
+
+    def test_ping_to_another_occupant_is_forwarded(self):
+        """A ping to another occupant goes to it (only a ping to oneself is answered by the room)."""
+        self.ask(iq_id="p", payload="<ping xmlns='urn:xmpp:ping'/>")
+        [forwarded] = self.got("bob")
+        self.assertEqual(forwarded.firstChildElement().name, "ping")
+
+
+class ForwardedIQTableTests(SynchronousTestCase):
+    def test_per_asker_bound(self):
+        """One asker may have at most its share of the table pending; another asker still gets a place."""
+        from twisted.internet.task import Clock
+        from bridge.gateways.muc.iqs import Forwarded, ForwardedIQs
+        table = ForwardedIQs(Clock(), 100, 2, 10, lambda forwarded: None)
+        ids = [table.add(Forwarded("a@x/r", str(n), "r@c/B", "b@x/r")) for n in range(3)]
+        self.assertIsNone(ids[2])
+        self.assertIsNotNone(table.add(Forwarded("c@x/r", "1", "r@c/B", "b@x/r")))
+        self.assertIsNone(table.take(ids[0], "c@x/r"))
+        self.assertEqual(table.take(ids[0], "b@x/r").asker_id, "0")
+
+
+class RegisteredNickJoinTests(MUCTestCase):
+    register = RegistrationTests.register
+
+    def test_registered_user_enters_under_its_nick(self):
+        """A user who registered a nickname and joins under another enters under the registered one, told
+        so by status 210; its other resources join the same occupant."""
+        self.join("alice")
+        self.register("bob", "Bobby")
+        got = self.join("bob", nick="Robert")
+        [own] = [s for s in got if s.name == "presence" and 110 in codes(s)]
+        self.assertEqual((own["from"], codes(own)), (f"{ROOM}/Bobby", {110, 210}))
+        self.assertEqual(self.got("alice")[0]["from"], f"{ROOM}/Bobby")

@@ -243,6 +243,7 @@ class BoundTests(ProxyTestCase):
         """Past max_pending_connections_per_address from one address, and past max_pending_connections
         in all, a new connection is dropped at once; a dropped connection frees its place."""
         first, second = self.connect(), self.connect()
+        self.assertFalse(second.transport.disconnecting)
         third = self.connect()
         self.assertTrue(third.transport.disconnecting)
         self.close(third)

@@ -151,3 +151,24 @@ class MappingTests(SynchronousTestCase):
     def test_long_localpart(self):
         """A foreign address too long for a JID localpart is refused."""
         self.assertRaises(AddressError, MAP.jid_for_uri, "sip:" + "a" * 1020 + "@pbx.example")
+
+
+class RoomAddressTests(SynchronousTestCase):
+    ROOMS = AddressMap({"localhost"}, "sip.localhost", {"Conference.localhost"})
+
+    def test_room_addresses_both_ways(self):
+        """A room of a chat service of this server is its own SIP address: the user part, unescaped, is the
+        room's XEP-0106 localpart, and back; a gr parameter is an occupant's nick."""
+        for uri, jid in [("sip:room@conference.localhost", "room@conference.localhost"),
+                         ("sip:my%20room@conference.localhost", "my\\20room@conference.localhost"),
+                         ("sip:a%2Fb@conference.localhost", "a\\2fb@conference.localhost"),
+                         ("sip:room@conference.localhost;gr=Bob", "room@conference.localhost/Bob")]:
+            self.assertEqual(self.ROOMS.jid_for_uri(uri).full(), jid, uri)
+            self.assertEqual(self.ROOMS.jid_for_uri(self.ROOMS.uri_for_jid(jid)).full(), jid, jid)
+        self.assertEqual(str(self.ROOMS.uri_for_jid("my\\20room@conference.localhost")),
+                         "sip:my%20room@conference.localhost")
+
+    def test_without_room_domains_a_service_is_foreign(self):
+        """Without the room domains, a SIP address on the service's name is a foreign SIP address."""
+        self.assertEqual(MAP.jid_for_uri("sip:room@conference.localhost").full(),
+                         "room\\40conference.localhost@sip.localhost")

@@ -355,3 +355,24 @@ class LoopGuardTests(SynchronousTestCase):
                                          from_tag="t"))
         self.assertFalse(may_notify_failure(error))
         self.assertTrue(may_notify_failure(request))
+
+
+class RoomMessageTests(SynchronousTestCase):
+    ROOMS = AddressMap({"localhost"}, "sip.localhost", {"conference.localhost"})
+
+    def test_room_groupchat_comes_from_the_room_with_the_nick(self):
+        """A room's groupchat to a phone's session is a MESSAGE from the room's address, the speaker's nick
+        as display name (quoted, its quotes escaped), so that the phone's answer goes to the room."""
+        stanza = xmpp("<message type='groupchat' from='room@conference.localhost/Bob \"B\"' to='dave@localhost/sip'>"
+                      "<body>hi all</body></message>")
+        request = message_to_sip(stanza, self.ROOMS, call_id="c", from_tag="t")
+        self.assertEqual(request.headers.get("From"), '"Bob \\"B\\"" <sip:room@conference.localhost>;tag=t')
+        self.assertEqual(str(request.from_address.uri), "sip:room@conference.localhost")
+        self.assertEqual(request.body, b"hi all")
+
+    def test_other_groupchat_is_still_refused(self):
+        """Groupchat from anywhere but a room of this server is refused as before."""
+        stanza = xmpp("<message type='groupchat' from='room@muc.remote.example/Bob' to='dave@localhost/sip'>"
+                      "<body>x</body></message>")
+        with self.assertRaises(StanzaRefused):
+            message_to_sip(stanza, self.ROOMS, call_id="c", from_tag="t")

@@ -15,6 +15,7 @@ from bridge.core.stanza import NS_DATA, form_values
 NS_ROOMCONFIG = "http://jabber.org/protocol/muc#roomconfig"
 NS_ROOMINFO = "http://jabber.org/protocol/muc#roominfo"
 NS_REQUEST = "http://jabber.org/protocol/muc#request"
+NS_REGISTER = "http://jabber.org/protocol/muc#register"
 MAX_TEXT_BYTES = 1024  # a room's name, description or password
 WHOIS = ("moderators", "anyone")
 ALLOW_PM = ("anyone", "participants", "moderators", "none")
@@ -185,6 +186,28 @@ def voice_decision(form):
     if len(nick) != 1 or len(allow) != 1:
         raise FormError("an answer to a voice request names one nickname and one decision")
     return nick[0], _boolean("muc#request_allow", allow[0])
+
+
+def register_form():
+    """The muc#register form a user fills in to reserve a nickname in a room (XEP-0045 section 7.10)."""
+    form = domish.Element((NS_DATA, "x"))
+    form["type"] = "form"
+    form.addElement("title", content="Nickname registration")
+    form.addElement("instructions", content="Choose the nickname that is kept for you in this room.")
+    _field(form, "FORM_TYPE", "hidden", [NS_REGISTER])
+    _field(form, "muc#register_roomnick", "text-single", [], "Nickname").addElement("required")
+    return form
+
+
+def registered_nick(form):
+    """The nickname of a submitted muc#register form; ``FormError`` when it has none or another type."""
+    values = form_values(form)
+    if values.get("FORM_TYPE", [NS_REGISTER]) != [NS_REGISTER]:
+        raise FormError("FORM_TYPE must be " + NS_REGISTER)
+    nick = values.get("muc#register_roomnick", [])
+    if len(nick) != 1 or not nick[0].strip():
+        raise FormError("muc#register_roomnick takes one nickname")
+    return nick[0].strip()
 
 
 def room_info_form(config, occupants):

@@ -14,18 +14,23 @@ RANK = {"owner": 4, "admin": 3, "member": 2, "none": 1, "outcast": 0}
 
 
 class Occupant:
-    """One real full JID in a room under a nickname."""
+    """One real bare JID in a room under a nickname, through one or more of its resources (sessions)."""
 
-    __slots__ = ("nick", "jid", "bare", "role", "presence", "occupant_id", "voice_requested")
+    __slots__ = ("nick", "jids", "bare", "role", "presence", "occupant_id", "voice_requested")
 
     def __init__(self, nick, jid, role, occupant_id):
         self.nick = nick
-        self.jid = jid  # the real full JID, text
+        self.jids = [jid]  # the real full JIDs that joined under this nick, the first joined first
         self.bare = jid.partition("/")[0]
         self.role = role
         self.presence = []  # the children of its last presence that occupants are shown (show, status...)
         self.occupant_id = occupant_id
         self.voice_requested = None  # when it last asked moderators for voice (seconds), or None
+
+    @property
+    def jid(self):
+        """The real JID shown to those who may see it, and where IQs to the occupant go: its first session."""
+        return self.jids[0]
 
 
 class HistoryEntry:
@@ -96,7 +101,9 @@ class Room:
         self.creator = creator  # the bare JID that created it (the per-user limit)
         self.affiliations = {}  # bare JID -> owner, admin, member, outcast
         self.occupants = {}  # nick -> Occupant
-        self.by_jid = {}  # real full JID -> Occupant
+        self.by_jid = {}  # real full JID (each session) -> Occupant
+        self.nicks = {}  # bare JID -> its registered nickname (XEP-0045 section 7.10)
+        self.nick_owners = {}  # registered nickname -> bare JID
         self.subject = ""
         self.subject_by = ""
         self.locked = False  # created, not configured yet (XEP-0045 section 10.1)
@@ -124,9 +131,31 @@ class Room:
         self.occupants[occupant.nick] = occupant
         self.by_jid[occupant.jid] = occupant
 
+    def add_session(self, occupant, jid):
+        """Another resource of ``occupant``'s bare JID joins as the same occupant."""
+        occupant.jids.append(jid)
+        self.by_jid[jid] = occupant
+
+    def remove_session(self, occupant, jid):
+        """One of ``occupant``'s resources leaves; the occupant stays with the others."""
+        occupant.jids.remove(jid)
+        self.by_jid.pop(jid, None)
+
     def remove(self, occupant):
         self.occupants.pop(occupant.nick, None)
-        self.by_jid.pop(occupant.jid, None)
+        for jid in occupant.jids:
+            self.by_jid.pop(jid, None)
+
+    def register(self, bare, nick):
+        """``nick`` is kept for ``bare`` (its earlier registration, if any, is dropped)."""
+        self.unregister(bare)
+        self.nicks[bare] = nick
+        self.nick_owners[nick] = bare
+
+    def unregister(self, bare):
+        nick = self.nicks.pop(bare, None)
+        if nick is not None:
+            self.nick_owners.pop(nick, None)
 
     def rename(self, occupant, nick):
         del self.occupants[occupant.nick]
@@ -147,7 +176,8 @@ class Room:
     def to_document(self):
         """What a persistent room keeps over a restart."""
         return {"config": self.config.to_document(), "affiliations": dict(self.affiliations),
-                "subject": self.subject, "subject_by": self.subject_by, "creator": self.creator}
+                "nicks": dict(self.nicks), "subject": self.subject, "subject_by": self.subject_by,
+                "creator": self.creator}
 
     @classmethod
     def from_document(cls, domain, node, document, max_history_bytes):
@@ -155,6 +185,9 @@ class Room:
                    max_history_bytes)
         room.affiliations = {bare: value for bare, value in document.get("affiliations", {}).items()
                              if value in AFFILIATIONS and value != "none"}
+        for bare, nick in document.get("nicks", {}).items():
+            if room.affiliations.get(bare, "outcast") != "outcast":
+                room.register(bare, nick)
         room.subject = document.get("subject", "")
         room.subject_by = document.get("subject_by", "")
         return room

@@ -29,6 +29,7 @@ import base64
 import datetime
 import hashlib
 import hmac
+import re
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -36,11 +37,14 @@ from twisted.words.xish import domish
 
 from bridge.core.server import looping_call
 from bridge.core.storage import ArchiveItemNotFound, ArchiveQuery, ArchiveRecord
-from bridge.core.stanza import delay_element, error_reply, make, parse_jid, readdress, result_reply
+from bridge.core.stanza import (delay_element, error_reply, first_child, make, parse_jid, readdress,
+                                result_reply)
 from bridge.core.xmlstream import parse_element, serialize
 from bridge.core.mam_query import NS_MAM, QueryError, fin_reply, new_id, parse_query, result_message
 from bridge.gateways.muc.forms import (NS_REQUEST, FormError, RoomConfig, apply_form, config_form, form_type,
-                                      room_info_form, voice_decision, voice_request_form)
+                                      register_form, registered_nick, room_info_form, voice_decision,
+                                      voice_request_form)
+from bridge.gateways.muc.iqs import Forwarded, ForwardedIQs
 from bridge.gateways.muc.room import AFFILIATIONS, RANK, HistoryEntry, Occupant, Room
 
 log = Logger()
@@ -59,12 +63,19 @@ NS_HINTS = "urn:xmpp:hints"
 NS_DATA = "jabber:x:data"
 NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
 NS_DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
+NS_IQ_REGISTER = "jabber:iq:register"
+NODE_RESERVED_NICK = "x-roomuser-item"  # disco#info node of one's registered nickname (XEP-0045 section 7.12)
 ROOMS_STORE = "muc-rooms"  # (service domain, room): Room.to_document()
 HISTORY_STORE = "muc-history"  # (service domain, room): queue of {"time", "xml"}
 MAX_ITEMS_PER_ADMIN_IQ = 100
 MAX_REASON_CHARS = 1024
 VOICE_REQUEST_INTERVAL_SECONDS = 60  # a visitor's voice requests reach the moderators at most this often
 MAX_WAITING_WHILE_LOADING = 1000  # stanzas that arrive before the stored rooms are read
+MAX_SESSIONS_PER_OCCUPANT = 10  # resources of one bare JID under one nickname
+MAX_FORWARDED_IQS_PER_ASKER = 10  # IQs to occupants one real JID may have awaiting answers
+NS_VCARD = "vcard-temp"  # an IQ to an occupant of this namespace goes to its bare JID (XEP-0054 lives there)
+MENTION_EVENT = "muc/mention"  # fired on a member's host: (host, user, message), as offline/stored is
+WORDS = re.compile(r"\w+")
 
 
 def attach(ctx, reactor, tls_context):
@@ -101,6 +112,9 @@ class MUCService:
         self.admins = frozenset(jid.lower() for jid in self.config.admins)
         self._occupant_key = ctx.derive_key("muc occupant-id")
         self._waiting = None  # while the stored rooms are read: [(handler, event)]
+        self.forwarded = ForwardedIQs(self.clock, self.config.max_forwarded_iqs, MAX_FORWARDED_IQS_PER_ASKER,
+                                      self.config.forwarded_iq_timeout_seconds, self._forwarded_timeout)
+        self._forward_when_loaded = self._when_loaded(self.forward_iq)
         for host in ctx.host_names():
             domain = f"{self.config.subdomain}.{host}".lower()
             ctx.serve(domain, ("conference", "text", "Chatrooms"), listed_on=host)
@@ -118,10 +132,14 @@ class MUCService:
                 (f"iq-set/bare/{NS_OWNER}:query", self.on_owner_set),
                 (f"iq-get/bare/{NS_ADMIN}:query", self.on_admin_get),
                 (f"iq-set/bare/{NS_ADMIN}:query", self.on_admin_set),
-                (f"iq-get/full/{NS_PING}:ping", self.on_self_ping),
+                ("iq-result/full", self.on_forwarded_answer),
+                ("iq-error/full", self.on_forwarded_answer),
                 (f"iq-set/bare/{NS_MODERATE}:moderate", self.on_moderate),
+                (f"iq-get/bare/{NS_IQ_REGISTER}:query", self.on_register_get),
+                (f"iq-set/bare/{NS_IQ_REGISTER}:query", self.on_register_set),
                 (f"iq-set/bare/{NS_MAM}:query", self.on_archive_query)):
             ctx.hook(event, self._when_loaded(handler))
+        ctx.hook("stanza/in", self.on_occupant_iq)
         if self.mam.enabled and any(self._retention_days(domain) for domain in self.hosts):
             looping_call(self.clock, self.mam.purge_interval_seconds, self.purge)
 
@@ -187,6 +205,15 @@ class MUCService:
                                                                failure, domain=domain))
 
     # -- helpers ---------------------------------------------------------------------
+
+    def send(self, occupant, stanza):
+        """``stanza`` (from the room) to every resource of ``occupant``."""
+        for jid in occupant.jids:
+            self.send_to(jid, stanza)
+
+    def send_to(self, jid, stanza):
+        """A copy of ``stanza`` (from the room) to one real full JID."""
+        self.ctx.route(readdress(stanza, jid, stanza["from"]))
 
     def _error(self, stanza, condition, text=None):
         if stanza.getAttribute("type") != "error":
@@ -267,7 +294,7 @@ class MUCService:
 
     def presence_of(self, room, occupant, viewer, codes=(), unavailable=False, nick=None, extra=None):
         """``occupant``'s presence in ``room`` as ``viewer`` (an Occupant) is sent it."""
-        presence = make("presence", to=viewer.jid, sender=f"{room.jid}/{occupant.nick}",
+        presence = make("presence", sender=f"{room.jid}/{occupant.nick}",
                         type="unavailable" if unavailable else None)
         for child in occupant.presence:
             presence.addChild(child)
@@ -291,8 +318,8 @@ class MUCService:
         """``occupant``'s presence to every occupant, its own last (with ``self_codes``)."""
         for viewer in list(room.occupants.values()):
             if viewer is not occupant:
-                self.ctx.route(self.presence_of(room, occupant, viewer, codes, **options))
-        self.ctx.route(self.presence_of(room, occupant, occupant, (*codes, *self_codes), **options))
+                self.send(viewer, self.presence_of(room, occupant, viewer, codes, **options))
+        self.send(occupant, self.presence_of(room, occupant, occupant, (*codes, *self_codes), **options))
 
     def on_bare_presence(self, event):
         """Presence to a room without a nickname (XEP-0045 section 7.2.1)."""
@@ -314,12 +341,12 @@ class MUCService:
         occupant = room.by_jid.get(sender.full()) if room is not None else None
         if kind == "error":
             if occupant is not None:
-                self.remove_occupant(room, occupant, codes=(333,))
+                self.leave(room, occupant, sender.full(), codes=(333,))
             return True
         if kind == "unavailable":
             if occupant is not None:
                 occupant.presence = _shown_children(stanza)
-                self.remove_occupant(room, occupant)
+                self.leave(room, occupant, sender.full())
             return True
         if kind is not None:
             self._error(stanza, "bad-request")
@@ -377,48 +404,85 @@ class MUCService:
         if room.locked and affiliation != "owner":
             self._error(stanza, "item-not-found", "the room is being created")
             return
-        refusal = self._admission(room, affiliation, bare, nick, muc)
+        registered = room.nicks.get(bare)
+        rewritten = registered is not None and registered != nick
+        if rewritten:
+            nick = registered  # a user who registered a nickname enters under it (status 210)
+        present = room.occupants.get(nick)
+        same_user = present is not None and present.bare == bare
+        refusal = self._admission(room, affiliation, bare, nick, muc, same_user)
         if refusal is not None:
             self._error(stanza, *refusal)
             return
-        occupant = Occupant(nick, sender.full(), room.default_role(affiliation), self.occupant_id(room, bare))
+        session = sender.full()
+        if same_user:
+            # Another resource of the occupant's bare JID: the same occupant, seen by nobody else again.
+            room.add_session(present, session)
+            self.welcome(room, present, session, muc, created, rewritten)
+            return
+        occupant = Occupant(nick, session, room.default_role(affiliation), self.occupant_id(room, bare))
         occupant.presence = _shown_children(stanza)
-        for other in room.occupants.values():
-            self.ctx.route(self.presence_of(room, other, occupant))
         room.add(occupant)
+        for viewer in list(room.occupants.values()):
+            if viewer is not occupant:
+                self.send(viewer, self.presence_of(room, occupant, viewer))
+        self.welcome(room, occupant, session, muc, created, rewritten)
+
+    def welcome(self, room, occupant, session, muc, created, rewritten):
+        """What one newly joined resource is sent: every occupant's presence (its own last, with its
+        status codes), the history it asked for, then the subject."""
+        for other in list(room.occupants.values()):
+            if other is not occupant:
+                self.send_to(session, self.presence_of(room, other, occupant))
         codes = []
         if room.config.whois == "anyone":
             codes.append(100)
         if created:
             codes.append(201)
+        if rewritten:
+            codes.append(210)
         if self.archived(room):
             codes.append(170)
-        self.broadcast_presence(room, occupant, self_codes=codes)
-        self.send_history(room, occupant, _child(muc, NS_MUC, "history") if muc is not None else None)
-        subject = make("message", to=occupant.jid, sender=f"{room.jid}/{room.subject_by}" if room.subject_by
+        self.send_to(session, self.presence_of(room, occupant, occupant, codes))
+        self.send_history(room, session, _child(muc, NS_MUC, "history") if muc is not None else None)
+        subject = make("message", to=session, sender=f"{room.jid}/{room.subject_by}" if room.subject_by
                        else room.jid, type="groupchat")
         subject.addElement("subject", content=room.subject)
         self.ctx.route(subject)
 
-    def _admission(self, room, affiliation, bare, nick, muc):
-        """None, or the (condition, text) that keeps ``bare`` out (XEP-0045 section 7.2)."""
+    def _admission(self, room, affiliation, bare, nick, muc, same_user):
+        """None, or the (condition, text) that keeps ``bare`` out (XEP-0045 section 7.2); ``same_user``:
+        another of its resources is in the room under ``nick`` already."""
         if affiliation == "outcast":
             return "forbidden", "you are banned from this room"
         if room.config.members_only and affiliation == "none":
             return "registration-required", "this room is for its members"
-        holder = room.nick_holder(nick)
-        if holder is not None:
-            return "conflict", "that nickname is in use"
+        refusal = self._nick_refusal(room, nick, bare)
+        if refusal is not None:
+            return refusal
         if room.config.password and affiliation not in ("owner", "admin"):
             given = _child(muc, NS_MUC, "password") if muc is not None else None
             if given is None or str(given) != room.config.password:
                 return "not-authorized", "a password is needed"
         if len(room.occupants) >= min(room.config.max_users, self.config.max_occupants_per_room) \
-                and affiliation not in ("owner", "admin"):
+                and affiliation not in ("owner", "admin") and not same_user:
             return "service-unavailable", "the room is full"
+        if same_user and len(room.occupants[nick].jids) >= MAX_SESSIONS_PER_OCCUPANT:
+            return "resource-constraint", f"at most {MAX_SESSIONS_PER_OCCUPANT} of your resources share a nickname"
         return None
 
-    def send_history(self, room, occupant, request):
+    @staticmethod
+    def _nick_refusal(room, nick, bare):
+        """None, or the conflict that keeps ``bare`` from ``nick``: another user has it now or registered it."""
+        holder = room.nick_holder(nick)
+        if holder is not None and holder != bare:
+            return "conflict", "that nickname is in use"
+        owner = room.nick_owners.get(nick)
+        if owner is not None and owner != bare:
+            return "conflict", "that nickname is registered to another user"
+        return None
+
+    def send_history(self, room, session, request):
         """The messages a newcomer asked for by <history/>, within the room's history length."""
         limits = {}
         if request is not None:
@@ -432,20 +496,30 @@ class MUCService:
                 limits["since"] = since
         for entry in room.history.select(self.clock.seconds(), **limits):
             message = parse_element(entry.xml)
-            message["to"] = occupant.jid
+            message["to"] = session
             stamp = datetime.datetime.fromtimestamp(entry.time, datetime.timezone.utc)
             message.addChild(delay_element(stamp, room.jid))
             self.ctx.route(message)
 
     def change_nick(self, event, room, occupant):
+        """Every resource of the occupant changes nickname together (303)."""
         new = event.to.resource
-        if room.nick_holder(new) is not None:
-            self._error(event.stanza, "conflict", "that nickname is in use")
+        refusal = self._nick_refusal(room, new, occupant.bare)
+        if room.nick_holder(new) is not None or refusal is not None:
+            self._error(event.stanza, *(refusal or ("conflict", "that nickname is in use")))
             return
         self.broadcast_presence(room, occupant, codes=(303,), unavailable=True, nick=new)
         room.rename(occupant, new)
         occupant.presence = _shown_children(event.stanza)
         self.broadcast_presence(room, occupant)
+
+    def leave(self, room, occupant, session, codes=()):
+        """The resource ``session`` leaves; its occupant leaves with its last resource."""
+        if len(occupant.jids) == 1:
+            self.remove_occupant(room, occupant, codes=codes)
+            return
+        self.send_to(session, self.presence_of(room, occupant, occupant, codes, unavailable=True))
+        room.remove_session(occupant, session)
 
     def remove_occupant(self, room, occupant, codes=(), actor=None, reason=None):
         """``occupant`` leaves (or is made to leave, ``codes`` saying why); a temporary room left empty ends."""
@@ -457,7 +531,7 @@ class MUCService:
                     item.addElement("actor")["nick"] = actor
                 if reason is not None:
                     item.addElement("reason", content=reason)
-            self.ctx.route(presence)
+            self.send(viewer, presence)
         room.remove(occupant)
         if not room.occupants and (not room.config.persistent or room.locked):
             self._end_room(room)
@@ -470,7 +544,7 @@ class MUCService:
         kind = stanza.getAttribute("type")
         if kind == "error" or sender is None:
             if room is not None and sender is not None and sender.full() in room.by_jid:
-                self.remove_occupant(room, room.by_jid[sender.full()], codes=(333,))
+                self.leave(room, room.by_jid[sender.full()], sender.full(), codes=(333,))
             return True
         if room is None:
             self._error(stanza, "item-not-found")
@@ -525,7 +599,34 @@ class MUCService:
             self.ctx.storage.archive_append(room.domain, room.node, ArchiveRecord(
                 record_id, micros, room.jid, occupant.nick, "in", serialize(message)))
         for viewer in list(room.occupants.values()):
-            self.ctx.route(readdress(message, viewer.jid, sender))
+            for jid in viewer.jids:
+                self.ctx.route(readdress(message, jid, sender))
+        body = _child(stanza, stanza.uri, "body") or _child(stanza, None, "body")
+        if store and body is not None:
+            self.notify_mentions(room, occupant, str(body))
+
+    def notify_mentions(self, room, speaker, text):
+        """Members of the room who are away (users of this server with no session of priority 0 or more,
+        not in the room) and whose nickname ``text`` names are told through the notification path of
+        their host (``muc/mention``: the SMS and email gateways, with their caps and quiet windows)."""
+        words = {word.casefold() for word in WORDS.findall(text)}
+        folded = text.casefold()
+        present = {occupant.bare for occupant in room.occupants.values()}
+        for bare, affiliation in list(room.affiliations.items()):
+            if affiliation == "outcast" or bare in present:
+                continue
+            user, _, domain = bare.partition("@")
+            host = self.ctx.local_host(domain)
+            if host is None or not user:
+                continue
+            nick = room.nicks.get(bare, user).casefold()
+            if not (nick in words or (not WORDS.fullmatch(nick) and _names(folded, nick))):
+                continue
+            if any(session.priority >= 0 for session in self.ctx.sessions.available(bare)):
+                continue
+            notice = make("message", to=bare, sender=f"{room.jid}/{speaker.nick}", type="groupchat")
+            notice.addElement("body", content=f"{speaker.nick}: {text}")
+            self.ctx.fire_local(host, MENTION_EVENT, (host, user, notice))
 
     def keep(self, room, message):
         entry = HistoryEntry(self.clock.seconds(), serialize(message))
@@ -566,9 +667,9 @@ class MUCService:
             return
         occupant.voice_requested = now
         for moderator in [o for o in room.occupants.values() if o.role == "moderator"]:
-            message = make("message", to=moderator.jid, sender=room.jid)
+            message = make("message", sender=room.jid)
             message.addChild(voice_request_form(occupant.nick, occupant.jid))
-            self.ctx.route(message)
+            self.send(moderator, message)
 
     def invitation(self, room, occupant, sender, stanza, user_x):
         """A mediated invitation (XEP-0045 section 7.8.2) or its decline."""
@@ -629,7 +730,7 @@ class MUCService:
         occupant = room.by_jid.get(sender.full()) if room is not None else None
         if stanza.getAttribute("type") == "error":
             if occupant is not None:
-                self.remove_occupant(room, occupant, codes=(333,))
+                self.leave(room, occupant, sender.full(), codes=(333,))
             return True
         if occupant is None:
             self._error(stanza, "not-acceptable", "only occupants may send private messages")
@@ -651,20 +752,63 @@ class MUCService:
                          if not isinstance(child, domish.Element) or child.uri not in (NS_USER, NS_OCCUPANT_ID)]
         sent.addElement((NS_USER, "x"))
         sent.addElement((NS_OCCUPANT_ID, "occupant-id"))["id"] = occupant.occupant_id
-        self.ctx.route(sent)
+        self.send(target, sent)
         return True
 
     # -- IQs --------------------------------------------------------------------------------
 
-    def on_self_ping(self, event):
-        """XEP-0410: an occupant asks whether it is still in the room under that nick."""
+    def on_occupant_iq(self, event):
+        """An IQ get or set to ``room/nick``, whatever its payload (the events of IQs are named after it)."""
+        stanza = event.stanza
+        if stanza.name != "iq" or stanza.getAttribute("type") not in ("get", "set") or event.to.resource is None \
+                or event.to.user is None:
+            return False
+        return self._forward_when_loaded(event)
+
+    def forward_iq(self, event):
+        """An occupant's IQ to another occupant goes to its real JID under an id of the room's (vCard
+        requests to its bare JID); XEP-0410: a ping to one's own occupant JID is answered here."""
+        stanza, sender = event.stanza, event.sender
         room = self._room_of(event)
-        occupant = room.by_jid.get(event.sender.full()) if room is not None and event.sender else None
-        if occupant is None or occupant.nick != event.to.resource:
-            self._error(event.stanza, "not-acceptable", "you are not in the room under that nickname")
-        else:
-            self.ctx.route(result_reply(event.stanza))
+        asker = room.by_jid.get(sender.full()) if room is not None and sender is not None else None
+        if asker is None:
+            self._error(stanza, "not-acceptable", "only occupants send IQs to occupants")
+            return True
+        target = room.occupants.get(event.to.resource)
+        payload = first_child(stanza)
+        if target is asker and payload is not None and (payload.uri, payload.name) == (NS_PING, "ping"):
+            self.ctx.route(result_reply(stanza))
+            return True
+        if target is None:
+            self._error(stanza, "item-not-found", "nobody has that nickname here")
+            return True
+        answerer = target.bare if payload is not None and payload.uri == NS_VCARD else target.jid
+        room_id = self.forwarded.add(Forwarded(sender.full(), stanza.getAttribute("id"), event.to.full(), answerer))
+        if room_id is None:
+            self._error(stanza, "resource-constraint", "too many IQs await answers")
+            return True
+        forwarded = readdress(stanza, answerer, f"{room.jid}/{asker.nick}")
+        forwarded["id"] = room_id
+        self.ctx.route(forwarded)
         return True
+
+    def on_forwarded_answer(self, event):
+        """The answer to a forwarded IQ goes back to its asker, from the occupant JID it asked, under its id;
+        an answer from anyone but the JID the IQ went to is dropped."""
+        stanza, sender = event.stanza, event.sender
+        forwarded = self.forwarded.take(stanza.getAttribute("id") or "", sender.full() if sender else None)
+        if forwarded is not None:
+            answer = readdress(stanza, forwarded.asker, forwarded.occupant_jid)
+            if forwarded.asker_id is None:
+                del answer.attributes["id"]
+            else:
+                answer["id"] = forwarded.asker_id
+            self.ctx.route(answer)
+        return True
+
+    def _forwarded_timeout(self, forwarded):
+        asked = make("iq", to=forwarded.occupant_jid, sender=forwarded.asker, type="get", id=forwarded.asker_id)
+        self._error(asked, "remote-server-timeout", "the occupant did not answer")
 
     def _visible_room(self, event):
         """The room an IQ is about, or None after answering item-not-found (a locked room is the owner's)."""
@@ -679,7 +823,11 @@ class MUCService:
         room = self._visible_room(event)
         if room is None:
             return True
-        if event.stanza.query.getAttribute("node"):
+        node = event.stanza.query.getAttribute("node")
+        if node == NODE_RESERVED_NICK:
+            self.ctx.route(self.reserved_nick_info(room, event))
+            return True
+        if node:
             self._error(event.stanza, "item-not-found")
             return True
         reply = result_reply(event.stanza)
@@ -688,7 +836,7 @@ class MUCService:
         identity["category"], identity["type"] = "conference", "text"
         identity["name"] = room.config.name or room.node
         features = {NS_DISCO_INFO, NS_DISCO_ITEMS, NS_OCCUPANT_ID, NS_PING, NS_MODERATE, NS_RETRACT,
-                    *room.features()}
+                    NS_IQ_REGISTER, *room.features()}
         if self.archived(room):
             features.add(NS_MAM)
         for feature in sorted(features):
@@ -696,6 +844,87 @@ class MUCService:
         query.addChild(room_info_form(room.config, len(room.occupants)))
         self.ctx.route(reply)
         return True
+
+    def reserved_nick_info(self, room, event):
+        """XEP-0045 section 7.12: the asker's registered nickname as an identity, or an empty result."""
+        reply = result_reply(event.stanza)
+        query = reply.addElement((NS_DISCO_INFO, "query"))
+        query["node"] = NODE_RESERVED_NICK
+        nick = room.nicks.get(event.sender.userhost()) if event.sender is not None else None
+        if nick is not None:
+            identity = query.addElement("identity")
+            identity["category"], identity["type"], identity["name"] = "conference", "text", nick
+        return reply
+
+    def on_register_get(self, event):
+        """XEP-0045 section 7.10: the muc#register form, or <registered/> with the nickname kept."""
+        room = self._visible_room(event)
+        if room is None or event.sender is None:
+            return True
+        reply = result_reply(event.stanza)
+        query = reply.addElement((NS_IQ_REGISTER, "query"))
+        nick = room.nicks.get(event.sender.userhost())
+        if nick is not None:
+            query.addElement("registered")
+            query.addElement("username", content=nick)
+        else:
+            query.addElement("instructions", content="Fill in the form to keep a nickname in this room.")
+            query.addChild(register_form())
+        self.ctx.route(reply)
+        return True
+
+    def on_register_set(self, event):
+        """A submitted muc#register form keeps its nickname for the sender's bare JID, making a user of an
+        open room a member; <remove/> gives the nickname up (the affiliation stays)."""
+        stanza = event.stanza
+        room = self._visible_room(event)
+        if room is None or event.sender is None:
+            return True
+        bare = event.sender.userhost()
+        query = stanza.query
+        form = _child(query, NS_DATA, "x")
+        if _child(query, NS_IQ_REGISTER, "remove") is not None:
+            room.unregister(bare)
+            self._save(room)
+        elif form is not None and form.getAttribute("type") == "cancel":
+            pass
+        elif form is not None and form.getAttribute("type") in ("submit", None):
+            refusal = self.register(room, bare, form)
+            if refusal is not None:
+                self._error(stanza, *refusal)
+                return True
+        else:
+            self._error(stanza, "bad-request", "submit the muc#register form, or <remove/>")
+            return True
+        self.ctx.route(result_reply(stanza))
+        return True
+
+    def register(self, room, bare, form):
+        """None when ``bare`` now has the nickname of ``form`` in ``room``, or the (condition, text) why not."""
+        try:
+            nick = registered_nick(form)
+        except FormError as error:
+            return "bad-request", str(error)
+        occupant_jid = parse_jid(f"{room.jid}/{nick}")
+        if occupant_jid is None or occupant_jid.resource != nick:
+            return "jid-malformed", "that nickname cannot be an occupant's address"
+        affiliation = self.affiliation(room, bare)
+        if affiliation == "outcast":
+            return "forbidden", "you are banned from this room"
+        if room.config.members_only and affiliation == "none":
+            return "registration-required", "only members register in this room"
+        refusal = self._nick_refusal(room, nick, bare)
+        if refusal is not None:
+            return refusal
+        if room.affiliation(bare) == "none":
+            if len(room.affiliations) >= self.config.max_affiliations_per_room:
+                return "resource-constraint", "the room has as many affiliations as it may"
+            room.register(bare, nick)
+            self._apply_affiliation(room, bare, "member", None, None)
+        else:
+            room.register(bare, nick)
+        self._save(room)
+        return None
 
     def on_room_items(self, event):
         room = self._visible_room(event)
@@ -799,7 +1028,7 @@ class MUCService:
         message.addElement("body", content="A moderator retracted a message, which your client cannot show.")
         message.addElement((NS_HINTS, "store"))
         for viewer in list(room.occupants.values()):
-            self.ctx.route(readdress(message, viewer.jid, room.jid))
+            self.send(viewer, message)
 
     def _owner(self, event):
         """The room of an owner's IQ, or None after answering the error."""
@@ -863,16 +1092,16 @@ class MUCService:
             if old_whois != config.whois:
                 codes.append(172 if config.whois == "anyone" else 173)
             for viewer in room.occupants.values():
-                notice = make("message", to=viewer.jid, sender=room.jid, type="groupchat")
+                notice = make("message", sender=room.jid, type="groupchat")
                 _status(notice.addElement((NS_USER, "x")), *codes)
-                self.ctx.route(notice)
+                self.send(viewer, notice)
         if not room.occupants and not config.persistent:
             self._end_room(room)
 
     def destroy(self, room, destroy):
         """The room ends: every occupant is told (with the owner's reason and alternative room)."""
         for occupant in list(room.occupants.values()):
-            presence = make("presence", to=occupant.jid, sender=f"{room.jid}/{occupant.nick}", type="unavailable")
+            presence = make("presence", sender=f"{room.jid}/{occupant.nick}", type="unavailable")
             x = presence.addElement((NS_USER, "x"))
             item = x.addElement("item")
             item["affiliation"], item["role"] = "none", "none"
@@ -884,7 +1113,7 @@ class MUCService:
                 reason = _reason_of(destroy)
                 if reason:
                     told.addElement("reason", content=reason)
-            self.ctx.route(presence)
+            self.send(occupant, presence)
         room.occupants.clear()
         room.by_jid.clear()
         self._end_room(room)
@@ -1012,6 +1241,8 @@ class MUCService:
         self.broadcast_presence(room, occupant)
 
     def _apply_affiliation(self, room, bare, affiliation, reason, actor_nick):
+        if affiliation in ("none", "outcast"):
+            room.unregister(bare)  # a registered nickname belongs to a member (or more)
         if affiliation == "none":
             room.affiliations.pop(bare, None)
         else:
@@ -1024,6 +1255,11 @@ class MUCService:
             else:
                 occupant.role = room.default_role(self.affiliation(room, bare))
                 self.broadcast_presence(room, occupant)
+
+
+def _names(text, nick):
+    """Whether ``text`` holds ``nick`` (of several words or signs) between word boundaries."""
+    return re.search(r"(?<!\w)" + re.escape(nick) + r"(?!\w)", text) is not None
 
 
 def _shown_children(presence):

@@ -9,7 +9,11 @@ Three kinds of address meet at the gateway (docs/sip-mapping.md):
   domain whose localpart is the SIP ``user@host[:port]``, escaped as XEP-0106
   says: ``sip:carol@pbx.example`` is ``carol\\40pbx.example@sip.localhost``;
 * a global telephone number (``tel:+15551234567``) is
-  ``+15551234567@sip.localhost``.
+  ``+15551234567@sip.localhost``;
+* a chat room of a service of this server (``room_domains``) is its own
+  SIP address, the room's name (the JID's localpart, XEP-0106 unescaped)
+  as the user part: ``sip:my%20room@conference.localhost`` is
+  ``my\\20room@conference.localhost``.
 
 A full JID's resource becomes a ``gr`` URI parameter (a GRUU-like parameter,
 RFC 5627) and back, so that an answer reaches the same resource.
@@ -187,10 +191,12 @@ class AddressMap:
 
     local_domains: frozenset
     gateway_domain: str
+    room_domains: frozenset = frozenset()  # the chat services served here (conference.localhost)
 
     def __post_init__(self):
         object.__setattr__(self, "local_domains", frozenset(d.lower() for d in self.local_domains))
         object.__setattr__(self, "gateway_domain", self.gateway_domain.lower())
+        object.__setattr__(self, "room_domains", frozenset(d.lower() for d in self.room_domains))
 
     def is_local(self, domain):
         return domain.lower() in self.local_domains
@@ -214,6 +220,8 @@ class AddressMap:
         resource = _decode_user(resource) if resource else None
         if host in self.local_domains:
             return _jid(user, host, resource)
+        if host in self.room_domains:
+            return _jid(escape_node(user), host, resource)
         if uri.params.get("user") == "phone":
             user = normalize_number(user)
         hostport = host if uri.port is None else f"{host}:{uri.port}"
@@ -231,6 +239,8 @@ class AddressMap:
             raise AddressError(f"{jid.full()} has no localpart, so no SIP user")
         if domain == self.gateway_domain:
             uri = self._foreign_uri(jid.user)
+        elif domain in self.room_domains:
+            uri = URI(scheme="sip", user=quote(unescape_node(jid.user), safe=_SIP_USER_SAFE), host=domain)
         else:
             # A local user, or a remote XMPP user mapped as its own domain's
             # SIP address (whether to let it through is the caller's policy).

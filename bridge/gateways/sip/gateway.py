@@ -16,8 +16,9 @@ retransmissions are absorbed there, and each new server transaction reaches
   retransmitted towards a possibly spoofed source), its ACK ignored; CANCEL
   and BYE: 481, there is neither an INVITE transaction nor a dialog;
 * MESSAGE: ``messaging.Messaging`` (digest for our users, allowed foreign
-  domains, stored before 202, said or routed to XMPP); it also sends
-  MESSAGEs out;
+  domains, stored before 202, said or routed to XMPP; to a chat room, the
+  phone takes part through ``rooms.PhoneRooms``); it also sends MESSAGEs
+  out;
 * SUBSCRIBE, PUBLISH, NOTIFY: SIMPLE presence (``simple.py``); the NOTIFYs
   of our own subscriptions to foreign SIP users go on to ``watch.py``.
 
@@ -42,6 +43,7 @@ from bridge.gateways.sip.message import Limits, Response, make_response, parse_u
 from bridge.gateways.sip.messaging import Messaging
 from bridge.gateways.sip.phones import Phones
 from bridge.gateways.sip.registrar import Registrar
+from bridge.gateways.sip.rooms import PhoneRooms
 from bridge.gateways.sip.simple import SimplePresence
 from bridge.gateways.sip.transaction import ClientTransaction, TransactionLayer, Timers, new_branch
 from bridge.gateways.sip.watch import ForeignWatch
@@ -66,6 +68,14 @@ class AddressPrompt:
 
     def jid_for(self, text):
         return self.addresses.jid_for_prompt(text).full()
+
+
+def room_domains(ctx):
+    """The chat services of this server (``[muc]``, one per host), whose rooms phones take part in."""
+    muc = ctx.section("muc")
+    if not muc.enabled:
+        return frozenset()
+    return frozenset(f"{muc.subdomain}.{host}".lower() for host in ctx.host_names())
 
 
 def attach(ctx, reactor, tls_context):
@@ -99,9 +109,10 @@ class SIPGateway:
         self._pruning = None
         self._connector = sip_transport.StreamFactory(self, self.limits, "TCP", self.policy)
         domain = self.sip.domain.lower()
-        self.addresses = AddressMap(ctx.local_domains(), domain)
+        self.addresses = AddressMap(ctx.local_domains(), domain, room_domains(ctx))
         ctx.serve(domain, ("gateway", "sip", GATEWAY_NAME), AddressPrompt(self.addresses))
         self.phones = Phones(self)
+        self.rooms = PhoneRooms(self)
         self.messaging = Messaging(self)
         self.simple = SimplePresence(self)
         self.watch = ForeignWatch(self)

@@ -135,6 +135,9 @@ class Messaging:
             self._answer(transaction, request, 200)  # nothing to deliver (an empty body)
             return
         recipient = parse_jid(message.getAttribute("to"))
+        if recipient is not None and recipient.host in self.addresses.room_domains:
+            self._to_room(transaction, request, sender, message)
+            return
         if recipient is None or self.ctx.local_host(recipient.host) is None:
             self._answer(transaction, request, 404, "Not Found (not a user of this server)")
             return
@@ -154,6 +157,22 @@ class Messaging:
             self.gateway._respond(transaction, response)
             return
         self._answer(transaction, request, translate.ACCEPTED)
+
+    def _to_room(self, transaction, request, sender, message):
+        """A MESSAGE to a chat room of this server: a local user's phone takes part (``rooms.py``); said at
+        once, not stored (the room keeps it), and answered with what the room said."""
+        if sender is None:
+            self._answer(transaction, request, 403, "Forbidden (only users of this server take part in rooms)")
+            return
+        refusal = self.gateway.rooms.post(sender[0], sender[1], message)
+        if refusal is None:
+            self._answer(transaction, request, translate.ACCEPTED)
+        elif isinstance(refusal, tuple):
+            self._answer(transaction, request, *refusal)
+        else:
+            log.info("SIP MESSAGE refused by the room: {condition}", condition=translate.condition_of(refusal))
+            self.gateway._respond(transaction, translate.response_for_error(request, refusal,
+                                                                            to_tag=secrets.token_hex(6)))
 
     @defer.inlineCallbacks
     def authorize(self, request, source):

@@ -9,7 +9,8 @@ core treats the phones as one more resource of the user:
   presence, which the presence module broadcasts and answers probes with),
   a SUBSCRIBE (as presence of type ``subscribe``);
 * what is routed to the session reaches the phones: a message as a MESSAGE
-  to every bound contact, an error about something a phone said as a failure
+  to every bound contact (a chat room's too, ``rooms.py``: the rooms it is
+  in are known from their presence, and left when the session ends), an error about something a phone said as a failure
   notice (``translate.failure_notice_for``), an IQ is answered
   ``service-unavailable``.
 
@@ -55,8 +56,16 @@ class PhoneLine:
             elif stanza.name == "message":
                 self.phones.notify_failure(self.host, self.user, stanza)
             return
-        if stanza.name == "message":
-            self.phones.send_message(self.host, self.user, stanza, self.phones.report_failure(stanza))
+        rooms = self.phones.gateway.rooms
+        if stanza.name == "presence":
+            rooms.presence(self.host, self.user, stanza)
+        elif stanza.name == "message":
+            if stanza.getAttribute("type") == "groupchat":
+                # A room's message: nobody to tell if no phone takes it (the room would drop the occupant).
+                if not rooms.is_echo(self.host, self.user, stanza):
+                    self.phones.send_message(self.host, self.user, stanza, lambda delivered: None)
+            else:
+                self.phones.send_message(self.host, self.user, stanza, self.phones.report_failure(stanza))
         elif stanza.name == "iq" and stanza.getAttribute("type") in ("get", "set"):
             self.phones.ctx.route(error_reply(stanza, "service-unavailable"))
 
@@ -135,6 +144,8 @@ class Phones:
         return session
 
     def unbind(self, host, user):
+        if (host, user) in self.sessions:
+            self.gateway.rooms.leave_all(host, user)
         session = self.sessions.pop((host, user), None)
         if session is not None:
             self.ctx.unbind(session)

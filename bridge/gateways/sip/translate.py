@@ -342,22 +342,39 @@ def header_safe(text):
     return _HEADER_UNSAFE.sub(" ", text).strip()
 
 
+def display_name_of(name):
+    """``name`` as the quoted display name before an address (RFC 3261 quoted-string), or nothing."""
+    if not name:
+        return ""
+    escaped = name.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}" '
+
+
 def message_to_sip(stanza, addresses, call_id, from_tag, cseq=1, max_body_bytes=None):
     """The SIP MESSAGE for an XMPP <message/>, or None when SIP has no use for it.
 
     ``call_id``, ``from_tag`` and ``cseq`` are the caller's (Call-ID is the
     stanza's <thread/> instead when that is a valid Call-ID, RFC 7572).
-    Errors give None (they are never translated nor answered); groupchat
-    raises ``StanzaRefused``, as do addresses without a SIP form and bodies
-    over ``max_body_bytes``.  Via is left to the transport.
+    Errors give None (they are never translated nor answered).  Groupchat
+    crosses only from a room of this server (``addresses.room_domains``, to
+    a phone that takes part): it comes from the room's address, with the
+    occupant's nick as the display name, so that an answer goes to the room.
+    Other groupchat raises ``StanzaRefused``, as do addresses without a SIP
+    form and bodies over ``max_body_bytes``.  Via is left to the transport.
     """
     kind = stanza.getAttribute("type") or "normal"
     if kind == "error":
         return None
+    sender_text = stanza.getAttribute("from") or ""
+    display_name = None
     if kind == "groupchat":
-        raise StanzaRefused("service-unavailable", "groupchat does not cross the SIP gateway")
+        occupant = parse_jid(sender_text)
+        if occupant is None or occupant.host not in addresses.room_domains:
+            raise StanzaRefused("service-unavailable", "groupchat does not cross the SIP gateway")
+        display_name = header_safe(occupant.resource or "")
+        sender_text = occupant.userhost()
     try:
-        sender = addresses.uri_for_jid(stanza.getAttribute("from") or "")
+        sender = addresses.uri_for_jid(sender_text)
     except AddressError as e:
         raise StanzaRefused("jid-malformed", f"sender: {e}") from None
     try:
@@ -384,7 +401,7 @@ def message_to_sip(stanza, addresses, call_id, from_tag, cseq=1, max_body_bytes=
         call_id = thread.strip()
     headers = Headers()
     headers.add("Max-Forwards", MAX_FORWARDS)
-    headers.add("From", f"<{sender}>;tag={from_tag}")
+    headers.add("From", f"{display_name_of(display_name)}<{sender}>;tag={from_tag}")
     to_uri = str(target)
     headers.add("To", f"<{to_uri}>")
     headers.add("Call-ID", call_id)

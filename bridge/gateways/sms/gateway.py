@@ -149,6 +149,7 @@ class SMSGateway:
         ctx.hook("message/bare", self.to_number)
         ctx.hook("message/host", self.command)
         ctx.hook_local("offline/stored", self.offline_stored)
+        ctx.hook_local("muc/mention", self.offline_stored)  # a room message naming a member who is away
         ctx.hook_local("message/bare", self.headline, OBSERVE)
 
     # -- lifetime (the Gateway shape of tap.py) -------------------------------------

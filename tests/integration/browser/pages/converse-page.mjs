@@ -85,6 +85,15 @@ window.agent = {
     await api.chats.open(jid, {}, true);
     return true;
   },
+  // Open a chat room under a nickname, as Converse's "join a room" form would,
+  // and resolve once Converse reports it entered (its self-presence came).
+  async openRoom(jid, nick, timeoutMs) {
+    await api.rooms.open(jid, { nick }, true);
+    const room = await api.rooms.get(jid);
+    const entered = converse.ROOMSTATUS?.ENTERED ?? converse.env?.ROOMSTATUS?.ENTERED ?? 5;
+    await until(() => room.session.get("connection_status") === entered, timeoutMs, `room ${jid} entered`);
+    return true;
+  },
   // The messages with a body in the chat with a JID, in Converse's order (by
   // time); `archived` is true for one Converse took from a MAM query's result.
   async messages(jid) {
