@@ -24,6 +24,7 @@ from bridge.core.reload import ContextHolder, Reloader
 from bridge.core.server import GatewayContext, Server, load_feature
 from bridge.core.streams.c2s import ClientFactory
 from bridge.core.streams.component import ComponentFactory
+from bridge.core.streams.muxed import MuxLinkFactory
 from bridge.core.streams.s2s import IncomingServerFactory, PeerTLS, RemoteDomains
 from bridge.gateways.bosh import BoshService
 from bridge.gateways.http import HTTPFactory
@@ -323,6 +324,12 @@ def build(config, reactor, config_path=None):
     clients = [ClientFactory(server, c2s, context), ClientFactory(server, c2s, context, direct_tls=True)]
     listen("c2s", c2s.endpoints, clients[0])
     listen("c2s-direct-tls", c2s.direct_tls_endpoints, TLSMemoryBIOFactory(context, False, clients[1]))
+    mux = config.mux_listener
+    if mux.endpoints or mux.tls_endpoints:
+        links = MuxLinkFactory(server, mux, mux.read_secret())
+        clients.append(links.clients)
+        listen("mux", mux.endpoints, links)
+        listen("mux-tls", mux.tls_endpoints, TLSMemoryBIOFactory(context, False, links))
     s2s_direct = ContextHolder(remote.tls.options)
     listen("s2s", config.s2s.endpoints, IncomingServerFactory(server, remote))
     listen("s2s-direct-tls", config.s2s.direct_tls_endpoints,
