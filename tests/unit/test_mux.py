@@ -225,6 +225,23 @@ class NodeSideTests(SynchronousTestCase):
         self.assertIn((muxframe.CLOSE, 3, b""), node.frames())
         self.assertEqual(node.link.clients, {})
 
+    def test_output_waits_for_the_client_and_the_link(self):
+        """PAUSE from the mux (its client does not read) pauses that stream's output; the link draining
+        does not resume it, only RESUME does, and not while the link is full."""
+        node = NodeEnd(self)
+        node.send(muxframe.OPEN, 3, b"198.51.100.7:1")
+        output = node.link.clients[3].protocol.output
+        node.send(muxframe.PAUSE, 3)
+        self.assertTrue(output.full)
+        node.link.pauseProducing()
+        node.link.resumeProducing()
+        self.assertTrue(output.full)
+        node.link.pauseProducing()
+        node.send(muxframe.RESUME, 3)
+        self.assertTrue(output.full)
+        node.link.resumeProducing()
+        self.assertFalse(output.full)
+
     def test_link_lost_ends_every_stream(self):
         """The link going away ends every stream on it."""
         node = NodeEnd(self)

@@ -43,7 +43,8 @@ class MuxedTransport:
         self.address = address
         self.protocol = None
         self.producer = None
-        self.paused = False
+        self.paused = False  # the stream does not read: the mux was told PAUSE
+        self.client_full = False  # the client does not read: the mux said PAUSE
         self.held = []  # bytes that came while reading was paused
         self.held_bytes = 0
         self.ended = False
@@ -105,8 +106,15 @@ class MuxedTransport:
 
     def registerProducer(self, producer, streaming):
         self.producer = producer
-        if self.link.full:
-            producer.pauseProducing()
+        self.update_output()
+
+    def update_output(self):
+        """The stream's output waits while the link or the client (the mux says PAUSE) is full."""
+        if self.producer is not None:
+            if self.link.full or self.client_full:
+                self.producer.pauseProducing()
+            else:
+                self.producer.resumeProducing()
 
     def unregisterProducer(self):
         self.producer = None
@@ -180,11 +188,10 @@ class MuxLinkProtocol(Protocol):
         elif kind == muxframe.CLOSE:
             client.disconnecting = True
             client.lost(error.ConnectionDone())
-        elif kind == muxframe.PAUSE and client.producer is not None:
-            client.producer.pauseProducing()
-        elif kind == muxframe.RESUME and client.producer is not None and not self.full:
-            client.producer.resumeProducing()
-        elif kind not in (muxframe.PAUSE, muxframe.RESUME):
+        elif kind in (muxframe.PAUSE, muxframe.RESUME):
+            client.client_full = kind == muxframe.PAUSE
+            client.update_output()
+        else:
             raise muxframe.FrameError(f"frame kind {kind} after the handshake")
 
     def _handshake(self, kind, payload):
@@ -217,14 +224,12 @@ class MuxLinkProtocol(Protocol):
     def pauseProducing(self):
         self.full = True
         for client in list(self.clients.values()):
-            if client.producer is not None:
-                client.producer.pauseProducing()
+            client.update_output()
 
     def resumeProducing(self):
         self.full = False
         for client in list(self.clients.values()):
-            if client.producer is not None:
-                client.producer.resumeProducing()
+            client.update_output()
 
     def stopProducing(self):
         pass
