@@ -4,6 +4,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
+import tomllib
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
@@ -423,3 +424,15 @@ class MuxConfigTests(SynchronousTestCase):
         self.assertIn("0600", text)
         os.chmod(os.path.join(folder, "secret"), 0o600)
         self.assertEqual(configuration.load(path, {}).mux_listener.read_secret(), b"s")
+
+    def test_sample_documents_every_key(self):
+        """conf/bridge-mux.toml shows every [mux] key, each with its default, except the ones it must
+        be given (shown with examples)."""
+        path = os.path.join(os.path.dirname(__file__), "..", "..", "conf", "bridge-mux.toml")
+        with open(path, "rb") as handle:
+            table = tomllib.load(handle)["mux"]
+        defaults = mux_configuration.MuxConfig()
+        self.assertEqual(set(table), {option.name for option in dataclasses.fields(defaults)})
+        given = {"nodes", "certificate", "private_key", "secret_file"}
+        self.assertEqual({key: value for key, value in table.items() if key not in given},
+                         {key: getattr(defaults, key) for key in table if key not in given})
