@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from bridge import config as configuration
 from bridge.core import muxframe
-from bridge.core.streams.muxed import MuxLinkFactory
+from bridge.core.streams.muxed import HANDSHAKE_TIMEOUT_SECONDS, MuxLinkFactory
 from bridge.mux import config as mux_configuration
 from bridge.mux.relay import ClientRelay, NodeLink, NodePool, choose_link
 
@@ -153,6 +153,22 @@ class NodeSideTests(SynchronousTestCase):
             node.link.dataReceived(first)
             self.assertTrue(node.transport.disconnecting)
             self.assertEqual(node.link.clients, {})
+
+    def test_handshake_is_bounded_in_time_and_size(self):
+        """A link that does not prove the secret within the handshake timeout is dropped; before the
+        handshake, a frame larger than an AUTH is refused from its header."""
+        node = NodeEnd(self, authenticate=False)
+        node.harness.clock.advance(HANDSHAKE_TIMEOUT_SECONDS)
+        self.assertTrue(node.transport.disconnecting)
+        node = NodeEnd(self, authenticate=False)
+        node.link.dataReceived(muxframe.HEADER.pack(muxframe.AUTH, 0, muxframe.AUTH_BYTES + 1))
+        self.assertTrue(node.transport.disconnecting)
+        node = NodeEnd(self)
+        node.harness.clock.advance(HANDSHAKE_TIMEOUT_SECONDS)
+        self.assertFalse(node.transport.disconnecting)
+        node.send(muxframe.OPEN, 1, b"198.51.100.7:1")
+        node.send(muxframe.DATA, 1, b" " * 1000)
+        self.assertFalse(node.transport.disconnecting)
 
     def test_a_client_is_a_secure_c2s_stream(self):
         """A client opened on an authenticated link gets the ordinary c2s stream: no STARTTLS offered

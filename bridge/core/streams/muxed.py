@@ -30,6 +30,9 @@ from bridge.core.streams.c2s import ClientFactory
 
 log = Logger()
 
+# A link that has not proved the secret within this time is dropped.
+HANDSHAKE_TIMEOUT_SECONDS = 10.0
+
 
 @implementer(ITransport, IConsumer, IPushProducer)
 class MuxedTransport:
@@ -151,13 +154,21 @@ class MuxLinkProtocol(Protocol):
         self.clients = {}  # client id -> MuxedTransport
         self.full = False
         self.peer = "?"
+        self._handshake_timer = None
 
     def connectionMade(self):
         address = self.transport.getPeer()
         self.peer = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
-        self.decoder = muxframe.FrameDecoder(self.factory.max_frame_bytes)
+        # Until the handshake is done, nothing larger than an AUTH is taken.
+        self.decoder = muxframe.FrameDecoder(muxframe.AUTH_BYTES)
         self.transport.registerProducer(self, True)
         self.send_frame(muxframe.CHALLENGE, 0, self.nonce)
+        self._handshake_timer = self.factory.clock.callLater(HANDSHAKE_TIMEOUT_SECONDS, self._handshake_timed_out)
+
+    def _handshake_timed_out(self):
+        log.info("mux link from {peer} dropped: no handshake within {seconds}s", peer=self.peer,
+                 seconds=HANDSHAKE_TIMEOUT_SECONDS)
+        self.transport.abortConnection()
 
     def send_frame(self, kind, client_id, payload=b""):
         self.transport.write(muxframe.frame(kind, client_id, payload))
@@ -199,6 +210,8 @@ class MuxLinkProtocol(Protocol):
         if mux_nonce is None:
             raise muxframe.FrameError("the handshake failed (not the shared secret)")
         self.authenticated = True
+        self._handshake_timer.cancel()
+        self.decoder.max_payload_bytes = self.factory.max_frame_bytes
         self.send_frame(muxframe.WELCOME, 0, muxframe.proof(self.factory.secret, b"node", self.nonce, mux_nonce))
         log.info("mux link from {peer} authenticated", peer=self.peer)
 
@@ -235,6 +248,8 @@ class MuxLinkProtocol(Protocol):
         pass
 
     def connectionLost(self, reason):
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
         if self.authenticated:
             log.info("mux link from {peer} lost: {count} clients end", peer=self.peer, count=len(self.clients))
         for client in list(self.clients.values()):
