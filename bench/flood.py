@@ -31,6 +31,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -371,6 +372,41 @@ def print_report(results, args):
             print("  %5.1f%%  %s" % (p, fn))
 
 
+def round_ratio(done):
+    """A round's honest throughput with the flood over without it, or None."""
+    quiet = ((done.get("quiet") or {}).get("load") or {}).get("messages_per_s")
+    hostile = ((done.get("hostile") or {}).get("load") or {}).get("messages_per_s")
+    return hostile / quiet if quiet and hostile is not None else None
+
+
+def median_round(rounds):
+    """The round whose ratio is the median (the lower one of an even count), reported in full; the last round
+    when no ratio is known."""
+    rated = sorted((ratio, number) for number, ratio in enumerate(map(round_ratio, rounds)) if ratio is not None)
+    if not rated:
+        return rounds[-1] if rounds else {}
+    return rounds[rated[(len(rated) - 1) // 2][1]]
+
+
+def print_rounds(rounds):
+    """One line per round: the honest pairs' messages/s and p99 in each run, and the ratio; then the medians."""
+    fmt = report.fmt
+    print()
+    print("%-8s%14s%14s%12s%12s%10s%16s" % ("round", "quiet msg/s", "hostile msg/s", "quiet p99", "hostile p99",
+                                            "ratio", "honest ended"))
+    for number, done in enumerate(rounds, 1):
+        q, h = (done.get("quiet") or {}).get("load") or {}, (done.get("hostile") or {}).get("load") or {}
+        print("%-8d%14s%14s%12s%12s%10s%16s" % (
+            number, fmt(q.get("messages_per_s")), fmt(h.get("messages_per_s")), fmt(q.get("latency_p99_ms")),
+            fmt(h.get("latency_p99_ms")), fmt(round_ratio(done)),
+            "%s / %s" % (q.get("sessions_ended") or 0, h.get("sessions_ended") or 0)))
+    ratios = [r for r in map(round_ratio, rounds) if r is not None]
+    if ratios:
+        print("median of the rounds' ratios: %.0f %% (goal: 80 %% or more); rounds at 80 %% or more: %d of %d"
+              % (100 * statistics.median(ratios), sum(r >= 0.8 for r in ratios), len(ratios)))
+        print("(the full report below is of the round with the median ratio)")
+
+
 def print_curve(samples, marks, step):
     """Every `step`-th sample on one line each, with what happened since the line before."""
     pending = sorted(marks)
@@ -415,6 +451,9 @@ def main(argv=None):
                    help="seconds of sampling after the load (hostile BOSH sessions expire after "
                         "60 s; default %(default)s)")
     p.add_argument("--runs", default="quiet,hostile", help="which runs, in order (default %(default)s)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat the runs this many times, in the other order every second round, and report "
+                        "each round's hostile/quiet ratio and their median (default %(default)s)")
     p.add_argument("--server-cpus", default="0",
                    help="CPUs bridge runs on, the loaders and this script on the others "
                         "(comma-separated numbers; '' for no pinning; default %(default)s)")
@@ -481,20 +520,27 @@ def main(argv=None):
     try:
         server.prepare(args.accounts)
         results["meta"]["config"] = open(server.cfg).read()
-        for name in runs:
-            say("run %s" % name)
-            try:
-                results["runs"][name] = one_run(args, server, name, server.out_path, tmp)
-            except (BenchError, OSError, subprocess.SubprocessError) as exc:
-                failed = True
-                results["runs"][name] = {"error": str(exc)}
-                say("%s: FAILED: %s" % (name, exc))
-                say(tail(server.out_path, 20))
+        results["rounds"] = []
+        for number in range(args.rounds):
+            done = {}
+            for name in (runs if number % 2 == 0 else runs[::-1]):
+                say("round %d of %d, run %s" % (number + 1, args.rounds, name))
+                try:
+                    done[name] = one_run(args, server, name, server.out_path, tmp)
+                except (BenchError, OSError, subprocess.SubprocessError) as exc:
+                    failed = True
+                    done[name] = {"error": str(exc)}
+                    say("%s: FAILED: %s" % (name, exc))
+                    say(tail(server.out_path, 20))
+            results["rounds"].append(done)
+        results["runs"] = median_round(results["rounds"])
     finally:
         stop_quietly(server)
         results["meta"]["loadavg_at_end"] = os.getloadavg()
         if args.output:
             report.write_json(results, args.output)
+        if len(results.get("rounds", [])) > 1:
+            print_rounds(results["rounds"])
         print_report(results, args)
         if args.keep_tmp:
             say("kept %s" % tmp)

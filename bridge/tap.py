@@ -21,11 +21,12 @@ from bridge.core import datadir, storage as storage_module, tls
 from bridge.core.listening import listening_endpoint
 from bridge.core.control import SOCKET_NAME, ControlCommands, ControlFactory
 from bridge.core.reload import ContextHolder, Reloader
-from bridge.core.server import GatewayContext, Server, load_feature
+from bridge.core.server import GatewayContext, Server, load_feature, looping_call
 from bridge.core.streams.c2s import ClientFactory
 from bridge.core.streams.component import ComponentFactory
 from bridge.core.streams.muxed import MuxLinkFactory
 from bridge.core.streams.s2s import IncomingServerFactory, PeerTLS, RemoteDomains
+from bridge.core.xmlstream import DORMANCY_PERIOD_SECONDS
 from bridge.gateways.bosh import BoshService
 from bridge.gateways.http import HTTPFactory
 
@@ -147,6 +148,7 @@ class ServerService(service.MultiService):
         if threading.current_thread() is threading.main_thread():
             self._previous_hangup = signal.signal(signal.SIGHUP, self._hangup)
         self.server.triage.start()
+        self._dormancy_tick = looping_call(self.server.clock, DORMANCY_PERIOD_SECONDS, self.server.dormancy.tick)
         self.remote.start().addErrback(lambda failure: log.failure("federation start failed", failure))
         log.info("bridge {version} serving {hosts} (configuration: {source})", version=__version__,
                  hosts=", ".join(self.server.hosts), source=self.server.config.source)
@@ -161,6 +163,7 @@ class ServerService(service.MultiService):
             signal.signal(signal.SIGHUP, self._previous_hangup)
             self._previous_hangup = None
         self.server.triage.stop()
+        self._dormancy_tick.stop()
         self.server.log_budget.stop()
         d = self.remote.stop()
         d.addBoth(lambda _: super(ServerService, self).stopService())

@@ -225,9 +225,13 @@ class PrivacyLists:
     @classmethod
     def from_json(cls, stored):
         if not stored:
-            return cls()
+            return NO_PRIVACY_LISTS
         if isinstance(stored, list):
             # A block list stored before privacy lists: its JIDs, now the default list.
             return cls().block(stored)
         lists = {name: tuple(Rule.from_json(rule) for rule in rules) for name, rules in stored["lists"].items()}
         return cls(lists, stored.get("default"))
+
+
+# The lists of every account that has none (most): shared, as a PrivacyLists never changes.
+NO_PRIVACY_LISTS = PrivacyLists()

@@ -35,6 +35,7 @@ from bridge.core.sasl import Decoys
 from bridge.core.sessions import SessionTable
 from bridge.core.stanza import parse_jid
 from bridge.core.triage import Triage
+from bridge.core.xmlstream import Dormancy
 
 log = Logger()
 
@@ -60,6 +61,7 @@ class Server:
         # Rations the work of peers that have not authenticated while the process is saturated.
         self.triage = Triage(clock, config.c2s.unauthenticated_share)
         self.log_budget = LogBudget(clock)  # the lines that peers' refusals and stream errors may log
+        self.dormancy = Dormancy()  # lets the parsers of quiet streams rest (ticked by the service)
         # XEP-0198 resumption id -> Session, while it may be resumed.
         self.resumable_sessions = {}
         self.cluster = None  # bridge.core.cluster.Cluster, when [cluster] makes this process one node of several

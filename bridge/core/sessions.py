@@ -6,6 +6,8 @@ presence and a ``send`` callable.  The table is the part of the routing
 state that nodes of a cluster would share.
 """
 
+NO_DIRECTED = frozenset()  # shared by the sessions that sent no directed presence (most)
+
 
 class Session:
     """One bound resource of this process (``RemoteSession`` in bridge.core.cluster: one of another node)."""
@@ -20,7 +22,7 @@ class Session:
         self.presence = None
         self.priority = 0
         self.interested = False
-        self.directed = set()
+        self.directed = NO_DIRECTED  # the full JIDs it sent directed presence to; a set once there is one
         self.data = {}
         self.sm = None  # XEP-0198 state, once the client enabled it
         self.since = None  # the clock's time when it was bound

@@ -15,6 +15,7 @@ order mark, from bytes that look like UTF-16, or from an XML declaration.
 import codecs
 import re
 from xml.parsers import expat
+from xml.sax.saxutils import quoteattr
 
 from twisted.words.xish import domish
 
@@ -52,28 +53,29 @@ class StreamParser:
     and takes the default namespace of whichever stream it leaves by.
     """
 
-    def __init__(self, on_open, on_element, on_close, stanza_size_limit_bytes, content_namespace=None):
+    __slots__ = ("on_open", "on_element", "on_close", "content_namespace", "stanza_size_limit_bytes", "dormancy",
+                 "_parser", "_declarations", "_resume_tag", "_offset", "_decoder", "_depth", "_open",
+                 "_stanza_start", "_fed", "_mark")
+
+    def __init__(self, on_open, on_element, on_close, stanza_size_limit_bytes, content_namespace=None,
+                 dormancy=None):
         self.on_open = on_open
         self.content_namespace = content_namespace
         self.on_element = on_element
         self.on_close = on_close
         self.stanza_size_limit_bytes = stanza_size_limit_bytes
+        self.dormancy = dormancy
         self.reset()
 
     def reset(self):
-        parser = expat.ParserCreate(namespace_separator=" ")
-        parser.buffer_text = True
-        parser.ordered_attributes = False
-        parser.StartElementHandler = self._start
-        parser.EndElementHandler = self._end
-        parser.CharacterDataHandler = self._text
-        parser.StartDoctypeDeclHandler = self._refuse
-        parser.EntityDeclHandler = self._refuse
-        parser.CommentHandler = self._refuse
-        parser.ProcessingInstructionHandler = self._refuse
-        parser.XmlDeclHandler = self._declaration
-        parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
-        self._parser = parser
+        self._parser = self._new_parser()
+        self._parser.StartNamespaceDeclHandler = self._declared
+        self._declarations = []
+        # The start tag that puts a new expat parser back inside this stream
+        # (see ``rest``), once the stream has opened; None when it cannot.
+        self._resume_tag = None
+        # Added to expat's byte indexes to count from the start of the stream.
+        self._offset = 0
         self._decoder = codecs.getincrementaldecoder("utf-8")()
         self._depth = 0
         # The open elements of the stanza being parsed, innermost last.  A
@@ -87,8 +89,47 @@ class StreamParser:
         # stanza, whitespace): an unfinished tag is measured from there.
         self._mark = 0
 
+    def _new_parser(self):
+        parser = expat.ParserCreate(namespace_separator=" ")
+        parser.buffer_text = True
+        parser.ordered_attributes = False
+        parser.StartElementHandler = self._start
+        parser.EndElementHandler = self._end
+        parser.CharacterDataHandler = self._text
+        parser.StartDoctypeDeclHandler = self._refuse
+        parser.EntityDeclHandler = self._refuse
+        parser.CommentHandler = self._refuse
+        parser.ProcessingInstructionHandler = self._refuse
+        parser.XmlDeclHandler = self._declaration
+        parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+        return parser
+
+    def rest(self):
+        """Let go of the expat parser while the stream is between stanzas with nothing unparsed.
+
+        An expat parser holds about 20 KiB (its text buffer, name and
+        namespace tables), most of what an idle session costs; the next
+        ``feed`` builds a new one, put back inside the stream by a start
+        tag with the namespace declarations of the stream's header.
+        """
+        if (self._parser is not None and self._depth == 1 and self._resume_tag is not None
+                and self._parser.CurrentByteIndex + self._offset == self._fed):
+            self._parser = None
+
+    def _wake(self):
+        parser = self._new_parser()
+        parser.StartElementHandler = None
+        parser.Parse(self._resume_tag, False)
+        parser.StartElementHandler = self._start
+        self._offset = self._fed - parser.CurrentByteIndex
+        self._parser = parser
+
     def feed(self, data):
         """Parse ``data``; raises ``StreamError`` for anything a stream must not hold."""
+        if self._parser is None:
+            self._wake()
+        if self.dormancy is not None:
+            self.dormancy.fed(self)
         self._fed += len(data)
         fault = None
         try:
@@ -128,6 +169,8 @@ class StreamParser:
         """
         if self._depth > 1:
             return False
+        if self._parser is None:
+            return True  # resting: nothing was left unparsed
         try:
             self._parser.Parse(b"", True)
         except expat.ExpatError as error:
@@ -159,10 +202,13 @@ class StreamParser:
             if (uri, local) != (NS_STREAMS, "stream"):
                 raise StreamError("invalid-namespace", "the root must be <stream:stream/>")
             self._mark = self._parser.CurrentByteIndex
+            self._parser.StartNamespaceDeclHandler = None
+            self._resume_tag = _resume_tag(self._declarations)
+            self._declarations = None
             self.on_open(element)
             return
         if self._depth == 2:
-            self._stanza_start = self._parser.CurrentByteIndex
+            self._stanza_start = self._parser.CurrentByteIndex + self._offset
         else:
             self._open[-1].children.append(element)
         self._open.append(element)
@@ -174,7 +220,7 @@ class StreamParser:
             return
         element = self._open.pop()
         if self._depth == 1:
-            self._mark = self._parser.CurrentByteIndex
+            self._mark = self._parser.CurrentByteIndex + self._offset
             size = self._mark - self._stanza_start
             self._stanza_start = None
             if size > self.stanza_size_limit_bytes:
@@ -187,7 +233,51 @@ class StreamParser:
         elif data.strip():
             raise StreamError("not-well-formed", "text between stanzas")
         else:
-            self._mark = self._parser.CurrentByteIndex
+            self._mark = self._parser.CurrentByteIndex + self._offset
+
+    def _declared(self, prefix, uri):
+        self._declarations.append((prefix, uri))
+
+
+def _resume_tag(declarations):
+    """A start tag of the stream's root with the namespaces the header declared, or None.
+
+    The root's own prefix is the one bound to the streams namespace; with
+    none, or several, the end tag could not be matched, and the parser
+    never rests.
+    """
+    prefixes = [prefix for prefix, uri in declarations if uri == NS_STREAMS]
+    if len(prefixes) != 1 or not prefixes[0]:
+        return None
+    bindings = " ".join(f"xmlns:{prefix}={quoteattr(uri or '')}" if prefix else f"xmlns={quoteattr(uri or '')}"
+                        for prefix, uri in declarations)
+    return f"<{prefixes[0]}:stream {bindings}>"
+
+
+# A stream quiet for this long (to twice as long) lets its parser rest.  Waking one
+# costs about as much as parsing a small stanza: a stream that speaks once a
+# period pays that, and an idle session saves a third of its memory.
+DORMANCY_PERIOD_SECONDS = 1.0
+
+
+class Dormancy:
+    """Parsers fed in neither of the last two periods rest (see ``StreamParser.rest``).
+
+    ``tick`` runs every period.  Each feed costs one set insertion, and a
+    busy stream never rests: only a stream quiet for a whole period does.
+    """
+
+    def __init__(self):
+        self._recent = set()
+        self._before = set()
+
+    def fed(self, parser):
+        self._recent.add(parser)
+
+    def tick(self):
+        for parser in self._before - self._recent:
+            parser.rest()
+        self._before, self._recent = self._recent, set()
 
 
 def parse_document(chunks, stanza_size_limit_bytes, content_namespace=None):

@@ -25,6 +25,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from bridge.core.hooks import in_background
+from bridge.core.sessions import NO_DIRECTED
 from bridge.core.stanza import make, priority_of, readdress
 from bridge.core.storage.cache import KeyedLock
 
@@ -97,7 +98,7 @@ class Presence:
                 return True
             initial = False
             session.presence = None
-            directed, session.directed = session.directed, set()
+            directed, session.directed = session.directed, NO_DIRECTED
         self.sessions.changed(session)
         return self._in_turn(session.bare, self._broadcast, session, stanza, initial, directed)
 
@@ -152,8 +153,10 @@ class Presence:
         if item is not None and item.has_from:
             return
         if kind is None:
+            if session.directed is NO_DIRECTED:
+                session.directed = set()
             session.directed.add(target)
-        else:
+        elif target in session.directed:
             session.directed.discard(target)
 
     @defer.inlineCallbacks

@@ -134,7 +134,7 @@ class WebSocketStream:
         self.output.register()
         c2s = self.server.config.c2s
         self.parser = StreamParser(lambda header: None, self._found.append, self._root_closed,
-                                   c2s.stanza_size_limit_bytes, NS_CLIENT)
+                                   c2s.stanza_size_limit_bytes, NS_CLIENT, self.server.dormancy)
         self.parser.feed(SYNTHETIC_HEADER)
         self.stream = ClientStream(self.server, self, c2s, secure=self.secure)
         self._schedule_ping()

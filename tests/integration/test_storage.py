@@ -3,9 +3,11 @@ answers come later than the calls and in their order, a burst shares one transac
 fails alone, close waits for what was asked before, and the files are private to their owner."""
 
 import os
+import shutil
 import signal
 import sqlite3
 import stat
+import tempfile
 
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -16,9 +18,16 @@ from bridge.core.storage.sqlite import SQLiteStorage
 from bridge.core.storage.sqlite_ops import connect, run_batch
 
 
+def scratch_folder(case):
+    """A new folder, removed after ``case``'s other cleanups (trial's mktemp would leave it in the working tree)."""
+    folder = tempfile.mkdtemp(prefix="bridge-test-")
+    case.addCleanup(shutil.rmtree, folder, True)
+    return os.path.join(folder, "run")
+
+
 class ThreadedStorageTests(TestCase):
     def setUp(self):
-        self.folder = os.path.join(self.mktemp(), "data")
+        self.folder = os.path.join(scratch_folder(self), "data")
         self.path = os.path.join(self.folder, "bridge.sqlite")
         self.storage = SQLiteStorage(self.path, reactor)
         self.addCleanup(self.storage.close)
@@ -88,7 +97,7 @@ class ArchiveWriterProcessTests(TestCase):
     """The archive's writer as a real process beside the database thread, on a real file."""
 
     def setUp(self):
-        self.path = os.path.join(self.mktemp(), "data", "bridge.sqlite")
+        self.path = os.path.join(scratch_folder(self), "data", "bridge.sqlite")
         self.writer = ArchiveWriter(reactor, self.path)
         self.storage = SQLiteStorage(self.path, reactor, self.writer)
         self.addCleanup(self.storage.close)

@@ -5,11 +5,21 @@ Config writers of bench/servers.py and pure functions of bench/archive.py; no se
 """
 
 import argparse
+import os
+import shutil
+import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from bench.archive import archive_warnings, round_ratios, schedule, summary
 from bench.servers import BridgeServer, EjabberdServer, ProsodyServer
+
+
+def scratch_folder(case):
+    """A new folder, removed after ``case``'s other cleanups (trial's mktemp would leave it in the working tree)."""
+    folder = tempfile.mkdtemp(prefix="bridge-test-")
+    case.addCleanup(shutil.rmtree, folder, True)
+    return os.path.join(folder, "run")
 
 
 def bench_args():
@@ -20,14 +30,14 @@ class ConfigWritersTests(SynchronousTestCase):
     def test_bridge_archive_follows_the_flag(self):
         """bridge's config has [mam] enabled = true with the archive flag, false without it."""
         for archive in (False, True):
-            server = BridgeServer(bench_args(), self.mktemp(), 25222, archive=archive)
+            server = BridgeServer(bench_args(), scratch_folder(self), 25222, archive=archive)
             self.assertEqual(server.config_tables()["mam"], {"enabled": archive})
 
     def test_prosody_loads_mod_mam_archiving_every_chat_only_with_the_flag(self):
         """Prosody's config enables mod_mam with default_archive_policy = true with the archive flag,
         and has neither without it."""
         def config(archive):
-            server = ProsodyServer(bench_args(), self.mktemp(), 15222, "ec", archive=archive)
+            server = ProsodyServer(bench_args(), scratch_folder(self), 15222, "ec", archive=archive)
             return server.config_lines("/c.crt", "/c.key")
 
         def modules(lines):
@@ -44,7 +54,7 @@ class ConfigWritersTests(SynchronousTestCase):
         """ejabberd's config lists mod_mam with default: always under modules with the archive flag,
         and no mod_mam without it."""
         def config(archive):
-            return EjabberdServer(bench_args(), self.mktemp(), 35222, "ec",
+            return EjabberdServer(bench_args(), scratch_folder(self), 35222, "ec",
                                   archive=archive).config_lines()
 
         on = config(True)

@@ -6,6 +6,7 @@ import tempfile
 
 from OpenSSL import SSL, crypto
 from twisted.internet.task import Clock
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -177,6 +178,25 @@ class ContextHolderTests(SynchronousTestCase):
         self.assertEqual(holder.getContext(), "old")
         holder.current = Context("new")
         self.assertEqual(holder.getContext(), "new")
+
+    def test_connections_are_made_by_the_current_options(self):
+        """A TLS listener gets each connection from the options held now, as a connection creator (not through
+        Twisted's shim for plain context factories)."""
+        made = []
+
+        class Options:
+            def __init__(self, name):
+                self.name = name
+
+            def serverConnectionForTLS(self, protocol):
+                made.append((self.name, protocol))
+                return self.name
+
+        holder = ContextHolder(Options("old"))
+        self.assertTrue(IOpenSSLServerConnectionCreator.providedBy(holder))
+        holder.current = Options("new")
+        self.assertEqual(holder.serverConnectionForTLS("protocol"), "new")
+        self.assertEqual(made, [("new", "protocol")])
 
 
 class BuiltServerTests(SynchronousTestCase):

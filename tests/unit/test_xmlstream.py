@@ -6,7 +6,8 @@ import weakref
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.words.xish import domish
 
-from bridge.core.xmlstream import NS_STREAMS, NS_XML, StreamError, StreamParser, known_as, parse_element, serialize
+from bridge.core.xmlstream import (NS_STREAMS, NS_XML, Dormancy, StreamError, StreamParser, known_as, parse_element,
+                                   serialize)
 
 HEADER = f"<stream:stream xmlns='jabber:client' xmlns:stream='{NS_STREAMS}' to='localhost' version='1.0'>"
 
@@ -23,11 +24,12 @@ BILLION_LAUGHS = """<?xml version="1.0"?>
 
 
 class Recorder:
-    def __init__(self, limit=10000):
+    def __init__(self, limit=10000, dormancy=None, content_namespace="jabber:client"):
         self.opened = []
         self.elements = []
         self.closed = 0
-        self.parser = StreamParser(self.opened.append, self.elements.append, self.close, limit, "jabber:client")
+        self.parser = StreamParser(self.opened.append, self.elements.append, self.close, limit, content_namespace,
+                                   dormancy)
 
     def close(self):
         self.closed += 1
@@ -175,6 +177,83 @@ class ParsingTests(SynchronousTestCase):
         recorder.parser.reset()
         recorder.parser.feed(HEADER.encode())
         self.assertEqual(len(recorder.opened), 2)
+
+
+class RestTests(SynchronousTestCase):
+    """A quiet stream lets go of its expat parser, and the next bytes are parsed as if it never had."""
+
+    def resting(self, recorder):
+        recorder.parser.rest()
+        return recorder.parser._parser is None
+
+    def test_rests_between_stanzas_and_parses_on(self):
+        """After a rest, stanzas parse with the stream's namespaces, and the end of the stream is seen."""
+        recorder = Recorder()
+        recorder.parser.feed((HEADER + "<message to='a@b'><body>one</body></message> ").encode())
+        self.assertTrue(self.resting(recorder))
+        recorder.parser.feed(b"<message to='a@b'><body>two</body></message></stream:stream>")
+        self.assertEqual([(element.uri, str(element.body)) for element in recorder.elements],
+                         [(None, "one"), (None, "two")])
+        self.assertEqual(recorder.closed, 1)
+
+    def test_prefixes_of_the_header_survive(self):
+        """A server stream's dialback prefix, declared on its header, still binds after a rest."""
+        header = (f"<stream:stream xmlns='jabber:server' xmlns:stream='{NS_STREAMS}' "
+                  "xmlns:db='jabber:server:dialback' version='1.0'>")
+        recorder = Recorder(content_namespace="jabber:server")
+        recorder.parser.feed(header.encode())
+        self.assertTrue(self.resting(recorder))
+        recorder.parser.feed(b"<db:result to='a' from='b'>key</db:result>")
+        self.assertEqual([(element.uri, element.name) for element in recorder.elements],
+                         [("jabber:server:dialback", "result")])
+
+    def test_no_rest_with_anything_unparsed(self):
+        """An unfinished tag, an open stanza or half a UTF-8 character keeps the parser."""
+        for tail in (b"<mess", b"<message><body>", "<message><body>\u00e9".encode()[:-1]):
+            recorder = Recorder()
+            recorder.parser.feed(HEADER.encode() + tail)
+            self.assertFalse(self.resting(recorder), tail)
+
+    def test_no_rest_before_the_header(self):
+        """Before the stream opens there is no header to resume from."""
+        recorder = Recorder()
+        recorder.parser.feed(b"<?xml version='1.0'?>")
+        self.assertFalse(self.resting(recorder))
+
+    def test_size_limit_counts_across_a_rest(self):
+        """After a rest a stanza is measured from its own start: what came before the rest does not count,
+        and what follows it does."""
+        recorder = Recorder(limit=200)
+        recorder.parser.feed(HEADER.encode() + b"<message><body>" + b"x" * 150 + b"</body></message>")
+        self.assertTrue(self.resting(recorder))
+        recorder.parser.feed(b"<message><body>" + b"x" * 150)
+        recorder.parser.feed(b"</body></message>")
+        self.assertEqual(len(recorder.elements), 2)
+        self.assertTrue(self.resting(recorder))
+        recorder.parser.feed(b"<message><body>" + b"x" * 150)
+        error = self.assertRaises(StreamError, recorder.parser.feed, b"x" * 100)
+        self.assertEqual(error.condition, "policy-violation")
+
+    def test_ends_between_stanzas_while_resting(self):
+        """A resting parser has nothing pending: a stream restart may follow."""
+        recorder = Recorder()
+        recorder.parser.feed(HEADER.encode())
+        self.assertTrue(self.resting(recorder))
+        self.assertTrue(recorder.parser.ends_between_stanzas())
+
+    def test_dormancy_rests_only_what_stayed_quiet(self):
+        """A parser fed in the last period stays awake; one fed before it and not since rests at the tick."""
+        dormancy = Dormancy()
+        quiet, busy = Recorder(dormancy=dormancy), Recorder(dormancy=dormancy)
+        quiet.parser.feed(HEADER.encode())
+        busy.parser.feed(HEADER.encode())
+        dormancy.tick()
+        busy.parser.feed(b" ")
+        dormancy.tick()
+        self.assertIsNone(quiet.parser._parser)
+        self.assertIsNotNone(busy.parser._parser)
+        dormancy.tick()
+        self.assertIsNone(busy.parser._parser)
 
 
 class SerializeTests(SynchronousTestCase):

@@ -125,35 +125,40 @@ class Reading:
     one resuming never undoes the other's pause.
     """
 
+    __slots__ = ("transport", "_paused")
+
     def __init__(self, transport):
         self.transport = transport
-        self._paused = set()
+        self._paused = 0  # how many holds are paused
 
     def hold(self):
         return _ReadingHold(self)
 
-    def _set(self, hold, paused):
-        was_paused = bool(self._paused)
-        if paused:
-            self._paused.add(hold)
-        else:
-            self._paused.discard(hold)
-        if was_paused != bool(self._paused):
-            if paused:
+    def _count(self, change):
+        self._paused += change
+        if self._paused == (1 if change > 0 else 0):
+            if change > 0:
                 self.transport.pauseProducing()
             else:
                 self.transport.resumeProducing()
 
 
 class _ReadingHold:
+    __slots__ = ("reading", "paused")
+
     def __init__(self, reading):
         self.reading = reading
+        self.paused = False
 
     def pauseProducing(self):
-        self.reading._set(self, True)
+        if not self.paused:
+            self.paused = True
+            self.reading._count(1)
 
     def resumeProducing(self):
-        self.reading._set(self, False)
+        if self.paused:
+            self.paused = False
+            self.reading._count(-1)
 
 
 class OutputBatch:
@@ -340,15 +345,18 @@ class XMLStreamProtocol(Protocol):
     # The Triage rationing the reads of peers that have not authenticated (c2s), or None.
     triage = None
 
-    def __init__(self, clock, limits):
+    def __init__(self, clock, limits, dormancy=None):
         self.clock = clock
         self.limits = limits
+        self.dormancy = dormancy
         self.closed = False
         self.rate = None
         self.output = None
         self._waiting = None
         self.last_activity = clock.seconds()
-        self._parsed = deque()
+        # (handler, args) of what was parsed and waits to be handled; None when nothing does, since an
+        # empty deque holds a block of 64 slots that an idle stream would keep.
+        self._parsed = None
         self._input_ended = False
         self._handling = False
         self._gate = None  # the triage of this peer's reads until it authenticates (with ``triage``)
@@ -369,22 +377,37 @@ class XMLStreamProtocol(Protocol):
         self.output.register()
         address = self.transport.getPeer()
         self.peer = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
-        self.parser = StreamParser(lambda header: self._parsed.append((self.header_received, (header,))),
-                                   lambda element: self._parsed.append((self.element_received, (element,))),
-                                   lambda: self._parsed.append((self.end_received, ())),
-                                   self.limits.stanza_size_limit_bytes, self.content_namespace)
+        self.parser = StreamParser(self._header_parsed, self._element_parsed, self._end_parsed,
+                                   self.limits.stanza_size_limit_bytes, self.content_namespace, self.dormancy)
 
     # -- input -------------------------------------------------------------
+
+    def _wait(self, handler, *args):
+        if self._parsed is None:
+            self._parsed = deque()
+        self._parsed.append((handler, args))
+
+    def _header_parsed(self, header):
+        self._wait(self.header_received, header)
+
+    def _element_parsed(self, element):
+        self._wait(self.element_received, element)
+
+    def _end_parsed(self):
+        self._wait(self.end_received)
 
     def authenticated(self):
         """Whether the peer has proven who it is: its reads are then never rationed by triage."""
         return True
 
     def dataReceived(self, data):
-        if self._gate is None or self.authenticated():
-            self._take(data)
-        else:
-            self._gate.receive(data)
+        if self._gate is not None:
+            if not self.authenticated():
+                self._gate.receive(data)
+                return
+            # Nothing waits in the gate once the peer has authenticated (what it kept was taken first).
+            self._gate = None
+        self._take(data)
 
     def _take(self, data):
         if self.closed or self._input_ended:
@@ -403,7 +426,7 @@ class XMLStreamProtocol(Protocol):
     def _end_input(self, condition, text=None):
         """Nothing more is parsed; the stream error comes after what was parsed before it."""
         self._input_ended = True
-        self._parsed.append((self.stream_error, (condition, text)))
+        self._wait(self.stream_error, condition, text)
 
     def busy(self):
         """True while the stream may take no more elements for now (see ``TCPClientProtocol``)."""
@@ -419,11 +442,10 @@ class XMLStreamProtocol(Protocol):
                 self._handle_parsed()
         finally:
             self._handling = False
-        if self.closed:
-            self._parsed.clear()
-        if self._parsed:
+        if self._parsed and not self.closed:
             self._waiting.pauseProducing()
         else:
+            self._parsed = None
             self._waiting.resumeProducing()
 
     def _handle_parsed(self):
@@ -445,7 +467,7 @@ class XMLStreamProtocol(Protocol):
         if self.closed:
             return False  # (an answer that came after the connection ended: its parser is let go)
         if self._parsed or not self.parser.ends_between_stanzas():
-            self._parsed.clear()
+            self._parsed = None
             self._input_ended = True
             self.stream_error("policy-violation", "nothing may follow a stream restart before the answer to it")
             return False
@@ -516,7 +538,7 @@ class XMLStreamProtocol(Protocol):
 
     def connectionLost(self, reason):
         self.closed = True
-        self._parsed.clear()
+        self._parsed = None
         if self.rate is not None:
             self.rate.cancel()
         if self._close_timer is not None and self._close_timer.active():

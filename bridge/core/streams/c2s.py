@@ -687,7 +687,7 @@ class TCPClientProtocol(XMLStreamProtocol):
     kind = "tcp"  # what carries the session, as bridgectl and the metrics show it
 
     def __init__(self, server, listener, tls_context, direct_tls):
-        super().__init__(server.clock, listener)
+        super().__init__(server.clock, listener, server.dormancy)
         self.server = server
         self.triage = server.triage
         self.listener = listener

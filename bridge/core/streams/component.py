@@ -58,7 +58,7 @@ class ComponentStream(XMLStreamProtocol):
     content_namespace = NS_COMPONENT
 
     def __init__(self, server, factory):
-        super().__init__(server.clock, server.config.component_listener)
+        super().__init__(server.clock, server.config.component_listener, server.dormancy)
         self.server = server
         self.factory = factory
         self.stream_id = None

@@ -145,7 +145,7 @@ class IncomingServerStream(XMLStreamProtocol):
     content_namespace = NS_SERVER
 
     def __init__(self, server, remote):
-        super().__init__(server.clock, remote.config)
+        super().__init__(server.clock, remote.config, server.dormancy)
         self.server = server
         self.remote = remote
         self.config = remote.config
@@ -354,7 +354,7 @@ class OutgoingServerStream(XMLStreamProtocol):
     content_namespace = NS_SERVER
 
     def __init__(self, remote, origin, target, verify=None):
-        super().__init__(remote.clock, remote.config)
+        super().__init__(remote.clock, remote.config, remote.server.dormancy)
         self.remote = remote
         self.config = remote.config
         self.origin = origin
