@@ -327,12 +327,6 @@ def build(config, reactor, config_path=None):
     clients = [ClientFactory(server, c2s, context), ClientFactory(server, c2s, context, direct_tls=True)]
     listen("c2s", c2s.endpoints, clients[0])
     listen("c2s-direct-tls", c2s.direct_tls_endpoints, TLSMemoryBIOFactory(context, False, clients[1]))
-    mux = config.mux_listener
-    if mux.endpoints or mux.tls_endpoints:
-        links = MuxLinkFactory(server, mux, mux.read_secret())
-        clients.append(links.clients)
-        listen("mux", mux.endpoints, links)
-        listen("mux-tls", mux.tls_endpoints, TLSMemoryBIOFactory(context, False, links))
     s2s_direct = ContextHolder(remote.tls.options)
     listen("s2s", config.s2s.endpoints, IncomingServerFactory(server, remote))
     listen("s2s-direct-tls", config.s2s.direct_tls_endpoints,
@@ -348,10 +342,17 @@ def build(config, reactor, config_path=None):
     web = [HTTPFactory(server, http, bosh, tls=False)]
     for listener in listen("http", http.endpoints, web[0]):
         server.http_listeners.append((False, listener))
+    mux = config.mux_listener
+    if mux.endpoints or mux.tls_endpoints:
+        links = MuxLinkFactory(server, mux, mux.read_secret(), HTTPFactory(server, http, bosh, tls=True))
+        clients.append(links.clients)
+        web.append(links.web)
+        listen("mux", mux.endpoints, links)
+        listen("mux-tls", mux.tls_endpoints, TLSMemoryBIOFactory(context, False, links))
     if http.tls_endpoints:
         web.append(HTTPFactory(server, http, bosh, tls=True))
         http_context = tls_holder(lambda new: listener_context(new, new.http, alpn=(b"http/1.1",)))
-        for listener in listen("https", http.tls_endpoints, TLSMemoryBIOFactory(http_context, False, web[1])):
+        for listener in listen("https", http.tls_endpoints, TLSMemoryBIOFactory(http_context, False, web[-1])):
             server.http_listeners.append((True, listener))
     # Prometheus metrics, on a listener of their own (docs/operations.md).
     if config.metrics.endpoints:

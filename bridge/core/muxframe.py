@@ -3,7 +3,8 @@
 One link carries many client connections.  A frame is a kind (1 byte), a
 client id (4 bytes, big endian), a payload length (4 bytes) and the payload:
 
-- ``OPEN``: a client is connected (payload: its address, ``host:port``);
+- ``OPEN``: an XMPP client is connected (payload: its address, ``host:port``);
+- ``OPEN_HTTP``: an HTTP client (BOSH, WebSocket) is connected (payload: the same);
 - ``DATA``: bytes of that client's stream, either way;
 - ``CLOSE``: that connection is over, either way;
 - ``PAUSE`` / ``RESUME``: stop / start reading from that client (flow control);
@@ -19,8 +20,8 @@ import hmac
 import os
 import struct
 
-OPEN, DATA, CLOSE, PAUSE, RESUME, CHALLENGE, AUTH, WELCOME = range(1, 9)
-KINDS = frozenset((OPEN, DATA, CLOSE, PAUSE, RESUME, CHALLENGE, AUTH, WELCOME))
+OPEN, DATA, CLOSE, PAUSE, RESUME, CHALLENGE, AUTH, WELCOME, OPEN_HTTP = range(1, 10)
+KINDS = frozenset((OPEN, DATA, CLOSE, PAUSE, RESUME, CHALLENGE, AUTH, WELCOME, OPEN_HTTP))
 HEADER = struct.Struct("!BII")
 NONCE_BYTES = 32
 AUTH_BYTES = NONCE_BYTES + 32  # a nonce and an HMAC-SHA256

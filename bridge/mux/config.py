@@ -12,10 +12,12 @@ BALANCES = ("least-clients", "hash")
 
 @dataclass(frozen=True)
 class MuxConfig(ListenerTLS):
-    """Client listeners (STARTTLS and direct TLS, with this certificate), the nodes, and the bounds."""
+    """Client listeners (STARTTLS, direct TLS, HTTPS for BOSH and WebSocket, with this certificate), the
+    nodes, and the bounds."""
 
     endpoints: list = _option(["tcp:5222"], endpoints=True)
     direct_tls_endpoints: list = _option(["tcp:5223"], endpoints=True)
+    https_endpoints: list = _option([], endpoints=True)
     nodes: list = _option([])
     node_tls: bool = _option(False)
     node_ca_file: str = _option("", path=True)

@@ -7,8 +7,14 @@ on the client's bytes, from its new stream header on, go to the node as they
 are.  Nothing before TLS reaches a node, so the node treats every stream of
 an authenticated link as secure.
 
-When a link dies, its clients get the stream error <system-shutdown/> and
-are disconnected: they reconnect, through this mux, to a live node and log
+HTTP clients (BOSH and WebSocket, on ``https_endpoints``) are handed over
+the same way after direct TLS, with ``OPEN_HTTP``; they go to the node that
+rendezvous hashing gives their address whatever ``balance`` says, so that
+the requests of one BOSH session, each maybe on a connection of its own,
+reach the node that holds it.
+
+When a link dies, its XMPP clients get the stream error <system-shutdown/>
+(HTTP clients: the connection closes) and are disconnected: they reconnect, through this mux, to a live node and log
 in again.  Their sessions are gone with the node (no resumption across
 nodes).
 
@@ -79,8 +85,9 @@ class NodePool:
         log.info("mux: link to node {node} down: {clients} clients end ({count} links left)", node=link.node,
                  clients=len(link.clients), count=len(links))
 
-    def choose(self, client_host):
-        return choose_link(self.links, client_host, self.section.balance, self.section.max_clients_per_link)
+    def choose(self, client_host, http=False):
+        balance = "hash" if http else self.section.balance
+        return choose_link(self.links, client_host, balance, self.section.max_clients_per_link)
 
 
 @implementer(IPushProducer)
@@ -106,13 +113,14 @@ class NodeLink(Protocol):
     def send_data(self, client_id, data):
         self.transport.write(muxframe.data_frames(client_id, data, self.pool.section.max_frame_bytes))
 
-    def attach(self, client, address):
-        """Hand ``client`` (from ``address``, ``host:port``) to the node: its client id."""
+    def attach(self, client, address, http=False):
+        """Hand ``client`` (from ``address``, ``host:port``; an HTTP client if ``http``) to the node: its
+        client id."""
         while self.next_id in self.clients or self.next_id == 0:
             self.next_id = (self.next_id + 1) % 2 ** 32
         client_id, self.next_id = self.next_id, (self.next_id + 1) % 2 ** 32
         self.clients[client_id] = client
-        self.send_frame(muxframe.OPEN, client_id, address.encode("ascii"))
+        self.send_frame(muxframe.OPEN_HTTP if http else muxframe.OPEN, client_id, address.encode("ascii"))
         return client_id
 
     def detach(self, client_id):
@@ -197,10 +205,12 @@ class NodeLinkFactory(Factory):
 
 @implementer(IPushProducer)
 class ClientRelay(Protocol):
-    """One client connection: TLS here, then its bytes to and from a node."""
+    """One client connection: TLS here, then its bytes to and from a node.  ``http``: a BOSH or WebSocket
+    client (direct TLS), not an XMPP stream."""
 
-    def __init__(self, pool, tls_context, direct_tls):
+    def __init__(self, pool, tls_context, direct_tls, http=False):
         self.pool = pool
+        self.http = http
         self.tls_context = tls_context
         self.direct_tls = direct_tls
         self.tls_started = direct_tls
@@ -280,8 +290,17 @@ class ClientRelay(Protocol):
         self._stream_error("policy-violation", "TLS is required")
 
     def _stream_error(self, condition, text=None):
-        """End the client's stream with an error; a header first unless one was sent on this stream."""
+        """End the client's stream with an error; a header first unless one was sent on this stream.
+        An HTTP client gets 503 if nothing was answered yet, else the connection just closes."""
         if self.closed:
+            return
+        if self.http:
+            log.info("mux: HTTP client {peer} closed: {text}", peer=self.address, text=text or "")
+            if not self.node_spoke:
+                self.transport.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                                     b"Connection: close\r\n\r\n")
+            self._end()
+            self.transport.loseConnection()
             return
         log.info("mux: stream error {condition} for {peer}: {text}", condition=condition, peer=self.address,
                  text=text or "")
@@ -303,14 +322,14 @@ class ClientRelay(Protocol):
 
     def _hand_over(self, data):
         """TLS is done and the client speaks: choose a node and forward from here on."""
-        link = self.pool.choose(self.host)
+        link = self.pool.choose(self.host, self.http)
         self.header_sent = False  # a new stream after TLS
         if link is None:
             self._stream_error("system-shutdown", "no server is available; try again later")
             return
         self._settle()
         self.link = link
-        self.client_id = link.attach(self, self.address)
+        self.client_id = link.attach(self, self.address, self.http)
         log.info("mux: client {peer} to node {node}", peer=self.address, node=link.node)
         self.transport.registerProducer(self, True)
         link.send_data(self.client_id, data)
@@ -376,16 +395,18 @@ class ClientRelay(Protocol):
 
 
 class ClientRelayFactory(Factory):
-    """Builds the client connections of one listener (STARTTLS, or direct TLS under TLSMemoryBIOFactory)."""
+    """Builds the client connections of one listener (STARTTLS, or direct TLS under TLSMemoryBIOFactory;
+    ``http``: BOSH and WebSocket clients, under TLSMemoryBIOFactory)."""
 
     noisy = False
 
-    def __init__(self, pool, tls_context, direct_tls):
+    def __init__(self, pool, tls_context, direct_tls, http=False):
         self.pool = pool
         self.tls_context = tls_context
         self.direct_tls = direct_tls
+        self.http = http
 
     def buildProtocol(self, address):
-        relay = ClientRelay(self.pool, self.tls_context, self.direct_tls)
+        relay = ClientRelay(self.pool, self.tls_context, self.direct_tls, self.http)
         relay.factory = self
         return relay

@@ -69,9 +69,13 @@ def build(section, reactor):
                           clock=reactor).setServiceParent(top)
     context = tls.server_context(section.certificate, section.private_key, section.tls_min_version,
                                  section.tls_ciphers, alpn=(b"xmpp-client",))
+    http_context = tls.server_context(section.certificate, section.private_key, section.tls_min_version,
+                                      section.tls_ciphers, alpn=(b"http/1.1",))
     listeners = [("mux-c2s", section.endpoints, ClientRelayFactory(pool, context, direct_tls=False)),
                  ("mux-c2s-direct-tls", section.direct_tls_endpoints,
-                  TLSMemoryBIOFactory(context, False, ClientRelayFactory(pool, context, direct_tls=True)))]
+                  TLSMemoryBIOFactory(context, False, ClientRelayFactory(pool, context, direct_tls=True))),
+                 ("mux-https", section.https_endpoints,
+                  TLSMemoryBIOFactory(http_context, False, ClientRelayFactory(pool, http_context, True, http=True)))]
     for kind, descriptions, factory in listeners:
         for description in descriptions:
             ListenerService(kind, description, listening_endpoint(reactor, description), factory).setServiceParent(top)

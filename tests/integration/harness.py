@@ -110,7 +110,7 @@ class ServerProcess:
     """One server process; its output is drained into ``lines`` by a thread."""
 
     LISTENING = re.compile(r"listening (c2s|c2s-direct-tls|s2s|s2s-direct-tls|component|http|https"
-                           r"|sip-udp|sip-tcp|sip-tls|metrics|mux|mux-tls|mux-c2s|mux-c2s-direct-tls)"
+                           r"|sip-udp|sip-tcp|sip-tls|metrics|mux|mux-tls|mux-c2s|mux-c2s-direct-tls|mux-https)"
                            r" on 127\.0\.0\.1:(\d+)")
 
     def __init__(self, config_path, accounts=None, command=None):

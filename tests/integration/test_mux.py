@@ -1,14 +1,17 @@
 """The multiplexor (``twistd bridge-mux``, docs/scaling.md) in front of two nodes of one Redis cluster."""
 
 import asyncio
+import http.client
 import os
 import signal
+import ssl
 import sys
 
 import pytest
 
 from tests.pki import CertificateAuthority, self_signed
 
+from . import test_bosh
 from .conftest import RUNNING, accounts_for
 from .harness import (REDIS_SERVER, TWISTD, Clients, RawClient, RedisProcess, ServerProcess, child, next_item,
                       parse_stream_document, start_nodes, stream_error_conditions, stream_header)
@@ -57,6 +60,7 @@ def mux_and_nodes(tmp_path):
         with open(config_path, "w", encoding="utf-8") as handle:
             handle.write(f'[mux]\nendpoints = ["tcp:0:interface=127.0.0.1"]\n'
                          f'direct_tls_endpoints = ["tcp:0:interface=127.0.0.1"]\n'
+                         f'https_endpoints = ["tcp:0:interface=127.0.0.1"]\n'
                          f'certificate = "{mux_cert}"\nprivate_key = "{mux_key}"\n'
                          f'nodes = [{addresses}]\nnode_tls = true\nnode_ca_file = "{authority.ca_file}"\n'
                          f'node_tls_name = "localhost"\nsecret_file = "{secret}"\nreconnect_max_seconds = 1\n')
@@ -65,7 +69,7 @@ def mux_and_nodes(tmp_path):
                                      "--config", config_path])
         processes.append(mux)
         RUNNING.append(mux)
-        mux.start(wait_for=("mux-c2s", "mux-c2s-direct-tls"))
+        mux.start(wait_for=("mux-c2s", "mux-c2s-direct-tls", "mux-https"))
         for node in nodes:
             address = f"127.0.0.1:{node.ports['mux-tls']}"
             if not any(f"link to node {address} up (2 links)" in line for line in mux.lines):
@@ -136,3 +140,44 @@ def test_clear_text_is_refused_before_tls(mux_and_nodes):
         raw.close()
     assert stream_error_conditions(root) == ["policy-violation"], raw.dump()
     assert sum("mux: client" in line for line in mux.lines) == handed_over
+
+
+def test_bosh_through_the_mux(mux_and_nodes, monkeypatch):
+    """bob logs in over BOSH through the mux's HTTPS listener (every request on a connection of its own,
+    all handed to the same node); alice, an XMPP client of the mux, writes to him, and the message comes
+    in his next BOSH response."""
+    mux, nodes = mux_and_nodes
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+
+    def https_post(port, data, timeout):
+        connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=context)
+        try:
+            connection.request("POST", "/http-bind", body=data.encode("utf-8"),
+                               headers={"Content-Type": "text/xml; charset=utf-8"})
+            response = connection.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        finally:
+            connection.close()
+
+    monkeypatch.setattr(test_bosh, "post", https_post)
+    handed_over = sum("mux: client" in line for line in mux.lines)
+    bob = test_bosh.BoshHTTPClient(mux.ports["mux-https"], wait=2)
+    assert bob.login("bob@localhost/web", ACCOUNTS["bob@localhost"]) == "bob@localhost/web"
+    lines = [line for line in mux.lines if "mux: client" in line][handed_over:]
+    assert len(lines) >= 4 and len({line.rsplit(" to node ", 1)[1] for line in lines}) == 1, lines
+
+    async def scenario():
+        async with Clients(mux) as clients:
+            alice = await clients.login("alice@localhost/a", port=mux.ports["mux-c2s"])
+            alice.send_message(mto="bob@localhost/web", mbody="over BOSH", mtype="chat")
+            for _ in range(10):
+                await asyncio.to_thread(bob.request)
+                bodies = [element for element in bob.received() if element.name == "message"]
+                if bodies:
+                    assert str(bodies[0].body) == "over BOSH", bodies[0].toXml()
+                    return
+            raise AssertionError("alice's message did not reach bob over BOSH:\n" + "\n".join(bob.transcript))
+
+    asyncio.run(scenario())

@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from bridge import config as configuration
 from bridge.core import muxframe
 from bridge.core.streams.muxed import HANDSHAKE_TIMEOUT_SECONDS, MuxLinkFactory
+from bridge.gateways.http import HTTPFactory
 from bridge.mux import config as mux_configuration
 from bridge.mux.relay import ClientRelay, NodeLink, NodePool, choose_link
 
@@ -115,7 +116,8 @@ class NodeEnd:
         self.harness.add_user("alice@localhost")
         section = dataclasses.replace(configuration.MuxListenerConfig(), max_frame_bytes=1024,
                                       max_clients_per_link=max_clients_per_link)
-        self.factory = MuxLinkFactory(self.harness.server, section, SECRET)
+        web = HTTPFactory(self.harness.server, self.harness.config.http, None, tls=True)
+        self.factory = MuxLinkFactory(self.harness.server, section, SECRET, web)
         self.link = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
         self.link.factory = self.factory
         self.transport = BufferingTransport(buffer_bytes=10**7)
@@ -196,6 +198,14 @@ class NodeSideTests(SynchronousTestCase):
                 return [parse_element(text)] if text else []
 
         self.assertEqual(scram_login(Wire(), "alice", "secret").name, "success")
+
+    def test_an_http_client_is_an_http_channel(self):
+        """OPEN_HTTP gives the client the node's HTTP channel (here: a request for an unknown path is
+        answered 404), not an XMPP stream."""
+        node = NodeEnd(self)
+        node.send(muxframe.OPEN_HTTP, 6, b"198.51.100.7:4242")
+        node.send(muxframe.DATA, 6, b"GET /nothing-here HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        self.assertTrue(node.client_bytes(6).startswith(b"HTTP/1.1 404"))
 
     def test_close_frame_ends_the_stream(self):
         """CLOSE from the mux ends the client's stream as a lost connection does, and frees its count."""
@@ -376,6 +386,32 @@ class MuxSideTests(SynchronousTestCase):
         self.assertIn(b"system-shutdown", transport.value())
         self.assertTrue(transport.disconnecting)
         self.assertEqual(self.pool.links, {"node1": set()})
+
+    def test_http_clients_go_by_hash_and_get_http_answers(self):
+        """An HTTPS client goes to its address's node by hash even under least-clients, with OPEN_HTTP;
+        with no node it gets 503, not an XMPP stream error."""
+        links = [self.up_link("node1"), self.up_link("node2")]
+        expected = choose_link(self.pool.links, "192.0.2.9", "hash", 10)
+        expected.clients.update({100: None, 101: None})  # the busier node, which least-clients would avoid
+        relay = ClientRelay(self.pool, "tls context", direct_tls=True, http=True)
+        transport = BufferingTransport()
+        transport.peerAddr = IPv4Address("TCP", "192.0.2.9", 1000)
+        relay.makeConnection(transport)
+        relay.dataReceived(b"POST /http-bind HTTP/1.1\r\n")
+        self.assertIs(relay.link, expected)
+        self.assertEqual(muxframe.FrameDecoder(4096).feed(expected.transport.value())[0],
+                         (muxframe.OPEN_HTTP, relay.client_id, b"192.0.2.9:1000"))
+        for fake in (100, 101):
+            del expected.clients[fake]
+        for link in links:
+            link.connectionLost(None)
+        self.assertNotIn(b"stream", transport.value())
+        self.assertTrue(transport.disconnecting)
+        relay = ClientRelay(self.pool, "tls context", direct_tls=True, http=True)
+        transport = BufferingTransport()
+        relay.makeConnection(transport)
+        relay.dataReceived(b"GET / HTTP/1.1\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 503 "))
 
     def test_client_that_does_not_read_is_cut_off(self):
         """When the client's socket is full the node is told PAUSE; past max_buffered_bytes_per_client

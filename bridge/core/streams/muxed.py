@@ -6,6 +6,8 @@ client id gets a ``MuxedTransport``, a transport in all but the socket, and
 the ordinary ``TCPClientProtocol`` on top of it, built by the ordinary
 ``ClientFactory``: SASL, binding, limits per address (the client's own
 address, as the mux saw it), triage and output bounds are the TCP code's.
+An HTTP client (``OPEN_HTTP``: BOSH, WebSocket) gets the ordinary HTTP
+channel of an ``HTTPFactory`` for TLS connections instead.
 The stream is secure (the mux did TLS) only because the link proved the
 shared secret before any client frame was taken.
 
@@ -188,8 +190,8 @@ class MuxLinkProtocol(Protocol):
         if not self.authenticated:
             self._handshake(kind, payload)
             return
-        if kind == muxframe.OPEN:
-            self._open(client_id, payload)
+        if kind in (muxframe.OPEN, muxframe.OPEN_HTTP):
+            self._open(client_id, payload, kind == muxframe.OPEN_HTTP)
             return
         client = self.clients.get(client_id)
         if client is None:
@@ -215,15 +217,18 @@ class MuxLinkProtocol(Protocol):
         self.send_frame(muxframe.WELCOME, 0, muxframe.proof(self.factory.secret, b"node", self.nonce, mux_nonce))
         log.info("mux link from {peer} authenticated", peer=self.peer)
 
-    def _open(self, client_id, payload):
+    def _open(self, client_id, payload, http):
         host, port = muxframe.parse_address(payload)
         if client_id in self.clients or len(self.clients) >= self.factory.max_clients_per_link:
             self.send_frame(muxframe.CLOSE, client_id)
             return
         address = (IPv6Address if ":" in host else IPv4Address)("TCP", host, port)
         transport = MuxedTransport(self, client_id, address)
-        protocol = self.factory.clients.buildProtocol(address)
-        protocol.kind = "mux"
+        if http:
+            protocol = self.factory.web.buildProtocol(address)
+        else:
+            protocol = self.factory.clients.buildProtocol(address)
+            protocol.kind = "mux"
         transport.protocol = protocol
         self.clients[client_id] = transport
         protocol.makeConnection(transport)
@@ -257,13 +262,15 @@ class MuxLinkProtocol(Protocol):
 
 
 class MuxLinkFactory(Factory):
-    """Accepts links from multiplexors that know ``secret``; their clients are built by ``ClientFactory``."""
+    """Accepts links from multiplexors that know ``secret``; their clients are built by ``ClientFactory``,
+    their HTTP clients by ``web`` (an ``HTTPFactory`` for TLS connections)."""
 
     protocol = MuxLinkProtocol
     noisy = False
 
-    def __init__(self, server, section, secret):
+    def __init__(self, server, section, secret, web):
         self.clock = server.clock
+        self.web = web
         self.clients = ClientFactory(server, server.config.c2s, None, direct_tls=True)
         self.secret = secret
         self.max_frame_bytes = section.max_frame_bytes
