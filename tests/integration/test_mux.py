@@ -4,10 +4,13 @@ import asyncio
 import http.client
 import os
 import signal
+import socket
 import ssl
 import sys
 
 import pytest
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, Message, Request, TextMessage
 
 from tests.pki import CertificateAuthority, self_signed
 
@@ -181,3 +184,33 @@ def test_bosh_through_the_mux(mux_and_nodes, monkeypatch):
             raise AssertionError("alice's message did not reach bob over BOSH:\n" + "\n".join(bob.transcript))
 
     asyncio.run(scenario())
+
+
+def test_websocket_through_the_mux(mux_and_nodes):
+    """A WebSocket client (RFC 7395, wsproto on a TLS socket) through the mux's HTTPS listener opens a
+    stream and gets the node's stream features, SASL mechanisms included."""
+    mux, _ = mux_and_nodes
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    sock = context.wrap_socket(socket.create_connection(("127.0.0.1", mux.ports["mux-https"]), timeout=10),
+                               server_hostname="localhost")
+    connection = WSConnection(ConnectionType.CLIENT)
+    texts, accepted = [], []
+    try:
+        sock.sendall(connection.send(Request(host="localhost", target="/xmpp-websocket", subprotocols=["xmpp"])))
+        while not any("mechanisms" in text for text in texts):
+            data = sock.recv(65536)
+            assert data, f"the connection ended; received {texts}"
+            connection.receive_data(data)
+            for event in connection.events():
+                if isinstance(event, AcceptConnection):
+                    accepted.append(event)
+                    sock.sendall(connection.send(Message(
+                        data="<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='localhost' version='1.0'/>")))
+                elif isinstance(event, TextMessage):
+                    texts.append(event.data)
+    finally:
+        sock.close()
+    assert accepted and accepted[0].subprotocol == "xmpp"
+    assert texts[0].startswith("<open"), texts
