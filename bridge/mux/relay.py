@@ -26,6 +26,7 @@ what was under way is counted, and past the bound the client is cut off).
 """
 
 import hashlib
+import secrets
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
@@ -225,7 +226,8 @@ class ClientRelay(Protocol):
         self.timer = None
         self.parser = None
         self.elements = []
-        self.address = "?"
+        self.address = "?"  # host:port, as the node is told
+        self.host = "?"
 
     def connectionMade(self):
         peer = self.transport.getPeer()
@@ -265,7 +267,7 @@ class ClientRelay(Protocol):
         except StreamError as error:
             self._stream_error(error.condition, error.text)
             return
-        if not self.elements:
+        if self.closed or not self.elements:
             return
         element = self.elements.pop(0)
         if element.uri != NS_TLS or element.name != "starttls":
@@ -278,8 +280,8 @@ class ClientRelay(Protocol):
             self.transport.startTLS(self.tls_context)
 
     def _header(self, header):
-        self.transport.write(stream_header(NS_CLIENT, {"id": None, "from": header.getAttribute("to"),
-                                                       "version": "1.0"}))
+        attributes = {"id": secrets.token_hex(8), "from": header.getAttribute("to"), "version": "1.0"}
+        self.transport.write(stream_header(NS_CLIENT, attributes))
         features = domish.Element((NS_STREAMS, "features"))
         features.addElement((NS_TLS, "starttls")).addElement("required")
         self.transport.write(features.toXml(prefixes={NS_STREAMS: "stream"},

@@ -351,6 +351,15 @@ class MuxSideTests(SynchronousTestCase):
         self.assertIn(b"policy-violation", transport.value())
         self.assertTrue(transport.disconnecting)
 
+    def test_stream_end_with_starttls_starts_no_tls(self):
+        """A client that ends its stream in the read that carries <starttls/> gets no <proceed/> and no TLS."""
+        relay, transport = self.relay()
+        relay.dataReceived(STREAM_OPEN.format(host="localhost").encode()
+                           + b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:stream>")
+        self.assertEqual(transport.tls, [])
+        self.assertNotIn(b"proceed", transport.value())
+        self.assertTrue(transport.disconnecting)
+
     def test_pending_connects_are_bounded(self):
         """Past max_pending_connects connections not yet handed to a node, new ones are dropped; one
         that does not finish TLS within connect_timeout_seconds is dropped too."""
