@@ -197,9 +197,13 @@ class HostConfig:
     gateway is on.
     ``ldap``: the name of the ``[ldap.NAME]`` directory its users live in
     (docs/directory.md); empty: bridge's own accounts.
+    ``admins``: the bare JIDs that administer the host (XEP-0133 commands,
+    docs/operations.md) and, with ``[muc] admins`` and ``[pubsub] admins``,
+    the MUC and pubsub services.
     """
 
     aliases: list = _option([])
+    admins: list = _option([])
     ldap: str = _option("")
     registration: bool = _option(False)
     sip_digest: bool = _option(True)
@@ -213,8 +217,33 @@ class HostConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
-    backend: str = _option("sqlite", choices=("sqlite", "memory"))
+    """Where the server keeps its data (docs/configuration.md): SQLite (``path``, under data_dir), memory,
+    or a PostgreSQL server (docs/scaling.md).
+
+    The PostgreSQL connection string (libpq's, hosts tried in order:
+    ``host=a,b target_session_attrs=read-write`` names a standby) comes from
+    ``postgresql_dsn`` (which must not hold a password) or from
+    ``postgresql_dsn_file``, its first line; a password from
+    ``postgresql_password_file``.  Both files must be private to their
+    owner (0600).
+    """
+
+    backend: str = _option("sqlite", choices=("sqlite", "memory", "postgresql"))
     path: str = _option("bridge.sqlite")
+    postgresql_dsn: str = _option("")
+    postgresql_dsn_file: str = _option("", path=True)
+    postgresql_password_file: str = _option("", path=True)
+    postgresql_connect_timeout_seconds: float = _option(5.0, low=2, high=120)
+    postgresql_retry_interval_seconds: float = _option(1.0, low=0.05, high=60)
+    postgresql_max_queued_bytes: int = _option(16 * 1024 * 1024, low=64 * 1024, high=1024 * 1024 * 1024)
+
+    def postgresql_conninfo(self):
+        """The connection string, its password merged in; raises ``ConfigError`` naming the key and file."""
+        problems = []
+        conninfo = _postgresql_conninfo(self, "the configuration", problems)
+        if problems:
+            raise ConfigError(problems)
+        return conninfo
 
 
 @dataclass(frozen=True)
@@ -689,6 +718,12 @@ class Config:
                 return name
         return None
 
+    def is_host_admin(self, bare, host=None):
+        """Whether the bare JID ``bare`` (lowercase) is in ``[hosts.NAME] admins`` of ``host``, or of any
+        host when ``host`` is None."""
+        hosts = [self.hosts[host]] if host is not None else self.hosts.values()
+        return any(bare in (admin.lower() for admin in config.admins) for config in hosts)
+
 
 _SECTIONS = {"tls": TLSConfig, "c2s": C2SConfig, "s2s": S2SConfig, "http": HTTPConfig, "storage": StorageConfig,
              "quotas": QuotasConfig, "push": PushConfig, "mam": MAMConfig, "pep": PEPConfig, "smtp": SMTPConfig,
@@ -796,6 +831,10 @@ def parse(document, where):
             if alias.lower() in names:
                 problems.append(f"{where}: hosts.{name}.aliases: {alias!r} already names host {names[alias.lower()]!r}")
             names[alias.lower()] = name
+        for admin in host.admins:
+            jid = parse_jid(admin)
+            if jid is None or jid.resource is not None or jid.user is None:
+                problems.append(f"{where}: hosts.{name}.admins: {admin!r} is not a bare JID (user@host)")
     sms = sections.get("sms", base.sms)
     if sms.enabled:
         domain = sms.domain.lower()
@@ -1044,20 +1083,56 @@ def read_toml(path):
         raise ConfigError([f"{path}: not valid TOML: {reason}"])
 
 
-def _secret_file_problems(where, key, path, read=None):
-    """What is wrong with the file of a secret: missing, open to group or others (it must be 0600), or
-    empty when ``read`` (which reads the secret) says so."""
+def _secret_file(where, key, path, problems):
+    """The first line of the file of a secret, which must be its owner's alone (0600) and not empty; None, with
+    the problem appended, otherwise."""
     try:
         mode = os.stat(path).st_mode
-        secret = read() if read is not None else True
+        secret = read_first_line(path)
     except OSError as error:
-        return [f"{where}: {key}: {path}: {error.strerror}"]
+        problems.append(f"{where}: {key}: {path}: {error.strerror}")
+        return None
     if mode & 0o077:
-        return [f"{where}: {key}: {path}: readable by others (mode {mode & 0o777:o}); a secret's file is 0600 "
-                "(chmod 600)"]
+        problems.append(f"{where}: {key}: {path}: readable by others (mode {mode & 0o777:o}); a secret's file is "
+                        "0600 (chmod 600)")
+        return None
     if not secret:
-        return [f"{where}: {key}: {path}: empty"]
-    return []
+        problems.append(f"{where}: {key}: {path}: empty")
+        return None
+    return secret
+
+
+def _postgresql_conninfo(section, where, problems):
+    """The libpq connection string of ``[storage]``, its password merged in (problems appended)."""
+    try:
+        from psycopg import conninfo
+    except ImportError:
+        problems.append(f"{where}: storage.backend: postgresql needs psycopg (pip install 'bridge[postgresql]')")
+        return None
+    if bool(section.postgresql_dsn) == bool(section.postgresql_dsn_file):
+        problems.append(f"{where}: storage: backend postgresql needs one of postgresql_dsn and postgresql_dsn_file")
+        return None
+    key = "storage.postgresql_dsn_file" if section.postgresql_dsn_file else "storage.postgresql_dsn"
+    text = (_secret_file(where, key, section.postgresql_dsn_file, problems) if section.postgresql_dsn_file
+            else section.postgresql_dsn)
+    if text is None:
+        return None
+    try:
+        parts = conninfo.conninfo_to_dict(text)
+    except Exception as error:  # psycopg.ProgrammingError: libpq's words for what is wrong
+        problems.append(f"{where}: {key}: not a PostgreSQL connection string: {str(error).strip()}")
+        return None
+    if "password" in parts and not section.postgresql_dsn_file:
+        problems.append(f"{where}: {key}: must not hold a password: use postgresql_password_file, "
+                        "or postgresql_dsn_file (0600)")
+        return None
+    if section.postgresql_password_file:
+        password = _secret_file(where, "storage.postgresql_password_file", section.postgresql_password_file,
+                                problems)
+        if password is None:
+            return None
+        parts["password"] = password
+    return conninfo.make_conninfo(**parts)
 
 
 def _missing_files(config, where):
@@ -1068,14 +1143,15 @@ def _missing_files(config, where):
     if folder and not (os.path.isdir(folder) and os.access(folder, os.R_OK | os.X_OK)):
         reason = "not a readable folder" if os.path.exists(folder) else "no such folder"
         problems.append(f"{where}: tls.certificates_dir: {folder}: {reason}")
+    if config.storage.backend == "postgresql":
+        _postgresql_conninfo(config.storage, where, problems)
     named = [("tls", config.tls)] + [(name, getattr(config, name)) for name in ("c2s", "s2s", "http", "sip")]
     for name, directory in config.ldap.items():
         if directory.ca_file and not os.access(directory.ca_file, os.R_OK):
             reason = "not readable" if os.path.exists(directory.ca_file) else "no such file"
             problems.append(f"{where}: ldap.{name}.ca_file: {directory.ca_file}: {reason}")
         if directory.bind_password_file:
-            problems += _secret_file_problems(where, f"ldap.{name}.bind_password_file", directory.bind_password_file,
-                                              directory.read_bind_password)
+            _secret_file(where, f"ldap.{name}.bind_password_file", directory.bind_password_file, problems)
     for name, section in named:
         if bool(section.certificate) != bool(section.private_key):
             problems.append(f"{where}: {name}: certificate and private_key go together")
@@ -1088,16 +1164,15 @@ def _missing_files(config, where):
                 problems.append(f"{where}: {name}.{key}: {file_name}: {reason}")
     services = config.external_services
     if services.turn_secret_file:
-        problems += _secret_file_problems(where, "external_services.turn_secret_file", services.turn_secret_file,
-                                          services.read_secret)
+        _secret_file(where, "external_services.turn_secret_file", services.turn_secret_file, problems)
     if config.cluster.enabled and config.cluster.password_file:
-        problems += _secret_file_problems(where, "cluster.password_file", config.cluster.password_file)
+        _secret_file(where, "cluster.password_file", config.cluster.password_file, problems)
     mux = config.mux_listener
     if mux.endpoints or mux.tls_endpoints:
         if not mux.secret_file:
             problems.append(f"{where}: mux_listener.secret_file: needed when mux_listener has endpoints")
         else:
-            problems += _secret_file_problems(where, "mux_listener.secret_file", mux.secret_file, mux.read_secret)
+            _secret_file(where, "mux_listener.secret_file", mux.secret_file, problems)
     return problems
 
 

@@ -1,4 +1,5 @@
-"""bridgectl: account administration, configuration checks, and commands to the running server.
+"""bridgectl: account administration, configuration checks, commands to the running server, and the
+PostgreSQL schema.
 
 Works on the same configuration and storage as the server; with SQLite in
 WAL mode it may run while the server does.  Storage answers from its own
@@ -6,6 +7,8 @@ thread; the tool waits for each answer (``Waiting``) rather than run a reactor.
 ``status``, ``sessions``, ``kick``, ``announce`` and ``reload`` go to the
 running server over its control socket (bridge.core.control), and so does
 ``deluser`` when a server runs, which then ends the account's sessions.
+``export`` and ``import`` write and read XEP-0227 files (bridge.core.backup);
+``import-prosody`` reads a Prosody data folder (bridge.core.prosody).
 """
 
 import argparse
@@ -20,11 +23,13 @@ from twisted.internet import task
 from twisted.words.protocols.jabber.jid import InvalidFormat, JID
 
 from bridge import config as configuration
+from bridge.core import backup, prosody
 from bridge.core.accounts import DIRECTORY_STORE, STORE, Accounts, AccountError, sip_digest_algorithms
 from bridge.core.control import MAX_REQUEST_BYTES, SOCKET_NAME, encode
 from bridge.core.notifications import POLICIES, NotificationPreferences
 from bridge.core.storage import ArchiveQuery, open_storage
 from bridge.core.mam_query import QueryError, parse_stamp, stamp
+from bridge.core.xmlstream import serialize
 from bridge.gateways.sms.verification import Verification
 
 
@@ -172,9 +177,15 @@ def run(args, out):
     if args.command == "check":
         print(f"{config.source}: configuration is valid; hosts: {', '.join(config.hosts)}", file=out)
         return
+    if args.command in ("migrate", "copy-sqlite-to-postgresql"):
+        _postgresql_command(config, args, out)
+        return
     if args.command in SERVER_COMMANDS:
         _server_command(config, args, out)
         return
+    if args.command in ("import", "import-prosody") and ask_server(config, {"command": "status"}) is not None:
+        raise CommandError(f"{args.command}: the server is running; stop it first (it keeps rosters and block lists "
+                           "in memory)")
     if args.command == "deluser":
         host, user = _account(config, args.jid)
         answer = ask_server(config, {"command": "deluser", "jid": f"{user}@{host}"})
@@ -196,6 +207,15 @@ def run(args, out):
                 store = DIRECTORY_STORE if config.hosts[host].ldap else STORE
                 for user in wait(storage.users(host, store)):
                     print(f"{user}@{host}", file=out)
+            return
+        if args.command == "export":
+            _backup(storage, config, args, out, wait)
+            return
+        if args.command == "import":
+            _restore(storage, config, args, out, wait)
+            return
+        if args.command == "import-prosody":
+            _import_prosody(storage, config, args, out, wait)
             return
         host, user = _account(config, args.jid)
         if args.command == "notify":
@@ -243,6 +263,93 @@ def _notify(storage, config, host, user, args, out, wait):
         state = f" (unverified: the user sends 'verify' to {config.sms.domain})"
     print(f"{user}@{host}: policy {current['policy'] or 'default'} ({', '.join(sorted(channels)) or 'none'}), "
           f"mobile {mobile or '-'}{state}, email {current['email'] or '-'}", file=out)
+
+
+def _postgresql_command(config, args, out):
+    """``migrate``: bring the PostgreSQL schema to this version; ``copy-sqlite-to-postgresql``: copy the
+    SQLite database into it (docs/scaling.md)."""
+    if config.storage.backend != "postgresql":
+        raise CommandError(f"{args.command}: {config.source}: [storage] backend is {config.storage.backend!r}, "
+                           "not 'postgresql' (the SQLite schema is brought up to date when the file is opened)")
+    import sqlite3
+
+    import psycopg
+
+    from bridge.core.storage import postgresql_ops, sqlite_ops
+
+    try:
+        with psycopg.connect(config.storage.postgresql_conninfo(), autocommit=True,
+                             connect_timeout=max(2, round(config.storage.postgresql_connect_timeout_seconds))) as conn:
+            if args.command == "migrate":
+                before, after = postgresql_ops.migrate(conn)
+                print(f"migrate: schema version {before} -> {after}" if before != after
+                      else f"migrate: schema version {after}, nothing to do", file=out)
+                return
+            path = args.sqlite or config.data_path(config.storage.path)
+            if not os.path.isfile(path):
+                raise CommandError(f"{path}: no such SQLite database")
+            source = sqlite_ops.connect(path)
+            try:
+                copied = postgresql_ops.copy_from_sqlite(source, conn)
+            finally:
+                source.close()
+    except postgresql_ops.SchemaError as error:
+        raise CommandError(str(error))
+    except (psycopg.Error, sqlite3.Error) as error:
+        raise CommandError(f"{args.command}: {str(error).strip()}")
+    print(f"copy-sqlite-to-postgresql: {path}: " + ", ".join(f"{rows} {table} rows" for table, rows in copied.items()),
+          file=out)
+
+
+def _backup(storage, config, args, out, wait):
+    """Every account of the server (or of one host) as a XEP-0227 file, created 0600."""
+    if args.host is not None and args.host not in config.hosts:
+        raise CommandError(f"{args.host!r} is not a host of this server")
+    hosts = [args.host] if args.host else [name for name in config.hosts if not config.hosts[name].ldap]
+    root, count = wait(backup.export_hosts(storage, hosts))
+    try:
+        with os.fdopen(os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
+            os.fchmod(handle.fileno(), 0o600)
+            handle.write(b"<?xml version='1.0' encoding='UTF-8'?>\n" + serialize(root).encode("utf-8") + b"\n")
+    except OSError as error:
+        raise CommandError(f"{args.file}: {error.strerror}")
+    print(f"export: {count} accounts of {', '.join(hosts)} written to {args.file}", file=out)
+
+
+def _restore(storage, config, args, out, wait):
+    """The accounts of a XEP-0227 file, into storage; existing accounts are left as they are."""
+    try:
+        with open(args.file, "rb") as handle:
+            data = handle.read(backup.MAX_IMPORT_BYTES + 1)
+    except OSError as error:
+        raise CommandError(f"{args.file}: {error.strerror}")
+    try:
+        root = backup.read_document(data, os.path.dirname(os.path.abspath(args.file)))
+    except backup.BackupError as error:
+        raise CommandError(f"{args.file}: {error}")
+    _report(wait(backup.import_document(storage, root, config)), out)
+
+
+def _import_prosody(storage, config, args, out, wait):
+    """The accounts of a Prosody data folder (bridge.core.prosody), imported as from a XEP-0227 file."""
+    try:
+        root, unreadable = prosody.read_data_folder(args.folder)
+    except prosody.LuaError as error:
+        raise CommandError(f"import-prosody: {error}")
+    imported, skipped, refused = wait(backup.import_document(storage, root, config))
+    _report((imported, skipped, unreadable + refused), out)
+
+
+def _report(outcome, out):
+    """What an import did, one line per account not imported."""
+    imported, skipped, refused = outcome
+    for jid, reason in skipped:
+        print(f"import: {jid}: skipped, {reason}", file=out)
+    for jid, reason in refused:
+        print(f"import: {jid}: refused, {reason}", file=out)
+    print(f"import: {len(imported)} accounts imported, {len(skipped)} skipped, {len(refused)} refused", file=out)
+    if refused:
+        raise CommandError(f"import: {len(refused)} accounts could not be imported")
 
 
 # Records read at a time while exporting an archive.
@@ -303,6 +410,10 @@ def parser():
     announce.add_argument("host")
     announce.add_argument("message")
     commands.add_parser("reload", help="make the running server read its configuration file again")
+    commands.add_parser("migrate", help="bring the PostgreSQL database's schema to this version")
+    copy = commands.add_parser("copy-sqlite-to-postgresql",
+                               help="copy a SQLite database into the configured, migrated and empty PostgreSQL one")
+    copy.add_argument("--sqlite", help="the SQLite file (default: [storage] path under data_dir)")
     notify = commands.add_parser("notify", help="show or set how an offline user hears of messages")
     notify.add_argument("jid")
     notify.add_argument("--policy", choices=("default", *POLICIES),
@@ -313,6 +424,12 @@ def parser():
     export = commands.add_parser("archive-export", help="write a user's message archive as JSON lines")
     export.add_argument("jid")
     export.add_argument("--output", "-o", help="file to write (created 0600); default: standard output")
+    backup_command = commands.add_parser("export", help="write every account's data as a XEP-0227 file")
+    backup_command.add_argument("file", help="the file to write (created 0600)")
+    backup_command.add_argument("--host", help="only this host's accounts")
+    commands.add_parser("import", help="read accounts from a XEP-0227 file (the server stopped)").add_argument("file")
+    commands.add_parser("import-prosody", help="import the accounts of a Prosody data folder (the server stopped)"
+                        ).add_argument("folder", help="Prosody's data_path (/var/lib/prosody)")
     delete = commands.add_parser("archive-delete", help="delete a user's message archive")
     delete.add_argument("jid")
     delete.add_argument("--before", help="only messages older than this XEP-0082 time (2026-01-01T00:00:00Z)")

@@ -35,7 +35,7 @@ log = Logger()
 # The feature modules every local host loads, and those every gateway's or service's domain loads.
 FEATURES = ("presence", "roster", "offline", "disco", "ping", "version", "vcard", "private", "blocking",
             "register", "carbons", "push", "mam", "pep", "avatars", "bookmarks", "extdisco", "search",
-            "shared_groups")
+            "shared_groups", "admin")
 SERVICE_FEATURES = ("disco", "ping", "version", "gateway")
 # Protocol gateways: (name, the configuration section it is given, its module).  Each module's
 # ``attach(ctx, reactor, tls_context)`` returns a Gateway, or None when the section leaves it off.
@@ -292,6 +292,8 @@ def build(config, reactor, config_path=None):
         directories, directory_service = ldap.directory_accounts(config, store, reactor)
     server = Server(config, store, reactor, secret=secret, directories=directories)
     load_features(server)
+    server.load_blocked_domains().addErrback(
+        lambda failure: log.failure("reading the domains blocked by administrators failed", failure))
     reloader = Reloader(server, os.path.abspath(config_path) if config_path else None)
 
     def tls_holder(make):

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from bridge.core import sasl
 from bridge.core.directory import (AttributeMap, DirectoryUnavailable, equality_filter, map_entry, restrict,
                                   substring_filter, text_value)
+from bridge.core.storage import StorageUnavailable
 from bridge.core.storage.cache import KeyedLock
 
 log = Logger()
@@ -41,6 +42,8 @@ DIRECTORY_STORE = "directory-credentials"
 # The key of the digest secrets in an account's record: {realm: {algorithm: HA1 hex}}.
 DIGEST = "SIP-DIGEST"
 DIGEST_HASHES = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
+# The mark of a disabled account in its record (its text: why); no login succeeds while it is there.
+DISABLED = "DISABLED"
 
 
 # The characters that begin an escape in some form of an address: % a SIP URI's %HH
@@ -78,6 +81,11 @@ def make_records(host, user, password, algorithms=tuple(DIGEST_HASHES)):
     if algorithms:
         records[DIGEST] = {host: digest_secrets(user, host, password, algorithms)}
     return records
+
+
+def usable(records):
+    """``records`` as a login may use them: None for no account, or a disabled one."""
+    return None if records is None or DISABLED in records else records
 
 
 def sip_digest_algorithms(config):
@@ -257,11 +265,15 @@ class Accounts:
         self._changes = KeyedLock()  # two creations of one name: the second finds the first
 
     def credentials(self, host, user):
-        """Deferred: the SASL records, or None for no such account (``DirectoryUnavailable``: a
-        directory host's directory does not answer)."""
+        """Deferred: the SASL records, or None for no such account.  A directory host's fail with
+        ``DirectoryUnavailable`` when its directory does not answer; the others with ``StorageUnavailable``
+        at once while the database is away, so that a login is refused (temporary-auth-failure) rather
+        than wait for it."""
         if host in self.directories:
             return self.directories[host].credentials(user)
-        return self.storage.get(host, user, STORE)
+        if not self.storage.available:
+            return defer.fail(StorageUnavailable("the account database cannot be reached"))
+        return self.storage.get(host, user, STORE).addCallback(usable)
 
     @defer.inlineCallbacks
     def check_password(self, host, user, password, decoy):
@@ -269,8 +281,14 @@ class Accounts:
         unknown name is checked against (``sasl.Decoys``), at the cost of a wrong password."""
         if host in self.directories:
             return (yield self.directories[host].check_password(user, password))
-        credentials = yield self.storage.get(host, user, STORE)
-        return sasl.password_matches(credentials, password, None if credentials else decoy(user))
+        credentials = yield self.credentials(host, user)
+        matches = sasl.password_matches(credentials, password, None if credentials else decoy(user))
+        if matches and any(mechanism not in credentials for mechanism in sasl.SCRAM_HASHES):
+            # An account imported with the keys of one SCRAM hash only (Prosody's SCRAM-SHA-1): the
+            # password at hand completes them, so that the next SCRAM login may use any hash.
+            yield self.set_password(host, user, password)
+            log.info("the SCRAM keys of {user}@{host} were completed at a PLAIN login", user=user, host=host)
+        return matches
 
     @defer.inlineCallbacks
     def digest_ha1(self, host, user, realm, algorithm):
@@ -310,9 +328,31 @@ class Accounts:
     @defer.inlineCallbacks
     def _set_password(self, host, user, password):
         self._check_local(host)
-        if not (yield self.exists(host, user)):
+        records = yield self.storage.get(host, user, STORE)
+        if records is None:
             raise AccountError(f"{user}@{host} does not exist")
-        yield self.storage.set(host, user, STORE, make_records(host, user, password, self.digest_algorithms(host)))
+        new = make_records(host, user, password, self.digest_algorithms(host))
+        if DISABLED in records:
+            new[DISABLED] = records[DISABLED]
+        yield self.storage.set(host, user, STORE, new)
+
+    def disable(self, host, user, reason=""):
+        """Refuse every login of the account (SASL, SIP digest) until ``enable``; its data stays."""
+        return self._changes.run((host, user), self._mark, host, user, reason)
+
+    def enable(self, host, user):
+        return self._changes.run((host, user), self._mark, host, user, None)
+
+    @defer.inlineCallbacks
+    def _mark(self, host, user, reason):
+        self._check_local(host)
+        records = yield self.storage.get(host, user, STORE)
+        if records is None:
+            raise AccountError(f"{user}@{host} does not exist")
+        records.pop(DISABLED, None)
+        if reason is not None:
+            records[DISABLED] = reason
+        yield self.storage.set(host, user, STORE, records)
 
     def delete(self, host, user):
         return self._changes.run((host, user), self._delete, host, user)

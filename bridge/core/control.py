@@ -21,13 +21,12 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
 from bridge.core.accounts import AccountError
-from bridge.core.stanza import make, parse_jid
+from bridge.core.stanza import parse_jid
 
 log = Logger()
 
 SOCKET_NAME = "control.sock"
 MAX_REQUEST_BYTES = 65536
-MAX_ANNOUNCE_BYTES = 8192
 # The commands and the string arguments each requires.
 COMMANDS = {"status": (), "sessions": (), "kick": ("jid",), "announce": ("host", "message"), "reload": (),
             "deluser": ("jid",)}
@@ -140,11 +139,7 @@ class ControlCommands:
         target = parse_jid(jid)
         if target is None or target.user is None:
             raise ControlError(f"{jid!r} is not a user's JID (user@host or user@host/resource)")
-        sessions = self._sessions(jid)
-        for session in sessions:
-            session.close(condition, text)
-        log.info("administrator ended {count} sessions of {jid}", count=len(sessions), jid=jid)
-        return sessions
+        return self.server.end_sessions(target.full() if target.resource else target.userhost(), condition, text)
 
     def kick(self, jid):
         ended = self._end(jid, "policy-violation", "the administrator ended this session")
@@ -154,15 +149,10 @@ class ControlCommands:
         name = self.server.config.host_for(host.lower())
         if name is None:
             raise ControlError(f"{host!r} is not a host of this server")
-        if len(message.encode("utf-8")) > MAX_ANNOUNCE_BYTES:
-            raise ControlError(f"announce: the message is longer than {MAX_ANNOUNCE_BYTES} bytes")
-        recipients = [session for session in self.server.sessions if session.jid.host == name]
-        for session in recipients:
-            stanza = make("message", to=session.full, sender=name, type="headline")
-            stanza.addElement("body", content=message)
-            self.server.router.route(stanza)
-        log.info("announcement to {count} sessions on {host}", count=len(recipients), host=name)
-        return {"ok": True, "sent": len(recipients)}
+        try:
+            return {"ok": True, "sent": self.server.announce(name, message)}
+        except ValueError as error:
+            raise ControlError(f"announce: {error}")
 
     def reload(self):
         return self._reload()
@@ -173,17 +163,13 @@ class ControlCommands:
         host = self.server.config.host_for(target.host) if target is not None else None
         if target is None or target.user is None or target.resource is not None or host is None:
             raise ControlError(f"{jid!r} is not an account of this server (user@host)")
-        deleted = self.server.accounts.delete(host, target.user)
-
-        def end(_):
-            ended = self._end(f"{target.user}@{host}", "not-authorized", "the account was deleted")
-            return {"ok": True, "ended": len(ended)}
 
         def refused(failure):
             failure.trap(AccountError)
             return {"ok": False, "error": str(failure.value)}
 
-        return deleted.addCallbacks(end, refused)
+        return self.server.delete_account(host, target.user).addCallbacks(
+            lambda ended: {"ok": True, "ended": ended}, refused)
 
 
 class ControlProtocol(LineOnlyReceiver):

@@ -17,6 +17,8 @@ import unicodedata
 
 from twisted.internet import defer
 
+from bridge.core.storage import StorageUnavailable
+
 SCRAM_HASHES = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-1": "sha1"}
 DEFAULT_ITERATIONS = 4096
 
@@ -28,6 +30,16 @@ class SASLFailure(Exception):
         super().__init__(condition)
         self.condition = condition
         self.text = text
+
+
+@defer.inlineCallbacks
+def _from_storage(ask, *args):
+    """The answer of ``ask(*args)`` (stored credentials, a password check); a database that cannot answer now
+    fails the exchange with temporary-auth-failure (RFC 6120 section 6.5.9): the client tries again later."""
+    try:
+        return (yield ask(*args))
+    except StorageUnavailable:
+        raise SASLFailure("temporary-auth-failure", "the account database cannot be reached")
 
 
 def saslprep(text):
@@ -93,9 +105,14 @@ def make_credentials(password, iterations=DEFAULT_ITERATIONS):
 
 
 def check_password(credentials, password):
-    """True when ``password`` matches the stored SCRAM-SHA-256 record."""
-    record = credentials["SCRAM-SHA-256"]
-    stored_key, _ = scram_keys("sha256", password, base64.b64decode(record["salt"]), record["iterations"])
+    """True when ``password`` matches the strongest stored SCRAM record (SCRAM-SHA-256, else SCRAM-SHA-1:
+    an account imported from a server that kept only that one)."""
+    mechanism = next((name for name in SCRAM_HASHES if name in credentials), None)
+    if mechanism is None:
+        return False
+    record = credentials[mechanism]
+    stored_key, _ = scram_keys(SCRAM_HASHES[mechanism], password, base64.b64decode(record["salt"]),
+                               record["iterations"])
     return hmac.compare_digest(stored_key, base64.b64decode(record["stored_key"]))
 
 
@@ -210,7 +227,7 @@ class ScramExchange:
             raise SASLFailure("malformed-request", "bad client-first-message")
         self.username = saslprep(_unescape_username(attributes["n"]))
         self.client_first_bare = bare
-        credentials = yield self.lookup(self.username)
+        credentials = yield _from_storage(self.lookup, self.username)
         record = (credentials or {}).get(self.mechanism.removesuffix("-PLUS"))
         if record is None:
             # Go on with made-up values, the same at every try, so that an
@@ -321,6 +338,6 @@ class PlainExchange:
         except (UnicodeDecodeError, ValueError):
             raise SASLFailure("malformed-request", "bad PLAIN message")
         self.username = saslprep(username)
-        if not (yield self.check(self.username, password)):
+        if not (yield _from_storage(self.check, self.username, password)):
             raise SASLFailure("not-authorized")
         return b"", True

@@ -33,11 +33,23 @@ from bridge.core.roster import Rosters
 from bridge.core.router import RoutingTable
 from bridge.core.sasl import Decoys
 from bridge.core.sessions import SessionTable
-from bridge.core.stanza import parse_jid
+from bridge.core.stanza import make, parse_jid
 from bridge.core.triage import Triage
 from bridge.core.xmlstream import Dormancy
 
 log = Logger()
+
+# Where the domains that administrators refused federation at run time are kept (a sorted list).
+BLOCKED_DOMAINS_STORE = "blocked-domains"
+# The longest announcement or message of the day (UTF-8).
+MAX_ANNOUNCE_BYTES = 8192
+
+
+def headline(sender, to, text):
+    """A message of type headline: what the server itself says to a user (announcements)."""
+    message = make("message", to=to, sender=sender, type="headline")
+    message.addElement("body", content=text)
+    return message
 
 
 def _route_event(event):
@@ -72,6 +84,8 @@ class Server:
         self.rosters = Rosters(storage, self.sessions, self.router,
                                config.quotas.max_roster_items_per_user)
         self.hosts = {}  # the local hosts (accounts), by name
+        # Domains refused federation by an administrator at run time (XEP-0133), beside [s2s] denied_domains.
+        self.blocked_domains = frozenset()
         self.component_hosts = {}  # the hosts of gateways and services, by domain
         # Paths of the HTTP listener that a gateway serves: prefix -> handler (see gateways/http.py).
         self.http_routes = {}
@@ -101,6 +115,52 @@ class Server:
     def unlist_services(self, owner):
         for host in self.hosts.values():
             host.disco.items = [entry for entry in host.disco.items if entry[2] is not owner]
+
+    # -- administration: bridgectl and the XEP-0133 commands share these --------------
+
+    def end_sessions(self, jid, condition, text):
+        """End the sessions of ``jid`` (a bare JID: all of the account's; a full JID: that one), with
+        the stream error ``condition``; the sessions ended."""
+        sessions = [session for session in self.sessions if jid in (session.full, session.bare)]
+        for session in sessions:
+            session.close(condition, text)
+        log.info("administrator ended {count} sessions of {jid}", count=len(sessions), jid=jid)
+        return sessions
+
+    def delete_account(self, host, user):
+        """Deferred: delete the account, then end its sessions (no new login can follow the kick);
+        the number of sessions ended.  AccountError when there is no such account."""
+        deleted = self.accounts.delete(host, user)
+        return deleted.addCallback(
+            lambda _: len(self.end_sessions(f"{user}@{host}", "not-authorized", "the account was deleted")))
+
+    def disable_account(self, host, user, reason=""):
+        """Deferred: refuse the account's logins until it is enabled again, then end its sessions."""
+        disabled = self.accounts.disable(host, user, reason)
+        return disabled.addCallback(
+            lambda _: len(self.end_sessions(f"{user}@{host}", "not-authorized", "the account was disabled")))
+
+    def announce(self, host, text):
+        """Send ``text`` as a headline from ``host`` to every session on it; how many were sent.
+        ValueError when it is longer than ``MAX_ANNOUNCE_BYTES``."""
+        if len(text.encode("utf-8")) > MAX_ANNOUNCE_BYTES:
+            raise ValueError(f"the message is longer than {MAX_ANNOUNCE_BYTES} bytes")
+        recipients = [session for session in self.sessions if session.jid.host == host]
+        for session in recipients:
+            self.router.route(headline(host, session.full, text))
+        log.info("announcement to {count} sessions on {host}", count=len(recipients), host=host)
+        return len(recipients)
+
+    def load_blocked_domains(self):
+        """Deferred: read the domains blocked at run time from storage (at start)."""
+        d = self.storage.get("", "", BLOCKED_DOMAINS_STORE)
+        d.addCallback(lambda domains: setattr(self, "blocked_domains", frozenset(domains or ())))
+        return d
+
+    def set_blocked_domains(self, domains):
+        """Deferred: refuse federation with ``domains`` (normalised) from now on, and after a restart."""
+        self.blocked_domains = frozenset(domains)
+        return self.storage.set("", "", BLOCKED_DOMAINS_STORE, sorted(self.blocked_domains))
 
     # -- the one way in --------------------------------------------------------
 
@@ -189,6 +249,10 @@ class FeatureContext:
 
     def add_identity(self, category, kind, name, where="host"):
         self.host.disco.identities.append((where, category, kind, name, self))
+
+    def add_node_source(self, answer):
+        """Answer disco queries about nodes of the host (see ``DiscoEntries.node_sources``)."""
+        self.host.disco.node_sources.append((answer, self))
 
     def route(self, stanza):
         self.server.router.route(stanza)
@@ -353,6 +417,10 @@ class GatewayContext:
 
     def host_config(self, name):
         return self._server.config.hosts[name]
+
+    def is_host_admin(self, bare):
+        """Whether the bare JID ``bare`` (lowercase) administers a local host (``[hosts.NAME] admins``)."""
+        return self._server.config.is_host_admin(bare)
 
     # -- registrations --------------------------------------------------------------
 

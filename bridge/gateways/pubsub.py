@@ -154,8 +154,12 @@ class PubsubService:
 
     # -- who may do what ----------------------------------------------------------------
 
+    def is_admin(self, bare):
+        """One of the service's admins: named in [pubsub] admins or in a host's admins."""
+        return bare in self.admins or self.ctx.is_host_admin(bare)
+
     def affiliation(self, node, bare):
-        if bare in self.admins:
+        if self.is_admin(bare):
             return "owner"
         return node["affiliations"].get(bare, "none")
 
@@ -185,13 +189,13 @@ class PubsubService:
         """PubsubError when ``sender`` may not create a node on ``domain`` (``[pubsub] creation`` and bounds)."""
         bare = sender.userhost().lower()
         creation = self.config.creation
-        if creation == "admins" and bare not in self.admins:
+        if creation == "admins" and not self.is_admin(bare):
             raise PubsubError("forbidden", text="only the service's administrators create nodes")
         if creation == "local" and self.ctx.local_host(sender.host) is None:
             raise PubsubError("forbidden", text="only users of this server create nodes")
         if len(self.nodes[domain]) >= self.config.max_nodes_per_service:
             raise PubsubError("policy-violation", "max-nodes-exceeded", "the service holds as many nodes as it may")
-        if bare not in self.admins:
+        if not self.is_admin(bare):
             created = sum(1 for nodes in self.nodes.values() for node in nodes.values() if node["creator"] == bare)
             if created >= self.config.max_nodes_created_per_user:
                 raise PubsubError("policy-violation", "max-nodes-exceeded",

@@ -4,7 +4,7 @@ the server's (every problem at once, each naming the file and the key)."""
 import os
 from dataclasses import dataclass
 
-from bridge.config import (ConfigError, ListenerTLS, _build, _option, _resolve_paths, _secret_file_problems,
+from bridge.config import (ConfigError, ListenerTLS, _build, _option, _resolve_paths, _secret_file,
                            parse_host_port, read_first_line, read_toml)
 
 BALANCES = ("least-clients", "hash")
@@ -77,7 +77,7 @@ def _problems(section, where):
     if not section.secret_file:
         problems.append(f"{where}: mux.secret_file: needed (the secret the nodes' [mux_listener] share)")
     else:
-        problems += _secret_file_problems(where, "mux.secret_file", section.secret_file, section.read_secret)
+        _secret_file(where, "mux.secret_file", section.secret_file, problems)
     if section.node_tls and not section.node_ca_file:
         problems.append(f"{where}: mux.node_ca_file: needed with node_tls (the authority of the nodes' certificates)")
     elif section.node_ca_file and not os.access(section.node_ca_file, os.R_OK):

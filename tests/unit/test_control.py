@@ -5,8 +5,8 @@ import json
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from bridge.core.control import (MAX_ANNOUNCE_BYTES, MAX_REQUEST_BYTES, ControlCommands, ControlError,
-                                 ControlFactory, parse_request)
+from bridge.core.control import MAX_REQUEST_BYTES, ControlCommands, ControlError, ControlFactory, parse_request
+from bridge.core.server import MAX_ANNOUNCE_BYTES
 from tests.unit.helpers import Harness, make_config, result_of
 
 SM = "urn:xmpp:sm:3"

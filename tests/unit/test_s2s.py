@@ -10,7 +10,7 @@ from bridge import config as configuration
 from bridge.core.streams.s2s import (IncomingServerStream, LinkFailed, OutgoingServerStream, RemoteDomains,
                                      dialback_key)
 from bridge.core.xmlstream import NS_STREAMS
-from tests.unit.helpers import BufferingTransport, Harness, WireClient
+from tests.unit.helpers import BufferingTransport, Harness, WireClient, result_of
 
 PEER_HEADER = (f"<stream:stream xmlns='jabber:server' xmlns:stream='{NS_STREAMS}' "
                "xmlns:db='jabber:server:dialback' from='remote.test' to='localhost' version='1.0'>")
@@ -161,6 +161,18 @@ class IncomingTests(SynchronousTestCase):
         peer = server_peer(IncomingServerStream(harness.server, harness.remote))
         peer.send(PEER_HEADER)
         self.assertEqual(next(peer.received()[-1].elements()).name, "policy-violation")
+
+    def test_domain_blocked_at_run_time(self):
+        """A domain an administrator blocked (XEP-0133 edit-blacklist) is refused like a denied one, and
+        stanzas to it bounce; unblocked, it may federate again."""
+        harness = s2s_harness()
+        result_of(harness.server.set_blocked_domains({"remote.test"}))
+        self.assertFalse(harness.remote.permitted("Remote.Test"))
+        peer = server_peer(IncomingServerStream(harness.server, harness.remote))
+        peer.send(PEER_HEADER)
+        self.assertEqual(next(peer.received()[-1].elements()).name, "policy-violation")
+        result_of(harness.server.set_blocked_domains(set()))
+        self.assertTrue(harness.remote.permitted("remote.test"))
 
     def test_allowed_domain_in_any_case(self):
         """A domain allowed in capitals may federate, whatever the case its peers write it in."""

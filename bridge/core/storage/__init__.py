@@ -9,15 +9,16 @@ were appended, queried by the other party, time and id in pages (XEP-0059).
 Every call but ``archive_append`` returns a Deferred that fires later than
 the call, once the database has answered, so no caller may rely on an answer
 within the same call; calls are carried out in the order they were made.  SQLite (``sqlite.py``, the default) works on a
-thread of its own; ``memory.py`` keeps everything in the process; a server
-database reached over the network implements the same interface.
+thread of its own; ``memory.py`` keeps everything in the process;
+``postgresql.py`` works a PostgreSQL server that several nodes may share.
 """
 
 import dataclasses
 import json
 import typing
 
-from zope.interface import Interface
+from twisted.logger import Logger
+from zope.interface import Attribute, Interface
 
 
 def stored_bytes(value):
@@ -89,7 +90,15 @@ class ArchiveItemNotFound(KeyError):
     """An id named by a query (after_id, before_id, ids, page_after, page_before) is not in the archive."""
 
 
+class StorageUnavailable(Exception):
+    """The database cannot carry out the call now (it is away, or too many writes wait for it); a
+    later call may succeed.  A login then answers temporary-auth-failure."""
+
+
 class IStorage(Interface):
+    available = Attribute("Whether the database answers now; while it does not, calls wait (a server "
+                          "database: postgresql.py) and a login is refused with temporary-auth-failure.")
+
     def get(host, user, store):
         """Deferred: the document stored under (host, user, store), or None."""
 
@@ -160,16 +169,30 @@ class IStorage(Interface):
 
 def open_storage(config, reactor):
     """The storage named by ``config.storage``."""
+    from twisted.internet.interfaces import IReactorProcess
+
     if config.storage.backend == "memory":
         from bridge.core.storage.memory import MemoryStorage
 
         return MemoryStorage()
-    from twisted.internet.interfaces import IReactorProcess
+    # A reactor that runs processes is a server's; bridgectl's is not.
+    server = IReactorProcess.providedBy(reactor)
+    if config.storage.backend == "postgresql":
+        from bridge.core.storage.postgresql import PostgreSQLStorage
+        from bridge.core.storage.postgresql_ops import Database
+
+        section = config.storage
+        database = Database(section.postgresql_conninfo(), section.postgresql_connect_timeout_seconds)
+        unchecked = database.check_schema_at_start() if server else None
+        if unchecked:
+            Logger().warn("the database's schema is not checked: {reason}", reason=unchecked)
+        # bridgectl waits for no database: a call fails at once when it is away.
+        return PostgreSQLStorage(database, reactor, section.postgresql_max_queued_bytes,
+                                 section.postgresql_retry_interval_seconds if server else None)
 
     from bridge.core.storage.archive_writer import ArchiveWriter
     from bridge.core.storage.sqlite import SQLiteStorage
 
     path = config.data_path(config.storage.path)
-    # A reactor that runs processes (a server's) gets the archive's writer; bridgectl's does not.
-    writer = ArchiveWriter(reactor, path) if IReactorProcess.providedBy(reactor) else None
+    writer = ArchiveWriter(reactor, path) if server else None
     return SQLiteStorage(path, reactor, writer)

@@ -16,6 +16,8 @@ from bridge.core.storage import ArchiveItemNotFound, ArchivePage, IStorage, stor
 
 @implementer(IStorage)
 class MemoryStorage:
+    available = True  # the data are in this process
+
     def __init__(self):
         self._documents = {}  # (host, user, store) -> JSON text
         self._queues = {}  # (host, user, store) -> {id: JSON text}, in id order

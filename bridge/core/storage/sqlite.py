@@ -45,6 +45,8 @@ class SQLiteStorage:
     """``archive_writer``: an ``ArchiveWriter`` that inserts the archive's records from a process of its
     own; without one, the database thread does."""
 
+    available = True  # the database is a file of this machine
+
     def __init__(self, path, reactor, archive_writer=None):
         self.path = path
         self._reactor = reactor

@@ -4,7 +4,9 @@ writer carry out, in batches.
 Nothing here imports Twisted: the archive writer (``archive_writer.py``), a
 process of its own, imports this module and the standard library alone, and
 stays small.  An operation that fails gives its exception back, and the
-reactor side makes a Failure of it.
+reactor side makes a Failure of it.  The operations written in SQL that
+PostgreSQL speaks as well (the column "user" quoted: a keyword there) are
+PostgreSQL's too (``postgresql_ops.py``).
 """
 
 import json
@@ -77,7 +79,7 @@ def connect(path):
 # -- the operations, each run on the database thread -------------------------------
 
 def _get(db, host, user, store):
-    row = db.execute("SELECT value FROM keyval WHERE host=? AND user=? AND store=?", (host, user, store)).fetchone()
+    row = db.execute('SELECT value FROM keyval WHERE host=? AND "user"=? AND store=?', (host, user, store)).fetchone()
     return None if row is None else json.loads(row[0])
 
 
@@ -90,7 +92,7 @@ def _set(db, host, user, store, text):
 
 
 def _users(db, host, store):
-    rows = db.execute("SELECT user FROM keyval WHERE host=? AND store=? ORDER BY user", (host, store)).fetchall()
+    rows = db.execute('SELECT "user" FROM keyval WHERE host=? AND store=? ORDER BY "user"', (host, store)).fetchall()
     return [row[0] for row in rows]
 
 
@@ -106,25 +108,25 @@ def _items(db, host, user, store, limit):
 
 
 def _count(db, host, user, store):
-    return db.execute("SELECT COUNT(*) FROM queue WHERE host=? AND user=? AND store=?",
+    return db.execute('SELECT COUNT(*) FROM queue WHERE host=? AND "user"=? AND store=?',
                       (host, user, store)).fetchone()[0]
 
 
 def _size(db, host, user, store):
-    row = db.execute("SELECT bytes FROM queue_bytes WHERE host=? AND user=? AND store=?",
+    row = db.execute('SELECT bytes FROM queue_bytes WHERE host=? AND "user"=? AND store=?',
                      (host, user, store)).fetchone()
     return 0 if row is None else row[0]
 
 
 def _remove(db, host, user, store, ids):
-    db.executemany("DELETE FROM queue WHERE host=? AND user=? AND store=? AND id=?",
+    db.executemany('DELETE FROM queue WHERE host=? AND "user"=? AND store=? AND id=?',
                    [(host, user, store, item) for item in ids])
 
 
 def _delete_user(db, host, user):
-    db.execute("DELETE FROM keyval WHERE host=? AND user=?", (host, user))
-    db.execute("DELETE FROM queue WHERE host=? AND user=?", (host, user))
-    db.execute("DELETE FROM archive WHERE host=? AND user=?", (host, user))
+    db.execute('DELETE FROM keyval WHERE host=? AND "user"=?', (host, user))
+    db.execute('DELETE FROM queue WHERE host=? AND "user"=?', (host, user))
+    db.execute('DELETE FROM archive WHERE host=? AND "user"=?', (host, user))
 
 
 # The columns of an archived record, in the order of the values its row is handed over in.
@@ -162,7 +164,7 @@ def _archive_insert(db, values):
 
 
 def _archive_seq(db, host, user, record_id):
-    row = db.execute("SELECT seq FROM archive WHERE id=? AND host=? AND user=?", (record_id, host, user)).fetchone()
+    row = db.execute('SELECT seq FROM archive WHERE id=? AND host=? AND "user"=?', (record_id, host, user)).fetchone()
     if row is None:
         raise ArchiveItemNotFound(record_id)
     return row[0]
@@ -170,7 +172,7 @@ def _archive_seq(db, host, user, record_id):
 
 def _archive_query(db, host, user, query):
     """The filters as SQL, then the page read along the sequence, one record past it to tell if it is complete."""
-    where, args = ["host=?", "user=?"], [host, user]
+    where, args = ["host=?", '"user"=?'], [host, user]
     for column, operator, value in (("with_jid", "=", query.with_jid), ("with_resource", "=", query.with_resource),
                                     ("seq", ">=", query.start), ("seq", "<=", query.end)):
         if value is not None:
@@ -204,7 +206,7 @@ def _archive_query(db, host, user, query):
 
 
 def _archive_replace(db, host, user, record_id, stanza):
-    changed = db.execute("UPDATE archive SET stanza=? WHERE id=? AND host=? AND user=?",
+    changed = db.execute('UPDATE archive SET stanza=? WHERE id=? AND host=? AND "user"=?',
                          (stanza, record_id, host, user)).rowcount
     if not changed:
         raise ArchiveItemNotFound(record_id)
@@ -212,8 +214,8 @@ def _archive_replace(db, host, user, record_id, stanza):
 
 def _archive_remove(db, host, user, before=None):
     if before is None:
-        return db.execute("DELETE FROM archive WHERE host=? AND user=?", (host, user)).rowcount
-    return db.execute("DELETE FROM archive WHERE host=? AND user=? AND seq<?", (host, user, before)).rowcount
+        return db.execute('DELETE FROM archive WHERE host=? AND "user"=?', (host, user)).rowcount
+    return db.execute('DELETE FROM archive WHERE host=? AND "user"=? AND seq<?', (host, user, before)).rowcount
 
 
 def _archive_expire(db, host, before):

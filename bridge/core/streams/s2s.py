@@ -681,7 +681,7 @@ class RemoteDomains:
     def permitted(self, domain):
         """Whether the policy lets ``domain`` federate (the lists are normalised at load)."""
         domain = normalise_domain(domain)
-        if domain in self.config.denied_domains:
+        if domain in self.config.denied_domains or domain in self.server.blocked_domains:
             return False
         return not self.config.allowed_domains or domain in self.config.allowed_domains
 

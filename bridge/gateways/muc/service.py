@@ -203,9 +203,9 @@ class MUCService:
         return min(room.config.history_length, self.config.max_history_length)
 
     def is_admin(self, bare):
-        """One of the service's admins: named in [muc] admins, or a member of the admins_group of
-        the directory of the user's host (docs/directory.md)."""
-        if bare in self.admins:
+        """One of the service's admins: named in [muc] admins or in a host's admins, or a member of
+        the admins_group of the directory of the user's host (docs/directory.md)."""
+        if bare in self.admins or self.ctx.is_host_admin(bare):
             return True
         user, _, host = bare.partition("@")
         directory = self.ctx.accounts.directory(host)
