@@ -570,6 +570,23 @@ class ClusterConfig:
         return read_first_line(self.password_file) if self.password_file else ""
 
 
+@dataclass(frozen=True)
+class MuxListenerConfig:
+    """Links from multiplexors (``twistd bridge-mux``, docs/scaling.md): each of their clients a c2s stream.
+
+    ``endpoints`` carry the links in clear (loopback, a private network), ``tls_endpoints`` under TLS with
+    the [c2s] certificate; either way a link proves ``secret_file``'s secret before any client is taken."""
+
+    endpoints: list = _option([], endpoints=True)
+    tls_endpoints: list = _option([], endpoints=True)
+    secret_file: str = _option("", path=True)
+    max_frame_bytes: int = _option(65536, low=1024, high=16 * 1024 * 1024)
+    max_clients_per_link: int = _option(10000, low=1, high=1000000)
+
+    def read_secret(self):
+        return read_first_line(self.secret_file).encode("utf-8")
+
+
 def check_listening_endpoint(text):
     """ValueError unless ``text`` is ``tcp:PORT``, ``tcp6:PORT`` (options ``interface=``, ``backlog=``) or
     ``unix:PATH``, with a PORT of 0 to 65535: what would otherwise fail only when the listener starts."""
@@ -757,6 +774,7 @@ class Config:
     proxy65: Proxy65Config = field(default_factory=Proxy65Config)
     smsc: dict = field(default_factory=dict)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    mux_listener: MuxListenerConfig = field(default_factory=MuxListenerConfig)
     ldap: dict = field(default_factory=dict)
     api: APIConfig = field(default_factory=APIConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -787,7 +805,8 @@ _SECTIONS = {"tls": TLSConfig, "c2s": C2SConfig, "s2s": S2SConfig, "http": HTTPC
              "component_listener": ComponentListenerConfig, "sms": SMSConfig, "sip": SIPConfig, "muc": MUCConfig,
              "upload": UploadConfig, "pubsub": PubsubConfig, "external_services": ExternalServicesConfig,
              "metrics": MetricsConfig, "cluster": ClusterConfig,
-             "proxy65": Proxy65Config, "api": APIConfig, "log": LogConfig}
+             "proxy65": Proxy65Config, "api": APIConfig, "log": LogConfig,
+             "mux_listener": MuxListenerConfig}
 # Tables of named sub-tables: [hosts.NAME], [components.DOMAIN], [smsc.NAME].
 _NAMED = {"hosts": HostConfig, "components": ComponentConfig, "smsc": SMSCConfig, "ldap": LDAPConfig}
 
@@ -1189,9 +1208,20 @@ def load(path=None, environ=None):
     environ = os.environ if environ is None else environ
     if path is None:
         return _with_data_dir(Config(), None, environ, "(embedded defaults)")
+    document = read_toml(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    config = _resolve_paths(_with_data_dir(parse(document, path), folder, environ, path), folder)
+    problems = _missing_files(config, path)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def read_toml(path):
+    """The parsed TOML document of ``path``; ConfigError naming the file if it cannot be read or parsed."""
     try:
         with open(path, "rb") as handle:
-            document = tomllib.load(handle)
+            return tomllib.load(handle)
     except OSError as error:
         raise ConfigError([f"{path}: cannot be read: {error.strerror}"])
     except (ValueError, RecursionError) as error:
@@ -1200,12 +1230,6 @@ def load(path=None, environ=None):
         # RecursionError (arrays or tables nested thousands deep) for some.
         reason = "nested too deeply" if isinstance(error, RecursionError) else error
         raise ConfigError([f"{path}: not valid TOML: {reason}"])
-    folder = os.path.dirname(os.path.abspath(path))
-    config = _resolve_paths(_with_data_dir(parse(document, path), folder, environ, path), folder)
-    problems = _missing_files(config, path)
-    if problems:
-        raise ConfigError(problems)
-    return config
 
 
 def _secret_file(where, key, path, problems):
@@ -1300,6 +1324,12 @@ def _missing_files(config, where):
                              f"{MIN_API_TOKEN_CHARS} characters (e.g. openssl rand -hex 32)")
     if config.cluster.enabled and config.cluster.password_file:
         _secret_file(where, "cluster.password_file", config.cluster.password_file, problems)
+    mux = config.mux_listener
+    if mux.endpoints or mux.tls_endpoints:
+        if not mux.secret_file:
+            problems.append(f"{where}: mux_listener.secret_file: needed when mux_listener has endpoints")
+        else:
+            _secret_file(where, "mux_listener.secret_file", mux.secret_file, problems)
     return problems
 
 

@@ -27,6 +27,7 @@ from bridge.core.server import GatewayContext, Server, load_feature, looping_cal
 from bridge.core.storage.timed import TimedStorage
 from bridge.core.streams.c2s import ClientFactory
 from bridge.core.streams.component import ComponentFactory
+from bridge.core.streams.muxed import MuxLinkFactory
 from bridge.core.streams.s2s import IncomingServerFactory, PeerTLS, RemoteDomains
 from bridge.core.xmlstream import DORMANCY_PERIOD_SECONDS
 from bridge.gateways.bosh import BoshService
@@ -353,10 +354,17 @@ def build(config, reactor, config_path=None):
     web = [HTTPFactory(server, http, bosh, tls=False)]
     for listener in listen("http", http.endpoints, web[0], http):
         server.http_listeners.append((False, listener))
+    mux = config.mux_listener
+    if mux.endpoints or mux.tls_endpoints:
+        links = MuxLinkFactory(server, mux, mux.read_secret(), HTTPFactory(server, http, bosh, tls=True))
+        clients.append(links.clients)
+        web.append(links.web)
+        listen("mux", mux.endpoints, links)
+        listen("mux-tls", mux.tls_endpoints, TLSMemoryBIOFactory(context, False, links))
     if http.tls_endpoints:
         web.append(HTTPFactory(server, http, bosh, tls=True))
         http_context = tls_holder(lambda new: listener_context(new, new.http, alpn=(b"http/1.1",)))
-        for listener in listen("https", http.tls_endpoints, TLSMemoryBIOFactory(http_context, False, web[1]),
+        for listener in listen("https", http.tls_endpoints, TLSMemoryBIOFactory(http_context, False, web[-1]),
                                http):
             server.http_listeners.append((True, listener))
     # Prometheus metrics, on a listener of their own (docs/operations.md).

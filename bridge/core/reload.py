@@ -41,7 +41,7 @@ STARTUP_ONLY = {
     "component_listener": {"endpoints"},
     "storage": ALL, "quotas": ALL, "push": ALL, "mam": ALL, "pep": ALL, "sms": ALL, "sip": ALL,
     "muc": ALL, "upload": ALL, "smsc": ALL, "pubsub": ALL, "external_services": ALL, "metrics": ALL,
-    "cluster": ALL, "ldap": ALL, "proxy65": ALL,
+    "cluster": ALL, "ldap": ALL, "proxy65": ALL, "mux_listener": ALL, "api": {"enabled", "path"},
     "smtp": {"archive_recipients"},
     "hosts": {"sip_digest", "ldap"},
 }

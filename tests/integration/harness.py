@@ -110,7 +110,8 @@ class ServerProcess:
     """One server process; its output is drained into ``lines`` by a thread."""
 
     LISTENING = re.compile(r"listening (c2s|c2s-direct-tls|s2s|s2s-direct-tls|component|http|https"
-                           r"|sip-udp|sip-tcp|sip-tls|metrics|proxy65) on 127\.0\.0\.1:(\d+)")
+                           r"|sip-udp|sip-tcp|sip-tls|metrics|proxy65|mux|mux-tls|mux-c2s|mux-c2s-direct-tls|mux-https)"
+                           r" on 127\.0\.0\.1:(\d+)")
 
     def __init__(self, config_path, accounts=None, command=None):
         self.config_path = config_path
@@ -736,19 +737,21 @@ def cluster_table(redis_server, node_name, lease_seconds=2):
             f'password_file = "{redis_server.password_file}"\nlease_seconds = {lease_seconds}\n')
 
 
-def start_nodes(directory, redis_server, count, accounts, lease_seconds=2):
+def start_nodes(directory, redis_server, count, accounts, lease_seconds=2, c2s_options="", tables="",
+                wait_for=("c2s", "c2s-direct-tls")):
     """``count`` bridge nodes of one cluster, each with its own data folder and the same accounts; the
-    processes, started (a test stops them)."""
+    processes, started (a test stops them).  ``c2s_options``, ``tables``: as for ``write_config``;
+    ``wait_for``: the listeners each start waits for."""
     nodes = []
     try:
         for index in range(count):
             node_directory = os.path.join(directory, f"node{index + 1}")
             os.makedirs(node_directory)
-            config_path = write_config(node_directory,
-                                       tables=cluster_table(redis_server, f"node{index + 1}", lease_seconds))
+            config_path = write_config(node_directory, c2s_options=c2s_options,
+                                       tables=cluster_table(redis_server, f"node{index + 1}", lease_seconds) + tables)
             add_users(config_path, accounts)
             nodes.append(ServerProcess(config_path, accounts))
-            nodes[-1].start()
+            nodes[-1].start(wait_for=wait_for)
     except BaseException:
         for node in nodes:
             node.stop()
