@@ -33,6 +33,9 @@ log = Logger()
 STORE = "sms-out"
 ID_STORE = "sms-ids"
 COUNTER_STORE = "sms-counter"
+# Serials are reserved this many at a time: the counter is written once a block, not once a message (each
+# write a storage round trip that the next message waited for).  A restart skips what its block left unused.
+SERIAL_BLOCK = 1000
 FINAL = ("delivered", "failed")
 # Receipt 'stat:' values and message_state TLV values to part states.
 RECEIPT_STATES = {"DELIVRD": "delivered", "EXPIRED": "failed", "DELETED": "failed", "UNDELIV": "failed",
@@ -91,6 +94,7 @@ class OutboundQueue:
         self.docs = {}  # key -> document, every unfinished message
         self._retry_timers = set()
         self._serial = None  # the next message's serial, once read
+        self._reserved = None  # the serial after the block reserved in storage
         self._counter = KeyedLock()
 
     # -- persistence ------------------------------------------------------
@@ -119,19 +123,29 @@ class OutboundQueue:
         self.wake()
 
     @defer.inlineCallbacks
-    def _next_serial(self):
-        """The serial of a new message, the counter read once and written at every step."""
+    def _reserve_serials(self):
+        """Reserve the next ``SERIAL_BLOCK`` serials in storage (the counter read once, at the first)."""
         if self._serial is None:
             counter = (yield self.storage.get(self.domain, "", COUNTER_STORE)) or {"next": 1}
-            self._serial = counter["next"]
-        serial, self._serial = self._serial, self._serial + 1
-        yield self.storage.set(self.domain, "", COUNTER_STORE, {"next": self._serial})
-        return serial
+            self._serial = self._reserved = counter["next"]
+        if self._serial >= self._reserved:
+            reserved = self._serial + SERIAL_BLOCK
+            yield self.storage.set(self.domain, "", COUNTER_STORE, {"next": reserved})
+            self._reserved = reserved
+
+    def _next_serial(self):
+        """Deferred: the serial of a new message, at once while the reserved block lasts."""
+        if self._serial is not None and self._serial < self._reserved:
+            serial, self._serial = self._serial, self._serial + 1
+            return defer.succeed(serial)
+        d = self._counter.run(COUNTER_STORE, self._reserve_serials)
+        d.addCallback(lambda _: self._next_serial())
+        return d
 
     @defer.inlineCallbacks
     def add(self, number, body, meta):
         """Accept ``body`` for ``number`` (persisted before this fires); the message's key."""
-        serial = yield self._counter.run(COUNTER_STORE, self._next_serial)
+        serial = yield self._next_serial()
         key = f"{serial:012d}"
         coding, esm_class, parts = texts.split(body, serial % 256, self.config.max_parts)
         doc = {"number": number, "receipts": self.config.request_receipts, "created": self.clock.seconds(),
