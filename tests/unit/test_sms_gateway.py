@@ -7,6 +7,7 @@ from bridge import config as configuration
 from bridge.core.notifications import NotificationPreferences
 from bridge.gateways.sms.gateway import SMSGateway, password_in_clear
 from bridge.core.xmlstream import parse_element
+from bridge.gateways.sms import queue as queue_module
 from bridge.gateways.sms.queue import COUNTER_STORE, SERIAL_BLOCK, OutboundQueue
 from bridge.gateways.sms.text import gsm_decode, normalize_number
 
@@ -580,3 +581,19 @@ class QueueSerialTests(SynchronousTestCase):
                          {"next": int(keys[0]) + SERIAL_BLOCK})
         again = OutboundQueue(storage, queue.domain, rig.clock, queue.config, lambda *args: None)
         self.assertGreater(result_of(again.add("+15557654321", "after", {})), keys[-1])
+
+    def test_many_messages_while_storage_is_late(self):
+        """Messages that arrive while the counter is being written, more than a block of them, each get
+        their own serial once storage answers: none waits for ever behind another's reservation."""
+        self.patch(queue_module, "SERIAL_BLOCK", 3)
+        late = LateStorage()
+        rig = GatewayRig(storage=late)
+        queue = rig.gateway.queue
+        late.late = True
+        added = [queue.add("+15557654321", f"m{n}", {}) for n in range(10)]
+        while late.waiting:
+            late.answer()
+        keys = [result_of(d) for d in added]
+        self.assertEqual(len(set(keys)), 10)
+        late.late = False
+        self.assertGreater(result_of(late.get(queue.domain, "", COUNTER_STORE))["next"], int(max(keys)))

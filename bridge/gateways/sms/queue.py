@@ -123,8 +123,9 @@ class OutboundQueue:
         self.wake()
 
     @defer.inlineCallbacks
-    def _reserve_serials(self):
-        """Reserve the next ``SERIAL_BLOCK`` serials in storage (the counter read once, at the first)."""
+    def _take_serial(self):
+        """A serial, under the counter's lock: the counter read at the first, a new block reserved in
+        storage when the last is used up."""
         if self._serial is None:
             counter = (yield self.storage.get(self.domain, "", COUNTER_STORE)) or {"next": 1}
             self._serial = self._reserved = counter["next"]
@@ -132,15 +133,15 @@ class OutboundQueue:
             reserved = self._serial + SERIAL_BLOCK
             yield self.storage.set(self.domain, "", COUNTER_STORE, {"next": reserved})
             self._reserved = reserved
+        serial, self._serial = self._serial, self._serial + 1
+        return serial
 
     def _next_serial(self):
         """Deferred: the serial of a new message, at once while the reserved block lasts."""
         if self._serial is not None and self._serial < self._reserved:
             serial, self._serial = self._serial, self._serial + 1
             return defer.succeed(serial)
-        d = self._counter.run(COUNTER_STORE, self._reserve_serials)
-        d.addCallback(lambda _: self._next_serial())
-        return d
+        return self._counter.run(COUNTER_STORE, self._take_serial)
 
     @defer.inlineCallbacks
     def add(self, number, body, meta):
