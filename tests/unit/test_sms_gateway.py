@@ -8,7 +8,6 @@ from bridge import config as configuration
 from bridge.core.notifications import NotificationPreferences
 from bridge.gateways.sms.gateway import SMSGateway, password_in_clear
 from bridge.core.xmlstream import parse_element
-from bridge.gateways.sms import queue as queue_module
 from bridge.gateways.sms.queue import COUNTER_STORE, SERIAL_BLOCK, OutboundQueue
 from bridge.gateways.sms.text import gsm_decode, normalize_number
 
@@ -584,18 +583,18 @@ class QueueSerialTests(SynchronousTestCase):
         self.assertGreater(result_of(again.add("+15557654321", "after", {})), keys[-1])
 
     def test_many_messages_while_storage_is_late(self):
-        """Messages that arrive while the counter is being written, more than a block of them, each get
-        their own serial once storage answers (at the end of each turn, as SQLite's thread does): none
-        waits for ever behind another's reservation."""
-        self.patch(queue_module, "SERIAL_BLOCK", 3)
+        """Thousands of messages that arrive while the counter is being written, more than a block of
+        them, each get their own serial once storage answers (at the end of each turn, as SQLite's thread
+        does): none is left waiting (handed out one from another's callback, they nested past Python's
+        recursion limit and the rest never got one)."""
         rig = GatewayRig()
         queue, storage = rig.gateway.queue, rig.harness.storage
         commits = Clock()
         storage.clock = commits
-        added = [queue.add("+15557654321", f"m{n}", {}) for n in range(10)]
+        added = [queue.add("+15557654321", f"m{n}", {}) for n in range(3000)]
         for _ in range(50):
             commits.advance(0)
         keys = [result_of(d) for d in added]
-        self.assertEqual(len(set(keys)), 10)
+        self.assertEqual(len(set(keys)), 3000)
         storage.clock = None
         self.assertGreater(result_of(storage.get(queue.domain, "", COUNTER_STORE))["next"], int(max(keys)))

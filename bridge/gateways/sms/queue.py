@@ -25,7 +25,6 @@ import collections
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from bridge.core.storage.cache import KeyedLock
 from bridge.gateways.sms import pdu as pdus, text as texts
 
 log = Logger()
@@ -95,7 +94,7 @@ class OutboundQueue:
         self._retry_timers = set()
         self._serial = None  # the next message's serial, once read
         self._reserved = None  # the serial after the block reserved in storage
-        self._counter = KeyedLock()
+        self._waiting = collections.deque()  # Deferreds of the serials asked for while a block is reserved
 
     # -- persistence ------------------------------------------------------
 
@@ -122,26 +121,39 @@ class OutboundQueue:
                      parts=len(self.pending))
         self.wake()
 
-    @defer.inlineCallbacks
-    def _take_serial(self):
-        """A serial, under the counter's lock: the counter read at the first, a new block reserved in
-        storage when the last is used up."""
-        if self._serial is None:
-            counter = (yield self.storage.get(self.domain, "", COUNTER_STORE)) or {"next": 1}
-            self._serial = self._reserved = counter["next"]
-        if self._serial >= self._reserved:
-            reserved = self._serial + SERIAL_BLOCK
-            yield self.storage.set(self.domain, "", COUNTER_STORE, {"next": reserved})
-            self._reserved = reserved
-        serial, self._serial = self._serial, self._serial + 1
-        return serial
-
     def _next_serial(self):
         """Deferred: the serial of a new message, at once while the reserved block lasts."""
-        if self._serial is not None and self._serial < self._reserved:
+        if not self._waiting and self._serial is not None and self._serial < self._reserved:
             serial, self._serial = self._serial, self._serial + 1
             return defer.succeed(serial)
-        return self._counter.run(COUNTER_STORE, self._take_serial)
+        d = defer.Deferred()
+        self._waiting.append(d)
+        if len(self._waiting) == 1:
+            self._reserve().addErrback(self._not_reserved)
+        return d
+
+    @defer.inlineCallbacks
+    def _reserve(self):
+        """Reserve serials in storage (the counter read at the first) for the messages waiting, a block at
+        least, and hand them out; again while more wait than the block had.  The waiting are answered
+        in a loop, not one from the callback of another, which nests as deep as they are many."""
+        waiting = self._waiting
+        while waiting:
+            if self._serial is None:
+                counter = (yield self.storage.get(self.domain, "", COUNTER_STORE)) or {"next": 1}
+                self._serial = self._reserved = counter["next"]
+            if self._serial >= self._reserved:
+                reserved = self._serial + max(SERIAL_BLOCK, len(waiting))
+                yield self.storage.set(self.domain, "", COUNTER_STORE, {"next": reserved})
+                self._reserved = reserved
+            while waiting and self._serial < self._reserved:
+                serial, self._serial = self._serial, self._serial + 1
+                waiting.popleft().callback(serial)
+
+    def _not_reserved(self, failure):
+        waiting, self._waiting = self._waiting, collections.deque()
+        for d in waiting:
+            d.errback(failure)
 
     @defer.inlineCallbacks
     def add(self, number, body, meta):
