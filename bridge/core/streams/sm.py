@@ -53,7 +53,7 @@ class HandledCount:
 
     def __init__(self):
         self.h = 0
-        self._in_work = deque()  # [settled, [callables]] per stanza received and not yet counted, in order
+        self._in_work = deque()  # [settled, callable or None] per stanza received and not yet counted, in order
 
     def handled(self):
         """Count a stanza handled at once."""
@@ -74,19 +74,22 @@ class HandledCount:
         return Settling(settled)
 
     def when_counted(self, callback):
-        """Call ``callback()`` once every stanza received so far is counted (at once when none is in work)."""
-        if self._in_work:
-            last = self._in_work[-1]
-            last[1] = (last[1] or []) + [callback]
-        else:
+        """Call ``callback()`` once every stanza received so far is counted (at once when none is in work).
+
+        One callback waits per stanza at most: a later one for the same stanza is dropped, so that a
+        client repeating <r/> while a stanza is in work adds nothing (the <a/> sent covers them all).
+        """
+        if not self._in_work:
             callback()
+        elif self._in_work[-1][1] is None:
+            self._in_work[-1][1] = callback
 
     def _count_settled(self):
         in_work = self._in_work
         while in_work and in_work[0][0]:
-            _, callbacks = in_work.popleft()
+            _, callback = in_work.popleft()
             self.h = (self.h + 1) % MODULUS
-            for callback in callbacks or ():
+            if callback is not None:
                 callback()
 
 
