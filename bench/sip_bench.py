@@ -6,10 +6,11 @@ both installed by .ci/install-test-peers):
     .venv/bin/python bench/sip_bench.py [--rates 100,200,400,...] [--duration 5] [--json FILE]
 
 Two targets, measured in the same run on the same machine, each with sipp as a UAC sending
-MESSAGE from sip:carol@pbx.test at increasing rates (sipp -r, -m rate*duration):
+MESSAGE at increasing rates (sipp -r, -m rate*duration):
 
-1. bridge: the real process (twistd) with its SIP gateway on 127.0.0.42 (UDP),
-   ``allowed_domains = ["pbx.test"]`` (no digest for a foreign domain); MESSAGE sip:bob@localhost,
+1. bridge: the real process (twistd) with its SIP gateway on 127.0.0.42 (UDP); MESSAGE
+   sip:bob@localhost from alice@localhost's phone, which answers the digest challenge (401, then the
+   MESSAGE again with its credentials: two requests a message, as a phone without a cached nonce),
    bob logged in on a raw XMPP socket (TLS, PLAIN, initial presence) that counts the messages
    received and reads sipp's send time ([timestamp]) in each body: delivery latency to XMPP.
    bridge answers 202 after writing the message to storage.
@@ -48,6 +49,8 @@ from tests.integration.test_kamailio import KAMAILIO, Kamailio, write_sip_config
 
 SIPP = shutil.which("sipp")
 PASSWORD = "benchpass"
+SENDER = "alice"  # bridge's sender: a local user whose phone answers the digest challenge
+PADDING = "." * 600
 KAMAILIO_ADDRESS = "127.0.0.41"
 BRIDGE_ADDRESS = "127.0.0.42"
 SIPP_ADDRESS = "127.0.0.43"
@@ -69,6 +72,49 @@ UAC = """<?xml version="1.0" encoding="ISO-8859-1" ?>
       Content-Length: [len]
 
       bench [call_number] [timestamp]
+    ]]>
+  </send>
+  <recv response="202" timeout="5000" rtd="1"/>
+</scenario>
+"""
+
+# bridge: a phone of a local user (alice@localhost), as a phone sends MESSAGE: challenged (401), then again
+# with its digest answer; the 202 time is measured from the first request.  The body is padded so that the
+# first request is longer than the 401 (bridge answers an unverified UDP source with no more than it sent).
+UAC_DIGEST = f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="bench digest MESSAGE uac">
+  <send retrans="500" start_rtd="1">
+    <![CDATA[
+
+      MESSAGE sip:[service]@[domain] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      Max-Forwards: 70
+      From: <sip:{SENDER}@[domain]>;tag=[pid]b[call_number]
+      To: <sip:[service]@[domain]>
+      Call-ID: [call_id]
+      CSeq: 1 MESSAGE
+      Content-Type: text/plain;charset=UTF-8
+      Content-Length: [len]
+
+      bench [call_number] [timestamp] {PADDING}
+    ]]>
+  </send>
+  <recv response="401" auth="true" timeout="5000"/>
+  <send retrans="500">
+    <![CDATA[
+
+      MESSAGE sip:[service]@[domain] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      Max-Forwards: 70
+      From: <sip:{SENDER}@[domain]>;tag=[pid]b[call_number]
+      To: <sip:[service]@[domain]>
+      Call-ID: [call_id]
+      CSeq: 2 MESSAGE
+      [authentication username={SENDER} password={PASSWORD}]
+      Content-Type: text/plain;charset=UTF-8
+      Content-Length: [len]
+
+      bench [call_number] [timestamp] {PADDING}
     ]]>
   </send>
   <recv response="202" timeout="5000" rtd="1"/>
@@ -197,13 +243,13 @@ def sipp_command(target, scenario, port, extra):
             "-nostdin"] + extra
 
 
-def run_step(directory, target, domain, user, rate, duration):
-    """One sipp UAC run at ``rate`` MESSAGE/s; sipp's figures."""
+def run_step(directory, target, domain, user, rate, duration, uac=UAC, extra=()):
+    """One sipp UAC run at ``rate`` MESSAGE/s (the scenario ``uac``, ``extra`` sipp options); sipp's figures."""
     step = os.path.join(directory, f"{domain}-{user}-{rate}")
     os.makedirs(step, exist_ok=True)
     scenario = os.path.join(step, "uac.xml")
     with open(scenario, "w", encoding="utf-8") as handle:
-        handle.write(UAC)
+        handle.write(uac)
     calls = int(rate * duration)
     command = sipp_command(target, scenario, free_port(SIPP_ADDRESS),
                            ["-key", "domain", domain, "-s", user, "-r", str(rate), "-rp", "1000",
@@ -211,7 +257,7 @@ def run_step(directory, target, domain, user, rate, duration):
                             "-max_sched_loops", "10000", "-timeout", f"{int(duration + 30)}s",
                             "-trace_stat", "-stf", os.path.join(step, "stat.csv"), "-fd", "1",
                             "-trace_rtt", "-rtt_freq", "1", "-trace_err",
-                            "-error_file", os.path.join(step, "errors.log")])
+                            "-error_file", os.path.join(step, "errors.log"), *extra])
     COMMANDS.append(shlex.join(command))
     started = time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True, cwd=step, timeout=duration + 60)
@@ -286,8 +332,9 @@ max_pending_messages = {pending}
 rate_limit_bytes_per_second = 1000000000
 rate_limit_burst_bytes = 1000000000
 """)
-    add_users(config_path, {"bob@localhost": PASSWORD})
-    process = ServerProcess(config_path, {"bob@localhost": PASSWORD})
+    users = {"bob@localhost": PASSWORD, f"{SENDER}@localhost": PASSWORD}
+    add_users(config_path, users)
+    process = ServerProcess(config_path, users)
     COMMANDS.append(shlex.join(process.command))
     process.start()
     return process
@@ -380,7 +427,9 @@ def main():
             def bridge_step(rate):
                 receiver.take()
                 cpu_before = cpu_seconds(bridge.process.pid)
-                result = run_step(directory, target, "localhost", "bob", rate, options.duration)
+                # sipp's digest uri is sip: and the target address unless told: bridge wants the Request-URI.
+                result = run_step(directory, target, "localhost", "bob", rate, options.duration, UAC_DIGEST,
+                                  ["-auth_uri", "bob@localhost"])
                 receiver.wait_for(result["successful"])
                 cpu_after = cpu_seconds(bridge.process.pid)
                 delivered = receiver.take()

@@ -88,8 +88,8 @@ class Waiting:
         self._answers.put((function, args))
 
     def callLater(self, delay, function, *args):
-        """A timer that never fires: the tool has no turns, and what the storage gathers for a moment
-        it hands over at its next call or at close."""
+        """A timer that fires only at the end of a turn, when the tool waits (``result``), and only when
+        its delay is 0: what the storage gathers for a moment it hands over at its next call or at close."""
         return self._never.callLater(delay, function, *args)
 
     def result(self, deferred):
@@ -97,6 +97,7 @@ class Waiting:
         box = []
         deferred.addBoth(box.append)
         while not box:
+            self._never.advance(0)  # the end of the tool's turn: the storage hands over the calls made in it
             function, args = self._answers.get()
             function(*args)
         if hasattr(box[0], "raiseException"):

@@ -36,3 +36,30 @@ class AcknowledgementTests(SynchronousTestCase):
         counter.h = MODULUS - 1
         counter.handled()
         self.assertEqual(counter.h, 0)
+
+
+class HandledCountTests(SynchronousTestCase):
+    def test_counts_a_prefix_in_order(self):
+        """A stanza settled before an earlier one is counted only once the earlier one settles."""
+        count = HandledCount()
+        first, second = count.settling(), count.settling()
+        for settling in (first, second):
+            settling.enter()
+        second.leave()
+        self.assertEqual(count.h, 0)
+        first.leave()
+        self.assertEqual(count.h, 2)
+
+    def test_one_answer_waits_per_stanza(self):
+        """Requests repeated while a stanza is in work wait as one: a single answer once it is counted."""
+        count = HandledCount()
+        settling = count.settling()
+        settling.enter()
+        answers = []
+        for _ in range(3):
+            count.when_counted(lambda: answers.append(count.h))
+        self.assertEqual(answers, [])
+        settling.leave()
+        self.assertEqual(answers, [1])
+        count.when_counted(lambda: answers.append(count.h))
+        self.assertEqual(answers, [1, 1])

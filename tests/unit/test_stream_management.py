@@ -1,5 +1,6 @@
 """Stream management on client streams (XEP-0198): acknowledgements, resumption, nothing lost."""
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.unit.helpers import Harness, make_config, scram_login
@@ -14,7 +15,7 @@ def named(elements, name):
 class StreamManagementTests(SynchronousTestCase):
     def setUp(self):
         self.harness = Harness(make_config(resumption_timeout_seconds=300, resumption_max_queue=5))
-        for user in ("alice", "bob"):
+        for user in ("alice", "bob", "carol"):
             self.harness.add_user(f"{user}@localhost")
         self.bob = self.harness.login("bob@localhost/desk")
         self.bob.send("<presence/>")
@@ -47,6 +48,41 @@ class StreamManagementTests(SynchronousTestCase):
         alice.send("<iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
         alice.send(f"<r xmlns='{SM}'/>")
         self.assertEqual(named(alice.received(), "a")[-1]["h"], "3")
+
+    def test_ack_waits_for_offline_storage(self):
+        """A message to an offline user is counted in <a h/> only once its storage has answered (its group
+        committed); the <r/> is answered then, and the message is stored by the time the <a/> is sent."""
+        alice, _ = self.alice_with_sm()
+        commits = Clock()
+        self.harness.storage.clock = commits  # answers at the end of each turn of ``commits``
+        alice.send("<message to='carol@localhost' type='chat' id='later'><body>1</body></message>")
+        alice.send("<iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        alice.send(f"<r xmlns='{SM}'/>")
+        self.assertEqual(named(alice.received(), "a"), [])
+        stored = []
+        for _ in range(10):
+            stored = self.harness.storage._queues.get(("localhost", "carol", "offline"), {})
+            if named(alice.received(), "a"):
+                break
+            commits.advance(0)
+        self.assertEqual(len(stored), 1)
+        alice.send(f"<r xmlns='{SM}'/>")
+        self.assertEqual(named(alice.received(), "a")[-1]["h"], "3")
+
+    def test_later_stanza_waits_for_earlier(self):
+        """h acknowledges a prefix: a stanza handled at once is not counted before an earlier one in work."""
+        alice, _ = self.alice_with_sm()
+        session = self.harness.server.sessions.get("alice@localhost/phone")
+        before = session.sm.handled.h
+        commits = Clock()
+        self.harness.storage.clock = commits
+        alice.send("<message to='carol@localhost' type='chat'><body>1</body></message>")
+        self.harness.storage.clock = None
+        alice.send("<iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        self.assertEqual(session.sm.handled.h, before)
+        for _ in range(10):
+            commits.advance(0)
+        self.assertEqual(session.sm.handled.h, before + 2)
 
     def test_server_requests_acks(self):
         """Stanzas to the client are followed by <r/>, and an <a/> releases them."""
@@ -126,7 +162,7 @@ class ResumptionOffTests(SynchronousTestCase):
         resumption_max_queue stanzas: past it the session ends and its messages go to offline storage,
         and the sender's stream is not affected."""
         harness = Harness(make_config(resumption_timeout_seconds=0, resumption_max_queue=2))
-        for user in ("alice", "bob"):
+        for user in ("alice", "bob", "carol"):
             harness.add_user(f"{user}@localhost")
         bob = harness.login("bob@localhost/desk")
         alice = harness.login("alice@localhost/phone")

@@ -8,7 +8,11 @@ one user's messages (XEP-0313), each an ``ArchiveRecord``, in the order they
 were appended, queried by the other party, time and id in pages (XEP-0059).
 Every call but ``archive_append`` returns a Deferred that fires later than
 the call, once the database has answered, so no caller may rely on an answer
-within the same call; calls are carried out in the order they were made.  SQLite (``sqlite.py``, the default) works on a
+within the same call; calls are carried out in the order they were made.
+A write's Deferred fires once it is committed, and the writes of one reactor
+turn are committed together (group commit): an acknowledgement sent from
+its callback (a SIP 202, an XEP-0198 <a/>) is sent once the message is
+durable.  SQLite (``sqlite.py``, the default) works on a
 thread of its own; ``memory.py`` keeps everything in the process;
 ``postgresql.py`` works a PostgreSQL server that several nodes may share.
 """

@@ -2,13 +2,17 @@
 
 Values are kept as JSON text, so what a caller changes in a document it
 read never changes the stored one, as with a database.  Answers come at
-once, in already-fired Deferreds.
+once, in already-fired Deferreds; given a ``clock``, they come as the SQLite
+backend's do (group commit): those of the calls of one turn together, in
+order, at the end of the turn (``clock.callLater(0)``), so that a test can
+check that an answer sent from a callback waits for its group.
 """
 
 import itertools
 import json
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from bridge.core.storage import ArchiveItemNotFound, ArchivePage, IStorage, stored_bytes
@@ -18,7 +22,9 @@ from bridge.core.storage import ArchiveItemNotFound, ArchivePage, IStorage, stor
 class MemoryStorage:
     available = True  # the data are in this process
 
-    def __init__(self):
+    def __init__(self, clock=None):
+        self.clock = clock
+        self._turn = []  # (Deferred, result) answered at the end of the turn, with a clock
         self._documents = {}  # (host, user, store) -> JSON text
         self._queues = {}  # (host, user, store) -> {id: JSON text}, in id order
         self._sizes = {}  # (host, user, store) -> the stored_bytes of its queue's items together
@@ -26,37 +32,52 @@ class MemoryStorage:
         self._archive_time = 0  # the latest time of a record (see ``IStorage.archive_append``)
         self._ids = itertools.count(1)
 
+    def _answer(self, result):
+        """A Deferred of ``result`` (a value or a Failure): fired now, or at the end of the turn."""
+        if self.clock is None:
+            return defer.fail(result) if isinstance(result, Failure) else defer.succeed(result)
+        d = defer.Deferred()
+        if not self._turn:
+            self.clock.callLater(0, self._commit_turn)
+        self._turn.append((d, result))
+        return d
+
+    def _commit_turn(self):
+        answers, self._turn = self._turn, []
+        for d, result in answers:
+            d.callback(result)
+
     def get(self, host, user, store):
         text = self._documents.get((host, user, store))
-        return defer.succeed(None if text is None else json.loads(text))
+        return self._answer(None if text is None else json.loads(text))
 
     def set(self, host, user, store, value):
         if value is None:
             self._documents.pop((host, user, store), None)
         else:
             self._documents[(host, user, store)] = json.dumps(value)
-        return defer.succeed(None)
+        return self._answer(None)
 
     def users(self, host, store):
-        return defer.succeed(sorted(u for (h, u, s) in self._documents if h == host and s == store))
+        return self._answer(sorted(u for (h, u, s) in self._documents if h == host and s == store))
 
     def append(self, host, user, store, value):
         item = next(self._ids)
         key = (host, user, store)
         self._queues.setdefault(key, {})[item] = json.dumps(value)
         self._sizes[key] = self._sizes.get(key, 0) + stored_bytes(value)
-        return defer.succeed(item)
+        return self._answer(item)
 
     def items(self, host, user, store, limit=None):
         queue = self._queues.get((host, user, store), {})
         found = [(item, json.loads(text)) for item, text in queue.items()]
-        return defer.succeed(found if limit is None else found[:limit])
+        return self._answer(found if limit is None else found[:limit])
 
     def count(self, host, user, store):
-        return defer.succeed(len(self._queues.get((host, user, store), {})))
+        return self._answer(len(self._queues.get((host, user, store), {})))
 
     def size(self, host, user, store):
-        return defer.succeed(self._sizes.get((host, user, store), 0))
+        return self._answer(self._sizes.get((host, user, store), 0))
 
     def remove(self, host, user, store, ids):
         key = (host, user, store)
@@ -68,7 +89,7 @@ class MemoryStorage:
         if not queue:
             self._queues.pop(key, None)
             self._sizes.pop(key, None)
-        return defer.succeed(None)
+        return self._answer(None)
 
     def archive_append(self, host, user, record):
         self._archive_time = max(record.timestamp, self._archive_time + 1)
@@ -78,24 +99,24 @@ class MemoryStorage:
 
     def archive_query(self, host, user, query):
         try:
-            return defer.succeed(select(self._archives.get((host, user), []), query))
+            return self._answer(select(self._archives.get((host, user), []), query))
         except ArchiveItemNotFound:
-            return defer.fail()
+            return self._answer(Failure())
 
     def archive_replace(self, host, user, record_id, stanza):
         records = self._archives.get((host, user), [])
         for index, record in enumerate(records):
             if record.id == record_id:
                 records[index] = record._replace(stanza=stanza)
-                return defer.succeed(None)
-        return defer.fail(ArchiveItemNotFound(record_id))
+                return self._answer(None)
+        return self._answer(Failure(ArchiveItemNotFound(record_id)))
 
     def archive_remove(self, host, user, before=None):
-        return defer.succeed(self._remove_records(host, user, before))
+        return self._answer(self._remove_records(host, user, before))
 
     def archive_expire(self, host, before):
         users = [user for (h, user) in self._archives if h == host]
-        return defer.succeed(sum(self._remove_records(host, user, before) for user in users))
+        return self._answer(sum(self._remove_records(host, user, before) for user in users))
 
     def _remove_records(self, host, user, before):
         records = self._archives.pop((host, user), [])
@@ -109,10 +130,10 @@ class MemoryStorage:
         for table in (self._documents, self._queues, self._sizes):
             for key in [key for key in table if key[:2] == (host, user)]:
                 del table[key]
-        return defer.succeed(None)
+        return self._answer(None)
 
     def close(self):
-        return defer.succeed(None)
+        return self._answer(None)
 
 
 def select(records, query):

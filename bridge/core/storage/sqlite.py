@@ -1,12 +1,17 @@
 """SQLite implementation of ``IStorage``: the default, one file under data_dir.
 
 The database is worked by one thread of its own, never the reactor's: a
-slow disk stalls no stream.  Calls queue up in the order they were made;
-the thread takes all that are waiting (up to ``BATCH_LIMIT``) and carries
-them out in one transaction, so one commit serves a burst of writes.  Each
-call's Deferred fires on the reactor thread after the commit that covers
-it: an answer (a 202 to a SIP phone, a receipt) sent from its callback is
-sent only once what it answers for is on disk.
+slow disk stalls no stream.  Group commit: the calls made during one
+reactor turn reach the thread together, at the end of the turn, in the order
+they were made; the thread takes all that are waiting (up to about
+``BATCH_LIMIT``) and carries them out in one transaction, so one commit
+serves a burst of writes (the SIP MESSAGEs, SMS and offline messages of a
+turn).  Each call's Deferred fires on the reactor thread after the commit
+that covers it: an answer (a 202 to a SIP phone, an SMS accepted, an
+XEP-0198 <a/>) sent from its callback is sent only once what it answers
+for is in the database, where a killed process finds it again (WAL, with
+``synchronous=NORMAL``: a power cut may lose the last commits, a crash of
+the process none).
 
 The archive's records are gathered for ``ARCHIVE_HANDOVER_SECONDS`` and
 handed over together: to the archive writer's process when the server has one
@@ -60,6 +65,7 @@ class SQLiteStorage:
         self._writer = archive_writer
         self._pid = None  # the process whose thread works the database (see ``_start_thread``)
         self._thread = None
+        self._turn = []  # the calls made during this reactor turn, handed to the thread at its end
 
     @property
     def archive_backlog_bytes(self):
@@ -87,8 +93,16 @@ class SQLiteStorage:
         if self._pid != os.getpid():
             self._start_thread()
         d = defer.Deferred()
-        self._calls.put((operation, args, d))
+        if not self._turn:
+            self._reactor.callLater(0, self._hand_over_turn)
+        self._turn.append((operation, args, d))
         return d
+
+    def _hand_over_turn(self):
+        """The calls of the turn go to the thread as one: it commits them together."""
+        if self._turn:
+            calls, self._turn = self._turn, []
+            self._calls.put(calls)
 
     def _start_thread(self):
         """The database thread of this process, started by its first call.  twistd builds the service,
@@ -106,16 +120,16 @@ class SQLiteStorage:
             first = self._calls.get()
             if first is _STOP:
                 break
-            batch = [first]
+            batch = list(first)
             while len(batch) < BATCH_LIMIT:
                 try:
-                    call = self._calls.get_nowait()
+                    calls = self._calls.get_nowait()
                 except queue.Empty:
                     break
-                if call is _STOP:
+                if calls is _STOP:
                     self._calls.put(_STOP)
                     break
-                batch.append(call)
+                batch.extend(calls)
             outcomes = sql.run_batch(self._db, [(operation, args) for operation, args, _ in batch])
             self._reactor.callFromThread(_answer, [call[2] for call in batch], outcomes)
         self._db.close()
@@ -189,6 +203,7 @@ class SQLiteStorage:
             self._closed.addCallback(lambda _: None)
             if self._pid != os.getpid():
                 self._start_thread()  # to close the database it opened
+            self._hand_over_turn()
             self._calls.put(_STOP)
             threading.Thread(target=self._await_thread, args=(thread_ended,), name="bridge-sqlite-close",
                              daemon=True).start()

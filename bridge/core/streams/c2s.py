@@ -13,6 +13,7 @@ everything here.
 """
 
 import base64
+import functools
 import os
 
 from twisted.internet import defer
@@ -205,8 +206,19 @@ class ClientStream:
             self.stream_error("unsupported-stanza-type", f"<{element.name}/> in {element.uri}")
 
     def _stanza(self, stanza):
-        if self.session.sm is not None:
-            self.session.sm.handled.handled()
+        sm = self.session.sm
+        if sm is None:
+            self._take_stanza(stanza)
+            return
+        # XEP-0198: counted handled once the core is done with it (see sm.py).
+        settling = stanza.settling = sm.handled.settling()
+        settling.enter()
+        try:
+            self._take_stanza(stanza)
+        finally:
+            settling.leave()
+
+    def _take_stanza(self, stanza):
         if stanza.name == "iq" and stanza.getAttribute("id") == self._ping_id and self._ping_id:
             self._ping_id = None
             return
@@ -275,9 +287,8 @@ class ClientStream:
         elif element.name == "resume":
             self._resume(element)
         elif element.name == "r" and self.session is not None and self.session.sm is not None:
-            ack = domish.Element((NS_SM, "a"))
-            ack["h"] = str(self.session.sm.handled.h)
-            self.framing.send(ack)
+            # Answered once the stanzas received before it are counted: the <a/> covers all it can.
+            self.session.sm.handled.when_counted(functools.partial(self._send_ack, self.session.sm))
         elif element.name == "a" and self.session is not None and self.session.sm is not None:
             try:
                 self.session.sm.acks.received_ack(int(element.getAttribute("h", "")))
@@ -292,6 +303,12 @@ class ClientStream:
             failed["h"] = str(h)
         failed.addElement(("urn:ietf:params:xml:ns:xmpp-stanzas", condition))
         self.framing.send(failed)
+
+    def _send_ack(self, sm):
+        if not self.closed and self.session is not None and self.session.sm is sm:
+            ack = domish.Element((NS_SM, "a"))
+            ack["h"] = str(sm.handled.h)
+            self.framing.send(ack)
 
     def _enable(self, element):
         if self.session is None or self.session.sm is not None:

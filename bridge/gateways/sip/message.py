@@ -20,6 +20,7 @@ The grammar helpers (``parse_uri``, ``parse_address``, ``parse_via``,
 and the translation functions read Contact, From and To through them.
 """
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -151,8 +152,10 @@ def number(text):
     return int(text)
 
 
+@functools.lru_cache(maxsize=1024)
 def canonical_name(name):
-    """The canonical spelling of a header name, compact forms expanded."""
+    """The canonical spelling of a header name, compact forms expanded (remembered: the same few names
+    come in every request, and this was 6 % of the CPU of a MESSAGE)."""
     lower = name.lower()
     if lower in COMPACT_FORMS:
         return COMPACT_FORMS[lower]

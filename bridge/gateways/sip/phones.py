@@ -21,6 +21,7 @@ offline storage takes it (``deliver_offline``).  A phone that sends without
 being registered speaks through an unbound session of the same address.
 """
 
+import functools
 import secrets
 
 from twisted.logger import Logger
@@ -88,7 +89,7 @@ class Phones:
         self.ctx.hook_local("message/full", self.refusal_to_unbound)
 
     def jid(self, host, user):
-        return JID(tuple=(user, host, RESOURCE))
+        return _phone_jid(host, user)
 
     def origin(self, host, user):
         """The session a phone of ``user@host`` speaks through: the bound one, or an unbound one."""
@@ -250,3 +251,10 @@ class Phones:
 
 
 __all__ = ["Phones", "PhoneLine", "RESOURCE", "PRIORITY"]
+
+
+@functools.lru_cache(maxsize=4096)
+def _phone_jid(host, user):
+    """The full JID of a phone of ``user@host``, prepared once for the many messages of a phone (the
+    stringprep of a JID was 3 % of the CPU of a MESSAGE)."""
+    return JID(tuple=(user, host, RESOURCE))

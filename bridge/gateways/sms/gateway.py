@@ -259,7 +259,11 @@ class SMSGateway:
             return True
         body = body_of(stanza)
         if body is not None:
-            self._later(self._send_to_number(stanza, sender, number, body), "SMS to a number")
+            # Held until the SMS is in the queue, on disk: the sender's XEP-0198 <a/> covers it only then.
+            held = event.hold()
+            d = self._send_to_number(stanza, sender, number, body)
+            d.addBoth(_finishing, held)
+            self._later(d, "SMS to a number")
         return True
 
     @defer.inlineCallbacks
@@ -430,3 +434,6 @@ class SMSGateway:
         return None
 
 
+def _finishing(result, held):
+    held.finish()
+    return result

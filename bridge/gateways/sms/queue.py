@@ -26,7 +26,6 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from bridge.core.counters import Counters
-from bridge.core.storage.cache import KeyedLock
 from bridge.gateways.sms import pdu as pdus, text as texts
 
 log = Logger()
@@ -34,6 +33,9 @@ log = Logger()
 STORE = "sms-out"
 ID_STORE = "sms-ids"
 COUNTER_STORE = "sms-counter"
+# Serials are reserved this many at a time: the counter is written once a block, not once a message (each
+# write a storage round trip that the next message waited for).  A restart skips what its block left unused.
+SERIAL_BLOCK = 1000
 FINAL = ("delivered", "failed")
 # Receipt 'stat:' values and message_state TLV values to part states.
 RECEIPT_STATES = {"DELIVRD": "delivered", "EXPIRED": "failed", "DELETED": "failed", "UNDELIV": "failed",
@@ -94,7 +96,8 @@ class OutboundQueue:
         self.docs = {}  # key -> document, every unfinished message
         self._retry_timers = set()
         self._serial = None  # the next message's serial, once read
-        self._counter = KeyedLock()
+        self._reserved = None  # the serial after the block reserved in storage
+        self._waiting = collections.deque()  # Deferreds of the serials asked for while a block is reserved
 
     # -- persistence ------------------------------------------------------
 
@@ -121,20 +124,44 @@ class OutboundQueue:
                      parts=len(self.pending))
         self.wake()
 
-    @defer.inlineCallbacks
     def _next_serial(self):
-        """The serial of a new message, the counter read once and written at every step."""
-        if self._serial is None:
-            counter = (yield self.storage.get(self.domain, "", COUNTER_STORE)) or {"next": 1}
-            self._serial = counter["next"]
-        serial, self._serial = self._serial, self._serial + 1
-        yield self.storage.set(self.domain, "", COUNTER_STORE, {"next": self._serial})
-        return serial
+        """Deferred: the serial of a new message, at once while the reserved block lasts."""
+        if not self._waiting and self._serial is not None and self._serial < self._reserved:
+            serial, self._serial = self._serial, self._serial + 1
+            return defer.succeed(serial)
+        d = defer.Deferred()
+        self._waiting.append(d)
+        if len(self._waiting) == 1:
+            self._reserve().addErrback(self._not_reserved)
+        return d
+
+    @defer.inlineCallbacks
+    def _reserve(self):
+        """Reserve serials in storage (the counter read at the first) for the messages waiting, a block at
+        least, and hand them out; again while more wait than the block had.  The waiting are answered
+        in a loop, not one from the callback of another, which nests as deep as they are many."""
+        waiting = self._waiting
+        while waiting:
+            if self._serial is None:
+                counter = (yield self.storage.get(self.domain, "", COUNTER_STORE)) or {"next": 1}
+                self._serial = self._reserved = counter["next"]
+            if self._serial >= self._reserved:
+                reserved = self._serial + max(SERIAL_BLOCK, len(waiting))
+                yield self.storage.set(self.domain, "", COUNTER_STORE, {"next": reserved})
+                self._reserved = reserved
+            while waiting and self._serial < self._reserved:
+                serial, self._serial = self._serial, self._serial + 1
+                waiting.popleft().callback(serial)
+
+    def _not_reserved(self, failure):
+        waiting, self._waiting = self._waiting, collections.deque()
+        for d in waiting:
+            d.errback(failure)
 
     @defer.inlineCallbacks
     def add(self, number, body, meta):
         """Accept ``body`` for ``number`` (persisted before this fires); the message's key."""
-        serial = yield self._counter.run(COUNTER_STORE, self._next_serial)
+        serial = yield self._next_serial()
         key = f"{serial:012d}"
         coding, esm_class, parts = texts.split(body, serial % 256, self.config.max_parts)
         doc = {"number": number, "receipts": self.config.request_receipts, "created": self.clock.seconds(),
