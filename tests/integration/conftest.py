@@ -7,16 +7,7 @@ its own).  When a test fails, the server log lines written during it are
 printed with the failure.
 """
 
-import importlib.util
-
 import pytest
-
-# slixmpp-omemo builds its XML schemas (xmlschema) when imported, and that fails with
-# AttributeError: __provides__ once twisted.internet.testing has been imported (after which
-# collections.abc.Iterable and typing.Generic carry a zope.interface declaration that
-# xmlschema's walk over its classes' attributes trips on).  Imported first, here, it is not.
-if importlib.util.find_spec("slixmpp_omemo") is not None:
-    import slixmpp_omemo  # noqa: F401
 
 from .harness import SIP_OFF, ServerProcess, add_users, write_config
 
