@@ -55,7 +55,8 @@ REGISTER_WAIT = 90.0
 def bridge(tmp_path_factory):
     """bridge with the SIP gateway on kernel-chosen loopback ports (in ``ports`` by listener kind)."""
     directory = tmp_path_factory.mktemp("baresip-bridge")
-    config_path = write_config(str(directory), sip=SIP_SECTION)
+    # The line that says a phone accepted a MESSAGE is a debug one.
+    config_path = write_config(str(directory), sip=SIP_SECTION, tables="[log]\nlevels = {sip = \"debug\"}\n")
     accounts = accounts_for(USERS)
     add_users(config_path, accounts)
     process = ServerProcess(config_path, accounts)
