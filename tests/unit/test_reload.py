@@ -1,5 +1,6 @@
 """Reloading the configuration (bridge.core.reload): what applies live, what waits for a restart, refusals."""
 
+import gc
 import os
 import shutil
 import tempfile
@@ -226,6 +227,16 @@ class BuiltServerTests(SynchronousTestCase):
         """The certificate a new TLS connection of the c2s listener is given now, as DER."""
         connection = SSL.Connection(self.client_factories()[0].tls_context.getContext())
         return crypto.dump_certificate(crypto.FILETYPE_ASN1, connection.get_certificate())
+
+    def test_start_takes_its_heap_out_of_the_collector(self):
+        """Once started, what the start made is frozen out of the collector's generations (gc.freeze), so that
+        full collections walk only what came after."""
+        self.addCleanup(gc.unfreeze)
+        gc.unfreeze()
+        self.assertEqual(gc.get_freeze_count(), 0)
+        self.top.startService()
+        self.addCleanup(self.top.stopService)
+        self.assertGreater(gc.get_freeze_count(), 0)
 
     def test_reload_applies_limits_aliases_components_and_certificates(self):
         """After the files change, a reload routes the new alias and no longer the old one, gives new client
