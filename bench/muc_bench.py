@@ -29,26 +29,21 @@ limits module).  Results go to --output as JSON.
 
 import argparse
 import asyncio
-import datetime
 import json
 import os
-import platform
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import xml.etree.ElementTree as ET
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, REPO)
 
-from bench import report  # noqa: E402
 from bench.load import (NS_CLIENT, T_BODY, T_IQ, T_MESSAGE, Client, make_tls_context, percentile,  # noqa: E402
-                        raise_nofile, server_cpu, xml_escape)
-from bench.servers import (BenchError, BridgeServer, EjabberdServer, ProsodyServer, ejabberd_libs,  # noqa: E402
-                           lua, say, stop_quietly, tail)
+                        server_cpu, xml_escape)
+from bench.servers import (BenchError, BridgeServer, EjabberdServer, ProsodyServer,  # noqa: E402
+                           lua, run_on_servers, say, stop_quietly)
 
 NS_MUC = "http://jabber.org/protocol/muc"
 NS_USER = NS_MUC + "#user"
@@ -345,41 +340,8 @@ def main(argv=None):
         p.set_defaults(occupants=20, talkers=4, duration=3.0, warmup=1.0, join_occupants=100)
     args = p.parse_args(argv)
     args.service = "conference.%s" % args.domain
-    raise_nofile()
-    tmp = tempfile.mkdtemp(prefix="bridge-muc-bench-")
-    results = {"meta": {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                        "host": platform.node(), "cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg(),
-                        "params": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}},
-               "servers": {}}
-    failed = False
-    try:
-        for name in [s.strip() for s in args.servers.split(",") if s.strip()]:
-            if (name == "prosody" and shutil.which("prosody") is None) or (
-                    name == "ejabberd" and ejabberd_libs() is None):
-                say("%s not found: SKIPPING it" % name)
-                continue
-            server = make_server(args, name, tmp)
-            entry = results["servers"][name] = {}
-            try:
-                server.prepare(max(args.occupants, args.join_occupants))
-                for phase in ("fan_out", "joins"):
-                    say("%s: %s" % (name, phase))
-                    entry[phase] = run_phase(args, server, phase)
-                    say("%s: %s: %s" % (name, phase, entry[phase]))
-            except (BenchError, OSError, asyncio.TimeoutError) as exc:
-                failed = True
-                entry["error"] = "%s: %s" % (type(exc).__name__, exc)
-                say("%s: FAILED: %s\n%s" % (name, exc, tail(server.out_path, 20)))
-    finally:
-        results["meta"]["loadavg_at_end"] = os.getloadavg()
-        if args.output:
-            report.write_json(results, args.output)
-        print_table(results)
-        if args.keep_tmp:
-            say("kept %s" % tmp)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return 1 if failed else 0
+    return run_on_servers(args, "bridge-muc-bench-", max(args.occupants, args.join_occupants),
+                          lambda name: ("fan_out", "joins"), make_server, run_phase, print_table)
 
 
 def print_table(results):

@@ -38,13 +38,9 @@ rate is the loader's, not the server's.  Results go to --output as JSON.
 import argparse
 import asyncio
 import base64
-import datetime
 import hashlib
 import os
-import platform
-import shutil
 import sys
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -53,11 +49,10 @@ import xml.etree.ElementTree as ET
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, REPO)
 
-from bench import report  # noqa: E402
-from bench.load import (NS_CLIENT, T_IQ, T_MESSAGE, Client, make_tls_context, percentile, raise_nofile,  # noqa: E402
+from bench.load import (NS_CLIENT, T_IQ, T_MESSAGE, Client, make_tls_context, percentile,  # noqa: E402
                         read_http_head, server_cpu, xml_escape)
 from bench.muc_bench import MUCBridge, close_all, free_port  # noqa: E402
-from bench.servers import BenchError, ProsodyServer, proc_rss_kib, say, stop_quietly, tail  # noqa: E402
+from bench.servers import BenchError, ProsodyServer, proc_rss_kib, run_on_servers, stop_quietly  # noqa: E402
 
 NODE = "http://jabber.org/protocol/tune"
 NS_PUBSUB = "http://jabber.org/protocol/pubsub"
@@ -482,40 +477,9 @@ def main(argv=None):
     if p.parse_args(argv).quick:
         p.set_defaults(contacts=5, publishes=50, window=5, upload_mib=1, timeout=30.0)
     args = p.parse_args(argv)
-    raise_nofile()
-    tmp = tempfile.mkdtemp(prefix="bridge-pep-bench-")
-    results = {"meta": {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                        "host": platform.node(), "cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg(),
-                        "params": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}},
-               "servers": {}}
-    failed = False
-    try:
-        for name in [s.strip() for s in args.servers.split(",") if s.strip()]:
-            if name == "prosody" and shutil.which("prosody") is None:
-                say("prosody not found: SKIPPING it")
-                continue
-            server = make_server(args, name, tmp)
-            entry = results["servers"][name] = {}
-            try:
-                server.prepare(args.contacts + 1)
-                for phase in ("publish", "upload") if name == "bridge" else ("publish",):
-                    say("%s: %s" % (name, phase))
-                    entry[phase] = run_phase(args, server, phase)
-                    say("%s: %s: %s" % (name, phase, entry[phase]))
-            except (BenchError, OSError, asyncio.TimeoutError) as exc:
-                failed = True
-                entry["error"] = "%s: %s" % (type(exc).__name__, exc)
-                say("%s: FAILED: %s\n%s" % (name, exc, tail(server.out_path, 20)))
-    finally:
-        results["meta"]["loadavg_at_end"] = os.getloadavg()
-        if args.output:
-            report.write_json(results, args.output)
-        print_table(results)
-        if args.keep_tmp:
-            say("kept %s" % tmp)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return 1 if failed else 0
+    return run_on_servers(args, "bridge-pep-bench-", args.contacts + 1,
+                          lambda name: ("publish", "upload") if name == "bridge" else ("publish",), make_server,
+                          run_phase, print_table)
 
 
 def print_table(results):

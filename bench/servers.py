@@ -6,17 +6,21 @@ the foreground by the bench and stopped by it (SIGTERM, then SIGKILL), also
 on error.
 """
 
+import asyncio
 import concurrent.futures
+import datetime
 import glob
 import hashlib
 import json
 import os
+import platform
 import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -841,3 +845,46 @@ def stop_quietly(server):
                 pass
 
 
+
+
+def run_on_servers(args, prefix, accounts, phases_of, make_server, run_phase, print_table):
+    """Each server of ``args.servers`` in turn (one not installed is skipped, with a line): ``accounts``
+    accounts made, then each phase of ``phases_of(name)`` run by ``run_phase(args, server, phase)``; the
+    results printed by ``print_table`` and written as JSON to ``args.output``.  1 when a phase failed."""
+    from bench import report  # (bench.report imports the benches, which import this module)
+
+    raise_nofile()
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    results = {"meta": {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                        "host": platform.node(), "cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg(),
+                        "params": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}},
+               "servers": {}}
+    failed = False
+    try:
+        for name in [s.strip() for s in args.servers.split(",") if s.strip()]:
+            if (name == "prosody" and shutil.which("prosody") is None) or (
+                    name == "ejabberd" and ejabberd_libs() is None):
+                say("%s not found: SKIPPING it" % name)
+                continue
+            server = make_server(args, name, tmp)
+            entry = results["servers"][name] = {}
+            try:
+                server.prepare(accounts)
+                for phase in phases_of(name):
+                    say("%s: %s" % (name, phase))
+                    entry[phase] = run_phase(args, server, phase)
+                    say("%s: %s: %s" % (name, phase, entry[phase]))
+            except (BenchError, OSError, asyncio.TimeoutError) as exc:
+                failed = True
+                entry["error"] = "%s: %s" % (type(exc).__name__, exc)
+                say("%s: FAILED: %s\n%s" % (name, exc, tail(server.out_path, 20)))
+    finally:
+        results["meta"]["loadavg_at_end"] = os.getloadavg()
+        if args.output:
+            report.write_json(results, args.output)
+        print_table(results)
+        if args.keep_tmp:
+            say("kept %s" % tmp)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 1 if failed else 0
