@@ -11,10 +11,12 @@ a service on ``pubsub.<host>`` would store them its own way and reuse all
 of this.
 """
 
+import os
+
 from twisted.words.xish import domish
 
 from bridge.core.stanza import error_reply, make
-from bridge.core.xmlstream import parse_element
+from bridge.core.xmlstream import parse_element, serialize
 
 NS_PUBSUB = "http://jabber.org/protocol/pubsub"
 NS_OWNER = NS_PUBSUB + "#owner"
@@ -165,6 +167,22 @@ def access_error(config, is_owner, roster_item):
     if subscribed and allowed.intersection(roster_item.groups):
         return None
     return PubsubError("not-authorized", "not-in-roster-group")
+
+
+def published_item(publish, max_item_bytes):
+    """(item id, payload text) of a <publish/>: one item, with one payload of at most ``max_item_bytes``
+    (the id made up when the publisher gave none); PubsubError otherwise."""
+    items = list(publish.elements(NS_PUBSUB, "item"))
+    if len(items) != 1:
+        raise PubsubError("bad-request", "item-required", "a publish carries one item")
+    payloads = list(items[0].elements())
+    if len(payloads) != 1:
+        raise PubsubError("bad-request", "invalid-payload" if payloads else "payload-required",
+                          "an item carries one payload")
+    payload_xml = serialize(payloads[0])
+    if len(payload_xml.encode("utf-8")) > max_item_bytes:
+        raise PubsubError("not-acceptable", "payload-too-big", f"an item may take at most {max_item_bytes} bytes")
+    return items[0].getAttribute("id") or os.urandom(8).hex(), payload_xml
 
 
 def publish_item(items, item_id, payload_xml, publisher, max_items):

@@ -22,8 +22,6 @@ with XEP-0060's conditions).  The contacts' capabilities are kept while
 the owner has a session, at most ``RECIPIENTS_PER_USER`` per account.
 """
 
-import os
-
 from twisted.internet import defer
 from twisted.words.xish import domish
 
@@ -324,17 +322,7 @@ class Pep:
     @defer.inlineCallbacks
     def _publish(self, event, child):
         name = child["node"]
-        items = list(child.elements(NS_PUBSUB, "item"))
-        if len(items) != 1:
-            raise PubsubError("bad-request", "item-required", "a publish carries one item")
-        payloads = list(items[0].elements())
-        if len(payloads) != 1:
-            raise PubsubError("bad-request", "invalid-payload" if payloads else "payload-required",
-                              "an item carries one payload")
-        payload_xml = serialize(payloads[0])
-        if len(payload_xml.encode("utf-8")) > self.limits.max_item_bytes:
-            raise PubsubError("not-acceptable", "payload-too-big",
-                              f"an item may take at most {self.limits.max_item_bytes} bytes")
+        item_id, payload_xml = pubsub.published_item(child, self.limits.max_item_bytes)
         options = {}
         for form in self._forms(event.stanza, "publish-options"):
             options = pubsub.options_from_form(form_values(form), self.limits.max_items_per_node)
@@ -349,7 +337,6 @@ class Pep:
             node = {"config": config, "items": [], "subscribers": []}
         else:
             pubsub.check_preconditions(node["config"], options)
-        item_id = items[0].getAttribute("id") or os.urandom(8).hex()
         kept = [list(item) for item in node["items"]]
         publisher = event.sender.userhost()
         if node["config"]["persist_items"]:

@@ -31,7 +31,6 @@ from twisted.words.xish import domish
 from bridge.core import pubsub
 from bridge.core.pubsub import NS_EVENT, NS_OWNER, NS_PUBSUB, PubsubError, event_message, items_element
 from bridge.core.stanza import error_reply, form_values, parse_jid, result_reply
-from bridge.core.xmlstream import serialize
 
 log = Logger()
 
@@ -260,20 +259,9 @@ class PubsubService:
                 jid.split("/", 1)[0] == bare for jid in node["subscriptions"]))
         if not allowed:
             raise PubsubError("forbidden", text="you may not publish to this node")
-        items = list(child.elements(NS_PUBSUB, "item"))
-        if len(items) != 1:
-            raise PubsubError("bad-request", "item-required", "a publish carries one item")
-        payloads = list(items[0].elements())
-        if len(payloads) != 1:
-            raise PubsubError("bad-request", "invalid-payload" if payloads else "payload-required",
-                              "an item carries one payload")
-        payload_xml = serialize(payloads[0])
-        if len(payload_xml.encode("utf-8")) > self.config.max_item_bytes:
-            raise PubsubError("not-acceptable", "payload-too-big",
-                              f"an item may take at most {self.config.max_item_bytes} bytes")
+        item_id, payload_xml = pubsub.published_item(child, self.config.max_item_bytes)
         for form in self._forms(request, "publish-options"):
             pubsub.check_preconditions(node["config"], self._options(form))
-        item_id = items[0].getAttribute("id") or os.urandom(8).hex()
         kept = [list(item) for item in node["items"]]
         if node["config"]["persist_items"]:
             pubsub.publish_item(kept, item_id, payload_xml, bare, node["config"]["max_items"])
