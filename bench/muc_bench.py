@@ -43,7 +43,7 @@ sys.path.insert(0, REPO)
 from bench.load import (NS_CLIENT, T_BODY, T_IQ, T_MESSAGE, Client, make_tls_context, percentile,  # noqa: E402
                         server_cpu, xml_escape)
 from bench.servers import (BenchError, BridgeServer, EjabberdServer, ProsodyServer,  # noqa: E402
-                           lua, run_on_servers, say, stop_quietly)
+                           lua, run_on_servers, say)
 
 NS_MUC = "http://jabber.org/protocol/muc"
 NS_USER = NS_MUC + "#user"
@@ -301,15 +301,10 @@ def make_server(args, name, tmp):
     return MUCProsody(args, workdir, port, "ec")
 
 
-def run_phase(args, server, phase):
-    """Start ``server``, run one phase on a fresh process, stop it."""
-    server.start()
-    try:
-        time.sleep(args.settle)
-        bench = RoomBench(args, server)
-        return asyncio.run(bench.fan_out() if phase == "fan_out" else bench.joins())
-    finally:
-        stop_quietly(server)
+def phase_run(args, server, phase):
+    """The coroutine of one phase on a started ``server``."""
+    bench = RoomBench(args, server)
+    return bench.fan_out() if phase == "fan_out" else bench.joins()
 
 
 def main(argv=None):
@@ -341,7 +336,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     args.service = "conference.%s" % args.domain
     return run_on_servers(args, "bridge-muc-bench-", max(args.occupants, args.join_occupants),
-                          lambda name: ("fan_out", "joins"), make_server, run_phase, print_table)
+                          lambda name: ("fan_out", "joins"), make_server, phase_run, print_table)
 
 
 def print_table(results):

@@ -52,7 +52,7 @@ sys.path.insert(0, REPO)
 from bench.load import (NS_CLIENT, T_IQ, T_MESSAGE, Client, make_tls_context, percentile,  # noqa: E402
                         read_http_head, server_cpu, xml_escape)
 from bench.muc_bench import MUCBridge, close_all, free_port  # noqa: E402
-from bench.servers import BenchError, ProsodyServer, proc_rss_kib, run_on_servers, stop_quietly  # noqa: E402
+from bench.servers import BenchError, ProsodyServer, proc_rss_kib, run_on_servers  # noqa: E402
 
 NODE = "http://jabber.org/protocol/tune"
 NS_PUBSUB = "http://jabber.org/protocol/pubsub"
@@ -443,15 +443,10 @@ def make_server(args, name, tmp):
     return PEPProsody(args, workdir, free_port(), "ec")
 
 
-def run_phase(args, server, phase):
-    """Start ``server``, run one phase on a fresh process, stop it."""
-    server.start()
-    try:
-        time.sleep(args.settle)
-        bench = PEPBench(args, server)
-        return asyncio.run(bench.publishing() if phase == "publish" else bench.upload())
-    finally:
-        stop_quietly(server)
+def phase_run(args, server, phase):
+    """The coroutine of one phase on a started ``server``."""
+    bench = PEPBench(args, server)
+    return bench.publishing() if phase == "publish" else bench.upload()
 
 
 def main(argv=None):
@@ -479,7 +474,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     return run_on_servers(args, "bridge-pep-bench-", args.contacts + 1,
                           lambda name: ("publish", "upload") if name == "bridge" else ("publish",), make_server,
-                          run_phase, print_table)
+                          phase_run, print_table)
 
 
 def print_table(results):

@@ -847,9 +847,10 @@ def stop_quietly(server):
 
 
 
-def run_on_servers(args, prefix, accounts, phases_of, make_server, run_phase, print_table):
+def run_on_servers(args, prefix, accounts, phases_of, make_server, phase_run, print_table):
     """Each server of ``args.servers`` in turn (one not installed is skipped, with a line): ``accounts``
-    accounts made, then each phase of ``phases_of(name)`` run by ``run_phase(args, server, phase)``; the
+    accounts made, then each phase of ``phases_of(name)`` on a freshly started process, ``args.settle``
+    seconds after its start, the coroutine ``phase_run(args, server, phase)`` giving its figures; the
     results printed by ``print_table`` and written as JSON to ``args.output``.  1 when a phase failed."""
     from bench import report  # (bench.report imports the benches, which import this module)
 
@@ -872,7 +873,12 @@ def run_on_servers(args, prefix, accounts, phases_of, make_server, run_phase, pr
                 server.prepare(accounts)
                 for phase in phases_of(name):
                     say("%s: %s" % (name, phase))
-                    entry[phase] = run_phase(args, server, phase)
+                    server.start()
+                    try:
+                        time.sleep(args.settle)
+                        entry[phase] = asyncio.run(phase_run(args, server, phase))
+                    finally:
+                        stop_quietly(server)
                     say("%s: %s: %s" % (name, phase, entry[phase]))
             except (BenchError, OSError, asyncio.TimeoutError) as exc:
                 failed = True

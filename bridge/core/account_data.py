@@ -29,6 +29,9 @@ The events, on each local host:
 """
 
 from twisted.internet import defer
+from twisted.logger import Logger
+
+log = Logger()
 
 
 class Changed:
@@ -45,6 +48,14 @@ class Changed:
     def settled(self):
         """A Deferred that fires (with None) once every conversion of the change is done or failed."""
         return defer.DeferredList(self.pending, consumeErrors=True).addCallback(lambda _: None)
+
+    def wait_for(self, d, what):
+        """The change settles after ``d`` (a conversion's write; None: no feature took it), whose failure is
+        logged as ``what`` of the owner not converted."""
+        if d is not None:
+            d.addErrback(lambda failure: log.failure("{what} of {owner} not converted", failure, what=what,
+                                                     owner=self.owner))
+            self.pending.append(d)
 
 
 class Write:

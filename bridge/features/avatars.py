@@ -98,7 +98,7 @@ class AvatarConversion:
         if d is not None:
             d.addCallback(lambda _: account_data.ask(self.ctx, "pep/write", change.owner, NS_METADATA,
                                                        metadata_items))
-            self._wait_for(d, change)
+            change.wait_for(d, "avatar")
         return False
 
     def pep_changed(self, change):
@@ -107,15 +107,8 @@ class AvatarConversion:
             return False
         photo = published_photo(change.value[-1][1], change.read(NS_DATA)) if change.value else None
         if photo is not False:
-            d = account_data.ask(self.ctx, "vcard/write", change.owner, "vCard", photo)
-            if d is not None:
-                self._wait_for(d, change)
+            change.wait_for(account_data.ask(self.ctx, "vcard/write", change.owner, "vCard", photo), "avatar")
         return False
-
-    @staticmethod
-    def _wait_for(d, change):
-        d.addErrback(lambda failure: log.failure("avatar of {owner} not converted", failure, owner=change.owner))
-        change.pending.append(d)
 
 
 def setup(ctx):

@@ -83,7 +83,7 @@ class BookmarkConversion:
             return False
         d = account_data.ask(self.ctx, "pep/write", change.owner, NS_BOOKMARKS, pep_items(change.value),
                                self.options)
-        self._wait_for(d, change)
+        change.wait_for(d, "bookmarks")
         return False
 
     def pep_changed(self, change):
@@ -94,15 +94,8 @@ class BookmarkConversion:
         if d is not None:
             d.addCallback(lambda previous: account_data.ask(self.ctx, "private/write", change.owner, FRAGMENT,
                                                               legacy_storage(change.value, previous)))
-        self._wait_for(d, change)
+        change.wait_for(d, "bookmarks")
         return False
-
-    @staticmethod
-    def _wait_for(d, change):
-        if d is not None:
-            d.addErrback(lambda failure: log.failure("bookmarks of {owner} not converted", failure,
-                                                     owner=change.owner))
-            change.pending.append(d)
 
 
 def setup(ctx):
