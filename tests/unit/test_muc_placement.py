@@ -8,6 +8,7 @@ from twisted.words.protocols.jabber.jid import JID
 
 from bridge import config as configuration
 from bridge.core.cluster import RemoteSession
+from bridge.core.xmlstream import parse_element
 from bridge.gateways.muc import placement, service
 from tests.unit.helpers import Harness, gateway_context
 
@@ -147,7 +148,6 @@ class PlacementTests(SynchronousTestCase):
         self.assertIn(110, codes([s for s in to_bob if s.name == "presence"][-1]))
 
     def stanza(self, text):
-        from bridge.core.xmlstream import parse_element
         return parse_element(text)
 
     def test_stanza_from_another_node_for_a_room_not_hosted_here_asks_redis(self):
@@ -232,11 +232,10 @@ class PlacementTests(SynchronousTestCase):
 
     def test_without_a_lease_no_room_is_hosted(self):
         """A claim refused (this node holds no lease) answers the waiting stanzas service-unavailable."""
-        reply_to = self.alice
-        reply_to.send(f"<iq type='get' id='q' to='{ROOM}'><query xmlns='http://jabber.org/protocol/disco#info'/>"
+        self.alice.send(f"<iq type='get' id='q' to='{ROOM}'><query xmlns='http://jabber.org/protocol/disco#info'/>"
                       "</iq>")
         self.cluster.answer(None)
-        (reply,) = reply_to.received()
+        (reply,) = self.alice.received()
         self.assertEqual((reply["type"], reply.error.firstChildElement().name), ("error", "service-unavailable"))
 
     def test_unreachable_host_is_asked_again(self):
