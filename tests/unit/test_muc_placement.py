@@ -253,3 +253,11 @@ class PlacementTests(SynchronousTestCase):
         (reply,) = self.alice.received()
         self.assertEqual((reply["id"], reply.error.firstChildElement().name),
                          (f"m{placement.MAX_WAITING_PER_ROOM}", "resource-constraint"))
+
+    def test_known_hosts_are_bounded(self):
+        """Past MAX_KNOWN_HOSTS rooms, the oldest room's host is forgotten (and asked again when needed)."""
+        self.patch(placement, "MAX_KNOWN_HOSTS", 2)
+        for name in ("one", "two", "three"):
+            self.alice.send(f"<presence to='{name}@conference.localhost/Alice'/>")
+            self.cluster.answer(("node2", "i2"))
+        self.assertEqual(sorted(self.placement.owners), ["three@conference.localhost", "two@conference.localhost"])

@@ -36,6 +36,7 @@ SHUTDOWN_STATUS = "332"  # XEP-0045: removed from the room because of a system s
 MAX_WAITING_ROOMS = 1000  # rooms whose claim is under way
 MAX_WAITING_PER_ROOM = 100  # stanzas for one room waiting for its claim (and its reading from storage)
 MAX_REMOTE_OCCUPANCIES = 100000  # (local resource, room hosted elsewhere) pairs remembered for 332
+MAX_KNOWN_HOSTS = 100000  # rooms whose host this node remembers (past it, the oldest is asked again)
 
 
 class RoomPlacement:
@@ -114,6 +115,8 @@ class RoomPlacement:
             self._give_up(room, "service-unavailable", "this node is not in the cluster now")
             return
         if owner != (self.cluster.node, self.cluster.incarnation()):
+            if len(self.owners) >= MAX_KNOWN_HOSTS:
+                del self.owners[next(iter(self.owners))]
             self.owners[room] = owner
             for stanza in self.waiting.pop(room, ()):
                 self._forward(room, owner, stanza)
