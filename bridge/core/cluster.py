@@ -28,7 +28,7 @@ from bridge.core.xmlstream import StreamError, parse_document, serialize
 log = Logger()
 
 PROTOCOL_VERSION = "1"
-KINDS = ("stanza", "session", "kick")
+KINDS = ("stanza", "session", "kick", "room")
 NODE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 PRIORITY_RANGE = (-128, 127)
 
@@ -42,8 +42,10 @@ class Envelope:
 
     ``kind``: "stanza" (``body``: a stanza for the session ``jid``),
     "session" (``body``: the session's record, or "" once it ended; ``seq``
-    orders one node's changes) or "kick" (close the session ``jid``: a
-    newer one took its resource).
+    orders one node's changes), "kick" (close the session ``jid``: a
+    newer one took its resource) or "room" (``body``: a stanza for the chat
+    room or occupant JID ``jid``, which the receiving node hosts:
+    bridge/gateways/muc/placement.py).
     """
 
     __slots__ = ("kind", "node", "jid", "seq", "body")
@@ -78,7 +80,7 @@ def decode_envelope(fields, max_body_bytes):
     if not NODE_NAME.match(node):
         raise MalformedEnvelope(f"node name {node!r}")
     jid = parse_jid(text.get("jid", ""))
-    if jid is None or jid.user is None or jid.resource is None:
+    if jid is None or jid.user is None or (jid.resource is None and kind != "room"):
         raise MalformedEnvelope(f"not a full JID: {text.get('jid')!r}")
     seq = text.get("seq", "")
     if not (seq.isascii() and seq.isdigit()) or len(seq) > 20:
@@ -86,7 +88,7 @@ def decode_envelope(fields, max_body_bytes):
     body = text.get("body", "")
     if len(body.encode()) > max_body_bytes:
         raise MalformedEnvelope(f"body over {max_body_bytes} bytes")
-    if kind == "stanza" and not body:
+    if kind in ("stanza", "room") and not body:
         raise MalformedEnvelope("stanza without a body")
     return Envelope(kind, node, jid.full(), body, int(seq))
 
@@ -219,6 +221,10 @@ class Cluster:
         self._renew_interval = config.lease_seconds / 3
         self._ticking = False
         self._said_unreachable = False
+        # What the MUC service (bridge/gateways/muc/placement.py) sets: the receiver of "room" envelopes,
+        # and those told ``node_gone(node, incarnation, sessions)`` when a node (this one too) is gone.
+        self.room_receiver = None
+        self.node_observers = []
 
     # -- lifetime ------------------------------------------------------------------
 
@@ -237,6 +243,10 @@ class Cluster:
 
     def accepting(self):
         return self._member and self.lease.accepting()
+
+    def incarnation(self):
+        """This node's incarnation in Redis (new at every join), or None before the first."""
+        return self.link.incarnation
 
     def _tick(self):
         if self._ticking:
@@ -288,6 +298,7 @@ class Cluster:
             session.close("system-shutdown", "this node lost its cluster lease")
         for node in list(self._peers):
             self._drop_node(node)
+        self._tell_gone(self.node, None, [])
 
     # -- the other nodes ---------------------------------------------------------------
 
@@ -302,12 +313,12 @@ class Cluster:
             known = self._peers.get(node)
             if incarnation is None:
                 log.info("cluster: node {node} lost its lease; dropping its sessions", node=node)
-                self._announce_gone(self._drop_node(node), members)
+                self._gone(node, members)
                 loads.append(self.link.remove_node(node))
             elif known is None or known["incarnation"] != incarnation:
                 log.info("cluster: node {node} is a member (incarnation {incarnation})", node=node,
                          incarnation=incarnation)
-                self._announce_gone(self._drop_node(node), members)
+                self._gone(node, members)
                 self._peers[node] = {"incarnation": incarnation, "seq": None, "sessions": {}, "pending": []}
                 loads.append(self.link.load_sessions(node).addCallbacks(
                     self._loaded, self._load_failed, callbackArgs=(node, incarnation),
@@ -315,7 +326,7 @@ class Cluster:
         for node in set(self._peers) - set(members):
             # It left, or another survivor removed it after its lease lapsed.
             log.info("cluster: node {node} left the cluster; dropping its sessions", node=node)
-            self._announce_gone(self._drop_node(node), members)
+            self._gone(node, members)
         return defer.gatherResults(loads, consumeErrors=True) if loads else None
 
     def _loaded(self, snapshot, node, incarnation):
@@ -347,6 +358,21 @@ class Cluster:
         for remote in peer["sessions"].values():
             self.server.sessions.remove(remote)
         return list(peer["sessions"].values())
+
+    def _gone(self, node, members):
+        """A node (as this node knew it: one incarnation) died, left or came back as a new incarnation."""
+        peer = self._peers.get(node)
+        sessions = self._drop_node(node)
+        self._announce_gone(sessions, members)
+        if peer is not None:
+            self._tell_gone(node, peer["incarnation"], sessions)
+
+    def _tell_gone(self, node, incarnation, sessions):
+        for observer in self.node_observers:
+            try:
+                observer.node_gone(node, incarnation, sessions)
+            except Exception:
+                log.failure("cluster: an observer of node {node}'s end failed", node=node)
 
     def _announce_gone(self, sessions, members):
         """A dead node cannot say that its users went offline: the first live node by name does it for
@@ -435,6 +461,17 @@ class Cluster:
         peer["seq"] = envelope.seq
         self._apply_record(envelope.node, peer, envelope.jid, envelope.body)
 
+    def _received_room(self, envelope):
+        try:
+            stanza = parse_stanza(envelope.body, self.max_body_bytes)
+        except MalformedEnvelope as error:
+            self._drop("malformed", error)
+            return
+        if self.room_receiver is None:
+            self._drop("no-room-service", MalformedEnvelope(f"a stanza for {envelope.jid}, and no MUC service here"))
+            return
+        self.room_receiver(stanza)
+
     def _received_kick(self, envelope):
         session = self.server.sessions.get(envelope.jid)
         if session is not None and session.local:
@@ -450,6 +487,28 @@ class Cluster:
         self.forwarded += 1
         envelope = Envelope("stanza", self.node, remote.full, serialize(stanza))
         self.link.send(remote.node, envelope.fields()).addErrback(self._send_failed, remote)
+
+    def forward_to_room(self, node, room_jid, stanza):
+        """Send ``stanza`` for the chat room (or occupant) ``room_jid`` to ``node``, which hosts the room; a
+        Deferred that fails when the node has no inbox (bridge/gateways/muc/placement.py)."""
+        if not self._member:
+            return defer.fail(LookupError("this node is not a member of the cluster"))
+        self.forwarded += 1
+        envelope = Envelope("room", self.node, room_jid, serialize(stanza))
+        return self.link.send(node, envelope.fields())
+
+    def claim_room(self, room_jid):
+        """(node, incarnation) of the node that hosts the room ``room_jid``: its live host's, or this node's
+        once claimed; None when this node holds no lease."""
+        return self.link.claim_room(room_jid).addCallback(
+            lambda owner: tuple(owner.split(" ", 1)) if owner else None)
+
+    def release_room(self, room_jid):
+        self.link.release_room(room_jid).addErrback(self._link_failed)
+
+    def release_rooms_of(self, node, incarnation):
+        """Forget the rooms a gone incarnation of ``node`` claimed (every survivor may; it is idempotent)."""
+        self.link.release_rooms_of(node, incarnation).addErrback(self._link_failed)
 
     def kick(self, remote):
         envelope = Envelope("kick", self.node, remote.full)

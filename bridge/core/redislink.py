@@ -15,7 +15,10 @@ Keys, under ``bridge:``:
 * ``sessions:NODE``: a hash, full JID -> record (JSON), and "" -> the
   sequence number of the node's last change;
 * ``stream:NODE``: the node's inbox, a stream with the consumer group
-  ``bridge``, capped near ``stream_max_entries``.
+  ``bridge``, capped near ``stream_max_entries``;
+* ``rooms``: a hash, chat room JID -> "NODE INCARNATION" of the node that
+  hosts it (bridge/gateways/muc/placement.py), and ``rooms:NODE`` the set
+  of the rooms NODE claimed, so that survivors can forget them.
 """
 
 import os
@@ -70,6 +73,47 @@ redis.call('DEL', KEYS[3], KEYS[4])
 return 1
 """
 
+# A chat room's host: the node named in ``rooms`` while its lease holds that incarnation; else this node,
+# when its own lease holds (the fencing: a node that lost its lease claims nothing).
+CLAIM_ROOM = """
+local rooms, lease, claimed = KEYS[1], KEYS[2], KEYS[3]
+local prefix, room, me, incarnation = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local current = redis.call('HGET', rooms, room)
+if current then
+  local node, held = string.match(current, '^(%S+) (%S+)$')
+  if node and redis.call('GET', prefix .. 'lease:' .. node) == held then return current end
+end
+if redis.call('GET', lease) ~= incarnation then return false end
+local mine = me .. ' ' .. incarnation
+redis.call('HSET', rooms, room, mine)
+redis.call('SADD', claimed, room)
+return mine
+"""
+
+# A room this node hosted has ended: it is no longer claimed (unless another node claimed it since).
+RELEASE_ROOM = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
+redis.call('SREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+# The claims of a gone incarnation of a node go (several survivors may race: it is idempotent); those of
+# its next incarnation stay.
+RELEASE_ROOMS_OF = """
+local rooms, claimed = KEYS[1], KEYS[2]
+local node, gone = ARGV[1], ARGV[1] .. ' ' .. ARGV[2]
+for _, room in ipairs(redis.call('SMEMBERS', claimed)) do
+  local current = redis.call('HGET', rooms, room)
+  if current == gone then
+    redis.call('HDEL', rooms, room)
+    redis.call('SREM', claimed, room)
+  elseif not current or string.sub(current, 1, #node + 1) ~= node .. ' ' then
+    redis.call('SREM', claimed, room)
+  end
+end
+return 1
+"""
+
 
 class RedisLink:
     """``config``: the [cluster] section; ``reactor``: for the threads and to hand entries back."""
@@ -90,6 +134,9 @@ class RedisLink:
         self._publish = self.client.register_script(PUBLISH)
         self._renew = self.client.register_script(RENEW)
         self._remove = self.client.register_script(REMOVE)
+        self._claim_room = self.client.register_script(CLAIM_ROOM)
+        self._release_room = self.client.register_script(RELEASE_ROOM)
+        self._release_rooms_of = self.client.register_script(RELEASE_ROOMS_OF)
         self.pool = ThreadPool(minthreads=1, maxthreads=1, name="redis")
         self._stopping = threading.Event()
         self._outbox = []  # (write, its arguments, its Deferred), waiting for the writer
@@ -192,6 +239,32 @@ class RedisLink:
 
     def _send_in(self, pipe, node, fields):
         pipe.xadd(self.key("stream", node), fields, maxlen=self.max_entries, approximate=True, nomkstream=True)
+
+    # -- chat rooms (bridge/gateways/muc/placement.py), in order with the node's other writes ---------
+
+    def claim_room(self, room):
+        """"NODE INCARNATION" of the room's host (this node, when the room had none alive), or None when
+        this node's lease is not held."""
+        return self._queue(self._claim_room_in, room).addCallback(
+            lambda owner: owner.decode() if isinstance(owner, bytes) else owner)
+
+    def _claim_room_in(self, pipe, room):
+        self._claim_room(keys=[PREFIX + "rooms", self.key("lease"), self.key("rooms")],
+                         args=[PREFIX, room, self.node, self.incarnation or ""], client=pipe)
+
+    def release_room(self, room):
+        return self._queue(self._release_room_in, room)
+
+    def _release_room_in(self, pipe, room):
+        self._release_room(keys=[PREFIX + "rooms", self.key("rooms")], args=[room, f"{self.node} {self.incarnation}"],
+                           client=pipe)
+
+    def release_rooms_of(self, node, incarnation):
+        return self._queue(self._release_rooms_of_in, node, incarnation)
+
+    def _release_rooms_of_in(self, pipe, node, incarnation):
+        self._release_rooms_of(keys=[PREFIX + "rooms", self.key("rooms", node)], args=[node, incarnation],
+                               client=pipe)
 
     def _queue(self, write, *args):
         """Queue a write.  The writer sends what waits in one pipeline, in the order it was queued, so
