@@ -86,11 +86,12 @@ def mux_and_nodes(tmp_path):
         redis_server.stop()
 
 
-async def landed_on(mux, client, nodes):
-    """The node (of ``nodes``) that the mux handed ``client``'s connection to, from the mux's log."""
+async def landed_on(mux, client, nodes, listener="mux-tls"):
+    """The node (of ``nodes``) that the mux handed ``client``'s connection to, from the mux's log; the mux
+    reaches the nodes on their ``listener`` ports."""
     host, port = client.transport.get_extra_info("sockname")[:2]
     line = next(line for line in mux.lines if f"mux: client {host}:{port} to node" in line)
-    return next(node for node in nodes if line.endswith(f"to node 127.0.0.1:{node.ports['mux-tls']}"))
+    return next(node for node in nodes if line.endswith(f"to node 127.0.0.1:{node.ports[listener]}"))
 
 
 def test_clients_spread_and_fail_over(mux_and_nodes):
