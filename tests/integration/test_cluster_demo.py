@@ -13,19 +13,16 @@ import asyncio
 import collections
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.pki import self_signed
-
 from .conftest import RUNNING, accounts_for
-from .harness import (REDIS_SERVER, TIMEOUT, TWISTD, Clients, RedisProcess, ServerProcess, add_users, barrier,
-                      befriend, child, cluster_table, next_item, server_env, write_config)
+from .harness import (REDIS_SERVER, TIMEOUT, Clients, RedisProcess, ServerProcess, add_users, barrier, befriend,
+                      child, cluster_table, next_item, start_mux, write_config)
 from .postgresql import PostgreSQLServer, skip_reason
 from .test_cluster import seen_by
+from .test_postgresql import bridgectl
 from .test_mux import landed_on, write_secret
 
 POSTGRESQL_MISSING = skip_reason()
@@ -44,12 +41,6 @@ NS_STREAM_ERRORS = "urn:ietf:params:xml:ns:xmpp-streams"
 ROUNDS_BEFORE_AND_AFTER = 10
 
 
-def migrate(config_path):
-    done = subprocess.run([sys.executable, "-m", "bridge.ctl", "--config", config_path, "migrate"], env=server_env(),
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, f"bridgectl migrate failed: {done.stdout}{done.stderr}"
-
-
 def start_pool(directory, redis_server, database, secret, count=3):
     """``count`` nodes on one PostgreSQL database (migrated and given the accounts once) and one Redis, each
     with a clear-text [mux_listener] on loopback; started, each having seen the others."""
@@ -64,7 +55,7 @@ def start_pool(directory, redis_server, database, secret, count=3):
                       + f'[mux_listener]\nendpoints = ["tcp:0:interface=127.0.0.1"]\nsecret_file = "{secret}"\n')
             config_path = write_config(node_directory, tables=tables)
             if number == 1:
-                migrate(config_path)
+                bridgectl(config_path, "migrate")
                 add_users(config_path, ACCOUNTS)
             node = ServerProcess(config_path, ACCOUNTS)
             nodes.append(node)
@@ -78,29 +69,6 @@ def start_pool(directory, redis_server, database, secret, count=3):
         stop_all(nodes)
         raise
     return nodes
-
-
-def start_mux(directory, nodes, secret):
-    """A multiplexor whose links to ``nodes`` are in clear on loopback; started, with its links up."""
-    certificate, key = self_signed(directory, ["localhost"], file_name="mux")
-    mux_directory = os.path.join(directory, "mux")
-    os.makedirs(mux_directory)
-    config_path = os.path.join(mux_directory, "bridge-mux.toml")
-    addresses = ", ".join(f'"127.0.0.1:{node.ports["mux"]}"' for node in nodes)
-    with open(config_path, "w", encoding="utf-8") as handle:
-        handle.write(f'[mux]\nendpoints = ["tcp:0:interface=127.0.0.1"]\ndirect_tls_endpoints = []\n'
-                     f'certificate = "{certificate}"\nprivate_key = "{key}"\nnodes = [{addresses}]\n'
-                     f'secret_file = "{secret}"\nreconnect_max_seconds = 1\n')
-    mux = ServerProcess(config_path, ACCOUNTS, command=[sys.executable, "-c", TWISTD, "-n", "--pidfile=",
-                                                        "bridge-mux", "--config", config_path])
-    RUNNING.append(mux)
-    mux.start(wait_for=("mux-c2s",))
-    for node in nodes:
-        address = f"127.0.0.1:{node.ports['mux']}"
-        if not any(f"link to node {address} up (2 links)" in line for line in mux.lines):
-            mux.wait_for_line(lambda line: f"link to node {address} up (2 links)" in line, 30,
-                              what=f"two links to {address}")
-    return mux
 
 
 def stop_all(processes):
@@ -121,7 +89,8 @@ def pool(tmp_path):
         redis_server = RedisProcess(directory).start()
         secret = write_secret(directory)
         processes.extend(start_pool(directory, redis_server, database, secret))
-        processes.append(start_mux(directory, processes, secret))
+        processes.append(start_mux(directory, processes, "mux", secret, ACCOUNTS, options="direct_tls_endpoints = []\n"))
+        RUNNING.append(processes[-1])
         yield database, processes[:3], processes[3]
     finally:
         stop_all(processes)
