@@ -377,11 +377,15 @@ class Cluster:
     def _announce_gone(self, sessions, members):
         """A dead node cannot say that its users went offline: the first live node by name does it for
         it (one node, so contacts hear it once), as its own sessions' ends are announced:
-        ``session/ended`` on their host, where the presence feature broadcasts unavailable presence."""
+        ``session/ended`` on their host, where the presence feature broadcasts unavailable presence.
+        A resource its user has bound again meanwhile (the client came back before the lease ran out) is
+        not announced: its new session's presence went out first, and an unavailable after it would hide it."""
         alive = sorted(node for node, incarnation in members.items() if incarnation is not None)
         if not alive or alive[0] != self.node:
             return
         for session in sessions:
+            if self.server.sessions.get(session.full) is not None:
+                continue
             host = self.server.hosts.get(session.jid.host)
             if host is not None:
                 host.hooks.fire("session/ended", session)

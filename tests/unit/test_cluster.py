@@ -333,6 +333,19 @@ class ClusterTests(SynchronousTestCase):
         (presence,) = self.dead_node2_seen_by({"node1": "i1", "node3": "i3"})
         self.assertEqual((presence["from"], presence["type"]), ("bob@localhost/far", "unavailable"))
 
+    def test_a_resource_bound_again_is_not_announced_gone(self):
+        """bob/far comes back here before node2's lease runs out (its client reconnected): the first survivor
+        does not announce that resource unavailable, which would follow, and hide, the new session's presence."""
+        watcher = self.harness.login("bob@localhost/here")
+        watcher.send("<presence/>")
+        again = self.harness.login("bob@localhost/far")
+        again.send("<presence/>")
+        watcher.received()
+        self.link.members_answer = {"node1": "i1", "node2": None, "node3": "i3"}
+        self.clock.advance(3)
+        self.assertEqual([stanza for stanza in watcher.received() if stanza.name == "presence"], [])
+        self.assertTrue(self.server.sessions.get("bob@localhost/far").local)
+
     def test_other_survivors_stay_quiet(self):
         """A survivor that is not the first live node by name leaves the announcement to that node
         (so that contacts hear it once)."""
