@@ -22,6 +22,7 @@ from collections import Counter
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from bridge.core.holdings import Holdings
 from bridge.core.stanza import parse_jid
 from bridge.core.xmlstream import StreamError, parse_document, serialize
 
@@ -219,6 +220,14 @@ class Cluster:
         self._renew_interval = config.lease_seconds / 3
         self._ticking = False
         self._said_unreachable = False
+        self.holdings = {}  # kind -> Holdings: what this node holds one at a time (bridge.core.holdings)
+
+    def hold(self, kind, adopt, release):
+        """Hold state of ``kind`` that a survivor takes over when this node dies (``Holdings``)."""
+        holdings = self.holdings[kind] = Holdings(self.link, kind, adopt, release)
+        if self._member:
+            holdings.joined()
+        return holdings
 
     # -- lifetime ------------------------------------------------------------------
 
@@ -258,11 +267,13 @@ class Cluster:
         if not held:
             log.warn("cluster: the lease of node {node} expired in Redis; giving up its sessions", node=self.node)
             self.lease.lost()
-            self._member = False
+            self._lost_membership()
             return
         if not self._member:
             self._member = True
             log.info("cluster: node {node} joined; accepting sessions", node=self.node)
+            for holdings in self.holdings.values():
+                holdings.joined()
         elif self._said_unreachable:
             log.info("cluster: Redis answers again; node {node} accepts sessions", node=self.node)
         self._said_unreachable = False
@@ -282,12 +293,18 @@ class Cluster:
             return
         if self._member:
             log.warn("cluster: the lease of node {node} lapsed; giving up its sessions", node=self.node)
-            self._member = False
+            self._lost_membership()
         local = [session for session in self.server.sessions.all() if session.local]
         for session in local:
             session.close("system-shutdown", "this node lost its cluster lease")
         for node in list(self._peers):
             self._drop_node(node)
+
+    def _lost_membership(self):
+        """What this node held may be taken over by a survivor from now on: it serves none of it."""
+        self._member = False
+        for holdings in self.holdings.values():
+            holdings.lapsed()
 
     # -- the other nodes ---------------------------------------------------------------
 
@@ -303,6 +320,7 @@ class Cluster:
             if incarnation is None:
                 log.info("cluster: node {node} lost its lease; dropping its sessions", node=node)
                 self._announce_gone(self._drop_node(node), members)
+                self._take_over(node)
                 loads.append(self.link.remove_node(node))
             elif known is None or known["incarnation"] != incarnation:
                 log.info("cluster: node {node} is a member (incarnation {incarnation})", node=node,
@@ -316,7 +334,14 @@ class Cluster:
             # It left, or another survivor removed it after its lease lapsed.
             log.info("cluster: node {node} left the cluster; dropping its sessions", node=node)
             self._announce_gone(self._drop_node(node), members)
+            self._take_over(node)
+        for holdings in self.holdings.values():
+            holdings.claim_waiting()
         return defer.gatherResults(loads, consumeErrors=True) if loads else None
+
+    def _take_over(self, node):
+        for holdings in self.holdings.values():
+            holdings.gone(node)
 
     def _loaded(self, snapshot, node, incarnation):
         """``snapshot``: (seq, {full: record}) of a node's hash; then the changes that arrived meanwhile

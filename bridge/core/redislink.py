@@ -15,7 +15,9 @@ Keys, under ``bridge:``:
 * ``sessions:NODE``: a hash, full JID -> record (JSON), and "" -> the
   sequence number of the node's last change;
 * ``stream:NODE``: the node's inbox, a stream with the consumer group
-  ``bridge``, capped near ``stream_max_entries``.
+  ``bridge``, capped near ``stream_max_entries``;
+* ``held:KIND:NODE``: a hash of what the node holds of KIND (``bridge.core.holdings``),
+  kept when the node goes so that a survivor takes it over.
 """
 
 import os
@@ -70,6 +72,23 @@ redis.call('DEL', KEYS[3], KEYS[4])
 return 1
 """
 
+# A survivor takes over what a node without a lease held (KEYS: that node's lease, its hash, the
+# claimer's hash, the claimer's lease; ARGV: the claimer's incarnation).  Only while the claimer holds
+# its own lease (else false: try again later); a field the claimer already holds stays its own.
+CLAIM = """
+if redis.call('GET', KEYS[4]) ~= ARGV[1] then return false end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {} end
+local entries, moved = redis.call('HGETALL', KEYS[2]), {}
+for i = 1, #entries, 2 do
+  if redis.call('HSETNX', KEYS[3], entries[i], entries[i + 1]) == 1 then
+    moved[#moved + 1] = entries[i]
+    moved[#moved + 1] = entries[i + 1]
+  end
+end
+redis.call('DEL', KEYS[2])
+return moved
+"""
+
 
 class RedisLink:
     """``config``: the [cluster] section; ``reactor``: for the threads and to hand entries back."""
@@ -90,6 +109,7 @@ class RedisLink:
         self._publish = self.client.register_script(PUBLISH)
         self._renew = self.client.register_script(RENEW)
         self._remove = self.client.register_script(REMOVE)
+        self._claim = self.client.register_script(CLAIM)
         self.pool = ThreadPool(minthreads=1, maxthreads=1, name="redis")
         self._stopping = threading.Event()
         self._outbox = []  # (write, its arguments, its Deferred), waiting for the writer
@@ -169,10 +189,34 @@ class RedisLink:
         return self._call(self._load_sessions, node)
 
     def _load_sessions(self, node):
-        raw = self.client.hgetall(self.key("sessions", node))
-        records = {key.decode(): value.decode() for key, value in raw.items()}
+        records = _text_pairs(self.client.hgetall(self.key("sessions", node)).items())
         seq = records.pop("", "0")
         return int(seq) if seq.isdigit() else 0, records
+
+    # -- what a node holds (bridge.core.holdings) ------------------------------------------
+
+    def hold(self, kind, field, value):
+        """Set ``field`` of this node's hash of ``kind``, in order with the other writes."""
+        return self._queue(lambda pipe: pipe.hset(self.key("held:" + kind), field, value))
+
+    def release(self, kind, field):
+        return self._queue(lambda pipe: pipe.hdel(self.key("held:" + kind), field))
+
+    def held(self, kind):
+        """{field: value} of this node's own hash of ``kind``."""
+        return self._call(lambda: _text_pairs(self.client.hgetall(self.key("held:" + kind)).items()))
+
+    def claim(self, kind, node):
+        """{field: value} moved from ``node``'s hash of ``kind`` into this node's ({} when ``node`` still
+        has a lease or held nothing), or None when this node holds no lease."""
+        return self._call(self._claim_now, kind, node)
+
+    def _claim_now(self, kind, node):
+        moved = self._claim(keys=[self.key("lease", node), self.key("held:" + kind, node), self.key("held:" + kind),
+                                  self.key("lease")], args=[self.incarnation or ""])
+        if moved is None:
+            return None
+        return _text_pairs(zip(moved[0::2], moved[1::2]))
 
     # -- messages ------------------------------------------------------------------------
 
@@ -257,3 +301,7 @@ class RedisLink:
                 self.reader.xack(stream, GROUP, *[entry_id for entry_id, _ in entries])
             except (redis.RedisError, OSError):
                 start = "0"
+
+
+def _text_pairs(pairs):
+    return {key.decode(): value.decode() for key, value in pairs}

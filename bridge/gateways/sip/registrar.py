@@ -105,6 +105,10 @@ class Bindings:
         for host, user in list(self._table):
             self.current(host, user)
 
+    def clear(self):
+        """Forget every binding (a node of a cluster that lost its lease, ``clustered.py``)."""
+        self._table.clear()
+
     def forget_transport(self, transport):
         """A stream closed: its bindings can no longer be reached through it."""
         for bindings in self._table.values():
