@@ -15,6 +15,7 @@ This module does no I/O: the Redis side is ``bridge.core.redislink``, passed
 in as ``link``; the clock is passed in too.
 """
 
+import hashlib
 import json
 import re
 from collections import Counter
@@ -29,7 +30,7 @@ from bridge.core.xmlstream import StreamError, parse_document, serialize
 log = Logger()
 
 PROTOCOL_VERSION = "1"
-KINDS = ("stanza", "session", "kick")
+KINDS = ("stanza", "session", "kick", "remote")
 NODE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 PRIORITY_RANGE = (-128, 127)
 
@@ -43,8 +44,10 @@ class Envelope:
 
     ``kind``: "stanza" (``body``: a stanza for the session ``jid``),
     "session" (``body``: the session's record, or "" once it ended; ``seq``
-    orders one node's changes) or "kick" (close the session ``jid``: a
-    newer one took its resource).
+    orders one node's changes), "kick" (close the session ``jid``: a
+    newer one took its resource) or "remote" (``body``: a stanza for the
+    remote domain of ``jid``, any JID, which the receiving node sends over
+    its s2s link: it owns the link to that domain).
     """
 
     __slots__ = ("kind", "node", "jid", "seq", "body")
@@ -79,7 +82,7 @@ def decode_envelope(fields, max_body_bytes):
     if not NODE_NAME.match(node):
         raise MalformedEnvelope(f"node name {node!r}")
     jid = parse_jid(text.get("jid", ""))
-    if jid is None or jid.user is None or jid.resource is None:
+    if jid is None or (kind != "remote" and (jid.user is None or jid.resource is None)):
         raise MalformedEnvelope(f"not a full JID: {text.get('jid')!r}")
     seq = text.get("seq", "")
     if not (seq.isascii() and seq.isdigit()) or len(seq) > 20:
@@ -87,7 +90,7 @@ def decode_envelope(fields, max_body_bytes):
     body = text.get("body", "")
     if len(body.encode()) > max_body_bytes:
         raise MalformedEnvelope(f"body over {max_body_bytes} bytes")
-    if kind == "stanza" and not body:
+    if kind in ("stanza", "remote") and not body:
         raise MalformedEnvelope("stanza without a body")
     return Envelope(kind, node, jid.full(), body, int(seq))
 
@@ -221,6 +224,7 @@ class Cluster:
         self._ticking = False
         self._said_unreachable = False
         self.holdings = {}  # kind -> Holdings: what this node holds one at a time (bridge.core.holdings)
+        self._secrets = {}  # name -> what to tell of the cluster's secret of that name, at each join
 
     def hold(self, kind, adopt, release):
         """Hold state of ``kind`` that a survivor takes over when this node dies (``Holdings``)."""
@@ -228,6 +232,16 @@ class Cluster:
         if self._member:
             holdings.joined()
         return holdings
+
+    def shared_secret(self, name, use):
+        """``use(secret bytes)``, at each join, with the secret of ``name`` every node of the cluster
+        shares (the first node to ask makes it)."""
+        self._secrets[name] = use
+        if self._member:
+            self._fetch_secret(name)
+
+    def _fetch_secret(self, name):
+        self.link.shared_secret(name).addCallbacks(self._secrets[name], self._link_failed)
 
     # -- lifetime ------------------------------------------------------------------
 
@@ -274,6 +288,8 @@ class Cluster:
             log.info("cluster: node {node} joined; accepting sessions", node=self.node)
             for holdings in self.holdings.values():
                 holdings.joined()
+            for name in self._secrets:
+                self._fetch_secret(name)
         elif self._said_unreachable:
             log.info("cluster: Redis answers again; node {node} accepts sessions", node=self.node)
         self._said_unreachable = False
@@ -449,6 +465,23 @@ class Cluster:
         else:
             self._drop("stale", MalformedEnvelope(f"{envelope.jid} is on node {session.node}, not here"))
 
+    def _received_remote(self, envelope):
+        """A stanza for a remote domain whose link another node found this one owns: sent from here,
+        whatever this node's own view of the owner (so that two views never pass it back and forth)."""
+        try:
+            stanza = parse_stanza(envelope.body, self.max_body_bytes)
+        except MalformedEnvelope as error:
+            self._drop("malformed", error)
+            return
+        to = parse_jid(envelope.jid)
+        if self.server.router.is_local(to.host):
+            self._drop("malformed", MalformedEnvelope(f"remote stanza for the local domain {to.host}"))
+            return
+        if parse_jid(stanza.getAttribute("to") or "") != to:
+            self._drop("malformed", MalformedEnvelope(f"remote stanza not addressed to {envelope.jid}"))
+            return
+        self.server.router.default_route.deliver(stanza, handed_over=True)
+
     def _received_session(self, envelope):
         peer = self._peers[envelope.node]
         if peer["seq"] is None:
@@ -474,14 +507,37 @@ class Cluster:
             return
         self.forwarded += 1
         envelope = Envelope("stanza", self.node, remote.full, serialize(stanza))
-        self.link.send(remote.node, envelope.fields()).addErrback(self._send_failed, remote)
+        self.link.send(remote.node, envelope.fields()).addErrback(self._send_failed, remote.node)
+
+    def link_owner(self, domain):
+        """The node that owns the s2s link to the remote ``domain``, when it is another member (None
+        when it is this node, or this node is no member): rendezvous hashing over the live members
+        this node knows, so that every node agrees once their views agree, and when the owner dies
+        only its domains move."""
+        if not self._member or not self._peers:
+            return None
+        owner = max([self.node, *self._peers],
+                    key=lambda node: hashlib.sha256(f"{node}\0{domain}".encode()).digest())
+        return None if owner == self.node else owner
+
+    def hand_over(self, node, stanza, to_domain):
+        """Give ``stanza`` to ``node``, which owns the link to its domain; if it cannot be reached
+        (its inbox is gone: it died), ``to_domain(stanza)`` sends it from here."""
+        envelope = Envelope("remote", self.node, stanza.getAttribute("to"), serialize(stanza))
+        self.forwarded += 1
+
+        def unreachable(failure):
+            self._send_failed(failure, node)
+            to_domain(stanza)
+
+        self.link.send(node, envelope.fields()).addErrback(unreachable)
 
     def kick(self, remote):
         envelope = Envelope("kick", self.node, remote.full)
-        self.link.send(remote.node, envelope.fields()).addErrback(self._send_failed, remote)
+        self.link.send(remote.node, envelope.fields()).addErrback(self._send_failed, remote.node)
 
-    def _send_failed(self, failure, remote):
-        self._drop("send-failed", MalformedEnvelope(f"to node {remote.node}: {failure.getErrorMessage()}"))
+    def _send_failed(self, failure, node):
+        self._drop("send-failed", MalformedEnvelope(f"to node {node}: {failure.getErrorMessage()}"))
 
     def _local_records(self):
         return {session.full: encode_record(session) for session in self.server.sessions.all() if session.local}

@@ -16,6 +16,7 @@ Keys, under ``bridge:``:
   sequence number of the node's last change;
 * ``stream:NODE``: the node's inbox, a stream with the consumer group
   ``bridge``, capped near ``stream_max_entries``;
+* ``secret:NAME``: a secret all nodes share (the dialback secret);
 * ``held:KIND:NODE``: a hash of what the node holds of KIND (``bridge.core.holdings``),
   kept when the node goes so that a survivor takes it over.
 """
@@ -192,6 +193,14 @@ class RedisLink:
         records = _text_pairs(self.client.hgetall(self.key("sessions", node)).items())
         seq = records.pop("", "0")
         return int(seq) if seq.isdigit() else 0, records
+
+    def shared_secret(self, name):
+        """The bytes of the secret ``name`` all nodes share, made by the first node that asks."""
+        return self._call(self._shared_secret, PREFIX + "secret:" + name)
+
+    def _shared_secret(self, key):
+        self.client.set(key, os.urandom(32).hex(), nx=True)
+        return bytes.fromhex(self.client.get(key).decode())
 
     # -- what a node holds (bridge.core.holdings) ------------------------------------------
 

@@ -40,6 +40,7 @@ class FakeLink:
         self.removed = []
         self.held_hashes = {}  # (kind, node) -> {field: value}: what each node holds (bridge.core.holdings)
         self.claims = []
+        self.inboxes_gone = set()  # nodes whose inbox is gone: sending there fails
 
     def _answer(self, value):
         return defer.succeed(value) if self.reachable else defer.fail(ConnectionError("Redis away"))
@@ -75,7 +76,12 @@ class FakeLink:
 
     def send(self, node, fields):
         self.sent.append((node, fields))
+        if node in self.inboxes_gone:
+            return defer.fail(LookupError(f"node {node} has no inbox"))
         return self._answer("1-0")
+
+    def shared_secret(self, name):
+        return self._answer(b"shared " + name.encode())
 
     def hold(self, kind, field, value):
         self.held_hashes.setdefault((kind, "node1"), {})[field] = value
