@@ -135,6 +135,11 @@ def decode_record(text, max_bytes):
     return priority, element
 
 
+def rendezvous(nodes, key):
+    """The node of ``nodes`` that owns ``key`` (rendezvous hashing: removing a node moves only its keys)."""
+    return max(nodes, key=lambda node: hashlib.sha256(f"{node}\0{key}".encode()).digest())
+
+
 class Lease:
     """This node's view of its lease: held until its lifetime, counted from when the renewal was
     sent, has passed.  Redis counts from when it received it, so the node always lets go first."""
@@ -516,8 +521,7 @@ class Cluster:
         only its domains move."""
         if not self._member or not self._peers:
             return None
-        owner = max([self.node, *self._peers],
-                    key=lambda node: hashlib.sha256(f"{node}\0{domain}".encode()).digest())
+        owner = rendezvous([self.node, *self._peers], domain)
         return None if owner == self.node else owner
 
     def hand_over(self, node, stanza, to_domain):
