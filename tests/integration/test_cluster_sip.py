@@ -3,32 +3,21 @@ on node2 reaches it through node1, and, once node1 is killed, through node2, whi
 registration over."""
 
 import asyncio
-import hashlib
 import os
-import re
 import signal
 import socket
 import uuid
 
 import pytest
 
-from .conftest import RUNNING, accounts_for
-from .harness import REDIS_SERVER, TIMEOUT, Clients, RedisProcess, start_nodes
-from .test_cluster import LEASE_SECONDS, seen_by
+from .harness import REDIS_SERVER, TIMEOUT, Clients
+from .test_cluster import LEASE_SECONDS, seen_by, started_cluster
+from .test_sip import SIP_SECTION, register_authorization
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed (Debian package "
                                                              "redis-server; .ci/install-test-peers installs it)")
 pytest.importorskip("redis", reason="redis-py is not installed (pip install -e '.[cluster]')")
 
-ACCOUNTS = accounts_for(["alice@localhost", "bob@localhost", "carol@localhost"])
-SIP_SECTION = """
-[sip]
-enabled = true
-udp_endpoints = ["udp:0:interface=127.0.0.1"]
-tcp_endpoints = ["tcp:0:interface=127.0.0.1"]
-tls_endpoints = ["tcp:0:interface=127.0.0.1"]
-advertised_address = "127.0.0.1"
-"""
 EXPIRES_SECONDS = 300  # far beyond the test: the registration must outlive its node
 
 
@@ -55,14 +44,7 @@ class UDPPhone:
         self.sock.sendto(self.register_text(1), ("127.0.0.1", node_port))
         challenge = self.sock.recvfrom(65535)[0].decode()
         assert challenge.startswith("SIP/2.0 401 "), challenge
-        nonce = re.search(r'nonce="([^"]+)", algorithm=MD5', challenge).group(1)
-        ha1 = hashlib.md5(f"alice:localhost:{password}".encode()).hexdigest()
-        ha2 = hashlib.md5(b"REGISTER:sip:localhost").hexdigest()
-        response = hashlib.md5(f"{ha1}:{nonce}:00000001:abc:auth:{ha2}".encode()).hexdigest()
-        auth = (f'Authorization: Digest username="alice", realm="localhost", nonce="{nonce}", '
-                f'uri="sip:localhost", response="{response}", algorithm=MD5, qop=auth, nc=00000001, '
-                f'cnonce="abc"\r\n')
-        self.sock.sendto(self.register_text(2, auth), ("127.0.0.1", node_port))
+        self.sock.sendto(self.register_text(2, register_authorization(challenge, password)), ("127.0.0.1", node_port))
         return self.sock.recvfrom(65535)[0].decode()
 
     def next_message(self, body):
@@ -88,20 +70,7 @@ class UDPPhone:
 @pytest.fixture
 def sip_cluster(tmp_path):
     """A redis-server of its own and two nodes with the SIP gateway, each of which has seen the other."""
-    redis_server = RedisProcess(str(tmp_path)).start()
-    nodes = []
-    try:
-        nodes = start_nodes(str(tmp_path), redis_server, 2, ACCOUNTS, lease_seconds=LEASE_SECONDS, sip=SIP_SECTION,
-                            wait_for=("c2s", "c2s-direct-tls", "sip-udp"))
-        RUNNING.extend(nodes)
-        nodes[0].wait_for_line(lambda line: "cluster: node node2 is a member" in line, 30, what="node2 seen")
-        nodes[1].wait_for_line(lambda line: "cluster: node node1 is a member" in line, 30, what="node1 seen")
-        yield nodes
-    finally:
-        for node in nodes:
-            node.stop()
-            RUNNING.remove(node)
-        redis_server.stop()
+    yield from started_cluster(str(tmp_path), sip=SIP_SECTION, wait_for=("c2s", "c2s-direct-tls", "sip-udp"))
 
 
 def test_registration_survives_its_node(sip_cluster):
@@ -109,7 +78,7 @@ def test_registration_survives_its_node(sip_cluster):
     message to node1, whose MESSAGE reaches the phone.  node1 is killed with SIGKILL; node2 takes its
     registrations over, and bob's next message reaches the phone as MESSAGE from node2's socket, well
     before the registration expires."""
-    node1, node2 = sip_cluster
+    _, (node1, node2) = sip_cluster
     phone = UDPPhone()
     try:
         answer = phone.register(node1.ports["sip-udp"], node1.password("alice@localhost"))
