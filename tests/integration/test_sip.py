@@ -194,16 +194,20 @@ def register_text(port, cseq, branch, call_id, auth=""):
             f"Expires: 120\r\n{auth}Content-Length: 0\r\n\r\n").encode()
 
 
-def register_authorization(challenge, password):
-    """The Authorization header line of alice's REGISTER to sip:localhost, answering the MD5 challenge
-    of the 401 ``challenge`` (its text)."""
-    nonce = re.search(r'nonce="([^"]+)", algorithm=MD5', challenge).group(1)
+def md5_authorization(password, nonce, method="REGISTER", uri="sip:localhost"):
+    """The Authorization header line of alice's ``method`` to ``uri`` answering an MD5 challenge (qop=auth)."""
     ha1 = hashlib.md5(f"alice:localhost:{password}".encode()).hexdigest()
-    ha2 = hashlib.md5(b"REGISTER:sip:localhost").hexdigest()
+    ha2 = hashlib.md5(f"{method}:{uri}".encode()).hexdigest()
     response = hashlib.md5(f"{ha1}:{nonce}:00000001:abc:auth:{ha2}".encode()).hexdigest()
     return (f'Authorization: Digest username="alice", realm="localhost", nonce="{nonce}", '
-            f'uri="sip:localhost", response="{response}", algorithm=MD5, qop=auth, nc=00000001, '
+            f'uri="{uri}", response="{response}", algorithm=MD5, qop=auth, nc=00000001, '
             f'cnonce="abc"\r\n')
+
+
+def register_authorization(challenge, password):
+    """The Authorization header line of alice's REGISTER to sip:localhost answering the 401 ``challenge``
+    (its text)."""
+    return md5_authorization(password, re.search(r'nonce="([^"]+)", algorithm=MD5', challenge).group(1))
 
 
 def test_retransmitted_authenticated_register_handled_once(bridge):
