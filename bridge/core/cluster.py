@@ -286,7 +286,7 @@ class Cluster:
         if not held:
             log.warn("cluster: the lease of node {node} expired in Redis; giving up its sessions", node=self.node)
             self.lease.lost()
-            self._lost_membership()
+            self._member = False
             return
         if not self._member:
             self._member = True
@@ -312,20 +312,16 @@ class Cluster:
         """Split-brain prevention: without a lease, this node serves no session."""
         if self.lease.held():
             return
+        for holdings in self.holdings.values():
+            holdings.lapsed()  # a survivor may take it over from now on: this node serves none of it
         if self._member:
             log.warn("cluster: the lease of node {node} lapsed; giving up its sessions", node=self.node)
-            self._lost_membership()
+            self._member = False
         local = [session for session in self.server.sessions.all() if session.local]
         for session in local:
             session.close("system-shutdown", "this node lost its cluster lease")
         for node in list(self._peers):
             self._drop_node(node)
-
-    def _lost_membership(self):
-        """What this node held may be taken over by a survivor from now on: it serves none of it."""
-        self._member = False
-        for holdings in self.holdings.values():
-            holdings.lapsed()
 
     # -- the other nodes ---------------------------------------------------------------
 

@@ -15,7 +15,7 @@ survivor may take it over meanwhile.  A node that joins again under the
 same name adopts what its hash still holds (nobody took it).
 
 This module does no I/O: the Redis calls are ``bridge.core.redislink``'s
-(``hold``, ``release``, ``claim``, ``held``).
+(``held_put``, ``held_remove``, ``held``, ``take_over``).
 """
 
 from twisted.logger import Logger
@@ -41,10 +41,10 @@ class Holdings:
         self.taken = 0  # fields taken over from dead nodes
 
     def put(self, field, value):
-        return self.link.hold(self.kind, field, value).addErrback(self._write_failed)
+        return self.link.held_put(self.kind, field, value).addErrback(self._write_failed)
 
     def remove(self, field):
-        return self.link.release(self.kind, field).addErrback(self._write_failed)
+        return self.link.held_remove(self.kind, field).addErrback(self._write_failed)
 
     def _write_failed(self, failure):
         log.warn("cluster: writing a {kind} record failed ({error}); a survivor may miss it", kind=self.kind,
@@ -62,7 +62,7 @@ class Holdings:
 
     def claim_waiting(self):
         for node in sorted(self.waiting):
-            self.link.claim(self.kind, node).addCallbacks(self._claimed, self._claim_failed, callbackArgs=(node,),
+            self.link.take_over(self.kind, node).addCallbacks(self._claimed, self._claim_failed, callbackArgs=(node,),
                                                           errbackArgs=(node,))
 
     def _claimed(self, records, node):

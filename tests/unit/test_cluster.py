@@ -38,9 +38,6 @@ class FakeLink:
         self.published = []
         self.sent = []
         self.removed = []
-        self.held_hashes = {}  # (kind, node) -> {field: value}: what each node holds (bridge.core.holdings)
-        self.claims = []
-        self.inboxes_gone = set()  # nodes whose inbox is gone: sending there fails
 
     def _answer(self, value):
         return defer.succeed(value) if self.reachable else defer.fail(ConnectionError("Redis away"))
@@ -76,38 +73,7 @@ class FakeLink:
 
     def send(self, node, fields):
         self.sent.append((node, fields))
-        if node in self.inboxes_gone:
-            return defer.fail(LookupError(f"node {node} has no inbox"))
         return self._answer("1-0")
-
-    def shared_secret(self, name):
-        return self._answer(b"shared " + name.encode())
-
-    def hold(self, kind, field, value):
-        self.held_hashes.setdefault((kind, "node1"), {})[field] = value
-        return self._answer(1)
-
-    def release(self, kind, field):
-        self.held_hashes.get((kind, "node1"), {}).pop(field, None)
-        return self._answer(1)
-
-    def held(self, kind):
-        return self._answer(dict(self.held_hashes.get((kind, "node1"), {})))
-
-    def claim(self, kind, node):
-        """As the script: nothing while this node has no lease, {} while ``node`` has one."""
-        self.claims.append((kind, node))
-        if not self.reachable:
-            return self._answer(None)
-        if not self.lease_in_redis:
-            return defer.succeed(None)
-        if self.members_answer.get(node) is not None:
-            return defer.succeed({})
-        theirs = self.held_hashes.pop((kind, node), {})
-        mine = self.held_hashes.setdefault((kind, "node1"), {})
-        moved = {field: value for field, value in theirs.items() if field not in mine}
-        mine.update(moved)
-        return defer.succeed(moved)
 
 
 def stream_error(elements):

@@ -6,8 +6,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from bridge.core.cluster import Envelope, parse_stanza
 
-from .test_cluster import FakeLink
-from .test_holdings import node_in_cluster
+from .test_holdings import HoldingLink, node_in_cluster
 from .test_s2s import s2s_harness
 
 MAX_BYTES = 65536
@@ -18,7 +17,7 @@ class LinkOwnerTests(SynchronousTestCase):
 
     def setUp(self):
         self.harness = s2s_harness()
-        self.link = FakeLink()
+        self.link = HoldingLink()
         self.cluster = node_in_cluster(self, self.harness.server, self.harness.clock, self.link)
         self.harness.remote.start()
         self.addCleanup(self.harness.remote.stop)

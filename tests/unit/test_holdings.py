@@ -3,6 +3,7 @@ a dead node (bridge.gateways.sip.clustered), on the fake clock and a fake Redis 
 
 import json
 
+from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
 from bridge import config as configuration
@@ -14,6 +15,52 @@ from .helpers import Harness
 from .test_cluster import FakeLink, record, stream_error
 from .test_sip_messaging import SOURCE, MessagingTestCase
 from .test_sip_registrar import Phone
+
+
+class HoldingLink(FakeLink):
+    """The fake Redis link with the hashes nodes hold (node1 is this one), inboxes that are gone and the
+    cluster's secrets."""
+
+    def __init__(self):
+        super().__init__()
+        self.held_hashes = {}  # (kind, node) -> {field: value}
+        self.take_overs = []
+        self.inboxes_gone = set()  # nodes whose inbox is gone: sending there fails
+
+    def held_put(self, kind, field, value):
+        self.held_hashes.setdefault((kind, "node1"), {})[field] = value
+        return self._answer(1)
+
+    def held_remove(self, kind, field):
+        self.held_hashes.get((kind, "node1"), {}).pop(field, None)
+        return self._answer(1)
+
+    def held(self, kind):
+        return self._answer(dict(self.held_hashes.get((kind, "node1"), {})))
+
+    def take_over(self, kind, node):
+        """As the script: nothing while this node has no lease, {} while ``node`` has one."""
+        self.take_overs.append((kind, node))
+        if not self.reachable:
+            return self._answer(None)
+        if not self.lease_in_redis:
+            return defer.succeed(None)
+        if self.members_answer.get(node) is not None:
+            return defer.succeed({})
+        theirs = self.held_hashes.pop((kind, node), {})
+        mine = self.held_hashes.setdefault((kind, "node1"), {})
+        moved = {field: value for field, value in theirs.items() if field not in mine}
+        mine.update(moved)
+        return defer.succeed(moved)
+
+    def send(self, node, fields):
+        if node in self.inboxes_gone:
+            self.sent.append((node, fields))
+            return defer.fail(LookupError(f"node {node} has no inbox"))
+        return super().send(node, fields)
+
+    def shared_secret(self, name):
+        return self._answer(b"shared " + name.encode())
 
 
 def node_in_cluster(test, server, clock, link, held=None):
@@ -34,7 +81,7 @@ class HoldingsTests(SynchronousTestCase):
     def setUp(self):
         self.harness = Harness()
         self.clock = self.harness.clock
-        self.link = FakeLink()
+        self.link = HoldingLink()
         self.cluster = node_in_cluster(self, self.harness.server, self.clock, self.link,
                                        {("thing", "node2"): {"a": "1", "b": "2"}, ("thing", "node1"): {"b": "mine"}})
         self.adopted, self.released = [], []
@@ -56,7 +103,7 @@ class HoldingsTests(SynchronousTestCase):
         self.link.members_answer = {"node1": "i1"}
         self.clock.advance(3)
         self.assertEqual(len(self.adopted), 2)
-        self.assertEqual(self.link.claims, [("thing", "node2")])
+        self.assertEqual(self.link.take_overs, [("thing", "node2")])
 
     def test_node_that_left_is_taken_over(self):
         """A node that left the set (stopped cleanly, or removed by another survivor) is claimed too."""
@@ -80,7 +127,7 @@ class HoldingsTests(SynchronousTestCase):
         """A new incarnation of node2 keeps its hash (it adopts it itself)."""
         self.link.members_answer = {"node1": "i1", "node2": "i3"}
         self.clock.advance(3)
-        self.assertEqual(self.link.claims, [])
+        self.assertEqual(self.link.take_overs, [])
 
     def test_lapsed_lease_releases_and_the_next_join_adopts_again(self):
         """Redis unreachable past the lease: the feature is told to give up what it holds; when the
@@ -122,7 +169,7 @@ class ClusteredRegistrationTests(MessagingTestCase):
 
     def setUp(self):
         super().setUp()
-        self.link = FakeLink()
+        self.link = HoldingLink()
         self.link.snapshots["node2"] = (1, {"bob@localhost/sip": record(priority=-1)})
         self.clock.advance(1000)
         self.cluster = node_in_cluster(self, self.server, self.clock, self.link, {("sip", "node2"): {
