@@ -230,6 +230,7 @@ class Cluster:
         self._said_unreachable = False
         self.holdings = {}  # kind -> Holdings: what this node holds one at a time (bridge.core.holdings)
         self._secrets = {}  # name -> what to tell of the cluster's secret of that name, at each join
+        self._secrets_wanted = set()  # names whose secret this node has not had since it joined
 
     def hold(self, kind, adopt, release):
         """Hold state of ``kind`` that a survivor takes over when this node dies (``Holdings``)."""
@@ -242,11 +243,18 @@ class Cluster:
         """``use(secret bytes)``, at each join, with the secret of ``name`` every node of the cluster
         shares (the first node to ask makes it)."""
         self._secrets[name] = use
+        self._secrets_wanted.add(name)
         if self._member:
-            self._fetch_secret(name)
+            self._fetch_secrets()
 
-    def _fetch_secret(self, name):
-        self.link.shared_secret(name).addCallbacks(self._secrets[name], self._link_failed)
+    def _fetch_secrets(self):
+        """Ask for the secrets not had since the join (again at every round until they come)."""
+        for name in sorted(self._secrets_wanted):
+            self.link.shared_secret(name).addCallbacks(self._secret_came, self._link_failed, callbackArgs=(name,))
+
+    def _secret_came(self, secret, name):
+        self._secrets_wanted.discard(name)
+        self._secrets[name](secret)
 
     # -- lifetime ------------------------------------------------------------------
 
@@ -293,8 +301,7 @@ class Cluster:
             log.info("cluster: node {node} joined; accepting sessions", node=self.node)
             for holdings in self.holdings.values():
                 holdings.joined()
-            for name in self._secrets:
-                self._fetch_secret(name)
+            self._secrets_wanted.update(self._secrets)
         elif self._said_unreachable:
             log.info("cluster: Redis answers again; node {node} accepts sessions", node=self.node)
         self._said_unreachable = False
@@ -354,6 +361,7 @@ class Cluster:
             self._take_over(node)
         for holdings in self.holdings.values():
             holdings.claim_waiting()
+        self._fetch_secrets()
         return defer.gatherResults(loads, consumeErrors=True) if loads else None
 
     def _take_over(self, node):

@@ -76,3 +76,14 @@ class LinkOwnerTests(SynchronousTestCase):
     def test_dialback_secret_is_the_clusters(self):
         """The dialback secret is the one all nodes share, so any node verifies another's key."""
         self.assertEqual(self.harness.remote.secret, b"shared dialback")
+
+    def test_shared_secret_asked_again_until_it_comes(self):
+        """A secret whose first ask fails is asked again at the next round."""
+        got = []
+        self.link.secret_failures = 1
+        self.cluster.shared_secret("other", got.append)
+        self.assertEqual(got, [])
+        self.harness.clock.advance(3)
+        self.assertEqual(got, [b"shared other"])
+        self.harness.clock.advance(3)
+        self.assertEqual(len(got), 1)

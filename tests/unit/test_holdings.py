@@ -26,6 +26,7 @@ class HoldingLink(FakeLink):
         self.held_hashes = {}  # (kind, node) -> {field: value}
         self.take_overs = []
         self.inboxes_gone = set()  # nodes whose inbox is gone: sending there fails
+        self.secret_failures = 0  # how many asks for a shared secret fail next
 
     def held_put(self, kind, field, value):
         self.held_hashes.setdefault((kind, "node1"), {})[field] = value
@@ -60,6 +61,9 @@ class HoldingLink(FakeLink):
         return super().send(node, fields)
 
     def shared_secret(self, name):
+        if self.secret_failures:
+            self.secret_failures -= 1
+            return defer.fail(ConnectionError("Redis away"))
         return self._answer(b"shared " + name.encode())
 
 
