@@ -57,6 +57,24 @@ end
 return 1
 """
 
+# A survivor takes over what a node without a lease held, ``held:KIND:NODE`` (bridge.core.holdings;
+# KEYS: that node's lease, its hash, the claimer's hash, the claimer's lease; ARGV: the claimer's
+# incarnation).  Only while the claimer holds its own lease (else false: try again later); a field the
+# claimer already holds stays its own.
+TAKE_OVER = """
+if redis.call('GET', KEYS[4]) ~= ARGV[1] then return false end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {} end
+local entries, moved = redis.call('HGETALL', KEYS[2]), {}
+for i = 1, #entries, 2 do
+  if redis.call('HSETNX', KEYS[3], entries[i], entries[i + 1]) == 1 then
+    moved[#moved + 1] = entries[i]
+    moved[#moved + 1] = entries[i + 1]
+  end
+end
+redis.call('DEL', KEYS[2])
+return moved
+"""
+
 # Renew the lease only while it is still this incarnation's.
 RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -131,6 +149,7 @@ class RedisLink:
         self.client = redis.Redis(socket_timeout=SOCKET_TIMEOUT_SECONDS, **common)
         self.reader = redis.Redis(socket_timeout=SOCKET_TIMEOUT_SECONDS + READ_BLOCK_MILLISECONDS / 1000,
                                   **common)
+        self._take_over = self.client.register_script(TAKE_OVER)
         self._publish = self.client.register_script(PUBLISH)
         self._renew = self.client.register_script(RENEW)
         self._remove = self.client.register_script(REMOVE)
@@ -216,8 +235,7 @@ class RedisLink:
         return self._call(self._load_sessions, node)
 
     def _load_sessions(self, node):
-        raw = self.client.hgetall(self.key("sessions", node))
-        records = {key.decode(): value.decode() for key, value in raw.items()}
+        records = _text_pairs(self.client.hgetall(self.key("sessions", node)).items())
         seq = records.pop("", "0")
         return int(seq) if seq.isdigit() else 0, records
 
@@ -265,6 +283,39 @@ class RedisLink:
     def _release_rooms_of_in(self, pipe, node, incarnation):
         self._release_rooms_of(keys=[PREFIX + "rooms", self.key("rooms", node)], args=[node, incarnation],
                                client=pipe)
+
+    # -- what a node holds (bridge.core.holdings: ``held:KIND:NODE``, kept when the node goes) ---------
+
+    def held_put(self, kind, field, value):
+        """Set ``field`` of this node's hash of ``kind``, in order with the other writes."""
+        return self._queue(lambda pipe: pipe.hset(self.key("held:" + kind), field, value))
+
+    def held_remove(self, kind, field):
+        return self._queue(lambda pipe: pipe.hdel(self.key("held:" + kind), field))
+
+    def held(self, kind):
+        """{field: value} of this node's own hash of ``kind``."""
+        return self._call(lambda: _text_pairs(self.client.hgetall(self.key("held:" + kind)).items()))
+
+    def take_over(self, kind, node):
+        """{field: value} moved from ``node``'s hash of ``kind`` into this node's ({} when ``node`` still
+        has a lease or held nothing), or None when this node holds no lease."""
+        return self._call(self._take_over_now, kind, node)
+
+    def _take_over_now(self, kind, node):
+        moved = self._take_over(keys=[self.key("lease", node), self.key("held:" + kind, node),
+                                      self.key("held:" + kind), self.key("lease")], args=[self.incarnation or ""])
+        if moved is None:
+            return None
+        return _text_pairs(zip(moved[0::2], moved[1::2]))
+
+    def shared_secret(self, name):
+        """The bytes of the secret ``secret:NAME`` all nodes share, made by the first node that asks."""
+        return self._call(self._shared_secret, PREFIX + "secret:" + name)
+
+    def _shared_secret(self, key):
+        self.client.set(key, os.urandom(32).hex(), nx=True)
+        return bytes.fromhex(self.client.get(key).decode())
 
     def _queue(self, write, *args):
         """Queue a write.  The writer sends what waits in one pipeline, in the order it was queued, so
@@ -330,3 +381,7 @@ class RedisLink:
                 self.reader.xack(stream, GROUP, *[entry_id for entry_id, _ in entries])
             except (redis.RedisError, OSError):
                 start = "0"
+
+
+def _text_pairs(pairs):
+    return {key.decode(): value.decode() for key, value in pairs}

@@ -739,16 +739,16 @@ def cluster_table(redis_server, node_name, lease_seconds=2):
 
 
 def start_nodes(directory, redis_server, count, accounts, lease_seconds=2, c2s_options="", tables="",
-                wait_for=("c2s", "c2s-direct-tls")):
+                wait_for=("c2s", "c2s-direct-tls"), sip=SIP_OFF):
     """``count`` bridge nodes of one cluster, each with its own data folder and the same accounts; the
-    processes, started (a test stops them).  ``c2s_options``, ``tables``: as for ``write_config``;
+    processes, started (a test stops them).  ``c2s_options``, ``tables``, ``sip``: as for ``write_config``;
     ``wait_for``: the listeners each start waits for."""
     nodes = []
     try:
         for index in range(count):
             node_directory = os.path.join(directory, f"node{index + 1}")
             os.makedirs(node_directory)
-            config_path = write_config(node_directory, c2s_options=c2s_options,
+            config_path = write_config(node_directory, c2s_options=c2s_options, sip=sip,
                                        tables=cluster_table(redis_server, f"node{index + 1}", lease_seconds) + tables)
             add_users(config_path, accounts)
             nodes.append(ServerProcess(config_path, accounts))
