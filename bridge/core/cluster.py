@@ -22,6 +22,7 @@ from collections import Counter
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from bridge.core.ownership import Ownership
 from bridge.core.stanza import parse_jid
 from bridge.core.xmlstream import StreamError, parse_document, serialize
 
@@ -205,6 +206,8 @@ class Cluster:
         self.clock = clock
         self.node = config.node_name
         self.lease = Lease(clock, config.lease_seconds)
+        # The resources (queues, links) one node at a time serves, renewed with the lease.
+        self.ownership = Ownership(link, clock, self.node, config.lease_seconds)
         self.max_body_bytes = server.config.c2s.stanza_size_limit_bytes
         self.dropped = Counter()  # reason -> inter-node messages dropped
         self.forwarded = 0  # stanzas handed to other nodes
@@ -229,11 +232,13 @@ class Cluster:
 
     def stop(self):
         """Leave the cluster: the node's lease and keys go, and it sends nothing more."""
+        released = self.ownership.stop() if self._member else defer.succeed(None)
         self._member = False
         if self._timer.running:
             self._timer.stop()
         self.server.sessions.observer = None
-        return self.link.stop()
+        released.addBoth(lambda _: self.link.stop())
+        return released
 
     def accepting(self):
         return self._member and self.lease.accepting()
@@ -246,6 +251,7 @@ class Cluster:
         d = self.link.renew() if self._member else self.link.join(self._local_records(), self._seq)
         d.addCallbacks(self._renewal_answered, self._link_failed, callbackArgs=(sent_at,))
         d.addCallback(lambda _: self._check_lease())
+        d.addCallback(lambda _: self.ownership.refresh(sent_at) if self._member else None)
         d.addCallback(lambda _: self.link.members() if self._member else None)
         d.addCallback(self._update_peers)
         d.addErrback(self._link_failed)
@@ -283,6 +289,7 @@ class Cluster:
         if self._member:
             log.warn("cluster: the lease of node {node} lapsed; giving up its sessions", node=self.node)
             self._member = False
+        self.ownership.lapse("the node's lease lapsed")
         local = [session for session in self.server.sessions.all() if session.local]
         for session in local:
             session.close("system-shutdown", "this node lost its cluster lease")

@@ -389,15 +389,18 @@ class ReceiptTests(SynchronousTestCase):
 
 class PersistenceTests(SynchronousTestCase):
     def test_restart_resends_unsent_parts_only(self):
-        """After a restart, parts submitted are not sent again; pending and unanswered parts are."""
-        rig = Rig()
+        """After a restart, parts submitted are not sent again, nor are parts whose submit_sm was written
+        and never answered (held, counted); parts never written are sent."""
+        rig = Rig(window=2)
         rig.start()
         rig.add("one")
         rig.add("two")
-        rig.add("three")
         first = rig.submits()
         rig.smsc.answer(first[0], message_id="1")
-        # The process dies here: "two" was written but not answered, "three" never left.
+        rig.add("three")
+        rig.add("four")
+        self.assertEqual([p.short_message for p in first + rig.submits()], [b"one", b"two", b"three"])
+        # The process dies here: "two" and "three" were written but not answered, "four" never left.
         queue = OutboundQueue(rig.storage, "sms.localhost", Clock(), SMSConfig(), lambda *a: None)
         smsc = FakeSMSC()
         link = SMSCLink("main", smsc_config(window=10), queue.clock, smsc.connect, queue)
@@ -407,4 +410,7 @@ class PersistenceTests(SynchronousTestCase):
         smsc.bind()
         for _ in range(20):
             queue.clock.advance(0.001)
-        self.assertEqual([p.short_message for p in smsc.received()], [b"two", b"three"])
+        self.assertEqual([p.short_message for p in smsc.received() if p.command == "submit_sm"], [b"four"])
+        self.assertEqual(queue.held_parts(), 2)
+        self.assertEqual([part["state"] for part in result_of(rig.storage.get("sms.localhost", "000000000002",
+                                                                              "sms-out"))["parts"]], ["held"])
