@@ -103,8 +103,9 @@ class SoleOwnership:
 
 
 class Ownership:
-    """The claims of one cluster node.  ``link``: ``claim(resources)`` -> Deferred [owner text or None]
-    (renewing those held, taking those free) and ``release(resources)``; ``node``: this node's name."""
+    """The claims of one cluster node.  ``link``: ``claim(resources)`` -> Deferred [owner "NODE INCARNATION"
+    or None] (renewing those held, taking those free), ``release(resources)`` and ``incarnation`` (of the
+    node's lease); ``node``: this node's name."""
 
     def __init__(self, link, clock, node, lifetime_seconds):
         self.link = link
@@ -144,13 +145,14 @@ class Ownership:
     def _answered(self, owners, resources, sent_at):
         self.expires_at = sent_at + self.lifetime_seconds
         self._schedule_expiry()
+        me = f"{self.node} {self.link.incarnation}"
         for resource, owner in zip(resources, owners):
             claim = self.claims.get(resource)
             if claim is None:
                 continue  # released meanwhile
             node = owner.split(" ", 1)[0] if owner else None
             previous, claim.owner = claim.owner, node
-            if node == self.node:
+            if owner == me:  # fenced: a key of this node's earlier incarnation is not this one's
                 if not claim.holding:
                     if previous not in (None, self.node):
                         log.warn("ownership: node {node} took over {resource} from node {previous}",
@@ -161,7 +163,7 @@ class Ownership:
             else:
                 if claim.holding:
                     log.warn("ownership: node {node} lost {resource} (now {owner})", node=self.node,
-                             resource=resource, owner=node or "nobody")
+                             resource=resource, owner=owner or "nobody")
                 elif node != previous and node is not None:
                     log.info("ownership: {resource} is owned by node {owner}", resource=resource, owner=node)
                 claim._stop_owning()

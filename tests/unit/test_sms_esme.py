@@ -414,3 +414,44 @@ class PersistenceTests(SynchronousTestCase):
         self.assertEqual(queue.held_parts(), 2)
         self.assertEqual([part["state"] for part in result_of(rig.storage.get("sms.localhost", "000000000002",
                                                                               "sms-out"))["parts"]], ["held"])
+
+
+class Claimed:
+    """A claim of the queue whose ownership the test sets."""
+
+    owned = True
+
+
+class OwnershipTests(SynchronousTestCase):
+    def test_no_submit_once_the_queue_is_lost_while_the_attempt_is_recorded(self):
+        """The owner records an attempt (a slow write) and loses the queue before it is on disk: the
+        submit_sm is never written, and the part is pending again (nothing left)."""
+        rig = Rig()
+        rig.queue.claim = claim = Claimed()
+        rig.link.start()
+        rig.add("late")
+        commits = Clock()
+        rig.storage.clock = commits
+        rig.smsc.bind()  # the part is taken; its attempt is being recorded
+        self.assertEqual(len(rig.link.in_flight), 1)
+        self.assertEqual(rig.smsc.received(), [])
+        claim.owned = False
+        commits.advance(0)
+        commits.advance(0)
+        self.assertEqual([p for p in rig.submits()], [])
+        self.assertEqual(rig.link.in_flight, set())
+        [doc] = rig.queue.docs.values()
+        self.assertEqual(doc["parts"][0]["state"], "pending")
+
+    def test_a_node_that_does_not_own_the_queue_stores_and_forgets(self):
+        """A node that does not serve the queue stores what it accepts and keeps nothing of it; the owner
+        reads it at its next look (load) and sends it."""
+        rig = Rig()
+        rig.start()
+        other = OutboundQueue(rig.storage, "sms.localhost", rig.clock, SMSConfig(), lambda *a: None, node="node2",
+                              serving=False)
+        key = result_of(other.add("+15551234567", "from node2", {}))
+        self.assertEqual((key, other.docs, list(other.pending)), ("000000000001-node2", {}, []))
+        self.assertEqual(rig.submits(), [])
+        result_of(rig.queue.load())
+        self.assertEqual([p.short_message for p in rig.submits()], [b"from node2"])
