@@ -131,7 +131,11 @@ class OutboundQueue:
     def serve(self):
         """Start sending from the queue (this node became its owner): its messages are read."""
         self.serving = True
-        return self.load()
+        d = self.load()
+        d.addCallback(lambda _: self.docs and log.info(
+            "SMS queue: {count} unfinished messages, {parts} parts to send, {held} held", count=len(self.docs),
+            parts=len(self.pending), held=self.held_parts()))
+        return d
 
     def unserve(self):
         """Stop sending (another node owns the queue now): forget the messages, which stay in storage."""
@@ -154,24 +158,22 @@ class OutboundQueue:
 
     @defer.inlineCallbacks
     def _load_new(self):
-        first = not self.docs
-        found = 0
         for key in (yield self.storage.users(self.domain, STORE)):
             if key in self.docs or not self.serving:
                 continue
             doc = yield self.storage.get(self.domain, key, STORE)
             if doc is None or key in self.docs or not self.serving:
                 continue
-            found += 1
             self.docs[key] = doc
             changed = False
             for index, part in enumerate(doc["parts"]):
                 if part["state"] == "sending":
                     part["state"] = "held"
                     changed = True
-                    log.warn("SMS {key} part {index}: held, not sent again: its submit_sm went to SMSC {smsc} and "
-                             "no answer was recorded before the queue's last owner stopped (docs/scaling.md)",
-                             key=key, index=index, smsc=part.get("smsc"))
+                    log.warn("SMS {key} part {index} to {number}: held, not sent again: its submit_sm may have "
+                             "reached SMSC {smsc}, and no answer was recorded before the queue's last owner "
+                             "stopped (docs/scaling.md)", key=key, index=index, number=doc["number"],
+                             smsc=part.get("smsc"))
                 elif part["state"] in ("pending", "retrying"):
                     changed = changed or part["state"] == "retrying"
                     part["state"] = "pending"
@@ -180,9 +182,6 @@ class OutboundQueue:
                 self._expire_later(key)
             if changed:
                 yield self._save(key)
-        if found and first:
-            log.info("SMS queue: {count} unfinished messages, {parts} parts to send", count=len(self.docs),
-                     parts=len(self.pending))
         self.wake()
 
     def held_parts(self):
