@@ -1,5 +1,6 @@
 """The ESME protocol and SMSC link against small fake SMSCs: StringTransport, Clock, no sleeping."""
 
+import io
 import struct
 
 from twisted.internet import defer
@@ -10,6 +11,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from bridge import config as configuration, ctl
 from bridge.config import SMSConfig, SMSCConfig
 from bridge.core.storage.memory import MemoryStorage
 from bridge.gateways.sms import pdu as pdus
@@ -455,3 +457,16 @@ class OwnershipTests(SynchronousTestCase):
         self.assertEqual(rig.submits(), [])
         result_of(rig.queue.load())
         self.assertEqual([p.short_message for p in rig.submits()], [b"from node2"])
+
+    def test_bridgectl_lists_the_held_parts(self):
+        """bridgectl sms-held names each held part (key, part, number, SMSC) and counts them."""
+        rig = Rig(window=2)
+        rig.start()
+        rig.add("one")
+        rig.submits()
+        queue = OutboundQueue(rig.storage, "sms.localhost", Clock(), SMSConfig(), lambda *a: None)
+        result_of(queue.load())
+        out = io.StringIO()
+        ctl._sms_held(rig.storage, configuration.Config(), out, result_of)
+        self.assertEqual(out.getvalue(), "000000000001\tpart 1 of 1\tto +15551234567\tSMSC main\n"
+                                         "sms-held: 1 parts held\n")
