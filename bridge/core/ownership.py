@@ -204,4 +204,8 @@ class Ownership:
 
     def stop(self):
         """A clean stop: every claim released (their keys deleted while they are still this node's)."""
-        return defer.DeferredList([self.release(claim) for claim in list(self.claims.values())])
+        released = defer.DeferredList([self.release(claim) for claim in list(self.claims.values())])
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = self.expires_at = None
+        return released

@@ -254,9 +254,10 @@ class SMSGateway:
         name = texts.display_name(sender.user or sender.host)
         meta = {"to": stanza.getAttribute("from"), "from": f"{user}@{host}", "id": stanza.getAttribute("id"),
                 "receipt": wants_receipt(stanza)}
-        key = yield self.queue.add(number, texts.with_sender(name, body), meta)
+        text = texts.with_sender(name, body)
+        key = yield self.queue.add(number, text, meta)
         log.info("SMS {key}: {user}@{host} is offline; {parts} parts to {number}", key=key, user=user, host=host,
-                 parts=len(self.queue.docs[key]["parts"]) if key in self.queue.docs else 0, number=number)
+                 parts=self.parts_of(text), number=number)
         return key
 
     @defer.inlineCallbacks
