@@ -445,6 +445,21 @@ class OwnershipTests(SynchronousTestCase):
         [doc] = rig.queue.docs.values()
         self.assertEqual(doc["parts"][0]["state"], "pending")
 
+    def test_a_late_answer_after_the_queue_was_lost_writes_nothing(self):
+        """The answer to a submit_sm comes after the node lost the queue: its stale copy of the message is
+        not written over what the new owner does; storage still says ``sending``, which the new owner
+        holds."""
+        rig = Rig()
+        rig.queue.claim = claim = Claimed()
+        rig.start()
+        rig.add("late answer")
+        [submit] = rig.submits()
+        claim.owned = False
+        rig.smsc.answer(submit, message_id="7")
+        [key] = rig.queue.docs
+        self.assertEqual([part["state"] for part in result_of(rig.storage.get("sms.localhost", key,
+                                                                              "sms-out"))["parts"]], ["sending"])
+
     def test_a_node_that_does_not_own_the_queue_stores_and_forgets(self):
         """A node that does not serve the queue stores what it accepts and keeps nothing of it; the owner
         reads it at its next look (load) and sends it."""

@@ -122,6 +122,11 @@ class OutboundQueue:
     # -- persistence ------------------------------------------------------
 
     def _save(self, key):
+        """Write a message's document, only while this process may send: a node that lost the queue writes
+        none of its stale copies over what the new owner does (an answer that comes to it late is not
+        recorded, and the new owner holds that part)."""
+        if not self.may_send():
+            return defer.succeed(None)
         return self.storage.set(self.domain, key, STORE, self.docs.get(key))
 
     def may_send(self):
