@@ -231,14 +231,18 @@ class Cluster:
         self._timer.start(self._renew_interval, now=True)
 
     def stop(self):
-        """Leave the cluster: the node's lease and keys go, and it sends nothing more."""
-        released = self.ownership.stop() if self._member else defer.succeed(None)
+        """Leave the cluster once what this node owns was released by its holders (renewed meanwhile, at
+        most ``lease_seconds``): then the node's lease and keys go, and it sends nothing more."""
+        d = self.ownership.stop()
+        d.addBoth(lambda _: self._leave())
+        return d
+
+    def _leave(self):
         self._member = False
         if self._timer.running:
             self._timer.stop()
         self.server.sessions.observer = None
-        released.addBoth(lambda _: self.link.stop())
-        return released
+        return self.link.stop()
 
     def accepting(self):
         return self._member and self.lease.accepting()

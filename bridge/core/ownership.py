@@ -21,7 +21,9 @@ The API (docs/scaling.md, "One owner at a time"):
   it received it), so an owner lets go before anyone else can take over:
   check it right before every action only the owner may take.
 * ``claim.release()`` -> Deferred: give it up (``lost()`` is called
-  first), deleting the key if it is still this node's.
+  first), deleting the key if it is still this node's.  At a clean stop
+  the node waits (at most the lease's lifetime, still renewing) for its
+  holders to release their claims before it leaves the cluster.
 * ``ownership.owners()``: {resource: the node seen owning it, or None}.
 
 Without a cluster, ``SoleOwnership`` grants every claim at once.  This
@@ -115,6 +117,7 @@ class Ownership:
         self.claims = {}  # resource -> Claim
         self.expires_at = None  # when this node's claims lapse unless renewed
         self._expiry = None  # the DelayedCall that ends them then
+        self._stopped = None  # at a clean stop: fires once every claim was released
 
     def claim(self, resource, gained, lost):
         """Claim ``resource``; tried at the next round of the node's lease."""
@@ -195,17 +198,38 @@ class Ownership:
         held = claim.holding
         claim._stop_owning()
         if not held:
-            return defer.succeed(None)
-        log.info("ownership: node {node} releases {resource}", node=self.node, resource=claim.resource)
-        d = self.link.release([claim.resource])
-        d.addErrback(lambda failure: log.warn("ownership: releasing {resource} failed ({error}); it expires",
-                                              resource=claim.resource, error=failure.getErrorMessage()))
+            d = defer.succeed(None)
+        else:
+            log.info("ownership: node {node} releases {resource}", node=self.node, resource=claim.resource)
+            d = self.link.release([claim.resource])
+            d.addErrback(lambda failure: log.warn("ownership: releasing {resource} failed ({error}); it expires",
+                                                  resource=claim.resource, error=failure.getErrorMessage()))
+        if self._stopped is not None and not self.claims:
+            d.addBoth(lambda _: self._all_released())
         return d
 
     def stop(self):
-        """A clean stop: every claim released (their keys deleted while they are still this node's)."""
-        released = defer.DeferredList([self.release(claim) for claim in list(self.claims.values())])
+        """A clean stop, before the node leaves: each holder releases its claim once it finished what it had
+        under way (an SMS gateway unbinds, recording the answers on their way), while the node's lease and
+        claims are still renewed; what is not released within ``lifetime_seconds`` is released then.
+        Fires once every claim was released (its key deleted while it was still this node's)."""
+        self._stopped = defer.Deferred()
+        stopped = self._stopped
+        if not self.claims:
+            self._all_released()
+            return stopped
+        give_up = self.clock.callLater(self.lifetime_seconds, self._release_the_rest)
+        stopped.addBoth(lambda result: (give_up.cancel() if give_up.active() else None, result)[1])
+        return stopped
+
+    def _release_the_rest(self):
+        for claim in list(self.claims.values()):
+            self.release(claim)
+
+    def _all_released(self):
         if self._expiry is not None and self._expiry.active():
             self._expiry.cancel()
         self._expiry = self.expires_at = None
-        return released
+        stopped, self._stopped = self._stopped, None
+        if stopped is not None:
+            stopped.callback(None)

@@ -91,6 +91,52 @@ def owner_of_queue(nodes):
                                what="the SMS queue's owner")
 
 
+def send_from(node, count):
+    """alice, on ``node``, sends ``count`` SMS to as many numbers; each is in the shared queue once her
+    ping is answered (the gateway holds a message until it is stored)."""
+
+    async def send_all():
+        async with Clients(node) as clients:
+            alice = await clients.login("alice@localhost/pc", port=node.port)
+            for index in range(count):
+                alice.send_message(mto=f"{number(index)}@sms.localhost", mbody=f"note {index}", mtype="chat")
+            await barrier(alice)
+            assert alice.message_errors.empty(), alice.message_errors.get_nowait()
+
+    asyncio.run(send_all())
+
+
+def reached(event):
+    """A submit_sm the SMSC took, answered or not (one answered after its sender died)."""
+    return event["event"] in ("submit_sm", "submit_sm_unanswered")
+
+
+def drained(smsc, survivor, count):
+    """Wait until every one of ``count`` messages reached the SMSC or is held by ``survivor``, and nothing
+    more comes; (the destinations the SMSC took, in order; the held ones)."""
+    held_line = re.compile(r"SMS \S+ part \d+ to (\+\d+): held")
+    wanted = {number(index).lstrip("+") for index in range(count)}
+    while True:
+        held = {found.group(1).lstrip("+") for found in map(held_line.search, survivor.lines) if found}
+        if wanted <= {event["destination_addr"] for event in smsc.seen if reached(event)} | held:
+            break
+        smsc.wait(reached, timeout=30)
+    # Nothing more comes (a bounded wait on the SMSC's events, not a sleep).
+    with pytest.raises(AssertionError):
+        smsc.wait(reached, timeout=2)
+    accepted = [event["destination_addr"] for event in smsc.seen if reached(event)]
+    twice = {destination for destination in accepted if accepted.count(destination) > 1}
+    assert not twice, f"sent twice to the SMSC: {sorted(twice)}"
+    assert set(accepted) | held == wanted
+    return accepted, held
+
+
+def bound_only_after_the_takeover(survivor):
+    takeover = next(index for index, line in enumerate(survivor.lines) if f"took over {RESOURCE}" in line)
+    assert not any("SMSC test: bound" in line for line in survivor.lines[:takeover]), \
+        "the survivor bound to the SMSC before it owned the queue"
+
+
 def test_owner_killed_mid_drain_survivor_sends_the_rest_once(cluster):
     """alice, on the node that does NOT own the SMS queue, sends 60 SMS to 60 numbers: they go into
     the shared queue, and only the owner binds to the SMSC and sends them.  The owner is killed with
@@ -101,16 +147,7 @@ def test_owner_killed_mid_drain_survivor_sends_the_rest_once(cluster):
     nodes, smsc = cluster
     owner, survivor = owner_of_queue(nodes)
     smsc.wait(lambda e: e["event"] == "bind")
-
-    async def send_all():
-        async with Clients(survivor) as clients:
-            alice = await clients.login("alice@localhost/pc", port=survivor.port)
-            for index in range(MESSAGES):
-                alice.send_message(mto=f"{number(index)}@sms.localhost", mbody=f"note {index}", mtype="chat")
-            await barrier(alice)
-            assert alice.message_errors.empty(), alice.message_errors.get_nowait()
-
-    asyncio.run(send_all())
+    send_from(survivor, MESSAGES)
     for _ in range(15):
         smsc.wait(lambda e: e["event"] == "submit_sm", timeout=30)
     killed_at = time.monotonic()
@@ -118,32 +155,27 @@ def test_owner_killed_mid_drain_survivor_sends_the_rest_once(cluster):
     assert owner.process.wait(timeout=10) == -signal.SIGKILL
     survivor.wait_for_line(lambda line: f"took over {RESOURCE}" in line, 30, what="the takeover")
     takeover_seconds = time.monotonic() - killed_at
-    held = set()
-    held_line = re.compile(r"SMS \S+ part \d+ to (\+\d+): held")
-
-    def reached(event):
-        return event["event"] in ("submit_sm", "submit_sm_unanswered")
-
-    def seen():
-        return {event["destination_addr"] for event in smsc.seen if reached(event)}
-
-    wanted = {number(index).lstrip("+") for index in range(MESSAGES)}
-    while True:
-        held = {found.group(1).lstrip("+") for found in map(held_line.search, survivor.lines) if found}
-        if wanted <= seen() | held:
-            break
-        smsc.wait(reached, timeout=30)
-    # Nothing more comes (a bounded wait on the SMSC's events, not a sleep).
-    with pytest.raises(AssertionError):
-        smsc.wait(reached, timeout=2)
-    accepted = [event["destination_addr"] for event in smsc.seen if reached(event)]
-    twice = {destination for destination in accepted if accepted.count(destination) > 1}
-    assert not twice, f"sent twice to the SMSC: {sorted(twice)}"
-    assert set(accepted) | held == wanted
+    accepted, held = drained(smsc, survivor, MESSAGES)
     assert len(held) <= WINDOW, held
     assert len([event for event in smsc.seen if event["event"] == "bind"]) == 2, "one bind per owner"
-    takeover = next(index for index, line in enumerate(survivor.lines) if f"took over {RESOURCE}" in line)
-    assert not any("SMSC test: bound" in line for line in survivor.lines[:takeover]), \
-        "the survivor bound to the SMSC before it owned the queue"
+    bound_only_after_the_takeover(survivor)
     print(f"takeover logged {takeover_seconds:.2f} s after the kill; held: {len(held)}; "
           f"reached the SMSC once: {len(accepted)}")
+
+
+def test_owner_stopped_cleanly_hands_over_with_nothing_held(cluster):
+    """The owner is stopped cleanly (SIGTERM) mid-drain: it unbinds once the answers on the way came,
+    records them and releases the queue; the other node takes it at its next round, without waiting for
+    an expiry, and sends the rest: every message reaches the SMSC exactly once, none is held."""
+    nodes, smsc = cluster
+    owner, survivor = owner_of_queue(nodes)
+    smsc.wait(lambda e: e["event"] == "bind")
+    send_from(survivor, 30)
+    for _ in range(10):
+        smsc.wait(lambda e: e["event"] == "submit_sm", timeout=30)
+    owner.stop()
+    assert any(f"releases {RESOURCE}" in line for line in owner.lines), owner.tail()
+    survivor.wait_for_line(lambda line: f"took over {RESOURCE}" in line, 30, what="the takeover")
+    accepted, held = drained(smsc, survivor, 30)
+    assert (len(accepted), held) == (30, set())
+    bound_only_after_the_takeover(survivor)

@@ -399,8 +399,26 @@ class ClusterTests(SynchronousTestCase):
         self.link.owner_keys.clear()
         self.clock.advance(6)
         self.assertEqual(events, ["gained", "lost", "gained"])
-        self.successResultOf(self.cluster.stop())
+        stopped = self.cluster.stop()
+        self.assertNoResult(stopped)  # the node waits for the holder to finish and release the claim
+        self.clock.advance(3)
+        self.assertTrue(claim.owned, "renewed while the node stops")
+        claim.release()
+        self.successResultOf(stopped)
         self.assertEqual((events[-1], self.link.owner_keys), ("lost", {}))
+
+    def test_a_claim_not_released_at_a_stop_is_released_after_the_lease(self):
+        """A holder that does not release its claim at a clean stop does not keep the node from leaving:
+        after lease_seconds the claim is released and the node leaves."""
+        events = []
+        self.server.ownership.claim("email:outbox", lambda: events.append("gained"), lambda: events.append("lost"))
+        self.clock.advance(3)
+        stopped = self.cluster.stop()
+        self.clock.advance(8.9)
+        self.assertNoResult(stopped)
+        self.clock.advance(0.1)
+        self.successResultOf(stopped)
+        self.assertEqual((events, self.link.owner_keys), (["gained", "lost"], {}))
 
     def test_conflict_with_a_remote_resource_kicks_it(self):
         """Binding a resource node2 holds asks node2 to end its session; the new one is local."""

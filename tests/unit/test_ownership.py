@@ -172,7 +172,10 @@ class OwnershipTests(SynchronousTestCase):
         its next round without waiting for an expiry."""
         self.one.round()
         self.two.round()
-        self.successResultOf(self.one.ownership.stop())
+        stopped = self.one.ownership.stop()
+        self.assertNoResult(stopped)  # until the holder has finished and released its claim
+        self.successResultOf(self.one.claim.release())
+        self.successResultOf(stopped)
         self.assertEqual(self.one.events, ["gained", "lost"])
         self.two.round()
         self.assertEqual(self.two.events, ["gained"])
