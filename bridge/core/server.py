@@ -361,6 +361,7 @@ class GatewayContext:
         self.accounts = server.accounts
         self.rosters = server.rosters
         self.sessions = server.sessions
+        self.cluster = server.cluster  # bridge.core.cluster.Cluster when this process is one node of several
         self.host = None  # the first domain served
         self.served = []  # every domain served, as component hosts
         self._service_features = tuple(service_features)
@@ -422,6 +423,11 @@ class GatewayContext:
         return self.host.name if self.host is not None else None
 
     # -- configuration of the server, as much as a gateway needs ------------------
+
+    @property
+    def cluster(self):
+        """The server's ``bridge.core.cluster.Cluster``, or None outside a cluster."""
+        return self._server.cluster
 
     def local_host(self, domain):
         """The local host that ``domain`` names (itself or an alias, any case), or None."""
