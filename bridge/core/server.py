@@ -361,7 +361,6 @@ class GatewayContext:
         self.accounts = server.accounts
         self.rosters = server.rosters
         self.sessions = server.sessions
-        self.cluster = server.cluster  # bridge.core.cluster.Cluster when this process is one node of several
         self.host = None  # the first domain served
         self.served = []  # every domain served, as component hosts
         self._service_features = tuple(service_features)
