@@ -24,6 +24,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from bridge.core.holdings import Holdings
+from bridge.core.ownership import Ownership
 from bridge.core.stanza import parse_jid
 from bridge.core.xmlstream import StreamError, parse_document, serialize
 
@@ -216,6 +217,8 @@ class Cluster:
         self.clock = clock
         self.node = config.node_name
         self.lease = Lease(clock, config.lease_seconds)
+        # The resources (queues, links) one node at a time serves, renewed with the lease.
+        self.ownership = Ownership(link, clock, self.node, config.lease_seconds)
         self.max_body_bytes = server.config.c2s.stanza_size_limit_bytes
         self.dropped = Counter()  # reason -> inter-node messages dropped
         self.forwarded = 0  # stanzas handed to other nodes
@@ -270,7 +273,13 @@ class Cluster:
         self._timer.start(self._renew_interval, now=True)
 
     def stop(self):
-        """Leave the cluster: the node's lease and keys go, and it sends nothing more."""
+        """Leave the cluster once what this node owns was released by its holders (renewed meanwhile, at
+        most ``lease_seconds``): then the node's lease and keys go, and it sends nothing more."""
+        d = self.ownership.stop()
+        d.addBoth(lambda _: self._leave())
+        return d
+
+    def _leave(self):
         self._member = False
         if self._timer.running:
             self._timer.stop()
@@ -292,6 +301,7 @@ class Cluster:
         d = self.link.renew() if self._member else self.link.join(self._local_records(), self._seq)
         d.addCallbacks(self._renewal_answered, self._link_failed, callbackArgs=(sent_at,))
         d.addCallback(lambda _: self._check_lease())
+        d.addCallback(lambda _: self.ownership.refresh(sent_at) if self._member else None)
         d.addCallback(lambda _: self.link.members() if self._member else None)
         d.addCallback(self._update_peers)
         d.addErrback(self._link_failed)
@@ -334,6 +344,7 @@ class Cluster:
         if self._member:
             log.warn("cluster: the lease of node {node} lapsed; giving up its sessions", node=self.node)
             self._member = False
+        self.ownership.lapse("the node's lease lapsed")
         local = [session for session in self.server.sessions.all() if session.local]
         for session in local:
             session.close("system-shutdown", "this node lost its cluster lease")

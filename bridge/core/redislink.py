@@ -16,6 +16,8 @@ Keys, under ``bridge:``:
   sequence number of the node's last change;
 * ``stream:NODE``: the node's inbox, a stream with the consumer group
   ``bridge``, capped near ``stream_max_entries``;
+* ``owner:RESOURCE``: "NODE INCARNATION" of the one node that owns a
+  resource (``bridge.core.ownership``), with the lease's expiry;
 * ``rooms``: a hash, chat room JID -> "NODE INCARNATION" of the node that
   hosts it (bridge/gateways/muc/placement.py), and ``rooms:NODE`` the set
   of the rooms NODE claimed, so that survivors can forget them.
@@ -133,6 +135,36 @@ return 1
 """
 
 
+# The claims of one node (bridge.core.ownership): each key it holds is renewed, each free one taken, and
+# only while the node's lease still holds its incarnation (a node whose lease is gone takes nothing, and
+# renews nothing: its keys expire).  The owner of each key is returned, false where there is none.
+CLAIM = """
+local me = ARGV[1] .. ' ' .. ARGV[2]
+local alive = redis.call('GET', KEYS[1]) == ARGV[2]
+local owners = {}
+for index = 2, #KEYS do
+  local owner = redis.call('GET', KEYS[index])
+  if alive and owner == me then
+    redis.call('PEXPIRE', KEYS[index], ARGV[3])
+  elseif alive and not owner then
+    redis.call('SET', KEYS[index], me, 'PX', ARGV[3])
+    owner = me
+  end
+  owners[index - 1] = owner
+end
+return owners
+"""
+
+# Give up claims: each key deleted only while it is still this incarnation's.
+RELEASE = """
+local me = ARGV[1] .. ' ' .. ARGV[2]
+for index = 1, #KEYS do
+  if redis.call('GET', KEYS[index]) == me then redis.call('DEL', KEYS[index]) end
+end
+return 1
+"""
+
+
 class RedisLink:
     """``config``: the [cluster] section; ``reactor``: for the threads and to hand entries back."""
 
@@ -153,6 +185,8 @@ class RedisLink:
         self._publish = self.client.register_script(PUBLISH)
         self._renew = self.client.register_script(RENEW)
         self._remove = self.client.register_script(REMOVE)
+        self._claim = self.client.register_script(CLAIM)
+        self._release = self.client.register_script(RELEASE)
         self._claim_room = self.client.register_script(CLAIM_ROOM)
         self._release_room = self.client.register_script(RELEASE_ROOM)
         self._release_rooms_of = self.client.register_script(RELEASE_ROOMS_OF)
@@ -238,6 +272,22 @@ class RedisLink:
         records = _text_pairs(self.client.hgetall(self.key("sessions", node)).items())
         seq = records.pop("", "0")
         return int(seq) if seq.isdigit() else 0, records
+
+    # -- ownership (bridge.core.ownership) ---------------------------------------------------
+
+    def claim(self, resources):
+        """Renew the resources this incarnation owns, take the free ones; [owner "NODE INCARNATION" or None]."""
+        return self._call(self._claim_in, list(resources))
+
+    def _claim_in(self, resources):
+        owners = self._claim(keys=[self.key("lease")] + [self.key("owner", resource) for resource in resources],
+                             args=[self.node, self.incarnation or "", self.lease_milliseconds])
+        return [owner.decode() if owner else None for owner in owners]
+
+    def release(self, resources):
+        """Delete the keys of ``resources`` that are still this incarnation's."""
+        return self._call(lambda: self._release(keys=[self.key("owner", resource) for resource in resources],
+                                                args=[self.node, self.incarnation or ""]))
 
     # -- messages ------------------------------------------------------------------------
 

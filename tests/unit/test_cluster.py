@@ -38,6 +38,8 @@ class FakeLink:
         self.published = []
         self.sent = []
         self.removed = []
+        self.incarnation = "i1"
+        self.owner_keys = {}  # resource -> owner "NODE INCARNATION" (no expiry here)
 
     def _answer(self, value):
         return defer.succeed(value) if self.reachable else defer.fail(ConnectionError("Redis away"))
@@ -74,6 +76,18 @@ class FakeLink:
     def send(self, node, fields):
         self.sent.append((node, fields))
         return self._answer("1-0")
+
+    def claim(self, resources):
+        me = f"node1 {self.incarnation}"
+        if self.lease_in_redis:
+            for resource in resources:
+                self.owner_keys.setdefault(resource, me)
+        return self._answer([self.owner_keys.get(resource) for resource in resources])
+
+    def release(self, resources):
+        for resource in resources:
+            self.owner_keys.pop(resource, None)
+        return self._answer(1)
 
 
 def stream_error(elements):
@@ -207,6 +221,7 @@ class ClusterTests(SynchronousTestCase):
         section = configuration.ClusterConfig(enabled=True, node_name="node1", lease_seconds=9)
         self.cluster = Cluster(self.server, self.link, self.clock, section)
         self.server.cluster = self.cluster
+        self.server.ownership = self.cluster.ownership
         self.link.members_answer = {"node1": "i1", "node2": "i2"}
         self.link.snapshots["node2"] = (4, {"bob@localhost/far": record(priority=3)})
         self.cluster.start()
@@ -415,6 +430,44 @@ class ClusterTests(SynchronousTestCase):
         self.clock.advance(3)
         self.assertEqual(len(self.link.joins), 2)
         self.assertTrue(self.cluster.accepting())
+
+    def test_claims_follow_the_lease(self):
+        """A claim is tried with the lease's rounds and owned; when Redis no longer holds the node's lease
+        it is lost at once with the sessions; a clean stop releases what the node owns."""
+        events = []
+        claim = self.server.ownership.claim("sms:sms.localhost", lambda: events.append("gained"),
+                                            lambda: events.append("lost"))
+        self.clock.advance(3)
+        self.assertEqual(events, ["gained"])
+        self.assertTrue(claim.owned)
+        self.link.lease_in_redis = False
+        self.clock.advance(3)
+        self.assertEqual(events, ["gained", "lost"])
+        self.assertFalse(claim.owned)
+        self.link.lease_in_redis = True
+        self.link.owner_keys.clear()
+        self.clock.advance(6)
+        self.assertEqual(events, ["gained", "lost", "gained"])
+        stopped = self.cluster.stop()
+        self.assertNoResult(stopped)  # the node waits for the holder to finish and release the claim
+        self.clock.advance(3)
+        self.assertTrue(claim.owned, "renewed while the node stops")
+        claim.release()
+        self.successResultOf(stopped)
+        self.assertEqual((events[-1], self.link.owner_keys), ("lost", {}))
+
+    def test_a_claim_not_released_at_a_stop_is_released_after_the_lease(self):
+        """A holder that does not release its claim at a clean stop does not keep the node from leaving:
+        after lease_seconds the claim is released and the node leaves."""
+        events = []
+        self.server.ownership.claim("email:outbox", lambda: events.append("gained"), lambda: events.append("lost"))
+        self.clock.advance(3)
+        stopped = self.cluster.stop()
+        self.clock.advance(8.9)
+        self.assertNoResult(stopped)
+        self.clock.advance(0.1)
+        self.successResultOf(stopped)
+        self.assertEqual((events, self.link.owner_keys), (["gained", "lost"], {}))
 
     def test_conflict_with_a_remote_resource_kicks_it(self):
         """Binding a resource node2 holds asks node2 to end its session; the new one is local."""
