@@ -15,7 +15,10 @@ Keys, under ``bridge:``:
 * ``sessions:NODE``: a hash, full JID -> record (JSON), and "" -> the
   sequence number of the node's last change;
 * ``stream:NODE``: the node's inbox, a stream with the consumer group
-  ``bridge``, capped near ``stream_max_entries``.
+  ``bridge``, capped near ``stream_max_entries``;
+* ``resume:NODE``: a hash, XEP-0198 resumption id -> the session's full JID
+  and the count of its client's stanzas handled (JSON), one field per
+  resumable session of the node.
 """
 
 import os
@@ -62,12 +65,52 @@ end
 return 0
 """
 
-# A survivor removes a node whose lease is gone (several survivors may race: it is idempotent).
+# A survivor removes a node whose lease is gone (several survivors may race: one wins, the others get 0).
+# The winner gets what the node's inbox held and the node never handled: the entries read but not
+# acknowledged, then those never read, so that it routes the stanzas among them again.
 REMOVE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('SREM', KEYS[2], ARGV[1])
-redis.call('DEL', KEYS[3], KEYS[4])
-return 1
+if redis.call('SREM', KEYS[2], ARGV[1]) == 0 and redis.call('EXISTS', KEYS[4]) == 0 then return 0 end
+local left = {}
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  local last = '0-0'
+  for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[4])) do
+    for i = 1, #group, 2 do
+      if group[i] == 'name' and group[i + 1] ~= ARGV[2] then break end
+      if group[i] == 'last-delivered-id' then last = group[i + 1] end
+    end
+  end
+  for _, pending in ipairs(redis.call('XPENDING', KEYS[4], ARGV[2], '-', '+', ARGV[3])) do
+    for _, entry in ipairs(redis.call('XRANGE', KEYS[4], pending[1], pending[1])) do table.insert(left, entry) end
+  end
+  for _, entry in ipairs(redis.call('XRANGE', KEYS[4], '(' .. last, '+', 'COUNT', ARGV[3])) do
+    table.insert(left, entry)
+  end
+end
+redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
+return {1, left}
+"""
+
+# A survivor takes over a resumable session (XEP-0198) of another node, found by its resumption id in
+# the nodes' resume hashes: only once the node's lease is gone (else {'alive', milliseconds left}), only
+# for the account that asks, and only once (the field goes).  With it, the session's record, if the
+# node has not been removed yet (after that, its users were announced gone and the id is gone too).
+TAKE = """
+local prefix, id, bare = ARGV[1], ARGV[2], ARGV[3]
+for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local state = redis.call('HGET', prefix .. 'resume:' .. node, id)
+  if state then
+    local jid = cjson.decode(state)['jid']
+    if type(jid) ~= 'string' or string.sub(jid, 1, #bare + 1) ~= bare .. '/' then return false end
+    local left = redis.call('PTTL', prefix .. 'lease:' .. node)
+    if left > 0 then return {'alive', tostring(left)} end
+    redis.call('HDEL', prefix .. 'resume:' .. node, id)
+    local record = redis.call('HGET', prefix .. 'sessions:' .. node, jid)
+    if not record then return false end
+    return {'taken', state, record}
+  end
+end
+return false
 """
 
 
@@ -90,6 +133,7 @@ class RedisLink:
         self._publish = self.client.register_script(PUBLISH)
         self._renew = self.client.register_script(RENEW)
         self._remove = self.client.register_script(REMOVE)
+        self._take = self.client.register_script(TAKE)
         self.pool = ThreadPool(minthreads=1, maxthreads=1, name="redis")
         self._stopping = threading.Event()
         self._outbox = []  # (write, its arguments, its Deferred), waiting for the writer
@@ -122,7 +166,7 @@ class RedisLink:
     def _leave(self):
         with self.client.pipeline() as pipe:
             pipe.srem(PREFIX + "nodes", self.node)
-            pipe.delete(self.key("lease"), self.key("sessions"), self.key("stream"))
+            pipe.delete(self.key("lease"), self.key("sessions"), self.key("stream"), self.key("resume"))
             pipe.execute()
 
     # -- membership ----------------------------------------------------------------------
@@ -134,7 +178,7 @@ class RedisLink:
 
     def _join(self, incarnation, records, seq):
         with self.client.pipeline() as pipe:  # MULTI/EXEC
-            pipe.delete(self.key("stream"), self.key("sessions"))
+            pipe.delete(self.key("stream"), self.key("sessions"), self.key("resume"))
             pipe.xgroup_create(self.key("stream"), GROUP, id="$", mkstream=True)
             pipe.hset(self.key("sessions"), mapping={"": seq, **records})
             pipe.set(self.key("lease"), incarnation, px=self.lease_milliseconds)
@@ -160,9 +204,36 @@ class RedisLink:
         return {node: lease.decode() if lease is not None else None for node, lease in zip(nodes, leases)}
 
     def remove_node(self, node):
-        return self._call(lambda: self._remove(
-            keys=[self.key("lease", node), PREFIX + "nodes", self.key("sessions", node), self.key("stream", node)],
-            args=[node]))
+        """Remove a node whose lease is gone: the field dicts of its inbox's entries it never handled
+        (see REMOVE), or None when its lease is back or another survivor removed it first."""
+        return self._call(self._remove_node, node)
+
+    def _remove_node(self, node):
+        answer = self._remove(keys=[self.key("lease", node), PREFIX + "nodes", self.key("sessions", node),
+                                    self.key("stream", node), self.key("resume", node)],
+                              args=[node, GROUP, self.max_entries])
+        if not answer:
+            return None
+        return [dict(zip(flat[::2], flat[1::2])) for _, flat in answer[1]]
+
+    def take_resumption(self, resume_id, bare):
+        """("taken", state, record) of the resumable session ``resume_id`` of ``bare`` on a node whose
+        lease is gone (the id is then gone from Redis); ("alive", milliseconds its lease has left); or
+        None: no such id for that account."""
+        return self._call(self._take_resumption, resume_id, bare)
+
+    def _take_resumption(self, resume_id, bare):
+        answer = self._take(keys=[PREFIX + "nodes"], args=[PREFIX, resume_id, bare])
+        if not answer:
+            return None
+        return tuple(part.decode() for part in answer)
+
+    def remember_resumption(self, resume_id, state):
+        """Keep (or update) what a survivor needs to resume a session of this node."""
+        return self._queue(lambda pipe: pipe.hset(self.key("resume"), resume_id, state))
+
+    def forget_resumption(self, resume_id):
+        return self._queue(lambda pipe: pipe.hdel(self.key("resume"), resume_id))
 
     def load_sessions(self, node):
         """(sequence number, {full JID: record}) of a node's hash."""
