@@ -343,7 +343,8 @@ class Cluster:
             if incarnation is None:
                 log.info("cluster: node {node} lost its lease; dropping its sessions", node=node)
                 self._announce_gone(self._drop_node(node), members)
-                loads.append(self.link.remove_node(node).addCallback(self._route_left, node))
+                keep = int(self.server.config.c2s.resumption_timeout_seconds * 1000)
+                loads.append(self.link.remove_node(node, keep).addCallback(self._route_left, node))
             elif known is None or known["incarnation"] != incarnation:
                 log.info("cluster: node {node} is a member (incarnation {incarnation})", node=node,
                          incarnation=incarnation)

@@ -18,7 +18,9 @@ Keys, under ``bridge:``:
   ``bridge``, capped near ``stream_max_entries``;
 * ``resume:NODE``: a hash, XEP-0198 resumption id -> the session's full JID
   and the count of its client's stanzas handled (JSON), one field per
-  resumable session of the node.
+  resumable session of the node;
+* ``orphan:ID``: a resumable session of a removed node, kept for its client
+  (resume state and record), expiring after the resumption timeout.
 """
 
 import os
@@ -67,7 +69,9 @@ return 0
 
 # A survivor removes a node whose lease is gone (several survivors may race: one wins, the others get 0).
 # The winner gets what the node's inbox held and the node never handled: the entries read but not
-# acknowledged, then those never read, so that it routes the stanzas among them again.
+# acknowledged, then those never read, so that it routes the stanzas among them again.  Each resumable
+# session of the node is kept for its client as ``orphan:ID`` (its resume state and record), expiring
+# after the resumption timeout (ARGV[4] milliseconds).
 REMOVE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 if redis.call('SREM', KEYS[2], ARGV[1]) == 0 and redis.call('EXISTS', KEYS[4]) == 0 then return 0 end
@@ -87,26 +91,50 @@ if redis.call('EXISTS', KEYS[4]) == 1 then
     table.insert(left, entry)
   end
 end
+if tonumber(ARGV[4]) > 0 then
+  local states = redis.call('HGETALL', KEYS[5])
+  for i = 1, #states, 2 do
+    local ok, state = pcall(cjson.decode, states[i + 1])
+    local record = ok and type(state) == 'table' and type(state['jid']) == 'string'
+                   and redis.call('HGET', KEYS[3], state['jid'])
+    if record then
+      redis.call('SET', ARGV[5] .. states[i], cjson.encode({state = states[i + 1], record = record}), 'PX', ARGV[4])
+    end
+  end
+end
 redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
 return {1, left}
 """
 
-# A survivor takes over a resumable session (XEP-0198) of another node, found by its resumption id in
-# the nodes' resume hashes: only once the node's lease is gone (else {'alive', milliseconds left}), only
-# for the account that asks, and only once (the field goes).  With it, the session's record, if the
-# node has not been removed yet (after that, its users were announced gone and the id is gone too).
+# A survivor takes over a resumable session (XEP-0198) of another node, by its resumption id: from
+# ``orphan:ID`` once the node was removed, else from the node's resume hash once its lease is gone
+# (while it runs: {'alive', milliseconds left}).  Only for the account that asks (its bare JID, then
+# '/'), and only once (the id goes).  The answer: {'taken', resume state, session record}.
 TAKE = """
 local prefix, id, bare = ARGV[1], ARGV[2], ARGV[3]
+local function owned(state)
+  local ok, parsed = pcall(cjson.decode, state)
+  return ok and type(parsed) == 'table' and type(parsed['jid']) == 'string'
+         and string.sub(parsed['jid'], 1, #bare + 1) == bare .. '/' and parsed['jid']
+end
+local orphan = redis.call('GET', prefix .. 'orphan:' .. id)
+if orphan then
+  local ok, kept = pcall(cjson.decode, orphan)
+  if not (ok and type(kept) == 'table' and type(kept['state']) == 'string' and type(kept['record']) == 'string'
+          and owned(kept['state'])) then return false end
+  redis.call('DEL', prefix .. 'orphan:' .. id)
+  return {'taken', kept['state'], kept['record']}
+end
 for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local state = redis.call('HGET', prefix .. 'resume:' .. node, id)
   if state then
-    local jid = cjson.decode(state)['jid']
-    if type(jid) ~= 'string' or string.sub(jid, 1, #bare + 1) ~= bare .. '/' then return false end
+    local jid = owned(state)
+    if not jid then return false end
     local left = redis.call('PTTL', prefix .. 'lease:' .. node)
     if left > 0 then return {'alive', tostring(left)} end
-    redis.call('HDEL', prefix .. 'resume:' .. node, id)
     local record = redis.call('HGET', prefix .. 'sessions:' .. node, jid)
     if not record then return false end
+    redis.call('HDEL', prefix .. 'resume:' .. node, id)
     return {'taken', state, record}
   end
 end
@@ -203,15 +231,16 @@ class RedisLink:
         leases = self.client.mget([self.key("lease", node) for node in nodes]) if nodes else []
         return {node: lease.decode() if lease is not None else None for node, lease in zip(nodes, leases)}
 
-    def remove_node(self, node):
-        """Remove a node whose lease is gone: the field dicts of its inbox's entries it never handled
-        (see REMOVE), or None when its lease is back or another survivor removed it first."""
-        return self._call(self._remove_node, node)
+    def remove_node(self, node, resumption_milliseconds):
+        """Remove a node whose lease is gone, keeping its resumable sessions for their clients for
+        ``resumption_milliseconds``: the field dicts of its inbox's entries it never handled (see
+        REMOVE), or None when its lease is back or another survivor removed it first."""
+        return self._call(self._remove_node, node, resumption_milliseconds)
 
-    def _remove_node(self, node):
+    def _remove_node(self, node, resumption_milliseconds):
         answer = self._remove(keys=[self.key("lease", node), PREFIX + "nodes", self.key("sessions", node),
                                     self.key("stream", node), self.key("resume", node)],
-                              args=[node, GROUP, self.max_entries])
+                              args=[node, GROUP, self.max_entries, resumption_milliseconds, PREFIX + "orphan:"])
         if not answer:
             return None
         return [dict(zip(flat[::2], flat[1::2])) for _, flat in answer[1]]
@@ -219,7 +248,7 @@ class RedisLink:
     def take_resumption(self, resume_id, bare):
         """("taken", state, record) of the resumable session ``resume_id`` of ``bare`` on a node whose
         lease is gone (the id is then gone from Redis); ("alive", milliseconds its lease has left); or
-        None: no such id for that account."""
+        None: no such id for that account (see TAKE)."""
         return self._call(self._take_resumption, resume_id, bare)
 
     def _take_resumption(self, resume_id, bare):

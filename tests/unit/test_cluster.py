@@ -61,7 +61,7 @@ class FakeLink:
     def members(self):
         return self._answer(dict(self.members_answer))
 
-    def remove_node(self, node):
+    def remove_node(self, node, resumption_milliseconds):
         self.removed.append(node)
         return self._answer(self.left.get(node))
 
