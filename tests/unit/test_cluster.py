@@ -20,7 +20,7 @@ from bridge.core.redislink import RedisLink
 from bridge.core.xmlstream import parse_element
 from bridge.tap import Options
 
-from tests.unit.helpers import Harness, scram_login
+from tests.unit.helpers import Harness, resuming
 
 MAX_BYTES = 4096
 
@@ -460,12 +460,7 @@ class ClusterTests(SynchronousTestCase):
         self.assertNotIn(resume_id, self.link.resumptions)
 
     def resume(self, previd, h=0):
-        client = self.harness.connect()
-        client.open_stream()
-        self.assertEqual(scram_login(client, "alice", "secret").name, "success")
-        client.restart("localhost")
-        client.send(f"<resume xmlns='{SM}' previd='{previd}' h='{h}'/>")
-        return client
+        return resuming(self.harness, "alice", previd, h)
 
     def test_session_of_a_dead_node_is_resumed_here(self):
         """A client of node2 resumes here: node2's lease still runs at first, so the node waits for
