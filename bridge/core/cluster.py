@@ -21,6 +21,7 @@ from collections import Counter
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from bridge.core.stanza import parse_jid
 from bridge.core.xmlstream import StreamError, parse_document, serialize
@@ -146,11 +147,10 @@ def decode_record(text, max_bytes):
 class Resumable:
     """A resumable session of a dead node as Redis kept it: enough to go on with it here."""
 
-    def __init__(self, jid, handled, priority, presence, marks):
+    def __init__(self, jid, handled, presence, marks):
         self.jid = jid
         self.handled = handled
-        self.priority = priority
-        self.presence = presence
+        self.presence = presence  # the client's last presence (its priority in it)
         self.marks = marks
 
 
@@ -164,11 +164,11 @@ def decode_resumable(state, record, max_bytes):
         if jid is None or jid.resource is None or isinstance(handled, bool) or not isinstance(handled, int) or not (
                 0 <= handled < 2 ** 32):
             raise MalformedEnvelope(f"resumption state {state!r:.200}")
-        priority, presence, marks = decode_record(record, max_bytes)
+        _, presence, marks = decode_record(record, max_bytes)
     except (ValueError, MalformedEnvelope) as error:
         log.warn("cluster: a resumption state in Redis is not whole: {error}", error=str(error))
         return None
-    return Resumable(jid, handled, priority, presence, marks)
+    return Resumable(jid, handled, presence, marks)
 
 
 class Lease:
@@ -463,11 +463,16 @@ class Cluster:
         """The ``Resumable`` session of ``bare`` that ``resume_id`` names on a dead node, taken from Redis
         (once); None when there is none.  The node of a session a client resumes here at once after it
         died still holds its lease: wait for it to lapse (at most ``RESUME_ATTEMPTS`` times), since only
-        then is the session sure to be served nowhere else."""
+        then is the session sure to be served nowhere else.  Redis away: None too (the client binds a
+        new session once Redis is back)."""
         for _ in range(RESUME_ATTEMPTS):
             if not self.accepting():
                 return None
-            answer = yield self.link.take_resumption(resume_id, bare)
+            try:
+                answer = yield self.link.take_resumption(resume_id, bare)
+            except Exception:
+                self._link_failed(Failure())
+                return None
             if answer is None:
                 return None
             if answer[0] == "taken":

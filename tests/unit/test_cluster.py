@@ -497,6 +497,13 @@ class ClusterTests(SynchronousTestCase):
             client.send("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
             self.assertEqual(client.received()[-1]["type"], "result")
 
+    def test_resumption_while_redis_is_away_fails_cleanly(self):
+        """A Redis call that fails answers item-not-found, not a stream error."""
+        self.link.reachable = False
+        client = self.resume("id4")
+        (failed,) = [e for e in client.received() if e.name == "failed"]
+        self.assertEqual(failed.firstChildElement().name, "item-not-found")
+
     def test_dead_node_resumed_session_is_not_announced_gone(self):
         """A session of node2 resumed here before node2's removal is not announced unavailable."""
         self.link.takes["id3"] = [("taken", json.dumps({"jid": "bob@localhost/far", "h": 0}), record())]
