@@ -23,6 +23,12 @@ def cluster(tmp_path):
     yield from started_cluster(str(tmp_path))
 
 
+async def logged(node, text):
+    """Wait until ``text`` is in the node's log (its lines reach the test a little after its stanzas)."""
+    if not any(text in line for line in node.lines):
+        await asyncio.to_thread(node.wait_for_line, lambda line: text in line, TIMEOUT, repr(text))
+
+
 async def carbons_login(clients, jid, port):
     client = clients.track(CarbonsClient(jid, clients.server.password(jid)))
     client.start(port)
@@ -111,11 +117,11 @@ def test_session_resumed_on_the_survivor_after_sigkill(cluster):
             answer = done.pop().result()
             assert answer.name == "resumed", f"resumption failed: {answer}"
             assert str(alice.boundjid) == "alice@localhost/phone"
-            assert any("of a dead node resumed from" in line for line in node1.lines), node1.tail()
+            await logged(node1, "of a dead node resumed from")
 
             await next_item(alice.messages, lambda m: m["body"] == "in the gap", timeout=LEASE_SECONDS * 10,
                             what="the message sent into the dead node's inbox")
-            assert any("entries that node node2 never handled" in line for line in node1.lines), node1.tail()
+            await logged(node1, "entries that node node2 never handled")
             bob.send_message(mto="alice@localhost/phone", mbody="after", mtype="chat")
             await next_item(alice.messages, lambda m: m["body"] == "after", what="the message after resumption")
             other = await clients.login("alice@localhost/desk", port=node1.port)
