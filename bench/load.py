@@ -939,8 +939,8 @@ class Runner:
 
     def account(self, index, span=None):
         """Account number (1-based) for a running index, cycling over `span`
-        accounts (default --accounts)."""
-        return (index % (span or self.args.accounts)) + 1
+        accounts (default --accounts), after --account-offset."""
+        return (index % (span or self.args.accounts)) + 1 + self.args.account_offset
 
     def client(self, account_no, resource, remote=False):
         a = self.args
@@ -1363,6 +1363,8 @@ def main(argv=None):
     p.add_argument("--password", default="benchpass")
     p.add_argument("--accounts", type=int, default=2000,
                    help="accounts available: bench1..benchN (default %(default)s)")
+    p.add_argument("--account-offset", type=int, default=0,
+                   help="use accounts offset+1..offset+N, so that several loaders use disjoint accounts")
     p.add_argument("--concurrency", type=int, default=20,
                    help="logins in progress at once (default %(default)s)")
     p.add_argument("--logins", type=int, default=500)

@@ -26,6 +26,7 @@ from bridge.core.proxyprotocol import ProxyHeaderFactory
 from bridge.core.reload import ContextHolder, Reloader
 from bridge.core.server import GatewayContext, Server, load_feature, looping_call
 from bridge.core.storage.timed import TimedStorage
+from bridge.core.streams.base import OUTPUT_BATCH
 from bridge.core.streams.c2s import ClientFactory
 from bridge.core.streams.component import ComponentFactory
 from bridge.core.streams.muxed import MuxLinkFactory
@@ -155,6 +156,7 @@ class ServerService(service.MultiService):
             self._previous_hangup = signal.signal(signal.SIGHUP, self._hangup)
         self.server.triage.start()
         self._dormancy_tick = looping_call(self.server.clock, DORMANCY_PERIOD_SECONDS, self.server.dormancy.tick)
+        OUTPUT_BATCH.until_iteration_end(self.server.clock.callLater)
         self.remote.start().addErrback(lambda failure: log.failure("federation start failed", failure))
         log.info("bridge {version} serving {hosts} (configuration: {source})", version=__version__,
                  hosts=", ".join(self.server.hosts), source=self.server.config.source)
@@ -175,6 +177,7 @@ class ServerService(service.MultiService):
             self._previous_hangup = None
         self.server.triage.stop()
         self._dormancy_tick.stop()
+        OUTPUT_BATCH.until_iteration_end(None)
         self.server.log_budget.stop()
         d = self.remote.stop()
         d.addBoth(lambda _: super(ServerService, self).stopService())

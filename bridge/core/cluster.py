@@ -15,6 +15,7 @@ This module does no I/O: the Redis side is ``bridge.core.redislink``, passed
 in as ``link``; the clock is passed in too.
 """
 
+import hashlib
 import json
 import re
 from collections import Counter
@@ -23,13 +24,14 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from bridge.core.holdings import Holdings
 from bridge.core.stanza import parse_jid
 from bridge.core.xmlstream import StreamError, parse_document, serialize
 
 log = Logger()
 
 PROTOCOL_VERSION = "1"
-KINDS = ("stanza", "session", "kick")
+KINDS = ("stanza", "session", "kick", "room", "remote")
 NODE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 PRIORITY_RANGE = (-128, 127)
 MARK = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
@@ -47,8 +49,12 @@ class Envelope:
 
     ``kind``: "stanza" (``body``: a stanza for the session ``jid``),
     "session" (``body``: the session's record, or "" once it ended; ``seq``
-    orders one node's changes) or "kick" (close the session ``jid``: a
-    newer one took its resource).
+    orders one node's changes), "kick" (close the session ``jid``: a
+    newer one took its resource), "room" (``body``: a stanza for the chat
+    room or occupant JID ``jid``, which the receiving node hosts:
+    bridge/gateways/muc/placement.py) or "remote" (``body``: a stanza for the
+    remote domain of ``jid``, any JID, which the receiving node sends over
+    its s2s link: it owns the link to that domain).
     """
 
     __slots__ = ("kind", "node", "jid", "seq", "body")
@@ -83,7 +89,7 @@ def decode_envelope(fields, max_body_bytes):
     if not NODE_NAME.match(node):
         raise MalformedEnvelope(f"node name {node!r}")
     jid = parse_jid(text.get("jid", ""))
-    if jid is None or jid.user is None or jid.resource is None:
+    if jid is None or (kind != "remote" and (jid.user is None or (jid.resource is None and kind != "room"))):
         raise MalformedEnvelope(f"not a full JID: {text.get('jid')!r}")
     seq = text.get("seq", "")
     if not (seq.isascii() and seq.isdigit()) or len(seq) > 20:
@@ -91,7 +97,7 @@ def decode_envelope(fields, max_body_bytes):
     body = text.get("body", "")
     if len(body.encode()) > max_body_bytes:
         raise MalformedEnvelope(f"body over {max_body_bytes} bytes")
-    if kind == "stanza" and not body:
+    if kind in ("stanza", "room", "remote") and not body:
         raise MalformedEnvelope("stanza without a body")
     return Envelope(kind, node, jid.full(), body, int(seq))
 
@@ -171,6 +177,11 @@ def decode_resumable(state, record, max_bytes):
     return Resumable(jid, handled, presence, marks)
 
 
+def rendezvous(nodes, key):
+    """The node of ``nodes`` that owns ``key`` (rendezvous hashing: removing a node moves only its keys)."""
+    return max(nodes, key=lambda node: hashlib.sha256(f"{node}\0{key}".encode()).digest())
+
+
 class Lease:
     """This node's view of its lease: held until its lifetime, counted from when the renewal was
     sent, has passed.  Redis counts from when it received it, so the node always lets go first."""
@@ -206,7 +217,7 @@ class RemoteSession:
 
     local = False
 
-    def __init__(self, cluster, node, jid, priority, presence, marks):
+    def __init__(self, cluster, node, jid, priority, presence, marks=frozenset()):
         self.cluster = cluster
         self.node = node
         self.jid = jid
@@ -259,6 +270,37 @@ class Cluster:
         self._renew_interval = config.lease_seconds / 3
         self._ticking = False
         self._said_unreachable = False
+        # What the MUC service (bridge/gateways/muc/placement.py) sets: the receiver of "room" envelopes,
+        # and those told ``node_gone(node, incarnation, sessions)`` when a node (this one too) is gone.
+        self.room_receiver = None
+        self.node_observers = []
+        self.holdings = {}  # kind -> Holdings: what this node holds one at a time (bridge.core.holdings)
+        self._secrets = {}  # name -> what to tell of the cluster's secret of that name, at each join
+        self._secrets_wanted = set()  # names whose secret this node has not had since it joined
+
+    def hold(self, kind, adopt, release):
+        """Hold state of ``kind`` that a survivor takes over when this node dies (``Holdings``)."""
+        holdings = self.holdings[kind] = Holdings(self.link, kind, adopt, release)
+        if self._member:
+            holdings.joined()
+        return holdings
+
+    def shared_secret(self, name, use):
+        """``use(secret bytes)``, at each join, with the secret of ``name`` every node of the cluster
+        shares (the first node to ask makes it)."""
+        self._secrets[name] = use
+        self._secrets_wanted.add(name)
+        if self._member:
+            self._fetch_secrets()
+
+    def _fetch_secrets(self):
+        """Ask for the secrets not had since the join (again at every round until they come)."""
+        for name in sorted(self._secrets_wanted):
+            self.link.shared_secret(name).addCallbacks(self._secret_came, self._link_failed, callbackArgs=(name,))
+
+    def _secret_came(self, secret, name):
+        self._secrets_wanted.discard(name)
+        self._secrets[name](secret)
 
     # -- lifetime ------------------------------------------------------------------
 
@@ -277,6 +319,10 @@ class Cluster:
 
     def accepting(self):
         return self._member and self.lease.accepting()
+
+    def incarnation(self):
+        """This node's incarnation in Redis (new at every join), or None before the first."""
+        return self.link.incarnation
 
     def _tick(self):
         if self._ticking:
@@ -303,6 +349,9 @@ class Cluster:
         if not self._member:
             self._member = True
             log.info("cluster: node {node} joined; accepting sessions", node=self.node)
+            for holdings in self.holdings.values():
+                holdings.joined()
+            self._secrets_wanted.update(self._secrets)
         elif self._said_unreachable:
             log.info("cluster: Redis answers again; node {node} accepts sessions", node=self.node)
         self._said_unreachable = False
@@ -320,6 +369,8 @@ class Cluster:
         """Split-brain prevention: without a lease, this node serves no session."""
         if self.lease.held():
             return
+        for holdings in self.holdings.values():
+            holdings.lapsed()  # a survivor may take it over from now on: this node serves none of it
         if self._member:
             log.warn("cluster: the lease of node {node} lapsed; giving up its sessions", node=self.node)
             self._member = False
@@ -328,6 +379,7 @@ class Cluster:
             session.close("system-shutdown", "this node lost its cluster lease")
         for node in list(self._peers):
             self._drop_node(node)
+        self._tell_gone(self.node, None, [])
 
     # -- the other nodes ---------------------------------------------------------------
 
@@ -342,13 +394,14 @@ class Cluster:
             known = self._peers.get(node)
             if incarnation is None:
                 log.info("cluster: node {node} lost its lease; dropping its sessions", node=node)
-                self._announce_gone(self._drop_node(node), members)
+                self._gone(node, members)
+                self._take_over(node)
                 keep = int(self.server.config.c2s.resumption_timeout_seconds * 1000)
                 loads.append(self.link.remove_node(node, keep).addCallback(self._route_left, node))
             elif known is None or known["incarnation"] != incarnation:
                 log.info("cluster: node {node} is a member (incarnation {incarnation})", node=node,
                          incarnation=incarnation)
-                self._announce_gone(self._drop_node(node), members)
+                self._gone(node, members)
                 self._peers[node] = {"incarnation": incarnation, "seq": None, "sessions": {}, "pending": []}
                 loads.append(self.link.load_sessions(node).addCallbacks(
                     self._loaded, self._load_failed, callbackArgs=(node, incarnation),
@@ -356,8 +409,16 @@ class Cluster:
         for node in set(self._peers) - set(members):
             # It left, or another survivor removed it after its lease lapsed.
             log.info("cluster: node {node} left the cluster; dropping its sessions", node=node)
-            self._announce_gone(self._drop_node(node), members)
+            self._gone(node, members)
+            self._take_over(node)
+        for holdings in self.holdings.values():
+            holdings.claim_waiting()
+        self._fetch_secrets()
         return defer.gatherResults(loads, consumeErrors=True) if loads else None
+
+    def _take_over(self, node):
+        for holdings in self.holdings.values():
+            holdings.gone(node)
 
     def _loaded(self, snapshot, node, incarnation):
         """``snapshot``: (seq, {full: record}) of a node's hash; then the changes that arrived meanwhile
@@ -389,16 +450,33 @@ class Cluster:
             self.server.sessions.remove(remote)
         return list(peer["sessions"].values())
 
+    def _gone(self, node, members):
+        """A node (as this node knew it: one incarnation) died, left or came back as a new incarnation."""
+        peer = self._peers.get(node)
+        sessions = self._drop_node(node)
+        self._announce_gone(sessions, members)
+        if peer is not None:
+            self._tell_gone(node, peer["incarnation"], sessions)
+
+    def _tell_gone(self, node, incarnation, sessions):
+        for observer in self.node_observers:
+            try:
+                observer.node_gone(node, incarnation, sessions)
+            except Exception:
+                log.failure("cluster: an observer of node {node}'s end failed", node=node)
+
     def _announce_gone(self, sessions, members):
         """A dead node cannot say that its users went offline: the first live node by name does it for
         it (one node, so contacts hear it once), as its own sessions' ends are announced:
-        ``session/ended`` on their host, where the presence feature broadcasts unavailable presence."""
+        ``session/ended`` on their host, where the presence feature broadcasts unavailable presence.
+        A resource its user has bound again meanwhile (the client came back before the lease ran out) is
+        not announced: its new session's presence went out first, and an unavailable after it would hide it."""
         alive = sorted(node for node, incarnation in members.items() if incarnation is not None)
         if not alive or alive[0] != self.node:
             return
         for session in sessions:
             if self.server.sessions.get(session.full) is not None:
-                continue  # resumed on a survivor (XEP-0198): still there
+                continue  # bound again, or resumed on a survivor (XEP-0198)
             host = self.server.hosts.get(session.jid.host)
             if host is not None:
                 host.hooks.fire("session/ended", session)
@@ -426,13 +504,14 @@ class Cluster:
         self.server.sessions.add(remote)
 
     def _route_left(self, left, node):
-        """What a dead node's inbox held and it never handled (``left``: field dicts, or None when
-        another survivor removed it): its stanzas go through the router again, as for a session that
-        ended before they arrived; a resumed session gets them, else a message goes to the account's
-        other resources or offline storage."""
+        """What a dead node's inbox held and it never read (``left``: field dicts, or None when
+        another survivor removed it).  A stanza whose full JID is held again (resumed, or bound again,
+        here or on another node) goes to that session as it is: its sending node ran the hooks
+        (archive, carbons).  Otherwise the router takes it, as for a session that ended before a stanza
+        arrived: a message goes to the account's other resources or offline storage."""
         if not left:
             return
-        log.info("cluster: routing again {count} entries that node {node} never handled", count=len(left),
+        log.info("cluster: routing again {count} entries that node {node} never read", count=len(left),
                  node=node)
         for fields in left:
             try:
@@ -443,7 +522,11 @@ class Cluster:
             except MalformedEnvelope as error:
                 self._drop("malformed", error)
                 continue
-            self.server.router.route(stanza)
+            session = self.server.sessions.get(envelope.jid)
+            if session is not None:
+                session.send(stanza)
+            else:
+                self.server.router.route(stanza)
 
     # -- XEP-0198 resumption on another node ---------------------------------------------
 
@@ -522,6 +605,23 @@ class Cluster:
         else:
             self._drop("stale", MalformedEnvelope(f"{envelope.jid} is on node {session.node}, not here"))
 
+    def _received_remote(self, envelope):
+        """A stanza for a remote domain whose link another node found this one owns: sent from here,
+        whatever this node's own view of the owner (so that two views never pass it back and forth)."""
+        try:
+            stanza = parse_stanza(envelope.body, self.max_body_bytes)
+        except MalformedEnvelope as error:
+            self._drop("malformed", error)
+            return
+        to = parse_jid(envelope.jid)
+        if self.server.router.is_local(to.host):
+            self._drop("malformed", MalformedEnvelope(f"remote stanza for the local domain {to.host}"))
+            return
+        if parse_jid(stanza.getAttribute("to") or "") != to:
+            self._drop("malformed", MalformedEnvelope(f"remote stanza not addressed to {envelope.jid}"))
+            return
+        self.server.router.default_route.deliver(stanza, handed_over=True)
+
     def _received_session(self, envelope):
         peer = self._peers[envelope.node]
         if peer["seq"] is None:
@@ -532,6 +632,17 @@ class Cluster:
             return  # already in the snapshot this node loaded
         peer["seq"] = envelope.seq
         self._apply_record(envelope.node, peer, envelope.jid, envelope.body)
+
+    def _received_room(self, envelope):
+        try:
+            stanza = parse_stanza(envelope.body, self.max_body_bytes)
+        except MalformedEnvelope as error:
+            self._drop("malformed", error)
+            return
+        if self.room_receiver is None:
+            self._drop("no-room-service", MalformedEnvelope(f"a stanza for {envelope.jid}, and no MUC service here"))
+            return
+        self.room_receiver(stanza)
 
     def _received_kick(self, envelope):
         session = self.server.sessions.get(envelope.jid)
@@ -547,14 +658,58 @@ class Cluster:
             return
         self.forwarded += 1
         envelope = Envelope("stanza", self.node, remote.full, serialize(stanza))
-        self.link.send(remote.node, envelope.fields()).addErrback(self._send_failed, remote)
+        self.link.send(remote.node, envelope.fields()).addErrback(self._send_failed, remote.node)
+
+    def link_owner(self, domain):
+        """The node that owns the s2s link to the remote ``domain``, when it is another member (None
+        when it is this node, or this node is no member): rendezvous hashing over the live members
+        this node knows, so that every node agrees once their views agree, and when the owner dies
+        only its domains move."""
+        if not self._member or not self._peers:
+            return None
+        owner = rendezvous([self.node, *self._peers], domain)
+        return None if owner == self.node else owner
+
+    def hand_over(self, node, stanza, to_domain):
+        """Give ``stanza`` to ``node``, which owns the link to its domain; if it cannot be reached
+        (its inbox is gone: it died), ``to_domain(stanza)`` sends it from here."""
+        envelope = Envelope("remote", self.node, stanza.getAttribute("to"), serialize(stanza))
+        self.forwarded += 1
+
+        def unreachable(failure):
+            self._send_failed(failure, node)
+            to_domain(stanza)
+
+        self.link.send(node, envelope.fields()).addErrback(unreachable)
+
+    def forward_to_room(self, node, room_jid, stanza):
+        """Send ``stanza`` for the chat room (or occupant) ``room_jid`` to ``node``, which hosts the room; a
+        Deferred that fails when the node has no inbox (bridge/gateways/muc/placement.py)."""
+        if not self._member:
+            return defer.fail(LookupError("this node is not a member of the cluster"))
+        self.forwarded += 1
+        envelope = Envelope("room", self.node, room_jid, serialize(stanza))
+        return self.link.send(node, envelope.fields())
+
+    def claim_room(self, room_jid):
+        """(node, incarnation) of the node that hosts the room ``room_jid``: its live host's, or this node's
+        once claimed; None when this node holds no lease."""
+        return self.link.claim_room(room_jid).addCallback(
+            lambda owner: tuple(owner.split(" ", 1)) if owner else None)
+
+    def release_room(self, room_jid):
+        self.link.release_room(room_jid).addErrback(self._link_failed)
+
+    def release_rooms_of(self, node, incarnation):
+        """Forget the rooms a gone incarnation of ``node`` claimed (every survivor may; it is idempotent)."""
+        self.link.release_rooms_of(node, incarnation).addErrback(self._link_failed)
 
     def kick(self, remote):
         envelope = Envelope("kick", self.node, remote.full)
-        self.link.send(remote.node, envelope.fields()).addErrback(self._send_failed, remote)
+        self.link.send(remote.node, envelope.fields()).addErrback(self._send_failed, remote.node)
 
-    def _send_failed(self, failure, remote):
-        self._drop("send-failed", MalformedEnvelope(f"to node {remote.node}: {failure.getErrorMessage()}"))
+    def _send_failed(self, failure, node):
+        self._drop("send-failed", MalformedEnvelope(f"to node {node}: {failure.getErrorMessage()}"))
 
     def _local_records(self):
         return {session.full: encode_record(session) for session in self.server.sessions.all() if session.local}

@@ -20,7 +20,10 @@ Keys, under ``bridge:``:
   and the count of its client's stanzas handled (JSON), one field per
   resumable session of the node;
 * ``orphan:ID``: a resumable session of a removed node, kept for its client
-  (resume state and record), expiring after the resumption timeout.
+  (resume state and record), expiring after the resumption timeout;
+* ``rooms``: a hash, chat room JID -> "NODE INCARNATION" of the node that
+  hosts it (bridge/gateways/muc/placement.py), and ``rooms:NODE`` the set
+  of the rooms NODE claimed, so that survivors can forget them.
 """
 
 import os
@@ -59,6 +62,24 @@ end
 return 1
 """
 
+# A survivor takes over what a node without a lease held, ``held:KIND:NODE`` (bridge.core.holdings;
+# KEYS: that node's lease, its hash, the claimer's hash, the claimer's lease; ARGV: the claimer's
+# incarnation).  Only while the claimer holds its own lease (else false: try again later); a field the
+# claimer already holds stays its own.
+TAKE_OVER = """
+if redis.call('GET', KEYS[4]) ~= ARGV[1] then return false end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {} end
+local entries, moved = redis.call('HGETALL', KEYS[2]), {}
+for i = 1, #entries, 2 do
+  if redis.call('HSETNX', KEYS[3], entries[i], entries[i + 1]) == 1 then
+    moved[#moved + 1] = entries[i]
+    moved[#moved + 1] = entries[i + 1]
+  end
+end
+redis.call('DEL', KEYS[2])
+return moved
+"""
+
 # Renew the lease only while it is still this incarnation's.
 RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -68,8 +89,9 @@ return 0
 """
 
 # A survivor removes a node whose lease is gone (several survivors may race: one wins, the others get 0).
-# The winner gets what the node's inbox held and the node never handled: the entries read but not
-# acknowledged, then those never read, so that it routes the stanzas among them again.  Each resumable
+# The winner gets what the node's inbox held and the node never read, so that it routes the stanzas
+# among them again.  (What the node read it handed to its sessions before acknowledging it: those
+# entries count as delivered, as what it wrote to its clients does, and are not routed twice.)  Each resumable
 # session of the node is kept for its client as ``orphan:ID`` (its resume state and record), expiring
 # after the resumption timeout (ARGV[4] milliseconds).
 REMOVE = """
@@ -83,9 +105,6 @@ if redis.call('EXISTS', KEYS[4]) == 1 then
       if group[i] == 'name' and group[i + 1] ~= ARGV[2] then break end
       if group[i] == 'last-delivered-id' then last = group[i + 1] end
     end
-  end
-  for _, pending in ipairs(redis.call('XPENDING', KEYS[4], ARGV[2], '-', '+', ARGV[3])) do
-    for _, entry in ipairs(redis.call('XRANGE', KEYS[4], pending[1], pending[1])) do table.insert(left, entry) end
   end
   for _, entry in ipairs(redis.call('XRANGE', KEYS[4], '(' .. last, '+', 'COUNT', ARGV[3])) do
     table.insert(left, entry)
@@ -141,6 +160,47 @@ end
 return false
 """
 
+# A chat room's host: the node named in ``rooms`` while its lease holds that incarnation; else this node,
+# when its own lease holds (the fencing: a node that lost its lease claims nothing).
+CLAIM_ROOM = """
+local rooms, lease, claimed = KEYS[1], KEYS[2], KEYS[3]
+local prefix, room, me, incarnation = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local current = redis.call('HGET', rooms, room)
+if current then
+  local node, held = string.match(current, '^(%S+) (%S+)$')
+  if node and redis.call('GET', prefix .. 'lease:' .. node) == held then return current end
+end
+if redis.call('GET', lease) ~= incarnation then return false end
+local mine = me .. ' ' .. incarnation
+redis.call('HSET', rooms, room, mine)
+redis.call('SADD', claimed, room)
+return mine
+"""
+
+# A room this node hosted has ended: it is no longer claimed (unless another node claimed it since).
+RELEASE_ROOM = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
+redis.call('SREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+# The claims of a gone incarnation of a node go (several survivors may race: it is idempotent); those of
+# its next incarnation stay.
+RELEASE_ROOMS_OF = """
+local rooms, claimed = KEYS[1], KEYS[2]
+local node, gone = ARGV[1], ARGV[1] .. ' ' .. ARGV[2]
+for _, room in ipairs(redis.call('SMEMBERS', claimed)) do
+  local current = redis.call('HGET', rooms, room)
+  if current == gone then
+    redis.call('HDEL', rooms, room)
+    redis.call('SREM', claimed, room)
+  elseif not current or string.sub(current, 1, #node + 1) ~= node .. ' ' then
+    redis.call('SREM', claimed, room)
+  end
+end
+return 1
+"""
+
 
 class RedisLink:
     """``config``: the [cluster] section; ``reactor``: for the threads and to hand entries back."""
@@ -158,10 +218,14 @@ class RedisLink:
         self.client = redis.Redis(socket_timeout=SOCKET_TIMEOUT_SECONDS, **common)
         self.reader = redis.Redis(socket_timeout=SOCKET_TIMEOUT_SECONDS + READ_BLOCK_MILLISECONDS / 1000,
                                   **common)
+        self._take_over = self.client.register_script(TAKE_OVER)
         self._publish = self.client.register_script(PUBLISH)
         self._renew = self.client.register_script(RENEW)
         self._remove = self.client.register_script(REMOVE)
         self._take = self.client.register_script(TAKE)
+        self._claim_room = self.client.register_script(CLAIM_ROOM)
+        self._release_room = self.client.register_script(RELEASE_ROOM)
+        self._release_rooms_of = self.client.register_script(RELEASE_ROOMS_OF)
         self.pool = ThreadPool(minthreads=1, maxthreads=1, name="redis")
         self._stopping = threading.Event()
         self._outbox = []  # (write, its arguments, its Deferred), waiting for the writer
@@ -233,7 +297,7 @@ class RedisLink:
 
     def remove_node(self, node, resumption_milliseconds):
         """Remove a node whose lease is gone, keeping its resumable sessions for their clients for
-        ``resumption_milliseconds``: the field dicts of its inbox's entries it never handled (see
+        ``resumption_milliseconds``: the field dicts of its inbox's entries it never read (see
         REMOVE), or None when its lease is back or another survivor removed it first."""
         return self._call(self._remove_node, node, resumption_milliseconds)
 
@@ -269,8 +333,7 @@ class RedisLink:
         return self._call(self._load_sessions, node)
 
     def _load_sessions(self, node):
-        raw = self.client.hgetall(self.key("sessions", node))
-        records = {key.decode(): value.decode() for key, value in raw.items()}
+        records = _text_pairs(self.client.hgetall(self.key("sessions", node)).items())
         seq = records.pop("", "0")
         return int(seq) if seq.isdigit() else 0, records
 
@@ -292,6 +355,65 @@ class RedisLink:
 
     def _send_in(self, pipe, node, fields):
         pipe.xadd(self.key("stream", node), fields, maxlen=self.max_entries, approximate=True, nomkstream=True)
+
+    # -- chat rooms (bridge/gateways/muc/placement.py), in order with the node's other writes ---------
+
+    def claim_room(self, room):
+        """"NODE INCARNATION" of the room's host (this node, when the room had none alive), or None when
+        this node's lease is not held."""
+        return self._queue(self._claim_room_in, room).addCallback(
+            lambda owner: owner.decode() if isinstance(owner, bytes) else owner)
+
+    def _claim_room_in(self, pipe, room):
+        self._claim_room(keys=[PREFIX + "rooms", self.key("lease"), self.key("rooms")],
+                         args=[PREFIX, room, self.node, self.incarnation or ""], client=pipe)
+
+    def release_room(self, room):
+        return self._queue(self._release_room_in, room)
+
+    def _release_room_in(self, pipe, room):
+        self._release_room(keys=[PREFIX + "rooms", self.key("rooms")], args=[room, f"{self.node} {self.incarnation}"],
+                           client=pipe)
+
+    def release_rooms_of(self, node, incarnation):
+        return self._queue(self._release_rooms_of_in, node, incarnation)
+
+    def _release_rooms_of_in(self, pipe, node, incarnation):
+        self._release_rooms_of(keys=[PREFIX + "rooms", self.key("rooms", node)], args=[node, incarnation],
+                               client=pipe)
+
+    # -- what a node holds (bridge.core.holdings: ``held:KIND:NODE``, kept when the node goes) ---------
+
+    def held_put(self, kind, field, value):
+        """Set ``field`` of this node's hash of ``kind``, in order with the other writes."""
+        return self._queue(lambda pipe: pipe.hset(self.key("held:" + kind), field, value))
+
+    def held_remove(self, kind, field):
+        return self._queue(lambda pipe: pipe.hdel(self.key("held:" + kind), field))
+
+    def held(self, kind):
+        """{field: value} of this node's own hash of ``kind``."""
+        return self._call(lambda: _text_pairs(self.client.hgetall(self.key("held:" + kind)).items()))
+
+    def take_over(self, kind, node):
+        """{field: value} moved from ``node``'s hash of ``kind`` into this node's ({} when ``node`` still
+        has a lease or held nothing), or None when this node holds no lease."""
+        return self._call(self._take_over_now, kind, node)
+
+    def _take_over_now(self, kind, node):
+        moved = self._take_over(keys=[self.key("lease", node), self.key("held:" + kind, node),
+                                      self.key("held:" + kind), self.key("lease")], args=[self.incarnation or ""])
+        if moved is None:
+            return None
+        return _text_pairs(zip(moved[0::2], moved[1::2]))
+
+    def shared_secret(self, name):
+        """The bytes of the secret ``secret:NAME`` all nodes share, made by the first node that asks."""
+        return self._call(self._shared_secret, PREFIX + "secret:" + name)
+
+    def _shared_secret(self, key):
+        self.client.set(key, os.urandom(32).hex(), nx=True)
+        return bytes.fromhex(self.client.get(key).decode())
 
     def _queue(self, write, *args):
         """Queue a write.  The writer sends what waits in one pipeline, in the order it was queued, so
@@ -357,3 +479,7 @@ class RedisLink:
                 self.reader.xack(stream, GROUP, *[entry_id for entry_id, _ in entries])
             except (redis.RedisError, OSError):
                 start = "0"
+
+
+def _text_pairs(pairs):
+    return {key.decode(): value.decode() for key, value in pairs}

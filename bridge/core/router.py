@@ -20,7 +20,8 @@ log = Logger()
 class RoutingTable:
     """``timer``: seconds of a monotonic clock (``time.perf_counter``), which times each stanza's ``route``
     (``route_seconds``): its way through the route to the write on a local session's stream, or into a
-    queue (a remote server's link, storage)."""
+    queue (a remote server's link, storage).  What is routed on the way (a room's copies of a message,
+    replies, bounces) is within that time, not observed again."""
 
     def __init__(self, timer=time.perf_counter):
         self._routes = {}
@@ -30,6 +31,7 @@ class RoutingTable:
         self.bounced = stanza_table()
         self.route_seconds = Histogram(ROUTE_SECONDS_BUCKETS)
         self._timer = timer
+        self._routing = False  # a stanza routed meanwhile (a room's copies, a reply) is timed within it
 
     def addRoute(self, domain, route):
         """Make ``route`` receive the stanzas addressed to ``domain``."""
@@ -48,16 +50,23 @@ class RoutingTable:
 
     def route(self, stanza):
         """Deliver ``stanza`` to the route of its 'to' domain."""
-        started = self._timer()
-        to = parse_jid(stanza.getAttribute("to"))
-        route = None if to is None else self.lookup(to.host)
-        if route is None:
-            self.bounce(stanza, "jid-malformed" if to is None else "remote-server-not-found")
-        else:
-            if stanza.name in self.routed:
-                self.routed[stanza.name] += 1
-            route.deliver(stanza)
-        self.route_seconds.observe(self._timer() - started)
+        outermost = not self._routing
+        if outermost:
+            self._routing = True
+            started = self._timer()
+        try:
+            to = parse_jid(stanza.getAttribute("to"))
+            route = None if to is None else self._routes.get(to.host, self.default_route)
+            if route is None:
+                self.bounce(stanza, "jid-malformed" if to is None else "remote-server-not-found")
+            else:
+                if stanza.name in self.routed:
+                    self.routed[stanza.name] += 1
+                route.deliver(stanza)
+        finally:
+            if outermost:
+                self._routing = False
+                self.route_seconds.observe(self._timer() - started)
 
     def bounce(self, stanza, condition, text=None):
         """Return an error to the sender of ``stanza`` (never for an error or result)."""

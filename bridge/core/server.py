@@ -396,6 +396,11 @@ class GatewayContext:
 
     # -- configuration of the server, as much as a gateway needs ------------------
 
+    @property
+    def cluster(self):
+        """The server's ``bridge.core.cluster.Cluster``, or None outside a cluster."""
+        return self._server.cluster
+
     def local_host(self, domain):
         """The local host that ``domain`` names (itself or an alias, any case), or None."""
         return self._server.config.host_for((domain or "").lower())

@@ -3,6 +3,8 @@
 from twisted.words.protocols.jabber.jid import InvalidFormat, JID
 from twisted.words.xish import domish
 
+from bridge.core.xmlstream import share_children
+
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 NS_DELAY = "urn:xmpp:delay"
 NS_CLIENT = "jabber:client"
@@ -49,6 +51,21 @@ def same_account(one, other):
     return one.user == other.user and one.host == other.host
 
 
+class ParsedJID(JID):
+    """A JID whose texts are written once: routing asks a parsed JID for them several times a stanza."""
+
+    def __init__(self, text):
+        super().__init__(text)
+        self._userhost = JID.userhost(self)
+        self._full = JID.full(self)
+
+    def userhost(self):
+        return self._userhost
+
+    def full(self):
+        return self._full
+
+
 def parse_jid(text):
     """A JID, or None when ``text`` is missing or malformed (a part longer than RFC 7622 allows too).
 
@@ -65,7 +82,7 @@ def parse_jid(text):
     if not text or len(text) > 3 * MAX_JID_PART_BYTES + 2:
         return None
     try:
-        jid = JID(text)
+        jid = ParsedJID(text)
     except (InvalidFormat, UnicodeError, IndexError):
         # IndexError: Twisted's nameprep on an empty label ("a..b").
         return None
@@ -151,11 +168,9 @@ def delay_element(stamp, sender):
 
 def readdress(stanza, to, sender):
     """A shallow copy of ``stanza`` with new 'to' and 'from' (children are shared)."""
-    copied = domish.Element((stanza.uri, stanza.name), stanza.defaultUri)
-    copied.attributes = dict(stanza.attributes)
-    copied.attributes["to"] = to
-    copied.attributes["from"] = sender
+    copied = domish.Element((stanza.uri, stanza.name), stanza.defaultUri, {**stanza.attributes, "to": to, "from": sender})
     copied.children = list(stanza.children)
+    share_children(stanza, copied)
     return copied
 
 

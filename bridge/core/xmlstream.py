@@ -13,6 +13,7 @@ order mark, from bytes that look like UTF-16, or from an XML declaration.
 """
 
 import codecs
+import operator
 import re
 from xml.parsers import expat
 from xml.sax.saxutils import quoteattr
@@ -327,6 +328,46 @@ def known_as(element, text):
     element.__dict__["written"] = Written(element, text)
 
 
+class SharedChildren:
+    """The text of the children that the copies of one stanza share (``stanza.readdress``).
+
+    A stanza sent to many (a room's message, a presence to a roster) is
+    copied with new addresses and the same children; their text is written
+    for the first copy and reused for the others, while a copy's children
+    are still those (features replace or add children, never edit one).
+    """
+
+    __slots__ = ("children", "default", "text")
+
+    def __init__(self):
+        self.children = None
+        self.default = None
+        self.text = None
+
+    def text_of(self, children, default):
+        """The text of ``children`` under the default namespace ``default``; None if one needs a prefix."""
+        known = self.children
+        if (known is not None and default == self.default and len(children) == len(known)
+                and all(map(operator.is_, children, known))):
+            return self.text
+        parts = []
+        for child in children:
+            if not _write_plain(child, default, parts.append):
+                return None
+        text = "".join(parts)
+        if known is None:
+            self.children, self.default, self.text = tuple(children), default, text
+        return text
+
+
+def share_children(original, copy):
+    """Let ``serialize`` write the children of ``copy``, which are ``original``'s, once for all its copies."""
+    shared = original.__dict__.get("shared_children")
+    if shared is None:
+        shared = original.__dict__["shared_children"] = SharedChildren()
+    copy.__dict__["shared_children"] = shared
+
+
 def serialize(element):
     """``element`` as XML text, the same text as ``element.toXml()``, in about half the time.
 
@@ -341,7 +382,7 @@ def serialize(element):
     if written is not None and written.fits(element):
         return written.text
     parts = []
-    if _write_plain(element, "", parts.append):
+    if _write_plain(element, "", parts.append, element.__dict__.get("shared_children")):
         return "".join(parts)
     return element.toXml()
 
@@ -364,7 +405,7 @@ def escape_attribute(text):
         "'", "&apos;").replace('"', "&quot;")
 
 
-def _write_plain(element, current_default, write):
+def _write_plain(element, current_default, write, shared_children=None):
     """Write ``element`` as domish would, if it needs no prefix; False (output incomplete) if it does."""
     if isinstance(element, str):
         write(element if isinstance(element, domish.SerializedXML) else _escape(element))
@@ -392,8 +433,14 @@ def _write_plain(element, current_default, write):
         write("/>")
         return True
     write(">")
-    for child in children:
-        if not _write_plain(child, default, write):
+    if shared_children is not None:
+        text = shared_children.text_of(children, default)
+        if text is None:
             return False
+        write(text)
+    else:
+        for child in children:
+            if not _write_plain(child, default, write):
+                return False
     write(f"</{name}>")
     return True

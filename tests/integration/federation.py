@@ -37,10 +37,10 @@ def _toml_string(value):
 
 
 def write_bridge_config(directory, domain, address, certificate, private_key, ca_file, routes, dialback=True,
-                        certificate_authentication=True, s2s_options=""):
+                        certificate_authentication=True, s2s_options="", tables=""):
     """A complete bridge configuration serving ``domain`` with s2s on ``address``:5269; its path.
 
-    ``routes``: {domain: "host:port"}, the static routes to the peers.
+    ``routes``: {domain: "host:port"}, the static routes to the peers; ``tables``: further tables.
     """
     table = ", ".join(f"{_toml_string(name)} = {_toml_string(target)}" for name, target in routes.items())
     lines = [
@@ -63,7 +63,7 @@ def write_bridge_config(directory, domain, address, certificate, private_key, ca
     ]
     path = os.path.join(directory, "bridge.toml")
     with open(path, "w", encoding="utf-8") as handle:
-        handle.write("\n".join(lines) + "\n")
+        handle.write("\n".join(lines) + "\n" + tables)
     return path
 
 

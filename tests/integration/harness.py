@@ -27,6 +27,7 @@ from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
 from bridge.core.sasl import ScramClient
+from tests.pki import self_signed
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 NS_STREAMS = "http://etherx.jabber.org/streams"
@@ -738,16 +739,16 @@ def cluster_table(redis_server, node_name, lease_seconds=2):
 
 
 def start_nodes(directory, redis_server, count, accounts, lease_seconds=2, c2s_options="", tables="",
-                wait_for=("c2s", "c2s-direct-tls")):
+                wait_for=("c2s", "c2s-direct-tls"), sip=SIP_OFF):
     """``count`` bridge nodes of one cluster, each with its own data folder and the same accounts; the
-    processes, started (a test stops them).  ``c2s_options``, ``tables``: as for ``write_config``;
+    processes, started (a test stops them).  ``c2s_options``, ``tables``, ``sip``: as for ``write_config``;
     ``wait_for``: the listeners each start waits for."""
     nodes = []
     try:
         for index in range(count):
             node_directory = os.path.join(directory, f"node{index + 1}")
             os.makedirs(node_directory)
-            config_path = write_config(node_directory, c2s_options=c2s_options,
+            config_path = write_config(node_directory, c2s_options=c2s_options, sip=sip,
                                        tables=cluster_table(redis_server, f"node{index + 1}", lease_seconds) + tables)
             add_users(config_path, accounts)
             nodes.append(ServerProcess(config_path, accounts))
@@ -757,3 +758,31 @@ def start_nodes(directory, redis_server, count, accounts, lease_seconds=2, c2s_o
             node.stop()
         raise
     return nodes
+
+
+def start_mux(directory, nodes, listener, secret, accounts, options="", wait_for=("mux-c2s",)):
+    """A multiplexor (``twistd bridge-mux``, a certificate of its own) in front of ``nodes``, reached on their
+    ``listener`` ports with the secret in the file ``secret``; ``options``: further [mux] lines.  Started,
+    with two links up to every node; the process (a test stops it)."""
+    certificate, key = self_signed(directory, ["localhost"], file_name="mux")
+    mux_directory = os.path.join(directory, "mux")
+    os.makedirs(mux_directory)
+    config_path = os.path.join(mux_directory, "bridge-mux.toml")
+    addresses = ", ".join(f'"127.0.0.1:{node.ports[listener]}"' for node in nodes)
+    with open(config_path, "w", encoding="utf-8") as handle:
+        handle.write(f'[mux]\nendpoints = ["tcp:0:interface=127.0.0.1"]\n{options}'
+                     f'certificate = "{certificate}"\nprivate_key = "{key}"\nnodes = [{addresses}]\n'
+                     f'secret_file = "{secret}"\nreconnect_max_seconds = 1\n')
+    mux = ServerProcess(config_path, accounts, command=[sys.executable, "-c", TWISTD, "-n", "--pidfile=",
+                                                        "bridge-mux", "--config", config_path])
+    try:
+        mux.start(wait_for=wait_for)
+        for node in nodes:
+            address = f"127.0.0.1:{node.ports[listener]}"
+            if not any(f"link to node {address} up (2 links)" in line for line in mux.lines):
+                mux.wait_for_line(lambda line: f"link to node {address} up (2 links)" in line, 30,
+                                  what=f"two links to {address}")
+    except BaseException:
+        mux.stop()
+        raise
+    return mux

@@ -18,13 +18,13 @@ ACCOUNTS = accounts_for(["alice@localhost", "bob@localhost", "carol@localhost", 
 LEASE_SECONDS = 2
 
 
-def started_cluster(directory, count=2):
+def started_cluster(directory, count=2, **options):
     """A redis-server of its own and ``count`` nodes, each of which has seen the others; all stopped
-    at the end."""
+    at the end.  ``options``: for ``start_nodes`` (``sip``, ``wait_for``)."""
     redis_server = RedisProcess(directory).start()
     nodes = []
     try:
-        nodes = start_nodes(directory, redis_server, count, ACCOUNTS, lease_seconds=LEASE_SECONDS)
+        nodes = start_nodes(directory, redis_server, count, ACCOUNTS, lease_seconds=LEASE_SECONDS, **options)
         RUNNING.extend(nodes)
         for index, node in enumerate(nodes):
             for other in (f"node{number}" for number in range(1, count + 1) if number != index + 1):

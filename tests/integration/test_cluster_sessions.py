@@ -121,7 +121,7 @@ def test_session_resumed_on_the_survivor_after_sigkill(cluster):
 
             await next_item(alice.messages, lambda m: m["body"] == "in the gap", timeout=LEASE_SECONDS * 10,
                             what="the message sent into the dead node's inbox")
-            await logged(node1, "entries that node node2 never handled")
+            await logged(node1, "entries that node node2 never read")
             bob.send_message(mto="alice@localhost/phone", mbody="after", mtype="chat")
             await next_item(alice.messages, lambda m: m["body"] == "after", what="the message after resumption")
             other = await clients.login("alice@localhost/desk", port=node1.port)

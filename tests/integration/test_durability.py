@@ -15,7 +15,6 @@ again at start, then stored offline), and the SMS queue holds every
 acknowledged SMS.
 """
 
-import hashlib
 import json
 import os
 import re
@@ -28,6 +27,7 @@ import xml.etree.ElementTree as ET
 
 from .conftest import accounts_for
 from .harness import NS_CLIENT, RawClient, ServerProcess, add_users, write_config
+from .test_sip import md5_authorization
 
 USERS = ("alice@localhost", "carol@localhost")
 NS_SM = "urn:xmpp:sm:3"
@@ -72,15 +72,6 @@ def message_request(port, call_id, cseq, body, auth=""):
             f"Content-Length: {len(body.encode())}\r\n\r\n{body}").encode()
 
 
-def digest(password, nonce):
-    ha1 = hashlib.md5(f"alice:localhost:{password}".encode()).hexdigest()
-    ha2 = hashlib.md5(b"MESSAGE:sip:carol@localhost").hexdigest()
-    response = hashlib.md5(f"{ha1}:{nonce}:00000001:abc:auth:{ha2}".encode()).hexdigest()
-    return (f'Authorization: Digest username="alice", realm="localhost", nonce="{nonce}", '
-            f'uri="sip:carol@localhost", response="{response}", algorithm=MD5, qop=auth, nc=00000001, '
-            f'cnonce="abc"\r\n')
-
-
 class SIPPhone(threading.Thread):
     """Sends MESSAGEs one after another until the server stops answering; ``acknowledged``: the bodies
     answered 202."""
@@ -111,8 +102,8 @@ class SIPPhone(threading.Thread):
                         self.problem = challenge
                         return
                     nonce = re.search(r'nonce="([^"]+)", algorithm=MD5', challenge).group(1)
-                    answer = self.exchange(sock, message_request(local, call_id, 2, body,
-                                                                 digest(self.password, nonce)))
+                    auth = md5_authorization(self.password, nonce, "MESSAGE", "sip:carol@localhost")
+                    answer = self.exchange(sock, message_request(local, call_id, 2, body, auth))
                     if answer.startswith("SIP/2.0 202 "):
                         self.acknowledged.append(f"sip-{number}")
                         if len(self.acknowledged) == BEFORE_KILL:

@@ -6,18 +6,17 @@ import os
 import signal
 import socket
 import ssl
-import sys
 
 import pytest
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Message, Request, TextMessage
 
-from tests.pki import CertificateAuthority, self_signed
+from tests.pki import CertificateAuthority
 
 from . import test_bosh
 from .conftest import RUNNING, accounts_for
-from .harness import (REDIS_SERVER, TWISTD, Clients, RawClient, RedisProcess, ServerProcess, child, next_item,
-                      parse_stream_document, start_nodes, stream_error_conditions, stream_header)
+from .harness import (REDIS_SERVER, Clients, RawClient, RedisProcess, child, next_item, parse_stream_document,
+                      start_mux, start_nodes, stream_error_conditions, stream_header)
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed (Debian package "
                                                              "redis-server; .ci/install-test-peers installs it)")
@@ -55,29 +54,13 @@ def mux_and_nodes(tmp_path):
             other = f"node{2 - index}"
             node.wait_for_line(lambda line: f"cluster: node {other} is a member" in line, 30,
                                what=f"{other} seen by node{index + 1}")
-        mux_cert, mux_key = self_signed(directory, ["localhost"], file_name="mux")
-        mux_dir = os.path.join(directory, "mux")
-        os.makedirs(mux_dir)
-        config_path = os.path.join(mux_dir, "bridge-mux.toml")
-        addresses = ", ".join(f'"127.0.0.1:{node.ports["mux-tls"]}"' for node in nodes)
-        with open(config_path, "w", encoding="utf-8") as handle:
-            handle.write(f'[mux]\nendpoints = ["tcp:0:interface=127.0.0.1"]\n'
-                         f'direct_tls_endpoints = ["tcp:0:interface=127.0.0.1"]\n'
-                         f'https_endpoints = ["tcp:0:interface=127.0.0.1"]\n'
-                         f'certificate = "{mux_cert}"\nprivate_key = "{mux_key}"\n'
-                         f'nodes = [{addresses}]\nnode_tls = true\nnode_ca_file = "{authority.ca_file}"\n'
-                         f'node_tls_name = "localhost"\nsecret_file = "{secret}"\nreconnect_max_seconds = 1\n')
-        mux = ServerProcess(config_path, ACCOUNTS,
-                            command=[sys.executable, "-c", TWISTD, "-n", "--pidfile=", "bridge-mux",
-                                     "--config", config_path])
+        mux = start_mux(directory, nodes, "mux-tls", secret, ACCOUNTS,
+                        options='direct_tls_endpoints = ["tcp:0:interface=127.0.0.1"]\n'
+                                'https_endpoints = ["tcp:0:interface=127.0.0.1"]\n'
+                                f'node_tls = true\nnode_ca_file = "{authority.ca_file}"\nnode_tls_name = "localhost"\n',
+                        wait_for=("mux-c2s", "mux-c2s-direct-tls", "mux-https"))
         processes.append(mux)
         RUNNING.append(mux)
-        mux.start(wait_for=("mux-c2s", "mux-c2s-direct-tls", "mux-https"))
-        for node in nodes:
-            address = f"127.0.0.1:{node.ports['mux-tls']}"
-            if not any(f"link to node {address} up (2 links)" in line for line in mux.lines):
-                mux.wait_for_line(lambda line: f"link to node {address} up (2 links)" in line, 30,
-                                  what=f"two links to {address}")
         yield mux, nodes
     finally:
         for process in processes:
@@ -86,11 +69,12 @@ def mux_and_nodes(tmp_path):
         redis_server.stop()
 
 
-async def landed_on(mux, client, nodes):
-    """The node (of ``nodes``) that the mux handed ``client``'s connection to, from the mux's log."""
+async def landed_on(mux, client, nodes, listener="mux-tls"):
+    """The node (of ``nodes``) that the mux handed ``client``'s connection to, from the mux's log; the mux
+    reaches the nodes on their ``listener`` ports."""
     host, port = client.transport.get_extra_info("sockname")[:2]
     line = next(line for line in mux.lines if f"mux: client {host}:{port} to node" in line)
-    return next(node for node in nodes if line.endswith(f"to node 127.0.0.1:{node.ports['mux-tls']}"))
+    return next(node for node in nodes if line.endswith(f"to node 127.0.0.1:{node.ports[listener]}"))
 
 
 def test_clients_spread_and_fail_over(mux_and_nodes):

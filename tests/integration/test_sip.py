@@ -194,6 +194,22 @@ def register_text(port, cseq, branch, call_id, auth=""):
             f"Expires: 120\r\n{auth}Content-Length: 0\r\n\r\n").encode()
 
 
+def md5_authorization(password, nonce, method="REGISTER", uri="sip:localhost"):
+    """The Authorization header line of alice's ``method`` to ``uri`` answering an MD5 challenge (qop=auth)."""
+    ha1 = hashlib.md5(f"alice:localhost:{password}".encode()).hexdigest()
+    ha2 = hashlib.md5(f"{method}:{uri}".encode()).hexdigest()
+    response = hashlib.md5(f"{ha1}:{nonce}:00000001:abc:auth:{ha2}".encode()).hexdigest()
+    return (f'Authorization: Digest username="alice", realm="localhost", nonce="{nonce}", '
+            f'uri="{uri}", response="{response}", algorithm=MD5, qop=auth, nc=00000001, '
+            f'cnonce="abc"\r\n')
+
+
+def register_authorization(challenge, password):
+    """The Authorization header line of alice's REGISTER to sip:localhost answering the 401 ``challenge``
+    (its text)."""
+    return md5_authorization(password, re.search(r'nonce="([^"]+)", algorithm=MD5', challenge).group(1))
+
+
 def test_retransmitted_authenticated_register_handled_once(bridge):
     """An authenticated REGISTER sent twice gets byte-identical 200s; handled twice, the second
     would reuse a nonce count and be challenged (401).  Responses follow rport to the source port."""
@@ -205,14 +221,7 @@ def test_retransmitted_authenticated_register_handled_once(bridge):
         challenge = udp_exchange(sock, port, register_text(port, 1, "z9hG4bK-raw-1", call_id)).decode()
         assert challenge.startswith("SIP/2.0 401 "), challenge
         assert f"rport={sock.getsockname()[1]}" in challenge, challenge
-        nonce = re.search(r'nonce="([^"]+)", algorithm=MD5', challenge).group(1)
-        password = bridge.password("alice@localhost")
-        ha1 = hashlib.md5(f"alice:localhost:{password}".encode()).hexdigest()
-        ha2 = hashlib.md5(b"REGISTER:sip:localhost").hexdigest()
-        response = hashlib.md5(f"{ha1}:{nonce}:00000001:abc:auth:{ha2}".encode()).hexdigest()
-        auth = (f'Authorization: Digest username="alice", realm="localhost", nonce="{nonce}", '
-                f'uri="sip:localhost", response="{response}", algorithm=MD5, qop=auth, nc=00000001, '
-                f'cnonce="abc"\r\n')
+        auth = register_authorization(challenge, bridge.password("alice@localhost"))
         request = register_text(port, 2, "z9hG4bK-raw-2", call_id, auth)
         first = udp_exchange(sock, port, request)
         second = udp_exchange(sock, port, request)

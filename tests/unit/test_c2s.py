@@ -6,7 +6,9 @@ import weakref
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from bridge.core.streams.base import OUTPUT_BATCH
 from bridge.core.streams.c2s import MAX_REQUESTS_IN_WORK, ClientFactory
+from bridge.core.xmlstream import parse_element
 
 from tests.unit.helpers import STREAM_OPEN, BufferingTransport, Harness, LateStorage, make_config, scram_login
 
@@ -377,6 +379,33 @@ class OutputBatchTests(SynchronousTestCase):
             alice.send(f"<message to='bob@localhost/b' id='s{n}'><body>hi</body></message>")
         self.assertEqual(bob.transport.writes - writes, 11)
         self.assertEqual(len(bob.received()), 10)
+
+    def test_batches_last_to_the_end_of_the_iteration_when_told(self):
+        """With the reactor's callLater given (as the server's service does), the reads of one iteration (two
+        senders) make one write to their common recipient, at the iteration's end; what is written meanwhile
+        outside a read follows the held bytes, in order; without it, each read's output goes at once."""
+        harness = Harness()
+        for user in ("alice", "bob", "carol"):
+            harness.add_user(f"{user}@localhost")
+        alice = harness.login("alice@localhost/a")
+        carol = harness.connect(address="127.0.0.2")
+        carol.login("carol@localhost/c")
+        bob = harness.connect(address="127.0.0.3", transport=BufferingTransport())
+        bob.login("bob@localhost/b")
+        bob.received()
+        OUTPUT_BATCH.until_iteration_end(harness.clock.callLater)
+        self.addCleanup(OUTPUT_BATCH.until_iteration_end, None)
+        writes = bob.transport.writes
+        alice.send("<message to='bob@localhost/b' id='a'><body>hi</body></message>")
+        carol.send("<message to='bob@localhost/b' id='c'><body>hi</body></message>")
+        harness.server.sessions.get("bob@localhost/b").send(parse_element("<message from='localhost' id='timer'/>"))
+        self.assertEqual(bob.transport.writes, writes)
+        harness.clock.advance(0)
+        self.assertEqual(bob.transport.writes - writes, 1)
+        self.assertEqual([m["id"] for m in bob.received()], ["a", "c", "timer"])
+        OUTPUT_BATCH.until_iteration_end(None)
+        alice.send("<message to='bob@localhost/b' id='now'><body>hi</body></message>")
+        self.assertEqual(bob.transport.writes - writes, 2)
 
 
 class RequestsInWorkTests(SynchronousTestCase):

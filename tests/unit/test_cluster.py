@@ -174,6 +174,13 @@ class EnvelopeTests(SynchronousTestCase):
             with self.subTest(name):
                 self.assertRaises(MalformedEnvelope, decode_envelope, fields, MAX_BYTES)
 
+    def test_room_envelope_takes_a_room_jid(self):
+        """A "room" envelope names a chat room (a bare JID) or an occupant, and needs a stanza body."""
+        fields = Envelope("room", "node2", "lobby@conference.localhost", "<message/>").fields()
+        self.assertEqual(decode_envelope(fields, MAX_BYTES).jid, "lobby@conference.localhost")
+        self.assertRaises(MalformedEnvelope, decode_envelope, dict(fields, body=""), MAX_BYTES)
+        self.assertRaises(MalformedEnvelope, decode_envelope, dict(fields, jid="conference.localhost"), MAX_BYTES)
+
     def test_stanza_bodies(self):
         """A body holds exactly one message, presence or iq; a DTD, entities, two stanzas, another
         element or broken XML are refused."""
@@ -350,10 +357,52 @@ class ClusterTests(SynchronousTestCase):
         (presence,) = self.dead_node2_seen_by({"node1": "i1", "node3": "i3"})
         self.assertEqual((presence["from"], presence["type"]), ("bob@localhost/far", "unavailable"))
 
+    def test_a_resource_bound_again_is_not_announced_gone(self):
+        """bob/far comes back here before node2's lease runs out (its client reconnected): the first survivor
+        does not announce that resource unavailable, which would follow, and hide, the new session's presence."""
+        watcher = self.harness.login("bob@localhost/here")
+        watcher.send("<presence/>")
+        again = self.harness.login("bob@localhost/far")
+        again.send("<presence/>")
+        watcher.received()
+        self.link.members_answer = {"node1": "i1", "node2": None, "node3": "i3"}
+        self.clock.advance(3)
+        self.assertEqual([stanza for stanza in watcher.received() if stanza.name == "presence"], [])
+        self.assertTrue(self.server.sessions.get("bob@localhost/far").local)
+
     def test_other_survivors_stay_quiet(self):
         """A survivor that is not the first live node by name leaves the announcement to that node
         (so that contacts hear it once)."""
         self.assertEqual(self.dead_node2_seen_by({"node0": "i0", "node1": "i1", "node2": None}), [])
+
+    def test_room_stanza_goes_to_the_room_receiver(self):
+        """A "room" envelope's stanza goes to the MUC placement's receiver; without one it is dropped."""
+        body = "<message to='lobby@conference.localhost' from='bob@localhost/far' type='groupchat'/>"
+        self.link.on_entries([self.entry("room", "lobby@conference.localhost", body)])
+        self.assertEqual(self.cluster.dropped["no-room-service"], 1)
+        received = []
+        self.cluster.room_receiver = received.append
+        self.link.on_entries([self.entry("room", "lobby@conference.localhost", body)])
+        self.assertEqual([stanza["from"] for stanza in received], ["bob@localhost/far"])
+
+    def test_observers_hear_of_gone_nodes_and_of_this_nodes_lost_lease(self):
+        """A dead node is told to the observers with its incarnation and the sessions it held; a restarted
+        one with its old incarnation; this node's own lost lease with its name."""
+        told = []
+
+        class Observer:
+            def node_gone(self, node, incarnation, sessions):
+                told.append((node, incarnation, sorted(session.full for session in sessions)))
+
+        self.cluster.node_observers.append(Observer())
+        self.link.members_answer = {"node1": "i1", "node2": "i3"}
+        self.clock.advance(3)
+        self.link.members_answer = {"node1": "i1", "node2": None}
+        self.clock.advance(3)
+        self.link.lease_in_redis = False
+        self.clock.advance(3)
+        self.assertEqual(told, [("node2", "i2", ["bob@localhost/far"]), ("node2", "i3", ["bob@localhost/far"]),
+                                ("node1", None, [])])
 
     def test_restarted_node_is_reloaded(self):
         """A new incarnation of node2 replaces what the table held of the old one."""
@@ -505,15 +554,23 @@ class ClusterTests(SynchronousTestCase):
         self.assertEqual(failed.firstChildElement().name, "item-not-found")
 
     def test_dead_node_resumed_session_is_not_announced_gone(self):
-        """A session of node2 resumed here before node2's removal is not announced unavailable."""
+        """A session of node2 resumed here before node2's removal is not announced unavailable, and
+        gets what node2's inbox held for it as it is (its sending node archived it already)."""
         self.link.takes["id3"] = [("taken", json.dumps({"jid": "bob@localhost/far", "h": 0}), record())]
-        self.resume("id3").received()
+        resumed = resuming(self.harness, "bob", "id3", 0)
+        resumed.received()
         watcher = self.harness.login("bob@localhost/here")
         watcher.send("<presence/>")
         watcher.received()
+        self.link.left["node2"] = [self.entry(
+            "stanza", "bob@localhost/far", "<message from='alice@localhost/x' to='bob@localhost/far' type='chat'>"
+                                           "<body>kept</body><stanza-id xmlns='urn:xmpp:sid:0' by='bob@localhost' "
+                                           "id='s1'/></message>", node="node3")]
         self.link.members_answer = {"node1": "i1", "node2": None}
         self.clock.advance(3)
         self.assertEqual([e for e in watcher.received() if e.getAttribute("type") == "unavailable"], [])
+        (message,) = [e for e in resumed.received() if e.name == "message"]
+        self.assertEqual([child["id"] for child in message.elements("urn:xmpp:sid:0", "stanza-id")], ["s1"])
 
     def test_what_a_dead_nodes_inbox_held_is_routed_again(self):
         """The stanzas left in node2's inbox go through the router once node2 is removed: a message

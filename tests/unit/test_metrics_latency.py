@@ -49,7 +49,8 @@ class HistogramTests(SynchronousTestCase):
         self.assertAlmostEqual(histogram.total, 2.0065)
 
     def test_route_is_timed(self):
-        """Each stanza through the routing table is one observation of the time its route took, bounces included."""
+        """Each stanza through the routing table is one observation of the time its route took; what is routed
+        on its way (here the bounce of a stanza no route takes) is within that time, not observed again."""
         router = RoutingTable(timer=FakeTimer(0.0003))
         route = Route()
         router.addRoute("localhost", route)
@@ -59,7 +60,8 @@ class HistogramTests(SynchronousTestCase):
         self.assertAlmostEqual(router.route_seconds.total, 0.0003)
         self.assertEqual(router.route_seconds.counts[ROUTE_SECONDS_BUCKETS.index(0.0005)], 1)
         router.route(parse_element("<message to='a@nowhere' from='b@localhost'/>"))  # bounced back to localhost
-        self.assertEqual(sum(router.route_seconds.counts), 3)
+        self.assertEqual(len(route.delivered), 2)
+        self.assertEqual(sum(router.route_seconds.counts), 2)
 
 
 class StorageTimingTests(SynchronousTestCase):

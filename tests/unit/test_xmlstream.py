@@ -6,6 +6,7 @@ import weakref
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.words.xish import domish
 
+from bridge.core.stanza import readdress
 from bridge.core.xmlstream import (NS_STREAMS, NS_XML, Dormancy, StreamError, StreamParser, known_as, parse_element,
                                    serialize)
 
@@ -313,3 +314,29 @@ class KnownTextTests(SynchronousTestCase):
             change()
             self.assertEqual(serialize(message), message.toXml())
 
+
+
+class SharedChildrenTests(SynchronousTestCase):
+    def test_copies_write_their_shared_children_once(self):
+        """The copies ``readdress`` makes of one stanza serialise as domish does; the children's text is made
+        for the first and reused for the others, and a copy whose children changed is written afresh."""
+        message = parse_element("<message xmlns='jabber:client' type='groupchat'><body>a &amp; b</body>"
+                                "<x xmlns='urn:example'><y/></x></message>")
+        copies = [readdress(message, f"u{number}@localhost/r", "room@conference.localhost/Nick")
+                  for number in range(3)]
+        for copy in copies:
+            self.assertEqual(serialize(copy), copy.toXml())
+        shared = copies[0].__dict__["shared_children"]
+        self.assertIs(copies[2].__dict__["shared_children"], shared)
+        self.assertIn("<body>a &amp; b</body>", shared.text)
+        copies[1].addElement("delay", content="later")
+        copies[2].children = [child for child in copies[2].children if child.name != "body"]
+        for copy in copies:
+            self.assertEqual(serialize(copy), copy.toXml())
+        self.assertNotIn("later", serialize(copies[0]))
+
+    def test_a_child_that_needs_a_prefix_goes_to_domish(self):
+        message = domish.Element(("jabber:client", "message"))
+        message.addElement(("urn:a", "a")).addElement(("urn:b", "b"), defaultUri="urn:a")
+        copy = readdress(message, "u@localhost", "room@conference.localhost")
+        self.assertEqual(serialize(copy), copy.toXml())

@@ -167,23 +167,46 @@ class OutputBatch:
     One stanza routed to a peer is one write, and on a TLS transport one
     record and a trip through the TLS library each; a read of several
     stanzas for the same peer (a busy conversation) then costs one.  Output
-    written outside a batch (timers, storage answers) goes out at once.
+    written outside a batch (timers, storage answers) goes out at once,
+    unless the peer's output still holds a batch's bytes (it then follows them).
+
+    With ``call_later`` (the reactor's, set by the server's service), the
+    batch lasts to the end of the reactor's iteration: the reads of one
+    wake-up (a room's talkers, each writing to every occupant) make one
+    write per peer.
     """
 
     def __init__(self):
         self.depth = 0
         self.outputs = []  # the BoundedOutputs holding bytes until the batch ends
+        self.call_later = None
+        self._flush_call = None
+
+    def until_iteration_end(self, call_later):
+        """Make batches last to the end of the reactor's iteration (``call_later``: the reactor's), or, with
+        None, end with their read again; what is held goes out now."""
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self.call_later = call_later
+        self.flush()
 
     def __enter__(self):
         self.depth += 1
 
     def __exit__(self, *failure):
         self.depth -= 1
-        if self.depth == 0:
-            while self.outputs:  # a flush may write to others (a stream error's answers)
-                outputs, self.outputs = self.outputs, []
-                for output in outputs:
-                    output.flush()
+        if self.depth == 0 and self.outputs:
+            if self.call_later is None:
+                self.flush()
+            elif self._flush_call is None:
+                self._flush_call = self.call_later(0, self.flush)
+
+    def flush(self):
+        self._flush_call = None
+        while self.outputs:  # a flush may write to others (a stream error's answers)
+            outputs, self.outputs = self.outputs, []
+            for output in outputs:
+                output.flush()
 
 
 # The one batch of the process: the reactor handles one read at a time.
@@ -234,7 +257,7 @@ class BoundedOutput:
             self.transport.unregisterProducer()
 
     def write(self, data):
-        if OUTPUT_BATCH.depth:
+        if OUTPUT_BATCH.depth or self._batched:
             if not self._batched:
                 OUTPUT_BATCH.outputs.append(self)
             self._batched.append(data)

@@ -643,6 +643,9 @@ class RemoteDomains:
     def start(self):
         """Start the idle check, and send again what a shutdown left waiting."""
         self._idle_check = self.clock.callLater(self.config.idle_timeout_seconds / 4, self._close_idle)
+        if self.server.cluster is not None:
+            # A peer verifies our dialback key on a connection that may reach any node of the cluster.
+            self.server.cluster.shared_secret("dialback", self._use_secret)
         storage = self.server.storage
         for domain in self._origins():
             kept = yield storage.items(domain, "", PENDING_STORE)
@@ -652,6 +655,9 @@ class RemoteDomains:
                 yield storage.remove(domain, "", PENDING_STORE, [item_id for item_id, _ in kept])
             for _, text in kept:
                 self.router.route(parse_element(text))
+
+    def _use_secret(self, secret):
+        self.secret = secret
 
     @defer.inlineCallbacks
     def stop(self):
@@ -685,13 +691,20 @@ class RemoteDomains:
             return False
         return not self.config.allowed_domains or domain in self.config.allowed_domains
 
-    def deliver(self, stanza):
+    def deliver(self, stanza, handed_over=False):
+        """Send ``stanza`` over the link to its domain.  In a cluster the link is one node's
+        (``Cluster.link_owner``): another node hands the stanza to it; ``handed_over``: it was."""
         sender, to = parse_jid(stanza.getAttribute("from")), parse_jid(stanza.getAttribute("to"))
         if sender is None or not self.router.is_local(sender.host):
             self.router.bounce(stanza, "not-allowed")
             return
         if not self.permitted(to.host):
             self.router.bounce(stanza, "remote-server-not-found", "federation with this domain is not allowed")
+            return
+        cluster = self.server.cluster
+        owner = cluster.link_owner(to.host) if cluster is not None and not handed_over else None
+        if owner is not None:
+            cluster.hand_over(owner, stanza, lambda again: self.deliver(again, handed_over=True))
             return
         key = (sender.host, to.host)
         link = self.links.get(key)

@@ -45,6 +45,7 @@ from bridge.gateways.muc.forms import (NS_REQUEST, FormError, RoomConfig, apply_
                                       register_form, registered_nick, room_info_form, voice_decision,
                                       voice_request_form)
 from bridge.gateways.muc.iqs import Forwarded, ForwardedIQs
+from bridge.gateways.muc.placement import RoomPlacement
 from bridge.gateways.muc.room import AFFILIATIONS, RANK, HistoryEntry, Occupant, Room
 
 log = Logger()
@@ -82,7 +83,10 @@ def attach(ctx, reactor, tls_context):
     """The service of ``ctx.config`` (the [muc] section), or None when it is off."""
     if not ctx.config.enabled:
         return None
-    return MUCService(ctx)
+    service = MUCService(ctx)
+    if ctx.cluster is not None:
+        RoomPlacement(ctx, service, ctx.cluster)
+    return service
 
 
 def _child(stanza, uri, name):
@@ -162,16 +166,32 @@ class MUCService:
     @defer.inlineCallbacks
     def _load(self, domain):
         for node in (yield self.rooms_store.users(domain)):
-            document = yield self.rooms_store.get(domain, node)
-            if not document:
-                continue
-            room = Room.from_document(domain, node, document, self.config.max_history_bytes_per_room)
-            for key, item in (yield self.history_store.items(domain, node)):
-                dropped = room.history.add(_stored_entry(item, key), self._history_length(room))
-                self._forget_entries(room, dropped)
-            self.rooms[domain][node] = room
-            self._list(room)
+            yield self.load_room(domain, node)
         log.info("MUC {domain}: {count} persistent rooms", domain=domain, count=len(self.rooms[domain]))
+
+    @defer.inlineCallbacks
+    def load_room(self, domain, node):
+        """Read one room and its history from storage, in place of what the service held of it (in a
+        cluster the stored room is the newest when a node takes it over: placement.py); None when no
+        room of that name is stored."""
+        document = yield self.rooms_store.get(domain, node)
+        history = (yield self.history_store.items(domain, node)) if document else ()
+        self.unload_room(domain, node)
+        if not document:
+            return None
+        room = Room.from_document(domain, node, document, self.config.max_history_bytes_per_room)
+        for key, item in history:
+            dropped = room.history.add(_stored_entry(item, key), self._history_length(room))
+            self._forget_entries(room, dropped)
+        self.rooms[domain][node] = room
+        self._list(room)
+        return room
+
+    def unload_room(self, domain, node):
+        """Forget what the service holds of a room, leaving storage alone (its node no longer hosts it)."""
+        held = self.rooms[domain].pop(node, None)
+        if held is not None:
+            self.ctx.remove_domain_item(domain, held.jid)
 
     def _loaded(self, _):
         waiting, self._waiting = self._waiting, None

@@ -39,6 +39,7 @@ from bridge.core.listening import listening_endpoint
 from bridge.core.server import looping_call
 from bridge.gateways.sip import transport as sip_transport
 from bridge.gateways.sip.addressing import AddressMap
+from bridge.gateways.sip.clustered import ClusteredRegistrations
 from bridge.gateways.sip.message import Limits, Response, make_response, parse_uri
 from bridge.gateways.sip.messaging import Messaging
 from bridge.gateways.sip.phones import Phones
@@ -100,8 +101,8 @@ class SIPGateway:
         self.transactions = TransactionLayer(self.clock, self, timers, self.sip.max_server_transactions,
                                              self.sip.max_server_transaction_bytes, self.policy.allowance,
                                              ctx.counters.sip_transactions)
-        self.registrar = Registrar(ctx, secret, changed=lambda host, user: self.phones.registered(host, user),
-                                   vouch=self.policy.vouch)
+        self.registrar = Registrar(ctx, secret, changed=self._registered, vouch=self.policy.vouch)
+        self.clustered = None  # ClusteredRegistrations, in a cluster ([cluster]) once started
         ctx.level("sip_registrations", "SIP contacts registered (bindings)", lambda: len(self.registrar.bindings))
         self.agent = f"bridge/{__version__}"
         self.udp_transports = []  # for requests the gateway sends out (add_transport)
@@ -150,12 +151,22 @@ class SIPGateway:
         return found
 
     def start(self):
+        if self.ctx.cluster is not None:
+            self.clustered = ClusteredRegistrations(self, self.ctx.cluster)
         self._pruning = looping_call(self.clock, PRUNE_INTERVAL_SECONDS, self._prune)
         return self.messaging.redeliver()
+
+    def _registered(self, host, user):
+        """A REGISTER changed the bindings of ``user@host``."""
+        self.phones.registered(host, user)
+        if self.clustered is not None:
+            self.clustered.changed(host, user)
 
     def _prune(self):
         self.registrar.bindings.prune()
         self.phones.prune()
+        if self.clustered is not None:
+            self.clustered.prune()
 
     def stop(self):
         if self._pruning is not None and self._pruning.running:

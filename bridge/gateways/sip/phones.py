@@ -17,7 +17,8 @@ core treats the phones as one more resource of the user:
 The session's presence carries priority -1, so messages to the bare JID go
 to the user's XMPP clients when some are available; when none is, the
 ``message/offline`` handler here offers the message to the phones before
-offline storage takes it (``deliver_offline``).  A phone that sends without
+offline storage takes it (``deliver_offline``; in a cluster, to the node
+that holds the phones' session, ``clustered.py``).  A phone that sends without
 being registered speaks through an unbound session of the same address.
 """
 
@@ -226,7 +227,7 @@ class Phones:
             return False
         host, user = event.host.name, event.to.user
         if not self.reachable(host, user):
-            return False
+            return self.hand_to_holder(host, user, stanza)
         held = event.hold()
 
         def outcome(delivered):
@@ -237,6 +238,15 @@ class Phones:
 
         if not self.send_message(host, user, stanza, outcome):
             held.resume()
+        return True
+
+    def hand_to_holder(self, host, user, stanza):
+        """In a cluster, the phones' session may be another node's (it holds their registrations): the
+        message goes to it, whose phones take it or bounce it (``PhoneLine``)."""
+        session = self.ctx.sessions.get(self.jid(host, user).full())
+        if session is None or session.local:
+            return False
+        session.send(stanza)
         return True
 
     def notify_failure(self, host, user, error):

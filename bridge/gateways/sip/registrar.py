@@ -19,7 +19,7 @@ Authentication (RFC 7616, RFC 2617, RFC 8760):
   wrong password stops instead of looping on challenges (RFC 3261 22.4
   lets a UAS answer 403 when it will not accept the credentials).
 
-Bindings live in memory (``Bindings``), several per address of record, each
+Bindings live in memory (``Bindings``; in a cluster also in Redis, ``clustered.py``), several per address of record, each
 with its own expiry, Call-ID and CSeq as section 10.3 step 7 requires.
 ``Contact: *`` with ``Expires: 0`` removes every binding; ``expires=0`` on
 a contact removes that one.  The 200 OK lists every current contact with
@@ -104,6 +104,10 @@ class Bindings:
         """Forget every expired binding (the gateway calls this periodically)."""
         for host, user in list(self._table):
             self.current(host, user)
+
+    def clear(self):
+        """Forget every binding (a node of a cluster that lost its lease, ``clustered.py``)."""
+        self._table.clear()
 
     def forget_transport(self, transport):
         """A stream closed: its bindings can no longer be reached through it."""
