@@ -14,6 +14,7 @@ from bridge.core.stanza import make
 from bridge.core.storage.cache import DocumentCache
 
 NS_ROSTER = "jabber:iq:roster"
+INTERESTED = "roster"  # the session mark of a resource that asked for the roster: it gets roster pushes
 STORE = "roster"
 
 
@@ -163,7 +164,7 @@ class Rosters:
         if item.hidden and not removed:
             return
         for session in self.sessions.resources(bare):
-            if session.interested:
+            if INTERESTED in session.marks:
                 push = make("iq", to=session.full, type="set", id=f"push{roster.version}")
                 query = push.addElement((NS_ROSTER, "query"))
                 query["ver"] = str(roster.version)
