@@ -181,7 +181,7 @@ class MetricsPage(resource.Resource):
             request.setResponseCode(500)
             request.finish()
 
-        self.collector.read_levels().addCallbacks(write, failed)
+        self.collector.read_levels().addCallback(write).addErrback(failed)  # a collector's failure too: 500
         return web_server.NOT_DONE_YET
 
 

@@ -180,6 +180,19 @@ class ClusterTests(MetricsTestCase):
         self.assertEqual((samples[("bridge_cluster_lease_held", ())], samples[("bridge_cluster_peers", ())]), (0, 0))
 
 
+class FailureTests(MetricsTestCase):
+    def test_failing_collector_answers_500(self):
+        """A scrape whose collection fails is answered 500 (and logged), not left without an answer."""
+        self.patch(self.site.resource.children[b"metrics"].collector, "collect", lambda: 1 / 0)
+        address = IPv4Address("TCP", "127.0.0.1", 40000)
+        protocol = self.site.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 500"), transport.value()[:40])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+
 class AccessTests(SynchronousTestCase):
     def site(self, **metrics):
         harness = Harness(configuration.parse({"metrics": metrics, "hosts": {"localhost": {}}}, "test.toml"))
