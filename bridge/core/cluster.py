@@ -329,6 +329,14 @@ class Cluster:
     def accepting(self):
         return self._member and self.lease.accepting()
 
+    def lease_held(self):
+        """Whether this node is a member and its lease runs (Redis may be away meanwhile)."""
+        return self._member and self.lease.held()
+
+    def peers(self):
+        """The other members whose sessions this node mirrors, by name."""
+        return sorted(self._peers)
+
     def incarnation(self):
         """This node's incarnation in Redis (new at every join), or None before the first."""
         return self.link.incarnation
