@@ -860,7 +860,9 @@ def _validate(message, problems):
         respondable = False
     for index, value in enumerate(vias):
         try:
-            parse_via(value)
+            via = parse_via(value)
+            if index == 0:
+                message._top_via = (value, via)  # what ``top_via`` would parse again
         except GrammarError as e:
             problems.add(400, f"Via: {e}")
             if index == 0:
