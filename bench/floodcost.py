@@ -94,7 +94,8 @@ class Replay:
         self.sources = sources
         self.client_hello = Flood._client_hello()
 
-    async def stream(self, port, sources, payload):
+    def stream(self, port, sources, payload):
+        """One connection from one of `sources` that sends `payload` and reads until the server cuts it."""
         a = self.args
 
         async def one(i):
@@ -108,26 +109,35 @@ class Replay:
                 writer.transport.abort()
         return one
 
+    async def prepare(self, kind, n):
+        """What `kind` needs before it is measured: for bosh-refuse, addresses at their cap."""
+        self.addresses = None
+        if kind == "bosh-refuse":
+            self.addresses = self.sources.take(max(1, n // 10))
+            await self.bosh_requests(self.addresses, self.args.bosh_per_address)
+
     async def run(self, kind, n):
+        """`n` events of `kind`."""
         a = self.args
         s = self.server
         if kind == "garbage":
-            one = await self.stream(s.port, self.sources.take(max(1, n // 10)),
+            one = self.stream(s.port, self.sources.take(max(1, n // 10)),
                                     lambda: os.urandom(4096))
             await bounded(n, a.concurrency, one)
         elif kind == "slowloris":
-            one = await self.stream(s.port, self.sources.take(max(1, n // 10)), STREAM_HEAD)
+            one = self.stream(s.port, self.sources.take(max(1, n // 10)), STREAM_HEAD)
             await bounded(n, n, one)
         elif kind == "half-open-tls":
-            one = await self.stream(s.direct_tls_port, self.sources.take(max(1, n // 10)),
+            one = self.stream(s.direct_tls_port, self.sources.take(max(1, n // 10)),
                                     self.client_hello[:-16])
             await bounded(n, n, one)
         elif kind == "bosh-create":  # up to the per-address cap from each address
             await self.bosh_requests(self.sources.take(max(1, n // a.bosh_per_address)),
                                      a.bosh_per_address)
+        elif kind == "bosh-refuse":  # from addresses at their cap (``prepare``)
+            await self.bosh_requests(self.addresses, n // len(self.addresses))
         elif kind in ("sip-invite", "sip-register"):
             await self.sip("INVITE" if kind == "sip-invite" else "REGISTER", n)
-        return n
 
     async def bosh_requests(self, addresses, each):
         a = self.args
@@ -154,15 +164,10 @@ class Replay:
         loop = asyncio.get_running_loop()
         flood = Flood.__new__(Flood)
         flood.args = argparse.Namespace(domain=a.domain)
-        answers = [0]
-
-        class Victim(asyncio.DatagramProtocol):
-            def datagram_received(self, data, addr):
-                answers[0] += 1
-
         endpoints = []
-        for source in self.sources.take(50):
-            transport, _ = await loop.create_datagram_endpoint(Victim, local_addr=(source, 0))
+        for source in self.sources.take(50):  # the answers go to them, unread
+            transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
+                                                               local_addr=(source, 0))
             endpoints.append(transport)
         interval = 1.0 / a.sip_rate
         t_next = time.monotonic()
@@ -178,7 +183,6 @@ class Replay:
         await asyncio.sleep(1.0)
         for t in endpoints:
             t.close()
-        self.sip_answers = answers[0]
 
 
 async def measure(args, server, replay, kind, n):
@@ -207,20 +211,9 @@ async def amain(args, servers):
         for kind in args.kinds:
             order = servers if (r + args.kinds.index(kind)) % 2 == 0 else servers[::-1]
             for s in order:
-                n = args.n.get(kind, args.events)
-                if kind == "bosh-refuse":
-                    # Fill the caps unmeasured, then measure only the refusals.
-                    replay = replays[s.name]
-                    addresses = replay.sources.take(max(1, n // 10))
-                    await replay.bosh_requests(addresses, args.bosh_per_address)
-                    await asyncio.sleep(args.settle)
-                    t0, c0 = time.monotonic(), cpu_seconds(s.pid)
-                    await replay.bosh_requests(addresses, n // len(addresses))
-                    await asyncio.sleep(args.settle)
-                    t1, c1 = time.monotonic(), cpu_seconds(s.pid)
-                    us = (c1 - c0 - s.idle_rate * (t1 - t0)) / n * 1e6
-                else:
-                    us = await measure(args, s, replays[s.name], kind, n)
+                await replays[s.name].prepare(kind, args.events)
+                await asyncio.sleep(args.settle)
+                us = await measure(args, s, replays[s.name], kind, args.events)
                 results[s.name][kind].append(us)
                 say("round %d %-14s %-9s %7.1f µs per event" % (r + 1, kind, s.name, us))
     return results
@@ -250,7 +243,6 @@ def main(argv=None):
     for k in args.kinds:
         if k not in KINDS:
             p.error("unknown kind %r" % k)
-    args.n = {}
     raise_nofile()
     tmp = tempfile.mkdtemp(prefix="bridge-floodcost-")
     trees = [("this", REPO)]
