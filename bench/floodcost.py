@@ -19,9 +19,11 @@ one refused past the per-address cap, a spoofed SIP INVITE and REGISTER.
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -231,6 +233,8 @@ def main(argv=None):
                    help="BOSH creations per address (bridge's default cap is 20)")
     p.add_argument("--pre-auth-timeout", type=float, default=1.0)
     p.add_argument("--settle", type=float, default=1.5, help="seconds to wait after each kind's events")
+    p.add_argument("--in-memory", action="store_true",
+                   help="bench/floodcost_memory.py instead: bridge's own code for SIP and BOSH, no sockets")
     p.add_argument("--profile", help="run this tree's bridge under cProfile, its stats written here")
     p.add_argument("--domain", default="localhost")
     p.add_argument("--password", default="benchpass")
@@ -248,6 +252,8 @@ def main(argv=None):
     trees = [("this", REPO)]
     if args.baseline:
         trees.insert(0, ("baseline", checkout(args.baseline, os.path.join(tmp, "baseline-tree"))))
+    if args.in_memory:
+        return in_memory(args, trees)
     servers = []
     try:
         for i, (name, source) in enumerate(trees):
@@ -272,13 +278,35 @@ def main(argv=None):
     finally:
         for s in servers:
             stop_quietly(s)
-    print("\nserver CPU µs per event, median of %d rounds (the machine may be shared)" % args.rounds)
-    names = [s.name for s in servers]
-    print("%-14s %s" % ("kind", " ".join("%10s" % n for n in names)))
-    for kind in args.kinds:
-        print("%-14s %s" % (kind, " ".join("%10.1f" % statistics.median(results[n][kind])
-                                           for n in names)))
+    print_medians(args, results, [s.name for s in servers], args.kinds)
     return 0
+
+
+def in_memory(args, trees):
+    """bench/floodcost_memory.py once per tree and round, the trees in turn."""
+    script = os.path.join(REPO, "bench", "floodcost_memory.py")
+    results = {}
+    for r in range(args.rounds):
+        for name, source in (trees if r % 2 == 0 else trees[::-1]):
+            env = dict(os.environ, PYTHONPATH=source)
+            out = subprocess.run([sys.executable, script, "--events", str(args.events)], env=env, cwd=source,
+                                 capture_output=True, text=True, timeout=600)
+            if out.returncode:
+                say("%s: %s" % (name, out.stderr[-2000:]))
+                return 1
+            figures = json.loads(out.stdout.strip().splitlines()[-1])
+            say("round %d %-9s %s" % (r + 1, name, figures))
+            for kind, us in figures.items():
+                results.setdefault(name, {}).setdefault(kind, []).append(us)
+    print_medians(args, results, [name for name, _ in trees], list(results[trees[0][0]]))
+    return 0
+
+
+def print_medians(args, results, names, kinds):
+    print("\nserver CPU µs per event, median of %d rounds (the machine may be shared)" % args.rounds)
+    print("%-15s %s" % ("kind", " ".join("%10s" % n for n in names)))
+    for kind in kinds:
+        print("%-15s %s" % (kind, " ".join("%10.1f" % statistics.median(results[n][kind]) for n in names)))
 
 
 if __name__ == "__main__":
