@@ -22,6 +22,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -253,7 +254,10 @@ def main(argv=None):
     if args.baseline:
         trees.insert(0, ("baseline", checkout(args.baseline, os.path.join(tmp, "baseline-tree"))))
     if args.in_memory:
-        return in_memory(args, trees)
+        try:
+            return in_memory(args, trees)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     servers = []
     try:
         for i, (name, source) in enumerate(trees):
@@ -278,6 +282,7 @@ def main(argv=None):
     finally:
         for s in servers:
             stop_quietly(s)
+        shutil.rmtree(tmp, ignore_errors=True)
     print_medians(args, results, [s.name for s in servers], args.kinds)
     return 0
 
