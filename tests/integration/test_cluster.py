@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from .conftest import RUNNING, accounts_for
-from .harness import (NS_BIND, NS_CLIENT, NS_STANZAS, REDIS_SERVER, TIMEOUT, Clients, RawClient, RedisProcess,
+from .harness import (wait_for_members, NS_BIND, NS_CLIENT, NS_STANZAS, REDIS_SERVER, TIMEOUT, Clients, RawClient, RedisProcess,
                       befriend, child, error_condition, next_item, start_nodes)
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed (Debian package "
@@ -26,10 +26,7 @@ def started_cluster(directory, count=2, **options):
     try:
         nodes = start_nodes(directory, redis_server, count, ACCOUNTS, lease_seconds=LEASE_SECONDS, **options)
         RUNNING.extend(nodes)
-        for index, node in enumerate(nodes):
-            for other in (f"node{number}" for number in range(1, count + 1) if number != index + 1):
-                node.wait_for_line(lambda line: f"cluster: node {other} is a member" in line, 30,
-                                   what=f"{other} seen by node{index + 1}")
+        wait_for_members(nodes)
         yield redis_server, nodes
     finally:
         for node in nodes:

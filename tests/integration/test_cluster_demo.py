@@ -18,7 +18,7 @@ import time
 import pytest
 
 from .conftest import RUNNING, accounts_for
-from .harness import (REDIS_SERVER, TIMEOUT, Clients, RedisProcess, ServerProcess, add_users, barrier, befriend,
+from .harness import (wait_for_members, REDIS_SERVER, TIMEOUT, Clients, RedisProcess, ServerProcess, add_users, barrier, befriend,
                       child, cluster_table, next_item, start_mux, write_config)
 from .postgresql import PostgreSQLServer, skip_reason
 from .test_cluster import seen_by
@@ -61,10 +61,7 @@ def start_pool(directory, redis_server, database, secret, count=3):
             nodes.append(node)
             RUNNING.append(node)
             node.start(wait_for=("c2s", "mux"))
-        for index, node in enumerate(nodes):
-            for other in (f"node{number}" for number in range(1, count + 1) if number != index + 1):
-                node.wait_for_line(lambda line: f"cluster: node {other} is a member" in line, 30,
-                                   what=f"{other} seen by node{index + 1}")
+        wait_for_members(nodes)
     except BaseException:
         stop_all(nodes)
         raise

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from .conftest import RUNNING, accounts_for
-from .harness import (REDIS_SERVER, SIP_OFF, TIMEOUT, Clients, RedisProcess, ServerProcess, add_users,
+from .harness import (wait_for_members, REDIS_SERVER, SIP_OFF, TIMEOUT, Clients, RedisProcess, ServerProcess, add_users,
                       cluster_table, next_item, server_env, write_config)
 from .postgresql import PostgreSQLServer, skip_reason
 
@@ -54,10 +54,7 @@ def nodes_on_postgresql(tmp_path):
             nodes.append(ServerProcess(path, ACCOUNTS))
             RUNNING.append(nodes[-1])
             nodes[-1].start(wait_for=("c2s", "c2s-direct-tls"))
-        for index, node in enumerate(nodes):
-            for other in (f"node{number}" for number in (1, 2, 3) if number != index + 1):
-                node.wait_for_line(lambda line: f"cluster: node {other} is a member" in line, 30,
-                                   what=f"{other} seen by node{index + 1}")
+        wait_for_members(nodes)
         yield database, nodes
     finally:
         for node in nodes:

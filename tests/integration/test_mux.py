@@ -15,7 +15,7 @@ from tests.pki import CertificateAuthority
 
 from . import test_bosh
 from .conftest import RUNNING, accounts_for
-from .harness import (REDIS_SERVER, Clients, RawClient, RedisProcess, child, next_item, parse_stream_document,
+from .harness import (wait_for_members, REDIS_SERVER, Clients, RawClient, RedisProcess, child, next_item, parse_stream_document,
                       start_mux, start_nodes, stream_error_conditions, stream_header)
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed (Debian package "
@@ -50,10 +50,7 @@ def mux_and_nodes(tmp_path):
                                    f'secret_file = "{secret}"\n', wait_for=("c2s", "mux-tls"))
         processes.extend(nodes)
         RUNNING.extend(nodes)
-        for index, node in enumerate(nodes):
-            other = f"node{2 - index}"
-            node.wait_for_line(lambda line: f"cluster: node {other} is a member" in line, 30,
-                               what=f"{other} seen by node{index + 1}")
+        wait_for_members(nodes)
         mux = start_mux(directory, nodes, "mux-tls", secret, ACCOUNTS,
                         options='direct_tls_endpoints = ["tcp:0:interface=127.0.0.1"]\n'
                                 'https_endpoints = ["tcp:0:interface=127.0.0.1"]\n'
