@@ -34,6 +34,7 @@ from bridge.core.router import RoutingTable
 from bridge.core.sasl import Decoys
 from bridge.core.sessions import SessionTable
 from bridge.core.stanza import make, parse_jid
+from bridge.core.storage.cache import DocumentCaches
 from bridge.core.triage import Triage
 from bridge.core.xmlstream import Dormancy
 
@@ -77,12 +78,13 @@ class Server:
         # XEP-0198 resumption id -> Session, while it may be resumed.
         self.resumable_sessions = {}
         self.cluster = None  # bridge.core.cluster.Cluster, when [cluster] makes this process one node of several
+        self.document_caches = DocumentCaches()  # what the cluster shares with the other nodes
         self.accounts = Accounts(storage, sip_digest_algorithms(config), directories)
         # What SASL answers for names without an account, stable across restarts.
         self.secret = secret or os.urandom(32)
         self.decoys = Decoys(self.secret)
         self.rosters = Rosters(storage, self.sessions, self.router,
-                               config.quotas.max_roster_items_per_user)
+                               config.quotas.max_roster_items_per_user, self.document_caches)
         self.hosts = {}  # the local hosts (accounts), by name
         # Domains refused federation by an administrator at run time (XEP-0133), beside [s2s] denied_domains.
         self.blocked_domains = frozenset()
@@ -222,6 +224,7 @@ class FeatureContext:
         self.router = server.router
         self.sessions = server.sessions
         self.storage = server.storage
+        self.document_caches = server.document_caches
         self.accounts = server.accounts
         self.rosters = server.rosters
         self.clock = TrackedClock(server.clock)  # its timers end with the feature
@@ -354,6 +357,7 @@ class GatewayContext:
         self.triage = server.triage
         self.counters = server.counters  # the server's ``Counters``, where a gateway counts its events
         self.storage = server.storage
+        self.document_caches = server.document_caches
         self.accounts = server.accounts
         self.rosters = server.rosters
         self.sessions = server.sessions
