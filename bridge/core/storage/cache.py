@@ -210,32 +210,33 @@ class KeyedLock:
 
     def _run_from(self, key, step):
         while step is not None:
-            function, args = step[:2]
+            function, args, _, _ = step
             outcome = []
             d = defer.maybeDeferred(function, *args)
             d.addBoth(outcome.append)
             if not outcome:  # it waits: the queue goes on when it ends
                 d.addCallback(lambda _, step=step, outcome=outcome:
-                              self._run_from(key, self._after(key, step, outcome[0])))
+                              self._run_from(key, self._settle(key, step, outcome[0])))
                 return
-            step = self._after(key, step, outcome[0])
+            step = self._settle(key, step, outcome[0])
 
-    def _after(self, key, step, outcome):
-        """The step to run next: the same one again when it met a document another node changed (in a
-        cluster), else the next of ``key`` (its outcome given to its caller), or None."""
+    def _settle(self, key, step, outcome):
+        """The same step again when it met a document another node changed (in a cluster); else give its
+        outcome to its caller: the next step of ``key``, or None (the key is free)."""
         function, args, result, tries = step
-        if isinstance(outcome, Failure) and outcome.check(StaleDocument) and tries < STALE_RETRIES:
-            return function, args, result, tries + 1
-        return self._settle(key, result, outcome)
-
-    def _settle(self, key, result, outcome):
-        """Give a finished step's outcome to its caller; the next step of ``key``, or None (the key is free)."""
-        queue = self._waiting[key]
-        step = queue.popleft() if queue else None
-        if step is None:
-            del self._waiting[key]
         if isinstance(outcome, Failure):
+            if outcome.check(StaleDocument) and tries < STALE_RETRIES:
+                return function, args, result, tries + 1
+            step = self._next(key)
             result.errback(outcome)
         else:
+            step = self._next(key)
             result.callback(outcome)
         return step
+
+    def _next(self, key):
+        queue = self._waiting[key]
+        if queue:
+            return queue.popleft()
+        del self._waiting[key]
+        return None
