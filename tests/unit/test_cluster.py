@@ -38,6 +38,7 @@ class FakeLink:
         self.published = []
         self.sent = []
         self.removed = []
+        self.broadcasts = []  # what was sent to every other member (documents changed here)
 
     def _answer(self, value):
         return defer.succeed(value) if self.reachable else defer.fail(ConnectionError("Redis away"))
@@ -74,6 +75,11 @@ class FakeLink:
     def send(self, node, fields):
         self.sent.append((node, fields))
         return self._answer("1-0")
+
+    def broadcast(self, fields):
+        if self.reachable:
+            self.broadcasts.append(fields)
+        return self._answer(1)
 
 
 def stream_error(elements):

@@ -150,6 +150,13 @@ class SharedDocumentTests(SynchronousTestCase):
         self.assertEqual(self.stored(), {"new": True})
         self.failureResultOf(self.one.save("h", "u", {"again": True}, read=read), StaleDocument)
 
+    def test_an_account_deleted_is_told(self):
+        """Forgetting the documents of a deleted account (after storage deleted them) is told like a change."""
+        self.done(self.two.load("h", "u"))
+        self.one.forget("h", "u")
+        self.assertEqual(self.cluster1.changed, [("doc", "h", "u")])
+        self.assertIsNone(self.two.cached("h", "u"))
+
     def test_joining_again_forgets_every_copy(self):
         self.done(self.one.load("h", "u"))
         self.done(self.one.load("h", "v"))
@@ -184,19 +191,6 @@ class EnvelopeTests(SynchronousTestCase):
                                   Envelope("document", "node2", jid, body).fields(), MAX_BYTES)
 
 
-class BroadcastingLink(FakeLink):
-    def __init__(self):
-        super().__init__()
-        self.broadcasts = []
-        self.broadcast_fails = False
-
-    def broadcast(self, fields):
-        if self.broadcast_fails:
-            return defer.fail(ConnectionError("Redis away"))
-        self.broadcasts.append(fields)
-        return self._answer(1)
-
-
 class ClusterDocumentTests(SynchronousTestCase):
     """node1 of a cluster on a fake link, with every feature loaded: its rosters are shared."""
 
@@ -204,7 +198,7 @@ class ClusterDocumentTests(SynchronousTestCase):
         self.harness = Harness()
         self.server = self.harness.server
         self.harness.add_user("alice@localhost")
-        self.link = BroadcastingLink()
+        self.link = FakeLink()
         section = configuration.ClusterConfig(enabled=True, node_name="node1", lease_seconds=9)
         self.cluster = Cluster(self.server, self.link, self.harness.clock, section)
         self.server.cluster = self.cluster
@@ -225,10 +219,10 @@ class ClusterDocumentTests(SynchronousTestCase):
         self.assertIn("bob@localhost", self.roster_items())
 
     def test_a_change_not_told_is_told_at_the_next_round(self):
-        self.link.broadcast_fails = True
+        self.link.reachable = False
         self.cluster.document_changed("roster", "localhost", "alice")
         self.assertEqual(self.link.broadcasts, [])
-        self.link.broadcast_fails = False
+        self.link.reachable = True
         self.harness.clock.advance(3)
         self.assertEqual([fields["jid"] for fields in self.link.broadcasts], ["alice@localhost"])
 

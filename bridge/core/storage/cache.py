@@ -59,7 +59,7 @@ class DocumentCaches:
         """Another node changed this document: the next use reads it again."""
         for cache in self._by_store.get(store, ()):
             copy_forgotten = cache.cached(host, user)
-            cache.forget(host, user)
+            cache.drop(host, user)
             if cache.changed_elsewhere is not None:
                 cache.changed_elsewhere(host, user, copy_forgotten)
 
@@ -165,12 +165,18 @@ class DocumentCache:
     def _not_replaced(self, failure, key, document):
         """What storage holds is not known (any more): the copy goes."""
         if self._documents.get(key) is document:
-            self.forget(*key)
+            self.drop(*key)
         return failure
 
     def forget(self, host, user):
-        """Drop a document from memory (its account was deleted, or another node changed it); a read under
-        way is answered but not kept."""
+        """Drop a document from memory: its account was deleted from storage (in a cluster the other nodes
+        are told, as of a change)."""
+        self.drop(host, user)
+        if self.cluster is not None:
+            self.cluster.document_changed(self.store, host, user)
+
+    def drop(self, host, user):
+        """Drop this node's copy of a document; a read under way is answered but not kept."""
         key = (host, user)
         self._documents.pop(key, None)
         self._stored.pop(key, None)
