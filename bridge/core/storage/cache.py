@@ -49,11 +49,12 @@ class DocumentCaches:
 
     def share(self, cluster):
         """From now on every save is checked against storage and told to the other nodes through
-        ``cluster.document_changed(store, host, user)``."""
+        ``cluster.document_changed(store, host, user)`` (the copies read before are read again)."""
         self.cluster = cluster
         for caches in self._by_store.values():
             for cache in caches:
                 cache.cluster = cluster
+        self.forget_all()
 
     def forget(self, store, host, user):
         """Another node changed this document: the next use reads it again."""
@@ -147,11 +148,12 @@ class DocumentCache:
         return self.storage.set(host, user, self.store, self.encode(document))
 
     def _save_shared(self, key, document, read):
-        if self._documents.get(key, _ABSENT) is not read:
+        expected = self._stored.get(key, _ABSENT)
+        if expected is _ABSENT or self._documents.get(key, _ABSENT) is not read:
             return defer.fail(StaleDocument(f"{self.store} of {key[1]}@{key[0]}: read again since"))
         self._keep(key, document)
         value = copy.deepcopy(self.encode(document))
-        expected, self._stored[key] = self._stored[key], value  # a save that follows expects this one's
+        self._stored[key] = value  # a save that follows expects this one's
         d = self.storage.replace(key[0], key[1], self.store, expected, value)
         d.addCallbacks(self._replaced, self._not_replaced, (key, document), None, (key, document))
         return d
