@@ -1,32 +1,35 @@
-"""bench/cluster_bench.py: the messages load of bench/load.py on one node and on three (issue 16, docs/scaling.md).
+"""bench/cluster_bench.py: the messages load of bench/load.py on one node, two and three (issue 16, docs/scaling.md).
 
 Run from the repository's root (loopback only; needs redis-server, PostgreSQL and psycopg, as the
 integration tests do):
 
     .venv/bin/python -m bench.cluster_bench [--quick] [--output FILE]
 
-In one run, each on fresh processes:
+In one run, each on fresh processes, every load made by the same six loader processes at once (a sixth of
+the pairs each, loader i's senders on node i mod N), so that the rows compare:
 
 1. **sqlite**: one node on SQLite, every pair on it.
 2. **postgresql**: one node on PostgreSQL, every pair on it.
-3. Three nodes on that PostgreSQL and one Redis (``[cluster]``), three loaders at once, each with a third
-   of the pairs, its senders on node i:
-   * **same**: the receivers on the senders' node;
-   * **cross**: the receivers on the next node, so that every message crosses nodes through Redis;
-   * **mixed**: two loaders cross and one stays, as users spread evenly over three nodes are (two pairs
-     in three cross).
+3. Two nodes on that PostgreSQL and one Redis (``[cluster]``), then a third node joining them; with N
+   nodes:
+   * **sameN**: the receivers on the senders' node;
+   * **crossN**: the receivers on the next node, so that every message crosses nodes through Redis;
+   * **mixedN**: (N - 1) / N of the loaders cross and the others stay, as users spread evenly over N
+     nodes are (half the pairs cross with two nodes, two in three with three).
 4. **recovery**: a multiplexor in front of the three nodes; --recovery-users sessions, half through the
    multiplexor and half directly, spread over the nodes; node3 is killed with SIGKILL, and its users log
    in again at once (through the multiplexor, or directly to node1).  Measured: from the kill until all
    of them are back, and until both survivors have dropped node3's sessions (lease expiry,
    --lease-seconds).
 
-Figures: delivered messages/s, p50 and p99 latency (the worst loader's), server CPU per message summed over
-the nodes (each loader reports its senders' node during its measured window; the loaders run at once, so
-every node is counted once), the busiest loader's CPU share (near 1.0: the figure is the loader's),
-Redis's CPU per message (over the loaders' whole run, logins included), and
-the cross-node penalty (cross minus same, CPU and latency).  The message archive is off, as in the other
-benches.  Results go to --output as JSON.
+Figures: delivered messages/s, p50 and p99 latency (the worst loader's), each node's CPU in cores (each
+loader reads its senders' node over its measured window; a node's figure is the mean of its loaders'), the
+server CPU per message (those cores summed over the nodes, divided by the messages delivered per second),
+the busiest loader's CPU share (near 1.0: the rate is the loader's), Redis's CPU per message (over the
+loaders' whole run, logins included), the cross-node penalty (cross minus same, CPU and latency) and the
+capacity model's check: the mixed run's CPU per message against ``c_same + f x delta``, f the share of its
+messages that crossed.  The message archive is off, as in the other benches.  Results go to --output as
+JSON.
 """
 
 import argparse
@@ -41,7 +44,8 @@ import time
 
 from bench.servers import REPO, BenchError, BridgeServer, Server, say, stop_quietly
 
-PHASES = ("sqlite", "postgresql", "same", "cross", "mixed", "recovery")
+LOADERS = 6  # loader processes in every run, so that rows compare: a multiple of 1, 2 and 3, each node as many
+LAYOUTS = ("same", "cross", "mixed")
 
 
 class MuxServer(Server):
@@ -69,6 +73,14 @@ def cpu_seconds(pid):
     with open("/proc/%d/stat" % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def plan(nodes, layout, per_loader):
+    """The loaders of a layout over ``nodes``: (senders' node, receivers' node, account offset, pairs) each."""
+    count = len(nodes)
+    crossing = {"same": 0, "cross": LOADERS, "mixed": round(LOADERS * (count - 1) / count)}[layout]
+    return [(nodes[i % count], nodes[(i % count + (1 if i < crossing else 0)) % count], 2 * per_loader * i,
+             per_loader) for i in range(LOADERS)]
 
 
 def run_loaders(args, loaders, redis_pid=None):
@@ -99,13 +111,21 @@ def run_loaders(args, loaders, redis_pid=None):
     return results, redis_cpu
 
 
-def summary(results, redis_cpu=None):
-    delivered = sum(r["delivered"] for r in results)
-    cpu = sum(r["server_cpu_s"] for r in results)
-    out = {"messages_per_s": round(sum(r["messages_per_s"] for r in results), 1),
+def summary(loaders, results, redis_cpu=None):
+    """The figures of one run: ``results`` are those of ``loaders`` (``plan``), in order."""
+    shares = {}  # node name -> its CPU in cores, as each of its senders' loaders saw it
+    for (sender_node, _, _, _), r in zip(loaders, results):
+        shares.setdefault(sender_node.name, []).append(r["server_cpu_s"] / r["duration_s"])
+    receivers = {receiver_node.name for _, receiver_node, _, _ in loaders}
+    if not receivers <= set(shares):
+        raise BenchError("a node receives and no loader reads its CPU: %s" % sorted(receivers - set(shares)))
+    cores = {name: sum(values) / len(values) for name, values in sorted(shares.items())}
+    rate = sum(r["messages_per_s"] for r in results)
+    out = {"messages_per_s": round(rate, 1),
            "latency_p50_ms": max(r["latency_p50_ms"] for r in results),
            "latency_p99_ms": max(r["latency_p99_ms"] for r in results),
-           "server_cpu_us_per_message": round(1e6 * cpu / delivered, 1) if delivered else None,
+           "node_cpu_cores": {name: round(value, 3) for name, value in cores.items()},
+           "server_cpu_us_per_message": round(1e6 * sum(cores.values()) / rate, 1) if rate else None,
            "lost": sum(r["lost"] for r in results),
            "loader_cpu_fraction": max(r["loader_cpu_fraction"] for r in results)}
     if redis_cpu is not None:
@@ -205,8 +225,9 @@ def run(args):
     if REDIS_SERVER is None or skip_reason():
         raise BenchError("needs redis-server and PostgreSQL: %s" % (skip_reason() or "redis-server is missing"))
     workdir = tempfile.mkdtemp(prefix="bridge-cluster-bench-")
-    third = args.pairs // 3
-    accounts = 2 * third * 3 + args.recovery_users
+    per_loader = args.pairs // LOADERS
+    pairs = per_loader * LOADERS
+    accounts = 2 * pairs + args.recovery_users
     results = {"meta": {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "loadavg_at_start": os.getloadavg(),
                         "params": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}}}
     started = []
@@ -221,9 +242,10 @@ def run(args):
     try:
         say("sqlite: one node")
         single = node(args, workdir, "sqlite", {})
-        single.prepare(2 * third * 3)
+        single.prepare(2 * pairs)
         start(single)
-        results["sqlite"] = summary(run_loaders(args, [(single, single, 0, third * 3)])[0])
+        loaders = plan([single], "same", per_loader)
+        results["sqlite"] = summary(loaders, run_loaders(args, loaders)[0])
         stop_quietly(single)
         say("sqlite: %s" % results["sqlite"])
 
@@ -235,7 +257,8 @@ def run(args):
         migrate(single)
         single.create_accounts(accounts)
         start(single)
-        results["postgresql"] = summary(run_loaders(args, [(single, single, 0, third * 3)])[0])
+        loaders = plan([single], "same", per_loader)
+        results["postgresql"] = summary(loaders, run_loaders(args, loaders)[0])
         stop_quietly(single)
         say("postgresql: %s" % results["postgresql"])
 
@@ -255,24 +278,18 @@ def run(args):
             nodes.append(node(args, workdir, "node%d" % number, tables, extra_port=mux_port))
             nodes[-1].prepare(0)
             start(nodes[-1])
-        plans = {"same": [(nodes[i], nodes[i], 2 * third * i, third) for i in range(3)],
-                 "cross": [(nodes[i], nodes[(i + 1) % 3], 2 * third * i, third) for i in range(3)]}
-        plans["mixed"] = plans["cross"][:2] + plans["same"][2:]
-        for phase in ("same", "cross", "mixed"):
-            say("three nodes: %s" % phase)
-            loaders, redis_cpu = run_loaders(args, plans[phase], redis_server.process.pid)
-            results[phase] = summary(loaders, redis_cpu)
-            if phase == "mixed":
-                results[phase]["cross_pairs_p99_ms"] = max(r["latency_p99_ms"] for r in loaders[:2])
-                results[phase]["same_pairs_p99_ms"] = loaders[2]["latency_p99_ms"]
-            say("three nodes: %s: %s" % (phase, results[phase]))
-        results["cross_node_penalty"] = {
-            "cpu_us_per_message": round(results["cross"]["server_cpu_us_per_message"]
-                                        - results["same"]["server_cpu_us_per_message"], 1),
-            "redis_cpu_us_per_message": round(results["cross"]["redis_cpu_us_per_message"]
-                                              - results["same"]["redis_cpu_us_per_message"], 1),
-            "latency_p50_ms": round(results["cross"]["latency_p50_ms"] - results["same"]["latency_p50_ms"], 3),
-            "latency_p99_ms": round(results["cross"]["latency_p99_ms"] - results["same"]["latency_p99_ms"], 3)}
+            if number == 1:
+                continue
+            for layout in LAYOUTS:
+                phase = "%s%d" % (layout, number)
+                say("%d nodes: %s" % (number, layout))
+                loaders = plan(nodes, layout, per_loader)
+                loaded, redis_cpu = run_loaders(args, loaders, redis_server.process.pid)
+                results[phase] = summary(loaders, loaded, redis_cpu)
+                if layout == "mixed":
+                    results[phase].update(mixed_figures(loaders, loaded))
+                say("%d nodes: %s: %s" % (number, layout, results[phase]))
+            results["cross_node_penalty_%d" % number] = penalty(results, number)
 
         say("recovery")
         certificate, key = self_signed(workdir, ["localhost"], file_name="mux")
@@ -281,7 +298,7 @@ def run(args):
         start(mux)
         while len(logged(mux, r"mux: link to node \S+ up \(2 links\)")) < 3:
             time.sleep(0.05)
-        results["recovery"] = asyncio.run(recovery(args, nodes, mux, 2 * third * 3))
+        results["recovery"] = asyncio.run(recovery(args, nodes, mux, 2 * pairs))
         say("recovery: %s" % results["recovery"])
     finally:
         for server in reversed(started):
@@ -298,24 +315,55 @@ def run(args):
     return 0
 
 
+def mixed_figures(loaders, results):
+    """What a mixed run shows of its crossing and staying pairs apart.  The crossing pairs are slower (each
+    keeps --window in flight), so fewer than (N - 1) / N of the messages cross: the share that did."""
+    crossing = [r for (sender, receiver, _, _), r in zip(loaders, results) if sender is not receiver]
+    staying = [r for (sender, receiver, _, _), r in zip(loaders, results) if sender is receiver]
+    return {"cross_pairs_p99_ms": max(r["latency_p99_ms"] for r in crossing),
+            "same_pairs_p99_ms": max(r["latency_p99_ms"] for r in staying),
+            "crossing_message_fraction": round(sum(r["messages_per_s"] for r in crossing)
+                                               / sum(r["messages_per_s"] for r in results), 3)}
+
+
+def penalty(results, count):
+    """Cross minus same with ``count`` nodes, and the capacity model's check: the mixed run's CPU per message
+    against c_same + f x delta (docs/scaling.md, "The model"), f being the share of its messages that crossed
+    (the model's f = (count - 1) / count is the share of the pairs)."""
+    same, cross, mixed = (results["%s%d" % (layout, count)] for layout in LAYOUTS)
+    delta = cross["server_cpu_us_per_message"] - same["server_cpu_us_per_message"]
+    f = mixed["crossing_message_fraction"]
+    return {"cpu_us_per_message": round(delta, 1),
+            "redis_cpu_us_per_message": round(cross["redis_cpu_us_per_message"] - same["redis_cpu_us_per_message"], 1),
+            "latency_p50_ms": round(cross["latency_p50_ms"] - same["latency_p50_ms"], 3),
+            "latency_p99_ms": round(cross["latency_p99_ms"] - same["latency_p99_ms"], 3),
+            "model_mixed_cpu_us_per_message": round(same["server_cpu_us_per_message"] + f * delta, 1),
+            "measured_mixed_cpu_us_per_message": mixed["server_cpu_us_per_message"]}
+
+
 def print_table(results):
-    print("\n%-34s %10s %9s %9s %12s %12s %7s" % ("", "msgs/s", "p50 ms", "p99 ms", "CPU us/msg", "Redis us/msg",
-                                                 "loader"))
-    labels = {"sqlite": "1 node, SQLite", "postgresql": "1 node, PostgreSQL",
-              "same": "3 nodes, every pair on one node", "cross": "3 nodes, every pair across nodes",
-              "mixed": "3 nodes, 2 pairs in 3 across"}
+    row = "%-34s %10s %9s %9s %12s %18s %12s %7s"
+    print("\n" + row % ("", "msgs/s", "p50 ms", "p99 ms", "CPU us/msg", "node CPU (cores)", "Redis us/msg",
+                        "loader"))
+    labels = {"sqlite": "1 node, SQLite", "postgresql": "1 node, PostgreSQL"}
+    for count, mixed in ((2, "half the pairs across"), (3, "2 pairs in 3 across")):
+        labels.update({"same%d" % count: "%d nodes, every pair on one node" % count,
+                       "cross%d" % count: "%d nodes, every pair across nodes" % count,
+                       "mixed%d" % count: "%d nodes, %s" % (count, mixed)})
     for phase, label in labels.items():
         r = results.get(phase)
         if r:
-            print("%-34s %10s %9s %9s %12s %12s %7s" % (label, r["messages_per_s"], r["latency_p50_ms"],
-                                                       r["latency_p99_ms"], r["server_cpu_us_per_message"],
-                                                       r.get("redis_cpu_us_per_message", "-"),
-                                                       r["loader_cpu_fraction"]))
-    if "mixed" in results:
-        print("mixed: p99 of the cross-node pairs %s ms, of the same-node pairs %s ms"
-              % (results["mixed"]["cross_pairs_p99_ms"], results["mixed"]["same_pairs_p99_ms"]))
-    if "cross_node_penalty" in results:
-        print("cross-node penalty per message: %s" % results["cross_node_penalty"])
+            print(row % (label, r["messages_per_s"], r["latency_p50_ms"], r["latency_p99_ms"],
+                         r["server_cpu_us_per_message"], " ".join("%.2f" % v for v in r["node_cpu_cores"].values()),
+                         r.get("redis_cpu_us_per_message", "-"), r["loader_cpu_fraction"]))
+    for count in (2, 3):
+        mixed = results.get("mixed%d" % count)
+        if mixed:
+            print("mixed, %d nodes: %.0f%% of the messages crossed; p99 of the cross-node pairs %s ms, of the "
+                  "same-node pairs %s ms" % (count, 100 * mixed["crossing_message_fraction"],
+                                            mixed["cross_pairs_p99_ms"], mixed["same_pairs_p99_ms"]))
+        if "cross_node_penalty_%d" % count in results:
+            print("cross-node penalty per message, %d nodes: %s" % (count, results["cross_node_penalty_%d" % count]))
     if "recovery" in results:
         print("recovery of a killed node: %s" % results["recovery"])
     meta = results["meta"]
@@ -326,13 +374,14 @@ def print_table(results):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--pairs", type=int, default=48, help="message pairs, a third per loader (default %(default)s)")
+    p.add_argument("--pairs", type=int, default=48,
+                   help="message pairs, a sixth per loader, a multiple of %d (default %%(default)s)" % LOADERS)
     p.add_argument("--window", type=int, default=20, help="messages in flight per pair (default %(default)s)")
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--recovery-users", type=int, default=60)
     p.add_argument("--lease-seconds", type=float, default=2.0, help="[cluster] lease_seconds (default %(default)s)")
-    p.add_argument("--quick", action="store_true", help="12 pairs, 3 s, 12 recovery users: about 2 minutes")
+    p.add_argument("--quick", action="store_true", help="12 pairs, 3 s, 12 recovery users: about 2.5 minutes")
     p.add_argument("--domain", default="localhost")
     p.add_argument("--user-pattern", default="bench{}")
     p.add_argument("--password", default="benchpass")
@@ -343,8 +392,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.pairs, args.duration, args.warmup, args.recovery_users = 12, 3.0, 1.0, 12
-    if args.pairs < 3:
-        p.error("--pairs must be at least 3 (a third per loader)")
+    if args.pairs < LOADERS or args.pairs % LOADERS:
+        p.error("--pairs must be a multiple of %d (a sixth per loader)" % LOADERS)
     try:
         return run(args)
     except BenchError as exc:

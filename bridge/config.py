@@ -565,6 +565,7 @@ class ClusterConfig:
     password_file: str = _option("", path=True)
     lease_seconds: float = _option(10.0, low=1, high=300)
     stream_max_entries: int = _option(100000, low=100, high=100000000)
+    queue_poll_seconds: float = _option(1.0, low=0.05, high=60)
 
     def read_password(self):
         return read_first_line(self.password_file) if self.password_file else ""

@@ -31,6 +31,7 @@ from bridge.core.notifications import POLICIES, NotificationPreferences
 from bridge.core.storage import ArchiveQuery, open_storage
 from bridge.core.mam_query import QueryError, parse_stamp, stamp
 from bridge.core.xmlstream import serialize
+from bridge.gateways.sms.queue import STORE as SMS_QUEUE_STORE
 from bridge.gateways.sms.verification import Verification
 
 
@@ -159,6 +160,10 @@ def _show(command, args, answer, out):
         for host, kinds in sorted(answer["sessions"].items()):
             print(f"  {host}: " + ", ".join(f"{kind} {count}" for kind, count in sorted(kinds.items())), file=out)
         print("queues: " + ", ".join(f"{name} {size}" for name, size in sorted(answer["queues"].items())), file=out)
+        if answer.get("owners"):
+            print("served by one node at a time: " + ", ".join(
+                f"{resource} ({owner or 'nobody yet'})" for resource, owner in sorted(answer["owners"].items())),
+                file=out)
     elif command == "sessions":
         for session in answer["sessions"]:
             print(f"{session['jid']}\t{session['kind']}\t{session['address'] or '-'}\t{session['since']}", file=out)
@@ -219,6 +224,9 @@ def run(args, out):
         if args.command == "import-prosody":
             _import_prosody(storage, config, args, out, wait)
             return
+        if args.command == "sms-held":
+            _sms_held(storage, config, out, wait)
+            return
         host, user = _account(config, args.jid)
         if args.command == "notify":
             _notify(storage, config, host, user, args, out, wait)
@@ -254,6 +262,21 @@ def _check(config, out):
         raise CommandError(f"check: {errors} errors, {len(findings) - errors} warnings in {config.source}")
     warnings = f", {len(findings)} warnings" if findings else ""
     print(f"{config.source}: configuration is valid{warnings}; hosts: {', '.join(config.hosts)}", file=out)
+
+
+def _sms_held(storage, config, out, wait):
+    """List the SMS parts held in the queue (docs/scaling.md): their submit_sm may have reached the SMSC, so
+    they are not sent again by themselves.  Reads only: safe beside a running server."""
+    domain = config.sms.domain.lower()
+    held = 0
+    for key in wait(storage.users(domain, SMS_QUEUE_STORE)):
+        doc = wait(storage.get(domain, key, SMS_QUEUE_STORE))
+        for index, part in enumerate((doc or {}).get("parts", [])):
+            if part["state"] == "held":
+                held += 1
+                print(f"{key}\tpart {index + 1} of {len(doc['parts'])}\tto {doc['number']}\tSMSC {part['smsc']}",
+                      file=out)
+    print(f"sms-held: {held} parts held", file=out)
 
 
 def _notify(storage, config, host, user, args, out, wait):
@@ -441,6 +464,7 @@ def parser():
     backup_command = commands.add_parser("export", help="write every account's data as a XEP-0227 file")
     backup_command.add_argument("file", help="the file to write (created 0600)")
     backup_command.add_argument("--host", help="only this host's accounts")
+    commands.add_parser("sms-held", help="list the SMS parts held because their submit_sm may have reached the SMSC")
     commands.add_parser("import", help="read accounts from a XEP-0227 file (the server stopped)").add_argument("file")
     commands.add_parser("import-prosody", help="import the accounts of a Prosody data folder (the server stopped)"
                         ).add_argument("folder", help="Prosody's data_path (/var/lib/prosody)")

@@ -60,6 +60,8 @@ class ServerCollector:
                                      labels=["transport", "host"])
         counts = {}
         for session in server.sessions:
+            if not session.local:
+                continue  # another node's, mirrored here (docs/scaling.md): that node counts it
             stream = session.stream
             transport = getattr(getattr(stream, "framing", stream), "kind", "other")
             key = (transport, session.jid.host)
@@ -125,6 +127,28 @@ class ServerCollector:
                                     "writer and not yet stored", value=backlog)
         for name, (documentation, value) in sorted(self.levels.items()):
             yield GaugeMetricFamily(f"bridge_{name}", documentation, value=value)
+        if server.cluster is not None:
+            yield from cluster_families(server.cluster)
+
+
+def cluster_families(cluster):
+    """This node's part in a cluster ([cluster], docs/scaling.md): its lease, the members it sees, and the
+    messages between nodes (the counters ``Cluster`` keeps anyway)."""
+    yield GaugeMetricFamily("bridge_cluster_lease_held", "1 while this node holds its cluster lease",
+                            value=int(cluster.lease_held()))
+    yield GaugeMetricFamily("bridge_cluster_accepting_sessions", "1 while this node binds new sessions (its "
+                            "lease held and Redis answering)", value=int(cluster.accepting()))
+    yield GaugeMetricFamily("bridge_cluster_peers", "Other member nodes whose sessions this node mirrors",
+                            value=len(cluster.peers()))
+    yield CounterMetricFamily("bridge_cluster_messages_forwarded", "Stanzas handed to other nodes' inboxes",
+                              value=cluster.forwarded)
+    yield CounterMetricFamily("bridge_cluster_messages_received", "Entries taken from this node's inbox "
+                              "(stanzas, session changes, kicks)", value=cluster.received)
+    dropped = CounterMetricFamily("bridge_cluster_messages_dropped", "Messages between nodes dropped, by reason",
+                                  labels=["reason"])
+    for reason, count in sorted(cluster.dropped.items()):
+        dropped.add_metric([reason], count)
+    yield dropped
 
 
 def histogram(name, documentation, labels, series):
@@ -157,7 +181,7 @@ class MetricsPage(resource.Resource):
             request.setResponseCode(500)
             request.finish()
 
-        self.collector.read_levels().addCallbacks(write, failed)
+        self.collector.read_levels().addCallback(write).addErrback(failed)  # a collector's failure too: 500
         return web_server.NOT_DONE_YET
 
 

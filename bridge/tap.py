@@ -271,6 +271,7 @@ def join_cluster(server, reactor, top):
 
     section = server.config.cluster
     server.cluster = Cluster(server, RedisLink(section, reactor), reactor, section)
+    server.ownership = server.cluster.ownership
     ClusterService(server.cluster).setServiceParent(top)
     log.info("cluster: node {node}, session table in Redis at {address}", node=section.node_name,
              address=section.redis_address)

@@ -22,8 +22,10 @@ from collections import Counter
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from bridge.core.holdings import Holdings
+from bridge.core.ownership import Ownership
 from bridge.core.stanza import parse_jid
 from bridge.core.xmlstream import StreamError, parse_document, serialize
 
@@ -35,6 +37,10 @@ NODE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 STORE_NAME = re.compile(r"^[a-z0-9_.:-]{1,64}$")
 MAX_UNSENT_CHANGES = 10000  # documents changed here that the other nodes were not yet told of (Redis away)
 PRIORITY_RANGE = (-128, 127)
+MARK = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+MAX_MARKS = 16
+RESUME_ATTEMPTS = 3  # looks at a dead node's resumable session: its lease may have up to a lifetime left
+RESUME_RETRY_MARGIN_SECONDS = 0.05
 
 
 class MalformedEnvelope(ValueError):
@@ -120,31 +126,66 @@ def parse_stanza(text, max_bytes):
 
 
 def encode_record(session):
-    """What the table shows of a local session: its priority and last presence."""
+    """What the table shows of a local session: its priority, last presence and marks (the features'
+    flags that other nodes act on: carbons enabled, roster interest; ``SessionTable.mark``)."""
     presence = serialize(session.presence) if session.presence is not None else None
-    return json.dumps({"priority": session.priority, "presence": presence}, separators=(",", ":"))
+    record = {"priority": session.priority, "presence": presence}
+    if session.marks:
+        record["marks"] = sorted(session.marks)
+    return json.dumps(record, separators=(",", ":"))
 
 
 def decode_record(text, max_bytes):
-    """(priority, presence element or None) of a record; ``MalformedEnvelope`` if it is not one."""
+    """(priority, presence element or None, marks) of a record; ``MalformedEnvelope`` if it is not one."""
     try:
         record = json.loads(text)
     except ValueError:
         raise MalformedEnvelope("record is not JSON") from None
-    if not isinstance(record, dict) or set(record) != {"priority", "presence"}:
+    if not isinstance(record, dict) or set(record) - {"marks"} != {"priority", "presence"}:
         raise MalformedEnvelope("record keys")
+    marks = record.get("marks", [])
+    if not isinstance(marks, list) or len(marks) > MAX_MARKS or not all(
+            isinstance(mark, str) and MARK.match(mark) for mark in marks):
+        raise MalformedEnvelope(f"marks {marks!r:.100}")
     priority, presence = record["priority"], record["presence"]
     if isinstance(priority, bool) or not isinstance(priority, int) or not (
             PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]):
         raise MalformedEnvelope(f"priority {priority!r}")
     if presence is None:
-        return priority, None
+        return priority, None, set(marks)
     if not isinstance(presence, str):
         raise MalformedEnvelope("presence is not text")
     element = parse_stanza(presence, max_bytes)
     if element.name != "presence":
         raise MalformedEnvelope("presence record holds another stanza")
-    return priority, element
+    return priority, element, set(marks)
+
+
+class Resumable:
+    """A resumable session of a dead node as Redis kept it: enough to go on with it here."""
+
+    def __init__(self, jid, handled, presence, marks):
+        self.jid = jid
+        self.handled = handled
+        self.presence = presence  # the client's last presence (its priority in it)
+        self.marks = marks
+
+
+def decode_resumable(state, record, max_bytes):
+    """A ``Resumable`` from the node's resume state (JSON) and session record; None if either is
+    malformed (a clean failure: the client binds a new session)."""
+    try:
+        parsed = json.loads(state)
+        jid = parse_jid(parsed["jid"]) if isinstance(parsed, dict) and isinstance(parsed.get("jid"), str) else None
+        handled = parsed.get("h") if jid is not None else None
+        if jid is None or jid.resource is None or isinstance(handled, bool) or not isinstance(handled, int) or not (
+                0 <= handled < 2 ** 32):
+            raise MalformedEnvelope(f"resumption state {state!r:.200}")
+        _, presence, marks = decode_record(record, max_bytes)
+    except (ValueError, MalformedEnvelope) as error:
+        log.warn("cluster: a resumption state in Redis is not whole: {error}", error=str(error))
+        return None
+    return Resumable(jid, handled, presence, marks)
 
 
 def rendezvous(nodes, key):
@@ -187,7 +228,7 @@ class RemoteSession:
 
     local = False
 
-    def __init__(self, cluster, node, jid, priority, presence):
+    def __init__(self, cluster, node, jid, priority, presence, marks=frozenset()):
         self.cluster = cluster
         self.node = node
         self.jid = jid
@@ -195,8 +236,8 @@ class RemoteSession:
         self.bare = jid.userhost()
         self.priority = priority
         self.presence = presence
+        self.marks = marks
         # What features keep on local sessions; not shared between nodes (docs/scaling.md).
-        self.interested = False
         self.directed = set()
         self.data = {}
         self.sm = None
@@ -226,6 +267,8 @@ class Cluster:
         self.clock = clock
         self.node = config.node_name
         self.lease = Lease(clock, config.lease_seconds)
+        # The resources (queues, links) one node at a time serves, renewed with the lease.
+        self.ownership = Ownership(link, clock, self.node, config.lease_seconds)
         self.max_body_bytes = server.config.c2s.stanza_size_limit_bytes
         self.dropped = Counter()  # reason -> inter-node messages dropped
         self.forwarded = 0  # stanzas handed to other nodes
@@ -282,7 +325,13 @@ class Cluster:
         self._timer.start(self._renew_interval, now=True)
 
     def stop(self):
-        """Leave the cluster: the node's lease and keys go, and it sends nothing more."""
+        """Leave the cluster once what this node owns was released by its holders (renewed meanwhile, at
+        most ``lease_seconds``): then the node's lease and keys go, and it sends nothing more."""
+        d = self.ownership.stop()
+        d.addBoth(lambda _: self._leave())
+        return d
+
+    def _leave(self):
         self._member = False
         if self._timer.running:
             self._timer.stop()
@@ -291,6 +340,14 @@ class Cluster:
 
     def accepting(self):
         return self._member and self.lease.accepting()
+
+    def lease_held(self):
+        """Whether this node is a member and its lease runs (Redis may be away meanwhile)."""
+        return self._member and self.lease.held()
+
+    def peers(self):
+        """The other members whose sessions this node mirrors, by name."""
+        return sorted(self._peers)
 
     def incarnation(self):
         """This node's incarnation in Redis (new at every join), or None before the first."""
@@ -304,6 +361,7 @@ class Cluster:
         d = self.link.renew() if self._member else self.link.join(self._local_records(), self._seq)
         d.addCallbacks(self._renewal_answered, self._link_failed, callbackArgs=(sent_at,))
         d.addCallback(lambda _: self._check_lease())
+        d.addCallback(lambda _: self.ownership.refresh(sent_at) if self._member else None)
         d.addCallback(lambda _: self._tell_unsent_changes())
         d.addCallback(lambda _: self.link.members() if self._member else None)
         d.addCallback(self._update_peers)
@@ -349,6 +407,7 @@ class Cluster:
         if self._member:
             log.warn("cluster: the lease of node {node} lapsed; giving up its sessions", node=self.node)
             self._member = False
+        self.ownership.lapse("the node's lease lapsed")
         local = [session for session in self.server.sessions.all() if session.local]
         for session in local:
             session.close("system-shutdown", "this node lost its cluster lease")
@@ -371,7 +430,8 @@ class Cluster:
                 log.info("cluster: node {node} lost its lease; dropping its sessions", node=node)
                 self._gone(node, members)
                 self._take_over(node)
-                loads.append(self.link.remove_node(node))
+                keep = int(self.server.config.c2s.resumption_timeout_seconds * 1000)
+                loads.append(self.link.remove_node(node, keep).addCallback(self._route_left, node))
             elif known is None or known["incarnation"] != incarnation:
                 log.info("cluster: node {node} is a member (incarnation {incarnation})", node=node,
                          incarnation=incarnation)
@@ -450,7 +510,7 @@ class Cluster:
             return
         for session in sessions:
             if self.server.sessions.get(session.full) is not None:
-                continue
+                continue  # bound again, or resumed on a survivor (XEP-0198)
             host = self.server.hosts.get(session.jid.host)
             if host is not None:
                 host.hooks.fire("session/ended", session)
@@ -466,16 +526,76 @@ class Cluster:
         if not record:
             return
         try:
-            priority, presence = decode_record(record, self.max_body_bytes)
+            priority, presence, marks = decode_record(record, self.max_body_bytes)
         except MalformedEnvelope as error:
             self._drop("record", error)
             return
         current = self.server.sessions.get(full)
         if current is not None and current.local:
             return  # this node's own session of that resource wins until the other is kicked
-        remote = RemoteSession(self, node, jid, priority, presence)
+        remote = RemoteSession(self, node, jid, priority, presence, marks)
         peer["sessions"][full] = remote
         self.server.sessions.add(remote)
+
+    def _route_left(self, left, node):
+        """What a dead node's inbox held and it never read (``left``: field dicts, or None when
+        another survivor removed it).  A stanza whose full JID is held again (resumed, or bound again,
+        here or on another node) goes to that session as it is: its sending node ran the hooks
+        (archive, carbons).  Otherwise the router takes it, as for a session that ended before a stanza
+        arrived: a message goes to the account's other resources or offline storage."""
+        if not left:
+            return
+        log.info("cluster: routing again {count} entries that node {node} never read", count=len(left),
+                 node=node)
+        for fields in left:
+            try:
+                envelope = decode_envelope(fields, self.max_body_bytes)
+                if envelope.kind != "stanza":
+                    continue
+                stanza = parse_stanza(envelope.body, self.max_body_bytes)
+            except MalformedEnvelope as error:
+                self._drop("malformed", error)
+                continue
+            session = self.server.sessions.get(envelope.jid)
+            if session is not None:
+                session.send(stanza)
+            else:
+                self.server.router.route(stanza)
+
+    # -- XEP-0198 resumption on another node ---------------------------------------------
+
+    def remember_resumption(self, session):
+        """Keep in Redis what a survivor needs to resume ``session`` if this node dies: its full JID and
+        the count of its client's stanzas handled (the h of the last <a/> sent)."""
+        if self._member:
+            state = json.dumps({"jid": session.full, "h": session.sm.handled.h}, separators=(",", ":"))
+            self.link.remember_resumption(session.sm.resume_id, state).addErrback(self._link_failed)
+
+    def forget_resumption(self, resume_id):
+        if self._member:
+            self.link.forget_resumption(resume_id).addErrback(self._link_failed)
+
+    @defer.inlineCallbacks
+    def take_resumption(self, resume_id, bare):
+        """The ``Resumable`` session of ``bare`` that ``resume_id`` names on a dead node, taken from Redis
+        (once); None when there is none.  The node of a session a client resumes here at once after it
+        died still holds its lease: wait for it to lapse (at most ``RESUME_ATTEMPTS`` times), since only
+        then is the session sure to be served nowhere else.  Redis away: None too (the client binds a
+        new session once Redis is back)."""
+        for _ in range(RESUME_ATTEMPTS):
+            if not self.accepting():
+                return None
+            try:
+                answer = yield self.link.take_resumption(resume_id, bare)
+            except Exception:
+                self._link_failed(Failure())
+                return None
+            if answer is None:
+                return None
+            if answer[0] == "taken":
+                return decode_resumable(answer[1], answer[2], self.max_body_bytes)
+            yield task.deferLater(self.clock, int(answer[1]) / 1000 + RESUME_RETRY_MARGIN_SECONDS, lambda: None)
+        return None
 
     # -- what arrives --------------------------------------------------------------------
 

@@ -124,7 +124,13 @@ class ControlCommands:
             kind = session_kind(session)
             kinds[kind] = kinds.get(kind, 0) + 1
         return {"ok": True, "uptime_seconds": round(self.server.clock.seconds() - self.started, 1),
-                "sessions": counts, "resident_bytes": resident_bytes(), "queues": self._queues()}
+                "sessions": counts, "resident_bytes": resident_bytes(), "queues": self._queues(),
+                "owners": self._owners()}
+
+    def _owners(self):
+        """{resource: "this node", the node that owns it, or null} for what one node at a time serves."""
+        claims = self.server.ownership.claims
+        return {resource: "this node" if claim.owned else claim.owner for resource, claim in claims.items()}
 
     def sessions(self, filter=None):
         answer = []

@@ -16,6 +16,13 @@ Keys, under ``bridge:``:
   sequence number of the node's last change;
 * ``stream:NODE``: the node's inbox, a stream with the consumer group
   ``bridge``, capped near ``stream_max_entries``;
+* ``owner:RESOURCE``: "NODE INCARNATION" of the one node that owns a
+  resource (``bridge.core.ownership``), with the lease's expiry;
+* ``resume:NODE``: a hash, XEP-0198 resumption id -> the session's full JID
+  and the count of its client's stanzas handled (JSON), one field per
+  resumable session of the node;
+* ``orphan:ID``: a resumable session of a removed node, kept for its client
+  (resume state and record), expiring after the resumption timeout;
 * ``rooms``: a hash, chat room JID -> "NODE INCARNATION" of the node that
   hosts it (bridge/gateways/muc/placement.py), and ``rooms:NODE`` the set
   of the rooms NODE claimed, so that survivors can forget them.
@@ -94,12 +101,76 @@ end
 return 0
 """
 
-# A survivor removes a node whose lease is gone (several survivors may race: it is idempotent).
+# A survivor removes a node whose lease is gone (several survivors may race: one wins, the others get 0).
+# The winner gets what the node's inbox held and the node never read, so that it routes the stanzas
+# among them again.  (What the node read it handed to its sessions before acknowledging it: those
+# entries count as delivered, as what it wrote to its clients does, and are not routed twice.)  Each resumable
+# session of the node is kept for its client as ``orphan:ID`` (its resume state and record), expiring
+# after the resumption timeout (ARGV[4] milliseconds).
 REMOVE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('SREM', KEYS[2], ARGV[1])
-redis.call('DEL', KEYS[3], KEYS[4])
-return 1
+if redis.call('SREM', KEYS[2], ARGV[1]) == 0 and redis.call('EXISTS', KEYS[4]) == 0 then return 0 end
+local left = {}
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  local last = '0-0'
+  for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[4])) do
+    for i = 1, #group, 2 do
+      if group[i] == 'name' and group[i + 1] ~= ARGV[2] then break end
+      if group[i] == 'last-delivered-id' then last = group[i + 1] end
+    end
+  end
+  for _, entry in ipairs(redis.call('XRANGE', KEYS[4], '(' .. last, '+', 'COUNT', ARGV[3])) do
+    table.insert(left, entry)
+  end
+end
+if tonumber(ARGV[4]) > 0 then
+  local states = redis.call('HGETALL', KEYS[5])
+  for i = 1, #states, 2 do
+    local ok, state = pcall(cjson.decode, states[i + 1])
+    local record = ok and type(state) == 'table' and type(state['jid']) == 'string'
+                   and redis.call('HGET', KEYS[3], state['jid'])
+    if record then
+      redis.call('SET', ARGV[5] .. states[i], cjson.encode({state = states[i + 1], record = record}), 'PX', ARGV[4])
+    end
+  end
+end
+redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
+return {1, left}
+"""
+
+# A survivor takes over a resumable session (XEP-0198) of another node, by its resumption id: from
+# ``orphan:ID`` once the node was removed, else from the node's resume hash once its lease is gone
+# (while it runs: {'alive', milliseconds left}).  Only for the account that asks (its bare JID, then
+# '/'), and only once (the id goes).  The answer: {'taken', resume state, session record}.
+TAKE = """
+local prefix, id, bare = ARGV[1], ARGV[2], ARGV[3]
+local function owned(state)
+  local ok, parsed = pcall(cjson.decode, state)
+  return ok and type(parsed) == 'table' and type(parsed['jid']) == 'string'
+         and string.sub(parsed['jid'], 1, #bare + 1) == bare .. '/' and parsed['jid']
+end
+local orphan = redis.call('GET', prefix .. 'orphan:' .. id)
+if orphan then
+  local ok, kept = pcall(cjson.decode, orphan)
+  if not (ok and type(kept) == 'table' and type(kept['state']) == 'string' and type(kept['record']) == 'string'
+          and owned(kept['state'])) then return false end
+  redis.call('DEL', prefix .. 'orphan:' .. id)
+  return {'taken', kept['state'], kept['record']}
+end
+for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local state = redis.call('HGET', prefix .. 'resume:' .. node, id)
+  if state then
+    local jid = owned(state)
+    if not jid then return false end
+    local left = redis.call('PTTL', prefix .. 'lease:' .. node)
+    if left > 0 then return {'alive', tostring(left)} end
+    local record = redis.call('HGET', prefix .. 'sessions:' .. node, jid)
+    if not record then return false end
+    redis.call('HDEL', prefix .. 'resume:' .. node, id)
+    return {'taken', state, record}
+  end
+end
+return false
 """
 
 # A chat room's host: the node named in ``rooms`` while its lease holds that incarnation; else this node,
@@ -144,6 +215,36 @@ return 1
 """
 
 
+# The claims of one node (bridge.core.ownership): each key it holds is renewed, each free one taken, and
+# only while the node's lease still holds its incarnation (a node whose lease is gone takes nothing, and
+# renews nothing: its keys expire).  The owner of each key is returned, false where there is none.
+CLAIM = """
+local me = ARGV[1] .. ' ' .. ARGV[2]
+local alive = redis.call('GET', KEYS[1]) == ARGV[2]
+local owners = {}
+for index = 2, #KEYS do
+  local owner = redis.call('GET', KEYS[index])
+  if alive and owner == me then
+    redis.call('PEXPIRE', KEYS[index], ARGV[3])
+  elseif alive and not owner then
+    redis.call('SET', KEYS[index], me, 'PX', ARGV[3])
+    owner = me
+  end
+  owners[index - 1] = owner
+end
+return owners
+"""
+
+# Give up claims: each key deleted only while it is still this incarnation's.
+RELEASE = """
+local me = ARGV[1] .. ' ' .. ARGV[2]
+for index = 1, #KEYS do
+  if redis.call('GET', KEYS[index]) == me then redis.call('DEL', KEYS[index]) end
+end
+return 1
+"""
+
+
 class RedisLink:
     """``config``: the [cluster] section; ``reactor``: for the threads and to hand entries back."""
 
@@ -165,6 +266,9 @@ class RedisLink:
         self._broadcast = self.client.register_script(BROADCAST)
         self._renew = self.client.register_script(RENEW)
         self._remove = self.client.register_script(REMOVE)
+        self._claim = self.client.register_script(CLAIM)
+        self._release = self.client.register_script(RELEASE)
+        self._take = self.client.register_script(TAKE)
         self._claim_room = self.client.register_script(CLAIM_ROOM)
         self._release_room = self.client.register_script(RELEASE_ROOM)
         self._release_rooms_of = self.client.register_script(RELEASE_ROOMS_OF)
@@ -200,7 +304,7 @@ class RedisLink:
     def _leave(self):
         with self.client.pipeline() as pipe:
             pipe.srem(PREFIX + "nodes", self.node)
-            pipe.delete(self.key("lease"), self.key("sessions"), self.key("stream"))
+            pipe.delete(self.key("lease"), self.key("sessions"), self.key("stream"), self.key("resume"))
             pipe.execute()
 
     # -- membership ----------------------------------------------------------------------
@@ -212,7 +316,7 @@ class RedisLink:
 
     def _join(self, incarnation, records, seq):
         with self.client.pipeline() as pipe:  # MULTI/EXEC
-            pipe.delete(self.key("stream"), self.key("sessions"))
+            pipe.delete(self.key("stream"), self.key("sessions"), self.key("resume"))
             pipe.xgroup_create(self.key("stream"), GROUP, id="$", mkstream=True)
             pipe.hset(self.key("sessions"), mapping={"": seq, **records})
             pipe.set(self.key("lease"), incarnation, px=self.lease_milliseconds)
@@ -237,10 +341,38 @@ class RedisLink:
         leases = self.client.mget([self.key("lease", node) for node in nodes]) if nodes else []
         return {node: lease.decode() if lease is not None else None for node, lease in zip(nodes, leases)}
 
-    def remove_node(self, node):
-        return self._call(lambda: self._remove(
-            keys=[self.key("lease", node), PREFIX + "nodes", self.key("sessions", node), self.key("stream", node)],
-            args=[node]))
+    def remove_node(self, node, resumption_milliseconds):
+        """Remove a node whose lease is gone, keeping its resumable sessions for their clients for
+        ``resumption_milliseconds``: the field dicts of its inbox's entries it never read (see
+        REMOVE), or None when its lease is back or another survivor removed it first."""
+        return self._call(self._remove_node, node, resumption_milliseconds)
+
+    def _remove_node(self, node, resumption_milliseconds):
+        answer = self._remove(keys=[self.key("lease", node), PREFIX + "nodes", self.key("sessions", node),
+                                    self.key("stream", node), self.key("resume", node)],
+                              args=[node, GROUP, self.max_entries, resumption_milliseconds, PREFIX + "orphan:"])
+        if not answer:
+            return None
+        return [dict(zip(flat[::2], flat[1::2])) for _, flat in answer[1]]
+
+    def take_resumption(self, resume_id, bare):
+        """("taken", state, record) of the resumable session ``resume_id`` of ``bare`` on a node whose
+        lease is gone (the id is then gone from Redis); ("alive", milliseconds its lease has left); or
+        None: no such id for that account (see TAKE)."""
+        return self._call(self._take_resumption, resume_id, bare)
+
+    def _take_resumption(self, resume_id, bare):
+        answer = self._take(keys=[PREFIX + "nodes"], args=[PREFIX, resume_id, bare])
+        if not answer:
+            return None
+        return tuple(part.decode() for part in answer)
+
+    def remember_resumption(self, resume_id, state):
+        """Keep (or update) what a survivor needs to resume a session of this node."""
+        return self._queue(lambda pipe: pipe.hset(self.key("resume"), resume_id, state))
+
+    def forget_resumption(self, resume_id):
+        return self._queue(lambda pipe: pipe.hdel(self.key("resume"), resume_id))
 
     def load_sessions(self, node):
         """(sequence number, {full JID: record}) of a node's hash."""
@@ -250,6 +382,22 @@ class RedisLink:
         records = _text_pairs(self.client.hgetall(self.key("sessions", node)).items())
         seq = records.pop("", "0")
         return int(seq) if seq.isdigit() else 0, records
+
+    # -- ownership (bridge.core.ownership) ---------------------------------------------------
+
+    def claim(self, resources):
+        """Renew the resources this incarnation owns, take the free ones; [owner "NODE INCARNATION" or None]."""
+        return self._call(self._claim_in, list(resources))
+
+    def _claim_in(self, resources):
+        owners = self._claim(keys=[self.key("lease")] + [self.key("owner", resource) for resource in resources],
+                             args=[self.node, self.incarnation or "", self.lease_milliseconds])
+        return [owner.decode() if owner else None for owner in owners]
+
+    def release(self, resources):
+        """Delete the keys of ``resources`` that are still this incarnation's."""
+        return self._call(lambda: self._release(keys=[self.key("owner", resource) for resource in resources],
+                                                args=[self.node, self.incarnation or ""]))
 
     # -- messages ------------------------------------------------------------------------
 

@@ -8,15 +8,13 @@ holds at most ``max_roster_items_per_user`` items, hidden ones included.
 """
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.words.xish import domish
 
 from bridge.core.stanza import make
 from bridge.core.storage.cache import DocumentCache
 
-log = Logger()
-
 NS_ROSTER = "jabber:iq:roster"
+INTERESTED = "roster"  # the session mark of a resource that asked for the roster: it gets roster pushes
 STORE = "roster"
 
 
@@ -115,11 +113,6 @@ class Roster:
         return [item for item in self.items.values() if not item.hidden]
 
 
-def _shown(item):
-    """What a client sees of a roster item, or None."""
-    return None if item is None or item.hidden else item.to_element().toXml()
-
-
 def _decode(data, max_items):
     if not data:
         return Roster(max_items=max_items)
@@ -142,7 +135,6 @@ class Rosters:
     def __init__(self, storage, sessions, router, max_items, caches=None):
         self.documents = DocumentCache(storage, STORE, decode=lambda data: _decode(data, max_items),
                                        encode=_encode, caches=caches)
-        self.documents.changed_elsewhere = self._changed_elsewhere
         self.sessions = sessions
         self.router = router
 
@@ -171,33 +163,10 @@ class Rosters:
         yield self.save(bare, roster)
         if item.hidden and not removed:
             return
-        self._push(self.sessions.resources(bare), roster.version, item, removed)
-
-    @staticmethod
-    def _push(sessions, version, item, removed):
-        for session in sessions:
-            if session.interested:
-                push = make("iq", to=session.full, type="set", id=f"push{version}")
+        for session in self.sessions.resources(bare):
+            if INTERESTED in session.marks:
+                push = make("iq", to=session.full, type="set", id=f"push{roster.version}")
                 query = push.addElement((NS_ROSTER, "query"))
-                query["ver"] = str(version)
+                query["ver"] = str(roster.version)
                 query.addChild(item.to_element(removed))
                 session.send(push)
-
-    def _changed_elsewhere(self, host, user, old):
-        """Another node of a cluster changed the roster (``old``: this node's copy, now forgotten, or None):
-        it pushed the change to its own resources, this node pushes it to the resources it holds."""
-        bare = f"{user}@{host}"
-        local = [session for session in self.sessions.resources(bare) if session.local and session.interested]
-        if old is None or not local:
-            return
-        d = self.documents.load(host, user)
-        d.addCallback(self._push_differences, local, old)
-        d.addErrback(lambda failure: log.failure("the roster of {bare} changed on another node: not pushed",
-                                                 failure, bare=bare))
-
-    def _push_differences(self, roster, sessions, old):
-        for jid in sorted(set(old.items) | set(roster.items)):
-            before, after = _shown(old.items.get(jid)), _shown(roster.items.get(jid))
-            if before != after:
-                removed = after is None
-                self._push(sessions, roster.version, (old if removed else roster).items[jid], removed)

@@ -16,6 +16,7 @@ import datetime
 import hashlib
 import hmac
 import os
+import re
 import weakref
 
 from twisted.internet import task
@@ -29,6 +30,7 @@ from bridge.core.counters import Counters, Levels
 from bridge.core.delivery import ComponentHost, Event, LocalHost, event_name, target_of
 from bridge.core.hooks import HANDLE, Dispatch
 from bridge.core.logbudget import LogBudget
+from bridge.core.ownership import SoleOwnership
 from bridge.core.roster import Rosters
 from bridge.core.router import RoutingTable
 from bridge.core.sasl import Decoys
@@ -79,6 +81,8 @@ class Server:
         self.resumable_sessions = {}
         self.cluster = None  # bridge.core.cluster.Cluster, when [cluster] makes this process one node of several
         self.document_caches = DocumentCaches()  # what the cluster shares with the other nodes
+        # Who serves what one node at a time serves (bridge.core.ownership): the cluster's, or this process alone.
+        self.ownership = SoleOwnership()
         self.accounts = Accounts(storage, sip_digest_algorithms(config), directories)
         # What SASL answers for names without an account, stable across restarts.
         self.secret = secret or os.urandom(32)
@@ -366,11 +370,34 @@ class GatewayContext:
         self._service_features = tuple(service_features)
         self._hooked = set()  # the hosts whose hooks hold registrations of ours
         self._http_prefixes = []
+        self._claims = []
 
     def level(self, name, documentation, read):
         """Report a level (a queue's depth, a table's size) as the metric ``bridge_<name>``: ``read()``
         gives a number or a Deferred of one, and is called only when metrics are scraped."""
         self._server.levels.add(name, documentation, read, owner=self)
+
+    def claim(self, resource, gained, lost):
+        """Serve ``resource`` (a queue, a link) only while this node owns it: ``gained()`` when it becomes
+        the owner (at once without a cluster), ``lost()`` when it stops being it (bridge.core.ownership).
+        The level ``bridge_owns_<resource>`` is 1 while it does; ``unload()`` releases the claim."""
+        claim = self._server.ownership.claim(resource, gained, lost)
+        self._claims.append(claim)
+        self.level("owns_" + re.sub(r"[^A-Za-z0-9_]", "_", resource), f"1 while this node owns {resource}",
+                   lambda: int(claim.owned))
+        return claim
+
+    @property
+    def node_name(self):
+        """This node's name in its cluster, or None for a process alone."""
+        return self._server.ownership.node
+
+    @property
+    def shared_queue_poll_seconds(self):
+        """How often the owner of a queue that every node writes looks for the others' entries; None
+        without a cluster (every entry is then this process's own)."""
+        cluster = self._server.config.cluster
+        return cluster.queue_poll_seconds if cluster.enabled else None
 
     def serve(self, domain, identity, translator=None, listed_on=None):
         """Own ``domain``: a component host routed here, listed in the local hosts' disco#items
@@ -537,6 +564,9 @@ class GatewayContext:
             self._server.http_routes.pop(prefix, None)
         self._http_prefixes.clear()
         self._server.levels.remove_owner(self)
+        for claim in self._claims:
+            claim.release()
+        self._claims.clear()
         self.clock.cancel_all()
 
 

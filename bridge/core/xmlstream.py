@@ -309,10 +309,10 @@ class Written:
 
     __slots__ = ("children", "count", "attributes", "text")
 
-    def __init__(self, element, text):
+    def __init__(self, element, text, attributes=None):
         self.children = element.children
         self.count = len(element.children)
-        self.attributes = dict(element.attributes)
+        self.attributes = dict(element.attributes) if attributes is None else attributes
         self.text = text
 
     def fits(self, element):
@@ -320,12 +320,15 @@ class Written:
                 and element.attributes == self.attributes)
 
 
-def known_as(element, text):
+def known_as(element, text, before=None):
     """Let ``serialize`` answer ``text`` for ``element`` while its attributes and its list of children
     stay as they are now.  Features that change a stanza change its attributes, or replace or add to its
     children; none edits a child in place.  The archive uses it: the message it has just serialised is
-    delivered with its stamp added, so the delivery need not serialise it again."""
-    element.__dict__["written"] = Written(element, text)
+    delivered with its stamp added, so the delivery need not serialise it again.  ``before``: the
+    ``Written`` answered for ``element`` before a child was added to it, its attributes the same (their
+    copy is shared).  Answers the ``Written``."""
+    written = element.__dict__["written"] = Written(element, text, before and before.attributes)
+    return written
 
 
 class SharedChildren:

@@ -217,7 +217,7 @@ class Blocking:
             if not jids:
                 continue
             for session in sessions:
-                if session.data.get("blocklist-requested"):
+                if "blocklist-requested" in session.marks:
                     push = make("iq", to=session.full, type="set", id="block-push")
                     pushed = push.addElement((NS_BLOCKING, pushed_name))
                     if not (pushed_name == "unblock" and unblocked_all):
@@ -228,7 +228,7 @@ class Blocking:
                          if before.lists.get(name) != after.lists.get(name))
         everyone = command.uri == NS_PRIVACY
         for session in sessions:
-            if everyone or session.data.get("privacy-requested"):
+            if everyone or "privacy-requested" in session.marks:
                 for name in changed:
                     push = make("iq", to=session.full, type="set", id="privacy-push")
                     push.addElement((NS_PRIVACY, "query")).addElement("list")["name"] = name
@@ -245,7 +245,7 @@ class Blocking:
     def _remember(self, event, what):
         session = self.ctx.sessions.get(event.sender.full())
         if session is not None:
-            session.data[what] = True
+            self.ctx.sessions.mark(session, what)
         return session
 
     @in_background()

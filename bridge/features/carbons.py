@@ -39,7 +39,7 @@ NS_FORWARD = "urn:xmpp:forward:0"
 NS_HINTS = "urn:xmpp:hints"
 NS_MUC_USER = "http://jabber.org/protocol/muc#user"
 NS_CLIENT = "jabber:client"
-ENABLED = "carbons"  # key in Session.data while the session has carbons enabled
+ENABLED = "carbons"  # the session mark while carbons are enabled (shared with other nodes)
 # Messages copied lately, remembered so that an error answering one is copied too.
 ANSWERABLE_KEPT = 4096
 
@@ -136,9 +136,9 @@ class Carbons:
     def __init__(self, ctx):
         self.ctx = ctx
         self.answerable = Answerable()
-        # Accounts with a carbons-enabled session, and how many: every message
-        # asks, so that accounts without carbons cost one dictionary lookup.
-        self.accounts = collections.Counter()
+        # Every message asks sessions.marked(ENABLED, account): one dictionary
+        # lookup for the accounts without carbons, on this node or another.
+        self.sessions = ctx.sessions
 
     # -- the protocol -----------------------------------------------------------
 
@@ -154,28 +154,16 @@ class Carbons:
         if session is None or session.bare != event.to.userhost():
             event.reply(error_reply(event.stanza, "not-allowed"))
             return True
-        if enabled and not session.data.get(ENABLED):
-            session.data[ENABLED] = True
-            self.accounts[session.bare] += 1
-        elif not enabled and session.data.get(ENABLED):
-            self.session_ended(session)
+        self.sessions.mark(session, ENABLED, enabled)
         event.reply(result_reply(event.stanza))
         return True
-
-    def session_ended(self, session):
-        """``session/ended`` (and <disable/>): the session no longer counts for its account."""
-        if session.data.pop(ENABLED, None):
-            self.accounts[session.bare] -= 1
-            if not self.accounts[session.bare]:
-                del self.accounts[session.bare]
-        return False
 
     # -- copies -------------------------------------------------------------------
 
     def _copy(self, direction, stanza, account, skip):
         """Copy ``stanza`` as ``direction`` to the carbons-enabled resources of ``account`` but ``skip``."""
-        targets = [session for session in self.ctx.sessions.resources(account)
-                   if session.data.get(ENABLED) and session.full not in skip]
+        targets = [session for session in self.sessions.resources(account)
+                   if ENABLED in session.marks and session.full not in skip]
         if not targets:
             return
         if stanza.getAttribute("type") == "error":
@@ -195,7 +183,7 @@ class Carbons:
         which copies it to every resource that does not get it.
         """
         account = event.origin.bare
-        if account not in self.accounts or event.stanza.name != "message" or event.to.userhost() == account:
+        if not self.sessions.marked(ENABLED, account) or event.stanza.name != "message" or event.to.userhost() == account:
             return False
         self._copy("sent", event.stanza, account, (event.origin.full,))
         return False
@@ -212,7 +200,7 @@ class Carbons:
         if take_carbons_elements(stanza):
             return False  # <private/>
         account = event.to.userhost()
-        if account in self.accounts:
+        if self.sessions.marked(ENABLED, account):
             skip = {session.full for session in sessions}
             skip.add(stanza.getAttribute("from"))
             self._copy("received", stanza, account, skip)
@@ -232,5 +220,4 @@ def setup(ctx):
     ctx.hook("stanza/out", carbons.sent, priority=OBSERVE)
     ctx.hook("message/delivering", carbons.received, priority=OBSERVE)
     ctx.hook("message/offline", carbons.stored, priority=AMEND)
-    ctx.hook("session/ended", carbons.session_ended)
     return carbons

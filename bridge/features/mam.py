@@ -18,7 +18,8 @@ A message delivered to the user is stamped with
 <stanza-id xmlns='urn:xmpp:sid:0' by='user@host' id='...'/> before any
 resource (or carbons copy, or offline storage) sees it: the id is made here,
 random and unguessable, so stamping waits for no database; it is the id of
-the record in the archive.  A stanza-id claiming to be by the account that
+the record in the archive.  A message between two local users has one id and
+one time in both archives (docs/decisions.md).  A stanza-id claiming to be by the account that
 arrives from anyone else is removed, so that a client can trust the ones it
 sees.
 
@@ -61,7 +62,8 @@ _MISSING = object()
 
 def archivable(stanza, account):
     """Whether a message is one the archive keeps (see the module's docstring), once the stanza-ids
-    that claim to be by ``account`` (a bare JID; only the server stamps those) are removed.
+    that claim to be by ``account`` (a bare JID; only the server stamps those) are removed; and
+    whether it carries no stanza-id at all (then the answer is the same for any account).
 
     One pass over the children: every message a local user sends or receives comes here.
     """
@@ -81,7 +83,7 @@ def archivable(stanza, account):
             worth = True
     if claimed:
         _remove_claimed_ids(stanza, account)
-    return worth and not kept_out and (stanza.getAttribute("type") or "normal") in ("chat", "normal")
+    return worth and not kept_out and (stanza.attributes.get("type") or "normal") in ("chat", "normal"), not claimed
 
 
 def _remove_claimed_ids(stanza, account):
@@ -114,8 +116,11 @@ class Archive:
         self.host = ctx.host.name
         self.prefs = DocumentCache(ctx.storage, PREFS_STORE, decode=decode_prefs, caches=ctx.document_caches)
         self._prefs_changes = KeyedLock()  # one account's preferences set one after the other
-        # The last message serialised: it, its children and their count, its attributes, its text (``_text``).
-        self._serialised = (None, None, 0, None, None)
+        # The message its sender archived last, for its recipient's record (``_received``): the stanza, what
+        # it was serialised as (``xmlstream.Written``), the record's time and id, the sender's bare JID.
+        self._sent = (None, None, 0, None, None)
+        # The verdict of the host's default preference for users who set none (None: "roster", it depends).
+        self._default_verdict = {"always": True, "never": False}.get(self.config.default_preference)
 
     def now(self):
         return round(self.ctx.clock.seconds() * 1e6)
@@ -127,6 +132,8 @@ class Archive:
         preferences (or, for "roster", the roster) are not in memory.  A JID listed bare in <always/>
         or <never/> stands for all its resources."""
         prefs = self.prefs.cached(self.host, user, _MISSING)
+        if prefs is NO_PREFERENCES and self._default_verdict is not None:
+            return self._default_verdict  # most users, every message: spared the lists
         if prefs is _MISSING:
             return None
         if prefs["never"] or prefs["always"]:
@@ -166,31 +173,16 @@ class Archive:
 
     # -- archiving -------------------------------------------------------------------------
 
-    def _record(self, user, stanza, contact, direction, micros, record_id, verdict):
-        """Archive ``stanza`` as it is now, once the preferences allow it (``verdict`` None: ask them);
-        the text archived."""
-        text = self._text(stanza)
-        record = ArchiveRecord(record_id, micros, contact.userhost(), contact.resource or "", direction, text)
+    def _record(self, user, contact, with_jid, direction, micros, record_id, text, verdict):
+        """Archive ``text`` (a message serialised) with ``contact`` (bare: ``with_jid``), once the preferences
+        allow it (``verdict`` None: ask them)."""
+        record = ArchiveRecord(record_id, micros, with_jid, contact.resource or "", direction, text)
         if verdict is None:
             d = self.decide(user, contact)
             d.addCallback(lambda allowed: allowed and self.ctx.storage.archive_append(self.host, user, record))
             d.addErrback(lambda failure: log.failure("message of {user} not archived", failure, user=user))
         else:
             self.ctx.storage.archive_append(self.host, user, record)
-        return text
-
-    def _text(self, stanza):
-        """The message serialised once for both ends: a message between two local users is archived by
-        its sender, then, a moment later, by its recipient as the same text (before its stanza-id),
-        unless it changed in between: the stanza-ids claiming to be by the recipient were removed, or
-        another feature filtered it (features that change a message replace its list of children or
-        change its attributes; none edits a child in place)."""
-        last, children, count, attributes, text = self._serialised
-        if stanza is not last or stanza.children is not children or len(children) != count \
-                or stanza.attributes != attributes:
-            text = serialize(stanza)
-            self._serialised = (stanza, stanza.children, len(stanza.children), dict(stanza.attributes), text)
-        return text
 
     def sent(self, event):
         """``stanza/out``: a message the user sends, to anyone but the user's own account."""
@@ -198,47 +190,62 @@ class Archive:
         if stanza.name != "message":
             return False
         account = event.origin.bare
-        if not archivable(stanza, account) or event.to.userhost() == account:
+        kept, plain = archivable(stanza, account)
+        to = event.to.userhost()
+        if not kept or to == account:
             return False
         user = event.origin.jid.user
         verdict = self.decision(user, event.to)
         if verdict is not False:
             micros = self.now()
-            self._record(user, stanza, event.to, "out", micros, new_id(micros), verdict)
+            record_id = new_id(micros)
+            written = known_as(stanza, serialize(stanza))
+            self._record(user, event.to, to, "out", micros, record_id, written.text, verdict)
+            if plain:
+                self._sent = (stanza, written, micros, record_id, account)
         return False
 
     def delivering(self, payload):
         """``message/delivering``: stamp the archive's id on a message for the user's resources, and archive it."""
-        event, _ = payload
-        self._received(event, None)
+        self._received(payload[0], None)
         return False
 
     def _received(self, event, verdict):
         stanza = event.stanza
-        if not archivable(stanza, event.to.userhost()) or event.sender is None:
+        account = event.to.userhost()
+        # A message between two local users is archived by its sender, then, a moment later, by its
+        # recipient: as the same text, at the same time and under the same id (an id is unique within one
+        # archive; docs/decisions.md), unless it changed in between (another feature filtered it, see
+        # ``known_as``).  It carried no stanza-id (``archivable``): it is archivable for the recipient too.
+        sent, written, micros, record_id, sender = self._sent
+        shared = stanza is sent and written.fits(stanza)
+        if (not shared and not archivable(stanza, account)[0]) or event.sender is None:
             return
         user = event.to.user
         if verdict is None:
             verdict = self.decision(user, event.sender)
         if verdict is False:
             return
-        micros = self.now()
-        record_id = new_id(micros)
-        text = self._record(user, stanza, event.sender, "in", micros, record_id, verdict)
+        if not shared:
+            micros = self.now()
+            record_id = new_id(micros)
+            written, sender = None, event.sender.userhost()
+        text = written.text if shared else serialize(stanza)
+        self._record(user, event.sender, sender, "in", micros, record_id, text, verdict)
         # As text: the stamp is written with the message, never looked into in between, and an element
         # would cost every message more than the rest of the archiving does.
-        stamp = f"<stanza-id xmlns='{NS_SID}' by='{escape_attribute(event.to.userhost())}' id='{record_id}'/>"
+        stamp = f"<stanza-id xmlns='{NS_SID}' by='{escape_attribute(account)}' id='{record_id}'/>"
         stanza.addRawXml(stamp)
         close = f"</{stanza.name}>"
         if text.endswith(close):
             # Delivered as archived, with the stamp: serialised once for the archive and the delivery.
-            known_as(stanza, text[:-len(close)] + stamp + close)
+            known_as(stanza, text[:-len(close)] + stamp + close, written)
 
     def offline(self, event):
         """``message/offline``: archived (and stamped) before the phones or offline storage take it,
         once it is known that the account exists and the preferences allow it."""
         stanza = event.stanza
-        if not archivable(stanza, event.to.userhost()) or event.sender is None:
+        if not archivable(stanza, event.to.userhost())[0] or event.sender is None:
             return False
         held = event.hold()
         user = event.to.user

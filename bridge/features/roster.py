@@ -10,7 +10,7 @@ section 2.3.3 gives for a name or group longer than the server allows.
 from twisted.internet import defer
 
 from bridge.core.hooks import in_background
-from bridge.core.roster import NS_ROSTER
+from bridge.core.roster import INTERESTED, NS_ROSTER
 from bridge.core.stanza import error_reply, make, parse_jid, result_reply
 from bridge.core.storage.cache import KeyedLock
 
@@ -28,7 +28,7 @@ class RosterService:
             return
         session = self.ctx.sessions.get(event.sender.full())
         if session is not None:
-            session.interested = True
+            self.ctx.sessions.mark(session, INTERESTED)
         roster = yield self.ctx.rosters.load(event.to.userhost())
         reply = result_reply(event.stanza)
         requested = event.stanza.query.getAttribute("ver")

@@ -25,6 +25,12 @@ recipients or its data), so a relay outage or a restart loses nothing and a
 message is not sent twice.  A connection failure, a timeout, a 4xx or a
 refusal before the recipients (TLS, authentication, MAIL FROM) retries with
 exponential backoff.  Every timer runs on the reactor passed in.
+
+In a cluster (docs/scaling.md) every node collects into the shared storage,
+and only the node that owns ``email:outbox`` (``bridge.core.ownership``)
+turns digests and archives into mail and sends the outbox; it looks for
+what the others collected every ``[cluster] queue_poll_seconds``, and a
+survivor takes over when it dies.
 """
 
 import datetime
@@ -40,6 +46,7 @@ from twisted.mail import smtp
 
 from bridge.core.hooks import OBSERVE
 from bridge.core.notifications import NotificationPreferences
+from bridge.core.server import looping_call
 
 log = Logger()
 
@@ -49,6 +56,7 @@ DIGEST_DUE = "smtp-digest-due"        # document per (host, user): {"due": epoch
 ARCHIVE = "smtp-archive"              # queue per ("", conversation): {"sender", "to", "time", "text"}
 ARCHIVE_DUE = "smtp-archive-due"      # document per ("", conversation): {"due": epoch seconds}
 GLOBAL = ""
+RESOURCE = "email:outbox"             # what one node at a time sends (bridge.core.ownership)
 
 
 def message_text(stanza):
@@ -196,6 +204,9 @@ class EmailGateway:
         ctx.level("email_outbox_messages", "mails waiting for the relay",
                   lambda: self.storage.count(GLOBAL, GLOBAL, OUTBOX))
         self._failures = 0
+        self.claim = None             # of the outbox, while the gateway runs
+        self._owner = False           # between gained() and lost() of that claim
+        self._poll = None             # the owner's looking for what other nodes collected, in a cluster
         self.delivered = 0            # counters, for logs and tests
         self.dropped = 0
         ctx.hook_local("offline/stored", self.offline_stored)
@@ -225,38 +236,83 @@ class EmailGateway:
 
     def start(self):
         self.running = True
-        self.resume().addErrback(lambda failure: log.failure("email: resuming the queues failed", failure))
+        self.claim = self.ctx.claim(RESOURCE, self._gained, self._lost)
         log.info("email: relay {relay}, STARTTLS {starttls}, archive to {archive}", relay=self.config.relay,
                  starttls=self.config.starttls, archive=", ".join(self.config.archive_recipients) or "nobody")
 
     def stop(self):
         """Stop the timers; a send under way is let finish (each step is bounded by
-        ``timeout_seconds``) so that a mail the relay accepted leaves the queue."""
+        ``timeout_seconds``) so that a mail the relay accepted leaves the queue; then the outbox is
+        given up for another node."""
         self.running = False
+        self._stop_timers()
+        finished = defer.Deferred()
+        if self._draining is not None:
+            self._draining.addBoth(lambda result: (finished.callback(None), result)[1])
+        else:
+            finished.callback(None)
+        finished.addCallback(lambda _: self.claim.release() if self.claim is not None else None)
+        return finished
+
+    def _stop_timers(self):
         for call in [*self._digest_timers.values(), *self._archive_timers.values(), self._retry_call]:
             if call is not None and call.active():
                 call.cancel()
         self._digest_timers.clear()
         self._archive_timers.clear()
         self._retry_call = None
-        if self._draining is not None:
-            finished = defer.Deferred()
-            self._draining.addBoth(lambda result: (finished.callback(None), result)[1])
-            return finished
-        return None
+        if self._poll is not None and self._poll.running:
+            self._poll.stop()
+        self._poll = None
+
+    def owns(self):
+        """Whether this node mails digests and archives and sends the outbox now."""
+        return self.running and self._owner and (self.claim is None or self.claim.owned)
+
+    def _gained(self):
+        self._owner = True
+        log.info("email: this node sends the outbox")
+        self.resume().addErrback(lambda failure: log.failure("email: resuming the queues failed", failure))
+        interval = self.ctx.shared_queue_poll_seconds
+        if interval is not None:
+            self._poll = looping_call(self.reactor, interval, self._look_for_new)
+
+    def _look_for_new(self):
+        self.resume().addErrback(lambda failure: log.failure("email: reading the queues failed", failure))
+
+    def _lost(self):
+        """Another node sends now: no timer here; a send under way ends (bounded by ``timeout_seconds``)."""
+        self._owner = False
+        self._stop_timers()
 
     @defer.inlineCallbacks
     def resume(self):
-        """After a start: the timers of pending digests and archives again, then the outbox."""
+        """Once this node owns the outbox (and at each look for what other nodes collected): the timers
+        of the digests and archives due, then the outbox."""
         now = self.reactor.seconds()
         for host in self.ctx.host_names():
             for user in (yield self.storage.users(host, DIGEST_DUE)):
-                due = yield self.storage.get(host, user, DIGEST_DUE)
-                self._schedule_digest(host, user, max(0.0, due["due"] - now))
+                if (host, user) not in self._digest_timers:
+                    due = yield self.storage.get(host, user, DIGEST_DUE)
+                    if due is not None and self.owns():
+                        self._schedule_digest(host, user, max(0.0, due["due"] - now))
         for conversation in (yield self.storage.users(GLOBAL, ARCHIVE_DUE)):
-            due = yield self.storage.get(GLOBAL, conversation, ARCHIVE_DUE)
-            self._schedule_archive(conversation, max(0.0, due["due"] - now))
+            if conversation not in self._archive_timers:
+                due = yield self.storage.get(GLOBAL, conversation, ARCHIVE_DUE)
+                if due is not None and self.owns():
+                    self._schedule_archive(conversation, max(0.0, due["due"] - now))
         self.kick()
+
+    @defer.inlineCallbacks
+    def _mark_due(self, host, user, store, timers, timer_key, schedule, delay):
+        """Note when what was just collected is to be mailed: the owner of the outbox schedules it (once);
+        another node writes the time unless one is written, for the owner to find."""
+        if self.owns():
+            if timer_key not in timers:
+                schedule(delay)
+                yield self.storage.set(host, user, store, {"due": self.reactor.seconds() + delay})
+        elif (yield self.storage.get(host, user, store)) is None:
+            yield self.storage.set(host, user, store, {"due": self.reactor.seconds() + delay})
 
     # -- offline email ------------------------------------------------------
 
@@ -285,10 +341,18 @@ class EmailGateway:
             return
         entry = {"sender": bare(stanza.getAttribute("from")), "time": self.reactor.seconds(), "text": text}
         yield self.storage.append(host, user, DIGEST, entry)
-        if (host, user) not in self._digest_timers:
-            self._schedule_digest(host, user, self.config.digest_seconds)
-            due = self.reactor.seconds() + self.config.digest_seconds
-            yield self.storage.set(host, user, DIGEST_DUE, {"due": due})
+        yield self._mark_due(host, user, DIGEST_DUE, self._digest_timers, (host, user),
+                             lambda delay: self._schedule_digest(host, user, delay), self.config.digest_seconds)
+
+    @defer.inlineCallbacks
+    def _flushed(self, host, user, store, due_store, timers, timer_key, schedule, delay):
+        """After a flush: the due time cleared, unless entries were collected meanwhile (on any node): they
+        are due in ``delay``.  The count follows the clearing, so an entry is never left without one."""
+        yield self.storage.set(host, user, due_store, None)
+        if (yield self.storage.count(host, user, store)):
+            yield self.storage.set(host, user, due_store, {"due": self.reactor.seconds() + delay})
+            if self.owns() and timer_key not in timers:
+                schedule(delay)
 
     def _schedule_digest(self, host, user, delay):
         if (host, user) in self._digest_timers:
@@ -314,7 +378,8 @@ class EmailGateway:
             log.warn("email: {user}@{host} has no address any more; {count} notice(s) discarded", user=user,
                      host=host, count=len(entries))
         yield self.storage.remove(host, user, DIGEST, [item_id for item_id, _ in entries])
-        yield self.storage.set(host, user, DIGEST_DUE, None)
+        yield self._flushed(host, user, DIGEST, DIGEST_DUE, self._digest_timers, (host, user),
+                            lambda delay: self._schedule_digest(host, user, delay), self.config.digest_seconds)
 
     # -- the archive ----------------------------------------------------------
 
@@ -342,10 +407,9 @@ class EmailGateway:
         conversation = conversation_id(sender, recipient)
         entry = {"sender": sender, "to": recipient, "time": self.reactor.seconds(), "text": text}
         yield self.storage.append(GLOBAL, conversation, ARCHIVE, entry)
-        if conversation not in self._archive_timers:
-            interval = self.config.archive_interval_seconds
-            self._schedule_archive(conversation, interval)
-            yield self.storage.set(GLOBAL, conversation, ARCHIVE_DUE, {"due": self.reactor.seconds() + interval})
+        yield self._mark_due(GLOBAL, conversation, ARCHIVE_DUE, self._archive_timers, conversation,
+                             lambda delay: self._schedule_archive(conversation, delay),
+                             self.config.archive_interval_seconds)
 
     def _schedule_archive(self, conversation, delay):
         if conversation not in self._archive_timers:
@@ -366,7 +430,9 @@ class EmailGateway:
                                           [value for _, value in entries])
             yield self.enqueue(list(self.config.archive_recipients), message, "archive")
         yield self.storage.remove(GLOBAL, conversation, ARCHIVE, [item_id for item_id, _ in entries])
-        yield self.storage.set(GLOBAL, conversation, ARCHIVE_DUE, None)
+        yield self._flushed(GLOBAL, conversation, ARCHIVE, ARCHIVE_DUE, self._archive_timers, conversation,
+                            lambda delay: self._schedule_archive(conversation, delay),
+                            self.config.archive_interval_seconds)
 
     # -- the outbox -----------------------------------------------------------
 
@@ -379,7 +445,7 @@ class EmailGateway:
 
     def kick(self):
         """Start sending unless a send or a backoff is under way."""
-        if self._draining is not None or self._retry_call is not None or not self.running:
+        if self._draining is not None or self._retry_call is not None or not self.owns():
             return
         self._draining = defer.Deferred()
         self._drain().addErrback(lambda failure: log.failure("email: outbox failed", failure)).addBoth(
@@ -391,7 +457,7 @@ class EmailGateway:
 
     @defer.inlineCallbacks
     def _drain(self):
-        while self.running:
+        while self.owns():
             head = yield self.storage.items(GLOBAL, GLOBAL, OUTBOX, limit=1)
             if not head:
                 return

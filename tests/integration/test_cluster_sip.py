@@ -110,3 +110,21 @@ def test_registration_survives_its_node(sip_cluster):
         asyncio.run(scenario())
     finally:
         phone.close()
+
+
+def test_register_refused_without_redis(sip_cluster):
+    """Redis is killed: node1 answers a REGISTER 503 with Retry-After (one lease), as it refuses XMPP
+    binding, and binds no phones' session."""
+    redis_server, (node1, _) = sip_cluster
+    os.kill(redis_server.process.pid, signal.SIGKILL)
+    redis_server.process.wait()
+    node1.wait_for_line(lambda line: "Redis unreachable" in line, LEASE_SECONDS * 10, what="node1 without Redis")
+    phone = UDPPhone()
+    try:
+        phone.sock.sendto(phone.register_text(1), ("127.0.0.1", node1.ports["sip-udp"]))
+        answer = phone.sock.recvfrom(65535)[0].decode()
+        assert answer.startswith("SIP/2.0 503 "), answer
+        assert f"\r\nRetry-After: {LEASE_SECONDS}\r\n" in answer, answer
+        assert not any("SIP phones of alice@localhost" in line for line in node1.lines)
+    finally:
+        phone.close()

@@ -1,11 +1,14 @@
 """The metrics listener of the real server, scraped over HTTP and read with prometheus-client's parser."""
 
+import asyncio
 import http.client
+import importlib.util
 import socket
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .harness import RawClient, ServerProcess, add_users, write_config
+from .harness import REDIS_SERVER, Clients, RawClient, ServerProcess, add_users, next_item, write_config
 
 PASSWORD = "metrics-pw-1"
 
@@ -73,3 +76,36 @@ def test_address_not_allowed(tmp_path):
         assert answer == b""
     finally:
         process.stop()
+
+
+@pytest.mark.skipif(REDIS_SERVER is None or importlib.util.find_spec("redis") is None,
+                    reason="needs redis-server (Debian package redis-server) and redis-py (pip install -e '.[cluster]')")
+def test_cluster_node(tmp_path):
+    """Two nodes of a cluster: node1's scrape shows its lease, node2 as the member it mirrors, and the
+    message it handed to node2 (which shows it received); bridge_sessions counts each node's own sessions,
+    not those it mirrors."""
+    from .test_cluster import seen_by, started_cluster
+
+    metrics = '[metrics]\nendpoints = ["tcp:0:interface=127.0.0.1"]\n'
+    cluster = started_cluster(str(tmp_path), tables=metrics, wait_for=("c2s", "c2s-direct-tls", "metrics"))
+    _, (node1, node2) = next(cluster)
+    try:
+        async def scenario():
+            async with Clients(node1) as clients:
+                bob = await clients.login("bob@localhost/home", port=node2.port)
+                alice = await clients.login("alice@localhost/one", port=node1.port)
+                await seen_by(bob, alice)
+                alice.send_message(mto="bob@localhost/home", mbody="across", mtype="chat")
+                await next_item(bob.messages, what="alice's message on node2")
+                return samples(get(node1.ports["metrics"], "/metrics")[2]), \
+                    samples(get(node2.ports["metrics"], "/metrics")[2])
+
+        first, second = asyncio.run(scenario())
+        for found in (first, second):
+            assert (found[("bridge_cluster_lease_held", ())], found[("bridge_cluster_accepting_sessions", ())],
+                    found[("bridge_cluster_peers", ())]) == (1, 1, 1)
+            assert found[("bridge_sessions", (("host", "localhost"), ("transport", "tcp")))] == 1
+        assert first[("bridge_cluster_messages_forwarded_total", ())] >= 1
+        assert second[("bridge_cluster_messages_received_total", ())] >= 1
+    finally:
+        cluster.close()

@@ -198,3 +198,39 @@ def test_websocket_through_the_mux(mux_and_nodes):
         sock.close()
     assert accepted and accepted[0].subprotocol == "xmpp"
     assert texts[0].startswith("<open"), texts
+
+
+def test_session_resumed_through_the_mux_on_the_surviving_node(mux_and_nodes):
+    """alice (slixmpp with xep_0198) and bob log in through the mux and land on different nodes;
+    alice's node is killed with SIGKILL: the mux tells her <system-shutdown/>, her client connects to
+    the mux again, lands on the surviving node and resumes its session there (<resumed/>, the same
+    full JID, after the dead node's lease lapsed); bob's message reaches her there."""
+    mux, nodes = mux_and_nodes
+    mux_port = mux.ports["mux-c2s"]
+
+    async def scenario():
+        async with Clients(mux) as clients:
+            alice = await clients.login("alice@localhost/a", port=mux_port, plugins={"xep_0198": {"window": 1}})
+            bob = await clients.login("bob@localhost/b", port=mux_port)
+            alice_node, bob_node = await landed_on(mux, alice, nodes), await landed_on(mux, bob, nodes)
+            assert alice_node is not bob_node, "least-clients put both clients on one node"
+            bob.send_message(mto="alice@localhost/a", mbody="before", mtype="chat")
+            await next_item(alice.messages, lambda m: m["body"] == "before", what="bob's message at alice")
+            resumed = asyncio.Queue()
+            alice.add_event_handler("session_resumed", resumed.put_nowait)
+            alice.add_event_handler("sm_failed", resumed.put_nowait)
+
+            os.kill(alice_node.process.pid, signal.SIGKILL)
+            alice_node.process.wait()
+            error = await next_item(alice.stream_errors, what="the mux's stream error to alice")
+            assert child(error, f"{{{NS_STREAM_ERRORS}}}system-shutdown") is not None, error
+            await alice.ended
+            alice.start(mux_port)
+            answer = await next_item(resumed, timeout=30, what="<resumed/> or <failed/>")
+            assert answer.name == "resumed", f"resumption failed: {answer}"
+            assert str(alice.boundjid) == "alice@localhost/a"
+            assert await landed_on(mux, alice, nodes) is bob_node
+            bob.send_message(mto="alice@localhost/a", mbody="after", mtype="chat")
+            await next_item(alice.messages, lambda m: m["body"] == "after", what="bob's message after resumption")
+
+    asyncio.run(scenario())

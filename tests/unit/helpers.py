@@ -252,6 +252,17 @@ def scram_login(client, user, password, mechanism="SCRAM-SHA-256", client_nonce=
     return outcome
 
 
+def resuming(harness, user, previd, h):
+    """A new connection of ``user``@localhost that authenticates and sends <resume/> (XEP-0198)."""
+    client = harness.connect()
+    client.open_stream()
+    outcome = scram_login(client, user, "secret")
+    assert outcome.name == "success", outcome.toXml()
+    client.restart("localhost")
+    client.send(f"<resume xmlns='urn:xmpp:sm:3' previd='{previd}' h='{h}'/>")
+    return client
+
+
 def replace_config(config, **c2s):
     return dataclasses.replace(config, c2s=dataclasses.replace(config.c2s, **c2s))
 

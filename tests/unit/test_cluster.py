@@ -20,7 +20,7 @@ from bridge.core.redislink import RedisLink
 from bridge.core.xmlstream import parse_element
 from bridge.tap import Options
 
-from tests.unit.helpers import Harness
+from tests.unit.helpers import Harness, resuming
 
 MAX_BYTES = 4096
 
@@ -39,6 +39,11 @@ class FakeLink:
         self.sent = []
         self.removed = []
         self.broadcasts = []  # what was sent to every other member (documents changed here)
+        self.incarnation = "i1"
+        self.owner_keys = {}  # resource -> owner "NODE INCARNATION" (no expiry here)
+        self.left = {}  # node -> the inbox entries its removal hands over
+        self.resumptions = {}  # resumption id -> state, as this node remembers them
+        self.takes = {}  # resumption id -> the answers take_resumption gives, in turn
 
     def _answer(self, value):
         return defer.succeed(value) if self.reachable else defer.fail(ConnectionError("Redis away"))
@@ -59,9 +64,21 @@ class FakeLink:
     def members(self):
         return self._answer(dict(self.members_answer))
 
-    def remove_node(self, node):
+    def remove_node(self, node, resumption_milliseconds):
         self.removed.append(node)
+        return self._answer(self.left.get(node))
+
+    def remember_resumption(self, resume_id, state):
+        self.resumptions[resume_id] = state
         return self._answer(1)
+
+    def forget_resumption(self, resume_id):
+        self.resumptions.pop(resume_id, None)
+        return self._answer(1)
+
+    def take_resumption(self, resume_id, bare):
+        answers = self.takes.get(resume_id)
+        return self._answer(answers.pop(0) if answers else None)
 
     def load_sessions(self, node):
         if node in self.late_snapshots:
@@ -81,6 +98,18 @@ class FakeLink:
             self.broadcasts.append(fields)
         return self._answer(1)
 
+    def claim(self, resources):
+        me = f"node1 {self.incarnation}"
+        if self.lease_in_redis:
+            for resource in resources:
+                self.owner_keys.setdefault(resource, me)
+        return self._answer([self.owner_keys.get(resource) for resource in resources])
+
+    def release(self, resources):
+        for resource in resources:
+            self.owner_keys.pop(resource, None)
+        return self._answer(1)
+
 
 def stream_error(elements):
     for element in elements:
@@ -89,10 +118,13 @@ def stream_error(elements):
     return None
 
 
-def record(priority=0, show=None):
+def record(priority=0, show=None, marks=()):
     """A session record as another node publishes it."""
     presence = f"<presence><show>{show}</show></presence>" if show else "<presence/>"
-    return json.dumps({"priority": priority, "presence": presence})
+    return json.dumps({"priority": priority, "presence": presence, **({"marks": list(marks)} if marks else {})})
+
+
+SM = "urn:xmpp:sm:3"
 
 
 class LeaseTests(SynchronousTestCase):
@@ -180,13 +212,15 @@ class EnvelopeTests(SynchronousTestCase):
                 self.assertRaises(MalformedEnvelope, parse_stanza, text, MAX_BYTES)
 
     def test_record_round_trip(self):
-        """A local session's record decodes to its priority and presence."""
+        """A local session's record decodes to its priority, presence and marks."""
         session = RemoteSession(None, "node1", JID("a@localhost/r"), 5,
-                                parse_element("<presence><show>away</show></presence>"))
-        priority, presence = decode_record(encode_record(session), MAX_BYTES)
+                                parse_element("<presence><show>away</show></presence>"), {"carbons", "roster"})
+        priority, presence, marks = decode_record(encode_record(session), MAX_BYTES)
         self.assertEqual(priority, 5)
         self.assertEqual(str(presence.show), "away")
-        self.assertEqual(decode_record(json.dumps({"priority": -1, "presence": None}), MAX_BYTES), (-1, None))
+        self.assertEqual(marks, {"carbons", "roster"})
+        self.assertEqual(decode_record(json.dumps({"priority": -1, "presence": None}), MAX_BYTES),
+                         (-1, None, set()))
 
     def test_record_refused(self):
         """Records with other keys, a priority out of range or not an integer, or a presence that is
@@ -195,7 +229,11 @@ class EnvelopeTests(SynchronousTestCase):
                      json.dumps({"priority": 128, "presence": None}), json.dumps({"priority": True, "presence": None}),
                      json.dumps({"priority": 1.5, "presence": None}),
                      json.dumps({"priority": 0, "presence": "<message/>"}),
-                     json.dumps({"priority": 0, "presence": 3})):
+                     json.dumps({"priority": 0, "presence": 3}),
+                     json.dumps({"priority": 0, "presence": None, "marks": "carbons"}),
+                     json.dumps({"priority": 0, "presence": None, "marks": ["Carbons"]}),
+                     json.dumps({"priority": 0, "presence": None, "marks": [1]}),
+                     json.dumps({"priority": 0, "presence": None, "marks": [f"m{n}" for n in range(17)]})):
             with self.subTest(text):
                 self.assertRaises(MalformedEnvelope, decode_record, text, MAX_BYTES)
 
@@ -213,6 +251,7 @@ class ClusterTests(SynchronousTestCase):
         section = configuration.ClusterConfig(enabled=True, node_name="node1", lease_seconds=9)
         self.cluster = Cluster(self.server, self.link, self.clock, section)
         self.server.cluster = self.cluster
+        self.server.ownership = self.cluster.ownership
         self.link.members_answer = {"node1": "i1", "node2": "i2"}
         self.link.snapshots["node2"] = (4, {"bob@localhost/far": record(priority=3)})
         self.cluster.start()
@@ -422,6 +461,44 @@ class ClusterTests(SynchronousTestCase):
         self.assertEqual(len(self.link.joins), 2)
         self.assertTrue(self.cluster.accepting())
 
+    def test_claims_follow_the_lease(self):
+        """A claim is tried with the lease's rounds and owned; when Redis no longer holds the node's lease
+        it is lost at once with the sessions; a clean stop releases what the node owns."""
+        events = []
+        claim = self.server.ownership.claim("sms:sms.localhost", lambda: events.append("gained"),
+                                            lambda: events.append("lost"))
+        self.clock.advance(3)
+        self.assertEqual(events, ["gained"])
+        self.assertTrue(claim.owned)
+        self.link.lease_in_redis = False
+        self.clock.advance(3)
+        self.assertEqual(events, ["gained", "lost"])
+        self.assertFalse(claim.owned)
+        self.link.lease_in_redis = True
+        self.link.owner_keys.clear()
+        self.clock.advance(6)
+        self.assertEqual(events, ["gained", "lost", "gained"])
+        stopped = self.cluster.stop()
+        self.assertNoResult(stopped)  # the node waits for the holder to finish and release the claim
+        self.clock.advance(3)
+        self.assertTrue(claim.owned, "renewed while the node stops")
+        claim.release()
+        self.successResultOf(stopped)
+        self.assertEqual((events[-1], self.link.owner_keys), ("lost", {}))
+
+    def test_a_claim_not_released_at_a_stop_is_released_after_the_lease(self):
+        """A holder that does not release its claim at a clean stop does not keep the node from leaving:
+        after lease_seconds the claim is released and the node leaves."""
+        events = []
+        self.server.ownership.claim("email:outbox", lambda: events.append("gained"), lambda: events.append("lost"))
+        self.clock.advance(3)
+        stopped = self.cluster.stop()
+        self.clock.advance(8.9)
+        self.assertNoResult(stopped)
+        self.clock.advance(0.1)
+        self.successResultOf(stopped)
+        self.assertEqual((events, self.link.owner_keys), (["gained", "lost"], {}))
+
     def test_conflict_with_a_remote_resource_kicks_it(self):
         """Binding a resource node2 holds asks node2 to end its session; the new one is local."""
         self.harness.login("bob@localhost/far")
@@ -444,6 +521,131 @@ class ClusterTests(SynchronousTestCase):
         reply = parse_stanza(fields["body"], MAX_BYTES)
         self.assertEqual((node, reply["type"], reply.error.firstChildElement().name),
                          ("node2", "error", "service-unavailable"))
+
+
+    # -- features' state on sessions of other nodes (marks) ------------------------------------
+
+    def test_marks_are_published(self):
+        """Enabling carbons and asking for the roster mark the session; its record carries the marks."""
+        client = self.harness.login("alice@localhost/one")
+        client.iq("<iq type='set' id='c'><enable xmlns='urn:xmpp:carbons:2'/></iq>")
+        client.iq("<iq type='get' id='r'><query xmlns='jabber:iq:roster'/></iq>")
+        self.assertEqual(json.loads(self.link.published[-1]["body"])["marks"], ["carbons", "roster"])
+        client.iq("<iq type='set' id='d'><disable xmlns='urn:xmpp:carbons:2'/></iq>")
+        self.assertEqual(json.loads(self.link.published[-1]["body"])["marks"], ["roster"])
+        self.assertFalse(self.server.sessions.marked("carbons", "alice@localhost"))
+
+    def test_carbons_and_roster_pushes_reach_a_resource_on_another_node(self):
+        """alice/far on node2 enabled carbons and asked for the roster: alice/one's message here is
+        copied to it as <sent/>, and her roster change is pushed to it, both through node2's inbox."""
+        self.link.on_entries([self.entry("session", "alice@localhost/far", record(marks=["carbons", "roster"]),
+                                         seq=5)])
+        self.assertTrue(self.server.sessions.marked("carbons", "alice@localhost"))
+        client = self.harness.login("alice@localhost/one")
+        client.send("<message to='bob@localhost/far' type='chat' id='m1'><body>hi</body></message>")
+        client.iq("<iq type='set' id='r'><query xmlns='jabber:iq:roster'><item jid='carol@localhost'/></query></iq>")
+        to_far = [parse_stanza(fields["body"], MAX_BYTES) for node, fields in self.link.sent
+                  if fields["jid"] == "alice@localhost/far"]
+        self.assertEqual([(stanza.name, stanza.firstChildElement().name) for stanza in to_far],
+                         [("message", "sent"), ("iq", "query")])
+        self.link.on_entries([self.entry("session", "alice@localhost/far", "", seq=6)])
+        self.assertFalse(self.server.sessions.marked("carbons", "alice@localhost"))
+
+    # -- XEP-0198 resumption on another node ----------------------------------------------------
+
+    def test_resumption_state_follows_the_acknowledgements(self):
+        """A resumable session's full JID and handled count go to Redis at <enable/> and with each
+        <a/>; they go when the session ends."""
+        client = self.harness.login("alice@localhost/one")
+        client.send(f"<enable xmlns='{SM}' resume='true'/>")
+        resume_id = [e for e in client.received() if e.name == "enabled"][0]["id"]
+        self.assertEqual(json.loads(self.link.resumptions[resume_id]), {"jid": "alice@localhost/one", "h": 0})
+        client.send("<presence/>")
+        client.send(f"<r xmlns='{SM}'/>")
+        self.assertEqual(json.loads(self.link.resumptions[resume_id])["h"], 1)
+        client.send("</stream:stream>")
+        client.drop()
+        self.assertNotIn(resume_id, self.link.resumptions)
+
+    def resume(self, previd, h=0):
+        return resuming(self.harness, "alice", previd, h)
+
+    def test_session_of_a_dead_node_is_resumed_here(self):
+        """A client of node2 resumes here: node2's lease still runs at first, so the node waits for
+        it to lapse, then answers <resumed/> with the handled count node2 last sent; the session is
+        local with its marks, and its presence is broadcast again."""
+        watcher = self.harness.login("alice@localhost/desk")
+        watcher.send("<presence/>")
+        watcher.received()
+        state = json.dumps({"jid": "alice@localhost/far", "h": 7})
+        self.link.takes["id1"] = [("alive", "500"), ("taken", state, record(marks=["carbons"]))]
+        client = self.resume("id1", h=3)
+        self.assertEqual([e for e in client.received() if e.name in ("resumed", "failed")], [])
+        self.clock.advance(1)
+        resumed = [e for e in client.received() if e.name == "resumed"][0]
+        self.assertEqual((resumed["previd"], resumed["h"]), ("id1", "7"))
+        session = self.server.sessions.get("alice@localhost/far")
+        self.assertTrue(session.local)
+        self.assertEqual((session.available, session.marks, session.sm.acks.acknowledged), (True, {"carbons"}, 3))
+        self.assertIn("alice@localhost/far", [e["from"] for e in watcher.received() if e.name == "presence"])
+        client.send(f"<r xmlns='{SM}'/>")
+        self.assertEqual([e["h"] for e in client.received() if e.name == "a"], ["7"])
+        self.assertEqual(json.loads(self.link.resumptions["id1"])["jid"], "alice@localhost/far")
+
+    def test_unknown_resumption_fails_cleanly(self):
+        """An id Redis does not hold (or of a node alive beyond the waits) gets item-not-found at once,
+        and the client may bind."""
+        self.link.takes["id2"] = [("alive", "500")] * 3
+        for previd in ("nothing", "id2"):
+            client = self.resume(previd)
+            for _ in range(3):
+                self.clock.advance(1)
+            (failed,) = [e for e in client.received() if e.name == "failed"]
+            self.assertEqual(failed.firstChildElement().name, "item-not-found")
+            client.send("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
+            self.assertEqual(client.received()[-1]["type"], "result")
+
+    def test_resumption_while_redis_is_away_fails_cleanly(self):
+        """A Redis call that fails answers item-not-found, not a stream error."""
+        self.link.reachable = False
+        client = self.resume("id4")
+        (failed,) = [e for e in client.received() if e.name == "failed"]
+        self.assertEqual(failed.firstChildElement().name, "item-not-found")
+
+    def test_dead_node_resumed_session_is_not_announced_gone(self):
+        """A session of node2 resumed here before node2's removal is not announced unavailable, and
+        gets what node2's inbox held for it as it is (its sending node archived it already)."""
+        self.link.takes["id3"] = [("taken", json.dumps({"jid": "bob@localhost/far", "h": 0}), record())]
+        resumed = resuming(self.harness, "bob", "id3", 0)
+        resumed.received()
+        watcher = self.harness.login("bob@localhost/here")
+        watcher.send("<presence/>")
+        watcher.received()
+        self.link.left["node2"] = [self.entry(
+            "stanza", "bob@localhost/far", "<message from='alice@localhost/x' to='bob@localhost/far' type='chat'>"
+                                           "<body>kept</body><stanza-id xmlns='urn:xmpp:sid:0' by='bob@localhost' "
+                                           "id='s1'/></message>", node="node3")]
+        self.link.members_answer = {"node1": "i1", "node2": None}
+        self.clock.advance(3)
+        self.assertEqual([e for e in watcher.received() if e.getAttribute("type") == "unavailable"], [])
+        (message,) = [e for e in resumed.received() if e.name == "message"]
+        self.assertEqual([child["id"] for child in message.elements("urn:xmpp:sid:0", "stanza-id")], ["s1"])
+
+    def test_what_a_dead_nodes_inbox_held_is_routed_again(self):
+        """The stanzas left in node2's inbox go through the router once node2 is removed: a message
+        for bob/far (gone) reaches bob's resource here."""
+        watcher = self.harness.login("bob@localhost/here")
+        watcher.send("<presence/>")
+        watcher.received()
+        self.link.left["node2"] = [
+            self.entry("stanza", "bob@localhost/far", "<message from='alice@localhost/x' to='bob@localhost/far' "
+                                                      "type='chat'><body>kept</body></message>", node="node3"),
+            self.entry("session", "carol@localhost/x", record(), seq=1, node="node3"),
+            {"v": "1", "kind": "stanza"}]
+        self.link.members_answer = {"node1": "i1", "node2": None}
+        self.clock.advance(3)
+        self.assertEqual([str(e.body) for e in watcher.received() if e.name == "message"], ["kept"])
+        self.assertEqual(self.cluster.dropped["malformed"], 1)
 
 
 class SingleProcessTests(SynchronousTestCase):

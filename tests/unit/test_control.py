@@ -68,6 +68,12 @@ class ControlCommandTests(SynchronousTestCase):
         self.assertEqual(answer["uptime_seconds"], 600)
         self.assertEqual(answer["sessions"], {"localhost": {"tcp": 2}, "example.test": {"tcp": 1}})
         self.assertEqual(answer["queues"], {"waiting": 3})
+        self.assertEqual(answer["owners"], {})
+
+    def test_status_names_what_this_node_owns(self):
+        """status: each resource served one node at a time, with who owns it (this node, alone)."""
+        self.harness.server.ownership.claim("email:outbox", lambda: None, lambda: None)
+        self.assertEqual(self.ask(command="status")["owners"], {"email:outbox": "this node"})
 
     def test_sessions_lists_full_jids_and_filters(self):
         """sessions: every full JID with its kind, address and bind time; a host (or its alias), an account

@@ -5,7 +5,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from bridge import config as configuration
 from bridge.core.streams.csi import HeldStanzas, collapse_key
 from bridge.core.xmlstream import parse_element
-from tests.unit.helpers import Harness, make_config, scram_login
+from tests.unit.helpers import Harness, make_config, resuming, scram_login
 from tests.unit.test_websocket import WebSocketTestCase
 
 CSI = "urn:xmpp:csi:0"
@@ -236,12 +236,7 @@ class StreamManagementTests(SynchronousTestCase):
         self.session = self.harness.server.sessions.get(ALICE)
 
     def resume(self, h):
-        client = self.harness.connect()
-        client.open_stream()
-        self.assertEqual(scram_login(client, "alice", "secret").name, "success")
-        client.restart("localhost")
-        client.send(f"<resume xmlns='{SM}' previd='{self.resume_id}' h='{h}'/>")
-        return client
+        return resuming(self.harness, "alice", self.resume_id, h)
 
     def test_nonzas_not_counted(self):
         """<inactive/> and <active/> do not count as handled stanzas."""

@@ -198,6 +198,21 @@ class ClusteredRegistrationTests(MessagingTestCase):
         self.assertEqual(phone.register(password="secret", user="dave", expires=0).status, 200)
         self.assertNotIn("dave@localhost", self.link.held_hashes[("sip", "node1")])
 
+    def test_register_refused_while_redis_is_away(self):
+        """Redis away: a REGISTER gets 503 with Retry-After (one lease), binds nothing and writes nothing,
+        as XMPP binding is refused then; once Redis answers again the phone registers."""
+        phone = Phone(self, aor="sip:dave@localhost")
+        self.link.reachable = False
+        self.clock.advance(3)
+        refused = phone.send(phone.request())
+        self.assertEqual((refused.status, refused.headers.get("Retry-After")), (503, "9"))
+        self.assertEqual(self.gateway.registrar.bindings.current("localhost", "dave"), [])
+        self.assertIsNone(self.server.sessions.get("dave@localhost/sip"))
+        self.link.reachable = True
+        self.clock.advance(3)
+        self.assertEqual(phone.register(password="secret", user="dave").status, 200)
+        self.assertIsNotNone(self.server.sessions.get("dave@localhost/sip"))
+
     def test_message_for_phones_of_another_node_goes_there(self):
         """bob has no session here but his phones are node2's session: a message to his bare JID is
         handed to node2, not stored offline here."""

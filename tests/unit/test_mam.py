@@ -138,6 +138,21 @@ class ArchivingTests(ArchiveTestCase):
         self.assertEqual([r.id for r in self.archive("bob")], [stanza_id])
         self.assertGreaterEqual(len(stanza_id), 16)
 
+    def test_both_ends_of_a_local_message_share_its_id_and_time(self):
+        """A message between two local users has one id and one time in both archives (each archive's
+        ids stay unique); the next message has its own."""
+        alice = self.online("alice@localhost/a")
+        bob = self.online("bob@localhost/b")
+        for body in ("one", "two"):
+            alice.send(f"<message to='bob@localhost' type='chat'><body>{body}</body></message>")
+        stamped = [stanza_ids(message)[0][1] for message in messages(bob.received())]
+        sent, received = self.archive("alice"), self.archive("bob")
+        self.assertEqual([r.id for r in sent], stamped)
+        self.assertEqual([r.id for r in received], stamped)
+        self.assertEqual(len(set(stamped)), 2)
+        self.assertEqual([r.stanza for r in sent], [r.stanza for r in received])
+        self.assertEqual(sent[0].stanza[:len("<message")], "<message")
+
     def test_forged_stanza_ids_are_removed(self):
         """A stanza-id claiming to be by the recipient's account is removed before delivery (only the
         server's own stays), and from the recipient's archived copy; one by someone else is kept.  A

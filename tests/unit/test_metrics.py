@@ -7,9 +7,11 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from bridge import config as configuration
+from bridge.core.cluster import Cluster, Envelope
 from bridge.gateways.http import HTTPFactory
 from bridge.metrics import metrics_site
 from tests.unit.helpers import Harness, gateway_context, make_config
+from tests.unit.test_cluster import FakeLink, record
 from tests.unit.test_http import HTTPClient, StubBosh
 
 
@@ -127,6 +129,67 @@ class LevelTests(MetricsTestCase):
         samples = scrape(self.site)
         self.assertNotIn(("bridge_broken", ()), samples)
         self.assertIn(("bridge_authentication_failures_total", ()), samples)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+
+class ClusterTests(MetricsTestCase):
+    """node1 of a cluster on the fake Redis link of test_cluster; node2 is another member, with bob's session."""
+
+    def setUp(self):
+        super().setUp()
+        self.link = FakeLink()
+        section = configuration.ClusterConfig(enabled=True, node_name="node1", lease_seconds=9)
+        self.cluster = Cluster(self.harness.server, self.link, self.harness.clock, section)
+        self.harness.server.cluster = self.cluster
+        self.link.members_answer = {"node1": "i1", "node2": "i2"}
+        self.link.snapshots["node2"] = (1, {"bob@localhost/far": record()})
+        self.cluster.start()
+        self.addCleanup(self.cluster.stop)
+
+    def cluster_samples(self):
+        return {key: value for key, value in scrape(self.site).items() if key[0].startswith("bridge_cluster_")}
+
+    def test_lease_members_and_messages_between_nodes(self):
+        """The lease, the other members, and the messages forwarded, received and dropped by reason; only
+        this node's own sessions are counted in bridge_sessions."""
+        alice = self.harness.login("alice@localhost/a")
+        alice.send("<message to='bob@localhost/far' type='chat'><body>hi</body></message>")
+        self.link.on_entries([
+            Envelope("stanza", "node2", "alice@localhost/a", "<message><body>back</body></message>").fields(),
+            Envelope("stanza", "node2", "alice@localhost/a", "<message><body>x</body>").fields(),
+            Envelope("stanza", "node1", "alice@localhost/a", "<message/>").fields(),
+            {b"v": b"0"}])
+        self.assertEqual(self.cluster_samples(), {
+            ("bridge_cluster_lease_held", ()): 1, ("bridge_cluster_accepting_sessions", ()): 1,
+            ("bridge_cluster_peers", ()): 1, ("bridge_cluster_messages_forwarded_total", ()): 1,
+            ("bridge_cluster_messages_received_total", ()): 2,
+            ("bridge_cluster_messages_dropped_total", (("reason", "foreign"),)): 1,
+            ("bridge_cluster_messages_dropped_total", (("reason", "malformed"),)): 2})
+        self.assertEqual(scrape(self.site)[("bridge_sessions", (("host", "localhost"), ("transport", "tcp")))], 1)
+
+    def test_redis_away_then_lease_lapsed(self):
+        """Redis away: the node accepts no sessions while its lease runs; once it lapsed, no lease and no
+        members seen."""
+        self.link.reachable = False
+        self.harness.clock.advance(3)
+        samples = self.cluster_samples()
+        self.assertEqual((samples[("bridge_cluster_lease_held", ())],
+                          samples[("bridge_cluster_accepting_sessions", ())]), (1, 0))
+        self.harness.clock.advance(6)
+        samples = self.cluster_samples()
+        self.assertEqual((samples[("bridge_cluster_lease_held", ())], samples[("bridge_cluster_peers", ())]), (0, 0))
+
+
+class FailureTests(MetricsTestCase):
+    def test_failing_collector_answers_500(self):
+        """A scrape whose collection fails is answered 500 (and logged), not left without an answer."""
+        self.patch(self.site.resource.children[b"metrics"].collector, "collect", lambda: 1 / 0)
+        address = IPv4Address("TCP", "127.0.0.1", 40000)
+        protocol = self.site.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 500"), transport.value()[:40])
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
 
 

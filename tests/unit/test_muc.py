@@ -146,6 +146,19 @@ class JoinTests(MUCTestCase):
         [own] = self.got("bob")
         self.assertEqual(codes(own), {110})
 
+    def test_newcomers_see_each_occupants_presence_as_it_is_now(self):
+        """What a newcomer is shown of an occupant follows that occupant's changes of status, role and
+        nickname (each occupant's presence is built once and kept while unchanged)."""
+        self.join("alice")
+        self.join("bob")
+        self.clients["bob"].send(f"<presence to='{ROOM}/Bob'><show>away</show></presence>")
+        [seen] = [s for s in self.join("carol") if s["from"] == f"{ROOM}/Bob"]
+        self.assertEqual(str(seen.show), "away")
+        self.clients["bob"].send(f"<presence to='{ROOM}/Bobby'><show>dnd</show></presence>")
+        self.admin("alice", "<item nick='Bobby' role='moderator'/>")
+        [seen] = [s for s in self.join("dave") if s["from"].startswith(f"{ROOM}/Bob")]
+        self.assertEqual((seen["from"], str(seen.show), item_of(seen)["role"]), (f"{ROOM}/Bobby", "dnd", "moderator"))
+
     def test_moderators_see_real_jids_in_semi_anonymous_rooms(self):
         """whois=moderators: the owner (a moderator) sees bob's real JID, bob does not see alice's; whois=anyone:
         everybody sees it and self-presence carries 100."""

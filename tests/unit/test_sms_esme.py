@@ -1,5 +1,6 @@
 """The ESME protocol and SMSC link against small fake SMSCs: StringTransport, Clock, no sleeping."""
 
+import io
 import struct
 
 from twisted.internet import defer
@@ -10,6 +11,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from bridge import config as configuration, ctl
 from bridge.config import SMSConfig, SMSCConfig
 from bridge.core.storage.memory import MemoryStorage
 from bridge.gateways.sms import pdu as pdus
@@ -389,15 +391,18 @@ class ReceiptTests(SynchronousTestCase):
 
 class PersistenceTests(SynchronousTestCase):
     def test_restart_resends_unsent_parts_only(self):
-        """After a restart, parts submitted are not sent again; pending and unanswered parts are."""
-        rig = Rig()
+        """After a restart, parts submitted are not sent again, nor are parts whose submit_sm was written
+        and never answered (held, counted); parts never written are sent."""
+        rig = Rig(window=2)
         rig.start()
         rig.add("one")
         rig.add("two")
-        rig.add("three")
         first = rig.submits()
         rig.smsc.answer(first[0], message_id="1")
-        # The process dies here: "two" was written but not answered, "three" never left.
+        rig.add("three")
+        rig.add("four")
+        self.assertEqual([p.short_message for p in first + rig.submits()], [b"one", b"two", b"three"])
+        # The process dies here: "two" and "three" were written but not answered, "four" never left.
         queue = OutboundQueue(rig.storage, "sms.localhost", Clock(), SMSConfig(), lambda *a: None)
         smsc = FakeSMSC()
         link = SMSCLink("main", smsc_config(window=10), queue.clock, smsc.connect, queue)
@@ -407,4 +412,76 @@ class PersistenceTests(SynchronousTestCase):
         smsc.bind()
         for _ in range(20):
             queue.clock.advance(0.001)
-        self.assertEqual([p.short_message for p in smsc.received()], [b"two", b"three"])
+        self.assertEqual([p.short_message for p in smsc.received() if p.command == "submit_sm"], [b"four"])
+        self.assertEqual(queue.held_parts(), 2)
+        self.assertEqual([part["state"] for part in result_of(rig.storage.get("sms.localhost", "000000000002",
+                                                                              "sms-out"))["parts"]], ["held"])
+
+
+class Claimed:
+    """A claim of the queue whose ownership the test sets."""
+
+    owned = True
+
+
+class OwnershipTests(SynchronousTestCase):
+    def test_no_submit_once_the_queue_is_lost_while_the_attempt_is_recorded(self):
+        """The owner records an attempt (a slow write) and loses the queue before it is on disk: the
+        submit_sm is never written, and the part is pending again (nothing left)."""
+        rig = Rig()
+        rig.queue.claim = claim = Claimed()
+        rig.link.start()
+        rig.add("late")
+        commits = Clock()
+        rig.storage.clock = commits
+        rig.smsc.bind()  # the part is taken; its attempt is being recorded
+        self.assertEqual(len(rig.link.in_flight), 1)
+        self.assertEqual(rig.smsc.received(), [])
+        claim.owned = False
+        commits.advance(0)
+        commits.advance(0)
+        self.assertEqual([p for p in rig.submits()], [])
+        self.assertEqual(rig.link.in_flight, set())
+        [doc] = rig.queue.docs.values()
+        self.assertEqual(doc["parts"][0]["state"], "pending")
+
+    def test_a_late_answer_after_the_queue_was_lost_writes_nothing(self):
+        """The answer to a submit_sm comes after the node lost the queue: its stale copy of the message is
+        not written over what the new owner does; storage still says ``sending``, which the new owner
+        holds."""
+        rig = Rig()
+        rig.queue.claim = claim = Claimed()
+        rig.start()
+        rig.add("late answer")
+        [submit] = rig.submits()
+        claim.owned = False
+        rig.smsc.answer(submit, message_id="7")
+        [key] = rig.queue.docs
+        self.assertEqual([part["state"] for part in result_of(rig.storage.get("sms.localhost", key,
+                                                                              "sms-out"))["parts"]], ["sending"])
+
+    def test_a_node_that_does_not_own_the_queue_stores_and_forgets(self):
+        """A node that does not serve the queue stores what it accepts and keeps nothing of it; the owner
+        reads it at its next look (load) and sends it."""
+        rig = Rig()
+        rig.start()
+        other = OutboundQueue(rig.storage, "sms.localhost", rig.clock, SMSConfig(), lambda *a: None, node="node2",
+                              serving=False)
+        key = result_of(other.add("+15551234567", "from node2", {}))
+        self.assertEqual((key, other.docs, list(other.pending)), ("000000000001-node2", {}, []))
+        self.assertEqual(rig.submits(), [])
+        result_of(rig.queue.load())
+        self.assertEqual([p.short_message for p in rig.submits()], [b"from node2"])
+
+    def test_bridgectl_lists_the_held_parts(self):
+        """bridgectl sms-held names each held part (key, part, number, SMSC) and counts them."""
+        rig = Rig(window=2)
+        rig.start()
+        rig.add("one")
+        rig.submits()
+        queue = OutboundQueue(rig.storage, "sms.localhost", Clock(), SMSConfig(), lambda *a: None)
+        result_of(queue.load())
+        out = io.StringIO()
+        ctl._sms_held(rig.storage, configuration.Config(), out, result_of)
+        self.assertEqual(out.getvalue(), "000000000001\tpart 1 of 1\tto +15551234567\tSMSC main\n"
+                                         "sms-held: 1 parts held\n")

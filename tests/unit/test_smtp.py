@@ -24,16 +24,18 @@ from zope.interface import implementer
 
 from bridge import config as configuration
 from bridge.core.notifications import NotificationPreferences
+from bridge.core.ownership import Ownership
 from bridge.core.server import Server
 from bridge.core.storage.memory import MemoryStorage
 from bridge.core.streams.c2s import ClientFactory
 from bridge.gateways import smtp as gateway_module
-from bridge.gateways.smtp import OUTBOX, EmailGateway
+from bridge.gateways.smtp import DIGEST_DUE, OUTBOX, EmailGateway
 from bridge.tap import load_features
 from bridge.gateways.sip.gateway import SIPGateway
 from bridge.gateways.sip.message import parse_datagram
 from tests.unit.helpers import FakeClient, gateway_context, result_of
 from tests.unit.test_sip_messaging import sip_message
+from tests.unit.test_ownership import FakeLink, FakeRedis
 from tests.unit.test_sip_registrar import FakeUDP, authorization
 
 SMTP_DEFAULTS = {"relay": "relay.test:2525", "starttls": "off", "from_address": "im@example.com",
@@ -439,6 +441,34 @@ class RestartTests(GatewayTestBase):
         self.relay.answer()
         [mail] = self.relay.mails()
         self.assertEqual(mail["Subject"], "2 messages from alice@localhost")
+
+
+class OwnershipTests(GatewayTestBase):
+    """This server is node1 of a cluster whose node2 owns the outbox (a fake Redis, test_ownership.py)."""
+
+    def start_gateway(self):
+        self.redis = FakeRedis(self.reactor)
+        self.redis.keys["lease:node1"] = ("a", 10 ** 9)
+        self.redis.keys["owner:email:outbox"] = ("node2 b", self.reactor.seconds() + 9)
+        self.server.ownership = Ownership(FakeLink(self.redis, "node1"), self.reactor, "node1", 9)
+        gateway = super().start_gateway()
+        self.server.ownership.refresh(self.reactor.seconds())
+        return gateway
+
+    def test_a_node_that_does_not_own_the_outbox_collects_and_the_owner_mails(self):
+        """While node2 owns the outbox, node1 collects an offline message and writes when its digest is due,
+        but mails nothing; once node2's key expired and node1 takes the outbox over, the digest, due long
+        ago, is mailed at once."""
+        alice = self.login("alice@localhost/a")
+        self.say(alice, "bob@localhost", "while node2 sends")
+        self.reactor.advance(60)
+        self.assertEqual(self.relay.answer(), 0)
+        self.assertEqual(self.outbox(), [])
+        self.assertIsNotNone(result_of(self.storage.get("localhost", "bob", DIGEST_DUE)))
+        self.server.ownership.refresh(self.reactor.seconds())
+        self.reactor.advance(0)
+        self.assertEqual(self.relay.answer(), 1)
+        self.assertIn("while node2 sends", self.relay.mails()[0].get_content())
 
 
 class SIPPhoneTests(GatewayTestBase):

@@ -3,7 +3,7 @@
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.unit.helpers import Harness, make_config, scram_login
+from tests.unit.helpers import Harness, make_config, resuming
 
 SM = "urn:xmpp:sm:3"
 
@@ -33,12 +33,7 @@ class StreamManagementTests(SynchronousTestCase):
         return alice, enabled["id"]
 
     def resume(self, previd, h, user="alice"):
-        client = self.harness.connect()
-        client.open_stream()
-        self.assertEqual(scram_login(client, user, "secret").name, "success")
-        client.restart("localhost")
-        client.send(f"<resume xmlns='{SM}' previd='{previd}' h='{h}'/>")
-        return client
+        return resuming(self.harness, user, previd, h)
 
     def test_enable_and_count(self):
         """<enabled/> offers resumption; <r/> is answered with the number of stanzas handled."""

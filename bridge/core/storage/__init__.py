@@ -150,8 +150,8 @@ class IStorage(Interface):
         before any call made after them, and logs a failure (the message was
         delivered all the same).  Its time orders the archive: a record
         whose time is not later than that of every record stored before it
-        (two in one microsecond, a clock set back) is kept one microsecond
-        after the latest.
+        (two in one microsecond, the two ends of a local message, a clock set
+        back) is kept one microsecond after the latest.
         """
 
     def archive_query(host, user, query):

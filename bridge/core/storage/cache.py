@@ -59,10 +59,7 @@ class DocumentCaches:
     def forget(self, store, host, user):
         """Another node changed this document: the next use reads it again."""
         for cache in self._by_store.get(store, ()):
-            copy_forgotten = cache.cached(host, user)
             cache.drop(host, user)
-            if cache.changed_elsewhere is not None:
-                cache.changed_elsewhere(host, user, copy_forgotten)
 
     def forget_all(self):
         """This node may have missed other nodes' changes (it joined the cluster again)."""
@@ -82,8 +79,6 @@ class DocumentCache:
         self._documents = collections.OrderedDict()  # (host, user) -> decoded document
         self._loading = {}  # (host, user) -> [Deferred] waiting for the read under way
         self.cluster = None  # in a cluster (set by ``DocumentCaches.share``): saves are compare-and-set
-        # Told ``(host, user, the copy forgotten or None)`` when another node changed a document, or None.
-        self.changed_elsewhere = None
         self._stored = {}  # in a cluster: (host, user) -> what storage held when its copy was read or written
         self._unkept = set()  # (host, user) forgotten while read: the answer is used once, not kept
         if caches is not None:

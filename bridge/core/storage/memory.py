@@ -15,7 +15,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from bridge.core.storage import ArchiveItemNotFound, ArchivePage, IStorage, stored_bytes
+from bridge.core.storage import ArchiveItemNotFound, ArchivePage, ArchiveRecord, IStorage, stored_bytes
 
 
 @implementer(IStorage)
@@ -99,9 +99,11 @@ class MemoryStorage:
         return self._answer(None)
 
     def archive_append(self, host, user, record):
-        self._archive_time = max(record.timestamp, self._archive_time + 1)
-        if record.timestamp != self._archive_time:
-            record = record._replace(timestamp=self._archive_time)
+        time = record.timestamp
+        if time <= self._archive_time:  # both ends of a local message share their time
+            time = self._archive_time + 1
+            record = ArchiveRecord(record.id, time, *record[2:])
+        self._archive_time = time
         self._archives.setdefault((host, user), []).append(record)
 
     def archive_query(self, host, user, query):

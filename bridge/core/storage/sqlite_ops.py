@@ -150,8 +150,10 @@ ARCHIVE_ROWS_PER_STATEMENT = 100
 def archive_row(values, last, host, user, record):
     """Add the row values of ``record`` to ``values``, at a time later than ``last`` (see
     ``IStorage.archive_append``); its time."""
-    seq = max(record.timestamp, last + 1)
-    values += (seq, host, user, record.id, record.with_jid, record.with_resource, record.direction, record.stanza)
+    record_id, seq, with_jid, with_resource, direction, stanza = record  # two for every message: kept cheap
+    if seq <= last:
+        seq = last + 1
+    values += (seq, host, user, record_id, with_jid, with_resource, direction, stanza)
     return seq
 
 

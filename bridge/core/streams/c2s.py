@@ -29,7 +29,7 @@ from bridge.core.stanza import first_child, make
 from bridge.core.tls import channel_binding
 from bridge.core.streams.base import NS_TLS, ConnectionsPerAddress, XMLStreamProtocol, stream_error_element
 from bridge.core.streams.csi import NS_CSI, HeldStanzas
-from bridge.core.streams.sm import NS_SM, AckError, SessionState
+from bridge.core.streams.sm import MODULUS, NS_SM, AckError, SessionState
 from bridge.core.xmlstream import NS_STREAMS
 
 log = Logger()
@@ -121,6 +121,7 @@ class ClientStream:
         self._ping_id = None
         self._in_work = {}  # id -> how many of the client's requests to the server with it await an answer
         self._in_work_total = 0  # the sum of those counts
+        self._resuming = False  # a resumption from another node is under way: nothing else is read
         self.held = None  # XEP-0352: while the client says it is inactive, what waits for it
         self._stanzas_in = server.counters.stanzas_in["c2s"]
         self._stanzas_out = server.counters.stanzas_out["c2s"]
@@ -241,8 +242,9 @@ class ClientStream:
 
     @property
     def busy(self):
-        """True while the client has as many requests in work as it may: its framing reads no more."""
-        return self._in_work_total >= MAX_REQUESTS_IN_WORK
+        """True while the client has as many requests in work as it may, or waits for a resumption
+        from another node: its framing reads no more."""
+        return self._resuming or self._in_work_total >= MAX_REQUESTS_IN_WORK
 
     def _answered(self, stanza):
         key = stanza.getAttribute("id")
@@ -309,6 +311,8 @@ class ClientStream:
             ack = domish.Element((NS_SM, "a"))
             ack["h"] = str(sm.handled.h)
             self.framing.send(ack)
+            if sm.resumable and self.server.cluster is not None:
+                self.server.cluster.remember_resumption(self.session)
 
     def _enable(self, element):
         if self.session is None or self.session.sm is not None:
@@ -325,13 +329,19 @@ class ClientStream:
             enabled["resume"] = "true"
             enabled["max"] = str(int(timeout))
         self.framing.send(enabled)
+        if resume_id and self.server.cluster is not None:
+            self.server.cluster.remember_resumption(self.session)
 
     def _resume(self, element):
         """Take over a waiting (or dying) session of the same account, over any transport."""
         if self.username is None or self.session is not None:
             self._sm_failed("unexpected-request")
             return
-        session = self.server.resumable_sessions.get(element.getAttribute("previd", ""))
+        previd = element.getAttribute("previd", "")
+        session = self.server.resumable_sessions.get(previd)
+        if session is None and self.server.cluster is not None and previd:
+            self._resume_from_cluster(previd, element.getAttribute("h", ""))
+            return
         if session is None or session.bare != f"{self.username}@{self.host}":
             self._sm_failed("item-not-found")
             return
@@ -361,6 +371,53 @@ class ClientStream:
         for stanza in session.sm.acks.take_unacked() + held:
             self.send(stanza)
         log.info("session {jid} resumed from {peer}", jid=session.full, peer=self.framing.peer)
+
+    def _resume_from_cluster(self, previd, acknowledged):
+        """Resume here a session of a node that died (docs/stream-management.md, "On another node").
+        Nothing else is read from the client until it is done: it waits for <resumed/> or <failed/>."""
+        try:
+            acknowledged = int(acknowledged) % MODULUS
+        except ValueError:
+            self._sm_failed("unexpected-request")
+            return
+        self._resuming = True
+        d = self.server.cluster.take_resumption(previd, f"{self.username}@{self.host}")
+        d.addCallback(self._resumed_from_cluster, previd, acknowledged)
+        d.addErrback(self._internal_error)
+        d.addBoth(self._resumption_done)
+
+    def _resumption_done(self, _):
+        self._resuming = False
+        self.framing.answered()
+
+    def _resumed_from_cluster(self, taken, previd, acknowledged):
+        if self.closed or self.session is not None:
+            return
+        existing = self.server.sessions.get(taken.jid.full()) if taken is not None else None
+        if taken is None or (existing is not None and existing.local):
+            self._sm_failed("item-not-found")
+            return
+        # The stanzas the dead node wrote and the client did not acknowledge are gone with it: the
+        # counts go on from the client's h, and the archive holds the messages among them.
+        session = Session(taken.jid, self)
+        session.marks = taken.marks
+        session.sm = SessionState(previd)
+        session.sm.handled.h = taken.handled
+        session.sm.acks.acknowledged = acknowledged
+        self.server.resumable_sessions[previd] = session
+        self.jid = taken.jid
+        self.session = session
+        resumed = domish.Element((NS_SM, "resumed"))
+        resumed["previd"] = previd
+        resumed["h"] = str(taken.handled)
+        self.framing.send(resumed)
+        self.server.bind(session)
+        self.server.cluster.remember_resumption(session)
+        log.info("session {jid} of a dead node resumed from {peer}", jid=session.full, peer=self.framing.peer)
+        if taken.presence is not None:
+            # The client's last presence, as if it sent it again: its contacts and resources may have
+            # heard it gone from the survivor that announced the dead node's users.
+            self._take_stanza(taken.presence)
 
     def _request_ack(self):
         self._ack_request = None
@@ -674,6 +731,8 @@ class ClientStream:
         sm = session.sm
         if sm is not None and sm.resume_id:
             server.resumable_sessions.pop(sm.resume_id, None)
+            if server.cluster is not None:
+                server.cluster.forget_resumption(sm.resume_id)
         server.unbind(session)
         if sm is not None:
             for stanza in sm.acks.take_unacked():

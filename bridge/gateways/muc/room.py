@@ -16,7 +16,7 @@ RANK = {"owner": 4, "admin": 3, "member": 2, "none": 1, "outcast": 0}
 class Occupant:
     """One real bare JID in a room under a nickname, through one or more of its resources (sessions)."""
 
-    __slots__ = ("nick", "jids", "bare", "role", "presence", "occupant_id", "voice_requested")
+    __slots__ = ("nick", "jids", "bare", "role", "presence", "occupant_id", "voice_requested", "shown")
 
     def __init__(self, nick, jid, role, occupant_id):
         self.nick = nick
@@ -26,6 +26,7 @@ class Occupant:
         self.presence = []  # the children of its last presence that occupants are shown (show, status...)
         self.occupant_id = occupant_id
         self.voice_requested = None  # when it last asked moderators for voice (seconds), or None
+        self.shown = {}  # whether real JIDs are seen -> (what it showed, presence children, presence): see shown_presence
 
     @property
     def jid(self):

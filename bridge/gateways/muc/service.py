@@ -312,8 +312,21 @@ class MUCService:
 
     # -- presence ----------------------------------------------------------------------
 
-    def presence_of(self, room, occupant, viewer, codes=(), unavailable=False, nick=None, extra=None):
-        """``occupant``'s presence in ``room`` as ``viewer`` (an Occupant) is sent it."""
+    def shown_presence(self, room, occupant, viewer, sees):
+        """``occupant``'s available presence as ``viewer`` (``sees``: whether it sees real JIDs) is sent it
+        on joining; kept on the occupant while what it shows is unchanged, so that filling a room does
+        not build each occupant's presence again for every newcomer."""
+        key = (occupant.nick, occupant.role, self.affiliation(room, occupant.bare), occupant.jid)
+        kept = occupant.shown.get(sees)
+        if kept is not None and kept[0] == key and kept[1] is occupant.presence:
+            return kept[2]
+        presence = self.presence_of(room, occupant, viewer)
+        occupant.shown[sees] = (key, occupant.presence, presence)
+        return presence
+
+    def presence_of(self, room, occupant, viewer, codes=(), unavailable=False, nick=None, extra=None, item_extra=()):
+        """``occupant``'s presence in ``room`` as ``viewer`` (an Occupant) is sent it; ``item_extra``: children
+        of its <item/> (a kick's actor and reason)."""
         presence = make("presence", sender=f"{room.jid}/{occupant.nick}",
                         type="unavailable" if unavailable else None)
         for child in occupant.presence:
@@ -322,10 +335,12 @@ class MUCService:
         item = x.addElement("item")
         item["affiliation"] = self.affiliation(room, occupant.bare)
         item["role"] = "none" if unavailable and nick is None else occupant.role
-        if room.config.whois == "anyone" or viewer.role == "moderator":
+        if self.sees_jid(room, viewer):
             item["jid"] = occupant.jid
         if nick is not None:
             item["nick"] = nick
+        for child in item_extra:
+            item.addChild(child)
         if extra is not None:
             x.addChild(extra)
         if viewer is occupant:
@@ -334,11 +349,32 @@ class MUCService:
         presence.addElement((NS_OCCUPANT_ID, "occupant-id"))["id"] = occupant.occupant_id
         return presence
 
+    @staticmethod
+    def sees_jid(room, viewer):
+        """Whether ``viewer`` is shown the real JIDs of the room's occupants."""
+        return room.config.whois == "anyone" or viewer.role == "moderator"
+
+    def presence_for_others(self, room, occupant, codes=(), **options):
+        """A function of a viewer (not ``occupant``) that gives ``occupant``'s presence as that viewer is
+        sent it: built once for those who see real JIDs and once for the others, so that a room's k
+        copies share one (``readdress`` then writes its children once)."""
+        built = {}
+
+        def presence(viewer):
+            sees = self.sees_jid(room, viewer)
+            shown = built.get(sees)
+            if shown is None:
+                shown = built[sees] = self.presence_of(room, occupant, viewer, codes, **options)
+            return shown
+
+        return presence
+
     def broadcast_presence(self, room, occupant, self_codes=(), codes=(), **options):
         """``occupant``'s presence to every occupant, its own last (with ``self_codes``)."""
+        presence = self.presence_for_others(room, occupant, codes, **options)
         for viewer in list(room.occupants.values()):
             if viewer is not occupant:
-                self.send(viewer, self.presence_of(room, occupant, viewer, codes, **options))
+                self.send(viewer, presence(viewer))
         self.send(occupant, self.presence_of(room, occupant, occupant, (*codes, *self_codes), **options))
 
     def on_bare_presence(self, event):
@@ -443,17 +479,19 @@ class MUCService:
         occupant = Occupant(nick, session, room.default_role(affiliation), self.occupant_id(room, bare))
         occupant.presence = _shown_children(stanza)
         room.add(occupant)
+        presence = self.presence_for_others(room, occupant)
         for viewer in list(room.occupants.values()):
             if viewer is not occupant:
-                self.send(viewer, self.presence_of(room, occupant, viewer))
+                self.send(viewer, presence(viewer))
         self.welcome(room, occupant, session, muc, created, rewritten)
 
     def welcome(self, room, occupant, session, muc, created, rewritten):
         """What one newly joined resource is sent: every occupant's presence (its own last, with its
         status codes), the history it asked for, then the subject."""
+        sees = self.sees_jid(room, occupant)
         for other in list(room.occupants.values()):
             if other is not occupant:
-                self.send_to(session, self.presence_of(room, other, occupant))
+                self.send_to(session, self.shown_presence(room, other, occupant, sees))
         codes = []
         if room.config.whois == "anyone":
             codes.append(100)
@@ -543,14 +581,18 @@ class MUCService:
 
     def remove_occupant(self, room, occupant, codes=(), actor=None, reason=None):
         """``occupant`` leaves (or is made to leave, ``codes`` saying why); a temporary room left empty ends."""
+        extra = []
+        if actor is not None:
+            extra.append(domish.Element((NS_USER, "actor"), attribs={"nick": actor}))
+        if reason is not None:
+            extra.append(domish.Element((NS_USER, "reason")))
+            extra[-1].addContent(reason)
+        others = self.presence_for_others(room, occupant, codes, unavailable=True, item_extra=extra)
         for viewer in list(room.occupants.values()):
-            presence = self.presence_of(room, occupant, viewer, codes, unavailable=True)
-            if actor is not None or reason is not None:
-                item = _child(_child(presence, NS_USER, "x"), NS_USER, "item")
-                if actor is not None:
-                    item.addElement("actor")["nick"] = actor
-                if reason is not None:
-                    item.addElement("reason", content=reason)
+            if viewer is occupant:
+                presence = self.presence_of(room, occupant, viewer, codes, unavailable=True, item_extra=extra)
+            else:
+                presence = others(viewer)
             self.send(viewer, presence)
         room.remove(occupant)
         if not room.occupants and (not room.config.persistent or room.locked):

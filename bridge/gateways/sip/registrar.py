@@ -30,6 +30,7 @@ source address its REGISTER came by, so requests to it can reuse the flow
 
 import dataclasses
 import email.utils
+import math
 import secrets
 
 from twisted.internet import defer
@@ -234,6 +235,9 @@ class Registrar:
         user = local_user(to.uri)
         if user is None:
             return self._response(request, 404)
+        refusal = self._refusal_without_lease(request)
+        if refusal is not None:
+            return refusal
         realm = host
         # 1. authentication
         outcome = yield self.authenticate(request, host, user, realm, source)
@@ -243,6 +247,17 @@ class Registrar:
         response = self._update(request, host, user, transport, source)
         if response.status == 200:
             self.changed(host, user)
+        return response
+
+    def _refusal_without_lease(self, request):
+        """503 while this node of a cluster accepts no new sessions (Redis away, or no lease), as XMPP
+        binding is refused then (docs/scaling.md): this node's view of who holds the phones may be
+        stale.  Retry-After is one lease, within which Redis answers again or the node joins again."""
+        cluster = self.ctx.cluster
+        if cluster is None or cluster.accepting():
+            return None
+        response = self._response(request, 503, "Service Unavailable (this node is out of its cluster)")
+        response.headers.add("Retry-After", str(max(1, math.ceil(cluster.lease.lifetime_seconds))))
         return response
 
     def _challenge(self, request, realm, source, stale=False):

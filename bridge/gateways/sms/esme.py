@@ -228,8 +228,10 @@ class SMSCLink:
 
     ``connect(factory)`` opens a connection and returns a Deferred (an
     endpoint's ``connect``).  The dispatcher offers ``take(link)`` (the next
-    job or None), ``submitted(link, job, message_id)``, ``retry(link, job)``,
-    ``rejected(link, job, status)`` and ``deliver_received(link, pdu)``.
+    job or None; its ``recorded`` Deferred fires once the attempt is on
+    disk), ``may_send()``, ``submitted(link, job, message_id)``,
+    ``retry(link, job)``, ``rejected(link, job, status)`` and
+    ``deliver_received(link, pdu)``.
     """
 
     def __init__(self, name, config, clock, connect, dispatcher):
@@ -338,14 +340,34 @@ class SMSCLink:
             self._submit(job)
 
     def _submit(self, job):
-        config = self.config
+        """Write the submit_sm once the queue has recorded the attempt (a part whose submit_sm may have
+        left is never sent again by another owner: queue.py), unless the link or the right to send
+        went meanwhile."""
         self.in_flight.add(job)
-        d = self.protocol.submit(
+        job.recorded.addCallbacks(self._recorded, self._not_recorded, (job,), None, (job,))
+
+    def _recorded(self, _, job):
+        protocol = self.protocol
+        if protocol is None or protocol.state != "bound" or not self.dispatcher.may_send():
+            self.in_flight.discard(job)
+            self.dispatcher.retry(self, job)
+            return
+        config = self.config
+        d = protocol.submit(
             source_addr_ton=config.source_addr_ton, source_addr_npi=config.source_addr_npi,
             source_addr=config.source_addr, dest_addr_ton=1, dest_addr_npi=1,
             destination_addr=job.destination, esm_class=job.esm_class, data_coding=job.data_coding,
             registered_delivery=1 if job.receipt else 0, short_message=job.short_message)
         d.addCallbacks(self._answered, self._lost, (job,), None, (job,))
+
+    def _not_recorded(self, failure, job):
+        """Storage refused the attempt: nothing left; the part waits a throttle backoff and goes back."""
+        log.warn("SMSC {name}: the attempt could not be recorded ({error}); not sent yet", name=self.name,
+                 error=failure.getErrorMessage())
+        self.in_flight.discard(job)
+        self._paused_until = max(self._paused_until, self.clock.seconds() + self.config.throttle_backoff_seconds)
+        self.dispatcher.retry(self, job)
+        self.pump()
 
     def _answered(self, response, job):
         self.in_flight.discard(job)

@@ -20,6 +20,10 @@ served by the ordinary disco, version, ping and XEP-0100 modules.
   other number (sender IDs are not authenticated), a message from
   ``+number@domain`` to the local user who last wrote to that number; from a
   number nobody wrote to, it is dropped and logged.
+
+In a cluster (docs/scaling.md) every node accepts SMS into the shared queue;
+the node that owns ``sms:<domain>`` (``bridge.core.ownership``) alone holds
+the SMSC binds and sends, and a survivor takes the queue over when it dies.
 """
 
 import ipaddress
@@ -30,6 +34,7 @@ from twisted.words.protocols.jabber.jid import JID
 
 from bridge.core.hooks import OBSERVE
 from bridge.core.notifications import NotificationPreferences
+from bridge.core.server import looping_call
 from bridge.core.sessions import Session
 from bridge.core.storage.cache import KeyedLock
 from bridge.core.stanza import error_reply, make, parse_jid
@@ -136,11 +141,17 @@ class SMSGateway:
         self.storage = ctx.storage
         self.preferences = NotificationPreferences(ctx.storage, ctx.host_config, ctx.accounts.directory)
         self.queue = OutboundQueue(ctx.storage, self.domain, ctx.clock, self.config, self._final,
-                                   self._mobile_originated, ctx.counters)
+                                   self._mobile_originated, ctx.counters, node=ctx.node_name, serving=False)
         self.links = [SMSCLink(name, smsc, ctx.clock, connect(name, smsc), self.queue)
                       for name, smsc in sorted(ctx.section("smsc").items())]
         self.queue.links = self.links
-        ctx.level("sms_queue_messages", "SMS not yet sent or given up", lambda: len(self.queue.docs))
+        ctx.level("sms_queue_messages", "SMS not yet sent or given up (on the node that owns the queue)",
+                  lambda: len(self.queue.docs))
+        ctx.level("sms_queue_held_parts", "SMS parts held, not sent again: their submit_sm may have reached the "
+                  "SMSC before the queue's last owner stopped (docs/scaling.md)", self.queue.held_parts)
+        self.claim = None
+        self._poll = None  # the owner's looking for what other nodes queued, in a cluster
+        self._serving = None  # the Deferred of the last takeover of the queue
         self.fragments = Reassembly(ctx.clock, self.config)
         self._limits = KeyedLock()  # the daily counts of one user, changed one SMS at a time
         self.sending = SendingLimits(ctx.storage, ctx.clock, self.config, ctx.document_caches)
@@ -157,20 +168,51 @@ class SMSGateway:
     def listeners(self):
         return []
 
-    @defer.inlineCallbacks
     def start(self):
+        """Claim the queue: its owner (this process at once, without a cluster) binds the SMSCs and sends;
+        the Deferred of the start of sending when it begins at once."""
         for link in self.links:
             if password_in_clear(link.config):
                 log.warn("SMSC {name}: the bind password goes in clear to {host}:{port}; set tls = true "
                          "(docs/sms.md, TLS to the SMSC)", name=link.name, host=link.config.host,
                          port=link.config.port)
-        yield self.queue.load()
-        for link in self.links:
-            link.start()
+        self.claim = self.queue.claim = self.ctx.claim(f"sms:{self.domain}", self._gained, self._lost)
+        return self._serving
+
+    def _gained(self):
+        """This node owns the queue now: read it, bind the SMSCs, and look for other nodes' SMS."""
+        log.info("SMS queue of {domain}: this node sends it", domain=self.domain)
+        self._serving = self.queue.serve()
+        self._serving.addCallback(lambda _: [link.start() for link in self.links if self.queue.serving])
+        self._later(self._serving, "taking the SMS queue")
+        interval = self.ctx.shared_queue_poll_seconds
+        if interval is not None:
+            self._poll = looping_call(self.ctx.clock, interval, self._look_for_new)
+        return self._serving
+
+    def _look_for_new(self):
+        self._later(self.queue.load(), "reading the SMS queue")
+
+    def _lost(self):
+        """Another node owns the queue now (or none may): no submit_sm from here from this moment
+        (``queue.may_send``); the links unbind, the answers on the way are recorded, then the queue is
+        forgotten here."""
+        if self._poll is not None and self._poll.running:
+            self._poll.stop()
+        self._poll = None
+        d = self._unbind()
+        d.addBoth(lambda _: self.queue.unserve() if not (self.claim is not None and self.claim.owned) else None)
+        return d
+
+    def _unbind(self):
+        return defer.DeferredList([link.stop() for link in self.links])
 
     def stop(self):
-        self.queue.stop()
-        return defer.DeferredList([link.stop() for link in self.links])
+        """Unbind (the answers on the way are recorded), then give the queue up for another node."""
+        d = self._unbind()
+        d.addBoth(lambda _: self.claim.release() if self.claim is not None else None)
+        d.addBoth(lambda _: self.queue.stop())
+        return d
 
     def _later(self, d, what):
         d.addErrback(lambda failure: log.failure("SMS gateway: {what} failed", failure, what=what))
@@ -212,9 +254,10 @@ class SMSGateway:
         name = texts.display_name(sender.user or sender.host)
         meta = {"to": stanza.getAttribute("from"), "from": f"{user}@{host}", "id": stanza.getAttribute("id"),
                 "receipt": wants_receipt(stanza)}
-        key = yield self.queue.add(number, texts.with_sender(name, body), meta)
+        text = texts.with_sender(name, body)
+        key = yield self.queue.add(number, text, meta)
         log.info("SMS {key}: {user}@{host} is offline; {parts} parts to {number}", key=key, user=user, host=host,
-                 parts=len(self.queue.docs[key]["parts"]) if key in self.queue.docs else 0, number=number)
+                 parts=self.parts_of(text), number=number)
         return key
 
     @defer.inlineCallbacks

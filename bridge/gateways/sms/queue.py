@@ -1,19 +1,30 @@
 """The persisted outbound SMS queue.
 
 One key-value document per accepted message, under (SMS domain, key,
-"sms-out"), the key a zero-padded counter so that ``users()`` lists the
-messages in the order they were accepted.  The document holds the parts
-(hex short_message, data_coding, esm_class) and the state of each:
+"sms-out"), the key a zero-padded counter (then "-NODE" in a cluster, each
+node counting on its own) so that ``users()`` lists the messages in about
+the order they were accepted.  The document holds the parts (hex
+short_message, data_coding, esm_class) and the state of each:
 
     pending -> sending -> submitted (message id stored) -> delivered / failed
 
-A part is marked ``sending`` before its submit_sm is written and
-``submitted``, with the SMSC's message id, as soon as submit_sm_resp
-arrives and before anything else happens; the document is only deleted
-once every part has a final state.  After a restart every part still
-``pending`` or ``sending`` is queued again, so nothing accepted is lost: a
-part whose submit_sm was written but never answered may reach the SMSC a
-second time, the only window where that is possible.
+A part is marked ``sending`` in storage, and that write has completed,
+before its submit_sm is written; it is marked ``submitted``, with the
+SMSC's message id, as soon as submit_sm_resp arrives and before anything
+else happens; the document is only deleted once every part has a final
+state.
+
+Whoever starts serving the queue (a restart, or another node taking it over
+in a cluster: docs/scaling.md) queues again every part still ``pending`` or
+``retrying``.  A part found ``sending`` was written to an SMSC whose answer
+was never recorded: it may or may not have reached the SMSC, so it is
+``held``, never sent again by itself, and reported (a warning in the log,
+the level ``sms_queue_held_parts``); nothing accepted is dropped, and
+nothing is sent twice across a restart or a takeover.
+
+In a cluster every node accepts messages into the shared queue, and only
+the node that owns it (``serve``) sends them; it looks for the others'
+messages every ``[cluster] queue_poll_seconds`` (``load`` again).
 
 Message ids are indexed under (domain, "SMSC/ID", "sms-ids") in every form
 that the id can take (as written, hex read as decimal, decimal read as hex),
@@ -66,9 +77,10 @@ def id_keys(message_id):
 class Job:
     """One part on its way to an SMSC."""
 
-    __slots__ = ("key", "index", "destination", "esm_class", "data_coding", "short_message", "receipt")
+    __slots__ = ("key", "index", "destination", "esm_class", "data_coding", "short_message", "receipt", "recorded")
 
-    def __init__(self, key, index, doc):
+    def __init__(self, key, index, doc, recorded):
+        """``recorded``: the Deferred of the write that marked the part ``sending``."""
         part = doc["parts"][index]
         self.key = key
         self.index = index
@@ -77,13 +89,20 @@ class Job:
         self.data_coding = part["data_coding"]
         self.short_message = bytes.fromhex(part["data"])
         self.receipt = doc["receipts"]
+        self.recorded = recorded
 
 
 class OutboundQueue:
     """The dispatcher of the SMSC links; ``on_final(doc, outcome, reason)`` hears of finished messages."""
 
-    def __init__(self, storage, domain, clock, config, on_final, on_mo=None, counters=None):
+    def __init__(self, storage, domain, clock, config, on_final, on_mo=None, counters=None, node=None,
+                 serving=True):
+        """``node``: this node's name in a cluster (None alone); ``serving``: whether this process sends
+        from the queue from the start (else from ``serve()``, once it owns the queue)."""
         self.storage = storage
+        self.node = node
+        self.serving = serving
+        self.claim = None  # the ownership claim of the queue (bridge.core.ownership), when there is one
         # Where submits and receipts are counted: the server's ``Counters`` (one of its own when not given).
         self.counters = counters if counters is not None else Counters()
         self.domain = domain
@@ -98,31 +117,81 @@ class OutboundQueue:
         self._serial = None  # the next message's serial, once read
         self._reserved = None  # the serial after the block reserved in storage
         self._waiting = collections.deque()  # Deferreds of the serials asked for while a block is reserved
+        self._loading = False
 
     # -- persistence ------------------------------------------------------
 
     def _save(self, key):
+        """Write a message's document, only while this process may send: a node that lost the queue writes
+        none of its stale copies over what the new owner does (an answer that comes to it late is not
+        recorded, and the new owner holds that part)."""
+        if not self.may_send():
+            return defer.succeed(None)
         return self.storage.set(self.domain, key, STORE, self.docs.get(key))
+
+    def may_send(self):
+        """Whether a submit_sm may be written now: this process serves the queue and still owns it."""
+        return self.serving and (self.claim is None or self.claim.owned)
+
+    def serve(self):
+        """Start sending from the queue (this node became its owner): its messages are read."""
+        self.serving = True
+        d = self.load()
+        d.addCallback(lambda _: self.docs and log.info(
+            "SMS queue: {count} unfinished messages, {parts} parts to send, {held} held", count=len(self.docs),
+            parts=len(self.pending), held=self.held_parts()))
+        return d
+
+    def unserve(self):
+        """Stop sending (another node owns the queue now): forget the messages, which stay in storage."""
+        self.serving = False
+        self.stop()
+        self.docs.clear()
+        self.pending.clear()
 
     @defer.inlineCallbacks
     def load(self):
-        """Read the unfinished messages of a previous run and queue their unsent parts."""
+        """Read the messages in storage not yet known here (all of them at a start or a takeover, those
+        other nodes accepted since at each poll) and queue their unsent parts."""
+        if self._loading:
+            return
+        self._loading = True
+        try:
+            yield self._load_new()
+        finally:
+            self._loading = False
+
+    @defer.inlineCallbacks
+    def _load_new(self):
         for key in (yield self.storage.users(self.domain, STORE)):
+            if key in self.docs or not self.serving:
+                continue
             doc = yield self.storage.get(self.domain, key, STORE)
-            if doc is None:
+            if doc is None or key in self.docs or not self.serving:
                 continue
             self.docs[key] = doc
+            changed = False
             for index, part in enumerate(doc["parts"]):
-                if part["state"] in ("pending", "sending"):
+                if part["state"] == "sending":
+                    part["state"] = "held"
+                    changed = True
+                    log.warn("SMS {key} part {index} to {number}: held, not sent again: its submit_sm may have "
+                             "reached SMSC {smsc}, and no answer was recorded before the queue's last owner "
+                             "stopped (docs/scaling.md)", key=key, index=index, number=doc["number"],
+                             smsc=part.get("smsc"))
+                elif part["state"] in ("pending", "retrying"):
+                    changed = changed or part["state"] == "retrying"
                     part["state"] = "pending"
                     self.pending.append((key, index))
             if any(part["state"] == "submitted" for part in doc["parts"]):
                 self._expire_later(key)
-            yield self._save(key)
-        if self.docs:
-            log.info("SMS queue: {count} unfinished messages, {parts} parts to send", count=len(self.docs),
-                     parts=len(self.pending))
+            if changed:
+                yield self._save(key)
         self.wake()
+
+    def held_parts(self):
+        """The parts held because their outcome is unknown (they are not sent again by themselves)."""
+        return sum(part["state"] == "held" for doc in self.docs.values() for part in doc["parts"])
 
     def _next_serial(self):
         """Deferred: the serial of a new message, at once while the reserved block lasts."""
@@ -143,11 +212,11 @@ class OutboundQueue:
         waiting = self._waiting
         while waiting:
             if self._serial is None:
-                counter = (yield self.storage.get(self.domain, "", COUNTER_STORE)) or {"next": 1}
+                counter = (yield self.storage.get(self.domain, self.node or "", COUNTER_STORE)) or {"next": 1}
                 self._serial = self._reserved = counter["next"]
             if self._serial >= self._reserved:
                 reserved = self._serial + max(SERIAL_BLOCK, len(waiting))
-                yield self.storage.set(self.domain, "", COUNTER_STORE, {"next": reserved})
+                yield self.storage.set(self.domain, self.node or "", COUNTER_STORE, {"next": reserved})
                 self._reserved = reserved
             while waiting and self._serial < self._reserved:
                 serial, self._serial = self._serial, self._serial + 1
@@ -162,16 +231,18 @@ class OutboundQueue:
     def add(self, number, body, meta):
         """Accept ``body`` for ``number`` (persisted before this fires); the message's key."""
         serial = yield self._next_serial()
-        key = f"{serial:012d}"
+        key = f"{serial:012d}" if self.node is None else f"{serial:012d}-{self.node}"
         coding, esm_class, parts = texts.split(body, serial % 256, self.config.max_parts)
         doc = {"number": number, "receipts": self.config.request_receipts, "created": self.clock.seconds(),
                "meta": meta, "parts": [{"data": data.hex(), "data_coding": coding, "esm_class": esm_class,
                                         "state": "pending", "id": None, "smsc": None, "attempts": 0}
                                        for data in parts]}
-        self.docs[key] = doc
-        yield self._save(key)
-        self.pending.extend((key, index) for index in range(len(parts)))
-        self.wake()
+        if self.serving:
+            self.docs[key] = doc
+        yield self.storage.set(self.domain, key, STORE, doc)
+        if self.docs.get(key) is doc:  # else the owner (maybe this node, since) reads it from storage
+            self.pending.extend((key, index) for index in range(len(parts)))
+            self.wake()
         return key
 
     def wake(self):
@@ -181,6 +252,9 @@ class OutboundQueue:
     # -- the links' side ---------------------------------------------------
 
     def take(self, link):
+        """The next part for ``link``, marked ``sending`` (its ``recorded`` fires once that is stored), or None."""
+        if not self.may_send():
+            return None
         while self.pending:
             key, index = self.pending.popleft()
             doc = self.docs.get(key)
@@ -188,8 +262,7 @@ class OutboundQueue:
                 continue
             doc["parts"][index]["state"] = "sending"
             doc["parts"][index]["smsc"] = link.name
-            self._save(key)
-            return Job(key, index, doc)
+            return Job(key, index, doc, self._save(key))
         return None
 
     def submitted(self, link, job, message_id):
