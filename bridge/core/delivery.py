@@ -144,11 +144,16 @@ def target_of(jid):
     return "bare" if jid.resource is None else "full"
 
 
+# The names of the message and presence events, by stanza and target: made once, asked for on every stanza.
+_EVENT_NAMES = {(kind, target): f"{kind}/{target}" for kind in ("message", "presence")
+                for target in ("host", "bare", "full")}
+
+
 def event_name(stanza, target):
     """The event for ``stanza``; IQ get/set events carry their payload's name."""
     kind = stanza.name
     if kind != "iq":
-        return f"{kind}/{target}"
+        return _EVENT_NAMES.get((kind, target)) or f"{kind}/{target}"
     kind_type = stanza.getAttribute("type")
     if kind_type in ("get", "set"):
         payload = first_child(stanza)

@@ -168,8 +168,13 @@ def delay_element(stamp, sender):
 
 def readdress(stanza, to, sender):
     """A shallow copy of ``stanza`` with new 'to' and 'from' (children are shared)."""
-    copied = domish.Element((stanza.uri, stanza.name), stanza.defaultUri, {**stanza.attributes, "to": to, "from": sender})
+    # What domish.Element's constructor sets, set directly: a room's message is copied for every occupant.
+    copied = domish.Element.__new__(domish.Element)
+    copied.uri, copied.name, copied.defaultUri = stanza.uri, stanza.name, stanza.defaultUri
+    copied.localPrefixes = dict(stanza.localPrefixes)
+    copied.attributes = {**stanza.attributes, "to": to, "from": sender}
     copied.children = list(stanza.children)
+    copied.parent = None
     share_children(stanza, copied)
     return copied
 

@@ -425,12 +425,15 @@ def _write_plain(element, current_default, write, shared_children=None):
     write("<" + name)
     if default != current_default:
         write(f" xmlns='{default}'")
-    for key, value in element.attributes.items():
+    attributes = element.attributes
+    # One search of all the values for characters to escape, rather than one per value: most have none.
+    plain = _ATTRIBUTE_SPECIALS.search("".join(attributes.values())) is None
+    for key, value in attributes.items():
         if key.__class__ is tuple:
             if key[0] != NS_XML:
                 return False
             key = "xml:" + key[1]
-        write(f" {key}='{escape_attribute(value)}'")
+        write(f" {key}='{value}'" if plain else f" {key}='{escape_attribute(value)}'")
     children = element.children
     if not children:
         write("/>")

@@ -125,9 +125,12 @@ def take_carbons_elements(stanza):
     A <sent/> or <received/> there was not made by this server (its copies
     go to sessions directly), and <private/> is for this server only.
     """
-    found = [child for child in stanza.children if not isinstance(child, str) and child.uri == NS_CARBONS]
-    if not found:
+    for child in stanza.children:  # most messages have none: looked for before any list is made
+        if not isinstance(child, str) and child.uri == NS_CARBONS:
+            break
+    else:
         return False
+    found = [child for child in stanza.children if not isinstance(child, str) and child.uri == NS_CARBONS]
     stanza.children = [child for child in stanza.children if isinstance(child, str) or child.uri != NS_CARBONS]
     return any(child.name == "private" for child in found)
 

@@ -877,6 +877,14 @@ class BoshService(service.Service):
                                        b"BOSH takes POST requests\n")
             exchange.answered = True
             return
+        if self._refusal(request.address) is not None and "sid" not in peek_attributes(request.body):
+            # A session its address (or the server) has no room for: the cap is checked again in
+            # its turn, and the body read whole only if room was made meanwhile.
+            self._in_turn(request, exchange, self._create_if_room, request, exchange)
+            return
+        self._handle_body(request, exchange)
+
+    def _handle_body(self, request, exchange):
         try:
             body = parse_request(request.body, self.config.max_request_bytes)
         except BoshError as error:
@@ -915,7 +923,7 @@ class BoshService(service.Service):
         try:
             options = negotiate(body, self.config, self.server.config, secure=bool(request.secure),
                                 peer=request.peer, address=request.address)
-            self._admit(options)
+            self._admit(options.address, options.peer)
         except BoshError as error:
             exchange.reply(render_body([], {"type": "terminate", "condition": error.condition}))
             return
@@ -926,18 +934,34 @@ class BoshService(service.Service):
         exchange.content_type = options.content_type
         session.start(body, exchange)
 
-    def _admit(self, options):
-        """Count a new session against its address and the whole; ``BoshError('policy-violation')`` past either."""
+    def _create_if_room(self, request, exchange):
+        """A creation asked for while there was no room: refused unread if there still is none."""
+        if self._refusal(request.address) is None:
+            self._handle_body(request, exchange)
+            return
+        try:
+            self._admit(request.address, request.peer)
+        except BoshError as error:
+            exchange.reply(render_body([], {"type": "terminate", "condition": error.condition}))
+
+    def _refusal(self, address):
+        """Why a new session from ``address`` would be refused now: (the log line's end, the error's
+        text), or None."""
         if len(self.sessions) >= self.config.bosh_max_sessions:
-            if self.log_budget.allows("BOSH refusals"):
-                log.info("refusing a BOSH session for {peer}: {count} sessions already", peer=options.peer,
-                         count=len(self.sessions))
-            raise BoshError("policy-violation", "too many BOSH sessions")
-        if not self.per_address.admit(options.address):
-            self.per_address.release(options.address)
-            if self.log_budget.allows("BOSH refusals"):
-                log.info("refusing a BOSH session for {peer}: too many sessions from its address", peer=options.peer)
-            raise BoshError("policy-violation", "too many BOSH sessions from your address")
+            return "%d sessions already" % len(self.sessions), "too many BOSH sessions"
+        if self.per_address.counts.get(address, 0) >= self.per_address.limit:
+            return "too many sessions from its address", "too many BOSH sessions from your address"
+        return None
+
+    def _admit(self, address, peer):
+        """Count a new session against its address and the whole; ``BoshError('policy-violation')`` past either."""
+        refusal = self._refusal(address)
+        if refusal is None:
+            self.per_address.admit(address)
+            return
+        if self.log_budget.allows("BOSH refusals"):
+            log.info("refusing a BOSH session for {peer}: {why}", peer=peer, why=refusal[0])
+        raise BoshError("policy-violation", refusal[1])
 
     def _forget(self, session):
         if self.sessions.get(session.sid) is session:

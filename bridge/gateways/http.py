@@ -39,6 +39,7 @@ address.
 """
 
 import email.utils
+import functools
 import http
 import ipaddress
 import re
@@ -74,6 +75,19 @@ _FRAMING_HEADERS = ("content-length", "transfer-encoding", "connection", "date")
 _FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-proto", "x-real-ip")
 # What a trusted proxy's X-Forwarded-Proto says of a client that used TLS (wss: Traefik's WebSockets).
 _TLS_SCHEMES = ("https", "wss")
+
+
+@functools.lru_cache(maxsize=1)
+def http_date(second):
+    """The Date header's value for a whole second: formatted once per second, not per response."""
+    return email.utils.formatdate(second, usegmt=True)
+
+
+@functools.lru_cache(maxsize=4096)
+def peer_address(host):
+    """``parse_address`` of a connection's peer (short text from the socket), kept for the requests
+    that follow from the same address."""
+    return parse_address(host)
 
 
 def parse_address(text):
@@ -143,7 +157,7 @@ class TrustedProxies:
     def client(self, host, headers, tls):
         """The ``ClientAddress`` of a request (lowercase ``headers``) from the peer ``host``,
         on a TLS connection or not."""
-        peer = parse_address(host) if host else None
+        peer = peer_address(host) if host else None
         if not self._trusted(peer):
             # A local peer that says it forwards (a proxy nobody listed) may speak for anyone.
             local = (host is None or (peer is not None and peer.is_loopback)) and not any(
@@ -514,7 +528,7 @@ class HTTPChannel(Protocol):
         return h11.Connection(h11.SERVER, max_incomplete_event_size=min(MAX_HEAD_BYTES, self.config.max_request_bytes))
 
     def _date(self):
-        return email.utils.formatdate(self.clock.seconds(), usegmt=True)
+        return http_date(int(self.clock.seconds()))
 
     # -- reading requests ----------------------------------------------------
 

@@ -718,6 +718,26 @@ class SessionCapTests(BoshTestCase):
         self.assertEqual((self.service.sessions, self.service.per_address.counts), ({}, {}))
         self.assertIsNotNone(self.client(address="198.51.100.1").create().body().getAttribute("sid"))
 
+    def test_a_creation_without_room_is_refused_unread(self):
+        """An address at its cap asking for another session is refused before the body is read
+        whole (the cheap refusal of a flood): a body spoilt after its start tag gets policy-violation,
+        where an address with room gets bad-request for it."""
+        for _ in range(2):
+            self.client(address="192.0.2.7").create()
+        spoilt = "<body rid='5' to='localhost' wait='60' hold='1' xmlns='%s'><oops></body>" % NS_HTTPBIND
+        self.assertTerminated(self.client(address="192.0.2.7").post(raw=spoilt), "policy-violation")
+        self.assertTerminated(self.client(address="192.0.2.8").post(raw=spoilt), "bad-request")
+
+    def test_a_request_of_a_session_is_never_refused_for_the_cap(self):
+        """At its address's cap, a session's own requests (they carry its sid) go on."""
+        alice = self.client(address="192.0.2.7")
+        alice.login("alice@localhost/web")
+        self.client(address="192.0.2.7").create()
+        self.assertTerminated(self.client(address="192.0.2.7").create(), "policy-violation")
+        bob = self.harness.login("bob@localhost/tcp")
+        alice.post(f"<message xmlns='{NS_CLIENT}' to='bob@localhost/tcp'><body>hi</body></message>")
+        self.assertEqual([str(m.body) for m in of_kind(bob.received(), "message")], ["hi"])
+
     def test_shutdown_releases_every_count(self):
         """Sessions ended by the server's stop leave no count behind."""
         for number in range(3):

@@ -108,6 +108,19 @@ class KeepAliveTests(HTTPTestCase):
         self.assertEqual((status, body), (200, b"<body/><body rid='2'/>"))
         self.assertFalse(client.transport.disconnecting)
 
+    def test_date_follows_the_clock(self):
+        """Date is the clock's time of each answer (formatted once a second, never kept past it)."""
+        self.make(bosh=StubBosh(answer_now=True))
+        dates = []
+        for advance in (0, 0.5, 0.5, 86400):
+            self.harness.clock.advance(advance)
+            client = self.connect()
+            client.request("POST", "/http-bind", b"<body rid='1'/>")
+            [(_, headers, _)] = client.responses()
+            dates.append(headers["date"])
+        self.assertEqual(dates, ["Thu, 01 Jan 1970 00:00:00 GMT", "Thu, 01 Jan 1970 00:00:00 GMT",
+                                 "Thu, 01 Jan 1970 00:00:01 GMT", "Fri, 02 Jan 1970 00:00:01 GMT"])
+
     def test_request_attributes(self):
         """The BOSH handler gets method, path, query, lowercase headers, body, peer and security."""
         self.make()

@@ -160,9 +160,21 @@ def local_user(uri):
     if not uri.user:
         return None
     try:
-        return nodeprep.prepare(_decode_user(uri.user)) or None
+        return _nodeprep(_decode_user(uri.user)) or None
     except (AddressError, UnicodeError):
         return None
+
+
+# ASCII that nodeprep leaves as it is (RFC 3920 appendix A: no upper case to fold, none of
+# "&'/:<>@, no space or control character): what nearly every name is, and every spoofed one.
+_NODEPREP_SAME = re.compile(r"[a-z0-9!#$%()*+,\-.;=?\[\\\]^_`{|}~]+")
+
+
+def _nodeprep(name):
+    """``nodeprep.prepare(name)``, without its per-character tables for a name it would not change."""
+    if _NODEPREP_SAME.fullmatch(name):
+        return name
+    return nodeprep.prepare(name)
 
 
 def _jid(node, domain, resource=None):

@@ -166,6 +166,8 @@ def canonical_name(name):
 
 def _split_outside(text, separator):
     """Split on ``separator`` outside quoted strings and angle brackets."""
+    if '"' not in text and "<" not in text and ">" not in text:
+        return text.split(separator)  # nothing to be outside of: most values, and every Via
     parts, current = [], []
     quoted = escaped = False
     depth = 0
@@ -572,6 +574,7 @@ class Message:
         self.headers = headers if headers is not None else Headers()
         self.body = body
         self.size = None
+        self._top_via = (None, None)  # (the top Via's text, its parse): the transaction layer reads it thrice
 
     def start_line(self):
         raise NotImplementedError
@@ -590,8 +593,15 @@ class Message:
 
     @property
     def top_via(self):
+        """The top Via, parsed once for as long as its text stays the same (``stamp_via`` rewrites it)."""
         value = self.headers.get("Via")
-        return parse_via(value) if value is not None else None
+        if value is None:
+            return None
+        text, via = self._top_via
+        if text is not value:
+            via = parse_via(value)
+            self._top_via = (value, via)
+        return via
 
     @property
     def cseq(self):
@@ -850,7 +860,9 @@ def _validate(message, problems):
         respondable = False
     for index, value in enumerate(vias):
         try:
-            parse_via(value)
+            via = parse_via(value)
+            if index == 0:
+                message._top_via = (value, via)  # what ``top_via`` would parse again
         except GrammarError as e:
             problems.add(400, f"Via: {e}")
             if index == 0:
