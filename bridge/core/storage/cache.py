@@ -227,19 +227,15 @@ class KeyedLock:
         """The same step again when it met a document another node changed (in a cluster); else give its
         outcome to its caller: the next step of ``key``, or None (the key is free)."""
         function, args, result, tries = step
-        if isinstance(outcome, Failure):
-            if outcome.check(StaleDocument) and tries < STALE_RETRIES:
-                return function, args, result, tries + 1
-            step = self._next(key)
+        failed = isinstance(outcome, Failure)
+        if failed and tries < STALE_RETRIES and outcome.check(StaleDocument):
+            return function, args, result, tries + 1
+        queue = self._waiting[key]
+        step = queue.popleft() if queue else None
+        if step is None:
+            del self._waiting[key]
+        if failed:
             result.errback(outcome)
         else:
-            step = self._next(key)
             result.callback(outcome)
         return step
-
-    def _next(self, key):
-        queue = self._waiting[key]
-        if queue:
-            return queue.popleft()
-        del self._waiting[key]
-        return None
