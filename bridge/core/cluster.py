@@ -32,8 +32,10 @@ from bridge.core.xmlstream import StreamError, parse_document, serialize
 log = Logger()
 
 PROTOCOL_VERSION = "1"
-KINDS = ("stanza", "session", "kick", "room", "remote")
+KINDS = ("stanza", "session", "kick", "room", "remote", "document")
 NODE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+STORE_NAME = re.compile(r"^[a-z0-9_.:-]{1,64}$")
+MAX_UNSENT_CHANGES = 10000  # documents changed here that the other nodes were not yet told of (Redis away)
 PRIORITY_RANGE = (-128, 127)
 MARK = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 MAX_MARKS = 16
@@ -55,7 +57,10 @@ class Envelope:
     room or occupant JID ``jid``, which the receiving node hosts:
     bridge/gateways/muc/placement.py) or "remote" (``body``: a stanza for the
     remote domain of ``jid``, any JID, which the receiving node sends over
-    its s2s link: it owns the link to that domain).
+    its s2s link: it owns the link to that domain) or "document" (``body``: the
+    name of a store of documents kept in memory; ``jid``: the bare JID of the
+    document's owner, or a domain for the user "": the sending node changed it
+    in the shared storage, the others forget their copy: core/storage/cache.py).
     """
 
     __slots__ = ("kind", "node", "jid", "seq", "body")
@@ -90,7 +95,10 @@ def decode_envelope(fields, max_body_bytes):
     if not NODE_NAME.match(node):
         raise MalformedEnvelope(f"node name {node!r}")
     jid = parse_jid(text.get("jid", ""))
-    if jid is None or (kind != "remote" and (jid.user is None or (jid.resource is None and kind != "room"))):
+    if kind == "document":
+        if jid is None or jid.resource is not None:
+            raise MalformedEnvelope(f"not a bare JID: {text.get('jid')!r}")
+    elif jid is None or (kind != "remote" and (jid.user is None or (jid.resource is None and kind != "room"))):
         raise MalformedEnvelope(f"not a full JID: {text.get('jid')!r}")
     seq = text.get("seq", "")
     if not (seq.isascii() and seq.isdigit()) or len(seq) > 20:
@@ -100,6 +108,8 @@ def decode_envelope(fields, max_body_bytes):
         raise MalformedEnvelope(f"body over {max_body_bytes} bytes")
     if kind in ("stanza", "room", "remote") and not body:
         raise MalformedEnvelope("stanza without a body")
+    if kind == "document" and not STORE_NAME.match(body):
+        raise MalformedEnvelope(f"store name {body[:80]!r}")
     return Envelope(kind, node, jid.full(), body, int(seq))
 
 
@@ -280,6 +290,7 @@ class Cluster:
         self.holdings = {}  # kind -> Holdings: what this node holds one at a time (bridge.core.holdings)
         self._secrets = {}  # name -> what to tell of the cluster's secret of that name, at each join
         self._secrets_wanted = set()  # names whose secret this node has not had since it joined
+        self._unsent_changes = set()  # (store, host, user) changed here; telling the other nodes failed
 
     def hold(self, kind, adopt, release):
         """Hold state of ``kind`` that a survivor takes over when this node dies (``Holdings``)."""
@@ -309,6 +320,7 @@ class Cluster:
 
     def start(self):
         self.server.sessions.observer = self
+        self.server.document_caches.share(self)
         self.link.start(self.received_entries)
         self._timer.start(self._renew_interval, now=True)
 
@@ -350,6 +362,7 @@ class Cluster:
         d.addCallbacks(self._renewal_answered, self._link_failed, callbackArgs=(sent_at,))
         d.addCallback(lambda _: self._check_lease())
         d.addCallback(lambda _: self.ownership.refresh(sent_at) if self._member else None)
+        d.addCallback(lambda _: self._tell_unsent_changes())
         d.addCallback(lambda _: self.link.members() if self._member else None)
         d.addCallback(self._update_peers)
         d.addErrback(self._link_failed)
@@ -367,6 +380,8 @@ class Cluster:
         if not self._member:
             self._member = True
             log.info("cluster: node {node} joined; accepting sessions", node=self.node)
+            # Changes other nodes made before this node's inbox existed (again) were not told to it.
+            self.server.document_caches.forget_all()
             for holdings in self.holdings.values():
                 holdings.joined()
             self._secrets_wanted.update(self._secrets)
@@ -663,6 +678,10 @@ class Cluster:
             return
         self.room_receiver(stanza)
 
+    def _received_document(self, envelope):
+        owner = parse_jid(envelope.jid)
+        self.server.document_caches.forget(envelope.body, owner.host, owner.user or "")
+
     def _received_kick(self, envelope):
         session = self.server.sessions.get(envelope.jid)
         if session is not None and session.local:
@@ -722,6 +741,25 @@ class Cluster:
     def release_rooms_of(self, node, incarnation):
         """Forget the rooms a gone incarnation of ``node`` claimed (every survivor may; it is idempotent)."""
         self.link.release_rooms_of(node, incarnation).addErrback(self._link_failed)
+
+    def document_changed(self, store, host, user):
+        """A document kept in memory was changed in the shared storage: the other nodes forget their copy
+        (core/storage/cache.py).  What cannot be told now is told again at the next round."""
+        envelope = Envelope("document", self.node, f"{user}@{host}" if user else host, store)
+        self.link.broadcast(envelope.fields()).addErrback(self._change_unsent, store, host, user)
+
+    def _change_unsent(self, failure, store, host, user):
+        self._link_failed(failure)
+        if len(self._unsent_changes) < MAX_UNSENT_CHANGES:
+            self._unsent_changes.add((store, host, user))
+        elif self.server.log_budget.allows("cluster-unsent-changes"):
+            log.error("cluster: {count} document changes wait to be told to the other nodes; their copies of "
+                      "further ones may stay stale", count=len(self._unsent_changes))
+
+    def _tell_unsent_changes(self):
+        unsent, self._unsent_changes = self._unsent_changes, set()
+        for change in sorted(unsent):
+            self.document_changed(*change)
 
     def kick(self, remote):
         envelope = Envelope("kick", self.node, remote.full)

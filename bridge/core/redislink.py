@@ -64,6 +64,17 @@ end
 return 1
 """
 
+# An envelope (ARGV from 4: its fields, name and value) for the inbox of every member but this node, as the
+# member set is when the script runs (a node that joins later forgets its documents as it joins).
+BROADCAST = """
+for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if node ~= ARGV[1] then
+    redis.call('XADD', ARGV[2] .. 'stream:' .. node, 'NOMKSTREAM', 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
+  end
+end
+return 1
+"""
+
 # A survivor takes over what a node without a lease held, ``held:KIND:NODE`` (bridge.core.holdings;
 # KEYS: that node's lease, its hash, the claimer's hash, the claimer's lease; ARGV: the claimer's
 # incarnation).  Only while the claimer holds its own lease (else false: try again later); a field the
@@ -252,6 +263,7 @@ class RedisLink:
                                   **common)
         self._take_over = self.client.register_script(TAKE_OVER)
         self._publish = self.client.register_script(PUBLISH)
+        self._broadcast = self.client.register_script(BROADCAST)
         self._renew = self.client.register_script(RENEW)
         self._remove = self.client.register_script(REMOVE)
         self._claim = self.client.register_script(CLAIM)
@@ -398,6 +410,15 @@ class RedisLink:
                       args=[PREFIX, self.node, fields["jid"], fields["body"], fields["seq"], self.max_entries,
                             fields["v"]],
                       client=pipe)
+
+    def broadcast(self, fields):
+        """Append ``fields`` to the inbox of every other member, in order with this node's other writes."""
+        return self._queue(self._broadcast_in, fields)
+
+    def _broadcast_in(self, pipe, fields):
+        self._broadcast(keys=[PREFIX + "nodes"],
+                        args=[self.node, PREFIX, self.max_entries, *(part for pair in fields.items() for part in pair)],
+                        client=pipe)
 
     def send(self, node, fields):
         """Append ``fields`` to the inbox of ``node``; fails (LookupError) when the node has no inbox."""

@@ -132,9 +132,9 @@ class Rosters:
     is made to the one Roster object of an account and written as a whole.
     """
 
-    def __init__(self, storage, sessions, router, max_items):
+    def __init__(self, storage, sessions, router, max_items, caches=None):
         self.documents = DocumentCache(storage, STORE, decode=lambda data: _decode(data, max_items),
-                                       encode=_encode)
+                                       encode=_encode, caches=caches)
         self.sessions = sessions
         self.router = router
 

@@ -36,6 +36,7 @@ from bridge.core.router import RoutingTable
 from bridge.core.sasl import Decoys
 from bridge.core.sessions import SessionTable
 from bridge.core.stanza import make, parse_jid
+from bridge.core.storage.cache import DocumentCaches
 from bridge.core.triage import Triage
 from bridge.core.xmlstream import Dormancy
 
@@ -79,6 +80,7 @@ class Server:
         # XEP-0198 resumption id -> Session, while it may be resumed.
         self.resumable_sessions = {}
         self.cluster = None  # bridge.core.cluster.Cluster, when [cluster] makes this process one node of several
+        self.document_caches = DocumentCaches()  # what the cluster shares with the other nodes
         # Who serves what one node at a time serves (bridge.core.ownership): the cluster's, or this process alone.
         self.ownership = SoleOwnership()
         self.accounts = Accounts(storage, sip_digest_algorithms(config), directories)
@@ -86,7 +88,7 @@ class Server:
         self.secret = secret or os.urandom(32)
         self.decoys = Decoys(self.secret)
         self.rosters = Rosters(storage, self.sessions, self.router,
-                               config.quotas.max_roster_items_per_user)
+                               config.quotas.max_roster_items_per_user, self.document_caches)
         self.hosts = {}  # the local hosts (accounts), by name
         # Domains refused federation by an administrator at run time (XEP-0133), beside [s2s] denied_domains.
         self.blocked_domains = frozenset()
@@ -226,6 +228,7 @@ class FeatureContext:
         self.router = server.router
         self.sessions = server.sessions
         self.storage = server.storage
+        self.document_caches = server.document_caches
         self.accounts = server.accounts
         self.rosters = server.rosters
         self.clock = TrackedClock(server.clock)  # its timers end with the feature
@@ -358,6 +361,7 @@ class GatewayContext:
         self.triage = server.triage
         self.counters = server.counters  # the server's ``Counters``, where a gateway counts its events
         self.storage = server.storage
+        self.document_caches = server.document_caches
         self.accounts = server.accounts
         self.rosters = server.rosters
         self.sessions = server.sessions

@@ -51,9 +51,9 @@ NS_BLOCKED = "urn:xmpp:blocking:errors"
 STORE = "blocklist"
 
 
-def privacy_documents(storage):
+def privacy_documents(storage, caches=None):
     """The privacy documents of one host, by (host, user)."""
-    return DocumentCache(storage, STORE, decode=PrivacyLists.from_json, encode=PrivacyLists.to_json)
+    return DocumentCache(storage, STORE, decode=PrivacyLists.from_json, encode=PrivacyLists.to_json, caches=caches)
 
 
 class Blocking:
@@ -64,7 +64,7 @@ class Blocking:
         self.max_lists = quotas.max_privacy_lists_per_user
         self.max_items = quotas.max_privacy_items_per_list
         self.max_bytes = quotas.max_privacy_bytes_per_user
-        self.lists = privacy_documents(ctx.storage)
+        self.lists = privacy_documents(ctx.storage, ctx.document_caches)
         self.rosters = ctx.rosters.documents
         self._changes = KeyedLock()
 
@@ -194,7 +194,7 @@ class Blocking:
             if too_big:
                 event.reply(error_reply(event.stanza, "resource-constraint", too_big))
                 return
-            yield self.lists.save(jid.host, jid.user, after)
+            yield self.lists.save(jid.host, jid.user, after, read=before)
             event.reply(result_reply(event.stanza))
             self._announce(event, before, after)
 

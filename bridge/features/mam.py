@@ -40,7 +40,7 @@ from bridge.core.mam_query import (FORM_FIELDS, NS_DATA, NS_MAM, QueryError, fin
 from bridge.core.server import looping_call
 from bridge.core.stanza import error_reply, parse_jid, result_reply
 from bridge.core.storage import ArchiveItemNotFound, ArchiveQuery, ArchiveRecord
-from bridge.core.storage.cache import DocumentCache
+from bridge.core.storage.cache import DocumentCache, KeyedLock
 from bridge.core.xmlstream import escape_attribute, known_as, serialize
 
 log = Logger()
@@ -114,7 +114,8 @@ class Archive:
         self.ctx = ctx
         self.config = ctx.config.mam
         self.host = ctx.host.name
-        self.prefs = DocumentCache(ctx.storage, PREFS_STORE, decode=decode_prefs)
+        self.prefs = DocumentCache(ctx.storage, PREFS_STORE, decode=decode_prefs, caches=ctx.document_caches)
+        self._prefs_changes = KeyedLock()  # one account's preferences set one after the other
         # The message its sender archived last, for its recipient's record (``_received``): the stanza, what
         # it was serialised as (``xmlstream.Written``), the record's time and id, the sender's bare JID.
         self._sent = (None, None, 0, None, None)
@@ -374,10 +375,16 @@ class Archive:
             event.reply(error_reply(event.stanza, "not-acceptable",
                                     f"at most {self.config.max_preference_jids} JIDs in the preferences"))
             return True
-        d = self.prefs.save(self.host, event.to.user, prefs)
+        d = self._prefs_changes.run(event.to.user, self._replace_prefs, event.to.user, prefs)
         d.addCallback(lambda _: event.reply(self._prefs_reply(event.stanza, prefs)))
         d.addErrback(self._failed, event)
         return True
+
+    @defer.inlineCallbacks
+    def _replace_prefs(self, user, prefs):
+        """Replace the preferences whole; read first, as a save in a cluster names the copy it replaces."""
+        current = yield self.prefs.load(self.host, user)
+        yield self.prefs.save(self.host, user, prefs, read=current)
 
     def _prefs_reply(self, iq, prefs):
         reply = result_reply(iq)

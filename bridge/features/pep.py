@@ -66,7 +66,7 @@ class Pep:
         self.ctx = ctx
         self.limits = ctx.config.pep
         kept = max(16, DOCUMENTS_BUDGET_BYTES // self.limits.max_bytes_per_user)
-        self.documents = DocumentCache(ctx.storage, STORE, decode, encode, limit=kept)
+        self.documents = DocumentCache(ctx.storage, STORE, decode, encode, limit=kept, caches=ctx.document_caches)
         self._changes = KeyedLock()
         self.caps = entity_caps.CapsCache(CAPS_ENTRIES, CAPS_BYTES)
         self.recipients = {}  # owner's bare JID -> {contact's full JID: (hash, ver)}

@@ -121,7 +121,8 @@ class Push:
         self.max_registrations = ctx.config.quotas.max_push_registrations_per_user
         self.max_bytes = ctx.config.quotas.max_push_bytes_per_user
         self.registrations = DocumentCache(ctx.storage, STORE, decode=lambda stored: stored or [],
-                                           encode=lambda document: document or None, limit=CACHED_ACCOUNTS)
+                                           encode=lambda document: document or None, limit=CACHED_ACCOUNTS,
+                                           caches=ctx.document_caches)
         self._changes = KeyedLock()  # one account's registrations are changed one request at a time
         self._windows = {}  # registration id -> Window, while pushes to it are held back
         self._awaited = {}  # IQ id -> Awaited

@@ -12,12 +12,14 @@ from twisted.internet import defer
 from bridge.core.hooks import in_background
 from bridge.core.roster import INTERESTED, NS_ROSTER
 from bridge.core.stanza import error_reply, make, parse_jid, result_reply
+from bridge.core.storage.cache import KeyedLock
 
 
 class RosterService:
     def __init__(self, ctx):
         self.ctx = ctx
         self.max_item_text = ctx.config.quotas.max_roster_item_text_bytes
+        self._changes = KeyedLock()  # one account's roster sets one after the other
 
     @in_background()
     @defer.inlineCallbacks
@@ -63,13 +65,20 @@ class RosterService:
             event.reply(error_reply(stanza, "not-acceptable", "the name and groups of an item may take "
                                     f"{self.max_item_text} bytes together"))
             return
-        user, contact = event.to.userhost(), contact.userhost()
+        user = event.to.userhost()
+        reply = yield self._changes.run(user, self._change, stanza, user, contact.userhost(),
+                                        element.getAttribute("subscription") == "remove", name, groups)
+        event.reply(reply)
+
+    @defer.inlineCallbacks
+    def _change(self, stanza, user, contact, remove, name, groups):
+        """The answer to a roster set, once made (run again on a fresh read when another node changed the
+        roster meanwhile: core/storage/cache.py)."""
         roster = yield self.ctx.rosters.load(user)
-        if element.getAttribute("subscription") == "remove":
+        if remove:
             item = roster.get(contact)
             if item is None or item.hidden:
-                event.reply(error_reply(stanza, "item-not-found"))
-                return
+                return error_reply(stanza, "item-not-found")
             if item.has_to or item.ask:
                 self.ctx.route(make("presence", to=contact, sender=user, type="unsubscribe"))
             if item.has_from or item.pending_in is not None:
@@ -78,14 +87,12 @@ class RosterService:
         else:
             item = roster.ensure(contact)
             if item is None:
-                event.reply(error_reply(stanza, "resource-constraint",
-                                        f"the roster is full ({roster.max_items} items)"))
-                return
+                return error_reply(stanza, "resource-constraint", f"the roster is full ({roster.max_items} items)")
             item.hidden = False
             item.name = name
             item.groups = groups
             yield self.ctx.rosters.update(user, roster, item)
-        event.reply(result_reply(stanza))
+        return result_reply(stanza)
 
 
 def setup(ctx):

@@ -273,11 +273,9 @@ def test_three_nodes_survive_the_loss_of_one(pool):
     asyncio.run(scenario())
 
 
-@pytest.mark.xfail(strict=True, reason="a subscription between users on two nodes does not complete: each node "
-                   "keeps the rosters it has read in memory (bridge/core/storage/cache.py) and the other node's "
-                   "change to the same roster, written to the shared database, does not reach that copy")
 def test_subscription_across_nodes(pool):
-    """gus on node1 and fay on node2 subscribe to each other; both get the roster push of subscription 'both'."""
+    """gus on node1 and fay on node2 subscribe to each other; both get the roster push of subscription 'both'
+    (each node changes both rosters in the shared database, and tells the other to forget its copy)."""
     _, (node1, node2, _), mux = pool
 
     async def scenario():

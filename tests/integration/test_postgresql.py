@@ -19,7 +19,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from bridge import ctl
 from bridge.core.accounts import Accounts
-from bridge.core.storage import StorageUnavailable, sqlite_ops, stored_bytes
+from bridge.core.storage import StorageUnavailable, json_text, sqlite_ops, stored_bytes
 from tests.integration.harness import (SIP_OFF, Clients, RawClient, ServerProcess, add_users, barrier, next_item,
                                        server_env, write_config)
 from tests.integration.postgresql import PostgreSQLServer, skip_reason
@@ -57,6 +57,8 @@ class ServerPerClass:
 class PostgreSQLArchiveTests(ServerPerClass, ArchiveContract, SynchronousTestCase):
     """The archive contract of memory and SQLite (tests/unit/test_storage.py), on PostgreSQL: the
     operations run on the test's thread as the storage's pool thread runs them, in batches."""
+
+    as_stored = staticmethod(json_text)
 
     def setUp(self):
         self.empty()

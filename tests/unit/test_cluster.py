@@ -38,6 +38,7 @@ class FakeLink:
         self.published = []
         self.sent = []
         self.removed = []
+        self.broadcasts = []  # what was sent to every other member (documents changed here)
         self.incarnation = "i1"
         self.owner_keys = {}  # resource -> owner "NODE INCARNATION" (no expiry here)
         self.left = {}  # node -> the inbox entries its removal hands over
@@ -91,6 +92,11 @@ class FakeLink:
     def send(self, node, fields):
         self.sent.append((node, fields))
         return self._answer("1-0")
+
+    def broadcast(self, fields):
+        if self.reachable:
+            self.broadcasts.append(fields)
+        return self._answer(1)
 
     def claim(self, resources):
         me = f"node1 {self.incarnation}"

@@ -9,7 +9,8 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from bridge.core.storage import ArchiveItemNotFound, ArchiveQuery, ArchiveRecord, sqlite_ops, stored_bytes
+from bridge.core.storage import (ArchiveItemNotFound, ArchiveQuery, ArchiveRecord, json_text, sqlite_ops,
+                                 stored_bytes)
 from bridge.core.storage.memory import MemoryStorage
 from tests.unit.helpers import result_of
 
@@ -108,7 +109,26 @@ def record(number, with_jid="bob@localhost", resource="", direction="in"):
 
 
 class ArchiveContract:
-    """The archive shape (``IStorage.archive_*``), the same for every backend; ``call`` runs one operation."""
+    """The archive shape (``IStorage.archive_*``), and the compare-and-set of documents (``replace``), the same
+    for every backend; ``call`` runs one operation, given documents as ``as_stored`` makes them."""
+
+    as_stored = staticmethod(lambda document: document)
+
+    def test_replace_is_a_compare_and_set(self):
+        """A document is replaced (or made, or deleted) only when it is what the caller expects, compared
+        as JSON; otherwise nothing is written."""
+        def replace(expected, value):
+            return self.call("replace", "h", "u", "doc", self.as_stored(expected), self.as_stored(value))
+
+        self.assertTrue(replace(None, {"a": 1, "b": [1, 2]}))
+        self.assertFalse(replace(None, {"a": 2}))
+        self.assertFalse(replace({"a": 1}, {"a": 3}))
+        self.assertEqual(self.call("get", "h", "u", "doc"), {"a": 1, "b": [1, 2]})
+        self.assertTrue(replace({"b": [1, 2], "a": 1}, {"a": 4}))
+        self.assertFalse(replace({"a": 1, "b": [1, 2]}, None))
+        self.assertTrue(replace({"a": 4}, None))
+        self.assertIsNone(self.call("get", "h", "u", "doc"))
+        self.assertTrue(replace(None, None))
 
     def fill(self, records):
         for item in records:
@@ -223,6 +243,8 @@ class MemoryArchiveTests(ArchiveContract, SynchronousTestCase):
 
 class SQLiteArchiveTests(ArchiveContract, SynchronousTestCase):
     """The SQL operations, run on the test's thread as the database thread runs them, in batches."""
+
+    as_stored = staticmethod(json_text)
 
     def setUp(self):
         self.db = sqlite_ops.connect(":memory:")

@@ -25,6 +25,11 @@ from twisted.logger import Logger
 from zope.interface import Attribute, Interface
 
 
+def json_text(value):
+    """A document as the SQL backends store it; None stays None (no document)."""
+    return None if value is None else json.dumps(value)
+
+
 def stored_bytes(value):
     """The bytes ``value`` takes in storage: its JSON text (``json.dumps`` defaults) in UTF-8."""
     return len(json.dumps(value).encode("utf-8"))
@@ -108,6 +113,11 @@ class IStorage(Interface):
 
     def set(host, user, store, value):
         """Deferred: store ``value`` (JSON-serialisable); None deletes."""
+
+    def replace(host, user, store, expected, value):
+        """Deferred: True once ``value`` is stored (None deletes) if the document was ``expected`` (equal as
+        JSON; None: there was none), else False, nothing written (a compare-and-set: a cluster's nodes
+        change one document, core/storage/cache.py)."""
 
     def users(host, store):
         """Deferred: the sorted user names that have a document in ``store``."""

@@ -58,6 +58,13 @@ class MemoryStorage:
             self._documents[(host, user, store)] = json.dumps(value)
         return self._answer(None)
 
+    def replace(self, host, user, store, expected, value):
+        text = self._documents.get((host, user, store))
+        if (None if text is None else json.loads(text)) != expected:
+            return self._answer(False)
+        self.set(host, user, store, value)
+        return self._answer(True)
+
     def users(self, host, store):
         return self._answer(sorted(u for (h, u, s) in self._documents if h == host and s == store))
 

@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from bridge.core.storage import IStorage, StorageUnavailable, sqlite_ops
+from bridge.core.storage import IStorage, StorageUnavailable, json_text, sqlite_ops
 from bridge.core.storage.postgresql_ops import READS, DatabaseUnavailable
 from bridge.core.storage.sqlite import ARCHIVE_HANDOVER_SECONDS, BATCH_LIMIT
 
@@ -96,6 +96,9 @@ class PostgreSQLStorage:
 
     def set(self, host, user, store, value):
         return self._call("_set", host, user, store, None if value is None else json.dumps(value))
+
+    def replace(self, host, user, store, expected, value):
+        return self._call("_replace", host, user, store, json_text(expected), json_text(value))
 
     def users(self, host, store):
         return self._call("_users", host, store)

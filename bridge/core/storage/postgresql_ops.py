@@ -131,6 +131,22 @@ def _set(db, host, user, store, text):
                    'ON CONFLICT (host, "user", store) DO UPDATE SET value = excluded.value', (host, user, store, text))
 
 
+def _replace(db, host, user, store, expected, text):
+    """``_set`` if the document is ``expected`` (compared as jsonb; None: none), in one statement, so that
+    two nodes' changes of one document cannot both succeed; whether it was."""
+    key = (host, user, store)
+    if expected is None and text is None:
+        return db.execute('SELECT 1 FROM keyval WHERE host=? AND "user"=? AND store=?', key).fetchone() is None
+    if expected is None:
+        return db.execute('INSERT INTO keyval (host, "user", store, value) VALUES (?, ?, ?, ?) '
+                          'ON CONFLICT (host, "user", store) DO NOTHING', (*key, text)).rowcount == 1
+    if text is None:
+        return db.execute('DELETE FROM keyval WHERE host=? AND "user"=? AND store=? AND value::jsonb = ?::jsonb',
+                          (*key, expected)).rowcount == 1
+    return db.execute('UPDATE keyval SET value=? WHERE host=? AND "user"=? AND store=? AND value::jsonb = ?::jsonb',
+                      (text, *key, expected)).rowcount == 1
+
+
 def _append(db, host, user, store, text):
     return db.execute('INSERT INTO queue (host, "user", store, value) VALUES (?, ?, ?, ?) RETURNING id',
                       (host, user, store, text)).fetchone()[0]
@@ -170,7 +186,7 @@ def _archive_insert(db, values):
 OPERATIONS = {name: getattr(sqlite_ops, name) for name in (
     "_get", "_users", "_count", "_size", "_remove", "_delete_user", "_archive_query", "_archive_replace",
     "_archive_remove", "_archive_expire")}
-OPERATIONS.update(_set=_set, _append=_append, _items=_items, _archive_insert=_archive_insert)
+OPERATIONS.update(_set=_set, _replace=_replace, _append=_append, _items=_items, _archive_insert=_archive_insert)
 READS = frozenset(("_get", "_users", "_items", "_count", "_size", "_archive_query"))
 
 

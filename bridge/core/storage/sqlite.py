@@ -32,7 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from bridge.core.storage import IStorage, sqlite_ops as sql
+from bridge.core.storage import IStorage, json_text, sqlite_ops as sql
 
 log = Logger()
 
@@ -139,6 +139,9 @@ class SQLiteStorage:
 
     def set(self, host, user, store, value):
         return self._call(sql._set, host, user, store, None if value is None else json.dumps(value))
+
+    def replace(self, host, user, store, expected, value):
+        return self._call(sql._replace, host, user, store, json_text(expected), json_text(value))
 
     def users(self, host, store):
         return self._call(sql._users, host, store)

@@ -91,6 +91,16 @@ def _set(db, host, user, store, text):
                    (host, user, store, text))
 
 
+def _replace(db, host, user, store, expected, text):
+    """``_set`` if the document is ``expected`` (JSON text, compared as JSON; None: none); whether it was.
+    One writer thread: nothing comes between the read and the write."""
+    row = db.execute('SELECT value FROM keyval WHERE host=? AND "user"=? AND store=?', (host, user, store)).fetchone()
+    if (None if row is None else json.loads(row[0])) != (None if expected is None else json.loads(expected)):
+        return False
+    _set(db, host, user, store, text)
+    return True
+
+
 def _users(db, host, store):
     rows = db.execute('SELECT "user" FROM keyval WHERE host=? AND store=? ORDER BY "user"', (host, store)).fetchall()
     return [row[0] for row in rows]

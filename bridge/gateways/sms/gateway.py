@@ -154,7 +154,7 @@ class SMSGateway:
         self._serving = None  # the Deferred of the last takeover of the queue
         self.fragments = Reassembly(ctx.clock, self.config)
         self._limits = KeyedLock()  # the daily counts of one user, changed one SMS at a time
-        self.sending = SendingLimits(ctx.storage, ctx.clock, self.config)
+        self.sending = SendingLimits(ctx.storage, ctx.clock, self.config, ctx.document_caches)
         self.verification = Verification(ctx.storage, ctx.clock, self.config, self.preferences)
         ctx.serve(self.domain, ("gateway", "sms", "SMS gateway"), NumberPrompt(self.domain))
         ctx.hook("message/bare", self.to_number)

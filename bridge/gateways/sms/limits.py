@@ -25,10 +25,11 @@ def _fresh(stored):
 
 
 class SendingLimits:
-    def __init__(self, storage, clock, config):
+    def __init__(self, storage, clock, config, caches=None):
         self.clock = clock
         self.config = config
-        self.counts = DocumentCache(storage, STORE, decode=_fresh, encode=lambda counts: counts or None)
+        self.counts = DocumentCache(storage, STORE, decode=_fresh, encode=lambda counts: counts or None,
+                                    caches=caches)
 
     @defer.inlineCallbacks
     def charge(self, host, user, parts):
