@@ -13,17 +13,21 @@ happen in one step once both are in memory, so two SMS sent at once never
 both pass the last unit of a limit.  In a cluster every node changes the
 host's document: the charges of a host run one after the other on a node,
 and one that met a copy another node changed runs again on a fresh read
-(``KeyedLock``), counting again only where its count was not written.
+(``KeyedLock``) after a random pause, counting again only where its count
+was not written.
 """
 
-from twisted.internet import defer
+import random
 
-from bridge.core.storage.cache import DocumentCache, KeyedLock
+from twisted.internet import defer, task
+
+from bridge.core.storage.cache import DocumentCache, KeyedLock, StaleDocument
 
 STORE = "sms-sent"  # (host, user) and (host, ""): {"day", "today", "minute", "this_minute"}
 # The host's counts change with every SMS charged on any node: a charge may meet as many changes as the
 # other nodes make meanwhile (a burst of SMS), more than a document of one user meets.
 CHARGE_RETRIES = 20
+STALE_PAUSE_SECONDS = 0.05  # at most, before a charge that met a stale copy runs again: let the others' pass
 
 
 def _fresh(stored):
@@ -74,7 +78,9 @@ class SendingLimits:
         saved = yield defer.DeferredList([self.counts.save(host, name, counts) for name, counts in uncounted],
                                          consumeErrors=True)
         counted.update(name for (name, _), (written, _) in zip(uncounted, saved) if written)
-        for written, failure in saved:
-            if not written:
-                failure.raiseException()
+        failures = [failure for written, failure in saved if not written]
+        if failures:
+            if failures[0].check(StaleDocument):  # other nodes are charging: retrying at once would meet them again
+                yield task.deferLater(self.clock, random.uniform(0, STALE_PAUSE_SECONDS), lambda: None)
+            failures[0].raiseException()
         return None
