@@ -789,10 +789,11 @@ def start_mux(directory, nodes, listener, secret, accounts, options="", wait_for
 
 
 def wait_for_members(nodes):
-    """Until the log of each of ``nodes`` (named node1, node2... in order) says it saw every other one join."""
+    """Until the log of each of ``nodes`` (named node1, node2... in order, started in any order) says it saw
+    every other one join."""
     names = [f"node{number}" for number in range(1, len(nodes) + 1)]
     for name, node in zip(names, nodes):
         for other in names:
-            if other != name:
-                node.wait_for_line(lambda line: f"cluster: node {other} is a member" in line, 30,
-                                   what=f"{other} seen by {name}")
+            joined = f"cluster: node {other} is a member"
+            if other != name and not any(joined in line for line in node.lines):
+                node.wait_for_line(lambda line: joined in line, 30, what=f"{other} seen by {name}")

@@ -90,6 +90,18 @@ async def join(client, nick, **options):
     return presence
 
 
+async def create_persistent_room(client, nick):
+    """``client`` creates ROOM, joining it as ``nick``, and makes it persistent, named "Lobby"."""
+    presence = await join(client, nick)
+    assert 201 in presence["muc"]["status_codes"], presence
+    muc = client.plugin["xep_0045"]
+    await muc.get_room_config(ROOM, timeout=TIMEOUT)
+    form = client.plugin["xep_0004"].make_form(ftype="submit")
+    form.add_field(var="muc#roomconfig_persistentroom", value="1")
+    form.add_field(var="muc#roomconfig_roomname", value="Lobby")
+    await muc.set_room_config(ROOM, form, timeout=TIMEOUT)
+
+
 async def said(client, body):
     """``body``, as the room sent it to ``client``."""
     return await next_item(client.messages, lambda m: m["type"] == "groupchat" and m["body"] == body,
@@ -109,14 +121,7 @@ def test_room_across_nodes_survives_its_node(nodes_on_postgresql):
             bob = await clients.login("bob@localhost/b", port=node2.port, plugins=MUC_PLUGINS)
             carol = await clients.login("carol@localhost/c", port=node3.port, plugins=MUC_PLUGINS)
             seen = {client: room_presences(client) for client in (alice, bob, carol)}
-            presence = await join(alice, "Alice")
-            assert 201 in presence["muc"]["status_codes"], presence
-            muc = alice.plugin["xep_0045"]
-            await muc.get_room_config(ROOM, timeout=TIMEOUT)
-            form = alice.plugin["xep_0004"].make_form(ftype="submit")
-            form.add_field(var="muc#roomconfig_persistentroom", value="1")
-            form.add_field(var="muc#roomconfig_roomname", value="Lobby")
-            await muc.set_room_config(ROOM, form, timeout=TIMEOUT)
+            await create_persistent_room(alice, "Alice")
             await asyncio.to_thread(node1.wait_for_line, lambda line: f"node node1 hosts {ROOM}" in line, 10,
                                     "the room hosted by node1")
 

@@ -92,18 +92,22 @@ def owner_of_queue(nodes):
 
 
 def send_from(node, count):
-    """alice, on ``node``, sends ``count`` SMS to as many numbers; each is in the shared queue once her
-    ping is answered (the gateway holds a message until it is stored)."""
+    """alice, on ``node``, sends ``count`` SMS to as many numbers (``queue_sms``)."""
 
     async def send_all():
         async with Clients(node) as clients:
-            alice = await clients.login("alice@localhost/pc", port=node.port)
-            for index in range(count):
-                alice.send_message(mto=f"{number(index)}@sms.localhost", mbody=f"note {index}", mtype="chat")
-            await barrier(alice)
-            assert alice.message_errors.empty(), alice.message_errors.get_nowait()
+            await queue_sms(await clients.login("alice@localhost/pc", port=node.port), range(count))
 
     asyncio.run(send_all())
+
+
+async def queue_sms(client, indices):
+    """``client`` sends an SMS to ``number(index)`` for each of ``indices``; all are in the shared queue once
+    its ping is answered (the gateway holds a message until it is stored)."""
+    for index in indices:
+        client.send_message(mto=f"{number(index)}@sms.localhost", mbody=f"note {index}", mtype="chat")
+    await barrier(client)
+    assert client.message_errors.empty(), client.message_errors.get_nowait()
 
 
 def reached(event):

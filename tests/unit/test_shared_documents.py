@@ -250,3 +250,45 @@ class ClusterDocumentTests(SynchronousTestCase):
         self.harness.clock.advance(3)
         self.assertTrue(self.cluster.accepting())
         self.assertEqual(self.successResultOf(self.server.rosters.load("alice@localhost")).version, 4)
+
+
+class SharedSendingLimitsTests(SynchronousTestCase):
+    """The SMS counts (gateways/sms/limits.py) of one host, charged on two nodes: the host's document is every
+    node's, so a charge often meets a copy another node changed; it is made again, counted once."""
+
+    def setUp(self):
+        from bridge.gateways.sms.limits import SendingLimits
+
+        self.clock = Clock()
+        self.storage = MemoryStorage(self.clock)
+        nodes = []
+        for _ in (1, 2):
+            caches, cluster = DocumentCaches(), ToldCluster()
+            caches.share(cluster)
+            nodes.append((cluster, caches, SendingLimits(self.storage, self.clock, configuration.SMSConfig(), caches)))
+        (self.cluster1, caches1, self.one), (self.cluster2, caches2, self.two) = nodes
+        self.cluster1.others, self.cluster2.others = [caches2], [caches1]
+
+    def charged(self, limits, user):
+        from bridge.gateways.sms.limits import STALE_PAUSE_SECONDS
+
+        d = limits.charge("h", user, 1)
+        for _ in range(10):
+            self.clock.advance(STALE_PAUSE_SECONDS)
+        return self.successResultOf(d)
+
+    def this_minute(self, user):
+        d = self.storage.get("h", user, "sms-sent")
+        self.clock.advance(0)
+        return self.successResultOf(d)["this_minute"]
+
+    def test_a_charge_on_a_stale_copy_of_the_hosts_counts_is_made_again(self):
+        """node2 read the host's counts; node1 charges (its change not yet told); node2's next charge meets
+        its stale copy: it is made again on a fresh read after a pause, the host counted three times, carol
+        once."""
+        self.assertIsNone(self.charged(self.two, "bob"))
+        self.cluster1.quiet = True
+        self.assertIsNone(self.charged(self.one, "alice"))
+        self.assertIsNone(self.charged(self.two, "carol"))
+        self.assertEqual(self.this_minute(""), 3)
+        self.assertEqual([self.this_minute(user) for user in ("alice", "bob", "carol")], [1, 1, 1])

@@ -1,11 +1,13 @@
 """The SMS gateway in a whole in-memory server: offline users, phone JIDs, MO replies, limits."""
 
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from bridge import config as configuration
 from bridge.core.notifications import NotificationPreferences
+from bridge.core.storage.cache import StaleDocument
 from bridge.gateways.sms.gateway import SMSGateway, password_in_clear
 from bridge.core.xmlstream import parse_element
 from bridge.gateways.sms.queue import COUNTER_STORE, SERIAL_BLOCK, OutboundQueue
@@ -335,6 +337,17 @@ class SendingLimitTests(SynchronousTestCase):
         self.assertEqual((error["id"], error.error.firstChildElement().name, str(error.error.text)),
                          ("c1", "resource-constraint", "SMS limit reached: 3 SMS a day for all users of "
                                                        "localhost (the day ends at 00:00 UTC)"))
+
+    def test_an_sms_that_could_not_be_charged_is_refused_not_dropped(self):
+        """When the charge fails (here: other nodes kept changing the host's counts), the sender gets
+        resource-constraint, to send it again later, and nothing is queued."""
+        rig = GatewayRig()
+        rig.gateway.sending.charge = lambda host, user, parts: defer.fail(StaleDocument("sms-sent of @localhost"))
+        rig.write("+15557654321@sms.localhost", "lost?", id="x")
+        self.assertEqual(self.errors(rig), [("x", "resource-constraint",
+                                             "the SMS could not be queued: send it again later")])
+        self.assertEqual(rig.submits(), [])
+        self.assertEqual(len(self.flushLoggedErrors(StaleDocument)), 1)
 
     def test_counts_survive_a_restart(self):
         """The day's count is in storage: a gateway started again on the same storage refuses what

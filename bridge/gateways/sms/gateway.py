@@ -305,6 +305,7 @@ class SMSGateway:
             # Held until the SMS is in the queue, on disk: the sender's XEP-0198 <a/> covers it only then.
             held = event.hold()
             d = self._send_to_number(stanza, sender, number, body)
+            d.addErrback(self._not_queued, stanza)
             d.addBoth(_finishing, held)
             self._later(d, "SMS to a number")
         return True
@@ -325,6 +326,12 @@ class SMSGateway:
                 "id": stanza.getAttribute("id"), "receipt": wants_receipt(stanza)}
         key = yield self.queue.add(number, text, meta)
         return key
+
+    def _not_queued(self, failure, stanza):
+        """The SMS could not be charged or queued (storage failed, or other nodes kept changing the host's
+        counts): the sender is told, to send it again later, rather than left to believe it went."""
+        self.ctx.bounce(stanza, "resource-constraint", "the SMS could not be queued: send it again later")
+        return failure
 
     def parts_of(self, text):
         """The SMS parts ``text`` is sent as (what the SMSC bills)."""

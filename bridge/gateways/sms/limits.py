@@ -10,14 +10,24 @@ fixed windows of one minute and one UTC day.  The counts live in storage
 restart resets nothing.  The same document of a user or host is shared by
 every charge under way (``DocumentCache``), and the check and the count
 happen in one step once both are in memory, so two SMS sent at once never
-both pass the last unit of a limit.
+both pass the last unit of a limit.  In a cluster every node changes the
+host's document: the charges of a host run one after the other on a node,
+and one that met a copy another node changed runs again on a fresh read
+(``KeyedLock``) after a random pause, counting again only where its count
+was not written.
 """
 
-from twisted.internet import defer
+import random
 
-from bridge.core.storage.cache import DocumentCache
+from twisted.internet import defer, task
+
+from bridge.core.storage.cache import DocumentCache, KeyedLock, StaleDocument
 
 STORE = "sms-sent"  # (host, user) and (host, ""): {"day", "today", "minute", "this_minute"}
+# The host's counts change with every SMS charged on any node: a charge may meet as many changes as the
+# other nodes make meanwhile (a burst of SMS), more than a document of one user meets.
+CHARGE_RETRIES = 20
+STALE_PAUSE_SECONDS = 0.05  # at most, before a charge that met a stale copy runs again: let the others' pass
 
 
 def _fresh(stored):
@@ -30,11 +40,16 @@ class SendingLimits:
         self.config = config
         self.counts = DocumentCache(storage, STORE, decode=_fresh, encode=lambda counts: counts or None,
                                     caches=caches)
+        self._charges = KeyedLock(CHARGE_RETRIES)  # per host: the host's counts are in every charge
 
-    @defer.inlineCallbacks
     def charge(self, host, user, parts):
         """Count ``parts`` SMS sent by ``user`` of ``host``; None when every limit allows them, else the
         refusal (stanza error condition, text), nothing counted."""
+        return self._charges.run(host, self._charge, host, user, parts, set())
+
+    @defer.inlineCallbacks
+    def _charge(self, host, user, parts, counted):
+        """One run of a charge; ``counted``: the documents ("" for the host's) an earlier run of it wrote."""
         mine, hosts = yield defer.gatherResults([self.counts.load(host, user), self.counts.load(host, "")],
                                                 consumeErrors=True)
         now = self.clock.seconds()
@@ -54,11 +69,18 @@ class SendingLimits:
                   (hosts, "today", config.outbound_sms_per_day_per_host, "resource-constraint",
                    "{limit} SMS a day for all users of {host} (the day ends at 00:00 UTC)"))
         for counts, window, limit, condition, text in checks:
-            if counts[window] + parts > limit:
+            if not counted and counts[window] + parts > limit:
                 return condition, "SMS limit reached: " + text.format(limit=limit, host=host)
-        for counts in (mine, hosts):
+        uncounted = [(name, counts) for name, counts in ((user, mine), ("", hosts)) if name not in counted]
+        for _, counts in uncounted:
             counts["this_minute"] += parts
             counts["today"] += parts
-        yield defer.gatherResults([self.counts.save(host, user, mine), self.counts.save(host, "", hosts)],
-                                  consumeErrors=True)
+        saved = yield defer.DeferredList([self.counts.save(host, name, counts) for name, counts in uncounted],
+                                         consumeErrors=True)
+        counted.update(name for (name, _), (written, _) in zip(uncounted, saved) if written)
+        failures = [failure for written, failure in saved if not written]
+        if failures:
+            if failures[0].check(StaleDocument):  # other nodes are charging: retrying at once would meet them again
+                yield task.deferLater(self.clock, random.uniform(0, STALE_PAUSE_SECONDS), lambda: None)
+            failures[0].raiseException()
         return None
