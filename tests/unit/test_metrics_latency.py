@@ -80,6 +80,8 @@ class StorageTimingTests(SynchronousTestCase):
         self.assertAlmostEqual(seconds["get"].total, 0.002)
         self.assertNotIn("archive_append", TIMED_OPERATIONS)
         self.assertIs(storage.archive_append.__self__, inner)
+        # Found on the instance, not by ``__getattr__``'s failed lookup first: two appends a message.
+        self.assertIs(object.__getattribute__(storage, "archive_append").__self__, inner)
         inner.available = False
         self.assertIs(storage.available, False)  # an attribute of the interface, not an operation
 
