@@ -193,14 +193,13 @@ class KeyedLock:
     once every earlier ``run`` with the same key has finished, so that two
     changes of one document never both read the old version.  Keys with
     nothing waiting take no memory.  A step that fails with ``StaleDocument``
-    (in a cluster) runs again, up to ``retries`` times.  Steps that finish at once (a cached
+    (in a cluster) runs again, up to ``STALE_RETRIES`` times.  Steps that finish at once (a cached
     document) run in a loop, not as callbacks nested in each other's: a
     queue of hundreds (a login shown the presence of every colleague) must
     not reach Python's recursion limit.
     """
 
-    def __init__(self, retries=STALE_RETRIES):
-        self.retries = retries
+    def __init__(self):
         self._waiting = {}  # key -> deque of (function, args, result, tries) queued behind the step running
 
     def run(self, key, function, *args):
@@ -229,7 +228,7 @@ class KeyedLock:
         outcome to its caller: the next step of ``key``, or None (the key is free)."""
         function, args, result, tries = step
         failed = isinstance(outcome, Failure)
-        if failed and tries < self.retries and outcome.check(StaleDocument):
+        if failed and tries < STALE_RETRIES and outcome.check(StaleDocument):
             return function, args, result, tries + 1
         queue = self._waiting[key]
         step = queue.popleft() if queue else None

@@ -11,17 +11,17 @@ restart resets nothing.  The same document of a user or host is shared by
 every charge under way (``DocumentCache``), and the check and the count
 happen in one step once both are in memory, so two SMS sent at once never
 both pass the last unit of a limit.  In a cluster every node changes the
-host's document: the charges of a host run one after the other on a node,
-and one that met a copy another node changed runs again on a fresh read
-(``KeyedLock``) after a random pause, counting again only where its count
-was not written.
+host's document: a charge that met a copy another node changed runs again
+on a fresh read after a random pause, counting again only where its count
+was not written.  Charges are not queued behind each other: on one node
+they share the cached documents, and each save expects the one before it.
 """
 
 import random
 
 from twisted.internet import defer, task
 
-from bridge.core.storage.cache import DocumentCache, KeyedLock, StaleDocument
+from bridge.core.storage.cache import DocumentCache, StaleDocument
 
 STORE = "sms-sent"  # (host, user) and (host, ""): {"day", "today", "minute", "this_minute"}
 # The host's counts change with every SMS charged on any node: a charge may meet as many changes as the
@@ -40,12 +40,20 @@ class SendingLimits:
         self.config = config
         self.counts = DocumentCache(storage, STORE, decode=_fresh, encode=lambda counts: counts or None,
                                     caches=caches)
-        self._charges = KeyedLock(CHARGE_RETRIES)  # per host: the host's counts are in every charge
 
+    @defer.inlineCallbacks
     def charge(self, host, user, parts):
         """Count ``parts`` SMS sent by ``user`` of ``host``; None when every limit allows them, else the
         refusal (stanza error condition, text), nothing counted."""
-        return self._charges.run(host, self._charge, host, user, parts, set())
+        counted = set()
+        for tries in range(CHARGE_RETRIES + 1):
+            try:
+                return (yield self._charge(host, user, parts, counted))
+            except StaleDocument:
+                if tries == CHARGE_RETRIES:
+                    raise
+                # Other nodes are charging: running again at once would meet their changes again.
+                yield task.deferLater(self.clock, random.uniform(0, STALE_PAUSE_SECONDS), lambda: None)
 
     @defer.inlineCallbacks
     def _charge(self, host, user, parts, counted):
@@ -80,7 +88,5 @@ class SendingLimits:
         counted.update(name for (name, _), (written, _) in zip(uncounted, saved) if written)
         failures = [failure for written, failure in saved if not written]
         if failures:
-            if failures[0].check(StaleDocument):  # other nodes are charging: retrying at once would meet them again
-                yield task.deferLater(self.clock, random.uniform(0, STALE_PAUSE_SECONDS), lambda: None)
             failures[0].raiseException()
         return None
