@@ -228,17 +228,40 @@ class ServerNonInviteTests(Base):
         self.assertEqual(self.udp.statuses(), [100, 100])
 
     def test_timer_j(self):
-        """Over UDP the completed transaction lives 64*T1 to absorb retransmissions; over TCP it ends at once."""
+        """Over UDP the answered transaction is kept 64*T1 to absorb retransmissions, as its answer's
+        bytes only; then a retransmission is a new request.  Over TCP it ends at once."""
         request = make_request("OPTIONS")
         self.layer.receive(wire(request), self.udp, PEER)
         self.user.events[0][1].respond(make_response(request, 200))
-        self.advance_to(31.9)
-        self.assertEqual(len(self.layer.server), 1)
-        self.advance_to(32.1)
         self.assertEqual(self.layer.server, {})
+        self.advance_to(31.9)
+        self.layer.receive(wire(request), self.udp, PEER)
+        self.assertEqual((self.user.kinds(), self.udp.statuses()), (["request"], [200, 200]))
+        self.advance_to(32.1)
+        self.assertEqual((self.layer.answered.entries, self.layer.answered.bytes), ({}, 0))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.layer.receive(wire(request), self.udp, PEER)
+        self.assertEqual(self.user.kinds(), ["request", "request"])
         self.layer.receive(wire(make_request("OPTIONS")), self.tcp, PEER)
         self.user.events[-1][1].respond(make_response(request, 200))
-        self.assertEqual(self.layer.server, {})
+        self.assertEqual(len(self.layer.answered.entries), 0)
+
+    def test_one_timer_for_the_answered(self):
+        """The answers kept for timer J share one timer, which follows the oldest: each is forgotten at
+        its own 32 s, not at the first one's."""
+        first, second = make_request("OPTIONS"), make_request("OPTIONS")
+        self.layer.receive(wire(first), self.udp, PEER)
+        self.user.events[-1][1].respond(make_response(first, 200))
+        self.clock.advance(10)
+        self.layer.receive(wire(second), self.udp, PEER)
+        self.user.events[-1][1].respond(make_response(second, 200))
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.advance_to(32.1)
+        self.assertEqual(len(self.layer.answered.entries), 1)
+        self.layer.receive(wire(second), self.udp, PEER)
+        self.assertEqual(self.user.kinds(), ["request", "request"])
+        self.advance_to(42.1)
+        self.assertEqual((self.layer.answered.entries, self.clock.getDelayedCalls()), ({}, []))
 
     def test_same_branch_other_sent_by_is_another_transaction(self):
         """Matching uses branch and sent-by: the same branch from another host is a new transaction."""
@@ -446,6 +469,50 @@ class LimitTests(SynchronousTestCase):
         self.user.events[0][1].respond(make_response(first, 200))
         self.clock.advance(33)
         self.assertEqual((layer.server, layer.server_bytes), ({}, 0))
+
+    def test_answered_ones_do_not_count_against_the_limits(self):
+        """Only transactions not answered yet count against max_transactions: a steady rate of requests
+        answered at once is never refused, whatever their number over timer J."""
+        layer = TransactionLayer(self.clock, self.user, max_transactions=2)
+        for _ in range(50):
+            layer.receive(wire(make_request("MESSAGE")), self.udp, PEER)
+            self.user.events[-1][1].respond(make_response(self.user.events[-1][2], 202))
+            self.clock.advance(0.1)
+        self.assertEqual(self.udp.statuses(), [202] * 50)
+        self.assertEqual(len(layer.answered.entries), 50)
+
+    def test_answers_kept_are_bounded_oldest_first(self):
+        """Past max_transaction_bytes of kept answers, the oldest are forgotten (a retransmission of one
+        is then a new request) and the newest still absorb theirs."""
+        layer = TransactionLayer(self.clock, self.user, max_transaction_bytes=3000)
+        requests = [make_request("MESSAGE") for _ in range(20)]
+        for request in requests:
+            layer.receive(wire(request), self.udp, PEER)
+            self.user.events[-1][1].respond(make_response(self.user.events[-1][2], 202))
+        self.assertLessEqual(layer.answered.bytes, 3000)
+        kept = len(layer.answered.entries)
+        self.assertTrue(0 < kept < 20)
+        layer.receive(wire(requests[-1]), self.udp, PEER)
+        self.assertEqual(len(self.user.events), 20)
+        layer.receive(wire(requests[0]), self.udp, PEER)
+        self.assertEqual(len(self.user.events), 21)
+
+    def test_retransmission_to_an_unverified_source_pays_again(self):
+        """An answer longer than its request, sent again to each retransmission, is paid from the
+        allowance each time: a spoofed source that replays one request soon gets nothing."""
+        layer = TransactionLayer(self.clock, self.user)
+        request = make_request("OPTIONS")
+        layer.receive(wire(request), self.udp, PEER)
+        answer = make_response(self.user.events[0][2], 200)
+        answer.headers.add("Allow", "INVITE, ACK, CANCEL, OPTIONS, MESSAGE, SUBSCRIBE, NOTIFY, REGISTER")
+        answer.headers.add("Accept", "text/plain, application/pidf+xml, message/cpim")
+        self.user.events[0][1].respond(answer)
+        sent = len(self.udp.sent)
+        self.assertEqual(sent, 1)
+        for _ in range(200):
+            layer.receive(wire(request), self.udp, PEER)
+        self.assertLess(len(self.udp.sent), 200)
+        self.assertGreater(len(self.udp.sent), 1)
 
     def test_invites_and_acks_hold_nothing(self):
         """INVITEs and ACKs are answered past the limit too: they hold no transaction."""

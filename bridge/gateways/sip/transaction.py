@@ -25,7 +25,12 @@ calls, so an INVITE is answered statelessly (8.2.7): the user gets a
 retransmission until an ACK that a spoofed source never sends; the ACK
 then matches nothing.  Past ``max_transactions`` live server transactions,
 or ``max_transaction_bytes`` of the requests they hold, a new request is
-answered 503 with Retry-After, statelessly, and not handed on.
+answered 503 with Retry-After, statelessly, and not handed on.  Once
+answered, a transaction over UDP is kept only as the bytes of its answer
+(``Answered``), for timer J, so that a retransmission gets them again and
+never reaches the user twice: those are bounded apart, by
+``max_transaction_bytes`` again, the oldest forgotten first when they pass
+it (they are the nearest to the end of their 32 s).
 
 A response to a UDP request whose sender has not proved who it is
 (``Request.verified``) is never longer than that request
@@ -173,24 +178,40 @@ class ExcessAllowance:
         return True
 
 
-def bounded_response(response, request_size, address, allowance):
-    """What may be sent to the unverified UDP source ``address`` for a request of ``request_size`` bytes:
-    ``response`` cut down to fit (``fit_response``), any excess left paid from ``allowance`` (None: no
-    excess at all); None when it cannot be paid (then nothing is sent)."""
-    fitted = fit_response(response, request_size)
-    excess = len(fitted.to_bytes()) - request_size
+def answer_bytes(response, request_size, address, allowance):
+    """What may be sent to the unverified UDP source ``address`` for a request of ``request_size`` bytes,
+    as bytes: ``response`` cut down to fit (``fit_response``), any excess left paid from ``allowance``
+    (None: no excess at all); None when it cannot be paid (then nothing is sent)."""
+    data = response.to_bytes()
+    if len(data) > request_size:
+        data = fit_response(response, request_size).to_bytes()
+    excess = len(data) - request_size
     if excess <= 0 or (allowance is not None and allowance.take(address[0], excess)):
-        return fitted
+        return data
     log.debug("SIP {status} to {address} not sent: longer than the request, allowance spent",
               status=response.status, address=address)
     return None
 
 
-def _bounded(response, request, transport, address, allowance):
-    """``response``, or for a UDP request whose sender has not proved who it is, ``bounded_response``."""
+class Encoded:
+    """A message as it goes on the wire, encoded once: what transports are handed for an answer."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data):
+        self.data = data
+
+    def to_bytes(self):
+        return self.data
+
+
+def _encoded(response, request, transport, address, allowance):
+    """``response`` encoded, or for a UDP request whose sender has not proved who it is,
+    ``answer_bytes``; and the excess over the request that each sending of it costs the allowance."""
     if transport.reliable or request.verified or request.size is None:
-        return response
-    return bounded_response(response, request.size, address, allowance)
+        return response.to_bytes(), 0
+    data = answer_bytes(response, request.size, address, allowance)
+    return data, 0 if data is None else max(0, len(data) - request.size)
 
 
 def client_key(message):
@@ -353,40 +374,113 @@ class ClientTransaction(_Transaction):
 
 
 class ServerTransaction(_Transaction):
-    """A non-INVITE server transaction (17.2.2)."""
+    """A non-INVITE server transaction (17.2.2) until its final answer; then ``Answered``, over UDP."""
 
     def __init__(self, layer, request, transport, address, key, size):
         super().__init__(layer, request, transport, address)
         self.key = key
         self.size = size  # the request's bytes, counted against the layer's limit
-        self.last_response = None
+        self.provisional = None  # the last provisional answer sent, encoded
         self.address = response_address(request, transport, address)
 
     def start(self):
         self.state = "trying"
 
-    def _send(self, response):
-        response = _bounded(response, self.request, self.transport, self.address, self.layer.allowance)
-        return True if response is None else super()._send(response)
-
     def respond(self, response):
         """Send a response from the transaction user."""
         if self.state not in ("trying", "proceeding"):
             raise ValueError(f"cannot respond in state {self.state}")
-        self.last_response = response
         self.layer.count("server", self.request.method, response.status)
-        if not self._send(response):
+        data, charge = _encoded(response, self.request, self.transport, self.address, self.layer.allowance)
+        if data is not None and not self._send(Encoded(data)):
             return
         if response.status < 200:
             self.state = "proceeding"
+            self.provisional = data
         else:
             self.state = "completed"
-            self._wait_then_terminate("J", self.timers.timeout)
+            self.terminate()
+            if not self.reliable:
+                self.layer.answered.keep(self.key, Answered(data, charge, self.transport, self.address))
 
     def receive_request(self, request):
-        """A retransmission of the request: the last response again."""
-        if self.last_response is not None:
-            self._send(self.last_response)
+        """A retransmission of the request before the final answer: the last provisional one again."""
+        if self.provisional is not None:
+            self._send(Encoded(self.provisional))
+
+
+class Answered:
+    """What is left of a server transaction over UDP once it has sent its final answer: the answer's bytes
+    (None when it could not be sent), to send again to each retransmission until timer J."""
+
+    __slots__ = ("data", "charge", "transport", "address", "expires")
+
+    def __init__(self, data, charge, transport, address):
+        self.data = data
+        self.charge = charge  # bytes taken from the allowance each time it is sent (see ``_encoded``)
+        self.transport = transport
+        self.address = address
+        self.expires = None
+
+    def resend(self, allowance):
+        if self.data is None or (self.charge and not allowance.take(self.address[0], self.charge)):
+            return
+        try:
+            self.transport.send(Encoded(self.data), self.address)
+        except Exception:
+            log.failure("SIP answer to a retransmission from {address} not sent", address=self.address)
+
+
+class AnsweredTable:
+    """The answered server transactions (``Answered``) by key, oldest first, each until timer J.
+
+    One timer for the whole table, not one per transaction; past ``max_bytes``
+    of answers (each counted with ``OVERHEAD_BYTES`` for its entry), the
+    oldest are forgotten at once.
+    """
+
+    OVERHEAD_BYTES = 256
+
+    def __init__(self, clock, lifetime, max_bytes):
+        self.clock = clock
+        self.lifetime = lifetime
+        self.max_bytes = max_bytes
+        self.entries = {}  # key -> Answered, in the order they were kept, which is the order they expire
+        self.bytes = 0
+        self._sweep = None
+        self._full = False  # whether the bound was reached (logged once each time)
+
+    def get(self, key):
+        return self.entries.get(key)
+
+    def keep(self, key, answered):
+        answered.expires = self.clock.seconds() + self.lifetime
+        self.entries[key] = answered
+        self.bytes += self._cost(answered)
+        full = self.max_bytes is not None and self.bytes > self.max_bytes
+        if full and not self._full:
+            log.warn("SIP: the answers kept for retransmissions passed {size} bytes: the oldest are forgotten "
+                     "before their timer J", size=self.max_bytes)
+        self._full = full
+        while self.max_bytes is not None and self.bytes > self.max_bytes:
+            self._drop(next(iter(self.entries)))
+        if self._sweep is None:
+            self._sweep = self.clock.callLater(self.lifetime, self._expire)
+
+    def _cost(self, answered):
+        return self.OVERHEAD_BYTES + (len(answered.data) if answered.data is not None else 0)
+
+    def _drop(self, key):
+        self.bytes -= self._cost(self.entries.pop(key))
+
+    def _expire(self):
+        self._sweep = None
+        now = self.clock.seconds()
+        for key, answered in list(self.entries.items()):
+            if answered.expires > now:
+                self._sweep = self.clock.callLater(answered.expires - now, self._expire)
+                return
+            self._drop(key)
 
 
 class StatelessResponder:
@@ -400,10 +494,10 @@ class StatelessResponder:
 
     def respond(self, response):
         self.layer.count("server", self.request.method, response.status)
-        response = _bounded(response, self.request, self.transport, self.address, self.layer.allowance)
-        if response is not None:
+        data, _ = _encoded(response, self.request, self.transport, self.address, self.layer.allowance)
+        if data is not None:
             try:
-                self.transport.send(response, self.address)
+                self.transport.send(Encoded(data), self.address)
             except Exception:
                 log.failure("SIP response to {address} not sent", address=self.address)
 
@@ -429,8 +523,9 @@ class TransactionLayer:
         self.max_transactions = max_transactions
         self.max_transaction_bytes = max_transaction_bytes
         self.client = {}
-        self.server = {}
-        self.server_bytes = 0  # the bytes of the requests the server transactions hold
+        self.server = {}  # the server transactions not answered yet
+        self.server_bytes = 0  # the bytes of the requests they hold
+        self.answered = AnsweredTable(clock, timers.timeout, max_transaction_bytes)
         self.allowance = allowance or ExcessAllowance(clock)  # for answers longer than their requests
         self._full = False  # whether the limits were reached (logged once each time)
 
@@ -470,6 +565,10 @@ class TransactionLayer:
         transaction = self.server.get(key)
         if transaction is not None:
             transaction.receive_request(request)
+            return
+        answered = self.answered.get(key)
+        if answered is not None:
+            answered.resend(self.allowance)
             return
         size = _size(request)
         if not self._admits(size):
@@ -516,7 +615,7 @@ def _size(request):
 
 __all__ = [
     "ClientTransaction", "ServerTransaction", "StatelessResponder", "TransactionLayer", "Timers", "ExcessAllowance",
-    "bounded_response",
+    "Answered", "AnsweredTable", "Encoded", "answer_bytes",
     "new_branch", "stamp_via", "response_address", "server_key", "client_key",
     "MAGIC_COOKIE", "RETRY_AFTER_SECONDS",
 ]

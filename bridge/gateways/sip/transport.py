@@ -12,7 +12,7 @@ Malformed input never reaches the sink.  A request that can be answered gets
 the status the parser chose (400, 413, 505), sent where a response to it
 would go (the source address when the Via asks for rport), over UDP held
 to the datagram's size as every answer to an unverified source
-(``transaction.bounded_response``); anything else is dropped and logged.  One bad datagram disturbs nothing else; on a stream a
+(``transaction.answer_bytes``); anything else is dropped and logged.  One bad datagram disturbs nothing else; on a stream a
 message whose framing is intact is answered and the connection goes on,
 while an error that loses the framing (no or bad Content-Length, a header
 section over the limit) closes that connection after the answer.
@@ -30,7 +30,7 @@ from bridge.core.streams.base import ConnectionsPerAddress, InputRateLimit
 from bridge.gateways.sip.message import (
     DEFAULT_LIMITS, KEEPALIVE, GrammarError, SIPParseError, StreamFramer, error_response, parse_datagram,
 )
-from bridge.gateways.sip.transaction import ExcessAllowance, bounded_response, response_address, stamp_via
+from bridge.gateways.sip.transaction import Encoded, ExcessAllowance, answer_bytes, response_address, stamp_via
 
 log = Logger()
 
@@ -40,10 +40,10 @@ _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 
 def _error_answer(error, transport, source, size=None):
-    """(response, destination) for a parse error, or None when it must be dropped.
+    """(status, encoded response, destination) for a parse error, or None when it must be dropped.
 
     ``size``: the bytes of the datagram (UDP), which the answer is held to
-    as any answer to an unverified source (``bounded_response``).
+    as any answer to an unverified source (``answer_bytes``).
     """
     if error_response(error) is None:
         return None
@@ -57,12 +57,11 @@ def _error_answer(error, transport, source, size=None):
     # The reason phrase says what was wrong, in printable ASCII only.
     detail = _UNPRINTABLE.sub("?", str(error.reason))[:80]
     response.reason = f"{response.reason} ({detail})"
-    if size is not None:
-        allowance = transport.policy.allowance if transport.policy is not None else None
-        response = bounded_response(response, size, destination, allowance)
-        if response is None:
-            return None
-    return response, destination
+    if size is None:
+        return response.status, Encoded(response.to_bytes()), destination
+    allowance = transport.policy.allowance if transport.policy is not None else None
+    data = answer_bytes(response, size, destination, allowance)
+    return None if data is None else (response.status, Encoded(data), destination)
 
 
 class SourcePolicy:
@@ -135,9 +134,9 @@ class _Transport:
             log.info("SIP {transport} input from {source} dropped: {reason}", transport=self.name,
                      source=source, reason=error.reason)
             return
-        response, destination = answer
+        status, response, destination = answer
         log.info("SIP {transport} request from {source} answered {status}: {reason}", transport=self.name,
-                 source=source, status=response.status, reason=error.reason)
+                 source=source, status=status, reason=error.reason)
         try:
             self.send(response, destination)
         except Exception:
