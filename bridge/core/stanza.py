@@ -1,6 +1,8 @@
 """Building stanzas and their error replies (RFC 6120 section 8.3)."""
 
-from twisted.words.protocols.jabber.jid import InvalidFormat, JID
+import re
+
+from twisted.words.protocols.jabber.jid import InvalidFormat, JID, parse as stringprep_parse
 from twisted.words.xish import domish
 
 from bridge.core.xmlstream import share_children
@@ -54,8 +56,11 @@ def same_account(one, other):
 class ParsedJID(JID):
     """A JID whose texts are written once: routing asks a parsed JID for them several times a stanza."""
 
-    def __init__(self, text):
-        super().__init__(text)
+    def __init__(self, user, host, resource):
+        # The parts as stringprep made them (``prepared_parts``): JID's own constructor would prepare them again.
+        self.user = user
+        self.host = host
+        self.resource = resource
         self._userhost = JID.userhost(self)
         self._full = JID.full(self)
 
@@ -64,6 +69,37 @@ class ParsedJID(JID):
 
     def full(self):
         return self._full
+
+    def userhostJID(self):
+        # JID's own keeps every bare JID it was asked for, without bound.
+        return parse_jid(self._userhost) if self.resource else self
+
+
+# What stringprep's profiles leave of an ASCII part, or refuse (RFC 3920 appendixes A and B, RFC 3491 and
+# the STD 3 rules for domain labels): a localpart is lower-cased and must not hold a space, a control
+# character or "&'/:<>@; a domain is lower-cased, in labels of letters, digits and inner hyphens; a
+# resource is kept as it is, without control characters.
+_ASCII_LOCALPART = re.compile(r"""[^\x00-\x20"&'/:<>@\x7f]+\Z""")
+_ASCII_DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.?\Z")
+_ASCII_RESOURCE = re.compile(r"[^\x00-\x1f\x7f]+\Z")
+
+
+def prepared_parts(text):
+    """(user, host, resource) of ``text`` as Twisted's ``jid.parse`` makes them, which raises InvalidFormat
+    (or UnicodeError, IndexError) for a malformed one.  Addresses in ASCII, nearly all of them, skip
+    stringprep's tables: its cost is most of what parsing a new address costs."""
+    if not text.isascii():
+        return stringprep_parse(text)
+    bare, _, resource = text.partition("/")
+    user, at, host = bare.partition("@")
+    if not at:
+        user, host = "", bare
+    host = host.lower()
+    user = user.lower()
+    if (not _ASCII_DOMAIN.match(host) or (user and not _ASCII_LOCALPART.match(user))
+            or (resource and not _ASCII_RESOURCE.match(resource))):
+        raise InvalidFormat(f"malformed address {text!r}")
+    return user or None, host, resource or None
 
 
 def parse_jid(text):
@@ -82,7 +118,7 @@ def parse_jid(text):
     if not text or len(text) > 3 * MAX_JID_PART_BYTES + 2:
         return None
     try:
-        jid = ParsedJID(text)
+        jid = ParsedJID(*prepared_parts(text))
     except (InvalidFormat, UnicodeError, IndexError):
         # IndexError: Twisted's nameprep on an empty label ("a..b").
         return None
