@@ -54,6 +54,10 @@ CONTENT_TYPE = "text/xml; charset=utf-8"
 MAX_RID = 2 ** 53 - 1
 # XEP-0124 section 17.1: what a client that sent no 'ver' understands instead.
 LEGACY_STATUS = {"bad-request": 400, "policy-violation": 403, "item-not-found": 404}
+# How many sessionless requests a creation asked for by an address with no room for it counts as
+# against the address's pace: refusing one costs the reactor some 200 µs, and a client that keeps
+# asking (a flood's closed loop) is answered at a quarter of the pace (docs/web.md).
+NO_ROOM_COST = 4
 
 # The body is read as the only stanza of a stream whose header is ours.
 _ROOT_OPEN = f"<bosh:stream xmlns:bosh='{NS_STREAMS}'>".encode("ascii")
@@ -840,9 +844,10 @@ class BoshService(service.Service):
             log.failure("internal error on a BOSH request from {peer}", peer=request.peer)
             exchange.reply(render_body([], {"type": "terminate", "condition": "internal-server-error"}))
 
-    def _in_turn(self, request, exchange, handler, *args):
-        """``handler(*args)`` for a request no session takes, once its address's pace allows it."""
-        wait = self.sessionless.delay(request.address)
+    def _in_turn(self, request, exchange, handler, *args, cost=1):
+        """``handler(*args)`` for a request no session takes, once its address's pace allows it (the
+        request counted as ``cost`` of them)."""
+        wait = self.sessionless.delay(request.address, cost)
         if wait <= 0:
             handler(*args)
             return
@@ -879,8 +884,9 @@ class BoshService(service.Service):
             return
         if self._refusal(request.address) is not None and "sid" not in peek_attributes(request.body):
             # A session its address (or the server) has no room for: the cap is checked again in
-            # its turn, and the body read whole only if room was made meanwhile.
-            self._in_turn(request, exchange, self._create_if_room, request, exchange)
+            # its turn, and the body read whole only if room was made meanwhile.  Asking for one
+            # spends the address's pace faster than other sessionless requests do.
+            self._in_turn(request, exchange, self._create_if_room, request, exchange, cost=NO_ROOM_COST)
             return
         self._handle_body(request, exchange)
 

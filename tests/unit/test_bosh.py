@@ -7,7 +7,9 @@ import hashlib
 from twisted.trial.unittest import SynchronousTestCase
 
 from bridge.core.xmlstream import NS_STREAMS, parse_element
-from bridge.gateways.bosh import NS_HTTPBIND, NS_XBOSH, BoshError, BoshService, BoshSession, parse_request
+from bridge.gateways.bosh import (
+    NO_ROOM_COST, NS_HTTPBIND, NS_XBOSH, BoshError, BoshService, BoshSession, parse_request,
+)
 from bridge.gateways.http import HTTPFactory
 from tests.unit.helpers import Harness, make_config, scram_login
 from tests.unit.test_http import HTTPClient
@@ -783,22 +785,24 @@ class SessionlessPaceTests(BoshTestCase):
     http = {"bosh_max_sessions_per_address": 2, "bosh_sessionless_requests_per_second_per_address": 1.0,
             "bosh_sessionless_requests_burst": 3}
 
-    def test_refused_creations_are_answered_at_the_pace(self):
+    def test_refused_creations_are_answered_at_a_slower_pace(self):
         """A client refused for too many sessions that asks again at once waits for each answer in
-        turn (one a second here) instead of being refused as fast as it asks; another address is not
+        turn instead of being refused as fast as it asks, each such request counted as NO_ROOM_COST
+        sessionless ones (one a second here: one answer every four seconds); another address is not
         slowed down."""
-        for _ in range(3):
-            self.client(address="192.0.2.7").create()
-        early = self.client(address="192.0.2.7").create()
-        self.assertFalse(early.answered)
-        later = self.client(address="192.0.2.7").create()
+        self.assertEqual(NO_ROOM_COST, 4)
+        for _ in range(2):
+            self.assertIsNotNone(self.client(address="192.0.2.7").create().body().getAttribute("sid"))
+        early = self.client(address="192.0.2.7").create()  # 1 token left, 4 spent: 3 s to wait
+        later = self.client(address="192.0.2.7").create()  # 4 more: 7 s
         self.assertIsNotNone(self.client(address="192.0.2.8").create().body().getAttribute("sid"))
-        self.clock.advance(0.99)
+        self.clock.advance(2.99)
         self.assertFalse(early.answered)
         self.clock.advance(0.01)
         self.assertTerminated(early, "policy-violation")
+        self.clock.advance(3.99)
         self.assertFalse(later.answered)
-        self.clock.advance(1)
+        self.clock.advance(0.01)
         self.assertTerminated(later, "policy-violation")
 
     def test_unknown_sids_and_unreadable_bodies_count_too(self):
@@ -828,6 +832,7 @@ class SessionlessPaceTests(BoshTestCase):
         """A held request whose connection closed is never handled: no session is made for it."""
         for _ in range(3):
             self.client(address="192.0.2.9").create()
+        self.clock.advance(3)  # the third, refused, is answered in its turn
         gone = self.client(address="192.0.2.9")
         responder = gone.create()
         responder.drop()
@@ -844,13 +849,13 @@ class SessionlessPaceTests(BoshTestCase):
         connection = HTTPClient(factory, address="192.0.2.7")
         creation = body_text({"rid": 100, "to": "localhost", "wait": "60", "hold": "1", "ver": "1.6",
                               "xmpp:version": "1.0"}).encode()
-        for _ in range(4):
+        for _ in range(3):
             connection.request("POST", "/http-bind", creation)
-        self.assertEqual(len(connection.responses()), 3)
+        self.assertEqual(len(connection.responses()), 2)
         gc.collect()
         gc.disable()
         self.addCleanup(gc.enable)
-        self.clock.advance(1)
+        self.clock.advance(3)
         self.assertEqual(len(connection.responses()), 1)
         gc.set_debug(gc.DEBUG_SAVEALL)
         try:
@@ -871,8 +876,8 @@ class SessionlessPaceTests(BoshTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_back_to_back_on_one_keep_alive_connection(self):
-        """On one keep-alive HTTP connection, creation requests past the burst are answered one a
-        second, in order, and the connection stays open."""
+        """On one keep-alive HTTP connection, creation requests with no room are answered in order at
+        their slower pace, and the connection stays open."""
         factory = HTTPFactory(self.harness.server, self.harness.config.http, self.service, False)
         connection = HTTPClient(factory, address="192.0.2.7")
         creation = body_text({"rid": 100, "to": "localhost", "wait": "60", "hold": "1", "ver": "1.6",
@@ -881,10 +886,10 @@ class SessionlessPaceTests(BoshTestCase):
         for _ in range(5):
             connection.request("POST", "/http-bind", creation)
             answered.append(len(connection.responses()))
-        self.assertEqual(answered, [1, 1, 1, 0, 0])
-        self.clock.advance(1)
+        self.assertEqual(answered, [1, 1, 0, 0, 0])
+        self.clock.advance(3)
         self.assertEqual(len(connection.responses()), 1)
-        self.clock.advance(1)
+        self.clock.advance(4)
         [(_, _, body)] = connection.responses()
         self.assertEqual(parse_element(body.decode()).getAttribute("condition"), "policy-violation")
         self.assertFalse(connection.transport.disconnecting)

@@ -87,9 +87,10 @@ class ConnectionsPerAddress:
 class RatePerAddress:
     """Events counted per peer address against a token bucket each (``rate`` a second, ``burst`` at once).
 
-    ``delay(key)`` counts one event and answers how many seconds it must
-    wait for its turn: 0 within the rate, else the time until the address's
-    bucket has paid for it (events that keep coming queue up behind it).
+    ``delay(key, cost)`` counts ``cost`` events (one by default) and answers
+    how many seconds it must wait for its turn: 0 within the rate, else the
+    time until the address's bucket has paid for it (events that keep coming
+    queue up behind it).
     The table forgets the addresses whose buckets are full again once it
     tracks ``max_tracked``; past that, new addresses share one bucket.
     """
@@ -105,13 +106,13 @@ class RatePerAddress:
         tokens, refilled = self._buckets.get(key, (self.burst, now))
         return min(self.burst, tokens + (now - refilled) * self.rate)
 
-    def delay(self, key):
+    def delay(self, key, cost=1):
         now = self.clock.seconds()
         if key not in self._buckets and len(self._buckets) >= self.max_tracked:
             self._buckets = {k: v for k, v in self._buckets.items() if self._tokens(k, now) < self.burst}
             if len(self._buckets) >= self.max_tracked:
                 key = None
-        tokens = self._tokens(key, now) - 1
+        tokens = self._tokens(key, now) - cost
         self._buckets[key] = (tokens, now)
         return 0.0 if tokens >= 0 else -tokens / self.rate
 
