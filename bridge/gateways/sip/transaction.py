@@ -380,7 +380,7 @@ class ServerTransaction(_Transaction):
         super().__init__(layer, request, transport, address)
         self.key = key
         self.size = size  # the request's bytes, counted against the layer's limit
-        self.provisional = None  # the last provisional answer sent, encoded
+        self.provisional = None  # the last provisional answer sent (an ``Answered``)
         self.address = response_address(request, transport, address)
 
     def start(self):
@@ -394,24 +394,26 @@ class ServerTransaction(_Transaction):
         data, charge = _encoded(response, self.request, self.transport, self.address, self.layer.allowance)
         if data is not None and not self._send(Encoded(data)):
             return
+        answered = Answered(data, charge, self.transport, self.address)
         if response.status < 200:
             self.state = "proceeding"
-            self.provisional = data
+            self.provisional = answered
         else:
             self.state = "completed"
             self.terminate()
             if not self.reliable:
-                self.layer.answered.keep(self.key, Answered(data, charge, self.transport, self.address))
+                self.layer.answered.keep(self.key, answered)
 
     def receive_request(self, request):
         """A retransmission of the request before the final answer: the last provisional one again."""
         if self.provisional is not None:
-            self._send(Encoded(self.provisional))
+            self.provisional.resend(self.layer.allowance)
 
 
 class Answered:
-    """What is left of a server transaction over UDP once it has sent its final answer: the answer's bytes
-    (None when it could not be sent), to send again to each retransmission until timer J."""
+    """An answer's bytes (None when it could not be sent), to send again to each retransmission of its
+    request: what is left of a server transaction over UDP once it has sent its final answer, until
+    timer J, and a transaction's last provisional answer."""
 
     __slots__ = ("data", "charge", "transport", "address", "expires")
 
@@ -434,12 +436,14 @@ class Answered:
 class AnsweredTable:
     """The answered server transactions (``Answered``) by key, oldest first, each until timer J.
 
-    One timer for the whole table, not one per transaction; past ``max_bytes``
-    of answers (each counted with ``OVERHEAD_BYTES`` for its entry), the
-    oldest are forgotten at once.
+    One timer for the whole table, not one per transaction, firing at most
+    once every ``SWEEP_SECONDS`` (an answer may be kept that much past its
+    timer J); past ``max_bytes`` of answers (each counted with
+    ``OVERHEAD_BYTES`` for its entry), the oldest are forgotten at once.
     """
 
     OVERHEAD_BYTES = 256
+    SWEEP_SECONDS = 1.0
 
     def __init__(self, clock, lifetime, max_bytes):
         self.clock = clock
@@ -476,9 +480,12 @@ class AnsweredTable:
     def _expire(self):
         self._sweep = None
         now = self.clock.seconds()
-        for key, answered in list(self.entries.items()):
-            if answered.expires > now:
-                self._sweep = self.clock.callLater(answered.expires - now, self._expire)
+        entries = self.entries
+        while entries:
+            key = next(iter(entries))
+            expires = entries[key].expires
+            if expires > now:
+                self._sweep = self.clock.callLater(max(expires - now, self.SWEEP_SECONDS), self._expire)
                 return
             self._drop(key)
 
