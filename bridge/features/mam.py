@@ -58,6 +58,7 @@ CONTENT_NAMESPACES = frozenset(("urn:xmpp:receipts", "urn:xmpp:chat-markers:0", 
                                 "urn:xmpp:reactions:0", "urn:xmpp:message-retract:1"))
 PREFERENCES = ("always", "roster", "never")
 _MISSING = object()
+_new_tuple = tuple.__new__
 
 
 def archivable(stanza, account):
@@ -176,7 +177,8 @@ class Archive:
     def _record(self, user, contact, with_jid, direction, micros, record_id, text, verdict):
         """Archive ``text`` (a message serialised) with ``contact`` (bare: ``with_jid``), once the preferences
         allow it (``verdict`` None: ask them)."""
-        record = ArchiveRecord(record_id, micros, with_jid, contact.resource or "", direction, text)
+        # The named tuple made without its generated __new__, a Python call: two records a message.
+        record = _new_tuple(ArchiveRecord, (record_id, micros, with_jid, contact.resource or "", direction, text))
         if verdict is None:
             d = self.decide(user, contact)
             d.addCallback(lambda allowed: allowed and self.ctx.storage.archive_append(self.host, user, record))
