@@ -394,15 +394,14 @@ class ServerTransaction(_Transaction):
         data, charge = _encoded(response, self.request, self.transport, self.address, self.layer.allowance)
         if data is not None and not self._send(Encoded(data)):
             return
-        answered = Answered(data, charge, self.transport, self.address)
         if response.status < 200:
             self.state = "proceeding"
-            self.provisional = answered
+            self.provisional = Answered(data, charge, self.transport, self.address)
         else:
             self.state = "completed"
             self.terminate()
-            if not self.reliable:
-                self.layer.answered.keep(self.key, answered)
+            if not self.reliable:  # over TCP and TLS there are no retransmissions to answer
+                self.layer.answered.keep(self.key, Answered(data, charge, self.transport, self.address))
 
     def receive_request(self, request):
         """A retransmission of the request before the final answer: the last provisional one again."""

@@ -40,7 +40,8 @@ _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 
 def _error_answer(error, transport, source, size=None):
-    """(status, encoded response, destination) for a parse error, or None when it must be dropped.
+    """(status, response, destination) for a parse error, or None when it must be dropped; the response
+    is encoded already when it was held to the datagram's size.
 
     ``size``: the bytes of the datagram (UDP), which the answer is held to
     as any answer to an unverified source (``answer_bytes``).
@@ -58,7 +59,7 @@ def _error_answer(error, transport, source, size=None):
     detail = _UNPRINTABLE.sub("?", str(error.reason))[:80]
     response.reason = f"{response.reason} ({detail})"
     if size is None:
-        return response.status, Encoded(response.to_bytes()), destination
+        return response.status, response, destination
     allowance = transport.policy.allowance if transport.policy is not None else None
     data = answer_bytes(response, size, destination, allowance)
     return None if data is None else (response.status, Encoded(data), destination)
