@@ -11,9 +11,10 @@ The writer is ``python -m bridge.core.storage.archive_writer_main``, which
 imports no Twisted and stays small.  The server hands the records over
 every few milliseconds (``sqlite.ARCHIVE_HANDOVER_SECONDS``), as one frame
 on the writer's standard input (a 4-byte length, then the row values,
-marshalled); the writer commits every frame it has read in one
-transaction, then answers
-with one byte per frame, in order (``1``: stored, ``0``: refused, with the
+marshalled), through a pipe widened to hold a mebibyte; the writer commits
+the frames it has read in one transaction, at most one commit every
+``archive_writer_main.COMMIT_INTERVAL_SECONDS`` while they keep coming,
+then answers with one byte per frame, in order (``1``: stored, ``0``: refused, with the
 reason on its standard error).  Frames not answered yet are kept, and sent
 again to a new writer if this one ends; the rows' times (``seq``) come from
 the server, so a frame committed twice is stored once.  The writer ignores
@@ -25,6 +26,7 @@ stops.
 """
 
 import collections
+import fcntl
 import os
 import sys
 
@@ -40,6 +42,21 @@ log = Logger()
 # held without bound while the writer cannot keep up or cannot start.
 MAX_BACKLOG_BYTES = 64 * 1024 * 1024
 RESTART_DELAY_SECONDS = 1.0
+# What the writer's input pipe is made to hold (the most Linux lets a process ask for by default,
+# /proc/sys/fs/pipe-max-size).  A busy reactor writes to the pipe once per turn, as much as the pipe
+# holds: at its default 64 KiB that fed the writer about 10 MB/s while 25,000 messages a second
+# needed 20, the backlog reached its bound and records were dropped (docs/performance.md).
+INPUT_PIPE_BYTES = 1024 * 1024
+
+
+def widen_pipe(fd, size):
+    """Make the pipe ``fd`` hold ``size`` bytes, or say why it cannot (another system than Linux, or a
+    smaller /proc/sys/fs/pipe-max-size for a process without privileges)."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+    except (AttributeError, OSError) as error:
+        log.warn("the archive writer's input pipe keeps its size ({error}): at high message rates the archive may "
+                 "fall behind and drop records", error=error)
 
 
 class ArchiveWriter(protocol.ProcessProtocol):
@@ -106,6 +123,7 @@ class ArchiveWriter(protocol.ProcessProtocol):
                                    env=dict(os.environ, PYTHONPATH=path))
 
     def connectionMade(self):
+        widen_pipe(self.transport.pipes[0].fileno(), INPUT_PIPE_BYTES)
         for _, frame, _ in self._frames:
             self.transport.write(frame)
         if self._closed is not None:

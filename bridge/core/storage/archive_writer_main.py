@@ -4,13 +4,20 @@ describes.  It imports the standard library and ``sqlite_ops`` only, so that it 
 
 import marshal
 import os
+import select
 import signal
 import struct
 import sys
+import time
 
 from bridge.core.storage.sqlite_ops import ARCHIVE_COLUMNS, _archive_insert, connect, run_batch
 
 _HEADER = struct.Struct(">I")
+# The least time between two commits while frames keep coming; a frame after a quiet spell is committed
+# at once.  A commit writes each page it changed to the write-ahead log, and with records for many users
+# each commit changes about as many index pages whatever its size: fewer, larger commits cost the writer
+# less than one per hand-over (docs/performance.md).
+COMMIT_INTERVAL_SECONDS = 0.1
 
 
 def frame(values):
@@ -34,17 +41,36 @@ def frames_in(buffer):
     return frames
 
 
+def commits(read, ready, clock, interval=COMMIT_INTERVAL_SECONDS):
+    """The input, in the pieces to commit one by one: what has arrived, and while input keeps coming,
+    what arrives until ``interval`` after the previous piece.  ``read()`` returns what is there (b"" at the
+    end), ``ready(timeout)`` whether more arrives within ``timeout`` seconds; ``clock()`` is monotonic."""
+    last = -interval
+    ended = False
+    while not ended:
+        data = read()
+        ended = not data
+        piece = bytearray(data)
+        while not ended:
+            left = last + interval - clock()
+            if left <= 0 or not ready(left):
+                break
+            data = read()
+            ended = not data
+            piece += data
+        yield piece
+        last = clock()
+
+
 def main(path):
     """Commit what arrives until the input ends; SIGINT and SIGTERM are ignored (see ``archive_writer``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     db = connect(path)
     buffer = bytearray()
-    while True:
-        data = os.read(0, 1 << 20)
-        if not data:
-            break
-        buffer += data
+    for piece in commits(lambda: os.read(0, 1 << 20), lambda timeout: bool(select.select([0], [], [], timeout)[0]),
+                         time.monotonic):
+        buffer += piece
         frames = frames_in(buffer)
         if not frames:
             continue
