@@ -2,6 +2,7 @@
 answers come later than the calls and in their order, a burst shares one transaction, one failing call
 fails alone, close waits for what was asked before, and the files are private to their owner."""
 
+import fcntl
 import os
 import shutil
 import signal
@@ -12,7 +13,7 @@ import tempfile
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from bridge.core.storage import ArchiveQuery, ArchiveRecord, archive_writer, sqlite, sqlite_ops
+from bridge.core.storage import ArchiveQuery, ArchiveRecord, archive_writer, archive_writer_main, sqlite, sqlite_ops
 from bridge.core.storage.archive_writer import ArchiveWriter
 from bridge.core.storage.sqlite import SQLiteStorage
 from bridge.core.storage.sqlite_ops import connect, run_batch
@@ -135,6 +136,18 @@ class ArchiveWriterProcessTests(TestCase):
         with sqlite3.connect(self.path) as db:
             self.assertEqual(db.execute("SELECT COUNT(*) FROM archive").fetchone()[0], 7)
         self.flushLoggedErrors()
+
+    @defer.inlineCallbacks
+    def test_the_writer_runs_below_the_server_behind_a_wide_pipe(self):
+        """The writer's commits can wait, the reactor cannot: it runs at a lower priority than the server,
+        and its input holds a mebibyte (a busy reactor writes to it once per turn)."""
+        self.append(0)
+        self.assertEqual((yield self.ids()), ["id0"])
+        with open(f"/proc/{self.writer.transport.pid}/stat") as status:
+            niceness = int(status.read().rsplit(")", 1)[1].split()[16])
+        self.assertEqual(niceness, min(19, os.nice(0) + archive_writer_main.NICENESS))
+        pipe = self.writer.transport.pipes[0].fileno()
+        self.assertEqual(fcntl.fcntl(pipe, fcntl.F_GETPIPE_SZ), archive_writer.INPUT_PIPE_BYTES)
 
 
 class BatchTests(SynchronousTestCase):

@@ -8,7 +8,7 @@ slower (docs/decisions.md and docs/performance.md have the figures).  A
 process of its own has its own lock, and the second core.
 
 The writer is ``python -m bridge.core.storage.archive_writer_main``, which
-imports no Twisted and stays small.  The server hands the records over
+imports no Twisted, stays small and runs below the server's priority.  The server hands the records over
 every few milliseconds (``sqlite.ARCHIVE_HANDOVER_SECONDS``), as one frame
 on the writer's standard input (a 4-byte length, then the row values,
 marshalled), through a pipe widened to hold a mebibyte; the writer commits

@@ -18,6 +18,10 @@ _HEADER = struct.Struct(">I")
 # each commit changes about as many index pages whatever its size: fewer, larger commits cost the writer
 # less than one per hand-over (docs/performance.md).
 COMMIT_INTERVAL_SECONDS = 0.1
+# How far below the server's priority the writer runs: its commits can wait, the reactor's answers cannot.
+# At the server's priority, under load the writer held the core that the server's clients also needed, and
+# the reactor waited for input 5 to 7 % of the time (docs/performance.md).
+NICENESS = 10
 
 
 def frame(values):
@@ -63,9 +67,11 @@ def commits(read, ready, clock, interval=COMMIT_INTERVAL_SECONDS):
 
 
 def main(path):
-    """Commit what arrives until the input ends; SIGINT and SIGTERM are ignored (see ``archive_writer``)."""
+    """Commit what arrives until the input ends, below the server's priority; SIGINT and SIGTERM are ignored
+    (see ``archive_writer``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.nice(NICENESS)
     db = connect(path)
     buffer = bytearray()
     for piece in commits(lambda: os.read(0, 1 << 20), lambda timeout: bool(select.select([0], [], [], timeout)[0]),
