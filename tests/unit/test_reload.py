@@ -11,7 +11,7 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from bridge import config as configuration
+from bridge import config as configuration, tap
 from bridge.core import tls
 from bridge.core.reload import ContextHolder, Reloader, plan
 from bridge.core.server import Server
@@ -231,12 +231,24 @@ class BuiltServerTests(SynchronousTestCase):
     def test_start_takes_its_heap_out_of_the_collector(self):
         """Once started, what the start made is frozen out of the collector's generations (gc.freeze), so that
         full collections walk only what came after."""
+        self.addCleanup(gc.set_threshold, *gc.get_threshold())
         self.addCleanup(gc.unfreeze)
         gc.unfreeze()
         self.assertEqual(gc.get_freeze_count(), 0)
         self.top.startService()
         self.addCleanup(self.top.stopService)
         self.assertGreater(gc.get_freeze_count(), 0)
+
+    def test_start_makes_full_collections_rarer(self):
+        """Once started, a full collection comes after FULL_COLLECTION_AFTER collections of the middle
+        generation, not CPython's 10; the younger generations keep their thresholds."""
+        self.addCleanup(gc.set_threshold, *gc.get_threshold())
+        self.addCleanup(gc.unfreeze)
+        gc.set_threshold(700, 10, 10)  # CPython's defaults
+        self.top.startService()
+        self.addCleanup(self.top.stopService)
+        self.assertEqual(gc.get_threshold(), (700, 10, tap.FULL_COLLECTION_AFTER))
+        self.assertGreater(tap.FULL_COLLECTION_AFTER, 10)
 
     def test_reload_applies_limits_aliases_components_and_certificates(self):
         """After the files change, a reload routes the new alias and no longer the old one, gives new client
