@@ -8,13 +8,14 @@ slower (docs/decisions.md and docs/performance.md have the figures).  A
 process of its own has its own lock, and the second core.
 
 The writer is ``python -m bridge.core.storage.archive_writer_main``, which
-imports no Twisted, stays small and runs below the server's priority.  The server hands the records over
-every few milliseconds (``sqlite.ARCHIVE_HANDOVER_SECONDS``), as one frame
-on the writer's standard input (a 4-byte length, then the row values,
-marshalled), through a pipe widened to hold a mebibyte; the writer commits
-the frames it has read in one transaction, at most one commit every
-``archive_writer_main.COMMIT_INTERVAL_SECONDS`` while they keep coming,
-then answers with one byte per frame, in order (``1``: stored, ``0``: refused, with the
+imports no Twisted, stays small and runs below the server's priority.  The
+server hands the records over every few milliseconds
+(``sqlite.ARCHIVE_HANDOVER_SECONDS``), as one frame on the writer's standard
+input (a 4-byte length, then the row values, marshalled), through a pipe
+widened to hold a mebibyte; the writer commits the frames it has read in
+one transaction, at most one commit every
+``archive_writer_main.COMMIT_INTERVAL_SECONDS`` while they keep coming, then
+answers with one byte per frame, in order (``1``: stored, ``0``: refused, with the
 reason on its standard error).  Frames not answered yet are kept, and sent
 again to a new writer if this one ends; the rows' times (``seq``) come from
 the server, so a frame committed twice is stored once.  The writer ignores
