@@ -143,7 +143,7 @@ class ArchiveWriterTests(SynchronousTestCase):
         self.assertGreater(archive_writer.INPUT_PIPE_BYTES, 64 * 1024)
 
     def test_a_pipe_that_cannot_be_widened_is_said(self):
-        """Where the pipe cannot be widened the writer still starts, and the log says what may follow."""
+        """Where the pipe cannot be widened, nothing is raised and the log says what may follow."""
         events = []
         self.patch(archive_writer, "log", Logger(observer=events.append))
         with tempfile.TemporaryFile() as not_a_pipe:
