@@ -31,6 +31,7 @@ from bridge.core.streams.c2s import ClientFactory
 from bridge.core.streams.component import ComponentFactory
 from bridge.core.streams.muxed import MuxLinkFactory
 from bridge.core.streams.s2s import IncomingServerFactory, PeerTLS, RemoteDomains
+from bridge.core.triage import AcceptGate
 from bridge.core.xmlstream import DORMANCY_PERIOD_SECONDS
 from bridge.gateways.bosh import BoshService
 from bridge.gateways.http import HTTPFactory
@@ -86,8 +87,9 @@ class ListenerService(service.Service):
     (the control socket): then the server runs on, and the log says why it is missing.
     """
 
-    def __init__(self, kind, description, endpoint, factory, required=True):
+    def __init__(self, kind, description, endpoint, factory, required=True, triage=None):
         self.kind = kind
+        self.triage = triage
         self.required = required
         self.description = description
         self.endpoint = endpoint
@@ -115,6 +117,8 @@ class ListenerService(service.Service):
 
     def _started(self, port):
         self.port = port
+        if self.triage is not None and hasattr(port, "stopReading"):
+            AcceptGate(self.triage, port)
         address = port.getHost()
         # TCP, or a UNIX socket's path
         where = f"{address.host}:{address.port}" if hasattr(address, "port") else os.fsdecode(address.name)
@@ -255,7 +259,7 @@ def attach_gateways(server, reactor, top, listen_on, tls_holder, reloader):
             reloader.add_step(lambda new, gateway=gateway, section=section: gateway.prepare_reload(
                 getattr(new, section)))
         for kind, description, endpoint, factory in gateway.listeners():
-            listen_on(kind, description, endpoint, factory)
+            listen_on(kind, description, endpoint, factory, triage=server.triage)
 
 
 class ClusterService(service.Service):
@@ -339,8 +343,8 @@ def build(config, reactor, config_path=None):
     if directories:
         directory_service.setServiceParent(top)
 
-    def listen_on(kind, description, endpoint, factory, required=True):
-        listener = ListenerService(kind, description, endpoint, factory, required)
+    def listen_on(kind, description, endpoint, factory, required=True, triage=None):
+        listener = ListenerService(kind, description, endpoint, factory, required, triage)
         listener.setServiceParent(top)
         return listener
 
@@ -349,7 +353,7 @@ def build(config, reactor, config_path=None):
         PROXY header first (bridge/core/proxyprotocol.py), read before anything else, TLS included."""
         if section is not None and section.proxy_protocol_trusted_proxies:
             factory = ProxyHeaderFactory(factory, section.proxy_protocol_trusted_proxies, reactor, server.log_budget)
-        return [listen_on(kind, description, listening_endpoint(reactor, description), factory)
+        return [listen_on(kind, description, listening_endpoint(reactor, description), factory, triage=server.triage)
                 for description in descriptions]
 
     c2s = config.c2s

@@ -6,8 +6,8 @@ each asks again as soon as it is answered, so it takes whatever share of the
 reactor it is given, and the users' own sessions get the rest.  Triage gives
 that work a share of its own.
 
-The work done for a peer that has not authenticated (its reads, its
-requests) is timed.  While the process is saturated (it used at least
+The work done for a peer that has not authenticated (accepting its
+connection, its reads, its requests) is timed.  While the process is saturated (it used at least
 ``SATURATED`` of a CPU over the last window), such work may take at most
 ``share`` of each window; past that, the peer waits, its reading paused,
 and is let in again at the next windows, in the order it came.  A process
@@ -136,3 +136,36 @@ class Gate:
         self.hold.resumeProducing()
         for data in kept:
             self.triage.measure(self.take, data)
+
+
+class AcceptGate:
+    """The accepting of new connections on one listening port (a Twisted ``tcp.Port``), under triage.
+
+    A new connection has not authenticated, and accepting it and making its
+    protocol cost more than a garbage connection's few reads: that work is
+    timed against the share.  Past the share the port stops accepting until
+    triage lets it in: the connections wait in the kernel's queue, and a
+    client whose handshake finds the queue full tries again (about a second
+    later, the kernel's SYN retransmission).
+    """
+
+    def __init__(self, triage, port):
+        self.triage = triage
+        self.port = port
+        self._accept = port.doRead
+        self._waiting = False
+        port.doRead = self.doRead
+
+    def doRead(self):
+        if not self.triage.allows():
+            if not self._waiting:
+                self._waiting = True
+                self.port.stopReading()
+                self.triage.wait(self._let_in)
+            return None
+        return self.triage.measure(self._accept)
+
+    def _let_in(self):
+        self._waiting = False
+        if self.port.connected and not self.port.disconnecting:
+            self.port.startReading()

@@ -250,6 +250,14 @@ class BuiltServerTests(SynchronousTestCase):
         self.assertEqual(gc.get_threshold(), (700, 10, tap.FULL_COLLECTION_AFTER))
         self.assertGreater(tap.FULL_COLLECTION_AFTER, 10)
 
+    def test_listeners_for_peers_accept_under_triage(self):
+        """Every listener that peers connect to accepts its connections under the server's triage
+        (core/triage.py, AcceptGate); the control socket, the administrator's, is never held back."""
+        triaged = {listener.kind: listener.triage for listener in self.top if isinstance(listener, tap.ListenerService)}
+        self.assertEqual(triaged.pop("control"), None)
+        self.assertTrue({"c2s", "c2s-direct-tls", "s2s", "http"} <= set(triaged), triaged)
+        self.assertEqual(set(triaged.values()), {self.server.triage})
+
     def test_reload_applies_limits_aliases_components_and_certificates(self):
         """After the files change, a reload routes the new alias and no longer the old one, gives new client
         connections the new limits, routes a new component, and new handshakes get the renewed certificate."""

@@ -2,11 +2,14 @@
 wait their turn, and authenticated sessions do not."""
 
 import itertools
+import socket
 
+from twisted.internet import protocol, tcp
+from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from bridge.core.triage import WINDOW_SECONDS, Gate, Triage
+from bridge.core.triage import WINDOW_SECONDS, AcceptGate, Gate, Triage
 from bridge.gateways.bosh import BoshService
 from bridge.gateways.sip.message import parse_datagram
 from bridge.gateways.sip.transport import UDPTransport
@@ -132,6 +135,99 @@ class TriageTests(SynchronousTestCase):
         self.clock.advance(WINDOW_SECONDS)
         self.assertEqual([e.name for e in newcomer.received()], ["features"])
         self.assertEqual(len(newcomer.headers), 1)
+
+
+class Readers:
+    """The part of a reactor that a real listening port and its connections use: who is read from,
+    and the clock."""
+
+    def __init__(self, clock):
+        self.readers = set()
+        self.callLater = clock.callLater
+
+    def addReader(self, reader):
+        self.readers.add(reader)
+
+    def removeReader(self, reader):
+        self.readers.discard(reader)
+
+
+class AcceptGateTests(SynchronousTestCase):
+    """Accepting new connections is unauthenticated work: a saturated process stops accepting past
+    its share, and accepts again when triage lets the port in (a real port on loopback, the kernel
+    holding the connections meanwhile)."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.cpu = ProcessCPU()
+        self.reactor = Readers(self.clock)
+        self.accepted = []
+        factory = protocol.Factory.forProtocol(protocol.Protocol)
+        factory.buildProtocol = lambda address: self.accepted.append(address) or protocol.Protocol()
+        self.port = tcp.Port(0, factory, interface="127.0.0.1", reactor=self.reactor)
+        self.port.startListening()
+        self.addCleanup(self.port.socket.close)
+
+    def connect(self):
+        """A client connects: the kernel completes the handshake, the connection waits to be accepted."""
+        client = socket.create_connection(("127.0.0.1", self.port.getHost().port))
+        self.addCleanup(client.close)
+
+    def accept(self):
+        """What the reactor does when the port is readable and in its set."""
+        if self.port in self.reactor.readers:
+            self.port.doRead()
+        for reader in list(self.reactor.readers - {self.port}):
+            self.addCleanup(reader.socket.close)
+            self.reactor.removeReader(reader)
+
+    def test_time_to_spare_accepts_every_connection(self):
+        triage = Triage(self.clock, SHARE, cpu=self.cpu, timer=itertools.count(0, COST).__next__)
+        triage.start()
+        self.clock.advance(WINDOW_SECONDS)
+        AcceptGate(triage, self.port)
+        for _ in range(3):
+            self.connect()
+            self.accept()
+        self.assertEqual((len(self.accepted), self.port in self.reactor.readers), (3, True))
+
+    def test_past_the_share_the_port_waits_for_the_next_window(self):
+        """The first accept takes the window's share (it costs twice it): the next connection is not
+        accepted, the port leaves the reactor's readers, and comes back at the next window."""
+        triage = saturated_triage(self.clock, self.cpu)
+        AcceptGate(triage, self.port)
+        self.connect()
+        self.accept()
+        self.connect()
+        self.accept()
+        self.assertEqual((len(self.accepted), self.port in self.reactor.readers), (1, False))
+        self.cpu.busy()
+        self.clock.advance(WINDOW_SECONDS)
+        self.assertIn(self.port, self.reactor.readers)
+        self.accept()
+        self.assertEqual(len(self.accepted), 2)
+
+    def test_accepting_takes_the_share_of_reads(self):
+        """Once an accept spent the share, an unauthenticated peer's read waits too: one share for both."""
+        triage = saturated_triage(self.clock, self.cpu)
+        AcceptGate(triage, self.port)
+        self.connect()
+        self.accept()
+        taken, hold = [], Hold()
+        Gate(triage, hold, taken.append).receive(b"<stream:stream")
+        self.assertEqual((len(self.accepted), taken, hold.paused), (1, [], True))
+
+    def test_a_port_closed_while_waiting_stays_out_of_the_reactor(self):
+        triage = saturated_triage(self.clock, self.cpu)
+        AcceptGate(triage, self.port)
+        self.connect()
+        self.accept()
+        self.connect()
+        self.accept()
+        self.port.stopListening()
+        self.cpu.busy()
+        self.clock.advance(WINDOW_SECONDS)
+        self.assertNotIn(self.port, self.reactor.readers)
 
 
 class HTTPTriageTests(HTTPTestCase):
