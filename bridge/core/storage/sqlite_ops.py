@@ -72,6 +72,10 @@ def connect(path):
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
+    # The journals of statements and savepoints (every archive hand-over has one) in memory: in a temporary
+    # file, each page an insert changed was written there one system call at a time, some six for every
+    # archived row, which doubled the archive writer's CPU (docs/performance.md).
+    db.execute("PRAGMA temp_store=MEMORY")
     db.executescript(SCHEMA)
     return db
 
