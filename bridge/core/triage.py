@@ -7,12 +7,17 @@ reactor it is given, and the users' own sessions get the rest.  Triage gives
 that work a share of its own.
 
 The work done for a peer that has not authenticated (accepting its
-connection, its reads, its requests) is timed.  While the process is saturated (it used at least
-``SATURATED`` of a CPU over the last window), such work may take at most
-``share`` of each window; past that, the peer waits, its reading paused,
-and is let in again at the next windows, in the order it came.  A process
-with time to spare lets everything in.  Authenticated sessions never wait
-here; what holds them is their own limits (byte rates, output bounds).
+connection, its reads, its requests) is timed.  A process with time to
+spare lets everything in.  While it is saturated (it used at least
+``SATURATED`` of a CPU over the last window), such work waits for the start
+of the next window: there, what waits is let in, in the order it came,
+until it has taken ``share`` of the window, and the rest waits on.  One
+burst a window rather than each piece as it comes: run between the
+sessions' reads, the flood's work cost them more than its own time (they
+found the processor's caches filled with its data; docs/performance.md).
+A datagram cannot wait: it runs as it comes while the window's share
+lasts, and is dropped past it.  Authenticated sessions never wait here;
+what holds them is their own limits (byte rates, output bounds).
 """
 
 import collections
@@ -59,7 +64,7 @@ class Triage:
         self._tick = None
 
     def allows(self):
-        """Whether unauthenticated work may run now."""
+        """Whether unauthenticated work that cannot wait (a datagram) may run now."""
         return not self.saturated or self._spent < self.share * self.window
 
     def measure(self, work, *args):
@@ -71,8 +76,9 @@ class Triage:
             self._spent += self._timer() - started
 
     def run(self, work, *args):
-        """``work(*args)`` as unauthenticated work: now if allowed, else when triage lets it in."""
-        if self.allows():
+        """``work(*args)`` as unauthenticated work: now while the process has time to spare, else when
+        triage lets it in."""
+        if not self.saturated:
             self.measure(work, *args)
         else:
             self.wait(lambda: self.measure(work, *args))
@@ -104,8 +110,8 @@ class Triage:
 class Gate:
     """The reads of one unauthenticated peer under triage.
 
-    ``receive(data)`` runs ``take(data)`` at once, timed, when triage allows;
-    otherwise the data is kept, reading paused through ``hold`` (an object
+    ``receive(data)`` runs ``take(data)`` at once, timed, while the process has
+    time to spare; otherwise the data is kept, reading paused through ``hold`` (an object
     with ``pauseProducing``/``resumeProducing``), and taken when triage lets
     the peer in.  ``take`` must ignore data once its connection has ended.
     """
@@ -117,7 +123,7 @@ class Gate:
         self._kept = None  # while waiting: the reads not taken yet
 
     def receive(self, data):
-        if self._kept is not None or not self.triage.allows():
+        if self._kept is not None or self.triage.saturated:
             self.wait(data)
         else:
             self.triage.measure(self.take, data)
@@ -143,10 +149,11 @@ class AcceptGate:
 
     A new connection has not authenticated, and accepting it and making its
     protocol cost more than a garbage connection's few reads: that work is
-    timed against the share.  Past the share the port stops accepting until
-    triage lets it in: the connections wait in the kernel's queue, and a
-    client whose handshake finds the queue full tries again (about a second
-    later, the kernel's SYN retransmission).
+    timed against the share.  While the process is saturated the port stops
+    accepting, and accepts what waits when triage lets it in: meanwhile the
+    connections wait in the kernel's queue, and a client whose handshake
+    finds the queue full tries again (about a second later, the kernel's SYN
+    retransmission).
     """
 
     def __init__(self, triage, port):
@@ -157,7 +164,7 @@ class AcceptGate:
         port.doRead = self.doRead
 
     def doRead(self):
-        if not self.triage.allows():
+        if self.triage.saturated:
             if not self._waiting:
                 self._waiting = True
                 self.port.stopReading()
@@ -166,6 +173,8 @@ class AcceptGate:
         return self.triage.measure(self._accept)
 
     def _let_in(self):
+        """Accept what waits now, in the window's burst, and watch the port again."""
         self._waiting = False
         if self.port.connected and not self.port.disconnecting:
+            self.triage.measure(self._accept)
             self.port.startReading()

@@ -75,17 +75,18 @@ class TriageTests(SynchronousTestCase):
         self.assertEqual((taken, hold.paused, triage.saturated), (list(range(20)), False, False))
 
     def test_saturated_work_waits_for_the_next_window_in_order(self):
-        """Past its share, a peer's reads are kept and its reading paused; the next windows let the
-        waiting peers in, first come first, as far as the share allows, and their reads go in order."""
+        """Saturated, a peer's reads are kept and its reading paused, however little of the share is
+        spent; the start of each window lets the waiting peers in, first come first, as far as the
+        share allows, and their reads go in order."""
         triage = saturated_triage(self.clock, self.cpu)
         first, second = [], []
         first_hold, second_hold = Hold(), Hold()
         first_gate, second_gate = Gate(triage, first_hold, first.append), Gate(triage, second_hold, second.append)
-        first_gate.receive("a1")  # within the share: taken, and the share is spent
+        first_gate.receive("a1")
         first_gate.receive("a2")
         second_gate.receive("b1")
         first_gate.receive("a3")
-        self.assertEqual((first, second), (["a1"], []))
+        self.assertEqual((first, second), ([], []))
         self.assertTrue(first_hold.paused and second_hold.paused)
         self.cpu.busy()
         self.clock.advance(WINDOW_SECONDS)
@@ -167,6 +168,7 @@ class AcceptGateTests(SynchronousTestCase):
         self.port = tcp.Port(0, factory, interface="127.0.0.1", reactor=self.reactor)
         self.port.startListening()
         self.addCleanup(self.port.socket.close)
+        self.addCleanup(self.close_accepted)
 
     def connect(self):
         """A client connects: the kernel completes the handshake, the connection waits to be accepted."""
@@ -177,9 +179,10 @@ class AcceptGateTests(SynchronousTestCase):
         """What the reactor does when the port is readable and in its set."""
         if self.port in self.reactor.readers:
             self.port.doRead()
-        for reader in list(self.reactor.readers - {self.port}):
-            self.addCleanup(reader.socket.close)
-            self.reactor.removeReader(reader)
+
+    def close_accepted(self):
+        for connection in self.reactor.readers - {self.port}:
+            connection.socket.close()
 
     def test_time_to_spare_accepts_every_connection(self):
         triage = Triage(self.clock, SHARE, cpu=self.cpu, timer=itertools.count(0, COST).__next__)
@@ -191,31 +194,36 @@ class AcceptGateTests(SynchronousTestCase):
             self.accept()
         self.assertEqual((len(self.accepted), self.port in self.reactor.readers), (3, True))
 
-    def test_past_the_share_the_port_waits_for_the_next_window(self):
-        """The first accept takes the window's share (it costs twice it): the next connection is not
-        accepted, the port leaves the reactor's readers, and comes back at the next window."""
+    def test_saturated_the_port_accepts_at_the_start_of_a_window(self):
+        """Saturated, the port accepts nothing as connections come and leaves the reactor's readers;
+        the next window accepts what waits in the kernel's queue, in one burst, and watches the port
+        again."""
         triage = saturated_triage(self.clock, self.cpu)
         AcceptGate(triage, self.port)
         self.connect()
         self.accept()
         self.connect()
         self.accept()
-        self.assertEqual((len(self.accepted), self.port in self.reactor.readers), (1, False))
+        self.assertEqual((len(self.accepted), self.port in self.reactor.readers), (0, False))
         self.cpu.busy()
         self.clock.advance(WINDOW_SECONDS)
-        self.assertIn(self.port, self.reactor.readers)
-        self.accept()
-        self.assertEqual(len(self.accepted), 2)
+        self.assertEqual((len(self.accepted), self.port in self.reactor.readers), (2, True))
 
     def test_accepting_takes_the_share_of_reads(self):
-        """Once an accept spent the share, an unauthenticated peer's read waits too: one share for both."""
+        """A window's accepting counts against its share: a peer whose read waits behind a port that
+        spends the share is let in a window later."""
         triage = saturated_triage(self.clock, self.cpu)
         AcceptGate(triage, self.port)
         self.connect()
         self.accept()
         taken, hold = [], Hold()
         Gate(triage, hold, taken.append).receive(b"<stream:stream")
+        self.cpu.busy()
+        self.clock.advance(WINDOW_SECONDS)
         self.assertEqual((len(self.accepted), taken, hold.paused), (1, [], True))
+        self.cpu.busy()
+        self.clock.advance(WINDOW_SECONDS)
+        self.assertEqual((taken, hold.paused), ([b"<stream:stream"], False))
 
     def test_a_port_closed_while_waiting_stays_out_of_the_reactor(self):
         triage = saturated_triage(self.clock, self.cpu)
@@ -223,31 +231,30 @@ class AcceptGateTests(SynchronousTestCase):
         self.connect()
         self.accept()
         self.connect()
-        self.accept()
         self.port.stopListening()
         self.cpu.busy()
         self.clock.advance(WINDOW_SECONDS)
-        self.assertNotIn(self.port, self.reactor.readers)
+        self.assertEqual((len(self.accepted), self.port in self.reactor.readers), (0, False))
 
 
 class HTTPTriageTests(HTTPTestCase):
     def test_requests_of_authenticated_sessions_go_on(self):
         """Saturated: a connection that has carried a request of an authenticated session (vouched
-        for by BOSH) is read at once; another one's request waits for the next window."""
+        for by BOSH) is read at once; another one's requests wait for the next windows."""
         self.make(bosh=StubBosh(answer_now=True))
         cpu = ProcessCPU()
         self.harness.server.triage = saturated_triage(self.harness.clock, cpu)
         trusted, stranger = self.connect(), self.connect(address="127.0.0.9")
         trusted.channel.vouched = True  # as Responder.vouch() does for an authenticated BOSH session
         stranger.request("POST", "/http-bind", b"<body rid='1'/>")
-        stranger.request("POST", "/http-bind", b"<body rid='2'/>")  # the share is spent
+        stranger.request("POST", "/http-bind", b"<body rid='2'/>")
         for n in range(3):
             trusted.request("POST", "/http-bind", b"<body/>")
         self.assertEqual(len(trusted.responses()), 3)
-        self.assertEqual(len(stranger.responses()), 1)
+        self.assertEqual(len(stranger.responses()), 0)
         cpu.busy()
         self.harness.clock.advance(WINDOW_SECONDS)
-        self.assertEqual(len(stranger.responses()), 1)
+        self.assertEqual(len(stranger.responses()), 2)
 
     def test_bosh_vouches_for_authenticated_sessions_only(self):
         """BOSH vouches for the connection of a request of a session that has authenticated, not for
