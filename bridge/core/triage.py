@@ -64,7 +64,8 @@ class Triage:
         self._tick = None
 
     def allows(self):
-        """Whether unauthenticated work that cannot wait (a datagram) may run now."""
+        """Whether this window's share has room for more unauthenticated work (always, while the process has
+        time to spare)."""
         return not self.saturated or self._spent < self.share * self.window
 
     def measure(self, work, *args):
