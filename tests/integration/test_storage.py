@@ -159,6 +159,16 @@ class BatchTests(SynchronousTestCase):
         self.addCleanup(db.close)
         self.assertEqual(db.execute("PRAGMA temp_store").fetchone()[0], 2)  # 2: MEMORY
 
+    def test_the_writer_holds_a_commit_in_its_cache(self):
+        """The archive writer's cache holds the pages of one commit, and its log a few commits before they are
+        copied into the database: with SQLite's defaults, pages spilled during a commit were read back and
+        written again, three reads and three writes a row."""
+        db = archive_writer_main.open_database(os.path.join(scratch_folder(self), "bridge.sqlite"))
+        self.addCleanup(db.close)
+        self.assertEqual(db.execute("PRAGMA cache_size").fetchone()[0], -archive_writer_main.CACHE_KIB)
+        self.assertEqual(db.execute("PRAGMA wal_autocheckpoint").fetchone()[0], archive_writer_main.CHECKPOINT_PAGES)
+        self.assertEqual(db.execute("PRAGMA journal_mode").fetchone()[0], "wal")
+
     def test_one_transaction_one_failure_alone(self):
         """A batch runs in one transaction; an operation that raises fails alone, and the others'
         results and writes stand."""

@@ -22,6 +22,12 @@ COMMIT_INTERVAL_SECONDS = 0.1
 # At the server's priority, under load the writer held the core that the server's clients also needed, and
 # the reactor waited for input 5 to 7 % of the time (docs/performance.md).
 NICENESS = 10
+# The writer's page cache, in KiB, and the pages the write-ahead log may hold before a commit copies them into
+# the database.  A 100 ms commit changes more pages than SQLite's default 2 MiB cache holds: pages spilled
+# to the log during the transaction were read back and written again, some three reads and three writes
+# a row; with both raised, under one of each (docs/performance.md).
+CACHE_KIB = 16 * 1024
+CHECKPOINT_PAGES = 10_000
 
 
 def frame(values):
@@ -66,13 +72,21 @@ def commits(read, ready, clock, interval=COMMIT_INTERVAL_SECONDS):
         last = clock()
 
 
+def open_database(path):
+    """The writer's connection: ``connect``'s, with a cache and a log sized for commits of 100 ms of records."""
+    db = connect(path)
+    db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+    db.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
+    return db
+
+
 def main(path):
     """Commit what arrives until the input ends, below the server's priority; SIGINT and SIGTERM are ignored
     (see ``archive_writer``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.nice(NICENESS)
-    db = connect(path)
+    db = open_database(path)
     buffer = bytearray()
     for piece in commits(lambda: os.read(0, 1 << 20), lambda timeout: bool(select.select([0], [], [], timeout)[0]),
                          time.monotonic):
