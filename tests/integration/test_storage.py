@@ -160,14 +160,21 @@ class BatchTests(SynchronousTestCase):
         self.assertEqual(db.execute("PRAGMA temp_store").fetchone()[0], 2)  # 2: MEMORY
 
     def test_the_writer_holds_a_commit_in_its_cache(self):
-        """The archive writer's cache holds the pages of one commit, and its log a few commits before they are
-        copied into the database: with SQLite's defaults, pages spilled during a commit were read back and
-        written again, three reads and three writes a row."""
+        """The archive writer's cache holds the pages of one commit: with SQLite's default, pages spilled
+        during a commit were read back and written again, three reads and three writes a row."""
         db = archive_writer_main.open_database(os.path.join(scratch_folder(self), "bridge.sqlite"))
         self.addCleanup(db.close)
         self.assertEqual(db.execute("PRAGMA cache_size").fetchone()[0], -archive_writer_main.CACHE_KIB)
-        self.assertEqual(db.execute("PRAGMA wal_autocheckpoint").fetchone()[0], archive_writer_main.CHECKPOINT_PAGES)
         self.assertEqual(db.execute("PRAGMA journal_mode").fetchone()[0], "wal")
+
+    def test_every_connection_lets_the_log_hold_several_commits(self):
+        """The log holds several of the writer's commits before one copies them into the database, on every
+        connection alike: the database thread's commits do not copy what the writer's left there."""
+        folder = scratch_folder(self)
+        for db in (connect(os.path.join(folder, "bridge.sqlite")),
+                   archive_writer_main.open_database(os.path.join(folder, "bridge.sqlite"))):
+            self.addCleanup(db.close)
+            self.assertEqual(db.execute("PRAGMA wal_autocheckpoint").fetchone()[0], sqlite_ops.CHECKPOINT_PAGES)
 
     def test_one_transaction_one_failure_alone(self):
         """A batch runs in one transaction; an operation that raises fails alone, and the others'

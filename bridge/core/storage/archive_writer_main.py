@@ -22,12 +22,10 @@ COMMIT_INTERVAL_SECONDS = 0.1
 # At the server's priority, under load the writer held the core that the server's clients also needed, and
 # the reactor waited for input 5 to 7 % of the time (docs/performance.md).
 NICENESS = 10
-# The writer's page cache, in KiB, and the pages the write-ahead log may hold before a commit copies them into
-# the database.  A 100 ms commit changes more pages than SQLite's default 2 MiB cache holds: pages spilled
-# to the log during the transaction were read back and written again, some three reads and three writes
-# a row; with both raised, under one of each (docs/performance.md).
+# The writer's page cache, in KiB.  A 100 ms commit changes more pages than SQLite's default 2 MiB cache
+# holds: the pages spilled to the log during the transaction were read back and written again, some three
+# reads and three writes a row (docs/performance.md).
 CACHE_KIB = 16 * 1024
-CHECKPOINT_PAGES = 10_000
 
 
 def frame(values):
@@ -73,10 +71,9 @@ def commits(read, ready, clock, interval=COMMIT_INTERVAL_SECONDS):
 
 
 def open_database(path):
-    """The writer's connection: ``connect``'s, with a cache and a log sized for commits of 100 ms of records."""
+    """The writer's connection: ``connect``'s, with a cache that holds what a commit of 100 ms of records changes."""
     db = connect(path)
     db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-    db.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
     return db
 
 

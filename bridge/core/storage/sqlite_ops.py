@@ -62,6 +62,13 @@ COMMIT;
 # before it existed has it filled, once, when it is created.
 
 
+# The pages the write-ahead log holds before the commit that passes them copies them into the database
+# (SQLite's default: 1,000, which the archive writer's commits passed every 100 to 200 ms; each copy
+# writes every page changed since, however often).  The same on every connection: with the default on
+# the database thread's, its next commit would copy what the writer's commits left in the log.
+CHECKPOINT_PAGES = 10_000
+
+
 def connect(path):
     """A connection to ``path`` with the schema in place, the file private to its owner."""
     if path != ":memory:":
@@ -76,6 +83,7 @@ def connect(path):
     # file, each page an insert changed was written there one system call at a time, some six for every
     # archived row, which doubled the archive writer's CPU (docs/performance.md).
     db.execute("PRAGMA temp_store=MEMORY")
+    db.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
     db.executescript(SCHEMA)
     return db
 
